@@ -1,0 +1,249 @@
+//! CIDR blocks and address ranges, for `ipBlock` peers.
+//!
+//! Both families are kept in one type: an IPv4 address is its 32-bit value in
+//! a `u128`, tagged with its family, so ranges of the two families never mix.
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// Address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// Bits in an address of this family.
+    pub fn bits(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+}
+
+/// An address as (family, value).
+pub fn split(ip: IpAddr) -> (Family, u128) {
+    match ip {
+        // An IPv4-mapped IPv6 address is IPv4 traffic seen through a v6 socket; the
+        // packet on the wire is IPv6, so it stays IPv6 here.
+        IpAddr::V4(a) => (Family::V4, u32::from(a) as u128),
+        IpAddr::V6(a) => (Family::V6, u128::from(a)),
+    }
+}
+
+/// A CIDR block with host bits cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    /// Address family.
+    pub family: Family,
+    /// Network address (host bits zero).
+    pub addr: u128,
+    /// Prefix length.
+    pub len: u8,
+}
+
+/// Why a CIDR string was rejected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    /// No `/` in the text.
+    #[error("invalid CIDR {0:?}: missing prefix length (for example 10.0.0.0/24)")]
+    NoPrefix(String),
+    /// The address part is not an IP address.
+    #[error("invalid CIDR {0:?}: not an IP address")]
+    BadAddress(String),
+    /// The prefix length is not a number or too large.
+    #[error("invalid CIDR {0:?}: prefix length must be 0-{1}")]
+    BadPrefix(String, u8),
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n` or `x::y/n`. Host bits may be set (the API server
+    /// accepts them) and are cleared.
+    pub fn parse(s: &str) -> Result<Cidr, CidrError> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| CidrError::NoPrefix(s.to_string()))?;
+        let ip: IpAddr = a
+            .parse()
+            .map_err(|_| CidrError::BadAddress(s.to_string()))?;
+        let (family, addr) = split(ip);
+        let len: u8 = l
+            .parse()
+            .ok()
+            .filter(|n| *n <= family.bits() && !l.starts_with('+'))
+            .ok_or_else(|| CidrError::BadPrefix(s.to_string(), family.bits()))?;
+        Ok(Cidr::new(family, addr, len))
+    }
+
+    /// A block from parts, clearing host bits.
+    pub fn new(family: Family, addr: u128, len: u8) -> Cidr {
+        let c = Cidr { family, addr, len };
+        Cidr {
+            addr: addr & c.mask(),
+            ..c
+        }
+    }
+
+    /// The block holding exactly one address.
+    pub fn host(ip: IpAddr) -> Cidr {
+        let (family, addr) = split(ip);
+        Cidr::new(family, addr, family.bits())
+    }
+
+    fn mask(&self) -> u128 {
+        let bits = self.family.bits();
+        let host = bits - self.len;
+        let all: u128 = if bits == 128 {
+            u128::MAX
+        } else {
+            (1u128 << bits) - 1
+        };
+        if host == 128 {
+            0
+        } else {
+            all & !((1u128 << host) - 1)
+        }
+    }
+
+    /// First address.
+    pub fn first(&self) -> u128 {
+        self.addr
+    }
+
+    /// Last address (inclusive).
+    pub fn last(&self) -> u128 {
+        let bits = self.family.bits();
+        let host = bits - self.len;
+        if host == 128 {
+            u128::MAX
+        } else {
+            self.addr | ((1u128 << host) - 1)
+        }
+    }
+
+    /// Does the block contain this address?
+    pub fn contains(&self, family: Family, addr: u128) -> bool {
+        family == self.family && addr >= self.first() && addr <= self.last()
+    }
+
+    /// Is `other` a strict subset of this block (same family, longer prefix, inside)?
+    pub fn strictly_contains(&self, other: &Cidr) -> bool {
+        other.family == self.family
+            && other.len > self.len
+            && self.contains(other.family, other.addr)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.family {
+            Family::V4 => write!(
+                f,
+                "{}/{}",
+                std::net::Ipv4Addr::from(self.addr as u32),
+                self.len
+            ),
+            Family::V6 => write!(f, "{}/{}", std::net::Ipv6Addr::from(self.addr), self.len),
+        }
+    }
+}
+
+/// An `ipBlock`: addresses in `cidr` and in none of `except`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpBlock {
+    /// The block.
+    pub cidr: Cidr,
+    /// Holes in it, each a strict subset of `cidr`.
+    pub except: Vec<Cidr>,
+}
+
+impl IpBlock {
+    /// Does the ipBlock match this address?
+    pub fn contains(&self, family: Family, addr: u128) -> bool {
+        self.cidr.contains(family, addr) && !self.except.iter().any(|e| e.contains(family, addr))
+    }
+}
+
+impl fmt::Display for IpBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.cidr)?;
+        if !self.except.is_empty() {
+            f.write_str(" except ")?;
+            for (i, e) in self.except.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(",")?;
+                }
+                write!(f, "{e}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_contain() {
+        let c = Cidr::parse("10.0.1.7/24").unwrap();
+        assert_eq!(c.to_string(), "10.0.1.0/24");
+        let (f, a) = split("10.0.1.255".parse().unwrap());
+        assert!(c.contains(f, a));
+        let (f, a) = split("10.0.2.0".parse().unwrap());
+        assert!(!c.contains(f, a));
+        let all = Cidr::parse("0.0.0.0/0").unwrap();
+        assert_eq!(all.last(), u32::MAX as u128);
+        let all6 = Cidr::parse("::/0").unwrap();
+        assert_eq!(all6.last(), u128::MAX);
+        let (f, a) = split("fd00::1".parse().unwrap());
+        assert!(all6.contains(f, a));
+        assert!(!all.contains(f, a), "families never mix");
+        assert_eq!(Cidr::parse("fd00::1/128").unwrap().first(), a);
+    }
+
+    #[test]
+    fn rejects() {
+        assert!(matches!(
+            Cidr::parse("10.0.0.0"),
+            Err(CidrError::NoPrefix(_))
+        ));
+        assert!(matches!(
+            Cidr::parse("10.0.0/8"),
+            Err(CidrError::BadAddress(_))
+        ));
+        assert!(matches!(
+            Cidr::parse("10.0.0.0/33"),
+            Err(CidrError::BadPrefix(..))
+        ));
+        assert!(matches!(
+            Cidr::parse("::/129"),
+            Err(CidrError::BadPrefix(..))
+        ));
+        assert!(matches!(
+            Cidr::parse("10.0.0.0/x"),
+            Err(CidrError::BadPrefix(..))
+        ));
+    }
+
+    #[test]
+    fn except_subset() {
+        let c = Cidr::parse("10.0.0.0/16").unwrap();
+        assert!(c.strictly_contains(&Cidr::parse("10.0.5.0/24").unwrap()));
+        assert!(!c.strictly_contains(&Cidr::parse("10.0.0.0/16").unwrap()));
+        assert!(!c.strictly_contains(&Cidr::parse("10.1.0.0/24").unwrap()));
+        assert!(!c.strictly_contains(&Cidr::parse("::/64").unwrap()));
+        let b = IpBlock {
+            cidr: c,
+            except: vec![Cidr::parse("10.0.5.0/24").unwrap()],
+        };
+        let (f, a) = split("10.0.5.9".parse().unwrap());
+        assert!(!b.contains(f, a));
+        let (f, a) = split("10.0.6.9".parse().unwrap());
+        assert!(b.contains(f, a));
+    }
+}

@@ -1,0 +1,142 @@
+//! A validated snapshot of the cluster: what the compiler and the reference
+//! evaluator both read.
+
+use k8s_openapi::api::core::v1 as corev1;
+use k8s_openapi::api::networking::v1 as netv1;
+
+use crate::model::{NamespaceInfo, PodInfo, Policy, NAMESPACE_NAME_LABEL};
+use crate::validate::{self, ObjectRef, Problem, Severity};
+
+/// Namespaces, pods and policies after validation, sorted by key so that the
+/// same objects in any order compile to the same table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cluster {
+    /// Namespaces, sorted by name. Every namespace a pod or policy lives in is present.
+    pub namespaces: Vec<NamespaceInfo>,
+    /// Pods NetworkPolicy applies to, sorted by namespace/name.
+    pub pods: Vec<PodInfo>,
+    /// Policies (invalid ones fail-closed), sorted by namespace/name.
+    pub policies: Vec<Policy>,
+}
+
+impl Cluster {
+    /// Validates API objects into a snapshot. Problems are returned, never
+    /// fatal: an invalid policy is kept fail-closed, an invalid pod is left out
+    /// (it cannot be addressed), a namespace that pods or policies live in but
+    /// that is not in the input is assumed with only its name label.
+    pub fn from_objects(
+        namespaces: &[corev1::Namespace],
+        pods: &[corev1::Pod],
+        policies: &[netv1::NetworkPolicy],
+    ) -> (Cluster, Vec<Problem>) {
+        let mut problems = Vec::new();
+        let mut c = Cluster::default();
+        for ns in namespaces {
+            match validate::namespace(ns) {
+                Ok(n) => c.namespaces.push(n),
+                Err(p) => problems.push(p),
+            }
+        }
+        for p in pods {
+            match validate::pod(p) {
+                Ok(Some(info)) => c.pods.push(info),
+                Ok(None) => {}
+                Err(ps) => problems.extend(ps),
+            }
+        }
+        for np in policies {
+            let (pol, ps) = validate::policy(np);
+            problems.extend(ps);
+            c.policies.push(pol);
+        }
+        c.normalize(&mut problems);
+        (c, problems)
+    }
+
+    /// Builds a snapshot from already-validated parts (tests, generators).
+    pub fn from_parts(
+        namespaces: Vec<NamespaceInfo>,
+        pods: Vec<PodInfo>,
+        policies: Vec<Policy>,
+    ) -> Cluster {
+        let mut c = Cluster {
+            namespaces,
+            pods,
+            policies,
+        };
+        c.normalize(&mut Vec::new());
+        c
+    }
+
+    fn normalize(&mut self, problems: &mut Vec<Problem>) {
+        self.namespaces.sort_by(|a, b| a.name.cmp(&b.name));
+        self.namespaces.dedup_by(|a, b| a.name == b.name);
+        for n in &mut self.namespaces {
+            n.labels
+                .insert(NAMESPACE_NAME_LABEL.to_string(), n.name.clone());
+        }
+        self.pods
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        self.pods
+            .dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+        self.policies
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        self.policies
+            .dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+        let mut missing: Vec<(String, ObjectRef)> = Vec::new();
+        for p in &self.pods {
+            missing.push((
+                p.namespace.clone(),
+                ObjectRef {
+                    kind: "Pod",
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                },
+            ));
+        }
+        for p in &self.policies {
+            missing.push((
+                p.namespace.clone(),
+                ObjectRef {
+                    kind: "NetworkPolicy",
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                },
+            ));
+        }
+        missing.retain(|(ns, _)| self.namespace(ns).is_none());
+        missing.sort_by(|a, b| a.0.cmp(&b.0));
+        missing.dedup_by(|a, b| a.0 == b.0);
+        for (ns, obj) in missing {
+            problems.push(Problem {
+                severity: Severity::Warning,
+                object: obj,
+                field: "metadata.namespace".into(),
+                message: format!(
+                    "namespace {ns:?} is not in the input; assuming it exists with only the label {NAMESPACE_NAME_LABEL}={ns}"
+                ),
+            });
+            self.namespaces.push(NamespaceInfo {
+                labels: [(NAMESPACE_NAME_LABEL.to_string(), ns.clone())].into(),
+                name: ns,
+            });
+        }
+        self.namespaces.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+
+    /// The namespace with this name.
+    pub fn namespace(&self, name: &str) -> Option<&NamespaceInfo> {
+        self.namespaces
+            .binary_search_by(|n| n.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.namespaces[i])
+    }
+
+    /// The pod `namespace/name`.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&PodInfo> {
+        self.pods
+            .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name)))
+            .ok()
+            .map(|i| &self.pods[i])
+    }
+}

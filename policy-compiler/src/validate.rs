@@ -1,0 +1,652 @@
+//! The boundary: Kubernetes API objects in, validated domain types out.
+//!
+//! Validation mirrors the API server's (`pkg/apis/networking/validation`
+//! `ValidateNetworkPolicySpec`, and `ValidateLabelSelector`), so a policy the
+//! API server would reject is reported here with the same field path. A policy
+//! that fails is kept *fail-closed*: it still isolates the pods it selects in
+//! the directions it names, and allows nothing.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1 as corev1;
+use k8s_openapi::api::networking::v1 as netv1;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::cidr::{Cidr, IpBlock};
+use crate::model::*;
+use crate::selector::{Labels, Selector};
+
+/// A rule's peers and ports as the API has them.
+type RawRule<'a> = (
+    Option<&'a Vec<netv1::NetworkPolicyPeer>>,
+    Option<&'a Vec<netv1::NetworkPolicyPort>>,
+);
+
+/// Namespace assumed for an object whose `metadata.namespace` is absent, as kubectl does.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// A field path in API notation, e.g. `spec.ingress[0].from[1].ipBlock.cidr`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldPath(String);
+
+impl FieldPath {
+    /// A path starting at `name`.
+    pub fn root(name: &str) -> Self {
+        FieldPath(name.to_string())
+    }
+    /// `self.name`.
+    pub fn field(&self, name: &str) -> Self {
+        FieldPath(format!("{}.{name}", self.0))
+    }
+    /// `self[i]`.
+    pub fn index(&self, i: usize) -> Self {
+        FieldPath(format!("{}[{i}]", self.0))
+    }
+    /// `self.name[key]` (map entry).
+    pub fn key(&self, name: &str, key: &str) -> Self {
+        FieldPath(format!("{}.{name}[{key}]", self.0))
+    }
+    /// The path as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One invalid field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Where.
+    pub path: FieldPath,
+    /// What is wrong, in the API server's words where it has them.
+    pub message: String,
+}
+
+/// Errors collected while validating one object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FieldErrors(pub Vec<FieldError>);
+
+impl FieldErrors {
+    /// Records an error.
+    pub fn push(&mut self, path: FieldPath, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path,
+            message: message.into(),
+        });
+    }
+    /// No errors?
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for FieldErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", e.path, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// The object a problem is about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    /// `NetworkPolicy`, `Pod` or `Namespace`.
+    pub kind: &'static str,
+    /// Namespace (empty for a Namespace).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// How bad a problem is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// The object is invalid; a policy is enforced fail-closed.
+    Error,
+    /// Valid, but probably not what the author meant.
+    Warning,
+}
+
+/// Something wrong with one input object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Error or warning.
+    pub severity: Severity,
+    /// The object.
+    pub object: ObjectRef,
+    /// Field path inside it.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{sev}: {}: {}: {}",
+            self.object, self.field, self.message
+        )
+    }
+}
+
+fn problems_from(errs: FieldErrors, object: &ObjectRef, severity: Severity) -> Vec<Problem> {
+    errs.0
+        .into_iter()
+        .map(|e| Problem {
+            severity,
+            object: object.clone(),
+            field: e.path.0,
+            message: e.message,
+        })
+        .collect()
+}
+
+/// Validates a NetworkPolicy. Returns the domain policy (fail-closed when
+/// invalid: `valid == false`, no rules) and its problems.
+pub fn policy(np: &netv1::NetworkPolicy) -> (Policy, Vec<Problem>) {
+    let namespace = np
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let name = np.metadata.name.clone().unwrap_or_default();
+    let object = ObjectRef {
+        kind: "NetworkPolicy",
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
+    let mut errs = FieldErrors::default();
+    let mut warnings = FieldErrors::default();
+    if name.is_empty() {
+        errs.push(FieldPath::root("metadata.name"), "Required value");
+    }
+    let spec_path = FieldPath::root("spec");
+    let default_spec = netv1::NetworkPolicySpec::default();
+    let spec = match &np.spec {
+        Some(s) => s,
+        None => {
+            errs.push(spec_path.clone(), "Required value");
+            &default_spec
+        }
+    };
+
+    // spec.podSelector is a non-pointer struct in the API; null decodes as `{}`.
+    let sel_path = spec_path.field("podSelector");
+    let mut sel_errs = FieldErrors::default();
+    let pod_selector = match &spec.pod_selector {
+        Some(s) => Selector::parse(s, &sel_path, &mut sel_errs),
+        None => Selector::everything(),
+    };
+    // Fail closed on a bad podSelector: isolate every pod of the namespace.
+    let pod_selector = if sel_errs.is_empty() {
+        pod_selector
+    } else {
+        errs.0.extend(sel_errs.0);
+        Selector::everything()
+    };
+
+    // Effective policyTypes (API server defaulting, `SetDefaults_NetworkPolicy`).
+    let types_path = spec_path.field("policyTypes");
+    let mut isolates = [false; 2];
+    let mut types_ok = true;
+    match spec.policy_types.as_deref() {
+        None | Some([]) => {
+            isolates[Direction::Ingress as usize] = true;
+            isolates[Direction::Egress as usize] =
+                spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+        }
+        Some(types) => {
+            if types.len() > 2 {
+                errs.push(
+                    types_path.clone(),
+                    "may not specify more than two policyTypes",
+                );
+                types_ok = false;
+            }
+            for (i, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    "Ingress" => isolates[0] = true,
+                    "Egress" => isolates[1] = true,
+                    other => {
+                        errs.push(
+                            types_path.index(i),
+                            format!("Unsupported value: {other:?}: supported values: \"Ingress\", \"Egress\""),
+                        );
+                        types_ok = false;
+                    }
+                }
+            }
+        }
+    }
+    if !types_ok {
+        // We cannot tell what was meant: isolate both directions.
+        isolates = [true, true];
+    }
+
+    let mut rules: [Vec<Rule>; 2] = [Vec::new(), Vec::new()];
+    let ingress: Vec<RawRule<'_>> = spec
+        .ingress
+        .iter()
+        .flatten()
+        .map(|r| (r.from.as_ref(), r.ports.as_ref()))
+        .collect();
+    let egress: Vec<_> = spec
+        .egress
+        .iter()
+        .flatten()
+        .map(|r| (r.to.as_ref(), r.ports.as_ref()))
+        .collect();
+    for (dir, list, field, peers_field) in [
+        (Direction::Ingress, ingress, "ingress", "from"),
+        (Direction::Egress, egress, "egress", "to"),
+    ] {
+        let dir_path = spec_path.field(field);
+        for (i, (peers, ports)) in list.into_iter().enumerate() {
+            let rule_path = dir_path.index(i);
+            let rule = parse_rule(&namespace, peers, ports, &rule_path, peers_field, &mut errs);
+            if isolates[dir as usize] {
+                rules[dir as usize].push(rule);
+            }
+        }
+        let n = rules[dir as usize].len();
+        let declared = match dir {
+            Direction::Ingress => spec.ingress.as_ref().map_or(0, Vec::len),
+            Direction::Egress => spec.egress.as_ref().map_or(0, Vec::len),
+        };
+        if declared > 0 && n == 0 && types_ok {
+            warnings.push(
+                dir_path,
+                format!(
+                    "{declared} {field} rule(s) ignored: policyTypes does not include {}",
+                    dir.as_str()
+                ),
+            );
+        }
+    }
+
+    let valid = errs.is_empty();
+    if !valid {
+        rules = [Vec::new(), Vec::new()];
+    }
+    let mut problems = problems_from(errs, &object, Severity::Error);
+    problems.extend(problems_from(warnings, &object, Severity::Warning));
+    (
+        Policy {
+            namespace,
+            name,
+            pod_selector,
+            isolates,
+            rules,
+            valid,
+        },
+        problems,
+    )
+}
+
+fn parse_rule(
+    namespace: &str,
+    peers: Option<&Vec<netv1::NetworkPolicyPeer>>,
+    ports: Option<&Vec<netv1::NetworkPolicyPort>>,
+    path: &FieldPath,
+    peers_field: &str,
+    errs: &mut FieldErrors,
+) -> Rule {
+    let mut rule = Rule::default();
+    for (j, p) in ports.into_iter().flatten().enumerate() {
+        if let Some(m) = parse_port(p, &path.field("ports").index(j), errs) {
+            rule.ports.push(m);
+        }
+    }
+    for (j, peer) in peers.into_iter().flatten().enumerate() {
+        if let Some(p) = parse_peer(namespace, peer, &path.field(peers_field).index(j), errs) {
+            rule.peers.push(p);
+        }
+    }
+    rule
+}
+
+fn parse_peer(
+    namespace: &str,
+    peer: &netv1::NetworkPolicyPeer,
+    path: &FieldPath,
+    errs: &mut FieldErrors,
+) -> Option<Peer> {
+    let count = [
+        peer.pod_selector.is_some(),
+        peer.namespace_selector.is_some(),
+        peer.ip_block.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if count == 0 {
+        errs.push(path.clone(), "Required value: must specify a peer");
+        return None;
+    }
+    if let Some(b) = &peer.ip_block {
+        if count > 1 {
+            errs.push(
+                path.clone(),
+                "Forbidden: may not specify both ipBlock and another peer",
+            );
+            return None;
+        }
+        return parse_ip_block(b, &path.field("ipBlock"), errs).map(Peer::Block);
+    }
+    let pods = match &peer.pod_selector {
+        Some(s) => Selector::parse(s, &path.field("podSelector"), errs),
+        None => Selector::everything(),
+    };
+    let namespaces = match &peer.namespace_selector {
+        Some(s) => {
+            NamespaceMatch::Selector(Selector::parse(s, &path.field("namespaceSelector"), errs))
+        }
+        None => NamespaceMatch::Own(namespace.to_string()),
+    };
+    Some(Peer::Pods { namespaces, pods })
+}
+
+fn parse_ip_block(b: &netv1::IPBlock, path: &FieldPath, errs: &mut FieldErrors) -> Option<IpBlock> {
+    let cidr = match Cidr::parse(&b.cidr) {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = if b.cidr.is_empty() {
+                "Required value".to_string()
+            } else {
+                e.to_string()
+            };
+            errs.push(path.field("cidr"), msg);
+            return None;
+        }
+    };
+    let mut except = Vec::new();
+    for (i, e) in b.except.iter().flatten().enumerate() {
+        let p = path.field("except").index(i);
+        match Cidr::parse(e) {
+            Ok(c) if cidr.strictly_contains(&c) => except.push(c),
+            Ok(_) => errs.push(
+                p,
+                format!("{e:?}: must be a strict subset of `cidr` {}", b.cidr),
+            ),
+            Err(err) => errs.push(p, err.to_string()),
+        }
+    }
+    except.sort();
+    except.dedup();
+    Some(IpBlock { cidr, except })
+}
+
+fn parse_port(
+    p: &netv1::NetworkPolicyPort,
+    path: &FieldPath,
+    errs: &mut FieldErrors,
+) -> Option<PortMatch> {
+    let protocol = match p.protocol.as_deref() {
+        None => Protocol::Tcp,
+        Some(s) => {
+            match Protocol::parse(s) {
+                Some(proto) => proto,
+                None => {
+                    errs.push(
+                    path.field("protocol"),
+                    format!("Unsupported value: {s:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""),
+                );
+                    return None;
+                }
+            }
+        }
+    };
+    let end_path = path.field("endPort");
+    match (&p.port, p.end_port) {
+        (None, None) => Some(PortMatch::Range {
+            protocol,
+            lo: 0,
+            hi: 65535,
+        }),
+        (None, Some(_)) => {
+            errs.push(
+                end_path,
+                "may not be specified when `port` is not specified",
+            );
+            None
+        }
+        (Some(IntOrString::Int(n)), end) => {
+            let lo = check_port_number(*n, &path.field("port"), errs)?;
+            let hi = match end {
+                None => lo,
+                Some(e) => {
+                    let hi = check_port_number(e, &end_path, errs)?;
+                    if hi < lo {
+                        errs.push(end_path, "must be greater than or equal to `port`");
+                        return None;
+                    }
+                    hi
+                }
+            };
+            Some(PortMatch::Range { protocol, lo, hi })
+        }
+        (Some(IntOrString::String(name)), end) => {
+            if end.is_some() {
+                errs.push(end_path, "may not be specified when `port` is non-numeric");
+                return None;
+            }
+            if let Err(msg) = check_port_name(name) {
+                errs.push(path.field("port"), msg);
+                return None;
+            }
+            Some(PortMatch::Named {
+                protocol,
+                name: name.clone(),
+            })
+        }
+    }
+}
+
+fn check_port_number(n: i32, path: &FieldPath, errs: &mut FieldErrors) -> Option<u16> {
+    if (1..=65535).contains(&n) {
+        Some(n as u16)
+    } else {
+        errs.push(
+            path.clone(),
+            format!("Invalid value: {n}: must be between 1 and 65535, inclusive"),
+        );
+        None
+    }
+}
+
+/// An IANA service name (`validation.IsValidPortName`): 1-15 characters of
+/// lowercase alphanumerics and '-', at least one letter, no leading, trailing
+/// or doubled '-'.
+pub fn check_port_name(name: &str) -> Result<(), String> {
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 15
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().any(|c| c.is_ascii_lowercase())
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && !name.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "Invalid value: {name:?}: a port name must be 1-15 lowercase alphanumerics or '-', contain a letter, and not start, end or double '-'"
+        ))
+    }
+}
+
+/// Converts a Namespace. The `kubernetes.io/metadata.name` label is added
+/// (the API server sets it on every namespace since 1.21).
+pub fn namespace(ns: &corev1::Namespace) -> Result<NamespaceInfo, Problem> {
+    let name = ns.metadata.name.clone().unwrap_or_default();
+    if name.is_empty() {
+        return Err(Problem {
+            severity: Severity::Error,
+            object: ObjectRef {
+                kind: "Namespace",
+                namespace: String::new(),
+                name,
+            },
+            field: "metadata.name".into(),
+            message: "Required value".into(),
+        });
+    }
+    let mut labels: Labels = ns
+        .metadata
+        .labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.clone());
+    Ok(NamespaceInfo { name, labels })
+}
+
+/// Converts a Pod. `Ok(None)` for pods NetworkPolicy does not apply to:
+/// host-network pods (their address is the node's), pods without an IP, and
+/// pods in phase Succeeded or Failed.
+pub fn pod(p: &corev1::Pod) -> Result<Option<PodInfo>, Vec<Problem>> {
+    let namespace = p
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let name = p.metadata.name.clone().unwrap_or_default();
+    let object = ObjectRef {
+        kind: "Pod",
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
+    let mut errs = FieldErrors::default();
+    if name.is_empty() {
+        errs.push(FieldPath::root("metadata.name"), "Required value");
+    }
+    let spec = p.spec.as_ref();
+    if spec.and_then(|s| s.host_network).unwrap_or(false) {
+        return Ok(None);
+    }
+    let status = p.status.as_ref();
+    if matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    ) {
+        return Ok(None);
+    }
+    let mut ips: Vec<IpAddr> = Vec::new();
+    if let Some(st) = status {
+        let listed: Vec<(FieldPath, &str)> = match st.pod_ips.as_deref() {
+            Some(list) if !list.is_empty() => list
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    (
+                        FieldPath::root("status.podIPs").index(i).field("ip"),
+                        a.ip.as_str(),
+                    )
+                })
+                .collect(),
+            _ => st
+                .pod_ip
+                .iter()
+                .map(|a| (FieldPath::root("status.podIP"), a.as_str()))
+                .collect(),
+        };
+        for (path, text) in listed {
+            match text.parse::<IpAddr>() {
+                Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+                Ok(_) => {}
+                Err(_) => errs.push(path, format!("invalid IP address {text:?}")),
+            }
+        }
+    }
+    let mut named_ports = Vec::new();
+    for (ci, c) in spec
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        for (pi, cp) in c.ports.iter().flatten().enumerate() {
+            let path = FieldPath::root("spec.containers")
+                .index(ci)
+                .field("ports")
+                .index(pi);
+            let Some(port_name) = &cp.name else { continue };
+            let protocol = match cp.protocol.as_deref() {
+                None => Protocol::Tcp,
+                Some(s) => match Protocol::parse(s) {
+                    Some(p) => p,
+                    None => {
+                        errs.push(path.field("protocol"), format!("Unsupported value: {s:?}"));
+                        continue;
+                    }
+                },
+            };
+            if let Err(m) = check_port_name(port_name) {
+                errs.push(path.field("name"), m);
+                continue;
+            }
+            let Some(port) = u16::try_from(cp.container_port).ok().filter(|p| *p > 0) else {
+                errs.push(
+                    path.field("containerPort"),
+                    "must be between 1 and 65535, inclusive",
+                );
+                continue;
+            };
+            named_ports.push(NamedPort {
+                name: port_name.clone(),
+                protocol,
+                port,
+            });
+        }
+    }
+    if !errs.is_empty() {
+        return Err(problems_from(errs, &object, Severity::Error));
+    }
+    if ips.is_empty() {
+        return Ok(None);
+    }
+    named_ports.sort();
+    named_ports.dedup();
+    let labels = p
+        .metadata
+        .labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    Ok(Some(PodInfo {
+        namespace,
+        name,
+        labels,
+        ips,
+        named_ports,
+    }))
+}
