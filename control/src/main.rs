@@ -1,2 +1,265 @@
-//! placeholder
-fn main() {}
+//! The `portcullis` binary. See `control/src/lib.rs` for the map of the crate.
+
+use std::io::{BufRead, BufWriter, Write};
+
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use control::report::{self, parse_protocol};
+use policy_compiler::{Compiled, Severity};
+
+/// Portcullis: Kubernetes NetworkPolicy enforcement over AF_XDP.
+#[derive(Parser)]
+#[command(name = "portcullis", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Is one connection allowed? With no --from, answers JSON-line queries on stdin.
+    Query(QueryArgs),
+    /// Why is a connection allowed or denied? (every policy and rule involved)
+    Explain(FlowArgs),
+    /// Pod-by-pod reachability table, computed from the policies.
+    Matrix(MatrixArgs),
+    /// Validate a state file and print every problem.
+    Check(StateArgs),
+}
+
+#[derive(Args)]
+struct StateArgs {
+    /// Cluster state: YAML (multi-document or `kind: List`, as `kubectl get ns,pods,networkpolicies -A -o yaml`
+    /// prints it) or JSON; `-` for stdin; a directory reads every *.yaml, *.yml, *.json in it. Repeatable.
+    #[arg(long = "state", short = 's', required = true)]
+    state: Vec<String>,
+    /// Go on when a NetworkPolicy fails validation (it is then enforced fail-closed: it isolates the
+    /// pods it selects and allows nothing).
+    #[arg(long)]
+    allow_invalid: bool,
+}
+
+#[derive(Args)]
+struct FlowArgs {
+    #[command(flatten)]
+    state: StateArgs,
+    /// Source: namespace/pod or an IP address.
+    #[arg(long)]
+    from: String,
+    /// Destination: namespace/pod or an IP address.
+    #[arg(long)]
+    to: String,
+    /// TCP, UDP, SCTP, ICMP, ICMPv6 or an IP protocol number.
+    #[arg(long, default_value = "TCP")]
+    protocol: String,
+    /// Destination port (ignored for ICMP).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Address family used for pods given by name (4 or 6); default: the pod's first IP.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(4..=6))]
+    family: Option<u8>,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    #[command(flatten)]
+    state: StateArgs,
+    /// Source: namespace/pod or an IP. Without it, queries are read from stdin as JSON lines:
+    /// {"src":"10.0.1.1","dst":"10.0.2.2","protocol":"TCP","port":80}
+    #[arg(long, requires = "to")]
+    from: Option<String>,
+    /// Destination: namespace/pod or an IP.
+    #[arg(long, requires = "from")]
+    to: Option<String>,
+    /// TCP, UDP, SCTP, ICMP, ICMPv6 or a number.
+    #[arg(long, default_value = "TCP")]
+    protocol: String,
+    /// Destination port.
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Address family for pods given by name (4 or 6).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(4..=6))]
+    family: Option<u8>,
+    /// Output format for a single query (batch mode always prints JSON lines).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct MatrixArgs {
+    #[command(flatten)]
+    state: StateArgs,
+    /// Protocols, comma-separated.
+    #[arg(long, default_value = "TCP", value_delimiter = ',')]
+    protocol: Vec<String>,
+    /// Destination ports, comma-separated. Without it, each destination is probed on its own first
+    /// container port of the protocol.
+    #[arg(long, value_delimiter = ',')]
+    port: Vec<u16>,
+    /// Address family (4 or 6); default: each pod's first IP.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(4..=6))]
+    family: Option<u8>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Text,
+    Json,
+}
+
+/// Loads and compiles the state, printing problems with their origins.
+/// Errors stop the command unless `--allow-invalid`.
+fn load(args: &StateArgs) -> Result<Compiled> {
+    let state = control::load_paths(&args.state).map_err(|e| anyhow!("{e}"))?;
+    for (kind, origin) in &state.skipped {
+        eprintln!("note: {origin}: kind {kind} is not used by NetworkPolicy; skipped");
+    }
+    let compiled = policy_compiler::compile(&state.namespaces, &state.pods, &state.policies);
+    let mut errors = 0;
+    for p in &compiled.problems {
+        let at = state
+            .origin_of(p.object.kind, &p.object.namespace, &p.object.name)
+            .map(|o| format!("{o}: "))
+            .unwrap_or_default();
+        eprintln!("{at}{p}");
+        if p.severity == Severity::Error {
+            errors += 1;
+        }
+    }
+    if errors > 0 && !args.allow_invalid {
+        bail!(
+            "{errors} invalid object(s); nothing applied (use --allow-invalid to go on with invalid policies enforced fail-closed)"
+        );
+    }
+    Ok(compiled)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Check(args) => {
+            let c = load(&args)?;
+            let s = c.table.stats();
+            println!(
+                "ok: {} namespaces, {} pods, {} policies ({} identities, {} sides, {} table entries)",
+                s.namespaces, s.pods, s.policies, s.identities, s.sides, s.port_entries
+            );
+        }
+        Command::Query(args) => {
+            let c = load(&args.state)?;
+            match (&args.from, &args.to) {
+                (Some(from), Some(to)) => {
+                    let proto = parse_protocol(&args.protocol).map_err(|e| anyhow!(e))?;
+                    let src =
+                        report::resolve_endpoint(&c.cluster, from, args.family).map_err(|e| anyhow!(e))?;
+                    let dst =
+                        report::resolve_endpoint(&c.cluster, to, args.family).map_err(|e| anyhow!(e))?;
+                    let v = c.table.verdict(src, dst, proto, args.port);
+                    match args.output {
+                        Output::Text => {
+                            println!("{}", report::verdict_line(&c.table, src, dst, proto, args.port, &v))
+                        }
+                        Output::Json => {
+                            println!("{}", report::verdict_json(&c.table, src, dst, proto, args.port, &v))
+                        }
+                    }
+                }
+                _ => batch(&c)?,
+            }
+        }
+        Command::Explain(args) => {
+            let c = load(&args.state)?;
+            let proto = parse_protocol(&args.protocol).map_err(|e| anyhow!(e))?;
+            let src =
+                report::resolve_endpoint(&c.cluster, &args.from, args.family).map_err(|e| anyhow!(e))?;
+            let dst = report::resolve_endpoint(&c.cluster, &args.to, args.family).map_err(|e| anyhow!(e))?;
+            print!("{}", report::explain(&c, src, dst, proto, args.port));
+        }
+        Command::Matrix(args) => {
+            let c = load(&args.state)?;
+            let ports: Vec<Option<u16>> =
+                if args.port.is_empty() { vec![None] } else { args.port.iter().map(|p| Some(*p)).collect() };
+            let mut all = Vec::new();
+            for p in &args.protocol {
+                let proto = parse_protocol(p).map_err(|e| anyhow!(e))?;
+                for port in &ports {
+                    all.push(report::matrix(&c, proto, *port, args.family));
+                }
+            }
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&all)?),
+                Output::Text => {
+                    for (i, m) in all.iter().enumerate() {
+                        if i > 0 {
+                            println!();
+                        }
+                        print!("{}", m.render());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One JSON query per line in, one JSON answer per line out. A bad line gets
+/// `{"line": N, "error": "..."}` and the batch goes on.
+fn batch(c: &Compiled) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Query {
+        src: String,
+        dst: String,
+        #[serde(default = "tcp")]
+        protocol: serde_json::Value,
+        #[serde(default)]
+        port: u16,
+    }
+    fn tcp() -> serde_json::Value {
+        serde_json::Value::String("TCP".into())
+    }
+    let stdin = std::io::stdin().lock();
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    for (i, line) in stdin.lines().enumerate() {
+        let line = line.context("reading stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let answer = (|| -> Result<serde_json::Value, String> {
+            let q: Query = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+            let src = report::resolve_endpoint(&c.cluster, &q.src, None)?;
+            let dst = report::resolve_endpoint(&c.cluster, &q.dst, None)?;
+            let proto = match &q.protocol {
+                serde_json::Value::String(s) => parse_protocol(s)?,
+                serde_json::Value::Number(n) => n
+                    .as_u64()
+                    .and_then(|n| u8::try_from(n).ok())
+                    .ok_or_else(|| format!("protocol number {n} out of range"))?,
+                other => return Err(format!("protocol must be a name or number, got {other}")),
+            };
+            let v = c.table.verdict(src, dst, proto, q.port);
+            Ok(report::verdict_json(&c.table, src, dst, proto, q.port, &v))
+        })();
+        match answer {
+            Ok(v) => serde_json::to_writer(&mut out, &v)?,
+            Err(e) => serde_json::to_writer(&mut out, &serde_json::json!({"line": i + 1, "error": e}))?,
+        }
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -64,12 +64,8 @@ impl Cidr {
     /// Parses `a.b.c.d/n` or `x::y/n`. Host bits may be set (the API server
     /// accepts them) and are cleared.
     pub fn parse(s: &str) -> Result<Cidr, CidrError> {
-        let (a, l) = s
-            .split_once('/')
-            .ok_or_else(|| CidrError::NoPrefix(s.to_string()))?;
-        let ip: IpAddr = a
-            .parse()
-            .map_err(|_| CidrError::BadAddress(s.to_string()))?;
+        let (a, l) = s.split_once('/').ok_or_else(|| CidrError::NoPrefix(s.to_string()))?;
+        let ip: IpAddr = a.parse().map_err(|_| CidrError::BadAddress(s.to_string()))?;
         let (family, addr) = split(ip);
         let len: u8 = l
             .parse()
@@ -82,10 +78,7 @@ impl Cidr {
     /// A block from parts, clearing host bits.
     pub fn new(family: Family, addr: u128, len: u8) -> Cidr {
         let c = Cidr { family, addr, len };
-        Cidr {
-            addr: addr & c.mask(),
-            ..c
-        }
+        Cidr { addr: addr & c.mask(), ..c }
     }
 
     /// The block holding exactly one address.
@@ -97,11 +90,7 @@ impl Cidr {
     fn mask(&self) -> u128 {
         let bits = self.family.bits();
         let host = bits - self.len;
-        let all: u128 = if bits == 128 {
-            u128::MAX
-        } else {
-            (1u128 << bits) - 1
-        };
+        let all: u128 = if bits == 128 { u128::MAX } else { (1u128 << bits) - 1 };
         if host == 128 {
             0
         } else {
@@ -132,21 +121,14 @@ impl Cidr {
 
     /// Is `other` a strict subset of this block (same family, longer prefix, inside)?
     pub fn strictly_contains(&self, other: &Cidr) -> bool {
-        other.family == self.family
-            && other.len > self.len
-            && self.contains(other.family, other.addr)
+        other.family == self.family && other.len > self.len && self.contains(other.family, other.addr)
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.family {
-            Family::V4 => write!(
-                f,
-                "{}/{}",
-                std::net::Ipv4Addr::from(self.addr as u32),
-                self.len
-            ),
+            Family::V4 => write!(f, "{}/{}", std::net::Ipv4Addr::from(self.addr as u32), self.len),
             Family::V6 => write!(f, "{}/{}", std::net::Ipv6Addr::from(self.addr), self.len),
         }
     }
@@ -208,26 +190,11 @@ mod tests {
 
     #[test]
     fn rejects() {
-        assert!(matches!(
-            Cidr::parse("10.0.0.0"),
-            Err(CidrError::NoPrefix(_))
-        ));
-        assert!(matches!(
-            Cidr::parse("10.0.0/8"),
-            Err(CidrError::BadAddress(_))
-        ));
-        assert!(matches!(
-            Cidr::parse("10.0.0.0/33"),
-            Err(CidrError::BadPrefix(..))
-        ));
-        assert!(matches!(
-            Cidr::parse("::/129"),
-            Err(CidrError::BadPrefix(..))
-        ));
-        assert!(matches!(
-            Cidr::parse("10.0.0.0/x"),
-            Err(CidrError::BadPrefix(..))
-        ));
+        assert!(matches!(Cidr::parse("10.0.0.0"), Err(CidrError::NoPrefix(_))));
+        assert!(matches!(Cidr::parse("10.0.0/8"), Err(CidrError::BadAddress(_))));
+        assert!(matches!(Cidr::parse("10.0.0.0/33"), Err(CidrError::BadPrefix(..))));
+        assert!(matches!(Cidr::parse("::/129"), Err(CidrError::BadPrefix(..))));
+        assert!(matches!(Cidr::parse("10.0.0.0/x"), Err(CidrError::BadPrefix(..))));
     }
 
     #[test]
@@ -237,10 +204,7 @@ mod tests {
         assert!(!c.strictly_contains(&Cidr::parse("10.0.0.0/16").unwrap()));
         assert!(!c.strictly_contains(&Cidr::parse("10.1.0.0/24").unwrap()));
         assert!(!c.strictly_contains(&Cidr::parse("::/64").unwrap()));
-        let b = IpBlock {
-            cidr: c,
-            except: vec![Cidr::parse("10.0.5.0/24").unwrap()],
-        };
+        let b = IpBlock { cidr: c, except: vec![Cidr::parse("10.0.5.0/24").unwrap()] };
         let (f, a) = split("10.0.5.9".parse().unwrap());
         assert!(!b.contains(f, a));
         let (f, a) = split("10.0.6.9".parse().unwrap());

@@ -54,16 +54,8 @@ impl Cluster {
     }
 
     /// Builds a snapshot from already-validated parts (tests, generators).
-    pub fn from_parts(
-        namespaces: Vec<NamespaceInfo>,
-        pods: Vec<PodInfo>,
-        policies: Vec<Policy>,
-    ) -> Cluster {
-        let mut c = Cluster {
-            namespaces,
-            pods,
-            policies,
-        };
+    pub fn from_parts(namespaces: Vec<NamespaceInfo>, pods: Vec<PodInfo>, policies: Vec<Policy>) -> Cluster {
+        let mut c = Cluster { namespaces, pods, policies };
         c.normalize(&mut Vec::new());
         c
     }
@@ -72,36 +64,23 @@ impl Cluster {
         self.namespaces.sort_by(|a, b| a.name.cmp(&b.name));
         self.namespaces.dedup_by(|a, b| a.name == b.name);
         for n in &mut self.namespaces {
-            n.labels
-                .insert(NAMESPACE_NAME_LABEL.to_string(), n.name.clone());
+            n.labels.insert(NAMESPACE_NAME_LABEL.to_string(), n.name.clone());
         }
-        self.pods
-            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        self.pods
-            .dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
-        self.policies
-            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        self.policies
-            .dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+        self.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        self.pods.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+        self.policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        self.policies.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
         let mut missing: Vec<(String, ObjectRef)> = Vec::new();
         for p in &self.pods {
             missing.push((
                 p.namespace.clone(),
-                ObjectRef {
-                    kind: "Pod",
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                },
+                ObjectRef { kind: "Pod", namespace: p.namespace.clone(), name: p.name.clone() },
             ));
         }
         for p in &self.policies {
             missing.push((
                 p.namespace.clone(),
-                ObjectRef {
-                    kind: "NetworkPolicy",
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                },
+                ObjectRef { kind: "NetworkPolicy", namespace: p.namespace.clone(), name: p.name.clone() },
             ));
         }
         missing.retain(|(ns, _)| self.namespace(ns).is_none());
@@ -126,10 +105,7 @@ impl Cluster {
 
     /// The namespace with this name.
     pub fn namespace(&self, name: &str) -> Option<&NamespaceInfo> {
-        self.namespaces
-            .binary_search_by(|n| n.name.as_str().cmp(name))
-            .ok()
-            .map(|i| &self.namespaces[i])
+        self.namespaces.binary_search_by(|n| n.name.as_str().cmp(name)).ok().map(|i| &self.namespaces[i])
     }
 
     /// The pod `namespace/name`.

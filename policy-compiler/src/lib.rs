@@ -66,9 +66,5 @@ pub fn compile(
 ) -> Compiled {
     let (cluster, problems) = Cluster::from_objects(namespaces, pods, policies);
     let table = DecisionTable::compile(&cluster);
-    Compiled {
-        cluster,
-        table,
-        problems,
-    }
+    Compiled { cluster, table, problems }
 }

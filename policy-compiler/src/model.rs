@@ -119,11 +119,7 @@ pub enum PortMatch {
 impl fmt::Display for PortMatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PortMatch::Range {
-                protocol,
-                lo: 0,
-                hi: 65535,
-            } => write!(f, "{protocol}/*"),
+            PortMatch::Range { protocol, lo: 0, hi: 65535 } => write!(f, "{protocol}/*"),
             PortMatch::Range { protocol, lo, hi } if lo == hi => write!(f, "{protocol}/{lo}"),
             PortMatch::Range { protocol, lo, hi } => write!(f, "{protocol}/{lo}-{hi}"),
             PortMatch::Named { protocol, name } => write!(f, "{protocol}/{name}"),
@@ -224,8 +220,10 @@ pub struct PodInfo {
     pub labels: Labels,
     /// Pod IPs (one per family at most, as the API allows).
     pub ips: Vec<IpAddr>,
-    /// Named container ports.
+    /// Named container ports, for named-port rules.
     pub named_ports: Vec<NamedPort>,
+    /// Every declared container port (named or not), in declaration order.
+    pub container_ports: Vec<(Protocol, u16)>,
 }
 
 impl PodInfo {

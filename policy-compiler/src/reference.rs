@@ -34,11 +34,7 @@ impl SideDetail {
     pub fn allows(&self) -> bool {
         match self {
             SideDetail::NotPod => true,
-            SideDetail::Pod {
-                isolating,
-                allowing,
-                ..
-            } => isolating.is_empty() || !allowing.is_empty(),
+            SideDetail::Pod { isolating, allowing, .. } => isolating.is_empty() || !allowing.is_empty(),
         }
     }
 }
@@ -94,20 +90,13 @@ pub fn evaluate(cluster: &Cluster, src: IpAddr, dst: IpAddr, protocol: u8, port:
                                 .iter()
                                 .any(|p| peer_matches(cluster, &pol.namespace, p, peer_ip, peer));
                         let port_ok = rule.ports.is_empty()
-                            || rule
-                                .ports
-                                .iter()
-                                .any(|m| port_matches(m, protocol, port, dst_info));
+                            || rule.ports.iter().any(|m| port_matches(m, protocol, port, dst_info));
                         if peer_ok && port_ok {
                             allowing.push((pi, ri));
                         }
                     }
                 }
-                SideDetail::Pod {
-                    pod: s,
-                    isolating,
-                    allowing,
-                }
+                SideDetail::Pod { pod: s, isolating, allowing }
             }
         }
     };
@@ -118,13 +107,7 @@ pub fn evaluate(cluster: &Cluster, src: IpAddr, dst: IpAddr, protocol: u8, port:
 }
 
 /// Does a peer entry match the other end of the flow?
-pub fn peer_matches(
-    cluster: &Cluster,
-    policy_ns: &str,
-    peer: &Peer,
-    ip: IpAddr,
-    pod: Option<usize>,
-) -> bool {
+pub fn peer_matches(cluster: &Cluster, policy_ns: &str, peer: &Peer, ip: IpAddr, pod: Option<usize>) -> bool {
     match peer {
         Peer::Block(b) => {
             let (f, a) = split(ip);
@@ -140,9 +123,9 @@ pub fn peer_matches(
                     debug_assert_eq!(ns, policy_ns);
                     p.namespace == *ns
                 }
-                NamespaceMatch::Selector(sel) => cluster
-                    .namespace(&p.namespace)
-                    .is_some_and(|n| sel.matches(&n.labels)),
+                NamespaceMatch::Selector(sel) => {
+                    cluster.namespace(&p.namespace).is_some_and(|n| sel.matches(&n.labels))
+                }
             };
             ns_ok && pods.matches(&p.labels)
         }
@@ -154,17 +137,11 @@ pub fn peer_matches(
 /// never matches a named port.
 pub fn port_matches(m: &PortMatch, protocol: u8, port: u16, dst: Option<&PodInfo>) -> bool {
     match m {
-        PortMatch::Range {
-            protocol: p,
-            lo,
-            hi,
-        } => p.number() == protocol && *lo <= port && port <= *hi,
+        PortMatch::Range { protocol: p, lo, hi } => p.number() == protocol && *lo <= port && port <= *hi,
         PortMatch::Named { protocol: p, name } => {
             p.number() == protocol
                 && dst.is_some_and(|d| {
-                    d.named_ports
-                        .iter()
-                        .any(|np| np.name == *name && np.protocol == *p && np.port == port)
+                    d.named_ports.iter().any(|np| np.name == *name && np.protocol == *p && np.port == port)
                 })
         }
     }

@@ -46,12 +46,12 @@ pub enum Requirement {
 impl Requirement {
     fn matches(&self, labels: &Labels) -> bool {
         match self {
-            Requirement::In { key, values } => labels
-                .get(key)
-                .is_some_and(|v| values.binary_search(v).is_ok()),
-            Requirement::NotIn { key, values } => labels
-                .get(key)
-                .is_none_or(|v| values.binary_search(v).is_err()),
+            Requirement::In { key, values } => {
+                labels.get(key).is_some_and(|v| values.binary_search(v).is_ok())
+            }
+            Requirement::NotIn { key, values } => {
+                labels.get(key).is_none_or(|v| values.binary_search(v).is_err())
+            }
             Requirement::Exists { key } => labels.contains_key(key),
             Requirement::DoesNotExist { key } => !labels.contains_key(key),
         }
@@ -76,10 +76,7 @@ impl Selector {
     pub fn from_labels<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let mut requirements: Vec<Requirement> = pairs
             .into_iter()
-            .map(|(k, v)| Requirement::In {
-                key: k.to_string(),
-                values: vec![v.to_string()],
-            })
+            .map(|(k, v)| Requirement::In { key: k.to_string(), values: vec![v.to_string()] })
             .collect();
         requirements.sort();
         requirements.dedup();
@@ -105,9 +102,7 @@ impl Selector {
     /// candidates through a label index before matching.
     pub fn first_equality(&self) -> Option<(&str, &str)> {
         self.requirements.iter().find_map(|r| match r {
-            Requirement::In { key, values } if values.len() == 1 => {
-                Some((key.as_str(), values[0].as_str()))
-            }
+            Requirement::In { key, values } if values.len() == 1 => Some((key.as_str(), values[0].as_str())),
             _ => None,
         })
     }
@@ -121,10 +116,7 @@ impl Selector {
                 let p = path.key("matchLabels", k);
                 validate_label_key(k, &p, errs);
                 validate_label_value(v, &p, errs);
-                requirements.push(Requirement::In {
-                    key: k.clone(),
-                    values: vec![v.clone()],
-                });
+                requirements.push(Requirement::In { key: k.clone(), values: vec![v.clone()] });
             }
         }
         if let Some(exprs) = &sel.match_expressions {
@@ -173,10 +165,7 @@ impl Selector {
                             ),
                         );
                         // Fail closed: a requirement no labels satisfy.
-                        Requirement::In {
-                            key,
-                            values: Vec::new(),
-                        }
+                        Requirement::In { key, values: Vec::new() }
                     }
                 };
                 requirements.push(req);
@@ -198,13 +187,9 @@ impl std::fmt::Display for Selector {
                 f.write_str(",")?;
             }
             match r {
-                Requirement::In { key, values } if values.len() == 1 => {
-                    write!(f, "{key}={}", values[0])?
-                }
+                Requirement::In { key, values } if values.len() == 1 => write!(f, "{key}={}", values[0])?,
                 Requirement::In { key, values } => write!(f, "{key} in ({})", values.join(","))?,
-                Requirement::NotIn { key, values } => {
-                    write!(f, "{key} notin ({})", values.join(","))?
-                }
+                Requirement::NotIn { key, values } => write!(f, "{key} notin ({})", values.join(","))?,
                 Requirement::Exists { key } => write!(f, "{key}")?,
                 Requirement::DoesNotExist { key } => write!(f, "!{key}")?,
             }
@@ -222,10 +207,7 @@ fn validate_label_key(key: &str, path: &FieldPath, errs: &mut FieldErrors) {
     };
     if let Some(p) = prefix {
         if p.is_empty() || p.len() > 253 || !is_dns_subdomain(p) {
-            errs.push(
-                path.clone(),
-                format!("invalid label key {key:?}: prefix must be a DNS subdomain"),
-            );
+            errs.push(path.clone(), format!("invalid label key {key:?}: prefix must be a DNS subdomain"));
             return;
         }
     }
@@ -257,8 +239,7 @@ fn is_label_name(s: &str) -> bool {
     !b.is_empty()
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 fn is_dns_subdomain(s: &str) -> bool {
@@ -268,8 +249,7 @@ fn is_dns_subdomain(s: &str) -> bool {
             && b.len() <= 63
             && b[0].is_ascii_lowercase() | b[0].is_ascii_digit()
             && (b[b.len() - 1].is_ascii_lowercase() || b[b.len() - 1].is_ascii_digit())
-            && b.iter()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
     })
 }
 
@@ -279,10 +259,7 @@ mod tests {
     use metav1::LabelSelectorRequirement as Req;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn parse(sel: metav1::LabelSelector) -> (Selector, FieldErrors) {
@@ -355,39 +332,21 @@ mod tests {
             ..Default::default()
         });
         let text = e.to_string();
-        assert!(
-            text.contains("sel.matchExpressions[0].values: must be specified"),
-            "{text}"
-        );
-        assert!(
-            text.contains("sel.matchExpressions[1].values: may not be specified"),
-            "{text}"
-        );
-        assert!(
-            text.contains("sel.matchExpressions[2].operator: unsupported value \"Equals\""),
-            "{text}"
-        );
-        assert!(
-            text.contains("sel.matchExpressions[3].key: invalid label key"),
-            "{text}"
-        );
+        assert!(text.contains("sel.matchExpressions[0].values: must be specified"), "{text}");
+        assert!(text.contains("sel.matchExpressions[1].values: may not be specified"), "{text}");
+        assert!(text.contains("sel.matchExpressions[2].operator: unsupported value \"Equals\""), "{text}");
+        assert!(text.contains("sel.matchExpressions[3].key: invalid label key"), "{text}");
         let (_, e) = parse(metav1::LabelSelector {
             match_labels: Some([("app".to_string(), "has space".to_string())].into()),
             ..Default::default()
         });
-        assert!(
-            e.to_string()
-                .contains("sel.matchLabels[app]: invalid label value"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("sel.matchLabels[app]: invalid label value"), "{e}");
     }
 
     #[test]
     fn prefixed_keys() {
         let (s, e) = parse(metav1::LabelSelector {
-            match_labels: Some(
-                [("kubernetes.io/metadata.name".to_string(), "x".to_string())].into(),
-            ),
+            match_labels: Some([("kubernetes.io/metadata.name".to_string(), "x".to_string())].into()),
             ..Default::default()
         });
         assert!(e.is_empty(), "{e}");

@@ -105,9 +105,7 @@ impl PortEntry {
         if self.name == 0 {
             self.lo <= port && port <= self.hi
         } else {
-            dst_named
-                .iter()
-                .any(|n| n.name == self.name && n.proto == proto && n.port == port)
+            dst_named.iter().any(|n| n.name == self.name && n.proto == proto && n.port == port)
         }
     }
 }
@@ -254,23 +252,14 @@ impl DecisionTable {
         let s = self.addr(src);
         let d = self.addr(dst);
         if s.is_none() && d.is_none() {
-            return Verdict {
-                egress: Side::NotPod,
-                ingress: Side::NotPod,
-            };
+            return Verdict { egress: Side::NotPod, ingress: Side::NotPod };
         }
         let peer = |a: Option<AddrEntry>, ip: IpAddr| match a {
             Some(e) => {
                 let p = &self.pods[e.pod as usize];
-                PeerInfo {
-                    pod: Some((p.identity, p.namespace)),
-                    class: e.class,
-                }
+                PeerInfo { pod: Some((p.identity, p.namespace)), class: e.class }
             }
-            None => PeerInfo {
-                pod: None,
-                class: self.class_of(ip),
-            },
+            None => PeerInfo { pod: None, class: self.class_of(ip) },
         };
         let dst_named: &[NamedEntry] = match d {
             Some(e) => {
@@ -281,23 +270,15 @@ impl DecisionTable {
         };
         let egress = match s {
             None => Side::NotPod,
-            Some(e) => self.check(
-                self.pods[e.pod as usize].sides[1],
-                peer(d, dst),
-                protocol,
-                port,
-                dst_named,
-            ),
+            Some(e) => {
+                self.check(self.pods[e.pod as usize].sides[1], peer(d, dst), protocol, port, dst_named)
+            }
         };
         let ingress = match d {
             None => Side::NotPod,
-            Some(e) => self.check(
-                self.pods[e.pod as usize].sides[0],
-                peer(s, src),
-                protocol,
-                port,
-                dst_named,
-            ),
+            Some(e) => {
+                self.check(self.pods[e.pod as usize].sides[0], peer(s, src), protocol, port, dst_named)
+            }
         };
         Verdict { egress, ingress }
     }
@@ -319,14 +300,7 @@ impl DecisionTable {
     }
 
     #[inline]
-    fn check(
-        &self,
-        side: u32,
-        peer: PeerInfo,
-        proto: u8,
-        port: u16,
-        dst_named: &[NamedEntry],
-    ) -> Side {
+    fn check(&self, side: u32, peer: PeerInfo, proto: u8, port: u16, dst_named: &[NamedEntry]) -> Side {
         if side == 0 {
             return Side::NotIsolated;
         }
@@ -338,10 +312,7 @@ impl DecisionTable {
             if let Some(r) = self.set_match(se.any_pod, proto, port, dst_named) {
                 return Side::Allowed(r);
             }
-            for k in [
-                key(side, KIND_IDENTITY, identity),
-                key(side, KIND_NAMESPACE, ns),
-            ] {
+            for k in [key(side, KIND_IDENTITY, identity), key(side, KIND_NAMESPACE, ns)] {
                 if let Some(&set) = self.peer_map.get(&k) {
                     if let Some(r) = self.set_match(set, proto, port, dst_named) {
                         return Side::Allowed(r);
@@ -360,13 +331,7 @@ impl DecisionTable {
     }
 
     #[inline]
-    fn set_match(
-        &self,
-        set: u32,
-        proto: u8,
-        port: u16,
-        dst_named: &[NamedEntry],
-    ) -> Option<RuleRef> {
+    fn set_match(&self, set: u32, proto: u8, port: u16, dst_named: &[NamedEntry]) -> Option<RuleRef> {
         let (a, b) = self.port_sets[set as usize];
         self.entries[a as usize..b as usize]
             .iter()
@@ -381,16 +346,10 @@ impl DecisionTable {
     }
 
     /// The policies isolating a denied side, and its direction.
-    pub fn isolating_policies(
-        &self,
-        side: SideId,
-    ) -> (Option<Direction>, impl Iterator<Item = u32> + '_) {
+    pub fn isolating_policies(&self, side: SideId) -> (Option<Direction>, impl Iterator<Item = u32> + '_) {
         let se = &self.sides[side.0 as usize];
         let (a, b) = se.policies;
-        (
-            se.dir,
-            self.side_policies[a as usize..b as usize].iter().copied(),
-        )
+        (se.dir, self.side_policies[a as usize..b as usize].iter().copied())
     }
 
     /// `(namespace, name)` of the pod owning `ip`, if any.
@@ -440,12 +399,8 @@ struct Compiler<'a> {
 
 impl<'a> Compiler<'a> {
     fn new(cluster: &'a Cluster) -> Self {
-        let ns_index: HashMap<&str, u32> = cluster
-            .namespaces
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.as_str(), i as u32))
-            .collect();
+        let ns_index: HashMap<&str, u32> =
+            cluster.namespaces.iter().enumerate().map(|(i, n)| (n.name.as_str(), i as u32)).collect();
         let mut identities = Vec::new();
         let mut ident_index: HashMap<(u32, &Labels), u32> = HashMap::new();
         let mut ns_identities = vec![Vec::new(); cluster.namespaces.len()];
@@ -453,10 +408,7 @@ impl<'a> Compiler<'a> {
         for p in &cluster.pods {
             let ns = ns_index[p.namespace.as_str()];
             let id = *ident_index.entry((ns, &p.labels)).or_insert_with(|| {
-                identities.push(Identity {
-                    namespace: ns,
-                    labels: p.labels.clone(),
-                });
+                identities.push(Identity { namespace: ns, labels: p.labels.clone() });
                 ns_identities[ns as usize].push((identities.len() - 1) as u32);
                 (identities.len() - 1) as u32
             });
@@ -511,11 +463,8 @@ impl<'a> Compiler<'a> {
             return v.clone();
         }
         let all = &self.ns_identities[ns as usize];
-        let v: Vec<u32> = all
-            .iter()
-            .copied()
-            .filter(|i| sel.matches(&self.identities[*i as usize].labels))
-            .collect();
+        let v: Vec<u32> =
+            all.iter().copied().filter(|i| sel.matches(&self.identities[*i as usize].labels)).collect();
         let r = (v.len() == all.len(), v);
         self.pod_cache.insert((sel, ns), r.clone());
         r
@@ -523,11 +472,7 @@ impl<'a> Compiler<'a> {
 
     fn resolve(&mut self, namespaces: &'a NamespaceMatch, pods: &'a Selector) -> Resolution {
         let ns_list = match namespaces {
-            NamespaceMatch::Own(n) => self
-                .ns_index
-                .get(n.as_str())
-                .map(|i| vec![*i])
-                .unwrap_or_default(),
+            NamespaceMatch::Own(n) => self.ns_index.get(n.as_str()).map(|i| vec![*i]).unwrap_or_default(),
             NamespaceMatch::Selector(s) => self.namespaces_matching(s),
         };
         let mut r = Resolution::default();
@@ -579,10 +524,7 @@ impl<'a> Compiler<'a> {
                 }
                 let next = sides.len() as u32;
                 let s = *side_index.entry((d, list.clone())).or_insert_with(|| {
-                    sides.push(SideEntry {
-                        dir: Some(d),
-                        ..Default::default()
-                    });
+                    sides.push(SideEntry { dir: Some(d), ..Default::default() });
                     side_lists.push((d, list));
                     next
                 });
@@ -605,11 +547,8 @@ impl<'a> Compiler<'a> {
         }
         blocks.sort();
         blocks.dedup();
-        let block_id: HashMap<&IpBlock, u32> = blocks
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (*b, i as u32))
-            .collect();
+        let block_id: HashMap<&IpBlock, u32> =
+            blocks.iter().enumerate().map(|(i, b)| (*b, i as u32)).collect();
         let mut block_classes: Vec<Vec<u32>> = vec![Vec::new(); blocks.len()];
         let mut class_count = 1u32; // 0 = in no block
         let cidr_v4 = build_classes(&blocks, Family::V4, &mut class_count, &mut block_classes);
@@ -631,10 +570,7 @@ impl<'a> Compiler<'a> {
             for &pi in list {
                 let pol = &cluster.policies[pi as usize];
                 for (ri, rule) in pol.rules(*dir).iter().enumerate() {
-                    let rr = RuleRef {
-                        policy: pi,
-                        rule: ri as u32,
-                    };
+                    let rr = RuleRef { policy: pi, rule: ri as u32 };
                     let es = self.port_entries(rule, rr);
                     if rule.peers.is_empty() {
                         any_sets[s].extend_from_slice(&es);
@@ -707,11 +643,7 @@ impl<'a> Compiler<'a> {
             let a = named.len() as u32;
             for np in &p.named_ports {
                 if let Some(&n) = self.names.get(&np.name) {
-                    named.push(NamedEntry {
-                        name: n,
-                        proto: np.protocol.number(),
-                        port: np.port,
-                    });
+                    named.push(NamedEntry { name: n, proto: np.protocol.number(), port: np.port });
                 }
             }
             pods.push(PodEntry {
@@ -724,28 +656,19 @@ impl<'a> Compiler<'a> {
             for ip in &p.ips {
                 match split(*ip) {
                     (Family::V4, v) => {
-                        let e = AddrEntry {
-                            pod: pi as u32,
-                            class: cidr_v4.class_of(v),
-                        };
+                        let e = AddrEntry { pod: pi as u32, class: cidr_v4.class_of(v) };
                         addr_v4.entry(v as u32).or_insert(e);
                     }
                     (Family::V6, v) => {
-                        let e = AddrEntry {
-                            pod: pi as u32,
-                            class: cidr_v6.class_of(v),
-                        };
+                        let e = AddrEntry { pod: pi as u32, class: cidr_v6.class_of(v) };
                         addr_v6.entry(v).or_insert(e);
                     }
                 }
             }
         }
 
-        let policies: Vec<(String, String)> = cluster
-            .policies
-            .iter()
-            .map(|p| (p.namespace.clone(), p.name.clone()))
-            .collect();
+        let policies: Vec<(String, String)> =
+            cluster.policies.iter().map(|p| (p.namespace.clone(), p.name.clone())).collect();
         let mut t = DecisionTable {
             addr_v4,
             addr_v6,
@@ -781,31 +704,17 @@ impl<'a> Compiler<'a> {
 
     fn port_entries(&self, rule: &Rule, rr: RuleRef) -> Vec<PortEntry> {
         if rule.ports.is_empty() {
-            return vec![PortEntry {
-                proto: ANY_PROTO,
-                lo: 0,
-                hi: u16::MAX,
-                name: 0,
-                rule: rr,
-            }];
+            return vec![PortEntry { proto: ANY_PROTO, lo: 0, hi: u16::MAX, name: 0, rule: rr }];
         }
         rule.ports
             .iter()
             .map(|m| match m {
-                PortMatch::Range { protocol, lo, hi } => PortEntry {
-                    proto: protocol.number(),
-                    lo: *lo,
-                    hi: *hi,
-                    name: 0,
-                    rule: rr,
-                },
-                PortMatch::Named { protocol, name } => PortEntry {
-                    proto: protocol.number(),
-                    lo: 0,
-                    hi: 0,
-                    name: self.names[name],
-                    rule: rr,
-                },
+                PortMatch::Range { protocol, lo, hi } => {
+                    PortEntry { proto: protocol.number(), lo: *lo, hi: *hi, name: 0, rule: rr }
+                }
+                PortMatch::Named { protocol, name } => {
+                    PortEntry { proto: protocol.number(), lo: 0, hi: 0, name: self.names[name], rule: rr }
+                }
             })
             .collect()
     }
@@ -820,11 +729,7 @@ impl DecisionTable {
             + hm(self.addr_v6.capacity(), size_of::<(u128, AddrEntry)>())
             + hm(self.peer_map.capacity(), size_of::<(u64, u32)>())
             + self.pods.capacity() * size_of::<PodEntry>()
-            + self
-                .pod_keys
-                .iter()
-                .map(|(a, b)| a.capacity() + b.capacity() + 48)
-                .sum::<usize>()
+            + self.pod_keys.iter().map(|(a, b)| a.capacity() + b.capacity() + 48).sum::<usize>()
             + self.named.capacity() * size_of::<NamedEntry>()
             + self.cidr_v4.starts.capacity() * 20
             + self.cidr_v6.starts.capacity() * 20
@@ -832,11 +737,7 @@ impl DecisionTable {
             + self.side_policies.capacity() * 4
             + self.port_sets.capacity() * 8
             + self.entries.capacity() * size_of::<PortEntry>()
-            + self
-                .policies
-                .iter()
-                .map(|(a, b)| a.capacity() + b.capacity() + 48)
-                .sum::<usize>()
+            + self.policies.iter().map(|(a, b)| a.capacity() + b.capacity() + 48).sum::<usize>()
     }
 }
 
@@ -860,11 +761,7 @@ fn build_classes(
         ExceptOut,
     }
     let mut events: Vec<(u128, u32, Ev)> = Vec::new();
-    let top = if family == Family::V4 {
-        u32::MAX as u128
-    } else {
-        u128::MAX
-    };
+    let top = if family == Family::V4 { u32::MAX as u128 } else { u128::MAX };
     for (bi, b) in blocks.iter().enumerate() {
         if b.cidr.family != family {
             continue;
@@ -889,10 +786,7 @@ fn build_classes(
     let mut except_depth = vec![0u32; blocks.len()];
     let mut active: std::collections::BTreeSet<u32> = Default::default();
     let mut class_ids: HashMap<Vec<u32>, u32> = HashMap::new();
-    let mut idx = ClassIndex {
-        starts: vec![0],
-        classes: vec![0],
-    };
+    let mut idx = ClassIndex { starts: vec![0], classes: vec![0] };
     let mut i = 0;
     while i < events.len() {
         let at = events[i].0;

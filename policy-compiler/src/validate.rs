@@ -18,10 +18,7 @@ use crate::model::*;
 use crate::selector::{Labels, Selector};
 
 /// A rule's peers and ports as the API has them.
-type RawRule<'a> = (
-    Option<&'a Vec<netv1::NetworkPolicyPeer>>,
-    Option<&'a Vec<netv1::NetworkPolicyPort>>,
-);
+type RawRule<'a> = (Option<&'a Vec<netv1::NetworkPolicyPeer>>, Option<&'a Vec<netv1::NetworkPolicyPort>>);
 
 /// Namespace assumed for an object whose `metadata.namespace` is absent, as kubectl does.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -75,10 +72,7 @@ pub struct FieldErrors(pub Vec<FieldError>);
 impl FieldErrors {
     /// Records an error.
     pub fn push(&mut self, path: FieldPath, message: impl Into<String>) {
-        self.0.push(FieldError {
-            path,
-            message: message.into(),
-        });
+        self.0.push(FieldError { path, message: message.into() });
     }
     /// No errors?
     pub fn is_empty(&self) -> bool {
@@ -147,40 +141,23 @@ impl fmt::Display for Problem {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(
-            f,
-            "{sev}: {}: {}: {}",
-            self.object, self.field, self.message
-        )
+        write!(f, "{sev}: {}: {}: {}", self.object, self.field, self.message)
     }
 }
 
 fn problems_from(errs: FieldErrors, object: &ObjectRef, severity: Severity) -> Vec<Problem> {
     errs.0
         .into_iter()
-        .map(|e| Problem {
-            severity,
-            object: object.clone(),
-            field: e.path.0,
-            message: e.message,
-        })
+        .map(|e| Problem { severity, object: object.clone(), field: e.path.0, message: e.message })
         .collect()
 }
 
 /// Validates a NetworkPolicy. Returns the domain policy (fail-closed when
 /// invalid: `valid == false`, no rules) and its problems.
 pub fn policy(np: &netv1::NetworkPolicy) -> (Policy, Vec<Problem>) {
-    let namespace = np
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let namespace = np.metadata.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
     let name = np.metadata.name.clone().unwrap_or_default();
-    let object = ObjectRef {
-        kind: "NetworkPolicy",
-        namespace: namespace.clone(),
-        name: name.clone(),
-    };
+    let object = ObjectRef { kind: "NetworkPolicy", namespace: namespace.clone(), name: name.clone() };
     let mut errs = FieldErrors::default();
     let mut warnings = FieldErrors::default();
     if name.is_empty() {
@@ -218,15 +195,11 @@ pub fn policy(np: &netv1::NetworkPolicy) -> (Policy, Vec<Problem>) {
     match spec.policy_types.as_deref() {
         None | Some([]) => {
             isolates[Direction::Ingress as usize] = true;
-            isolates[Direction::Egress as usize] =
-                spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+            isolates[Direction::Egress as usize] = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
         }
         Some(types) => {
             if types.len() > 2 {
-                errs.push(
-                    types_path.clone(),
-                    "may not specify more than two policyTypes",
-                );
+                errs.push(types_path.clone(), "may not specify more than two policyTypes");
                 types_ok = false;
             }
             for (i, t) in types.iter().enumerate() {
@@ -236,7 +209,9 @@ pub fn policy(np: &netv1::NetworkPolicy) -> (Policy, Vec<Problem>) {
                     other => {
                         errs.push(
                             types_path.index(i),
-                            format!("Unsupported value: {other:?}: supported values: \"Ingress\", \"Egress\""),
+                            format!(
+                                "Unsupported value: {other:?}: supported values: \"Ingress\", \"Egress\""
+                            ),
                         );
                         types_ok = false;
                     }
@@ -250,22 +225,12 @@ pub fn policy(np: &netv1::NetworkPolicy) -> (Policy, Vec<Problem>) {
     }
 
     let mut rules: [Vec<Rule>; 2] = [Vec::new(), Vec::new()];
-    let ingress: Vec<RawRule<'_>> = spec
-        .ingress
-        .iter()
-        .flatten()
-        .map(|r| (r.from.as_ref(), r.ports.as_ref()))
-        .collect();
-    let egress: Vec<_> = spec
-        .egress
-        .iter()
-        .flatten()
-        .map(|r| (r.to.as_ref(), r.ports.as_ref()))
-        .collect();
-    for (dir, list, field, peers_field) in [
-        (Direction::Ingress, ingress, "ingress", "from"),
-        (Direction::Egress, egress, "egress", "to"),
-    ] {
+    let ingress: Vec<RawRule<'_>> =
+        spec.ingress.iter().flatten().map(|r| (r.from.as_ref(), r.ports.as_ref())).collect();
+    let egress: Vec<_> = spec.egress.iter().flatten().map(|r| (r.to.as_ref(), r.ports.as_ref())).collect();
+    for (dir, list, field, peers_field) in
+        [(Direction::Ingress, ingress, "ingress", "from"), (Direction::Egress, egress, "egress", "to")]
+    {
         let dir_path = spec_path.field(field);
         for (i, (peers, ports)) in list.into_iter().enumerate() {
             let rule_path = dir_path.index(i);
@@ -282,10 +247,7 @@ pub fn policy(np: &netv1::NetworkPolicy) -> (Policy, Vec<Problem>) {
         if declared > 0 && n == 0 && types_ok {
             warnings.push(
                 dir_path,
-                format!(
-                    "{declared} {field} rule(s) ignored: policyTypes does not include {}",
-                    dir.as_str()
-                ),
+                format!("{declared} {field} rule(s) ignored: policyTypes does not include {}", dir.as_str()),
             );
         }
     }
@@ -296,17 +258,7 @@ pub fn policy(np: &netv1::NetworkPolicy) -> (Policy, Vec<Problem>) {
     }
     let mut problems = problems_from(errs, &object, Severity::Error);
     problems.extend(problems_from(warnings, &object, Severity::Warning));
-    (
-        Policy {
-            namespace,
-            name,
-            pod_selector,
-            isolates,
-            rules,
-            valid,
-        },
-        problems,
-    )
+    (Policy { namespace, name, pod_selector, isolates, rules, valid }, problems)
 }
 
 fn parse_rule(
@@ -337,24 +289,17 @@ fn parse_peer(
     path: &FieldPath,
     errs: &mut FieldErrors,
 ) -> Option<Peer> {
-    let count = [
-        peer.pod_selector.is_some(),
-        peer.namespace_selector.is_some(),
-        peer.ip_block.is_some(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
+    let count = [peer.pod_selector.is_some(), peer.namespace_selector.is_some(), peer.ip_block.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
     if count == 0 {
         errs.push(path.clone(), "Required value: must specify a peer");
         return None;
     }
     if let Some(b) = &peer.ip_block {
         if count > 1 {
-            errs.push(
-                path.clone(),
-                "Forbidden: may not specify both ipBlock and another peer",
-            );
+            errs.push(path.clone(), "Forbidden: may not specify both ipBlock and another peer");
             return None;
         }
         return parse_ip_block(b, &path.field("ipBlock"), errs).map(Peer::Block);
@@ -364,9 +309,7 @@ fn parse_peer(
         None => Selector::everything(),
     };
     let namespaces = match &peer.namespace_selector {
-        Some(s) => {
-            NamespaceMatch::Selector(Selector::parse(s, &path.field("namespaceSelector"), errs))
-        }
+        Some(s) => NamespaceMatch::Selector(Selector::parse(s, &path.field("namespaceSelector"), errs)),
         None => NamespaceMatch::Own(namespace.to_string()),
     };
     Some(Peer::Pods { namespaces, pods })
@@ -376,11 +319,7 @@ fn parse_ip_block(b: &netv1::IPBlock, path: &FieldPath, errs: &mut FieldErrors) 
     let cidr = match Cidr::parse(&b.cidr) {
         Ok(c) => c,
         Err(e) => {
-            let msg = if b.cidr.is_empty() {
-                "Required value".to_string()
-            } else {
-                e.to_string()
-            };
+            let msg = if b.cidr.is_empty() { "Required value".to_string() } else { e.to_string() };
             errs.push(path.field("cidr"), msg);
             return None;
         }
@@ -390,10 +329,7 @@ fn parse_ip_block(b: &netv1::IPBlock, path: &FieldPath, errs: &mut FieldErrors) 
         let p = path.field("except").index(i);
         match Cidr::parse(e) {
             Ok(c) if cidr.strictly_contains(&c) => except.push(c),
-            Ok(_) => errs.push(
-                p,
-                format!("{e:?}: must be a strict subset of `cidr` {}", b.cidr),
-            ),
+            Ok(_) => errs.push(p, format!("{e:?}: must be a strict subset of `cidr` {}", b.cidr)),
             Err(err) => errs.push(p, err.to_string()),
         }
     }
@@ -402,38 +338,25 @@ fn parse_ip_block(b: &netv1::IPBlock, path: &FieldPath, errs: &mut FieldErrors) 
     Some(IpBlock { cidr, except })
 }
 
-fn parse_port(
-    p: &netv1::NetworkPolicyPort,
-    path: &FieldPath,
-    errs: &mut FieldErrors,
-) -> Option<PortMatch> {
+fn parse_port(p: &netv1::NetworkPolicyPort, path: &FieldPath, errs: &mut FieldErrors) -> Option<PortMatch> {
     let protocol = match p.protocol.as_deref() {
         None => Protocol::Tcp,
-        Some(s) => {
-            match Protocol::parse(s) {
-                Some(proto) => proto,
-                None => {
-                    errs.push(
+        Some(s) => match Protocol::parse(s) {
+            Some(proto) => proto,
+            None => {
+                errs.push(
                     path.field("protocol"),
                     format!("Unsupported value: {s:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""),
                 );
-                    return None;
-                }
+                return None;
             }
-        }
+        },
     };
     let end_path = path.field("endPort");
     match (&p.port, p.end_port) {
-        (None, None) => Some(PortMatch::Range {
-            protocol,
-            lo: 0,
-            hi: 65535,
-        }),
+        (None, None) => Some(PortMatch::Range { protocol, lo: 0, hi: 65535 }),
         (None, Some(_)) => {
-            errs.push(
-                end_path,
-                "may not be specified when `port` is not specified",
-            );
+            errs.push(end_path, "may not be specified when `port` is not specified");
             None
         }
         (Some(IntOrString::Int(n)), end) => {
@@ -460,10 +383,7 @@ fn parse_port(
                 errs.push(path.field("port"), msg);
                 return None;
             }
-            Some(PortMatch::Named {
-                protocol,
-                name: name.clone(),
-            })
+            Some(PortMatch::Named { protocol, name: name.clone() })
         }
     }
 }
@@ -472,10 +392,7 @@ fn check_port_number(n: i32, path: &FieldPath, errs: &mut FieldErrors) -> Option
     if (1..=65535).contains(&n) {
         Some(n as u16)
     } else {
-        errs.push(
-            path.clone(),
-            format!("Invalid value: {n}: must be between 1 and 65535, inclusive"),
-        );
+        errs.push(path.clone(), format!("Invalid value: {n}: must be between 1 and 65535, inclusive"));
         None
     }
 }
@@ -487,8 +404,7 @@ pub fn check_port_name(name: &str) -> Result<(), String> {
     let b = name.as_bytes();
     let ok = !b.is_empty()
         && b.len() <= 15
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b.iter().any(|c| c.is_ascii_lowercase())
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
@@ -509,22 +425,12 @@ pub fn namespace(ns: &corev1::Namespace) -> Result<NamespaceInfo, Problem> {
     if name.is_empty() {
         return Err(Problem {
             severity: Severity::Error,
-            object: ObjectRef {
-                kind: "Namespace",
-                namespace: String::new(),
-                name,
-            },
+            object: ObjectRef { kind: "Namespace", namespace: String::new(), name },
             field: "metadata.name".into(),
             message: "Required value".into(),
         });
     }
-    let mut labels: Labels = ns
-        .metadata
-        .labels
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let mut labels: Labels = ns.metadata.labels.clone().unwrap_or_default().into_iter().collect();
     labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.clone());
     Ok(NamespaceInfo { name, labels })
 }
@@ -533,17 +439,9 @@ pub fn namespace(ns: &corev1::Namespace) -> Result<NamespaceInfo, Problem> {
 /// host-network pods (their address is the node's), pods without an IP, and
 /// pods in phase Succeeded or Failed.
 pub fn pod(p: &corev1::Pod) -> Result<Option<PodInfo>, Vec<Problem>> {
-    let namespace = p
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let namespace = p.metadata.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
     let name = p.metadata.name.clone().unwrap_or_default();
-    let object = ObjectRef {
-        kind: "Pod",
-        namespace: namespace.clone(),
-        name: name.clone(),
-    };
+    let object = ObjectRef { kind: "Pod", namespace: namespace.clone(), name: name.clone() };
     let mut errs = FieldErrors::default();
     if name.is_empty() {
         errs.push(FieldPath::root("metadata.name"), "Required value");
@@ -553,10 +451,7 @@ pub fn pod(p: &corev1::Pod) -> Result<Option<PodInfo>, Vec<Problem>> {
         return Ok(None);
     }
     let status = p.status.as_ref();
-    if matches!(
-        status.and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    ) {
+    if matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
         return Ok(None);
     }
     let mut ips: Vec<IpAddr> = Vec::new();
@@ -565,18 +460,9 @@ pub fn pod(p: &corev1::Pod) -> Result<Option<PodInfo>, Vec<Problem>> {
             Some(list) if !list.is_empty() => list
                 .iter()
                 .enumerate()
-                .map(|(i, a)| {
-                    (
-                        FieldPath::root("status.podIPs").index(i).field("ip"),
-                        a.ip.as_str(),
-                    )
-                })
+                .map(|(i, a)| (FieldPath::root("status.podIPs").index(i).field("ip"), a.ip.as_str()))
                 .collect(),
-            _ => st
-                .pod_ip
-                .iter()
-                .map(|a| (FieldPath::root("status.podIP"), a.as_str()))
-                .collect(),
+            _ => st.pod_ip.iter().map(|a| (FieldPath::root("status.podIP"), a.as_str())).collect(),
         };
         for (path, text) in listed {
             match text.parse::<IpAddr>() {
@@ -587,18 +473,10 @@ pub fn pod(p: &corev1::Pod) -> Result<Option<PodInfo>, Vec<Problem>> {
         }
     }
     let mut named_ports = Vec::new();
-    for (ci, c) in spec
-        .map(|s| s.containers.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
+    let mut container_ports = Vec::new();
+    for (ci, c) in spec.map(|s| s.containers.as_slice()).unwrap_or_default().iter().enumerate() {
         for (pi, cp) in c.ports.iter().flatten().enumerate() {
-            let path = FieldPath::root("spec.containers")
-                .index(ci)
-                .field("ports")
-                .index(pi);
-            let Some(port_name) = &cp.name else { continue };
+            let path = FieldPath::root("spec.containers").index(ci).field("ports").index(pi);
             let protocol = match cp.protocol.as_deref() {
                 None => Protocol::Tcp,
                 Some(s) => match Protocol::parse(s) {
@@ -609,22 +487,19 @@ pub fn pod(p: &corev1::Pod) -> Result<Option<PodInfo>, Vec<Problem>> {
                     }
                 },
             };
+            let Some(port) = u16::try_from(cp.container_port).ok().filter(|p| *p > 0) else {
+                errs.push(path.field("containerPort"), "must be between 1 and 65535, inclusive");
+                continue;
+            };
+            if !container_ports.contains(&(protocol, port)) {
+                container_ports.push((protocol, port));
+            }
+            let Some(port_name) = &cp.name else { continue };
             if let Err(m) = check_port_name(port_name) {
                 errs.push(path.field("name"), m);
                 continue;
             }
-            let Some(port) = u16::try_from(cp.container_port).ok().filter(|p| *p > 0) else {
-                errs.push(
-                    path.field("containerPort"),
-                    "must be between 1 and 65535, inclusive",
-                );
-                continue;
-            };
-            named_ports.push(NamedPort {
-                name: port_name.clone(),
-                protocol,
-                port,
-            });
+            named_ports.push(NamedPort { name: port_name.clone(), protocol, port });
         }
     }
     if !errs.is_empty() {
@@ -635,18 +510,6 @@ pub fn pod(p: &corev1::Pod) -> Result<Option<PodInfo>, Vec<Problem>> {
     }
     named_ports.sort();
     named_ports.dedup();
-    let labels = p
-        .metadata
-        .labels
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    Ok(Some(PodInfo {
-        namespace,
-        name,
-        labels,
-        ips,
-        named_ports,
-    }))
+    let labels = p.metadata.labels.clone().unwrap_or_default().into_iter().collect();
+    Ok(Some(PodInfo { namespace, name, labels, ips, named_ports, container_ports }))
 }

@@ -1,0 +1,569 @@
+//! Reading cluster state from YAML or JSON text, strictly.
+//!
+//! Accepts multi-document YAML, a `kind: List` exactly as
+//! `kubectl get ns,pods,networkpolicies -A -o yaml` prints it, or JSON (YAML's
+//! subset). Every problem names the file, the document (index and line), the
+//! object and the field: unknown fields (a `matchLabel` typo, a rule at the
+//! wrong indentation level), wrong types, duplicate keys, wrong `apiVersion`.
+//! Loading is all or nothing: a caller gets every object or an error list.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::core::v1 as corev1;
+use k8s_openapi::api::networking::v1 as netv1;
+use policy_compiler::validate::DEFAULT_NAMESPACE;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// Where an object came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// File name as given (or `<stdin>`).
+    pub file: String,
+    /// 1-based document index in the file.
+    pub document: usize,
+    /// 1-based line where the document starts.
+    pub line: usize,
+    /// `items[i]` for an object inside a `kind: List`.
+    pub item: Option<usize>,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: document {} (line {})", self.file, self.document, self.line)?;
+        if let Some(i) = self.item {
+            write!(f, ", items[{i}]")?;
+        }
+        Ok(())
+    }
+}
+
+/// One problem found while loading.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadError {
+    /// Where.
+    pub origin: Origin,
+    /// `Kind namespace/name`, when known.
+    pub object: Option<String>,
+    /// Field path, when known (`spec.ingress[0].from[0].podSelector`).
+    pub field: Option<String>,
+    /// Line of the offending text, when the parser knows it.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.origin)?;
+        if let Some(l) = self.line {
+            write!(f, ", line {l}")?;
+        }
+        if let Some(o) = &self.object {
+            write!(f, ": {o}")?;
+        }
+        if let Some(p) = &self.field {
+            write!(f, ": field {p}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// All problems of one load.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct LoadErrors(pub Vec<LoadError>);
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Kind and identity of an object, for origins and duplicate detection.
+pub type ObjectKey = (&'static str, String, String);
+
+/// Objects read from one or more texts.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    /// Namespaces.
+    pub namespaces: Vec<corev1::Namespace>,
+    /// Pods.
+    pub pods: Vec<corev1::Pod>,
+    /// NetworkPolicies.
+    pub policies: Vec<netv1::NetworkPolicy>,
+    /// Where each object was defined.
+    pub origins: BTreeMap<ObjectKey, Origin>,
+    /// Documents skipped because their kind is not one we read (kind, origin).
+    pub skipped: Vec<(String, Origin)>,
+}
+
+impl State {
+    /// The origin of an object named in a compiler problem.
+    pub fn origin_of(&self, kind: &str, namespace: &str, name: &str) -> Option<&Origin> {
+        self.origins
+            .iter()
+            .find(|((k, ns, n), _)| *k == kind && (ns == namespace || kind == "Namespace") && n == name)
+            .map(|(_, o)| o)
+    }
+
+    /// Adds everything from `other`; an object defined in both is an error.
+    pub fn merge(&mut self, other: State) -> Result<(), LoadErrors> {
+        let mut errs = Vec::new();
+        for (k, o) in &other.origins {
+            if let Some(prev) = self.origins.get(k) {
+                errs.push(duplicate(k, o, prev));
+            }
+        }
+        if !errs.is_empty() {
+            return Err(LoadErrors(errs));
+        }
+        self.namespaces.extend(other.namespaces);
+        self.pods.extend(other.pods);
+        self.policies.extend(other.policies);
+        self.origins.extend(other.origins);
+        self.skipped.extend(other.skipped);
+        Ok(())
+    }
+}
+
+fn duplicate(k: &ObjectKey, o: &Origin, prev: &Origin) -> LoadError {
+    LoadError {
+        origin: o.clone(),
+        object: Some(object_name(k)),
+        field: None,
+        line: None,
+        message: format!("defined twice: also at {prev}"),
+    }
+}
+
+fn object_name((kind, ns, name): &ObjectKey) -> String {
+    if ns.is_empty() {
+        format!("{kind} {name}")
+    } else {
+        format!("{kind} {ns}/{name}")
+    }
+}
+
+/// Lines (1-based) where each document of a YAML stream starts.
+fn document_lines(text: &str) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut seen_content = false;
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with("---") {
+            if seen_content || !starts.is_empty() {
+                starts.push(i + 1);
+            } else {
+                starts.push(i + 1);
+            }
+            seen_content = false;
+        } else if !seen_content && !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+            if starts.is_empty() {
+                starts.push(i + 1);
+            }
+            seen_content = true;
+        }
+    }
+    if starts.is_empty() {
+        starts.push(1);
+    }
+    starts
+}
+
+/// Parses one text. `file` is used in messages only.
+pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
+    let lines = document_lines(text);
+    let mut state = State::default();
+    let mut errs: Vec<LoadError> = Vec::new();
+    let origin = |document: usize, item: Option<usize>| Origin {
+        file: file.to_string(),
+        document,
+        line: lines.get(document - 1).copied().unwrap_or(1),
+        item,
+    };
+    // Pass 1: every document as a generic value (syntax errors and duplicate keys, with lines).
+    let mut values = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        match serde_yaml::Value::deserialize(doc) {
+            Ok(v) => values.push(v),
+            Err(e) => {
+                errs.push(LoadError {
+                    origin: origin(i + 1, None),
+                    object: None,
+                    field: None,
+                    line: e.location().map(|l| l.line()),
+                    message: format!("invalid YAML: {}", strip_location(&e.to_string())),
+                });
+                // The stream cannot be trusted past a syntax error.
+                return Err(LoadErrors(errs));
+            }
+        }
+    }
+    // Pass 2: typed, with the document's own deserializer so type errors carry lines.
+    for (i, (value, doc)) in values.iter().zip(serde_yaml::Deserializer::from_str(text)).enumerate() {
+        let document = i + 1;
+        if value.is_null() {
+            continue;
+        }
+        let Some(map) = value.as_mapping() else {
+            errs.push(LoadError {
+                origin: origin(document, None),
+                object: None,
+                field: None,
+                line: None,
+                message: "expected a Kubernetes object (a mapping with apiVersion and kind)".into(),
+            });
+            continue;
+        };
+        let kind = map.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        if kind == "List" || kind.ends_with("List") && map.contains_key("items") {
+            let items = map.get("items").and_then(|v| v.as_sequence()).cloned().unwrap_or_default();
+            for (j, item) in items.into_iter().enumerate() {
+                add_object(&mut state, &mut errs, origin(document, Some(j)), Source::Value(item));
+            }
+            continue;
+        }
+        add_object(&mut state, &mut errs, origin(document, None), Source::Doc(value, doc));
+    }
+    if errs.is_empty() {
+        Ok(state)
+    } else {
+        Err(LoadErrors(errs))
+    }
+}
+
+enum Source<'a, 'de> {
+    Value(serde_yaml::Value),
+    Doc(&'a serde_yaml::Value, serde_yaml::Deserializer<'de>),
+}
+
+impl Source<'_, '_> {
+    fn value(&self) -> &serde_yaml::Value {
+        match self {
+            Source::Value(v) => v,
+            Source::Doc(v, _) => v,
+        }
+    }
+}
+
+fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src: Source<'_, '_>) {
+    let v = src.value();
+    let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+    let api_version = v.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("").to_string();
+    let ns = v
+        .get("metadata")
+        .and_then(|m| m.get("namespace"))
+        .and_then(|n| n.as_str())
+        .unwrap_or(DEFAULT_NAMESPACE)
+        .to_string();
+    let name =
+        v.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("").to_string();
+    let err = |field: Option<String>, line: Option<usize>, message: String, object: Option<String>| {
+        LoadError { origin: origin.clone(), object, field, line, message }
+    };
+    let expected = match kind.as_str() {
+        "Namespace" | "Pod" => "v1",
+        "NetworkPolicy" => "networking.k8s.io/v1",
+        "" => {
+            errs.push(err(
+                Some("kind".into()),
+                None,
+                "Required value: every object needs `kind` and `apiVersion`".into(),
+                None,
+            ));
+            return;
+        }
+        _ => {
+            state.skipped.push((kind, origin));
+            return;
+        }
+    };
+    let key: ObjectKey = match kind.as_str() {
+        "Namespace" => ("Namespace", String::new(), name.clone()),
+        "Pod" => ("Pod", ns.clone(), name.clone()),
+        _ => ("NetworkPolicy", ns.clone(), name.clone()),
+    };
+    let object = Some(object_name(&key));
+    if api_version != expected {
+        errs.push(err(
+            Some("apiVersion".into()),
+            None,
+            format!("{kind} must have apiVersion {expected:?}, found {api_version:?}"),
+            object,
+        ));
+        return;
+    }
+    if name.is_empty() {
+        errs.push(err(Some("metadata.name".into()), None, "Required value".into(), object));
+        return;
+    }
+    let before = errs.len();
+    match kind.as_str() {
+        "Namespace" => {
+            if let Some(o) = typed::<corev1::Namespace>(src, &origin, &object, errs) {
+                state.namespaces.push(o);
+            }
+        }
+        "Pod" => {
+            if let Some(o) = typed::<corev1::Pod>(src, &origin, &object, errs) {
+                state.pods.push(o);
+            }
+        }
+        _ => {
+            if let Some(mut o) = typed::<netv1::NetworkPolicy>(src, &origin, &object, errs) {
+                o.metadata.namespace.get_or_insert_with(|| ns.clone());
+                state.policies.push(o);
+            }
+        }
+    }
+    if errs.len() == before {
+        if let Some(prev) = state.origins.get(&key) {
+            errs.push(duplicate(&key, &origin, prev));
+        } else {
+            state.origins.insert(key, origin);
+        }
+    }
+}
+
+/// Deserializes one object, reporting the first type error and every unknown field.
+fn typed<T: DeserializeOwned>(
+    src: Source<'_, '_>,
+    origin: &Origin,
+    object: &Option<String>,
+    errs: &mut Vec<LoadError>,
+) -> Option<T> {
+    let mut unknown: Vec<String> = Vec::new();
+    let mut record = |p: serde_ignored::Path<'_>| unknown.push(format_path(&p));
+    let result: Result<T, (String, Option<usize>, String)> = match src {
+        Source::Value(v) => {
+            let de = serde_ignored::Deserializer::new(v, &mut record);
+            serde_path_to_error::deserialize(de)
+                .map_err(|e| (e.path().to_string(), None, strip_location(&e.inner().to_string())))
+        }
+        Source::Doc(_, doc) => {
+            let de = serde_ignored::Deserializer::new(doc, &mut record);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                (
+                    e.path().to_string(),
+                    e.inner().location().map(|l| l.line()),
+                    strip_location(&e.inner().to_string()),
+                )
+            })
+        }
+    };
+    drop(record);
+    let mut failed = false;
+    for u in unknown {
+        failed = true;
+        let hint = hint_for(&u);
+        errs.push(LoadError {
+            origin: origin.clone(),
+            object: object.clone(),
+            field: Some(u),
+            line: None,
+            message: format!("unknown field{hint}"),
+        });
+    }
+    match result {
+        Ok(v) if !failed => Some(v),
+        Ok(_) => None,
+        Err((path, line, msg)) => {
+            errs.push(LoadError {
+                origin: origin.clone(),
+                object: object.clone(),
+                field: (path != "." && !path.is_empty()).then_some(path),
+                line,
+                message: msg,
+            });
+            None
+        }
+    }
+}
+
+/// A hint for the unknown fields real users most often write.
+fn hint_for(path: &str) -> String {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    let h = match last {
+        "matchLabel" => " (did you mean `matchLabels`?)",
+        "matchExpression" => " (did you mean `matchExpressions`?)",
+        "podSelectors" | "namespaceSelectors" => " (the field name is singular)",
+        "policyType" => " (did you mean `policyTypes`?)",
+        "ingress" | "egress" if !path.starts_with("spec.") => {
+            " (rules belong under `spec`: check the indentation)"
+        }
+        "namespaceSelector" if path == "spec.namespaceSelector" => {
+            " (a namespaceSelector belongs inside an ingress `from` or egress `to` peer, not directly under spec)"
+        }
+        "podSelector" | "namespaceSelector" | "ipBlock" if !path.starts_with("spec.") => {
+            " (selectors belong under `spec`: check the indentation)"
+        }
+        _ if path.contains("Selector.") && !path.contains("matchLabels") => {
+            " (label selectors have only `matchLabels` and `matchExpressions`: check the indentation of the labels)"
+        }
+        _ => "",
+    };
+    h.to_string()
+}
+
+fn format_path(p: &serde_ignored::Path<'_>) -> String {
+    fn walk(p: &serde_ignored::Path<'_>, out: &mut String) {
+        use serde_ignored::Path as P;
+        match p {
+            P::Root => {}
+            P::Seq { parent, index } => {
+                walk(parent, out);
+                out.push_str(&format!("[{index}]"));
+            }
+            P::Map { parent, key } => {
+                walk(parent, out);
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+                walk(parent, out)
+            }
+        }
+    }
+    let mut s = String::new();
+    walk(p, &mut s);
+    s
+}
+
+/// serde_yaml appends " at line L column C"; we print the line ourselves.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// Reads and parses a file, or standard input for `-`.
+pub fn load(path: &str) -> Result<State, LoadErrors> {
+    let (name, text) = if path == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| ("<stdin>".to_string(), s))
+    } else {
+        std::fs::read_to_string(path).map(|s| (path.to_string(), s))
+    }
+    .map_err(|e| {
+        LoadErrors(vec![LoadError {
+            origin: Origin { file: path.to_string(), document: 0, line: 0, item: None },
+            object: None,
+            field: None,
+            line: None,
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    parse(&name, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> String {
+        parse("t.yaml", text).expect_err("should fail").to_string()
+    }
+
+    #[test]
+    fn multi_document_and_list() {
+        let s = parse(
+            "t.yaml",
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {a: b}}\n---\n\
+             apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: p, namespace: x}\n\
+             - apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {name: n, namespace: x}\n  spec: {podSelector: {}}\n",
+        )
+        .unwrap();
+        assert_eq!(s.namespaces.len(), 1);
+        assert_eq!(s.pods.len(), 1);
+        assert_eq!(s.policies.len(), 1);
+        let o = s.origin_of("Pod", "x", "p").unwrap();
+        assert_eq!((o.document, o.item), (2, Some(0)));
+        assert_eq!(o.line, 5);
+    }
+
+    #[test]
+    fn json_is_accepted() {
+        let s = parse("t.json", r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"x"}}"#).unwrap();
+        assert_eq!(s.namespaces.len(), 1);
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_a_hint() {
+        let e = errors(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: x}\nspec:\n  podSelector:\n    matchLabel: {a: b}\n",
+        );
+        assert!(e.contains("t.yaml: document 1 (line 1): NetworkPolicy x/n: field spec.podSelector.matchLabel: unknown field (did you mean `matchLabels`?)"), "{e}");
+    }
+
+    #[test]
+    fn type_error_has_field_and_line() {
+        let e = errors(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n}\nspec:\n  podSelector: {}\n  policyTypes:\n  - Ingress: {}\n",
+        );
+        assert!(e.contains("line 7"), "{e}");
+        assert!(
+            e.contains(
+                "NetworkPolicy default/n: field spec.policyTypes[0]: invalid type: map, expected a string"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_and_objects() {
+        let e = errors("apiVersion: v1\nkind: Namespace\nkind: Namespace\nmetadata: {name: x}\n");
+        assert!(e.contains("duplicate"), "{e}");
+        let e = errors("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n");
+        assert!(
+            e.contains(
+                "document 2 (line 4): Namespace x: defined twice: also at t.yaml: document 1 (line 1)"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let e = errors("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n   bad: [\n");
+        assert!(e.contains("invalid YAML"), "{e}");
+        assert!(e.contains(", line "), "{e}");
+    }
+
+    #[test]
+    fn wrong_api_version_and_missing_kind() {
+        let e =
+            errors("apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: n}\nspec: {}\n");
+        assert!(
+            e.contains("field apiVersion: NetworkPolicy must have apiVersion \"networking.k8s.io/v1\""),
+            "{e}"
+        );
+        let e = errors("metadata: {name: n}\n");
+        assert!(e.contains("field kind: Required value"), "{e}");
+    }
+
+    #[test]
+    fn other_kinds_are_skipped_not_lost_silently() {
+        let s = parse("t.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n").unwrap();
+        assert_eq!(s.skipped.len(), 1);
+        assert_eq!(s.skipped[0].0, "Service");
+    }
+
+    #[test]
+    fn nothing_half_applied() {
+        // One good document and one bad: the whole load fails.
+        let r = parse(
+            "t.yaml",
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: y, labelz: {}}\n",
+        );
+        assert!(r.is_err());
+    }
+}
