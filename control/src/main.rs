@@ -115,7 +115,13 @@ enum Output {
 /// Loads and compiles the state, printing problems with their origins.
 /// Errors stop the command unless `--allow-invalid`.
 fn load(args: &StateArgs) -> Result<Compiled> {
-    let state = control::load_paths(&args.state).map_err(|e| anyhow!("{e}"))?;
+    let state = match control::load_paths(&args.state) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            bail!("{} problem(s) in the input; nothing applied", e.0.len());
+        }
+    };
     for (kind, origin) in &state.skipped {
         eprintln!("note: {origin}: kind {kind} is not used by NetworkPolicy; skipped");
     }

@@ -151,23 +151,23 @@ fn object_name((kind, ns, name): &ObjectKey) -> String {
     }
 }
 
-/// Lines (1-based) where each document of a YAML stream starts.
+/// Lines (1-based) where each document of a YAML stream starts: its first
+/// line of content (or its `---` when it is empty).
 fn document_lines(text: &str) -> Vec<usize> {
     let mut starts = Vec::new();
-    let mut seen_content = false;
+    let mut pending = true; // waiting for the current document's first content line
+    let mut any = false; // seen a separator or content yet
     for (i, line) in text.lines().enumerate() {
         if line.starts_with("---") {
-            if seen_content || !starts.is_empty() {
-                starts.push(i + 1);
-            } else {
-                starts.push(i + 1);
+            if pending && any {
+                starts.push(i + 1); // an empty document between two separators
             }
-            seen_content = false;
-        } else if !seen_content && !line.trim().is_empty() && !line.trim_start().starts_with('#') {
-            if starts.is_empty() {
-                starts.push(i + 1);
-            }
-            seen_content = true;
+            pending = true;
+            any = true;
+        } else if pending && !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+            starts.push(i + 1);
+            pending = false;
+            any = true;
         }
     }
     if starts.is_empty() {
@@ -198,7 +198,16 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
                     object: None,
                     field: None,
                     line: e.location().map(|l| l.line()),
-                    message: format!("invalid YAML: {}", strip_location(&e.to_string())),
+                    message: format!("invalid YAML: {}{}", strip_location(&e.to_string()), {
+                        let m = e.to_string();
+                        if m.contains("duplicate entry with key \"kind\"")
+                            || m.contains("duplicate entry with key \"apiVersion\"")
+                        {
+                            " (two objects in one document? separate them with a line `---`)"
+                        } else {
+                            ""
+                        }
+                    }),
                 });
                 // The stream cannot be trusted past a syntax error.
                 return Err(LoadErrors(errs));
@@ -343,17 +352,16 @@ fn typed<T: DeserializeOwned>(
     let result: Result<T, (String, Option<usize>, String)> = match src {
         Source::Value(v) => {
             let de = serde_ignored::Deserializer::new(v, &mut record);
-            serde_path_to_error::deserialize(de)
-                .map_err(|e| (e.path().to_string(), None, strip_location(&e.inner().to_string())))
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                (e.path().to_string(), None, clean_message(&e.path().to_string(), &e.inner().to_string()))
+            })
         }
         Source::Doc(_, doc) => {
             let de = serde_ignored::Deserializer::new(doc, &mut record);
             serde_path_to_error::deserialize(de).map_err(|e| {
-                (
-                    e.path().to_string(),
-                    e.inner().location().map(|l| l.line()),
-                    strip_location(&e.inner().to_string()),
-                )
+                let path = e.path().to_string();
+                let msg = clean_message(&path, &e.inner().to_string());
+                (path, e.inner().location().map(|l| l.line()), msg)
             })
         }
     };
@@ -435,6 +443,12 @@ fn format_path(p: &serde_ignored::Path<'_>) -> String {
     let mut s = String::new();
     walk(p, &mut s);
     s
+}
+
+/// The parser's message without the location and path it repeats.
+fn clean_message(path: &str, msg: &str) -> String {
+    let m = strip_location(msg);
+    m.strip_prefix(&format!("{path}: ")).map(str::to_string).unwrap_or(m)
 }
 
 /// serde_yaml appends " at line L column C"; we print the line ourselves.
@@ -525,7 +539,7 @@ mod tests {
         let e = errors("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n");
         assert!(
             e.contains(
-                "document 2 (line 4): Namespace x: defined twice: also at t.yaml: document 1 (line 1)"
+                "document 2 (line 5): Namespace x: defined twice: also at t.yaml: document 1 (line 1)"
             ),
             "{e}"
         );
