@@ -365,7 +365,6 @@ fn typed<T: DeserializeOwned>(
             })
         }
     };
-    drop(record);
     let mut failed = false;
     for u in unknown {
         failed = true;

@@ -295,28 +295,30 @@ pub fn first_port(p: &PodInfo, proto: u8) -> Option<u16> {
 }
 
 impl Matrix {
-    /// The table as the upstream e2e tests print it: `.` connected, `X` blocked.
+    /// The table as the upstream e2e tests print it: rows are sources,
+    /// columns destinations; `.` connected, `X` blocked, `-` nothing to probe.
     pub fn render(&self) -> String {
-        let w = self.pods.iter().map(String::len).max().unwrap_or(1).max(4);
+        let first = self.pods.iter().map(String::len).max().unwrap_or(1).max(8);
         let mut out = String::new();
         let title = match self.port {
             Some(p) => format!("{}/{p}", self.protocol),
             None => format!("{}/own", self.protocol),
         };
-        let _ = write!(out, "{title:<w$}");
+        let _ = write!(out, "{title:<first$}");
         for p in &self.pods {
-            let _ = write!(out, " {p:>w$}");
+            let _ = write!(out, "  {p}");
         }
         out.push('\n');
         for (i, row) in self.allowed.iter().enumerate() {
-            let _ = write!(out, "{:<w$}", self.pods[i]);
-            for cell in row {
+            let _ = write!(out, "{:<first$}", self.pods[i]);
+            for (j, cell) in row.iter().enumerate() {
                 let mark = match cell {
                     Some(true) => ".",
                     Some(false) => "X",
                     None => "-",
                 };
-                let _ = write!(out, " {mark:>w$}");
+                let w = self.pods[j].len();
+                let _ = write!(out, "  {mark:^w$}");
             }
             out.push('\n');
         }

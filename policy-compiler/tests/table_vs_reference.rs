@@ -1,0 +1,292 @@
+//! Property test: for random clusters, policies and flows, the compiled
+//! table's verdicts equal the reference evaluator's, side by side, and every
+//! rule the table names as the reason is one the reference says allows.
+//!
+//! The universe is kept small (few labels, a /28 of IPv4, a handful of IPv6
+//! addresses, ports around 80) so that random selectors, CIDRs and ports
+//! collide often and every branch of the compiler is exercised.
+
+use std::net::IpAddr;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
+use policy_compiler::cidr::{Cidr, IpBlock};
+use policy_compiler::model::*;
+use policy_compiler::reference::{self, SideDetail};
+use policy_compiler::selector::{Labels, Selector};
+use policy_compiler::validate::{FieldErrors, FieldPath};
+use policy_compiler::{Cluster, DecisionTable, Side};
+use proptest::prelude::*;
+
+const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+
+fn ip_pool() -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = (0..16).map(|i| format!("10.0.0.{i}").parse().unwrap()).collect();
+    v.extend((0..6).map(|i| format!("fd00::{i}").parse::<IpAddr>().unwrap()));
+    v
+}
+
+fn labels_strategy() -> impl Strategy<Value = Labels> {
+    (
+        prop::option::of(prop::sample::select(vec!["a", "b", "c"])),
+        prop::option::of(prop::sample::select(vec!["1", "2"])),
+    )
+        .prop_map(|(app, tier)| {
+            let mut l = Labels::new();
+            if let Some(a) = app {
+                l.insert("app".into(), a.into());
+            }
+            if let Some(t) = tier {
+                l.insert("tier".into(), t.into());
+            }
+            l
+        })
+}
+
+fn selector_strategy() -> impl Strategy<Value = Selector> {
+    let req = (
+        prop::sample::select(vec!["app", "tier", "team"]),
+        prop::sample::select(vec!["In", "NotIn", "Exists", "DoesNotExist"]),
+        prop::sample::subsequence(vec!["a", "b", "1", "blue"], 1..=2),
+    );
+    (
+        prop::option::of((
+            prop::sample::select(vec!["app", "team"]),
+            prop::sample::select(vec!["a", "b", "blue"]),
+        )),
+        prop::collection::vec(req, 0..=2),
+    )
+        .prop_map(|(ml, exprs)| {
+            let sel = metav1::LabelSelector {
+                match_labels: ml.map(|(k, v)| [(k.to_string(), v.to_string())].into()),
+                match_expressions: Some(
+                    exprs
+                        .into_iter()
+                        .map(|(k, op, vals)| metav1::LabelSelectorRequirement {
+                            key: k.into(),
+                            operator: op.into(),
+                            values: matches!(op, "In" | "NotIn")
+                                .then(|| vals.iter().map(|s| s.to_string()).collect()),
+                        })
+                        .collect(),
+                ),
+            };
+            let mut errs = FieldErrors::default();
+            let s = Selector::parse(&sel, &FieldPath::root("t"), &mut errs);
+            assert!(errs.is_empty(), "{errs}");
+            s
+        })
+}
+
+fn cidr_strategy() -> impl Strategy<Value = IpBlock> {
+    prop_oneof![
+        (
+            prop::sample::select(vec![0u8, 8, 28, 29, 30, 32]),
+            0u32..16,
+            prop::collection::vec((29u8..=32, 0u32..16), 0..=2)
+        )
+            .prop_map(|(len, host, ex)| {
+                let cidr = Cidr::parse(&format!("10.0.0.{host}/{len}")).unwrap();
+                let except = ex
+                    .into_iter()
+                    .map(|(l, h)| Cidr::parse(&format!("10.0.0.{h}/{l}")).unwrap())
+                    .filter(|e| cidr.strictly_contains(e))
+                    .collect();
+                IpBlock { cidr, except }
+            }),
+        (prop::sample::select(vec![0u8, 125, 126, 128]), 0u32..6).prop_map(|(len, h)| IpBlock {
+            cidr: Cidr::parse(&format!("fd00::{h}/{len}")).unwrap(),
+            except: vec![],
+        }),
+    ]
+}
+
+fn peer_strategy() -> impl Strategy<Value = (Option<Selector>, Selector, Option<IpBlock>, u8)> {
+    (prop::option::of(selector_strategy()), selector_strategy(), prop::option::of(cidr_strategy()), 0u8..3)
+}
+
+fn port_strategy() -> impl Strategy<Value = PortMatch> {
+    let proto = prop::sample::select(vec![Protocol::Tcp, Protocol::Udp, Protocol::Sctp]);
+    prop_oneof![
+        (proto.clone(), 79u16..=82, 0u16..=2).prop_map(|(protocol, lo, w)| PortMatch::Range {
+            protocol,
+            lo,
+            hi: lo + w
+        }),
+        proto.clone().prop_map(|protocol| PortMatch::Range { protocol, lo: 0, hi: 65535 }),
+        (proto, prop::sample::select(vec!["http", "dns", "metrics"]))
+            .prop_map(|(protocol, n)| PortMatch::Named { protocol, name: n.into() }),
+    ]
+}
+
+fn rule_strategy(ns: &'static str) -> impl Strategy<Value = Rule> {
+    (prop::collection::vec(peer_strategy(), 0..=2), prop::collection::vec(port_strategy(), 0..=2)).prop_map(
+        move |(peers, ports)| Rule {
+            peers: peers
+                .into_iter()
+                .map(|(nsel, psel, block, kind)| match (kind, block) {
+                    (0, Some(b)) => Peer::Block(b),
+                    _ => Peer::Pods {
+                        namespaces: match nsel {
+                            Some(s) => NamespaceMatch::Selector(s),
+                            None => NamespaceMatch::Own(ns.to_string()),
+                        },
+                        pods: psel,
+                    },
+                })
+                .collect(),
+            ports,
+        },
+    )
+}
+
+fn policy_strategy() -> impl Strategy<Value = Policy> {
+    (0usize..3, 0u32..1000).prop_flat_map(|(nsi, id)| {
+        let ns = NAMESPACES[nsi];
+        (
+            selector_strategy(),
+            any::<[bool; 2]>(),
+            prop::collection::vec(rule_strategy(ns), 0..=3),
+            prop::collection::vec(rule_strategy(ns), 0..=3),
+        )
+            .prop_map(move |(pod_selector, isolates, ing, eg)| Policy {
+                namespace: ns.to_string(),
+                name: format!("p{id}"),
+                pod_selector,
+                rules: [if isolates[0] { ing } else { vec![] }, if isolates[1] { eg } else { vec![] }],
+                isolates,
+                valid: true,
+            })
+    })
+}
+
+fn pod_strategy() -> impl Strategy<Value = (usize, Labels, Vec<usize>, Vec<(usize, usize)>)> {
+    (
+        0usize..3,
+        labels_strategy(),
+        prop::collection::vec(0usize..22, 1..=2),
+        prop::collection::vec((0usize..3, 0usize..4), 0..=3),
+    )
+}
+
+fn cluster_strategy() -> impl Strategy<Value = Cluster> {
+    (
+        prop::collection::vec(prop::option::of(prop::sample::select(vec!["blue", "a"])), 3),
+        prop::collection::vec(pod_strategy(), 0..=7),
+        prop::collection::vec(policy_strategy(), 0..=6),
+    )
+        .prop_map(|(ns_teams, pods, policies)| {
+            let pool = ip_pool();
+            let namespaces = NAMESPACES
+                .iter()
+                .zip(ns_teams)
+                .map(|(n, team)| NamespaceInfo {
+                    name: n.to_string(),
+                    labels: team.map(|t| [("team".to_string(), t.to_string())].into()).unwrap_or_default(),
+                })
+                .collect();
+            let mut used = std::collections::HashSet::new();
+            let names = ["http", "dns", "metrics"];
+            let protos = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+            let pods = pods
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, (nsi, labels, ips, ports))| {
+                    // Each IP belongs to one pod at most; at most one per family.
+                    let mut v4 = false;
+                    let mut v6 = false;
+                    let ips: Vec<IpAddr> = ips
+                        .into_iter()
+                        .map(|k| pool[k])
+                        .filter(|ip| {
+                            let fam = if ip.is_ipv4() { &mut v4 } else { &mut v6 };
+                            !std::mem::replace(fam, true) && used.insert(*ip)
+                        })
+                        .collect();
+                    if ips.is_empty() {
+                        return None;
+                    }
+                    let mut named_ports: Vec<NamedPort> = ports
+                        .into_iter()
+                        .map(|(n, p)| NamedPort {
+                            name: names[n].into(),
+                            protocol: protos[p % 3],
+                            port: 79 + p as u16,
+                        })
+                        .collect();
+                    named_ports.sort();
+                    named_ports.dedup();
+                    Some(PodInfo {
+                        namespace: NAMESPACES[nsi].into(),
+                        name: format!("pod{i}"),
+                        labels,
+                        ips,
+                        container_ports: named_ports.iter().map(|n| (n.protocol, n.port)).collect(),
+                        named_ports,
+                    })
+                })
+                .collect();
+            Cluster::from_parts(namespaces, pods, policies)
+        })
+}
+
+fn flow_strategy() -> impl Strategy<Value = (usize, usize, u8, u16)> {
+    (0usize..22, 0usize..22, prop::sample::select(vec![6u8, 17, 132, 1, 58]), 78u16..=83)
+}
+
+fn check_side(table_side: Side, reference: &SideDetail, what: &str) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        table_side.allows(),
+        reference.allows(),
+        "{} disagrees: {:?} vs {:?}",
+        what,
+        table_side,
+        reference
+    );
+    match (table_side, reference) {
+        (Side::NotPod, SideDetail::NotPod) => {}
+        (Side::NotIsolated, SideDetail::Pod { isolating, .. }) => prop_assert!(isolating.is_empty()),
+        (Side::Allowed(r), SideDetail::Pod { allowing, .. }) => prop_assert!(
+            allowing.contains(&(r.policy as usize, r.rule as usize)),
+            "{} names rule {:?}, reference allows by {:?}",
+            what,
+            r,
+            allowing
+        ),
+        (Side::Denied(_), SideDetail::Pod { isolating, allowing, .. }) => {
+            prop_assert!(!isolating.is_empty() && allowing.is_empty())
+        }
+        (t, r) => prop_assert!(false, "{} shape differs: {:?} vs {:?}", what, t, r),
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn table_agrees_with_reference(cluster in cluster_strategy(), flows in prop::collection::vec(flow_strategy(), 1..40)) {
+        let table = DecisionTable::compile(&cluster);
+        let pool = ip_pool();
+        for (s, d, proto, port) in flows {
+            let (src, dst) = (pool[s], pool[d]);
+            let v = table.verdict(src, dst, proto, port);
+            let r = reference::evaluate(&cluster, src, dst, proto, port);
+            check_side(v.egress, &r.egress, &format!("egress {src}->{dst} {proto}/{port}"))?;
+            check_side(v.ingress, &r.ingress, &format!("ingress {src}->{dst} {proto}/{port}"))?;
+            prop_assert_eq!(v.allowed(), r.allowed());
+        }
+    }
+
+    #[test]
+    fn compile_is_deterministic(cluster in cluster_strategy()) {
+        let a = DecisionTable::compile(&cluster);
+        let b = DecisionTable::compile(&cluster);
+        prop_assert_eq!(a.stats(), b.stats());
+        let pool = ip_pool();
+        for s in &pool {
+            for d in &pool {
+                prop_assert_eq!(a.verdict(*s, *d, 6, 80), b.verdict(*s, *d, 6, 80));
+            }
+        }
+    }
+}
