@@ -395,8 +395,15 @@ fn typed<T: DeserializeOwned>(
 
 /// A hint for the unknown fields real users most often write.
 fn hint_for(path: &str) -> String {
-    let last = path.rsplit('.').next().unwrap_or(path);
+    let (parent, last) = path.rsplit_once('.').unwrap_or(("", path));
+    let in_peer = parent.ends_with(']') && (parent.contains(".from[") || parent.contains(".to["));
     let h = match last {
+        "matchLabels" | "matchExpressions" if in_peer => {
+            " (a peer has only podSelector, namespaceSelector and ipBlock: indent matchLabels under one of them)"
+        }
+        _ if in_peer && !matches!(last, "podSelector" | "namespaceSelector" | "ipBlock") => {
+            " (a peer has only podSelector, namespaceSelector and ipBlock: check the indentation)"
+        }
         "matchLabel" => " (did you mean `matchLabels`?)",
         "matchExpression" => " (did you mean `matchExpressions`?)",
         "podSelectors" | "namespaceSelectors" => " (the field name is singular)",

@@ -1,0 +1,249 @@
+//! The `portcullis` binary end to end: the stars tutorial step by step, the
+//! seed manifests (valid ones load, broken ones fail with precise errors),
+//! and batch queries.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+}
+
+fn root(p: &str) -> String {
+    format!("{}/../{p}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run portcullis")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[derive(serde::Deserialize)]
+struct Matrix {
+    pods: Vec<String>,
+    allowed: Vec<Vec<Option<bool>>>,
+}
+
+/// The stars matrix after the first `steps` policy files, as (from, to) -> allowed.
+fn stars(steps: usize) -> Vec<(String, String, bool)> {
+    let files = [
+        "examples/stars/00-cluster.yaml",
+        "examples/stars/01-default-deny.yaml",
+        "examples/stars/02-allow-ui.yaml",
+        "examples/stars/03-backend-policy.yaml",
+        "examples/stars/04-frontend-policy.yaml",
+    ];
+    let mut args = vec!["matrix".to_string(), "--output".into(), "json".into()];
+    for f in &files[..=steps] {
+        args.push("-s".into());
+        args.push(root(f));
+    }
+    let o = bin().args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ms: Vec<Matrix> = serde_json::from_slice(&o.stdout).unwrap();
+    let m = &ms[0];
+    let mut out = Vec::new();
+    for (i, from) in m.pods.iter().enumerate() {
+        for (j, to) in m.pods.iter().enumerate() {
+            if i != j {
+                out.push((from.clone(), to.clone(), m.allowed[i][j].expect("every stars pod serves a port")));
+            }
+        }
+    }
+    out
+}
+
+const UI: &str = "management-ui/management-ui";
+const FE: &str = "stars/frontend";
+const BE: &str = "stars/backend";
+const CLIENT: &str = "client/client";
+
+#[test]
+fn stars_tutorial_step_by_step() {
+    // Step 0: no policy, everything connects.
+    assert!(stars(0).iter().all(|c| c.2), "{:?}", stars(0));
+    // Step 1: "the management UI cannot reach any of the nodes": nothing reaches stars or client.
+    for (from, to, ok) in stars(1) {
+        let isolated = to.starts_with("stars/") || to.starts_with("client/");
+        assert_eq!(ok, !isolated, "step 1 {from} -> {to}");
+    }
+    // Step 2: "the management UI can reach all the services, but they cannot communicate with each other".
+    for (from, to, ok) in stars(2) {
+        let expect = from == UI || to == UI;
+        assert_eq!(ok, expect, "step 2 {from} -> {to}");
+    }
+    // Step 3: plus frontend -> backend on 6379. Step 4: plus client -> frontend on 80.
+    for (step, extra) in [(3, vec![(FE, BE)]), (4, vec![(FE, BE), (CLIENT, FE)])] {
+        for (from, to, ok) in stars(step) {
+            let expect = from == UI || to == UI || extra.iter().any(|(f, t)| *f == from && *t == to);
+            assert_eq!(ok, expect, "step {step} {from} -> {to}");
+        }
+    }
+}
+
+#[test]
+fn query_and_explain_name_the_deciding_policy() {
+    let s = root("examples/stars");
+    let o = run(&["query", "-s", &s, "--from", CLIENT, "--to", FE, "--port", "80"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("ALLOW client/client (10.77.0.40) -> stars/frontend"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("ingress allowed by stars/frontend-policy rule 0"), "{}", stdout(&o));
+    let o = run(&["query", "-s", &s, "--from", CLIENT, "--to", FE, "--port", "81", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["verdict"], "deny");
+    assert_eq!(v["egress"]["result"], "not-isolated");
+    assert_eq!(v["ingress"]["result"], "denied");
+    assert_eq!(
+        v["ingress"]["isolated_by"],
+        serde_json::json!(["stars/allow-ui", "stars/default-deny", "stars/frontend-policy"])
+    );
+    let o = run(&["explain", "-s", &s, "--from", CLIENT, "--to", BE, "--port", "6379"]);
+    let text = stdout(&o);
+    assert!(text.contains("DENIED"), "{text}");
+    assert!(text.contains("stars/backend-policy ingress[0]: pods [role=frontend] in namespace stars; TCP/6379: peer does not match"), "{text}");
+    assert!(text.contains("stars/default-deny: no ingress rules: allows nothing"), "{text}");
+    assert!(!text.contains("INTERNAL ERROR"), "{text}");
+}
+
+#[test]
+fn batch_queries_answer_every_line_in_order() {
+    let mut child = bin()
+        .args(["query", "-s", &root("examples/stars")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = String::new();
+    let n = 20_000;
+    for i in 0..n {
+        // Alternate an allowed and a denied flow, plus one bad line.
+        if i % 2 == 0 {
+            input.push_str(r#"{"src":"10.77.0.40","dst":"10.77.0.30","protocol":"TCP","port":80}"#);
+        } else {
+            input.push_str(r#"{"src":"client/client","dst":"10.77.0.20","protocol":6,"port":6379}"#);
+        }
+        input.push('\n');
+    }
+    input.push_str("{\"src\": \"nope\"}\n");
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
+    let o = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(o.status.success());
+    let lines: Vec<serde_json::Value> =
+        stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), n + 1);
+    for (i, l) in lines[..n].iter().enumerate() {
+        assert_eq!(l["verdict"], if i % 2 == 0 { "allow" } else { "deny" }, "line {i}: {l}");
+    }
+    assert_eq!(lines[n]["line"], n + 1);
+    assert!(lines[n]["error"].as_str().unwrap().contains("missing field"), "{}", lines[n]);
+}
+
+#[test]
+fn valid_seed_manifests_load() {
+    for f in [
+        "examples/seeds/001-access-nginx.yaml",
+        "examples/seeds/001-default-deny-null-selector.yaml",
+        "examples/seeds/002-default-deny.yaml",
+        "examples/seeds/002-ns1-api-network-policy.yaml",
+    ] {
+        let o = run(&["check", "-s", &root(f)]);
+        assert!(o.status.success(), "{f}: {}", stderr(&o));
+        assert!(stdout(&o).starts_with("ok: "), "{f}: {}", stdout(&o));
+    }
+}
+
+#[test]
+fn broken_seed_manifests_fail_with_precise_errors() {
+    let f = root("examples/seeds/002-ns1-network-policy.broken.yaml");
+    let o = run(&["check", "-s", &f]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("NetworkPolicy ns1/ns1-network-policy: field spec.namespaceSelector: unknown field (a namespaceSelector belongs inside an ingress `from` or egress `to` peer"), "{e}");
+    assert!(e.contains("line 14: NetworkPolicy ns1/ns1-network-policy: field spec.policyTypes[0]: invalid type: map, expected a string"), "{e}");
+    assert!(e.contains("nothing applied"), "{e}");
+
+    let f = root("examples/seeds/003-three-tier.broken.yaml");
+    let o = run(&["check", "-s", &f]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("invalid YAML: duplicate entry with key \"kind\" (two objects in one document? separate them with a line `---`)"), "{e}");
+
+    // The same text with the two objects separated: the next mistakes are named.
+    let text = std::fs::read_to_string(&f).unwrap();
+    let second = text.match_indices("\nkind: NetworkPolicy").nth(1).unwrap().0;
+    let split = format!("{}\n---{}", &text[..second], &text[second..]);
+    let mut child =
+        bin().args(["check", "-s", "-"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(split.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let e = stderr(&o);
+    assert!(!o.status.success());
+    assert!(e.contains("<stdin>: document 1 (line 2): NetworkPolicy default/backend-access-ingress: field ingress: unknown field (rules belong under `spec`"), "{e}");
+    assert!(
+        e.contains(
+            "document 2 (line 18): NetworkPolicy default/db-access-ingress: field ingress: unknown field"
+        ),
+        "{e}"
+    );
+
+    // And with the rules moved under spec, the seed's bad indentation of matchLabels is caught.
+    let fixed = r#"kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata:
+  name: db-access-ingress
+spec:
+ podSelector:
+  matchLabels:
+    app: myapp
+    role: db
+ ingress:
+  - from:
+    - podSelector:
+      matchLabels:
+      app: myapp
+      role: backend
+"#;
+    let mut child =
+        bin().args(["check", "-s", "-"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(fixed.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let e = stderr(&o);
+    assert!(!o.status.success());
+    assert!(e.contains("NetworkPolicy default/db-access-ingress: field spec.ingress[0].from[0].matchLabels: unknown field (a peer has only podSelector, namespaceSelector and ipBlock: indent matchLabels under one of them)"), "{e}");
+    assert!(e.contains("field spec.ingress[0].from[0].app: unknown field (a peer has only"), "{e}");
+}
+
+#[test]
+fn invalid_policy_is_refused_unless_allowed_and_then_fails_closed() {
+    let dir = std::env::temp_dir().join(format!("pcl-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("bad.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\nstatus: {podIP: 10.0.0.1}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x}\nstatus: {podIP: 10.0.0.2}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: x}\n\
+         spec:\n  podSelector: {matchLabels: {app: a}}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/24, except: [10.1.0.0/16]}\n",
+    )
+    .unwrap();
+    let f = f.to_str().unwrap();
+    let o = run(&["query", "-s", f, "--from", "x/b", "--to", "x/a", "--port", "80"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("document 3 (line 11): error: NetworkPolicy x/bad: spec.ingress[0].from[0].ipBlock.except[0]: \"10.1.0.0/16\": must be a strict subset of `cidr` 10.0.0.0/24"), "{e}");
+    let o = run(&["query", "-s", f, "--allow-invalid", "--from", "x/b", "--to", "x/a", "--port", "80"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("DENY"), "fail-closed: {}", stdout(&o));
+    let o = run(&["query", "-s", f, "--allow-invalid", "--from", "x/a", "--to", "x/b", "--port", "80"]);
+    assert!(stdout(&o).starts_with("ALLOW"), "the other direction is not isolated: {}", stdout(&o));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
