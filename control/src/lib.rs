@@ -14,6 +14,7 @@
 //! out: text and JSON answers for people and programs; errors name the file,
 //! document, object and field.
 
+pub mod config;
 pub mod manifest;
 pub mod report;
 

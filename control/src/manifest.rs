@@ -451,10 +451,17 @@ fn format_path(p: &serde_ignored::Path<'_>) -> String {
     s
 }
 
-/// The parser's message without the location and path it repeats.
-fn clean_message(path: &str, msg: &str) -> String {
+/// The parser's message without the location and the path it repeats
+/// (serde_yaml prefixes the path of the innermost mapping).
+pub(crate) fn clean_message(path: &str, msg: &str) -> String {
     let m = strip_location(msg);
-    m.strip_prefix(&format!("{path}: ")).map(str::to_string).unwrap_or(m)
+    if let Some(rest) = m.strip_prefix(&format!("{path}: ")) {
+        return rest.to_string();
+    }
+    match m.split_once(": ") {
+        Some((head, rest)) if !head.contains(' ') && path.starts_with(head) => rest.to_string(),
+        _ => m,
+    }
 }
 
 /// serde_yaml appends " at line L column C"; we print the line ourselves.

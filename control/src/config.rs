@@ -1,0 +1,269 @@
+//! `portcullis run` configuration: a YAML file (`--config`), every field
+//! optional with a documented default, unknown fields rejected. Command-line
+//! flags override the file.
+//!
+//! ```yaml
+//! mode: switch            # switch | wire
+//! ports:                  # interfaces that become dataplane ports
+//!   - interface: eth1
+//!   - interface: eth2
+//!     queues: 2
+//! workers: [2, 3]         # cores to pin workers to; worker i serves queue i of every port
+//! xdp:
+//!   attach: native        # native | generic
+//!   zero_copy: false      # true on NICs that support it; veth only does copy mode
+//!   frame_count: 8192
+//! conntrack:
+//!   capacity: 262144
+//! fail_open: false
+//! status_address: "0.0.0.0:9877"
+//! debounce_ms: 50
+//! denied_flow_log_per_second: 0
+//! ```
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Default address of the status endpoint (`/healthz`, `/readyz`, `/status`, `/metrics`).
+/// All interfaces, because on a host-network pod the kubelet probes the node's address.
+pub const DEFAULT_STATUS_ADDRESS: &str = "0.0.0.0:9877";
+
+/// Forwarding mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// An L2 learning switch across all ports (MAC learning with ageing, flooding of
+    /// broadcast and unknown destinations). For a node whose pod interfaces are ports.
+    #[default]
+    Switch,
+    /// A two-port bump in the wire: everything from one port goes out of the other.
+    Wire,
+}
+
+/// XDP attach mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attach {
+    /// Driver (native) XDP: fastest where the driver supports it.
+    #[default]
+    Native,
+    /// Generic (SKB) XDP: works on every interface, slower.
+    Generic,
+}
+
+/// One interface the dataplane binds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// Interface name.
+    pub interface: String,
+    /// RX/TX queues to bind, one AF_XDP socket each. Default 1. Worker i serves queue i,
+    /// so use at most as many queues as workers; with more than one, the NIC needs
+    /// symmetric RSS so that both directions of a flow reach the same worker.
+    #[serde(default = "one")]
+    pub queues: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// AF_XDP settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XdpConfig {
+    /// Attach mode. Default `native`.
+    pub attach: Attach,
+    /// Ask for zero-copy. Default `false`: veth refuses it (EOPNOTSUPP); real NICs with
+    /// driver support should set it, saving a copy per packet.
+    pub zero_copy: bool,
+    /// UMEM frames per worker (4096 bytes each). Default 8192 (32 MiB), which needs
+    /// CAP_IPC_LOCK or a memlock limit that large. More frames absorb longer bursts.
+    pub frame_count: u32,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        XdpConfig { attach: Attach::Native, zero_copy: false, frame_count: 8192 }
+    }
+}
+
+/// Connection tracking.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConntrackConfig {
+    /// Tracked connections per worker. Default 262,144 (about 25 MiB per worker). When
+    /// full, new connections are refused and counted; established ones are never evicted.
+    pub capacity: u32,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        ConntrackConfig { capacity: 262_144 }
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Forwarding mode. Default `switch`.
+    pub mode: Mode,
+    /// Interfaces. Default none (the daemon then only compiles and serves status: useful to
+    /// check a policy set without touching traffic).
+    pub ports: Vec<PortConfig>,
+    /// Cores to pin workers to. Default `[0]`.
+    pub workers: Vec<usize>,
+    /// AF_XDP settings.
+    pub xdp: XdpConfig,
+    /// Connection tracking.
+    pub conntrack: ConntrackConfig,
+    /// Before the first complete sync of the policy source, pass pod traffic (`true`) or
+    /// drop it (`false`, default). Fail-open keeps pods reachable while the API server is
+    /// unreachable at start-up, at the risk of letting through traffic policy would deny.
+    pub fail_open: bool,
+    /// Status endpoint address. Default `0.0.0.0:9877`.
+    pub status_address: SocketAddr,
+    /// Quiet time after a change before recompiling, in milliseconds. Default 50: bursts
+    /// of changes (a rollout) compile once; a single change is enforced 50 ms later.
+    pub debounce_ms: u64,
+    /// Log at most this many denied flows per second (0, the default, logs none).
+    pub denied_flow_log_per_second: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: Mode::Switch,
+            ports: Vec::new(),
+            workers: vec![0],
+            xdp: XdpConfig::default(),
+            conntrack: ConntrackConfig::default(),
+            fail_open: false,
+            status_address: DEFAULT_STATUS_ADDRESS.parse().expect("valid default"),
+            debounce_ms: 50,
+            denied_flow_log_per_second: 0,
+        }
+    }
+}
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML is invalid or has unknown or mistyped fields.
+    #[error("{path}: {message}")]
+    Parse {
+        /// File.
+        path: String,
+        /// Parser message, with the field and line.
+        message: String,
+    },
+    /// Values that do not fit together.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// File.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Parses a configuration text (`path` for messages).
+    pub fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            message: format!(
+                "field {}: {}",
+                e.path(),
+                crate::manifest::clean_message(&e.path().to_string(), &e.inner().to_string())
+            ),
+        })?;
+        cfg.check(path)?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &str) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_string(), source })?;
+        Config::parse(path, &text)
+    }
+
+    /// Checks values that serde cannot.
+    pub fn check(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = |message: String| Err(ConfigError::Invalid { path: path.to_string(), message });
+        if self.mode == Mode::Wire && !self.ports.is_empty() && self.ports.len() != 2 {
+            return bad(format!("mode wire needs exactly 2 ports, {} given", self.ports.len()));
+        }
+        if self.workers.is_empty() {
+            return bad("workers: at least one core".into());
+        }
+        for p in &self.ports {
+            if p.queues == 0 || p.queues as usize > self.workers.len() {
+                return bad(format!(
+                    "ports: {} has {} queues; must be 1..={} (one worker serves each queue index)",
+                    p.interface,
+                    p.queues,
+                    self.workers.len()
+                ));
+            }
+        }
+        if self.conntrack.capacity == 0 || self.xdp.frame_count < 64 {
+            return bad("conntrack.capacity must be > 0 and xdp.frame_count >= 64".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_example_parses_and_defaults_apply() {
+        let doc = include_str!("config.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```yaml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").strip_prefix(' ').unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::parse("doc", &doc).unwrap();
+        assert_eq!(c.ports[1].queues, 2);
+        assert_eq!(c.ports[0].queues, 1);
+        assert_eq!(c.workers, vec![2, 3]);
+        // The documented defaults are the real defaults.
+        let mut d = Config::default();
+        d.ports = c.ports.clone();
+        d.workers = c.workers.clone();
+        assert_eq!(c, Config { ..d });
+        assert_eq!(Config::parse("e", "{}").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_and_inconsistent_fields_are_rejected() {
+        let e = Config::parse("c.yaml", "mode: switch\nport: []\n").unwrap_err().to_string();
+        assert!(e.contains("c.yaml: field port: unknown field `port`"), "{e}");
+        let e = Config::parse("c.yaml", "xdp: {zerocopy: true}\n").unwrap_err().to_string();
+        assert!(e.contains("field xdp.zerocopy: unknown field"), "{e}");
+        let e = Config::parse("c.yaml", "mode: wire\nports: [{interface: a}]\n").unwrap_err().to_string();
+        assert!(e.contains("mode wire needs exactly 2 ports"), "{e}");
+        let e = Config::parse("c.yaml", "workers: [1]\nports: [{interface: a, queues: 2}]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be 1..=1"), "{e}");
+    }
+}
