@@ -15,7 +15,9 @@
 //! document, object and field.
 
 pub mod config;
+pub mod index;
 pub mod manifest;
+pub mod manifest_dir;
 pub mod report;
 
 use manifest::{LoadErrors, State};

@@ -1,0 +1,266 @@
+//! The cluster index: owned and updated by one task, fed by the sources
+//! (Kubernetes watchers, a manifest directory), and compiled into tables.
+//!
+//! Objects are validated as they arrive and only what the compiler needs is
+//! kept (a pod is its labels, IPs and container ports, not its whole spec).
+//! A full relist of a kind ([`Change::Replace`]) replaces that kind's objects
+//! of that source, so a delete missed while disconnected is not kept alive.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1 as corev1;
+use k8s_openapi::api::networking::v1 as netv1;
+use policy_compiler::model::{NamespaceInfo, PodInfo, Policy};
+use policy_compiler::validate::{self, DEFAULT_NAMESPACE};
+use policy_compiler::{Cluster, Problem};
+
+/// Kinds the index holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum Kind {
+    /// v1 Namespace.
+    Namespace,
+    /// v1 Pod.
+    Pod,
+    /// networking.k8s.io/v1 NetworkPolicy.
+    NetworkPolicy,
+}
+
+/// One object of any kind.
+#[derive(Clone, Debug)]
+pub enum Object {
+    /// A namespace.
+    Namespace(corev1::Namespace),
+    /// A pod.
+    Pod(Box<corev1::Pod>),
+    /// A policy.
+    NetworkPolicy(netv1::NetworkPolicy),
+}
+
+impl Object {
+    /// Kind of the object.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Pod(_) => Kind::Pod,
+            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
+        }
+    }
+
+    /// (namespace, name); namespace is empty for a Namespace.
+    pub fn key(&self) -> (String, String) {
+        let (meta, namespaced) = match self {
+            Object::Namespace(o) => (&o.metadata, false),
+            Object::Pod(o) => (&o.metadata, true),
+            Object::NetworkPolicy(o) => (&o.metadata, true),
+        };
+        let ns = if namespaced {
+            meta.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
+        } else {
+            String::new()
+        };
+        (ns, meta.name.clone().unwrap_or_default())
+    }
+}
+
+/// A change from a source.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// Added or modified.
+    Apply(Object),
+    /// Deleted.
+    Delete(Kind, String, String),
+    /// A full list of one kind from this source: everything of that kind not in
+    /// the list is gone.
+    Replace(Kind, Vec<Object>),
+}
+
+/// What the index keeps per object: the validated form and its problems.
+#[derive(Clone, Debug)]
+enum Entry {
+    Namespace(NamespaceInfo),
+    /// `None` when the pod is not a policy endpoint (no IP, host network, finished, invalid).
+    Pod(Option<PodInfo>),
+    Policy(Policy),
+}
+
+type Key = (Kind, String, String);
+
+/// The index. Several sources may feed it; each object is owned by the
+/// source that last applied it, and a `Replace` from a source only removes
+/// that source's objects.
+#[derive(Debug, Default)]
+pub struct Index {
+    entries: BTreeMap<Key, (u16, Entry, Vec<Problem>)>,
+    generation: u64,
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Self {
+        Index::default()
+    }
+
+    /// Number of changes applied so far (increases on every effective change).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Applies a change from `source`. Returns whether anything changed.
+    pub fn apply(&mut self, source: u16, change: Change) -> bool {
+        match change {
+            Change::Apply(obj) => {
+                self.upsert(source, obj);
+                self.generation += 1;
+                true
+            }
+            Change::Delete(kind, ns, name) => {
+                let ns = if kind == Kind::Namespace { String::new() } else { ns };
+                let removed = self.entries.remove(&(kind, ns, name)).is_some();
+                if removed {
+                    self.generation += 1;
+                }
+                removed
+            }
+            Change::Replace(kind, objs) => {
+                self.entries.retain(|(k, _, _), (src, _, _)| *k != kind || *src != source);
+                for o in objs {
+                    if o.kind() == kind {
+                        self.upsert(source, o);
+                    }
+                }
+                self.generation += 1;
+                true
+            }
+        }
+    }
+
+    fn upsert(&mut self, source: u16, obj: Object) {
+        let (ns, name) = obj.key();
+        let kind = obj.kind();
+        let (entry, problems) = match &obj {
+            Object::Namespace(o) => match validate::namespace(o) {
+                Ok(n) => (Entry::Namespace(n), Vec::new()),
+                Err(p) => {
+                    // An invalid namespace keeps only its name label, like a missing one.
+                    let info = NamespaceInfo { name: name.clone(), labels: Default::default() };
+                    (Entry::Namespace(info), vec![p])
+                }
+            },
+            Object::Pod(o) => match validate::pod(o) {
+                Ok(p) => (Entry::Pod(p), Vec::new()),
+                Err(ps) => (Entry::Pod(None), ps),
+            },
+            Object::NetworkPolicy(o) => {
+                let (p, ps) = validate::policy(o);
+                (Entry::Policy(p), ps)
+            }
+        };
+        self.entries.insert((kind, ns, name), (source, entry, problems));
+    }
+
+    /// Counts of objects per kind (all objects, including pods that are not endpoints).
+    pub fn counts(&self) -> BTreeMap<Kind, usize> {
+        let mut m = BTreeMap::new();
+        for (k, _, _) in self.entries.keys() {
+            *m.entry(*k).or_default() += 1;
+        }
+        m
+    }
+
+    /// The validated snapshot to compile, and every object's problems.
+    pub fn snapshot(&self) -> (Cluster, Vec<Problem>) {
+        let mut namespaces = Vec::new();
+        let mut pods = Vec::new();
+        let mut policies = Vec::new();
+        let mut problems = Vec::new();
+        for (_, entry, ps) in self.entries.values() {
+            problems.extend(ps.iter().cloned());
+            match entry {
+                Entry::Namespace(n) => namespaces.push(n.clone()),
+                Entry::Pod(Some(p)) => pods.push(p.clone()),
+                Entry::Pod(None) => {}
+                Entry::Policy(p) => policies.push(p.clone()),
+            }
+        }
+        (Cluster::from_parts(namespaces, pods, policies), problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy_compiler::DecisionTable;
+
+    fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
+        serde_yaml::from_str(s).unwrap()
+    }
+
+    fn pod(ns: &str, name: &str, ip: &str, app: &str) -> Object {
+        Object::Pod(Box::new(yaml(&format!(
+            "metadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}}}\nstatus: {{podIP: {ip}}}"
+        ))))
+    }
+
+    fn deny_all(ns: &str) -> Object {
+        Object::NetworkPolicy(yaml(&format!(
+            "metadata: {{name: deny, namespace: {ns}}}\nspec: {{podSelector: {{}}}}"
+        )))
+    }
+
+    fn allowed(idx: &Index, from: &str, to: &str) -> bool {
+        let (c, _) = idx.snapshot();
+        DecisionTable::compile(&c).verdict(from.parse().unwrap(), to.parse().unwrap(), 6, 80).allowed()
+    }
+
+    #[test]
+    fn apply_modify_delete_reach_the_table() {
+        let mut idx = Index::new();
+        idx.apply(0, Change::Apply(pod("x", "a", "10.0.0.1", "a")));
+        idx.apply(0, Change::Apply(pod("x", "b", "10.0.0.2", "b")));
+        assert!(allowed(&idx, "10.0.0.2", "10.0.0.1"));
+        idx.apply(0, Change::Apply(deny_all("x")));
+        assert!(!allowed(&idx, "10.0.0.2", "10.0.0.1"));
+        // Modify: the pod moves to another IP.
+        idx.apply(0, Change::Apply(pod("x", "a", "10.0.0.9", "a")));
+        assert!(!allowed(&idx, "10.0.0.2", "10.0.0.9"));
+        assert!(allowed(&idx, "10.0.0.2", "10.0.0.1"), "old IP is no longer a pod");
+        assert!(idx.apply(0, Change::Delete(Kind::NetworkPolicy, "x".into(), "deny".into())));
+        assert!(allowed(&idx, "10.0.0.2", "10.0.0.9"));
+        assert!(!idx.apply(0, Change::Delete(Kind::NetworkPolicy, "x".into(), "deny".into())));
+    }
+
+    #[test]
+    fn replace_drops_objects_missing_from_the_relist() {
+        let mut idx = Index::new();
+        idx.apply(0, Change::Apply(pod("x", "a", "10.0.0.1", "a")));
+        idx.apply(0, Change::Apply(deny_all("x")));
+        // A relist after a disconnect no longer has the policy: its delete was missed.
+        idx.apply(0, Change::Replace(Kind::NetworkPolicy, vec![]));
+        assert!(allowed(&idx, "10.0.0.2", "10.0.0.1"));
+        assert_eq!(idx.counts().get(&Kind::Pod), Some(&1), "other kinds untouched");
+    }
+
+    #[test]
+    fn replace_only_touches_its_own_source() {
+        let mut idx = Index::new();
+        idx.apply(1, Change::Apply(deny_all("x")));
+        idx.apply(2, Change::Replace(Kind::NetworkPolicy, vec![]));
+        assert_eq!(idx.counts().get(&Kind::NetworkPolicy), Some(&1));
+    }
+
+    #[test]
+    fn invalid_policy_is_kept_fail_closed_with_its_problem() {
+        let mut idx = Index::new();
+        idx.apply(0, Change::Apply(pod("x", "a", "10.0.0.1", "a")));
+        idx.apply(
+            0,
+            Change::Apply(Object::NetworkPolicy(yaml(
+                "metadata: {name: bad, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{ports: [{port: 0}]}]",
+            ))),
+        );
+        let (_, problems) = idx.snapshot();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].field, "spec.ingress[0].ports[0].port");
+        assert!(!allowed(&idx, "10.0.0.2", "10.0.0.1"));
+    }
+}
