@@ -419,9 +419,9 @@ mod tests {
         assert!(shared.ready());
         // A burst of changes inside the debounce window compiles once.
         for i in 0..5 {
-            let p: Object = Object::NetworkPolicy(yaml(&format!(
+            let p: Object = Object::NetworkPolicy(Box::new(yaml(&format!(
                 "metadata: {{name: p{i}, namespace: x}}\nspec: {{podSelector: {{}}}}"
-            )));
+            ))));
             tx.send(change(Change::Apply(p))).await.unwrap();
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

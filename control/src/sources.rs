@@ -103,13 +103,13 @@ pub fn strip_pod(p: corev1::Pod) -> corev1::Pod {
 /// Runs the three watchers until the channel closes.
 pub async fn run_kube(client: Client, tx: mpsc::Sender<SourceMsg>) {
     let ns = watch_kind(Api::<corev1::Namespace>::all(client.clone()), Kind::Namespace, tx.clone(), |o| {
-        Object::Namespace(o)
+        Object::Namespace(Box::new(o))
     });
     let pods = watch_kind(Api::<corev1::Pod>::all(client.clone()), Kind::Pod, tx.clone(), |o| {
         Object::Pod(Box::new(strip_pod(o)))
     });
     let pols = watch_kind(Api::<netv1::NetworkPolicy>::all(client), Kind::NetworkPolicy, tx, |o| {
-        Object::NetworkPolicy(o)
+        Object::NetworkPolicy(Box::new(o))
     });
     futures::join!(ns, pods, pols);
 }
