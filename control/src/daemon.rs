@@ -368,7 +368,7 @@ fn publish_now(
     st.table_published_unix =
         SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs_f64());
     st.compile_ms = Some(compile.as_secs_f64() * 1e3);
-    st.objects = counts.iter().map(|(k, v)| (kind_name(*k).to_string(), *v)).collect();
+    st.objects = KINDS.iter().map(|k| (kind_name(*k).to_string(), *counts.get(k).unwrap_or(&0))).collect();
     st.table = stats;
     st.invalid = invalid;
     st.warnings = warnings;
