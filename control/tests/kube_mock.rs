@@ -72,7 +72,11 @@ async fn api_server(mut handle: Handle) {
             np_lists += 1;
             match np_lists {
                 // Initial list.
-                1 => send.send_response(list("NetworkPolicyList", "10", vec![policy("p1", 80), policy("p2", 80)])),
+                1 => send.send_response(list(
+                    "NetworkPolicyList",
+                    "10",
+                    vec![policy("p1", 80), policy("p2", 80)],
+                )),
                 // Relist after the expired resourceVersion: p3 was deleted while we were away.
                 _ => send.send_response(list("NetworkPolicyList", "30", vec![policy("p1", 8080)])),
             }
@@ -172,7 +176,9 @@ async fn list_watch_error_and_relist() {
     );
     assert_eq!(synced, ["Namespace", "NetworkPolicy", "Pod"].iter().map(|s| s.to_string()).collect());
     assert!(
-        errors.iter().any(|e| e.as_deref().is_some_and(|e| e.contains("etcd unavailable") || e.contains("500"))),
+        errors
+            .iter()
+            .any(|e| e.as_deref().is_some_and(|e| e.contains("etcd unavailable") || e.contains("500"))),
         "the failing watch is reported: {errors:?}"
     );
     assert_eq!(errors.last(), Some(&None), "recovery is reported: {errors:?}");

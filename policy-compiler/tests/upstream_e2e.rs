@@ -99,7 +99,8 @@ fn upstream_netpol_suite() {
     let mut model = World::default();
     model.apply(&std::fs::read_to_string(dir.join("model.yaml")).unwrap());
     assert_eq!(model.pods.len(), 9);
-    let mut files: Vec<_> = std::fs::read_dir(dir.join("cases")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> =
+        std::fs::read_dir(dir.join("cases")).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     assert_eq!(files.len(), 48, "every It() of upstream network_policy.go");
     let mut failures = Vec::new();
