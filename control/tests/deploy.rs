@@ -51,13 +51,21 @@ fn manifest_files() -> Vec<String> {
 }
 
 /// One YAML document into `T`, failing on any field `T` does not know.
-fn strict<T: DeserializeOwned>(file: &str, text: &str) -> T {
+fn try_strict<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, String> {
     let mut unknown = Vec::new();
     let de = serde_yaml::Deserializer::from_str(text);
-    let value = serde_ignored::deserialize(de, |p| unknown.push(p.to_string()))
-        .unwrap_or_else(|e| panic!("{file}: {e}"));
-    assert!(unknown.is_empty(), "{file}: unknown fields {unknown:?}");
-    value
+    // serde_ignored writes `?` for every Option on the way: leave those out of the path.
+    let value = serde_ignored::deserialize(de, |p| unknown.push(p.to_string().replace(".?", "")))
+        .map_err(|e| format!("{file}: {e}"))?;
+    if unknown.is_empty() {
+        Ok(value)
+    } else {
+        Err(format!("{file}: unknown fields {unknown:?}"))
+    }
+}
+
+fn strict<T: DeserializeOwned>(file: &str, text: &str) -> T {
+    try_strict(file, text).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn load<T: DeserializeOwned>(file: &str) -> T {
@@ -82,7 +90,7 @@ fn daemonset() -> DaemonSet {
 }
 
 fn pod_spec(ds: &DaemonSet) -> PodSpec {
-    ds.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("DaemonSet has a pod template spec")
+    ds.spec.template.spec.clone().expect("DaemonSet has a pod template spec")
 }
 
 fn container(ds: &DaemonSet) -> Container {
@@ -140,18 +148,30 @@ fn every_manifest_parses_strictly_into_the_type_of_its_kind() {
         assert_eq!(labels.get("app.kubernetes.io/name").map(String::as_str), Some("portcullis"), "{f}");
         assert!(kinds.insert(kind.to_string()), "{f}: a second {kind}");
     }
-    for needed in ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"] {
+    for needed in
+        ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"]
+    {
         assert!(kinds.contains(needed), "deploy/ has no {needed}");
     }
 }
 
 #[test]
-fn strict_parsing_catches_a_misplaced_field() {
-    // The check above is only worth something if a typo fails it.
-    let text = read(&deploy().join(file_of_kind("DaemonSet")))
-        .replacen("hostNetwork: true", "hostNetwork: true\n      hostNetworking: true", 1);
-    let r = std::panic::catch_unwind(|| strict::<DaemonSet>("mutated", &text));
-    assert!(r.is_err(), "an unknown field must fail");
+fn strict_parsing_catches_typos_and_misplaced_fields() {
+    // The check above is only worth something if a typo fails it, however deep.
+    let ds = read(&deploy().join(file_of_kind("DaemonSet")));
+    let typo = ds.replacen("hostNetwork: true", "hostNetwork: true\n      hostNetworking: true", 1);
+    let e = try_strict::<DaemonSet>("typo", &typo).unwrap_err();
+    assert!(e.contains("spec.template.spec.hostNetworking"), "{e}");
+    // `drop` one level too high: inside securityContext instead of capabilities.
+    let misplaced = ds.replacen("              drop: [\"ALL\"]\n", "", 1).replacen(
+        "            readOnlyRootFilesystem: true\n",
+        "            readOnlyRootFilesystem: true\n            drop: [\"ALL\"]\n",
+        1,
+    );
+    let e = try_strict::<DaemonSet>("misplaced", &misplaced).unwrap_err();
+    assert!(e.contains("securityContext.drop"), "{e}");
+    let role = read(&deploy().join(file_of_kind("ClusterRole"))).replacen("verbs:", "verb:", 1);
+    assert!(try_strict::<ClusterRole>("role", &role).is_err());
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,13 +249,14 @@ fn configmap_holds_a_valid_config_on_the_default_status_port() {
 fn probe_port(c: &Container, port: &IntOrString) -> i32 {
     match port {
         IntOrString::Int(p) => *p,
-        IntOrString::String(name) => c
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref() == Some(name.as_str()))
-            .unwrap_or_else(|| panic!("no container port named {name}"))
-            .container_port,
+        IntOrString::String(name) => {
+            c.ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .unwrap_or_else(|| panic!("no container port named {name}"))
+                .container_port
+        }
     }
 }
 
@@ -370,9 +391,11 @@ fn daemonset_runs_the_daemon_as_the_docs_describe() {
     assert!(cpu / 1000 > workers, "{} CPUs for {workers} workers and the control plane", cpu / 1000);
 
     // One node at a time, and never two pods on one node (they would fight for the queues).
-    let strategy = ds.spec.as_ref().and_then(|s| s.update_strategy.clone()).expect("updateStrategy");
+    let strategy = ds.spec.update_strategy.clone().expect("updateStrategy");
     assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
     let ru = strategy.rolling_update.expect("rollingUpdate");
     assert_eq!(ru.max_unavailable, Some(IntOrString::Int(1)));
     assert!(matches!(ru.max_surge, None | Some(IntOrString::Int(0))), "maxSurge 0");
+    // The next node waits until this one has been ready (first sync done) for a while.
+    assert!(ds.spec.min_ready_seconds.is_some_and(|s| s > 0), "minReadySeconds");
 }
