@@ -146,10 +146,10 @@ impl Index {
                     (Entry::Namespace(info), vec![p])
                 }
             },
-            Object::Pod(o) => match validate::pod(o) {
-                Ok(p) => (Entry::Pod(p), Vec::new()),
-                Err(ps) => (Entry::Pod(None), ps),
-            },
+            Object::Pod(o) => {
+                let (p, ps) = validate::pod(o);
+                (Entry::Pod(p), ps)
+            }
             Object::NetworkPolicy(o) => {
                 let (p, ps) = validate::policy(o);
                 (Entry::Policy(p), ps)

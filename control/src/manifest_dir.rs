@@ -197,7 +197,8 @@ fn check_file(file: &str, text: &str) -> Result<State, LoadErrors> {
         }
     }
     for p in &state.pods {
-        if let Err(problems) = policy_compiler::validate::pod(p) {
+        let (_, problems) = policy_compiler::validate::pod(p);
+        {
             for pr in problems {
                 errs.push(LoadError {
                     origin: state

@@ -65,7 +65,11 @@ impl Cidr {
     /// accepts them) and are cleared.
     pub fn parse(s: &str) -> Result<Cidr, CidrError> {
         let (a, l) = s.split_once('/').ok_or_else(|| CidrError::NoPrefix(s.to_string()))?;
-        let ip: IpAddr = a.parse().map_err(|_| CidrError::BadAddress(s.to_string()))?;
+        let ip: IpAddr = a
+            .parse()
+            .ok()
+            .or_else(|| parse_v4_sloppy(a))
+            .ok_or_else(|| CidrError::BadAddress(s.to_string()))?;
         let (family, addr) = split(ip);
         let len: u8 = l
             .parse()
@@ -123,6 +127,23 @@ impl Cidr {
     pub fn strictly_contains(&self, other: &Cidr) -> bool {
         other.family == self.family && other.len > self.len && self.contains(other.family, other.addr)
     }
+}
+
+/// IPv4 with leading zeros in octets (`010.0.0.0`), read as decimal. The API
+/// server accepts these (`netutils.ParseCIDRSloppy`, Go's pre-1.17 parsing)
+/// unless the StrictIPCIDRValidation feature gate is on, so objects that exist
+/// in clusters may contain them.
+fn parse_v4_sloppy(a: &str) -> Option<IpAddr> {
+    let mut octets = [0u8; 4];
+    let mut parts = a.split('.');
+    for o in &mut octets {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *o = p.parse().ok()?;
+    }
+    parts.next().is_none().then(|| IpAddr::from(octets))
 }
 
 impl fmt::Display for Cidr {
@@ -192,6 +213,9 @@ mod tests {
     fn rejects() {
         assert!(matches!(Cidr::parse("10.0.0.0"), Err(CidrError::NoPrefix(_))));
         assert!(matches!(Cidr::parse("10.0.0/8"), Err(CidrError::BadAddress(_))));
+        assert!(matches!(Cidr::parse("10.0.0.256/8"), Err(CidrError::BadAddress(_))));
+        assert!(matches!(Cidr::parse("10.0.0.0001/8"), Err(CidrError::BadAddress(_))));
+        assert_eq!(Cidr::parse("010.001.0.0/16").unwrap().to_string(), "10.1.0.0/16");
         assert!(matches!(Cidr::parse("10.0.0.0/33"), Err(CidrError::BadPrefix(..))));
         assert!(matches!(Cidr::parse("::/129"), Err(CidrError::BadPrefix(..))));
         assert!(matches!(Cidr::parse("10.0.0.0/x"), Err(CidrError::BadPrefix(..))));
