@@ -1823,11 +1823,6 @@ fn r37_ip_block_accepts_what_the_api_server_accepts() {
 }
 
 #[test]
-#[ignore = "BUG: IPv4 octets with more than three digits are rejected (`invalid CIDR \"10.0.0.0001/8\": \
-            not an IP address`, policy enforced fail-closed) but the API server accepts them: \
-            k8s.io/utils forked parseIPv4 reads each octet with dtoi, any number of digits up to \
-            the value 255 (\"0001\" is 1). Same for an IPv4 tail with leading zeros in an IPv6 \
-            CIDR (`::ffff:010.0.0.0/104`, which the API server reads as ::ffff:10.0.0.0/104)"]
 fn r18_ip_block_octets_are_read_like_the_api_server_does() {
     let c = web_ingress_from("    - ipBlock: {cidr: 10.0.0.0001/8}\n");
     assert_no_problems(&c);
