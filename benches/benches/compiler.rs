@@ -1,0 +1,88 @@
+//! Policy compiler benchmarks over generated, realistic clusters
+//! ([`portcullis_benches::generate`]):
+//!
+//! * `lookup/10k_pods/{10,1000,10000}`: `DecisionTable::verdict` over a fixed
+//!   mix of 4,096 flows, one group so the ratios come from one run;
+//! * `compile/10k_pods/{1000,10000}`: `DecisionTable::compile` (the table's
+//!   drop is not timed);
+//! * `memory`: prints `stats()` and the heap bytes the tables really hold,
+//!   counted by the global allocator of this binary.
+//!
+//! ```sh
+//! cargo bench -p portcullis-benches --bench compiler
+//! ```
+
+// `criterion_group!` defines an undocumented `pub fn`.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
+use policy_compiler::DecisionTable;
+use portcullis_benches::{generate, measure_heap, sample_flows, CountingAlloc};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc::new();
+
+const PODS: usize = 10_000;
+const SEED: u64 = 1;
+const FLOWS: usize = 4_096;
+
+fn lookup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("lookup");
+    g.sample_size(50).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(FLOWS as u64));
+    for policies in [10, 1_000, 10_000] {
+        let cluster = generate(PODS, policies, SEED);
+        let table = DecisionTable::compile(&cluster);
+        let flows = sample_flows(&cluster, FLOWS, SEED);
+        let allowed =
+            flows.iter().filter(|f| table.verdict(f.src, f.dst, f.protocol, f.port).allowed()).count();
+        eprintln!("lookup/10k_pods/{policies}: {allowed} of {FLOWS} flows allowed");
+        g.bench_with_input(BenchmarkId::new("10k_pods", policies), &flows, |b, flows| {
+            b.iter(|| {
+                for f in flows {
+                    black_box(table.verdict(black_box(f.src), black_box(f.dst), f.protocol, f.port));
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+fn compile(c: &mut Criterion) {
+    let mut g = c.benchmark_group("compile");
+    // Seconds per iteration: flat sampling, ten samples of one iteration each.
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(1));
+    for policies in [1_000, 10_000] {
+        let cluster = generate(PODS, policies, SEED);
+        g.bench_with_input(BenchmarkId::new("10k_pods", policies), &cluster, |b, cluster| {
+            b.iter_with_large_drop(|| DecisionTable::compile(black_box(cluster)))
+        });
+    }
+    g.finish();
+}
+
+/// Not timed: prints each table's stats and its real heap size.
+fn memory(_: &mut Criterion) {
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    for policies in [10, 1_000, 10_000] {
+        let cluster = generate(PODS, policies, SEED);
+        let (table, held, peak) = measure_heap(&ALLOC, || DecisionTable::compile(&cluster));
+        let s = table.stats();
+        println!(
+            "memory/10k_pods/{policies}: estimate {:.1} MiB, heap held {:.1} MiB ({held} B), compile peak {:.1} MiB; {s:?}",
+            mib(s.memory_bytes),
+            mib(held),
+            mib(peak),
+        );
+    }
+}
+
+criterion_group!(benches, lookup, compile, memory);
+criterion_main!(benches);

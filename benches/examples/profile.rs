@@ -1,0 +1,74 @@
+//! A driver for profilers (`perf record`, `valgrind --tool=callgrind`):
+//! compiles a generated cluster, or looks flows up in it in a loop.
+//!
+//! ```sh
+//! cargo build --release -p portcullis-benches --example profile
+//! perf record -g target/release/examples/profile compile 10000 10000
+//! perf record target/release/examples/profile lookup 10000 10000 5000
+//! target/release/examples/profile compare 10000
+//! ```
+//!
+//! `compare PODS` builds the 10-, 1,000- and 10,000-policy tables and times
+//! lookups over them in alternating rounds, reporting each table's fastest
+//! round: on a shared, noisy machine that ratio is steadier than separate runs.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use policy_compiler::DecisionTable;
+use portcullis_benches::{generate, sample_flows};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize, default: usize| args.get(i).map_or(default, |a| a.parse().expect("a number"));
+    let mode = args.first().map_or("compile", String::as_str);
+    let (pods, policies) = (num(1, 10_000), num(2, 10_000));
+    if mode == "compare" {
+        return compare(pods);
+    }
+    let cluster = generate(pods, policies, 1);
+    let t = Instant::now();
+    let table = DecisionTable::compile(&cluster);
+    eprintln!("compile: {:?}", t.elapsed());
+    if mode == "lookup" {
+        let rounds = num(3, 10_000);
+        let flows = sample_flows(&cluster, 4_096, 1);
+        let t = Instant::now();
+        for _ in 0..rounds {
+            for f in &flows {
+                black_box(table.verdict(black_box(f.src), black_box(f.dst), f.protocol, f.port));
+            }
+        }
+        let ns = t.elapsed().as_nanos() as f64 / (rounds * flows.len()) as f64;
+        eprintln!("lookup: {ns:.1} ns/flow over {} flows x {rounds}", flows.len());
+    }
+}
+
+fn compare(pods: usize) {
+    let sizes = [10, 1_000, 10_000];
+    let tables: Vec<_> = sizes
+        .iter()
+        .map(|&n| {
+            let c = generate(pods, n, 1);
+            (DecisionTable::compile(&c), sample_flows(&c, 4_096, 1))
+        })
+        .collect();
+    let mut best = [f64::MAX; 3];
+    for _ in 0..200 {
+        for (i, (table, flows)) in tables.iter().enumerate() {
+            let t = Instant::now();
+            for _ in 0..25 {
+                for f in flows {
+                    black_box(table.verdict(black_box(f.src), black_box(f.dst), f.protocol, f.port));
+                }
+            }
+            best[i] = best[i].min(t.elapsed().as_nanos() as f64 / (25 * flows.len()) as f64);
+        }
+    }
+    for (n, b) in sizes.iter().zip(best) {
+        println!(
+            "{pods} pods, {n} policies: {b:.1} ns/lookup (fastest of 200 rounds), {:.2}x of 10",
+            b / best[0]
+        );
+    }
+}
