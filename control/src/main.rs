@@ -1,6 +1,7 @@
 //! The `portcullis` binary. See `control/src/lib.rs` for the map of the crate.
 
 use std::io::{BufRead, BufWriter, Write};
+use std::net::IpAddr;
 
 use std::process::ExitCode;
 
@@ -76,6 +77,20 @@ struct StateArgs {
     allow_invalid: bool,
 }
 
+/// Protocol, port and address family of a question.
+#[derive(Args)]
+struct FlowSpec {
+    /// TCP, UDP, SCTP, ICMP, ICMPv6 or an IP protocol number.
+    #[arg(long, default_value = "TCP")]
+    protocol: String,
+    /// Destination port (ignored for ICMP).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Address family used for pods given by name (4 or 6); default: the pod's first IP.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(4..=6))]
+    family: Option<u8>,
+}
+
 #[derive(Args)]
 struct FlowArgs {
     #[command(flatten)]
@@ -86,15 +101,8 @@ struct FlowArgs {
     /// Destination: namespace/pod or an IP address.
     #[arg(long)]
     to: String,
-    /// TCP, UDP, SCTP, ICMP, ICMPv6 or an IP protocol number.
-    #[arg(long, default_value = "TCP")]
-    protocol: String,
-    /// Destination port (ignored for ICMP).
-    #[arg(long, default_value_t = 0)]
-    port: u16,
-    /// Address family used for pods given by name (4 or 6); default: the pod's first IP.
-    #[arg(long, value_parser = clap::value_parser!(u8).range(4..=6))]
-    family: Option<u8>,
+    #[command(flatten)]
+    flow: FlowSpec,
 }
 
 #[derive(Args)]
@@ -108,15 +116,8 @@ struct QueryArgs {
     /// Destination: namespace/pod or an IP.
     #[arg(long, requires = "from")]
     to: Option<String>,
-    /// TCP, UDP, SCTP, ICMP, ICMPv6 or a number.
-    #[arg(long, default_value = "TCP")]
-    protocol: String,
-    /// Destination port.
-    #[arg(long, default_value_t = 0)]
-    port: u16,
-    /// Address family for pods given by name (4 or 6).
-    #[arg(long, value_parser = clap::value_parser!(u8).range(4..=6))]
-    family: Option<u8>,
+    #[command(flatten)]
+    flow: FlowSpec,
     /// Output format for a single query (batch mode always prints JSON lines).
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -221,18 +222,15 @@ fn run(cli: Cli) -> Result<()> {
             let c = load(&args.state)?;
             match (&args.from, &args.to) {
                 (Some(from), Some(to)) => {
-                    let proto = parse_protocol(&args.protocol).map_err(|e| anyhow!(e))?;
-                    let src =
-                        report::resolve_endpoint(&c.cluster, from, args.family).map_err(|e| anyhow!(e))?;
-                    let dst =
-                        report::resolve_endpoint(&c.cluster, to, args.family).map_err(|e| anyhow!(e))?;
-                    let v = c.table.verdict(src, dst, proto, args.port);
+                    let (src, dst, proto) = resolve_flow(&c, from, to, &args.flow)?;
+                    let port = args.flow.port;
+                    let v = c.table.verdict(src, dst, proto, port);
                     match args.output {
                         Output::Text => {
-                            println!("{}", report::verdict_line(&c.table, src, dst, proto, args.port, &v))
+                            println!("{}", report::verdict_line(&c.table, src, dst, proto, port, &v))
                         }
                         Output::Json => {
-                            println!("{}", report::verdict_json(&c.table, src, dst, proto, args.port, &v))
+                            println!("{}", report::verdict_json(&c.table, src, dst, proto, port, &v))
                         }
                     }
                 }
@@ -241,11 +239,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Explain(args) => {
             let c = load(&args.state)?;
-            let proto = parse_protocol(&args.protocol).map_err(|e| anyhow!(e))?;
-            let src =
-                report::resolve_endpoint(&c.cluster, &args.from, args.family).map_err(|e| anyhow!(e))?;
-            let dst = report::resolve_endpoint(&c.cluster, &args.to, args.family).map_err(|e| anyhow!(e))?;
-            print!("{}", report::explain(&c, src, dst, proto, args.port));
+            let (src, dst, proto) = resolve_flow(&c, &args.from, &args.to, &args.flow)?;
+            print!("{}", report::explain(&c, src, dst, proto, args.flow.port));
         }
         Command::Matrix(args) => {
             let c = load(&args.state)?;
@@ -272,6 +267,13 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn resolve_flow(c: &Compiled, from: &str, to: &str, f: &FlowSpec) -> Result<(IpAddr, IpAddr, u8)> {
+    let proto = parse_protocol(&f.protocol).map_err(|e| anyhow!(e))?;
+    let src = report::resolve_endpoint(&c.cluster, from, f.family).map_err(|e| anyhow!(e))?;
+    let dst = report::resolve_endpoint(&c.cluster, to, f.family).map_err(|e| anyhow!(e))?;
+    Ok((src, dst, proto))
 }
 
 /// One JSON query per line in, one JSON answer per line out. A bad line gets
