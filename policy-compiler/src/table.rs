@@ -9,11 +9,16 @@
 //!               ∪ map[(side, CidrClass)]  — each a small port set, tested in order
 //! ```
 //!
+//! Port sets are interned: identical sets (same entries, same rules) are
+//! stored once, and the map's values are ranges into one flat array.
+//!
 //! Compile-time equivalence classes keep the table small:
 //! - *identity*: pods with the same namespace and labels (selectors cannot tell them apart);
 //! - *side*: identities selected by the same list of policies in one direction share
 //!   one side, so a policy selecting many pods is expanded once;
-//! - *CIDR class*: addresses contained in the same set of `ipBlock`s (after `except`).
+//! - *CIDR class*: addresses contained in the same set of `ipBlock`s (after `except`),
+//!   computed separately for ingress and egress rules (an ingress side never
+//!   meets an egress rule's block, so those need not split its classes).
 //!
 //! A lookup is two IP hash probes, then per side at most three hash probes and
 //! the scan of the few port entries found: no step depends on the number of
@@ -84,17 +89,20 @@ impl Verdict {
     }
 }
 
-/// One allowed (protocol, ports) and the rule it came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One allowed (protocol, ports). The rule it came from is kept in a
+/// parallel array, so the scan touches 12 bytes per entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct PortEntry {
-    /// IP protocol number, or `ANY_PROTO`.
-    proto: u8,
     lo: u16,
     hi: u16,
     /// Interned port name (1-based) for a named port, 0 for numbers.
     name: u32,
-    rule: RuleRef,
+    /// IP protocol number, or `ANY_PROTO`.
+    proto: u8,
 }
+
+/// A range in `entries` / `entry_rules`: (start, end).
+type SetRange = (u32, u32);
 
 impl PortEntry {
     #[inline]
@@ -132,22 +140,25 @@ struct PodEntry {
     named: (u32, u32),
 }
 
-/// Per pod IP: which pod and which CIDR class the address falls in.
+/// Per pod IP: which pod, and its CIDR class in the [ingress, egress] partitions.
 #[derive(Clone, Copy, Debug)]
 struct AddrEntry {
     pod: u32,
-    class: u32,
+    class: [u32; 2],
 }
 
 #[derive(Clone, Debug, Default)]
 struct SideEntry {
     /// Port set allowing every peer (rules without `from`/`to`).
-    any: u32,
+    any: SetRange,
     /// Port set allowing every pod (selector peers that match all pods).
-    any_pod: u32,
+    any_pod: SetRange,
     /// Range in `side_policies`.
     policies: (u32, u32),
     dir: Option<Direction>,
+    /// Bit `1 << kind` set when `peer_map` has keys of that kind for this side:
+    /// lookups skip probes that cannot hit (each probe is a likely cache miss).
+    kinds: u8,
 }
 
 /// Address → CIDR class: sorted interval starts and the class of each interval.
@@ -199,11 +210,13 @@ pub struct TableStats {
     pub sides: usize,
     /// Entries of the (side, peer) map.
     pub peer_keys: usize,
+    /// Distinct port sets (after interning).
+    pub port_sets: usize,
     /// Port entries over all port sets.
     pub port_entries: usize,
     /// Distinct ipBlocks.
     pub ip_blocks: usize,
-    /// CIDR classes (0 is "in no ipBlock").
+    /// CIDR classes over both directions (each direction's class 0 is "in no ipBlock").
     pub cidr_classes: usize,
     /// Estimated heap bytes held by the table.
     pub memory_bytes: usize,
@@ -219,14 +232,16 @@ pub struct DecisionTable {
     pods: Vec<PodEntry>,
     pod_keys: Vec<(String, String)>,
     named: Vec<NamedEntry>,
-    cidr_v4: ClassIndex,
-    cidr_v6: ClassIndex,
+    /// Non-pod address -> CIDR class, per [direction][family].
+    cidr: [[ClassIndex; 2]; 2],
     sides: Vec<SideEntry>,
     side_policies: Vec<u32>,
-    peer_map: HashMap<u64, u32>,
-    /// Port sets: ranges in `entries`; set 0 is empty.
-    port_sets: Vec<(u32, u32)>,
+    /// (side, peer kind, id) -> the port set's range in `entries`.
+    peer_map: HashMap<u64, SetRange>,
+    /// Interned port sets, back to back.
     entries: Vec<PortEntry>,
+    /// The rule each entry of `entries` comes from.
+    entry_rules: Vec<RuleRef>,
     policies: Vec<(String, String)>,
     stats: TableStats,
 }
@@ -257,13 +272,6 @@ impl DecisionTable {
         if s.is_none() && d.is_none() {
             return Verdict { egress: Side::NotPod, ingress: Side::NotPod };
         }
-        let peer = |a: Option<AddrEntry>, ip: IpAddr| match a {
-            Some(e) => {
-                let p = &self.pods[e.pod as usize];
-                PeerInfo { pod: Some((p.identity, p.namespace)), class: e.class }
-            }
-            None => PeerInfo { pod: None, class: self.class_of(ip) },
-        };
         let dst_named: &[NamedEntry] = match d {
             Some(e) => {
                 let (a, b) = self.pods[e.pod as usize].named;
@@ -274,16 +282,33 @@ impl DecisionTable {
         let egress = match s {
             None => Side::NotPod,
             Some(e) => {
-                self.check(self.pods[e.pod as usize].sides[1], peer(d, dst), protocol, port, dst_named)
+                let peer = self.peer(d, dst, Direction::Egress);
+                self.check(self.pods[e.pod as usize].sides[1], peer, protocol, port, dst_named)
             }
         };
         let ingress = match d {
             None => Side::NotPod,
             Some(e) => {
-                self.check(self.pods[e.pod as usize].sides[0], peer(s, src), protocol, port, dst_named)
+                let peer = self.peer(s, src, Direction::Ingress);
+                self.check(self.pods[e.pod as usize].sides[0], peer, protocol, port, dst_named)
             }
         };
         Verdict { egress, ingress }
+    }
+
+    /// The other end of a flow, seen from a side of direction `dir`.
+    #[inline]
+    fn peer(&self, a: Option<AddrEntry>, ip: IpAddr, dir: Direction) -> PeerInfo {
+        match a {
+            Some(e) => {
+                let p = &self.pods[e.pod as usize];
+                PeerInfo { pod: Some((p.identity, p.namespace)), class: e.class[dir as usize] }
+            }
+            None => {
+                let (f, v) = split(ip);
+                PeerInfo { pod: None, class: self.cidr[dir as usize][f as usize].class_of(v) }
+            }
+        }
     }
 
     #[inline]
@@ -291,14 +316,6 @@ impl DecisionTable {
         match ip {
             IpAddr::V4(a) => self.addr_v4.get(&u32::from(a)).copied(),
             IpAddr::V6(a) => self.addr_v6.get(&u128::from(a)).copied(),
-        }
-    }
-
-    #[inline]
-    fn class_of(&self, ip: IpAddr) -> u32 {
-        match split(ip) {
-            (Family::V4, a) => self.cidr_v4.class_of(a),
-            (Family::V6, a) => self.cidr_v6.class_of(a),
         }
     }
 
@@ -315,15 +332,18 @@ impl DecisionTable {
             if let Some(r) = self.set_match(se.any_pod, proto, port, dst_named) {
                 return Side::Allowed(r);
             }
-            for k in [key(side, KIND_IDENTITY, identity), key(side, KIND_NAMESPACE, ns)] {
-                if let Some(&set) = self.peer_map.get(&k) {
+            for (kind, id) in [(KIND_IDENTITY, identity), (KIND_NAMESPACE, ns)] {
+                if se.kinds & (1 << kind) == 0 {
+                    continue;
+                }
+                if let Some(&set) = self.peer_map.get(&key(side, kind, id)) {
                     if let Some(r) = self.set_match(set, proto, port, dst_named) {
                         return Side::Allowed(r);
                     }
                 }
             }
         }
-        if peer.class != 0 {
+        if peer.class != 0 && se.kinds & (1 << KIND_CIDR) != 0 {
             if let Some(&set) = self.peer_map.get(&key(side, KIND_CIDR, peer.class)) {
                 if let Some(r) = self.set_match(set, proto, port, dst_named) {
                     return Side::Allowed(r);
@@ -334,12 +354,9 @@ impl DecisionTable {
     }
 
     #[inline]
-    fn set_match(&self, set: u32, proto: u8, port: u16, dst_named: &[NamedEntry]) -> Option<RuleRef> {
-        let (a, b) = self.port_sets[set as usize];
-        self.entries[a as usize..b as usize]
-            .iter()
-            .find(|e| e.matches(proto, port, dst_named))
-            .map(|e| e.rule)
+    fn set_match(&self, (a, b): SetRange, proto: u8, port: u16, dst_named: &[NamedEntry]) -> Option<RuleRef> {
+        let es = self.entries.get(a as usize..b as usize)?;
+        es.iter().position(|e| e.matches(proto, port, dst_named)).map(|i| self.entry_rules[a as usize + i])
     }
 
     /// `(namespace, name)` of a policy named in a [`RuleRef`] or side.
@@ -398,6 +415,7 @@ struct Compiler<'a> {
     names: HashMap<String, u32>,
     pod_cache: HashMap<(&'a Selector, u32), (bool, Vec<u32>)>,
     ns_cache: HashMap<&'a Selector, Vec<u32>>,
+    peer_cache: HashMap<(&'a NamespaceMatch, &'a Selector), std::rc::Rc<Resolution>>,
 }
 
 impl<'a> Compiler<'a> {
@@ -440,6 +458,7 @@ impl<'a> Compiler<'a> {
             names,
             pod_cache: HashMap::new(),
             ns_cache: HashMap::new(),
+            peer_cache: HashMap::new(),
         }
     }
 
@@ -473,7 +492,17 @@ impl<'a> Compiler<'a> {
         r
     }
 
-    fn resolve(&mut self, namespaces: &'a NamespaceMatch, pods: &'a Selector) -> Resolution {
+    /// Resolves a selector peer, once per distinct (namespaces, pods) pair.
+    fn resolve(&mut self, namespaces: &'a NamespaceMatch, pods: &'a Selector) -> std::rc::Rc<Resolution> {
+        if let Some(r) = self.peer_cache.get(&(namespaces, pods)) {
+            return r.clone();
+        }
+        let r = std::rc::Rc::new(self.resolve_uncached(namespaces, pods));
+        self.peer_cache.insert((namespaces, pods), r.clone());
+        r
+    }
+
+    fn resolve_uncached(&mut self, namespaces: &'a NamespaceMatch, pods: &'a Selector) -> Resolution {
         let ns_list = match namespaces {
             NamespaceMatch::Own(n) => self.ns_index.get(n.as_str()).map(|i| vec![*i]).unwrap_or_default(),
             NamespaceMatch::Selector(s) => self.namespaces_matching(s),
@@ -535,10 +564,15 @@ impl<'a> Compiler<'a> {
             }
         }
 
-        // 2. CIDR classes over every distinct ipBlock.
-        let mut blocks: Vec<&IpBlock> = Vec::new();
-        for pol in &cluster.policies {
-            for d in Direction::BOTH {
+        // 2. CIDR classes, per direction, over every distinct ipBlock of that direction's rules.
+        let mut cidr: [[ClassIndex; 2]; 2] = Default::default();
+        let mut block_id: [HashMap<&IpBlock, u32>; 2] = Default::default();
+        let mut block_classes: [Vec<Vec<u32>>; 2] = Default::default();
+        let mut ip_blocks = 0;
+        let mut cidr_classes = 0;
+        for d in Direction::BOTH {
+            let mut blocks: Vec<&IpBlock> = Vec::new();
+            for pol in &cluster.policies {
                 for r in pol.rules(d) {
                     for p in &r.peers {
                         if let Peer::Block(b) = p {
@@ -547,95 +581,94 @@ impl<'a> Compiler<'a> {
                     }
                 }
             }
+            blocks.sort();
+            blocks.dedup();
+            ip_blocks += blocks.len();
+            block_id[d as usize] = blocks.iter().enumerate().map(|(i, b)| (*b, i as u32)).collect();
+            let mut classes: Vec<Vec<u32>> = vec![Vec::new(); blocks.len()];
+            let mut count = 1u32; // 0 = in no block
+            for f in [Family::V4, Family::V6] {
+                cidr[d as usize][f as usize] = build_classes(&blocks, f, &mut count, &mut classes);
+            }
+            cidr_classes += count as usize;
+            block_classes[d as usize] = classes;
         }
-        blocks.sort();
-        blocks.dedup();
-        let block_id: HashMap<&IpBlock, u32> =
-            blocks.iter().enumerate().map(|(i, b)| (*b, i as u32)).collect();
-        let mut block_classes: Vec<Vec<u32>> = vec![Vec::new(); blocks.len()];
-        let mut class_count = 1u32; // 0 = in no block
-        let cidr_v4 = build_classes(&blocks, Family::V4, &mut class_count, &mut block_classes);
-        let cidr_v6 = build_classes(&blocks, Family::V6, &mut class_count, &mut block_classes);
 
-        // 3. Expand every side's rules into port sets keyed by peer.
-        let mut any_sets: Vec<Vec<PortEntry>> = vec![Vec::new(); sides.len()];
-        let mut any_pod_sets: Vec<Vec<PortEntry>> = vec![Vec::new(); sides.len()];
-        let mut keyed: HashMap<u64, Vec<PortEntry>> = HashMap::new();
-        let mut key_order: Vec<u64> = Vec::new();
-        let mut push = |keyed: &mut HashMap<u64, Vec<PortEntry>>, k: u64, es: &[PortEntry]| {
-            let v = keyed.entry(k).or_insert_with(|| {
-                key_order.push(k);
-                Vec::new()
-            });
-            v.extend_from_slice(es);
-        };
+        // 3. Expand each side's rules into port sets keyed by peer. Keys are produced
+        // side by side, so one flat buffer per side, sorted and grouped, replaces a map
+        // of small vectors; identical port sets are stored once.
+        let mut sets = SetBuilder::default();
+        let mut peer_map: HashMap<u64, SetRange> = HashMap::new();
+        let mut buf: Vec<(u64, u32, PortEntry, RuleRef)> = Vec::new();
+        let mut any: Vec<(PortEntry, RuleRef)> = Vec::new();
+        let mut any_pod: Vec<(PortEntry, RuleRef)> = Vec::new();
+        let mut es: Vec<PortEntry> = Vec::new();
         for (s, (dir, list)) in side_lists.iter().enumerate().skip(1) {
+            buf.clear();
+            any.clear();
+            any_pod.clear();
+            let d = *dir as usize;
             for &pi in list {
                 let pol = &cluster.policies[pi as usize];
                 for (ri, rule) in pol.rules(*dir).iter().enumerate() {
                     let rr = RuleRef { policy: pi, rule: ri as u32 };
-                    let es = self.port_entries(rule, rr);
+                    self.port_entries(rule, &mut es);
                     if rule.peers.is_empty() {
-                        any_sets[s].extend_from_slice(&es);
+                        any.extend(es.iter().map(|e| (*e, rr)));
                         continue;
                     }
+                    let push = |k: u64, buf: &mut Vec<(u64, u32, PortEntry, RuleRef)>| {
+                        for e in &es {
+                            let seq = buf.len() as u32;
+                            buf.push((k, seq, *e, rr));
+                        }
+                    };
                     for peer in &rule.peers {
                         match peer {
                             Peer::Block(b) => {
-                                for &c in &block_classes[block_id[b] as usize] {
-                                    push(&mut keyed, key(s as u32, KIND_CIDR, c), &es);
+                                for &c in &block_classes[d][block_id[d][b] as usize] {
+                                    push(key(s as u32, KIND_CIDR, c), &mut buf);
                                 }
                             }
                             Peer::Pods { namespaces, pods } => {
                                 let r = self.resolve(namespaces, pods);
                                 if r.all_pods {
-                                    any_pod_sets[s].extend_from_slice(&es);
+                                    any_pod.extend(es.iter().map(|e| (*e, rr)));
                                     continue;
                                 }
-                                for ns in r.namespaces {
-                                    push(&mut keyed, key(s as u32, KIND_NAMESPACE, ns), &es);
+                                for &ns in &r.namespaces {
+                                    push(key(s as u32, KIND_NAMESPACE, ns), &mut buf);
                                 }
-                                for id in r.identities {
-                                    push(&mut keyed, key(s as u32, KIND_IDENTITY, id), &es);
+                                for &id in &r.identities {
+                                    push(key(s as u32, KIND_IDENTITY, id), &mut buf);
                                 }
                             }
                         }
                     }
                 }
             }
+            sides[s].any = sets.add(&any);
+            sides[s].any_pod = sets.add(&any_pod);
+            buf.sort_unstable_by_key(|x| (x.0, x.1));
+            let mut i = 0;
+            while i < buf.len() {
+                let k = buf[i].0;
+                let j = i + buf[i..].iter().take_while(|x| x.0 == k).count();
+                any.clear();
+                any.extend(buf[i..j].iter().map(|x| (x.2, x.3)));
+                peer_map.insert(k, sets.add(&any));
+                sides[s].kinds |= 1 << ((k >> 30) & 3);
+                i = j;
+            }
         }
-
-        // 4. Flatten port sets.
-        let mut entries: Vec<PortEntry> = Vec::new();
-        let mut port_sets: Vec<(u32, u32)> = vec![(0, 0)];
-        let mut add_set = |es: &[PortEntry], entries: &mut Vec<PortEntry>| -> u32 {
-            if es.is_empty() {
-                return 0;
-            }
-            let a = entries.len() as u32;
-            for e in es {
-                if !entries[a as usize..].contains(e) {
-                    entries.push(*e);
-                }
-            }
-            port_sets.push((a, entries.len() as u32));
-            (port_sets.len() - 1) as u32
-        };
         let mut side_policies = Vec::new();
         for (s, se) in sides.iter_mut().enumerate() {
-            se.any = add_set(&any_sets[s], &mut entries);
-            se.any_pod = add_set(&any_pod_sets[s], &mut entries);
             let a = side_policies.len() as u32;
             side_policies.extend_from_slice(&side_lists[s].1);
             se.policies = (a, side_policies.len() as u32);
         }
-        let mut peer_map = HashMap::with_capacity(key_order.len());
-        for k in key_order {
-            let set = add_set(&keyed[&k], &mut entries);
-            peer_map.insert(k, set);
-        }
 
-        // 5. Pods and their addresses.
+        // 4. Pods and their addresses.
         let mut pods = Vec::with_capacity(cluster.pods.len());
         let mut named = Vec::new();
         let mut addr_v4 = HashMap::new();
@@ -657,13 +690,14 @@ impl<'a> Compiler<'a> {
             });
             pod_keys.push((p.namespace.clone(), p.name.clone()));
             for ip in &p.ips {
-                match split(*ip) {
-                    (Family::V4, v) => {
-                        let e = AddrEntry { pod: pi as u32, class: cidr_v4.class_of(v) };
+                let (f, v) = split(*ip);
+                let class = [cidr[0][f as usize].class_of(v), cidr[1][f as usize].class_of(v)];
+                let e = AddrEntry { pod: pi as u32, class };
+                match f {
+                    Family::V4 => {
                         addr_v4.entry(v as u32).or_insert(e);
                     }
-                    (Family::V6, v) => {
-                        let e = AddrEntry { pod: pi as u32, class: cidr_v6.class_of(v) };
+                    Family::V6 => {
                         addr_v6.entry(v).or_insert(e);
                     }
                 }
@@ -672,19 +706,23 @@ impl<'a> Compiler<'a> {
 
         let policies: Vec<(String, String)> =
             cluster.policies.iter().map(|p| (p.namespace.clone(), p.name.clone())).collect();
+        let port_sets = sets.interned.len();
+        let (mut entries, mut entry_rules) = (sets.entries, sets.rules);
+        entries.shrink_to_fit();
+        entry_rules.shrink_to_fit();
+        peer_map.shrink_to_fit();
         let mut t = DecisionTable {
             addr_v4,
             addr_v6,
             pods,
             pod_keys,
             named,
-            cidr_v4,
-            cidr_v6,
+            cidr,
             sides,
             side_policies,
             peer_map,
-            port_sets,
             entries,
+            entry_rules,
             policies,
             stats: TableStats::default(),
         };
@@ -697,29 +735,64 @@ impl<'a> Compiler<'a> {
             invalid_policies: cluster.policies.iter().filter(|p| !p.valid).count(),
             sides: t.sides.len(),
             peer_keys: t.peer_map.len(),
+            port_sets,
             port_entries: t.entries.len(),
-            ip_blocks: blocks.len(),
-            cidr_classes: class_count as usize,
+            ip_blocks,
+            cidr_classes,
             memory_bytes: t.memory_estimate(),
         };
         t
     }
 
-    fn port_entries(&self, rule: &Rule, rr: RuleRef) -> Vec<PortEntry> {
+    fn port_entries(&self, rule: &Rule, out: &mut Vec<PortEntry>) {
+        out.clear();
         if rule.ports.is_empty() {
-            return vec![PortEntry { proto: ANY_PROTO, lo: 0, hi: u16::MAX, name: 0, rule: rr }];
+            out.push(PortEntry { proto: ANY_PROTO, lo: 0, hi: u16::MAX, name: 0 });
+            return;
         }
-        rule.ports
-            .iter()
-            .map(|m| match m {
-                PortMatch::Range { protocol, lo, hi } => {
-                    PortEntry { proto: protocol.number(), lo: *lo, hi: *hi, name: 0, rule: rr }
-                }
-                PortMatch::Named { protocol, name } => {
-                    PortEntry { proto: protocol.number(), lo: 0, hi: 0, name: self.names[name], rule: rr }
-                }
-            })
-            .collect()
+        out.extend(rule.ports.iter().map(|m| match m {
+            PortMatch::Range { protocol, lo, hi } => {
+                PortEntry { proto: protocol.number(), lo: *lo, hi: *hi, name: 0 }
+            }
+            PortMatch::Named { protocol, name } => {
+                PortEntry { proto: protocol.number(), lo: 0, hi: 0, name: self.names[name] }
+            }
+        }));
+    }
+}
+
+/// Interns port sets: each distinct sequence of (entry, rule) is stored once.
+#[derive(Default)]
+struct SetBuilder {
+    entries: Vec<PortEntry>,
+    rules: Vec<RuleRef>,
+    interned: HashMap<Vec<(PortEntry, RuleRef)>, SetRange>,
+    scratch: Vec<(PortEntry, RuleRef)>,
+}
+
+impl SetBuilder {
+    /// Adds a set (duplicates inside it dropped, first occurrence kept) and returns its range.
+    fn add(&mut self, set: &[(PortEntry, RuleRef)]) -> SetRange {
+        if set.is_empty() {
+            return (0, 0);
+        }
+        self.scratch.clear();
+        for x in set {
+            if !self.scratch.contains(x) {
+                self.scratch.push(*x);
+            }
+        }
+        if let Some(r) = self.interned.get(self.scratch.as_slice()) {
+            return *r;
+        }
+        let a = self.entries.len() as u32;
+        for (e, r) in &self.scratch {
+            self.entries.push(*e);
+            self.rules.push(*r);
+        }
+        let range = (a, self.entries.len() as u32);
+        self.interned.insert(self.scratch.clone(), range);
+        range
     }
 }
 
@@ -728,18 +801,19 @@ impl DecisionTable {
         use std::mem::size_of;
         // hashbrown: one control byte per bucket plus the slot; buckets ≈ capacity * 8/7.
         let hm = |cap: usize, slot: usize| cap * 8 / 7 * (slot + 1);
+        let classes: usize =
+            self.cidr.iter().flatten().map(|c| c.starts.capacity() * 16 + c.classes.capacity() * 4).sum();
         hm(self.addr_v4.capacity(), size_of::<(u32, AddrEntry)>())
             + hm(self.addr_v6.capacity(), size_of::<(u128, AddrEntry)>())
-            + hm(self.peer_map.capacity(), size_of::<(u64, u32)>())
+            + hm(self.peer_map.capacity(), size_of::<(u64, SetRange)>())
             + self.pods.capacity() * size_of::<PodEntry>()
             + self.pod_keys.iter().map(|(a, b)| a.capacity() + b.capacity() + 48).sum::<usize>()
             + self.named.capacity() * size_of::<NamedEntry>()
-            + self.cidr_v4.starts.capacity() * 20
-            + self.cidr_v6.starts.capacity() * 20
+            + classes
             + self.sides.capacity() * size_of::<SideEntry>()
             + self.side_policies.capacity() * 4
-            + self.port_sets.capacity() * 8
             + self.entries.capacity() * size_of::<PortEntry>()
+            + self.entry_rules.capacity() * size_of::<RuleRef>()
             + self.policies.iter().map(|(a, b)| a.capacity() + b.capacity() + 48).sum::<usize>()
     }
 }
