@@ -17,7 +17,7 @@
 //!   capacity: 262144
 //! fail_open: false
 //! status_address: "0.0.0.0:9877"
-//! debounce_ms: 50
+//! debounce_ms: 50        # minimum time between two compilations
 //! denied_flow_log_per_second: 0
 //! ```
 
@@ -125,8 +125,10 @@ pub struct Config {
     pub fail_open: bool,
     /// Status endpoint address. Default `0.0.0.0:9877`.
     pub status_address: SocketAddr,
-    /// Quiet time after a change before recompiling, in milliseconds. Default 50: bursts
-    /// of changes (a rollout) compile once; a single change is enforced 50 ms later.
+    /// Minimum time between two compilations, in milliseconds. Default 50. A change after a
+    /// quiet period is compiled at once; during a burst (a rollout) changes are batched and
+    /// compiled at most once per period. Larger values save CPU on busy clusters and delay
+    /// enforcement of changes inside a burst by up to this much.
     pub debounce_ms: u64,
     /// Log at most this many denied flows per second (0, the default, logs none).
     pub denied_flow_log_per_second: u32,

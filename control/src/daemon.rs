@@ -228,6 +228,14 @@ pub async fn run_owner(
     }
     let mut generation = 0u64;
     let mut deadline: Option<Instant> = None;
+    // Leading-edge debounce: a change arriving after a quiet period is compiled at
+    // once; during a burst, publications are at least `debounce` apart, so a
+    // rollout of many objects compiles a few times, not once per object.
+    let mut last_publish: Option<Instant> = None;
+    let due = |last: Option<Instant>| match last {
+        Some(t) => (t + cfg.debounce).max(Instant::now()),
+        None => Instant::now(),
+    };
     let mut oldest_unpublished: Option<Instant> = None;
     let mut logged_problems: BTreeSet<String> = BTreeSet::new();
     loop {
@@ -238,6 +246,7 @@ pub async fn run_owner(
                     deadline = None;
                     if synced.is_superset(&expected) {
                         generation += 1;
+                        last_publish = Some(Instant::now());
                         publish_now(&index, &shared, &publish, generation, oldest_unpublished.take(), &mut logged_problems);
                     }
                     continue;
@@ -256,7 +265,7 @@ pub async fn run_owner(
                 };
                 if index.apply(source, change) {
                     oldest_unpublished = Some(oldest_unpublished.map_or(seen, |o| o.min(seen)));
-                    deadline.get_or_insert_with(|| Instant::now() + cfg.debounce);
+                    deadline.get_or_insert_with(|| due(last_publish));
                 }
                 touch(&shared, source, kind, now, None);
             }
@@ -271,7 +280,7 @@ pub async fn run_owner(
                     }
                 }
                 if synced.is_superset(&expected) {
-                    deadline.get_or_insert_with(|| Instant::now() + cfg.debounce);
+                    deadline.get_or_insert_with(|| due(last_publish));
                 }
             }
             SourceMsg::Health { source, kind, error } => {
@@ -417,7 +426,8 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(out.lock().unwrap().len(), 1);
         assert!(shared.ready());
-        // A burst of changes inside the debounce window compiles once.
+        // A burst: the first change is compiled at once (leading edge), the rest
+        // together one debounce period later.
         for i in 0..5 {
             let p: Object = Object::NetworkPolicy(Box::new(yaml(&format!(
                 "metadata: {{name: p{i}, namespace: x}}\nspec: {{podSelector: {{}}}}"
@@ -428,9 +438,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         {
             let out = out.lock().unwrap();
-            assert_eq!(out.len(), 2);
-            let (g, t) = &out[1];
-            assert_eq!(*g, 2);
+            assert_eq!(out.len(), 3);
+            let (g, t) = &out[2];
+            assert_eq!(*g, 3);
             let a: IpAddr = "10.0.0.1".parse().unwrap();
             let other: IpAddr = "10.9.9.9".parse().unwrap();
             assert!(!t.verdict(other, a, 6, 80).allowed());
@@ -441,11 +451,11 @@ mod tests {
             .unwrap();
         tokio::time::sleep(Duration::from_secs(3)).await;
         let st = shared.status_now();
-        assert_eq!(st.table_generation, 2);
+        assert_eq!(st.table_generation, 3);
         let pods = &st.sources["kubernetes/Pod"];
         assert_eq!(pods.error.as_deref(), Some("connection refused"));
         assert!(pods.unhealthy_for_seconds.unwrap() >= 3.0);
-        assert_eq!(out.lock().unwrap().len(), 2);
+        assert_eq!(out.lock().unwrap().len(), 3);
         drop(tx);
         owner.await.unwrap();
     }
