@@ -1,0 +1,2 @@
+//! Packet-path benchmarks (placeholder until the bench lands).
+fn main() {}
