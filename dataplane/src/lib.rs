@@ -38,6 +38,7 @@ pub mod frag;
 pub mod parse;
 pub mod pipeline;
 pub mod switch;
+pub mod testing;
 
 pub use counters::{CountersSnapshot, WorkerCounters};
 pub use pipeline::{

@@ -470,6 +470,12 @@ impl Pipeline {
         &self.current
     }
 
+    /// Forgets every tracked connection (keeps the memory). Later packets of
+    /// those connections are decided as new ones (TCP: picked up).
+    pub fn clear_connections(&mut self) {
+        self.conntrack.clear();
+    }
+
     /// Re-checks every connection against the current table now. O(capacity);
     /// for an idle worker. Returns the number revoked.
     pub fn revalidate_all(&mut self) -> usize {
