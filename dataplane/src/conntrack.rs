@@ -69,12 +69,11 @@
 //! expiry is tested without sleeping.
 
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use serde::{Deserialize, Serialize};
 
-use crate::parse::{Flow, IpPacket, TcpFlags, L4};
+use crate::parse::{Addr, Flow, IpPacket, TcpFlags, L4};
 
 /// Slots examined per reclaim attempt when the table is full.
 pub const RECLAIM_SCAN: usize = 64;
@@ -90,7 +89,7 @@ pub trait Policy {
 impl Policy for policy_compiler::DecisionTable {
     #[inline]
     fn allows(&self, flow: &Flow) -> bool {
-        self.verdict(flow.src, flow.dst, flow.proto, flow.policy_port())
+        self.verdict(flow.src.ip(), flow.dst.ip(), flow.proto, flow.policy_port())
             .allowed()
     }
 }
@@ -251,7 +250,7 @@ pub struct CtStats {
 struct Key {
     a: u128,
     b: u128,
-    /// proto | v6 << 8 | port_a << 16 | port_b << 32
+    /// proto | port_a << 16 | port_b << 32 (the family is in the addresses, see [`Addr`])
     meta: u64,
 }
 
@@ -264,36 +263,17 @@ impl Hash for Key {
     }
 }
 
-#[inline]
-fn addr_bits(ip: IpAddr) -> (u128, bool) {
-    match ip {
-        IpAddr::V4(a) => (u128::from(u32::from(a)), false),
-        IpAddr::V6(a) => (u128::from(a), true),
-    }
-}
-
-#[inline]
-fn bits_addr(bits: u128, v6: bool) -> IpAddr {
-    if v6 {
-        IpAddr::V6(Ipv6Addr::from(bits))
-    } else {
-        IpAddr::V4(Ipv4Addr::from(bits as u32))
-    }
-}
-
 /// The canonical key of a flow and whether the flow's source is endpoint `a`.
 #[inline]
 fn key_of(f: &Flow) -> (Key, bool) {
-    let (s, v6) = addr_bits(f.src);
-    let (d, _) = addr_bits(f.dst);
+    let (s, d) = (f.src.0, f.dst.0);
     let src_is_a = (s, f.src_port) <= (d, f.dst_port);
     let (a, pa, b, pb) = if src_is_a {
         (s, f.src_port, d, f.dst_port)
     } else {
         (d, f.dst_port, s, f.src_port)
     };
-    let meta =
-        u64::from(f.proto) | (u64::from(v6) << 8) | (u64::from(pa) << 16) | (u64::from(pb) << 32);
+    let meta = u64::from(f.proto) | (u64::from(pa) << 16) | (u64::from(pb) << 32);
     (Key { a, b, meta }, src_is_a)
 }
 
@@ -332,10 +312,9 @@ impl Entry {
     /// The initiator's flow.
     fn original(&self) -> Flow {
         let k = &self.key;
-        let v6 = (k.meta >> 8) & 1 == 1;
         let pa = (k.meta >> 16) as u16;
         let pb = (k.meta >> 32) as u16;
-        let (a, b) = (bits_addr(k.a, v6), bits_addr(k.b, v6));
+        let (a, b) = (Addr(k.a), Addr(k.b));
         let (src, sp, dst, dp) = if self.orig_is_a {
             (a, pa, b, pb)
         } else {
@@ -825,8 +804,8 @@ mod tests {
 
     const SEC: u64 = NANOS_PER_SEC;
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
+    fn ip(s: &str) -> Addr {
+        Addr::from(s.parse::<std::net::IpAddr>().unwrap())
     }
 
     fn tcp(src: &str, sp: u16, dst: &str, dp: u16, flags: u8) -> IpPacket {
@@ -1220,7 +1199,7 @@ mod tests {
 
     #[test]
     fn ipv6_and_ipv4_keys_do_not_collide() {
-        // ::a.b.c.d (IPv4-compatible) has the same low bits as a.b.c.d.
+        // ::a.b.c.d (IPv4-compatible) has the same low 32 bits as a.b.c.d.
         let p = |_: &Flow| true;
         struct All<F>(F);
         impl<F: Fn(&Flow) -> bool> Policy for All<F> {

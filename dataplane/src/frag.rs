@@ -23,24 +23,39 @@
 //! make later fragments of other datagrams drop, never pass.
 
 use crate::assoc::{Inserted, SetAssoc};
-use crate::parse::FragmentId;
+use crate::parse::{Addr, Flow, FragmentId};
+
+/// The identity of a fragmented datagram (RFC 791 §3.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DatagramKey {
+    /// Source address.
+    pub src: Addr,
+    /// Destination address.
+    pub dst: Addr,
+    /// Identification.
+    pub id: u32,
+    /// Protocol field of the fragmented datagram.
+    pub proto: u8,
+}
+
+impl DatagramKey {
+    /// The datagram a fragment of `flow` belongs to.
+    #[inline]
+    pub fn of(flow: &Flow, f: FragmentId) -> Self {
+        DatagramKey {
+            src: flow.src,
+            dst: flow.dst,
+            id: f.id,
+            proto: f.proto,
+        }
+    }
+}
 
 /// Records first-fragment verdicts `V` for later fragments.
 pub struct FragTracker<V> {
-    cache: SetAssoc<FragmentId, V>,
+    cache: SetAssoc<DatagramKey, V>,
     timeout: u64,
     evicted: u64,
-}
-
-impl Default for FragmentId {
-    fn default() -> Self {
-        FragmentId {
-            src: std::net::Ipv4Addr::UNSPECIFIED.into(),
-            dst: std::net::Ipv4Addr::UNSPECIFIED.into(),
-            id: 0,
-            proto: 0,
-        }
-    }
 }
 
 impl<V: Copy + Default> FragTracker<V> {
@@ -55,7 +70,7 @@ impl<V: Copy + Default> FragTracker<V> {
 
     /// Records the verdict of a datagram's first fragment.
     #[inline]
-    pub fn first(&mut self, id: &FragmentId, verdict: V, now: u64) {
+    pub fn first(&mut self, id: &DatagramKey, verdict: V, now: u64) {
         let expires = now.saturating_add(self.timeout);
         if self.cache.insert(*id, verdict, expires, now) == Inserted::Evicted {
             self.evicted += 1;
@@ -65,7 +80,7 @@ impl<V: Copy + Default> FragTracker<V> {
     /// The verdict for a later fragment, if its first fragment was seen
     /// within the timeout.
     #[inline]
-    pub fn later(&self, id: &FragmentId, now: u64) -> Option<V> {
+    pub fn later(&self, id: &DatagramKey, now: u64) -> Option<V> {
         self.cache.get(id, now)
     }
 
@@ -83,12 +98,11 @@ impl<V: Copy + Default> FragTracker<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::IpAddr;
 
-    fn id(n: u32) -> FragmentId {
-        FragmentId {
-            src: "10.0.0.1".parse::<IpAddr>().unwrap(),
-            dst: "10.0.0.2".parse::<IpAddr>().unwrap(),
+    fn id(n: u32) -> DatagramKey {
+        DatagramKey {
+            src: Addr::v4([10, 0, 0, 1]),
+            dst: Addr::v4([10, 0, 0, 2]),
             id: n,
             proto: 17,
         }
@@ -103,7 +117,7 @@ mod tests {
         assert_eq!(t.later(&id(2), 10), Some(false));
         // Unknown datagram, or same id with another protocol: no first seen.
         assert_eq!(t.later(&id(3), 10), None);
-        assert_eq!(t.later(&FragmentId { proto: 6, ..id(1) }, 10), None);
+        assert_eq!(t.later(&DatagramKey { proto: 6, ..id(1) }, 10), None);
         // The timer runs from the first fragment.
         assert_eq!(t.later(&id(1), 30), None);
     }

@@ -47,6 +47,58 @@ use etherparse::{
 /// A MAC address.
 pub type Mac = [u8; 6];
 
+/// An IPv4 or IPv6 address in 16 aligned bytes: IPv6 as is, IPv4 as the
+/// IPv4-mapped IPv6 address `::ffff:a.b.c.d` (RFC 4291 §2.5.5.2).
+///
+/// Aligned 128-bit addresses keep [`Flow`] small and cheap to copy, hash
+/// and compare ([`IpAddr`] is a 17-byte enum with byte alignment). The
+/// encoding is unambiguous because the parser rejects IPv6 packets that
+/// carry an IPv4-mapped address on the wire ([`ParseError::Ipv6MappedAddress`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Addr(pub u128);
+
+impl Addr {
+    const V4_MAPPED: u128 = 0xffff_u128 << 32;
+
+    /// From IPv4 address bytes.
+    #[inline]
+    pub fn v4(b: [u8; 4]) -> Addr {
+        Addr(Self::V4_MAPPED | u128::from(u32::from_be_bytes(b)))
+    }
+
+    /// From IPv6 address bytes.
+    #[inline]
+    pub fn v6(b: [u8; 16]) -> Addr {
+        Addr(u128::from_be_bytes(b))
+    }
+
+    /// Is this an IPv4 address?
+    #[inline]
+    pub fn is_v4(self) -> bool {
+        self.0 >> 32 == 0xffff
+    }
+
+    /// As a standard library address.
+    #[inline]
+    pub fn ip(self) -> IpAddr {
+        if self.is_v4() {
+            IpAddr::V4(Ipv4Addr::from(self.0 as u32))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(self.0))
+        }
+    }
+}
+
+impl From<IpAddr> for Addr {
+    #[inline]
+    fn from(ip: IpAddr) -> Addr {
+        match ip {
+            IpAddr::V4(a) => Addr::v4(a.octets()),
+            IpAddr::V6(a) => Addr::v6(a.octets()),
+        }
+    }
+}
+
 /// IP protocol numbers this module dispatches on (IANA "Assigned Internet Protocol Numbers").
 pub mod proto {
     /// ICMP for IPv4 (RFC 792).
@@ -94,11 +146,13 @@ pub enum ParseError {
     IcmpInnerMalformed,
     /// An IPv4 TCP fragment at offset 8 bytes, which could rewrite the TCP flags (RFC 1858 §3.2).
     TinyFragment,
+    /// An IPv6 header with an IPv4-mapped source or destination (RFC 4291 §2.5.5.2).
+    Ipv6MappedAddress,
 }
 
 impl ParseError {
     /// Number of variants (size of a per-reason counter array).
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
 
     /// Every variant, in discriminant order.
     pub const ALL: [ParseError; Self::COUNT] = [
@@ -116,6 +170,7 @@ impl ParseError {
         ParseError::IcmpTruncated,
         ParseError::IcmpInnerMalformed,
         ParseError::TinyFragment,
+        ParseError::Ipv6MappedAddress,
     ];
 
     /// Index into a per-reason counter array.
@@ -141,6 +196,7 @@ impl ParseError {
             ParseError::IcmpTruncated => "icmp_truncated",
             ParseError::IcmpInnerMalformed => "icmp_inner_malformed",
             ParseError::TinyFragment => "tiny_fragment",
+            ParseError::Ipv6MappedAddress => "ipv6_mapped_address",
         }
     }
 }
@@ -195,9 +251,9 @@ impl TcpFlags {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Flow {
     /// Source address.
-    pub src: IpAddr,
+    pub src: Addr,
     /// Destination address.
-    pub dst: IpAddr,
+    pub dst: Addr,
     /// IP protocol number of the transport (after IPv6 extension headers / AH).
     pub proto: u8,
     /// Source port (or encoded echo identifier).
@@ -241,15 +297,12 @@ pub enum Fragment {
     Later(FragmentId),
 }
 
-/// What identifies the fragments of one datagram: source, destination,
-/// identification and protocol (RFC 791 §3.2; RFC 8200 §4.5 — for IPv6 the
-/// protocol is the fragment header's Next Header, the same in every fragment).
+/// What identifies the fragments of one datagram besides its source and
+/// destination (which are the flow's): identification and protocol (RFC 791
+/// §3.2; RFC 8200 §4.5 — for IPv6 the protocol is the fragment header's Next
+/// Header, the same in every fragment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FragmentId {
-    /// Source address.
-    pub src: IpAddr,
-    /// Destination address.
-    pub dst: IpAddr,
     /// Identification (16 bits for IPv4, 32 for IPv6).
     pub id: u32,
     /// Protocol field of the fragmented datagram.
@@ -334,6 +387,7 @@ mod ext {
 }
 
 /// Parses one Ethernet II frame.
+#[inline]
 pub fn parse(frame: &[u8]) -> Result<Frame, ParseError> {
     let eth = Ethernet2HeaderSlice::from_slice(frame).map_err(|_| ParseError::EthernetTruncated)?;
     let mut ether_type = eth.ether_type();
@@ -364,6 +418,7 @@ pub fn parse(frame: &[u8]) -> Result<Frame, ParseError> {
     })
 }
 
+#[inline]
 fn parse_ipv4(data: &[u8]) -> Result<Class, ParseError> {
     use etherparse::err::ipv4::HeaderSliceError;
     let h = Ipv4HeaderSlice::from_slice(data).map_err(|e| match e {
@@ -377,13 +432,11 @@ fn parse_ipv4(data: &[u8]) -> Result<Class, ParseError> {
     }
     // Bytes past total_len are Ethernet padding.
     let payload = data.get(hlen..total).ok_or(ParseError::Ipv4Truncated)?;
-    let src = IpAddr::V4(Ipv4Addr::from(h.source()));
-    let dst = IpAddr::V4(Ipv4Addr::from(h.destination()));
+    let src = Addr::v4(h.source());
+    let dst = Addr::v4(h.destination());
     let offset = h.fragments_offset().value();
     let header_proto = h.protocol().0;
     let fid = FragmentId {
-        src,
-        dst,
         id: u32::from(h.identification()),
         proto: header_proto,
     };
@@ -435,6 +488,7 @@ struct Ipv6Chain<'a> {
 
 /// Walks the extension headers (RFC 8200 §4) until an upper-layer header or
 /// a later fragment. `lax` is for the truncated packet inside an ICMPv6 error.
+#[inline]
 fn ipv6_chain(first: u8, mut data: &[u8]) -> Result<Ipv6Chain<'_>, ParseError> {
     let mut next = first;
     let mut frag = None;
@@ -489,6 +543,7 @@ fn ipv6_chain(first: u8, mut data: &[u8]) -> Result<Ipv6Chain<'_>, ParseError> {
     Err(ParseError::Ipv6Malformed)
 }
 
+#[inline]
 fn parse_ipv6(data: &[u8]) -> Result<Class, ParseError> {
     use etherparse::err::ipv6::HeaderSliceError;
     let h = Ipv6HeaderSlice::from_slice(data).map_err(|e| match e {
@@ -500,16 +555,20 @@ fn parse_ipv6(data: &[u8]) -> Result<Class, ParseError> {
     // Ethernet; it is taken literally as an empty payload.
     let end = hlen + usize::from(h.payload_length());
     let payload = data.get(hlen..end).ok_or(ParseError::Ipv6Truncated)?;
-    let src = IpAddr::V6(Ipv6Addr::from(h.source()));
-    let dst = IpAddr::V6(Ipv6Addr::from(h.destination()));
+    let src = Addr::v6(h.source());
+    let dst = Addr::v6(h.destination());
+    // RFC 4291 §2.5.5.2 / RFC 4038 §4.2: IPv4-mapped addresses do not appear
+    // in IPv6 headers on the wire; accepting them would let an IPv6 packet
+    // pass for the IPv4 pod with the same low 32 bits.
+    if src.is_v4() || dst.is_v4() {
+        return Err(ParseError::Ipv6MappedAddress);
+    }
     let chain = ipv6_chain(h.next_header().0, payload)?;
     let fragment = match chain.frag {
         // Offset 0 and M clear: an atomic fragment, a whole datagram (RFC 6946).
         Some((_, 0, false, _)) | None => Fragment::None,
         Some((id, offset, _, frag_next)) => {
             let fid = FragmentId {
-                src,
-                dst,
                 id,
                 proto: frag_next,
             };
@@ -550,9 +609,10 @@ fn parse_ipv6(data: &[u8]) -> Result<Class, ParseError> {
 
 /// Reads ports (or ICMP facts) from the transport header of a whole packet
 /// or a first fragment. `v6` selects ICMPv6 type numbers.
+#[inline]
 fn parse_l4(
-    src: IpAddr,
-    dst: IpAddr,
+    src: Addr,
+    dst: Addr,
     proto_nr: u8,
     data: &[u8],
     v6: bool,
@@ -612,6 +672,7 @@ mod icmp_type {
     pub const V6_ECHO_REPLY: u8 = 129;
 }
 
+#[inline]
 fn icmp(flow: &mut Flow, data: &[u8], v6: bool) -> Result<L4, ParseError> {
     use icmp_type::*;
     // Type, code, checksum, then 4 bytes whose meaning depends on the type:
@@ -660,8 +721,8 @@ fn inner_flow(data: &[u8], v6: bool) -> Result<Option<Flow>, ParseError> {
         )
         .map_err(|_| bad)?;
         (
-            IpAddr::V6(Ipv6Addr::from(h.source())),
-            IpAddr::V6(Ipv6Addr::from(h.destination())),
+            Addr::v6(h.source()),
+            Addr::v6(h.destination()),
             chain.proto,
             chain.data,
             matches!(chain.frag, Some((_, off, _, _)) if off != 0),
@@ -669,8 +730,8 @@ fn inner_flow(data: &[u8], v6: bool) -> Result<Option<Flow>, ParseError> {
     } else {
         let h = Ipv4HeaderSlice::from_slice(data).map_err(|_| bad)?;
         (
-            IpAddr::V4(Ipv4Addr::from(h.source())),
-            IpAddr::V4(Ipv4Addr::from(h.destination())),
+            Addr::v4(h.source()),
+            Addr::v4(h.destination()),
             h.protocol().0,
             data.get(h.slice().len()..).unwrap_or(&[]),
             h.fragments_offset().value() != 0,
@@ -784,8 +845,8 @@ mod tests {
         0, 2,
     ];
 
-    fn v4(a: [u8; 4]) -> IpAddr {
-        IpAddr::V4(Ipv4Addr::from(a))
+    fn v4(a: [u8; 4]) -> Addr {
+        Addr::v4(a)
     }
 
     fn ip(frame: &[u8]) -> IpPacket {
@@ -934,8 +995,6 @@ mod tests {
         first[20] = 0x20;
         let p = ip(&first);
         let fid = FragmentId {
-            src: v4([10, 0, 0, 1]),
-            dst: v4([10, 0, 0, 2]),
             id: 0x1234,
             proto: 6,
         };
@@ -1011,6 +1070,22 @@ mod tests {
         assert_eq!(b.l4, L4::EchoReply);
         assert_eq!(a.flow.reversed(), b.flow);
         assert_eq!(a.flow.src_port, 0x1234);
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_in_ipv6_are_rejected() {
+        let mut f = SCTP_HBH_V6;
+        // Source ::ffff:10.0.0.1
+        f[14 + 8..14 + 24]
+            .copy_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1]);
+        assert_eq!(parse(&f), Err(ParseError::Ipv6MappedAddress));
+        let a = Addr::v4([10, 0, 0, 1]);
+        assert!(a.is_v4());
+        assert_eq!(a.ip(), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(Addr::from(a.ip()), a);
+        let b: IpAddr = "fd00::1".parse().unwrap();
+        assert!(!Addr::from(b).is_v4());
+        assert_eq!(Addr::from(b).ip(), b);
     }
 
     #[test]

@@ -60,7 +60,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::conntrack::{Conntrack, CtDrop, Outcome, Timeouts};
 use crate::counters::WorkerCounters;
-use crate::frag::FragTracker;
+use crate::frag::{DatagramKey, FragTracker};
 use crate::parse::{self, Class, Fragment, IpPacket, ParseError};
 use crate::switch::{Switch, L2};
 
@@ -438,7 +438,7 @@ impl Pipeline {
         if let Fragment::Later(id) = pkt.fragment {
             return self
                 .frags
-                .later(&id, now)
+                .later(&DatagramKey::of(&pkt.flow, id), now)
                 .unwrap_or(Some(DropReason::FragmentNoFirst));
         }
         let t = &*self.current;
@@ -450,7 +450,8 @@ impl Pipeline {
             Outcome::Drop(CtDrop::NoConnection) => Some(DropReason::TcpNoConnection),
         };
         if let Fragment::First(id) = pkt.fragment {
-            self.frags.first(&id, verdict, now);
+            self.frags
+                .first(&DatagramKey::of(&pkt.flow, id), verdict, now);
         }
         verdict
     }

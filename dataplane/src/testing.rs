@@ -6,6 +6,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use crate::parse::Addr;
+
 use etherparse::PacketBuilder;
 use policy_compiler::cidr::IpBlock;
 use policy_compiler::model::{
@@ -50,6 +52,11 @@ impl Host {
     /// The IPv6 address.
     pub fn v6(&self) -> IpAddr {
         IpAddr::V6(self.ip6.into())
+    }
+
+    /// The IPv4 address as the dataplane stores it.
+    pub fn addr4(&self) -> Addr {
+        Addr::v4(self.ip4)
     }
 }
 
@@ -330,8 +337,8 @@ mod tests {
             assert_eq!(t.stats().policies, n);
             for (c, s) in &pairs {
                 let allowed = Flow {
-                    src: c.v4(),
-                    dst: s.v4(),
+                    src: c.addr4(),
+                    dst: s.addr4(),
                     proto: 6,
                     src_port: 40000,
                     dst_port: 80,
