@@ -6,20 +6,101 @@
 //! - `new_flow/N`: `Pipeline::process` of a SYN of a new connection
 //!   (parse, conntrack miss, table lookup, insert), N policies.
 //!
-//! Frames sit in one contiguous buffer with a 64-byte stride, like frames
-//! in a UMEM. Run: `cargo bench -p dataplane --bench packet_path`.
+//! Frames sit in one contiguous buffer with a fixed stride, like frames in
+//! a UMEM. Run: `cargo bench -p dataplane --bench packet_path`.
+//!
+//! Time is the benchmark thread's **CPU time**
+//! (`CLOCK_THREAD_CPUTIME_ID`), not wall time: the figures
+//! are packets per second *per core* even when the machine is shared and
+//! the thread is descheduled. Set `PPATH_WALL=1` to measure wall time.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use dataplane::conntrack::{Conntrack, Timeouts};
 use dataplane::parse::{self, Class, TcpFlags as F};
 use dataplane::testing::{self, Host};
 use dataplane::{Action, Pipeline, PipelineConfig, PublishedTable, WorkerCounters};
 use policy_compiler::DecisionTable;
+
+/// CPU time consumed by the calling thread, in nanoseconds
+/// (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`).
+fn thread_cpu_ns() -> u64 {
+    use rustix::time::{clock_gettime, ClockId};
+    let t = clock_gettime(ClockId::ThreadCPUTime);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Which clock the benchmark uses (see the crate doc).
+#[derive(Clone, Copy)]
+enum Clock {
+    ThreadCpu,
+    Wall(Instant),
+}
+
+impl Clock {
+    fn now(wall: bool) -> Clock {
+        if wall {
+            Clock::Wall(Instant::now())
+        } else {
+            Clock::ThreadCpu
+        }
+    }
+}
+
+/// A criterion measurement of thread CPU time (or wall time).
+struct CpuTime {
+    wall: bool,
+}
+
+/// Read a clock; `elapsed` gives the time since.
+#[derive(Clone, Copy)]
+struct Mark(Clock, u64);
+
+impl CpuTime {
+    fn mark(&self) -> Mark {
+        match Clock::now(self.wall) {
+            c @ Clock::Wall(_) => Mark(c, 0),
+            Clock::ThreadCpu => Mark(Clock::ThreadCpu, thread_cpu_ns()),
+        }
+    }
+
+    fn elapsed(&self, m: Mark) -> Duration {
+        match m.0 {
+            Clock::Wall(t) => t.elapsed(),
+            Clock::ThreadCpu => Duration::from_nanos(thread_cpu_ns().saturating_sub(m.1)),
+        }
+    }
+}
+
+impl Measurement for CpuTime {
+    type Intermediate = Mark;
+    type Value = Duration;
+
+    fn start(&self) -> Mark {
+        self.mark()
+    }
+    fn end(&self, m: Mark) -> Duration {
+        self.elapsed(m)
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, v: &Duration) -> f64 {
+        v.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        // Values are nanoseconds, like wall time: reuse its formatter.
+        WallTime.formatter()
+    }
+}
 
 /// Frames per criterion iteration.
 const BATCH: usize = 1024;
@@ -91,7 +172,7 @@ fn pipeline(table: DecisionTable, capacity: usize) -> Pipeline {
     p
 }
 
-fn bench_parse(c: &mut Criterion) {
+fn bench_parse(c: &mut Criterion<CpuTime>) {
     let (cl, sv) = endpoints(Host::new(1), Host::new(2));
     let pool = Pool::new(
         (0..BATCH as u16).map(|i| testing::tcp(&cl, 10_000 + i, &sv, 80, F::ACK, false, &[])),
@@ -113,7 +194,7 @@ fn bench_parse(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_established(c: &mut Criterion) {
+fn bench_established(c: &mut Criterion<CpuTime>) {
     let table = testing::client_server_table();
     let (cl, sv) = endpoints(Host::new(1), Host::new(2));
     let syns = Pool::new(
@@ -163,7 +244,7 @@ fn bench_established(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_new_flows(c: &mut Criterion) {
+fn bench_new_flows(c: &mut Criterion<CpuTime>, clock: &CpuTime) {
     for n in [10usize, 10_000] {
         let t0 = Instant::now();
         let (table, pairs) = testing::scale_table(n);
@@ -222,12 +303,12 @@ fn bench_new_flows(c: &mut Criterion) {
                         p.clear_connections();
                         next = 0;
                     }
-                    let start = Instant::now();
+                    let start = clock.mark();
                     p.begin_batch(1);
                     for i in next..next + BATCH {
                         black_box(p.process(0, black_box(pool.get(i)), 1));
                     }
-                    total += start.elapsed();
+                    total += clock.elapsed(start);
                     next += BATCH;
                 }
                 total
@@ -239,8 +320,9 @@ fn bench_new_flows(c: &mut Criterion) {
     }
 }
 
-fn config() -> Criterion {
+fn config(wall: bool) -> Criterion<CpuTime> {
     Criterion::default()
+        .with_measurement(CpuTime { wall })
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
@@ -249,9 +331,14 @@ fn config() -> Criterion {
 // What `criterion_group!`/`criterion_main!` expand to, written out so that
 // no undocumented public function is generated.
 fn main() {
-    let mut c = config().configure_from_args();
+    let wall = std::env::var_os("PPATH_WALL").is_some();
+    eprintln!(
+        "measuring {}",
+        if wall { "wall time" } else { "thread CPU time" }
+    );
+    let mut c = config(wall).configure_from_args();
     bench_parse(&mut c);
     bench_established(&mut c);
-    bench_new_flows(&mut c);
+    bench_new_flows(&mut c, &CpuTime { wall });
     c.final_summary();
 }
