@@ -32,7 +32,9 @@
 //! capacity so that hashbrown always rehashes in place (it only allocates when
 //! live items exceed half its capacity) and never allocates after `new`.
 //! The hash is foldhash with a per-table random seed, so an attacker cannot
-//! aim collisions at one bucket.
+//! aim collisions at one bucket. (Removals leave tombstones; when they use
+//! up the index's slack hashbrown rehashes in place — O(index size) once in
+//! a while under heavy churn, a latency spike but no allocation.)
 //!
 //! **When the table is full**, a new connection may take the slot of (in
 //! order) an expired entry or an *embryonic* one — never replied to, or

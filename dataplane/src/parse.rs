@@ -23,7 +23,7 @@
 //!   *shorter* than the IP header claims is truncated and rejected.
 //! - **Fragments**: only the first fragment (offset 0) carries the transport
 //!   header (RFC 791 §2.3, RFC 8200 §4.5). Later fragments report
-//!   [`L4::Unknown`] and the datagram identity so [`crate::frag`] can give them
+//!   [`L4::Other`] with ports 0 and the datagram identity so [`crate::frag`] can give them
 //!   the first fragment's verdict. A first fragment too short to hold the
 //!   whole transport header is rejected (tiny-fragment attack, RFC 1858 §3.1;
 //!   RFC 7112 for IPv6 header chains), and so is an IPv4 TCP fragment at
@@ -487,7 +487,9 @@ struct Ipv6Chain<'a> {
 }
 
 /// Walks the extension headers (RFC 8200 §4) until an upper-layer header or
-/// a later fragment. `lax` is for the truncated packet inside an ICMPv6 error.
+/// a later fragment. Used for packets and for the (truncated) packet inside
+/// an ICMPv6 error; etherparse's own walker is not used because it would
+/// parse the payload of a non-first fragment as headers.
 #[inline]
 fn ipv6_chain(first: u8, mut data: &[u8]) -> Result<Ipv6Chain<'_>, ParseError> {
     let mut next = first;

@@ -144,6 +144,13 @@ impl DropReason {
 }
 
 /// A compiled table as the control plane publishes it.
+///
+/// Workers hold the table they use until their next
+/// [`Pipeline::begin_batch`]; the last worker to let go of a replaced table
+/// frees it, on its own thread. Freeing a large table takes time a packet
+/// worker should not spend: the control plane should keep the previous
+/// table(s) alive for a while after publishing a new one (for example, keep
+/// the last two `Arc`s) so that the drop happens on its side.
 #[derive(Debug, Default)]
 pub struct PublishedTable {
     /// Increases with every publication; conntrack entries checked against
