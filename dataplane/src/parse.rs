@@ -922,6 +922,32 @@ mod tests {
     }
 
     #[test]
+    fn icmpv6_packet_too_big_carries_inner_tcp_flow() {
+        // fd00::2 tells fd00::1 its TCP segment to fd00::2 port 443 was too big.
+        let mut f = vec![0x02, 0, 0, 0, 0, 0x0a, 0x02, 0, 0, 0, 0, 0x0b, 0x86, 0xdd];
+        f.extend_from_slice(&[0x60, 0, 0, 0, 0, 8 + 40 + 8, 58, 64]);
+        let a1 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let a2 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        f.extend_from_slice(&a2);
+        f.extend_from_slice(&a1);
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0x05, 0x00]); // type 2, MTU 1280
+        f.extend_from_slice(&[0x60, 0, 0, 0, 0x05, 0xc8, 6, 64]); // inner: payload 1480, TCP
+        f.extend_from_slice(&a1);
+        f.extend_from_slice(&a2);
+        f.extend_from_slice(&[0xc3, 0x50, 0x01, 0xbb, 0, 0, 0, 1]); // 50000 -> 443, seq
+        let p = ip(&f);
+        let inner = Flow {
+            src: Addr::v6(a1),
+            dst: Addr::v6(a2),
+            proto: 6,
+            src_port: 50000,
+            dst_port: 443,
+        };
+        assert_eq!(p.l4, L4::IcmpError(Some(inner)));
+        assert_eq!(p.flow.proto, 58);
+    }
+
+    #[test]
     fn icmp_error_with_short_inner_is_malformed() {
         let mut f = ICMP_UNREACH_V4[..ICMP_UNREACH_V4.len() - 4].to_vec();
         f[14 + 3] = 52;
