@@ -160,7 +160,7 @@ impl WorkerCounters {
 
     /// Counts a dropped frame.
     #[inline]
-    pub fn drop(&self, reason: DropReason) {
+    pub fn count_drop(&self, reason: DropReason) {
         if let Some(c) = self.drops.get(reason.kind()) {
             c.inc();
         }
@@ -385,9 +385,9 @@ mod tests {
     fn counts_and_snapshots() {
         let c = WorkerCounters::new(2);
         c.frames_in.add(3);
-        c.drop(DropReason::Policy);
-        c.drop(DropReason::Parse(ParseError::TcpTruncated));
-        c.drop(DropReason::Parse(ParseError::TcpTruncated));
+        c.count_drop(DropReason::Policy);
+        c.count_drop(DropReason::Parse(ParseError::TcpTruncated));
+        c.count_drop(DropReason::Parse(ParseError::TcpTruncated));
         c.ports()[1].rx_frames.inc();
         let s = c.snapshot();
         assert_eq!(s.frames_in, 3);

@@ -407,7 +407,7 @@ impl Pipeline {
         match action {
             Action::Forward(_) => c.forwarded.inc(),
             Action::Flood => c.flooded.inc(),
-            Action::Drop(r) => c.drop(r),
+            Action::Drop(r) => c.count_drop(r),
         }
         action
     }
