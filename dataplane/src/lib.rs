@@ -1,0 +1,44 @@
+//! # dataplane
+//!
+//! The packet path of Portcullis: Ethernet frames in, a forwarding decision
+//! out, with Kubernetes NetworkPolicy enforced per connection. This part of
+//! the crate has no sockets, no clock and no `unsafe`: the AF_XDP I/O
+//! (UMEM, rings, workers) calls into it with a frame, its ingress port and
+//! the time, and acts on the returned [`Action`].
+//!
+//! ```text
+//!   control plane                        one worker (one thread, queue i of every port)
+//!  ───────────────                      ─────────────────────────────────────────────────
+//!  DecisionTable ─▶ ArcSwap<PublishedTable> ──one load per batch──┐
+//!   (generation,                                                   ▼
+//!    fail_closed)         (port, &[u8], now) ──▶ Pipeline::process ──▶ Action
+//!                                                 │ parse    (parse.rs)     Forward(port)
+//!                                                 │ frag     (frag.rs)      Flood
+//!                                                 │ conntrack(conntrack.rs) Drop(reason)
+//!                                                 │ switch   (switch.rs)
+//!                                                 ▼
+//!  snapshot() ◀── WorkerCounters (counters.rs, lock-free, one writer per worker)
+//! ```
+//!
+//! What comes in: frames as byte slices (borrowed for the duration of the
+//! call only), the ingress [`PortId`], a monotonic time in nanoseconds, and
+//! the policy table published by the control plane. What goes out: an
+//! [`Action`] per frame and counters. Each worker owns its [`Pipeline`]
+//! (connection table, fragment tracker, MAC table), so the packet path takes
+//! no lock and, after construction, allocates nothing. Both directions of a
+//! flow must reach the same worker (symmetric RSS on multi-queue NICs; see
+//! [`conntrack`]).
+
+#![deny(unsafe_code)]
+
+mod assoc;
+pub mod conntrack;
+pub mod counters;
+pub mod frag;
+pub mod parse;
+pub mod pipeline;
+pub mod switch;
+pub mod testing;
+
+pub use counters::{CountersSnapshot, WorkerCounters};
+pub use pipeline::{Action, ConfigError, DropReason, Mode, Pipeline, PipelineConfig, PortId, PublishedTable};
