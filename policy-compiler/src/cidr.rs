@@ -65,11 +65,8 @@ impl Cidr {
     /// accepts them) and are cleared.
     pub fn parse(s: &str) -> Result<Cidr, CidrError> {
         let (a, l) = s.split_once('/').ok_or_else(|| CidrError::NoPrefix(s.to_string()))?;
-        let ip: IpAddr = a
-            .parse()
-            .ok()
-            .or_else(|| parse_sloppy(a))
-            .ok_or_else(|| CidrError::BadAddress(s.to_string()))?;
+        let ip: IpAddr =
+            a.parse().ok().or_else(|| parse_sloppy(a)).ok_or_else(|| CidrError::BadAddress(s.to_string()))?;
         let (family, addr) = split(ip);
         let len: u8 = l
             .parse()
