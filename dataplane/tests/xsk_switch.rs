@@ -3,12 +3,11 @@
 //!
 //! Needs root (network namespaces, AF_XDP); skips, saying why, otherwise.
 //! Tests here create namespaces and interfaces whose names start with a
-//! per-process prefix, remove them in `Drop`, and run one at a time under a
-//! file lock shared with the lab tests (`/run/lock/portcullis-netns-tests`).
+//! per-process prefix, remove them in `Drop`, and run one at a time (a mutex
+//! in this binary; cargo runs test binaries one after another).
 
-use std::fs::File;
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -39,12 +38,11 @@ fn can_run() -> Option<String> {
     None
 }
 
-/// Serialises tests that create namespaces, across test binaries.
-fn lock() -> File {
-    let _ = std::fs::create_dir_all("/run/lock");
-    let f = File::create("/run/lock/portcullis-netns-tests").expect("lock file");
-    f.lock().expect("flock");
-    f
+/// Serialises the tests of this binary that create namespaces (cargo runs
+/// test binaries one after another, so this is enough).
+fn lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Two namespaces, each with a veth whose host side is a dataplane port.
