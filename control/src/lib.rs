@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod index;
+pub mod lab;
 pub mod manifest;
 pub mod manifest_dir;
 pub mod report;

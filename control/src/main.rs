@@ -27,6 +27,8 @@ enum Command {
     Matrix(MatrixArgs),
     /// Validate a state file and print every problem.
     Check(StateArgs),
+    /// Pods as network namespaces switched by a real dataplane (root only).
+    Lab(control::lab::LabArgs),
 }
 
 #[derive(Args)]
@@ -147,6 +149,7 @@ fn load(args: &StateArgs) -> Result<Compiled> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Lab(args) => control::lab::run(args)?,
         Command::Check(args) => {
             let c = load(&args)?;
             let s = c.table.stats();
