@@ -246,10 +246,8 @@ mod tests {
         assert_eq!(c.ports[0].queues, 1);
         assert_eq!(c.workers, vec![2, 3]);
         // The documented defaults are the real defaults.
-        let mut d = Config::default();
-        d.ports = c.ports.clone();
-        d.workers = c.workers.clone();
-        assert_eq!(c, Config { ..d });
+        let d = Config { ports: c.ports.clone(), workers: c.workers.clone(), ..Default::default() };
+        assert_eq!(c, d);
         assert_eq!(Config::parse("e", "{}").unwrap(), Config::default());
     }
 

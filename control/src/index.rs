@@ -29,11 +29,11 @@ pub enum Kind {
 #[derive(Clone, Debug)]
 pub enum Object {
     /// A namespace.
-    Namespace(corev1::Namespace),
+    Namespace(Box<corev1::Namespace>),
     /// A pod.
     Pod(Box<corev1::Pod>),
     /// A policy.
-    NetworkPolicy(netv1::NetworkPolicy),
+    NetworkPolicy(Box<netv1::NetworkPolicy>),
 }
 
 impl Object {
@@ -146,10 +146,10 @@ impl Index {
                     (Entry::Namespace(info), vec![p])
                 }
             },
-            Object::Pod(o) => match validate::pod(o) {
-                Ok(p) => (Entry::Pod(p), Vec::new()),
-                Err(ps) => (Entry::Pod(None), ps),
-            },
+            Object::Pod(o) => {
+                let (p, ps) = validate::pod(o);
+                (Entry::Pod(p), ps)
+            }
             Object::NetworkPolicy(o) => {
                 let (p, ps) = validate::policy(o);
                 (Entry::Policy(p), ps)
@@ -202,9 +202,9 @@ mod tests {
     }
 
     fn deny_all(ns: &str) -> Object {
-        Object::NetworkPolicy(yaml(&format!(
+        Object::NetworkPolicy(Box::new(yaml(&format!(
             "metadata: {{name: deny, namespace: {ns}}}\nspec: {{podSelector: {{}}}}"
-        )))
+        ))))
     }
 
     fn allowed(idx: &Index, from: &str, to: &str) -> bool {
@@ -254,9 +254,9 @@ mod tests {
         idx.apply(0, Change::Apply(pod("x", "a", "10.0.0.1", "a")));
         idx.apply(
             0,
-            Change::Apply(Object::NetworkPolicy(yaml(
+            Change::Apply(Object::NetworkPolicy(Box::new(yaml(
                 "metadata: {name: bad, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{ports: [{port: 0}]}]",
-            ))),
+            )))),
         );
         let (_, problems) = idx.snapshot();
         assert_eq!(problems.len(), 1);

@@ -15,11 +15,15 @@
 //! document, object and field.
 
 pub mod config;
+pub mod daemon;
 pub mod index;
 pub mod lab;
 pub mod manifest;
 pub mod manifest_dir;
 pub mod report;
+pub mod run;
+pub mod sources;
+pub mod status;
 
 use manifest::{LoadErrors, State};
 

@@ -29,6 +29,41 @@ enum Command {
     Check(StateArgs),
     /// Pods as network namespaces switched by a real dataplane (root only).
     Lab(control::lab::LabArgs),
+    /// The daemon: watch Kubernetes and/or a manifest directory, compile, publish, serve status.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Watch the Kubernetes API (in-cluster config, or the user's kubeconfig).
+    #[arg(long)]
+    kube: bool,
+    /// Watch a directory of manifests (changes apply within a second; a broken file keeps its
+    /// last good version in force).
+    #[arg(long, value_name = "DIR")]
+    manifests: Option<String>,
+    /// Configuration file (YAML; see control/src/config.rs). Missing file = defaults.
+    #[arg(long, default_value = "/etc/portcullis/config.yaml")]
+    config: String,
+    /// Status endpoint address (overrides the config file).
+    #[arg(long)]
+    status_address: Option<std::net::SocketAddr>,
+    /// Pass pod traffic before the first complete sync (overrides the config file). Risk: traffic
+    /// that policy denies passes until the first sync.
+    #[arg(long)]
+    fail_open: bool,
+    /// This node's name (from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum LogFormat {
+    Json,
+    Text,
 }
 
 #[derive(Args)]
@@ -150,6 +185,33 @@ fn load(args: &StateArgs) -> Result<Compiled> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Lab(args) => control::lab::run(args)?,
+        Command::Run(args) => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+            match args.log_format {
+                LogFormat::Json => fmt.json().init(),
+                LogFormat::Text => fmt.init(),
+            }
+            let mut config = if std::path::Path::new(&args.config).exists() {
+                control::config::Config::load(&args.config)?
+            } else {
+                control::config::Config::default()
+            };
+            if let Some(a) = args.status_address {
+                config.status_address = a;
+            }
+            config.fail_open |= args.fail_open;
+            if let Some(n) = &args.node_name {
+                tracing::info!(node = %n, "node name");
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(control::run::run(control::run::RunOptions {
+                kube: args.kube,
+                manifests: args.manifests,
+                config,
+            }))?;
+        }
         Command::Check(args) => {
             let c = load(&args)?;
             let s = c.table.stats();

@@ -133,7 +133,7 @@ impl ManifestDir {
             };
             for n in &s.namespaces {
                 if keep("Namespace", "", n.metadata.name.as_deref().unwrap_or("")) {
-                    out.push(Object::Namespace(n.clone()));
+                    out.push(Object::Namespace(Box::new(n.clone())));
                 }
             }
             for p in &s.pods {
@@ -144,7 +144,7 @@ impl ManifestDir {
                 }
             }
             for p in &s.policies {
-                let o = Object::NetworkPolicy(p.clone());
+                let o = Object::NetworkPolicy(Box::new(p.clone()));
                 let (ns, name) = o.key();
                 if keep("NetworkPolicy", &ns, &name) {
                     out.push(o);
@@ -197,7 +197,8 @@ fn check_file(file: &str, text: &str) -> Result<State, LoadErrors> {
         }
     }
     for p in &state.pods {
-        if let Err(problems) = policy_compiler::validate::pod(p) {
+        let (_, problems) = policy_compiler::validate::pod(p);
+        {
             for pr in problems {
                 errs.push(LoadError {
                     origin: state

@@ -65,7 +65,8 @@ impl Cidr {
     /// accepts them) and are cleared.
     pub fn parse(s: &str) -> Result<Cidr, CidrError> {
         let (a, l) = s.split_once('/').ok_or_else(|| CidrError::NoPrefix(s.to_string()))?;
-        let ip: IpAddr = a.parse().map_err(|_| CidrError::BadAddress(s.to_string()))?;
+        let ip: IpAddr =
+            a.parse().ok().or_else(|| parse_sloppy(a)).ok_or_else(|| CidrError::BadAddress(s.to_string()))?;
         let (family, addr) = split(ip);
         let len: u8 = l
             .parse()
@@ -123,6 +124,41 @@ impl Cidr {
     pub fn strictly_contains(&self, other: &Cidr) -> bool {
         other.family == self.family && other.len > self.len && self.contains(other.family, other.addr)
     }
+}
+
+/// An address with leading zeros in IPv4 octets (`010.0.0.0`, `10.0.0.0001`,
+/// also inside an IPv6 address such as `::ffff:010.0.0.1`), octets read as
+/// decimal. The API server accepts these (`netutils.ParseCIDRSloppy`, Go's
+/// pre-1.17 parser: any number of digits, value at most 255) unless the
+/// StrictIPCIDRValidation feature gate is on, so objects in clusters may
+/// contain them.
+fn parse_sloppy(a: &str) -> Option<IpAddr> {
+    if let Some((head, tail)) = a.rsplit_once(':') {
+        // IPv6 with an embedded dotted quad: normalise the quad, parse again.
+        let v4 = parse_v4_sloppy(tail)?;
+        return format!("{head}:{v4}").parse().ok();
+    }
+    parse_v4_sloppy(a).map(IpAddr::V4)
+}
+
+fn parse_v4_sloppy(a: &str) -> Option<std::net::Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = a.split('.');
+    for o in &mut octets {
+        let p = parts.next()?;
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let digits = p.trim_start_matches('0');
+        *o = if digits.is_empty() {
+            0
+        } else if digits.len() > 3 {
+            return None;
+        } else {
+            digits.parse().ok()?
+        };
+    }
+    parts.next().is_none().then_some(std::net::Ipv4Addr::from(octets))
 }
 
 impl fmt::Display for Cidr {
@@ -192,6 +228,11 @@ mod tests {
     fn rejects() {
         assert!(matches!(Cidr::parse("10.0.0.0"), Err(CidrError::NoPrefix(_))));
         assert!(matches!(Cidr::parse("10.0.0/8"), Err(CidrError::BadAddress(_))));
+        assert!(matches!(Cidr::parse("10.0.0.256/8"), Err(CidrError::BadAddress(_))));
+        assert!(matches!(Cidr::parse("10.0.0.1.2/8"), Err(CidrError::BadAddress(_))));
+        assert_eq!(Cidr::parse("10.0.0.0001/32").unwrap().to_string(), "10.0.0.1/32");
+        assert_eq!(Cidr::parse("::ffff:010.0.0.1/128").unwrap().to_string(), "::ffff:10.0.0.1/128");
+        assert_eq!(Cidr::parse("010.001.0.0/16").unwrap().to_string(), "10.1.0.0/16");
         assert!(matches!(Cidr::parse("10.0.0.0/33"), Err(CidrError::BadPrefix(..))));
         assert!(matches!(Cidr::parse("::/129"), Err(CidrError::BadPrefix(..))));
         assert!(matches!(Cidr::parse("10.0.0.0/x"), Err(CidrError::BadPrefix(..))));

@@ -38,11 +38,9 @@ impl Cluster {
             }
         }
         for p in pods {
-            match validate::pod(p) {
-                Ok(Some(info)) => c.pods.push(info),
-                Ok(None) => {}
-                Err(ps) => problems.extend(ps),
-            }
+            let (info, ps) = validate::pod(p);
+            problems.extend(ps);
+            c.pods.extend(info);
         }
         for np in policies {
             let (pol, ps) = validate::policy(np);
@@ -70,6 +68,31 @@ impl Cluster {
         self.pods.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
         self.policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         self.policies.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+        // Two pods claiming one address (a stale object during IP reuse): the first by
+        // namespace/name owns it, in the table and in the reference alike.
+        let mut owner: std::collections::HashMap<std::net::IpAddr, usize> = Default::default();
+        for (i, p) in self.pods.iter().enumerate() {
+            for ip in &p.ips {
+                if let Some(&first) = owner.get(ip) {
+                    let f = &self.pods[first];
+                    problems.push(Problem {
+                        severity: Severity::Warning,
+                        object: ObjectRef {
+                            kind: "Pod",
+                            namespace: p.namespace.clone(),
+                            name: p.name.clone(),
+                        },
+                        field: "status.podIPs".into(),
+                        message: format!(
+                            "address {ip} is also claimed by pod {}/{}, which is used for it",
+                            f.namespace, f.name
+                        ),
+                    });
+                } else {
+                    owner.insert(*ip, i);
+                }
+            }
+        }
         let mut missing: Vec<(String, ObjectRef)> = Vec::new();
         for p in &self.pods {
             missing.push((

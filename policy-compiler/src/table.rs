@@ -47,7 +47,10 @@ pub enum Side {
     NotPod,
     /// The pod is not isolated in this direction: everything passes.
     NotIsolated,
-    /// Allowed by this rule (the first that matched, in policy order).
+    /// Allowed by this rule: one rule that matches. The table tests rules
+    /// without peers first, then peers matching every pod, then pod,
+    /// namespace and ipBlock peers, in policy order within each group, and
+    /// stops at the first match; `portcullis explain` lists every matching rule.
     Allowed(RuleRef),
     /// Isolated and no rule matched. The id lists the isolating policies
     /// ([`DecisionTable::isolating_policies`]).

@@ -165,13 +165,9 @@ pub fn policy(np: &netv1::NetworkPolicy) -> (Policy, Vec<Problem>) {
     }
     let spec_path = FieldPath::root("spec");
     let default_spec = netv1::NetworkPolicySpec::default();
-    let spec = match &np.spec {
-        Some(s) => s,
-        None => {
-            errs.push(spec_path.clone(), "Required value");
-            &default_spec
-        }
-    };
+    // `spec` is a non-pointer struct in the API: an object without it is a valid
+    // policy selecting every pod of its namespace for ingress, allowing nothing.
+    let spec = np.spec.as_ref().unwrap_or(&default_spec);
 
     // spec.podSelector is a non-pointer struct in the API; null decodes as `{}`.
     let sel_path = spec_path.field("podSelector");
@@ -435,10 +431,15 @@ pub fn namespace(ns: &corev1::Namespace) -> Result<NamespaceInfo, Problem> {
     Ok(NamespaceInfo { name, labels })
 }
 
-/// Converts a Pod. `Ok(None)` for pods NetworkPolicy does not apply to:
-/// host-network pods (their address is the node's), pods without an IP, and
-/// pods in phase Succeeded or Failed.
-pub fn pod(p: &corev1::Pod) -> Result<Option<PodInfo>, Vec<Problem>> {
+/// Converts a Pod. `None` for pods NetworkPolicy does not apply to:
+/// host-network pods (their address is the node's), pods without a valid IP,
+/// and pods in phase Succeeded or Failed.
+///
+/// An invalid field never turns a pod into a non-pod address (that would skip
+/// its isolation, failing open): the bad field (an unparsable IP, a bad
+/// container port) is dropped and reported, and the pod stays an endpoint with
+/// everything else it declares.
+pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
     let namespace = p.metadata.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
     let name = p.metadata.name.clone().unwrap_or_default();
     let object = ObjectRef { kind: "Pod", namespace: namespace.clone(), name: name.clone() };
@@ -448,11 +449,11 @@ pub fn pod(p: &corev1::Pod) -> Result<Option<PodInfo>, Vec<Problem>> {
     }
     let spec = p.spec.as_ref();
     if spec.and_then(|s| s.host_network).unwrap_or(false) {
-        return Ok(None);
+        return (None, Vec::new());
     }
     let status = p.status.as_ref();
     if matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
-        return Ok(None);
+        return (None, Vec::new());
     }
     let mut ips: Vec<IpAddr> = Vec::new();
     if let Some(st) = status {
@@ -502,14 +503,12 @@ pub fn pod(p: &corev1::Pod) -> Result<Option<PodInfo>, Vec<Problem>> {
             named_ports.push(NamedPort { name: port_name.clone(), protocol, port });
         }
     }
-    if !errs.is_empty() {
-        return Err(problems_from(errs, &object, Severity::Error));
-    }
-    if ips.is_empty() {
-        return Ok(None);
+    let problems = problems_from(errs, &object, Severity::Error);
+    if ips.is_empty() || name.is_empty() {
+        return (None, problems);
     }
     named_ports.sort();
     named_ports.dedup();
     let labels = p.metadata.labels.clone().unwrap_or_default().into_iter().collect();
-    Ok(Some(PodInfo { namespace, name, labels, ips, named_ports, container_ports }))
+    (Some(PodInfo { namespace, name, labels, ips, named_ports, container_ports }), problems)
 }

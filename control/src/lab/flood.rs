@@ -190,7 +190,7 @@ pub fn flood_send(args: &FloodSendArgs) -> Result<(), FloodError> {
     let mut rounds = 0u32;
     loop {
         rounds = rounds.wrapping_add(1);
-        if rounds % 64 == 0 && Instant::now() >= until {
+        if rounds.is_multiple_of(64) && Instant::now() >= until {
             break;
         }
         sock.complete(&mut free);

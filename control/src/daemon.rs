@@ -1,0 +1,452 @@
+//! The index owner: one task applies every source's changes to the
+//! [`Index`], waits for a quiet moment (debounce), compiles, and publishes
+//! the new table. It also keeps the status and metrics the HTTP endpoint serves.
+//!
+//! ```text
+//!  SourceMsg ──▶ apply to Index ──(debounce)──▶ compile ──▶ Publisher (ArcSwap store)
+//!                     │                                       │
+//!                     └──────────── Status / Metrics ◀────────┘
+//! ```
+//!
+//! Until every expected (source, kind) has completed one full list, no table
+//! compiled from partial state is published: the dataplane stays in its
+//! start-up mode (fail-closed unless configured fail-open) and `/readyz`
+//! answers 503. After that, losing a source changes nothing in force: the
+//! last table stays until the source is back and has relisted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use policy_compiler::{DecisionTable, Severity, TableStats};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::index::{Index, Kind};
+use crate::manifest_dir::FileStatus;
+use crate::sources::{SourceId, SourceMsg, KUBE, MANIFESTS};
+
+/// Receives every table the owner publishes: `(generation, table, fail_closed)`.
+pub type Publisher = Box<dyn Fn(u64, DecisionTable, bool) + Send>;
+
+/// Owner settings.
+#[derive(Clone, Debug)]
+pub struct OwnerConfig {
+    /// Quiet time after the last change before compiling.
+    pub debounce: Duration,
+    /// The sources that must sync before the first publication.
+    pub sources: Vec<SourceId>,
+}
+
+/// One (source, kind) as `/status` shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SourceStatus {
+    /// Has it completed a full list since start?
+    pub synced: bool,
+    /// Last error, while unhealthy.
+    pub error: Option<String>,
+    /// Seconds since the last event or successful list (how stale the state may be).
+    pub seconds_since_last_event: f64,
+    /// Seconds it has been unhealthy, if it is.
+    pub unhealthy_for_seconds: Option<f64>,
+    #[serde(skip)]
+    last_event: Option<Instant>,
+    #[serde(skip)]
+    unhealthy_since: Option<Instant>,
+}
+
+/// What `/status` serves (the dataplane part is added by the server).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StatusData {
+    /// Sources by name and kind.
+    pub sources: BTreeMap<String, SourceStatus>,
+    /// True once every source synced and a table from that state is published.
+    pub ready: bool,
+    /// Generation of the table in force (0: start-up table).
+    pub table_generation: u64,
+    /// When it was published (seconds since the Unix epoch).
+    pub table_published_unix: Option<f64>,
+    /// How long its compilation took, in milliseconds.
+    pub compile_ms: Option<f64>,
+    /// Objects known, by kind.
+    pub objects: BTreeMap<String, usize>,
+    /// Size of the table.
+    pub table: TableStats,
+    /// Every invalid object with its error (policies among them are enforced fail-closed).
+    pub invalid: Vec<String>,
+    /// Warnings about valid objects.
+    pub warnings: Vec<String>,
+    /// Manifest files and their errors (manifest source only).
+    pub files: Vec<FileStatus>,
+    /// Manifest-level errors (conflicts, unreadable directory).
+    pub file_errors: Vec<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+    kind: String,
+}
+
+/// Control-plane metrics (the dataplane's are collected at scrape time by the server).
+pub struct Metrics {
+    generation: Gauge,
+    ready: Gauge,
+    compile_seconds: Histogram,
+    change_to_publish_seconds: Histogram,
+    objects: Family<KindLabel, Gauge>,
+    invalid: Gauge,
+    source_up: Family<SourceLabel, Gauge>,
+}
+
+impl Metrics {
+    fn new(reg: &mut Registry) -> Self {
+        let m = Metrics {
+            generation: Gauge::default(),
+            ready: Gauge::default(),
+            compile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            change_to_publish_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            objects: Family::default(),
+            invalid: Gauge::default(),
+            source_up: Family::default(),
+        };
+        reg.register(
+            "portcullis_table_generation",
+            "Generation of the decision table in force",
+            m.generation.clone(),
+        );
+        reg.register(
+            "portcullis_ready",
+            "1 once every source synced and its table is published",
+            m.ready.clone(),
+        );
+        reg.register(
+            "portcullis_compile_duration_seconds",
+            "Time to compile a decision table",
+            m.compile_seconds.clone(),
+        );
+        reg.register(
+            "portcullis_policy_change_to_publish_seconds",
+            "From a source seeing a change to the table that includes it being published",
+            m.change_to_publish_seconds.clone(),
+        );
+        reg.register("portcullis_objects", "Objects known, by kind", m.objects.clone());
+        reg.register("portcullis_invalid_objects", "Objects that fail validation", m.invalid.clone());
+        reg.register("portcullis_source_up", "1 while a source's watch is healthy", m.source_up.clone());
+        m
+    }
+}
+
+/// State shared by the owner and the status server.
+pub struct Shared {
+    /// Status document.
+    pub status: Mutex<StatusData>,
+    /// Metrics registry (encoded by `/metrics`).
+    pub registry: Mutex<Registry>,
+    metrics: Metrics,
+    /// Process start.
+    pub started: Instant,
+}
+
+impl Shared {
+    /// Fresh state with the metrics registered.
+    pub fn new() -> Arc<Shared> {
+        let mut reg = Registry::default();
+        let metrics = Metrics::new(&mut reg);
+        Arc::new(Shared {
+            status: Mutex::new(StatusData::default()),
+            registry: Mutex::new(reg),
+            metrics,
+            started: Instant::now(),
+        })
+    }
+
+    /// The status document with staleness computed now.
+    pub fn status_now(&self) -> StatusData {
+        let mut s = self.status.lock().expect("status lock").clone();
+        let now = Instant::now();
+        for src in s.sources.values_mut() {
+            src.seconds_since_last_event =
+                src.last_event.map_or(now - self.started, |t| now - t).as_secs_f64();
+            src.unhealthy_for_seconds = src.unhealthy_since.map(|t| (now - t).as_secs_f64());
+        }
+        s
+    }
+
+    /// Is a table from fully synced state published?
+    pub fn ready(&self) -> bool {
+        self.status.lock().expect("status lock").ready
+    }
+}
+
+fn source_name(s: SourceId) -> &'static str {
+    match s {
+        KUBE => "kubernetes",
+        MANIFESTS => "manifests",
+        _ => "other",
+    }
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Namespace => "Namespace",
+        Kind::Pod => "Pod",
+        Kind::NetworkPolicy => "NetworkPolicy",
+    }
+}
+
+const KINDS: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
+
+/// Runs the owner until the channel closes. Returns the final index (tests).
+pub async fn run_owner(
+    mut rx: mpsc::Receiver<SourceMsg>,
+    shared: Arc<Shared>,
+    publish: Publisher,
+    cfg: OwnerConfig,
+) -> Index {
+    let mut index = Index::new();
+    let expected: BTreeSet<(SourceId, Kind)> =
+        cfg.sources.iter().flat_map(|s| KINDS.iter().map(move |k| (*s, *k))).collect();
+    let mut synced: BTreeSet<(SourceId, Kind)> = BTreeSet::new();
+    {
+        let mut st = shared.status.lock().expect("status lock");
+        for (s, k) in &expected {
+            st.sources.insert(format!("{}/{}", source_name(*s), kind_name(*k)), SourceStatus::default());
+        }
+    }
+    let mut generation = 0u64;
+    let mut deadline: Option<Instant> = None;
+    let mut oldest_unpublished: Option<Instant> = None;
+    let mut logged_problems: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let msg = if let Some(d) = deadline {
+            tokio::select! {
+                m = rx.recv() => m,
+                _ = tokio::time::sleep_until(d) => {
+                    deadline = None;
+                    if synced.is_superset(&expected) {
+                        generation += 1;
+                        publish_now(&index, &shared, &publish, generation, oldest_unpublished.take(), &mut logged_problems);
+                    }
+                    continue;
+                }
+            }
+        } else {
+            rx.recv().await
+        };
+        let Some(msg) = msg else { break };
+        let now = Instant::now();
+        match msg {
+            SourceMsg::Change { source, change, seen } => {
+                let kind = match &change {
+                    crate::index::Change::Apply(o) => o.kind(),
+                    crate::index::Change::Delete(k, ..) | crate::index::Change::Replace(k, _) => *k,
+                };
+                if index.apply(source, change) {
+                    oldest_unpublished = Some(oldest_unpublished.map_or(seen, |o| o.min(seen)));
+                    deadline.get_or_insert_with(|| Instant::now() + cfg.debounce);
+                }
+                touch(&shared, source, kind, now, None);
+            }
+            SourceMsg::Synced { source, kind } => {
+                synced.insert((source, kind));
+                touch(&shared, source, kind, now, None);
+                if let Ok(mut st) = shared.status.lock() {
+                    if let Some(s) =
+                        st.sources.get_mut(&format!("{}/{}", source_name(source), kind_name(kind)))
+                    {
+                        s.synced = true;
+                    }
+                }
+                if synced.is_superset(&expected) {
+                    deadline.get_or_insert_with(|| Instant::now() + cfg.debounce);
+                }
+            }
+            SourceMsg::Health { source, kind, error } => {
+                for k in kind.map(|k| vec![k]).unwrap_or_else(|| KINDS.to_vec()) {
+                    touch(&shared, source, k, now, Some(error.clone()));
+                }
+            }
+            SourceMsg::Files(files, errors) => {
+                let mut st = shared.status.lock().expect("status lock");
+                st.files = files;
+                st.file_errors = errors;
+            }
+        }
+    }
+    index
+}
+
+/// Records an event from a source; `health` is `Some(None)` when it recovered,
+/// `Some(Some(e))` when it failed, `None` for a plain event.
+fn touch(shared: &Shared, source: SourceId, kind: Kind, now: Instant, health: Option<Option<String>>) {
+    let name = format!("{}/{}", source_name(source), kind_name(kind));
+    let mut st = shared.status.lock().expect("status lock");
+    let s = st.sources.entry(name).or_default();
+    match health {
+        Some(Some(e)) => {
+            s.error = Some(e);
+            s.unhealthy_since.get_or_insert(now);
+        }
+        Some(None) | None => {
+            s.error = None;
+            s.unhealthy_since = None;
+            s.last_event = Some(now);
+        }
+    }
+    let up = i64::from(s.error.is_none());
+    drop(st);
+    shared
+        .metrics
+        .source_up
+        .get_or_create(&SourceLabel { source: source_name(source).into(), kind: kind_name(kind).into() })
+        .set(up);
+}
+
+fn publish_now(
+    index: &Index,
+    shared: &Shared,
+    publish: &Publisher,
+    generation: u64,
+    oldest_change: Option<Instant>,
+    logged: &mut BTreeSet<String>,
+) {
+    let t0 = Instant::now();
+    let (cluster, problems) = index.snapshot();
+    let table = DecisionTable::compile(&cluster);
+    let compile = t0.elapsed();
+    let stats = table.stats().clone();
+    publish(generation, table, false);
+    let published = Instant::now();
+    let m = &shared.metrics;
+    m.generation.set(generation as i64);
+    m.ready.set(1);
+    m.compile_seconds.observe(compile.as_secs_f64());
+    if let Some(c) = oldest_change {
+        m.change_to_publish_seconds.observe((published - c).as_secs_f64());
+    }
+    let counts = index.counts();
+    for k in KINDS {
+        m.objects
+            .get_or_create(&KindLabel { kind: kind_name(k).into() })
+            .set(*counts.get(&k).unwrap_or(&0) as i64);
+    }
+    let invalid: Vec<String> =
+        problems.iter().filter(|p| p.severity == Severity::Error).map(|p| p.to_string()).collect();
+    let warnings: Vec<String> =
+        problems.iter().filter(|p| p.severity == Severity::Warning).map(|p| p.to_string()).collect();
+    m.invalid.set(invalid.len() as i64);
+    let now_set: BTreeSet<String> = invalid.iter().cloned().collect();
+    for p in now_set.difference(logged) {
+        tracing::error!(problem = %p, "invalid object: enforced fail-closed if it is a policy");
+    }
+    *logged = now_set;
+    tracing::info!(
+        generation,
+        namespaces = stats.namespaces,
+        pods = stats.pods,
+        policies = stats.policies,
+        invalid = invalid.len(),
+        compile_ms = compile.as_secs_f64() * 1e3,
+        "decision table published"
+    );
+    let mut st = shared.status.lock().expect("status lock");
+    st.ready = true;
+    st.table_generation = generation;
+    st.table_published_unix =
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs_f64());
+    st.compile_ms = Some(compile.as_secs_f64() * 1e3);
+    st.objects = KINDS.iter().map(|k| (kind_name(*k).to_string(), *counts.get(k).unwrap_or(&0))).collect();
+    st.table = stats;
+    st.invalid = invalid;
+    st.warnings = warnings;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{Change, Object};
+    use std::net::IpAddr;
+
+    type Published = Arc<Mutex<Vec<(u64, DecisionTable)>>>;
+
+    fn publisher() -> (Publisher, Published) {
+        let out: Published = Arc::default();
+        let o = out.clone();
+        (Box::new(move |g, t, _| o.lock().unwrap().push((g, t))), out)
+    }
+
+    fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
+        serde_yaml::from_str(s).unwrap()
+    }
+
+    fn change(c: Change) -> SourceMsg {
+        SourceMsg::Change { source: KUBE, change: c, seen: Instant::now() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_published_before_every_kind_synced_then_changes_are_debounced() {
+        let (tx, rx) = mpsc::channel(64);
+        let shared = Shared::new();
+        let (publish, out) = publisher();
+        let cfg = OwnerConfig { debounce: Duration::from_millis(50), sources: vec![KUBE] };
+        let owner = tokio::spawn(run_owner(rx, shared.clone(), publish, cfg));
+        let pod: Object =
+            Object::Pod(Box::new(yaml("metadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.0.1}")));
+        tx.send(change(Change::Replace(Kind::Pod, vec![pod]))).await.unwrap();
+        tx.send(SourceMsg::Synced { source: KUBE, kind: Kind::Pod }).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(out.lock().unwrap().is_empty(), "partial state must not be published");
+        assert!(!shared.ready());
+        for k in [Kind::Namespace, Kind::NetworkPolicy] {
+            tx.send(change(Change::Replace(k, vec![]))).await.unwrap();
+            tx.send(SourceMsg::Synced { source: KUBE, kind: k }).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(out.lock().unwrap().len(), 1);
+        assert!(shared.ready());
+        // A burst of changes inside the debounce window compiles once.
+        for i in 0..5 {
+            let p: Object = Object::NetworkPolicy(Box::new(yaml(&format!(
+                "metadata: {{name: p{i}, namespace: x}}\nspec: {{podSelector: {{}}}}"
+            ))));
+            tx.send(change(Change::Apply(p))).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        {
+            let out = out.lock().unwrap();
+            assert_eq!(out.len(), 2);
+            let (g, t) = &out[1];
+            assert_eq!(*g, 2);
+            let a: IpAddr = "10.0.0.1".parse().unwrap();
+            let other: IpAddr = "10.9.9.9".parse().unwrap();
+            assert!(!t.verdict(other, a, 6, 80).allowed());
+        }
+        // A lost source changes nothing in force and is visible in the status.
+        tx.send(SourceMsg::Health { source: KUBE, kind: None, error: Some("connection refused".into()) })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let st = shared.status_now();
+        assert_eq!(st.table_generation, 2);
+        let pods = &st.sources["kubernetes/Pod"];
+        assert_eq!(pods.error.as_deref(), Some("connection refused"));
+        assert!(pods.unhealthy_for_seconds.unwrap() >= 3.0);
+        assert_eq!(out.lock().unwrap().len(), 2);
+        drop(tx);
+        owner.await.unwrap();
+    }
+}

@@ -1,0 +1,188 @@
+//! The Kubernetes source against a scripted API server (tower-test, as
+//! kube-rs recommends): initial list, add, modify, delete, a failing watch
+//! with reconnection, and an expired resourceVersion forcing a relist in
+//! which an object deleted during the disconnect is gone.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use control::index::{Index, Kind};
+use control::sources::{run_kube, SourceMsg};
+use http::{Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn policy(name: &str, port: u16) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": "x", "resourceVersion": "1"},
+        "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": port}]}]}
+    })
+}
+
+fn list(kind: &str, rv: &str, items: Vec<Value>) -> Response<Body> {
+    let body = json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": rv}, "items": items});
+    Response::new(Body::from(serde_json::to_vec(&body).unwrap()))
+}
+
+fn watch_events(events: &[(&str, Value)]) -> Response<Body> {
+    let mut out = Vec::new();
+    for (t, o) in events {
+        out.extend(serde_json::to_vec(&json!({"type": t, "object": o})).unwrap());
+        out.push(b'\n');
+    }
+    Response::new(Body::from(out))
+}
+
+/// The scripted API server. Namespaces and pods: one list, then watches that
+/// never answer. NetworkPolicies: the scenario below.
+async fn api_server(mut handle: Handle) {
+    let mut np_lists = 0;
+    let mut np_watches = 0;
+    let mut parked = Vec::new();
+    while let Some((req, send)) = handle.next_request().await {
+        let uri = req.uri().to_string();
+        let watch = uri.contains("watch=true");
+        if uri.starts_with("/api/v1/namespaces") || uri.starts_with("/api/v1/pods") {
+            if watch {
+                parked.push(send); // hold the watch open
+            } else if uri.starts_with("/api/v1/namespaces") {
+                send.send_response(list(
+                    "NamespaceList",
+                    "1",
+                    vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})],
+                ));
+            } else {
+                send.send_response(list(
+                    "PodList",
+                    "1",
+                    vec![json!({"apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": "a", "namespace": "x", "labels": {"app": "a"}},
+                        "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80}]}]},
+                        "status": {"podIP": "10.0.0.1", "phase": "Running"}})],
+                ));
+            }
+            continue;
+        }
+        assert!(uri.starts_with("/apis/networking.k8s.io/v1/networkpolicies"), "unexpected request {uri}");
+        if !watch {
+            np_lists += 1;
+            match np_lists {
+                // Initial list.
+                1 => send.send_response(list(
+                    "NetworkPolicyList",
+                    "10",
+                    vec![policy("p1", 80), policy("p2", 80)],
+                )),
+                // Relist after the expired resourceVersion: p3 was deleted while we were away.
+                _ => send.send_response(list("NetworkPolicyList", "30", vec![policy("p1", 8080)])),
+            }
+            continue;
+        }
+        np_watches += 1;
+        match np_watches {
+            // Add, modify, delete; then the stream ends (the client re-watches).
+            1 => send.send_response(watch_events(&[
+                ("ADDED", policy("p3", 80)),
+                ("MODIFIED", policy("p1", 81)),
+                ("DELETED", policy("p2", 80)),
+            ])),
+            // The API server fails: the watcher reports it and retries with backoff.
+            2 => {
+                let mut r = Response::new(Body::from(
+                    serde_json::to_vec(&json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": "etcd unavailable", "reason": "InternalError", "code": 500}))
+                    .unwrap(),
+                ));
+                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                send.send_response(r)
+            }
+            // Back, but our resourceVersion has expired: relist.
+            3 => send.send_response(watch_events(&[(
+                "ERROR",
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "too old resource version", "reason": "Expired", "code": 410}),
+            )])),
+            _ => parked.push(send),
+        }
+    }
+}
+
+fn policies(idx: &Index) -> Vec<String> {
+    let (c, _) = idx.snapshot();
+    c.policies
+        .iter()
+        .map(|p| {
+            let port = match &p.rules[0][0].ports[0] {
+                policy_compiler::model::PortMatch::Range { lo, .. } => *lo,
+                _ => 0,
+            };
+            format!("{}:{port}", p.name)
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+#[tokio::test]
+async fn list_watch_error_and_relist() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    tokio::spawn(api_server(handle));
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(run_kube(client, tx));
+    let mut idx = Index::new();
+    let mut synced = BTreeSet::new();
+    let mut errors = Vec::new();
+    let mut seen_states = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen_states.last().map(String::as_str) != Some("[\"p1:8080\"]") {
+        let msg = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out; states so far: {seen_states:?}, errors {errors:?}"))
+            .expect("source ended");
+        match msg {
+            SourceMsg::Change { source, change, .. } => {
+                idx.apply(source, change);
+                let s = format!("{:?}", policies(&idx));
+                if seen_states.last() != Some(&s) && s != "[]" {
+                    seen_states.push(s);
+                }
+            }
+            SourceMsg::Synced { kind, .. } => {
+                synced.insert(format!("{kind:?}"));
+            }
+            SourceMsg::Health { kind, error, .. } => {
+                assert_eq!(kind, Some(Kind::NetworkPolicy));
+                errors.push(error);
+            }
+            SourceMsg::Files(..) => unreachable!(),
+        }
+    }
+    // Initial list, then add, modify, delete, then the relist without p3.
+    assert_eq!(
+        seen_states,
+        vec![
+            "[\"p1:80\", \"p2:80\"]",
+            "[\"p1:80\", \"p2:80\", \"p3:80\"]",
+            "[\"p1:81\", \"p2:80\", \"p3:80\"]",
+            "[\"p1:81\", \"p3:80\"]",
+            "[\"p1:8080\"]",
+        ],
+        "errors: {errors:?}"
+    );
+    assert_eq!(synced, ["Namespace", "NetworkPolicy", "Pod"].iter().map(|s| s.to_string()).collect());
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.as_deref().is_some_and(|e| e.contains("etcd unavailable") || e.contains("500"))),
+        "the failing watch is reported: {errors:?}"
+    );
+    assert_eq!(errors.last(), Some(&None), "recovery is reported: {errors:?}");
+    let (c, _) = idx.snapshot();
+    assert_eq!(c.pods.len(), 1);
+    assert_eq!(c.namespaces.len(), 1);
+}

@@ -1,0 +1,221 @@
+//! `portcullis run --manifests DIR` as a user runs it: the binary, a real
+//! directory, the HTTP status endpoint. Add, change, break (the broken file's
+//! last good version stays in force), delete; and every endpoint answers
+//! with its documented content, `/metrics` in valid Prometheus text format.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Daemon {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn get(port: u16, path: &str) -> Option<(u16, String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    // Bodies are small; axum sends them with content-length (no chunking) for these handlers.
+    Some((code, head.to_string(), body.to_string()))
+}
+
+fn status(port: u16) -> serde_json::Value {
+    serde_json::from_str(&get(port, "/status").unwrap().2).unwrap()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn start(files: &[(&str, &str)]) -> Daemon {
+    let dir = std::env::temp_dir().join(format!("pcl-run-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (n, t) in files {
+        std::fs::write(dir.join(n), t).unwrap();
+    }
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--manifests", dir.to_str().unwrap(), "--config", "/nonexistent"])
+        .args(["--status-address", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = Daemon { child, port, dir };
+    wait_for("readyz", || get(port, "/readyz").is_some_and(|r| r.0 == 200));
+    d
+}
+
+const PODS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\n\
+                    status: {podIP: 10.0.0.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x}\n\
+                    status: {podIP: 10.0.0.2}\n";
+
+fn policy(port: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: x}}\n\
+         spec:\n  podSelector: {{matchLabels: {{app: a}}}}\n  ingress: [{{ports: [{{port: {port}}}]}}]\n"
+    )
+}
+
+#[test]
+fn manifest_directory_add_change_break_delete() {
+    let d = start(&[("pods.yaml", PODS)]);
+    let s = status(d.port);
+    assert_eq!(s["ready"], true);
+    assert_eq!(s["objects"]["Pod"], 2);
+    let g0 = s["table_generation"].as_u64().unwrap();
+    // Add.
+    std::fs::write(d.dir.join("policy.yaml"), policy("80")).unwrap();
+    wait_for("policy added", || status(d.port)["objects"]["NetworkPolicy"] == 1);
+    let g1 = status(d.port)["table_generation"].as_u64().unwrap();
+    assert!(g1 > g0);
+    // Change.
+    std::fs::write(d.dir.join("policy.yaml"), policy("81")).unwrap();
+    wait_for("policy changed", || status(d.port)["table_generation"].as_u64().unwrap() > g1);
+    // Break: reported with file, object and field; the last good version stays in force.
+    let g2 = status(d.port)["table_generation"].as_u64().unwrap();
+    std::fs::write(d.dir.join("policy.yaml"), policy("0")).unwrap();
+    wait_for("error reported", || {
+        status(d.port)["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| !f["errors"].as_array().unwrap().is_empty())
+    });
+    let s = status(d.port);
+    let f = s["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file"].as_str().unwrap().ends_with("policy.yaml"))
+        .unwrap();
+    let err = f["errors"][0].as_str().unwrap();
+    assert!(
+        err.contains(
+            "policy.yaml: document 1 (line 1): NetworkPolicy x/p: field spec.ingress[0].ports[0].port"
+        ),
+        "{err}"
+    );
+    assert_eq!(f["objects"], 1, "last good version in force");
+    assert_eq!(s["objects"]["NetworkPolicy"], 1);
+    assert_eq!(s["table_generation"].as_u64().unwrap(), g2, "nothing republished");
+    // Delete.
+    std::fs::remove_file(d.dir.join("policy.yaml")).unwrap();
+    wait_for("policy deleted", || status(d.port)["objects"]["NetworkPolicy"] == 0);
+}
+
+#[test]
+fn every_endpoint_answers_as_documented() {
+    let d = start(&[("pods.yaml", PODS), ("policy.yaml", &policy("80"))]);
+    let (code, _, body) = get(d.port, "/healthz").unwrap();
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (code, _, body) = get(d.port, "/readyz").unwrap();
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+    let s = status(d.port);
+    for key in [
+        "sources",
+        "ready",
+        "table_generation",
+        "table_published_unix",
+        "compile_ms",
+        "objects",
+        "table",
+        "invalid",
+        "files",
+        "uptime_seconds",
+    ] {
+        assert!(s.get(key).is_some(), "/status lacks {key}: {s}");
+    }
+    let src = &s["sources"]["manifests/NetworkPolicy"];
+    assert_eq!(src["synced"], true);
+    assert!(src["seconds_since_last_event"].as_f64().unwrap() >= 0.0);
+    assert_eq!(s["table"]["pods"], 2);
+    assert_eq!(s["table"]["policies"], 1);
+
+    let (code, head, body) = get(d.port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(head.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{head}");
+    check_prometheus_text(&body);
+    for m in [
+        "portcullis_table_generation",
+        "portcullis_ready 1",
+        "portcullis_compile_duration_seconds_count 1",
+        "portcullis_objects{kind=\"NetworkPolicy\"} 1",
+        "portcullis_invalid_objects 0",
+        "portcullis_source_up{source=\"manifests\",kind=\"Pod\"} 1",
+        "portcullis_policy_change_to_publish_seconds_bucket",
+    ] {
+        assert!(body.contains(m), "/metrics lacks {m}:\n{body}");
+    }
+}
+
+/// A strict reading of the Prometheus/OpenMetrics text format: every family
+/// declared with HELP and TYPE before its samples, sample names belong to the
+/// declared family (with the histogram/counter suffixes), label sets are
+/// well-formed, values parse as floats, the exposition ends with `# EOF`.
+fn check_prometheus_text(body: &str) {
+    let mut types: std::collections::HashMap<String, String> = Default::default();
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "must end with # EOF");
+    for l in &lines[..lines.len() - 1] {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let (name, t) = rest.split_once(' ').unwrap();
+            assert!(matches!(t, "counter" | "gauge" | "histogram" | "summary" | "info" | "unknown"), "{l}");
+            types.insert(name.to_string(), t.to_string());
+            continue;
+        }
+        if l.starts_with("# HELP ") || l.starts_with("# UNIT ") {
+            continue;
+        }
+        assert!(!l.starts_with('#'), "unknown comment {l}");
+        let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {l}"));
+        assert!(value.parse::<f64>().is_ok() || value == "+Inf", "bad value in {l}");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name {name}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "bad labels {l}");
+                for kv in labels[1..labels.len() - 1].split(',') {
+                    let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("bad label {kv} in {l}"));
+                    assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "bad label name {k}");
+                    assert!(v.starts_with('"') && v.ends_with('"'), "unquoted label value in {l}");
+                }
+            }
+        }
+        let family = ["_bucket", "_sum", "_count", "_total", "_created", "_info"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| types.contains_key(*f)))
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "sample {name} before/without its # TYPE");
+    }
+}
