@@ -1,32 +1,59 @@
 //! # dataplane
 //!
-//! Portcullis's packet path. Frames come in on AF_XDP sockets bound to the
-//! queues of a set of interfaces (ports), go through the pipeline (parse,
-//! connection tracking, policy verdict from the published
-//! `policy_compiler::DecisionTable`, switching), and go out of another port
-//! or are dropped.
+//! The packet path of Portcullis: Ethernet frames in, a forwarding decision
+//! out, with Kubernetes NetworkPolicy enforced per connection. The core
+//! (parse, frag, conntrack, switch, counters, pipeline) has no sockets, no
+//! clock and no `unsafe`: the AF_XDP I/O ([`xsk`], [`port`], [`worker`])
+//! calls into it with a frame, its ingress port and the time, and acts on
+//! the returned [`Action`]. [`xsk`] is the only module of the project that
+//! contains `unsafe` code; the I/O design is in
+//! `docs/architecture-dataplane.md`.
 //!
 //! ```text
-//!   interface queues ──AF_XDP (xsk/)──▶ worker (worker.rs) ──▶ Pipeline::process ──▶ Action
-//!        ▲                                  │                      ▲                    │
-//!        └──────── TX ring of a port ◀──────┴──── Forward/Flood ◀──┼────────────────────┘
-//!                                                                   │
-//!                               control plane ──ArcSwap<PublishedTable>
+//!   interface queues ──AF_XDP (xsk/)──▶ worker.rs: RX batch ─▶ Pipeline::process ─▶ Action
+//!        ▲                                                                          │
+//!        └────── TX ring of the output port (same UMEM: descriptor moved, no copy) ◀┘
 //! ```
 //!
-//! What comes in: interface names, a [`xsk::XskConfig`], and a shared
-//! `ArcSwap<PublishedTable>` the control plane replaces when policy changes.
-//! What goes out: forwarded frames and counters. All `unsafe` code of the
-//! project is in [`xsk`]; everything else here is safe Rust. The design is
-//! described in `docs/architecture-dataplane.md`.
+//! ```text
+//!   control plane                        one worker (one thread, queue i of every port)
+//!  ───────────────                      ─────────────────────────────────────────────────
+//!  DecisionTable ─▶ ArcSwap<PublishedTable> ──one load per batch──┐
+//!   (generation,                                                   ▼
+//!    fail_closed)         (port, &[u8], now) ──▶ Pipeline::process ──▶ Action
+//!                                                 │ parse    (parse.rs)     Forward(port)
+//!                                                 │ frag     (frag.rs)      Flood
+//!                                                 │ conntrack(conntrack.rs) Drop(reason)
+//!                                                 │ switch   (switch.rs)
+//!                                                 ▼
+//!  snapshot() ◀── WorkerCounters (counters.rs, lock-free, one writer per worker)
+//! ```
+//!
+//! What comes in: frames as byte slices (borrowed for the duration of the
+//! call only), the ingress [`PortId`], a monotonic time in nanoseconds, and
+//! the policy table published by the control plane. What goes out: an
+//! [`Action`] per frame and counters. Each worker owns its [`Pipeline`]
+//! (connection table, fragment tracker, MAC table), so the packet path takes
+//! no lock and, after construction, allocates nothing. Both directions of a
+//! flow must reach the same worker (symmetric RSS on multi-queue NICs; see
+//! [`conntrack`]).
 
 #![deny(unsafe_code)]
 
+mod assoc;
+pub mod conntrack;
+pub mod counters;
+pub mod frag;
+pub mod parse;
 pub mod pipeline;
 pub mod port;
+pub mod switch;
+pub mod testing;
 pub mod worker;
 #[allow(unsafe_code)]
 pub mod xsk;
 
+pub use counters::{CountersSnapshot, WorkerCounters};
+pub use pipeline::{Action, ConfigError, DropReason, Mode, Pipeline, PipelineConfig, PortId, PublishedTable};
 pub use port::Port;
 pub use worker::{Dataplane, DataplaneConfig, IoCounters, IoSnapshot, StartError};

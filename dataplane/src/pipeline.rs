@@ -1,145 +1,477 @@
-//! STAND-IN for the packet pipeline being written on branch `dp-core`.
+//! The per-packet decision: parse, policy with connection tracking, L2 forwarding.
 //!
-//! Same names and signatures as the real one so that the I/O layer switches
-//! over with a merge; what it does is only what the lab needs without
-//! policy: a learning switch (or a two-port wire) that never looks above L2.
-//! It is replaced wholesale when `dp-core` is merged.
+//! ```text
+//!  (in_port, &[u8], now)
+//!     │ in_port out of range ───────────────────────────────────────────▶ Drop(BadPort)
+//!     ▼
+//!   parse ── error ─────────────────────────────────────────────────────▶ Drop(Parse(kind))
+//!     │ learn source MAC (switch mode)
+//!     ├─ ARP, IPv6 ND ───────────── no policy ─────────────────┐
+//!     ├─ other EtherType ── forward_non_ip? ── no ─────────────┼────────▶ Drop(NonIp)
+//!     └─ IPv4/IPv6 ── table fail-closed? ── yes ───────────────┼────────▶ Drop(FailClosed)
+//!            │ later fragment ── first fragment's verdict ─────┤  (none: Drop(FragmentNoFirst))
+//!            ▼                                                  │
+//!         conntrack: hit → pass (stale generation → re-check,   │
+//!         revoked → Drop(Revoked)); miss → table.verdict(..)    │
+//!         → Drop(Policy) / insert (full → Drop(ConntrackFull))  │
+//!            │ first fragment: remember the verdict             │
+//!            ▼                                                  ▼
+//!                       L2: Forward(port) / Flood / Drop(SamePort)
+//! ```
+//!
+//! One [`Pipeline`] per worker. It owns its connection table, fragment
+//! tracker and MAC table, so nothing on the packet path is shared or locked;
+//! the only shared things are the published table (read through an
+//! `arc_swap::Cache`, one check per batch) and the worker's own counters.
+//! After [`Pipeline::new`], [`Pipeline::process`] allocates nothing.
+//!
+//! Usage by the I/O loop:
+//! ```text
+//! loop {
+//!     let batch = rx.poll();                 // up to N descriptors
+//!     let now = clock_ns();
+//!     pipeline.begin_batch(now);            // table load, sweeps, gauges
+//!     for d in batch { match pipeline.process(d.port, d.bytes(), now) { .. } }
+//! }
+//! ```
+//!
+//! **Frames that are neither IP nor ARP** (LLDP, STP/802.3 LLC, stacked VLAN
+//! tags, MPLS, PPPoE, …) are **dropped by default** (`forward_non_ip =
+//! false`). NetworkPolicy speaks only about IP, so such frames can be
+//! neither allowed nor denied by it; several of them (QinQ, MPLS, PPPoE)
+//! can carry IP past a parser that does not look inside, and pods on a CNI
+//! veth need nothing but IPv4, IPv6 and ARP. A bridge would forward them;
+//! set `forward_non_ip = true` to behave like one.
+//!
+//! **ARP and neighbour discovery** pass without policy: without them no IP
+//! traffic, allowed or not, could be addressed. They pass even before the
+//! first table (fail-closed), so that pods can resolve neighbours as soon
+//! as policy arrives.
+//!
+//! **Policy** is evaluated once per connection, on the conntrack miss, as
+//! `table.verdict(src, dst, proto, dst_port)` with port 0 for protocols
+//! without ports (ICMP). Replies of a tracked connection pass. See
+//! [`crate::conntrack`] for TCP pickup, revocation and eviction.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Cache};
+use serde::{Deserialize, Serialize};
 
-/// Index of a port in the dataplane's port list.
+use crate::conntrack::{Conntrack, CtDrop, Outcome, Timeouts};
+use crate::counters::WorkerCounters;
+use crate::frag::{DatagramKey, FragTracker};
+use crate::parse::{self, Class, Fragment, IpPacket, ParseError};
+use crate::switch::{Switch, L2};
+
+pub use crate::switch::Mode;
+
+/// A port of this dataplane: a small integer, `0..ports`.
 pub type PortId = u16;
 
-/// Why a frame was dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
-    /// Too short to be an Ethernet frame.
-    Malformed,
-    /// The destination is on the port the frame came from.
-    Hairpin,
-    /// Denied by policy.
-    Policy,
-}
+const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 /// What to do with a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Send it out of one port.
+    /// Transmit on this port.
     Forward(PortId),
-    /// Send a copy out of every port but the one it came in on.
+    /// Transmit on every port except the ingress port.
     Flood,
-    /// Drop it.
+    /// Drop, for this reason (already counted).
     Drop(DropReason),
 }
 
-/// How frames are switched.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// A learning switch over all ports.
-    Switch,
-    /// Two ports: what comes in on one goes out of the other.
-    Wire,
+/// Why a frame was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The frame could not be parsed.
+    Parse(ParseError),
+    /// Policy denies the connection.
+    Policy,
+    /// The connection was allowed by an older table and is denied by the current one.
+    Revoked,
+    /// No table has been published yet (fail-closed): only ARP/ND pass.
+    FailClosed,
+    /// Neither IP nor ARP, and `forward_non_ip` is off.
+    NonIp,
+    /// A later fragment whose first fragment was not seen (or has timed out).
+    FragmentNoFirst,
+    /// Policy allows the new connection but the connection table is full.
+    ConntrackFull,
+    /// TCP without SYN and without connection, with loose pickup off.
+    TcpNoConnection,
+    /// The destination MAC is on the ingress port (L2 filtering).
+    SamePort,
+    /// `in_port` is not a port of this pipeline.
+    BadPort,
 }
 
-/// Pipeline settings.
-#[derive(Clone, Debug)]
-pub struct PipelineConfig {
-    /// Switch or wire.
-    pub mode: Mode,
-    /// Number of ports.
-    pub ports: u16,
+impl DropReason {
+    /// Number of counted kinds ([`DropReason::Parse`] is one kind).
+    pub const KINDS: usize = 10;
+
+    /// snake_case names of the kinds, in [`DropReason::kind`] order.
+    pub const KIND_NAMES: [&'static str; Self::KINDS] = [
+        "parse",
+        "policy",
+        "revoked",
+        "fail_closed",
+        "non_ip",
+        "fragment_no_first",
+        "conntrack_full",
+        "tcp_no_connection",
+        "same_port",
+        "bad_port",
+    ];
+
+    /// Index of the kind, for counter arrays.
+    #[inline]
+    pub fn kind(self) -> usize {
+        match self {
+            DropReason::Parse(_) => 0,
+            DropReason::Policy => 1,
+            DropReason::Revoked => 2,
+            DropReason::FailClosed => 3,
+            DropReason::NonIp => 4,
+            DropReason::FragmentNoFirst => 5,
+            DropReason::ConntrackFull => 6,
+            DropReason::TcpNoConnection => 7,
+            DropReason::SamePort => 8,
+            DropReason::BadPort => 9,
+        }
+    }
 }
 
-/// A compiled policy table as published to the workers.
-#[derive(Debug)]
+/// A compiled table as the control plane publishes it.
+#[derive(Debug, Default)]
 pub struct PublishedTable {
-    /// Increases with every publication.
+    /// Increases with every publication; conntrack entries checked against
+    /// an older generation are re-checked.
     pub generation: u64,
-    /// The table.
+    /// The policy.
     pub table: policy_compiler::DecisionTable,
-    /// Deny everything (the control plane could not compile a valid table).
+    /// True until the control plane has synced once: IP is dropped, only
+    /// ARP/ND pass.
     pub fail_closed: bool,
 }
 
-/// Counters of one worker's pipeline.
-#[derive(Debug, Default)]
-pub struct WorkerCounters {
-    /// Frames processed.
-    pub frames: AtomicU64,
+impl PublishedTable {
+    /// The table to publish at startup, before the first sync.
+    pub fn fail_closed() -> Self {
+        PublishedTable { generation: 0, table: policy_compiler::DecisionTable::default(), fail_closed: true }
+    }
 }
 
-const MAC_SLOTS: usize = 1024;
+/// Per-worker pipeline settings. Every field has a default; unknown fields
+/// are rejected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// `switch` (default): MAC learning over all ports. `wire`: exactly two
+    /// ports, each frame goes to the other one.
+    pub mode: Mode,
+    /// Number of ports, ids `0..ports`. Default 2.
+    pub ports: u16,
+    /// Connections tracked per worker. Default 65536 (about 5 MiB per
+    /// worker with the index). Larger tables survive bigger bursts of new
+    /// connections; when full, new connections are refused (see conntrack).
+    pub conntrack_capacity: usize,
+    /// Idle timeouts per connection state, seconds.
+    pub timeouts: Timeouts,
+    /// Pick up TCP connections mid-stream (after a restart or idle expiry)
+    /// when policy allows them in either direction. Default true; false
+    /// drops non-SYN packets without a connection.
+    pub loose_tcp: bool,
+    /// Fragmented datagrams remembered per worker. Default 1024.
+    pub fragment_capacity: usize,
+    /// How long a first fragment's verdict applies to later fragments, seconds. Default 30
+    /// (Linux `ipfrag_time`).
+    pub fragment_timeout: u64,
+    /// MAC addresses learned per worker. Default 4096.
+    pub mac_capacity: usize,
+    /// MAC ageing time, seconds. Default 300 (IEEE 802.1D).
+    pub mac_ageing: u64,
+    /// Forward frames that are neither IP nor ARP (like a bridge). Default
+    /// false: they are dropped (see the module doc for why).
+    pub forward_non_ip: bool,
+    /// Conntrack slots swept per batch for expiry, and re-checked per batch
+    /// after a new table. Default 64: bounded work per batch; a 65536-entry
+    /// table is swept in 1024 batches.
+    pub sweep_budget: usize,
+}
 
-/// The stand-in pipeline: a learning switch with a fixed-size MAC table.
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            mode: Mode::Switch,
+            ports: 2,
+            conntrack_capacity: 65_536,
+            timeouts: Timeouts::default(),
+            loose_tcp: true,
+            fragment_capacity: 1024,
+            fragment_timeout: 30,
+            mac_capacity: 4096,
+            mac_ageing: 300,
+            forward_non_ip: false,
+            sweep_budget: 64,
+        }
+    }
+}
+
+/// Largest accepted table sizes (entries); beyond this the memory per
+/// worker is more likely a typo than a plan.
+pub const MAX_CAPACITY: usize = 1 << 24;
+
+/// An invalid [`PipelineConfig`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `ports` is 0.
+    #[error("ports must be at least 1")]
+    NoPorts,
+    /// Wire mode needs exactly two ports.
+    #[error("wire mode needs exactly 2 ports, got {ports}")]
+    WirePorts {
+        /// Configured ports.
+        ports: u16,
+    },
+    /// A capacity is 0 or above [`MAX_CAPACITY`].
+    #[error("{field} must be between 1 and {MAX_CAPACITY}, got {value}")]
+    Capacity {
+        /// Field name.
+        field: &'static str,
+        /// Configured value.
+        value: usize,
+    },
+    /// The counters were made for fewer ports than configured.
+    #[error("counters have {counters} ports, configuration has {ports}")]
+    CounterPorts {
+        /// Ports in the counters.
+        counters: usize,
+        /// Configured ports.
+        ports: u16,
+    },
+}
+
+impl PipelineConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ports == 0 {
+            return Err(ConfigError::NoPorts);
+        }
+        if self.mode == Mode::Wire && self.ports != 2 {
+            return Err(ConfigError::WirePorts { ports: self.ports });
+        }
+        for (field, value) in [
+            ("conntrack_capacity", self.conntrack_capacity),
+            ("fragment_capacity", self.fragment_capacity),
+            ("mac_capacity", self.mac_capacity),
+        ] {
+            if value == 0 || value > MAX_CAPACITY {
+                return Err(ConfigError::Capacity { field, value });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The verdict a first fragment leaves for the rest: `None` = allowed.
+type FragVerdict = Option<DropReason>;
+
+/// One worker's packet path. See the module documentation.
 pub struct Pipeline {
-    mode: Mode,
-    macs: Box<[([u8; 6], PortId, bool)]>,
+    tables: Cache<Arc<ArcSwap<PublishedTable>>, Arc<PublishedTable>>,
+    current: Arc<PublishedTable>,
+    conntrack: Conntrack,
+    frags: FragTracker<FragVerdict>,
+    switch: Switch,
     counters: Arc<WorkerCounters>,
-    _tables: Arc<ArcSwap<PublishedTable>>,
-    processed: u64,
+    ports: PortId,
+    forward_non_ip: bool,
+    sweep_budget: usize,
+    /// Slots still to re-check against the current generation.
+    revalidate_remaining: usize,
 }
 
 impl Pipeline {
-    /// A pipeline for one worker.
+    /// Builds a worker's pipeline; all per-packet memory is allocated here.
+    ///
+    /// # Panics
+    /// If the configuration is invalid (see [`Pipeline::try_new`], which
+    /// returns the error instead). Validate configuration at startup.
     pub fn new(
         cfg: &PipelineConfig,
         tables: Arc<ArcSwap<PublishedTable>>,
         counters: Arc<WorkerCounters>,
     ) -> Self {
-        Pipeline {
-            mode: cfg.mode,
-            macs: vec![([0; 6], 0, false); MAC_SLOTS].into_boxed_slice(),
+        match Self::try_new(cfg, tables, counters) {
+            Ok(p) => p,
+            Err(e) => panic!("invalid pipeline configuration: {e}"),
+        }
+    }
+
+    /// Like [`Pipeline::new`], returning configuration errors.
+    pub fn try_new(
+        cfg: &PipelineConfig,
+        tables: Arc<ArcSwap<PublishedTable>>,
+        counters: Arc<WorkerCounters>,
+    ) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        if counters.ports().len() < usize::from(cfg.ports) {
+            return Err(ConfigError::CounterPorts { counters: counters.ports().len(), ports: cfg.ports });
+        }
+        let mut cache = Cache::new(tables);
+        let current = Arc::clone(cache.load());
+        let conntrack = Conntrack::new(cfg.conntrack_capacity, &cfg.timeouts, cfg.loose_tcp);
+        Ok(Pipeline {
+            tables: cache,
+            conntrack,
+            frags: FragTracker::new(
+                cfg.fragment_capacity,
+                cfg.fragment_timeout.saturating_mul(NANOS_PER_SEC),
+            ),
+            switch: Switch::new(
+                cfg.mode,
+                cfg.ports,
+                cfg.mac_capacity,
+                cfg.mac_ageing.saturating_mul(NANOS_PER_SEC),
+            ),
+            ports: cfg.ports,
+            forward_non_ip: cfg.forward_non_ip,
+            sweep_budget: cfg.sweep_budget,
+            revalidate_remaining: 0,
             counters,
-            _tables: tables,
-            processed: 0,
-        }
+            current,
+        })
     }
 
-    /// Called once per RX batch with the batch's time.
-    pub fn begin_batch(&mut self, _now: u64) {
-        self.counters.frames.store(self.processed, Ordering::Relaxed);
-    }
-
-    /// Decides what to do with one frame.
-    pub fn process(&mut self, in_port: PortId, frame: &[u8], _now: u64) -> Action {
-        self.processed += 1;
-        if frame.len() < 14 {
-            return Action::Drop(DropReason::Malformed);
-        }
-        if self.mode == Mode::Wire {
-            return Action::Forward(in_port ^ 1);
-        }
-        let mut dst = [0u8; 6];
-        let mut src = [0u8; 6];
-        dst.copy_from_slice(&frame[0..6]);
-        src.copy_from_slice(&frame[6..12]);
-        if src[0] & 1 == 0 {
-            let slot = &mut self.macs[slot_of(&src)];
-            *slot = (src, in_port, true);
-        }
-        if dst[0] & 1 == 1 {
-            return Action::Flood;
-        }
-        match self.macs[slot_of(&dst)] {
-            (mac, port, true) if mac == dst => {
-                if port == in_port {
-                    Action::Drop(DropReason::Hairpin)
-                } else {
-                    Action::Forward(port)
-                }
+    /// Starts a batch: picks up a newly published table (one cache check),
+    /// re-checks and expires a bounded number of connections, publishes gauges.
+    pub fn begin_batch(&mut self, now: u64) {
+        let latest = self.tables.load();
+        if !Arc::ptr_eq(latest, &self.current) {
+            let changed = latest.generation != self.current.generation;
+            self.current = Arc::clone(latest);
+            if changed && !self.current.fail_closed {
+                self.revalidate_remaining = self.conntrack.capacity();
             }
-            _ => Action::Flood,
+        }
+        if self.revalidate_remaining > 0 && !self.current.fail_closed {
+            let n = self.revalidate_remaining.min(self.sweep_budget);
+            self.conntrack.revalidate_step(&self.current.table, self.current.generation, n);
+            self.revalidate_remaining -= n;
+        }
+        self.conntrack.expire_step(now, self.sweep_budget);
+        let c = &self.counters;
+        c.batches.inc();
+        c.publish_conntrack(self.conntrack.len(), self.conntrack.capacity(), self.conntrack.stats());
+        c.publish_state(
+            self.current.generation,
+            self.current.fail_closed,
+            self.switch.learned(),
+            self.frags.evicted(),
+        );
+    }
+
+    /// Decides one frame received on `in_port`. Never allocates, never
+    /// panics, counts everything it decides.
+    #[inline]
+    pub fn process(&mut self, in_port: PortId, frame: &[u8], now: u64) -> Action {
+        let action = self.decide(in_port, frame, now);
+        let c = &*self.counters;
+        c.frames_in.inc();
+        c.bytes_in.add(frame.len() as u64);
+        if let Some(p) = c.ports().get(usize::from(in_port)) {
+            p.rx_frames.inc();
+            p.rx_bytes.add(frame.len() as u64);
+        }
+        match action {
+            Action::Forward(_) => c.forwarded.inc(),
+            Action::Flood => c.flooded.inc(),
+            Action::Drop(r) => c.drop(r),
+        }
+        action
+    }
+
+    #[inline]
+    fn decide(&mut self, in_port: PortId, bytes: &[u8], now: u64) -> Action {
+        if in_port >= self.ports {
+            return Action::Drop(DropReason::BadPort);
+        }
+        let frame = match parse::parse(bytes) {
+            Ok(f) => f,
+            Err(e) => return Action::Drop(DropReason::Parse(e)),
+        };
+        self.switch.learn(in_port, &frame, now);
+        let verdict = match frame.class {
+            Class::Arp | Class::NeighbourDiscovery => None,
+            Class::Other(_) if self.forward_non_ip => None,
+            Class::Other(_) => Some(DropReason::NonIp),
+            Class::Ip(_) if self.current.fail_closed => Some(DropReason::FailClosed),
+            Class::Ip(pkt) => self.ip(&pkt, now),
+        };
+        if let Some(reason) = verdict {
+            return Action::Drop(reason);
+        }
+        match self.switch.forward(in_port, &frame, now) {
+            L2::Forward(p) => Action::Forward(p),
+            L2::Flood => Action::Flood,
+            L2::SamePort => Action::Drop(DropReason::SamePort),
         }
     }
-}
 
-fn slot_of(mac: &[u8; 6]) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in mac {
-        h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+    /// Policy for an IP packet: `None` allows.
+    #[inline]
+    fn ip(&mut self, pkt: &IpPacket, now: u64) -> Option<DropReason> {
+        if let Fragment::Later(id) = pkt.fragment {
+            return self
+                .frags
+                .later(&DatagramKey::of(&pkt.flow, id), now)
+                .unwrap_or(Some(DropReason::FragmentNoFirst));
+        }
+        let t = &*self.current;
+        let verdict = match self.conntrack.packet(pkt, &t.table, t.generation, now) {
+            Outcome::Pass(_) => None,
+            Outcome::Drop(CtDrop::Policy) => Some(DropReason::Policy),
+            Outcome::Drop(CtDrop::Revoked) => Some(DropReason::Revoked),
+            Outcome::Drop(CtDrop::Full) => Some(DropReason::ConntrackFull),
+            Outcome::Drop(CtDrop::NoConnection) => Some(DropReason::TcpNoConnection),
+        };
+        if let Fragment::First(id) = pkt.fragment {
+            self.frags.first(&DatagramKey::of(&pkt.flow, id), verdict, now);
+        }
+        verdict
     }
-    (h as usize) % MAC_SLOTS
+
+    /// The worker's connection table (read-only: inspection and tests).
+    pub fn conntrack(&self) -> &Conntrack {
+        &self.conntrack
+    }
+
+    /// The worker's counters.
+    pub fn counters(&self) -> &Arc<WorkerCounters> {
+        &self.counters
+    }
+
+    /// The table in use since the last [`Pipeline::begin_batch`].
+    pub fn table(&self) -> &PublishedTable {
+        &self.current
+    }
+
+    /// Forgets every tracked connection (keeps the memory). Later packets of
+    /// those connections are decided as new ones (TCP: picked up).
+    pub fn clear_connections(&mut self) {
+        self.conntrack.clear();
+    }
+
+    /// Re-checks every connection against the current table now. O(capacity);
+    /// for an idle worker. Returns the number revoked.
+    pub fn revalidate_all(&mut self) -> usize {
+        if self.current.fail_closed {
+            return 0;
+        }
+        self.revalidate_remaining = 0;
+        let t = &*self.current;
+        self.conntrack.revalidate_all(&t.table, t.generation)
+    }
 }

@@ -27,7 +27,8 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use thiserror::Error;
 
-use crate::pipeline::{Action, Mode, Pipeline, PipelineConfig, PortId, PublishedTable, WorkerCounters};
+use crate::counters::{CountersSnapshot, WorkerCounters};
+use crate::pipeline::{Action, ConfigError, Mode, Pipeline, PipelineConfig, PortId, PublishedTable};
 use crate::port::{Port, PortError};
 use crate::xsk::{self, AttachMode, Frame, Frames, Poller, Umem, XskConfig, XskSocket};
 
@@ -44,8 +45,9 @@ pub struct DataplaneConfig {
     pub xsk: XskConfig,
     /// Most frames taken from one RX ring at a time. Default 64.
     pub batch: usize,
-    /// Switch or wire.
-    pub mode: Mode,
+    /// The pipeline of each worker (mode, conntrack sizes, timeouts). Its
+    /// `ports` is set from `ports` above.
+    pub pipeline: PipelineConfig,
     /// How long an idle worker sleeps in `poll` before looking at its stop
     /// flag again, in milliseconds. Default 50.
     pub idle_poll_ms: i32,
@@ -59,7 +61,7 @@ impl Default for DataplaneConfig {
             cores: Vec::new(),
             xsk: XskConfig::default(),
             batch: 64,
-            mode: Mode::Switch,
+            pipeline: PipelineConfig::default(),
             idle_poll_ms: 50,
         }
     }
@@ -77,6 +79,9 @@ pub enum StartError {
     /// A port could not be opened.
     #[error(transparent)]
     Port(#[from] PortError),
+    /// The pipeline configuration is invalid.
+    #[error("pipeline configuration")]
+    Pipeline(#[from] ConfigError),
     /// A worker could not create its UMEM.
     #[error("worker {worker}: UMEM")]
     Umem {
@@ -415,7 +420,7 @@ impl Dataplane {
         if cfg.ports.is_empty() || cfg.ports.len() > usize::from(PortId::MAX) {
             return Err(StartError::Config { reason: format!("{} ports given", cfg.ports.len()) });
         }
-        if cfg.mode == Mode::Wire && cfg.ports.len() != 2 {
+        if cfg.pipeline.mode == Mode::Wire && cfg.ports.len() != 2 {
             return Err(StartError::Config { reason: "wire mode needs exactly two ports".into() });
         }
         let ports = cfg
@@ -429,7 +434,8 @@ impl Dataplane {
         } else {
             cfg.workers
         };
-        let pcfg = PipelineConfig { mode: cfg.mode, ports: ports.len() as u16 };
+        let pcfg = PipelineConfig { ports: ports.len() as u16, ..cfg.pipeline.clone() };
+        pcfg.validate()?;
         let stop = Arc::new(AtomicBool::new(false));
         let epoch = Instant::now();
         let mut dp = Dataplane {
@@ -442,7 +448,7 @@ impl Dataplane {
         };
         for index in 0..workers {
             let io = Arc::new(IoCounters::default());
-            let pc = Arc::new(WorkerCounters::default());
+            let pc = Arc::new(WorkerCounters::new(ports.len()));
             let (ready_tx, ready_rx) = mpsc::channel();
             let (ports, cfg, pcfg, tables, stop, io2, pc2) = (
                 ports.clone(),
@@ -460,8 +466,10 @@ impl Dataplane {
                     if let Some(id) = core {
                         core_affinity::set_for_current(core_affinity::CoreId { id });
                     }
-                    let pipeline = Pipeline::new(&pcfg, tables, pc2);
-                    match Worker::new(index, &ports, &cfg, pipeline, io2) {
+                    let started = Pipeline::try_new(&pcfg, tables, pc2)
+                        .map_err(StartError::from)
+                        .and_then(|pipeline| Worker::new(index, &ports, &cfg, pipeline, io2));
+                    match started {
                         Ok(mut w) => {
                             let _ = ready_tx.send(Ok(()));
                             w.run(&stop, epoch);
@@ -512,9 +520,13 @@ impl Dataplane {
         total
     }
 
-    /// Each worker's pipeline counters.
-    pub fn pipeline_counters(&self) -> &[Arc<WorkerCounters>] {
-        &self.pipeline
+    /// The pipeline counters summed over the workers.
+    pub fn pipeline_counters(&self) -> CountersSnapshot {
+        let mut total = CountersSnapshot::default();
+        for c in &self.pipeline {
+            total.add(&c.snapshot());
+        }
+        total
     }
 
     /// Stops the workers, closes every socket (libxdp removes the XDP program

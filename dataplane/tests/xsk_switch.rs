@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use dataplane::pipeline::{Mode, PublishedTable};
+use dataplane::pipeline::{Mode, PipelineConfig, PublishedTable};
 use dataplane::xsk::{AttachMode, CopyMode, XskConfig};
 use dataplane::{Dataplane, DataplaneConfig};
 
@@ -122,7 +122,7 @@ fn ping_through(attach: AttachMode, mode: Mode, tag: &str) {
     let pods = Pods::new(&prefix).expect("namespaces");
     let cfg = DataplaneConfig {
         ports: pods.ports(),
-        mode,
+        pipeline: PipelineConfig { mode, ..PipelineConfig::default() },
         xsk: XskConfig { attach, copy: CopyMode::Copy, ..XskConfig::default() },
         idle_poll_ms: 10,
         ..DataplaneConfig::default()

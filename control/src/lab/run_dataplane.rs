@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use clap::Args;
-use dataplane::pipeline::{Mode, PublishedTable};
+use dataplane::pipeline::{PipelineConfig, PublishedTable};
 use dataplane::xsk::{AttachMode, CopyMode, XskConfig};
 use dataplane::{Dataplane, DataplaneConfig};
 use thiserror::Error;
@@ -120,7 +120,7 @@ pub fn run(args: &DataplaneArgs) -> Result<(), DataplaneError> {
         ports: args.ports.clone(),
         cores: args.cores.clone(),
         xsk,
-        mode: Mode::Switch,
+        pipeline: PipelineConfig::default(),
         ..DataplaneConfig::default()
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -168,9 +168,12 @@ fn write_counters(dir: &Path, dp: &Dataplane, generation: u64) {
     let io = dp.io_counters();
     let json = serde_json::json!({
         "generation": generation,
-        "rx": io.rx, "tx": io.tx, "dropped": io.dropped, "tx_full": io.tx_full,
-        "flood_copies": io.flood_copies, "no_frame": io.no_frame, "no_socket": io.no_socket,
-        "kicks": io.kicks, "kick_errors": io.kick_errors,
+        "io": {
+            "rx": io.rx, "tx": io.tx, "dropped": io.dropped, "tx_full": io.tx_full,
+            "flood_copies": io.flood_copies, "no_frame": io.no_frame, "no_socket": io.no_socket,
+            "kicks": io.kicks, "kick_errors": io.kick_errors,
+        },
+        "pipeline": dp.pipeline_counters(),
     });
     let _ = write_atomic(&dir.join(state::COUNTERS_FILE), format!("{json:#}\n").as_bytes());
 }

@@ -1,0 +1,1106 @@
+//! Connection tracking: NetworkPolicy allows *connections*, not packets.
+//!
+//! ```text
+//!  IpPacket ──key──▶ index (HashTable<u32>) ──slot──▶ Entry { state, expires, generation, .. }
+//!     │                  miss │                         hit │
+//!     │                       ▼                             ▼
+//!     │        Policy::allows(flow)? ──no──▶ Drop(Policy)   stale generation? ─▶ re-check the
+//!     │                  │ yes                              original direction; denied ─▶ remove,
+//!     │                  ▼                                  Drop(Revoked)
+//!     │        free slot, or reclaim (expired, then          │
+//!     │        embryonic) ──none──▶ Drop(Full)               ▼
+//!     │                  ▼                                  advance state, refresh timeout, Pass
+//!     └── ICMP error ──▶ lookup of the embedded flow ──▶ Pass(Related)
+//! ```
+//!
+//! **One table per worker, no locks.** A worker serves queue *i* of every
+//! port, so both directions of a flow must reach the same worker. On veth
+//! pairs (one queue) that is automatic; on multi-queue NICs it needs
+//! *symmetric* RSS (a hash key that gives `hash(a,b) == hash(b,a)`, e.g. the
+//! repeated `0x6d5a` key, or `ethtool -X .. hfunc toeplitz` with a symmetric
+//! key / `xor` hfunc). Without it, replies land on another worker, miss, and
+//! are evaluated as new flows (TCP pickup below keeps them working, at the
+//! cost of policy lookups).
+//!
+//! **Keys are canonical**: the two endpoints are ordered, so one entry serves
+//! both directions with one probe; the entry remembers which endpoint opened
+//! the connection. ICMP echo ports are `(id, 0)` for requests and `(0, id)`
+//! for replies ([`crate::parse`]), so a reply maps to its request's entry.
+//!
+//! **Memory is fixed at construction.** Entries live in a slab of `capacity`
+//! slots; the index is a `hashbrown::HashTable<u32>` reserved for twice the
+//! capacity so that hashbrown always rehashes in place (it only allocates when
+//! live items exceed half its capacity) and never allocates after `new`.
+//! The hash is foldhash with a per-table random seed, so an attacker cannot
+//! aim collisions at one bucket.
+//!
+//! **When the table is full**, a new connection may take the slot of (in
+//! order) an expired entry or an *embryonic* one — never replied to, or
+//! closed by RST/FIN — found among the next [`RECLAIM_SCAN`] slots of a
+//! rotating cursor. Entries that have seen a reply and are not closing are
+//! never evicted, so a flood of new flows cannot push out established
+//! connections; it is refused and counted instead. The scan bound keeps the
+//! per-packet cost bounded; an expired slot outside the window is found on a
+//! later attempt or by [`Conntrack::expire_step`].
+//!
+//! **TCP** follows the handshake loosely (as a stateful firewall does, not a
+//! TCP stack: no sequence-window checks): SYN → SynSent, SYN-ACK from the
+//! responder → SynReceived, ACK from the initiator → Established, FIN from
+//! either side → Closing, FIN from both or RST → Closed; each state has its
+//! own timeout ([`Timeouts`]). A bare SYN that hits an entry in any state but
+//! a retransmitted SynSent is a new connection (port reuse, or a peer trying
+//! to open a connection backwards through an entry): the entry is dropped and
+//! the SYN is evaluated by policy. **Mid-stream pickup** (a non-SYN packet
+//! without entry, after an agent restart or an idle timeout) is allowed when
+//! policy allows the connection in *either* orientation — the packet may be a
+//! reply — and creates an Established entry oriented as the allowing
+//! direction, still counted embryonic until the other side speaks. It can be
+//! turned off (`loose_tcp = false`), then such packets drop as
+//! [`CtDrop::NoConnection`].
+//!
+//! **Revocation.** Every entry stores the table generation it was checked
+//! against. A hit on an entry from an older generation re-checks the
+//! original direction against the current table; if it is now denied the
+//! entry is removed and the packet dropped, so a revoked connection stops
+//! within one batch of the new table. [`Conntrack::revalidate_step`] /
+//! [`Conntrack::revalidate_all`] do the same for idle entries.
+//!
+//! Time is an argument (`now`, nanoseconds on any monotonic clock), so
+//! expiry is tested without sleeping.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+use serde::{Deserialize, Serialize};
+
+use crate::parse::{Addr, Flow, IpPacket, TcpFlags, L4};
+
+/// Slots examined per reclaim attempt when the table is full.
+pub const RECLAIM_SCAN: usize = 64;
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// Answers "may this connection be opened?" for one direction.
+pub trait Policy {
+    /// Does policy allow `flow` to open a connection?
+    fn allows(&self, flow: &Flow) -> bool;
+}
+
+impl Policy for policy_compiler::DecisionTable {
+    #[inline]
+    fn allows(&self, flow: &Flow) -> bool {
+        self.verdict(flow.src.ip(), flow.dst.ip(), flow.proto, flow.policy_port()).allowed()
+    }
+}
+
+/// Idle timeouts per state, in seconds. Each packet of a connection restarts
+/// its state's timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TCP handshake (SYN seen, or SYN-ACK seen): default 30. Short, because
+    /// half-open entries are what a SYN flood creates.
+    pub tcp_handshake: u64,
+    /// TCP established: default 21600 (6 h). Long-lived idle connections
+    /// (database pools) outlive shorter values; after expiry the next packet
+    /// is picked up and re-evaluated anyway.
+    pub tcp_established: u64,
+    /// TCP after one side's FIN (half-closed): default 120.
+    pub tcp_closing: u64,
+    /// TCP after FIN from both sides or RST: default 10, long enough for the
+    /// final ACK and retransmitted FINs.
+    pub tcp_closed: u64,
+    /// UDP, SCTP and other protocols once the responder has answered: default 120.
+    pub udp: u64,
+    /// UDP, SCTP and other protocols before any answer: default 30.
+    pub udp_unreplied: u64,
+    /// ICMP echo: default 30.
+    pub icmp: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_handshake: 30,
+            tcp_established: 21_600,
+            tcp_closing: 120,
+            tcp_closed: 10,
+            udp: 120,
+            udp_unreplied: 30,
+            icmp: 30,
+        }
+    }
+}
+
+/// Timeouts in nanoseconds, indexed by [`State`].
+#[derive(Clone, Copy, Debug)]
+struct TimeoutsNs([u64; State::COUNT]);
+
+impl TimeoutsNs {
+    fn new(t: &Timeouts) -> Self {
+        let s = |secs: u64| secs.saturating_mul(NANOS_PER_SEC);
+        let mut a = [0u64; State::COUNT];
+        a[State::Free as usize] = 0;
+        a[State::SynSent as usize] = s(t.tcp_handshake);
+        a[State::SynReceived as usize] = s(t.tcp_handshake);
+        a[State::Established as usize] = s(t.tcp_established);
+        a[State::Closing as usize] = s(t.tcp_closing);
+        a[State::Closed as usize] = s(t.tcp_closed);
+        a[State::Unreplied as usize] = s(t.udp_unreplied);
+        a[State::Replied as usize] = s(t.udp);
+        a[State::Echo as usize] = s(t.icmp);
+        TimeoutsNs(a)
+    }
+
+    #[inline]
+    fn of(&self, s: State) -> u64 {
+        self.0[s as usize]
+    }
+}
+
+/// The state of a tracked connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum State {
+    /// Slot not in use.
+    Free = 0,
+    /// TCP: SYN seen from the initiator.
+    SynSent,
+    /// TCP: SYN-ACK seen from the responder.
+    SynReceived,
+    /// TCP: handshake completed (or picked up mid-stream).
+    Established,
+    /// TCP: FIN seen from one side.
+    Closing,
+    /// TCP: FIN from both sides, or RST.
+    Closed,
+    /// Datagram protocol, no answer yet.
+    Unreplied,
+    /// Datagram protocol, answered.
+    Replied,
+    /// ICMP echo.
+    Echo,
+}
+
+impl State {
+    const COUNT: usize = 9;
+}
+
+/// Why conntrack refused a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CtDrop {
+    /// No entry and policy denies the connection.
+    Policy,
+    /// The entry's connection is denied by a newer table: removed.
+    Revoked,
+    /// No entry, policy allows, but the table is full of live connections.
+    Full,
+    /// A TCP packet without SYN and without entry while loose pickup is off.
+    NoConnection,
+}
+
+/// Why conntrack let a packet pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CtPass {
+    /// Belongs to a tracked connection.
+    Tracked,
+    /// Opened a new connection (entry created).
+    New,
+    /// Non-SYN TCP or echo reply without entry, allowed in one orientation: entry created.
+    PickedUp,
+    /// An ICMP error about a tracked connection.
+    Related,
+    /// Allowed by policy but not tracked (RST without entry, unrelated ICMP
+    /// errors, other ICMP messages): policy is evaluated on every such packet.
+    Untracked,
+}
+
+/// Conntrack's answer for one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Let it through.
+    Pass(CtPass),
+    /// Drop it.
+    Drop(CtDrop),
+}
+
+/// Conntrack's own event counts (plain integers owned by the worker; the
+/// pipeline publishes them to [`crate::counters::WorkerCounters`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CtStats {
+    /// Entries created (new connections and pickups).
+    pub created: u64,
+    /// Of those, TCP/echo mid-stream pickups.
+    pub picked_up: u64,
+    /// ICMP errors passed as related.
+    pub related: u64,
+    /// Entries removed because a newer table denies them (on hit or by sweep).
+    pub revoked: u64,
+    /// Entries removed on expiry (sweep, reclaim, or a hit on an expired entry).
+    pub expired: u64,
+    /// Embryonic or closed entries evicted to make room.
+    pub evicted: u64,
+    /// New connections refused because the table was full of live entries.
+    pub full: u64,
+}
+
+/// Canonical key: endpoint `a` is the smaller of (address, port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Key {
+    a: u128,
+    b: u128,
+    /// proto | port_a << 16 | port_b << 32 (the family is in the addresses, see [`Addr`])
+    meta: u64,
+}
+
+impl Hash for Key {
+    #[inline]
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u128(self.a);
+        h.write_u128(self.b);
+        h.write_u64(self.meta);
+    }
+}
+
+/// The canonical key of a flow and whether the flow's source is endpoint `a`.
+#[inline]
+fn key_of(f: &Flow) -> (Key, bool) {
+    let (s, d) = (f.src.0, f.dst.0);
+    let src_is_a = (s, f.src_port) <= (d, f.dst_port);
+    let (a, pa, b, pb) =
+        if src_is_a { (s, f.src_port, d, f.dst_port) } else { (d, f.dst_port, s, f.src_port) };
+    let meta = u64::from(f.proto) | (u64::from(pa) << 16) | (u64::from(pb) << 32);
+    (Key { a, b, meta }, src_is_a)
+}
+
+/// A slot of the slab.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    key: Key,
+    hash: u64,
+    expires: u64,
+    generation: u64,
+    state: State,
+    /// The initiator is endpoint `a` of the key.
+    orig_is_a: bool,
+    /// A packet from the responder has passed.
+    replied: bool,
+    /// FIN seen: bit 0 from the initiator, bit 1 from the responder.
+    fins: u8,
+}
+
+impl Entry {
+    const FREE: Entry = Entry {
+        key: Key { a: 0, b: 0, meta: 0 },
+        hash: 0,
+        expires: 0,
+        generation: 0,
+        state: State::Free,
+        orig_is_a: true,
+        replied: false,
+        fins: 0,
+    };
+
+    /// The initiator's flow.
+    fn original(&self) -> Flow {
+        let k = &self.key;
+        let pa = (k.meta >> 16) as u16;
+        let pb = (k.meta >> 32) as u16;
+        let (a, b) = (Addr(k.a), Addr(k.b));
+        let (src, sp, dst, dp) = if self.orig_is_a { (a, pa, b, pb) } else { (b, pb, a, pa) };
+        Flow { src, dst, proto: k.meta as u8, src_port: sp, dst_port: dp }
+    }
+
+    /// May this entry be evicted for a new connection before it expires?
+    #[inline]
+    fn evictable(&self) -> bool {
+        !self.replied || self.state == State::Closed
+    }
+}
+
+/// A read-only view of one tracked connection (for tests, `explain`, dumps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The initiator's flow.
+    pub original: Flow,
+    /// State.
+    pub state: State,
+    /// The responder has answered.
+    pub replied: bool,
+    /// Expiry time (ns).
+    pub expires: u64,
+    /// Table generation last checked against.
+    pub generation: u64,
+}
+
+/// Direction of a packet relative to its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dir {
+    Orig,
+    Reply,
+}
+
+/// A worker-local connection table. See the module documentation.
+pub struct Conntrack {
+    slots: Box<[Entry]>,
+    index: HashTable<u32>,
+    free: Vec<u32>,
+    hasher: DefaultHashBuilder,
+    timeouts: TimeoutsNs,
+    loose_tcp: bool,
+    reclaim_cursor: usize,
+    expire_cursor: usize,
+    revalidate_cursor: usize,
+    stats: CtStats,
+}
+
+impl Conntrack {
+    /// A table of `capacity` connections (at least 1). All memory is
+    /// allocated here. `loose_tcp` enables mid-stream pickup.
+    pub fn new(capacity: usize, timeouts: &Timeouts, loose_tcp: bool) -> Self {
+        let capacity = capacity.clamp(1, u32::MAX as usize);
+        Conntrack {
+            slots: vec![Entry::FREE; capacity].into_boxed_slice(),
+            // Twice the capacity: see the module doc (no growth, rehash in place).
+            index: HashTable::with_capacity(capacity * 2),
+            // Popped from the end: slot 0 first.
+            free: (0..capacity as u32).rev().collect(),
+            hasher: DefaultHashBuilder::default(),
+            timeouts: TimeoutsNs::new(timeouts),
+            loose_tcp,
+            reclaim_cursor: 0,
+            expire_cursor: 0,
+            revalidate_cursor: 0,
+            stats: CtStats::default(),
+        }
+    }
+
+    /// Maximum number of connections.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Connections currently held (some may have expired but not yet been swept).
+    pub fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// No connections held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Event counts since construction.
+    pub fn stats(&self) -> &CtStats {
+        &self.stats
+    }
+
+    /// The connection `flow` belongs to (in either direction), if tracked.
+    pub fn get(&self, flow: &Flow) -> Option<ConnInfo> {
+        let (key, _) = key_of(flow);
+        let slot = self.find(&key, self.hasher.hash_one(key))?;
+        let e = &self.slots[slot];
+        Some(ConnInfo {
+            original: e.original(),
+            state: e.state,
+            replied: e.replied,
+            expires: e.expires,
+            generation: e.generation,
+        })
+    }
+
+    #[inline]
+    fn find(&self, key: &Key, hash: u64) -> Option<usize> {
+        let slots = &self.slots;
+        self.index
+            .find(hash, |&i| slots.get(i as usize).is_some_and(|e| e.key == *key && e.state != State::Free))
+            .map(|&i| i as usize)
+    }
+
+    fn remove(&mut self, slot: usize) {
+        let Some(e) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if e.state == State::Free {
+            return;
+        }
+        let hash = e.hash;
+        e.state = State::Free;
+        if let Ok(occ) = self.index.find_entry(hash, |&i| i as usize == slot) {
+            occ.remove();
+        }
+        self.free.push(slot as u32);
+    }
+
+    /// Decides one IP packet (not a later fragment: those have no ports and
+    /// are handled by [`crate::frag`]). `generation` identifies `policy`.
+    pub fn packet<P: Policy>(&mut self, pkt: &IpPacket, policy: &P, generation: u64, now: u64) -> Outcome {
+        if let L4::IcmpError(inner) = pkt.l4 {
+            return self.icmp_error(pkt, inner, policy, generation, now);
+        }
+        let flow = &pkt.flow;
+        let (key, src_is_a) = key_of(flow);
+        let hash = self.hasher.hash_one(key);
+        if let Some(slot) = self.find(&key, hash) {
+            match self.hit(slot, src_is_a, pkt, policy, generation, now) {
+                Some(o) => return o,
+                None => self.remove(slot), // fall through: evaluate as new
+            }
+        }
+        self.miss(pkt, key, hash, src_is_a, policy, generation, now)
+    }
+
+    /// A packet of a tracked connection. `None` means "treat as new".
+    #[inline]
+    fn hit<P: Policy>(
+        &mut self,
+        slot: usize,
+        src_is_a: bool,
+        pkt: &IpPacket,
+        policy: &P,
+        generation: u64,
+        now: u64,
+    ) -> Option<Outcome> {
+        let timeouts = self.timeouts;
+        let e = self.slots.get_mut(slot)?;
+        if e.expires <= now {
+            self.stats.expired += 1;
+            return None;
+        }
+        let dir = if src_is_a == e.orig_is_a { Dir::Orig } else { Dir::Reply };
+        if let L4::Tcp(flags) = pkt.l4 {
+            if flags.is_syn_only() && !(e.state == State::SynSent && dir == Dir::Orig) {
+                // A new connection attempt on an old 4-tuple, or from the
+                // responder's side: decide it afresh.
+                return None;
+            }
+        }
+        if e.generation != generation {
+            if !policy.allows(&e.original()) {
+                self.stats.revoked += 1;
+                self.remove(slot);
+                return Some(Outcome::Drop(CtDrop::Revoked));
+            }
+            e.generation = generation;
+        }
+        if dir == Dir::Reply {
+            e.replied = true;
+        }
+        e.state = match (e.state, pkt.l4) {
+            (s, L4::Tcp(f)) => tcp_next(s, dir, f, &mut e.fins),
+            (State::Unreplied, _) if dir == Dir::Reply => State::Replied,
+            (s, _) => s,
+        };
+        e.expires = now.saturating_add(timeouts.of(e.state));
+        Some(Outcome::Pass(CtPass::Tracked))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn miss<P: Policy>(
+        &mut self,
+        pkt: &IpPacket,
+        key: Key,
+        hash: u64,
+        src_is_a: bool,
+        policy: &P,
+        generation: u64,
+        now: u64,
+    ) -> Outcome {
+        let flow = &pkt.flow;
+        // (initial state, is the packet's source the initiator?, picked up?)
+        let (state, src_initiates, pickup) = match pkt.l4 {
+            L4::Tcp(f) if f.is_syn_only() => {
+                if !policy.allows(flow) {
+                    return Outcome::Drop(CtDrop::Policy);
+                }
+                (State::SynSent, true, false)
+            }
+            L4::Tcp(f) => {
+                let forward = policy.allows(flow);
+                let backward = !forward && policy.allows(&flow.reversed());
+                if !forward && !backward {
+                    return Outcome::Drop(CtDrop::Policy);
+                }
+                if f.rst() {
+                    // Nothing to track: the connection is over.
+                    return Outcome::Pass(CtPass::Untracked);
+                }
+                if !self.loose_tcp {
+                    return Outcome::Drop(CtDrop::NoConnection);
+                }
+                (State::Established, forward, true)
+            }
+            L4::EchoReply => {
+                if policy.allows(&flow.reversed()) {
+                    (State::Echo, false, true)
+                } else if policy.allows(flow) {
+                    return Outcome::Pass(CtPass::Untracked);
+                } else {
+                    return Outcome::Drop(CtDrop::Policy);
+                }
+            }
+            L4::EchoRequest => {
+                if !policy.allows(flow) {
+                    return Outcome::Drop(CtDrop::Policy);
+                }
+                (State::Echo, true, false)
+            }
+            L4::IcmpOther | L4::IcmpError(_) => {
+                return if policy.allows(flow) {
+                    Outcome::Pass(CtPass::Untracked)
+                } else {
+                    Outcome::Drop(CtDrop::Policy)
+                };
+            }
+            L4::Udp | L4::Sctp | L4::Other => {
+                if !policy.allows(flow) {
+                    return Outcome::Drop(CtDrop::Policy);
+                }
+                (State::Unreplied, true, false)
+            }
+        };
+        let Some(slot) = self.free.pop().map(|s| s as usize).or_else(|| self.reclaim(now)) else {
+            self.stats.full += 1;
+            return Outcome::Drop(CtDrop::Full);
+        };
+        let orig_is_a = src_is_a == src_initiates;
+        let e = Entry {
+            key,
+            hash,
+            expires: now.saturating_add(self.timeouts.of(state)),
+            generation,
+            state,
+            orig_is_a,
+            // A picked-up connection counts as embryonic until the other side speaks;
+            // an echo reply picked up *is* the other side.
+            replied: pickup && !src_initiates,
+            fins: 0,
+        };
+        let Some(dst) = self.slots.get_mut(slot) else {
+            return Outcome::Drop(CtDrop::Full);
+        };
+        *dst = e;
+        let slots = &self.slots;
+        self.index.insert_unique(hash, slot as u32, |&i| slots.get(i as usize).map_or(0, |e| e.hash));
+        self.stats.created += 1;
+        if pickup {
+            self.stats.picked_up += 1;
+            Outcome::Pass(CtPass::PickedUp)
+        } else {
+            Outcome::Pass(CtPass::New)
+        }
+    }
+
+    /// An ICMP error passes as related when the packet it quotes belongs to
+    /// a tracked connection and the error goes back to that packet's sender
+    /// (RFC 792, RFC 4443 §2.4: errors are sent to the offending packet's source).
+    fn icmp_error<P: Policy>(
+        &mut self,
+        pkt: &IpPacket,
+        inner: Option<crate::parse::Flow>,
+        policy: &P,
+        generation: u64,
+        now: u64,
+    ) -> Outcome {
+        if let Some(inner) = inner {
+            if inner.src == pkt.flow.dst {
+                let (key, _) = key_of(&inner);
+                let hash = self.hasher.hash_one(key);
+                if let Some(slot) = self.find(&key, hash) {
+                    if let Some(e) = self.slots.get_mut(slot) {
+                        if e.expires > now {
+                            if e.generation != generation {
+                                if !policy.allows(&e.original()) {
+                                    self.stats.revoked += 1;
+                                    self.remove(slot);
+                                    return Outcome::Drop(CtDrop::Revoked);
+                                }
+                                e.generation = generation;
+                            }
+                            self.stats.related += 1;
+                            return Outcome::Pass(CtPass::Related);
+                        }
+                    }
+                }
+            }
+        }
+        if policy.allows(&pkt.flow) {
+            Outcome::Pass(CtPass::Untracked)
+        } else {
+            Outcome::Drop(CtDrop::Policy)
+        }
+    }
+
+    /// Frees a slot for a new connection when none is free: the first expired
+    /// entry among the next [`RECLAIM_SCAN`] slots, else the first evictable one.
+    fn reclaim(&mut self, now: u64) -> Option<usize> {
+        let n = self.slots.len();
+        let mut candidate = None;
+        for _ in 0..RECLAIM_SCAN.min(n) {
+            let i = self.reclaim_cursor;
+            self.reclaim_cursor = if i + 1 == n { 0 } else { i + 1 };
+            let Some(e) = self.slots.get(i) else { continue };
+            if e.state == State::Free {
+                continue;
+            }
+            if e.expires <= now {
+                self.stats.expired += 1;
+                self.remove(i);
+                return self.free.pop().map(|s| s as usize);
+            }
+            if candidate.is_none() && e.evictable() {
+                candidate = Some(i);
+            }
+        }
+        let i = candidate?;
+        self.stats.evicted += 1;
+        self.remove(i);
+        self.free.pop().map(|s| s as usize)
+    }
+
+    /// Removes expired entries among the next `budget` slots (a rotating
+    /// cursor). Call once per batch to keep occupancy honest. Returns the
+    /// number removed.
+    pub fn expire_step(&mut self, now: u64, budget: usize) -> usize {
+        let n = self.slots.len();
+        let mut removed = 0;
+        for _ in 0..budget.min(n) {
+            let i = self.expire_cursor;
+            self.expire_cursor = if i + 1 == n { 0 } else { i + 1 };
+            if let Some(e) = self.slots.get(i) {
+                if e.state != State::Free && e.expires <= now {
+                    self.remove(i);
+                    removed += 1;
+                }
+            }
+        }
+        self.stats.expired += removed as u64;
+        removed
+    }
+
+    /// Re-checks up to `budget` slots (rotating cursor) whose entries were
+    /// checked against an older generation; removes those now denied.
+    /// Returns the number revoked.
+    pub fn revalidate_step<P: Policy>(&mut self, policy: &P, generation: u64, budget: usize) -> usize {
+        let n = self.slots.len();
+        let mut revoked = 0;
+        for _ in 0..budget.min(n) {
+            let i = self.revalidate_cursor;
+            self.revalidate_cursor = if i + 1 == n { 0 } else { i + 1 };
+            revoked += usize::from(self.revalidate_slot(i, policy, generation));
+        }
+        revoked
+    }
+
+    /// Re-checks every entry against `policy` (see [`Conntrack::revalidate_step`]).
+    /// O(capacity): for idle time or tests, not between packets of a busy worker.
+    pub fn revalidate_all<P: Policy>(&mut self, policy: &P, generation: u64) -> usize {
+        let mut revoked = 0;
+        for i in 0..self.slots.len() {
+            revoked += usize::from(self.revalidate_slot(i, policy, generation));
+        }
+        revoked
+    }
+
+    fn revalidate_slot<P: Policy>(&mut self, i: usize, policy: &P, generation: u64) -> bool {
+        let Some(e) = self.slots.get_mut(i) else {
+            return false;
+        };
+        if e.state == State::Free || e.generation == generation {
+            return false;
+        }
+        if policy.allows(&e.original()) {
+            e.generation = generation;
+            false
+        } else {
+            self.stats.revoked += 1;
+            self.remove(i);
+            true
+        }
+    }
+
+    /// Forgets every connection (keeps the memory).
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.free.clear();
+        for (i, e) in self.slots.iter_mut().enumerate().rev() {
+            *e = Entry::FREE;
+            self.free.push(i as u32);
+        }
+    }
+}
+
+/// TCP state after a packet with `flags` in direction `dir` (bare SYNs were
+/// handled by the caller).
+#[inline]
+fn tcp_next(s: State, dir: Dir, flags: TcpFlags, fins: &mut u8) -> State {
+    if flags.rst() {
+        return State::Closed;
+    }
+    if flags.fin() {
+        *fins |= if dir == Dir::Orig { 1 } else { 2 };
+        return if *fins == 3 { State::Closed } else { State::Closing };
+    }
+    match (s, dir) {
+        (State::SynSent, Dir::Reply) if flags.syn() && flags.ack() => State::SynReceived,
+        (State::SynReceived, Dir::Orig) if flags.ack() && !flags.syn() => State::Established,
+        (s, _) => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::{proto, Fragment, TcpFlags as F};
+    use std::cell::Cell;
+
+    const SEC: u64 = NANOS_PER_SEC;
+
+    fn ip(s: &str) -> Addr {
+        Addr::from(s.parse::<std::net::IpAddr>().unwrap())
+    }
+
+    fn tcp(src: &str, sp: u16, dst: &str, dp: u16, flags: u8) -> IpPacket {
+        IpPacket {
+            flow: Flow { src: ip(src), dst: ip(dst), proto: proto::TCP, src_port: sp, dst_port: dp },
+            l4: L4::Tcp(F(flags)),
+            fragment: Fragment::None,
+        }
+    }
+
+    fn udp(src: &str, sp: u16, dst: &str, dp: u16) -> IpPacket {
+        IpPacket {
+            flow: Flow { src: ip(src), dst: ip(dst), proto: proto::UDP, src_port: sp, dst_port: dp },
+            l4: L4::Udp,
+            fragment: Fragment::None,
+        }
+    }
+
+    /// Allows connections to 10.0.0.2 port 80 (TCP) and 53 (UDP), ICMP to
+    /// 10.0.0.2; counts calls. `deny_all` flips it to deny everything.
+    struct ToServer {
+        deny_all: Cell<bool>,
+        calls: Cell<u32>,
+    }
+
+    impl ToServer {
+        fn new() -> Self {
+            ToServer { deny_all: Cell::new(false), calls: Cell::new(0) }
+        }
+    }
+
+    impl Policy for ToServer {
+        fn allows(&self, f: &Flow) -> bool {
+            self.calls.set(self.calls.get() + 1);
+            !self.deny_all.get()
+                && f.dst == ip("10.0.0.2")
+                && match f.proto {
+                    proto::TCP => f.dst_port == 80,
+                    proto::UDP => f.dst_port == 53,
+                    proto::ICMP => true,
+                    _ => false,
+                }
+        }
+    }
+
+    const C: &str = "10.0.0.1";
+    const S: &str = "10.0.0.2";
+
+    #[test]
+    fn tcp_handshake_and_replies() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(16, &Timeouts::default(), true);
+        let syn = tcp(C, 40000, S, 80, F::SYN);
+        assert_eq!(ct.packet(&syn, &p, 1, 0), Outcome::Pass(CtPass::New));
+        assert_eq!(ct.get(&syn.flow).unwrap().state, State::SynSent);
+        // SYN retransmission passes without a new policy lookup.
+        let calls = p.calls.get();
+        assert_eq!(ct.packet(&syn, &p, 1, 1), Outcome::Pass(CtPass::Tracked));
+        assert_eq!(p.calls.get(), calls);
+        let synack = tcp(S, 80, C, 40000, F::SYN | F::ACK);
+        assert_eq!(ct.packet(&synack, &p, 1, 2), Outcome::Pass(CtPass::Tracked));
+        assert_eq!(ct.get(&syn.flow).unwrap().state, State::SynReceived);
+        let ack = tcp(C, 40000, S, 80, F::ACK);
+        assert_eq!(ct.packet(&ack, &p, 1, 3), Outcome::Pass(CtPass::Tracked));
+        let info = ct.get(&syn.flow).unwrap();
+        assert_eq!(info.state, State::Established);
+        assert!(info.replied);
+        assert_eq!(info.original, syn.flow);
+        assert_eq!(info.expires, 3 + 21_600 * SEC);
+        // Server → client data: a reply, passes though policy would deny it.
+        let data = tcp(S, 80, C, 40000, F::ACK | F::PSH);
+        assert!(!p.allows(&data.flow));
+        assert_eq!(ct.packet(&data, &p, 1, 4), Outcome::Pass(CtPass::Tracked));
+        assert_eq!(p.calls.get(), calls + 1); // only the assert above
+        assert_eq!(ct.len(), 1);
+    }
+
+    #[test]
+    fn denied_syn_creates_nothing() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(16, &Timeouts::default(), true);
+        let syn = tcp(C, 40000, S, 22, F::SYN);
+        assert_eq!(ct.packet(&syn, &p, 1, 0), Outcome::Drop(CtDrop::Policy));
+        assert!(ct.is_empty());
+    }
+
+    #[test]
+    fn fin_and_rst_shorten_timeouts() {
+        let p = ToServer::new();
+        let t = Timeouts::default();
+        let mut ct = Conntrack::new(16, &t, true);
+        let syn = tcp(C, 40000, S, 80, F::SYN);
+        ct.packet(&syn, &p, 1, 0);
+        ct.packet(&tcp(S, 80, C, 40000, F::SYN | F::ACK), &p, 1, 0);
+        ct.packet(&tcp(C, 40000, S, 80, F::ACK), &p, 1, 0);
+        ct.packet(&tcp(C, 40000, S, 80, F::FIN | F::ACK), &p, 1, 10);
+        let i = ct.get(&syn.flow).unwrap();
+        assert_eq!((i.state, i.expires), (State::Closing, 10 + 120 * SEC));
+        ct.packet(&tcp(S, 80, C, 40000, F::FIN | F::ACK), &p, 1, 20);
+        let i = ct.get(&syn.flow).unwrap();
+        assert_eq!((i.state, i.expires), (State::Closed, 20 + 10 * SEC));
+        // After the closed timeout the entry is gone: a late ACK is a pickup.
+        let late = tcp(C, 40000, S, 80, F::ACK);
+        assert_eq!(ct.packet(&late, &p, 1, 21 + 10 * SEC), Outcome::Pass(CtPass::PickedUp));
+        // RST moves straight to Closed.
+        ct.packet(&tcp(S, 80, C, 40000, F::RST), &p, 1, 30 + 10 * SEC);
+        assert_eq!(ct.get(&syn.flow).unwrap().state, State::Closed);
+    }
+
+    #[test]
+    fn handshake_expires() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(16, &Timeouts::default(), false);
+        let syn = tcp(C, 40000, S, 80, F::SYN);
+        ct.packet(&syn, &p, 1, 0);
+        let synack = tcp(S, 80, C, 40000, F::SYN | F::ACK);
+        // 30 s later the half-open entry is dead; without pickup the SYN-ACK drops.
+        assert_eq!(ct.packet(&synack, &p, 1, 30 * SEC), Outcome::Drop(CtDrop::NoConnection));
+        assert_eq!(ct.stats().expired, 1);
+    }
+
+    #[test]
+    fn pickup_orients_by_policy() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(16, &Timeouts::default(), true);
+        // The first packet seen is the server's reply: allowed backwards.
+        let reply = tcp(S, 80, C, 40000, F::ACK);
+        assert_eq!(ct.packet(&reply, &p, 1, 0), Outcome::Pass(CtPass::PickedUp));
+        let i = ct.get(&reply.flow).unwrap();
+        assert_eq!(i.original, reply.flow.reversed());
+        assert_eq!(i.state, State::Established);
+        assert!(i.replied); // the responder spoke
+                            // A non-SYN from a disallowed pair is dropped.
+        let stray = tcp(C, 40000, S, 22, F::ACK);
+        assert_eq!(ct.packet(&stray, &p, 1, 0), Outcome::Drop(CtDrop::Policy));
+        // RST without entry passes if allowed, creates nothing.
+        let rst = tcp(C, 40001, S, 80, F::RST);
+        assert_eq!(ct.packet(&rst, &p, 1, 0), Outcome::Pass(CtPass::Untracked));
+        assert_eq!(ct.len(), 1);
+    }
+
+    #[test]
+    fn syn_from_responder_side_is_not_a_reply() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(16, &Timeouts::default(), true);
+        ct.packet(&tcp(C, 40000, S, 80, F::SYN), &p, 1, 0);
+        ct.packet(&tcp(S, 80, C, 40000, F::SYN | F::ACK), &p, 1, 0);
+        // The server tries to open a connection *to* the client's port
+        // using the tracked 4-tuple: decided by policy (denied), entry dropped.
+        let backwards = tcp(S, 80, C, 40000, F::SYN);
+        assert_eq!(ct.packet(&backwards, &p, 1, 1), Outcome::Drop(CtDrop::Policy));
+        assert!(ct.get(&backwards.flow).is_none());
+    }
+
+    #[test]
+    fn udp_reply_and_timeouts() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(16, &Timeouts::default(), true);
+        let q = udp(C, 5353, S, 53);
+        assert_eq!(ct.packet(&q, &p, 1, 0), Outcome::Pass(CtPass::New));
+        let i = ct.get(&q.flow).unwrap();
+        assert_eq!((i.state, i.expires), (State::Unreplied, 30 * SEC));
+        let a = udp(S, 53, C, 5353);
+        assert_eq!(ct.packet(&a, &p, 1, SEC), Outcome::Pass(CtPass::Tracked));
+        let i = ct.get(&q.flow).unwrap();
+        assert_eq!((i.state, i.expires), (State::Replied, 121 * SEC));
+        // The server cannot start its own flow to another client port.
+        let other = udp(S, 53, C, 5354);
+        assert_eq!(ct.packet(&other, &p, 1, SEC), Outcome::Drop(CtDrop::Policy));
+        // Expired: the answer after 121 s is a new (denied) flow.
+        assert_eq!(ct.packet(&a, &p, 1, 121 * SEC), Outcome::Drop(CtDrop::Policy));
+    }
+
+    fn echo(src: &str, dst: &str, id: u16, request: bool) -> IpPacket {
+        IpPacket {
+            flow: Flow {
+                src: ip(src),
+                dst: ip(dst),
+                proto: proto::ICMP,
+                src_port: if request { id } else { 0 },
+                dst_port: if request { 0 } else { id },
+            },
+            l4: if request { L4::EchoRequest } else { L4::EchoReply },
+            fragment: Fragment::None,
+        }
+    }
+
+    #[test]
+    fn icmp_echo_and_related_error() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(16, &Timeouts::default(), true);
+        assert_eq!(ct.packet(&echo(C, S, 7, true), &p, 1, 0), Outcome::Pass(CtPass::New));
+        assert_eq!(ct.packet(&echo(S, C, 7, false), &p, 1, 0), Outcome::Pass(CtPass::Tracked));
+        // An echo *request* from the server is its own flow: denied.
+        assert_eq!(ct.packet(&echo(S, C, 7, true), &p, 1, 0), Outcome::Drop(CtDrop::Policy));
+        // A port unreachable from the server about a tracked UDP flow is related.
+        let q = udp(C, 5353, S, 53);
+        ct.packet(&q, &p, 1, 0);
+        let err = |inner: Flow, to: &str| IpPacket {
+            flow: Flow { src: ip(S), dst: ip(to), proto: proto::ICMP, src_port: 0, dst_port: 0 },
+            l4: L4::IcmpError(Some(inner)),
+            fragment: Fragment::None,
+        };
+        assert_eq!(ct.packet(&err(q.flow, C), &p, 1, 0), Outcome::Pass(CtPass::Related));
+        // The same error sent to someone else is not related (and policy denies it).
+        assert_eq!(ct.packet(&err(q.flow, "10.0.0.9"), &p, 1, 0), Outcome::Drop(CtDrop::Policy));
+        // An error about an untracked flow is not related.
+        assert_eq!(ct.packet(&err(udp(C, 1, S, 2).flow, C), &p, 1, 0), Outcome::Drop(CtDrop::Policy));
+        assert_eq!(ct.stats().related, 1);
+    }
+
+    #[test]
+    fn revocation_on_hit_and_by_sweep() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(16, &Timeouts::default(), true);
+        let a = tcp(C, 40000, S, 80, F::SYN);
+        let b = udp(C, 5353, S, 53);
+        ct.packet(&a, &p, 1, 0);
+        ct.packet(&b, &p, 1, 0);
+        // Generation 2 still allows: the hit re-checks once and moves on.
+        let calls = p.calls.get();
+        ct.packet(&a, &p, 2, 1);
+        assert_eq!(p.calls.get(), calls + 1);
+        ct.packet(&a, &p, 2, 2);
+        assert_eq!(p.calls.get(), calls + 1);
+        assert_eq!(ct.get(&a.flow).unwrap().generation, 2);
+        // Generation 3 denies everything: the reply is dropped, entry gone.
+        p.deny_all.set(true);
+        let reply = tcp(S, 80, C, 40000, F::SYN | F::ACK);
+        assert_eq!(ct.packet(&reply, &p, 3, 3), Outcome::Drop(CtDrop::Revoked));
+        assert!(ct.get(&a.flow).is_none());
+        // The idle UDP flow is revoked by the sweep.
+        assert_eq!(ct.revalidate_all(&p, 3), 1);
+        assert!(ct.is_empty());
+        assert_eq!(ct.stats().revoked, 2);
+    }
+
+    #[test]
+    fn revalidate_step_is_bounded() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(8, &Timeouts::default(), true);
+        for port in 0..8 {
+            ct.packet(&udp(C, 1000 + port, S, 53), &p, 1, 0);
+        }
+        p.deny_all.set(true);
+        assert_eq!(ct.revalidate_step(&p, 2, 3), 3);
+        assert_eq!(ct.len(), 5);
+        assert_eq!(ct.revalidate_step(&p, 2, 100), 5);
+        assert!(ct.is_empty());
+    }
+
+    #[test]
+    fn full_table_refuses_but_never_evicts_established() {
+        let p = ToServer::new();
+        let n = 8;
+        let mut ct = Conntrack::new(n, &Timeouts::default(), true);
+        // Fill with established (replied) UDP flows.
+        for port in 0..n as u16 {
+            ct.packet(&udp(C, 1000 + port, S, 53), &p, 1, 0);
+            ct.packet(&udp(S, 53, C, 1000 + port), &p, 1, 0);
+        }
+        assert_eq!(ct.len(), n);
+        // A flood of new flows is refused, and counted.
+        for port in 0..100u16 {
+            assert_eq!(
+                ct.packet(&tcp(C, 2000 + port, S, 80, F::SYN), &p, 1, SEC),
+                Outcome::Drop(CtDrop::Full)
+            );
+        }
+        assert_eq!(ct.stats().full, 100);
+        for port in 0..n as u16 {
+            assert!(ct.get(&udp(C, 1000 + port, S, 53).flow).is_some());
+        }
+        // Once they expire (120 s after the reply), slots are reclaimed.
+        assert_eq!(ct.packet(&tcp(C, 3000, S, 80, F::SYN), &p, 1, 121 * SEC), Outcome::Pass(CtPass::New));
+        assert_eq!(ct.stats().expired, 1);
+    }
+
+    #[test]
+    fn embryonic_entries_are_evicted_under_pressure() {
+        let p = ToServer::new();
+        let n = 8;
+        let mut ct = Conntrack::new(n, &Timeouts::default(), true);
+        // Half established, half half-open SYNs.
+        for port in 0..4u16 {
+            ct.packet(&udp(C, 1000 + port, S, 53), &p, 1, 0);
+            ct.packet(&udp(S, 53, C, 1000 + port), &p, 1, 0);
+        }
+        for port in 0..4u16 {
+            ct.packet(&tcp(C, 2000 + port, S, 80, F::SYN), &p, 1, 0);
+        }
+        // A SYN flood: each new SYN evicts a half-open one, never an established one.
+        for port in 0..50u16 {
+            assert_eq!(ct.packet(&tcp(C, 5000 + port, S, 80, F::SYN), &p, 1, 1), Outcome::Pass(CtPass::New));
+        }
+        for port in 0..4u16 {
+            assert!(ct.get(&udp(C, 1000 + port, S, 53).flow).is_some());
+        }
+        assert_eq!(ct.stats().evicted, 50);
+        assert_eq!(ct.len(), n);
+    }
+
+    #[test]
+    fn expire_step_sweeps() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(4, &Timeouts::default(), true);
+        ct.packet(&udp(C, 1, S, 53), &p, 1, 0);
+        ct.packet(&udp(C, 2, S, 53), &p, 1, 10 * SEC);
+        assert_eq!(ct.expire_step(30 * SEC, 4), 1);
+        assert_eq!(ct.len(), 1);
+        assert_eq!(ct.expire_step(40 * SEC, 4), 1);
+        assert!(ct.is_empty());
+    }
+
+    #[test]
+    fn churn_never_grows_the_index() {
+        // Many insert/remove cycles leave tombstones; the index must rehash
+        // in place, never reallocate.
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(64, &Timeouts::default(), true);
+        let cap = ct.index.capacity();
+        for round in 0..200u64 {
+            for port in 0..64u16 {
+                ct.packet(&udp(C, port, S, 53), &p, 1, round * 31 * SEC);
+            }
+        }
+        assert_eq!(ct.index.capacity(), cap);
+        assert!(ct.len() <= 64);
+    }
+
+    #[test]
+    fn ipv6_and_ipv4_keys_do_not_collide() {
+        // ::a.b.c.d (IPv4-compatible) has the same low 32 bits as a.b.c.d.
+        let p = |_: &Flow| true;
+        struct All<F>(F);
+        impl<F: Fn(&Flow) -> bool> Policy for All<F> {
+            fn allows(&self, f: &Flow) -> bool {
+                (self.0)(f)
+            }
+        }
+        let mut ct = Conntrack::new(4, &Timeouts::default(), true);
+        ct.packet(&udp("10.0.0.1", 1, "10.0.0.2", 2), &All(p), 1, 0);
+        assert!(ct.get(&udp("::10.0.0.1", 1, "::10.0.0.2", 2).flow).is_none());
+        assert!(ct.get(&udp("10.0.0.2", 2, "10.0.0.1", 1).flow).is_some());
+    }
+}

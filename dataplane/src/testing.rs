@@ -1,0 +1,319 @@
+//! Frame and policy builders for tests, benchmarks and traffic generators.
+//!
+//! Nothing here is on the packet path: these functions allocate freely.
+//! Frames are built with etherparse's `PacketBuilder` (valid checksums);
+//! policy clusters with `policy_compiler::Cluster::from_parts`.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::parse::Addr;
+
+use etherparse::PacketBuilder;
+use policy_compiler::cidr::IpBlock;
+use policy_compiler::model::{NamespaceInfo, NamespaceMatch, Peer, PodInfo, Policy, PortMatch, Rule};
+use policy_compiler::selector::Selector;
+use policy_compiler::{Cluster, DecisionTable, Protocol};
+
+use crate::parse::{Mac, TcpFlags};
+
+/// A station: MAC, IPv4 and IPv6 address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// MAC address.
+    pub mac: Mac,
+    /// IPv4 address.
+    pub ip4: [u8; 4],
+    /// IPv6 address.
+    pub ip6: [u8; 16],
+}
+
+impl Host {
+    /// Host number `n` (1-based is conventional): MAC 02:00:00:nn:nn:nn,
+    /// 10.x.y.z and fd00::x:y:z derived from `n`.
+    pub fn new(n: u32) -> Host {
+        let b = n.to_be_bytes();
+        let mut ip6 = [0u8; 16];
+        ip6[0] = 0xfd;
+        ip6[13..16].copy_from_slice(&b[1..4]);
+        Host { mac: [0x02, 0, 0, b[1], b[2], b[3]], ip4: [10, b[1], b[2], b[3]], ip6 }
+    }
+
+    /// The IPv4 address.
+    pub fn v4(&self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(self.ip4))
+    }
+
+    /// The IPv6 address.
+    pub fn v6(&self) -> IpAddr {
+        IpAddr::V6(self.ip6.into())
+    }
+
+    /// The IPv4 address as the dataplane stores it.
+    pub fn addr4(&self) -> Addr {
+        Addr::v4(self.ip4)
+    }
+}
+
+fn l3(from: &Host, to: &Host, v6: bool) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    let eth = PacketBuilder::ethernet2(from.mac, to.mac);
+    if v6 {
+        eth.ipv6(from.ip6, to.ip6, 64)
+    } else {
+        eth.ipv4(from.ip4, to.ip4, 64)
+    }
+}
+
+/// A TCP segment with `flags` ([`TcpFlags`] bits) and `payload`.
+pub fn tcp(from: &Host, sport: u16, to: &Host, dport: u16, flags: u8, v6: bool, payload: &[u8]) -> Vec<u8> {
+    let mut b = l3(from, to, v6).tcp(sport, dport, 1, 65535);
+    if flags & TcpFlags::SYN != 0 {
+        b = b.syn();
+    }
+    if flags & TcpFlags::ACK != 0 {
+        b = b.ack(1);
+    }
+    if flags & TcpFlags::FIN != 0 {
+        b = b.fin();
+    }
+    if flags & TcpFlags::RST != 0 {
+        b = b.rst();
+    }
+    if flags & TcpFlags::PSH != 0 {
+        b = b.psh();
+    }
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).expect("writing to a Vec");
+    v
+}
+
+/// A UDP datagram.
+pub fn udp(from: &Host, sport: u16, to: &Host, dport: u16, v6: bool, payload: &[u8]) -> Vec<u8> {
+    let b = l3(from, to, v6).udp(sport, dport);
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).expect("writing to a Vec");
+    v
+}
+
+/// An ICMP (v6: ICMPv6) echo request or reply.
+pub fn echo(from: &Host, to: &Host, id: u16, request: bool, v6: bool) -> Vec<u8> {
+    let b = l3(from, to, v6);
+    let mut v = Vec::new();
+    let payload = [0u8; 8];
+    match (v6, request) {
+        (false, true) => b.icmpv4_echo_request(id, 1).write(&mut v, &payload),
+        (false, false) => b.icmpv4_echo_reply(id, 1).write(&mut v, &payload),
+        (true, true) => b.icmpv6_echo_request(id, 1).write(&mut v, &payload),
+        (true, false) => b.icmpv6_echo_reply(id, 1).write(&mut v, &payload),
+    }
+    .expect("writing to a Vec");
+    v
+}
+
+/// An ARP request (RFC 826) from `from` asking for `to`'s IPv4 address, broadcast.
+pub fn arp_request(from: &Host, to: &Host) -> Vec<u8> {
+    let mut v = Vec::with_capacity(42);
+    v.extend_from_slice(&[0xff; 6]);
+    v.extend_from_slice(&from.mac);
+    v.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    v.extend_from_slice(&from.mac);
+    v.extend_from_slice(&from.ip4);
+    v.extend_from_slice(&[0; 6]);
+    v.extend_from_slice(&to.ip4);
+    v
+}
+
+/// Marks an untagged IPv4 frame as a fragment: identification `id`, offset
+/// in 8-byte units, more-fragments flag. (The IPv4 header checksum is not
+/// recomputed; the dataplane does not check it.)
+pub fn make_ipv4_fragment(frame: &mut [u8], id: u16, offset_units: u16, more: bool) {
+    let ip = 14;
+    frame[ip + 4..ip + 6].copy_from_slice(&id.to_be_bytes());
+    let v = (offset_units & 0x1fff) | if more { 0x2000 } else { 0 };
+    frame[ip + 6..ip + 8].copy_from_slice(&v.to_be_bytes());
+}
+
+fn ns(name: &str) -> NamespaceInfo {
+    NamespaceInfo { name: name.to_string(), labels: Default::default() }
+}
+
+fn pod(namespace: &str, name: &str, app: &str, host: &Host) -> PodInfo {
+    PodInfo {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        labels: [("app".to_string(), app.to_string())].into(),
+        ips: vec![host.v4(), host.v6()],
+        named_ports: vec![],
+        container_ports: vec![],
+    }
+}
+
+/// A small cluster in namespace `default`: pods `client` (Host 1), `server`
+/// (Host 2) and `other` (Host 3, not isolated). `server` accepts TCP 80,
+/// UDP 53 and SCTP 9000 from `client` only; `client` accepts no connection
+/// at all (ingress isolated, no rules), so anything reaching it must be a
+/// reply of a tracked connection.
+pub fn client_server_table() -> DecisionTable {
+    client_server(true)
+}
+
+/// The same cluster where `server` accepts nothing (its policy has no rules).
+pub fn client_server_table_denying() -> DecisionTable {
+    client_server(false)
+}
+
+fn client_server(allow: bool) -> DecisionTable {
+    let rules = if allow {
+        vec![Rule {
+            peers: vec![Peer::Pods {
+                namespaces: NamespaceMatch::Own("default".into()),
+                pods: Selector::from_labels([("app", "client")]),
+            }],
+            ports: vec![
+                PortMatch::Range { protocol: Protocol::Tcp, lo: 80, hi: 80 },
+                PortMatch::Range { protocol: Protocol::Udp, lo: 53, hi: 53 },
+                PortMatch::Range { protocol: Protocol::Sctp, lo: 9000, hi: 9000 },
+            ],
+        }]
+    } else {
+        vec![]
+    };
+    let policy = Policy {
+        namespace: "default".into(),
+        name: "server-ingress".into(),
+        pod_selector: Selector::from_labels([("app", "server")]),
+        isolates: [true, false],
+        rules: [rules, vec![]],
+        valid: true,
+    };
+    let client_ingress = Policy {
+        namespace: "default".into(),
+        name: "client-ingress".into(),
+        pod_selector: Selector::from_labels([("app", "client")]),
+        isolates: [true, false],
+        rules: [vec![], vec![]],
+        valid: true,
+    };
+    let cluster = Cluster::from_parts(
+        vec![ns("default")],
+        vec![
+            pod("default", "client", "client", &Host::new(1)),
+            pod("default", "server", "server", &Host::new(2)),
+            pod("default", "other", "other", &Host::new(3)),
+        ],
+        vec![policy, client_ingress],
+    );
+    DecisionTable::compile(&cluster)
+}
+
+/// A synthetic cluster with `policies` NetworkPolicies (at least 1), for
+/// scale benchmarks. Namespaces hold 100 apps each, one pod per app
+/// (`Host::new(k + 1)` for app number `k`); policy `k` isolates app `k` for
+/// ingress and allows TCP 80 from app `k + 1` of its namespace, TCP 8080
+/// from every pod of the next namespace and TCP 9090 from 192.168.0.0/16,
+/// so lookups exercise identity, namespace and CIDR keys.
+///
+/// Returns the table and, for each policy, an allowed (client, server) pair
+/// on TCP 80.
+pub fn scale_table(policies: usize) -> (DecisionTable, Vec<(Host, Host)>) {
+    const APPS: usize = 100;
+    let n = policies.max(1);
+    let namespaces = n.div_ceil(APPS);
+    let ns_name = |i: usize| format!("ns{i}");
+    let app_name = |k: usize| format!("app{}", k % APPS);
+    let host = |k: usize| Host::new(k as u32 + 1);
+    // One pod per app slot; with fewer policies than 100 the namespace still
+    // gets one more pod so that app k + 1 exists.
+    let pods_total = n + 1;
+    let pods: Vec<PodInfo> = (0..pods_total)
+        .map(|k| {
+            let nsi = (k / APPS).min(namespaces - 1);
+            pod(&ns_name(nsi), &format!("pod{k}"), &app_name(k), &host(k))
+        })
+        .collect();
+    let block = IpBlock {
+        cidr: policy_compiler::cidr::Cidr::parse("192.168.0.0/16").expect("valid CIDR"),
+        except: vec![],
+    };
+    let tcp = |p: u16| PortMatch::Range { protocol: Protocol::Tcp, lo: p, hi: p };
+    let pols: Vec<Policy> = (0..n)
+        .map(|k| {
+            let nsi = k / APPS;
+            Policy {
+                namespace: ns_name(nsi),
+                name: format!("pol{k}"),
+                pod_selector: Selector::from_labels([("app", app_name(k).as_str())]),
+                isolates: [true, false],
+                rules: [
+                    vec![
+                        Rule {
+                            peers: vec![Peer::Pods {
+                                namespaces: NamespaceMatch::Own(ns_name(nsi)),
+                                pods: Selector::from_labels([("app", app_name(k + 1).as_str())]),
+                            }],
+                            ports: vec![tcp(80)],
+                        },
+                        Rule {
+                            peers: vec![Peer::Pods {
+                                namespaces: NamespaceMatch::Selector(Selector::from_labels([(
+                                    "kubernetes.io/metadata.name",
+                                    ns_name((nsi + 1) % namespaces).as_str(),
+                                )])),
+                                pods: Selector::everything(),
+                            }],
+                            ports: vec![tcp(8080)],
+                        },
+                        Rule { peers: vec![Peer::Block(block.clone())], ports: vec![tcp(9090)] },
+                    ],
+                    vec![],
+                ],
+                valid: true,
+            }
+        })
+        .collect();
+    let nss = (0..namespaces).map(|i| ns(&ns_name(i))).collect();
+    let cluster = Cluster::from_parts(nss, pods, pols);
+    let table = DecisionTable::compile(&cluster);
+    let pairs = (0..n)
+        .map(|k| {
+            // Client: the pod with app k + 1 in the same namespace.
+            let nsi = k / APPS;
+            let client_slot = nsi * APPS + (k + 1) % APPS;
+            let client = if client_slot < pods_total { client_slot } else { k + 1 };
+            (host(client), host(k))
+        })
+        .collect();
+    (table, pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::Policy as _;
+    use crate::parse::{parse, Class, Flow};
+
+    #[test]
+    fn scale_table_pairs_are_allowed_and_others_denied() {
+        for n in [1, 10, 250] {
+            let (t, pairs) = scale_table(n);
+            assert_eq!(t.stats().policies, n);
+            for (c, s) in &pairs {
+                let allowed =
+                    Flow { src: c.addr4(), dst: s.addr4(), proto: 6, src_port: 40000, dst_port: 80 };
+                assert!(t.allows(&allowed), "n={n} {c:?} -> {s:?}");
+                assert!(!t.allows(&Flow { dst_port: 81, ..allowed }));
+            }
+        }
+    }
+
+    #[test]
+    fn builders_parse() {
+        let (a, b) = (Host::new(1), Host::new(2));
+        for v6 in [false, true] {
+            let f = tcp(&a, 1, &b, 2, TcpFlags::SYN, v6, &[]);
+            assert!(matches!(parse(&f).unwrap().class, Class::Ip(_)));
+            let f = echo(&a, &b, 9, true, v6);
+            assert!(matches!(parse(&f).unwrap().class, Class::Ip(_)));
+        }
+        assert_eq!(parse(&arp_request(&a, &b)).unwrap().class, Class::Arp);
+    }
+}

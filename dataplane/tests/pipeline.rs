@@ -1,0 +1,278 @@
+//! The pipeline end to end with real compiled tables: frames in, actions and counters out.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use dataplane::parse::{ParseError, TcpFlags as F};
+use dataplane::testing::{self, Host};
+use dataplane::{
+    Action, ConfigError, DropReason, Mode, Pipeline, PipelineConfig, PublishedTable, WorkerCounters,
+};
+
+const SEC: u64 = 1_000_000_000;
+
+struct Rig {
+    tables: Arc<ArcSwap<PublishedTable>>,
+    p: Pipeline,
+    client: Host,
+    server: Host,
+    other: Host,
+}
+
+/// Client on port 0, server on port 1, other on port 2 (switch mode).
+fn rig_with(cfg: PipelineConfig, published: PublishedTable) -> Rig {
+    let tables = Arc::new(ArcSwap::from_pointee(published));
+    let counters = Arc::new(WorkerCounters::new(usize::from(cfg.ports)));
+    let mut p = Pipeline::new(&cfg, tables.clone(), counters);
+    p.begin_batch(0);
+    Rig { tables, p, client: Host::new(1), server: Host::new(2), other: Host::new(3) }
+}
+
+fn rig() -> Rig {
+    let cfg = PipelineConfig { ports: 3, ..Default::default() };
+    rig_with(cfg, published(1, testing::client_server_table()))
+}
+
+fn published(generation: u64, table: policy_compiler::DecisionTable) -> PublishedTable {
+    PublishedTable { generation, table, fail_closed: false }
+}
+
+impl Rig {
+    /// Lets every station speak once (ARP) so the switch knows where it is.
+    fn learn_all(&mut self) {
+        let (c, s, o) = (self.client, self.server, self.other);
+        assert_eq!(self.p.process(0, &testing::arp_request(&c, &s), 0), Action::Flood);
+        assert_eq!(self.p.process(1, &testing::arp_request(&s, &c), 0), Action::Flood);
+        assert_eq!(self.p.process(2, &testing::arp_request(&o, &c), 0), Action::Flood);
+    }
+}
+
+#[test]
+fn fail_closed_passes_only_arp_and_nd() {
+    let mut r = rig_with(PipelineConfig::default(), PublishedTable::fail_closed());
+    let (c, s) = (r.client, r.server);
+    let syn = testing::tcp(&c, 40000, &s, 80, F::SYN, false, &[]);
+    assert_eq!(r.p.process(0, &syn, 0), Action::Drop(DropReason::FailClosed));
+    assert_eq!(r.p.process(0, &testing::arp_request(&c, &s), 0), Action::Flood);
+    assert!(r.p.conntrack().is_empty());
+    assert!(r.p.counters().snapshot().fail_closed);
+    // The first real table arrives: IP flows from the next batch on.
+    r.tables.store(Arc::new(published(1, testing::client_server_table())));
+    r.p.begin_batch(1);
+    // The client was learned from its dropped frame; the server not yet: flood.
+    assert_eq!(r.p.process(0, &syn, 1), Action::Flood);
+    let snap = r.p.counters().snapshot();
+    assert!(!snap.fail_closed);
+    assert_eq!(snap.table_generation, 1);
+}
+
+#[test]
+fn connections_not_packets() {
+    let mut r = rig();
+    r.learn_all();
+    let (c, s, o) = (r.client, r.server, r.other);
+    for v6 in [false, true] {
+        let syn = testing::tcp(&c, 40000, &s, 80, F::SYN, v6, &[]);
+        assert_eq!(r.p.process(0, &syn, 1), Action::Forward(1));
+        let synack = testing::tcp(&s, 80, &c, 40000, F::SYN | F::ACK, v6, &[]);
+        assert_eq!(r.p.process(1, &synack, 2), Action::Forward(0));
+        let ack = testing::tcp(&c, 40000, &s, 80, F::ACK, v6, b"GET /");
+        assert_eq!(r.p.process(0, &ack, 3), Action::Forward(1));
+        // The server may not open its own connection to the client.
+        let back = testing::tcp(&s, 80, &c, 40001, F::SYN, v6, &[]);
+        assert_eq!(r.p.process(1, &back, 4), Action::Drop(DropReason::Policy));
+        // Wrong port, and a pod that is not allowed.
+        let ssh = testing::tcp(&c, 40002, &s, 22, F::SYN, v6, &[]);
+        assert_eq!(r.p.process(0, &ssh, 4), Action::Drop(DropReason::Policy));
+        let stranger = testing::tcp(&o, 40000, &s, 80, F::SYN, v6, &[]);
+        assert_eq!(r.p.process(2, &stranger, 4), Action::Drop(DropReason::Policy));
+        // UDP 53 request and answer.
+        let q = testing::udp(&c, 5353, &s, 53, v6, b"q");
+        assert_eq!(r.p.process(0, &q, 5), Action::Forward(1));
+        let a = testing::udp(&s, 53, &c, 5353, v6, b"a");
+        assert_eq!(r.p.process(1, &a, 6), Action::Forward(0));
+        // Ping to the unisolated pod and its reply; ping to the server is denied
+        // (its only rule names ports of TCP/UDP/SCTP).
+        assert_eq!(r.p.process(0, &testing::echo(&c, &o, 7, true, v6), 7), Action::Forward(2));
+        assert_eq!(r.p.process(2, &testing::echo(&o, &c, 7, false, v6), 7), Action::Forward(0));
+        assert_eq!(r.p.process(0, &testing::echo(&c, &s, 7, true, v6), 7), Action::Drop(DropReason::Policy));
+    }
+    let snap = r.p.counters().snapshot();
+    assert_eq!(snap.drops["policy"], 8);
+    // Conntrack gauges are published per batch.
+    assert_eq!(snap.conntrack.created, 0);
+    r.p.begin_batch(8);
+    let snap = r.p.counters().snapshot();
+    assert_eq!(snap.conntrack.created, 6);
+    assert_eq!(snap.conntrack.entries, 6);
+}
+
+#[test]
+fn revoked_connection_stops_on_its_next_packet() {
+    // No background sweep: the revocation must come from the hit itself.
+    let cfg = PipelineConfig { ports: 3, sweep_budget: 0, ..Default::default() };
+    let mut r = rig_with(cfg, published(1, testing::client_server_table()));
+    r.learn_all();
+    let (c, s) = (r.client, r.server);
+    let syn = testing::tcp(&c, 40000, &s, 80, F::SYN, false, &[]);
+    let synack = testing::tcp(&s, 80, &c, 40000, F::SYN | F::ACK, false, &[]);
+    let data = testing::tcp(&c, 40000, &s, 80, F::ACK | F::PSH, false, b"x");
+    assert_eq!(r.p.process(0, &syn, 0), Action::Forward(1));
+    assert_eq!(r.p.process(1, &synack, 0), Action::Forward(0));
+    let idle = testing::udp(&c, 5353, &s, 53, false, b"q");
+    assert_eq!(r.p.process(0, &idle, 0), Action::Forward(1));
+    // A new table allows the same thing: nothing changes.
+    r.tables.store(Arc::new(published(2, testing::client_server_table())));
+    r.p.begin_batch(1);
+    assert_eq!(r.p.process(0, &data, 1), Action::Forward(1));
+    // A table that denies: the very next packet of the connection is dropped.
+    r.tables.store(Arc::new(published(3, testing::client_server_table_denying())));
+    r.p.begin_batch(2);
+    assert_eq!(r.p.process(0, &data, 2), Action::Drop(DropReason::Revoked));
+    assert!(r.p.conntrack().get(&flow_of(&data)).is_none());
+    // Its replies are now new, denied flows.
+    assert_eq!(r.p.process(1, &synack, 2), Action::Drop(DropReason::Policy));
+    // The idle UDP flow goes with an explicit sweep.
+    assert_eq!(r.p.revalidate_all(), 1);
+    assert!(r.p.conntrack().is_empty());
+    r.p.begin_batch(3);
+    let snap = r.p.counters().snapshot();
+    assert_eq!(snap.conntrack.revoked, 2);
+    assert_eq!(snap.drops["revoked"], 1);
+}
+
+#[test]
+fn idle_connections_are_revoked_by_the_batch_sweep() {
+    let mut r = rig();
+    r.learn_all();
+    let (c, s) = (r.client, r.server);
+    for port in 0..10u16 {
+        let q = testing::udp(&c, 1000 + port, &s, 53, false, b"q");
+        assert_eq!(r.p.process(0, &q, 0), Action::Forward(1));
+    }
+    r.tables.store(Arc::new(published(2, testing::client_server_table_denying())));
+    // 64 slots per batch: the whole table is re-checked within capacity / 64 batches.
+    let batches = r.p.conntrack().capacity().div_ceil(64);
+    for i in 0..batches {
+        r.p.begin_batch(1 + i as u64);
+    }
+    assert!(r.p.conntrack().is_empty());
+    assert_eq!(r.p.counters().snapshot().conntrack.revoked, 10);
+}
+
+fn flow_of(frame: &[u8]) -> dataplane::parse::Flow {
+    match dataplane::parse::parse(frame).unwrap().class {
+        dataplane::parse::Class::Ip(p) => p.flow,
+        c => panic!("not IP: {c:?}"),
+    }
+}
+
+#[test]
+fn fragments_follow_the_first() {
+    let mut r = rig();
+    r.learn_all();
+    let (c, s) = (r.client, r.server);
+    let mut first = testing::udp(&c, 5353, &s, 53, false, &[0; 64]);
+    testing::make_ipv4_fragment(&mut first, 77, 0, true);
+    let mut later = first.clone();
+    testing::make_ipv4_fragment(&mut later, 77, 9, false);
+    // A later fragment before its first: dropped.
+    assert_eq!(r.p.process(0, &later, 0), Action::Drop(DropReason::FragmentNoFirst));
+    assert_eq!(r.p.process(0, &first, 1), Action::Forward(1));
+    assert_eq!(r.p.process(0, &later, 2), Action::Forward(1));
+    // A denied datagram (port 54): its later fragments are denied too.
+    let mut bad_first = testing::udp(&c, 5353, &s, 54, false, &[0; 64]);
+    testing::make_ipv4_fragment(&mut bad_first, 78, 0, true);
+    let mut bad_later = bad_first.clone();
+    testing::make_ipv4_fragment(&mut bad_later, 78, 9, false);
+    assert_eq!(r.p.process(0, &bad_first, 3), Action::Drop(DropReason::Policy));
+    assert_eq!(r.p.process(0, &bad_later, 3), Action::Drop(DropReason::Policy));
+    // The first fragment's verdict lasts 30 s.
+    assert_eq!(r.p.process(0, &later, 1 + 30 * SEC), Action::Drop(DropReason::FragmentNoFirst));
+}
+
+#[test]
+fn l2_behaviour_and_non_ip() {
+    let mut r = rig();
+    let (c, s) = (r.client, r.server);
+    // Nothing learned yet: the SYN floods; the SYN-ACK goes to the learned client port.
+    let syn = testing::tcp(&c, 40000, &s, 80, F::SYN, false, &[]);
+    assert_eq!(r.p.process(0, &syn, 0), Action::Flood);
+    let synack = testing::tcp(&s, 80, &c, 40000, F::SYN | F::ACK, false, &[]);
+    assert_eq!(r.p.process(1, &synack, 0), Action::Forward(0));
+    // A frame whose destination is on its own ingress port is filtered.
+    assert_eq!(r.p.process(0, &syn, 0), Action::Forward(1));
+    assert_eq!(r.p.process(1, &syn, 0), Action::Drop(DropReason::SamePort));
+    // LLDP is dropped by default.
+    let mut lldp = syn.clone();
+    lldp[12..14].copy_from_slice(&[0x88, 0xcc]);
+    assert_eq!(r.p.process(0, &lldp, 0), Action::Drop(DropReason::NonIp));
+    // Bad input port and parse errors are counted.
+    assert_eq!(r.p.process(7, &syn, 0), Action::Drop(DropReason::BadPort));
+    assert_eq!(r.p.process(0, &syn[..20], 0), Action::Drop(DropReason::Parse(ParseError::Ipv4Truncated)));
+    let snap = r.p.counters().snapshot();
+    assert_eq!(snap.drops["non_ip"], 1);
+    assert_eq!(snap.drops["bad_port"], 1);
+    assert_eq!(snap.drops["same_port"], 1);
+    assert_eq!(snap.parse_errors["ipv4_truncated"], 1);
+    assert_eq!(snap.frames_in, 7);
+    assert_eq!(snap.ports[0].rx_frames, 4);
+    assert_eq!(snap.ports[0].rx_bytes, 3 * syn.len() as u64 + 20);
+
+    // forward_non_ip behaves like a bridge; wire mode sends to the other port.
+    let cfg = PipelineConfig { mode: Mode::Wire, forward_non_ip: true, ..Default::default() };
+    let mut w = rig_with(cfg, published(1, testing::client_server_table()));
+    assert_eq!(w.p.process(0, &lldp, 0), Action::Forward(1));
+    assert_eq!(w.p.process(1, &lldp, 0), Action::Forward(0));
+}
+
+#[test]
+fn config_deserializes_with_defaults_and_rejects_unknown_fields() {
+    let cfg: PipelineConfig = serde_json::from_str(
+        r#"{"mode": "wire", "conntrack_capacity": 1024, "timeouts": {"tcp_established": 3600}}"#,
+    )
+    .unwrap();
+    assert_eq!(cfg.mode, Mode::Wire);
+    assert_eq!(cfg.ports, 2);
+    assert_eq!(cfg.conntrack_capacity, 1024);
+    assert_eq!(cfg.timeouts.tcp_established, 3600);
+    assert_eq!(cfg.timeouts.tcp_handshake, 30);
+    assert!(serde_json::from_str::<PipelineConfig>(r#"{"conntrack_size": 1}"#).is_err());
+    assert!(serde_json::from_str::<PipelineConfig>(r#"{"timeouts": {"tcp": 1}}"#).is_err());
+
+    let bad = PipelineConfig { mode: Mode::Wire, ports: 3, ..Default::default() };
+    assert_eq!(bad.validate(), Err(ConfigError::WirePorts { ports: 3 }));
+    let zero = PipelineConfig { conntrack_capacity: 0, ..Default::default() };
+    assert!(matches!(zero.validate(), Err(ConfigError::Capacity { field: "conntrack_capacity", .. })));
+    let tables = Arc::new(ArcSwap::from_pointee(PublishedTable::fail_closed()));
+    let few = Arc::new(WorkerCounters::new(1));
+    assert_eq!(
+        Pipeline::try_new(&PipelineConfig::default(), tables, few).err(),
+        Some(ConfigError::CounterPorts { counters: 1, ports: 2 })
+    );
+}
+
+#[test]
+fn full_table_refuses_new_connections_and_keeps_established() {
+    let cfg = PipelineConfig { ports: 3, conntrack_capacity: 4, ..Default::default() };
+    let mut r = rig_with(cfg, published(1, testing::client_server_table()));
+    r.learn_all();
+    let (c, s) = (r.client, r.server);
+    for port in 0..4u16 {
+        let q = testing::udp(&c, 1000 + port, &s, 53, false, b"q");
+        let a = testing::udp(&s, 53, &c, 1000 + port, false, b"a");
+        assert_eq!(r.p.process(0, &q, 0), Action::Forward(1));
+        assert_eq!(r.p.process(1, &a, 0), Action::Forward(0));
+    }
+    for port in 0..50u16 {
+        let syn = testing::tcp(&c, 2000 + port, &s, 80, F::SYN, false, &[]);
+        assert_eq!(r.p.process(0, &syn, 1), Action::Drop(DropReason::ConntrackFull));
+    }
+    let a = testing::udp(&s, 53, &c, 1000, false, b"a");
+    assert_eq!(r.p.process(1, &a, 2), Action::Forward(0));
+    r.p.begin_batch(3);
+    let snap = r.p.counters().snapshot();
+    assert_eq!(snap.drops["conntrack_full"], 50);
+    assert_eq!(snap.conntrack.full, 50);
+    assert_eq!(snap.conntrack.entries, 4);
+}
