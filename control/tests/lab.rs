@@ -270,3 +270,43 @@ fn down_cleans_up_after_a_crash() {
     let marker = lab.dir.to_string_lossy().into_owned();
     assert!(!ps.lines().any(|l| l.contains(&marker)), "processes left:\n{ps}");
 }
+
+#[test]
+fn an_established_tcp_connection_survives_allowed_changes_and_is_cut_when_revoked() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let Some(lab) = Lab::up("v") else { return };
+    // One TCP connection x/a -> x/b:80 kept open by bash, one request per
+    // line we send it; prints what came back for each.
+    let script = "exec 3<>/dev/tcp/10.78.0.12/80 || exit 1
+        for i in 1 2 3; do
+          read go || exit 0
+          echo \"probe $i\" >&3
+          answer=''; read -t 2 answer <&3
+          echo \"$i:$answer\"
+        done";
+    let mut holder = Command::new("ip")
+        .args(["netns", "exec", &lab.netns("x/a"), "bash", "-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("bash");
+    let mut to = holder.stdin.take().unwrap();
+    let mut from = BufReader::new(holder.stdout.take().unwrap());
+    let mut round = |expect: &str| {
+        to.write_all(b"go\n").unwrap();
+        to.flush().unwrap();
+        let mut line = String::new();
+        from.read_line(&mut line).unwrap();
+        assert_eq!(line.trim_end(), expect);
+    };
+    round("1:x/b 1");
+    // Still allowed (x/b accepts x/a on TCP 80): the connection goes on.
+    lab.apply(&["allow-a-to-b.yaml"], false);
+    round("2:x/b 2");
+    // Denied now: the tracked connection is revoked, the request gets no answer.
+    lab.apply(&["default-deny.yaml"], false);
+    round("3:");
+    let _ = holder.kill();
+    let _ = holder.wait();
+}

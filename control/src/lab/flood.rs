@@ -45,6 +45,13 @@ pub struct FloodArgs {
     /// Attach mode of the generator's socket: native or generic.
     #[arg(long, default_value = "native")]
     pub attach: String,
+    /// What the receiving pod does with the frames: `drop` them at its
+    /// interface's ingress (an nftables netdev rule, removed afterwards), so
+    /// the figure is about delivery to the pod and not about the pod's UDP
+    /// stack; or `stack`: full IP/UDP processing (no listener: the kernel
+    /// also tries, rate-limited, to send ICMP port unreachable).
+    #[arg(long, default_value = "drop")]
+    pub sink: String,
 }
 
 /// `lab flood-send` arguments (internal; run inside the source namespace).
@@ -135,6 +142,40 @@ pub fn flood(args: &FloodArgs) -> Result<(), FloodError> {
         let s = cmd::in_netns(&dst.netns, "cat", &["/sys/class/net/eth0/statistics/rx_packets"])?;
         s.trim().parse().map_err(|e| FloodError::Generator(format!("rx_packets: {e}")))
     };
+    let sink = match args.sink.as_str() {
+        "drop" => true,
+        "stack" => false,
+        other => return Err(FloodError::Argument(format!("--sink {other} (drop or stack)"))),
+    };
+    let table = "portcullis_flood_sink";
+    if sink {
+        let _ = cmd::in_netns(&dst.netns, "nft", &["delete", "table", "netdev", table]);
+        cmd::in_netns(&dst.netns, "nft", &["add", "table", "netdev", table])?;
+        let chain = "{ type filter hook ingress device eth0 priority -500; policy accept; }";
+        cmd::in_netns(&dst.netns, "nft", &["add", "chain", "netdev", table, "in", chain])?;
+        let port = args.port.to_string();
+        cmd::in_netns(
+            &dst.netns,
+            "nft",
+            &["add", "rule", "netdev", table, "in", "udp", "dport", &port, "drop"],
+        )?;
+    }
+    let result = measure(args, dir, src, src_ip, dst, dst_ip, rx);
+    if sink {
+        let _ = cmd::in_netns(&dst.netns, "nft", &["delete", "table", "netdev", table]);
+    }
+    result
+}
+
+fn measure(
+    args: &FloodArgs,
+    dir: &std::path::Path,
+    src: &super::state::LabPod,
+    src_ip: Ipv4Addr,
+    dst: &super::state::LabPod,
+    dst_ip: Ipv4Addr,
+    rx: impl Fn() -> Result<u64, FloodError>,
+) -> Result<(), FloodError> {
     let before = rx()?;
     let exe = std::env::current_exe().map_err(|e| FloodError::Generator(e.to_string()))?;
     let out = Command::new("ip")
@@ -160,9 +201,10 @@ pub fn flood(args: &FloodArgs) -> Result<(), FloodError> {
     let secs = report["seconds"].as_f64().unwrap_or(args.seconds).max(1e-9);
     let lost = sent.saturating_sub(received);
     println!(
-        "{} -> {}: {}-byte frames for {secs:.2} s: sent {sent} ({:.3} Mpps), received {received} ({:.3} Mpps), lost {lost} ({:.1}%)",
+        "{} -> {} (sink {}): {}-byte frames for {secs:.2} s: sent {sent} ({:.3} Mpps), received {received} ({:.3} Mpps), lost {lost} ({:.1}%)",
         args.from,
         args.to,
+        args.sink,
         args.size,
         sent as f64 / secs / 1e6,
         received as f64 / secs / 1e6,

@@ -1,7 +1,7 @@
 //! `lab serve`: the echo server each pod namespace runs. For every address
 //! and port, a TCP listener and a UDP socket answer a request line
-//! `probe <token>` with `<namespace>/<pod> <token>`, so a prober knows it
-//! reached the pod it aimed at.
+//! `probe <token>` with `<namespace>/<pod> <token>` (every line of a TCP
+//! connection), so a prober knows it reached the pod it aimed at.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -100,16 +100,20 @@ fn serve_tcp(listener: TcpListener, label: &str) {
     }
 }
 
+/// Answers every request line of a connection until it closes (so a test
+/// can keep a connection open across a policy change).
 fn answer_tcp(conn: TcpStream, label: &str) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     conn.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(conn.try_clone()?).take(256);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    if let Some(reply) = answer(label, &line) {
-        (&conn).write_all(reply.as_bytes())?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    loop {
+        let mut line = String::new();
+        if (&mut reader).take(256).read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if let Some(reply) = answer(label, &line) {
+            (&conn).write_all(reply.as_bytes())?;
+        }
     }
-    Ok(())
 }
 
 fn serve_udp(sock: UdpSocket, label: &str) {
