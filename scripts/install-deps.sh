@@ -1,16 +1,43 @@
 #!/usr/bin/env bash
-# Installs everything the build and the tests need on a fresh Debian machine.
-# Idempotent: installs only what is missing. Needs root (or sudo) for apt.
+# Installs everything the build and the tests need on a fresh Debian machine,
+# and the kernel/ulimit settings the AF_XDP lab needs.
+# Idempotent: installs only what is missing, changes only what is too low.
+# Needs root (or sudo) for apt and for raising the memlock limit.
+#
+# Why each package:
+#   libelf-dev clang m4 zlib1g-dev pkg-config gcc make  build of xsk-rs (libxdp-sys, libbpf-sys: bundled C)
+#   libpcap-dev                                         xdp-tools' build (libxdp-sys) probes for it
+#   iproute2 (ip)                                       lab: network namespaces, veth pairs, addresses
+#   ethtool                                             lab: TX checksum offload off on pod veths
+#   iputils-ping                                        lab tests: ping between pods
+#   procps                                              lab: ps/pkill-free process inspection in tests
+#   nftables                                            other tests of the project
 set -euo pipefail
-pkgs=(libelf-dev clang m4 libpcap-dev pkg-config zlib1g-dev iproute2 ethtool nftables)
+pkgs=(libelf-dev clang m4 libpcap-dev pkg-config zlib1g-dev gcc make iproute2 ethtool iputils-ping procps nftables)
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 missing=()
 for p in "${pkgs[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "installing: ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# AF_XDP UMEM is locked memory. Root with CAP_IPC_LOCK is not limited, but a
+# process whose memlock limit is low and lacks CAP_IPC_LOCK gets ENOBUFS when
+# registering a UMEM. Raise the limit of this shell's children (the tests run
+# from it) and, when possible, the default for new login sessions.
+cur=$(ulimit -l)
+if [ "$cur" != "unlimited" ] && ! ulimit -l unlimited 2>/dev/null; then
+  # CAP_IPC_LOCK (capability 14) makes the limit irrelevant.
+  capeff=$(awk '/^CapEff/ {print $2}' /proc/self/status)
+  if [ -z "$capeff" ] || [ $(( 0x$capeff >> 14 & 1 )) -eq 0 ]; then
+    echo "note: memlock limit is ${cur} KiB and cannot be raised, and CAP_IPC_LOCK is missing: large UMEMs will fail (ENOBUFS)"
+  fi
+fi
+if [ "$(id -u)" -eq 0 ] && [ -d /etc/security/limits.d ] && [ ! -f /etc/security/limits.d/90-portcullis-memlock.conf ]; then
+  printf '* - memlock unlimited\nroot - memlock unlimited\n' > /etc/security/limits.d/90-portcullis-memlock.conf
 fi

@@ -17,6 +17,7 @@
 pub mod config;
 pub mod daemon;
 pub mod index;
+pub mod lab;
 pub mod manifest;
 pub mod manifest_dir;
 pub mod report;

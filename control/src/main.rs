@@ -28,6 +28,8 @@ enum Command {
     Matrix(MatrixArgs),
     /// Validate a state file and print every problem.
     Check(StateArgs),
+    /// Pods as network namespaces switched by a real dataplane (root only).
+    Lab(control::lab::LabArgs),
     /// The daemon: watch Kubernetes and/or a manifest directory, compile, publish, serve status.
     Run(RunArgs),
 }
@@ -183,6 +185,7 @@ fn load(args: &StateArgs) -> Result<Compiled> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Lab(args) => control::lab::run(args)?,
         Command::Run(args) => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

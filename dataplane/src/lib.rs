@@ -1,10 +1,19 @@
 //! # dataplane
 //!
 //! The packet path of Portcullis: Ethernet frames in, a forwarding decision
-//! out, with Kubernetes NetworkPolicy enforced per connection. This part of
-//! the crate has no sockets, no clock and no `unsafe`: the AF_XDP I/O
-//! (UMEM, rings, workers) calls into it with a frame, its ingress port and
-//! the time, and acts on the returned [`Action`].
+//! out, with Kubernetes NetworkPolicy enforced per connection. The core
+//! (parse, frag, conntrack, switch, counters, pipeline) has no sockets, no
+//! clock and no `unsafe`: the AF_XDP I/O ([`xsk`], [`port`], [`worker`])
+//! calls into it with a frame, its ingress port and the time, and acts on
+//! the returned [`Action`]. [`xsk`] is the only module of the project that
+//! contains `unsafe` code; the I/O design is in
+//! `docs/architecture-dataplane.md`.
+//!
+//! ```text
+//!   interface queues ──AF_XDP (xsk/)──▶ worker.rs: RX batch ─▶ Pipeline::process ─▶ Action
+//!        ▲                                                                          │
+//!        └────── TX ring of the output port (same UMEM: descriptor moved, no copy) ◀┘
+//! ```
 //!
 //! ```text
 //!   control plane                        one worker (one thread, queue i of every port)
@@ -37,8 +46,14 @@ pub mod counters;
 pub mod frag;
 pub mod parse;
 pub mod pipeline;
+pub mod port;
 pub mod switch;
 pub mod testing;
+pub mod worker;
+#[allow(unsafe_code)]
+pub mod xsk;
 
 pub use counters::{CountersSnapshot, WorkerCounters};
 pub use pipeline::{Action, ConfigError, DropReason, Mode, Pipeline, PipelineConfig, PortId, PublishedTable};
+pub use port::Port;
+pub use worker::{Dataplane, DataplaneConfig, IoCounters, IoSnapshot, StartError};

@@ -1,0 +1,179 @@
+//! `lab dataplane`: the dataplane process of a lab. Every pod's host-side
+//! veth is a port of one switch-mode dataplane; the decision table is
+//! compiled from the lab's files and published through an `ArcSwap`.
+//!
+//! Policy changes: on SIGHUP the process reads the lab's files again
+//! (`cluster.yaml`, then `applied/*` in name order), recompiles, and stores
+//! the new table in the `ArcSwap`; workers pick it up at their next batch.
+//! The new generation is then written to `<dir>/generation` (what `lab apply`
+//! waits for). A file that fails to load leaves the old table in force and
+//! is reported in `<dir>/reload-error`. SIGTERM or SIGINT stops it cleanly:
+//! sockets closed, XDP programs detached.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use clap::Args;
+use dataplane::pipeline::{PipelineConfig, PublishedTable};
+use dataplane::xsk::{AttachMode, CopyMode, XskConfig};
+use dataplane::{Dataplane, DataplaneConfig};
+use thiserror::Error;
+
+use super::policy;
+use super::state::{self, write_atomic};
+use crate::manifest::LoadErrors;
+
+/// `lab dataplane` arguments.
+#[derive(Args, Debug, Clone)]
+pub struct DataplaneArgs {
+    /// State directory of the lab.
+    #[arg(long = "lab-dir")]
+    pub dir: PathBuf,
+    /// Interfaces (ports), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub ports: Vec<String>,
+    /// native, generic or auto.
+    #[arg(long, default_value = "native")]
+    pub attach: String,
+    /// copy, zero-copy or auto.
+    #[arg(long, default_value = "copy")]
+    pub copy: String,
+    /// Cores to pin workers to.
+    #[arg(long, value_delimiter = ',')]
+    pub cores: Vec<usize>,
+}
+
+/// The dataplane process failed.
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    /// A setting has an unknown value.
+    #[error("--{option}: unknown value {value:?}")]
+    Option {
+        /// The option.
+        option: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The lab's files could not be loaded at start.
+    #[error("loading the lab's objects")]
+    Load(#[from] LoadErrors),
+    /// The dataplane did not start.
+    #[error("starting the dataplane")]
+    Start(#[from] dataplane::StartError),
+    /// Signal handlers could not be installed.
+    #[error("installing signal handlers")]
+    Signal(#[source] std::io::Error),
+    /// Writing to the state directory.
+    #[error("writing {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Parses an attach mode name.
+pub fn attach_mode(s: &str) -> Result<AttachMode, DataplaneError> {
+    match s {
+        "native" | "drv" => Ok(AttachMode::Native),
+        "generic" | "skb" => Ok(AttachMode::Generic),
+        "auto" => Ok(AttachMode::Auto),
+        _ => Err(DataplaneError::Option { option: "attach", value: s.into() }),
+    }
+}
+
+/// Parses a copy mode name.
+pub fn copy_mode(s: &str) -> Result<CopyMode, DataplaneError> {
+    match s {
+        "copy" => Ok(CopyMode::Copy),
+        "zero-copy" | "zerocopy" => Ok(CopyMode::ZeroCopy),
+        "auto" => Ok(CopyMode::Auto),
+        _ => Err(DataplaneError::Option { option: "copy", value: s.into() }),
+    }
+}
+
+fn table(dir: &Path, generation: u64) -> Result<PublishedTable, LoadErrors> {
+    let compiled = policy::load(&policy::lab_files(dir))?.compile();
+    for p in &compiled.problems {
+        eprintln!("generation {generation}: {p}");
+    }
+    Ok(PublishedTable { generation, table: compiled.table, fail_closed: false })
+}
+
+/// Runs until SIGTERM/SIGINT.
+pub fn run(args: &DataplaneArgs) -> Result<(), DataplaneError> {
+    let dir = &args.dir;
+    let io = |path: PathBuf| move |source| DataplaneError::Io { path, source };
+    let xsk = XskConfig {
+        attach: attach_mode(&args.attach)?,
+        copy: copy_mode(&args.copy)?,
+        ..XskConfig::default()
+    };
+    let mut generation = 1;
+    let tables = Arc::new(ArcSwap::from_pointee(table(dir, generation)?));
+    let cfg = DataplaneConfig {
+        ports: args.ports.clone(),
+        cores: args.cores.clone(),
+        xsk,
+        pipeline: PipelineConfig::default(),
+        ..DataplaneConfig::default()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(DataplaneError::Signal)?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone()).map_err(DataplaneError::Signal)?;
+    let dp = Dataplane::start(&cfg, tables.clone())?;
+    eprintln!("dataplane up: ports {:?}, {:?}", args.ports, cfg.xsk);
+    let gen_file = dir.join(state::GENERATION_FILE);
+    write_atomic(&gen_file, format!("{generation}\n").as_bytes()).map_err(io(gen_file.clone()))?;
+    let mut last_counters = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if hup.swap(false, Ordering::Relaxed) {
+            let err_file = dir.join(state::RELOAD_ERROR_FILE);
+            match table(dir, generation + 1) {
+                Ok(t) => {
+                    generation += 1;
+                    tables.store(Arc::new(t));
+                    let _ = std::fs::remove_file(&err_file);
+                    write_atomic(&gen_file, format!("{generation}\n").as_bytes())
+                        .map_err(io(gen_file.clone()))?;
+                    eprintln!("published generation {generation}");
+                }
+                Err(e) => {
+                    eprintln!("reload failed, generation {generation} stays: {e}");
+                    write_atomic(&err_file, e.to_string().as_bytes()).map_err(io(err_file.clone()))?;
+                }
+            }
+        }
+        if last_counters.elapsed() >= Duration::from_secs(1) {
+            last_counters = Instant::now();
+            write_counters(dir, &dp, generation);
+        }
+    }
+    write_counters(dir, &dp, generation);
+    dp.shutdown();
+    eprintln!("dataplane stopped");
+    Ok(())
+}
+
+fn write_counters(dir: &Path, dp: &Dataplane, generation: u64) {
+    let io = dp.io_counters();
+    let json = serde_json::json!({
+        "generation": generation,
+        "io": {
+            "rx": io.rx, "tx": io.tx, "dropped": io.dropped, "tx_full": io.tx_full,
+            "flood_copies": io.flood_copies, "no_frame": io.no_frame, "no_socket": io.no_socket,
+            "kicks": io.kicks, "kick_errors": io.kick_errors,
+        },
+        "pipeline": dp.pipeline_counters(),
+    });
+    let _ = write_atomic(&dir.join(state::COUNTERS_FILE), format!("{json:#}\n").as_bytes());
+}

@@ -1,0 +1,554 @@
+//! Workers: threads that move frames between the sockets of the ports.
+//!
+//! Worker `i` serves queue `i` of every port, so that both directions of a
+//! flow (which a symmetric RSS hash puts on the same queue number of each
+//! NIC) meet the same worker and its connection tracking. All the sockets of
+//! a worker share one UMEM, so forwarding a frame is passing its descriptor
+//! from one socket's RX ring to another's TX ring; only flooding copies.
+//!
+//! One loop iteration:
+//!
+//! ```text
+//! for each socket: RX batch ─▶ pipeline.begin_batch(now) ─▶ process(frame) ─▶ pending TX of a port
+//!                                                                          └▶ free pool (dropped)
+//! for each socket: completions ─▶ free pool; pending ─▶ TX ring (as much as fits); kick (copy mode)
+//! for each socket: free pool ─▶ fill ring
+//! idle? poll() the sockets for a while instead of spinning.
+//! ```
+//!
+//! Everything a worker touches per packet is owned by its thread: no lock,
+//! and every container is allocated at start.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use thiserror::Error;
+
+use crate::counters::{CountersSnapshot, WorkerCounters};
+use crate::pipeline::{Action, ConfigError, Mode, Pipeline, PipelineConfig, PortId, PublishedTable};
+use crate::port::{Port, PortError};
+use crate::xsk::{self, AttachMode, Frame, Frames, Poller, Umem, XskConfig, XskSocket};
+
+/// Dataplane settings.
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    /// Interfaces to switch between; their order gives the port ids.
+    pub ports: Vec<String>,
+    /// Number of workers; 0 means one per queue of the port with most queues.
+    pub workers: usize,
+    /// Cores to pin workers to (worker `i` on `cores[i % len]`); empty: no pinning.
+    pub cores: Vec<usize>,
+    /// Socket and UMEM settings.
+    pub xsk: XskConfig,
+    /// Most frames taken from one RX ring at a time. Default 64.
+    pub batch: usize,
+    /// The pipeline of each worker (mode, conntrack sizes, timeouts). Its
+    /// `ports` is set from `ports` above.
+    pub pipeline: PipelineConfig,
+    /// How long an idle worker sleeps in `poll` before looking at its stop
+    /// flag again, in milliseconds. Default 50.
+    pub idle_poll_ms: i32,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            ports: Vec::new(),
+            workers: 0,
+            cores: Vec::new(),
+            xsk: XskConfig::default(),
+            batch: 64,
+            pipeline: PipelineConfig::default(),
+            idle_poll_ms: 50,
+        }
+    }
+}
+
+/// Starting the dataplane failed.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// No ports given, or a setting out of range.
+    #[error("invalid dataplane configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A port could not be opened.
+    #[error(transparent)]
+    Port(#[from] PortError),
+    /// The pipeline configuration is invalid.
+    #[error("pipeline configuration")]
+    Pipeline(#[from] ConfigError),
+    /// A worker could not create its UMEM.
+    #[error("worker {worker}: UMEM")]
+    Umem {
+        /// Worker index.
+        worker: usize,
+        /// The error.
+        #[source]
+        source: xsk::UmemError,
+    },
+    /// A worker could not bind a socket.
+    #[error("worker {worker}: socket")]
+    Bind {
+        /// Worker index.
+        worker: usize,
+        /// The error.
+        #[source]
+        source: xsk::BindError,
+    },
+    /// A worker thread could not be spawned or died during start.
+    #[error("worker {worker} thread")]
+    Thread {
+        /// Worker index.
+        worker: usize,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// I/O counters of one worker. Written by the worker only (relaxed stores
+/// once per loop iteration), read by anyone.
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    /// Frames received.
+    pub rx: AtomicU64,
+    /// Frames put on TX rings.
+    pub tx: AtomicU64,
+    /// Frames the pipeline dropped.
+    pub dropped: AtomicU64,
+    /// Frames dropped because the output port's pending queue was full
+    /// (the TX ring did not drain fast enough).
+    pub tx_full: AtomicU64,
+    /// Flood copies made.
+    pub flood_copies: AtomicU64,
+    /// Frames dropped because no free frame was left for a copy.
+    pub no_frame: AtomicU64,
+    /// Frames for a port this worker has no socket on.
+    pub no_socket: AtomicU64,
+    /// `sendto` kicks.
+    pub kicks: AtomicU64,
+    /// Kicks that failed with an unexpected error.
+    pub kick_errors: AtomicU64,
+}
+
+/// A plain copy of [`IoCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoSnapshot {
+    /// See [`IoCounters::rx`].
+    pub rx: u64,
+    /// See [`IoCounters::tx`].
+    pub tx: u64,
+    /// See [`IoCounters::dropped`].
+    pub dropped: u64,
+    /// See [`IoCounters::tx_full`].
+    pub tx_full: u64,
+    /// See [`IoCounters::flood_copies`].
+    pub flood_copies: u64,
+    /// See [`IoCounters::no_frame`].
+    pub no_frame: u64,
+    /// See [`IoCounters::no_socket`].
+    pub no_socket: u64,
+    /// See [`IoCounters::kicks`].
+    pub kicks: u64,
+    /// See [`IoCounters::kick_errors`].
+    pub kick_errors: u64,
+}
+
+impl IoCounters {
+    /// Reads all counters.
+    pub fn snapshot(&self) -> IoSnapshot {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        IoSnapshot {
+            rx: r(&self.rx),
+            tx: r(&self.tx),
+            dropped: r(&self.dropped),
+            tx_full: r(&self.tx_full),
+            flood_copies: r(&self.flood_copies),
+            no_frame: r(&self.no_frame),
+            no_socket: r(&self.no_socket),
+            kicks: r(&self.kicks),
+            kick_errors: r(&self.kick_errors),
+        }
+    }
+
+    fn publish(&self, s: &IoSnapshot) {
+        let w = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        w(&self.rx, s.rx);
+        w(&self.tx, s.tx);
+        w(&self.dropped, s.dropped);
+        w(&self.tx_full, s.tx_full);
+        w(&self.flood_copies, s.flood_copies);
+        w(&self.no_frame, s.no_frame);
+        w(&self.no_socket, s.no_socket);
+        w(&self.kicks, s.kicks);
+        w(&self.kick_errors, s.kick_errors);
+    }
+}
+
+impl std::ops::AddAssign for IoSnapshot {
+    fn add_assign(&mut self, o: IoSnapshot) {
+        self.rx += o.rx;
+        self.tx += o.tx;
+        self.dropped += o.dropped;
+        self.tx_full += o.tx_full;
+        self.flood_copies += o.flood_copies;
+        self.no_frame += o.no_frame;
+        self.no_socket += o.no_socket;
+        self.kicks += o.kicks;
+        self.kick_errors += o.kick_errors;
+    }
+}
+
+/// Frames the kernel sends per copy-mode `sendto` (`TX_BATCH_SIZE` in
+/// `net/xdp/xsk.c`).
+const KICK_BATCH: u32 = 32;
+
+/// The state of one worker thread.
+struct Worker {
+    umem: Umem,
+    free: Frames,
+    rx: Frames,
+    /// Sockets, with the port each serves.
+    sockets: Vec<(PortId, XskSocket)>,
+    /// For each port id: index in `sockets`, if this worker has a socket there.
+    socket_of_port: Vec<Option<usize>>,
+    /// For each socket: frames waiting for its TX ring.
+    pending: Vec<Frames>,
+    pipeline: Pipeline,
+    fill_target: usize,
+    max_kicks: u32,
+    idle_poll_ms: i32,
+    poller: Poller,
+    counters: Arc<IoCounters>,
+    stats: IoSnapshot,
+}
+
+impl Worker {
+    fn new(
+        index: usize,
+        ports: &[Port],
+        cfg: &DataplaneConfig,
+        pipeline: Pipeline,
+        counters: Arc<IoCounters>,
+    ) -> Result<Worker, StartError> {
+        let queue = index as u32;
+        let mine: Vec<&Port> = ports.iter().filter(|p| p.queues > queue).collect();
+        let (mut umem, free) = Umem::new(&cfg.xsk, cfg.xsk.frames_for(mine.len()))
+            .map_err(|source| StartError::Umem { worker: index, source })?;
+        let mut sockets = Vec::with_capacity(mine.len());
+        let mut socket_of_port = vec![None; ports.len()];
+        for p in &mine {
+            let s = XskSocket::bind(&mut umem, &p.name, queue, &cfg.xsk)
+                .map_err(|source| StartError::Bind { worker: index, source })?;
+            socket_of_port[p.id as usize] = Some(sockets.len());
+            sockets.push((p.id, s));
+        }
+        let pending =
+            sockets.iter().map(|_| Frames::with_capacity(&umem, cfg.xsk.tx_ring as usize)).collect();
+        let rx = Frames::with_capacity(&umem, cfg.batch.max(1));
+        let poller = Poller::new(sockets.iter().map(|(_, s)| s.fd()));
+        Ok(Worker {
+            rx,
+            free,
+            sockets,
+            socket_of_port,
+            pending,
+            pipeline,
+            fill_target: cfg.xsk.rx_ring as usize,
+            max_kicks: cfg.xsk.tx_ring / KICK_BATCH + 1,
+            idle_poll_ms: cfg.idle_poll_ms.max(1),
+            poller,
+            counters,
+            stats: IoSnapshot::default(),
+            umem,
+        })
+    }
+
+    fn run(&mut self, stop: &AtomicBool, epoch: Instant) {
+        self.refill();
+        let mut idle = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            let now = epoch.elapsed().as_nanos() as u64;
+            let received = self.receive(now);
+            let outstanding = self.transmit();
+            self.refill();
+            self.counters.publish(&self.stats);
+            if received == 0 && outstanding == 0 {
+                idle = idle.saturating_add(1);
+            } else {
+                idle = 0;
+            }
+            if idle > 4 {
+                // Nothing moved for a few rounds: sleep in the kernel until a
+                // socket has something to read (or the timeout, to see `stop`).
+                let _ = self.poller.wait(self.idle_poll_ms);
+            } else if received == 0 && outstanding > 0 {
+                // TX is stuck behind a full peer: give it a moment.
+                let _ = self.poller.wait(1);
+            }
+        }
+        self.counters.publish(&self.stats);
+    }
+
+    /// One RX batch from every socket, through the pipeline.
+    fn receive(&mut self, now: u64) -> usize {
+        let Worker { umem, free, rx, sockets, socket_of_port, pending, pipeline, stats, .. } = self;
+        let mut total = 0;
+        for (in_port, socket) in sockets.iter_mut() {
+            let n = socket.recv(rx);
+            if n == 0 {
+                continue;
+            }
+            total += n;
+            stats.rx += n as u64;
+            pipeline.begin_batch(now);
+            let in_port = *in_port;
+            rx.drain_each(|frame| {
+                let action = pipeline.process(in_port, umem.data(&frame), now);
+                match action {
+                    Action::Forward(port) => match socket_of_port.get(port as usize).copied().flatten() {
+                        Some(s) => enqueue(&mut pending[s], frame, free, stats),
+                        None => {
+                            stats.no_socket += 1;
+                            recycle(free, frame);
+                        }
+                    },
+                    Action::Flood => {
+                        for (port, slot) in socket_of_port.iter().enumerate() {
+                            let Some(s) = *slot else { continue };
+                            if port == in_port as usize {
+                                continue;
+                            }
+                            let Some(mut copy) = free.pop() else {
+                                stats.no_frame += 1;
+                                continue;
+                            };
+                            if umem.copy(&frame, &mut copy) {
+                                stats.flood_copies += 1;
+                                enqueue(&mut pending[s], copy, free, stats);
+                            } else {
+                                recycle(free, copy);
+                            }
+                        }
+                        recycle(free, frame);
+                    }
+                    Action::Drop(_) => {
+                        stats.dropped += 1;
+                        recycle(free, frame);
+                    }
+                }
+            });
+        }
+        total
+    }
+
+    /// Completions back to the free pool, pending frames to the TX rings,
+    /// kicks. Returns the number of frames still outstanding on TX rings.
+    fn transmit(&mut self) -> u32 {
+        let Worker { free, sockets, pending, stats, max_kicks, .. } = self;
+        let mut outstanding = 0;
+        for (i, (_, socket)) in sockets.iter_mut().enumerate() {
+            socket.complete(free);
+            stats.tx += socket.send(&mut pending[i]) as u64;
+            let mut kicks = 0;
+            while kicks < *max_kicks && socket.needs_kick() {
+                if socket.kick().is_err() {
+                    stats.kick_errors += 1;
+                    break;
+                }
+                kicks += 1;
+                socket.complete(free);
+                // Frames the kick made room for.
+                stats.tx += socket.send(&mut pending[i]) as u64;
+            }
+            stats.kicks += u64::from(kicks);
+            socket.complete(free);
+            outstanding += socket.tx_outstanding() + pending[i].len() as u32;
+        }
+        outstanding
+    }
+
+    /// Tops up every fill ring from the free pool.
+    fn refill(&mut self) {
+        for (_, socket) in self.sockets.iter_mut() {
+            socket.fill(&mut self.free, self.fill_target);
+        }
+    }
+}
+
+fn enqueue(pending: &mut Frames, frame: Frame, free: &mut Frames, stats: &mut IoSnapshot) {
+    if let Err(frame) = pending.push(frame) {
+        stats.tx_full += 1;
+        recycle(free, frame);
+    }
+}
+
+fn recycle(free: &mut Frames, frame: Frame) {
+    // The free pool can hold every frame of the UMEM, so this cannot fail
+    // for a frame of this UMEM; a foreign frame is simply let go.
+    let _ = free.push(frame);
+}
+
+/// A running dataplane: its ports and worker threads.
+pub struct Dataplane {
+    ports: Vec<Port>,
+    attach: AttachMode,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    io: Vec<Arc<IoCounters>>,
+    pipeline: Vec<Arc<WorkerCounters>>,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane").field("ports", &self.ports).field("workers", &self.threads.len()).finish()
+    }
+}
+
+impl Dataplane {
+    /// Opens the ports, starts the workers and returns once every socket is
+    /// bound (or the first error).
+    pub fn start(
+        cfg: &DataplaneConfig,
+        tables: Arc<ArcSwap<PublishedTable>>,
+    ) -> Result<Dataplane, StartError> {
+        if cfg.ports.is_empty() || cfg.ports.len() > usize::from(PortId::MAX) {
+            return Err(StartError::Config { reason: format!("{} ports given", cfg.ports.len()) });
+        }
+        if cfg.pipeline.mode == Mode::Wire && cfg.ports.len() != 2 {
+            return Err(StartError::Config { reason: "wire mode needs exactly two ports".into() });
+        }
+        let ports = cfg
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Port::open(i as PortId, name, cfg.xsk.attach))
+            .collect::<Result<Vec<_>, _>>()?;
+        let workers = if cfg.workers == 0 {
+            ports.iter().map(|p| p.queues).max().unwrap_or(1) as usize
+        } else {
+            cfg.workers
+        };
+        let pcfg = PipelineConfig { ports: ports.len() as u16, ..cfg.pipeline.clone() };
+        pcfg.validate()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let epoch = Instant::now();
+        let mut dp = Dataplane {
+            ports: ports.clone(),
+            attach: cfg.xsk.attach,
+            stop: stop.clone(),
+            threads: Vec::new(),
+            io: Vec::new(),
+            pipeline: Vec::new(),
+        };
+        for index in 0..workers {
+            let io = Arc::new(IoCounters::default());
+            let pc = Arc::new(WorkerCounters::new(ports.len()));
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let (ports, cfg, pcfg, tables, stop, io2, pc2) = (
+                ports.clone(),
+                cfg.clone(),
+                pcfg.clone(),
+                tables.clone(),
+                stop.clone(),
+                io.clone(),
+                pc.clone(),
+            );
+            let core = (!cfg.cores.is_empty()).then(|| cfg.cores[index % cfg.cores.len()]);
+            let handle = std::thread::Builder::new()
+                .name(format!("pcl-worker-{index}"))
+                .spawn(move || {
+                    if let Some(id) = core {
+                        core_affinity::set_for_current(core_affinity::CoreId { id });
+                    }
+                    let started = Pipeline::try_new(&pcfg, tables, pc2)
+                        .map_err(StartError::from)
+                        .and_then(|pipeline| Worker::new(index, &ports, &cfg, pipeline, io2));
+                    match started {
+                        Ok(mut w) => {
+                            let _ = ready_tx.send(Ok(()));
+                            w.run(&stop, epoch);
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                })
+                .map_err(|source| StartError::Thread { worker: index, source })?;
+            dp.threads.push(handle);
+            dp.io.push(io);
+            dp.pipeline.push(pc);
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    dp.shutdown();
+                    return Err(e);
+                }
+                Err(_) => {
+                    dp.shutdown();
+                    return Err(StartError::Thread {
+                        worker: index,
+                        source: std::io::Error::other("worker exited during start"),
+                    });
+                }
+            }
+        }
+        Ok(dp)
+    }
+
+    /// The ports, in port-id order.
+    pub fn ports(&self) -> &[Port] {
+        &self.ports
+    }
+
+    /// The flag that stops the workers when set.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// The I/O counters summed over the workers.
+    pub fn io_counters(&self) -> IoSnapshot {
+        let mut total = IoSnapshot::default();
+        for c in &self.io {
+            total += c.snapshot();
+        }
+        total
+    }
+
+    /// The pipeline counters summed over the workers.
+    pub fn pipeline_counters(&self) -> CountersSnapshot {
+        let mut total = CountersSnapshot::default();
+        for c in &self.pipeline {
+            total.add(&c.snapshot());
+        }
+        total
+    }
+
+    /// Stops the workers, closes every socket (libxdp removes the XDP program
+    /// it loaded with the last socket of an interface) and makes sure no XDP
+    /// program is left on the ports.
+    pub fn shutdown(mut self) {
+        self.stop_workers();
+    }
+
+    fn stop_workers(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for p in &self.ports {
+            let _ = xsk::detach_xdp(&p.name, self.attach);
+        }
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.stop_workers();
+    }
+}
