@@ -1,34 +1,126 @@
 #!/usr/bin/env bash
 # The main job on a built-in example: the Calico "stars" tutorial
-# (examples/stars/), policies applied step by step, the reachability matrix
-# printed after each step.
+# (examples/stars/) on real packets.
 #
-# Today this runs the compiler's matrix (`portcullis matrix`). When the
-# dataplane lab is available it is also proven on real packets.
+#   1. installs what is missing (scripts/install-deps.sh) and builds portcullis;
+#   2. gives every pod of the tutorial a network namespace with its IP, serving
+#      its port (`portcullis lab up`), and starts the daemon as the dataplane:
+#      `portcullis run --manifests DIR`, the pods' links as its ports;
+#   3. drops the tutorial's policies into DIR one step at a time and, after each
+#      step, probes every pod from every pod with real TCP connections and
+#      prints the reachability matrix, checking it against the compiler's;
+#   4. cleans everything up (also on Ctrl-C or error).
+#
+# The status endpoint stays up while it runs: http://127.0.0.1:9877/status
+# (and /metrics, /readyz). Set DEMO_PAUSE=1 to wait for Enter between steps.
+#
+# Needs root (network namespaces, AF_XDP). Without it, the same steps are
+# shown from the compiler alone (`portcullis matrix`), and the script says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v cargo >/dev/null; then
-  echo "cargo not found: install the Rust toolchain first" >&2
-  exit 1
-fi
-cargo build --release -q -p control
-P=target/release/portcullis
 E=examples/stars
-state=("-s" "$E/00-cluster.yaml")
-step() {
-  echo
-  echo "== $1"
-  "$P" matrix "${state[@]}"
+STATUS=${DEMO_STATUS_ADDRESS:-127.0.0.1:9877}
+STEPS=(
+  "01-default-deny.yaml|default-deny in stars and client: nothing reaches them"
+  "02-allow-ui.yaml|allow-ui: the management UI reaches every pod; the pods still cannot reach each other"
+  "03-backend-policy.yaml|backend-policy: frontend -> backend on TCP 6379"
+  "04-frontend-policy.yaml|frontend-policy: client -> frontend on TCP 80"
+)
+
+scripts/install-deps.sh
+cargo build --release -q -p control
+P=$PWD/target/release/portcullis
+
+pause() { if [ "${DEMO_PAUSE:-0}" = 1 ] && [ -t 0 ]; then read -r -p "Enter for the next step... " _; fi; }
+
+if [ "$(id -u)" -ne 0 ] || ! ip netns add pcl-demo-check 2>/dev/null; then
+  echo "Not root or no network namespaces here: showing the steps from the compiler only."
+  state=(-s "$E/00-cluster.yaml")
+  echo; echo "== Step 0: no policies"; "$P" matrix "${state[@]}"
+  for s in "${STEPS[@]}"; do
+    state+=(-s "$E/${s%%|*}")
+    echo; echo "== ${s%%|*}: ${s#*|}"; "$P" matrix "${state[@]}"
+  done
+  exit 0
+fi
+ip netns del pcl-demo-check
+
+WORK=$(mktemp -d /tmp/portcullis-demo.XXXXXX)
+LAB=(--lab-dir "$WORK/lab")
+cleanup() {
+  "$P" lab down "${LAB[@]}" --prefix pcldemo >/dev/null 2>&1 || true
+  rm -rf "$WORK"
 }
-step "Step 0: no policies: every pod reaches every pod on its port"
-state+=("-s" "$E/01-default-deny.yaml")
-step "Step 1: default-deny in stars and client: nothing reaches them"
-state+=("-s" "$E/02-allow-ui.yaml")
-step "Step 2: allow-ui: the management UI reaches every pod, the pods still cannot reach each other"
-state+=("-s" "$E/03-backend-policy.yaml")
-step "Step 3: backend-policy: frontend -> backend on TCP 6379"
-state+=("-s" "$E/04-frontend-policy.yaml")
-step "Step 4: frontend-policy: client -> frontend on TCP 80"
+trap cleanup EXIT INT TERM
+mkdir -p "$WORK/policies"
+cp "$E/00-cluster.yaml" "$WORK/policies/"
+
+status_field() { # status_field EXPR: evaluates EXPR on the /status JSON (python)
+  python3 - "$STATUS" "$1" <<'PY'
+import json, sys, urllib.request
+s = json.load(urllib.request.urlopen(f"http://{sys.argv[1]}/status", timeout=2))
+print(eval(sys.argv[2], {"s": s, "json": json}))
+PY
+}
+
+wait_enforced() { # waits until a table newer than $1 is used by every worker
+  for _ in $(seq 100); do
+    g=$(status_field 's["table_generation"]')
+    e=$(status_field 's["dataplane"]["pipeline"]["table_generation"]')
+    if [ "$g" -gt "$1" ] && [ "$e" -ge "$g" ]; then echo "$g"; return 0; fi
+    sleep 0.1
+  done
+  echo "timed out waiting for the daemon to enforce the new policy" >&2
+  return 1
+}
+
+check_step() { # probes on real packets and compares with the compiler's matrix
+  "$P" lab probe "${LAB[@]}" --output json > "$WORK/probe.json"
+  "$P" lab probe "${LAB[@]}"
+  local state=()
+  for f in "$WORK"/policies/*.yaml; do state+=(-s "$f"); done
+  "$P" matrix "${state[@]}" --output json > "$WORK/matrix.json"
+  python3 - "$WORK/probe.json" "$WORK/matrix.json" <<'PY'
+import json, sys
+probe, matrix = (json.load(open(f)) for f in sys.argv[1:3])
+def cells(m):
+    m = m[0] if isinstance(m, list) else m
+    pods = m["pods"]
+    rows = m.get("allowed") or m.get("connected")
+    return {(a, b): rows[i][j] for i, a in enumerate(pods) for j, b in enumerate(pods) if a != b}
+p, c = cells(probe), cells(matrix)
+diff = [k for k in c if p.get(k) != c[k]]
+if diff:
+    print("MISMATCH between real packets and the compiler:", diff)
+    sys.exit(1)
+print(f"real packets agree with the compiler's matrix ({len(c)} pairs)")
+PY
+}
+
+echo "== Setting up the stars pods in network namespaces, the daemon as their dataplane"
+"$P" lab up "${LAB[@]}" --prefix pcldemo -f "$E/00-cluster.yaml" \
+  --run-manifests "$WORK/policies" --status-address "$STATUS"
+echo
+echo "Status endpoint: http://$STATUS/status   metrics: http://$STATUS/metrics"
+gen=$(status_field 's["table_generation"]')
+
+echo
+echo "== Step 0: no policies: every pod reaches every pod on its port"
+check_step
+pause
+for s in "${STEPS[@]}"; do
+  file=${s%%|*}
+  echo
+  echo "== ${file%.yaml}: ${s#*|}"
+  cp "$E/$file" "$WORK/policies/"
+  gen=$(wait_enforced "$gen")
+  echo "(table generation $gen enforced by every worker)"
+  check_step
+  pause
+done
 echo
 echo "Why is client -> backend denied?"
-"$P" explain "${state[@]}" --from client/client --to stars/backend --port 6379
+"$P" explain -s "$WORK/policies" --from client/client --to stars/backend --port 6379
+echo
+echo "Dataplane counters:"
+status_field 'json.dumps({k: s["dataplane"]["pipeline"][k] for k in ("frames_in", "forwarded", "flooded", "dropped", "drops")})'

@@ -33,8 +33,18 @@ use crate::index::{Index, Kind};
 use crate::manifest_dir::FileStatus;
 use crate::sources::{SourceId, SourceMsg, KUBE, MANIFESTS};
 
-/// Receives every table the owner publishes: `(generation, table, fail_closed)`.
-pub type Publisher = Box<dyn Fn(u64, DecisionTable, bool) + Send>;
+/// One table the owner publishes.
+pub struct Publication {
+    /// Increases by one per publication, from 1.
+    pub generation: u64,
+    /// The table.
+    pub table: DecisionTable,
+    /// When a source saw the oldest change this table includes (for change-to-enforced latency).
+    pub oldest_change: Option<Instant>,
+}
+
+/// Receives every table the owner publishes.
+pub type Publisher = Box<dyn Fn(Publication) + Send>;
 
 /// Owner settings.
 #[derive(Clone, Debug)]
@@ -106,6 +116,7 @@ pub struct Metrics {
     ready: Gauge,
     compile_seconds: Histogram,
     change_to_publish_seconds: Histogram,
+    change_to_enforced_seconds: Histogram,
     objects: Family<KindLabel, Gauge>,
     invalid: Gauge,
     source_up: Family<SourceLabel, Gauge>,
@@ -118,6 +129,7 @@ impl Metrics {
             ready: Gauge::default(),
             compile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             change_to_publish_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            change_to_enforced_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             objects: Family::default(),
             invalid: Gauge::default(),
             source_up: Family::default(),
@@ -141,6 +153,11 @@ impl Metrics {
             "portcullis_policy_change_to_publish_seconds",
             "From a source seeing a change to the table that includes it being published",
             m.change_to_publish_seconds.clone(),
+        );
+        reg.register(
+            "portcullis_policy_change_to_enforced_seconds",
+            "From a source seeing a change to every dataplane worker using the table that includes it",
+            m.change_to_enforced_seconds.clone(),
         );
         reg.register("portcullis_objects", "Objects known, by kind", m.objects.clone());
         reg.register("portcullis_invalid_objects", "Objects that fail validation", m.invalid.clone());
@@ -183,6 +200,11 @@ impl Shared {
             src.unhealthy_for_seconds = src.unhealthy_since.map(|t| (now - t).as_secs_f64());
         }
         s
+    }
+
+    /// Records one change-to-enforced latency.
+    pub fn observe_enforced(&self, seconds: f64) {
+        self.metrics.change_to_enforced_seconds.observe(seconds);
     }
 
     /// Is a table from fully synced state published?
@@ -337,7 +359,7 @@ fn publish_now(
     let table = DecisionTable::compile(&cluster);
     let compile = t0.elapsed();
     let stats = table.stats().clone();
-    publish(generation, table, false);
+    publish(Publication { generation, table, oldest_change });
     let published = Instant::now();
     let m = &shared.metrics;
     m.generation.set(generation as i64);
@@ -394,7 +416,7 @@ mod tests {
     fn publisher() -> (Publisher, Published) {
         let out: Published = Arc::default();
         let o = out.clone();
-        (Box::new(move |g, t, _| o.lock().unwrap().push((g, t))), out)
+        (Box::new(move |p: Publication| o.lock().unwrap().push((p.generation, p.table))), out)
     }
 
     fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {

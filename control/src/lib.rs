@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod enforce;
 pub mod index;
 pub mod lab;
 pub mod manifest;

@@ -1,6 +1,7 @@
 //! `portcullis run`: the daemon. Wires sources, the index owner, the status
 //! endpoint and (when ports are configured) the dataplane, and stops cleanly
-//! on SIGTERM or SIGINT.
+//! on SIGTERM or SIGINT: sources stop, workers stop, sockets close, XDP
+//! programs are detached.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,11 +10,13 @@ use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwapOption;
 use policy_compiler::DecisionTable;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::daemon::{self, OwnerConfig, Shared};
+use crate::daemon::{self, OwnerConfig, Publication, Shared};
+use crate::enforce::Enforcer;
 use crate::sources::{self, KUBE, MANIFESTS};
-use crate::status::{self, AppState};
+use crate::status::{self, AppState, DataplaneView};
 
 /// How often a manifest directory is scanned: changes apply within a second.
 pub const MANIFEST_POLL: Duration = Duration::from_millis(200);
@@ -29,7 +32,7 @@ pub struct RunOptions {
     pub config: Config,
 }
 
-/// The latest published table, for whoever enforces it.
+/// The latest published table when no dataplane runs (compile-and-serve mode).
 pub type TableSlot = Arc<ArcSwapOption<(u64, DecisionTable)>>;
 
 /// Runs until SIGTERM/SIGINT.
@@ -38,6 +41,18 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         bail!("no policy source: give --kube and/or --manifests DIR");
     }
     let shared = Shared::new();
+
+    // The dataplane first: if the ports cannot be opened there is nothing to enforce with.
+    let enforcer = if opts.config.ports.is_empty() {
+        None
+    } else {
+        let cfg = opts.config.clone();
+        let e = tokio::task::spawn_blocking(move || Enforcer::start(&cfg))
+            .await?
+            .map_err(|e| anyhow::anyhow!("cannot start the dataplane: {e:#}"))?;
+        Some(e)
+    };
+
     let (tx, rx) = mpsc::channel(4096);
     let mut expected = Vec::new();
     if opts.kube {
@@ -52,25 +67,69 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         tokio::spawn(sources::run_manifests(dir.clone(), MANIFEST_POLL, tx.clone()));
     }
     drop(tx);
-    let slot: TableSlot = Arc::default();
-    let s2 = slot.clone();
-    let publish: daemon::Publisher = Box::new(move |g, t, _| s2.store(Some(Arc::new((g, t)))));
+
+    let publish: daemon::Publisher = match &enforcer {
+        Some(e) => {
+            // Measure change-to-enforced: from a source seeing a change until every
+            // worker reports the generation that includes it.
+            let (ltx, lrx) = mpsc::unbounded_channel::<(u64, Instant)>();
+            tokio::spawn(watch_enforcement(e.clone(), shared.clone(), lrx));
+            let inner = e.publisher();
+            Box::new(move |p: Publication| {
+                if let Some(t) = p.oldest_change {
+                    let _ = ltx.send((p.generation, t));
+                }
+                inner(p)
+            })
+        }
+        None => {
+            let slot: TableSlot = Arc::default();
+            Box::new(move |p: Publication| slot.store(Some(Arc::new((p.generation, p.table)))))
+        }
+    };
     let owner_cfg =
         OwnerConfig { debounce: Duration::from_millis(opts.config.debounce_ms), sources: expected };
     let owner = tokio::spawn(daemon::run_owner(rx, shared.clone(), publish, owner_cfg));
-    let app = AppState { shared: shared.clone(), dataplane: None };
+    let app =
+        AppState { shared: shared.clone(), dataplane: enforcer.clone().map(|e| e as Arc<dyn DataplaneView>) };
     let addr = opts.config.status_address;
     let server = tokio::spawn(async move { status::serve(addr, app).await });
     tracing::info!(fail_open = opts.config.fail_open, ports = opts.config.ports.len(), "portcullis running");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    let outcome = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); Ok(()) }
+        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); Ok(()) }
         r = server => match r {
-            Ok(Err(e)) => bail!("status endpoint on {addr} failed: {e}"),
-            _ => bail!("status endpoint stopped"),
+            Ok(Err(e)) => Err(anyhow::anyhow!("status endpoint on {addr} failed: {e}")),
+            _ => Err(anyhow::anyhow!("status endpoint stopped")),
         },
-        _ = owner => bail!("every policy source stopped"),
+        _ = owner => Err(anyhow::anyhow!("every policy source stopped")),
+    };
+    if let Some(e) = enforcer {
+        tokio::task::spawn_blocking(move || e.shutdown()).await?;
     }
-    Ok(())
+    outcome
+}
+
+async fn watch_enforcement(
+    e: Arc<Enforcer>,
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<(u64, Instant)>,
+) {
+    while let Some((generation, seen)) = rx.recv().await {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if e.enforced_generation().is_some_and(|g| g >= generation) {
+                let secs = (Instant::now() - seen).as_secs_f64();
+                shared.observe_enforced(secs);
+                tracing::debug!(generation, seconds = secs, "table enforced by every worker");
+                break;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(generation, "workers did not pick up the table within 10 s");
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
 }

@@ -137,7 +137,7 @@ pub struct IoCounters {
 }
 
 /// A plain copy of [`IoCounters`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct IoSnapshot {
     /// See [`IoCounters::rx`].
     pub rx: u64,
@@ -284,8 +284,11 @@ impl Worker {
                 idle = 0;
             }
             if idle > 4 {
-                // Nothing moved for a few rounds: sleep in the kernel until a
-                // socket has something to read (or the timeout, to see `stop`).
+                // Nothing moved for a few rounds: pick up a newer table (and run the
+                // expiry sweep) so an idle worker reports the generation it enforces,
+                // then sleep in the kernel until a socket has something to read (or
+                // the timeout, to see `stop`).
+                self.pipeline.begin_batch(now);
                 let _ = self.poller.wait(self.idle_poll_ms);
             } else if received == 0 && outstanding > 0 {
                 // TX is stuck behind a full peer: give it a moment.
@@ -518,6 +521,21 @@ impl Dataplane {
             total += c.snapshot();
         }
         total
+    }
+
+    /// Number of worker threads.
+    pub fn worker_count(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// True while every worker thread is running.
+    pub fn workers_alive(&self) -> bool {
+        !self.threads.is_empty() && self.threads.iter().all(|t| !t.is_finished())
+    }
+
+    /// The pipeline counters of each worker.
+    pub fn pipeline_counters_per_worker(&self) -> Vec<CountersSnapshot> {
+        self.pipeline.iter().map(|c| c.snapshot()).collect()
     }
 
     /// The pipeline counters summed over the workers.

@@ -50,7 +50,9 @@ pub fn is_ours(pid: u32, marker: &str) -> bool {
     match std::fs::read(format!("/proc/{pid}/cmdline")) {
         Ok(raw) => {
             let line = String::from_utf8_lossy(&raw).replace('\0', " ");
-            line.contains(" lab ") && line.contains(marker)
+            // `lab ...` processes, and `portcullis run` started by `lab up --run-manifests`
+            // (its --config lives in the lab directory).
+            (line.contains(" lab ") || line.contains(" run ")) && line.contains(marker)
         }
         Err(_) => false,
     }

@@ -41,6 +41,14 @@ pub struct UpArgs {
     /// Start even when policies are invalid (they are enforced fail-closed).
     #[arg(long)]
     pub allow_invalid: bool,
+    /// Use the daemon as the lab's dataplane: `portcullis run --manifests DIR` with the pods'
+    /// host links as ports, so policy files dropped into DIR are enforced as an operator's
+    /// would be (instead of `lab apply`). DIR should hold the cluster's namespaces and pods too.
+    #[arg(long, value_name = "DIR")]
+    pub run_manifests: Option<PathBuf>,
+    /// Status endpoint of the daemon started by `--run-manifests`.
+    #[arg(long, default_value = "127.0.0.1:9877")]
+    pub status_address: std::net::SocketAddr,
 }
 
 /// `lab up` failed. Whatever was created is removed again before returning.
@@ -178,12 +186,33 @@ fn build(args: &UpArgs, dir: &Path, pods: &[&PodInfo], lab: &mut LabState) -> Re
         dp_args.extend(["--cores".into(), cores.join(",")]);
     }
     let log = dir.join(state::DATAPLANE_LOG);
-    let mut c = Command::new(&exe);
-    c.args(["lab", "dataplane", "--lab-dir", &dir_s]).args(&dp_args);
-    lab.dataplane_pid = Some(spawn(c, &log)?);
-    lab.dataplane_args = dp_args;
-    lab.save(dir).map_err(io_err(dir))?;
-    wait_ready("the dataplane", &log, lab.dataplane_pid, || state::generation(dir).is_some())?;
+    if let Some(manifests) = &args.run_manifests {
+        // The daemon, configured like a node whose pod links are ports.
+        let config = dir.join("run-config.yaml");
+        let cfg = format!(
+            "mode: switch\nports:\n{}workers: [{}]\nxdp: {{attach: {}, zero_copy: false}}\nstatus_address: \"{}\"\n",
+            ports.iter().map(|p| format!("  - interface: {p}\n")).collect::<String>(),
+            args.cores.first().copied().unwrap_or(0),
+            if args.attach == "generic" { "generic" } else { "native" },
+            args.status_address
+        );
+        std::fs::write(&config, cfg).map_err(io_err(&config))?;
+        let mut c = Command::new(&exe);
+        c.arg("run").arg("--manifests").arg(manifests).arg("--config").arg(&config);
+        c.args(["--log-format", "text"]);
+        lab.dataplane_pid = Some(spawn(c, &log)?);
+        lab.dataplane_args = Vec::new();
+        lab.save(dir).map_err(io_err(dir))?;
+        let addr = args.status_address;
+        wait_ready("portcullis run", &log, lab.dataplane_pid, || http_ok(addr, "/readyz"))?;
+    } else {
+        let mut c = Command::new(&exe);
+        c.args(["lab", "dataplane", "--lab-dir", &dir_s]).args(&dp_args);
+        lab.dataplane_pid = Some(spawn(c, &log)?);
+        lab.dataplane_args = dp_args;
+        lab.save(dir).map_err(io_err(dir))?;
+        wait_ready("the dataplane", &log, lab.dataplane_pid, || state::generation(dir).is_some())?;
+    }
     println!(
         "lab up: {} pods, dataplane pid {}, state in {}",
         lab.pods.len(),
@@ -271,6 +300,20 @@ fn spawn(mut c: Command, log: &Path) -> Result<u32, UpError> {
 }
 
 /// Waits until `ready()` or 20 s, failing early when the process died.
+/// Does `GET path` on `addr` answer 200?
+pub fn http_ok(addr: std::net::SocketAddr, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}
+
 fn wait_ready(what: &str, log: &Path, pid: Option<u32>, ready: impl Fn() -> bool) -> Result<(), UpError> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -1,0 +1,206 @@
+//! The dataplane as `portcullis run` drives it: the configuration mapped to
+//! ports and workers, compiled tables published to the workers, counters
+//! served by the status endpoint, and a clean stop.
+//!
+//! ```text
+//!  index owner ──Publisher──▶ ArcSwap<PublishedTable> ──(one load per batch)──▶ workers
+//!                                 ▲ start: fail-closed (or fail-open) table
+//!  /status, /metrics ◀── DataplaneView ◀── per-worker counters (lock-free)
+//! ```
+//!
+//! Until the first complete sync the workers hold a start-up table: with
+//! `fail_open: false` (default) only ARP and neighbour discovery pass; with
+//! `fail_open: true` everything passes. Publication never blocks a worker:
+//! the owner stores a new `Arc` and the workers pick it up at their next
+//! batch. The previous table is kept alive here for a while so that freeing
+//! it happens on the control side, not on a worker thread.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use dataplane::pipeline::{Mode as PipelineMode, PipelineConfig, PublishedTable};
+use dataplane::xsk::{AttachMode, CopyMode, XskConfig};
+use dataplane::{Dataplane, DataplaneConfig, StartError};
+use policy_compiler::DecisionTable;
+
+use crate::config::{Attach, Config, Mode};
+use crate::daemon::{Publication, Publisher};
+use crate::status::DataplaneView;
+
+/// Tables kept alive after being replaced (the last one a worker may still hold).
+const KEEP_TABLES: usize = 2;
+
+/// The running dataplane and the table slot it reads.
+pub struct Enforcer {
+    dataplane: Mutex<Option<Dataplane>>,
+    tables: Arc<ArcSwap<PublishedTable>>,
+    retired: Mutex<VecDeque<Arc<PublishedTable>>>,
+    ports: Vec<String>,
+}
+
+/// Maps the run configuration to the dataplane's.
+pub fn dataplane_config(cfg: &Config) -> DataplaneConfig {
+    let sockets = cfg.ports.len().max(1) as u32;
+    // UMEM frames per worker, split over the RX/fill and TX/completion rings of its
+    // sockets, each ring a power of two.
+    let ring = (cfg.xdp.frame_count / (2 * sockets)).max(64);
+    let ring = 1u32 << (31 - ring.leading_zeros());
+    DataplaneConfig {
+        ports: cfg.ports.iter().map(|p| p.interface.clone()).collect(),
+        workers: cfg.workers.len(),
+        cores: cfg.workers.clone(),
+        xsk: XskConfig {
+            copy: if cfg.xdp.zero_copy { CopyMode::ZeroCopy } else { CopyMode::Copy },
+            attach: match cfg.xdp.attach {
+                Attach::Native => AttachMode::Native,
+                Attach::Generic => AttachMode::Generic,
+            },
+            rx_ring: ring,
+            tx_ring: ring,
+            ..XskConfig::default()
+        },
+        pipeline: PipelineConfig {
+            mode: match cfg.mode {
+                Mode::Switch => PipelineMode::Switch,
+                Mode::Wire => PipelineMode::Wire,
+            },
+            conntrack_capacity: cfg.conntrack.capacity as usize,
+            ..PipelineConfig::default()
+        },
+        ..DataplaneConfig::default()
+    }
+}
+
+impl Enforcer {
+    /// Opens the ports and starts the workers with the start-up table.
+    pub fn start(cfg: &Config) -> Result<Arc<Enforcer>, StartError> {
+        let first = if cfg.fail_open {
+            PublishedTable { generation: 0, table: DecisionTable::default(), fail_closed: false }
+        } else {
+            PublishedTable::fail_closed()
+        };
+        let tables = Arc::new(ArcSwap::from_pointee(first));
+        let dcfg = dataplane_config(cfg);
+        let dp = Dataplane::start(&dcfg, tables.clone())?;
+        tracing::info!(ports = ?dcfg.ports, workers = dcfg.workers, fail_open = cfg.fail_open, "dataplane started");
+        Ok(Arc::new(Enforcer {
+            dataplane: Mutex::new(Some(dp)),
+            tables,
+            retired: Mutex::new(VecDeque::new()),
+            ports: dcfg.ports,
+        }))
+    }
+
+    /// A publisher that hands every new table to the workers.
+    pub fn publisher(self: &Arc<Self>) -> Publisher {
+        let me = self.clone();
+        Box::new(move |p: Publication| {
+            let table = PublishedTable { generation: p.generation, table: p.table, fail_closed: false };
+            let old = me.tables.swap(Arc::new(table));
+            let mut r = me.retired.lock().expect("retired lock");
+            r.push_back(old);
+            while r.len() > KEEP_TABLES {
+                r.pop_front();
+            }
+        })
+    }
+
+    /// The lowest table generation the workers have picked up.
+    pub fn enforced_generation(&self) -> Option<u64> {
+        self.dataplane.lock().ok()?.as_ref().map(|d| d.pipeline_counters().table_generation)
+    }
+
+    /// Stops the workers, closes the sockets and detaches the XDP programs.
+    pub fn shutdown(&self) {
+        if let Some(dp) = self.dataplane.lock().expect("dataplane lock").take() {
+            dp.shutdown();
+            tracing::info!("dataplane stopped; XDP programs detached");
+        }
+    }
+}
+
+impl DataplaneView for Enforcer {
+    fn workers_alive(&self) -> bool {
+        self.dataplane.lock().map(|d| d.as_ref().is_some_and(|d| d.workers_alive())).unwrap_or(false)
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let Ok(d) = self.dataplane.lock() else { return serde_json::Value::Null };
+        let Some(d) = d.as_ref() else { return serde_json::json!({"running": false}) };
+        serde_json::json!({
+            "running": true,
+            "ports": self.ports,
+            "workers": d.worker_count(),
+            "pipeline": d.pipeline_counters(),
+            "per_worker": d.pipeline_counters_per_worker(),
+            "io": d.io_counters(),
+        })
+    }
+
+    fn encode_metrics(&self, out: &mut String) {
+        let Ok(d) = self.dataplane.lock() else { return };
+        let Some(d) = d.as_ref() else { return };
+        let c = d.pipeline_counters();
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let suffix = if kind == "counter" { "_total" } else { "" };
+            for (labels, v) in samples {
+                let _ = writeln!(out, "{name}{suffix}{labels} {v}");
+            }
+        };
+        let mut packets = Vec::new();
+        for (i, p) in c.ports.iter().enumerate() {
+            let port = self.ports.get(i).map(String::as_str).unwrap_or("?");
+            packets.push((format!("{{port=\"{port}\",direction=\"rx\"}}"), p.rx_frames));
+            packets.push((format!("{{port=\"{port}\",direction=\"tx\"}}"), p.tx_frames));
+        }
+        family("portcullis_port_packets", "counter", "Frames received and sent per port", &packets);
+        let verdicts = vec![
+            ("{verdict=\"forwarded\"}".to_string(), c.forwarded),
+            ("{verdict=\"flooded\"}".to_string(), c.flooded),
+            ("{verdict=\"dropped\"}".to_string(), c.dropped),
+        ];
+        family("portcullis_packets", "counter", "Frames handled by the pipeline, by verdict", &verdicts);
+        let drops: Vec<(String, u64)> =
+            c.drops.iter().map(|(r, v)| (format!("{{reason=\"{r}\"}}"), *v)).collect();
+        family("portcullis_dropped_packets", "counter", "Frames dropped, by reason", &drops);
+        let parse: Vec<(String, u64)> =
+            c.parse_errors.iter().map(|(r, v)| (format!("{{kind=\"{r}\"}}"), *v)).collect();
+        family("portcullis_parse_errors", "counter", "Malformed frames, by kind", &parse);
+        let ct = &c.conntrack;
+        family(
+            "portcullis_conntrack_entries",
+            "gauge",
+            "Tracked connections",
+            &[(String::new(), ct.entries)],
+        );
+        family(
+            "portcullis_conntrack_capacity",
+            "gauge",
+            "Connection table capacity",
+            &[(String::new(), ct.capacity)],
+        );
+        family("portcullis_connections", "counter", "Connections created", &[(String::new(), ct.created)]);
+        family(
+            "portcullis_conntrack_refused",
+            "counter",
+            "New connections refused because the table was full",
+            &[(String::new(), ct.full)],
+        );
+        family(
+            "portcullis_connections_revoked",
+            "counter",
+            "Tracked connections cut by a newer table",
+            &[(String::new(), ct.revoked)],
+        );
+        family(
+            "portcullis_enforced_table_generation",
+            "gauge",
+            "Lowest table generation the workers use",
+            &[(String::new(), c.table_generation)],
+        );
+    }
+}
