@@ -219,3 +219,110 @@ fn check_prometheus_text(body: &str) {
         assert!(types.contains_key(family), "sample {name} before/without its # TYPE");
     }
 }
+
+/// Why the dataplane test cannot run here, if it cannot.
+fn missing_capability() -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("not root: network namespaces and AF_XDP need root".into());
+    }
+    if !Command::new("ip").args(["netns", "list"]).status().is_ok_and(|s| s.success()) {
+        return Some("`ip netns` does not work here".into());
+    }
+    None
+}
+
+/// `portcullis run` with ports: the stars pods in namespaces (`lab up --run-manifests`),
+/// the daemon as their dataplane. `/status` and `/metrics` carry the dataplane's
+/// counters, and SIGTERM leaves no XDP program on the ports.
+#[test]
+fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
+    if let Some(why) = missing_capability() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let exe = env!("CARGO_BIN_EXE_portcullis");
+    let tag = std::process::id() % 10000;
+    let prefix = format!("prd{tag}");
+    let work = std::env::temp_dir().join(format!("pcl-run-dp-{tag}"));
+    let _ = std::fs::remove_dir_all(&work);
+    let manifests = work.join("policies");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let stars = format!("{}/../examples/stars", env!("CARGO_MANIFEST_DIR"));
+    for f in ["00-cluster.yaml", "01-default-deny.yaml"] {
+        std::fs::copy(format!("{stars}/{f}"), manifests.join(f)).unwrap();
+    }
+    let lab_dir = work.join("lab");
+    let port = free_port();
+    struct Down(Vec<String>);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = Command::new(&self.0[0]).args(&self.0[1..]).output();
+        }
+    }
+    let _down = Down(
+        [exe, "lab", "down", "--lab-dir", lab_dir.to_str().unwrap(), "--prefix", &prefix]
+            .map(String::from)
+            .to_vec(),
+    );
+    let up = Command::new(exe)
+        .args(["lab", "up", "--lab-dir", lab_dir.to_str().unwrap(), "--prefix", &prefix])
+        .args(["-f", &format!("{stars}/00-cluster.yaml"), "--run-manifests", manifests.to_str().unwrap()])
+        .args(["--status-address", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "lab up: {}", String::from_utf8_lossy(&up.stderr));
+    wait_for("the daemon enforces the table", || {
+        get(port, "/status").is_some_and(|(_, _, b)| {
+            let s: serde_json::Value = serde_json::from_str(&b).unwrap_or_default();
+            s["ready"] == true && s["dataplane"]["pipeline"]["table_generation"].as_u64() >= Some(1)
+        })
+    });
+    // Traffic: the management UI reaches the client; the client does not reach the frontend.
+    let probe = Command::new(exe)
+        .args(["lab", "probe", "--lab-dir", lab_dir.to_str().unwrap(), "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
+    let s = status(port);
+    let dp = &s["dataplane"];
+    assert_eq!(dp["running"], true);
+    assert_eq!(dp["ports"].as_array().unwrap().len(), 4);
+    assert!(dp["pipeline"]["frames_in"].as_u64().unwrap() > 0, "{dp}");
+    assert!(dp["pipeline"]["drops"]["policy"].as_u64().unwrap() > 0, "default deny dropped something: {dp}");
+    let (code, _, body) = get(port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    check_prometheus_text(&body);
+    for m in [
+        "portcullis_port_packets_total{port=",
+        "portcullis_dropped_packets_total{reason=\"policy\"}",
+        "portcullis_conntrack_entries",
+        "portcullis_enforced_table_generation",
+        "portcullis_policy_change_to_enforced_seconds_count",
+    ] {
+        assert!(body.contains(m), "/metrics lacks {m}:\n{body}");
+    }
+    assert_eq!(get(port, "/healthz").unwrap().0, 200);
+    // SIGTERM: the daemon stops and no XDP program is left on the ports.
+    let pid = std::fs::read_to_string(lab_dir.join("lab.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["dataplane_pid"].as_u64())
+        .expect("daemon pid in lab.json");
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    wait_for("the daemon to exit", || {
+        !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists() || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"))
+        }
+    });
+    for i in 0..4 {
+        let out = Command::new("ip").args(["-d", "link", "show", &format!("{prefix}h{i}")]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "link {prefix}h{i} still there for the check");
+        assert!(
+            !text.contains("prog/xdp") && !text.contains(" xdp "),
+            "XDP program left on {prefix}h{i}:\n{text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&work);
+}
