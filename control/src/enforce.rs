@@ -15,15 +15,16 @@
 //! batch. The previous table is kept alive here for a while so that freeing
 //! it happens on the control side, not on a worker thread.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use dataplane::observe::{DeniedFlow, HitDirection};
 use dataplane::pipeline::{Mode as PipelineMode, PipelineConfig, PublishedTable};
 use dataplane::xsk::{AttachMode, CopyMode, XskConfig};
 use dataplane::{Dataplane, DataplaneConfig, StartError};
-use policy_compiler::DecisionTable;
+use policy_compiler::{DecisionTable, Side};
 
 use crate::config::{Attach, Config, Mode};
 use crate::daemon::{Publication, Publisher};
@@ -32,12 +33,37 @@ use crate::status::DataplaneView;
 /// Tables kept alive after being replaced (the last one a worker may still hold).
 const KEEP_TABLES: usize = 2;
 
+/// Allowed connections per (namespace, policy, direction).
+type HitTotals = BTreeMap<(String, String, HitDirection), u64>;
+
 /// The running dataplane and the table slot it reads.
 pub struct Enforcer {
     dataplane: Mutex<Option<Dataplane>>,
     tables: Arc<ArcSwap<PublishedTable>>,
-    retired: Mutex<VecDeque<Arc<PublishedTable>>>,
+    retired: Mutex<Retired>,
     ports: Vec<String>,
+    workers: usize,
+    denied: Option<crossbeam_channel::Receiver<DeniedFlow>>,
+}
+
+/// Replaced tables still alive, and the hit counts of those already freed.
+#[derive(Default)]
+struct Retired {
+    tables: VecDeque<Arc<PublishedTable>>,
+    folded: HitTotals,
+}
+
+/// Adds a table's per-policy hit counts into `totals`.
+fn add_hits(totals: &mut HitTotals, t: &PublishedTable) {
+    for i in 0..t.hits.policies() {
+        for dir in [HitDirection::Ingress, HitDirection::Egress] {
+            let n = t.hits.total(i, dir);
+            if n > 0 {
+                let (ns, name) = t.table.policy(i as u32);
+                *totals.entry((ns.to_string(), name.to_string(), dir)).or_default() += n;
+            }
+        }
+    }
 }
 
 /// Maps the run configuration to the dataplane's.
@@ -69,6 +95,7 @@ pub fn dataplane_config(cfg: &Config) -> DataplaneConfig {
             conntrack_capacity: cfg.conntrack.capacity as usize,
             ..PipelineConfig::default()
         },
+        denied_log_per_second: cfg.denied_flow_log_per_second,
         ..DataplaneConfig::default()
     }
 }
@@ -77,7 +104,7 @@ impl Enforcer {
     /// Opens the ports and starts the workers with the start-up table.
     pub fn start(cfg: &Config) -> Result<Arc<Enforcer>, StartError> {
         let first = if cfg.fail_open {
-            PublishedTable { generation: 0, table: DecisionTable::default(), fail_closed: false }
+            PublishedTable::new(0, DecisionTable::default(), 1)
         } else {
             PublishedTable::fail_closed()
         };
@@ -85,11 +112,14 @@ impl Enforcer {
         let dcfg = dataplane_config(cfg);
         let dp = Dataplane::start(&dcfg, tables.clone())?;
         tracing::info!(ports = ?dcfg.ports, workers = dcfg.workers, fail_open = cfg.fail_open, "dataplane started");
+        let denied = (cfg.denied_flow_log_per_second > 0).then(|| dp.denied_flows());
         Ok(Arc::new(Enforcer {
+            workers: dp.worker_count(),
             dataplane: Mutex::new(Some(dp)),
             tables,
-            retired: Mutex::new(VecDeque::new()),
+            retired: Mutex::new(Retired::default()),
             ports: dcfg.ports,
+            denied,
         }))
     }
 
@@ -97,14 +127,67 @@ impl Enforcer {
     pub fn publisher(self: &Arc<Self>) -> Publisher {
         let me = self.clone();
         Box::new(move |p: Publication| {
-            let table = PublishedTable { generation: p.generation, table: p.table, fail_closed: false };
+            let table = PublishedTable::new(p.generation, p.table, me.workers);
             let old = me.tables.swap(Arc::new(table));
             let mut r = me.retired.lock().expect("retired lock");
-            r.push_back(old);
-            while r.len() > KEEP_TABLES {
-                r.pop_front();
+            r.tables.push_back(old);
+            while r.tables.len() > KEEP_TABLES {
+                if let Some(t) = r.tables.pop_front() {
+                    // A worker still on this table (idle through two publications)
+                    // may add a few more hits after this; they are not counted.
+                    add_hits(&mut r.folded, &t);
+                }
             }
         })
+    }
+
+    /// Connections allowed per policy and direction since start (tables
+    /// replaced long ago included).
+    pub fn policy_hits(&self) -> HitTotals {
+        let r = self.retired.lock().expect("retired lock");
+        let mut totals = r.folded.clone();
+        for t in &r.tables {
+            add_hits(&mut totals, t);
+        }
+        add_hits(&mut totals, &self.tables.load());
+        totals
+    }
+
+    /// Logs the denied flows the workers reported since the last call (one
+    /// JSON line each, target `portcullis::denied`); returns how many.
+    pub fn log_denied_flows(&self) -> usize {
+        let Some(rx) = &self.denied else { return 0 };
+        let mut n = 0;
+        while let Ok(d) = rx.try_recv() {
+            n += 1;
+            let (egress, ingress) = {
+                let r = self.retired.lock().expect("retired lock");
+                let current = self.tables.load();
+                let table = std::iter::once(&**current)
+                    .chain(r.tables.iter().map(|t| &**t))
+                    .find(|t| t.generation == d.generation);
+                (denying(table, d.verdict.egress), denying(table, d.verdict.ingress))
+            };
+            let denied_by = match (&egress, &ingress) {
+                (Some(_), Some(_)) => "both",
+                (Some(_), None) => "egress",
+                _ => "ingress",
+            };
+            tracing::info!(
+                target: "portcullis::denied",
+                src = %d.src,
+                dst = %d.dst,
+                protocol = %protocol_name(d.protocol),
+                port = d.port,
+                denied_by,
+                egress_isolated_by = egress.as_deref().unwrap_or(""),
+                ingress_isolated_by = ingress.as_deref().unwrap_or(""),
+                generation = d.generation,
+                worker = d.worker,
+                "denied flow"
+            );
+        }
+        n
     }
 
     /// The lowest table generation the workers have picked up.
@@ -118,6 +201,32 @@ impl Enforcer {
             dp.shutdown();
             tracing::info!("dataplane stopped; XDP programs detached");
         }
+    }
+}
+
+/// The isolating policies of a denied side, `ns/name` comma-separated
+/// (`?` when the table that decided is no longer held); `None` when the side allowed.
+fn denying(table: Option<&PublishedTable>, side: Side) -> Option<String> {
+    let Side::Denied(id) = side else { return None };
+    let Some(t) = table else { return Some("?".into()) };
+    let (_, policies) = t.table.isolating_policies(id);
+    let names: Vec<String> = policies
+        .map(|i| {
+            let (ns, name) = t.table.policy(i);
+            format!("{ns}/{name}")
+        })
+        .collect();
+    Some(names.join(","))
+}
+
+fn protocol_name(p: u8) -> String {
+    match p {
+        1 => "ICMP".into(),
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        58 => "ICMPv6".into(),
+        132 => "SCTP".into(),
+        n => n.to_string(),
     }
 }
 
@@ -196,6 +305,36 @@ impl DataplaneView for Enforcer {
             "Tracked connections cut by a newer table",
             &[(String::new(), ct.revoked)],
         );
+        let hits: Vec<(String, u64)> = self
+            .policy_hits()
+            .into_iter()
+            .map(|((ns, name, dir), n)| {
+                let dir = match dir {
+                    HitDirection::Ingress => "ingress",
+                    HitDirection::Egress => "egress",
+                };
+                (
+                    format!(
+                        "{{namespace=\"{}\",policy=\"{}\",direction=\"{dir}\"}}",
+                        label(&ns),
+                        label(&name)
+                    ),
+                    n,
+                )
+            })
+            .collect();
+        family(
+            "portcullis_policy_allowed_connections",
+            "counter",
+            "Connections allowed per policy and direction (a rule of the policy matched), counted when admitted",
+            &hits,
+        );
+        family(
+            "portcullis_denied_flow_log_suppressed",
+            "counter",
+            "Denied connections left out of the denied-flow log by its rate limit",
+            &[(String::new(), c.denied_log_suppressed)],
+        );
         family(
             "portcullis_enforced_table_generation",
             "gauge",
@@ -203,4 +342,9 @@ impl DataplaneView for Enforcer {
             &[(String::new(), c.table_generation)],
         );
     }
+}
+
+/// Escapes a Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

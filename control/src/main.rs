@@ -189,7 +189,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+            // Colours only on a terminal: logs in files and journald stay plain text.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let fmt = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi);
             match args.log_format {
                 LogFormat::Json => fmt.json().init(),
                 LogFormat::Text => fmt.init(),

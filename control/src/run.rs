@@ -74,6 +74,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             // worker reports the generation that includes it.
             let (ltx, lrx) = mpsc::unbounded_channel::<(u64, Instant)>();
             tokio::spawn(watch_enforcement(e.clone(), shared.clone(), lrx));
+            if opts.config.denied_flow_log_per_second > 0 {
+                tokio::spawn(log_denied_flows(e.clone()));
+            }
             let inner = e.publisher();
             Box::new(move |p: Publication| {
                 if let Some(t) = p.oldest_change {
@@ -109,6 +112,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         tokio::task::spawn_blocking(move || e.shutdown()).await?;
     }
     outcome
+}
+
+/// Drains the workers' denied-flow reports once per 200 ms into the log.
+async fn log_denied_flows(e: Arc<Enforcer>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        e.log_denied_flows();
+    }
 }
 
 async fn watch_enforcement(

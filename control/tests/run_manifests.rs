@@ -249,7 +249,7 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
     let manifests = work.join("policies");
     std::fs::create_dir_all(&manifests).unwrap();
     let stars = format!("{}/../examples/stars", env!("CARGO_MANIFEST_DIR"));
-    for f in ["00-cluster.yaml", "01-default-deny.yaml"] {
+    for f in ["00-cluster.yaml", "01-default-deny.yaml", "02-allow-ui.yaml"] {
         std::fs::copy(format!("{stars}/{f}"), manifests.join(f)).unwrap();
     }
     let lab_dir = work.join("lab");
@@ -278,7 +278,8 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
             s["ready"] == true && s["dataplane"]["pipeline"]["table_generation"].as_u64() >= Some(1)
         })
     });
-    // Traffic: the management UI reaches the client; the client does not reach the frontend.
+    // Traffic: the management UI reaches the client (allow-ui in client); the client does not
+    // reach the frontend (default-deny in stars).
     let probe = Command::new(exe)
         .args(["lab", "probe", "--lab-dir", lab_dir.to_str().unwrap(), "--output", "json"])
         .output()
@@ -302,6 +303,25 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
     ] {
         assert!(body.contains(m), "/metrics lacks {m}:\n{body}");
     }
+    // Per-policy allow hits: the probe's connections from the UI into the client namespace.
+    let hits = metric(&body, "portcullis_policy_allowed_connections_total{namespace=\"client\",policy=\"allow-ui\",direction=\"ingress\"}");
+    assert!(hits.is_some_and(|n| n >= 1.0), "no allow hits for client/allow-ui:\n{body}");
+    assert!(
+        metric(&body, "portcullis_policy_allowed_connections_total{namespace=\"stars\",policy=\"default-deny\",direction=\"ingress\"}").is_none(),
+        "a policy without rules allows nothing"
+    );
+    // The denied-flow log (the lab configures 20 per second): client -> frontend was denied by
+    // the ingress side, isolated by stars/default-deny.
+    // (The lab runs the daemon with text logs.)
+    let log = std::fs::read_to_string(lab_dir.join("dataplane.log")).unwrap_or_default();
+    assert!(
+        log.lines().any(|l| l.contains("portcullis::denied")
+            && l.contains("src=10.77.0.40")
+            && l.contains("dst=10.77.0.30")
+            && l.contains("denied_by=\"ingress\"")
+            && l.contains("ingress_isolated_by=\"stars/allow-ui,stars/default-deny\"")),
+        "no denied-flow line for client -> frontend in the daemon log:\n{log}"
+    );
     assert_eq!(get(port, "/healthz").unwrap().0, 200);
     // SIGTERM: the daemon stops and no XDP program is left on the ports.
     let pid = std::fs::read_to_string(lab_dir.join("lab.json"))
@@ -325,4 +345,9 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
         );
     }
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// The value of the sample named exactly `series` (name and labels) in Prometheus text.
+fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }

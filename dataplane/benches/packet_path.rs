@@ -144,7 +144,7 @@ fn endpoints(client: Host, server: Host) -> (Host, Host) {
 
 fn pipeline(table: DecisionTable, capacity: usize) -> Pipeline {
     let cfg = PipelineConfig { conntrack_capacity: capacity, ..Default::default() };
-    let tables = Arc::new(ArcSwap::from_pointee(PublishedTable { generation: 1, table, fail_closed: false }));
+    let tables = Arc::new(ArcSwap::from_pointee(PublishedTable::new(1, table, 1)));
     let mut p = Pipeline::new(&cfg, tables, Arc::new(WorkerCounters::new(2)));
     p.begin_batch(0);
     // Teach the switch where the server side is.

@@ -86,6 +86,13 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 pub trait Policy {
     /// Does policy allow `flow` to open a connection?
     fn allows(&self, flow: &Flow) -> bool;
+
+    /// Like [`Policy::allows`], for a connection about to be admitted (a
+    /// conntrack miss) rather than re-checked: implementations may count it.
+    #[inline]
+    fn admit(&self, flow: &Flow) -> bool {
+        self.allows(flow)
+    }
 }
 
 impl Policy for policy_compiler::DecisionTable {
@@ -512,14 +519,14 @@ impl Conntrack {
         // (initial state, is the packet's source the initiator?, picked up?)
         let (state, src_initiates, pickup) = match pkt.l4 {
             L4::Tcp(f) if f.is_syn_only() => {
-                if !policy.allows(flow) {
+                if !policy.admit(flow) {
                     return Outcome::Drop(CtDrop::Policy);
                 }
                 (State::SynSent, true, false)
             }
             L4::Tcp(f) => {
-                let forward = policy.allows(flow);
-                let backward = !forward && policy.allows(&flow.reversed());
+                let forward = policy.admit(flow);
+                let backward = !forward && policy.admit(&flow.reversed());
                 if !forward && !backward {
                     return Outcome::Drop(CtDrop::Policy);
                 }
@@ -533,29 +540,29 @@ impl Conntrack {
                 (State::Established, forward, true)
             }
             L4::EchoReply => {
-                if policy.allows(&flow.reversed()) {
+                if policy.admit(&flow.reversed()) {
                     (State::Echo, false, true)
-                } else if policy.allows(flow) {
+                } else if policy.admit(flow) {
                     return Outcome::Pass(CtPass::Untracked);
                 } else {
                     return Outcome::Drop(CtDrop::Policy);
                 }
             }
             L4::EchoRequest => {
-                if !policy.allows(flow) {
+                if !policy.admit(flow) {
                     return Outcome::Drop(CtDrop::Policy);
                 }
                 (State::Echo, true, false)
             }
             L4::IcmpOther | L4::IcmpError(_) => {
-                return if policy.allows(flow) {
+                return if policy.admit(flow) {
                     Outcome::Pass(CtPass::Untracked)
                 } else {
                     Outcome::Drop(CtDrop::Policy)
                 };
             }
             L4::Udp | L4::Sctp | L4::Other => {
-                if !policy.allows(flow) {
+                if !policy.admit(flow) {
                     return Outcome::Drop(CtDrop::Policy);
                 }
                 (State::Unreplied, true, false)

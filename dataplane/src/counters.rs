@@ -102,6 +102,9 @@ pub struct WorkerCounters {
     pub flooded: Counter,
     /// Batches begun.
     pub batches: Counter,
+    /// Denied connections not sent to the denied-flow log (rate limit or
+    /// full queue; see [`crate::observe::DenyLog`]).
+    pub denied_log_suppressed: Counter,
     drops: [Counter; DropReason::KINDS],
     parse_errors: [Counter; ParseError::COUNT],
     ct_entries: Counter,
@@ -129,6 +132,7 @@ impl WorkerCounters {
             forwarded: Counter::default(),
             flooded: Counter::default(),
             batches: Counter::default(),
+            denied_log_suppressed: Counter::default(),
             drops: Default::default(),
             parse_errors: Default::default(),
             ct_entries: Counter::default(),
@@ -220,6 +224,7 @@ impl WorkerCounters {
             flooded: self.flooded.get(),
             dropped: drops.values().sum(),
             batches: self.batches.get(),
+            denied_log_suppressed: self.denied_log_suppressed.get(),
             drops,
             parse_errors,
             conntrack: ConntrackSnapshot {
@@ -305,6 +310,8 @@ pub struct CountersSnapshot {
     pub dropped: u64,
     /// Batches.
     pub batches: u64,
+    /// Denied connections left out of the denied-flow log.
+    pub denied_log_suppressed: u64,
     /// Drops by reason (snake_case names of [`DropReason`] kinds).
     pub drops: BTreeMap<&'static str, u64>,
     /// Parse errors by kind ([`ParseError::name`]).
@@ -334,6 +341,7 @@ impl CountersSnapshot {
         self.flooded += o.flooded;
         self.dropped += o.dropped;
         self.batches += o.batches;
+        self.denied_log_suppressed += o.denied_log_suppressed;
         for (k, v) in &o.drops {
             *self.drops.entry(k).or_default() += v;
         }

@@ -44,6 +44,7 @@ mod assoc;
 pub mod conntrack;
 pub mod counters;
 pub mod frag;
+pub mod observe;
 pub mod parse;
 pub mod pipeline;
 pub mod port;

@@ -53,6 +53,7 @@
 //! without ports (ICMP). Replies of a tracked connection pass. See
 //! [`crate::conntrack`] for TCP pickup, revocation and eviction.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Cache};
@@ -61,6 +62,7 @@ use serde::{Deserialize, Serialize};
 use crate::conntrack::{Conntrack, CtDrop, Outcome, Timeouts};
 use crate::counters::WorkerCounters;
 use crate::frag::{DatagramKey, FragTracker};
+use crate::observe::{Admission, DeniedFlow, DenyLog, PolicyHits};
 use crate::parse::{self, Class, Fragment, IpPacket, ParseError};
 use crate::switch::{Switch, L2};
 
@@ -161,12 +163,26 @@ pub struct PublishedTable {
     /// True until the control plane has synced once: IP is dropped, only
     /// ARP/ND pass.
     pub fail_closed: bool,
+    /// Connections allowed per policy of `table` (see [`crate::observe`]);
+    /// empty counts nothing.
+    pub hits: PolicyHits,
 }
 
 impl PublishedTable {
     /// The table to publish at startup, before the first sync.
     pub fn fail_closed() -> Self {
-        PublishedTable { generation: 0, table: policy_compiler::DecisionTable::default(), fail_closed: true }
+        PublishedTable {
+            generation: 0,
+            table: policy_compiler::DecisionTable::default(),
+            fail_closed: true,
+            hits: PolicyHits::default(),
+        }
+    }
+
+    /// A table to enforce, with per-policy hit counters for `workers` workers.
+    pub fn new(generation: u64, table: policy_compiler::DecisionTable, workers: usize) -> Self {
+        let hits = PolicyHits::new(table.stats().policies, workers);
+        PublishedTable { generation, table, fail_closed: false, hits }
     }
 }
 
@@ -298,6 +314,9 @@ pub struct Pipeline {
     sweep_budget: usize,
     /// Slots still to re-check against the current generation.
     revalidate_remaining: usize,
+    /// This worker's row in [`PolicyHits`].
+    worker: usize,
+    deny_log: DenyLog,
 }
 
 impl Pipeline {
@@ -347,9 +366,24 @@ impl Pipeline {
             forward_non_ip: cfg.forward_non_ip,
             sweep_budget: cfg.sweep_budget,
             revalidate_remaining: 0,
+            worker: 0,
+            deny_log: DenyLog::off(),
             counters,
             current,
         })
+    }
+
+    /// Sets the worker index: its row in the per-policy hit counters and
+    /// its name in denied-flow records. Default 0.
+    pub fn with_worker(mut self, index: usize) -> Self {
+        self.worker = index;
+        self
+    }
+
+    /// Sends denied connections, rate-limited, to `log` (see [`crate::observe`]).
+    pub fn with_deny_log(mut self, log: DenyLog) -> Self {
+        self.deny_log = log;
+        self
     }
 
     /// Starts a batch: picks up a newly published table (one cache check),
@@ -437,9 +471,26 @@ impl Pipeline {
                 .unwrap_or(Some(DropReason::FragmentNoFirst));
         }
         let t = &*self.current;
-        let verdict = match self.conntrack.packet(pkt, &t.table, t.generation, now) {
+        let admission =
+            Admission { table: &t.table, hits: &t.hits, row: self.worker, denied: Cell::new(None) };
+        let verdict = match self.conntrack.packet(pkt, &admission, t.generation, now) {
             Outcome::Pass(_) => None,
-            Outcome::Drop(CtDrop::Policy) => Some(DropReason::Policy),
+            Outcome::Drop(CtDrop::Policy) => {
+                if let (true, Some(v)) = (self.deny_log.enabled(), admission.denied.get()) {
+                    let f = &pkt.flow;
+                    let record = DeniedFlow {
+                        src: f.src.ip(),
+                        dst: f.dst.ip(),
+                        protocol: f.proto,
+                        port: f.policy_port(),
+                        verdict: v,
+                        generation: t.generation,
+                        worker: self.worker,
+                    };
+                    self.deny_log.offer(record, now, &self.counters.denied_log_suppressed);
+                }
+                Some(DropReason::Policy)
+            }
             Outcome::Drop(CtDrop::Revoked) => Some(DropReason::Revoked),
             Outcome::Drop(CtDrop::Full) => Some(DropReason::ConntrackFull),
             Outcome::Drop(CtDrop::NoConnection) => Some(DropReason::TcpNoConnection),

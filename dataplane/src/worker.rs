@@ -25,9 +25,11 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use crossbeam_channel::Receiver;
 use thiserror::Error;
 
 use crate::counters::{CountersSnapshot, WorkerCounters};
+use crate::observe::{denied_channel, DeniedFlow, DenyLog};
 use crate::pipeline::{Action, ConfigError, Mode, Pipeline, PipelineConfig, PortId, PublishedTable};
 use crate::port::{Port, PortError};
 use crate::xsk::{self, AttachMode, Frame, Frames, Poller, Umem, XskConfig, XskSocket};
@@ -51,6 +53,9 @@ pub struct DataplaneConfig {
     /// How long an idle worker sleeps in `poll` before looking at its stop
     /// flag again, in milliseconds. Default 50.
     pub idle_poll_ms: i32,
+    /// Denied connections each worker reports per second at most (see
+    /// [`Dataplane::denied_flows`]). Default 0: none.
+    pub denied_log_per_second: u32,
 }
 
 impl Default for DataplaneConfig {
@@ -63,6 +68,7 @@ impl Default for DataplaneConfig {
             batch: 64,
             pipeline: PipelineConfig::default(),
             idle_poll_ms: 50,
+            denied_log_per_second: 0,
         }
     }
 }
@@ -405,6 +411,7 @@ pub struct Dataplane {
     threads: Vec<JoinHandle<()>>,
     io: Vec<Arc<IoCounters>>,
     pipeline: Vec<Arc<WorkerCounters>>,
+    denied: Receiver<DeniedFlow>,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -441,6 +448,7 @@ impl Dataplane {
         pcfg.validate()?;
         let stop = Arc::new(AtomicBool::new(false));
         let epoch = Instant::now();
+        let (denied_tx, denied_rx) = denied_channel();
         let mut dp = Dataplane {
             ports: ports.clone(),
             attach: cfg.xsk.attach,
@@ -448,11 +456,13 @@ impl Dataplane {
             threads: Vec::new(),
             io: Vec::new(),
             pipeline: Vec::new(),
+            denied: denied_rx,
         };
         for index in 0..workers {
             let io = Arc::new(IoCounters::default());
             let pc = Arc::new(WorkerCounters::new(ports.len()));
             let (ready_tx, ready_rx) = mpsc::channel();
+            let deny_log = DenyLog::new(denied_tx.clone(), cfg.denied_log_per_second);
             let (ports, cfg, pcfg, tables, stop, io2, pc2) = (
                 ports.clone(),
                 cfg.clone(),
@@ -470,6 +480,7 @@ impl Dataplane {
                         core_affinity::set_for_current(core_affinity::CoreId { id });
                     }
                     let started = Pipeline::try_new(&pcfg, tables, pc2)
+                        .map(|p| p.with_worker(index).with_deny_log(deny_log))
                         .map_err(StartError::from)
                         .and_then(|pipeline| Worker::new(index, &ports, &cfg, pipeline, io2));
                     match started {
@@ -536,6 +547,13 @@ impl Dataplane {
     /// The pipeline counters of each worker.
     pub fn pipeline_counters_per_worker(&self) -> Vec<CountersSnapshot> {
         self.pipeline.iter().map(|c| c.snapshot()).collect()
+    }
+
+    /// Denied connections the workers reported (at most
+    /// `denied_log_per_second` per worker). Drain it with `try_recv`, not a
+    /// blocking receive: a blocked receiver makes the workers' sends wake it.
+    pub fn denied_flows(&self) -> Receiver<DeniedFlow> {
+        self.denied.clone()
     }
 
     /// The pipeline counters summed over the workers.

@@ -77,11 +77,7 @@ fn packet_path_does_not_allocate() {
         mac_capacity: 16,
         ..Default::default()
     };
-    let tables = Arc::new(ArcSwap::from_pointee(PublishedTable {
-        generation: 1,
-        table: testing::client_server_table(),
-        fail_closed: false,
-    }));
+    let tables = Arc::new(ArcSwap::from_pointee(PublishedTable::new(1, testing::client_server_table(), 1)));
     let counters = Arc::new(WorkerCounters::new(3));
     let mut p = Pipeline::new(&cfg, tables.clone(), counters);
     let (c, s, o) = (Host::new(1), Host::new(2), Host::new(3));
@@ -128,11 +124,7 @@ fn packet_path_does_not_allocate() {
     assert!(p.counters().snapshot().conntrack.full > 0 || p.conntrack().len() == 256);
 
     // A new, denying table: the switch and the revocations allocate nothing either.
-    let next = Arc::new(PublishedTable {
-        generation: 2,
-        table: testing::client_server_table_denying(),
-        fail_closed: false,
-    });
+    let next = Arc::new(PublishedTable::new(2, testing::client_server_table_denying(), 1));
     tables.store(next);
     let n = allocations_in(|| {
         for (i, (port, f)) in frames.iter().enumerate() {

@@ -34,7 +34,7 @@ fn rig() -> Rig {
 }
 
 fn published(generation: u64, table: policy_compiler::DecisionTable) -> PublishedTable {
-    PublishedTable { generation, table, fail_closed: false }
+    PublishedTable::new(generation, table, 1)
 }
 
 impl Rig {
@@ -345,4 +345,66 @@ mod fuzz {
             prop_assert_eq!(s.forwarded + s.flooded + s.dropped, frames.len() as u64);
         }
     }
+}
+
+#[test]
+fn allowed_connections_are_counted_per_policy_and_denied_ones_logged_at_a_bounded_rate() {
+    use dataplane::observe::{denied_channel, DenyLog, HitDirection};
+    use policy_compiler::Side;
+
+    let cfg = PipelineConfig { ports: 3, ..Default::default() };
+    let tables = Arc::new(ArcSwap::from_pointee(published(1, testing::client_server_table())));
+    let counters = Arc::new(WorkerCounters::new(3));
+    let (tx, rx) = denied_channel();
+    let mut p = Pipeline::new(&cfg, tables.clone(), counters.clone())
+        .with_worker(0)
+        .with_deny_log(DenyLog::new(tx, 2));
+    p.begin_batch(0);
+    let (c, s, o) = (Host::new(1), Host::new(2), Host::new(3));
+    for (port, a, b) in [(0, &c, &s), (1, &s, &c), (2, &o, &c)] {
+        assert_eq!(p.process(port, &testing::arp_request(a, b), 0), Action::Flood);
+    }
+    let server_ingress = (0..2).find(|&i| tables.load().table.policy(i).1 == "server-ingress").unwrap();
+
+    // Three connections client -> server on TCP 80, each with a few packets:
+    // three hits for server-ingress (ingress), whatever the packet count.
+    for sport in [40000, 40001, 40002] {
+        assert_eq!(
+            p.process(0, &testing::tcp(&c, sport, &s, 80, F::SYN, false, &[]), SEC),
+            Action::Forward(1)
+        );
+        let synack = testing::tcp(&s, 80, &c, sport, F::SYN | F::ACK, false, &[]);
+        assert_eq!(p.process(1, &synack, SEC), Action::Forward(0));
+        for _ in 0..3 {
+            let data = testing::tcp(&c, sport, &s, 80, F::ACK, false, b"x");
+            assert_eq!(p.process(0, &data, SEC), Action::Forward(1));
+        }
+    }
+    let hits = &tables.load().hits;
+    assert_eq!(hits.total(server_ingress as usize, HitDirection::Ingress), 3);
+    assert_eq!(hits.total(server_ingress as usize, HitDirection::Egress), 0);
+    // `other` is not isolated and client's policy allows nothing: no other hit.
+    let all: u64 = (0..hits.policies())
+        .flat_map(|i| [HitDirection::Ingress, HitDirection::Egress].map(|d| hits.total(i, d)))
+        .sum();
+    assert_eq!(all, 3);
+
+    // Five denied connections (other -> server) within one instant: two logged
+    // (the bucket holds two), three suppressed; none of them is a hit.
+    for sport in 50000..50005 {
+        let syn = testing::tcp(&o, sport, &s, 80, F::SYN, false, &[]);
+        assert_eq!(p.process(2, &syn, 2 * SEC), Action::Drop(DropReason::Policy));
+    }
+    let logged: Vec<_> = rx.try_iter().collect();
+    assert_eq!(logged.len(), 2);
+    assert_eq!(counters.snapshot().denied_log_suppressed, 3);
+    let d = logged[0];
+    assert_eq!((d.src, d.dst, d.protocol, d.port, d.generation), (o.v4(), s.v4(), 6, 80, 1));
+    assert_eq!(d.verdict.egress, Side::NotIsolated);
+    assert!(matches!(d.verdict.ingress, Side::Denied(_)), "{:?}", d.verdict);
+    assert_eq!(hits.total(server_ingress as usize, HitDirection::Ingress), 3);
+    // A second later the bucket has refilled.
+    let syn = testing::tcp(&o, 50010, &s, 80, F::SYN, false, &[]);
+    assert_eq!(p.process(2, &syn, 3 * SEC), Action::Drop(DropReason::Policy));
+    assert_eq!(rx.try_iter().count(), 1);
 }

@@ -105,11 +105,7 @@ impl Drop for Pods {
 
 fn empty_table() -> Arc<ArcSwap<PublishedTable>> {
     let compiled = policy_compiler::compile(&[], &[], &[]);
-    Arc::new(ArcSwap::from_pointee(PublishedTable {
-        generation: 1,
-        table: compiled.table,
-        fail_closed: false,
-    }))
+    Arc::new(ArcSwap::from_pointee(PublishedTable::new(1, compiled.table, 1)))
 }
 
 fn ping_through(attach: AttachMode, mode: Mode, tag: &str) {

@@ -102,7 +102,7 @@ fn table(dir: &Path, generation: u64) -> Result<PublishedTable, LoadErrors> {
     for p in &compiled.problems {
         eprintln!("generation {generation}: {p}");
     }
-    Ok(PublishedTable { generation, table: compiled.table, fail_closed: false })
+    Ok(PublishedTable::new(generation, compiled.table, 1))
 }
 
 /// Runs until SIGTERM/SIGINT.

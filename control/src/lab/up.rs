@@ -190,7 +190,8 @@ fn build(args: &UpArgs, dir: &Path, pods: &[&PodInfo], lab: &mut LabState) -> Re
         // The daemon, configured like a node whose pod links are ports.
         let config = dir.join("run-config.yaml");
         let cfg = format!(
-            "mode: switch\nports:\n{}workers: [{}]\nxdp: {{attach: {}, zero_copy: false}}\nstatus_address: \"{}\"\n",
+            "mode: switch\nports:\n{}workers: [{}]\nxdp: {{attach: {}, zero_copy: false}}\nstatus_address: \"{}\"\n\
+             denied_flow_log_per_second: 20\n",
             ports.iter().map(|p| format!("  - interface: {p}\n")).collect::<String>(),
             args.cores.first().copied().unwrap_or(0),
             if args.attach == "generic" { "generic" } else { "native" },

@@ -1,0 +1,275 @@
+//! What the packet path tells the control plane beyond counters: which
+//! policies allow connections (per-policy allow hits) and, rate-limited,
+//! which flows were denied.
+//!
+//! ```text
+//!  conntrack miss ── Admission::admit ── table.verdict ──┬─ allowed: PolicyHits[row][policy, direction] += 1
+//!                                                        └─ denied: remembered; if the packet drops as
+//!                                                           Drop(Policy), DenyLog::offer → bounded channel
+//!  control plane: sums PolicyHits rows (per table generation); drains the channel and logs
+//! ```
+//!
+//! Both are counted per *connection* (a conntrack miss decided by the
+//! table), never per packet of a tracked connection. Neither allocates or
+//! locks on the packet path: hit counters are atomics preallocated with each
+//! published table, one row per worker; denied flows go through a
+//! preallocated bounded `crossbeam_channel` (`try_send`, dropped and counted
+//! when full) after a per-worker token bucket.
+
+use std::cell::Cell;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use policy_compiler::{DecisionTable, Side, Verdict};
+use serde::Serialize;
+
+use crate::conntrack::Policy;
+use crate::counters::Counter;
+use crate::parse::Flow;
+
+/// Direction of a policy's rule, as an index into [`PolicyHits`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HitDirection {
+    /// An ingress rule of the destination pod's policy.
+    Ingress = 0,
+    /// An egress rule of the source pod's policy.
+    Egress = 1,
+}
+
+/// Connections allowed per policy and direction, for one published table.
+/// Indexed by the table's policy index ([`DecisionTable::policy`]). One row
+/// of counters per worker, so workers never write the same cache line
+/// (except at row boundaries); `fetch_add` keeps a count exact even when two
+/// workers share a row.
+#[derive(Debug, Default)]
+pub struct PolicyHits {
+    width: usize,
+    rows: usize,
+    counts: Box<[AtomicU64]>,
+}
+
+impl PolicyHits {
+    /// Counters for `policies` policies and `rows` workers (at least one row).
+    pub fn new(policies: usize, rows: usize) -> Self {
+        let width = policies * 2;
+        let rows = rows.max(1);
+        PolicyHits { width, rows, counts: (0..width * rows).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    /// Number of policies counted.
+    pub fn policies(&self) -> usize {
+        self.width / 2
+    }
+
+    #[inline]
+    fn add(&self, row: usize, policy: u32, dir: HitDirection) {
+        let i = (row % self.rows) * self.width + policy as usize * 2 + dir as usize;
+        if let Some(c) = self.counts.get(i) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Connections the policy at `policy` allowed in `dir`, summed over workers.
+    pub fn total(&self, policy: usize, dir: HitDirection) -> u64 {
+        if policy * 2 >= self.width {
+            return 0;
+        }
+        (0..self.rows).map(|r| self.counts[r * self.width + policy * 2 + dir as usize].load(Relaxed)).sum()
+    }
+}
+
+/// A connection the policy denied, as the worker saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeniedFlow {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Destination port (0 for protocols without ports).
+    pub port: u16,
+    /// Both sides of the verdict (at least one is [`Side::Denied`]).
+    pub verdict: Verdict,
+    /// Generation of the table that decided.
+    pub generation: u64,
+    /// Worker index.
+    pub worker: usize,
+}
+
+/// Capacity of the denied-flow channel: at most this many records wait for
+/// the control plane; more are dropped (and counted).
+pub const DENIED_QUEUE: usize = 1024;
+
+/// The receiving end the control plane drains, and the sending end each worker clones.
+pub fn denied_channel() -> (Sender<DeniedFlow>, Receiver<DeniedFlow>) {
+    crossbeam_channel::bounded(DENIED_QUEUE)
+}
+
+/// A worker's rate-limited sender of [`DeniedFlow`]s: a token bucket of
+/// `per_second` tokens (burst the same), refilled from the packet clock.
+#[derive(Debug)]
+pub struct DenyLog {
+    tx: Option<Sender<DeniedFlow>>,
+    per_second: u64,
+    tokens: u64,
+    refilled: u64,
+}
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+impl DenyLog {
+    /// Off: offers nothing.
+    pub fn off() -> Self {
+        DenyLog { tx: None, per_second: 0, tokens: 0, refilled: 0 }
+    }
+
+    /// At most `per_second` records per second (0: off) into `tx`.
+    pub fn new(tx: Sender<DeniedFlow>, per_second: u32) -> Self {
+        if per_second == 0 {
+            return Self::off();
+        }
+        let per_second = u64::from(per_second);
+        DenyLog { tx: Some(tx), per_second, tokens: per_second, refilled: 0 }
+    }
+
+    /// Is logging on?
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Sends `flow` if the bucket has a token; counts it in `suppressed`
+    /// otherwise (no token, or the channel is full).
+    #[inline]
+    pub fn offer(&mut self, flow: DeniedFlow, now: u64, suppressed: &Counter) {
+        let Some(tx) = &self.tx else { return };
+        let elapsed = now.saturating_sub(self.refilled);
+        if elapsed >= NANOS_PER_SEC / self.per_second {
+            let add = elapsed / (NANOS_PER_SEC / self.per_second);
+            self.tokens = (self.tokens + add).min(self.per_second);
+            self.refilled = now;
+        }
+        if self.tokens == 0 {
+            suppressed.inc();
+            return;
+        }
+        self.tokens -= 1;
+        match tx.try_send(flow) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => suppressed.inc(),
+        }
+    }
+}
+
+/// The table as conntrack sees it on a worker: counts the policies that
+/// allow new connections into `hits`, and remembers the last denying
+/// verdict for the denied-flow log.
+pub struct Admission<'a> {
+    /// The table.
+    pub table: &'a DecisionTable,
+    /// Its hit counters.
+    pub hits: &'a PolicyHits,
+    /// This worker's row.
+    pub row: usize,
+    /// The last verdict that denied a connection (for the log).
+    pub denied: Cell<Option<Verdict>>,
+}
+
+impl Admission<'_> {
+    #[inline]
+    fn verdict(&self, flow: &Flow) -> Verdict {
+        self.table.verdict(flow.src.ip(), flow.dst.ip(), flow.proto, flow.policy_port())
+    }
+}
+
+impl Policy for Admission<'_> {
+    #[inline]
+    fn allows(&self, flow: &Flow) -> bool {
+        self.verdict(flow).allowed()
+    }
+
+    #[inline]
+    fn admit(&self, flow: &Flow) -> bool {
+        let v = self.verdict(flow);
+        if !v.allowed() {
+            self.denied.set(Some(v));
+            return false;
+        }
+        if let Side::Allowed(r) = v.egress {
+            self.hits.add(self.row, r.policy, HitDirection::Egress);
+        }
+        if let Side::Allowed(r) = v.ingress {
+            self.hits.add(self.row, r.policy, HitDirection::Ingress);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_sum_over_rows_and_ignore_out_of_range() {
+        let h = PolicyHits::new(3, 2);
+        h.add(0, 1, HitDirection::Ingress);
+        h.add(1, 1, HitDirection::Ingress);
+        h.add(3, 1, HitDirection::Ingress); // row 3 folds onto row 1
+        h.add(0, 2, HitDirection::Egress);
+        h.add(0, 7, HitDirection::Egress); // no such policy: ignored
+        assert_eq!(h.total(1, HitDirection::Ingress), 3);
+        assert_eq!(h.total(1, HitDirection::Egress), 0);
+        assert_eq!(h.total(2, HitDirection::Egress), 1);
+        assert_eq!(h.total(7, HitDirection::Egress), 0);
+        assert_eq!(h.policies(), 3);
+    }
+
+    fn denied(port: u16) -> DeniedFlow {
+        DeniedFlow {
+            src: "10.0.0.1".parse().unwrap(),
+            dst: "10.0.0.2".parse().unwrap(),
+            protocol: 6,
+            port,
+            verdict: Verdict { egress: Side::NotPod, ingress: Side::Denied(policy_compiler::SideId(0)) },
+            generation: 1,
+            worker: 0,
+        }
+    }
+
+    #[test]
+    fn deny_log_is_rate_limited_and_refills_with_time() {
+        let (tx, rx) = denied_channel();
+        let suppressed = Counter::default();
+        let mut log = DenyLog::new(tx, 2);
+        for port in 0..5 {
+            log.offer(denied(port), 0, &suppressed);
+        }
+        assert_eq!(rx.try_iter().count(), 2, "burst of two");
+        assert_eq!(suppressed.get(), 3);
+        // Half a second later: one token back.
+        for port in 0..3 {
+            log.offer(denied(port), NANOS_PER_SEC / 2, &suppressed);
+        }
+        assert_eq!(rx.try_iter().map(|d| d.port).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(suppressed.get(), 5);
+        // Ten seconds idle: the bucket holds at most `per_second`.
+        for port in 0..5 {
+            log.offer(denied(port), 10 * NANOS_PER_SEC, &suppressed);
+        }
+        assert_eq!(rx.try_iter().count(), 2);
+    }
+
+    #[test]
+    fn deny_log_off_sends_nothing_and_counts_nothing() {
+        let (tx, rx) = denied_channel();
+        let suppressed = Counter::default();
+        let mut log = DenyLog::new(tx, 0);
+        assert!(!log.enabled());
+        log.offer(denied(1), 0, &suppressed);
+        assert_eq!(rx.try_iter().count(), 0);
+        assert_eq!(suppressed.get(), 0);
+    }
+}
