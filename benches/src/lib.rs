@@ -21,6 +21,8 @@
 //! Everything comes from [`SplitMix64`] with the given seed, so a seed always
 //! gives the same cluster and the same flows.
 
+pub mod manifests;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};

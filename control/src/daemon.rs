@@ -14,7 +14,7 @@
 //! answers 503. After that, losing a source changes nothing in force: the
 //! last table stays until the source is back and has relisted.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -97,6 +97,60 @@ pub struct StatusData {
     pub files: Vec<FileStatus>,
     /// Manifest-level errors (conflicts, unreadable directory).
     pub file_errors: Vec<String>,
+    /// Recent latencies, from a source seeing a change until the table is
+    /// published / until every worker uses it.
+    pub latency: Latencies,
+}
+
+/// Recent latency samples, summarized.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latencies {
+    /// Change seen by a source → table published.
+    pub change_to_publish: Recent,
+    /// Change seen by a source → every dataplane worker uses the table.
+    pub change_to_enforced: Recent,
+}
+
+/// The last [`Recent::KEEP`] samples of a latency, served as a summary.
+#[derive(Clone, Debug, Default)]
+pub struct Recent {
+    samples: VecDeque<f64>,
+}
+
+impl Recent {
+    /// Samples kept.
+    pub const KEEP: usize = 1000;
+
+    /// Adds one sample, in seconds.
+    pub fn push(&mut self, seconds: f64) {
+        if self.samples.len() == Self::KEEP {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(seconds);
+    }
+
+    /// The `q` quantile (nearest rank) in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let mut v: Vec<f64> = self.samples.iter().copied().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        Some(v[rank - 1] * 1e3)
+    }
+}
+
+impl Serialize for Recent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Recent", 4)?;
+        st.serialize_field("samples", &self.samples.len())?;
+        st.serialize_field("median_ms", &self.quantile_ms(0.5))?;
+        st.serialize_field("p99_ms", &self.quantile_ms(0.99))?;
+        st.serialize_field("max_ms", &self.quantile_ms(1.0))?;
+        st.end()
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -205,6 +259,7 @@ impl Shared {
     /// Records one change-to-enforced latency.
     pub fn observe_enforced(&self, seconds: f64) {
         self.metrics.change_to_enforced_seconds.observe(seconds);
+        self.status.lock().expect("status lock").latency.change_to_enforced.push(seconds);
     }
 
     /// Is a table from fully synced state published?
@@ -269,7 +324,9 @@ pub async fn run_owner(
                     if synced.is_superset(&expected) {
                         generation += 1;
                         last_publish = Some(Instant::now());
-                        publish_now(&index, &shared, &publish, generation, oldest_unpublished.take(), &mut logged_problems);
+                        // The first table is the start-up sync, not a change: no latency sample.
+                        let oldest = oldest_unpublished.take().filter(|_| generation > 1);
+                        publish_now(&index, &shared, &publish, generation, oldest, &mut logged_problems);
                     }
                     continue;
                 }
@@ -365,8 +422,9 @@ fn publish_now(
     m.generation.set(generation as i64);
     m.ready.set(1);
     m.compile_seconds.observe(compile.as_secs_f64());
-    if let Some(c) = oldest_change {
-        m.change_to_publish_seconds.observe((published - c).as_secs_f64());
+    let change_to_publish = oldest_change.map(|c| (published - c).as_secs_f64());
+    if let Some(secs) = change_to_publish {
+        m.change_to_publish_seconds.observe(secs);
     }
     let counts = index.counts();
     for k in KINDS {
@@ -399,6 +457,9 @@ fn publish_now(
     st.table_published_unix =
         SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs_f64());
     st.compile_ms = Some(compile.as_secs_f64() * 1e3);
+    if let Some(secs) = change_to_publish {
+        st.latency.change_to_publish.push(secs);
+    }
     st.objects = KINDS.iter().map(|k| (kind_name(*k).to_string(), *counts.get(k).unwrap_or(&0))).collect();
     st.table = stats;
     st.invalid = invalid;
@@ -410,6 +471,25 @@ mod tests {
     use super::*;
     use crate::index::{Change, Object};
     use std::net::IpAddr;
+
+    #[test]
+    fn recent_latencies_give_nearest_rank_quantiles_over_the_last_samples() {
+        let mut r = Recent::default();
+        assert_eq!(r.quantile_ms(0.5), None);
+        for i in 1..=100 {
+            r.push(f64::from(i) / 1000.0);
+        }
+        assert_eq!(r.quantile_ms(0.5), Some(50.0));
+        assert_eq!(r.quantile_ms(0.99), Some(99.0));
+        assert_eq!(r.quantile_ms(1.0), Some(100.0));
+        for _ in 0..Recent::KEEP {
+            r.push(0.002);
+        }
+        assert_eq!(r.quantile_ms(1.0), Some(2.0), "old samples are forgotten");
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["samples"], Recent::KEEP);
+        assert_eq!(v["p99_ms"], 2.0);
+    }
 
     type Published = Arc<Mutex<Vec<(u64, DecisionTable)>>>;
 

@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use dataplane::observe::{DeniedFlow, HitDirection};
 use dataplane::pipeline::{Mode as PipelineMode, PipelineConfig, PublishedTable};
 use dataplane::xsk::{AttachMode, CopyMode, XskConfig};
-use dataplane::{Dataplane, DataplaneConfig, StartError};
+use dataplane::{Dataplane, DataplaneConfig, StartError, Waker};
 use policy_compiler::{DecisionTable, Side};
 
 use crate::config::{Attach, Config, Mode};
@@ -43,6 +43,7 @@ pub struct Enforcer {
     retired: Mutex<Retired>,
     ports: Vec<String>,
     workers: usize,
+    waker: Waker,
     denied: Option<crossbeam_channel::Receiver<DeniedFlow>>,
 }
 
@@ -115,6 +116,7 @@ impl Enforcer {
         let denied = (cfg.denied_flow_log_per_second > 0).then(|| dp.denied_flows());
         Ok(Arc::new(Enforcer {
             workers: dp.worker_count(),
+            waker: dp.waker(),
             dataplane: Mutex::new(Some(dp)),
             tables,
             retired: Mutex::new(Retired::default()),
@@ -129,6 +131,8 @@ impl Enforcer {
         Box::new(move |p: Publication| {
             let table = PublishedTable::new(p.generation, p.table, me.workers);
             let old = me.tables.swap(Arc::new(table));
+            // Idle workers take the table now, not at the end of their poll timeout.
+            me.waker.wake();
             let mut r = me.retired.lock().expect("retired lock");
             r.tables.push_back(old);
             while r.tables.len() > KEEP_TABLES {

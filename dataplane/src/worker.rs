@@ -19,6 +19,7 @@
 //! Everything a worker touches per packet is owned by its thread: no lock,
 //! and every container is allocated at start.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -230,6 +231,8 @@ struct Worker {
     max_kicks: u32,
     idle_poll_ms: i32,
     poller: Poller,
+    /// Written by [`Waker::wake`]; in the poll set, so a new table wakes an idle worker.
+    wake: Arc<OwnedFd>,
     counters: Arc<IoCounters>,
     stats: IoSnapshot,
 }
@@ -241,6 +244,7 @@ impl Worker {
         cfg: &DataplaneConfig,
         pipeline: Pipeline,
         counters: Arc<IoCounters>,
+        wake: Arc<OwnedFd>,
     ) -> Result<Worker, StartError> {
         let queue = index as u32;
         let mine: Vec<&Port> = ports.iter().filter(|p| p.queues > queue).collect();
@@ -257,7 +261,7 @@ impl Worker {
         let pending =
             sockets.iter().map(|_| Frames::with_capacity(&umem, cfg.xsk.tx_ring as usize)).collect();
         let rx = Frames::with_capacity(&umem, cfg.batch.max(1));
-        let poller = Poller::new(sockets.iter().map(|(_, s)| s.fd()));
+        let poller = Poller::new(sockets.iter().map(|(_, s)| s.fd()).chain([wake.as_raw_fd()]));
         Ok(Worker {
             rx,
             free,
@@ -269,6 +273,7 @@ impl Worker {
             max_kicks: cfg.xsk.tx_ring / KICK_BATCH + 1,
             idle_poll_ms: cfg.idle_poll_ms.max(1),
             poller,
+            wake,
             counters,
             stats: IoSnapshot::default(),
             umem,
@@ -295,7 +300,12 @@ impl Worker {
                 // then sleep in the kernel until a socket has something to read (or
                 // the timeout, to see `stop`).
                 self.pipeline.begin_batch(now);
-                let _ = self.poller.wait(self.idle_poll_ms);
+                if let Ok(n) = self.poller.wait(self.idle_poll_ms) {
+                    if n > 0 {
+                        // Reset the wake-up counter (non-blocking; nothing to read is fine).
+                        let _ = rustix::io::read(&*self.wake, &mut [0u8; 8]);
+                    }
+                }
             } else if received == 0 && outstanding > 0 {
                 // TX is stuck behind a full peer: give it a moment.
                 let _ = self.poller.wait(1);
@@ -412,6 +422,26 @@ pub struct Dataplane {
     io: Vec<Arc<IoCounters>>,
     pipeline: Vec<Arc<WorkerCounters>>,
     denied: Receiver<DeniedFlow>,
+    waker: Waker,
+}
+
+/// Wakes idle workers so that they pick up a newly published table at once
+/// instead of at the end of their idle poll (`idle_poll_ms`). One eventfd per
+/// worker, in its poll set. Cheap (one `write` per worker); call it after
+/// storing a new table.
+#[derive(Clone, Debug, Default)]
+pub struct Waker {
+    fds: Vec<Arc<OwnedFd>>,
+}
+
+impl Waker {
+    /// Wakes every worker that sleeps in its poll.
+    pub fn wake(&self) {
+        for fd in &self.fds {
+            // A full counter (EAGAIN) means a wake-up is already pending.
+            let _ = rustix::io::write(&**fd, &1u64.to_ne_bytes());
+        }
+    }
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -457,12 +487,21 @@ impl Dataplane {
             io: Vec::new(),
             pipeline: Vec::new(),
             denied: denied_rx,
+            waker: Waker::default(),
         };
         for index in 0..workers {
             let io = Arc::new(IoCounters::default());
             let pc = Arc::new(WorkerCounters::new(ports.len()));
             let (ready_tx, ready_rx) = mpsc::channel();
             let deny_log = DenyLog::new(denied_tx.clone(), cfg.denied_log_per_second);
+            let wake = Arc::new(
+                rustix::event::eventfd(
+                    0,
+                    rustix::event::EventfdFlags::NONBLOCK | rustix::event::EventfdFlags::CLOEXEC,
+                )
+                .map_err(|e| StartError::Thread { worker: index, source: e.into() })?,
+            );
+            dp.waker.fds.push(wake.clone());
             let (ports, cfg, pcfg, tables, stop, io2, pc2) = (
                 ports.clone(),
                 cfg.clone(),
@@ -482,7 +521,7 @@ impl Dataplane {
                     let started = Pipeline::try_new(&pcfg, tables, pc2)
                         .map(|p| p.with_worker(index).with_deny_log(deny_log))
                         .map_err(StartError::from)
-                        .and_then(|pipeline| Worker::new(index, &ports, &cfg, pipeline, io2));
+                        .and_then(|pipeline| Worker::new(index, &ports, &cfg, pipeline, io2, wake));
                     match started {
                         Ok(mut w) => {
                             let _ = ready_tx.send(Ok(()));
@@ -547,6 +586,11 @@ impl Dataplane {
     /// The pipeline counters of each worker.
     pub fn pipeline_counters_per_worker(&self) -> Vec<CountersSnapshot> {
         self.pipeline.iter().map(|c| c.snapshot()).collect()
+    }
+
+    /// A handle that wakes idle workers (see [`Waker`]).
+    pub fn waker(&self) -> Waker {
+        self.waker.clone()
     }
 
     /// Denied connections the workers reported (at most

@@ -142,6 +142,7 @@ pub fn run(args: &DataplaneArgs) -> Result<(), DataplaneError> {
                 Ok(t) => {
                     generation += 1;
                     tables.store(Arc::new(t));
+                    dp.waker().wake();
                     let _ = std::fs::remove_file(&err_file);
                     write_atomic(&gen_file, format!("{generation}\n").as_bytes())
                         .map_err(io(gen_file.clone()))?;

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Policy-change-to-enforced latency of `portcullis run --manifests`, at several
+# cluster sizes. For each policy count N: a manifest directory holds the stars
+# cluster (whose pods are real lab namespaces) plus a generated cluster of
+# PODS pods and N policies (the compiler benchmarks' generator); the daemon
+# runs with the lab's pod links as dataplane ports; then CHANGES single-policy
+# edits are made one at a time (each waits until every worker uses the new
+# table) and the daemon's own figures are read from /status: change seen ->
+# table published, change seen -> every worker uses it (median, p99, max),
+# and the compile time of the last table.
+#
+#   scripts/measure-change-latency.sh                 # N = 1000 and 10000, 10000 pods
+#   POLICIES="10 1000" PODS=2000 CHANGES=20 scripts/measure-change-latency.sh
+#
+# Needs root for the dataplane; without it the daemon runs without ports and
+# only change -> published is measured. The manifest source polls every
+# 200 ms, so a file write reaches the daemon up to 200 ms later; the figures
+# start when the daemon sees the change (as for a Kubernetes watch event).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+POLICIES="${POLICIES:-1000 10000}"
+PODS="${PODS:-10000}"
+CHANGES="${CHANGES:-40}"
+PORT="${PORT:-19879}"
+
+cargo build --release -q -p control --bin portcullis
+cargo build --release -q -p portcullis-benches --example gen_manifests
+P="$PWD/target/release/portcullis"
+GEN="$PWD/target/release/examples/gen_manifests"
+ROOT=0
+[ "$(id -u)" = 0 ] && ROOT=1
+
+work=""
+daemon=""
+cleanup() {
+    if [ -n "$work" ]; then
+        if [ "$ROOT" = 1 ]; then "$P" lab down --lab-dir "$work/lab" --prefix pclat >/dev/null 2>&1 || true; fi
+        [ -n "$daemon" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
+        rm -rf "$work"
+    fi
+    work=""
+    daemon=""
+}
+trap cleanup EXIT INT TERM
+
+printf '%-9s %-7s %-11s %-26s %-26s\n' policies pods compile_ms "change->published ms" "change->enforced ms"
+printf '%-9s %-7s %-11s %-26s %-26s\n' "" "" "" "(median / p99 / max)" "(median / p99 / max)"
+for n in $POLICIES; do
+    work="$(mktemp -d /tmp/pcl-latency.XXXXXX)"
+    mkdir -p "$work/policies"
+    cp examples/stars/00-cluster.yaml "$work/policies/"
+    "$GEN" "$PODS" "$n" "$work/policies/generated.json" 2>/dev/null
+    if [ "$ROOT" = 1 ]; then
+        "$P" lab up -f examples/stars/00-cluster.yaml --lab-dir "$work/lab" --prefix pclat \
+            --run-manifests "$work/policies" --status-address "127.0.0.1:$PORT" >/dev/null
+    else
+        printf 'status_address: "127.0.0.1:%s"\n' "$PORT" >"$work/config.yaml"
+        "$P" run --manifests "$work/policies" --config "$work/config.yaml" 2>"$work/daemon.log" &
+        daemon=$!
+    fi
+    python3 - "$PORT" "$work/policies/change.yaml" "$CHANGES" "$n" "$PODS" "$ROOT" <<'EOF'
+import json, os, sys, time, urllib.request
+port, path, changes, n, pods, root = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6] == "1"
+
+def status():
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as r:
+            return json.load(r)
+    except OSError:
+        return None
+
+def wait(pred, what, secs=120):
+    end = time.time() + secs
+    while time.time() < end:
+        s = status()
+        if s is not None and pred(s):
+            return s
+        time.sleep(0.02)
+    sys.exit(f"timed out waiting for {what}")
+
+def enforced(s, g):
+    if not root:
+        return True
+    return (s.get("dataplane") or {}).get("pipeline", {}).get("table_generation", 0) >= g
+
+s = wait(lambda s: s["ready"] and enforced(s, s["table_generation"]), "the first table", 300)
+for i in range(changes):
+    g = s["table_generation"]
+    doc = f"""apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: latency-probe, namespace: stars}}
+spec:
+  podSelector: {{matchLabels: {{role: frontend}}}}
+  ingress:
+  - from: [{{podSelector: {{matchLabels: {{role: client-{i}}}}}}}]
+    ports: [{{protocol: TCP, port: 80}}]
+"""
+    with open(path + ".tmp", "w") as f:
+        f.write(doc)
+    os.replace(path + ".tmp", path)
+    s = wait(lambda s: s["table_generation"] > g and enforced(s, g + 1), f"change {i}")
+    time.sleep(0.05)
+s = status()
+lat = s["latency"]
+def fmt(r):
+    if not r["samples"]:
+        return "-"
+    return f'{r["median_ms"]:.1f} / {r["p99_ms"]:.1f} / {r["max_ms"]:.1f}'
+print(f'{n:<9} {pods:<7} {s["compile_ms"]:<11.1f} {fmt(lat["change_to_publish"]):<26} '
+      f'{fmt(lat["change_to_enforced"]) if root else "(not root)":<26}')
+EOF
+    cleanup
+done
