@@ -132,8 +132,10 @@ struct NamedEntry {
 /// Per-pod data the lookup needs.
 #[derive(Clone, Debug)]
 struct PodEntry {
-    identity: u32,
-    namespace: u32,
+    /// The identity block of the pod's identity ([`BLOCK_BITS`] identities of
+    /// one namespace per block) and the identity's bit in the block's masks.
+    block: u32,
+    bit: u32,
     /// Side ids, [ingress, egress]; 0 = not isolated.
     sides: [u32; 2],
     /// Range in `named`.
@@ -182,13 +184,87 @@ impl ClassIndex {
 }
 
 /// Peer key kinds in the (side, peer) map.
-const KIND_IDENTITY: u64 = 0;
-const KIND_NAMESPACE: u64 = 1;
-const KIND_CIDR: u64 = 2;
+const KIND_BLOCK: u64 = 0;
+const KIND_CIDR: u64 = 1;
+
+/// Identities per identity block: one bit each in a `u64` mask.
+const BLOCK_BITS: usize = 64;
 
 #[inline]
 fn key(side: u32, kind: u64, id: u32) -> u64 {
     ((side as u64) << 32) | (kind << 30) | id as u64
+}
+
+/// The identities of one identity block that share one port set: a
+/// (side, block) key maps to a few of these, disjoint by mask.
+#[derive(Clone, Copy, Debug)]
+struct Group {
+    mask: u64,
+    set: SetRange,
+}
+
+/// One slot of [`PeerMap`]: key 0 means empty (side 0 is never keyed).
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    key: u64,
+    value: (u32, u32),
+}
+
+/// The (side, peer) map: open addressing with linear probing over 16-byte
+/// slots, filled at most half. A hit usually reads one cache line, where a
+/// `hashbrown` probe reads a control-byte group and then a slot.
+#[derive(Clone, Debug, Default)]
+struct PeerMap {
+    slots: Vec<Slot>,
+    /// `64 - log2(slots.len())`: Fibonacci hashing keeps the top bits.
+    shift: u32,
+    len: usize,
+}
+
+impl PeerMap {
+    /// Builds the map from distinct, non-zero keys.
+    fn from_entries(entries: &[(u64, (u32, u32))]) -> PeerMap {
+        if entries.is_empty() {
+            return PeerMap::default();
+        }
+        let n = (entries.len() * 2).next_power_of_two().max(8);
+        let mut m =
+            PeerMap { slots: vec![Slot::default(); n], shift: 64 - n.trailing_zeros(), len: entries.len() };
+        for &(key, value) in entries {
+            debug_assert!(key != 0);
+            let mut i = m.home(key);
+            while m.slots[i].key != 0 {
+                debug_assert!(m.slots[i].key != key, "duplicate peer key");
+                i = (i + 1) & (n - 1);
+            }
+            m.slots[i] = Slot { key, value };
+        }
+        m
+    }
+
+    #[inline]
+    fn home(&self, key: u64) -> usize {
+        (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize
+    }
+
+    #[inline]
+    fn get(&self, key: u64) -> Option<(u32, u32)> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            let s = self.slots[i];
+            if s.key == key {
+                return Some(s.value);
+            }
+            if s.key == 0 {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
 }
 
 /// Facts about a compiled table, for status pages and sizing.
@@ -208,8 +284,12 @@ pub struct TableStats {
     pub invalid_policies: usize,
     /// Distinct isolating policy sets (per direction), plus the "not isolated" side.
     pub sides: usize,
-    /// Entries of the (side, peer) map.
+    /// Identity blocks (up to 64 identities of one namespace each).
+    pub identity_blocks: usize,
+    /// Entries of the (side, peer) map: (side, identity block) and (side, CIDR class).
     pub peer_keys: usize,
+    /// (identity mask, port set) groups behind the (side, identity block) keys.
+    pub peer_groups: usize,
     /// Distinct port sets (after interning).
     pub port_sets: usize,
     /// Port entries over all port sets.
@@ -236,8 +316,9 @@ pub struct DecisionTable {
     cidr: [[ClassIndex; 2]; 2],
     sides: Vec<SideEntry>,
     side_policies: Vec<u32>,
-    /// (side, peer kind, id) -> the port set's range in `entries`.
-    peer_map: HashMap<u64, SetRange>,
+    /// (side, identity block) -> range in `groups`; (side, CIDR class) -> port set.
+    peer_map: PeerMap,
+    groups: Vec<Group>,
     /// Interned port sets, back to back.
     entries: Vec<PortEntry>,
     /// The rule each entry of `entries` comes from.
@@ -257,7 +338,7 @@ impl Default for DecisionTable {
 /// What the other end of a flow is, for a side check.
 #[derive(Clone, Copy)]
 struct PeerInfo {
-    pod: Option<(u32, u32)>, // (identity, namespace)
+    pod: Option<(u32, u32)>, // (identity block, bit)
     class: u32,
 }
 
@@ -302,7 +383,7 @@ impl DecisionTable {
         match a {
             Some(e) => {
                 let p = &self.pods[e.pod as usize];
-                PeerInfo { pod: Some((p.identity, p.namespace)), class: e.class[dir as usize] }
+                PeerInfo { pod: Some((p.block, p.bit)), class: e.class[dir as usize] }
             }
             None => {
                 let (f, v) = split(ip);
@@ -328,23 +409,24 @@ impl DecisionTable {
         if let Some(r) = self.set_match(se.any, proto, port, dst_named) {
             return Side::Allowed(r);
         }
-        if let Some((identity, ns)) = peer.pod {
+        if let Some((block, bit)) = peer.pod {
             if let Some(r) = self.set_match(se.any_pod, proto, port, dst_named) {
                 return Side::Allowed(r);
             }
-            for (kind, id) in [(KIND_IDENTITY, identity), (KIND_NAMESPACE, ns)] {
-                if se.kinds & (1 << kind) == 0 {
-                    continue;
-                }
-                if let Some(&set) = self.peer_map.get(&key(side, kind, id)) {
-                    if let Some(r) = self.set_match(set, proto, port, dst_named) {
-                        return Side::Allowed(r);
+            if se.kinds & (1 << KIND_BLOCK) != 0 {
+                if let Some((a, b)) = self.peer_map.get(key(side, KIND_BLOCK, block)) {
+                    // The groups of a key are disjoint: at most one holds the bit.
+                    let groups = self.groups.get(a as usize..b as usize).unwrap_or_default();
+                    if let Some(g) = groups.iter().find(|g| g.mask >> bit & 1 != 0) {
+                        if let Some(r) = self.set_match(g.set, proto, port, dst_named) {
+                            return Side::Allowed(r);
+                        }
                     }
                 }
             }
         }
         if peer.class != 0 && se.kinds & (1 << KIND_CIDR) != 0 {
-            if let Some(&set) = self.peer_map.get(&key(side, KIND_CIDR, peer.class)) {
+            if let Some(set) = self.peer_map.get(key(side, KIND_CIDR, peer.class)) {
                 if let Some(r) = self.set_match(set, proto, port, dst_named) {
                     return Side::Allowed(r);
                 }
@@ -396,12 +478,14 @@ impl DecisionTable {
 #[derive(Clone, Debug, Default)]
 struct Resolution {
     all_pods: bool,
-    namespaces: Vec<u32>,
-    identities: Vec<u32>,
+    /// (identity block, mask of the matched identities, whole namespace?), by block.
+    /// Whole-namespace blocks come from namespaces where every identity matches;
+    /// their entries are tested after the per-identity ones, as separate
+    /// namespace keys were before blocks.
+    blocks: Vec<(u32, u64, bool)>,
 }
 
 struct Identity {
-    namespace: u32,
     labels: Labels,
 }
 
@@ -411,6 +495,12 @@ struct Compiler<'a> {
     identities: Vec<Identity>,
     /// Identities per namespace.
     ns_identities: Vec<Vec<u32>>,
+    /// (identity block, bit) of each identity: the identities of a namespace,
+    /// in order, fill `BLOCK_BITS`-wide blocks; blocks never span namespaces.
+    identity_block: Vec<(u32, u32)>,
+    /// First identity block of each namespace.
+    ns_first_block: Vec<u32>,
+    blocks: u32,
     pod_identity: Vec<u32>,
     names: HashMap<String, u32>,
     pod_cache: HashMap<(&'a Selector, u32), (bool, Vec<u32>)>,
@@ -429,11 +519,22 @@ impl<'a> Compiler<'a> {
         for p in &cluster.pods {
             let ns = ns_index[p.namespace.as_str()];
             let id = *ident_index.entry((ns, &p.labels)).or_insert_with(|| {
-                identities.push(Identity { namespace: ns, labels: p.labels.clone() });
+                identities.push(Identity { labels: p.labels.clone() });
                 ns_identities[ns as usize].push((identities.len() - 1) as u32);
                 (identities.len() - 1) as u32
             });
             pod_identity.push(id);
+        }
+        let mut identity_block = vec![(0, 0); identities.len()];
+        let mut ns_first_block = Vec::with_capacity(ns_identities.len());
+        let mut blocks = 0u32;
+        for ids in &ns_identities {
+            ns_first_block.push(blocks);
+            for (local, &id) in ids.iter().enumerate() {
+                identity_block[id as usize] =
+                    (blocks + (local / BLOCK_BITS) as u32, (local % BLOCK_BITS) as u32);
+            }
+            blocks += ids.len().div_ceil(BLOCK_BITS) as u32;
         }
         // Intern the port names policies refer to (1-based; 0 means "numeric").
         let mut names = HashMap::new();
@@ -454,6 +555,9 @@ impl<'a> Compiler<'a> {
             ns_index,
             identities,
             ns_identities,
+            identity_block,
+            ns_first_block,
+            blocks,
             pod_identity,
             names,
             pod_cache: HashMap::new(),
@@ -508,19 +612,34 @@ impl<'a> Compiler<'a> {
             NamespaceMatch::Selector(s) => self.namespaces_matching(s),
         };
         let mut r = Resolution::default();
+        let mut whole = 0;
         for ns in ns_list {
             if self.ns_identities[ns as usize].is_empty() {
                 continue;
             }
             let (all, ids) = self.identities_matching(pods, ns);
             if all {
-                r.namespaces.push(ns);
+                whole += 1;
+                let n = self.ns_identities[ns as usize].len();
+                let first = self.ns_first_block[ns as usize];
+                for b in 0..n.div_ceil(BLOCK_BITS) {
+                    let bits = (n - b * BLOCK_BITS).min(BLOCK_BITS);
+                    let mask = if bits == BLOCK_BITS { u64::MAX } else { (1u64 << bits) - 1 };
+                    r.blocks.push((first + b as u32, mask, true));
+                }
             } else {
-                r.identities.extend(ids);
+                // `ids` are in namespace order, so the blocks come in order.
+                for id in ids {
+                    let (block, bit) = self.identity_block[id as usize];
+                    match r.blocks.last_mut() {
+                        Some((b, m, false)) if *b == block => *m |= 1 << bit,
+                        _ => r.blocks.push((block, 1 << bit, false)),
+                    }
+                }
             }
         }
         let populated = self.ns_identities.iter().filter(|v| !v.is_empty()).count();
-        if r.namespaces.len() == populated && populated > 0 {
+        if whole == populated && populated > 0 {
             r.all_pods = true;
         }
         r
@@ -596,13 +715,19 @@ impl<'a> Compiler<'a> {
 
         // 3. Expand each side's rules into port sets keyed by peer. Keys are produced
         // side by side, so one flat buffer per side, sorted and grouped, replaces a map
-        // of small vectors; identical port sets are stored once.
+        // of small vectors; identical port sets are stored once. A selector peer
+        // pushes one entry per identity block it touches, with the mask of the
+        // identities it matches there; each (side, block) key then splits its
+        // block's identities into groups that get the same port set.
         let mut sets = SetBuilder::default();
-        let mut peer_map: HashMap<u64, SetRange> = HashMap::new();
-        let mut buf: Vec<(u64, u32, PortEntry, RuleRef)> = Vec::new();
+        let mut keyed: Vec<(u64, (u32, u32))> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
+        // (key, namespace-wide?, sequence, identity mask, entry, rule)
+        let mut buf: Vec<(u64, bool, u32, u64, PortEntry, RuleRef)> = Vec::new();
         let mut any: Vec<(PortEntry, RuleRef)> = Vec::new();
         let mut any_pod: Vec<(PortEntry, RuleRef)> = Vec::new();
         let mut es: Vec<PortEntry> = Vec::new();
+        let mut by_set: Vec<(SetRange, u64)> = Vec::new();
         for (s, (dir, list)) in side_lists.iter().enumerate().skip(1) {
             buf.clear();
             any.clear();
@@ -617,17 +742,17 @@ impl<'a> Compiler<'a> {
                         any.extend(es.iter().map(|e| (*e, rr)));
                         continue;
                     }
-                    let push = |k: u64, buf: &mut Vec<(u64, u32, PortEntry, RuleRef)>| {
+                    let push = |k: u64, whole: bool, mask: u64, buf: &mut Vec<_>| {
                         for e in &es {
                             let seq = buf.len() as u32;
-                            buf.push((k, seq, *e, rr));
+                            buf.push((k, whole, seq, mask, *e, rr));
                         }
                     };
                     for peer in &rule.peers {
                         match peer {
                             Peer::Block(b) => {
                                 for &c in &block_classes[d][block_id[d][b] as usize] {
-                                    push(key(s as u32, KIND_CIDR, c), &mut buf);
+                                    push(key(s as u32, KIND_CIDR, c), false, u64::MAX, &mut buf);
                                 }
                             }
                             Peer::Pods { namespaces, pods } => {
@@ -636,11 +761,8 @@ impl<'a> Compiler<'a> {
                                     any_pod.extend(es.iter().map(|e| (*e, rr)));
                                     continue;
                                 }
-                                for &ns in &r.namespaces {
-                                    push(key(s as u32, KIND_NAMESPACE, ns), &mut buf);
-                                }
-                                for &id in &r.identities {
-                                    push(key(s as u32, KIND_IDENTITY, id), &mut buf);
+                                for &(block, mask, whole) in &r.blocks {
+                                    push(key(s as u32, KIND_BLOCK, block), whole, mask, &mut buf);
                                 }
                             }
                         }
@@ -649,15 +771,47 @@ impl<'a> Compiler<'a> {
             }
             sides[s].any = sets.add(&any);
             sides[s].any_pod = sets.add(&any_pod);
-            buf.sort_unstable_by_key(|x| (x.0, x.1));
+            // Per key: entries from identity-level matches first, then namespace-wide
+            // ones, each in rule order (the order the table has always tested them in).
+            buf.sort_unstable_by_key(|x| (x.0, x.1, x.2));
             let mut i = 0;
             while i < buf.len() {
                 let k = buf[i].0;
                 let j = i + buf[i..].iter().take_while(|x| x.0 == k).count();
-                any.clear();
-                any.extend(buf[i..j].iter().map(|x| (x.2, x.3)));
-                peer_map.insert(k, sets.add(&any));
+                let run = &buf[i..j];
                 sides[s].kinds |= 1 << ((k >> 30) & 3);
+                if (k >> 30) & 3 == KIND_CIDR {
+                    any.clear();
+                    any.extend(run.iter().map(|x| (x.4, x.5)));
+                    keyed.push((k, sets.add(&any)));
+                    i = j;
+                    continue;
+                }
+                let union = run.iter().fold(0u64, |m, x| m | x.3);
+                let a = groups.len() as u32;
+                if run.iter().all(|x| x.3 == union) {
+                    any.clear();
+                    any.extend(run.iter().map(|x| (x.4, x.5)));
+                    groups.push(Group { mask: union, set: sets.add(&any) });
+                } else {
+                    // Identities of the block that see different entries: one port
+                    // set per identity, identical sets merged into one group.
+                    by_set.clear();
+                    let mut rest = union;
+                    while rest != 0 {
+                        let bit = rest.trailing_zeros();
+                        rest &= rest - 1;
+                        any.clear();
+                        any.extend(run.iter().filter(|x| x.3 >> bit & 1 != 0).map(|x| (x.4, x.5)));
+                        let set = sets.add(&any);
+                        match by_set.iter_mut().find(|(r, _)| *r == set) {
+                            Some((_, m)) => *m |= 1 << bit,
+                            None => by_set.push((set, 1 << bit)),
+                        }
+                    }
+                    groups.extend(by_set.iter().map(|&(set, mask)| Group { mask, set }));
+                }
+                keyed.push((k, (a, groups.len() as u32)));
                 i = j;
             }
         }
@@ -682,9 +836,10 @@ impl<'a> Compiler<'a> {
                     named.push(NamedEntry { name: n, proto: np.protocol.number(), port: np.port });
                 }
             }
+            let (block, bit) = self.identity_block[identity as usize];
             pods.push(PodEntry {
-                identity,
-                namespace: self.identities[identity as usize].namespace,
+                block,
+                bit,
                 sides: identity_sides[identity as usize],
                 named: (a, named.len() as u32),
             });
@@ -710,7 +865,9 @@ impl<'a> Compiler<'a> {
         let (mut entries, mut entry_rules) = (sets.entries, sets.rules);
         entries.shrink_to_fit();
         entry_rules.shrink_to_fit();
-        peer_map.shrink_to_fit();
+        groups.shrink_to_fit();
+        let peer_map = PeerMap::from_entries(&keyed);
+        drop(keyed);
         let mut t = DecisionTable {
             addr_v4,
             addr_v6,
@@ -721,6 +878,7 @@ impl<'a> Compiler<'a> {
             sides,
             side_policies,
             peer_map,
+            groups,
             entries,
             entry_rules,
             policies,
@@ -734,7 +892,9 @@ impl<'a> Compiler<'a> {
             policies: cluster.policies.len(),
             invalid_policies: cluster.policies.iter().filter(|p| !p.valid).count(),
             sides: t.sides.len(),
-            peer_keys: t.peer_map.len(),
+            identity_blocks: self.blocks as usize,
+            peer_keys: t.peer_map.len,
+            peer_groups: t.groups.len(),
             port_sets,
             port_entries: t.entries.len(),
             ip_blocks,
@@ -805,7 +965,8 @@ impl DecisionTable {
             self.cidr.iter().flatten().map(|c| c.starts.capacity() * 16 + c.classes.capacity() * 4).sum();
         hm(self.addr_v4.capacity(), size_of::<(u32, AddrEntry)>())
             + hm(self.addr_v6.capacity(), size_of::<(u128, AddrEntry)>())
-            + hm(self.peer_map.capacity(), size_of::<(u64, SetRange)>())
+            + self.peer_map.slots.capacity() * size_of::<Slot>()
+            + self.groups.capacity() * size_of::<Group>()
             + self.pods.capacity() * size_of::<PodEntry>()
             + self.pod_keys.iter().map(|(a, b)| a.capacity() + b.capacity() + 48).sum::<usize>()
             + self.named.capacity() * size_of::<NamedEntry>()
