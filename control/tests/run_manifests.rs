@@ -303,6 +303,21 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
     ] {
         assert!(body.contains(m), "/metrics lacks {m}:\n{body}");
     }
+    // Per-port TX counters are counted (the probe's allowed traffic left through the ports):
+    // /status and /metrics agree, and frames went out.
+    let ports = dp["pipeline"]["ports"].as_array().unwrap();
+    let tx: u64 = ports.iter().map(|p| p["tx_frames"].as_u64().unwrap()).sum();
+    assert!(
+        tx > 0
+            && ports.iter().all(|p| p["tx_bytes"].as_u64().unwrap() >= 60 * p["tx_frames"].as_u64().unwrap()),
+        "{dp}"
+    );
+    let tx_metric: f64 = (0..4)
+        .filter_map(|i| {
+            metric(&body, &format!("portcullis_port_packets_total{{port=\"{prefix}h{i}\",direction=\"tx\"}}"))
+        })
+        .sum();
+    assert!(tx_metric > 0.0, "no TX in portcullis_port_packets_total:\n{body}");
     // Per-policy allow hits: the probe's connections from the UI into the client namespace.
     let hits = metric(&body, "portcullis_policy_allowed_connections_total{namespace=\"client\",policy=\"allow-ui\",direction=\"ingress\"}");
     assert!(hits.is_some_and(|n| n >= 1.0), "no allow hits for client/allow-ui:\n{body}");

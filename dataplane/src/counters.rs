@@ -80,11 +80,14 @@ pub struct PortCounters {
     pub rx_frames: Counter,
     /// Bytes of those frames.
     pub rx_bytes: Counter,
-    /// Frames transmitted on the port.
+    /// Frames put on the port's TX ring (forwarded frames and flood copies),
+    /// counted by the worker when the ring accepts them (`worker.rs`).
     pub tx_frames: Counter,
-    /// Bytes transmitted.
+    /// Bytes of those frames (Ethernet header included, no FCS).
     pub tx_bytes: Counter,
-    /// Frames that were to go out of the port but found its TX ring full.
+    /// Frames that were to go out of the port but were dropped because its
+    /// TX ring and the worker's pending queue for it were full (the port's
+    /// share of the worker's `tx_full`).
     pub tx_dropped: Counter,
 }
 

@@ -29,7 +29,7 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::Receiver;
 use thiserror::Error;
 
-use crate::counters::{CountersSnapshot, WorkerCounters};
+use crate::counters::{CountersSnapshot, PortCounters, WorkerCounters};
 use crate::observe::{denied_channel, DeniedFlow, DenyLog};
 use crate::pipeline::{Action, ConfigError, Mode, Pipeline, PipelineConfig, PortId, PublishedTable};
 use crate::port::{Port, PortError};
@@ -235,6 +235,9 @@ struct Worker {
     wake: Arc<OwnedFd>,
     counters: Arc<IoCounters>,
     stats: IoSnapshot,
+    /// The pipeline's counters (same single writer: this thread), for the
+    /// per-port `tx_*` counts; the pipeline itself fills `rx_*`.
+    port_counters: Arc<WorkerCounters>,
 }
 
 impl Worker {
@@ -262,6 +265,7 @@ impl Worker {
             sockets.iter().map(|_| Frames::with_capacity(&umem, cfg.xsk.tx_ring as usize)).collect();
         let rx = Frames::with_capacity(&umem, cfg.batch.max(1));
         let poller = Poller::new(sockets.iter().map(|(_, s)| s.fd()).chain([wake.as_raw_fd()]));
+        let port_counters = pipeline.counters().clone();
         Ok(Worker {
             rx,
             free,
@@ -276,6 +280,7 @@ impl Worker {
             wake,
             counters,
             stats: IoSnapshot::default(),
+            port_counters,
             umem,
         })
     }
@@ -316,7 +321,10 @@ impl Worker {
 
     /// One RX batch from every socket, through the pipeline.
     fn receive(&mut self, now: u64) -> usize {
-        let Worker { umem, free, rx, sockets, socket_of_port, pending, pipeline, stats, .. } = self;
+        let Worker {
+            umem, free, rx, sockets, socket_of_port, pending, pipeline, stats, port_counters, ..
+        } = self;
+        let out = port_counters.ports();
         let mut total = 0;
         for (in_port, socket) in sockets.iter_mut() {
             let n = socket.recv(rx);
@@ -331,7 +339,7 @@ impl Worker {
                 let action = pipeline.process(in_port, umem.data(&frame), now);
                 match action {
                     Action::Forward(port) => match socket_of_port.get(port as usize).copied().flatten() {
-                        Some(s) => enqueue(&mut pending[s], frame, free, stats),
+                        Some(s) => enqueue(&mut pending[s], frame, free, stats, out.get(port as usize)),
                         None => {
                             stats.no_socket += 1;
                             recycle(free, frame);
@@ -349,7 +357,7 @@ impl Worker {
                             };
                             if umem.copy(&frame, &mut copy) {
                                 stats.flood_copies += 1;
-                                enqueue(&mut pending[s], copy, free, stats);
+                                enqueue(&mut pending[s], copy, free, stats, out.get(port));
                             } else {
                                 recycle(free, copy);
                             }
@@ -369,11 +377,12 @@ impl Worker {
     /// Completions back to the free pool, pending frames to the TX rings,
     /// kicks. Returns the number of frames still outstanding on TX rings.
     fn transmit(&mut self) -> u32 {
-        let Worker { free, sockets, pending, stats, max_kicks, .. } = self;
+        let Worker { free, sockets, pending, stats, max_kicks, port_counters, .. } = self;
         let mut outstanding = 0;
-        for (i, (_, socket)) in sockets.iter_mut().enumerate() {
+        for (i, (port, socket)) in sockets.iter_mut().enumerate() {
+            let out = port_counters.ports().get(usize::from(*port));
             socket.complete(free);
-            stats.tx += socket.send(&mut pending[i]) as u64;
+            count_tx(socket.send_counted(&mut pending[i]), stats, out);
             let mut kicks = 0;
             while kicks < *max_kicks && socket.needs_kick() {
                 if socket.kick().is_err() {
@@ -383,7 +392,7 @@ impl Worker {
                 kicks += 1;
                 socket.complete(free);
                 // Frames the kick made room for.
-                stats.tx += socket.send(&mut pending[i]) as u64;
+                count_tx(socket.send_counted(&mut pending[i]), stats, out);
             }
             stats.kicks += u64::from(kicks);
             socket.complete(free);
@@ -400,10 +409,34 @@ impl Worker {
     }
 }
 
-fn enqueue(pending: &mut Frames, frame: Frame, free: &mut Frames, stats: &mut IoSnapshot) {
+/// Queues `frame` for the TX ring of a port (`out`: that port's counters).
+fn enqueue(
+    pending: &mut Frames,
+    frame: Frame,
+    free: &mut Frames,
+    stats: &mut IoSnapshot,
+    out: Option<&PortCounters>,
+) {
     if let Err(frame) = pending.push(frame) {
         stats.tx_full += 1;
+        if let Some(c) = out {
+            c.tx_dropped.inc();
+        }
         recycle(free, frame);
+    }
+}
+
+/// Counts frames put on a port's TX ring, in the worker's totals and the
+/// port's own counters (relaxed single-writer stores: no lock, no allocation).
+#[inline]
+fn count_tx(sent: xsk::Sent, stats: &mut IoSnapshot, out: Option<&PortCounters>) {
+    if sent.frames == 0 {
+        return;
+    }
+    stats.tx += sent.frames as u64;
+    if let Some(c) = out {
+        c.tx_frames.add(sent.frames as u64);
+        c.tx_bytes.add(sent.bytes);
     }
 }
 

@@ -31,7 +31,7 @@ mod socket;
 mod sys;
 mod umem;
 
-pub use socket::{XskSocket, XskStatistics};
+pub use socket::{Sent, XskSocket, XskStatistics};
 pub use sys::{if_index, Poller};
 pub use umem::{Frame, Frames, Umem};
 

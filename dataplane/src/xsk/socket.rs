@@ -28,6 +28,15 @@ pub struct XskStatistics {
     pub fill_ring_empty: u64,
 }
 
+/// What one [`XskSocket::send_counted`] put on the TX ring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Frames.
+    pub frames: usize,
+    /// Their packet bytes (Ethernet header included, no FCS).
+    pub bytes: u64,
+}
+
 /// An AF_XDP socket bound to one queue of one interface.
 pub struct XskSocket {
     ifname: String,
@@ -152,21 +161,29 @@ impl XskSocket {
     /// the ring has room for (backpressure: the rest stay in `pending`, in
     /// order). Returns how many.
     pub fn send(&mut self, pending: &mut Frames) -> usize {
+        self.send_counted(pending).frames
+    }
+
+    /// [`send`](Self::send), also returning the bytes of the frames put on
+    /// the ring (for per-port TX counters). No allocation: it sums the
+    /// lengths of the descriptors it hands over.
+    pub fn send_counted(&mut self, pending: &mut Frames) -> Sent {
         if pending.umem != self.umem || pending.len == 0 {
-            return 0;
+            return Sent::default();
         }
         let want = pending.len as u32;
         let n = self.tx.nb_free(want).min(want) as usize;
         if n == 0 {
-            return 0;
+            return Sent::default();
         }
         // SAFETY: `pending.descs[..n]` are owned frames of this UMEM; the ring
         // had room for all `n` (checked just above; `produce` is
         // all-or-nothing), and they are forgotten by `pending` right after, so
         // ownership passes to the kernel.
         let sent = unsafe { self.tx.produce(&pending.descs[..n]) };
+        let bytes = pending.descs[..sent].iter().map(|d| d.lengths().data() as u64).sum();
         pending.consume_front(sent);
-        sent
+        Sent { frames: sent, bytes }
     }
 
     /// Gives up to `max` frames from the end of `free` to the fill ring, as
