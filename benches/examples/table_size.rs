@@ -28,9 +28,9 @@ fn main() {
         args.chunks(2).map(|c| (c[0], *c.get(1).unwrap_or(&10_000))).collect()
     };
     println!(
-        "| pods | policies | identities | sides | peer keys | port entries | CIDR classes | estimate (MiB) | heap held (MiB) | compile peak (MiB) | compile (ms) |"
+        "| pods | policies | identities | identity blocks | sides | peer keys | peer groups | port entries | CIDR classes | estimate (MiB) | heap held (MiB) | compile peak (MiB) | compile (ms) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (pods, policies) in cases {
         let cluster = generate(pods, policies, SEED);
         let start = Instant::now();
@@ -39,12 +39,14 @@ fn main() {
         let s = table.stats();
         let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} |",
             s.pods,
             s.policies,
             s.identities,
+            s.identity_blocks,
             s.sides,
             s.peer_keys,
+            s.peer_groups,
             s.port_entries,
             s.cidr_classes,
             mib(s.memory_bytes),

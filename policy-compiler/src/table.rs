@@ -101,8 +101,15 @@ struct PortEntry {
     proto: u8,
 }
 
-/// A range in `entries` / `entry_rules`: (start, end).
-type SetRange = (u32, u32);
+/// A port set: the index of its first entry in `entries` / `entry_rules`.
+/// Sets are stored back to back, each ended by an entry of protocol
+/// [`END_PROTO`]; set 0 is the empty set (a lone end marker).
+type SetId = u32;
+
+/// Protocol value of the entry that ends a port set (0 is no protocol a
+/// policy can name: only TCP, UDP and SCTP are valid).
+const END_PROTO: u8 = 0;
+const END: PortEntry = PortEntry { lo: 0, hi: 0, name: 0, proto: END_PROTO };
 
 impl PortEntry {
     #[inline]
@@ -129,15 +136,18 @@ struct NamedEntry {
     port: u16,
 }
 
-/// Per-pod data the lookup needs.
+/// Per-pod data the lookup needs: one cache line, which holds the pod's
+/// sides too, so that a side's peer table is one dependent load away from
+/// the address probe.
 #[derive(Clone, Debug)]
+#[repr(align(64))]
 struct PodEntry {
+    /// [ingress, egress]; side id 0 = not isolated.
+    sides: [SideEntry; 2],
     /// The identity block of the pod's identity ([`BLOCK_BITS`] identities of
     /// one namespace per block) and the identity's bit in the block's masks.
     block: u32,
     bit: u32,
-    /// Side ids, [ingress, egress]; 0 = not isolated.
-    sides: [u32; 2],
     /// Range in `named`.
     named: (u32, u32),
 }
@@ -149,18 +159,29 @@ struct AddrEntry {
     class: [u32; 2],
 }
 
-#[derive(Clone, Debug, Default)]
+/// What a lookup needs of a side (copied into each pod entry of the side).
+#[derive(Clone, Copy, Debug, Default)]
 struct SideEntry {
+    /// The side's id; 0 = not isolated.
+    id: u32,
     /// Port set allowing every peer (rules without `from`/`to`).
-    any: SetRange,
+    any: SetId,
     /// Port set allowing every pod (selector peers that match all pods).
-    any_pod: SetRange,
+    any_pod: SetId,
+    /// The side's peer table: `slots[table + (h & table_mask)]`, linear probing.
+    table: u32,
+    table_mask: u32,
+    /// Bit `1 << kind` set when the peer table has keys of that kind:
+    /// lookups skip probes that cannot hit.
+    kinds: u8,
+}
+
+/// What `explain` and status pages need of a side.
+#[derive(Clone, Debug, Default)]
+struct SideInfo {
     /// Range in `side_policies`.
     policies: (u32, u32),
     dir: Option<Direction>,
-    /// Bit `1 << kind` set when `peer_map` has keys of that kind for this side:
-    /// lookups skip probes that cannot hit (each probe is a likely cache miss).
-    kinds: u8,
 }
 
 /// Address → CIDR class: sorted interval starts and the class of each interval.
@@ -183,88 +204,49 @@ impl ClassIndex {
     }
 }
 
-/// Peer key kinds in the (side, peer) map.
-const KIND_BLOCK: u64 = 0;
-const KIND_CIDR: u64 = 1;
+/// Kinds of key in a side's peer table, as bits of `SideEntry::kinds`.
+const KIND_BLOCK: u8 = 0;
+const KIND_CIDR: u8 = 1;
+
+/// A peer-table key is an identity block, or `CIDR_KEY | class`.
+const CIDR_KEY: u32 = 1 << 31;
+/// Key of a free slot.
+const EMPTY: u32 = u32::MAX;
+/// `Slot::set` with this bit: `groups` index of the key's first group.
+const MULTI: u32 = 1 << 31;
 
 /// Identities per identity block: one bit each in a `u64` mask.
 const BLOCK_BITS: usize = 64;
 
-#[inline]
-fn key(side: u32, kind: u64, id: u32) -> u64 {
-    ((side as u64) << 32) | (kind << 30) | id as u64
+/// One slot of a side's peer table (16 bytes, four to a cache line).
+///
+/// For an identity block: the identities of the block some peer of the side
+/// matches (`mask`) and their port set, or, when they do not all get the
+/// same set, `MULTI | g` where `groups[g..]` split `mask` by port set. For a
+/// CIDR class: its port set, `mask` unused.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    key: u32,
+    set: u32,
+    mask: u64,
 }
 
-/// The identities of one identity block that share one port set: a
-/// (side, block) key maps to a few of these, disjoint by mask.
+const FREE: Slot = Slot { key: EMPTY, set: 0, mask: 0 };
+
+/// Identities of one block that share one port set; a key's groups are
+/// consecutive, disjoint, and the last one has `last` set.
 #[derive(Clone, Copy, Debug)]
 struct Group {
     mask: u64,
-    set: SetRange,
+    set: SetId,
+    last: bool,
 }
 
-/// One slot of [`PeerMap`]: key 0 means empty (side 0 is never keyed).
-#[derive(Clone, Copy, Debug, Default)]
-struct Slot {
-    key: u64,
-    value: (u32, u32),
-}
-
-/// The (side, peer) map: open addressing with linear probing over 16-byte
-/// slots, filled at most half. A hit usually reads one cache line, where a
-/// `hashbrown` probe reads a control-byte group and then a slot.
-#[derive(Clone, Debug, Default)]
-struct PeerMap {
-    slots: Vec<Slot>,
-    /// `64 - log2(slots.len())`: Fibonacci hashing keeps the top bits.
-    shift: u32,
-    len: usize,
-}
-
-impl PeerMap {
-    /// Builds the map from distinct, non-zero keys.
-    fn from_entries(entries: &[(u64, (u32, u32))]) -> PeerMap {
-        if entries.is_empty() {
-            return PeerMap::default();
-        }
-        let n = (entries.len() * 2).next_power_of_two().max(8);
-        let mut m =
-            PeerMap { slots: vec![Slot::default(); n], shift: 64 - n.trailing_zeros(), len: entries.len() };
-        for &(key, value) in entries {
-            debug_assert!(key != 0);
-            let mut i = m.home(key);
-            while m.slots[i].key != 0 {
-                debug_assert!(m.slots[i].key != key, "duplicate peer key");
-                i = (i + 1) & (n - 1);
-            }
-            m.slots[i] = Slot { key, value };
-        }
-        m
-    }
-
-    #[inline]
-    fn home(&self, key: u64) -> usize {
-        (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize
-    }
-
-    #[inline]
-    fn get(&self, key: u64) -> Option<(u32, u32)> {
-        if self.slots.is_empty() {
-            return None;
-        }
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(key);
-        loop {
-            let s = self.slots[i];
-            if s.key == key {
-                return Some(s.value);
-            }
-            if s.key == 0 {
-                return None;
-            }
-            i = (i + 1) & mask;
-        }
-    }
+/// Home position of a key in a peer table (Fibonacci hashing; the table
+/// masks the low bits of the product's high half).
+#[inline]
+fn slot_hash(key: u32) -> u32 {
+    ((key as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
 }
 
 /// Facts about a compiled table, for status pages and sizing.
@@ -286,13 +268,13 @@ pub struct TableStats {
     pub sides: usize,
     /// Identity blocks (up to 64 identities of one namespace each).
     pub identity_blocks: usize,
-    /// Entries of the (side, peer) map: (side, identity block) and (side, CIDR class).
+    /// Keys of the sides' peer tables: (side, identity block) and (side, CIDR class).
     pub peer_keys: usize,
-    /// (identity mask, port set) groups behind the (side, identity block) keys.
+    /// (identity mask, port set) groups of the (side, identity block) keys.
     pub peer_groups: usize,
     /// Distinct port sets (after interning).
     pub port_sets: usize,
-    /// Port entries over all port sets.
+    /// Port entries over all port sets (end markers not counted).
     pub port_entries: usize,
     /// Distinct ipBlocks.
     pub ip_blocks: usize,
@@ -314,12 +296,14 @@ pub struct DecisionTable {
     named: Vec<NamedEntry>,
     /// Non-pod address -> CIDR class, per [direction][family].
     cidr: [[ClassIndex; 2]; 2],
-    sides: Vec<SideEntry>,
+    side_info: Vec<SideInfo>,
     side_policies: Vec<u32>,
-    /// (side, identity block) -> range in `groups`; (side, CIDR class) -> port set.
-    peer_map: PeerMap,
+    /// Every side's peer table, back to back; slot 0 is free, the table of
+    /// sides without keys.
+    slots: Vec<Slot>,
+    /// Groups of the keys whose identities do not all get the same port set.
     groups: Vec<Group>,
-    /// Interned port sets, back to back.
+    /// Interned port sets, back to back, each ended by `END`.
     entries: Vec<PortEntry>,
     /// The rule each entry of `entries` comes from.
     entry_rules: Vec<RuleRef>,
@@ -348,30 +332,25 @@ impl DecisionTable {
     /// `port` (0 for portless protocols). Allocation-free.
     #[inline]
     pub fn verdict(&self, src: IpAddr, dst: IpAddr, protocol: u8, port: u16) -> Verdict {
-        let s = self.addr(src);
-        let d = self.addr(dst);
+        let s = self.addr(src).map(|e| (e, &self.pods[e.pod as usize]));
+        let d = self.addr(dst).map(|e| (e, &self.pods[e.pod as usize]));
         if s.is_none() && d.is_none() {
             return Verdict { egress: Side::NotPod, ingress: Side::NotPod };
         }
         let dst_named: &[NamedEntry] = match d {
-            Some(e) => {
-                let (a, b) = self.pods[e.pod as usize].named;
-                &self.named[a as usize..b as usize]
-            }
+            Some((_, p)) => self.named.get(p.named.0 as usize..p.named.1 as usize).unwrap_or_default(),
             None => &[],
         };
         let egress = match s {
             None => Side::NotPod,
-            Some(e) => {
-                let peer = self.peer(d, dst, Direction::Egress);
-                self.check(self.pods[e.pod as usize].sides[1], peer, protocol, port, dst_named)
+            Some((_, p)) => {
+                self.check(p.sides[1], self.peer(d, dst, Direction::Egress), protocol, port, dst_named)
             }
         };
         let ingress = match d {
             None => Side::NotPod,
-            Some(e) => {
-                let peer = self.peer(s, src, Direction::Ingress);
-                self.check(self.pods[e.pod as usize].sides[0], peer, protocol, port, dst_named)
+            Some((_, p)) => {
+                self.check(p.sides[0], self.peer(s, src, Direction::Ingress), protocol, port, dst_named)
             }
         };
         Verdict { egress, ingress }
@@ -379,12 +358,9 @@ impl DecisionTable {
 
     /// The other end of a flow, seen from a side of direction `dir`.
     #[inline]
-    fn peer(&self, a: Option<AddrEntry>, ip: IpAddr, dir: Direction) -> PeerInfo {
+    fn peer(&self, a: Option<(AddrEntry, &PodEntry)>, ip: IpAddr, dir: Direction) -> PeerInfo {
         match a {
-            Some(e) => {
-                let p = &self.pods[e.pod as usize];
-                PeerInfo { pod: Some((p.block, p.bit)), class: e.class[dir as usize] }
-            }
+            Some((e, p)) => PeerInfo { pod: Some((p.block, p.bit)), class: e.class[dir as usize] },
             None => {
                 let (f, v) = split(ip);
                 PeerInfo { pod: None, class: self.cidr[dir as usize][f as usize].class_of(v) }
@@ -401,11 +377,10 @@ impl DecisionTable {
     }
 
     #[inline]
-    fn check(&self, side: u32, peer: PeerInfo, proto: u8, port: u16, dst_named: &[NamedEntry]) -> Side {
-        if side == 0 {
+    fn check(&self, se: SideEntry, peer: PeerInfo, proto: u8, port: u16, dst_named: &[NamedEntry]) -> Side {
+        if se.id == 0 {
             return Side::NotIsolated;
         }
-        let se = &self.sides[side as usize];
         if let Some(r) = self.set_match(se.any, proto, port, dst_named) {
             return Side::Allowed(r);
         }
@@ -414,11 +389,11 @@ impl DecisionTable {
                 return Side::Allowed(r);
             }
             if se.kinds & (1 << KIND_BLOCK) != 0 {
-                if let Some((a, b)) = self.peer_map.get(key(side, KIND_BLOCK, block)) {
-                    // The groups of a key are disjoint: at most one holds the bit.
-                    let groups = self.groups.get(a as usize..b as usize).unwrap_or_default();
-                    if let Some(g) = groups.iter().find(|g| g.mask >> bit & 1 != 0) {
-                        if let Some(r) = self.set_match(g.set, proto, port, dst_named) {
+                if let Some(slot) = self.probe(se, block) {
+                    if slot.mask >> bit & 1 != 0 {
+                        let set =
+                            if slot.set & MULTI == 0 { slot.set } else { self.group_set(slot.set, bit) };
+                        if let Some(r) = self.set_match(set, proto, port, dst_named) {
                             return Side::Allowed(r);
                         }
                     }
@@ -426,19 +401,59 @@ impl DecisionTable {
             }
         }
         if peer.class != 0 && se.kinds & (1 << KIND_CIDR) != 0 {
-            if let Some(set) = self.peer_map.get(key(side, KIND_CIDR, peer.class)) {
-                if let Some(r) = self.set_match(set, proto, port, dst_named) {
+            if let Some(slot) = self.probe(se, CIDR_KEY | peer.class) {
+                if let Some(r) = self.set_match(slot.set, proto, port, dst_named) {
                     return Side::Allowed(r);
                 }
             }
         }
-        Side::Denied(SideId(side))
+        Side::Denied(SideId(se.id))
+    }
+
+    /// The slot of `key` in a side's peer table (linear probing from its home slot).
+    #[inline]
+    fn probe(&self, se: SideEntry, key: u32) -> Option<Slot> {
+        let mut i = slot_hash(key) & se.table_mask;
+        loop {
+            let slot = *self.slots.get((se.table + i) as usize)?;
+            if slot.key == key {
+                return Some(slot);
+            }
+            if slot.key == EMPTY {
+                return None;
+            }
+            i = (i + 1) & se.table_mask;
+        }
+    }
+
+    /// The port set of the group holding `bit`, among the groups from `MULTI | first`
+    /// (one of them does: the slot's mask is their union).
+    #[inline]
+    fn group_set(&self, first: u32, bit: u32) -> SetId {
+        let groups = self.groups.get((first & !MULTI) as usize..).unwrap_or_default();
+        for g in groups {
+            if g.mask >> bit & 1 != 0 {
+                return g.set;
+            }
+            if g.last {
+                break;
+            }
+        }
+        0
     }
 
     #[inline]
-    fn set_match(&self, (a, b): SetRange, proto: u8, port: u16, dst_named: &[NamedEntry]) -> Option<RuleRef> {
-        let es = self.entries.get(a as usize..b as usize)?;
-        es.iter().position(|e| e.matches(proto, port, dst_named)).map(|i| self.entry_rules[a as usize + i])
+    fn set_match(&self, set: SetId, proto: u8, port: u16, dst_named: &[NamedEntry]) -> Option<RuleRef> {
+        let es = self.entries.get(set as usize..)?;
+        for (i, e) in es.iter().enumerate() {
+            if e.proto == END_PROTO {
+                return None;
+            }
+            if e.matches(proto, port, dst_named) {
+                return self.entry_rules.get(set as usize + i).copied();
+            }
+        }
+        None
     }
 
     /// `(namespace, name)` of a policy named in a [`RuleRef`] or side.
@@ -449,7 +464,7 @@ impl DecisionTable {
 
     /// The policies isolating a denied side, and its direction.
     pub fn isolating_policies(&self, side: SideId) -> (Option<Direction>, impl Iterator<Item = u32> + '_) {
-        let se = &self.sides[side.0 as usize];
+        let se = &self.side_info[side.0 as usize];
         let (a, b) = se.policies;
         (se.dir, self.side_policies[a as usize..b as usize].iter().copied())
     }
@@ -664,6 +679,7 @@ impl<'a> Compiler<'a> {
             }
         }
         let mut sides: Vec<SideEntry> = vec![SideEntry::default()];
+        let mut side_info: Vec<SideInfo> = vec![SideInfo::default()];
         let mut side_lists: Vec<(Direction, Vec<u32>)> = vec![(Direction::Ingress, Vec::new())];
         let mut side_index: HashMap<(Direction, Vec<u32>), u32> = HashMap::new();
         let mut identity_sides = vec![[0u32; 2]; self.identities.len()];
@@ -675,7 +691,8 @@ impl<'a> Compiler<'a> {
                 }
                 let next = sides.len() as u32;
                 let s = *side_index.entry((d, list.clone())).or_insert_with(|| {
-                    sides.push(SideEntry { dir: Some(d), ..Default::default() });
+                    sides.push(SideEntry { id: next, ..Default::default() });
+                    side_info.push(SideInfo { dir: Some(d), ..Default::default() });
                     side_lists.push((d, list));
                     next
                 });
@@ -720,18 +737,22 @@ impl<'a> Compiler<'a> {
         // identities it matches there; each (side, block) key then splits its
         // block's identities into groups that get the same port set.
         let mut sets = SetBuilder::default();
-        let mut keyed: Vec<(u64, (u32, u32))> = Vec::new();
+        let mut slots: Vec<Slot> = vec![FREE];
         let mut groups: Vec<Group> = Vec::new();
+        let (mut peer_keys, mut peer_groups) = (0, 0);
+        // This side's keys and slots, before they are placed in its table.
+        let mut keyed: Vec<Slot> = Vec::new();
         // (key, namespace-wide?, sequence, identity mask, entry, rule)
-        let mut buf: Vec<(u64, bool, u32, u64, PortEntry, RuleRef)> = Vec::new();
+        let mut buf: Vec<(u32, bool, u32, u64, PortEntry, RuleRef)> = Vec::new();
         let mut any: Vec<(PortEntry, RuleRef)> = Vec::new();
         let mut any_pod: Vec<(PortEntry, RuleRef)> = Vec::new();
         let mut es: Vec<PortEntry> = Vec::new();
-        let mut by_set: Vec<(SetRange, u64)> = Vec::new();
+        let mut by_set: Vec<(SetId, u64)> = Vec::new();
         for (s, (dir, list)) in side_lists.iter().enumerate().skip(1) {
             buf.clear();
             any.clear();
             any_pod.clear();
+            keyed.clear();
             let d = *dir as usize;
             for &pi in list {
                 let pol = &cluster.policies[pi as usize];
@@ -742,7 +763,7 @@ impl<'a> Compiler<'a> {
                         any.extend(es.iter().map(|e| (*e, rr)));
                         continue;
                     }
-                    let push = |k: u64, whole: bool, mask: u64, buf: &mut Vec<_>| {
+                    let push = |k: u32, whole: bool, mask: u64, buf: &mut Vec<_>| {
                         for e in &es {
                             let seq = buf.len() as u32;
                             buf.push((k, whole, seq, mask, *e, rr));
@@ -752,7 +773,7 @@ impl<'a> Compiler<'a> {
                         match peer {
                             Peer::Block(b) => {
                                 for &c in &block_classes[d][block_id[d][b] as usize] {
-                                    push(key(s as u32, KIND_CIDR, c), false, u64::MAX, &mut buf);
+                                    push(CIDR_KEY | c, false, u64::MAX, &mut buf);
                                 }
                             }
                             Peer::Pods { namespaces, pods } => {
@@ -762,7 +783,7 @@ impl<'a> Compiler<'a> {
                                     continue;
                                 }
                                 for &(block, mask, whole) in &r.blocks {
-                                    push(key(s as u32, KIND_BLOCK, block), whole, mask, &mut buf);
+                                    push(block, whole, mask, &mut buf);
                                 }
                             }
                         }
@@ -779,44 +800,71 @@ impl<'a> Compiler<'a> {
                 let k = buf[i].0;
                 let j = i + buf[i..].iter().take_while(|x| x.0 == k).count();
                 let run = &buf[i..j];
-                sides[s].kinds |= 1 << ((k >> 30) & 3);
-                if (k >> 30) & 3 == KIND_CIDR {
+                i = j;
+                if k & CIDR_KEY != 0 {
+                    sides[s].kinds |= 1 << KIND_CIDR;
                     any.clear();
                     any.extend(run.iter().map(|x| (x.4, x.5)));
-                    keyed.push((k, sets.add(&any)));
-                    i = j;
+                    keyed.push(Slot { key: k, set: sets.add(&any), mask: u64::MAX });
                     continue;
                 }
+                sides[s].kinds |= 1 << KIND_BLOCK;
                 let union = run.iter().fold(0u64, |m, x| m | x.3);
-                let a = groups.len() as u32;
                 if run.iter().all(|x| x.3 == union) {
                     any.clear();
                     any.extend(run.iter().map(|x| (x.4, x.5)));
-                    groups.push(Group { mask: union, set: sets.add(&any) });
-                } else {
-                    // Identities of the block that see different entries: one port
-                    // set per identity, identical sets merged into one group.
-                    by_set.clear();
-                    let mut rest = union;
-                    while rest != 0 {
-                        let bit = rest.trailing_zeros();
-                        rest &= rest - 1;
-                        any.clear();
-                        any.extend(run.iter().filter(|x| x.3 >> bit & 1 != 0).map(|x| (x.4, x.5)));
-                        let set = sets.add(&any);
-                        match by_set.iter_mut().find(|(r, _)| *r == set) {
-                            Some((_, m)) => *m |= 1 << bit,
-                            None => by_set.push((set, 1 << bit)),
-                        }
-                    }
-                    groups.extend(by_set.iter().map(|&(set, mask)| Group { mask, set }));
+                    keyed.push(Slot { key: k, set: sets.add(&any), mask: union });
+                    peer_groups += 1;
+                    continue;
                 }
-                keyed.push((k, (a, groups.len() as u32)));
-                i = j;
+                // Identities of the block that see different entries: one port set
+                // per identity, identical sets merged into one group.
+                by_set.clear();
+                let mut rest = union;
+                while rest != 0 {
+                    let bit = rest.trailing_zeros();
+                    rest &= rest - 1;
+                    any.clear();
+                    any.extend(run.iter().filter(|x| x.3 >> bit & 1 != 0).map(|x| (x.4, x.5)));
+                    let set = sets.add(&any);
+                    match by_set.iter_mut().find(|(r, _)| *r == set) {
+                        Some((_, m)) => *m |= 1 << bit,
+                        None => by_set.push((set, 1 << bit)),
+                    }
+                }
+                peer_groups += by_set.len();
+                if let [(set, _)] = by_set[..] {
+                    keyed.push(Slot { key: k, set, mask: union });
+                    continue;
+                }
+                keyed.push(Slot { key: k, set: MULTI | groups.len() as u32, mask: union });
+                let last = by_set.len() - 1;
+                groups.extend(by_set.iter().enumerate().map(|(g, &(set, mask))| Group {
+                    mask,
+                    set,
+                    last: g == last,
+                }));
+            }
+            // The side's table: a power of two at most half full, so a probe that
+            // misses meets a free slot soon.
+            if !keyed.is_empty() {
+                let n = (keyed.len() * 2).next_power_of_two();
+                let base = slots.len();
+                slots.resize(base + n, FREE);
+                for slot in &keyed {
+                    let mut h = slot_hash(slot.key) as usize & (n - 1);
+                    while slots[base + h].key != EMPTY {
+                        h = (h + 1) & (n - 1);
+                    }
+                    slots[base + h] = *slot;
+                }
+                sides[s].table = base as u32;
+                sides[s].table_mask = (n - 1) as u32;
+                peer_keys += keyed.len();
             }
         }
         let mut side_policies = Vec::new();
-        for (s, se) in sides.iter_mut().enumerate() {
+        for (s, se) in side_info.iter_mut().enumerate() {
             let a = side_policies.len() as u32;
             side_policies.extend_from_slice(&side_lists[s].1);
             se.policies = (a, side_policies.len() as u32);
@@ -840,7 +888,7 @@ impl<'a> Compiler<'a> {
             pods.push(PodEntry {
                 block,
                 bit,
-                sides: identity_sides[identity as usize],
+                sides: identity_sides[identity as usize].map(|s| sides[s as usize]),
                 named: (a, named.len() as u32),
             });
             pod_keys.push((p.namespace.clone(), p.name.clone()));
@@ -866,8 +914,7 @@ impl<'a> Compiler<'a> {
         entries.shrink_to_fit();
         entry_rules.shrink_to_fit();
         groups.shrink_to_fit();
-        let peer_map = PeerMap::from_entries(&keyed);
-        drop(keyed);
+        slots.shrink_to_fit();
         let mut t = DecisionTable {
             addr_v4,
             addr_v6,
@@ -875,9 +922,9 @@ impl<'a> Compiler<'a> {
             pod_keys,
             named,
             cidr,
-            sides,
+            side_info,
             side_policies,
-            peer_map,
+            slots,
             groups,
             entries,
             entry_rules,
@@ -891,12 +938,13 @@ impl<'a> Compiler<'a> {
             identities: self.identities.len(),
             policies: cluster.policies.len(),
             invalid_policies: cluster.policies.iter().filter(|p| !p.valid).count(),
-            sides: t.sides.len(),
+            sides: t.side_info.len(),
             identity_blocks: self.blocks as usize,
-            peer_keys: t.peer_map.len,
-            peer_groups: t.groups.len(),
+            peer_keys,
+            peer_groups,
             port_sets,
-            port_entries: t.entries.len(),
+            // Each set and the empty set 0 end with a marker.
+            port_entries: t.entries.len() - port_sets - 1,
             ip_blocks,
             cidr_classes,
             memory_bytes: t.memory_estimate(),
@@ -921,20 +969,30 @@ impl<'a> Compiler<'a> {
     }
 }
 
-/// Interns port sets: each distinct sequence of (entry, rule) is stored once.
-#[derive(Default)]
+/// Interns port sets: each distinct sequence of (entry, rule) is stored once,
+/// followed by an end marker.
 struct SetBuilder {
     entries: Vec<PortEntry>,
     rules: Vec<RuleRef>,
-    interned: HashMap<Vec<(PortEntry, RuleRef)>, SetRange>,
+    interned: HashMap<Vec<(PortEntry, RuleRef)>, SetId>,
     scratch: Vec<(PortEntry, RuleRef)>,
 }
 
+/// Rule stored next to an end marker (never reported).
+const NO_RULE: RuleRef = RuleRef { policy: u32::MAX, rule: u32::MAX };
+
+impl Default for SetBuilder {
+    /// Set 0, the empty set, is a lone end marker.
+    fn default() -> Self {
+        SetBuilder { entries: vec![END], rules: vec![NO_RULE], interned: HashMap::new(), scratch: Vec::new() }
+    }
+}
+
 impl SetBuilder {
-    /// Adds a set (duplicates inside it dropped, first occurrence kept) and returns its range.
-    fn add(&mut self, set: &[(PortEntry, RuleRef)]) -> SetRange {
+    /// Adds a set (duplicates inside it dropped, first occurrence kept) and returns it.
+    fn add(&mut self, set: &[(PortEntry, RuleRef)]) -> SetId {
         if set.is_empty() {
-            return (0, 0);
+            return 0;
         }
         self.scratch.clear();
         for x in set {
@@ -945,14 +1003,16 @@ impl SetBuilder {
         if let Some(r) = self.interned.get(self.scratch.as_slice()) {
             return *r;
         }
-        let a = self.entries.len() as u32;
+        let id = self.entries.len() as SetId;
         for (e, r) in &self.scratch {
+            debug_assert!(e.proto != END_PROTO);
             self.entries.push(*e);
             self.rules.push(*r);
         }
-        let range = (a, self.entries.len() as u32);
-        self.interned.insert(self.scratch.clone(), range);
-        range
+        self.entries.push(END);
+        self.rules.push(NO_RULE);
+        self.interned.insert(self.scratch.clone(), id);
+        id
     }
 }
 
@@ -965,13 +1025,13 @@ impl DecisionTable {
             self.cidr.iter().flatten().map(|c| c.starts.capacity() * 16 + c.classes.capacity() * 4).sum();
         hm(self.addr_v4.capacity(), size_of::<(u32, AddrEntry)>())
             + hm(self.addr_v6.capacity(), size_of::<(u128, AddrEntry)>())
-            + self.peer_map.slots.capacity() * size_of::<Slot>()
+            + self.slots.capacity() * size_of::<Slot>()
             + self.groups.capacity() * size_of::<Group>()
             + self.pods.capacity() * size_of::<PodEntry>()
             + self.pod_keys.iter().map(|(a, b)| a.capacity() + b.capacity() + 48).sum::<usize>()
             + self.named.capacity() * size_of::<NamedEntry>()
             + classes
-            + self.sides.capacity() * size_of::<SideEntry>()
+            + self.side_info.capacity() * size_of::<SideInfo>()
             + self.side_policies.capacity() * 4
             + self.entries.capacity() * size_of::<PortEntry>()
             + self.entry_rules.capacity() * size_of::<RuleRef>()
