@@ -9,6 +9,7 @@
 //!   - interface: eth2
 //!     queues: 2
 //! workers: [2, 3]         # cores to pin workers to; worker i serves queue i of every port
+//!                         # bound on more than i queues
 //! xdp:
 //!   attach: native        # native | generic
 //!   zero_copy: false      # true on NICs that support it; veth only does copy mode
@@ -58,9 +59,15 @@ pub enum Attach {
 pub struct PortConfig {
     /// Interface name.
     pub interface: String,
-    /// RX/TX queues to bind, one AF_XDP socket each. Default 1. Worker i serves queue i,
-    /// so use at most as many queues as workers; with more than one, the NIC needs
-    /// symmetric RSS so that both directions of a flow reach the same worker.
+    /// Queues to bind, `0..queues`, one AF_XDP socket each; worker i binds queue i, so at
+    /// most as many queues as workers. Default 1. It must equal the interface's RX queue
+    /// count (the `rx-N` entries of `/sys/class/net/<interface>/queues`: RX plus combined
+    /// channels): the daemon refuses to start when the interface has more, because frames
+    /// on an unbound queue would reach the kernel's stack unenforced (reduce them with
+    /// `ethtool -L`), or fewer. With more than one, the NIC needs symmetric RSS so that both
+    /// directions of a flow reach the same worker, and every port should have the same
+    /// count: a worker drops (and counts as `no_socket`) a frame for a port on which it
+    /// has no queue.
     #[serde(default = "one")]
     pub queues: u32,
 }

@@ -76,6 +76,7 @@ pub fn dataplane_config(cfg: &Config) -> DataplaneConfig {
     let ring = 1u32 << (31 - ring.leading_zeros());
     DataplaneConfig {
         ports: cfg.ports.iter().map(|p| p.interface.clone()).collect(),
+        queues: cfg.ports.iter().map(|p| p.queues).collect(),
         workers: cfg.workers.len(),
         cores: cfg.workers.clone(),
         xsk: XskConfig {
@@ -246,6 +247,14 @@ impl DataplaneView for Enforcer {
             "running": true,
             "ports": self.ports,
             "workers": d.worker_count(),
+            "bindings": d
+                .bindings()
+                .iter()
+                .map(|b| {
+                    let port = self.ports.get(usize::from(b.port)).map(String::as_str).unwrap_or("?");
+                    serde_json::json!({"worker": b.worker, "port": port, "queue": b.queue})
+                })
+                .collect::<Vec<_>>(),
             "pipeline": d.pipeline_counters(),
             "per_worker": d.pipeline_counters_per_worker(),
             "io": d.io_counters(),

@@ -57,4 +57,4 @@ pub mod xsk;
 pub use counters::{CountersSnapshot, WorkerCounters};
 pub use pipeline::{Action, ConfigError, DropReason, Mode, Pipeline, PipelineConfig, PortId, PublishedTable};
 pub use port::Port;
-pub use worker::{Dataplane, DataplaneConfig, IoCounters, IoSnapshot, StartError, Waker};
+pub use worker::{Binding, Dataplane, DataplaneConfig, IoCounters, IoSnapshot, StartError, Waker};

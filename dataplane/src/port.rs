@@ -1,9 +1,22 @@
 //! A port: one network interface, served with one AF_XDP socket per queue.
 //!
-//! The sockets of a port are spread over the workers: worker `i` binds queue
-//! `i` of every port (see `worker.rs`). This module only knows the interface:
-//! its index, how many queues it has, and how to clear XDP programs a crashed
-//! dataplane may have left on it.
+//! The sockets of a port are spread over the workers: a port bound on `q`
+//! queues has them bound by workers `0..q`, worker `i` on queue `i` (see
+//! `worker.rs`). This module only knows the interface: its index, how many RX
+//! queues it has, and how to clear XDP programs a crashed dataplane may have
+//! left on it.
+//!
+//! # Every RX queue is bound, or the port is refused
+//!
+//! The XDP program redirects a frame to the socket of the queue it arrived
+//! on; a queue with no socket gets `XDP_PASS` (libxdp's default program:
+//! `bpf_redirect_map(&xsks_map, ctx->rx_queue_index, XDP_PASS)`), so its
+//! frames reach the kernel's stack and bypass enforcement. [`Port::open`]
+//! therefore refuses an interface that has more RX queues (counted as the
+//! `rx-N` entries of `/sys/class/net/<if>/queues`, which is the kernel's
+//! `real_num_rx_queues`: RX plus combined channels) than are bound. Queue
+//! counts changed later (`ethtool -L`) are not noticed: see
+//! `docs/deployment.md`.
 
 use std::io;
 
@@ -23,6 +36,41 @@ pub enum PortError {
         /// The lookup error.
         #[source]
         source: io::Error,
+    },
+    /// The interface's RX queues could not be counted (so it cannot be
+    /// checked that all of them are bound).
+    #[error("counting the RX queues of port {ifname} (/sys/class/net/{ifname}/queues)")]
+    QueueCount {
+        /// Interface.
+        ifname: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The interface has more RX queues than are bound: frames arriving on
+    /// the others would bypass enforcement.
+    #[error(
+        "port {ifname} has {rx_queues} RX queues but only {bound} would be bound (queues 0..{bound}): \
+         frames on the others would bypass enforcement; bind them all (ports[].queues, with as many \
+         workers) or reduce the interface's queues (ethtool -L {ifname} combined {bound}, or rx {bound})"
+    )]
+    UnboundQueues {
+        /// Interface.
+        ifname: String,
+        /// RX queues the interface has.
+        rx_queues: u32,
+        /// Queues that would be bound.
+        bound: u32,
+    },
+    /// More queues to bind than the interface has (or none).
+    #[error("port {ifname}: {queues} queues to bind, but the interface has {rx_queues} RX queues")]
+    NoSuchQueues {
+        /// Interface.
+        ifname: String,
+        /// Queues asked for.
+        queues: u32,
+        /// RX queues the interface has.
+        rx_queues: u32,
     },
     /// Clearing a stale XDP program failed.
     #[error("clearing the XDP program of port {ifname}")]
@@ -44,24 +92,44 @@ pub struct Port {
     pub name: String,
     /// Interface index.
     pub ifindex: u32,
-    /// Number of RX queues (one socket each).
+    /// Queues bound, `0..queues`, one socket each (worker `i` on queue `i`).
     pub queues: u32,
+    /// RX queues the interface has (equal to `queues`: see the module doc).
+    pub rx_queues: u32,
 }
 
 impl Port {
-    /// Looks up interface `name`, counts its RX queues and removes any XDP
-    /// program attached to it: a port owns its interface's XDP hook.
-    pub fn open(id: PortId, name: &str, attach: AttachMode) -> Result<Port, PortError> {
+    /// Looks up interface `name`, checks that binding `queues` queues
+    /// (`None`: as many as it has) covers every RX queue it has, and removes
+    /// any XDP program attached to it: a port owns its interface's XDP hook.
+    pub fn open(id: PortId, name: &str, attach: AttachMode, queues: Option<u32>) -> Result<Port, PortError> {
         let ifindex =
             xsk::if_index(name).map_err(|source| PortError::NoInterface { ifname: name.into(), source })?;
-        let queues = rx_queues(name).unwrap_or(1).max(1);
+        let rx = rx_queues(name).map_err(|source| PortError::QueueCount { ifname: name.into(), source })?;
+        let queues = queues.unwrap_or(rx);
+        check_queues(name, queues, rx)?;
         xsk::detach_xdp(name, attach).map_err(|source| PortError::Detach { ifname: name.into(), source })?;
-        Ok(Port { id, name: name.to_string(), ifindex, queues })
+        Ok(Port { id, name: name.to_string(), ifindex, queues, rx_queues: rx })
     }
 }
 
-/// Number of `rx-N` entries in `/sys/class/net/<name>/queues`.
-fn rx_queues(name: &str) -> io::Result<u32> {
+/// Binding queues `0..bound` of `ifname`, which has `rx_queues` RX queues,
+/// must cover them all (and exist).
+pub fn check_queues(ifname: &str, bound: u32, rx_queues: u32) -> Result<(), PortError> {
+    if bound == 0 || bound > rx_queues.max(1) {
+        return Err(PortError::NoSuchQueues { ifname: ifname.into(), queues: bound, rx_queues });
+    }
+    if rx_queues > bound {
+        return Err(PortError::UnboundQueues { ifname: ifname.into(), rx_queues, bound });
+    }
+    Ok(())
+}
+
+/// Number of `rx-N` entries in `/sys/class/net/<name>/queues` (the kernel's
+/// `real_num_rx_queues`, `net/core/net-sysfs.c`, `net_rx_queue_update_kobjects`).
+/// Sysfs shows the interfaces of the network namespace it was mounted in
+/// (`ip netns exec` remounts it; a host-network pod sees the node's).
+pub fn rx_queues(name: &str) -> io::Result<u32> {
     let mut n = 0;
     for entry in std::fs::read_dir(format!("/sys/class/net/{name}/queues"))? {
         if entry?.file_name().to_string_lossy().starts_with("rx-") {
@@ -69,4 +137,21 @@ fn rx_queues(name: &str) -> io::Result<u32> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rx_queue_must_be_bound() {
+        assert!(check_queues("eth0", 1, 1).is_ok());
+        assert!(check_queues("eth0", 4, 4).is_ok());
+        let e = check_queues("ens1f0", 2, 4).unwrap_err().to_string();
+        assert!(e.contains("port ens1f0 has 4 RX queues but only 2 would be bound"), "{e}");
+        assert!(e.contains("ethtool -L ens1f0 combined 2"), "{e}");
+        let e = check_queues("eth0", 2, 1).unwrap_err().to_string();
+        assert!(e.contains("port eth0: 2 queues to bind, but the interface has 1 RX queues"), "{e}");
+        assert!(check_queues("eth0", 0, 1).is_err());
+    }
 }

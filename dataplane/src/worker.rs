@@ -1,7 +1,9 @@
 //! Workers: threads that move frames between the sockets of the ports.
 //!
-//! Worker `i` serves queue `i` of every port, so that both directions of a
-//! flow (which a symmetric RSS hash puts on the same queue number of each
+//! Worker `i` serves queue `i` of every port bound on more than `i` queues
+//! (a port with `q` queues is bound on queues `0..q` by workers `0..q`; every
+//! RX queue of its interface must be among them, see `port.rs`), so that both
+//! directions of a flow (which a symmetric RSS hash puts on the same queue number of each
 //! NIC) meet the same worker and its connection tracking. All the sockets of
 //! a worker share one UMEM, so forwarding a frame is passing its descriptor
 //! from one socket's RX ring to another's TX ring; only flooding copies.
@@ -40,7 +42,14 @@ use crate::xsk::{self, AttachMode, Frame, Frames, Poller, Umem, XskConfig, XskSo
 pub struct DataplaneConfig {
     /// Interfaces to switch between; their order gives the port ids.
     pub ports: Vec<String>,
+    /// Queues to bind on each port, by port index: port `p` is bound on
+    /// queues `0..queues[p]`, by workers `0..queues[p]`. A missing entry
+    /// (default: the list is empty) means every RX queue the interface has.
+    /// Start fails when an interface has more RX queues than are bound
+    /// (their frames would bypass enforcement) or fewer than asked for.
+    pub queues: Vec<u32>,
     /// Number of workers; 0 means one per queue of the port with most queues.
+    /// Must be at least that many.
     pub workers: usize,
     /// Cores to pin workers to (worker `i` on `cores[i % len]`); empty: no pinning.
     pub cores: Vec<usize>,
@@ -63,6 +72,7 @@ impl Default for DataplaneConfig {
     fn default() -> Self {
         DataplaneConfig {
             ports: Vec::new(),
+            queues: Vec::new(),
             workers: 0,
             cores: Vec::new(),
             xsk: XskConfig::default(),
@@ -249,6 +259,7 @@ impl Worker {
         counters: Arc<IoCounters>,
         wake: Arc<OwnedFd>,
     ) -> Result<Worker, StartError> {
+        // Queue `index` of every port bound on more than `index` queues.
         let queue = index as u32;
         let mine: Vec<&Port> = ports.iter().filter(|p| p.queues > queue).collect();
         let (mut umem, free) = Umem::new(&cfg.xsk, cfg.xsk.frames_for(mine.len()))
@@ -456,6 +467,18 @@ pub struct Dataplane {
     pipeline: Vec<Arc<WorkerCounters>>,
     denied: Receiver<DeniedFlow>,
     waker: Waker,
+    bindings: Vec<Binding>,
+}
+
+/// One AF_XDP socket a worker bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Binding {
+    /// Worker index.
+    pub worker: usize,
+    /// Port id.
+    pub port: PortId,
+    /// Queue of the port's interface.
+    pub queue: u32,
 }
 
 /// Wakes idle workers so that they pick up a newly published table at once
@@ -496,17 +519,32 @@ impl Dataplane {
         if cfg.pipeline.mode == Mode::Wire && cfg.ports.len() != 2 {
             return Err(StartError::Config { reason: "wire mode needs exactly two ports".into() });
         }
+        if cfg.queues.len() > cfg.ports.len() || cfg.queues.contains(&0) {
+            return Err(StartError::Config {
+                reason: format!("queues {:?}: at most one entry per port, each at least 1", cfg.queues),
+            });
+        }
         let ports = cfg
             .ports
             .iter()
             .enumerate()
-            .map(|(i, name)| Port::open(i as PortId, name, cfg.xsk.attach))
+            .map(|(i, name)| Port::open(i as PortId, name, cfg.xsk.attach, cfg.queues.get(i).copied()))
             .collect::<Result<Vec<_>, _>>()?;
         let workers = if cfg.workers == 0 {
             ports.iter().map(|p| p.queues).max().unwrap_or(1) as usize
         } else {
             cfg.workers
         };
+        // Worker i binds queue i: a queue with no worker would have no socket, and
+        // its frames would pass the XDP program to the kernel's stack unenforced.
+        if let Some(p) = ports.iter().find(|p| p.queues as usize > workers) {
+            return Err(StartError::Config {
+                reason: format!(
+                    "port {} is bound on {} queues but there are {workers} workers (worker i binds queue i)",
+                    p.name, p.queues
+                ),
+            });
+        }
         let pcfg = PipelineConfig { ports: ports.len() as u16, ..cfg.pipeline.clone() };
         pcfg.validate()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -521,6 +559,7 @@ impl Dataplane {
             pipeline: Vec::new(),
             denied: denied_rx,
             waker: Waker::default(),
+            bindings: Vec::new(),
         };
         for index in 0..workers {
             let io = Arc::new(IoCounters::default());
@@ -557,7 +596,12 @@ impl Dataplane {
                         .and_then(|pipeline| Worker::new(index, &ports, &cfg, pipeline, io2, wake));
                     match started {
                         Ok(mut w) => {
-                            let _ = ready_tx.send(Ok(()));
+                            let bound = w
+                                .sockets
+                                .iter()
+                                .map(|(port, s)| Binding { worker: index, port: *port, queue: s.queue() })
+                                .collect::<Vec<_>>();
+                            let _ = ready_tx.send(Ok(bound));
                             w.run(&stop, epoch);
                         }
                         Err(e) => {
@@ -570,7 +614,7 @@ impl Dataplane {
             dp.io.push(io);
             dp.pipeline.push(pc);
             match ready_rx.recv() {
-                Ok(Ok(())) => {}
+                Ok(Ok(bound)) => dp.bindings.extend(bound),
                 Ok(Err(e)) => {
                     dp.shutdown();
                     return Err(e);
@@ -590,6 +634,12 @@ impl Dataplane {
     /// The ports, in port-id order.
     pub fn ports(&self) -> &[Port] {
         &self.ports
+    }
+
+    /// Every socket the workers bound, by worker then port, as each worker
+    /// reported it once bound.
+    pub fn bindings(&self) -> &[Binding] {
+        &self.bindings
     }
 
     /// The flag that stops the workers when set.

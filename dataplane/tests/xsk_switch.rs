@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use dataplane::pipeline::{Mode, PipelineConfig, PublishedTable};
+use dataplane::port::PortError;
 use dataplane::xsk::{AttachMode, CopyMode, XskConfig};
-use dataplane::{Dataplane, DataplaneConfig};
+use dataplane::{Binding, Dataplane, DataplaneConfig, StartError};
 
 fn sh(args: &[&str]) -> Result<String, String> {
     let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{args:?}: {e}"))?;
@@ -60,14 +61,22 @@ impl Pods {
     /// comes up (no router solicitation, DAD, MLD) and static neighbour
     /// entries (no ARP), so every frame the dataplane sees was sent by the test.
     fn new(prefix: &str, quiet: bool) -> Result<Pods, String> {
+        Pods::with_queues(prefix, quiet, [1, 1])
+    }
+
+    /// Pod `i`'s veth pair has `queues[i]` RX and TX queues on each side.
+    fn with_queues(prefix: &str, quiet: bool, queues: [u32; 2]) -> Result<Pods, String> {
         let pods = Pods { prefix: prefix.to_string() };
         pods.cleanup();
-        for i in 0..2 {
+        for (i, q) in queues.iter().enumerate() {
             let ns = format!("{prefix}-{i}");
             let host = format!("{prefix}h{i}");
             let pod = format!("{prefix}c{i}");
             sh(&["ip", "netns", "add", &ns])?;
-            sh(&["ip", "link", "add", &host, "type", "veth", "peer", "name", &pod])?;
+            let q = q.to_string();
+            #[rustfmt::skip]
+            sh(&["ip", "link", "add", &host, "numrxqueues", &q, "numtxqueues", &q,
+                 "type", "veth", "peer", "name", &pod, "numrxqueues", &q, "numtxqueues", &q])?;
             sh(&["ip", "link", "set", &pod, "netns", &ns])?;
             let n = |cmd: &[&str]| {
                 let mut v = vec!["ip", "netns", "exec", ns.as_str()];
@@ -226,4 +235,99 @@ fn counters_match_what_was_sent() {
     // frame is forwarded to a learned port.
     assert_eq!((c.flooded, c.forwarded, c.dropped), (1, 2 * N - 1, 0), "{c:?}");
     assert_eq!((io.rx, io.tx, io.flood_copies, io.tx_full), (2 * N, 2 * N, 1, 0), "{io:?}");
+}
+
+/// `queues` per port is honoured: a port with q queues is bound on queues 0..q by
+/// workers 0..q, and each of those workers receives the frames of its queue.
+#[test]
+fn each_port_is_bound_on_its_queues() {
+    if let Some(why) = can_run() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let _lock = lock();
+    let prefix = format!("pclq{}", std::process::id() % 10000);
+    let pods = Pods::with_queues(&prefix, false, [2, 2]).expect("namespaces");
+    let ports = pods.ports();
+    let cfg = DataplaneConfig {
+        ports: ports.clone(),
+        queues: vec![2, 2],
+        workers: 3,
+        xsk: XskConfig { attach: AttachMode::Native, copy: CopyMode::Copy, ..XskConfig::default() },
+        idle_poll_ms: 10,
+        ..DataplaneConfig::default()
+    };
+    let dp = Dataplane::start(&cfg, empty_table()).expect("dataplane start");
+    let b = |worker, port, queue| Binding { worker, port, queue };
+    assert_eq!(
+        dp.bindings(),
+        &[b(0, 0, 0), b(0, 1, 0), b(1, 0, 1), b(1, 1, 1)],
+        "worker 2 has nothing to bind"
+    );
+    assert_eq!(dp.worker_count(), 3);
+    let ping = pods.exec(0, &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.99.0.2"]);
+    // Thirty-two UDP datagrams, each from a new socket (a new source port, so a new
+    // flow hash): the pod's veth spreads them over its two TX queues, which are the
+    // two RX queues of the port (veth_xmit keeps the queue index).
+    let udp = pods.exec(0, &["bash", "-c", "for i in $(seq 32); do echo x > /dev/udp/10.99.0.2/9; done"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let per_worker = dp.pipeline_counters_per_worker();
+    dp.shutdown();
+    let ping = ping.unwrap_or_else(|e| panic!("ping failed: {e}"));
+    assert!(ping.contains("2 received"), "{ping}");
+    udp.expect("udp");
+    // Workers 0 and 1 each tracked connections (their queue's flows): both queues of
+    // the ports are bound and enforced. Worker 2 has no socket and saw nothing.
+    let created = |w: usize| per_worker[w].conntrack.created;
+    assert!(created(0) > 0 && created(1) > 0, "both queues carry flows: {per_worker:?}");
+    assert_eq!(per_worker[2].frames_in, 0, "worker 2 has no socket");
+}
+
+/// An interface with more RX queues than are bound is refused, naming it: frames on
+/// the unbound queue would reach the kernel's stack without enforcement.
+#[test]
+fn an_interface_with_an_unbound_queue_is_refused() {
+    if let Some(why) = can_run() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let _lock = lock();
+    let prefix = format!("pclr{}", std::process::id() % 10000);
+    let pods = Pods::with_queues(&prefix, false, [2, 1]).expect("namespaces");
+    let ports = pods.ports();
+    let base = DataplaneConfig {
+        ports: ports.clone(),
+        xsk: XskConfig { attach: AttachMode::Native, copy: CopyMode::Copy, ..XskConfig::default() },
+        ..DataplaneConfig::default()
+    };
+    // One queue asked for on a two-queue interface.
+    let cfg = DataplaneConfig { queues: vec![1, 1], ..base.clone() };
+    match Dataplane::start(&cfg, empty_table()) {
+        Err(StartError::Port(e @ PortError::UnboundQueues { .. })) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("port {} has 2 RX queues but only 1 would be bound", ports[0])),
+                "{msg}"
+            );
+        }
+        other => panic!("expected UnboundQueues, got {other:?}"),
+    }
+    // Every queue asked for, but not enough workers to bind them.
+    let cfg = DataplaneConfig { workers: 1, ..base.clone() };
+    let e = Dataplane::start(&cfg, empty_table()).expect_err("one worker for two queues");
+    assert!(
+        e.to_string().contains(&format!("port {} is bound on 2 queues but there are 1 workers", ports[0])),
+        "{e}"
+    );
+    // More queues asked for than the interface has.
+    let cfg = DataplaneConfig { queues: vec![2, 2], workers: 2, ..base };
+    match Dataplane::start(&cfg, empty_table()) {
+        Err(StartError::Port(PortError::NoSuchQueues { ifname, .. })) => assert_eq!(ifname, ports[1]),
+        other => panic!("expected NoSuchQueues, got {other:?}"),
+    }
+    // Nothing left attached.
+    for p in &ports {
+        let link = sh(&["ip", "link", "show", p]).unwrap();
+        assert!(!link.contains("xdp"), "{link}");
+    }
 }

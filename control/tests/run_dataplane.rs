@@ -1,0 +1,209 @@
+//! `portcullis run` with ports, as an operator starts it: the binary, a config
+//! file, real veth interfaces (root only). What the daemon refuses at start-up
+//! and what it binds.
+//!
+//! Each test creates links whose names start with a per-process prefix and
+//! removes them in `Drop`, also when it fails. Run:
+//!
+//! ```text
+//! cargo test -p control --test run_dataplane -- --nocapture
+//! ```
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+const EXE: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn sh(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// Why these tests cannot run here, if they cannot.
+fn missing_capability() -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("not root: veth and AF_XDP need root".into());
+    }
+    None
+}
+
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    Some((head.split_whitespace().nth(1)?.parse().ok()?, body.to_string()))
+}
+
+/// A veth pair in the host namespace (both ends up, IPv6 off), `queues` RX and TX
+/// queues on each end, and a scratch directory; removed on drop.
+struct Links {
+    host: String,
+    dir: PathBuf,
+}
+
+impl Links {
+    fn new(tag: &str, queues: u32) -> Links {
+        let host = format!("pcd{tag}{}", std::process::id() % 10000);
+        let peer = format!("{host}p");
+        let dir = std::env::temp_dir().join(format!("portcullis-{host}"));
+        let links = Links { host: host.clone(), dir };
+        links.cleanup();
+        std::fs::create_dir_all(links.dir.join("manifests")).unwrap();
+        let q = queues.to_string();
+        #[rustfmt::skip]
+        sh(&["ip", "link", "add", &host, "numrxqueues", &q, "numtxqueues", &q,
+             "type", "veth", "peer", "name", &peer, "numrxqueues", &q, "numtxqueues", &q])
+        .expect("veth");
+        for l in [&host, &peer] {
+            let _ = sh(&["sysctl", "-qw", &format!("net.ipv6.conf.{l}.disable_ipv6=1")]);
+            sh(&["ip", "link", "set", l, "up"]).unwrap();
+        }
+        links
+    }
+
+    /// Writes a config with the veth's host end as the one port and starts the daemon.
+    fn daemon(&self, config: &str, status: u16) -> Daemon {
+        let path = self.dir.join("config.yaml");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new(EXE)
+            .args([
+                "run",
+                "--log-format",
+                "text",
+                "--manifests",
+                self.dir.join("manifests").to_str().unwrap(),
+            ])
+            .args(["--config", path.to_str().unwrap(), "--status-address", &format!("127.0.0.1:{status}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Daemon { child }
+    }
+
+    fn cleanup(&self) {
+        let _ = sh(&["ip", "link", "del", &self.host]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Links {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    /// Waits up to `limit` for the daemon to exit; its status and stderr, or
+    /// `None` if it still runs.
+    fn exit_within(&mut self, limit: Duration) -> Option<(std::process::ExitStatus, String)> {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                return Some((st, err));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        if self.exit_within(Duration::from_secs(10)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// `ports[].queues` is honoured, and an interface with more RX queues than are bound
+/// is refused at start-up with an error naming it (frames on the unbound queue would
+/// bypass enforcement).
+#[test]
+fn run_binds_the_configured_queues_and_refuses_an_unbound_one() {
+    if let Some(why) = missing_capability() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let _serial = serial();
+    let links = Links::new("q", 2);
+    let h = links.host.clone();
+
+    // Default queues (1) on a two-queue interface: refused.
+    let status = free_port();
+    let mut d = links.daemon(
+        &format!("ports: [{{interface: {h}}}]\nxdp: {{attach: generic, frame_count: 1024}}\n"),
+        status,
+    );
+    let (st, err) = d.exit_within(Duration::from_secs(20)).expect("the daemon must refuse to start");
+    assert!(!st.success(), "{err}");
+    assert!(err.contains(&format!("port {h} has 2 RX queues but only 1 would be bound")), "{err}");
+    assert!(get(status, "/readyz").is_none(), "nothing served");
+
+    // Both queues, two workers: it runs, one socket per queue.
+    let status = free_port();
+    let mut d = links.daemon(
+        &format!(
+            "ports: [{{interface: {h}, queues: 2}}]\nworkers: [0, 1]\nxdp: {{attach: generic, frame_count: 1024}}\n"
+        ),
+        status,
+    );
+    wait_for("readyz", || get(status, "/readyz").is_some_and(|r| r.0 == 200));
+    let s: serde_json::Value = serde_json::from_str(&get(status, "/status").unwrap().1).unwrap();
+    assert_eq!(s["dataplane"]["workers"], 2, "{s}");
+    let bindings = &s["dataplane"]["bindings"];
+    assert_eq!(
+        bindings,
+        &serde_json::json!([
+            {"worker": 0, "port": h, "queue": 0},
+            {"worker": 1, "port": h, "queue": 1},
+        ]),
+        "{s}"
+    );
+    d.terminate();
+}
