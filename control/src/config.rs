@@ -1,6 +1,7 @@
-//! `portcullis run` configuration: a YAML file (`--config`), every field
-//! optional with a documented default, unknown fields rejected. Command-line
-//! flags override the file.
+//! `portcullis run` configuration: a YAML file (`--config`, which must exist;
+//! without it [`DEFAULT_CONFIG_PATH`] if present), every field optional with a
+//! documented default, unknown fields rejected. Command-line flags override the
+//! file.
 //!
 //! ```yaml
 //! mode: switch            # switch | wire
@@ -25,6 +26,10 @@
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+
+/// The configuration file `portcullis run` reads when `--config` is not given, if it
+/// exists (where `deploy/daemonset.yaml` mounts the ConfigMap).
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/portcullis/config.yaml";
 
 /// Default address of the status endpoint (`/healthz`, `/readyz`, `/status`, `/metrics`).
 /// All interfaces, because on a host-network pod the kubelet probes the node's address.
@@ -203,6 +208,27 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The configuration `portcullis run` uses: the file given with `--config`, which
+    /// must exist (a typo in the path must not silently start a node with no ports);
+    /// without one, [`DEFAULT_CONFIG_PATH`] if it exists, else the defaults. Returns the
+    /// file read, if any.
+    pub fn load_for_run(explicit: Option<&str>) -> Result<(Config, Option<String>), ConfigError> {
+        Config::load_for_run_from(explicit, DEFAULT_CONFIG_PATH)
+    }
+
+    fn load_for_run_from(
+        explicit: Option<&str>,
+        default_path: &str,
+    ) -> Result<(Config, Option<String>), ConfigError> {
+        match explicit {
+            Some(path) => Ok((Config::load(path)?, Some(path.to_string()))),
+            None if std::path::Path::new(default_path).exists() => {
+                Ok((Config::load(default_path)?, Some(default_path.to_string())))
+            }
+            None => Ok((Config::default(), None)),
+        }
+    }
+
     /// Reads and parses a file.
     pub fn load(path: &str) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -258,6 +284,27 @@ mod tests {
         let d = Config { ports: c.ports.clone(), workers: c.workers.clone(), ..Default::default() };
         assert_eq!(c, d);
         assert_eq!(Config::parse("e", "{}").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn only_the_default_config_path_may_be_missing() {
+        let dir = std::env::temp_dir().join(format!("pcl-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.yaml");
+        let missing = missing.to_str().unwrap();
+        // Given and missing: an error naming the path.
+        let e = Config::load_for_run_from(Some(missing), missing).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+        assert!(e.to_string().starts_with(&format!("cannot read {missing}: ")), "{e}");
+        // Not given, default path missing: defaults.
+        assert_eq!(Config::load_for_run_from(None, missing).unwrap(), (Config::default(), None));
+        // Not given, default path present: that file.
+        let present = dir.join("config.yaml");
+        std::fs::write(&present, "debounce_ms: 7\n").unwrap();
+        let present = present.to_str().unwrap();
+        let (c, from) = Config::load_for_run_from(None, present).unwrap();
+        assert_eq!((c.debounce_ms, from.as_deref()), (7, Some(present)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -43,9 +43,11 @@ struct RunArgs {
     /// last good version in force).
     #[arg(long, value_name = "DIR")]
     manifests: Option<String>,
-    /// Configuration file (YAML; see control/src/config.rs). Missing file = defaults.
-    #[arg(long, default_value = "/etc/portcullis/config.yaml")]
-    config: String,
+    /// Configuration file (YAML; see control/src/config.rs). A file given here must exist.
+    /// Without this flag: /etc/portcullis/config.yaml if it exists, otherwise the defaults
+    /// (no ports: compile and serve status only).
+    #[arg(long, value_name = "FILE")]
+    config: Option<String>,
     /// Status endpoint address (overrides the config file).
     #[arg(long)]
     status_address: Option<std::net::SocketAddr>,
@@ -199,11 +201,14 @@ fn run(cli: Cli) -> Result<()> {
                 LogFormat::Json => fmt.json().init(),
                 LogFormat::Text => fmt.init(),
             }
-            let mut config = if std::path::Path::new(&args.config).exists() {
-                control::config::Config::load(&args.config)?
-            } else {
-                control::config::Config::default()
-            };
+            let (mut config, from) = control::config::Config::load_for_run(args.config.as_deref())?;
+            match &from {
+                Some(path) => tracing::info!(config = %path, "configuration file"),
+                None => tracing::info!(
+                    "no configuration file ({} absent): defaults, no ports",
+                    control::config::DEFAULT_CONFIG_PATH
+                ),
+            }
             if let Some(a) = args.status_address {
                 config.status_address = a;
             }

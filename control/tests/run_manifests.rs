@@ -20,6 +20,7 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(self.dir.with_extension("yaml"));
     }
 }
 
@@ -61,8 +62,12 @@ fn start(files: &[(&str, &str)]) -> Daemon {
         std::fs::write(dir.join(n), t).unwrap();
     }
     let port = free_port();
+    // An empty configuration (defaults, no ports), next to the directory rather than in
+    // it, so that a file in /etc/portcullis on the machine does not count.
+    let config = dir.with_extension("yaml");
+    std::fs::write(&config, "{}\n").unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["run", "--manifests", dir.to_str().unwrap(), "--config", "/nonexistent"])
+        .args(["run", "--manifests", dir.to_str().unwrap(), "--config", config.to_str().unwrap()])
         .args(["--status-address", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -129,6 +134,41 @@ fn manifest_directory_add_change_break_delete() {
     // Delete.
     std::fs::remove_file(d.dir.join("policy.yaml")).unwrap();
     wait_for("policy deleted", || status(d.port)["objects"]["NetworkPolicy"] == 0);
+}
+
+/// A `--config` file that does not exist is an error naming it, before anything is
+/// served; only the default path may be absent.
+#[test]
+fn a_missing_config_file_given_explicitly_is_an_error() {
+    let dir = std::env::temp_dir().join(format!("pcl-run-noconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("no-such-config.yaml");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--manifests", dir.to_str().unwrap(), "--config", missing.to_str().unwrap()])
+        .args(["--status-address", &format!("127.0.0.1:{port}"), "--log-format", "text"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(10) || get(port, "/readyz").is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("portcullis run started with a missing --config file");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!status.success());
+    assert!(err.contains(&format!("error: cannot read {}: No such file", missing.display())), "{err}");
 }
 
 #[test]
