@@ -2,7 +2,9 @@
 # Runs every test of the project. Installs what the build and the tests need
 # first (Debian packages, kernel settings): see scripts/install-deps.sh.
 # Tests that need root (network namespaces, AF_XDP) run when root and say
-# clearly when they skip for a missing capability.
+# clearly when they skip for a missing capability; with
+# PORTCULLIS_REQUIRE_ROOT_TESTS=1 (as .ci/run sets) a missing capability is a
+# failure instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh

@@ -2,7 +2,8 @@
 //! dataplane (AF_XDP + pipeline) between them, real pings and connections.
 //!
 //! Needs root (network namespaces, veth, AF_XDP); each test prints `SKIP:`
-//! and why, and passes, when that is missing. Each test uses its own name
+//! and why, and passes, when that is missing, or fails when
+//! PORTCULLIS_REQUIRE_ROOT_TESTS=1 (CI; see `dataplane::testing::root`). Each test uses its own name
 //! prefix and state directory and tears its lab down in `Drop` (also when it
 //! fails). The tests of this binary run one at a time (a mutex): several
 //! labs at once would only compete for the two cores. Run:
@@ -22,23 +23,6 @@ const EXE: &str = env!("CARGO_BIN_EXE_portcullis");
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lab")
-}
-
-/// Why these tests cannot run here, if they cannot.
-fn missing_capability() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Some("not root: network namespaces and AF_XDP need root".into());
-    }
-    for (tool, arg) in [("ip", "-V"), ("ethtool", "--version"), ("ping", "-V")] {
-        if Command::new(tool).arg(arg).output().is_err() {
-            return Some(format!("{tool} missing (run scripts/install-deps.sh)"));
-        }
-    }
-    if !Command::new("ip").args(["netns", "list"]).status().is_ok_and(|s| s.success()) {
-        return Some("`ip netns` does not work here".into());
-    }
-    None
 }
 
 fn serial() -> MutexGuard<'static, ()> {
@@ -66,8 +50,7 @@ impl Lab {
     /// Brings the xyz model up; `None` (after printing why) when the machine
     /// cannot run it.
     fn up(tag: &str) -> Option<Lab> {
-        if let Some(why) = missing_capability() {
-            eprintln!("SKIP: {why}");
+        if dataplane::testing::root::skip(&["ethtool", "ping"]) {
             return None;
         }
         let serial = serial();

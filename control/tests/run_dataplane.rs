@@ -2,7 +2,8 @@
 //! file, real veth interfaces (root only). What the daemon refuses at start-up
 //! and what it binds.
 //!
-//! Each test creates links whose names start with a per-process prefix and
+//! Root only: without it a test prints `SKIP:` and passes, or fails when
+//! PORTCULLIS_REQUIRE_ROOT_TESTS=1 (`dataplane::testing::root`). Each test creates links whose names start with a per-process prefix and
 //! removes them in `Drop`, also when it fails. Run:
 //!
 //! ```text
@@ -25,15 +26,6 @@ fn sh(args: &[&str]) -> Result<String, String> {
     } else {
         Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)))
     }
-}
-
-/// Why these tests cannot run here, if they cannot.
-fn missing_capability() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Some("not root: veth and AF_XDP need root".into());
-    }
-    None
 }
 
 fn serial() -> MutexGuard<'static, ()> {
@@ -166,8 +158,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 /// bypass enforcement).
 #[test]
 fn run_binds_the_configured_queues_and_refuses_an_unbound_one() {
-    if let Some(why) = missing_capability() {
-        eprintln!("SKIP: {why}");
+    if dataplane::testing::root::skip(&[]) {
         return;
     }
     let _serial = serial();
@@ -206,4 +197,52 @@ fn run_binds_the_configured_queues_and_refuses_an_unbound_one() {
         "{s}"
     );
     d.terminate();
+}
+
+/// `scripts/root-check.sh`, which `scripts/demo.sh` uses, follows the same rule as the
+/// root-only tests: where namespaces cannot be created it prints `SKIP: <why>` and exits 2,
+/// or fails (exit 1) with PORTCULLIS_REQUIRE_ROOT_TESTS=1. Checked as an ordinary user
+/// and, when root, as root in a user namespace (`ip netns add` is refused there).
+#[test]
+fn root_check_script_skips_or_fails_as_required() {
+    let script = format!("{}/../scripts/root-check.sh", env!("CARGO_MANIFEST_DIR"));
+    let run = |wrapper: &[&str], require: bool| {
+        let mut argv: Vec<&str> = wrapper.to_vec();
+        argv.extend([script.as_str(), "the demo"]);
+        let mut c = Command::new(argv[0]);
+        c.args(&argv[1..]);
+        if require {
+            c.env("PORTCULLIS_REQUIRE_ROOT_TESTS", "1");
+        } else {
+            c.env_remove("PORTCULLIS_REQUIRE_ROOT_TESTS");
+        }
+        let o = c.output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        (o.status.code(), text)
+    };
+    let root = sh(&["id", "-u"]).is_ok_and(|u| u.trim() == "0");
+    let mut cases: Vec<(&[&str], &str)> = Vec::new();
+    if root {
+        cases.push((&["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"], "not root"));
+        cases.push((&["unshare", "--user", "--map-root-user", "--"], "root, but `ip netns add` fails"));
+        // And where it can run, it says nothing and exits 0, with or without the variable.
+        if dataplane::testing::root::missing(&[]).is_none() {
+            assert_eq!(run(&[], true), (Some(0), String::new()));
+        }
+    } else {
+        cases.push((&[], "not root"));
+    }
+    for (wrapper, why) in cases {
+        let (code, out) = run(wrapper, false);
+        assert_eq!(code, Some(2), "{wrapper:?}: {out}");
+        assert!(out.starts_with(&format!("SKIP: {why}")), "{out}");
+        let (code, out) = run(wrapper, true);
+        assert_eq!(code, Some(1), "{wrapper:?}: {out}");
+        assert!(
+            out.starts_with(&format!(
+                "error: PORTCULLIS_REQUIRE_ROOT_TESTS=1 and the demo cannot run: {why}"
+            )),
+            "{out}"
+        );
+    }
 }

@@ -260,25 +260,12 @@ fn check_prometheus_text(body: &str) {
     }
 }
 
-/// Why the dataplane test cannot run here, if it cannot.
-fn missing_capability() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Some("not root: network namespaces and AF_XDP need root".into());
-    }
-    if !Command::new("ip").args(["netns", "list"]).status().is_ok_and(|s| s.success()) {
-        return Some("`ip netns` does not work here".into());
-    }
-    None
-}
-
 /// `portcullis run` with ports: the stars pods in namespaces (`lab up --run-manifests`),
 /// the daemon as their dataplane. `/status` and `/metrics` carry the dataplane's
 /// counters, and SIGTERM leaves no XDP program on the ports.
 #[test]
 fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
-    if let Some(why) = missing_capability() {
-        eprintln!("SKIP: {why}");
+    if dataplane::testing::root::skip(&[]) {
         return;
     }
     let exe = env!("CARGO_BIN_EXE_portcullis");

@@ -285,6 +285,96 @@ pub fn scale_table(policies: usize) -> (DecisionTable, Vec<(Host, Host)>) {
     (table, pairs)
 }
 
+/// The one rule for tests that need root (network namespaces, veth, AF_XDP).
+///
+/// A root-only test starts with
+///
+/// ```no_run
+/// if dataplane::testing::root::skip(&["ethtool"]) {
+///     return;
+/// }
+/// ```
+///
+/// When the machine cannot run it ([`missing`] says why: not root, a tool
+/// missing, `ip netns add` refused, as in an unprivileged container whose UID
+/// is 0), the test prints `SKIP: <why>` and passes, unless the environment
+/// variable [`REQUIRE`] is `1`: then it fails. CI sets it (`.ci/run`), so a
+/// runner that silently lost its privileges cannot turn the end-to-end tests
+/// into passing no-ops. `scripts/demo.sh` follows the same rule.
+pub mod root {
+    use std::path::Path;
+    use std::process::Command;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// The environment variable that turns a skipped root-only test into a failure.
+    pub const REQUIRE: &str = "PORTCULLIS_REQUIRE_ROOT_TESTS";
+
+    /// True when [`REQUIRE`] is set to `1`.
+    pub fn required() -> bool {
+        std::env::var(REQUIRE).is_ok_and(|v| v == "1")
+    }
+
+    /// Why a root-only test cannot run here, or `None` if it can: the effective
+    /// UID is 0, `ip` and every tool in `tools` are on `PATH`, and a network
+    /// namespace can really be created (and is removed again).
+    pub fn missing(tools: &[&str]) -> Option<String> {
+        match effective_uid() {
+            Some(0) => {}
+            Some(_) => return Some("not root: network namespaces, veth and AF_XDP need root".into()),
+            None => return Some("cannot read the effective UID from /proc/self/status".into()),
+        }
+        for tool in std::iter::once(&"ip").chain(tools) {
+            if !on_path(tool) {
+                return Some(format!("{tool} is missing (run scripts/install-deps.sh)"));
+            }
+        }
+        // Unique per call: the tests of one binary run on several threads at once.
+        static PROBES: AtomicU32 = AtomicU32::new(0);
+        let name = format!("pcl-probe-{}-{}", std::process::id(), PROBES.fetch_add(1, Ordering::Relaxed));
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        match Command::new("ip").args(["netns", "add", &name]).output() {
+            Ok(o) if o.status.success() => {
+                let _ = Command::new("ip").args(["netns", "del", &name]).output();
+                None
+            }
+            Ok(o) => {
+                Some(format!("root, but `ip netns add` fails: {}", String::from_utf8_lossy(&o.stderr).trim()))
+            }
+            Err(e) => Some(format!("root, but `ip netns add` cannot run: {e}")),
+        }
+    }
+
+    /// What a root-only test does when it cannot run for `why`: `true` (skip,
+    /// after printing `SKIP: <why>`), or a panic when [`REQUIRE`] is `1`.
+    pub fn skip_because(why: &str) -> bool {
+        if required() {
+            panic!("{REQUIRE}=1 and this root-only test cannot run: {why}");
+        }
+        eprintln!("SKIP: {why}");
+        true
+    }
+
+    /// [`missing`] then [`skip_because`]: `true` when the caller must return.
+    pub fn skip(tools: &[&str]) -> bool {
+        match missing(tools) {
+            None => false,
+            Some(why) => skip_because(&why),
+        }
+    }
+
+    /// The effective UID (`Uid:` line of `/proc/self/status`: real, effective, ...).
+    fn effective_uid() -> Option<u32> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+        line.split_whitespace().nth(2)?.parse().ok()
+    }
+
+    fn on_path(tool: &str) -> bool {
+        std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| Path::new(&d).join(tool).is_file()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
 //! The AF_XDP I/O layer alone, on real veth pairs in network namespaces:
 //! two "pods" talk through a `Dataplane` in switch mode.
 //!
-//! Needs root (network namespaces, AF_XDP); skips, saying why, otherwise.
+//! Needs root (network namespaces, AF_XDP); skips, saying why, otherwise, or
+//! fails when PORTCULLIS_REQUIRE_ROOT_TESTS=1 (`dataplane::testing::root`).
 //! Tests here create namespaces and interfaces whose names start with a
 //! per-process prefix, remove them in `Drop`, and run one at a time (a mutex
 //! in this binary; cargo runs test binaries one after another).
@@ -25,18 +26,10 @@ fn sh(args: &[&str]) -> Result<String, String> {
     }
 }
 
-fn can_run() -> Option<String> {
-    let uid = sh(&["id", "-u"]).ok()?;
-    if uid.trim() != "0" {
-        return Some("not root".into());
-    }
-    if sh(&["ip", "netns", "list"]).is_err() {
-        return Some("`ip netns` unavailable".into());
-    }
-    if sh(&["ethtool", "--version"]).is_err() {
-        return Some("ethtool missing (scripts/install-deps.sh)".into());
-    }
-    None
+/// Skips (or, with PORTCULLIS_REQUIRE_ROOT_TESTS=1, fails) when the machine cannot
+/// run these tests: see `dataplane::testing::root`.
+fn skip() -> bool {
+    dataplane::testing::root::skip(&["ethtool", "ping"])
 }
 
 /// Serialises the tests of this binary that create namespaces (cargo runs
@@ -142,8 +135,7 @@ fn empty_table() -> Arc<ArcSwap<PublishedTable>> {
 }
 
 fn ping_through(attach: AttachMode, mode: Mode, tag: &str) {
-    if let Some(why) = can_run() {
-        eprintln!("SKIP: {why}");
+    if skip() {
         return;
     }
     let _lock = lock();
@@ -185,8 +177,7 @@ fn ping_through_wire_generic() {
 /// between two quiet pods (no ARP, no IPv6), so every frame is accounted for.
 #[test]
 fn counters_match_what_was_sent() {
-    if let Some(why) = can_run() {
-        eprintln!("SKIP: {why}");
+    if skip() {
         return;
     }
     const N: u64 = 20;
@@ -241,8 +232,7 @@ fn counters_match_what_was_sent() {
 /// workers 0..q, and each of those workers receives the frames of its queue.
 #[test]
 fn each_port_is_bound_on_its_queues() {
-    if let Some(why) = can_run() {
-        eprintln!("SKIP: {why}");
+    if skip() {
         return;
     }
     let _lock = lock();
@@ -287,8 +277,7 @@ fn each_port_is_bound_on_its_queues() {
 /// the unbound queue would reach the kernel's stack without enforcement.
 #[test]
 fn an_interface_with_an_unbound_queue_is_refused() {
-    if let Some(why) = can_run() {
-        eprintln!("SKIP: {why}");
+    if skip() {
         return;
     }
     let _lock = lock();
@@ -329,5 +318,45 @@ fn an_interface_with_an_unbound_queue_is_refused() {
     for p in &ports {
         let link = sh(&["ip", "link", "show", p]).unwrap();
         assert!(!link.contains("xdp"), "{link}");
+    }
+}
+
+/// The CI rule (`dataplane::testing::root`): a root-only test that cannot run skips,
+/// saying why, unless PORTCULLIS_REQUIRE_ROOT_TESTS=1, which makes it fail. Checked by
+/// running one root-only test of this binary where it cannot run: as an ordinary user
+/// and, when root, as root in a user namespace, where `ip netns add` is refused.
+#[test]
+fn a_root_test_that_cannot_run_skips_or_fails_as_required() {
+    use dataplane::testing::root::REQUIRE;
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.to_str().unwrap();
+    let run = |wrapper: &[&str], require: bool| -> (bool, String) {
+        let mut argv: Vec<&str> = wrapper.to_vec();
+        argv.extend([exe, "--exact", "ping_through_switch_native", "--nocapture", "--test-threads=1"]);
+        let mut c = Command::new(argv[0]);
+        c.args(&argv[1..]);
+        if require {
+            c.env(REQUIRE, "1");
+        } else {
+            c.env_remove(REQUIRE);
+        }
+        let o = c.output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        (o.status.success(), text)
+    };
+    let root = sh(&["id", "-u"]).is_ok_and(|u| u.trim() == "0");
+    let mut cases: Vec<(&[&str], &str)> = Vec::new();
+    if root {
+        cases.push((&["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"], "not root"));
+        cases.push((&["unshare", "--user", "--map-root-user", "--"], "root, but `ip netns add` fails"));
+    } else {
+        cases.push((&[], "not root"));
+    }
+    for (wrapper, why) in cases {
+        let (ok, out) = run(wrapper, false);
+        assert!(ok && out.contains(&format!("SKIP: {why}")), "{wrapper:?} without {REQUIRE}:\n{out}");
+        let (ok, out) = run(wrapper, true);
+        assert!(!ok, "{wrapper:?} with {REQUIRE}=1 must fail:\n{out}");
+        assert!(out.contains(&format!("{REQUIRE}=1 and this root-only test cannot run: {why}")), "{out}");
     }
 }
