@@ -113,6 +113,7 @@ const END: PortEntry = PortEntry { lo: 0, hi: 0, name: 0, proto: END_PROTO };
 
 impl PortEntry {
     #[inline]
+    /// `dst_named`: the destination pod's named ports, ended by an entry of name 0.
     fn matches(&self, proto: u8, port: u16, dst_named: &[NamedEntry]) -> bool {
         if self.proto == ANY_PROTO {
             return true;
@@ -123,7 +124,10 @@ impl PortEntry {
         if self.name == 0 {
             self.lo <= port && port <= self.hi
         } else {
-            dst_named.iter().any(|n| n.name == self.name && n.proto == proto && n.port == port)
+            dst_named
+                .iter()
+                .take_while(|n| n.name != 0)
+                .any(|n| n.name == self.name && n.proto == proto && n.port == port)
         }
     }
 }
@@ -136,20 +140,20 @@ struct NamedEntry {
     port: u16,
 }
 
-/// Per-pod data the lookup needs: one cache line, which holds the pod's
-/// sides too, so that a side's peer table is one dependent load away from
-/// the address probe.
-#[derive(Clone, Debug)]
-#[repr(align(64))]
+/// Per-pod data the lookup needs, 16 bytes (four to a cache line: the pods
+/// are the largest array every lookup touches).
+#[derive(Clone, Copy, Debug)]
+#[repr(align(16))]
 struct PodEntry {
-    /// [ingress, egress]; side id 0 = not isolated.
-    sides: [SideEntry; 2],
-    /// The identity block of the pod's identity ([`BLOCK_BITS`] identities of
-    /// one namespace per block) and the identity's bit in the block's masks.
-    block: u32,
-    bit: u32,
-    /// Range in `named`.
-    named: (u32, u32),
+    /// Side ids, [ingress, egress]; 0 = not isolated.
+    sides: [u32; 2],
+    /// `block << 6 | bit`: the identity block of the pod's identity
+    /// ([`BLOCK_BITS`] identities of one namespace per block) and the
+    /// identity's bit in the block's masks.
+    block_bit: u32,
+    /// Index of the pod's first named port in `named`; its list ends with an
+    /// entry of name 0 (index 0 is the empty list).
+    named: u32,
 }
 
 /// Per pod IP: which pod, and its CIDR class in the [ingress, egress] partitions.
@@ -159,21 +163,25 @@ struct AddrEntry {
     class: [u32; 2],
 }
 
-/// What a lookup needs of a side (copied into each pod entry of the side).
+/// What a lookup needs of a side, 16 bytes.
 #[derive(Clone, Copy, Debug, Default)]
+#[repr(align(16))]
 struct SideEntry {
-    /// The side's id; 0 = not isolated.
-    id: u32,
-    /// Port set allowing every peer (rules without `from`/`to`).
+    /// Port set allowing every peer (rules without `from`/`to`): what a
+    /// non-pod peer gets when the side has no key for its CIDR class.
     any: SetId,
-    /// Port set allowing every pod (selector peers that match all pods).
-    any_pod: SetId,
-    /// The side's peer table: `slots[table + (h & table_mask)]`, linear probing.
+    /// `any`, then the entries allowing every pod (selector peers that match
+    /// all pods): what a pod peer gets when the side has no key for it.
+    pod_any: SetId,
+    /// The side's peer table: `slots[table + (h & mask)]`, linear probing,
+    /// where `mask = (1 << table_bits) - 1` (a side without keys has the free
+    /// slot 0 as its table).
     table: u32,
-    table_mask: u32,
-    /// Bit `1 << kind` set when the peer table has keys of that kind:
-    /// lookups skip probes that cannot hit.
-    kinds: u8,
+    /// A one-word Bloom filter of the table's keys: bit `slot_hash(key) >> 28`
+    /// is set for every key. A probe for a key whose bit is clear is skipped
+    /// (most probes of a side with few keys), saving a likely cache miss.
+    filter: u16,
+    table_bits: u8,
 }
 
 /// What `explain` and status pages need of a side.
@@ -203,10 +211,6 @@ impl ClassIndex {
         }
     }
 }
-
-/// Kinds of key in a side's peer table, as bits of `SideEntry::kinds`.
-const KIND_BLOCK: u8 = 0;
-const KIND_CIDR: u8 = 1;
 
 /// A peer-table key is an identity block, or `CIDR_KEY | class`.
 const CIDR_KEY: u32 = 1 << 31;
@@ -296,6 +300,7 @@ pub struct DecisionTable {
     named: Vec<NamedEntry>,
     /// Non-pod address -> CIDR class, per [direction][family].
     cidr: [[ClassIndex; 2]; 2],
+    sides: Vec<SideEntry>,
     side_info: Vec<SideInfo>,
     side_policies: Vec<u32>,
     /// Every side's peer table, back to back; slot 0 is free, the table of
@@ -338,7 +343,7 @@ impl DecisionTable {
             return Verdict { egress: Side::NotPod, ingress: Side::NotPod };
         }
         let dst_named: &[NamedEntry] = match d {
-            Some((_, p)) => self.named.get(p.named.0 as usize..p.named.1 as usize).unwrap_or_default(),
+            Some((_, p)) => self.named.get(p.named as usize..).unwrap_or_default(),
             None => &[],
         };
         let egress = match s {
@@ -360,7 +365,9 @@ impl DecisionTable {
     #[inline]
     fn peer(&self, a: Option<(AddrEntry, &PodEntry)>, ip: IpAddr, dir: Direction) -> PeerInfo {
         match a {
-            Some((e, p)) => PeerInfo { pod: Some((p.block, p.bit)), class: e.class[dir as usize] },
+            Some((e, p)) => {
+                PeerInfo { pod: Some((p.block_bit >> 6, p.block_bit & 63)), class: e.class[dir as usize] }
+            }
             None => {
                 let (f, v) = split(ip);
                 PeerInfo { pod: None, class: self.cidr[dir as usize][f as usize].class_of(v) }
@@ -376,44 +383,62 @@ impl DecisionTable {
         }
     }
 
-    #[inline]
-    fn check(&self, se: SideEntry, peer: PeerInfo, proto: u8, port: u16, dst_named: &[NamedEntry]) -> Side {
-        if se.id == 0 {
+    #[inline(always)]
+    fn check(&self, side: u32, peer: PeerInfo, proto: u8, port: u16, dst_named: &[NamedEntry]) -> Side {
+        if side == 0 {
             return Side::NotIsolated;
         }
-        if let Some(r) = self.set_match(se.any, proto, port, dst_named) {
-            return Side::Allowed(r);
-        }
-        if let Some((block, bit)) = peer.pod {
-            if let Some(r) = self.set_match(se.any_pod, proto, port, dst_named) {
-                return Side::Allowed(r);
-            }
-            if se.kinds & (1 << KIND_BLOCK) != 0 {
-                if let Some(slot) = self.probe(se, block) {
-                    if slot.mask >> bit & 1 != 0 {
-                        let set =
-                            if slot.set & MULTI == 0 { slot.set } else { self.group_set(slot.set, bit) };
-                        if let Some(r) = self.set_match(set, proto, port, dst_named) {
+        let Some(se) = self.sides.get(side as usize) else {
+            return Side::Denied(SideId(side));
+        };
+        // One probe and one set scan per peer: each stored set starts with the
+        // side's `any` (and, for pods, `any_pod`) entries.
+        match peer.pod {
+            Some((block, bit)) => {
+                let set = match self.probe(se, block) {
+                    Some(slot) if slot.mask >> bit & 1 != 0 => {
+                        if slot.set & MULTI == 0 {
+                            slot.set
+                        } else {
+                            self.group_set(slot.set, bit)
+                        }
+                    }
+                    _ => se.pod_any,
+                };
+                if let Some(r) = self.set_match(set, proto, port, dst_named) {
+                    return Side::Allowed(r);
+                }
+                // A pod IP inside an ipBlock: its CIDR class's entries come last.
+                if peer.class != 0 {
+                    if let Some(slot) = self.probe(se, CIDR_KEY | peer.class) {
+                        if let Some(r) = self.set_match(slot.set, proto, port, dst_named) {
                             return Side::Allowed(r);
                         }
                     }
                 }
             }
-        }
-        if peer.class != 0 && se.kinds & (1 << KIND_CIDR) != 0 {
-            if let Some(slot) = self.probe(se, CIDR_KEY | peer.class) {
-                if let Some(r) = self.set_match(slot.set, proto, port, dst_named) {
+            None => {
+                let set = match peer.class {
+                    0 => se.any,
+                    c => self.probe(se, CIDR_KEY | c).map_or(se.any, |slot| slot.set),
+                };
+                if let Some(r) = self.set_match(set, proto, port, dst_named) {
                     return Side::Allowed(r);
                 }
             }
         }
-        Side::Denied(SideId(se.id))
+        Side::Denied(SideId(side))
     }
 
     /// The slot of `key` in a side's peer table (linear probing from its home slot).
     #[inline]
-    fn probe(&self, se: SideEntry, key: u32) -> Option<Slot> {
-        let mut i = slot_hash(key) & se.table_mask;
+    fn probe(&self, se: &SideEntry, key: u32) -> Option<Slot> {
+        let h = slot_hash(key);
+        if se.filter >> (h >> 28) & 1 == 0 {
+            return None;
+        }
+        let mask = (1u32 << se.table_bits) - 1;
+        let mut i = h & mask;
         loop {
             let slot = *self.slots.get((se.table + i) as usize)?;
             if slot.key == key {
@@ -422,7 +447,7 @@ impl DecisionTable {
             if slot.key == EMPTY {
                 return None;
             }
-            i = (i + 1) & se.table_mask;
+            i = (i + 1) & mask;
         }
     }
 
@@ -691,7 +716,7 @@ impl<'a> Compiler<'a> {
                 }
                 let next = sides.len() as u32;
                 let s = *side_index.entry((d, list.clone())).or_insert_with(|| {
-                    sides.push(SideEntry { id: next, ..Default::default() });
+                    sides.push(SideEntry::default());
                     side_info.push(SideInfo { dir: Some(d), ..Default::default() });
                     side_lists.push((d, list));
                     next
@@ -746,6 +771,7 @@ impl<'a> Compiler<'a> {
         let mut buf: Vec<(u32, bool, u32, u64, PortEntry, RuleRef)> = Vec::new();
         let mut any: Vec<(PortEntry, RuleRef)> = Vec::new();
         let mut any_pod: Vec<(PortEntry, RuleRef)> = Vec::new();
+        let mut set_buf: Vec<(PortEntry, RuleRef)> = Vec::new();
         let mut es: Vec<PortEntry> = Vec::new();
         let mut by_set: Vec<(SetId, u64)> = Vec::new();
         for (s, (dir, list)) in side_lists.iter().enumerate().skip(1) {
@@ -790,8 +816,13 @@ impl<'a> Compiler<'a> {
                     }
                 }
             }
+            // Every set of the side starts with the entries tested before it, so a
+            // lookup scans one set per peer: rules without peers (`any`) for every
+            // peer, then, for pods, rules whose peers match every pod (`any_pod`).
             sides[s].any = sets.add(&any);
-            sides[s].any_pod = sets.add(&any_pod);
+            let mut pod_prefix = any.clone();
+            pod_prefix.extend_from_slice(&any_pod);
+            sides[s].pod_any = sets.add(&pod_prefix);
             // Per key: entries from identity-level matches first, then namespace-wide
             // ones, each in rule order (the order the table has always tested them in).
             buf.sort_unstable_by_key(|x| (x.0, x.1, x.2));
@@ -802,18 +833,16 @@ impl<'a> Compiler<'a> {
                 let run = &buf[i..j];
                 i = j;
                 if k & CIDR_KEY != 0 {
-                    sides[s].kinds |= 1 << KIND_CIDR;
-                    any.clear();
-                    any.extend(run.iter().map(|x| (x.4, x.5)));
-                    keyed.push(Slot { key: k, set: sets.add(&any), mask: u64::MAX });
+                    set_buf.clone_from(&any);
+                    set_buf.extend(run.iter().map(|x| (x.4, x.5)));
+                    keyed.push(Slot { key: k, set: sets.add(&set_buf), mask: u64::MAX });
                     continue;
                 }
-                sides[s].kinds |= 1 << KIND_BLOCK;
                 let union = run.iter().fold(0u64, |m, x| m | x.3);
                 if run.iter().all(|x| x.3 == union) {
-                    any.clear();
-                    any.extend(run.iter().map(|x| (x.4, x.5)));
-                    keyed.push(Slot { key: k, set: sets.add(&any), mask: union });
+                    set_buf.clone_from(&pod_prefix);
+                    set_buf.extend(run.iter().map(|x| (x.4, x.5)));
+                    keyed.push(Slot { key: k, set: sets.add(&set_buf), mask: union });
                     peer_groups += 1;
                     continue;
                 }
@@ -824,9 +853,9 @@ impl<'a> Compiler<'a> {
                 while rest != 0 {
                     let bit = rest.trailing_zeros();
                     rest &= rest - 1;
-                    any.clear();
-                    any.extend(run.iter().filter(|x| x.3 >> bit & 1 != 0).map(|x| (x.4, x.5)));
-                    let set = sets.add(&any);
+                    set_buf.clone_from(&pod_prefix);
+                    set_buf.extend(run.iter().filter(|x| x.3 >> bit & 1 != 0).map(|x| (x.4, x.5)));
+                    let set = sets.add(&set_buf);
                     match by_set.iter_mut().find(|(r, _)| *r == set) {
                         Some((_, m)) => *m |= 1 << bit,
                         None => by_set.push((set, 1 << bit)),
@@ -859,7 +888,8 @@ impl<'a> Compiler<'a> {
                     slots[base + h] = *slot;
                 }
                 sides[s].table = base as u32;
-                sides[s].table_mask = (n - 1) as u32;
+                sides[s].table_bits = n.trailing_zeros() as u8;
+                sides[s].filter = keyed.iter().fold(0, |f, slot| f | 1 << (slot_hash(slot.key) >> 28));
                 peer_keys += keyed.len();
             }
         }
@@ -872,24 +902,30 @@ impl<'a> Compiler<'a> {
 
         // 4. Pods and their addresses.
         let mut pods = Vec::with_capacity(cluster.pods.len());
-        let mut named = Vec::new();
+        let mut named = vec![NamedEntry { name: 0, proto: 0, port: 0 }];
         let mut addr_v4 = HashMap::new();
         let mut addr_v6 = HashMap::new();
         let mut pod_keys = Vec::with_capacity(cluster.pods.len());
         for (pi, p) in cluster.pods.iter().enumerate() {
             let identity = self.pod_identity[pi];
-            let a = named.len() as u32;
+            let a = named.len();
             for np in &p.named_ports {
                 if let Some(&n) = self.names.get(&np.name) {
                     named.push(NamedEntry { name: n, proto: np.protocol.number(), port: np.port });
                 }
             }
+            let first = if named.len() == a {
+                0
+            } else {
+                named.push(NamedEntry { name: 0, proto: 0, port: 0 });
+                a as u32
+            };
             let (block, bit) = self.identity_block[identity as usize];
+            debug_assert!(block < 1 << 26, "identity blocks fit in 26 bits");
             pods.push(PodEntry {
-                block,
-                bit,
-                sides: identity_sides[identity as usize].map(|s| sides[s as usize]),
-                named: (a, named.len() as u32),
+                sides: identity_sides[identity as usize],
+                block_bit: block << 6 | bit,
+                named: first,
             });
             pod_keys.push((p.namespace.clone(), p.name.clone()));
             for ip in &p.ips {
@@ -922,6 +958,7 @@ impl<'a> Compiler<'a> {
             pod_keys,
             named,
             cidr,
+            sides,
             side_info,
             side_policies,
             slots,
@@ -1031,6 +1068,7 @@ impl DecisionTable {
             + self.pod_keys.iter().map(|(a, b)| a.capacity() + b.capacity() + 48).sum::<usize>()
             + self.named.capacity() * size_of::<NamedEntry>()
             + classes
+            + self.sides.capacity() * size_of::<SideEntry>()
             + self.side_info.capacity() * size_of::<SideInfo>()
             + self.side_policies.capacity() * 4
             + self.entries.capacity() * size_of::<PortEntry>()
