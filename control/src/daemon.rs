@@ -338,15 +338,27 @@ pub async fn run_owner(
         let now = Instant::now();
         match msg {
             SourceMsg::Change { source, change, seen } => {
-                let kind = match &change {
-                    crate::index::Change::Apply(o) => o.kind(),
-                    crate::index::Change::Delete(k, ..) | crate::index::Change::Replace(k, _) => *k,
-                };
+                let kind = change_kind(&change);
                 if index.apply(source, change) {
                     oldest_unpublished = Some(oldest_unpublished.map_or(seen, |o| o.min(seen)));
                     deadline.get_or_insert_with(|| due(last_publish));
                 }
                 touch(&shared, source, kind, now, None);
+            }
+            SourceMsg::Changes { source, changes, seen } => {
+                let mut kinds = BTreeSet::new();
+                let mut changed = false;
+                for change in changes {
+                    kinds.insert(change_kind(&change));
+                    changed |= index.apply(source, change);
+                }
+                if changed {
+                    oldest_unpublished = Some(oldest_unpublished.map_or(seen, |o| o.min(seen)));
+                    deadline.get_or_insert_with(|| due(last_publish));
+                }
+                for kind in kinds {
+                    touch(&shared, source, kind, now, None);
+                }
             }
             SourceMsg::Synced { source, kind } => {
                 synced.insert((source, kind));
@@ -375,6 +387,13 @@ pub async fn run_owner(
         }
     }
     index
+}
+
+fn change_kind(c: &crate::index::Change) -> Kind {
+    match c {
+        crate::index::Change::Apply(o) => o.kind(),
+        crate::index::Change::Delete(k, ..) | crate::index::Change::Replace(k, _) => *k,
+    }
 }
 
 /// Records an event from a source; `health` is `Some(None)` when it recovered,

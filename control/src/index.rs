@@ -26,7 +26,7 @@ pub enum Kind {
 }
 
 /// One object of any kind.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     /// A namespace.
     Namespace(Box<corev1::Namespace>),
@@ -115,7 +115,12 @@ impl Index {
             }
             Change::Delete(kind, ns, name) => {
                 let ns = if kind == Kind::Namespace { String::new() } else { ns };
-                let removed = self.entries.remove(&(kind, ns, name)).is_some();
+                // A source deletes only what it owns: with `--kube` and `--manifests`
+                // together, a manifest removed from the directory must not take the
+                // cluster's object of the same name with it.
+                let key = (kind, ns, name);
+                let owned = self.entries.get(&key).is_some_and(|(src, _, _)| *src == source);
+                let removed = owned && self.entries.remove(&key).is_some();
                 if removed {
                     self.generation += 1;
                 }
@@ -246,6 +251,16 @@ mod tests {
         idx.apply(1, Change::Apply(deny_all("x")));
         idx.apply(2, Change::Replace(Kind::NetworkPolicy, vec![]));
         assert_eq!(idx.counts().get(&Kind::NetworkPolicy), Some(&1));
+    }
+
+    #[test]
+    fn delete_only_touches_its_own_source() {
+        let mut idx = Index::new();
+        idx.apply(1, Change::Apply(deny_all("x")));
+        assert!(!idx.apply(2, Change::Delete(Kind::NetworkPolicy, "x".into(), "deny".into())));
+        assert_eq!(idx.counts().get(&Kind::NetworkPolicy), Some(&1));
+        assert!(idx.apply(1, Change::Delete(Kind::NetworkPolicy, "x".into(), "deny".into())));
+        assert_eq!(idx.counts().get(&Kind::NetworkPolicy), None);
     }
 
     #[test]

@@ -16,10 +16,18 @@ use policy_compiler::Severity;
 use crate::index::Object;
 use crate::manifest::{self, LoadError, LoadErrors, Origin, State};
 
+/// A file with unchanged metadata is still read in full every this many scans.
+const REREAD_EVERY: u32 = 25;
+
 /// Last seen version of one file.
 #[derive(Debug, Default)]
 struct FileState {
     fingerprint: Option<(SystemTime, u64, u64)>,
+    /// Modification time and length at the last read, and scans since: a file
+    /// whose metadata did not change is not read again, except every
+    /// [`REREAD_EVERY`] scans (a rewrite may keep both).
+    meta: Option<(SystemTime, u64)>,
+    scans_since_read: u32,
     last_good: Option<State>,
     error: Option<LoadErrors>,
 }
@@ -80,12 +88,21 @@ impl ManifestDir {
             }
         }
         for f in listed {
+            let meta = std::fs::metadata(&f).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+            if let Some(st) = self.files.get_mut(&f) {
+                if meta.is_some() && st.meta == meta && st.scans_since_read < REREAD_EVERY {
+                    st.scans_since_read += 1;
+                    continue;
+                }
+            }
             let text = match std::fs::read_to_string(&f) {
                 Ok(t) => t,
                 Err(_) => continue, // raced with a delete or rename; next scan sees it
             };
             let fp = fingerprint(Path::new(&f), &text);
             let st = self.files.entry(f.clone()).or_default();
+            st.meta = meta;
+            st.scans_since_read = 0;
             if fp.is_some() && st.fingerprint == fp {
                 continue;
             }

@@ -15,6 +15,7 @@
 //! disconnected is not lost. The index keeps only the validated, compiler-
 //! relevant form of each object; no full copy of the cluster is kept.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -48,6 +49,16 @@ pub enum SourceMsg {
         /// The change.
         change: Change,
         /// When the source saw it (for change-to-enforced latency).
+        seen: Instant,
+    },
+    /// Several changes seen together (one scan of a manifest directory),
+    /// applied as one: the owner compiles once for all of them.
+    Changes {
+        /// Which source.
+        source: SourceId,
+        /// The changes, in order.
+        changes: Vec<Change>,
+        /// When the source saw them.
         seen: Instant,
     },
     /// A kind of this source completed a full list (it is synced).
@@ -188,6 +199,8 @@ where
 pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<SourceMsg>) {
     let mut md = ManifestDir::new(&dir);
     let mut first = true;
+    // What the owner has: compared with each new scan so that only differences are sent.
+    let mut sent: HashMap<(Kind, String, String), Object> = HashMap::new();
     let mut last_report = String::new();
     loop {
         let changed = md.scan();
@@ -213,21 +226,35 @@ pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<Sou
         }
         if changed || first {
             let seen = Instant::now();
-            let mut by_kind: [(Kind, Vec<Object>); 3] =
-                [(Kind::Namespace, vec![]), (Kind::Pod, vec![]), (Kind::NetworkPolicy, vec![])];
-            for o in objs {
-                let i = match o.kind() {
-                    Kind::Namespace => 0,
-                    Kind::Pod => 1,
-                    Kind::NetworkPolicy => 2,
-                };
-                by_kind[i].1.push(o);
-            }
-            for (kind, objs) in by_kind {
-                let m = SourceMsg::Change { source: MANIFESTS, change: Change::Replace(kind, objs), seen };
-                if tx.send(m).await.is_err() {
-                    return;
+            let now: HashMap<(Kind, String, String), Object> =
+                objs.into_iter().map(|o| ((o.kind(), o.key().0, o.key().1), o)).collect();
+            let changes = if first {
+                // The first scan lists every kind in full.
+                let mut by_kind: [(Kind, Vec<Object>); 3] =
+                    [(Kind::Namespace, vec![]), (Kind::Pod, vec![]), (Kind::NetworkPolicy, vec![])];
+                for ((k, ..), o) in &now {
+                    by_kind[*k as usize].1.push(o.clone());
                 }
+                by_kind.into_iter().map(|(k, objs)| Change::Replace(k, objs)).collect()
+            } else {
+                // Later scans send only what differs from what was sent.
+                let mut changes: Vec<Change> = now
+                    .iter()
+                    .filter(|(k, o)| sent.get(*k) != Some(*o))
+                    .map(|(_, o)| Change::Apply(o.clone()))
+                    .collect();
+                changes.extend(
+                    sent.keys()
+                        .filter(|k| !now.contains_key(*k))
+                        .map(|(k, ns, name)| Change::Delete(*k, ns.clone(), name.clone())),
+                );
+                changes
+            };
+            sent = now;
+            if !changes.is_empty()
+                && tx.send(SourceMsg::Changes { source: MANIFESTS, changes, seen }).await.is_err()
+            {
+                return;
             }
             if first {
                 for kind in [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy] {

@@ -159,7 +159,7 @@ async fn list_watch_error_and_relist() {
                 assert_eq!(kind, Some(Kind::NetworkPolicy));
                 errors.push(error);
             }
-            SourceMsg::Files(..) => unreachable!(),
+            SourceMsg::Files(..) | SourceMsg::Changes { .. } => unreachable!("not from the kube source"),
         }
     }
     // Initial list, then add, modify, delete, then the relist without p3.
