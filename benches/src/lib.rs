@@ -21,6 +21,7 @@
 //! Everything comes from [`SplitMix64`] with the given seed, so a seed always
 //! gives the same cluster and the same flows.
 
+pub mod load;
 pub mod manifests;
 
 use std::alloc::{GlobalAlloc, Layout, System};

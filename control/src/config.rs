@@ -21,6 +21,7 @@
 //! status_address: "0.0.0.0:9877"
 //! debounce_ms: 50        # minimum time between two compilations
 //! denied_flow_log_per_second: 0
+//! enforce: true          # false: forward without policy (benchmarks only)
 //! ```
 
 use std::net::SocketAddr;
@@ -144,6 +145,11 @@ pub struct Config {
     pub debounce_ms: u64,
     /// Log at most this many denied flows per second (0, the default, logs none).
     pub denied_flow_log_per_second: u32,
+    /// Enforce NetworkPolicy. Default `true`. `false` forwards every IP packet with no
+    /// connection tracking and no policy lookup (the table is still compiled and served):
+    /// it exists to measure the forwarding path's own ceiling, and is logged as a warning.
+    /// Never set it on a node that relies on Portcullis for isolation.
+    pub enforce: bool,
 }
 
 impl Default for Config {
@@ -158,6 +164,7 @@ impl Default for Config {
             status_address: DEFAULT_STATUS_ADDRESS.parse().expect("valid default"),
             debounce_ms: 50,
             denied_flow_log_per_second: 0,
+            enforce: true,
         }
     }
 }

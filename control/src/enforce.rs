@@ -95,6 +95,7 @@ pub fn dataplane_config(cfg: &Config) -> DataplaneConfig {
                 Mode::Wire => PipelineMode::Wire,
             },
             conntrack_capacity: cfg.conntrack.capacity as usize,
+            enforce: cfg.enforce,
             ..PipelineConfig::default()
         },
         denied_log_per_second: cfg.denied_flow_log_per_second,
@@ -113,6 +114,9 @@ impl Enforcer {
         let tables = Arc::new(ArcSwap::from_pointee(first));
         let dcfg = dataplane_config(cfg);
         let dp = Dataplane::start(&dcfg, tables.clone())?;
+        if !cfg.enforce {
+            tracing::warn!("enforce: false: every IP packet is forwarded without policy (benchmarks only)");
+        }
         tracing::info!(ports = ?dcfg.ports, workers = dcfg.workers, fail_open = cfg.fail_open, "dataplane started");
         let denied = (cfg.denied_flow_log_per_second > 0).then(|| dp.denied_flows());
         Ok(Arc::new(Enforcer {

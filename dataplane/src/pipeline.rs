@@ -222,6 +222,11 @@ pub struct PipelineConfig {
     /// after a new table. Default 64: bounded work per batch; a 65536-entry
     /// table is swept in 1024 batches.
     pub sweep_budget: usize,
+    /// Enforce policy (default true). `false` is for measuring the ceiling of
+    /// the forwarding path alone: frames are still parsed, counted and
+    /// switched, but every IP packet passes with no connection tracking and no
+    /// table lookup, whatever the table says. Never for production.
+    pub enforce: bool,
 }
 
 impl Default for PipelineConfig {
@@ -238,6 +243,7 @@ impl Default for PipelineConfig {
             mac_ageing: 300,
             forward_non_ip: false,
             sweep_budget: 64,
+            enforce: true,
         }
     }
 }
@@ -312,6 +318,7 @@ pub struct Pipeline {
     ports: PortId,
     forward_non_ip: bool,
     sweep_budget: usize,
+    enforce: bool,
     /// Slots still to re-check against the current generation.
     revalidate_remaining: usize,
     /// This worker's row in [`PolicyHits`].
@@ -365,6 +372,7 @@ impl Pipeline {
             ports: cfg.ports,
             forward_non_ip: cfg.forward_non_ip,
             sweep_budget: cfg.sweep_budget,
+            enforce: cfg.enforce,
             revalidate_remaining: 0,
             worker: 0,
             deny_log: DenyLog::off(),
@@ -448,6 +456,7 @@ impl Pipeline {
             Class::Arp | Class::NeighbourDiscovery => None,
             Class::Other(_) if self.forward_non_ip => None,
             Class::Other(_) => Some(DropReason::NonIp),
+            Class::Ip(_) if !self.enforce => None,
             Class::Ip(_) if self.current.fail_closed => Some(DropReason::FailClosed),
             Class::Ip(pkt) => self.ip(&pkt, now),
         };

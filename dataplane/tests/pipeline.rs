@@ -108,6 +108,23 @@ fn connections_not_packets() {
 }
 
 #[test]
+fn enforcement_off_forwards_what_policy_denies_and_tracks_nothing() {
+    let cfg = PipelineConfig { ports: 3, enforce: false, ..Default::default() };
+    let mut r = rig_with(cfg, published(1, testing::client_server_table()));
+    r.learn_all();
+    let (c, s) = (r.client, r.server);
+    // Denied with enforcement on (see connections_not_packets): forwarded here.
+    let ssh = testing::tcp(&c, 40002, &s, 22, F::SYN, false, &[]);
+    assert_eq!(r.p.process(0, &ssh, 1), Action::Forward(1));
+    let back = testing::tcp(&s, 80, &c, 40001, F::SYN, true, &[]);
+    assert_eq!(r.p.process(1, &back, 1), Action::Forward(0));
+    assert!(r.p.conntrack().is_empty());
+    // Malformed frames are still dropped, and ARP still learned.
+    assert_eq!(r.p.process(0, &ssh[..20], 1), Action::Drop(DropReason::Parse(ParseError::Ipv4Truncated)));
+    assert_eq!(r.p.counters().snapshot().drops["policy"], 0);
+}
+
+#[test]
 fn revoked_connection_stops_on_its_next_packet() {
     // No background sweep: the revocation must come from the hit itself.
     let cfg = PipelineConfig { ports: 3, sweep_budget: 0, ..Default::default() };
