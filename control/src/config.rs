@@ -69,8 +69,8 @@ pub struct PortConfig {
     /// most as many queues as workers. Default 1. It must equal the interface's RX queue
     /// count (the `rx-N` entries of `/sys/class/net/<interface>/queues`: RX plus combined
     /// channels): the daemon refuses to start when the interface has more, because frames
-    /// on an unbound queue would reach the kernel's stack unenforced (reduce them with
-    /// `ethtool -L`), or fewer. With more than one, the NIC needs symmetric RSS so that both
+    /// on an unbound queue would escape the dataplane (reduce them with `ethtool -L`), or
+    /// fewer. With more than one, the NIC needs symmetric RSS so that both
     /// directions of a flow reach the same worker, and every port should have the same
     /// count: a worker drops (and counts as `no_socket`) a frame for a port on which it
     /// has no queue.

@@ -47,9 +47,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         None
     } else {
         let cfg = opts.config.clone();
+        // The whole cause chain, down to the errno (`{:#}` at the binary's edge).
         let e = tokio::task::spawn_blocking(move || Enforcer::start(&cfg))
             .await?
-            .map_err(|e| anyhow::anyhow!("cannot start the dataplane: {e:#}"))?;
+            .map_err(|e| anyhow::Error::new(e).context("cannot start the dataplane"))?;
         Some(e)
     };
 

@@ -155,7 +155,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 /// `ports[].queues` is honoured, and an interface with more RX queues than are bound
 /// is refused at start-up with an error naming it (frames on the unbound queue would
-/// bypass enforcement).
+/// escape the dataplane).
 #[test]
 fn run_binds_the_configured_queues_and_refuses_an_unbound_one() {
     if dataplane::testing::root::skip(&[]) {
@@ -245,4 +245,93 @@ fn root_check_script_skips_or_fails_as_required() {
             "{out}"
         );
     }
+}
+
+/// Capability numbers (`include/uapi/linux/capability.h`) of the names a DaemonSet may add.
+fn capability_bit(name: &str) -> u32 {
+    match name {
+        "NET_ADMIN" => 12,
+        "NET_RAW" => 13,
+        "IPC_LOCK" => 14,
+        "SYS_ADMIN" => 21,
+        "SYS_RESOURCE" => 24,
+        "PERFMON" => 38,
+        "BPF" => 39,
+        other => panic!("capability {other}: add its number here"),
+    }
+}
+
+/// The daemon binds its sockets with exactly the capabilities `deploy/daemonset.yaml`
+/// grants, read from the manifest so the two cannot drift: UID 0 with every other
+/// capability dropped (bounding, permitted and effective sets; no inheritable or
+/// ambient ones), no_new_privs when `allowPrivilegeEscalation: false`, and a 64 KiB
+/// memlock limit like a container runtime's default (CAP_IPC_LOCK must cover the UMEM).
+#[test]
+fn the_daemon_binds_with_exactly_the_daemonset_capabilities() {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    if dataplane::testing::root::skip(&["setpriv", "prlimit"]) {
+        return;
+    }
+    let _serial = serial();
+    let manifest = format!("{}/../deploy/daemonset.yaml", env!("CARGO_MANIFEST_DIR"));
+    let ds: DaemonSet = serde_yaml::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    let container = &ds.spec.template.spec.expect("pod spec").containers[0];
+    let sc = container.security_context.clone().expect("securityContext");
+    let caps = sc.capabilities.expect("capabilities");
+    assert_eq!(caps.drop, Some(vec!["ALL".to_string()]), "the test assumes drop: [ALL]");
+    let added = caps.add.unwrap_or_default();
+    assert!(!added.is_empty());
+    assert_eq!(sc.run_as_user, Some(0), "the test runs the daemon as UID 0, as the manifest does");
+    let bounding: Vec<String> = added.iter().map(|c| format!("+{}", c.to_ascii_lowercase())).collect();
+    let mask: u64 = added.iter().map(|c| 1u64 << capability_bit(c)).sum();
+
+    let links = Links::new("c", 1);
+    let h = links.host.clone();
+    let status = free_port();
+    let config = links.dir.join("config.yaml");
+    std::fs::write(&config, format!("ports: [{{interface: {h}}}]\nxdp: {{attach: native}}\n")).unwrap();
+    let mut argv: Vec<String> =
+        ["prlimit", "--memlock=65536:65536", "--", "setpriv", "--inh-caps=-all", "--ambient-caps=-all"]
+            .map(String::from)
+            .to_vec();
+    argv.push(format!("--bounding-set=-all,{}", bounding.join(",")));
+    if sc.allow_privilege_escalation == Some(false) {
+        argv.push("--no-new-privs".into());
+    }
+    argv.extend(["--", EXE, "run", "--log-format", "text", "--manifests"].map(String::from));
+    argv.push(links.dir.join("manifests").to_string_lossy().into_owned());
+    argv.extend(["--config".into(), config.to_string_lossy().into_owned()]);
+    argv.extend(["--status-address".into(), format!("127.0.0.1:{status}")]);
+    let child =
+        Command::new(&argv[0]).args(&argv[1..]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut d = Daemon { child };
+
+    let t = Instant::now();
+    while get(status, "/readyz").is_none_or(|r| r.0 != 200) {
+        if let Some((st, err)) = d.exit_within(Duration::from_millis(100)) {
+            panic!("the daemon did not start with the DaemonSet's capabilities {added:?} ({st}):\n{err}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "timed out waiting for /readyz");
+    }
+    // It runs with exactly those capabilities (setpriv execs, so the pid is the daemon's).
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
+    let cap = |k: &str| {
+        let line = proc_status.lines().find(|l| l.starts_with(k)).unwrap();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    assert_eq!(
+        (cap("CapEff:"), cap("CapPrm:"), cap("CapBnd:"), cap("CapInh:"), cap("CapAmb:")),
+        (mask, mask, mask, 0, 0),
+        "{proc_status}"
+    );
+    assert!(proc_status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")));
+    // Its sockets are bound, and its XDP program is on the port.
+    let s: serde_json::Value = serde_json::from_str(&get(status, "/status").unwrap().1).unwrap();
+    assert_eq!(s["dataplane"]["bindings"], serde_json::json!([{"worker": 0, "port": h, "queue": 0}]), "{s}");
+    let link = sh(&["ip", "link", "show", &h]).unwrap();
+    assert!(link.contains("xdp"), "{link}");
+    // SIGTERM: it stops and nothing is left on the port.
+    d.terminate();
+    let link = sh(&["ip", "link", "show", &h]).unwrap();
+    assert!(!link.contains("xdp"), "{link}");
 }

@@ -1,5 +1,9 @@
 //! A port: one network interface, served with one AF_XDP socket per queue.
 //!
+//! Opening a port attaches the dataplane's own XDP program to it (`xsk/prog.rs`:
+//! redirect each queue to its socket, drop what has no socket); the program
+//! stays attached as long as a clone of the [`Port`] lives.
+//!
 //! The sockets of a port are spread over the workers: a port bound on `q`
 //! queues has them bound by workers `0..q`, worker `i` on queue `i` (see
 //! `worker.rs`). This module only knows the interface: its index, how many RX
@@ -9,9 +13,10 @@
 //! # Every RX queue is bound, or the port is refused
 //!
 //! The XDP program redirects a frame to the socket of the queue it arrived
-//! on; a queue with no socket gets `XDP_PASS` (libxdp's default program:
-//! `bpf_redirect_map(&xsks_map, ctx->rx_queue_index, XDP_PASS)`), so its
-//! frames reach the kernel's stack and bypass enforcement. [`Port::open`]
+//! on. For a queue with no socket, libxdp's default program
+//! (`bpf_redirect_map(&xsks_map, ctx->rx_queue_index, XDP_PASS)`) would pass
+//! the frame to the kernel's stack, bypassing enforcement; ours drops it
+//! (`xsk/prog.rs`), so that traffic would be lost silently. [`Port::open`]
 //! therefore refuses an interface that has more RX queues (counted as the
 //! `rx-N` entries of `/sys/class/net/<if>/queues`, which is the kernel's
 //! `real_num_rx_queues`: RX plus combined channels) than are bound. Queue
@@ -19,6 +24,7 @@
 //! `docs/deployment.md`.
 
 use std::io;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -48,10 +54,11 @@ pub enum PortError {
         source: io::Error,
     },
     /// The interface has more RX queues than are bound: frames arriving on
-    /// the others would bypass enforcement.
+    /// the others would not be enforced (dropped by our XDP program; passed
+    /// to the kernel's stack by libxdp's).
     #[error(
         "port {ifname} has {rx_queues} RX queues but only {bound} would be bound (queues 0..{bound}): \
-         frames on the others would bypass enforcement; bind them all (ports[].queues, with as many \
+         frames on the others would escape the dataplane; bind them all (ports[].queues, with as many \
          workers) or reduce the interface's queues (ethtool -L {ifname} combined {bound}, or rx {bound})"
     )]
     UnboundQueues {
@@ -72,6 +79,15 @@ pub enum PortError {
         /// RX queues the interface has.
         rx_queues: u32,
     },
+    /// Attaching the dataplane's XDP program failed.
+    #[error("attaching the XDP program to port {ifname}")]
+    Program {
+        /// Interface.
+        ifname: String,
+        /// The error.
+        #[source]
+        source: xsk::ProgramError,
+    },
     /// Clearing a stale XDP program failed.
     #[error("clearing the XDP program of port {ifname}")]
     Detach {
@@ -84,7 +100,7 @@ pub enum PortError {
 }
 
 /// A network interface the dataplane switches between.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Port {
     /// Index in the dataplane's port list (what the pipeline sees).
     pub id: PortId,
@@ -96,12 +112,16 @@ pub struct Port {
     pub queues: u32,
     /// RX queues the interface has (equal to `queues`: see the module doc).
     pub rx_queues: u32,
+    /// The XDP program attached to the interface; detached when the last
+    /// clone of the port is dropped.
+    pub program: Arc<xsk::XdpProgram>,
 }
 
 impl Port {
     /// Looks up interface `name`, checks that binding `queues` queues
-    /// (`None`: as many as it has) covers every RX queue it has, and removes
-    /// any XDP program attached to it: a port owns its interface's XDP hook.
+    /// (`None`: as many as it has) covers every RX queue it has, removes any
+    /// XDP program attached to it (a port owns its interface's XDP hook) and
+    /// attaches the dataplane's.
     pub fn open(id: PortId, name: &str, attach: AttachMode, queues: Option<u32>) -> Result<Port, PortError> {
         let ifindex =
             xsk::if_index(name).map_err(|source| PortError::NoInterface { ifname: name.into(), source })?;
@@ -109,7 +129,9 @@ impl Port {
         let queues = queues.unwrap_or(rx);
         check_queues(name, queues, rx)?;
         xsk::detach_xdp(name, attach).map_err(|source| PortError::Detach { ifname: name.into(), source })?;
-        Ok(Port { id, name: name.to_string(), ifindex, queues, rx_queues: rx })
+        let program = xsk::XdpProgram::attach(name, ifindex, queues, attach)
+            .map_err(|source| PortError::Program { ifname: name.into(), source })?;
+        Ok(Port { id, name: name.to_string(), ifindex, queues, rx_queues: rx, program: Arc::new(program) })
     }
 }
 

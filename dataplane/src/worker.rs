@@ -46,7 +46,7 @@ pub struct DataplaneConfig {
     /// queues `0..queues[p]`, by workers `0..queues[p]`. A missing entry
     /// (default: the list is empty) means every RX queue the interface has.
     /// Start fails when an interface has more RX queues than are bound
-    /// (their frames would bypass enforcement) or fewer than asked for.
+    /// (their frames would escape the dataplane) or fewer than asked for.
     pub queues: Vec<u32>,
     /// Number of workers; 0 means one per queue of the port with most queues.
     /// Must be at least that many.
@@ -267,7 +267,7 @@ impl Worker {
         let mut sockets = Vec::with_capacity(mine.len());
         let mut socket_of_port = vec![None; ports.len()];
         for p in &mine {
-            let s = XskSocket::bind(&mut umem, &p.name, queue, &cfg.xsk)
+            let s = XskSocket::bind_to(&mut umem, &p.name, queue, &cfg.xsk, &p.program)
                 .map_err(|source| StartError::Bind { worker: index, source })?;
             socket_of_port[p.id as usize] = Some(sockets.len());
             sockets.push((p.id, s));
@@ -536,7 +536,7 @@ impl Dataplane {
             cfg.workers
         };
         // Worker i binds queue i: a queue with no worker would have no socket, and
-        // its frames would pass the XDP program to the kernel's stack unenforced.
+        // its frames would escape the dataplane (see `port.rs`).
         if let Some(p) = ports.iter().find(|p| p.queues as usize > workers) {
             return Err(StartError::Config {
                 reason: format!(
@@ -574,7 +574,7 @@ impl Dataplane {
                 .map_err(|e| StartError::Thread { worker: index, source: e.into() })?,
             );
             dp.waker.fds.push(wake.clone());
-            let (ports, cfg, pcfg, tables, stop, io2, pc2) = (
+            let (thread_ports, cfg, pcfg, tables, stop, io2, pc2) = (
                 ports.clone(),
                 cfg.clone(),
                 pcfg.clone(),
@@ -593,7 +593,7 @@ impl Dataplane {
                     let started = Pipeline::try_new(&pcfg, tables, pc2)
                         .map(|p| p.with_worker(index).with_deny_log(deny_log))
                         .map_err(StartError::from)
-                        .and_then(|pipeline| Worker::new(index, &ports, &cfg, pipeline, io2, wake));
+                        .and_then(|pipeline| Worker::new(index, &thread_ports, &cfg, pipeline, io2, wake));
                     match started {
                         Ok(mut w) => {
                             let bound = w
@@ -616,10 +616,14 @@ impl Dataplane {
             match ready_rx.recv() {
                 Ok(Ok(bound)) => dp.bindings.extend(bound),
                 Ok(Err(e)) => {
+                    // Our clones of the ports go first, so that shutting down
+                    // closes the last descriptors of their XDP links.
+                    drop(ports);
                     dp.shutdown();
                     return Err(e);
                 }
                 Err(_) => {
+                    drop(ports);
                     dp.shutdown();
                     return Err(StartError::Thread {
                         worker: index,
@@ -692,9 +696,9 @@ impl Dataplane {
         total
     }
 
-    /// Stops the workers, closes every socket (libxdp removes the XDP program
-    /// it loaded with the last socket of an interface) and makes sure no XDP
-    /// program is left on the ports.
+    /// Stops the workers, closes every socket, closes the ports' XDP links
+    /// (which detaches their programs) and makes sure no XDP program is left
+    /// on the ports.
     pub fn shutdown(mut self) {
         self.stop_workers();
     }
@@ -704,8 +708,12 @@ impl Dataplane {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        for p in &self.ports {
-            let _ = xsk::detach_xdp(&p.name, self.attach);
+        // The workers' clones of the ports are gone with their threads; dropping
+        // these closes the last descriptors of the XDP links, which detaches the
+        // programs. Then make sure nothing else is left on the interfaces.
+        let names: Vec<String> = self.ports.drain(..).map(|p| p.name).collect();
+        for name in names {
+            let _ = xsk::detach_xdp(&name, self.attach);
         }
     }
 }

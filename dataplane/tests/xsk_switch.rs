@@ -274,7 +274,7 @@ fn each_port_is_bound_on_its_queues() {
 }
 
 /// An interface with more RX queues than are bound is refused, naming it: frames on
-/// the unbound queue would reach the kernel's stack without enforcement.
+/// the unbound queue would escape the dataplane.
 #[test]
 fn an_interface_with_an_unbound_queue_is_refused() {
     if skip() {

@@ -27,10 +27,12 @@
 //!
 //! A dropped [`Frame`] is not unsafe, only lost: the frame leaves circulation.
 
+mod prog;
 mod socket;
 mod sys;
 mod umem;
 
+pub use prog::XdpProgram;
 pub use socket::{Sent, XskSocket, XskStatistics};
 pub use sys::{if_index, Poller};
 pub use umem::{Frame, Frames, Umem};
@@ -180,6 +182,17 @@ pub enum BindError {
         #[source]
         source: xsk_rs::socket::SocketCreateError,
     },
+    /// The socket could not be added to the port's XDP program map.
+    #[error("{ifname} queue {queue}: adding the socket to the XDP program's map")]
+    Program {
+        /// Interface.
+        ifname: String,
+        /// Queue id.
+        queue: u32,
+        /// The error.
+        #[source]
+        source: ProgramError,
+    },
     /// The kernel did not give this socket its own fill and completion rings.
     #[error("{ifname} queue {queue}: no fill/completion rings were created for the socket")]
     NoFillRing {
@@ -188,6 +201,21 @@ pub enum BindError {
         /// Queue id.
         queue: u32,
     },
+}
+
+/// Loading or attaching the dataplane's XDP program, or adding a socket to its
+/// map, failed (see `prog.rs`; EPERM usually means a missing capability:
+/// CAP_BPF and CAP_NET_ADMIN are needed).
+#[derive(Debug, Error)]
+#[error("XDP program of {ifname}: {call} failed")]
+pub struct ProgramError {
+    /// Interface.
+    pub ifname: String,
+    /// The operation, e.g. `"bpf(BPF_PROG_LOAD, XDP)"`.
+    pub call: &'static str,
+    /// The errno.
+    #[source]
+    pub source: io::Error,
 }
 
 /// Detaching an XDP program from an interface failed.

@@ -9,6 +9,7 @@ use std::time::Instant;
 use xsk_rs::config::{BindFlags, Interface, LibxdpFlags, QueueSize, SocketConfig, XdpFlags};
 use xsk_rs::{CompQueue, FillQueue, RxQueue, TxQueue};
 
+use super::prog::XdpProgram;
 use super::sys;
 use super::umem::{Frames, Umem};
 use super::{AttachMode, BindError, CopyMode, SyscallError, XskConfig};
@@ -62,7 +63,36 @@ impl XskSocket {
     /// Creates a socket on `ifname` queue `queue` with `umem`'s memory, loading
     /// libxdp's redirect program on the interface if none is there yet.
     /// Retries for `cfg.bind_retry` while the kernel answers EBUSY.
+    ///
+    /// libxdp's program path needs CAP_SYS_ADMIN (see `prog.rs`); the
+    /// dataplane uses [`bind_to`](Self::bind_to). This one is for tools that run
+    /// as full root (the traffic generators).
     pub fn bind(umem: &mut Umem, ifname: &str, queue: u32, cfg: &XskConfig) -> Result<XskSocket, BindError> {
+        Self::create(umem, ifname, queue, cfg, None)
+    }
+
+    /// Creates a socket on `ifname` queue `queue` with `umem`'s memory and adds
+    /// it to `program`, the port's own XDP program (attached to `ifname`), which
+    /// then redirects that queue's frames to it. Loads nothing: needs only
+    /// CAP_NET_RAW for the socket. Retries for `cfg.bind_retry` while the
+    /// kernel answers EBUSY.
+    pub fn bind_to(
+        umem: &mut Umem,
+        ifname: &str,
+        queue: u32,
+        cfg: &XskConfig,
+        program: &XdpProgram,
+    ) -> Result<XskSocket, BindError> {
+        Self::create(umem, ifname, queue, cfg, Some(program))
+    }
+
+    fn create(
+        umem: &mut Umem,
+        ifname: &str,
+        queue: u32,
+        cfg: &XskConfig,
+        program: Option<&XdpProgram>,
+    ) -> Result<XskSocket, BindError> {
         let config_err = |reason: String| BindError::Config { ifname: ifname.to_string(), queue, reason };
         let ifindex = sys::if_index(ifname).map_err(|e| config_err(format!("no such interface: {e}")))?;
         if umem.bound.contains(&(ifindex, queue)) {
@@ -85,7 +115,11 @@ impl XskSocket {
         let config = SocketConfig::builder()
             .rx_queue_size(QueueSize::new(cfg.rx_ring).map_err(|e| config_err(e.to_string()))?)
             .tx_queue_size(QueueSize::new(cfg.tx_ring).map_err(|e| config_err(e.to_string()))?)
-            .libxdp_flags(LibxdpFlags::empty())
+            .libxdp_flags(if program.is_some() {
+                LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD
+            } else {
+                LibxdpFlags::empty()
+            })
             .xdp_flags(xdp)
             .bind_flags(bind)
             .build();
@@ -96,7 +130,8 @@ impl XskSocket {
             // SAFETY: `Socket::new` requires INHIBIT_PROG_LOAD when the UMEM
             // already has a socket on this (interface, queue) pair; `bound`
             // records every pair bound from this UMEM and the pair was checked
-            // absent above, so the program-loading path is the right one.
+            // absent above, so either path (loading libxdp's program, or
+            // INHIBIT_PROG_LOAD with our own program) is allowed.
             match unsafe { xsk_rs::Socket::new(config, &umem.inner, &iface, queue) } {
                 Ok(s) => break s,
                 Err(e) if is_busy(&e) && Instant::now() < deadline => {
@@ -108,6 +143,13 @@ impl XskSocket {
             }
         };
         let (fq, cq) = rings.ok_or_else(|| BindError::NoFillRing { ifname: ifname.to_string(), queue })?;
+        if let Some(p) = program {
+            p.insert(queue, rx.fd().as_raw_fd()).map_err(|source| BindError::Program {
+                ifname: ifname.to_string(),
+                queue,
+                source,
+            })?;
+        }
         umem.bound.push((ifindex, queue));
         // Copy mode must be kicked; so must Auto, which is copy mode on any
         // driver without zero-copy support and costs one cheap syscall
