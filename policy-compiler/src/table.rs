@@ -1,28 +1,40 @@
 //! The compiled decision table and its lookup.
 //!
 //! ```text
-//!  src IP ──hash──▶ pod entry ─┐                        ┌─▶ egress side of src  ─┐
-//!     (miss: CIDR class)       ├─ identities, sides ────┤                        ├─▶ Verdict
-//!  dst IP ──hash──▶ pod entry ─┘                        └─▶ ingress side of dst ─┘
+//!  src IP ──hash──▶ pod entry ─┐                           ┌─▶ egress side of src  ─┐
+//!     (miss: CIDR class)       ├─ side ids, identity block ┤                        ├─▶ Verdict
+//!  dst IP ──hash──▶ pod entry ─┘       and bit             └─▶ ingress side of dst ─┘
 //!
-//!  side check = side.any ∪ side.any_pod ∪ map[(side, Identity)] ∪ map[(side, Namespace)]
-//!               ∪ map[(side, CidrClass)]  — each a small port set, tested in order
+//!  side check, pod peer:     slot = side's table[identity block];
+//!                            set  = slot's set if the peer's bit is in slot.mask, else side.pod_any
+//!                            (then, only for a pod IP inside an ipBlock, table[CIDR class])
+//!  side check, non-pod peer: set  = side's table[CIDR class], else side.any
+//!  — one probe and one scan of a few port entries; the first matching entry names the rule
 //! ```
 //!
 //! Port sets are interned: identical sets (same entries, same rules) are
-//! stored once, and the map's values are ranges into one flat array.
+//! stored once, back to back in one array, each ended by a marker. Every set
+//! a side stores starts with the entries tested before it (rules without
+//! peers, then peers matching every pod), so one scan gives the first match.
 //!
 //! Compile-time equivalence classes keep the table small:
 //! - *identity*: pods with the same namespace and labels (selectors cannot tell them apart);
+//! - *identity block*: up to 64 identities of one namespace, one bit each; a
+//!   selector peer resolves to (block, mask) pairs, so a peer matching 1,700
+//!   identities in 80 namespaces costs about 80 keys per side, not 1,700, and a
+//!   whole namespace costs one key per block;
 //! - *side*: identities selected by the same list of policies in one direction share
 //!   one side, so a policy selecting many pods is expanded once;
 //! - *CIDR class*: addresses contained in the same set of `ipBlock`s (after `except`),
 //!   computed separately for ingress and egress rules (an ingress side never
 //!   meets an egress rule's block, so those need not split its classes).
 //!
-//! A lookup is two IP hash probes, then per side at most three hash probes and
-//! the scan of the few port entries found: no step depends on the number of
-//! policies or pods. See `docs/architecture.md`.
+//! A lookup is two IP hash probes, then per isolated side one read of the side
+//! entry, a one-word Bloom filter test, at most one probe of the side's own
+//! open-addressing table (usually one cache line) and the scan of the few
+//! port entries found: no step depends on the number of policies or pods
+//! (only a non-pod address's CIDR class is a binary search over the ipBlock
+//! boundaries). See `docs/architecture.md`.
 
 use std::net::IpAddr;
 

@@ -41,8 +41,14 @@ fn tcp(lo: u16, hi: u16) -> PortMatch {
     PortMatch::Range { protocol: Protocol::Tcp, lo, hi }
 }
 
+/// Pods of the policy's own namespace `ns` (no `namespaceSelector`).
 fn pods_in(ns: &str, pods: Selector) -> Peer {
     Peer::Pods { namespaces: NamespaceMatch::Own(ns.into()), pods }
+}
+
+/// Pods of another namespace, selected by its name label.
+fn pods_of(ns: &str, pods: Selector) -> Peer {
+    Peer::Pods { namespaces: NamespaceMatch::Selector(sel_in(NAMESPACE_NAME_LABEL, &[ns])), pods }
 }
 
 fn any_ns(pods: Selector) -> Peer {
@@ -124,7 +130,7 @@ fn cluster() -> Cluster {
             Vec::new(),
             vec![
                 Rule { peers: vec![pods_in("big", sel_in("k", &["2"]))], ports: vec![tcp(80, 80)] },
-                Rule { peers: vec![pods_in("small", Selector::everything())], ports: Vec::new() },
+                Rule { peers: vec![pods_of("small", Selector::everything())], ports: Vec::new() },
                 Rule { peers: vec![any_ns(sel_in("m", &["0", "3"]))], ports: vec![tcp(83, 83)] },
             ],
         ),
@@ -133,7 +139,7 @@ fn cluster() -> Cluster {
             "from-big",
             Selector::everything(),
             vec![
-                Rule { peers: vec![pods_in("big", sel_in("m", &["0"]))], ports: vec![tcp(80, 80)] },
+                Rule { peers: vec![pods_of("big", sel_in("m", &["0"]))], ports: vec![tcp(80, 80)] },
                 Rule {
                     peers: vec![any_ns(Selector::everything())],
                     ports: vec![PortMatch::Named { protocol: Protocol::Tcp, name: "http".into() }],
