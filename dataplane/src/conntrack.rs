@@ -54,11 +54,19 @@
 //! to open a connection backwards through an entry): the entry is dropped and
 //! the SYN is evaluated by policy. **Mid-stream pickup** (a non-SYN packet
 //! without entry, after an agent restart or an idle timeout) is allowed when
-//! policy allows the connection in *either* orientation — the packet may be a
-//! reply — and creates an Established entry oriented as the allowing
-//! direction, still counted embryonic until the other side speaks. It can be
-//! turned off (`loose_tcp = false`), then such packets drop as
-//! [`CtDrop::NoConnection`].
+//! policy allows a connection *from the packet's source* to its destination,
+//! as Linux conntrack's loose pickup followed by rules on `ct state new`
+//! does; the entry is Established, oriented as the packet, and counted
+//! embryonic until the other side speaks. A packet that policy allows only as
+//! a *reply* (the reverse orientation) is dropped as
+//! [`CtDrop::NoConnection`]: without state nothing
+//! tells a genuine reply from a forged one, and passing it would deliver
+//! segments of a denied flow (an ACK scan through the enforcer maps the
+//! denied ports). The cost: after a restart, a connection whose responder
+//! speaks first waits for its initiator's next segment (a retransmission,
+//! an ACK or a keepalive); [`Conntrack::with_reverse_pickup`] restores the
+//! permissive behaviour for nodes that prefer it. Pickup can be turned off
+//! (`loose_tcp = false`), then such packets drop as [`CtDrop::NoConnection`].
 //!
 //! **Revocation.** Every entry stores the table generation it was checked
 //! against. A hit on an entry from an older generation re-checks the
@@ -204,7 +212,8 @@ pub enum CtDrop {
     Revoked,
     /// No entry, policy allows, but the table is full of live connections.
     Full,
-    /// A TCP packet without SYN and without entry while loose pickup is off.
+    /// A TCP packet without SYN and without entry that is not picked up (pickup
+    /// off, or allowed by policy only as a reply).
     NoConnection,
 }
 
@@ -357,6 +366,7 @@ pub struct Conntrack {
     hasher: DefaultHashBuilder,
     timeouts: TimeoutsNs,
     loose_tcp: bool,
+    reverse_pickup: bool,
     reclaim_cursor: usize,
     expire_cursor: usize,
     revalidate_cursor: usize,
@@ -377,11 +387,20 @@ impl Conntrack {
             hasher: DefaultHashBuilder::default(),
             timeouts: TimeoutsNs::new(timeouts),
             loose_tcp,
+            reverse_pickup: false,
             reclaim_cursor: 0,
             expire_cursor: 0,
             revalidate_cursor: 0,
             stats: CtStats::default(),
         }
+    }
+
+    /// Also picks up a mid-stream TCP packet that policy allows only in the
+    /// reverse orientation, as the reply of a connection its destination
+    /// opened (see the module documentation for the risk). Default off.
+    pub fn with_reverse_pickup(mut self, on: bool) -> Self {
+        self.reverse_pickup = on;
+        self
     }
 
     /// Maximum number of connections.
@@ -531,10 +550,13 @@ impl Conntrack {
                     return Outcome::Drop(CtDrop::Policy);
                 }
                 if f.rst() {
-                    // Nothing to track: the connection is over.
+                    // Nothing to track: the connection is over (a reset of a
+                    // connection either side may have opened ends nothing else).
                     return Outcome::Pass(CtPass::Untracked);
                 }
-                if !self.loose_tcp {
+                if !self.loose_tcp || (backward && !self.reverse_pickup) {
+                    // Not picked up: no pickup at all, or a reply-only segment
+                    // that may be forged (module documentation).
                     return Outcome::Drop(CtDrop::NoConnection);
                 }
                 (State::Established, forward, true)
@@ -889,11 +911,22 @@ mod tests {
     }
 
     #[test]
-    fn pickup_orients_by_policy() {
+    fn pickup_follows_the_packet_unless_reverse_pickup_is_on() {
         let p = ToServer::new();
-        let mut ct = Conntrack::new(16, &Timeouts::default(), true);
-        // The first packet seen is the server's reply: allowed backwards.
+        // By default a mid-stream packet is judged in its own direction: the
+        // server's segment, allowed only as a reply, is dropped and tracks nothing.
+        let mut strict = Conntrack::new(16, &Timeouts::default(), true);
         let reply = tcp(S, 80, C, 40000, F::ACK);
+        assert_eq!(strict.packet(&reply, &p, 1, 0), Outcome::Drop(CtDrop::NoConnection));
+        assert!(strict.is_empty());
+        // The client's segment picks the connection up; then the server's passes as its reply.
+        let data = tcp(C, 40000, S, 80, F::ACK);
+        assert_eq!(strict.packet(&data, &p, 1, 0), Outcome::Pass(CtPass::PickedUp));
+        assert_eq!(strict.get(&data.flow).unwrap().original, data.flow);
+        assert_eq!(strict.packet(&reply, &p, 1, 0), Outcome::Pass(CtPass::Tracked));
+
+        let mut ct = Conntrack::new(16, &Timeouts::default(), true).with_reverse_pickup(true);
+        // With reverse pickup the first packet seen may be the server's reply: allowed backwards.
         assert_eq!(ct.packet(&reply, &p, 1, 0), Outcome::Pass(CtPass::PickedUp));
         let i = ct.get(&reply.flow).unwrap();
         assert_eq!(i.original, reply.flow.reversed());

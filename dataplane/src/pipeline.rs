@@ -101,7 +101,8 @@ pub enum DropReason {
     FragmentNoFirst,
     /// Policy allows the new connection but the connection table is full.
     ConntrackFull,
-    /// TCP without SYN and without connection, with loose pickup off.
+    /// TCP without SYN and without connection, not picked up: pickup is off,
+    /// or policy allows it only as a reply (which may be forged; see conntrack).
     TcpNoConnection,
     /// The destination MAC is on the ingress port (L2 filtering).
     SamePort,
@@ -206,6 +207,10 @@ pub struct PipelineConfig {
     /// when policy allows them in either direction. Default true; false
     /// drops non-SYN packets without a connection.
     pub loose_tcp: bool,
+    /// Also pick up a mid-stream TCP packet that policy allows only as a reply
+    /// (the reverse orientation). Default false: such a packet is dropped,
+    /// because it may be forged (see [`crate::conntrack`]).
+    pub tcp_reverse_pickup: bool,
     /// Fragmented datagrams remembered per worker. Default 1024.
     pub fragment_capacity: usize,
     /// How long a first fragment's verdict applies to later fragments, seconds. Default 30
@@ -237,6 +242,7 @@ impl Default for PipelineConfig {
             conntrack_capacity: 65_536,
             timeouts: Timeouts::default(),
             loose_tcp: true,
+            tcp_reverse_pickup: false,
             fragment_capacity: 1024,
             fragment_timeout: 30,
             mac_capacity: 4096,
@@ -355,7 +361,8 @@ impl Pipeline {
         }
         let mut cache = Cache::new(tables);
         let current = Arc::clone(cache.load());
-        let conntrack = Conntrack::new(cfg.conntrack_capacity, &cfg.timeouts, cfg.loose_tcp);
+        let conntrack = Conntrack::new(cfg.conntrack_capacity, &cfg.timeouts, cfg.loose_tcp)
+            .with_reverse_pickup(cfg.tcp_reverse_pickup);
         Ok(Pipeline {
             tables: cache,
             conntrack,
