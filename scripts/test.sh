@@ -10,3 +10,9 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc
+# Real packets under load (root): Portcullis, the no-enforcement ceiling and the kernel's
+# nftables shapes with N = 100 policies, paced so that every allowed frame must arrive and
+# no denied one may (the full side-by-side measurement is the same script without --quick).
+benches/e2e/side-by-side.sh --quick
+# The same for TCP over IPv6: mid-stream ACK segments of a denied flow must not pass either.
+FAMILY=6 PROTO=tcp benches/e2e/side-by-side.sh --quick

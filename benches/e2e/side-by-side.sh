@@ -26,7 +26,8 @@
 #
 # Environment: POLICIES, FLOWS, SECS (per run), ROUNDS, PODS (generated pods, default 1000), DENY
 # (percent, default 10), FAMILY (4 or 6), PROTO (udp or tcp), PPS (0 = unpaced), CONFIGS,
-# OUT (markdown table file, default target/side-by-side.md). Needs root; everything it creates
+# OUT (markdown table file, default target/side-by-side.md), STATUS_DIR (keep the daemon's
+# /status after each Portcullis run there, for its counters). Needs root; everything it creates
 # lives in namespaces named pcb-* and is removed at the end, also after a failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -48,15 +49,10 @@ CONFIGS="${CONFIGS:-portcullis noenforce kernel-linear kernel-sets}"
 OUT="${OUT:-target/side-by-side.md}"
 STATUS_PORT=19878
 
-if [ "$(id -u)" != 0 ]; then
-    echo "SKIP: side-by-side needs root (network namespaces, AF_XDP, nftables)" >&2
-    exit 0
-fi
-if ! ip netns add pcb-probe 2>/dev/null; then
-    echo "FAIL: root but cannot create a network namespace" >&2
-    exit 1
-fi
-ip netns del pcb-probe
+# Root, `ip` and a real network namespace, or SKIP (a failure under PORTCULLIS_REQUIRE_ROOT_TESTS=1).
+rc=0
+scripts/root-check.sh "side-by-side" || rc=$?
+case $rc in 0) ;; 2) exit 0 ;; *) exit 1 ;; esac
 
 cargo build --release -q -p control --bin portcullis -p portcullis-benches --bin pcl-load
 P="$PWD/target/release/portcullis"
@@ -168,7 +164,6 @@ start_kernel() { # n shape
         ip netns exec pcb-node sysctl -q net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1
     fi
     ip netns exec pcb-node nft delete table inet portcullis_bench 2>/dev/null || true
-    ip netns exec pcb-node conntrack -F 2>/dev/null || true
     "$L" nft --policies "$1" --pods "$PODS" --shape "$2" --out "$WORK/rules.nft" >"$WORK/rules.json"
     local t0 t1
     t0=$(date +%s.%N)
@@ -201,6 +196,10 @@ measure() { # config n flows
     sleep 0.3
     b1=$(busy_jiffies)
     p1=0; [ -n "$DAEMON" ] && p1=$(proc_jiffies "$DAEMON")
+    if [ -n "${STATUS_DIR:-}" ] && [ -n "$DAEMON" ]; then
+        mkdir -p "$STATUS_DIR"
+        http_get /status | sed '1,/^\r\?$/d' >"$STATUS_DIR/$config-$n-$flows.json"
+    fi
     local got_a got_d
     got_a=$(sink_count allowed)
     got_d=$(sink_count denied)

@@ -129,7 +129,8 @@ impl FlowPlan {
             let j = (k / 100) * u64::from(self.deny_percent) + u64::from(in_hundred);
             (Class::Denied, self.denied, j, DENIED_PORTS.0)
         } else {
-            let j = (k / 100) * u64::from(100 - self.deny_percent) + u64::from(in_hundred - self.deny_percent);
+            let j =
+                (k / 100) * u64::from(100 - self.deny_percent) + u64::from(in_hundred - self.deny_percent);
             (Class::Allowed, self.allowed, j, ALLOWED_PORTS.0)
         };
         let flow = (i % u64::from(n.max(1))) as u32;
@@ -175,7 +176,14 @@ impl Template {
     /// Ethernet + IP + UDP/TCP from `src` to `dst` (both of one family), padded
     /// to at least `size` bytes (64 fits IPv4 and UDP over IPv6; TCP over IPv6
     /// needs 74).
-    pub fn new(src_mac: [u8; 6], dst_mac: [u8; 6], src: IpAddr, dst: IpAddr, l4: L4, size: usize) -> Template {
+    pub fn new(
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        src: IpAddr,
+        dst: IpAddr,
+        l4: L4,
+        size: usize,
+    ) -> Template {
         let l4_len = match l4 {
             L4::Udp => 8,
             L4::Tcp => 20,
@@ -674,7 +682,8 @@ mod tests {
             let c = bench_cluster(n, 200);
             assert_eq!(c.policies.len(), n);
             let t = DecisionTable::compile(&c);
-            for (gen, sink) in [(GEN_IPS.0.into(), SINK_IPS.0.into()), (GEN_IPS.1.into(), SINK_IPS.1.into())] {
+            for (gen, sink) in [(GEN_IPS.0.into(), SINK_IPS.0.into()), (GEN_IPS.1.into(), SINK_IPS.1.into())]
+            {
                 for proto in [6, 17] {
                     for port in [ALLOWED_PORTS.0, ALLOWED_PORTS.1] {
                         assert!(t.verdict(gen, sink, proto, port).allowed(), "{n} {proto} {port}");
@@ -725,7 +734,13 @@ mod tests {
         } else {
             let s: [u8; 16] = frame[22..38].try_into().unwrap();
             let d: [u8; 16] = frame[38..54].try_into().unwrap();
-            (40, frame[20], IpAddr::from(s), IpAddr::from(d), usize::from(u16::from_be_bytes([frame[18], frame[19]])))
+            (
+                40,
+                frame[20],
+                IpAddr::from(s),
+                IpAddr::from(d),
+                usize::from(u16::from_be_bytes([frame[18], frame[19]])),
+            )
         };
         let l4 = &frame[14 + ip_len..14 + ip_len + seg];
         let mut pseudo = Vec::new();
