@@ -202,9 +202,18 @@ pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<Sou
     // What the owner has: compared with each new scan so that only differences are sent.
     let mut sent: HashMap<(Kind, String, String), Object> = HashMap::new();
     let mut last_report = String::new();
+    // Objects and conflicts change only when a file does: collected only then, not on
+    // every poll (a directory of 10,000 policies would be cloned five times a second).
+    let mut conflicts = Vec::new();
     loop {
         let changed = md.scan();
-        let (objs, conflicts) = md.objects();
+        let objs = if changed || first {
+            let (objs, c) = md.objects();
+            conflicts = c;
+            Some(objs)
+        } else {
+            None
+        };
         let report = format!(
             "{:?}{:?}{:?}",
             md.status().iter().map(|s| &s.errors).collect::<Vec<_>>(),
@@ -224,7 +233,7 @@ pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<Sou
                 return;
             }
         }
-        if changed || first {
+        if let Some(objs) = objs {
             let seen = Instant::now();
             let now: HashMap<(Kind, String, String), Object> =
                 objs.into_iter().map(|o| ((o.kind(), o.key().0, o.key().1), o)).collect();
