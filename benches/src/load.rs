@@ -157,6 +157,7 @@ pub struct Template {
     bytes: Vec<u8>,
     l4: usize,
     csum_at: Option<usize>,
+    udp: bool,
     /// One's-complement sum of the pseudo-header and segment with both ports zero.
     partial: u32,
 }
@@ -256,7 +257,7 @@ impl Template {
         let partial = sum16(&pseudo) + sum16(&f[l4_at..]);
         // UDP over IPv4 may go without a checksum (RFC 768); everything else needs one.
         let csum_at = (!(l4 == L4::Udp && src.is_ipv4())).then_some(csum_at);
-        Template { bytes: f, l4: l4_at, csum_at, partial }
+        Template { bytes: f, l4: l4_at, csum_at, udp: l4 == L4::Udp, partial }
     }
 
     /// Frame length.
@@ -278,8 +279,8 @@ impl Template {
         out[self.l4 + 2..self.l4 + 4].copy_from_slice(&dport.to_be_bytes());
         if let Some(at) = self.csum_at {
             let mut c = !fold(self.partial + u32::from(sport) + u32::from(dport));
-            if c == 0 && self.bytes[23.min(self.bytes.len() - 1)] == 17 {
-                c = 0xffff; // UDP: a computed zero is sent as all ones
+            if c == 0 && self.udp {
+                c = 0xffff; // UDP: a computed zero is sent as all ones (RFC 768, RFC 8200)
             }
             out[at..at + 2].copy_from_slice(&c.to_be_bytes());
         }
