@@ -50,6 +50,7 @@ pub mod pipeline;
 pub mod port;
 pub mod switch;
 pub mod testing;
+pub mod traffic;
 pub mod worker;
 #[allow(unsafe_code)]
 pub mod xsk;

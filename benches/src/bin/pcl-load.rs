@@ -11,10 +11,11 @@
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use dataplane::xsk::{AttachMode, CopyMode, Frames, Umem, XskConfig, XskSocket};
+use dataplane::traffic::transmit;
+use dataplane::xsk::{AttachMode, CopyMode, Umem, XskConfig, XskSocket};
 use portcullis_benches::load::{self, FlowPlan, Shape, Template, L4};
 
 #[derive(Parser)]
@@ -167,59 +168,14 @@ fn gen(a: &GenArgs) -> Result<serde_json::Value, String> {
     };
     let (mut umem, mut free) = Umem::new(&cfg, 4096).map_err(|e| e.to_string())?;
     let mut sock = XskSocket::bind(&mut umem, &a.ifname, 0, &cfg).map_err(|e| e.to_string())?;
-    let mut pending = Frames::with_capacity(&umem, cfg.tx_ring as usize);
-    let mut buf = [0u8; 256];
-    let start = Instant::now();
-    let until = start + Duration::from_secs_f64(a.seconds);
-    let mut next: u64 = 0; // frames built, in order; the TX ring takes them in this order
-    let mut rounds = 0u32;
-    let mut now = start;
-    loop {
-        rounds = rounds.wrapping_add(1);
-        if rounds.is_multiple_of(16) {
-            now = Instant::now();
-            if now >= until {
-                break;
-            }
-        }
-        sock.complete(&mut free);
-        let mut budget = pending.room() as u64;
-        if a.pps > 0 {
-            let due = (now.duration_since(start).as_secs_f64() * a.pps as f64) as u64;
-            budget = budget.min(due.saturating_sub(next));
-        }
-        for _ in 0..budget {
-            let Some(mut f) = free.pop() else { break };
-            let (_, sport, dport) = plan.frame(next);
-            t.write(&mut buf, sport, dport);
-            if !umem.write(&mut f, &buf[..t.len()]) {
-                return Err("frame does not fit a UMEM frame".into());
-            }
-            if let Err(f) = pending.push(f) {
-                let _ = free.push(f);
-                break;
-            }
-            next += 1;
-        }
-        sock.send(&mut pending);
-        let mut kicks = 0;
-        while kicks < 40 && sock.needs_kick() {
-            sock.kick().map_err(|e| e.to_string())?;
-            kicks += 1;
-        }
-        if a.pps > 0 && pending.is_empty() && sock.tx_outstanding() == 0 {
-            std::thread::sleep(Duration::from_micros(50));
-            now = Instant::now();
-        }
-    }
-    // Let the kernel take what is on the TX ring (in order), then count.
-    let drain_until = Instant::now() + Duration::from_secs(1);
-    while sock.tx_outstanding() > 0 && Instant::now() < drain_until {
-        let _ = sock.kick();
-        sock.complete(&mut free);
-    }
-    let secs = start.elapsed().as_secs_f64().min(a.seconds.max(1e-9));
-    let sent = next - pending.len() as u64 - u64::from(sock.tx_outstanding());
+    let duration = Duration::from_secs_f64(a.seconds.max(0.0));
+    let done = transmit(&umem, &mut free, &mut sock, cfg.tx_ring as usize, duration, a.pps, |k, buf| {
+        let (_, sport, dport) = plan.frame(k);
+        t.write(buf, sport, dport);
+        t.len()
+    })
+    .map_err(|e| e.to_string())?;
+    let (sent, secs) = (done.sent, done.seconds);
     let (allowed, denied) = classes(&plan, sent);
     Ok(serde_json::json!({
         "sent": sent, "allowed": allowed, "denied": denied, "seconds": secs,

@@ -10,10 +10,11 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
-use dataplane::xsk::{CopyMode, Frames, Umem, XskConfig, XskSocket};
+use dataplane::traffic::transmit;
+use dataplane::xsk::{CopyMode, Umem, XskConfig, XskSocket};
 use thiserror::Error;
 
 use super::cmd::{self, CommandError};
@@ -225,39 +226,13 @@ pub fn flood_send(args: &FloodSendArgs) -> Result<(), FloodError> {
     let gen = |e: &dyn std::fmt::Display| FloodError::Generator(e.to_string());
     let (mut umem, mut free) = Umem::new(&cfg, 4096).map_err(|e| gen(&e))?;
     let mut sock = XskSocket::bind(&mut umem, &args.ifname, 0, &cfg).map_err(|e| gen(&e))?;
-    let mut pending = Frames::with_capacity(&umem, cfg.tx_ring as usize);
-    let start = Instant::now();
-    let until = start + Duration::from_secs_f64(args.seconds);
-    let mut sent = 0u64;
-    let mut rounds = 0u32;
-    loop {
-        rounds = rounds.wrapping_add(1);
-        if rounds.is_multiple_of(64) && Instant::now() >= until {
-            break;
-        }
-        sock.complete(&mut free);
-        while pending.room() > 0 {
-            let Some(mut f) = free.pop() else { break };
-            // The completion ring hands frames back with length 0: rewrite.
-            if !umem.write(&mut f, &frame) {
-                return Err(FloodError::Generator("frame does not fit".into()));
-            }
-            if let Err(f) = pending.push(f) {
-                let _ = free.push(f);
-                break;
-            }
-        }
-        sent += sock.send(&mut pending) as u64;
-        let mut kicks = 0;
-        while kicks < 40 && sock.needs_kick() {
-            sock.kick().map_err(|e| gen(&e))?;
-            kicks += 1;
-        }
-    }
-    // What is still on the TX ring was not sent.
-    let left = u64::from(sock.tx_outstanding());
-    let secs = start.elapsed().as_secs_f64();
-    println!("{}", serde_json::json!({ "sent": sent.saturating_sub(left), "seconds": secs }));
+    let duration = Duration::from_secs_f64(args.seconds.max(0.0));
+    let done = transmit(&umem, &mut free, &mut sock, cfg.tx_ring as usize, duration, 0, |_, buf| {
+        buf[..frame.len()].copy_from_slice(&frame);
+        frame.len()
+    })
+    .map_err(|e| gen(&e))?;
+    println!("{}", serde_json::json!({ "sent": done.sent, "seconds": done.seconds }));
     Ok(())
 }
 
