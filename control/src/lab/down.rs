@@ -74,22 +74,27 @@ pub fn down(args: &DownArgs) -> Result<(), DownError> {
         }
     }
     // Host-side links `<prefix>h<digits>` (deleting one end removes the pair).
-    let links = cmd::run("ip", &["-o", "link", "show"]).unwrap_or_default();
-    for line in links.lines() {
-        let Some(name) = line.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap_or("")) else {
-            continue;
-        };
-        let Some(rest) = name.strip_prefix(&format!("{prefix}h")) else { continue };
-        if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        match cmd::run("ip", &["link", "del", name]) {
+    for name in host_links(&prefix) {
+        match cmd::run("ip", &["link", "del", &name]) {
             Ok(_) => removed += 1,
             // Deleting a namespace deletes its veth ends, and their peers
-            // with them, a moment later.
-            Err(e) if e.message.contains("Cannot find device") => {}
+            // with them, a moment later: the link may vanish between the
+            // listing and the delete. iproute2 words that two ways.
+            Err(e) if e.message.contains("Cannot find device") || e.message.contains("No such device") => {}
             Err(e) => failures.push(e),
         }
+    }
+    // Namespace teardown is asynchronous in the kernel; return only once
+    // the links are really gone, so a following `up` can reuse the names.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !host_links(&prefix).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for name in host_links(&prefix) {
+        failures.push(CommandError {
+            command: format!("ip link del {name}"),
+            message: "the link is still there 5 s after its removal".to_string(),
+        });
     }
     if dir.join(super::state::STATE_FILE).exists() || dir.join(super::state::CLUSTER_FILE).exists() {
         let _ = std::fs::remove_dir_all(dir);
@@ -100,6 +105,21 @@ pub fn down(args: &DownArgs) -> Result<(), DownError> {
     } else {
         Err(DownError::Incomplete { failures })
     }
+}
+
+/// Host-side lab links: `<prefix>h<digits>`.
+fn host_links(prefix: &str) -> Vec<String> {
+    let links = cmd::run("ip", &["-o", "link", "show"]).unwrap_or_default();
+    let head = format!("{prefix}h");
+    links
+        .lines()
+        .filter_map(|line| {
+            line.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+        })
+        .filter(|name| {
+            name.strip_prefix(&head).is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect()
 }
 
 /// SIGTERM, then SIGKILL if still there after 3 s.
