@@ -45,6 +45,8 @@ use crate::cluster::Cluster;
 use crate::model::*;
 use crate::selector::{Labels, Selector};
 
+pub mod patch;
+
 /// Protocol value of a port entry that matches every protocol (a rule without `ports`).
 const ANY_PROTO: u8 = 255;
 
@@ -298,6 +300,9 @@ pub struct TableStats {
     pub cidr_classes: usize,
     /// Estimated heap bytes held by the table.
     pub memory_bytes: usize,
+    /// Sides no pod uses any more: a patched table (see [`patch`]) keeps the
+    /// sides it replaced until the next full compile. 0 after a full compile.
+    pub replaced_sides: usize,
 }
 
 /// An immutable, compiled answer to "may this connection pass?".
@@ -514,6 +519,13 @@ impl DecisionTable {
         })
     }
 
+    /// Number of policy indexes a [`RuleRef`] or side may name: the policies
+    /// compiled, plus, in a patched table, the names of policies deleted or
+    /// added since the last full compile (see [`patch`]).
+    pub fn policy_slots(&self) -> usize {
+        self.policies.len()
+    }
+
     /// Size and shape of the table.
     pub fn stats(&self) -> &TableStats {
         &self.stats
@@ -522,7 +534,7 @@ impl DecisionTable {
     /// Compiles a validated cluster snapshot. Deterministic: the same snapshot
     /// gives the same table and the same reasons.
     pub fn compile(cluster: &Cluster) -> DecisionTable {
-        Compiler::new(cluster).run()
+        compile_full(cluster).table
     }
 }
 
@@ -537,14 +549,14 @@ struct Resolution {
     blocks: Vec<(u32, u64, bool)>,
 }
 
-struct Identity {
-    labels: Labels,
-}
-
-struct Compiler<'a> {
-    cluster: &'a Cluster,
-    ns_index: HashMap<&'a str, u32>,
-    identities: Vec<Identity>,
+/// What a compile derives from namespaces and pods alone: namespace
+/// indexes, pod identities and their identity blocks. A policy change leaves
+/// it as it is (see [`patch`]).
+#[derive(Clone, Debug, Default)]
+struct Identities {
+    ns_index: HashMap<String, u32>,
+    /// Labels of each identity.
+    labels: Vec<Labels>,
     /// Identities per namespace.
     ns_identities: Vec<Vec<u32>>,
     /// (identity block, bit) of each identity: the identities of a namespace,
@@ -554,30 +566,28 @@ struct Compiler<'a> {
     ns_first_block: Vec<u32>,
     blocks: u32,
     pod_identity: Vec<u32>,
-    names: HashMap<String, u32>,
-    pod_cache: HashMap<(&'a Selector, u32), (bool, Vec<u32>)>,
-    ns_cache: HashMap<&'a Selector, Vec<u32>>,
-    peer_cache: HashMap<(&'a NamespaceMatch, &'a Selector), std::rc::Rc<Resolution>>,
+    /// Namespaces with at least one identity.
+    populated: usize,
 }
 
-impl<'a> Compiler<'a> {
-    fn new(cluster: &'a Cluster) -> Self {
-        let ns_index: HashMap<&str, u32> =
-            cluster.namespaces.iter().enumerate().map(|(i, n)| (n.name.as_str(), i as u32)).collect();
-        let mut identities = Vec::new();
+impl Identities {
+    fn new(cluster: &Cluster) -> Self {
+        let ns_index: HashMap<String, u32> =
+            cluster.namespaces.iter().enumerate().map(|(i, n)| (n.name.clone(), i as u32)).collect();
+        let mut labels = Vec::new();
         let mut ident_index: HashMap<(u32, &Labels), u32> = HashMap::new();
         let mut ns_identities = vec![Vec::new(); cluster.namespaces.len()];
         let mut pod_identity = Vec::with_capacity(cluster.pods.len());
         for p in &cluster.pods {
             let ns = ns_index[p.namespace.as_str()];
             let id = *ident_index.entry((ns, &p.labels)).or_insert_with(|| {
-                identities.push(Identity { labels: p.labels.clone() });
-                ns_identities[ns as usize].push((identities.len() - 1) as u32);
-                (identities.len() - 1) as u32
+                labels.push(p.labels.clone());
+                ns_identities[ns as usize].push((labels.len() - 1) as u32);
+                (labels.len() - 1) as u32
             });
             pod_identity.push(id);
         }
-        let mut identity_block = vec![(0, 0); identities.len()];
+        let mut identity_block = vec![(0, 0); labels.len()];
         let mut ns_first_block = Vec::with_capacity(ns_identities.len());
         let mut blocks = 0u32;
         for ids in &ns_identities {
@@ -588,30 +598,122 @@ impl<'a> Compiler<'a> {
             }
             blocks += ids.len().div_ceil(BLOCK_BITS) as u32;
         }
-        // Intern the port names policies refer to (1-based; 0 means "numeric").
-        let mut names = HashMap::new();
-        for pol in &cluster.policies {
-            for d in Direction::BOTH {
-                for r in pol.rules(d) {
-                    for m in &r.ports {
-                        if let PortMatch::Named { name, .. } = m {
-                            let n = names.len() as u32 + 1;
-                            names.entry(name.clone()).or_insert(n);
-                        }
-                    }
-                }
-            }
-        }
-        Compiler {
-            cluster,
+        let populated = ns_identities.iter().filter(|v| !v.is_empty()).count();
+        Identities {
             ns_index,
-            identities,
+            labels,
             ns_identities,
             identity_block,
             ns_first_block,
             blocks,
             pod_identity,
-            names,
+            populated,
+        }
+    }
+}
+
+/// What a compile derives from every policy at once: the interned port
+/// names and the partition of the address space by ipBlocks. A policy change
+/// that brings no new port name and no new ipBlock leaves it valid (an
+/// ipBlock no policy uses any more only makes the partition finer than needed).
+#[derive(Clone, Debug, Default)]
+struct PolicyContext {
+    /// Port names policies refer to (1-based; 0 means "numeric").
+    names: HashMap<String, u32>,
+    /// Distinct ipBlocks of each direction's rules.
+    block_id: [HashMap<IpBlock, u32>; 2],
+    /// CIDR classes each ipBlock contains, per direction.
+    block_classes: [Vec<Vec<u32>>; 2],
+    ip_blocks: usize,
+    cidr_classes: usize,
+}
+
+impl PolicyContext {
+    fn new(cluster: &Cluster) -> (Self, [[ClassIndex; 2]; 2]) {
+        let mut ctx = PolicyContext::default();
+        for pol in &cluster.policies {
+            for d in Direction::BOTH {
+                for r in pol.rules(d) {
+                    for m in &r.ports {
+                        if let PortMatch::Named { name, .. } = m {
+                            let n = ctx.names.len() as u32 + 1;
+                            ctx.names.entry(name.clone()).or_insert(n);
+                        }
+                    }
+                }
+            }
+        }
+        // CIDR classes, per direction, over every distinct ipBlock of that direction's rules.
+        let mut cidr: [[ClassIndex; 2]; 2] = Default::default();
+        for d in Direction::BOTH {
+            let mut blocks: Vec<&IpBlock> = Vec::new();
+            for pol in &cluster.policies {
+                for r in pol.rules(d) {
+                    for p in &r.peers {
+                        if let Peer::Block(b) = p {
+                            blocks.push(b);
+                        }
+                    }
+                }
+            }
+            blocks.sort();
+            blocks.dedup();
+            ctx.ip_blocks += blocks.len();
+            ctx.block_id[d as usize] =
+                blocks.iter().enumerate().map(|(i, b)| ((*b).clone(), i as u32)).collect();
+            let mut classes: Vec<Vec<u32>> = vec![Vec::new(); blocks.len()];
+            let mut count = 1u32; // 0 = in no block
+            for f in [Family::V4, Family::V6] {
+                cidr[d as usize][f as usize] = build_classes(&blocks, f, &mut count, &mut classes);
+            }
+            ctx.cidr_classes += count as usize;
+            ctx.block_classes[d as usize] = classes;
+        }
+        (ctx, cidr)
+    }
+
+    /// Does this context already cover the policy (its port names and ipBlocks)?
+    fn covers(&self, pol: &Policy) -> bool {
+        Direction::BOTH.iter().all(|&d| {
+            pol.rules(d).iter().all(|r| {
+                r.ports.iter().all(|m| match m {
+                    PortMatch::Named { name, .. } => self.names.contains_key(name),
+                    PortMatch::Range { .. } => true,
+                }) && r.peers.iter().all(|p| match p {
+                    Peer::Block(b) => self.block_id[d as usize].contains_key(b),
+                    Peer::Pods { .. } => true,
+                })
+            })
+        })
+    }
+}
+
+struct Compiler<'a> {
+    cluster: &'a Cluster,
+    ids: &'a Identities,
+    ctx: &'a PolicyContext,
+    /// The table's index of each policy of `cluster` (the identity for a
+    /// full compile; a patched table appends new policies to its list).
+    policy_ids: &'a [u32],
+    pod_cache: HashMap<(&'a Selector, u32), (bool, Vec<u32>)>,
+    ns_cache: HashMap<&'a Selector, Vec<u32>>,
+    peer_cache: HashMap<(&'a NamespaceMatch, &'a Selector), std::rc::Rc<Resolution>>,
+}
+
+/// The sides a compile creates: each one's direction and isolating policies
+/// (cluster indexes, in cluster order), and each identity's [ingress, egress] side.
+struct SidePlan {
+    lists: Vec<(Direction, Vec<u32>)>,
+    identity_sides: HashMap<u32, [u32; 2]>,
+}
+
+impl<'a> Compiler<'a> {
+    fn new(cluster: &'a Cluster, ids: &'a Identities, ctx: &'a PolicyContext, policy_ids: &'a [u32]) -> Self {
+        Compiler {
+            cluster,
+            ids,
+            ctx,
+            policy_ids,
             pod_cache: HashMap::new(),
             ns_cache: HashMap::new(),
             peer_cache: HashMap::new(),
@@ -640,9 +742,9 @@ impl<'a> Compiler<'a> {
         if let Some(v) = self.pod_cache.get(&(sel, ns)) {
             return v.clone();
         }
-        let all = &self.ns_identities[ns as usize];
+        let all = &self.ids.ns_identities[ns as usize];
         let v: Vec<u32> =
-            all.iter().copied().filter(|i| sel.matches(&self.identities[*i as usize].labels)).collect();
+            all.iter().copied().filter(|i| sel.matches(&self.ids.labels[*i as usize])).collect();
         let r = (v.len() == all.len(), v);
         self.pod_cache.insert((sel, ns), r.clone());
         r
@@ -660,20 +762,20 @@ impl<'a> Compiler<'a> {
 
     fn resolve_uncached(&mut self, namespaces: &'a NamespaceMatch, pods: &'a Selector) -> Resolution {
         let ns_list = match namespaces {
-            NamespaceMatch::Own(n) => self.ns_index.get(n.as_str()).map(|i| vec![*i]).unwrap_or_default(),
+            NamespaceMatch::Own(n) => self.ids.ns_index.get(n.as_str()).map(|i| vec![*i]).unwrap_or_default(),
             NamespaceMatch::Selector(s) => self.namespaces_matching(s),
         };
         let mut r = Resolution::default();
         let mut whole = 0;
         for ns in ns_list {
-            if self.ns_identities[ns as usize].is_empty() {
+            if self.ids.ns_identities[ns as usize].is_empty() {
                 continue;
             }
             let (all, ids) = self.identities_matching(pods, ns);
             if all {
                 whole += 1;
-                let n = self.ns_identities[ns as usize].len();
-                let first = self.ns_first_block[ns as usize];
+                let n = self.ids.ns_identities[ns as usize].len();
+                let first = self.ids.ns_first_block[ns as usize];
                 for b in 0..n.div_ceil(BLOCK_BITS) {
                     let bits = (n - b * BLOCK_BITS).min(BLOCK_BITS);
                     let mask = if bits == BLOCK_BITS { u64::MAX } else { (1u64 << bits) - 1 };
@@ -682,7 +784,7 @@ impl<'a> Compiler<'a> {
             } else {
                 // `ids` are in namespace order, so the blocks come in order.
                 for id in ids {
-                    let (block, bit) = self.identity_block[id as usize];
+                    let (block, bit) = self.ids.identity_block[id as usize];
                     match r.blocks.last_mut() {
                         Some((b, m, false)) if *b == block => *m |= 1 << bit,
                         _ => r.blocks.push((block, 1 << bit, false)),
@@ -690,315 +792,56 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
-        let populated = self.ns_identities.iter().filter(|v| !v.is_empty()).count();
-        if whole == populated && populated > 0 {
+        if whole == self.ids.populated && self.ids.populated > 0 {
             r.all_pods = true;
         }
         r
     }
 
-    fn run(mut self) -> DecisionTable {
+    /// Which of the policies `policies` (cluster indexes) isolate the
+    /// identities `identities`, per direction; identical lists share a side,
+    /// numbered from `first_side` in identity order.
+    fn plan_sides(
+        &mut self,
+        policies: std::ops::Range<usize>,
+        identities: &[u32],
+        first_side: u32,
+    ) -> SidePlan {
         let cluster = self.cluster;
-
-        // 1. Which policies isolate each identity, per direction; identical lists share a side.
-        let mut lists: Vec<[Vec<u32>; 2]> = vec![[Vec::new(), Vec::new()]; self.identities.len()];
-        for (pi, pol) in cluster.policies.iter().enumerate() {
-            let Some(&ns) = self.ns_index.get(pol.namespace.as_str()) else {
+        let mut lists: HashMap<u32, [Vec<u32>; 2]> = HashMap::new();
+        for pi in policies {
+            let pol = &cluster.policies[pi];
+            let Some(&ns) = self.ids.ns_index.get(pol.namespace.as_str()) else {
                 continue;
             };
             let (_, ids) = self.identities_matching(&pol.pod_selector, ns);
             for id in ids {
                 for d in Direction::BOTH {
                     if pol.isolates(d) {
-                        lists[id as usize][d as usize].push(pi as u32);
+                        lists.entry(id).or_default()[d as usize].push(pi as u32);
                     }
                 }
             }
         }
-        let mut sides: Vec<SideEntry> = vec![SideEntry::default()];
-        let mut side_info: Vec<SideInfo> = vec![SideInfo::default()];
-        let mut side_lists: Vec<(Direction, Vec<u32>)> = vec![(Direction::Ingress, Vec::new())];
-        let mut side_index: HashMap<(Direction, Vec<u32>), u32> = HashMap::new();
-        let mut identity_sides = vec![[0u32; 2]; self.identities.len()];
-        for (id, l) in lists.into_iter().enumerate() {
+        let mut plan = SidePlan { lists: Vec::new(), identity_sides: HashMap::new() };
+        let mut side_index: HashMap<(Direction, &[u32]), u32> = HashMap::new();
+        for &id in identities {
+            let Some(l) = lists.get(&id) else { continue };
+            let mut sides = [0u32; 2];
             for d in Direction::BOTH {
-                let list = l[d as usize].clone();
+                let list = &l[d as usize];
                 if list.is_empty() {
                     continue;
                 }
-                let next = sides.len() as u32;
-                let s = *side_index.entry((d, list.clone())).or_insert_with(|| {
-                    sides.push(SideEntry::default());
-                    side_info.push(SideInfo { dir: Some(d), ..Default::default() });
-                    side_lists.push((d, list));
+                let next = first_side + plan.lists.len() as u32;
+                sides[d as usize] = *side_index.entry((d, list.as_slice())).or_insert_with(|| {
+                    plan.lists.push((d, list.clone()));
                     next
                 });
-                identity_sides[id][d as usize] = s;
             }
+            plan.identity_sides.insert(id, sides);
         }
-
-        // 2. CIDR classes, per direction, over every distinct ipBlock of that direction's rules.
-        let mut cidr: [[ClassIndex; 2]; 2] = Default::default();
-        let mut block_id: [HashMap<&IpBlock, u32>; 2] = Default::default();
-        let mut block_classes: [Vec<Vec<u32>>; 2] = Default::default();
-        let mut ip_blocks = 0;
-        let mut cidr_classes = 0;
-        for d in Direction::BOTH {
-            let mut blocks: Vec<&IpBlock> = Vec::new();
-            for pol in &cluster.policies {
-                for r in pol.rules(d) {
-                    for p in &r.peers {
-                        if let Peer::Block(b) = p {
-                            blocks.push(b);
-                        }
-                    }
-                }
-            }
-            blocks.sort();
-            blocks.dedup();
-            ip_blocks += blocks.len();
-            block_id[d as usize] = blocks.iter().enumerate().map(|(i, b)| (*b, i as u32)).collect();
-            let mut classes: Vec<Vec<u32>> = vec![Vec::new(); blocks.len()];
-            let mut count = 1u32; // 0 = in no block
-            for f in [Family::V4, Family::V6] {
-                cidr[d as usize][f as usize] = build_classes(&blocks, f, &mut count, &mut classes);
-            }
-            cidr_classes += count as usize;
-            block_classes[d as usize] = classes;
-        }
-
-        // 3. Expand each side's rules into port sets keyed by peer. Keys are produced
-        // side by side, so one flat buffer per side, sorted and grouped, replaces a map
-        // of small vectors; identical port sets are stored once. A selector peer
-        // pushes one entry per identity block it touches, with the mask of the
-        // identities it matches there; each (side, block) key then splits its
-        // block's identities into groups that get the same port set.
-        let mut sets = SetBuilder::default();
-        let mut slots: Vec<Slot> = vec![FREE];
-        let mut groups: Vec<Group> = Vec::new();
-        let (mut peer_keys, mut peer_groups) = (0, 0);
-        // This side's keys and slots, before they are placed in its table.
-        let mut keyed: Vec<Slot> = Vec::new();
-        // (key, namespace-wide?, sequence, identity mask, entry, rule)
-        let mut buf: Vec<(u32, bool, u32, u64, PortEntry, RuleRef)> = Vec::new();
-        let mut any: Vec<(PortEntry, RuleRef)> = Vec::new();
-        let mut any_pod: Vec<(PortEntry, RuleRef)> = Vec::new();
-        let mut set_buf: Vec<(PortEntry, RuleRef)> = Vec::new();
-        let mut es: Vec<PortEntry> = Vec::new();
-        let mut by_set: Vec<(SetId, u64)> = Vec::new();
-        for (s, (dir, list)) in side_lists.iter().enumerate().skip(1) {
-            buf.clear();
-            any.clear();
-            any_pod.clear();
-            keyed.clear();
-            let d = *dir as usize;
-            for &pi in list {
-                let pol = &cluster.policies[pi as usize];
-                for (ri, rule) in pol.rules(*dir).iter().enumerate() {
-                    let rr = RuleRef { policy: pi, rule: ri as u32 };
-                    self.port_entries(rule, &mut es);
-                    if rule.peers.is_empty() {
-                        any.extend(es.iter().map(|e| (*e, rr)));
-                        continue;
-                    }
-                    let push = |k: u32, whole: bool, mask: u64, buf: &mut Vec<_>| {
-                        for e in &es {
-                            let seq = buf.len() as u32;
-                            buf.push((k, whole, seq, mask, *e, rr));
-                        }
-                    };
-                    for peer in &rule.peers {
-                        match peer {
-                            Peer::Block(b) => {
-                                for &c in &block_classes[d][block_id[d][b] as usize] {
-                                    push(CIDR_KEY | c, false, u64::MAX, &mut buf);
-                                }
-                            }
-                            Peer::Pods { namespaces, pods } => {
-                                let r = self.resolve(namespaces, pods);
-                                if r.all_pods {
-                                    any_pod.extend(es.iter().map(|e| (*e, rr)));
-                                    continue;
-                                }
-                                for &(block, mask, whole) in &r.blocks {
-                                    push(block, whole, mask, &mut buf);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            // Every set of the side starts with the entries tested before it, so a
-            // lookup scans one set per peer: rules without peers (`any`) for every
-            // peer, then, for pods, rules whose peers match every pod (`any_pod`).
-            sides[s].any = sets.add(&any);
-            let mut pod_prefix = any.clone();
-            pod_prefix.extend_from_slice(&any_pod);
-            sides[s].pod_any = sets.add(&pod_prefix);
-            // Per key: entries from identity-level matches first, then namespace-wide
-            // ones, each in rule order (the order the table has always tested them in).
-            buf.sort_unstable_by_key(|x| (x.0, x.1, x.2));
-            let mut i = 0;
-            while i < buf.len() {
-                let k = buf[i].0;
-                let j = i + buf[i..].iter().take_while(|x| x.0 == k).count();
-                let run = &buf[i..j];
-                i = j;
-                if k & CIDR_KEY != 0 {
-                    set_buf.clone_from(&any);
-                    set_buf.extend(run.iter().map(|x| (x.4, x.5)));
-                    keyed.push(Slot { key: k, set: sets.add(&set_buf), mask: u64::MAX });
-                    continue;
-                }
-                let union = run.iter().fold(0u64, |m, x| m | x.3);
-                if run.iter().all(|x| x.3 == union) {
-                    set_buf.clone_from(&pod_prefix);
-                    set_buf.extend(run.iter().map(|x| (x.4, x.5)));
-                    keyed.push(Slot { key: k, set: sets.add(&set_buf), mask: union });
-                    peer_groups += 1;
-                    continue;
-                }
-                // Identities of the block that see different entries: one port set
-                // per identity, identical sets merged into one group.
-                by_set.clear();
-                let mut rest = union;
-                while rest != 0 {
-                    let bit = rest.trailing_zeros();
-                    rest &= rest - 1;
-                    set_buf.clone_from(&pod_prefix);
-                    set_buf.extend(run.iter().filter(|x| x.3 >> bit & 1 != 0).map(|x| (x.4, x.5)));
-                    let set = sets.add(&set_buf);
-                    match by_set.iter_mut().find(|(r, _)| *r == set) {
-                        Some((_, m)) => *m |= 1 << bit,
-                        None => by_set.push((set, 1 << bit)),
-                    }
-                }
-                peer_groups += by_set.len();
-                if let [(set, _)] = by_set[..] {
-                    keyed.push(Slot { key: k, set, mask: union });
-                    continue;
-                }
-                keyed.push(Slot { key: k, set: MULTI | groups.len() as u32, mask: union });
-                let last = by_set.len() - 1;
-                groups.extend(by_set.iter().enumerate().map(|(g, &(set, mask))| Group {
-                    mask,
-                    set,
-                    last: g == last,
-                }));
-            }
-            // The side's table: a power of two at most half full, so a probe that
-            // misses meets a free slot soon.
-            if !keyed.is_empty() {
-                let n = (keyed.len() * 2).next_power_of_two();
-                let base = slots.len();
-                slots.resize(base + n, FREE);
-                for slot in &keyed {
-                    let mut h = slot_hash(slot.key) as usize & (n - 1);
-                    while slots[base + h].key != EMPTY {
-                        h = (h + 1) & (n - 1);
-                    }
-                    slots[base + h] = *slot;
-                }
-                sides[s].table = base as u32;
-                sides[s].table_bits = n.trailing_zeros() as u8;
-                sides[s].filter = keyed.iter().fold(0, |f, slot| f | 1 << (slot_hash(slot.key) >> 28));
-                peer_keys += keyed.len();
-            }
-        }
-        let mut side_policies = Vec::new();
-        for (s, se) in side_info.iter_mut().enumerate() {
-            let a = side_policies.len() as u32;
-            side_policies.extend_from_slice(&side_lists[s].1);
-            se.policies = (a, side_policies.len() as u32);
-        }
-
-        // 4. Pods and their addresses.
-        let mut pods = Vec::with_capacity(cluster.pods.len());
-        let mut named = vec![NamedEntry { name: 0, proto: 0, port: 0 }];
-        let mut addr_v4 = HashMap::new();
-        let mut addr_v6 = HashMap::new();
-        let mut pod_keys = Vec::with_capacity(cluster.pods.len());
-        for (pi, p) in cluster.pods.iter().enumerate() {
-            let identity = self.pod_identity[pi];
-            let a = named.len();
-            for np in &p.named_ports {
-                if let Some(&n) = self.names.get(&np.name) {
-                    named.push(NamedEntry { name: n, proto: np.protocol.number(), port: np.port });
-                }
-            }
-            let first = if named.len() == a {
-                0
-            } else {
-                named.push(NamedEntry { name: 0, proto: 0, port: 0 });
-                a as u32
-            };
-            let (block, bit) = self.identity_block[identity as usize];
-            debug_assert!(block < 1 << 26, "identity blocks fit in 26 bits");
-            pods.push(PodEntry {
-                sides: identity_sides[identity as usize],
-                block_bit: block << 6 | bit,
-                named: first,
-            });
-            pod_keys.push((p.namespace.clone(), p.name.clone()));
-            for ip in &p.ips {
-                let (f, v) = split(*ip);
-                let class = [cidr[0][f as usize].class_of(v), cidr[1][f as usize].class_of(v)];
-                let e = AddrEntry { pod: pi as u32, class };
-                match f {
-                    Family::V4 => {
-                        addr_v4.entry(v as u32).or_insert(e);
-                    }
-                    Family::V6 => {
-                        addr_v6.entry(v).or_insert(e);
-                    }
-                }
-            }
-        }
-
-        let policies: Vec<(String, String)> =
-            cluster.policies.iter().map(|p| (p.namespace.clone(), p.name.clone())).collect();
-        let port_sets = sets.interned.len();
-        let (mut entries, mut entry_rules) = (sets.entries, sets.rules);
-        entries.shrink_to_fit();
-        entry_rules.shrink_to_fit();
-        groups.shrink_to_fit();
-        slots.shrink_to_fit();
-        let mut t = DecisionTable {
-            addr_v4,
-            addr_v6,
-            pods,
-            pod_keys,
-            named,
-            cidr,
-            sides,
-            side_info,
-            side_policies,
-            slots,
-            groups,
-            entries,
-            entry_rules,
-            policies,
-            stats: TableStats::default(),
-        };
-        t.stats = TableStats {
-            namespaces: cluster.namespaces.len(),
-            pods: cluster.pods.len(),
-            pod_ips: t.addr_v4.len() + t.addr_v6.len(),
-            identities: self.identities.len(),
-            policies: cluster.policies.len(),
-            invalid_policies: cluster.policies.iter().filter(|p| !p.valid).count(),
-            sides: t.side_info.len(),
-            identity_blocks: self.blocks as usize,
-            peer_keys,
-            peer_groups,
-            port_sets,
-            // Each set and the empty set 0 end with a marker.
-            port_entries: t.entries.len() - port_sets - 1,
-            ip_blocks,
-            cidr_classes,
-            memory_bytes: t.memory_estimate(),
-        };
-        t
+        plan
     }
 
     fn port_entries(&self, rule: &Rule, out: &mut Vec<PortEntry>) {
@@ -1012,10 +855,303 @@ impl<'a> Compiler<'a> {
                 PortEntry { proto: protocol.number(), lo: *lo, hi: *hi, name: 0 }
             }
             PortMatch::Named { protocol, name } => {
-                PortEntry { proto: protocol.number(), lo: 0, hi: 0, name: self.names[name] }
+                PortEntry { proto: protocol.number(), lo: 0, hi: 0, name: self.ctx.names[name] }
             }
         }));
     }
+}
+
+/// Builds sides' peer tables and port sets into the table's arrays (a
+/// fresh table's, or a patched copy's, appending).
+struct SideBuilder {
+    sets: SetBuilder,
+    slots: Vec<Slot>,
+    groups: Vec<Group>,
+    peer_keys: usize,
+    peer_groups: usize,
+    // Scratch, reused from side to side.
+    keyed: Vec<Slot>,
+    /// (key, namespace-wide?, sequence, identity mask, entry, rule)
+    buf: Vec<(u32, bool, u32, u64, PortEntry, RuleRef)>,
+    any: Vec<(PortEntry, RuleRef)>,
+    any_pod: Vec<(PortEntry, RuleRef)>,
+    set_buf: Vec<(PortEntry, RuleRef)>,
+    es: Vec<PortEntry>,
+    by_set: Vec<(SetId, u64)>,
+}
+
+impl SideBuilder {
+    fn new(sets: SetBuilder, slots: Vec<Slot>, groups: Vec<Group>) -> Self {
+        SideBuilder {
+            sets,
+            slots,
+            groups,
+            peer_keys: 0,
+            peer_groups: 0,
+            keyed: Vec::new(),
+            buf: Vec::new(),
+            any: Vec::new(),
+            any_pod: Vec::new(),
+            set_buf: Vec::new(),
+            es: Vec::new(),
+            by_set: Vec::new(),
+        }
+    }
+
+    /// Expands one side's rules (policies `list`, cluster indexes) into port
+    /// sets keyed by peer, and places its peer table. Keys are produced side
+    /// by side, so one flat buffer, sorted and grouped, replaces a map of
+    /// small vectors. A selector peer pushes one entry per identity block it
+    /// touches, with the mask of the identities it matches there; each
+    /// (side, block) key then splits its block's identities into groups that
+    /// get the same port set.
+    fn build<'a>(&mut self, c: &mut Compiler<'a>, dir: Direction, list: &[u32]) -> SideEntry {
+        let cluster = c.cluster;
+        let mut side = SideEntry::default();
+        self.buf.clear();
+        self.any.clear();
+        self.any_pod.clear();
+        self.keyed.clear();
+        let d = dir as usize;
+        for &pi in list {
+            let pol: &'a Policy = &cluster.policies[pi as usize];
+            for (ri, rule) in pol.rules(dir).iter().enumerate() {
+                let rr = RuleRef { policy: c.policy_ids[pi as usize], rule: ri as u32 };
+                c.port_entries(rule, &mut self.es);
+                if rule.peers.is_empty() {
+                    self.any.extend(self.es.iter().map(|e| (*e, rr)));
+                    continue;
+                }
+                let es = &self.es;
+                let push = |k: u32, whole: bool, mask: u64, buf: &mut Vec<_>| {
+                    for e in es {
+                        let seq = buf.len() as u32;
+                        buf.push((k, whole, seq, mask, *e, rr));
+                    }
+                };
+                for peer in &rule.peers {
+                    match peer {
+                        Peer::Block(b) => {
+                            for &cl in &c.ctx.block_classes[d][c.ctx.block_id[d][b] as usize] {
+                                push(CIDR_KEY | cl, false, u64::MAX, &mut self.buf);
+                            }
+                        }
+                        Peer::Pods { namespaces, pods } => {
+                            let r = c.resolve(namespaces, pods);
+                            if r.all_pods {
+                                self.any_pod.extend(es.iter().map(|e| (*e, rr)));
+                                continue;
+                            }
+                            for &(block, mask, whole) in &r.blocks {
+                                push(block, whole, mask, &mut self.buf);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Every set of the side starts with the entries tested before it, so a
+        // lookup scans one set per peer: rules without peers (`any`) for every
+        // peer, then, for pods, rules whose peers match every pod (`any_pod`).
+        side.any = self.sets.add(&self.any);
+        let mut pod_prefix = self.any.clone();
+        pod_prefix.extend_from_slice(&self.any_pod);
+        side.pod_any = self.sets.add(&pod_prefix);
+        // Per key: entries from identity-level matches first, then namespace-wide
+        // ones, each in rule order (the order the table has always tested them in).
+        self.buf.sort_unstable_by_key(|x| (x.0, x.1, x.2));
+        let buf = std::mem::take(&mut self.buf);
+        let mut i = 0;
+        while i < buf.len() {
+            let k = buf[i].0;
+            let j = i + buf[i..].iter().take_while(|x| x.0 == k).count();
+            let run = &buf[i..j];
+            i = j;
+            if k & CIDR_KEY != 0 {
+                self.set_buf.clone_from(&self.any);
+                self.set_buf.extend(run.iter().map(|x| (x.4, x.5)));
+                self.keyed.push(Slot { key: k, set: self.sets.add(&self.set_buf), mask: u64::MAX });
+                continue;
+            }
+            let union = run.iter().fold(0u64, |m, x| m | x.3);
+            if run.iter().all(|x| x.3 == union) {
+                self.set_buf.clone_from(&pod_prefix);
+                self.set_buf.extend(run.iter().map(|x| (x.4, x.5)));
+                self.keyed.push(Slot { key: k, set: self.sets.add(&self.set_buf), mask: union });
+                self.peer_groups += 1;
+                continue;
+            }
+            // Identities of the block that see different entries: one port set
+            // per identity, identical sets merged into one group.
+            self.by_set.clear();
+            let mut rest = union;
+            while rest != 0 {
+                let bit = rest.trailing_zeros();
+                rest &= rest - 1;
+                self.set_buf.clone_from(&pod_prefix);
+                self.set_buf.extend(run.iter().filter(|x| x.3 >> bit & 1 != 0).map(|x| (x.4, x.5)));
+                let set = self.sets.add(&self.set_buf);
+                match self.by_set.iter_mut().find(|(r, _)| *r == set) {
+                    Some((_, m)) => *m |= 1 << bit,
+                    None => self.by_set.push((set, 1 << bit)),
+                }
+            }
+            self.peer_groups += self.by_set.len();
+            if let [(set, _)] = self.by_set[..] {
+                self.keyed.push(Slot { key: k, set, mask: union });
+                continue;
+            }
+            self.keyed.push(Slot { key: k, set: MULTI | self.groups.len() as u32, mask: union });
+            let last = self.by_set.len() - 1;
+            self.groups.extend(self.by_set.iter().enumerate().map(|(g, &(set, mask))| Group {
+                mask,
+                set,
+                last: g == last,
+            }));
+        }
+        self.buf = buf;
+        // The side's table: a power of two at most half full, so a probe that
+        // misses meets a free slot soon.
+        if !self.keyed.is_empty() {
+            let n = (self.keyed.len() * 2).next_power_of_two();
+            let base = self.slots.len();
+            self.slots.resize(base + n, FREE);
+            for slot in &self.keyed {
+                let mut h = slot_hash(slot.key) as usize & (n - 1);
+                while self.slots[base + h].key != EMPTY {
+                    h = (h + 1) & (n - 1);
+                }
+                self.slots[base + h] = *slot;
+            }
+            side.table = base as u32;
+            side.table_bits = n.trailing_zeros() as u8;
+            side.filter = self.keyed.iter().fold(0, |f, slot| f | 1 << (slot_hash(slot.key) >> 28));
+            self.peer_keys += self.keyed.len();
+        }
+        side
+    }
+}
+
+/// A full compile: the table, and what a later patch reuses.
+struct Full {
+    table: DecisionTable,
+    ids: Identities,
+    ctx: PolicyContext,
+}
+
+fn compile_full(cluster: &Cluster) -> Full {
+    let ids = Identities::new(cluster);
+    let (ctx, cidr) = PolicyContext::new(cluster);
+    let policy_ids: Vec<u32> = (0..cluster.policies.len() as u32).collect();
+    let mut c = Compiler::new(cluster, &ids, &ctx, &policy_ids);
+
+    // 1. Which policies isolate each identity, per direction; identical lists share a side.
+    let all: Vec<u32> = (0..ids.labels.len() as u32).collect();
+    let plan = c.plan_sides(0..cluster.policies.len(), &all, 1);
+    let mut sides: Vec<SideEntry> = vec![SideEntry::default()];
+    let mut side_info: Vec<SideInfo> = vec![SideInfo::default()];
+    let mut side_policies = Vec::new();
+
+    // 2. Each side's rules, expanded into port sets keyed by peer.
+    let mut b = SideBuilder::new(SetBuilder::default(), vec![FREE], Vec::new());
+    for (dir, list) in &plan.lists {
+        sides.push(b.build(&mut c, *dir, list));
+        let a = side_policies.len() as u32;
+        side_policies.extend_from_slice(list);
+        side_info.push(SideInfo { policies: (a, side_policies.len() as u32), dir: Some(*dir) });
+    }
+    drop(c);
+
+    // 3. Pods and their addresses.
+    let mut pods = Vec::with_capacity(cluster.pods.len());
+    let mut named = vec![NamedEntry { name: 0, proto: 0, port: 0 }];
+    let mut addr_v4 = HashMap::new();
+    let mut addr_v6 = HashMap::new();
+    let mut pod_keys = Vec::with_capacity(cluster.pods.len());
+    for (pi, p) in cluster.pods.iter().enumerate() {
+        let identity = ids.pod_identity[pi];
+        let a = named.len();
+        for np in &p.named_ports {
+            if let Some(&n) = ctx.names.get(&np.name) {
+                named.push(NamedEntry { name: n, proto: np.protocol.number(), port: np.port });
+            }
+        }
+        let first = if named.len() == a {
+            0
+        } else {
+            named.push(NamedEntry { name: 0, proto: 0, port: 0 });
+            a as u32
+        };
+        let (block, bit) = ids.identity_block[identity as usize];
+        debug_assert!(block < 1 << 26, "identity blocks fit in 26 bits");
+        pods.push(PodEntry {
+            sides: plan.identity_sides.get(&identity).copied().unwrap_or_default(),
+            block_bit: block << 6 | bit,
+            named: first,
+        });
+        pod_keys.push((p.namespace.clone(), p.name.clone()));
+        for ip in &p.ips {
+            let (f, v) = split(*ip);
+            let class = [cidr[0][f as usize].class_of(v), cidr[1][f as usize].class_of(v)];
+            let e = AddrEntry { pod: pi as u32, class };
+            match f {
+                Family::V4 => {
+                    addr_v4.entry(v as u32).or_insert(e);
+                }
+                Family::V6 => {
+                    addr_v6.entry(v).or_insert(e);
+                }
+            }
+        }
+    }
+
+    let policies: Vec<(String, String)> =
+        cluster.policies.iter().map(|p| (p.namespace.clone(), p.name.clone())).collect();
+    let (peer_keys, peer_groups) = (b.peer_keys, b.peer_groups);
+    let port_sets = b.sets.interned.len();
+    let (mut entries, mut entry_rules) = (b.sets.entries, b.sets.rules);
+    let (mut slots, mut groups) = (b.slots, b.groups);
+    entries.shrink_to_fit();
+    entry_rules.shrink_to_fit();
+    groups.shrink_to_fit();
+    slots.shrink_to_fit();
+    let mut t = DecisionTable {
+        addr_v4,
+        addr_v6,
+        pods,
+        pod_keys,
+        named,
+        cidr,
+        sides,
+        side_info,
+        side_policies,
+        slots,
+        groups,
+        entries,
+        entry_rules,
+        policies,
+        stats: TableStats::default(),
+    };
+    t.stats = TableStats {
+        namespaces: cluster.namespaces.len(),
+        pods: cluster.pods.len(),
+        pod_ips: t.addr_v4.len() + t.addr_v6.len(),
+        identities: ids.labels.len(),
+        policies: cluster.policies.len(),
+        invalid_policies: cluster.policies.iter().filter(|p| !p.valid).count(),
+        sides: t.side_info.len(),
+        identity_blocks: ids.blocks as usize,
+        peer_keys,
+        peer_groups,
+        port_sets,
+        // Each set and the empty set 0 end with a marker.
+        port_entries: t.entries.len() - port_sets - 1,
+        ip_blocks: ctx.ip_blocks,
+        cidr_classes: ctx.cidr_classes,
+        memory_bytes: t.memory_estimate(),
+        replaced_sides: 0,
+    };
+    Full { table: t, ids, ctx }
 }
 
 /// Interns port sets: each distinct sequence of (entry, rule) is stored once,
@@ -1038,6 +1174,12 @@ impl Default for SetBuilder {
 }
 
 impl SetBuilder {
+    /// Appends to a table's existing sets (a patch; its sets are not interned
+    /// against the old ones, only against each other).
+    fn resume(entries: Vec<PortEntry>, rules: Vec<RuleRef>) -> Self {
+        SetBuilder { entries, rules, interned: HashMap::new(), scratch: Vec::new() }
+    }
+
     /// Adds a set (duplicates inside it dropped, first occurrence kept) and returns it.
     fn add(&mut self, set: &[(PortEntry, RuleRef)]) -> SetId {
         if set.is_empty() {
