@@ -5,7 +5,9 @@
 # PODS pods and N policies (the compiler benchmarks' generator); the daemon
 # runs with the lab's pod links as dataplane ports; then CHANGES single-policy
 # edits are made one at a time (each waits until every worker uses the new
-# table) and the daemon's own figures are read from /status: change seen ->
+# table), alternating between a small namespace and a generated one of 100
+# pods (the policy moves between them, so each edit patches both), and the
+# daemon's own figures are read from /status: change seen ->
 # table published, change seen -> every worker uses it (median, p99, max),
 # and the compile time of the last table.
 #
@@ -15,13 +17,14 @@
 # Needs root for the dataplane; without it the daemon runs without ports and
 # only change -> published is measured. The manifest source polls every
 # 200 ms, so a file write reaches the daemon up to 200 ms later; the figures
-# start when the daemon sees the change (as for a Kubernetes watch event).
+# start when the daemon reads the changed file (as for a Kubernetes watch
+# event, when it arrives), and include parsing, validating and diffing it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 POLICIES="${POLICIES:-1000 10000}"
 PODS="${PODS:-10000}"
-CHANGES="${CHANGES:-40}"
+CHANGES="${CHANGES:-100}"
 PORT="${PORT:-19879}"
 
 cargo build --release -q -p control --bin portcullis
@@ -85,13 +88,20 @@ def enforced(s, g):
     return (s.get("dataplane") or {}).get("pipeline", {}).get("table_generation", 0) >= g
 
 s = wait(lambda s: s["ready"] and enforced(s, s["table_generation"]), "the first table", 300)
+# Changes alternate between the small stars namespace (whose pods are real lab
+# namespaces) and the first generated namespace with pods (100 pods and about
+# N/100 policies at 10,000 pods): the patch rebuilds the changed namespace's sides.
+gen = json.load(open(os.path.join(os.path.dirname(path), "generated.json")))
+pod = next(o for o in gen["items"] if o["kind"] == "Pod" and o["metadata"]["namespace"] != "kube-system")
+targets = [("stars", "role: frontend"), (pod["metadata"]["namespace"], f'app: {pod["metadata"]["labels"]["app"]}')]
 for i in range(changes):
     g = s["table_generation"]
+    ns, selector = targets[i % 2]
     doc = f"""apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
-metadata: {{name: latency-probe, namespace: stars}}
+metadata: {{name: latency-probe, namespace: {ns}}}
 spec:
-  podSelector: {{matchLabels: {{role: frontend}}}}
+  podSelector: {{matchLabels: {{{selector}}}}}
   ingress:
   - from: [{{podSelector: {{matchLabels: {{role: client-{i}}}}}}}]
     ports: [{{protocol: TCP, port: 80}}]
@@ -110,5 +120,5 @@ def fmt(r):
 print(f'{n:<9} {pods:<7} {s["compile_ms"]:<11.1f} {fmt(lat["change_to_publish"]):<26} '
       f'{fmt(lat["change_to_enforced"]) if root else "(not root)":<26}')
 EOF
-    cleanup
+    [ -n "${KEEP_LOG:-}" ] && cp "$work/lab/dataplane.log" "$KEEP_LOG.$n" 2>/dev/null; cleanup
 done

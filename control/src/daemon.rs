@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use policy_compiler::{DecisionTable, Severity, TableStats};
+use policy_compiler::{Compilation, DecisionTable, IncrementalCompiler, Severity, TableStats};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -29,7 +29,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::index::{Index, Kind};
+use crate::index::{Index, Kind, Pending};
 use crate::manifest_dir::FileStatus;
 use crate::sources::{SourceId, SourceMsg, KUBE, MANIFESTS};
 
@@ -37,8 +37,8 @@ use crate::sources::{SourceId, SourceMsg, KUBE, MANIFESTS};
 pub struct Publication {
     /// Increases by one per publication, from 1.
     pub generation: u64,
-    /// The table.
-    pub table: DecisionTable,
+    /// The table (the compiler keeps a reference to patch the next one from).
+    pub table: Arc<DecisionTable>,
     /// When a source saw the oldest change this table includes (for change-to-enforced latency).
     pub oldest_change: Option<Instant>,
 }
@@ -53,6 +53,28 @@ pub struct OwnerConfig {
     pub debounce: Duration,
     /// The sources that must sync before the first publication.
     pub sources: Vec<SourceId>,
+    /// Compile in full, in a quiet moment, once the data patches left
+    /// unused reaches this share of the live data
+    /// (`IncrementalCompiler::stale_share`).
+    pub compact_share: f64,
+    /// The quiet time before that full compile.
+    pub compact_after: Duration,
+    /// Past this share, the next change compiles in full even when changes
+    /// never pause (bounds memory; that one change pays a full compile).
+    pub compact_share_max: f64,
+}
+
+impl OwnerConfig {
+    /// Debounce `debounce`; compaction at 50% after 1 s of quiet, or at 400% regardless.
+    pub fn new(debounce: Duration, sources: Vec<SourceId>) -> Self {
+        OwnerConfig {
+            debounce,
+            sources,
+            compact_share: 0.5,
+            compact_after: Duration::from_secs(1),
+            compact_share_max: 4.0,
+        }
+    }
 }
 
 /// One (source, kind) as `/status` shows it.
@@ -85,6 +107,9 @@ pub struct StatusData {
     pub table_published_unix: Option<f64>,
     /// How long its compilation took, in milliseconds.
     pub compile_ms: Option<f64>,
+    /// How it was compiled: `full` (and why), or `patch` of the namespaces
+    /// whose policies changed.
+    pub compilation: Option<String>,
     /// Objects known, by kind.
     pub objects: BTreeMap<String, usize>,
     /// Size of the table.
@@ -315,25 +340,51 @@ pub async fn run_owner(
     };
     let mut oldest_unpublished: Option<Instant> = None;
     let mut logged_problems: BTreeSet<String> = BTreeSet::new();
+    let mut compiler: Option<IncrementalCompiler> = None;
+    // A full compile that drops what patches left unused, once things are quiet.
+    let mut compact_at: Option<Instant> = None;
     loop {
-        let msg = if let Some(d) = deadline {
-            tokio::select! {
-                m = rx.recv() => m,
-                _ = tokio::time::sleep_until(d) => {
-                    deadline = None;
-                    if synced.is_superset(&expected) {
-                        generation += 1;
-                        last_publish = Some(Instant::now());
-                        // The first table is the start-up sync, not a change: no latency sample.
-                        let oldest = oldest_unpublished.take().filter(|_| generation > 1);
-                        publish_now(&index, &shared, &publish, generation, oldest, &mut logged_problems);
-                    }
-                    continue;
-                }
-            }
-        } else {
-            rx.recv().await
+        // A wake-up already due is handled at once, not after a timer round
+        // (tokio's timers tick in milliseconds).
+        let wake = deadline.or(compact_at);
+        let msg = match wake {
+            Some(d) if d <= Instant::now() => None,
+            Some(d) => tokio::select! {
+                m = rx.recv() => Some(m),
+                _ = tokio::time::sleep_until(d) => None,
+            },
+            None => Some(rx.recv().await),
         };
+        let Some(msg) = msg else {
+            if deadline.take().is_some() {
+                if synced.is_superset(&expected) {
+                    generation += 1;
+                    last_publish = Some(Instant::now());
+                    // The first table is the start-up sync, not a change: no latency sample.
+                    let oldest = oldest_unpublished.take().filter(|_| generation > 1);
+                    let how = compile(&mut index, &mut compiler, cfg.compact_share_max);
+                    let c = compiler.as_ref().expect("compiled");
+                    compact_at =
+                        (c.stale_share() >= cfg.compact_share).then(|| Instant::now() + cfg.compact_after);
+                    publish_now(&index, c, how, &shared, &publish, generation, oldest, &mut logged_problems);
+                }
+            } else if let Some(c) = compiler.as_mut() {
+                compact_at = None;
+                let t0 = Instant::now();
+                c.compact();
+                generation += 1;
+                let how =
+                    Compiled { kind: Compilation::Full { reason: "compaction".into() }, took: t0.elapsed() };
+                publish_now(&index, c, how, &shared, &publish, generation, None, &mut logged_problems);
+            } else {
+                compact_at = None;
+            }
+            continue;
+        };
+        // Changes postpone compaction until things are quiet again.
+        if let Some(c) = compact_at.as_mut() {
+            *c = Instant::now() + cfg.compact_after;
+        }
         let Some(msg) = msg else { break };
         let now = Instant::now();
         match msg {
@@ -422,18 +473,56 @@ fn touch(shared: &Shared, source: SourceId, kind: Kind, now: Instant, health: Op
         .set(up);
 }
 
+/// How a table was compiled, and how long that took.
+struct Compiled {
+    kind: Compilation,
+    took: Duration,
+}
+
+/// Brings the compiler up to date with the index: a patch when only
+/// policies changed, a full compile of a fresh snapshot otherwise.
+fn compile(index: &mut Index, compiler: &mut Option<IncrementalCompiler>, share_max: f64) -> Compiled {
+    let t0 = Instant::now();
+    let pending = index.take_pending();
+    let kind = match (pending, compiler.as_mut()) {
+        (Pending::Policies(changes), Some(c)) => match c.apply(changes) {
+            // Changes that never pause for a compaction: compact now, at the cost of this one.
+            Compilation::Patched { .. } if c.stale_share() >= share_max => {
+                c.compact();
+                Compilation::Full { reason: "unused data from patches past its bound".into() }
+            }
+            k => k,
+        },
+        (_, c) => {
+            let reason = if c.is_some() { "namespaces or pods changed" } else { "first table" };
+            let (cluster, _) = index.snapshot();
+            *compiler = Some(IncrementalCompiler::new(cluster));
+            Compilation::Full { reason: reason.into() }
+        }
+    };
+    Compiled { kind, took: t0.elapsed() }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn publish_now(
     index: &Index,
+    compiler: &IncrementalCompiler,
+    how: Compiled,
     shared: &Shared,
     publish: &Publisher,
     generation: u64,
     oldest_change: Option<Instant>,
     logged: &mut BTreeSet<String>,
 ) {
-    let t0 = Instant::now();
-    let (cluster, problems) = index.snapshot();
-    let table = DecisionTable::compile(&cluster);
-    let compile = t0.elapsed();
+    let problems = index.problems();
+    // Compile time includes the copy a publication takes.
+    let t1 = Instant::now();
+    let table = compiler.shared_table();
+    let compile = how.took + t1.elapsed();
+    let compilation = match &how.kind {
+        Compilation::Full { reason } => format!("full ({reason})"),
+        Compilation::Patched { namespaces } => format!("patch of namespace(s) {}", namespaces.join(", ")),
+    };
     let stats = table.stats().clone();
     publish(Publication { generation, table, oldest_change });
     let published = Instant::now();
@@ -468,6 +557,7 @@ fn publish_now(
         policies = stats.policies,
         invalid = invalid.len(),
         compile_ms = compile.as_secs_f64() * 1e3,
+        compilation = %compilation,
         "decision table published"
     );
     let mut st = shared.status.lock().expect("status lock");
@@ -476,6 +566,7 @@ fn publish_now(
     st.table_published_unix =
         SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs_f64());
     st.compile_ms = Some(compile.as_secs_f64() * 1e3);
+    st.compilation = Some(compilation);
     if let Some(secs) = change_to_publish {
         st.latency.change_to_publish.push(secs);
     }
@@ -510,7 +601,7 @@ mod tests {
         assert_eq!(v["p99_ms"], 2.0);
     }
 
-    type Published = Arc<Mutex<Vec<(u64, DecisionTable)>>>;
+    type Published = Arc<Mutex<Vec<(u64, Arc<DecisionTable>)>>>;
 
     fn publisher() -> (Publisher, Published) {
         let out: Published = Arc::default();
@@ -531,7 +622,8 @@ mod tests {
         let (tx, rx) = mpsc::channel(64);
         let shared = Shared::new();
         let (publish, out) = publisher();
-        let cfg = OwnerConfig { debounce: Duration::from_millis(50), sources: vec![KUBE] };
+        let mut cfg = OwnerConfig::new(Duration::from_millis(50), vec![KUBE]);
+        cfg.compact_share = f64::INFINITY; // no compaction: every publication below is a change's
         let owner = tokio::spawn(run_owner(rx, shared.clone(), publish, cfg));
         let pod: Object =
             Object::Pod(Box::new(yaml("metadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.0.1}")));
@@ -577,6 +669,64 @@ mod tests {
         assert_eq!(pods.error.as_deref(), Some("connection refused"));
         assert!(pods.unhealthy_for_seconds.unwrap() >= 3.0);
         assert_eq!(out.lock().unwrap().len(), 3);
+        drop(tx);
+        owner.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn policy_changes_are_patched_pod_changes_compile_in_full_and_quiet_time_compacts() {
+        let (tx, rx) = mpsc::channel(64);
+        let shared = Shared::new();
+        let (publish, out) = publisher();
+        let mut cfg = OwnerConfig::new(Duration::from_millis(50), vec![KUBE]);
+        cfg.compact_share = 0.0; // any patch asks for a compaction
+        let owner = tokio::spawn(run_owner(rx, shared.clone(), publish, cfg));
+        let pod = |name: &str, ip: &str| -> Object {
+            Object::Pod(Box::new(yaml(&format!(
+                "metadata: {{name: {name}, namespace: x, labels: {{app: {name}}}}}\nstatus: {{podIP: {ip}}}"
+            ))))
+        };
+        let allow_from_b = |port: u16| -> Object {
+            Object::NetworkPolicy(Box::new(yaml(&format!(
+                "metadata: {{name: to-a, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{app: a}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{app: b}}}}}}], ports: [{{port: {port}}}]}}]"
+            ))))
+        };
+        tx.send(change(Change::Replace(Kind::Namespace, vec![]))).await.unwrap();
+        tx.send(change(Change::Replace(Kind::Pod, vec![pod("a", "10.0.0.1"), pod("b", "10.0.0.2")])))
+            .await
+            .unwrap();
+        tx.send(change(Change::Replace(Kind::NetworkPolicy, vec![allow_from_b(80)]))).await.unwrap();
+        for k in KINDS {
+            tx.send(SourceMsg::Synced { source: KUBE, kind: k }).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(shared.status_now().compilation.as_deref(), Some("full (first table)"));
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let verdict = |port| out.lock().unwrap().last().unwrap().1.verdict(b, a, 6, port).allowed();
+        assert!(verdict(80) && !verdict(81));
+
+        // A policy edit: a patch of its namespace, with the new verdicts.
+        tx.send(change(Change::Apply(allow_from_b(81)))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(shared.status_now().compilation.as_deref(), Some("patch of namespace(s) x"));
+        assert!(!verdict(80) && verdict(81));
+        assert!(shared.status_now().table.replaced_sides > 0);
+        let generation = shared.status_now().table_generation;
+
+        // Quiet for `compact_after`: a full compile drops the replaced sides,
+        // with the same verdicts and no latency sample.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let st = shared.status_now();
+        assert_eq!(st.table_generation, generation + 1);
+        assert_eq!(st.compilation.as_deref(), Some("full (compaction)"));
+        assert_eq!(st.table.replaced_sides, 0);
+        assert!(st.latency.change_to_publish.quantile_ms(1.0).is_some());
+        assert!(!verdict(80) && verdict(81));
+
+        // A pod change: a full compile.
+        tx.send(change(Change::Apply(pod("c", "10.0.0.3")))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(shared.status_now().compilation.as_deref(), Some("full (namespaces or pods changed)"));
         drop(tx);
         owner.await.unwrap();
     }

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::networking::v1 as netv1;
 use policy_compiler::model::{NamespaceInfo, PodInfo, Policy};
 use policy_compiler::validate::{self, DEFAULT_NAMESPACE};
-use policy_compiler::{Cluster, Problem};
+use policy_compiler::{Cluster, PolicyChange, Problem};
 
 /// Kinds the index holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -92,12 +92,30 @@ type Key = (Kind, String, String);
 pub struct Index {
     entries: BTreeMap<Key, (u16, Entry, Vec<Problem>)>,
     generation: u64,
+    /// Policies changed since the last [`Index::take_pending`].
+    dirty_policies: std::collections::BTreeSet<(String, String)>,
+    /// A namespace or pod changed, or a kind was relisted, since then.
+    structural: bool,
+    /// Objects per kind, and the keys of objects with problems: kept up to
+    /// date so that a publication does not walk every object.
+    counts: BTreeMap<Kind, usize>,
+    with_problems: std::collections::BTreeSet<Key>,
+}
+
+/// What changed since the last compile, as [`Index::take_pending`] reports it.
+#[derive(Debug)]
+pub enum Pending {
+    /// Namespaces or pods changed (or a relist): compile a full snapshot.
+    Structural,
+    /// Only these policies changed (each one's current validated form, or
+    /// `None` when it is gone): a patch can do.
+    Policies(Vec<PolicyChange>),
 }
 
 impl Index {
     /// An empty index.
     pub fn new() -> Self {
-        Index::default()
+        Index { structural: true, ..Index::default() }
     }
 
     /// Number of changes applied so far (increases on every effective change).
@@ -109,6 +127,7 @@ impl Index {
     pub fn apply(&mut self, source: u16, change: Change) -> bool {
         match change {
             Change::Apply(obj) => {
+                self.mark(obj.kind(), obj.key());
                 self.upsert(source, obj);
                 self.generation += 1;
                 true
@@ -122,21 +141,78 @@ impl Index {
                 let owned = self.entries.get(&key).is_some_and(|(src, _, _)| *src == source);
                 let removed = owned && self.entries.remove(&key).is_some();
                 if removed {
+                    self.with_problems.remove(&key);
+                    *self.counts.entry(key.0).or_default() -= 1;
+                }
+                if removed {
                     self.generation += 1;
+                    self.mark(key.0, (key.1, key.2));
                 }
                 removed
             }
             Change::Replace(kind, objs) => {
+                self.structural = true;
                 self.entries.retain(|(k, _, _), (src, _, _)| *k != kind || *src != source);
                 for o in objs {
                     if o.kind() == kind {
                         self.upsert(source, o);
                     }
                 }
+                self.counts.clear();
+                for (k, _, _) in self.entries.keys() {
+                    *self.counts.entry(*k).or_default() += 1;
+                }
+                self.with_problems = self
+                    .entries
+                    .iter()
+                    .filter(|(_, (_, _, ps))| !ps.is_empty())
+                    .map(|(k, _)| k.clone())
+                    .collect();
                 self.generation += 1;
                 true
             }
         }
+    }
+
+    fn mark(&mut self, kind: Kind, key: (String, String)) {
+        match kind {
+            Kind::NetworkPolicy => {
+                self.dirty_policies.insert(key);
+            }
+            Kind::Namespace | Kind::Pod => self.structural = true,
+        }
+    }
+
+    /// What changed since the last call (since creation, the first time:
+    /// everything, a structural change).
+    pub fn take_pending(&mut self) -> Pending {
+        let dirty = std::mem::take(&mut self.dirty_policies);
+        if std::mem::take(&mut self.structural) {
+            return Pending::Structural;
+        }
+        Pending::Policies(
+            dirty
+                .into_iter()
+                .map(|(namespace, name)| {
+                    let key = (Kind::NetworkPolicy, namespace, name);
+                    let policy = match self.entries.get(&key) {
+                        Some((_, Entry::Policy(p), _)) => Some(p.clone()),
+                        _ => None,
+                    };
+                    let (_, namespace, name) = key;
+                    PolicyChange { namespace, name, policy }
+                })
+                .collect(),
+        )
+    }
+
+    /// Every object's problems.
+    pub fn problems(&self) -> Vec<Problem> {
+        self.with_problems
+            .iter()
+            .filter_map(|k| self.entries.get(k))
+            .flat_map(|(_, _, ps)| ps.iter().cloned())
+            .collect()
     }
 
     fn upsert(&mut self, source: u16, obj: Object) {
@@ -160,16 +236,20 @@ impl Index {
                 (Entry::Policy(p), ps)
             }
         };
-        self.entries.insert((kind, ns, name), (source, entry, problems));
+        let key = (kind, ns, name);
+        if problems.is_empty() {
+            self.with_problems.remove(&key);
+        } else {
+            self.with_problems.insert(key.clone());
+        }
+        if self.entries.insert(key, (source, entry, problems)).is_none() {
+            *self.counts.entry(kind).or_default() += 1;
+        }
     }
 
     /// Counts of objects per kind (all objects, including pods that are not endpoints).
     pub fn counts(&self) -> BTreeMap<Kind, usize> {
-        let mut m = BTreeMap::new();
-        for (k, _, _) in self.entries.keys() {
-            *m.entry(*k).or_default() += 1;
-        }
-        m
+        self.counts.iter().filter(|(_, n)| **n > 0).map(|(k, n)| (*k, *n)).collect()
     }
 
     /// The validated snapshot to compile, and every object's problems.
@@ -277,5 +357,50 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].field, "spec.ingress[0].ports[0].port");
         assert!(!allowed(&idx, "10.0.0.2", "10.0.0.1"));
+    }
+
+    #[test]
+    fn kept_counts_and_problems_match_a_walk_over_every_object() {
+        let bad = |name: &str| {
+            Object::NetworkPolicy(Box::new(yaml(&format!(
+                "metadata: {{name: {name}, namespace: x}}\nspec:\n  podSelector: {{}}\n  ingress: [{{ports: [{{port: 0}}]}}]"
+            ))))
+        };
+        let mut idx = Index::new();
+        let walk = |idx: &Index| {
+            let mut counts = BTreeMap::new();
+            for (k, _, _) in idx.entries.keys() {
+                *counts.entry(*k).or_insert(0usize) += 1;
+            }
+            let problems: Vec<String> =
+                idx.entries.values().flat_map(|e| e.2.iter().map(|p| p.to_string())).collect();
+            (counts, problems)
+        };
+        let check = |idx: &Index| {
+            let (counts, problems) = walk(idx);
+            assert_eq!(idx.counts(), counts);
+            assert_eq!(idx.problems().iter().map(|p| p.to_string()).collect::<Vec<_>>(), problems);
+        };
+        idx.apply(0, Change::Apply(pod("x", "a", "10.0.0.1", "a")));
+        idx.apply(0, Change::Apply(bad("b1")));
+        idx.apply(0, Change::Apply(bad("b2")));
+        check(&idx);
+        // Fixed: its problem goes; deleted: its count goes.
+        idx.apply(0, Change::Apply(deny_all("x")));
+        idx.apply(
+            0,
+            Change::Apply(Object::NetworkPolicy(Box::new(yaml(
+                "metadata: {name: b1, namespace: x}\nspec: {podSelector: {}}",
+            )))),
+        );
+        idx.apply(0, Change::Delete(Kind::NetworkPolicy, "x".into(), "b2".into()));
+        check(&idx);
+        assert_eq!(idx.problems().len(), 0);
+        idx.apply(1, Change::Apply(bad("b3")));
+        idx.apply(0, Change::Replace(Kind::NetworkPolicy, vec![bad("b4")]));
+        check(&idx);
+        assert_eq!(idx.problems().len(), 2, "b3 from the other source stays");
+        idx.apply(0, Change::Replace(Kind::Pod, vec![]));
+        check(&idx);
     }
 }

@@ -33,7 +33,7 @@ pub struct RunOptions {
 }
 
 /// The latest published table when no dataplane runs (compile-and-serve mode).
-pub type TableSlot = Arc<ArcSwapOption<(u64, DecisionTable)>>;
+pub type TableSlot = Arc<ArcSwapOption<(u64, Arc<DecisionTable>)>>;
 
 /// Runs until SIGTERM/SIGINT.
 pub async fn run(opts: RunOptions) -> Result<()> {
@@ -91,8 +91,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             Box::new(move |p: Publication| slot.store(Some(Arc::new((p.generation, p.table)))))
         }
     };
-    let owner_cfg =
-        OwnerConfig { debounce: Duration::from_millis(opts.config.debounce_ms), sources: expected };
+    let owner_cfg = OwnerConfig::new(Duration::from_millis(opts.config.debounce_ms), expected);
     let owner = tokio::spawn(daemon::run_owner(rx, shared.clone(), publish, owner_cfg));
     let app =
         AppState { shared: shared.clone(), dataplane: enforcer.clone().map(|e| e as Arc<dyn DataplaneView>) };

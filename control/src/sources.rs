@@ -15,7 +15,6 @@
 //! disconnected is not lost. The index keeps only the validated, compiler-
 //! relevant form of each object; no full copy of the cluster is kept.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -194,26 +193,20 @@ where
     }
 }
 
-/// Polls a manifest directory every `interval` and sends the complete set of
-/// objects in force whenever it changes (and once at start).
+/// Polls a manifest directory every `interval`; sends every object in force
+/// once at start, then the changes (computed per changed file) as they come.
 pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<SourceMsg>) {
     let mut md = ManifestDir::new(&dir);
     let mut first = true;
-    // What the owner has: compared with each new scan so that only differences are sent.
-    let mut sent: HashMap<(Kind, String, String), Object> = HashMap::new();
     let mut last_report = String::new();
-    // Objects and conflicts change only when a file does: collected only then, not on
-    // every poll (a directory of 10,000 policies would be cloned five times a second).
     let mut conflicts = Vec::new();
     loop {
-        let changed = md.scan();
-        let objs = if changed || first {
-            let (objs, c) = md.objects();
-            conflicts = c;
-            Some(objs)
-        } else {
-            None
-        };
+        md.scan();
+        let changes = md.take_changes();
+        // Conflicts change only when the objects in force do.
+        if first || changes.is_some() {
+            conflicts = md.conflicts();
+        }
         let report = format!(
             "{:?}{:?}{:?}",
             md.status().iter().map(|s| &s.errors).collect::<Vec<_>>(),
@@ -233,45 +226,28 @@ pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<Sou
                 return;
             }
         }
-        if let Some(objs) = objs {
+        if first {
+            // The first scan lists every kind in full.
             let seen = Instant::now();
-            let now: HashMap<(Kind, String, String), Object> =
-                objs.into_iter().map(|o| ((o.kind(), o.key().0, o.key().1), o)).collect();
-            let changes = if first {
-                // The first scan lists every kind in full.
-                let mut by_kind: [(Kind, Vec<Object>); 3] =
-                    [(Kind::Namespace, vec![]), (Kind::Pod, vec![]), (Kind::NetworkPolicy, vec![])];
-                for ((k, ..), o) in &now {
-                    by_kind[*k as usize].1.push(o.clone());
-                }
-                by_kind.into_iter().map(|(k, objs)| Change::Replace(k, objs)).collect()
-            } else {
-                // Later scans send only what differs from what was sent.
-                let mut changes: Vec<Change> = now
-                    .iter()
-                    .filter(|(k, o)| sent.get(*k) != Some(*o))
-                    .map(|(_, o)| Change::Apply(o.clone()))
-                    .collect();
-                changes.extend(
-                    sent.keys()
-                        .filter(|k| !now.contains_key(*k))
-                        .map(|(k, ns, name)| Change::Delete(*k, ns.clone(), name.clone())),
-                );
-                changes
-            };
-            sent = now;
-            if !changes.is_empty()
-                && tx.send(SourceMsg::Changes { source: MANIFESTS, changes, seen }).await.is_err()
-            {
+            let mut by_kind: [(Kind, Vec<Object>); 3] =
+                [(Kind::Namespace, vec![]), (Kind::Pod, vec![]), (Kind::NetworkPolicy, vec![])];
+            for o in md.objects().0 {
+                by_kind[o.kind() as usize].1.push(o);
+            }
+            let changes = by_kind.into_iter().map(|(k, objs)| Change::Replace(k, objs)).collect();
+            if tx.send(SourceMsg::Changes { source: MANIFESTS, changes, seen }).await.is_err() {
                 return;
             }
-            if first {
-                for kind in [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy] {
-                    if tx.send(SourceMsg::Synced { source: MANIFESTS, kind }).await.is_err() {
-                        return;
-                    }
+            for kind in [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy] {
+                if tx.send(SourceMsg::Synced { source: MANIFESTS, kind }).await.is_err() {
+                    return;
                 }
-                first = false;
+            }
+            first = false;
+        } else if let Some((changes, seen)) = changes {
+            let seen = Instant::from_std(seen);
+            if tx.send(SourceMsg::Changes { source: MANIFESTS, changes, seen }).await.is_err() {
+                return;
             }
         }
         tokio::time::sleep(interval).await;

@@ -159,8 +159,9 @@ pub struct PublishedTable {
     /// Increases with every publication; conntrack entries checked against
     /// an older generation are re-checked.
     pub generation: u64,
-    /// The policy.
-    pub table: policy_compiler::DecisionTable,
+    /// The policy (shared with the control plane, which patches a copy for
+    /// the next publication).
+    pub table: std::sync::Arc<policy_compiler::DecisionTable>,
     /// True until the control plane has synced once: IP is dropped, only
     /// ARP/ND pass.
     pub fail_closed: bool,
@@ -174,15 +175,20 @@ impl PublishedTable {
     pub fn fail_closed() -> Self {
         PublishedTable {
             generation: 0,
-            table: policy_compiler::DecisionTable::default(),
+            table: Default::default(),
             fail_closed: true,
             hits: PolicyHits::default(),
         }
     }
 
     /// A table to enforce, with per-policy hit counters for `workers` workers.
-    pub fn new(generation: u64, table: policy_compiler::DecisionTable, workers: usize) -> Self {
-        let hits = PolicyHits::new(table.stats().policies, workers);
+    pub fn new(
+        generation: u64,
+        table: impl Into<std::sync::Arc<policy_compiler::DecisionTable>>,
+        workers: usize,
+    ) -> Self {
+        let table = table.into();
+        let hits = PolicyHits::new(table.policy_slots(), workers);
         PublishedTable { generation, table, fail_closed: false, hits }
     }
 }
@@ -414,7 +420,7 @@ impl Pipeline {
         }
         if self.revalidate_remaining > 0 && !self.current.fail_closed {
             let n = self.revalidate_remaining.min(self.sweep_budget);
-            self.conntrack.revalidate_step(&self.current.table, self.current.generation, n);
+            self.conntrack.revalidate_step(&*self.current.table, self.current.generation, n);
             self.revalidate_remaining -= n;
         }
         self.conntrack.expire_step(now, self.sweep_budget);
@@ -546,6 +552,6 @@ impl Pipeline {
         }
         self.revalidate_remaining = 0;
         let t = &*self.current;
-        self.conntrack.revalidate_all(&t.table, t.generation)
+        self.conntrack.revalidate_all(&*t.table, t.generation)
     }
 }

@@ -313,7 +313,8 @@ pub struct DecisionTable {
     addr_v4: HashMap<u32, AddrEntry>,
     addr_v6: HashMap<u128, AddrEntry>,
     pods: Vec<PodEntry>,
-    pod_keys: Vec<(String, String)>,
+    /// (namespace, name) of each pod; shared by a table and its patched copies.
+    pod_keys: std::sync::Arc<Vec<(String, String)>>,
     named: Vec<NamedEntry>,
     /// Non-pod address -> CIDR class, per [direction][family].
     cidr: [[ClassIndex; 2]; 2],
@@ -329,7 +330,9 @@ pub struct DecisionTable {
     entries: Vec<PortEntry>,
     /// The rule each entry of `entries` comes from.
     entry_rules: Vec<RuleRef>,
-    policies: Vec<(String, String)>,
+    /// (namespace, name) of each policy index; shared by a table and its
+    /// patched copies until a patch adds a policy.
+    policies: std::sync::Arc<Vec<(std::sync::Arc<str>, std::sync::Arc<str>)>>,
     stats: TableStats,
 }
 
@@ -501,6 +504,7 @@ impl DecisionTable {
     /// `(namespace, name)` of a policy named in a [`RuleRef`] or side.
     pub fn policy(&self, index: u32) -> (&str, &str) {
         let (ns, n) = &self.policies[index as usize];
+        let (ns, n): (&str, &str) = (ns, n);
         (ns, n)
     }
 
@@ -697,7 +701,23 @@ struct Compiler<'a> {
     policy_ids: &'a [u32],
     pod_cache: HashMap<(&'a Selector, u32), (bool, Vec<u32>)>,
     ns_cache: HashMap<&'a Selector, Vec<u32>>,
-    peer_cache: HashMap<(&'a NamespaceMatch, &'a Selector), std::rc::Rc<Resolution>>,
+    peer_cache: HashMap<(&'a NamespaceMatch, &'a Selector), std::sync::Arc<Resolution>>,
+    /// Resolutions from earlier compiles over the same identities (a patch's).
+    known: Option<&'a PeerCache>,
+}
+
+/// Selector peers resolved against one [`Identities`]: kept by an
+/// incremental compiler from one patch to the next.
+type PeerCache = HashMap<(NamespaceMatch, Selector), std::sync::Arc<Resolution>>;
+
+/// A borrowed key of a [`PeerCache`] (hashes like the owned one).
+#[derive(Hash)]
+struct PeerRef<'a>(&'a NamespaceMatch, &'a Selector);
+
+impl hashbrown::Equivalent<(NamespaceMatch, Selector)> for PeerRef<'_> {
+    fn equivalent(&self, key: &(NamespaceMatch, Selector)) -> bool {
+        *self.0 == key.0 && *self.1 == key.1
+    }
 }
 
 /// The sides a compile creates: each one's direction and isolating policies
@@ -717,6 +737,7 @@ impl<'a> Compiler<'a> {
             pod_cache: HashMap::new(),
             ns_cache: HashMap::new(),
             peer_cache: HashMap::new(),
+            known: None,
         }
     }
 
@@ -751,11 +772,15 @@ impl<'a> Compiler<'a> {
     }
 
     /// Resolves a selector peer, once per distinct (namespaces, pods) pair.
-    fn resolve(&mut self, namespaces: &'a NamespaceMatch, pods: &'a Selector) -> std::rc::Rc<Resolution> {
+    fn resolve(&mut self, namespaces: &'a NamespaceMatch, pods: &'a Selector) -> std::sync::Arc<Resolution> {
         if let Some(r) = self.peer_cache.get(&(namespaces, pods)) {
             return r.clone();
         }
-        let r = std::rc::Rc::new(self.resolve_uncached(namespaces, pods));
+        if let Some(r) = self.known.and_then(|k| k.get(&PeerRef(namespaces, pods))) {
+            self.peer_cache.insert((namespaces, pods), r.clone());
+            return r.clone();
+        }
+        let r = std::sync::Arc::new(self.resolve_uncached(namespaces, pods));
         self.peer_cache.insert((namespaces, pods), r.clone());
         r
     }
@@ -1037,6 +1062,7 @@ struct Full {
     table: DecisionTable,
     ids: Identities,
     ctx: PolicyContext,
+    peers: PeerCache,
 }
 
 fn compile_full(cluster: &Cluster) -> Full {
@@ -1060,6 +1086,7 @@ fn compile_full(cluster: &Cluster) -> Full {
         side_policies.extend_from_slice(list);
         side_info.push(SideInfo { policies: (a, side_policies.len() as u32), dir: Some(*dir) });
     }
+    let peers: PeerCache = c.peer_cache.drain().map(|((n, p), r)| ((n.clone(), p.clone()), r)).collect();
     drop(c);
 
     // 3. Pods and their addresses.
@@ -1105,8 +1132,10 @@ fn compile_full(cluster: &Cluster) -> Full {
         }
     }
 
-    let policies: Vec<(String, String)> =
-        cluster.policies.iter().map(|p| (p.namespace.clone(), p.name.clone())).collect();
+    let policies = std::sync::Arc::new(
+        cluster.policies.iter().map(|p| (p.namespace.as_str().into(), p.name.as_str().into())).collect(),
+    );
+    let pod_keys = std::sync::Arc::new(pod_keys);
     let (peer_keys, peer_groups) = (b.peer_keys, b.peer_groups);
     let port_sets = b.sets.interned.len();
     let (mut entries, mut entry_rules) = (b.sets.entries, b.sets.rules);
@@ -1151,7 +1180,7 @@ fn compile_full(cluster: &Cluster) -> Full {
         memory_bytes: t.memory_estimate(),
         replaced_sides: 0,
     };
-    Full { table: t, ids, ctx }
+    Full { table: t, ids, ctx, peers }
 }
 
 /// Interns port sets: each distinct sequence of (entry, rule) is stored once,
@@ -1227,7 +1256,7 @@ impl DecisionTable {
             + self.side_policies.capacity() * 4
             + self.entries.capacity() * size_of::<PortEntry>()
             + self.entry_rules.capacity() * size_of::<RuleRef>()
-            + self.policies.iter().map(|(a, b)| a.capacity() + b.capacity() + 48).sum::<usize>()
+            + self.policies.iter().map(|(a, b)| a.len() + b.len() + 64).sum::<usize>()
     }
 }
 

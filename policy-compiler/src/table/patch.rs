@@ -24,6 +24,8 @@
 //! and deleted ones leave an unused name behind (so a [`RuleRef`] in a
 //! connection tracked under an older table still names the right policy).
 
+use std::sync::Arc;
+
 use super::*;
 
 /// One policy change: `namespace/name` is now `policy`, or is deleted (`None`).
@@ -55,7 +57,7 @@ pub enum Compilation {
 /// A cluster snapshot and its compiled table, kept up to date by policy changes.
 pub struct IncrementalCompiler {
     cluster: Cluster,
-    table: DecisionTable,
+    table: Arc<DecisionTable>,
     ids: Identities,
     ctx: PolicyContext,
     /// The table's policy index of each policy of `cluster`, in its order.
@@ -63,19 +65,38 @@ pub struct IncrementalCompiler {
     /// Heap bytes patches appended since the last full compile (about what
     /// the replaced sides still hold).
     appended_bytes: usize,
+    /// Bytes of the arrays patches append to, after the last full compile.
+    base_bytes: usize,
+    /// Earlier tables, kept so that a patch can copy into the buffers of one
+    /// nobody else holds any more: memory already mapped, where fresh
+    /// allocations of this size would fault every page in again (about 1.5x
+    /// the copy time at 10,000 policies; see docs/performance.md).
+    spare: std::collections::VecDeque<Arc<DecisionTable>>,
+    /// Selector peers resolved so far (they depend only on namespaces and
+    /// pods, which patches never change).
+    peers: PeerCache,
 }
+
+/// Earlier tables an [`IncrementalCompiler`] keeps for their buffers: enough
+/// for the tables a dataplane still holds right after a publication (the
+/// current one and two retired ones), plus one free.
+const SPARE_TABLES: usize = 4;
 
 impl IncrementalCompiler {
     /// Compiles `cluster` in full.
     pub fn new(cluster: Cluster) -> Self {
         let full = compile_full(&cluster);
+        let base_bytes = data_bytes(&full.table);
         IncrementalCompiler {
             policy_ids: (0..cluster.policies.len() as u32).collect(),
             cluster,
-            table: full.table,
+            table: Arc::new(full.table),
             ids: full.ids,
             ctx: full.ctx,
             appended_bytes: 0,
+            base_bytes,
+            spare: Default::default(),
+            peers: full.peers,
         }
     }
 
@@ -89,6 +110,11 @@ impl IncrementalCompiler {
         &self.table
     }
 
+    /// The current table, shared (publishing it costs no copy).
+    pub fn shared_table(&self) -> Arc<DecisionTable> {
+        self.table.clone()
+    }
+
     /// Replaces the snapshot and compiles it in full.
     pub fn replace(&mut self, cluster: Cluster) {
         *self = IncrementalCompiler::new(cluster);
@@ -100,10 +126,11 @@ impl IncrementalCompiler {
         self.replace(cluster);
     }
 
-    /// Share of the table's memory that patches added since the last full
-    /// compile: about what replaced sides hold, unused.
+    /// What patches appended since the last full compile (about what the
+    /// replaced sides hold, unused), relative to the side data of that
+    /// compile: 1.0 when the unused data has grown as large as the live data.
     pub fn stale_share(&self) -> f64 {
-        self.appended_bytes as f64 / self.table.stats.memory_bytes.max(1) as f64
+        self.appended_bytes as f64 / self.base_bytes.max(1) as f64
     }
 
     /// Applies policy changes (in order; the last change of a policy wins)
@@ -130,7 +157,11 @@ impl IncrementalCompiler {
                 break;
             }
         }
-        let mut table = blocker.is_none().then(|| self.table.clone());
+        let mut table = blocker.is_none().then(|| {
+            let free = self.spare.iter().position(|t| Arc::strong_count(t) == 1);
+            let reuse = free.and_then(|i| self.spare.remove(i)).and_then(|t| Arc::try_unwrap(t).ok());
+            copy_to_patch(&self.table, reuse)
+        });
         let mut touched: Vec<u32> = Vec::new();
         for ch in changes {
             let key = (ch.namespace.as_str(), ch.name.as_str());
@@ -148,7 +179,8 @@ impl IncrementalCompiler {
                 (Err(i), Some(p)) => {
                     if let Some(t) = table.as_mut() {
                         self.policy_ids.insert(i, t.policies.len() as u32);
-                        t.policies.push((p.namespace.clone(), p.name.clone()));
+                        Arc::make_mut(&mut t.policies)
+                            .push((p.namespace.as_str().into(), p.name.as_str().into()));
                     }
                     self.cluster.policies.insert(i, p);
                 }
@@ -172,6 +204,7 @@ impl IncrementalCompiler {
             std::mem::take(&mut t.groups),
         );
         let mut c = Compiler::new(&self.cluster, &self.ids, &self.ctx, &self.policy_ids);
+        c.known = Some(&self.peers);
         let mut names = Vec::new();
         for &ns in &touched {
             let name = self.cluster.namespaces[ns as usize].name.as_str();
@@ -195,6 +228,15 @@ impl IncrementalCompiler {
                 t.pods[pi].sides = plan.identity_sides.get(&identity).copied().unwrap_or_default();
             }
         }
+        // Resolutions this patch made, kept for the next ones.
+        let fresh: Vec<((NamespaceMatch, Selector), Arc<Resolution>)> = c
+            .peer_cache
+            .iter()
+            .filter(|((n, p), _)| !self.peers.contains_key(&PeerRef(n, p)))
+            .map(|((n, p), r)| (((*n).clone(), (*p).clone()), r.clone()))
+            .collect();
+        drop(c);
+        self.peers.extend(fresh);
         t.stats.peer_keys += b.peer_keys;
         t.stats.peer_groups += b.peer_groups;
         t.stats.port_sets += b.sets.interned.len();
@@ -205,7 +247,11 @@ impl IncrementalCompiler {
         t.stats.sides = t.side_info.len();
         t.stats.memory_bytes = t.memory_estimate();
         self.appended_bytes += data_bytes(&t) - before;
-        self.table = t;
+        let old = std::mem::replace(&mut self.table, Arc::new(t));
+        self.spare.push_back(old);
+        if self.spare.len() > SPARE_TABLES {
+            self.spare.pop_front();
+        }
         Compilation::Patched { namespaces: names }
     }
 }
@@ -227,4 +273,53 @@ fn data_bytes(t: &DecisionTable) -> usize {
         + t.sides.len() * size_of::<SideEntry>()
         + t.side_info.len() * size_of::<SideInfo>()
         + t.side_policies.len() * 4
+}
+
+/// A copy of `t` to patch, made in the buffers of `into` when given: the
+/// arrays a patch appends to get room to grow without moving again; the
+/// parts a patch never changes are shared.
+fn copy_to_patch(t: &DecisionTable, into: Option<DecisionTable>) -> DecisionTable {
+    fn room<T: Clone>(dst: &mut Vec<T>, src: &[T]) {
+        dst.clear();
+        dst.reserve(src.len() + src.len() / 16 + 64);
+        dst.extend_from_slice(src);
+    }
+    let mut out = into.unwrap_or_else(empty);
+    out.addr_v4.clone_from(&t.addr_v4);
+    out.addr_v6.clone_from(&t.addr_v6);
+    out.pods.clone_from(&t.pods);
+    out.pod_keys = t.pod_keys.clone();
+    out.named.clone_from(&t.named);
+    out.cidr.clone_from(&t.cidr);
+    room(&mut out.sides, &t.sides);
+    room(&mut out.side_info, &t.side_info);
+    room(&mut out.side_policies, &t.side_policies);
+    room(&mut out.slots, &t.slots);
+    room(&mut out.groups, &t.groups);
+    room(&mut out.entries, &t.entries);
+    room(&mut out.entry_rules, &t.entry_rules);
+    out.policies = t.policies.clone();
+    out.stats = t.stats.clone();
+    out
+}
+
+/// A table with no buffers allocated, to copy into.
+fn empty() -> DecisionTable {
+    DecisionTable {
+        addr_v4: Default::default(),
+        addr_v6: Default::default(),
+        pods: Vec::new(),
+        pod_keys: Default::default(),
+        named: Vec::new(),
+        cidr: Default::default(),
+        sides: Vec::new(),
+        side_info: Vec::new(),
+        side_policies: Vec::new(),
+        slots: Vec::new(),
+        groups: Vec::new(),
+        entries: Vec::new(),
+        entry_rules: Vec::new(),
+        policies: Default::default(),
+        stats: TableStats::default(),
+    }
 }
