@@ -5,6 +5,11 @@
 //!   mix of 4,096 flows, one group so the ratios come from one run;
 //! * `compile/10k_pods/{1000,10000}`: `DecisionTable::compile` (the table's
 //!   drop is not timed);
+//! * `patch/10k_pods/{1000,10000}`: `IncrementalCompiler::apply` of one
+//!   changed policy (the policies take turns, so every namespace gets
+//!   patched; compacted whenever a tenth of the side data is unused, which
+//!   is not timed): what a policy change costs the control plane, against
+//!   the full compile above;
 //! * `memory`: prints `stats()` and the heap bytes the tables really hold,
 //!   counted by the global allocator of this binary.
 //!
@@ -68,6 +73,46 @@ fn compile(c: &mut Criterion) {
     g.finish();
 }
 
+fn patch(c: &mut Criterion) {
+    use policy_compiler::{IncrementalCompiler, PolicyChange};
+    let mut g = c.benchmark_group("patch");
+    g.sample_size(50).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(1));
+    for policies in [1_000, 10_000] {
+        let cluster = generate(PODS, policies, SEED);
+        let mut inc = IncrementalCompiler::new(cluster.clone());
+        let mut next = 0usize;
+        g.bench_function(BenchmarkId::new("10k_pods", policies), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    if inc.stale_share() > 0.1 {
+                        inc.compact();
+                    }
+                    // Each policy again, with its first rule's ports reversed: same
+                    // names and ipBlocks, so a patch (asserted below).
+                    next = (next + 97) % cluster.policies.len();
+                    let mut p = cluster.policies[next].clone();
+                    if let Some(r) = p.rules[0].first_mut() {
+                        r.ports.reverse();
+                    }
+                    let ch = PolicyChange {
+                        namespace: p.namespace.clone(),
+                        name: p.name.clone(),
+                        policy: Some(p),
+                    };
+                    let t = std::time::Instant::now();
+                    let how = inc.apply(vec![ch]);
+                    timed += t.elapsed();
+                    assert!(matches!(how, policy_compiler::Compilation::Patched { .. }), "{how:?}");
+                }
+                timed
+            })
+        });
+    }
+    g.finish();
+}
+
 /// Not timed: prints each table's stats and its real heap size.
 fn memory(_: &mut Criterion) {
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
@@ -84,5 +129,5 @@ fn memory(_: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, lookup, compile, memory);
+criterion_group!(benches, lookup, compile, patch, memory);
 criterion_main!(benches);

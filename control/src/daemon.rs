@@ -558,6 +558,7 @@ fn publish_now(
         invalid = invalid.len(),
         compile_ms = compile.as_secs_f64() * 1e3,
         compilation = %compilation,
+        change_to_publish_ms = change_to_publish.map(|s| s * 1e3),
         "decision table published"
     );
     let mut st = shared.status.lock().expect("status lock");

@@ -228,6 +228,8 @@ impl ClassIndex {
 
 /// A peer-table key is an identity block, or `CIDR_KEY | class`.
 const CIDR_KEY: u32 = 1 << 31;
+/// `SideEntry::table` with this bit: the table is in `patch_slots`.
+const PATCHED: u32 = 1 << 31;
 /// Key of a free slot.
 const EMPTY: u32 = u32::MAX;
 /// `Slot::set` with this bit: `groups` index of the key's first group.
@@ -322,8 +324,12 @@ pub struct DecisionTable {
     side_info: Vec<SideInfo>,
     side_policies: Vec<u32>,
     /// Every side's peer table, back to back; slot 0 is free, the table of
-    /// sides without keys.
-    slots: Vec<Slot>,
+    /// sides without keys. Shared by a table and its patched copies (the
+    /// largest array: patches do not copy it).
+    slots: std::sync::Arc<[Slot]>,
+    /// Peer tables of the sides patches built (`SideEntry::table` with
+    /// [`PATCHED`] set); empty after a full compile.
+    patch_slots: Vec<Slot>,
     /// Groups of the keys whose identities do not all get the same port set.
     groups: Vec<Group>,
     /// Interned port sets, back to back, each ended by `END`.
@@ -459,8 +465,13 @@ impl DecisionTable {
         }
         let mask = (1u32 << se.table_bits) - 1;
         let mut i = h & mask;
+        let (slots, base): (&[Slot], u32) = if se.table & PATCHED == 0 {
+            (&self.slots, se.table)
+        } else {
+            (&self.patch_slots, se.table & !PATCHED)
+        };
         loop {
-            let slot = *self.slots.get((se.table + i) as usize)?;
+            let slot = *slots.get((base + i) as usize)?;
             if slot.key == key {
                 return Some(slot);
             }
@@ -891,6 +902,9 @@ impl<'a> Compiler<'a> {
 struct SideBuilder {
     sets: SetBuilder,
     slots: Vec<Slot>,
+    /// Marks the tables placed in `slots` ([`PATCHED`] when `slots` is a
+    /// table's `patch_slots`).
+    table_flag: u32,
     groups: Vec<Group>,
     peer_keys: usize,
     peer_groups: usize,
@@ -910,6 +924,7 @@ impl SideBuilder {
         SideBuilder {
             sets,
             slots,
+            table_flag: 0,
             groups,
             peer_keys: 0,
             peer_groups: 0,
@@ -1048,7 +1063,8 @@ impl SideBuilder {
                 }
                 self.slots[base + h] = *slot;
             }
-            side.table = base as u32;
+            debug_assert!(base < PATCHED as usize, "slot indexes fit in 31 bits");
+            side.table = base as u32 | self.table_flag;
             side.table_bits = n.trailing_zeros() as u8;
             side.filter = self.keyed.iter().fold(0, |f, slot| f | 1 << (slot_hash(slot.key) >> 28));
             self.peer_keys += self.keyed.len();
@@ -1139,11 +1155,11 @@ fn compile_full(cluster: &Cluster) -> Full {
     let (peer_keys, peer_groups) = (b.peer_keys, b.peer_groups);
     let port_sets = b.sets.interned.len();
     let (mut entries, mut entry_rules) = (b.sets.entries, b.sets.rules);
-    let (mut slots, mut groups) = (b.slots, b.groups);
+    let (slots, mut groups) = (b.slots, b.groups);
     entries.shrink_to_fit();
     entry_rules.shrink_to_fit();
     groups.shrink_to_fit();
-    slots.shrink_to_fit();
+    let slots: std::sync::Arc<[Slot]> = slots.into();
     let mut t = DecisionTable {
         addr_v4,
         addr_v6,
@@ -1155,6 +1171,7 @@ fn compile_full(cluster: &Cluster) -> Full {
         side_info,
         side_policies,
         slots,
+        patch_slots: Vec::new(),
         groups,
         entries,
         entry_rules,
@@ -1245,7 +1262,7 @@ impl DecisionTable {
             self.cidr.iter().flatten().map(|c| c.starts.capacity() * 16 + c.classes.capacity() * 4).sum();
         hm(self.addr_v4.capacity(), size_of::<(u32, AddrEntry)>())
             + hm(self.addr_v6.capacity(), size_of::<(u128, AddrEntry)>())
-            + self.slots.capacity() * size_of::<Slot>()
+            + (self.slots.len() + self.patch_slots.capacity()) * size_of::<Slot>()
             + self.groups.capacity() * size_of::<Group>()
             + self.pods.capacity() * size_of::<PodEntry>()
             + self.pod_keys.iter().map(|(a, b)| a.capacity() + b.capacity() + 48).sum::<usize>()

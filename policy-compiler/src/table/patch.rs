@@ -200,9 +200,10 @@ impl IncrementalCompiler {
         let before = data_bytes(&t);
         let mut b = SideBuilder::new(
             SetBuilder::resume(std::mem::take(&mut t.entries), std::mem::take(&mut t.entry_rules)),
-            std::mem::take(&mut t.slots),
+            std::mem::take(&mut t.patch_slots),
             std::mem::take(&mut t.groups),
         );
+        b.table_flag = PATCHED;
         let mut c = Compiler::new(&self.cluster, &self.ids, &self.ctx, &self.policy_ids);
         c.known = Some(&self.peers);
         let mut names = Vec::new();
@@ -240,7 +241,8 @@ impl IncrementalCompiler {
         t.stats.peer_keys += b.peer_keys;
         t.stats.peer_groups += b.peer_groups;
         t.stats.port_sets += b.sets.interned.len();
-        (t.entries, t.entry_rules, t.slots, t.groups) = (b.sets.entries, b.sets.rules, b.slots, b.groups);
+        (t.entries, t.entry_rules, t.patch_slots, t.groups) =
+            (b.sets.entries, b.sets.rules, b.slots, b.groups);
         t.stats.port_entries = t.entries.len() - t.stats.port_sets - 1;
         t.stats.policies = self.cluster.policies.len();
         t.stats.invalid_policies = self.cluster.policies.iter().filter(|p| !p.valid).count();
@@ -266,7 +268,7 @@ fn range_of<T>(v: &[T], ns: &str, key: impl Fn(&T) -> &String) -> std::ops::Rang
 /// Bytes of the arrays a patch appends to (by length, not capacity).
 fn data_bytes(t: &DecisionTable) -> usize {
     use std::mem::size_of;
-    t.slots.len() * size_of::<Slot>()
+    (t.slots.len() + t.patch_slots.len()) * size_of::<Slot>()
         + t.groups.len() * size_of::<Group>()
         + t.entries.len() * size_of::<PortEntry>()
         + t.entry_rules.len() * size_of::<RuleRef>()
@@ -294,7 +296,8 @@ fn copy_to_patch(t: &DecisionTable, into: Option<DecisionTable>) -> DecisionTabl
     room(&mut out.sides, &t.sides);
     room(&mut out.side_info, &t.side_info);
     room(&mut out.side_policies, &t.side_policies);
-    room(&mut out.slots, &t.slots);
+    out.slots = t.slots.clone();
+    room(&mut out.patch_slots, &t.patch_slots);
     room(&mut out.groups, &t.groups);
     room(&mut out.entries, &t.entries);
     room(&mut out.entry_rules, &t.entry_rules);
@@ -315,7 +318,8 @@ fn empty() -> DecisionTable {
         sides: Vec::new(),
         side_info: Vec::new(),
         side_policies: Vec::new(),
-        slots: Vec::new(),
+        slots: Default::default(),
+        patch_slots: Vec::new(),
         groups: Vec::new(),
         entries: Vec::new(),
         entry_rules: Vec::new(),
