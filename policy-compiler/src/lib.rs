@@ -15,6 +15,9 @@
 //!
 //!                  reference::evaluate: the slow, literal reading of the
 //!                  spec, used by tests and by `portcullis explain`.
+//!
+//!  PolicyChange(s) ──IncrementalCompiler::apply──▶ the same table, patched:
+//!                   only the changed namespaces' sides rebuilt (table/patch.rs)
 //! ```
 //!
 //! What comes in: API objects (or an already validated [`Cluster`]). What goes
