@@ -295,10 +295,10 @@ pub fn scale_table(policies: usize) -> (DecisionTable, Vec<(Host, Host)>) {
 /// }
 /// ```
 ///
-/// When the machine cannot run it ([`missing`] says why: not root, a tool
+/// When the machine cannot run it ([`missing`](root::missing) says why: not root, a tool
 /// missing, `ip netns add` refused, as in an unprivileged container whose UID
 /// is 0), the test prints `SKIP: <why>` and passes, unless the environment
-/// variable [`REQUIRE`] is `1`: then it fails. CI sets it (`.ci/run`), so a
+/// variable [`REQUIRE`](root::REQUIRE) is `1`: then it fails. CI sets it (`.ci/run`), so a
 /// runner that silently lost its privileges cannot turn the end-to-end tests
 /// into passing no-ops. `scripts/demo.sh` follows the same rule.
 pub mod root {

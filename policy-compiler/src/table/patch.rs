@@ -14,7 +14,7 @@
 //! namespace, and no other namespace's pod uses it. Everything else a side
 //! reads is derived from pods and namespaces (identities, identity blocks) or
 //! from the set of ipBlocks and port names (CIDR classes, interned names),
-//! which a patch requires unchanged ([`PolicyContext::covers`]; an ipBlock no
+//! which a patch requires unchanged (`PolicyContext::covers`; an ipBlock no
 //! policy uses any more only leaves the partition finer than needed).
 //!
 //! What it costs: the replaced sides' data stays in the table, unused, until
