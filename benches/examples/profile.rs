@@ -13,7 +13,8 @@
 //!
 //! `patch PODS POLICIES` times the steps of a one-policy change through
 //! `IncrementalCompiler` (the patch, a copy of the table as a publication
-//! takes) against a full compile, fastest of 20 rounds.
+//! takes) against a full compile, fastest of 20 rounds (`ROUNDS=N` runs N
+//! patches, for a profiler; only the first 20 also compile in full).
 //!
 //! `compare PODS` builds the 10-, 1,000- and 10,000-policy tables and times
 //! lookups over them in alternating rounds, reporting each table's fastest
@@ -174,9 +175,6 @@ fn patch(pods: usize, policies: usize) {
             r.ports.reverse();
         }
         let ch = PolicyChange { namespace: p.namespace.clone(), name: p.name.clone(), policy: Some(p) };
-        if let Some(ms) = std::env::var("PAUSE_MS").ok().and_then(|v| v.parse().ok()) {
-            std::thread::sleep(std::time::Duration::from_millis(ms));
-        }
         let t = Instant::now();
         black_box(inc.apply(vec![ch]));
         best[0] = best[0].min(t.elapsed().as_secs_f64() * 1e3);

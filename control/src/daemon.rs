@@ -614,18 +614,27 @@ mod tests {
         serde_yaml::from_str(s).unwrap()
     }
 
+    /// An owner of one Kubernetes source, debounce 50 ms, compaction at `compact_share`.
+    fn start_owner(
+        compact_share: f64,
+    ) -> (mpsc::Sender<SourceMsg>, Arc<Shared>, Published, tokio::task::JoinHandle<Index>) {
+        let (tx, rx) = mpsc::channel(64);
+        let shared = Shared::new();
+        let (publish, out) = publisher();
+        let mut cfg = OwnerConfig::new(Duration::from_millis(50), vec![KUBE]);
+        cfg.compact_share = compact_share;
+        let owner = tokio::spawn(run_owner(rx, shared.clone(), publish, cfg));
+        (tx, shared, out, owner)
+    }
+
     fn change(c: Change) -> SourceMsg {
         SourceMsg::Change { source: KUBE, change: c, seen: Instant::now() }
     }
 
     #[tokio::test(start_paused = true)]
     async fn nothing_is_published_before_every_kind_synced_then_changes_are_debounced() {
-        let (tx, rx) = mpsc::channel(64);
-        let shared = Shared::new();
-        let (publish, out) = publisher();
-        let mut cfg = OwnerConfig::new(Duration::from_millis(50), vec![KUBE]);
-        cfg.compact_share = f64::INFINITY; // no compaction: every publication below is a change's
-        let owner = tokio::spawn(run_owner(rx, shared.clone(), publish, cfg));
+        // No compaction: every publication below is a change's.
+        let (tx, shared, out, owner) = start_owner(f64::INFINITY);
         let pod: Object =
             Object::Pod(Box::new(yaml("metadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.0.1}")));
         tx.send(change(Change::Replace(Kind::Pod, vec![pod]))).await.unwrap();
@@ -676,12 +685,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn policy_changes_are_patched_pod_changes_compile_in_full_and_quiet_time_compacts() {
-        let (tx, rx) = mpsc::channel(64);
-        let shared = Shared::new();
-        let (publish, out) = publisher();
-        let mut cfg = OwnerConfig::new(Duration::from_millis(50), vec![KUBE]);
-        cfg.compact_share = 0.0; // any patch asks for a compaction
-        let owner = tokio::spawn(run_owner(rx, shared.clone(), publish, cfg));
+        // Any patch asks for a compaction.
+        let (tx, shared, out, owner) = start_owner(0.0);
         let pod = |name: &str, ip: &str| -> Object {
             Object::Pod(Box::new(yaml(&format!(
                 "metadata: {{name: {name}, namespace: x, labels: {{app: {name}}}}}\nstatus: {{podIP: {ip}}}"

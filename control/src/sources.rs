@@ -227,12 +227,16 @@ pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<Sou
             }
         }
         if first {
-            // The first scan lists every kind in full.
+            // The first scan lists every kind in full: its changes are one
+            // `Apply` of each object in force (files are read in name order,
+            // so only the first definition of an object is applied).
             let seen = Instant::now();
             let mut by_kind: [(Kind, Vec<Object>); 3] =
                 [(Kind::Namespace, vec![]), (Kind::Pod, vec![]), (Kind::NetworkPolicy, vec![])];
-            for o in md.objects().0 {
-                by_kind[o.kind() as usize].1.push(o);
+            for change in changes.map(|(c, _)| c).unwrap_or_default() {
+                if let Change::Apply(o) = change {
+                    by_kind[o.kind() as usize].1.push(o);
+                }
             }
             let changes = by_kind.into_iter().map(|(k, objs)| Change::Replace(k, objs)).collect();
             if tx.send(SourceMsg::Changes { source: MANIFESTS, changes, seen }).await.is_err() {

@@ -286,7 +286,8 @@ fn copy_to_patch(t: &DecisionTable, into: Option<DecisionTable>) -> DecisionTabl
         dst.reserve(src.len() + src.len() / 16 + 64);
         dst.extend_from_slice(src);
     }
-    let mut out = into.unwrap_or_else(empty);
+    // The empty table's buffers are tiny: a first patch allocates afresh.
+    let mut out = into.unwrap_or_default();
     out.addr_v4.clone_from(&t.addr_v4);
     out.addr_v6.clone_from(&t.addr_v6);
     out.pods.clone_from(&t.pods);
@@ -304,26 +305,4 @@ fn copy_to_patch(t: &DecisionTable, into: Option<DecisionTable>) -> DecisionTabl
     out.policies = t.policies.clone();
     out.stats = t.stats.clone();
     out
-}
-
-/// A table with no buffers allocated, to copy into.
-fn empty() -> DecisionTable {
-    DecisionTable {
-        addr_v4: Default::default(),
-        addr_v6: Default::default(),
-        pods: Vec::new(),
-        pod_keys: Default::default(),
-        named: Vec::new(),
-        cidr: Default::default(),
-        sides: Vec::new(),
-        side_info: Vec::new(),
-        side_policies: Vec::new(),
-        slots: Default::default(),
-        patch_slots: Vec::new(),
-        groups: Vec::new(),
-        entries: Vec::new(),
-        entry_rules: Vec::new(),
-        policies: Default::default(),
-        stats: TableStats::default(),
-    }
 }
