@@ -37,7 +37,7 @@ pub mod validate;
 
 pub use cluster::Cluster;
 pub use model::{Direction, Protocol};
-pub use table::patch::{Compilation, IncrementalCompiler, PolicyChange};
+pub use table::patch::{Compilation, IncrementalCompiler, PodChange, PolicyChange};
 pub use table::{DecisionTable, RuleRef, Side, SideId, TableStats, Verdict};
 pub use validate::{ObjectRef, Problem, Severity};
 

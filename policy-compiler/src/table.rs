@@ -1073,12 +1073,45 @@ impl SideBuilder {
     }
 }
 
+/// A pod's entry: its identity's (block, bit) and sides, and its named
+/// ports that some policy names, appended to `named`.
+fn pod_entry(
+    p: &PodInfo,
+    (block, bit): (u32, u32),
+    sides: [u32; 2],
+    ctx: &PolicyContext,
+    named: &mut Vec<NamedEntry>,
+) -> PodEntry {
+    let a = named.len();
+    for np in &p.named_ports {
+        if let Some(&n) = ctx.names.get(&np.name) {
+            named.push(NamedEntry { name: n, proto: np.protocol.number(), port: np.port });
+        }
+    }
+    let first = if named.len() == a {
+        0
+    } else {
+        named.push(NamedEntry { name: 0, proto: 0, port: 0 });
+        a as u32
+    };
+    debug_assert!(block < 1 << 26, "identity blocks fit in 26 bits");
+    PodEntry { sides, block_bit: block << 6 | bit, named: first }
+}
+
+/// An address's CIDR class in the [ingress, egress] partitions.
+fn classes_of(cidr: &[[ClassIndex; 2]; 2], ip: IpAddr) -> [u32; 2] {
+    let (f, v) = split(ip);
+    [cidr[0][f as usize].class_of(v), cidr[1][f as usize].class_of(v)]
+}
+
 /// A full compile: the table, and what a later patch reuses.
 struct Full {
     table: DecisionTable,
     ids: Identities,
     ctx: PolicyContext,
     peers: PeerCache,
+    /// [ingress, egress] side of each identity (0: not isolated).
+    identity_sides: Vec<[u32; 2]>,
 }
 
 fn compile_full(cluster: &Cluster) -> Full {
@@ -1113,35 +1146,16 @@ fn compile_full(cluster: &Cluster) -> Full {
     let mut pod_keys = Vec::with_capacity(cluster.pods.len());
     for (pi, p) in cluster.pods.iter().enumerate() {
         let identity = ids.pod_identity[pi];
-        let a = named.len();
-        for np in &p.named_ports {
-            if let Some(&n) = ctx.names.get(&np.name) {
-                named.push(NamedEntry { name: n, proto: np.protocol.number(), port: np.port });
-            }
-        }
-        let first = if named.len() == a {
-            0
-        } else {
-            named.push(NamedEntry { name: 0, proto: 0, port: 0 });
-            a as u32
-        };
-        let (block, bit) = ids.identity_block[identity as usize];
-        debug_assert!(block < 1 << 26, "identity blocks fit in 26 bits");
-        pods.push(PodEntry {
-            sides: plan.identity_sides.get(&identity).copied().unwrap_or_default(),
-            block_bit: block << 6 | bit,
-            named: first,
-        });
+        let sides = plan.identity_sides.get(&identity).copied().unwrap_or_default();
+        pods.push(pod_entry(p, ids.identity_block[identity as usize], sides, &ctx, &mut named));
         pod_keys.push((p.namespace.clone(), p.name.clone()));
         for ip in &p.ips {
-            let (f, v) = split(*ip);
-            let class = [cidr[0][f as usize].class_of(v), cidr[1][f as usize].class_of(v)];
-            let e = AddrEntry { pod: pi as u32, class };
-            match f {
-                Family::V4 => {
+            let e = AddrEntry { pod: pi as u32, class: classes_of(&cidr, *ip) };
+            match split(*ip) {
+                (Family::V4, v) => {
                     addr_v4.entry(v as u32).or_insert(e);
                 }
-                Family::V6 => {
+                (Family::V6, v) => {
                     addr_v6.entry(v).or_insert(e);
                 }
             }
@@ -1197,7 +1211,11 @@ fn compile_full(cluster: &Cluster) -> Full {
         memory_bytes: t.memory_estimate(),
         replaced_sides: 0,
     };
-    Full { table: t, ids, ctx, peers }
+    let mut identity_sides = vec![[0, 0]; ids.labels.len()];
+    for (id, sides) in plan.identity_sides {
+        identity_sides[id as usize] = sides;
+    }
+    Full { table: t, ids, ctx, peers, identity_sides }
 }
 
 /// Interns port sets: each distinct sequence of (entry, rule) is stored once,

@@ -1,13 +1,23 @@
 //! Incremental compilation: a policy change recompiles only the sides of its
-//! own namespace, in a copy of the last table.
+//! own namespace, and a pod change only that pod's entry and addresses, in a
+//! copy of the last table.
 //!
 //! ```text
 //!  PolicyChange(s) ──▶ cluster.policies updated ──▶ per changed namespace N:
 //!                                                   sides of N's identities rebuilt,
 //!                                                   appended to a copy of the table;
 //!                                                   N's pod entries point at them
-//!  anything else (a pod, a namespace, a new ipBlock or port name) ──▶ full compile
+//!  PodChange(s) ─────▶ cluster.pods updated ──────▶ per pod: its entry (its identity's
+//!                                                   block and sides) and its addresses
+//!  anything else (a namespace, a pod with a label set no pod of its namespace
+//!  had, an address two pods claim, a new ipBlock or port name) ──▶ full compile
 //! ```
+//!
+//! Why a pod patch is exact: a pod with the labels of an existing identity
+//! is, to every selector, that identity, so it gets that identity's sides
+//! and (block, bit) and no side changes. A pod that leaves only takes its
+//! addresses with it; its identity may stay in the table without pods, which
+//! no verdict can tell apart from its absence.
 //!
 //! Why this is exact: a policy only selects pods of its own namespace, so a
 //! side (a direction and a list of isolating policies) belongs to one
@@ -39,6 +49,18 @@ pub struct PolicyChange {
     pub policy: Option<Policy>,
 }
 
+/// One pod change: `namespace/name` is now `pod`, or is gone (`None`: deleted,
+/// or no longer a policy endpoint: no IP, host network, finished).
+#[derive(Clone, Debug)]
+pub struct PodChange {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Name of the pod.
+    pub name: String,
+    /// The validated pod, or `None`.
+    pub pod: Option<PodInfo>,
+}
+
 /// How [`IncrementalCompiler::apply`] compiled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Compilation {
@@ -46,6 +68,11 @@ pub enum Compilation {
     Patched {
         /// Namespaces whose sides were rebuilt.
         namespaces: Vec<String>,
+    },
+    /// Only these pods' entries and addresses were updated.
+    PodsPatched {
+        /// Pods changed.
+        pods: usize,
     },
     /// The whole table was compiled again, and why.
     Full {
@@ -73,8 +100,13 @@ pub struct IncrementalCompiler {
     /// the copy time at 10,000 policies; see docs/performance.md).
     spare: std::collections::VecDeque<Arc<DecisionTable>>,
     /// Selector peers resolved so far (they depend only on namespaces and
-    /// pods, which patches never change).
+    /// identities, which patches never change).
     peers: PeerCache,
+    /// [ingress, egress] side of each identity, as the table has them.
+    identity_sides: Vec<[u32; 2]>,
+    /// The table's pod index of each pod of `cluster`, in its order (pod
+    /// patches append entries and leave those of deleted pods unused).
+    table_pods: Vec<u32>,
 }
 
 /// Earlier tables an [`IncrementalCompiler`] keeps for their buffers: enough
@@ -89,7 +121,6 @@ impl IncrementalCompiler {
         let base_bytes = data_bytes(&full.table);
         IncrementalCompiler {
             policy_ids: (0..cluster.policies.len() as u32).collect(),
-            cluster,
             table: Arc::new(full.table),
             ids: full.ids,
             ctx: full.ctx,
@@ -97,6 +128,9 @@ impl IncrementalCompiler {
             base_bytes,
             spare: Default::default(),
             peers: full.peers,
+            identity_sides: full.identity_sides,
+            table_pods: (0..cluster.pods.len() as u32).collect(),
+            cluster,
         }
     }
 
@@ -157,11 +191,7 @@ impl IncrementalCompiler {
                 break;
             }
         }
-        let mut table = blocker.is_none().then(|| {
-            let free = self.spare.iter().position(|t| Arc::strong_count(t) == 1);
-            let reuse = free.and_then(|i| self.spare.remove(i)).and_then(|t| Arc::try_unwrap(t).ok());
-            copy_to_patch(&self.table, reuse)
-        });
+        let mut table = blocker.is_none().then(|| self.copy_for_patch());
         let mut touched: Vec<u32> = Vec::new();
         for ch in changes {
             let key = (ch.namespace.as_str(), ch.name.as_str());
@@ -212,8 +242,11 @@ impl IncrementalCompiler {
             names.push(name.to_string());
             let policies = range_of(&self.cluster.policies, name, |p| &p.namespace);
             let pods = range_of(&self.cluster.pods, name, |p| &p.namespace);
-            let mut replaced: Vec<u32> =
-                pods.clone().flat_map(|i| t.pods[i].sides).filter(|s| *s != 0).collect();
+            let mut replaced: Vec<u32> = pods
+                .clone()
+                .flat_map(|i| t.pods[self.table_pods[i] as usize].sides)
+                .filter(|s| *s != 0)
+                .collect();
             replaced.sort_unstable();
             replaced.dedup();
             t.stats.replaced_sides += replaced.len();
@@ -224,9 +257,12 @@ impl IncrementalCompiler {
                 t.side_policies.extend(list.iter().map(|&pi| self.policy_ids[pi as usize]));
                 t.side_info.push(SideInfo { policies: (a, t.side_policies.len() as u32), dir: Some(*dir) });
             }
+            for &id in &self.ids.ns_identities[ns as usize] {
+                self.identity_sides[id as usize] = plan.identity_sides.get(&id).copied().unwrap_or_default();
+            }
             for pi in pods {
                 let identity = self.ids.pod_identity[pi];
-                t.pods[pi].sides = plan.identity_sides.get(&identity).copied().unwrap_or_default();
+                t.pods[self.table_pods[pi] as usize].sides = self.identity_sides[identity as usize];
             }
         }
         // Resolutions this patch made, kept for the next ones.
@@ -247,14 +283,162 @@ impl IncrementalCompiler {
         t.stats.policies = self.cluster.policies.len();
         t.stats.invalid_policies = self.cluster.policies.iter().filter(|p| !p.valid).count();
         t.stats.sides = t.side_info.len();
+        self.publish_patch(t, before);
+        Compilation::Patched { namespaces: names }
+    }
+
+    /// A copy of the current table to patch, in a spare table's buffers when
+    /// one is free.
+    fn copy_for_patch(&mut self) -> DecisionTable {
+        let free = self.spare.iter().position(|t| Arc::strong_count(t) == 1);
+        let reuse = free.and_then(|i| self.spare.remove(i)).and_then(|t| Arc::try_unwrap(t).ok());
+        copy_to_patch(&self.table, reuse)
+    }
+
+    /// Makes patched `t` the current table (`before`: its data bytes before the patch).
+    fn publish_patch(&mut self, mut t: DecisionTable, before: usize) {
         t.stats.memory_bytes = t.memory_estimate();
-        self.appended_bytes += data_bytes(&t) - before;
+        self.appended_bytes += data_bytes(&t).saturating_sub(before);
         let old = std::mem::replace(&mut self.table, Arc::new(t));
         self.spare.push_back(old);
         if self.spare.len() > SPARE_TABLES {
             self.spare.pop_front();
         }
-        Compilation::Patched { namespaces: names }
+    }
+
+    /// Applies pod changes (in order) and updates the table: each pod's own
+    /// entry and addresses when it can, a full compile otherwise (see the
+    /// module's text for when). Either way the table equals a full compile
+    /// of the updated snapshot, verdict for verdict and reason for reason.
+    pub fn apply_pods(&mut self, changes: Vec<PodChange>) -> Compilation {
+        let mut t = self.copy_for_patch();
+        let before = data_bytes(&t);
+        let n = changes.len();
+        let mut blocker = None;
+        for ch in changes {
+            if blocker.is_none() {
+                blocker = self.pod_blocker(&t, &ch);
+            }
+            if blocker.is_none() {
+                self.patch_pod(&mut t, ch);
+            } else {
+                self.set_pod(ch);
+            }
+        }
+        if let Some(reason) = blocker {
+            let cluster = std::mem::take(&mut self.cluster);
+            let Cluster { namespaces, pods, policies } = cluster;
+            // New namespaces of pods are assumed, as a full snapshot would.
+            self.replace(Cluster::from_parts(namespaces, pods, policies));
+            return Compilation::Full { reason };
+        }
+        t.stats.pods = self.cluster.pods.len();
+        t.stats.pod_ips = t.addr_v4.len() + t.addr_v6.len();
+        self.publish_patch(t, before);
+        Compilation::PodsPatched { pods: n }
+    }
+
+    /// Why `ch` cannot be patched into `t`, if it cannot.
+    fn pod_blocker(&self, t: &DecisionTable, ch: &PodChange) -> Option<String> {
+        let key = format!("{}/{}", ch.namespace, ch.name);
+        let at = self.pod_index(&ch.namespace, &ch.name);
+        let old = at.ok().map(|i| (&self.cluster.pods[i], self.table_pods[i]));
+        if let Some(p) = &ch.pod {
+            if p.namespace != ch.namespace || p.name != ch.name {
+                return Some(format!("change of pod {key} carries {}", p.key()));
+            }
+            if self.identity_of(p).is_none() {
+                return Some(format!("pod {key} has a label set no pod of its namespace had"));
+            }
+            for ip in &p.ips {
+                if t.addr(*ip).is_some_and(|e| Some(e.pod) != old.map(|(_, ti)| ti)) {
+                    return Some(format!("address {ip} of pod {key} is claimed by another pod"));
+                }
+            }
+        }
+        // An address the old pod owned that another pod also claims changes owner.
+        let (old, _) = old?;
+        let shared = old.ips.iter().find(|ip| {
+            self.cluster.pods.iter().any(|q| !std::ptr::eq(q, old) && q.ips.contains(ip))
+        });
+        shared.map(|ip| format!("address {ip} of pod {key} is claimed by another pod"))
+    }
+
+    /// Patches `ch` (checked by [`Self::pod_blocker`]) into `t` and the snapshot.
+    fn patch_pod(&mut self, t: &mut DecisionTable, ch: PodChange) {
+        let at = self.pod_index(&ch.namespace, &ch.name);
+        if let Ok(i) = at {
+            let ti = self.table_pods[i];
+            for ip in &self.cluster.pods[i].ips {
+                match split(*ip) {
+                    (Family::V4, v) => t.addr_v4.remove(&(v as u32)),
+                    (Family::V6, v) => t.addr_v6.remove(&v),
+                };
+            }
+            // Unused until the pod comes back under this index.
+            t.pods[ti as usize] = PodEntry { sides: [0, 0], block_bit: 0, named: 0 };
+        }
+        let Some(p) = ch.pod else {
+            self.set_pod(PodChange { pod: None, ..ch });
+            return;
+        };
+        let identity = self.identity_of(&p).expect("checked by pod_blocker");
+        let sides = self.identity_sides[identity as usize];
+        let entry = pod_entry(&p, self.ids.identity_block[identity as usize], sides, &self.ctx, &mut t.named);
+        // An update keeps the pod's table index; a new pod gets the next one.
+        let ti = match at {
+            Ok(i) => self.table_pods[i],
+            Err(_) => {
+                Arc::make_mut(&mut t.pod_keys).push((p.namespace.clone(), p.name.clone()));
+                t.pods.push(entry);
+                (t.pods.len() - 1) as u32
+            }
+        };
+        t.pods[ti as usize] = entry;
+        for ip in &p.ips {
+            let e = AddrEntry { pod: ti, class: classes_of(&t.cidr, *ip) };
+            match split(*ip) {
+                (Family::V4, v) => t.addr_v4.insert(v as u32, e),
+                (Family::V6, v) => t.addr_v6.insert(v, e),
+            };
+        }
+        let i = self.set_pod(PodChange { pod: Some(p), ..ch }).expect("a pod was set");
+        self.table_pods[i] = ti;
+        self.ids.pod_identity[i] = identity;
+    }
+
+    /// Updates the snapshot (and the per-pod indexes kept in its order);
+    /// returns the pod's index when it is present after the change.
+    fn set_pod(&mut self, ch: PodChange) -> Option<usize> {
+        match (self.pod_index(&ch.namespace, &ch.name), ch.pod) {
+            (Ok(i), Some(p)) => {
+                self.cluster.pods[i] = p;
+                Some(i)
+            }
+            (Ok(i), None) => {
+                self.cluster.pods.remove(i);
+                self.table_pods.remove(i);
+                self.ids.pod_identity.remove(i);
+                None
+            }
+            (Err(i), Some(p)) => {
+                self.cluster.pods.insert(i, p);
+                self.table_pods.insert(i, u32::MAX);
+                self.ids.pod_identity.insert(i, u32::MAX);
+                Some(i)
+            }
+            (Err(_), None) => None,
+        }
+    }
+
+    fn pod_index(&self, namespace: &str, name: &str) -> Result<usize, usize> {
+        self.cluster.pods.binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name)))
+    }
+
+    /// The identity of a pod with `p`'s namespace and labels, if one exists.
+    fn identity_of(&self, p: &PodInfo) -> Option<u32> {
+        let &ns = self.ids.ns_index.get(p.namespace.as_str())?;
+        self.ids.ns_identities[ns as usize].iter().copied().find(|&id| self.ids.labels[id as usize] == p.labels)
     }
 }
 
@@ -275,6 +459,8 @@ fn data_bytes(t: &DecisionTable) -> usize {
         + t.sides.len() * size_of::<SideEntry>()
         + t.side_info.len() * size_of::<SideInfo>()
         + t.side_policies.len() * 4
+        + t.pods.len() * size_of::<PodEntry>()
+        + t.named.len() * size_of::<NamedEntry>()
 }
 
 /// A copy of `t` to patch, made in the buffers of `into` when given: the
