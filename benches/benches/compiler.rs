@@ -10,6 +10,9 @@
 //!   patched; compacted whenever a tenth of the side data is unused, which
 //!   is not timed): what a policy change costs the control plane, against
 //!   the full compile above;
+//! * `pod_patch/10k_pods/{1000,10000}`: `IncrementalCompiler::apply_pods`
+//!   of a rollout step (a pod deleted, a replica with its labels and a new
+//!   address added): what a pod change costs the control plane;
 //! * `memory`: prints `stats()` and the heap bytes the tables really hold,
 //!   counted by the global allocator of this binary.
 //!
@@ -113,6 +116,50 @@ fn patch(c: &mut Criterion) {
     g.finish();
 }
 
+fn pod_patch(c: &mut Criterion) {
+    use policy_compiler::{Compilation, IncrementalCompiler, PodChange};
+    let mut g = c.benchmark_group("pod_patch");
+    g.sample_size(50).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(1));
+    for policies in [1_000, 10_000] {
+        let cluster = generate(PODS, policies, SEED);
+        let mut inc = IncrementalCompiler::new(cluster.clone());
+        let mut n = 0usize;
+        g.bench_function(BenchmarkId::new("10k_pods", policies), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    if inc.stale_share() > 0.1 {
+                        inc.compact();
+                    }
+                    // A rollout step: one pod replaced by a new replica (same
+                    // labels, a new name and address), as one change set.
+                    n += 1;
+                    let pods = &inc.cluster().pods;
+                    let old = pods[n * 7919 % pods.len()].clone();
+                    let mut new = old.clone();
+                    new.name = format!("{}-r{n}", old.name);
+                    new.ips = vec![std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x6464_0000 + n as u32))];
+                    let changes = vec![
+                        PodChange { namespace: old.namespace.clone(), name: old.name.clone(), pod: None },
+                        PodChange {
+                            namespace: new.namespace.clone(),
+                            name: new.name.clone(),
+                            pod: Some(new),
+                        },
+                    ];
+                    let t = std::time::Instant::now();
+                    let how = inc.apply_pods(changes);
+                    timed += t.elapsed();
+                    assert!(matches!(how, Compilation::PodsPatched { .. }), "{how:?}");
+                }
+                timed
+            })
+        });
+    }
+    g.finish();
+}
+
 /// Not timed: prints each table's stats and its real heap size.
 fn memory(_: &mut Criterion) {
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
@@ -129,5 +176,5 @@ fn memory(_: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, lookup, compile, patch, memory);
+criterion_group!(benches, lookup, compile, patch, pod_patch, memory);
 criterion_main!(benches);

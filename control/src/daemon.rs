@@ -373,8 +373,10 @@ pub async fn run_owner(
                 let t0 = Instant::now();
                 c.compact();
                 generation += 1;
-                let how =
-                    Compiled { kind: Compilation::Full { reason: "compaction".into() }, took: t0.elapsed() };
+                let how = Compiled {
+                    kinds: vec![Compilation::Full { reason: "compaction".into() }],
+                    took: t0.elapsed(),
+                };
                 publish_now(&index, c, how, &shared, &publish, generation, None, &mut logged_problems);
             } else {
                 compact_at = None;
@@ -475,32 +477,42 @@ fn touch(shared: &Shared, source: SourceId, kind: Kind, now: Instant, health: Op
 
 /// How a table was compiled, and how long that took.
 struct Compiled {
-    kind: Compilation,
+    /// In the order applied: pod changes, then policy changes.
+    kinds: Vec<Compilation>,
     took: Duration,
 }
 
-/// Brings the compiler up to date with the index: a patch when only
-/// policies changed, a full compile of a fresh snapshot otherwise.
+/// Brings the compiler up to date with the index: patches when only pods
+/// and policies changed, a full compile of a fresh snapshot otherwise.
 fn compile(index: &mut Index, compiler: &mut Option<IncrementalCompiler>, share_max: f64) -> Compiled {
     let t0 = Instant::now();
     let pending = index.take_pending();
-    let kind = match (pending, compiler.as_mut()) {
-        (Pending::Policies(changes), Some(c)) => match c.apply(changes) {
-            // Changes that never pause for a compaction: compact now, at the cost of this one.
-            Compilation::Patched { .. } if c.stale_share() >= share_max => {
-                c.compact();
-                Compilation::Full { reason: "unused data from patches past its bound".into() }
+    let kinds = match (pending, compiler.as_mut()) {
+        (Pending::Objects { pods, policies }, Some(c)) => {
+            let mut kinds = Vec::new();
+            if !pods.is_empty() {
+                kinds.push(c.apply_pods(pods));
             }
-            k => k,
-        },
+            if !policies.is_empty() {
+                kinds.push(c.apply(policies));
+            }
+            let patched_only = kinds.iter().all(|k| !matches!(k, Compilation::Full { .. }));
+            // Changes that never pause for a compaction: compact now, at the cost of this one.
+            if patched_only && c.stale_share() >= share_max {
+                c.compact();
+                vec![Compilation::Full { reason: "unused data from patches past its bound".into() }]
+            } else {
+                kinds
+            }
+        }
         (_, c) => {
-            let reason = if c.is_some() { "namespaces or pods changed" } else { "first table" };
+            let reason = if c.is_some() { "namespaces changed or objects relisted" } else { "first table" };
             let (cluster, _) = index.snapshot();
             *compiler = Some(IncrementalCompiler::new(cluster));
-            Compilation::Full { reason: reason.into() }
+            vec![Compilation::Full { reason: reason.into() }]
         }
     };
-    Compiled { kind, took: t0.elapsed() }
+    Compiled { kinds, took: t0.elapsed() }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -519,10 +531,17 @@ fn publish_now(
     let t1 = Instant::now();
     let table = compiler.shared_table();
     let compile = how.took + t1.elapsed();
-    let compilation = match &how.kind {
-        Compilation::Full { reason } => format!("full ({reason})"),
-        Compilation::Patched { namespaces } => format!("patch of namespace(s) {}", namespaces.join(", ")),
-    };
+    let compilation: Vec<String> = how
+        .kinds
+        .iter()
+        .map(|k| match k {
+            Compilation::Full { reason } => format!("full ({reason})"),
+            Compilation::Patched { namespaces } => format!("patch of namespace(s) {}", namespaces.join(", ")),
+            Compilation::PodsPatched { pods } => format!("patch of {pods} pod(s)"),
+        })
+        .collect();
+    let compilation =
+        if compilation.is_empty() { "no change".to_string() } else { compilation.join(", then ") };
     let stats = table.stats().clone();
     publish(Publication { generation, table, oldest_change });
     let published = Instant::now();
@@ -684,14 +703,15 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn policy_changes_are_patched_pod_changes_compile_in_full_and_quiet_time_compacts() {
+    async fn policy_and_pod_changes_are_patched_new_label_sets_compile_in_full_and_quiet_time_compacts() {
         // Any patch asks for a compaction.
         let (tx, shared, out, owner) = start_owner(0.0);
-        let pod = |name: &str, ip: &str| -> Object {
+        let labelled = |name: &str, app: &str, ip: &str| -> Object {
             Object::Pod(Box::new(yaml(&format!(
-                "metadata: {{name: {name}, namespace: x, labels: {{app: {name}}}}}\nstatus: {{podIP: {ip}}}"
+                "metadata: {{name: {name}, namespace: x, labels: {{app: {app}}}}}\nstatus: {{podIP: {ip}}}"
             ))))
         };
+        let pod = |name: &str, ip: &str| labelled(name, name, ip);
         let allow_from_b = |port: u16| -> Object {
             Object::NetworkPolicy(Box::new(yaml(&format!(
                 "metadata: {{name: to-a, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{app: a}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{app: b}}}}}}], ports: [{{port: {port}}}]}}]"
@@ -729,10 +749,30 @@ mod tests {
         assert!(st.latency.change_to_publish.quantile_ms(1.0).is_some());
         assert!(!verdict(80) && verdict(81));
 
-        // A pod change: a full compile.
+        // A pod with labels no pod of its namespace had: a full compile.
         tx.send(change(Change::Apply(pod("c", "10.0.0.3")))).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(shared.status_now().compilation.as_deref(), Some("full (namespaces or pods changed)"));
+        assert_eq!(
+            shared.status_now().compilation.as_deref(),
+            Some("full (pod x/c has a label set no pod of its namespace had)")
+        );
+
+        // Another replica of b: a patch of that pod alone, and it is let in like b.
+        let b2: IpAddr = "10.0.0.4".parse().unwrap();
+        let from = |src, port| out.lock().unwrap().last().unwrap().1.verdict(src, a, 6, port).allowed();
+        assert!(!from(b2, 81), "not a pod yet: a's ingress denies it");
+        tx.send(change(Change::Apply(labelled("b2", "b", "10.0.0.4")))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(shared.status_now().compilation.as_deref(), Some("patch of 1 pod(s)"));
+        assert!(from(b2, 81) && !from(b2, 80));
+        assert_eq!(shared.status_now().table.pods, 4);
+
+        // b leaves: patched too, and its address is no longer let in.
+        tx.send(change(Change::Delete(Kind::Pod, "x".into(), "b".into()))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(shared.status_now().compilation.as_deref(), Some("patch of 1 pod(s)"));
+        assert!(!from(b, 81) && from(b2, 81));
+        assert_eq!(shared.status_now().table.pods, 3);
         drop(tx);
         owner.await.unwrap();
     }

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::networking::v1 as netv1;
 use policy_compiler::model::{NamespaceInfo, PodInfo, Policy};
 use policy_compiler::validate::{self, DEFAULT_NAMESPACE};
-use policy_compiler::{Cluster, PolicyChange, Problem};
+use policy_compiler::{Cluster, PodChange, PolicyChange, Problem};
 
 /// Kinds the index holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -94,7 +94,9 @@ pub struct Index {
     generation: u64,
     /// Policies changed since the last [`Index::take_pending`].
     dirty_policies: std::collections::BTreeSet<(String, String)>,
-    /// A namespace or pod changed, or a kind was relisted, since then.
+    /// Pods changed since then.
+    dirty_pods: std::collections::BTreeSet<(String, String)>,
+    /// A namespace changed, or a kind was relisted, since then.
     structural: bool,
     /// Objects per kind, and the keys of objects with problems: kept up to
     /// date so that a publication does not walk every object.
@@ -105,11 +107,17 @@ pub struct Index {
 /// What changed since the last compile, as [`Index::take_pending`] reports it.
 #[derive(Debug)]
 pub enum Pending {
-    /// Namespaces or pods changed (or a relist): compile a full snapshot.
+    /// Namespaces changed (or a relist): compile a full snapshot.
     Structural,
-    /// Only these policies changed (each one's current validated form, or
-    /// `None` when it is gone): a patch can do.
-    Policies(Vec<PolicyChange>),
+    /// Only these pods and policies changed (each one's current validated
+    /// form, or `None` when it is gone or, for a pod, not a policy
+    /// endpoint): a patch may do.
+    Objects {
+        /// Changed pods.
+        pods: Vec<PodChange>,
+        /// Changed policies.
+        policies: Vec<PolicyChange>,
+    },
 }
 
 impl Index {
@@ -179,7 +187,10 @@ impl Index {
             Kind::NetworkPolicy => {
                 self.dirty_policies.insert(key);
             }
-            Kind::Namespace | Kind::Pod => self.structural = true,
+            Kind::Pod => {
+                self.dirty_pods.insert(key);
+            }
+            Kind::Namespace => self.structural = true,
         }
     }
 
@@ -187,23 +198,35 @@ impl Index {
     /// everything, a structural change).
     pub fn take_pending(&mut self) -> Pending {
         let dirty = std::mem::take(&mut self.dirty_policies);
+        let dirty_pods = std::mem::take(&mut self.dirty_pods);
         if std::mem::take(&mut self.structural) {
             return Pending::Structural;
         }
-        Pending::Policies(
-            dirty
-                .into_iter()
-                .map(|(namespace, name)| {
-                    let key = (Kind::NetworkPolicy, namespace, name);
-                    let policy = match self.entries.get(&key) {
-                        Some((_, Entry::Policy(p), _)) => Some(p.clone()),
-                        _ => None,
-                    };
-                    let (_, namespace, name) = key;
-                    PolicyChange { namespace, name, policy }
-                })
-                .collect(),
-        )
+        let pods = dirty_pods
+            .into_iter()
+            .map(|(namespace, name)| {
+                let key = (Kind::Pod, namespace, name);
+                let pod = match self.entries.get(&key) {
+                    Some((_, Entry::Pod(p), _)) => p.clone(),
+                    _ => None,
+                };
+                let (_, namespace, name) = key;
+                PodChange { namespace, name, pod }
+            })
+            .collect();
+        let policies = dirty
+            .into_iter()
+            .map(|(namespace, name)| {
+                let key = (Kind::NetworkPolicy, namespace, name);
+                let policy = match self.entries.get(&key) {
+                    Some((_, Entry::Policy(p), _)) => Some(p.clone()),
+                    _ => None,
+                };
+                let (_, namespace, name) = key;
+                PolicyChange { namespace, name, policy }
+            })
+            .collect();
+        Pending::Objects { pods, policies }
     }
 
     /// Every object's problems.

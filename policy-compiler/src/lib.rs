@@ -18,6 +18,8 @@
 //!
 //!  PolicyChange(s) ──IncrementalCompiler::apply──▶ the same table, patched:
 //!                   only the changed namespaces' sides rebuilt (table/patch.rs)
+//!  PodChange(s) ────IncrementalCompiler::apply_pods──▶ patched: only the pods'
+//!                   entries and addresses, when their labels are known
 //! ```
 //!
 //! What comes in: API objects (or an already validated [`Cluster`]). What goes

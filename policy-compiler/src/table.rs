@@ -317,6 +317,9 @@ pub struct DecisionTable {
     pods: Vec<PodEntry>,
     /// (namespace, name) of each pod; shared by a table and its patched copies.
     pod_keys: std::sync::Arc<Vec<(String, String)>>,
+    /// (namespace, name) of the pods patches appended (pod index
+    /// `pod_keys.len() + i`); empty after a full compile.
+    added_pod_keys: Vec<(String, String)>,
     named: Vec<NamedEntry>,
     /// Non-pod address -> CIDR class, per [direction][family].
     cidr: [[ClassIndex; 2]; 2],
@@ -529,7 +532,11 @@ impl DecisionTable {
     /// `(namespace, name)` of the pod owning `ip`, if any.
     pub fn pod_at(&self, ip: IpAddr) -> Option<(&str, &str)> {
         self.addr(ip).map(|e| {
-            let (ns, n) = &self.pod_keys[e.pod as usize];
+            let i = e.pod as usize;
+            let (ns, n) = match self.pod_keys.get(i) {
+                Some(k) => k,
+                None => &self.added_pod_keys[i - self.pod_keys.len()],
+            };
             (ns.as_str(), n.as_str())
         })
     }
@@ -1179,6 +1186,7 @@ fn compile_full(cluster: &Cluster) -> Full {
         addr_v6,
         pods,
         pod_keys,
+        added_pod_keys: Vec::new(),
         named,
         cidr,
         sides,
@@ -1283,7 +1291,12 @@ impl DecisionTable {
             + (self.slots.len() + self.patch_slots.capacity()) * size_of::<Slot>()
             + self.groups.capacity() * size_of::<Group>()
             + self.pods.capacity() * size_of::<PodEntry>()
-            + self.pod_keys.iter().map(|(a, b)| a.capacity() + b.capacity() + 48).sum::<usize>()
+            + self
+                .pod_keys
+                .iter()
+                .chain(&self.added_pod_keys)
+                .map(|(a, b)| a.capacity() + b.capacity() + 48)
+                .sum::<usize>()
             + self.named.capacity() * size_of::<NamedEntry>()
             + classes
             + self.sides.capacity() * size_of::<SideEntry>()

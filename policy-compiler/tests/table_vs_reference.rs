@@ -366,7 +366,10 @@ proptest! {
 }
 
 /// A pod for a pod edit: the generated parts, with at most one address per family.
-fn edited_pod(name: String, (nsi, labels, ips, ports): (usize, Labels, Vec<usize>, Vec<(usize, usize)>)) -> PodInfo {
+fn edited_pod(
+    name: String,
+    (nsi, labels, ips, ports): (usize, Labels, Vec<usize>, Vec<(usize, usize)>),
+) -> PodInfo {
     let pool = ip_pool();
     let (mut v4, mut v6) = (false, false);
     let ips: Vec<IpAddr> = ips

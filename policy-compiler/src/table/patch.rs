@@ -358,9 +358,10 @@ impl IncrementalCompiler {
         }
         // An address the old pod owned that another pod also claims changes owner.
         let (old, _) = old?;
-        let shared = old.ips.iter().find(|ip| {
-            self.cluster.pods.iter().any(|q| !std::ptr::eq(q, old) && q.ips.contains(ip))
-        });
+        let shared = old
+            .ips
+            .iter()
+            .find(|ip| self.cluster.pods.iter().any(|q| !std::ptr::eq(q, old) && q.ips.contains(ip)));
         shared.map(|ip| format!("address {ip} of pod {key} is claimed by another pod"))
     }
 
@@ -375,7 +376,7 @@ impl IncrementalCompiler {
                     (Family::V6, v) => t.addr_v6.remove(&v),
                 };
             }
-            // Unused until the pod comes back under this index.
+            // A deleted pod leaves its entry unused; an update rewrites it below.
             t.pods[ti as usize] = PodEntry { sides: [0, 0], block_bit: 0, named: 0 };
         }
         let Some(p) = ch.pod else {
@@ -389,7 +390,7 @@ impl IncrementalCompiler {
         let ti = match at {
             Ok(i) => self.table_pods[i],
             Err(_) => {
-                Arc::make_mut(&mut t.pod_keys).push((p.namespace.clone(), p.name.clone()));
+                t.added_pod_keys.push((p.namespace.clone(), p.name.clone()));
                 t.pods.push(entry);
                 (t.pods.len() - 1) as u32
             }
@@ -432,13 +433,18 @@ impl IncrementalCompiler {
     }
 
     fn pod_index(&self, namespace: &str, name: &str) -> Result<usize, usize> {
-        self.cluster.pods.binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name)))
+        self.cluster
+            .pods
+            .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name)))
     }
 
     /// The identity of a pod with `p`'s namespace and labels, if one exists.
     fn identity_of(&self, p: &PodInfo) -> Option<u32> {
         let &ns = self.ids.ns_index.get(p.namespace.as_str())?;
-        self.ids.ns_identities[ns as usize].iter().copied().find(|&id| self.ids.labels[id as usize] == p.labels)
+        self.ids.ns_identities[ns as usize]
+            .iter()
+            .copied()
+            .find(|&id| self.ids.labels[id as usize] == p.labels)
     }
 }
 
@@ -478,6 +484,7 @@ fn copy_to_patch(t: &DecisionTable, into: Option<DecisionTable>) -> DecisionTabl
     out.addr_v6.clone_from(&t.addr_v6);
     out.pods.clone_from(&t.pods);
     out.pod_keys = t.pod_keys.clone();
+    out.added_pod_keys.clone_from(&t.added_pod_keys);
     out.named.clone_from(&t.named);
     out.cidr.clone_from(&t.cidr);
     room(&mut out.sides, &t.sides);
