@@ -11,8 +11,13 @@
 # table published, change seen -> every worker uses it (median, p99, max),
 # and the compile time of the last table.
 #
+# KIND=pod makes each change a pod instead: one pod in the generated
+# namespace, with the labels of a pod already there (a new replica), whose
+# address alternates between two free ones (the first change adds it).
+#
 #   scripts/measure-change-latency.sh                 # N = 1000 and 10000, 10000 pods
 #   POLICIES="10 1000" PODS=2000 CHANGES=20 scripts/measure-change-latency.sh
+#   KIND=pod scripts/measure-change-latency.sh
 #
 # Needs root for the dataplane; without it the daemon runs without ports and
 # only change -> published is measured. The manifest source polls every
@@ -25,6 +30,7 @@ cd "$(dirname "$0")/.."
 POLICIES="${POLICIES:-1000 10000}"
 PODS="${PODS:-10000}"
 CHANGES="${CHANGES:-100}"
+KIND="${KIND:-policy}"
 PORT="${PORT:-19879}"
 
 cargo build --release -q -p control --bin portcullis
@@ -47,6 +53,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+echo "changes: $KIND"
 printf '%-9s %-7s %-11s %-26s %-26s\n' policies pods compile_ms "change->published ms" "change->enforced ms"
 printf '%-9s %-7s %-11s %-26s %-26s\n' "" "" "" "(median / p99 / max)" "(median / p99 / max)"
 for n in $POLICIES; do
@@ -62,9 +69,10 @@ for n in $POLICIES; do
         "$P" run --manifests "$work/policies" --config "$work/config.yaml" 2>"$work/daemon.log" &
         daemon=$!
     fi
-    python3 - "$PORT" "$work/policies/change.yaml" "$CHANGES" "$n" "$PODS" "$ROOT" <<'EOF'
+    python3 - "$PORT" "$work/policies/change.yaml" "$CHANGES" "$n" "$PODS" "$ROOT" "$KIND" <<'EOF'
 import json, os, sys, time, urllib.request
 port, path, changes, n, pods, root = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6] == "1"
+kind = sys.argv[7]
 
 def status():
     try:
@@ -97,7 +105,13 @@ targets = [("stars", "role: frontend"), (pod["metadata"]["namespace"], f'app: {p
 for i in range(changes):
     g = s["table_generation"]
     ns, selector = targets[i % 2]
-    doc = f"""apiVersion: networking.k8s.io/v1
+    if kind == "pod":
+        ns, labels = pod["metadata"]["namespace"], json.dumps(pod["metadata"]["labels"])
+    doc = f"""apiVersion: v1
+kind: Pod
+metadata: {{name: latency-probe, namespace: {ns}, labels: {labels}}}
+status: {{podIP: 100.100.0.{1 + i % 2}}}
+""" if kind == "pod" else f"""apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {{name: latency-probe, namespace: {ns}}}
 spec:
