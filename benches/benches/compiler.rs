@@ -24,10 +24,11 @@
 #![allow(missing_docs)]
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
-use policy_compiler::DecisionTable;
+use policy_compiler::{Cluster, Compilation, DecisionTable, IncrementalCompiler, PodChange, PolicyChange};
 use portcullis_benches::{generate, measure_heap, sample_flows, CountingAlloc};
 
 #[global_allocator]
@@ -76,49 +77,15 @@ fn compile(c: &mut Criterion) {
     g.finish();
 }
 
-fn patch(c: &mut Criterion) {
-    use policy_compiler::{IncrementalCompiler, PolicyChange};
-    let mut g = c.benchmark_group("patch");
-    g.sample_size(50).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
-    g.throughput(Throughput::Elements(1));
-    for policies in [1_000, 10_000] {
-        let cluster = generate(PODS, policies, SEED);
-        let mut inc = IncrementalCompiler::new(cluster.clone());
-        let mut next = 0usize;
-        g.bench_function(BenchmarkId::new("10k_pods", policies), |b| {
-            b.iter_custom(|iters| {
-                let mut timed = Duration::ZERO;
-                for _ in 0..iters {
-                    if inc.stale_share() > 0.1 {
-                        inc.compact();
-                    }
-                    // Each policy again, with its first rule's ports reversed: same
-                    // names and ipBlocks, so a patch (asserted below).
-                    next = (next + 97) % cluster.policies.len();
-                    let mut p = cluster.policies[next].clone();
-                    if let Some(r) = p.rules[0].first_mut() {
-                        r.ports.reverse();
-                    }
-                    let ch = PolicyChange {
-                        namespace: p.namespace.clone(),
-                        name: p.name.clone(),
-                        policy: Some(p),
-                    };
-                    let t = std::time::Instant::now();
-                    let how = inc.apply(vec![ch]);
-                    timed += t.elapsed();
-                    assert!(matches!(how, policy_compiler::Compilation::Patched { .. }), "{how:?}");
-                }
-                timed
-            })
-        });
-    }
-    g.finish();
-}
-
-fn pod_patch(c: &mut Criterion) {
-    use policy_compiler::{Compilation, IncrementalCompiler, PodChange};
-    let mut g = c.benchmark_group("pod_patch");
+/// Times `step` (which times its own `apply`) against an
+/// `IncrementalCompiler` per policy count; compacts, untimed, whenever a
+/// tenth of the side data is unused.
+fn bench_changes(
+    c: &mut Criterion,
+    group: &str,
+    mut step: impl FnMut(&mut IncrementalCompiler, &Cluster, usize) -> Duration,
+) {
+    let mut g = c.benchmark_group(group);
     g.sample_size(50).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Elements(1));
     for policies in [1_000, 10_000] {
@@ -132,32 +99,52 @@ fn pod_patch(c: &mut Criterion) {
                     if inc.stale_share() > 0.1 {
                         inc.compact();
                     }
-                    // A rollout step: one pod replaced by a new replica (same
-                    // labels, a new name and address), as one change set.
                     n += 1;
-                    let pods = &inc.cluster().pods;
-                    let old = pods[n * 7919 % pods.len()].clone();
-                    let mut new = old.clone();
-                    new.name = format!("{}-r{n}", old.name);
-                    new.ips = vec![std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x6464_0000 + n as u32))];
-                    let changes = vec![
-                        PodChange { namespace: old.namespace.clone(), name: old.name.clone(), pod: None },
-                        PodChange {
-                            namespace: new.namespace.clone(),
-                            name: new.name.clone(),
-                            pod: Some(new),
-                        },
-                    ];
-                    let t = std::time::Instant::now();
-                    let how = inc.apply_pods(changes);
-                    timed += t.elapsed();
-                    assert!(matches!(how, Compilation::PodsPatched { .. }), "{how:?}");
+                    timed += step(&mut inc, &cluster, n);
                 }
                 timed
             })
         });
     }
     g.finish();
+}
+
+fn patch(c: &mut Criterion) {
+    bench_changes(c, "patch", |inc, cluster, n| {
+        // Each policy again, with its first rule's ports reversed: same
+        // names and ipBlocks, so a patch (asserted below).
+        let mut p = cluster.policies[n * 97 % cluster.policies.len()].clone();
+        if let Some(r) = p.rules[0].first_mut() {
+            r.ports.reverse();
+        }
+        let ch = PolicyChange { namespace: p.namespace.clone(), name: p.name.clone(), policy: Some(p) };
+        let t = Instant::now();
+        let how = inc.apply(vec![ch]);
+        let took = t.elapsed();
+        assert!(matches!(how, Compilation::Patched { .. }), "{how:?}");
+        took
+    });
+}
+
+fn pod_patch(c: &mut Criterion) {
+    bench_changes(c, "pod_patch", |inc, _, n| {
+        // A rollout step: one pod replaced by a new replica (same labels, a
+        // new name and address), as one change set.
+        let pods = &inc.cluster().pods;
+        let old = pods[n * 7919 % pods.len()].clone();
+        let mut new = old.clone();
+        new.name = format!("{}-r{n}", old.name);
+        new.ips = vec![IpAddr::V4(Ipv4Addr::from(0x6464_0000 + n as u32))];
+        let changes = vec![
+            PodChange { namespace: old.namespace.clone(), name: old.name.clone(), pod: None },
+            PodChange { namespace: new.namespace.clone(), name: new.name.clone(), pod: Some(new) },
+        ];
+        let t = Instant::now();
+        let how = inc.apply_pods(changes);
+        let took = t.elapsed();
+        assert!(matches!(how, Compilation::PodsPatched { .. }), "{how:?}");
+        took
+    });
 }
 
 /// Not timed: prints each table's stats and its real heap size.
