@@ -537,7 +537,12 @@ fn publish_now(
         .map(|k| match k {
             Compilation::Full { reason } => format!("full ({reason})"),
             Compilation::Patched { namespaces } => format!("patch of namespace(s) {}", namespaces.join(", ")),
-            Compilation::PodsPatched { pods } => format!("patch of {pods} pod(s)"),
+            Compilation::PodsPatched { pods, namespaces } if namespaces.is_empty() => {
+                format!("patch of {pods} pod(s)")
+            }
+            Compilation::PodsPatched { pods, namespaces } => {
+                format!("patch of {pods} pod(s) and of namespace(s) {}", namespaces.join(", "))
+            }
         })
         .collect();
     let compilation =
@@ -749,12 +754,20 @@ mod tests {
         assert!(st.latency.change_to_publish.quantile_ms(1.0).is_some());
         assert!(!verdict(80) && verdict(81));
 
-        // A pod with labels no pod of its namespace had: a full compile.
+        // A pod with labels no pod of its namespace had: its namespace's sides are rebuilt too.
         tx.send(change(Change::Apply(pod("c", "10.0.0.3")))).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
             shared.status_now().compilation.as_deref(),
-            Some("full (pod x/c has a label set no pod of its namespace had)")
+            Some("patch of 1 pod(s) and of namespace(s) x")
+        );
+        // A pod in a namespace the table does not know: a full compile.
+        let elsewhere = "metadata: {name: d, namespace: w}\nstatus: {podIP: 10.0.0.9}";
+        tx.send(change(Change::Apply(Object::Pod(Box::new(yaml(elsewhere)))))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            shared.status_now().compilation.as_deref(),
+            Some("full (pod w/d is in a namespace new to the table)")
         );
 
         // Another replica of b: a patch of that pod alone, and it is let in like b.
@@ -765,14 +778,14 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(shared.status_now().compilation.as_deref(), Some("patch of 1 pod(s)"));
         assert!(from(b2, 81) && !from(b2, 80));
-        assert_eq!(shared.status_now().table.pods, 4);
+        assert_eq!(shared.status_now().table.pods, 5);
 
         // b leaves: patched too, and its address is no longer let in.
         tx.send(change(Change::Delete(Kind::Pod, "x".into(), "b".into()))).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(shared.status_now().compilation.as_deref(), Some("patch of 1 pod(s)"));
         assert!(!from(b, 81) && from(b2, 81));
-        assert_eq!(shared.status_now().table.pods, 3);
+        assert_eq!(shared.status_now().table.pods, 4);
         drop(tx);
         owner.await.unwrap();
     }

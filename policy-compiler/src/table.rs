@@ -67,9 +67,13 @@ pub enum Side {
     /// The pod is not isolated in this direction: everything passes.
     NotIsolated,
     /// Allowed by this rule: one rule that matches. The table tests rules
-    /// without peers first, then peers matching every pod, then pod,
-    /// namespace and ipBlock peers, in policy order within each group, and
-    /// stops at the first match; `portcullis explain` lists every matching rule.
+    /// without peers first, then peers matching every pod (empty
+    /// `namespaceSelector` and `podSelector`), then pod peers, then peers
+    /// matching whole namespaces (empty `podSelector`), then ipBlock peers,
+    /// in policy order within each group, and stops at the first match;
+    /// `portcullis explain` lists every matching rule. The groups follow the
+    /// selectors' form, not which pods exist, so a patched table and a full
+    /// compile name the same rule.
     Allowed(RuleRef),
     /// Isolated and no rule matched. The id lists the isolating policies
     /// ([`DecisionTable::isolating_policies`]).
@@ -561,13 +565,13 @@ impl DecisionTable {
 }
 
 /// How a selector peer resolves against the current pods.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Resolution {
     all_pods: bool,
     /// (identity block, mask of the matched identities, whole namespace?), by block.
-    /// Whole-namespace blocks come from namespaces where every identity matches;
-    /// their entries are tested after the per-identity ones, as separate
-    /// namespace keys were before blocks.
+    /// Whole-namespace blocks come from an empty pod selector; their entries
+    /// are tested after the per-identity ones, as separate namespace keys
+    /// were before blocks.
     blocks: Vec<(u32, u64, bool)>,
 }
 
@@ -588,8 +592,6 @@ struct Identities {
     ns_first_block: Vec<u32>,
     blocks: u32,
     pod_identity: Vec<u32>,
-    /// Namespaces with at least one identity.
-    populated: usize,
 }
 
 impl Identities {
@@ -620,17 +622,7 @@ impl Identities {
             }
             blocks += ids.len().div_ceil(BLOCK_BITS) as u32;
         }
-        let populated = ns_identities.iter().filter(|v| !v.is_empty()).count();
-        Identities {
-            ns_index,
-            labels,
-            ns_identities,
-            identity_block,
-            ns_first_block,
-            blocks,
-            pod_identity,
-            populated,
-        }
+        Identities { ns_index, labels, ns_identities, identity_block, ns_first_block, blocks, pod_identity }
     }
 }
 
@@ -808,15 +800,24 @@ impl<'a> Compiler<'a> {
             NamespaceMatch::Own(n) => self.ids.ns_index.get(n.as_str()).map(|i| vec![*i]).unwrap_or_default(),
             NamespaceMatch::Selector(s) => self.namespaces_matching(s),
         };
-        let mut r = Resolution::default();
-        let mut whole = 0;
+        // "Every pod of a namespace" and "every pod" are read from the
+        // selectors' form (empty), not from which identities exist: the order
+        // of a side's entries, and so the rule a verdict names, must not
+        // depend on whether some label set has pods right now (a patched
+        // table keeps identities whose pods left; a full compile drops them).
+        let mut r = Resolution {
+            all_pods: pods.is_everything()
+                && matches!(namespaces, NamespaceMatch::Selector(s) if s.is_everything()),
+            blocks: Vec::new(),
+        };
+        if r.all_pods {
+            return r;
+        }
         for ns in ns_list {
             if self.ids.ns_identities[ns as usize].is_empty() {
                 continue;
             }
-            let (all, ids) = self.identities_matching(pods, ns);
-            if all {
-                whole += 1;
+            if pods.is_everything() {
                 let n = self.ids.ns_identities[ns as usize].len();
                 let first = self.ids.ns_first_block[ns as usize];
                 for b in 0..n.div_ceil(BLOCK_BITS) {
@@ -826,6 +827,7 @@ impl<'a> Compiler<'a> {
                 }
             } else {
                 // `ids` are in namespace order, so the blocks come in order.
+                let (_, ids) = self.identities_matching(pods, ns);
                 for id in ids {
                     let (block, bit) = self.ids.identity_block[id as usize];
                     match r.blocks.last_mut() {
@@ -834,9 +836,6 @@ impl<'a> Compiler<'a> {
                     }
                 }
             }
-        }
-        if whole == self.ids.populated && self.ids.populated > 0 {
-            r.all_pods = true;
         }
         r
     }

@@ -278,3 +278,47 @@ fn patches_over_many_identities_agree_with_reference() {
     assert!(inc.cluster().namespace("new").is_some());
     agree(&inc);
 }
+
+/// The rule a verdict names follows the selectors' form: a pod selector
+/// that happens to match every pod of its namespace is still a pod peer
+/// (tested before whole-namespace peers), whatever pods exist. So a pod
+/// patch, which keeps the identity of a pod that left, names the same rule
+/// as a full compile, which drops it.
+#[test]
+fn reasons_follow_the_selectors_form_so_pod_patches_and_full_compiles_agree() {
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use policy_compiler::{Compilation, IncrementalCompiler, PodChange};
+    let pod = |name: &str, ip: &str| -> Pod {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: z, labels: {{app: {name}}}}}\nstatus: {{podIP: {ip}, phase: Running}}"
+        ))
+        .unwrap()
+    };
+    let policy = |name: &str, from: &str| -> NetworkPolicy {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: z}}\nspec: {{podSelector: {{}}, ingress: [{{from: [{{podSelector: {from}}}]}}]}}"
+        ))
+        .unwrap()
+    };
+    // In policy order, the namespace-wide rule comes first.
+    let policies = [policy("a-all", "{}"), policy("b-a", "{matchLabels: {app: a}}")];
+    let a: IpAddr = "10.0.0.1".parse().unwrap();
+    let named = |t: &DecisionTable| match t.verdict(a, a, 6, 80).ingress {
+        Side::Allowed(r) => t.policy(r.policy).1.to_string(),
+        other => panic!("{other:?}"),
+    };
+    let (both, _) = Cluster::from_objects(&[], &[pod("a", "10.0.0.1"), pod("x", "10.0.0.2")], &policies);
+    let (only_a, _) = Cluster::from_objects(&[], &[pod("a", "10.0.0.1")], &policies);
+    assert_eq!(named(&DecisionTable::compile(&both)), "b-a");
+    assert_eq!(
+        named(&DecisionTable::compile(&only_a)),
+        "b-a",
+        "app=a matching every pod makes it no namespace peer"
+    );
+    let mut inc = IncrementalCompiler::new(both);
+    let how = inc.apply_pods(vec![PodChange { namespace: "z".into(), name: "x".into(), pod: None }]);
+    assert!(matches!(how, Compilation::PodsPatched { .. }), "{how:?}");
+    assert_eq!(inc.cluster(), &only_a);
+    assert_eq!(named(inc.table()), "b-a");
+}

@@ -404,8 +404,8 @@ proptest! {
     /// addresses, new pods) mixed with policy changes, applied to an
     /// `IncrementalCompiler`, give after every change the same verdicts,
     /// reasons and pod names as a full compile of the same snapshot; and a
-    /// pod whose labels match a pod of its namespace is patched, not
-    /// compiled in full, unless an address is disputed.
+    /// new pod in a namespace with pods is patched, not compiled in full,
+    /// unless an address is disputed.
     #[test]
     fn pod_patches_equal_a_full_compile(
         cluster in cluster_strategy(),
@@ -441,8 +441,17 @@ proptest! {
                     how
                 }
                 _ => {
+                    // Any labels: a new label set in a namespace with pods is patched
+                    // too (its identity added, the sides that can tell it apart rebuilt).
                     let p = edited_pod(format!("new{step}"), parts);
-                    inc.apply_pods(vec![PodChange { namespace: p.namespace.clone(), name: p.name.clone(), pod: Some(p) }])
+                    let disputed = p.ips.iter().any(|ip| pods.iter().any(|q| q.ips.contains(ip)));
+                    let populated = pods.iter().any(|q| q.namespace == p.namespace);
+                    let how = inc.apply_pods(vec![PodChange { namespace: p.namespace.clone(), name: p.name.clone(), pod: Some(p) }]);
+                    // (A namespace whose pods all left keeps their identities: patched too.)
+                    if populated && !disputed {
+                        prop_assert!(matches!(how, Compilation::PodsPatched { .. }), "{:?}", how);
+                    }
+                    how
                 }
             };
             let full = DecisionTable::compile(inc.cluster());

@@ -69,10 +69,14 @@ pub enum Compilation {
         /// Namespaces whose sides were rebuilt.
         namespaces: Vec<String>,
     },
-    /// Only these pods' entries and addresses were updated.
+    /// Only these pods' entries and addresses were updated, and, for pods
+    /// with a label set new to their namespace, the sides of the namespaces
+    /// whose policies can tell it apart.
     PodsPatched {
         /// Pods changed.
         pods: usize,
+        /// Namespaces whose sides were rebuilt.
+        namespaces: Vec<String>,
     },
     /// The whole table was compiled again, and why.
     Full {
@@ -225,9 +229,17 @@ impl IncrementalCompiler {
             self.replace(Cluster::from_parts(namespaces, pods, policies));
             return Compilation::Full { reason: blocker.unwrap_or_default() };
         };
+        let before = data_bytes(&t);
+        let names = self.patch_namespaces(&mut t, touched);
+        self.publish_patch(t, before);
+        Compilation::Patched { namespaces: names }
+    }
+
+    /// Rebuilds the sides of namespaces `touched` (indexes) into `t` and
+    /// points their pods at them; returns their names.
+    fn patch_namespaces(&mut self, t: &mut DecisionTable, mut touched: Vec<u32>) -> Vec<String> {
         touched.sort_unstable();
         touched.dedup();
-        let before = data_bytes(&t);
         let mut b = SideBuilder::new(
             SetBuilder::resume(std::mem::take(&mut t.entries), std::mem::take(&mut t.entry_rules)),
             std::mem::take(&mut t.patch_slots),
@@ -283,8 +295,7 @@ impl IncrementalCompiler {
         t.stats.policies = self.cluster.policies.len();
         t.stats.invalid_policies = self.cluster.policies.iter().filter(|p| !p.valid).count();
         t.stats.sides = t.side_info.len();
-        self.publish_patch(t, before);
-        Compilation::Patched { namespaces: names }
+        names
     }
 
     /// A copy of the current table to patch, in a spare table's buffers when
@@ -315,12 +326,13 @@ impl IncrementalCompiler {
         let before = data_bytes(&t);
         let n = changes.len();
         let mut blocker = None;
+        let mut touched = Vec::new();
         for ch in changes {
             if blocker.is_none() {
                 blocker = self.pod_blocker(&t, &ch);
             }
             if blocker.is_none() {
-                self.patch_pod(&mut t, ch);
+                self.patch_pod(&mut t, ch, &mut touched);
             } else {
                 self.set_pod(ch);
             }
@@ -332,10 +344,12 @@ impl IncrementalCompiler {
             self.replace(Cluster::from_parts(namespaces, pods, policies));
             return Compilation::Full { reason };
         }
+        let namespaces = if touched.is_empty() { Vec::new() } else { self.patch_namespaces(&mut t, touched) };
         t.stats.pods = self.cluster.pods.len();
         t.stats.pod_ips = t.addr_v4.len() + t.addr_v6.len();
+        t.stats.identities = self.ids.labels.len();
         self.publish_patch(t, before);
-        Compilation::PodsPatched { pods: n }
+        Compilation::PodsPatched { pods: n, namespaces }
     }
 
     /// Why `ch` cannot be patched into `t`, if it cannot.
@@ -347,8 +361,13 @@ impl IncrementalCompiler {
             if p.namespace != ch.namespace || p.name != ch.name {
                 return Some(format!("change of pod {key} carries {}", p.key()));
             }
-            if self.identity_of(p).is_none() {
-                return Some(format!("pod {key} has a label set no pod of its namespace had"));
+            if !self.ids.ns_index.contains_key(p.namespace.as_str()) {
+                return Some(format!("pod {key} is in a namespace new to the table"));
+            }
+            if self.identity_of(p).is_none() && !self.has_room(&p.namespace) {
+                return Some(format!(
+                    "pod {key} has a label set new to its namespace, whose identity blocks are full"
+                ));
             }
             for ip in &p.ips {
                 if t.addr(*ip).is_some_and(|e| Some(e.pod) != old.map(|(_, ti)| ti)) {
@@ -365,8 +384,10 @@ impl IncrementalCompiler {
         shared.map(|ip| format!("address {ip} of pod {key} is claimed by another pod"))
     }
 
-    /// Patches `ch` (checked by [`Self::pod_blocker`]) into `t` and the snapshot.
-    fn patch_pod(&mut self, t: &mut DecisionTable, ch: PodChange) {
+    /// Patches `ch` (checked by [`Self::pod_blocker`]) into `t` and the
+    /// snapshot; adds to `touched` the namespaces whose sides a new identity
+    /// asks to rebuild.
+    fn patch_pod(&mut self, t: &mut DecisionTable, ch: PodChange, touched: &mut Vec<u32>) {
         let at = self.pod_index(&ch.namespace, &ch.name);
         if let Ok(i) = at {
             let ti = self.table_pods[i];
@@ -383,7 +404,10 @@ impl IncrementalCompiler {
             self.set_pod(PodChange { pod: None, ..ch });
             return;
         };
-        let identity = self.identity_of(&p).expect("checked by pod_blocker");
+        let identity = match self.identity_of(&p) {
+            Some(id) => id,
+            None => self.add_identity(&p, touched),
+        };
         let sides = self.identity_sides[identity as usize];
         let entry = pod_entry(&p, self.ids.identity_block[identity as usize], sides, &self.ctx, &mut t.named);
         // An update keeps the pod's table index; a new pod gets the next one.
@@ -436,6 +460,67 @@ impl IncrementalCompiler {
         self.cluster
             .pods
             .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name)))
+    }
+
+    /// Can namespace `ns` take one more identity without a new identity block?
+    /// (Blocks are numbered namespace by namespace; a namespace without
+    /// identities has none.)
+    fn has_room(&self, ns: &str) -> bool {
+        let Some(&ns) = self.ids.ns_index.get(ns) else { return false };
+        let ns = ns as usize;
+        let n = self.ids.ns_identities[ns].len();
+        let first = self.ids.ns_first_block[ns];
+        let end = self.ids.ns_first_block.get(ns + 1).copied().unwrap_or(self.ids.blocks);
+        n > 0 && ((n / BLOCK_BITS) as u32) < end - first
+    }
+
+    /// Adds the identity of `p` (its namespace has room, see
+    /// [`Self::has_room`]) and re-resolves every selector peer that looks
+    /// at its namespace. A peer that now resolves differently (the identity
+    /// matches, or no longer every identity of the namespace does) changes
+    /// the sides of every policy using it: their namespaces go to `touched`,
+    /// with the pod's own (its policies' pod selectors may pick the new
+    /// identity).
+    fn add_identity(&mut self, p: &PodInfo, touched: &mut Vec<u32>) -> u32 {
+        let ns = self.ids.ns_index[p.namespace.as_str()];
+        let id = self.ids.labels.len() as u32;
+        let local = self.ids.ns_identities[ns as usize].len();
+        let block = self.ids.ns_first_block[ns as usize] + (local / BLOCK_BITS) as u32;
+        self.ids.labels.push(p.labels.clone());
+        self.ids.ns_identities[ns as usize].push(id);
+        self.ids.identity_block.push((block, (local % BLOCK_BITS) as u32));
+        self.identity_sides.push([0, 0]);
+        touched.push(ns);
+
+        let info = &self.cluster.namespaces[ns as usize];
+        let looks_here = |m: &NamespaceMatch| match m {
+            NamespaceMatch::Own(n) => *n == info.name,
+            NamespaceMatch::Selector(s) => s.matches(&info.labels),
+        };
+        let keys: Vec<(NamespaceMatch, Selector)> =
+            self.peers.keys().filter(|k| looks_here(&k.0)).cloned().collect();
+        let mut changed = PeerCache::new();
+        {
+            let mut c = Compiler::new(&self.cluster, &self.ids, &self.ctx, &self.policy_ids);
+            for k in &keys {
+                let fresh = c.resolve_uncached(&k.0, &k.1);
+                if self.peers.get(k).is_none_or(|r| **r != fresh) {
+                    changed.insert(k.clone(), Arc::new(fresh));
+                }
+            }
+        }
+        if !changed.is_empty() {
+            for pol in &self.cluster.policies {
+                let uses_changed = Direction::BOTH.iter().flat_map(|d| pol.rules(*d)).flat_map(|r| &r.peers).any(
+                    |peer| matches!(peer, Peer::Pods { namespaces, pods } if changed.contains_key(&PeerRef(namespaces, pods))),
+                );
+                if uses_changed {
+                    touched.extend(self.ids.ns_index.get(pol.namespace.as_str()));
+                }
+            }
+        }
+        self.peers.extend(changed);
+        id
     }
 
     /// The identity of a pod with `p`'s namespace and labels, if one exists.
