@@ -14,10 +14,14 @@
 # KIND=pod makes each change a pod instead: one pod in the generated
 # namespace, with the labels of a pod already there (a new replica), whose
 # address alternates between two free ones (the first change adds it).
+# KIND=rollout: the same pod, but each change gives it a label set new to
+# its namespace (the pod's labels plus `rollout: rN`, as a new ReplicaSet's
+# pod-template-hash does): a new identity each time.
 #
 #   scripts/measure-change-latency.sh                 # N = 1000 and 10000, 10000 pods
 #   POLICIES="10 1000" PODS=2000 CHANGES=20 scripts/measure-change-latency.sh
 #   KIND=pod scripts/measure-change-latency.sh
+#   KIND=rollout scripts/measure-change-latency.sh
 #
 # Needs root for the dataplane; without it the daemon runs without ports and
 # only change -> published is measured. The manifest source polls every
@@ -105,13 +109,16 @@ targets = [("stars", "role: frontend"), (pod["metadata"]["namespace"], f'app: {p
 for i in range(changes):
     g = s["table_generation"]
     ns, selector = targets[i % 2]
-    if kind == "pod":
-        ns, labels = pod["metadata"]["namespace"], json.dumps(pod["metadata"]["labels"])
+    if kind in ("pod", "rollout"):
+        ns, labels = pod["metadata"]["namespace"], dict(pod["metadata"]["labels"])
+        if kind == "rollout":
+            labels["rollout"] = f"r{i}"
+        labels = json.dumps(labels)
     doc = f"""apiVersion: v1
 kind: Pod
 metadata: {{name: latency-probe, namespace: {ns}, labels: {labels}}}
 status: {{podIP: 100.100.0.{1 + i % 2}}}
-""" if kind == "pod" else f"""apiVersion: networking.k8s.io/v1
+""" if kind in ("pod", "rollout") else f"""apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {{name: latency-probe, namespace: {ns}}}
 spec:

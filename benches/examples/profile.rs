@@ -11,7 +11,13 @@
 //! target/release/examples/profile digest 10000
 //! target/release/examples/profile split 10000
 //! target/release/examples/profile patch 10000 10000
+//! target/release/examples/profile rollout 10000 10000
 //! ```
+//!
+//! `rollout PODS POLICIES` gives 20 pods, one after the other, a label set
+//! new to their namespace (a rollout's new `pod-template-hash`) and prints
+//! how each was compiled: the namespaces whose sides were rebuilt and the
+//! time.
 //!
 //! `patch PODS POLICIES` times the steps of a one-policy change through
 //! `IncrementalCompiler` (the patch, a copy of the table as a publication
@@ -54,6 +60,9 @@ fn main() {
     }
     if mode == "patch" {
         return patch(pods, policies);
+    }
+    if mode == "rollout" {
+        return rollout(pods, policies);
     }
     let cluster = generate(pods, policies, 1);
     let t = Instant::now();
@@ -168,6 +177,26 @@ fn split(pods: usize) {
             sets[1].len(),
             best[i][2]
         );
+    }
+}
+
+fn rollout(pods: usize, policies: usize) {
+    use policy_compiler::{Compilation, IncrementalCompiler, PodChange};
+    let cluster = generate(pods, policies, 1);
+    let mut inc = IncrementalCompiler::new(cluster.clone());
+    for round in 0..20 {
+        let mut p = cluster.pods[round * 487 % cluster.pods.len()].clone();
+        p.labels.insert("pod-template-hash".into(), format!("h{round}"));
+        let ch = PodChange { namespace: p.namespace.clone(), name: p.name.clone(), pod: Some(p) };
+        let t = Instant::now();
+        let how = inc.apply_pods(vec![ch]);
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        match how {
+            Compilation::PodsPatched { namespaces, .. } => {
+                println!("{ms:.2} ms: patch, sides of {} namespace(s) rebuilt", namespaces.len())
+            }
+            other => println!("{ms:.2} ms: {other:?}"),
+        }
     }
 }
 

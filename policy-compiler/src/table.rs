@@ -595,6 +595,12 @@ struct Identities {
 }
 
 impl Identities {
+    /// The identity blocks of namespace `ns` (none when it has no identities).
+    fn ns_blocks(&self, ns: u32) -> std::ops::Range<u32> {
+        let first = self.ns_first_block[ns as usize];
+        first..self.ns_first_block.get(ns as usize + 1).copied().unwrap_or(self.blocks)
+    }
+
     fn new(cluster: &Cluster) -> Self {
         let ns_index: HashMap<String, u32> =
             cluster.namespaces.iter().enumerate().map(|(i, n)| (n.name.clone(), i as u32)).collect();
@@ -818,12 +824,10 @@ impl<'a> Compiler<'a> {
                 continue;
             }
             if pods.is_everything() {
-                let n = self.ids.ns_identities[ns as usize].len();
-                let first = self.ids.ns_first_block[ns as usize];
-                for b in 0..n.div_ceil(BLOCK_BITS) {
-                    let bits = (n - b * BLOCK_BITS).min(BLOCK_BITS);
-                    let mask = if bits == BLOCK_BITS { u64::MAX } else { (1u64 << bits) - 1 };
-                    r.blocks.push((first + b as u32, mask, true));
+                // Every bit of the namespace's blocks, used or not: an identity
+                // added later (see `patch`) is matched without a new resolution.
+                for block in self.ids.ns_blocks(ns) {
+                    r.blocks.push((block, u64::MAX, true));
                 }
             } else {
                 // `ids` are in namespace order, so the blocks come in order.

@@ -111,6 +111,11 @@ pub struct IncrementalCompiler {
     /// The table's pod index of each pod of `cluster`, in its order (pod
     /// patches append entries and leave those of deleted pods unused).
     table_pods: Vec<u32>,
+    /// Label sets that pod patches gave an existing identity of their
+    /// namespace because no selector in force tells the two apart (a
+    /// rollout's new `pod-template-hash`): (namespace, identity, labels). A
+    /// policy change whose selectors would tell them apart compiles in full.
+    aliases: Vec<(u32, u32, Labels)>,
 }
 
 /// Earlier tables an [`IncrementalCompiler`] keeps for their buffers: enough
@@ -133,6 +138,7 @@ impl IncrementalCompiler {
             spare: Default::default(),
             peers: full.peers,
             identity_sides: full.identity_sides,
+            aliases: Vec::new(),
             table_pods: (0..cluster.pods.len() as u32).collect(),
             cluster,
         }
@@ -189,6 +195,11 @@ impl IncrementalCompiler {
                 } else if !self.ctx.covers(p) {
                     blocker =
                         Some(format!("policy {}/{} brings a new ipBlock or port name", p.namespace, p.name));
+                } else if self.splits_an_alias(p) {
+                    blocker = Some(format!(
+                        "policy {}/{} tells apart label sets that pod patches treated as one",
+                        p.namespace, p.name
+                    ));
                 }
             }
             if blocker.is_some() {
@@ -337,6 +348,17 @@ impl IncrementalCompiler {
                 self.set_pod(ch);
             }
         }
+        touched.sort_unstable();
+        touched.dedup();
+        // Rebuilding a good part of a large cluster's namespaces costs about
+        // a full compile, which also drops what patches left unused.
+        if blocker.is_none() && touched.len() > 8 && touched.len() * 4 > self.ids.ns_identities.len() {
+            blocker = Some(format!(
+                "new label sets are seen by policies of {} of {} namespaces",
+                touched.len(),
+                self.ids.ns_identities.len()
+            ));
+        }
         if let Some(reason) = blocker {
             let cluster = std::mem::take(&mut self.cluster);
             let Cluster { namespaces, pods, policies } = cluster;
@@ -406,7 +428,16 @@ impl IncrementalCompiler {
         };
         let identity = match self.identity_of(&p) {
             Some(id) => id,
-            None => self.add_identity(&p, touched),
+            None => match self.twin_of(&p) {
+                Some(twin) => {
+                    if !self.aliases.iter().any(|(_, id, l)| *id == twin && *l == p.labels) {
+                        let ns = self.ids.ns_index[p.namespace.as_str()];
+                        self.aliases.push((ns, twin, p.labels.clone()));
+                    }
+                    twin
+                }
+                None => self.add_identity(&p, touched),
+            },
         };
         let sides = self.identity_sides[identity as usize];
         let entry = pod_entry(&p, self.ids.identity_block[identity as usize], sides, &self.ctx, &mut t.named);
@@ -462,16 +493,46 @@ impl IncrementalCompiler {
             .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name)))
     }
 
+    /// An identity of `p`'s namespace that every selector in force treats
+    /// like `p`'s labels: the pod selectors of the namespace's policies and
+    /// of every selector peer that looks at the namespace.
+    fn twin_of(&self, p: &PodInfo) -> Option<u32> {
+        let &ns = self.ids.ns_index.get(p.namespace.as_str())?;
+        let info = &self.cluster.namespaces[ns as usize];
+        let policies = &self.cluster.policies[range_of(&self.cluster.policies, &info.name, |q| &q.namespace)];
+        let selectors: Vec<&Selector> = policies
+            .iter()
+            .map(|q| &q.pod_selector)
+            .chain(self.peers.keys().filter(|(m, _)| looks_at(m, info)).map(|(_, s)| s))
+            .collect();
+        let seen: Vec<bool> = selectors.iter().map(|s| s.matches(&p.labels)).collect();
+        self.ids.ns_identities[ns as usize].iter().copied().find(|&id| {
+            let labels = &self.ids.labels[id as usize];
+            selectors.iter().zip(&seen).all(|(s, &m)| s.matches(labels) == m)
+        })
+    }
+
+    /// Would policy `p` tell apart a label set patched onto an identity
+    /// (see `aliases`) from that identity's own labels?
+    fn splits_an_alias(&self, p: &Policy) -> bool {
+        self.aliases.iter().any(|(ns, id, labels)| {
+            let own = &self.ids.labels[*id as usize];
+            let ns = &self.cluster.namespaces[*ns as usize];
+            let splits = |s: &Selector| s.matches(labels) != s.matches(own);
+            (p.namespace == ns.name && splits(&p.pod_selector))
+                || Direction::BOTH.iter().flat_map(|d| p.rules(*d)).flat_map(|r| &r.peers).any(|peer| {
+                    matches!(peer, Peer::Pods { namespaces, pods } if looks_at(namespaces, ns) && splits(pods))
+                })
+        })
+    }
+
     /// Can namespace `ns` take one more identity without a new identity block?
     /// (Blocks are numbered namespace by namespace; a namespace without
     /// identities has none.)
     fn has_room(&self, ns: &str) -> bool {
         let Some(&ns) = self.ids.ns_index.get(ns) else { return false };
-        let ns = ns as usize;
-        let n = self.ids.ns_identities[ns].len();
-        let first = self.ids.ns_first_block[ns];
-        let end = self.ids.ns_first_block.get(ns + 1).copied().unwrap_or(self.ids.blocks);
-        n > 0 && ((n / BLOCK_BITS) as u32) < end - first
+        let n = self.ids.ns_identities[ns as usize].len();
+        n > 0 && ((n / BLOCK_BITS) as u32) < self.ids.ns_blocks(ns).len() as u32
     }
 
     /// Adds the identity of `p` (its namespace has room, see
@@ -493,12 +554,8 @@ impl IncrementalCompiler {
         touched.push(ns);
 
         let info = &self.cluster.namespaces[ns as usize];
-        let looks_here = |m: &NamespaceMatch| match m {
-            NamespaceMatch::Own(n) => *n == info.name,
-            NamespaceMatch::Selector(s) => s.matches(&info.labels),
-        };
         let keys: Vec<(NamespaceMatch, Selector)> =
-            self.peers.keys().filter(|k| looks_here(&k.0)).cloned().collect();
+            self.peers.keys().filter(|k| looks_at(&k.0, info)).cloned().collect();
         let mut changed = PeerCache::new();
         {
             let mut c = Compiler::new(&self.cluster, &self.ids, &self.ctx, &self.policy_ids);
@@ -530,6 +587,14 @@ impl IncrementalCompiler {
             .iter()
             .copied()
             .find(|&id| self.ids.labels[id as usize] == p.labels)
+    }
+}
+
+/// Does a peer's namespace part select namespace `ns`?
+fn looks_at(m: &NamespaceMatch, ns: &NamespaceInfo) -> bool {
+    match m {
+        NamespaceMatch::Own(n) => *n == ns.name,
+        NamespaceMatch::Selector(s) => s.matches(&ns.labels),
     }
 }
 
