@@ -9,15 +9,23 @@
 //!                                                   N's pod entries point at them
 //!  PodChange(s) ─────▶ cluster.pods updated ──────▶ per pod: its entry (its identity's
 //!                                                   block and sides) and its addresses
-//!  anything else (a namespace, a pod with a label set no pod of its namespace
-//!  had, an address two pods claim, a new ipBlock or port name) ──▶ full compile
+//!  anything else (a namespace, a new label set in a namespace whose identity
+//!  blocks are full or seen by most namespaces' policies, an address two pods
+//!  claim, a new ipBlock or port name) ──▶ full compile
 //! ```
 //!
 //! Why a pod patch is exact: a pod with the labels of an existing identity
 //! is, to every selector, that identity, so it gets that identity's sides
-//! and (block, bit) and no side changes. A pod that leaves only takes its
-//! addresses with it; its identity may stay in the table without pods, which
-//! no verdict can tell apart from its absence.
+//! and (block, bit) and no side changes. The same holds for a label set that
+//! no selector in force tells from an existing identity's (a rollout's new
+//! `pod-template-hash`); the pairing is remembered, and a policy change that
+//! would tell them apart compiles in full. A label set that selectors do
+//! tell apart becomes a new identity in a free bit of its namespace's
+//! blocks, and the sides of every namespace whose policies can see it are
+//! rebuilt. A pod that leaves only takes its addresses with it; its identity
+//! may stay in the table without pods, which neither a verdict nor the rule
+//! it names can tell from its absence (reason groups follow the selectors'
+//! form, not the pods).
 //!
 //! Why this is exact: a policy only selects pods of its own namespace, so a
 //! side (a direction and a list of isolating policies) belongs to one
