@@ -322,3 +322,51 @@ fn reasons_follow_the_selectors_form_so_pod_patches_and_full_compiles_agree() {
     assert_eq!(inc.cluster(), &only_a);
     assert_eq!(named(inc.table()), "b-a");
 }
+
+/// A namespace whose identity block is full: a rollout (a label set no
+/// selector tells from an existing one) still patches, taking that identity;
+/// a label set some selector does tell apart needs a new identity, finds no
+/// room, and compiles in full.
+#[test]
+fn a_full_identity_block_takes_rollouts_but_not_new_label_sets() {
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use policy_compiler::{Compilation, IncrementalCompiler, PodChange};
+    let pod = |name: &str, labels: &str, ip: &str| -> Pod {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: z, labels: {labels}}}\nstatus: {{podIP: {ip}, phase: Running}}"
+        ))
+        .unwrap()
+    };
+    let pods: Vec<Pod> =
+        (0..64).map(|i| pod(&format!("p{i}"), &format!("{{app: a{i}}}"), &format!("10.0.1.{i}"))).collect();
+    // a0 may reach a1, and so may app=new, which a peer of its own names
+    // (so no present label set looks like it) but no pod has yet.
+    let policy: NetworkPolicy = serde_yaml::from_str(
+        "metadata: {name: to-a1, namespace: z}\nspec: {podSelector: {matchLabels: {app: a1}}, ingress: [{from: [{podSelector: {matchLabels: {app: a0}}}, {podSelector: {matchLabels: {app: new}}}]}]}",
+    )
+    .unwrap();
+    let (cluster, _) = Cluster::from_objects(&[], &pods, std::slice::from_ref(&policy));
+    let mut inc = IncrementalCompiler::new(cluster);
+    assert_eq!(inc.table().stats().identities, 64);
+    let change = |name: &str, labels: &str, ip: &str| {
+        let (c, _) = Cluster::from_objects(&[], &[pod(name, labels, ip)], &[]);
+        PodChange { namespace: "z".into(), name: name.into(), pod: c.pods.into_iter().next() }
+    };
+    let (a1, r0, n): (IpAddr, IpAddr, IpAddr) =
+        ("10.0.1.1".parse().unwrap(), "10.0.2.1".parse().unwrap(), "10.0.2.2".parse().unwrap());
+    // A new replica of a0 from a new ReplicaSet: patched, and it may reach a1.
+    let how = inc.apply_pods(vec![change("r0", "{app: a0, pod-template-hash: h2}", "10.0.2.1")]);
+    assert_eq!(how, Compilation::PodsPatched { pods: 1, namespaces: vec![] });
+    assert!(inc.table().verdict(r0, a1, 6, 80).allowed());
+    assert_eq!(inc.table().stats().identities, 64);
+    // app=new: told apart by the policy, no room for a 65th identity in the block.
+    let how = inc.apply_pods(vec![change("n", "{app: new}", "10.0.2.2")]);
+    assert!(
+        matches!(&how, Compilation::Full { reason } if reason.contains("identity blocks are full")),
+        "{how:?}"
+    );
+    assert!(inc.table().verdict(n, a1, 6, 80).allowed());
+    assert!(inc.table().verdict(r0, a1, 6, 80).allowed());
+    assert_eq!(inc.table().stats().identities, 66);
+}

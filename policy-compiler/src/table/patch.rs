@@ -394,7 +394,8 @@ impl IncrementalCompiler {
             if !self.ids.ns_index.contains_key(p.namespace.as_str()) {
                 return Some(format!("pod {key} is in a namespace new to the table"));
             }
-            if self.identity_of(p).is_none() && !self.has_room(&p.namespace) {
+            // A label set that needs a new identity (no twin) needs room for it.
+            if self.identity_of(p).is_none() && !self.has_room(&p.namespace) && self.twin_of(p).is_none() {
                 return Some(format!(
                     "pod {key} has a label set new to its namespace, whose identity blocks are full"
                 ));
