@@ -708,7 +708,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn policy_and_pod_changes_are_patched_new_label_sets_compile_in_full_and_quiet_time_compacts() {
+    async fn policy_and_pod_changes_are_patched_unknown_namespaces_compile_in_full_and_quiet_time_compacts() {
         // Any patch asks for a compaction.
         let (tx, shared, out, owner) = start_owner(0.0);
         let labelled = |name: &str, app: &str, ip: &str| -> Object {
