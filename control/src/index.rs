@@ -204,29 +204,37 @@ impl Index {
         }
         let pods = dirty_pods
             .into_iter()
-            .map(|(namespace, name)| {
-                let key = (Kind::Pod, namespace, name);
-                let pod = match self.entries.get(&key) {
-                    Some((_, Entry::Pod(p), _)) => p.clone(),
+            .map(|key| {
+                let (pod, (namespace, name)) = self.current(Kind::Pod, key, |e| match e {
+                    Entry::Pod(p) => p.clone(),
                     _ => None,
-                };
-                let (_, namespace, name) = key;
+                });
                 PodChange { namespace, name, pod }
             })
             .collect();
         let policies = dirty
             .into_iter()
-            .map(|(namespace, name)| {
-                let key = (Kind::NetworkPolicy, namespace, name);
-                let policy = match self.entries.get(&key) {
-                    Some((_, Entry::Policy(p), _)) => Some(p.clone()),
+            .map(|key| {
+                let (policy, (namespace, name)) = self.current(Kind::NetworkPolicy, key, |e| match e {
+                    Entry::Policy(p) => Some(p.clone()),
                     _ => None,
-                };
-                let (_, namespace, name) = key;
+                });
                 PolicyChange { namespace, name, policy }
             })
             .collect();
         Pending::Objects { pods, policies }
+    }
+
+    /// What `pick` takes from the object of this kind and key (`None` when it is gone), and the key.
+    fn current<T>(
+        &self,
+        kind: Kind,
+        (namespace, name): (String, String),
+        pick: impl Fn(&Entry) -> Option<T>,
+    ) -> (Option<T>, (String, String)) {
+        let key = (kind, namespace, name);
+        let got = self.entries.get(&key).and_then(|(_, e, _)| pick(e));
+        (got, (key.1, key.2))
     }
 
     /// Every object's problems.

@@ -118,16 +118,24 @@ pub struct Port {
 }
 
 impl Port {
-    /// Looks up interface `name`, checks that binding `queues` queues
-    /// (`None`: as many as it has) covers every RX queue it has, removes any
-    /// XDP program attached to it (a port owns its interface's XDP hook) and
-    /// attaches the dataplane's.
-    pub fn open(id: PortId, name: &str, attach: AttachMode, queues: Option<u32>) -> Result<Port, PortError> {
+    /// The checks of [`Port::open`] that touch nothing: the interface exists
+    /// and binding `queues` (`None`: all) covers its RX queues. Returns
+    /// (ifindex, queues to bind, RX queues).
+    pub fn plan(name: &str, queues: Option<u32>) -> Result<(u32, u32, u32), PortError> {
         let ifindex =
             xsk::if_index(name).map_err(|source| PortError::NoInterface { ifname: name.into(), source })?;
         let rx = rx_queues(name).map_err(|source| PortError::QueueCount { ifname: name.into(), source })?;
         let queues = queues.unwrap_or(rx);
         check_queues(name, queues, rx)?;
+        Ok((ifindex, queues, rx))
+    }
+
+    /// Looks up interface `name`, checks that binding `queues` queues
+    /// (`None`: as many as it has) covers every RX queue it has, removes any
+    /// XDP program attached to it (a port owns its interface's XDP hook) and
+    /// attaches the dataplane's.
+    pub fn open(id: PortId, name: &str, attach: AttachMode, queues: Option<u32>) -> Result<Port, PortError> {
+        let (ifindex, queues, rx) = Port::plan(name, queues)?;
         xsk::detach_xdp(name, attach).map_err(|source| PortError::Detach { ifname: name.into(), source })?;
         let program = xsk::XdpProgram::attach(name, ifindex, queues, attach)
             .map_err(|source| PortError::Program { ifname: name.into(), source })?;

@@ -524,27 +524,32 @@ impl Dataplane {
                 reason: format!("queues {:?}: at most one entry per port, each at least 1", cfg.queues),
             });
         }
-        let ports = cfg
+        // Every check first, before any interface gets an XDP program: a
+        // refused configuration leaves the interfaces as they were.
+        let queues = cfg
             .ports
             .iter()
             .enumerate()
-            .map(|(i, name)| Port::open(i as PortId, name, cfg.xsk.attach, cfg.queues.get(i).copied()))
+            .map(|(i, name)| Port::plan(name, cfg.queues.get(i).copied()).map(|(_, q, _)| q))
             .collect::<Result<Vec<_>, _>>()?;
-        let workers = if cfg.workers == 0 {
-            ports.iter().map(|p| p.queues).max().unwrap_or(1) as usize
-        } else {
-            cfg.workers
-        };
+        let workers =
+            if cfg.workers == 0 { queues.iter().copied().max().unwrap_or(1) as usize } else { cfg.workers };
         // Worker i binds queue i: a queue with no worker would have no socket, and
         // its frames would escape the dataplane (see `port.rs`).
-        if let Some(p) = ports.iter().find(|p| p.queues as usize > workers) {
+        if let Some((name, q)) = cfg.ports.iter().zip(&queues).find(|(_, q)| **q as usize > workers) {
             return Err(StartError::Config {
                 reason: format!(
-                    "port {} is bound on {} queues but there are {workers} workers (worker i binds queue i)",
-                    p.name, p.queues
+                    "port {name} is bound on {q} queues but there are {workers} workers (worker i binds queue i)"
                 ),
             });
         }
+        let ports = cfg
+            .ports
+            .iter()
+            .zip(&queues)
+            .enumerate()
+            .map(|(i, (name, q))| Port::open(i as PortId, name, cfg.xsk.attach, Some(*q)))
+            .collect::<Result<Vec<_>, _>>()?;
         let pcfg = PipelineConfig { ports: ports.len() as u16, ..cfg.pipeline.clone() };
         pcfg.validate()?;
         let stop = Arc::new(AtomicBool::new(false));

@@ -14,6 +14,15 @@
 //!  claim, a new ipBlock or port name) ──▶ full compile
 //! ```
 //!
+//! Why a policy patch is exact: a policy only selects pods of its own
+//! namespace, so a side (a direction and a list of isolating policies)
+//! belongs to one namespace, and no other namespace's pod uses it.
+//! Everything else a side reads is derived from pods and namespaces
+//! (identities, identity blocks) or from the set of ipBlocks and port names
+//! (CIDR classes, interned names), which a patch requires unchanged
+//! (`PolicyContext::covers`; an ipBlock no policy uses any more only leaves
+//! the partition finer than needed).
+//!
 //! Why a pod patch is exact: a pod with the labels of an existing identity
 //! is, to every selector, that identity, so it gets that identity's sides
 //! and (block, bit) and no side changes. The same holds for a label set that
@@ -26,14 +35,6 @@
 //! may stay in the table without pods, which neither a verdict nor the rule
 //! it names can tell from its absence (reason groups follow the selectors'
 //! form, not the pods).
-//!
-//! Why this is exact: a policy only selects pods of its own namespace, so a
-//! side (a direction and a list of isolating policies) belongs to one
-//! namespace, and no other namespace's pod uses it. Everything else a side
-//! reads is derived from pods and namespaces (identities, identity blocks) or
-//! from the set of ipBlocks and port names (CIDR classes, interned names),
-//! which a patch requires unchanged (`PolicyContext::covers`; an ipBlock no
-//! policy uses any more only leaves the partition finer than needed).
 //!
 //! What it costs: the replaced sides' data stays in the table, unused, until
 //! the next full compile ([`IncrementalCompiler::stale_share`] says how much;
@@ -69,7 +70,7 @@ pub struct PodChange {
     pub pod: Option<PodInfo>,
 }
 
-/// How [`IncrementalCompiler::apply`] compiled.
+/// How [`IncrementalCompiler::apply`] or [`IncrementalCompiler::apply_pods`] compiled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Compilation {
     /// Only the sides of these namespaces were rebuilt.
@@ -93,7 +94,7 @@ pub enum Compilation {
     },
 }
 
-/// A cluster snapshot and its compiled table, kept up to date by policy changes.
+/// A cluster snapshot and its compiled table, kept up to date by policy and pod changes.
 pub struct IncrementalCompiler {
     cluster: Cluster,
     table: Arc<DecisionTable>,
@@ -112,7 +113,8 @@ pub struct IncrementalCompiler {
     /// the copy time at 10,000 policies; see docs/performance.md).
     spare: std::collections::VecDeque<Arc<DecisionTable>>,
     /// Selector peers resolved so far (they depend only on namespaces and
-    /// identities, which patches never change).
+    /// identities; a pod patch that adds an identity resolves again the
+    /// peers that look at its namespace).
     peers: PeerCache,
     /// [ingress, egress] side of each identity, as the table has them.
     identity_sides: Vec<[u32; 2]>,
@@ -172,10 +174,12 @@ impl IncrementalCompiler {
         *self = IncrementalCompiler::new(cluster);
     }
 
-    /// Compiles the current snapshot in full, dropping what patches left unused.
+    /// Compiles the current snapshot in full, dropping what patches left
+    /// unused. Namespaces that changes brought pods or policies into are
+    /// assumed, as a full snapshot would (see `Cluster::from_parts`).
     pub fn compact(&mut self) {
-        let cluster = std::mem::take(&mut self.cluster);
-        self.replace(cluster);
+        let Cluster { namespaces, pods, policies } = std::mem::take(&mut self.cluster);
+        self.replace(Cluster::from_parts(namespaces, pods, policies));
     }
 
     /// What patches appended since the last full compile (about what the
@@ -241,11 +245,7 @@ impl IncrementalCompiler {
             }
         }
         let Some(mut t) = table else {
-            // Policies in a new namespace: the snapshot assumes it, as a full
-            // snapshot would (see `Cluster::from_parts`).
-            let cluster = std::mem::take(&mut self.cluster);
-            let Cluster { namespaces, pods, policies } = cluster;
-            self.replace(Cluster::from_parts(namespaces, pods, policies));
+            self.compact();
             return Compilation::Full { reason: blocker.unwrap_or_default() };
         };
         let before = data_bytes(&t);
@@ -348,13 +348,15 @@ impl IncrementalCompiler {
         let mut touched = Vec::new();
         for ch in changes {
             if blocker.is_none() {
-                blocker = self.pod_blocker(&t, &ch);
+                match self.check_pod(&t, &ch) {
+                    Ok(identity) => {
+                        self.patch_pod(&mut t, ch, identity, &mut touched);
+                        continue;
+                    }
+                    Err(reason) => blocker = Some(reason),
+                }
             }
-            if blocker.is_none() {
-                self.patch_pod(&mut t, ch, &mut touched);
-            } else {
-                self.set_pod(ch);
-            }
+            self.set_pod(ch);
         }
         touched.sort_unstable();
         touched.dedup();
@@ -368,10 +370,7 @@ impl IncrementalCompiler {
             ));
         }
         if let Some(reason) = blocker {
-            let cluster = std::mem::take(&mut self.cluster);
-            let Cluster { namespaces, pods, policies } = cluster;
-            // New namespaces of pods are assumed, as a full snapshot would.
-            self.replace(Cluster::from_parts(namespaces, pods, policies));
+            self.compact();
             return Compilation::Full { reason };
         }
         let namespaces = if touched.is_empty() { Vec::new() } else { self.patch_namespaces(&mut t, touched) };
@@ -382,43 +381,60 @@ impl IncrementalCompiler {
         Compilation::PodsPatched { pods: n, namespaces }
     }
 
-    /// Why `ch` cannot be patched into `t`, if it cannot.
-    fn pod_blocker(&self, t: &DecisionTable, ch: &PodChange) -> Option<String> {
+    /// Which identity the pod of `ch` takes (`None` for a delete), or why
+    /// `ch` cannot be patched into `t`.
+    fn check_pod(&self, t: &DecisionTable, ch: &PodChange) -> Result<Option<PodIdentity>, String> {
         let key = format!("{}/{}", ch.namespace, ch.name);
         let at = self.pod_index(&ch.namespace, &ch.name);
         let old = at.ok().map(|i| (&self.cluster.pods[i], self.table_pods[i]));
+        let mut identity = None;
         if let Some(p) = &ch.pod {
             if p.namespace != ch.namespace || p.name != ch.name {
-                return Some(format!("change of pod {key} carries {}", p.key()));
+                return Err(format!("change of pod {key} carries {}", p.key()));
             }
             if !self.ids.ns_index.contains_key(p.namespace.as_str()) {
-                return Some(format!("pod {key} is in a namespace new to the table"));
+                return Err(format!("pod {key} is in a namespace new to the table"));
             }
-            // A label set that needs a new identity (no twin) needs room for it.
-            if self.identity_of(p).is_none() && !self.has_room(&p.namespace) && self.twin_of(p).is_none() {
-                return Some(format!(
+            identity = Some(if let Some(id) = self.identity_of(p) {
+                PodIdentity::Existing(id)
+            } else if let Some(id) = self.twin_of(p) {
+                PodIdentity::Twin(id)
+            } else if self.has_room(&p.namespace) {
+                PodIdentity::New
+            } else {
+                return Err(format!(
                     "pod {key} has a label set new to its namespace, whose identity blocks are full"
                 ));
-            }
+            });
             for ip in &p.ips {
                 if t.addr(*ip).is_some_and(|e| Some(e.pod) != old.map(|(_, ti)| ti)) {
-                    return Some(format!("address {ip} of pod {key} is claimed by another pod"));
+                    return Err(format!("address {ip} of pod {key} is claimed by another pod"));
                 }
             }
         }
         // An address the old pod owned that another pod also claims changes owner.
-        let (old, _) = old?;
-        let shared = old
-            .ips
-            .iter()
-            .find(|ip| self.cluster.pods.iter().any(|q| !std::ptr::eq(q, old) && q.ips.contains(ip)));
-        shared.map(|ip| format!("address {ip} of pod {key} is claimed by another pod"))
+        if let Some((old, _)) = old {
+            let shared = old
+                .ips
+                .iter()
+                .find(|ip| self.cluster.pods.iter().any(|q| !std::ptr::eq(q, old) && q.ips.contains(ip)));
+            if let Some(ip) = shared {
+                return Err(format!("address {ip} of pod {key} is claimed by another pod"));
+            }
+        }
+        Ok(identity)
     }
 
-    /// Patches `ch` (checked by [`Self::pod_blocker`]) into `t` and the
-    /// snapshot; adds to `touched` the namespaces whose sides a new identity
-    /// asks to rebuild.
-    fn patch_pod(&mut self, t: &mut DecisionTable, ch: PodChange, touched: &mut Vec<u32>) {
+    /// Patches `ch`, whose pod takes `identity` (see [`Self::check_pod`]),
+    /// into `t` and the snapshot; adds to `touched` the namespaces whose
+    /// sides a new identity asks to rebuild.
+    fn patch_pod(
+        &mut self,
+        t: &mut DecisionTable,
+        ch: PodChange,
+        identity: Option<PodIdentity>,
+        touched: &mut Vec<u32>,
+    ) {
         let at = self.pod_index(&ch.namespace, &ch.name);
         if let Ok(i) = at {
             let ti = self.table_pods[i];
@@ -431,23 +447,22 @@ impl IncrementalCompiler {
             // A deleted pod leaves its entry unused; an update rewrites it below.
             t.pods[ti as usize] = PodEntry { sides: [0, 0], block_bit: 0, named: 0 };
         }
-        let Some(p) = ch.pod else {
+        let (Some(p), Some(identity)) = (ch.pod.as_ref(), identity) else {
             self.set_pod(PodChange { pod: None, ..ch });
             return;
         };
-        let identity = match self.identity_of(&p) {
-            Some(id) => id,
-            None => match self.twin_of(&p) {
-                Some(twin) => {
-                    if !self.aliases.iter().any(|(_, id, l)| *id == twin && *l == p.labels) {
-                        let ns = self.ids.ns_index[p.namespace.as_str()];
-                        self.aliases.push((ns, twin, p.labels.clone()));
-                    }
-                    twin
+        let identity = match identity {
+            PodIdentity::Existing(id) => id,
+            PodIdentity::Twin(twin) => {
+                if !self.aliases.iter().any(|(_, id, l)| *id == twin && *l == p.labels) {
+                    let ns = self.ids.ns_index[p.namespace.as_str()];
+                    self.aliases.push((ns, twin, p.labels.clone()));
                 }
-                None => self.add_identity(&p, touched),
-            },
+                twin
+            }
+            PodIdentity::New => self.add_identity(p, touched),
         };
+        let p = ch.pod.expect("matched above");
         let sides = self.identity_sides[identity as usize];
         let entry = pod_entry(&p, self.ids.identity_block[identity as usize], sides, &self.ctx, &mut t.named);
         // An update keeps the pod's table index; a new pod gets the next one.
@@ -597,6 +612,17 @@ impl IncrementalCompiler {
             .copied()
             .find(|&id| self.ids.labels[id as usize] == p.labels)
     }
+}
+
+/// The identity a changed pod takes (see [`IncrementalCompiler::check_pod`]).
+#[derive(Clone, Copy, Debug)]
+enum PodIdentity {
+    /// The identity of its namespace and labels.
+    Existing(u32),
+    /// An identity of its namespace no selector in force tells its labels from.
+    Twin(u32),
+    /// A new identity, in a free bit of its namespace's blocks.
+    New,
 }
 
 /// Does a peer's namespace part select namespace `ns`?
