@@ -370,3 +370,45 @@ fn a_full_identity_block_takes_rollouts_but_not_new_label_sets() {
     assert!(inc.table().verdict(r0, a1, 6, 80).allowed());
     assert_eq!(inc.table().stats().identities, 66);
 }
+
+/// A policy that selects no pod yet still has peers that tell label sets
+/// apart. Found by `pod_patches_equal_a_full_compile`: a pod labelled
+/// `tier: web` was patched onto the identity of `app: b` (no *resolved*
+/// selector told them apart, and the policy's peers were not resolved
+/// because it selected nothing); when an `app: a` pod came, the policy
+/// isolated it and its peer `app: b` let the `tier: web` pod in too.
+#[test]
+fn peers_of_a_policy_that_selects_nothing_yet_keep_label_sets_apart() {
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use policy_compiler::{Compilation, IncrementalCompiler, PodChange};
+    let pod = |name: &str, labels: &str, ip: &str| -> Pod {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: z, labels: {labels}}}\nstatus: {{podIP: {ip}, phase: Running}}"
+        ))
+        .unwrap()
+    };
+    let policy: NetworkPolicy = serde_yaml::from_str(
+        "metadata: {name: a-from-b, namespace: z}\nspec: {podSelector: {matchLabels: {app: a}}, ingress: [{from: [{podSelector: {matchLabels: {app: b}}}]}]}",
+    )
+    .unwrap();
+    let (cluster, _) = Cluster::from_objects(&[], &[pod("b", "{app: b}", "10.0.0.1")], &[policy]);
+    let mut inc = IncrementalCompiler::new(cluster);
+    let change = |name: &str, labels: &str, ip: &str| {
+        let (c, _) = Cluster::from_objects(&[], &[pod(name, labels, ip)], &[]);
+        PodChange { namespace: "z".into(), name: name.into(), pod: c.pods.into_iter().next() }
+    };
+    let (b, web, a): (IpAddr, IpAddr, IpAddr) =
+        ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
+    // tier=web gets an identity of its own: the policy's peer tells it from app=b.
+    let how = inc.apply_pods(vec![change("web", "{tier: web}", "10.0.0.2")]);
+    assert_eq!(how, Compilation::PodsPatched { pods: 1, namespaces: vec!["z".into()] });
+    assert_eq!(inc.table().stats().identities, 2);
+    let how = inc.apply_pods(vec![change("a", "{app: a}", "10.0.0.3")]);
+    assert!(matches!(how, Compilation::PodsPatched { .. }), "{how:?}");
+    let full = DecisionTable::compile(inc.cluster());
+    for t in [inc.table(), &full] {
+        assert!(t.verdict(b, a, 6, 80).allowed());
+        assert!(matches!(t.verdict(web, a, 6, 80).ingress, Side::Denied(_)), "tier=web is not app=b");
+    }
+}

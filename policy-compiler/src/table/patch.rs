@@ -26,7 +26,7 @@
 //! Why a pod patch is exact: a pod with the labels of an existing identity
 //! is, to every selector, that identity, so it gets that identity's sides
 //! and (block, bit) and no side changes. The same holds for a label set that
-//! no selector in force tells from an existing identity's (a rollout's new
+//! no selector of any policy tells from an existing identity's (a rollout's new
 //! `pod-template-hash`); the pairing is remembered, and a policy change that
 //! would tell them apart compiles in full. A label set that selectors do
 //! tell apart becomes a new identity in a free bit of its namespace's
@@ -122,10 +122,14 @@ pub struct IncrementalCompiler {
     /// patches append entries and leave those of deleted pods unused).
     table_pods: Vec<u32>,
     /// Label sets that pod patches gave an existing identity of their
-    /// namespace because no selector in force tells the two apart (a
+    /// namespace because no selector of any policy tells the two apart (a
     /// rollout's new `pod-template-hash`): (namespace, identity, labels). A
     /// policy change whose selectors would tell them apart compiles in full.
     aliases: Vec<(u32, u32, Labels)>,
+    /// Every distinct selector peer of the snapshot's policies, for
+    /// [`Self::twin_of`]; built when a pod patch first needs it, dropped by
+    /// every policy change.
+    all_peers: std::sync::OnceLock<Vec<(NamespaceMatch, Selector)>>,
 }
 
 /// Earlier tables an [`IncrementalCompiler`] keeps for their buffers: enough
@@ -149,6 +153,7 @@ impl IncrementalCompiler {
             peers: full.peers,
             identity_sides: full.identity_sides,
             aliases: Vec::new(),
+            all_peers: std::sync::OnceLock::new(),
             table_pods: (0..cluster.pods.len() as u32).collect(),
             cluster,
         }
@@ -194,6 +199,7 @@ impl IncrementalCompiler {
     /// whole table otherwise. Either way the table equals a full compile of
     /// the updated snapshot, verdict for verdict and reason for reason.
     pub fn apply(&mut self, changes: Vec<PolicyChange>) -> Compilation {
+        self.all_peers = std::sync::OnceLock::new();
         let mut blocker = None;
         for ch in &changes {
             if !self.ids.ns_index.contains_key(ch.namespace.as_str()) {
@@ -517,17 +523,34 @@ impl IncrementalCompiler {
             .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name)))
     }
 
-    /// An identity of `p`'s namespace that every selector in force treats
-    /// like `p`'s labels: the pod selectors of the namespace's policies and
-    /// of every selector peer that looks at the namespace.
+    /// An identity of `p`'s namespace that every selector treats like `p`'s
+    /// labels: the pod selectors of the namespace's policies and of every
+    /// selector peer, of any policy, that looks at the namespace. Peers of
+    /// policies that select no pod yet count too: a later pod can bring
+    /// them into force, and nothing then checks the aliases again (only
+    /// policy changes do, see [`Self::splits_an_alias`]).
     fn twin_of(&self, p: &PodInfo) -> Option<u32> {
         let &ns = self.ids.ns_index.get(p.namespace.as_str())?;
         let info = &self.cluster.namespaces[ns as usize];
-        let policies = &self.cluster.policies[range_of(&self.cluster.policies, &info.name, |q| &q.namespace)];
-        let selectors: Vec<&Selector> = policies
+        let own = &self.cluster.policies[range_of(&self.cluster.policies, &info.name, |q| &q.namespace)];
+        let peers = self.all_peers.get_or_init(|| {
+            let rules =
+                self.cluster.policies.iter().flat_map(|q| Direction::BOTH.iter().flat_map(|d| q.rules(*d)));
+            let mut seen = std::collections::HashSet::new();
+            rules
+                .flat_map(|r| &r.peers)
+                .filter_map(|peer| match peer {
+                    Peer::Pods { namespaces, pods } if seen.insert((namespaces, pods)) => {
+                        Some((namespaces.clone(), pods.clone()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        });
+        let selectors: Vec<&Selector> = own
             .iter()
             .map(|q| &q.pod_selector)
-            .chain(self.peers.keys().filter(|(m, _)| looks_at(m, info)).map(|(_, s)| s))
+            .chain(peers.iter().filter(|(m, _)| looks_at(m, info)).map(|(_, s)| s))
             .collect();
         let seen: Vec<bool> = selectors.iter().map(|s| s.matches(&p.labels)).collect();
         self.ids.ns_identities[ns as usize].iter().copied().find(|&id| {
@@ -619,7 +642,7 @@ impl IncrementalCompiler {
 enum PodIdentity {
     /// The identity of its namespace and labels.
     Existing(u32),
-    /// An identity of its namespace no selector in force tells its labels from.
+    /// An identity of its namespace no selector of any policy tells its labels from.
     Twin(u32),
     /// A new identity, in a free bit of its namespace's blocks.
     New,
