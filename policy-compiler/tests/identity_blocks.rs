@@ -323,22 +323,29 @@ fn reasons_follow_the_selectors_form_so_pod_patches_and_full_compiles_agree() {
     assert_eq!(named(inc.table()), "b-a");
 }
 
+/// A running pod of namespace `z` (`labels` in YAML flow style).
+fn pod(name: &str, labels: &str, ip: &str) -> k8s_openapi::api::core::v1::Pod {
+    serde_yaml::from_str(&format!(
+        "metadata: {{name: {name}, namespace: z, labels: {labels}}}\nstatus: {{podIP: {ip}, phase: Running}}"
+    ))
+    .unwrap()
+}
+
+/// The change that adds (or updates) that pod.
+fn change(name: &str, labels: &str, ip: &str) -> policy_compiler::PodChange {
+    let (c, _) = Cluster::from_objects(&[], &[pod(name, labels, ip)], &[]);
+    policy_compiler::PodChange { namespace: "z".into(), name: name.into(), pod: c.pods.into_iter().next() }
+}
+
 /// A namespace whose identity block is full: a rollout (a label set no
 /// selector tells from an existing one) still patches, taking that identity;
 /// a label set some selector does tell apart needs a new identity, finds no
 /// room, and compiles in full.
 #[test]
 fn a_full_identity_block_takes_rollouts_but_not_new_label_sets() {
-    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::networking::v1::NetworkPolicy;
-    use policy_compiler::{Compilation, IncrementalCompiler, PodChange};
-    let pod = |name: &str, labels: &str, ip: &str| -> Pod {
-        serde_yaml::from_str(&format!(
-            "metadata: {{name: {name}, namespace: z, labels: {labels}}}\nstatus: {{podIP: {ip}, phase: Running}}"
-        ))
-        .unwrap()
-    };
-    let pods: Vec<Pod> =
+    use policy_compiler::{Compilation, IncrementalCompiler};
+    let pods: Vec<_> =
         (0..64).map(|i| pod(&format!("p{i}"), &format!("{{app: a{i}}}"), &format!("10.0.1.{i}"))).collect();
     // a0 may reach a1, and so may app=new, which a peer of its own names
     // (so no present label set looks like it) but no pod has yet.
@@ -349,10 +356,6 @@ fn a_full_identity_block_takes_rollouts_but_not_new_label_sets() {
     let (cluster, _) = Cluster::from_objects(&[], &pods, std::slice::from_ref(&policy));
     let mut inc = IncrementalCompiler::new(cluster);
     assert_eq!(inc.table().stats().identities, 64);
-    let change = |name: &str, labels: &str, ip: &str| {
-        let (c, _) = Cluster::from_objects(&[], &[pod(name, labels, ip)], &[]);
-        PodChange { namespace: "z".into(), name: name.into(), pod: c.pods.into_iter().next() }
-    };
     let (a1, r0, n): (IpAddr, IpAddr, IpAddr) =
         ("10.0.1.1".parse().unwrap(), "10.0.2.1".parse().unwrap(), "10.0.2.2".parse().unwrap());
     // A new replica of a0 from a new ReplicaSet: patched, and it may reach a1.
@@ -379,25 +382,14 @@ fn a_full_identity_block_takes_rollouts_but_not_new_label_sets() {
 /// isolated it and its peer `app: b` let the `tier: web` pod in too.
 #[test]
 fn peers_of_a_policy_that_selects_nothing_yet_keep_label_sets_apart() {
-    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::networking::v1::NetworkPolicy;
-    use policy_compiler::{Compilation, IncrementalCompiler, PodChange};
-    let pod = |name: &str, labels: &str, ip: &str| -> Pod {
-        serde_yaml::from_str(&format!(
-            "metadata: {{name: {name}, namespace: z, labels: {labels}}}\nstatus: {{podIP: {ip}, phase: Running}}"
-        ))
-        .unwrap()
-    };
+    use policy_compiler::{Compilation, IncrementalCompiler};
     let policy: NetworkPolicy = serde_yaml::from_str(
         "metadata: {name: a-from-b, namespace: z}\nspec: {podSelector: {matchLabels: {app: a}}, ingress: [{from: [{podSelector: {matchLabels: {app: b}}}]}]}",
     )
     .unwrap();
     let (cluster, _) = Cluster::from_objects(&[], &[pod("b", "{app: b}", "10.0.0.1")], &[policy]);
     let mut inc = IncrementalCompiler::new(cluster);
-    let change = |name: &str, labels: &str, ip: &str| {
-        let (c, _) = Cluster::from_objects(&[], &[pod(name, labels, ip)], &[]);
-        PodChange { namespace: "z".into(), name: name.into(), pod: c.pods.into_iter().next() }
-    };
     let (b, web, a): (IpAddr, IpAddr, IpAddr) =
         ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
     // tier=web gets an identity of its own: the policy's peer tells it from app=b.
