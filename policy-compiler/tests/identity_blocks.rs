@@ -404,3 +404,136 @@ fn peers_of_a_policy_that_selects_nothing_yet_keep_label_sets_apart() {
         assert!(matches!(t.verdict(web, a, 6, 80).ingress, Side::Denied(_)), "tier=web is not app=b");
     }
 }
+
+/// One random change of [`pod_patches_over_many_identities_equal_a_full_compile`].
+#[derive(Clone, Debug)]
+enum Edit {
+    /// A pod `new{step}` in `big` (or `small`) with labels `n`, `m`, `k`
+    /// (an `n` of 0..400 is often an identity that exists, often not),
+    /// and a `pod-template-hash` when `hash` (a rollout: no selector reads it).
+    Add {
+        big: bool,
+        n: u32,
+        m: u32,
+        k: u32,
+        hash: Option<u8>,
+        reuse_ip: bool,
+    },
+    /// Pod `pick` (modulo the pods) gets other `n` and `m` labels.
+    Relabel {
+        pick: usize,
+        n: u32,
+        m: u32,
+    },
+    Delete {
+        pick: usize,
+    },
+    /// Policy `pick` (modulo the policies) selects `n In (values)` in its
+    /// first rule's first peer instead.
+    Policy {
+        pick: usize,
+        values: Vec<u32>,
+    },
+}
+
+fn edit_strategy() -> impl proptest::strategy::Strategy<Value = Edit> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (any::<bool>(), 0u32..400, 0u32..6, 0u32..4, proptest::option::of(0u8..3), proptest::bool::weighted(0.1))
+            .prop_map(|(big, n, m, k, hash, reuse_ip)| Edit::Add { big, n, m, k, hash, reuse_ip }),
+        2 => (any::<usize>(), 0u32..400, 0u32..6).prop_map(|(pick, n, m)| Edit::Relabel { pick, n, m }),
+        2 => any::<usize>().prop_map(|pick| Edit::Delete { pick }),
+        1 => (any::<usize>(), proptest::collection::vec(0u32..400, 1..6))
+            .prop_map(|(pick, values)| Edit::Policy { pick, values }),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+    /// The property test of `table_vs_reference.rs` has a handful of
+    /// identities per namespace. This one starts from the cluster above
+    /// with `keep` of its 200 `big` pods (so the last identity block is
+    /// anywhere from nearly empty to full) and applies random pod and policy
+    /// changes: after each, the patched table gives the verdicts and reasons
+    /// of a full compile of the same snapshot.
+    #[test]
+    fn pod_patches_over_many_identities_equal_a_full_compile(
+        keep in 60usize..=200,
+        edits in proptest::collection::vec(edit_strategy(), 1..14),
+    ) {
+        use policy_compiler::{IncrementalCompiler, PodChange, PolicyChange};
+        let mut start = cluster();
+        start.pods.retain(|p| p.namespace != "big" || p.name[1..].parse::<usize>().unwrap() < keep);
+        let mut inc = IncrementalCompiler::new(start);
+        for (step, edit) in edits.into_iter().enumerate() {
+            let pods = inc.cluster().pods.clone();
+            let ch = |p: PodInfo| PodChange { namespace: p.namespace.clone(), name: p.name.clone(), pod: Some(p) };
+            let how = match edit.clone() {
+                Edit::Add { big, n, m, k, hash, reuse_ip } => {
+                    let mut l = labels(&[("n", n.to_string()), ("m", m.to_string()), ("k", k.to_string())]);
+                    if let Some(h) = hash {
+                        l.insert("pod-template-hash".into(), format!("h{h}"));
+                    }
+                    let ip = if reuse_ip {
+                        pods[n as usize % pods.len()].ips[0]
+                    } else {
+                        IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + step as u32))
+                    };
+                    let p = PodInfo {
+                        namespace: if big { "big" } else { "small" }.into(),
+                        name: format!("new{step}"),
+                        labels: l,
+                        ips: vec![ip],
+                        named_ports: if n % 2 == 1 {
+                            vec![NamedPort { name: "http".into(), protocol: Protocol::Tcp, port: 80 }]
+                        } else {
+                            Vec::new()
+                        },
+                        container_ports: vec![(Protocol::Tcp, 80)],
+                    };
+                    inc.apply_pods(vec![ch(p)])
+                }
+                Edit::Relabel { pick, n, m } => {
+                    let mut p = pods[pick % pods.len()].clone();
+                    p.labels.insert("n".into(), n.to_string());
+                    p.labels.insert("m".into(), m.to_string());
+                    inc.apply_pods(vec![ch(p)])
+                }
+                Edit::Delete { pick } => {
+                    let p = &pods[pick % pods.len()];
+                    inc.apply_pods(vec![PodChange { namespace: p.namespace.clone(), name: p.name.clone(), pod: None }])
+                }
+                Edit::Policy { pick, values } => {
+                    let mut p = inc.cluster().policies[pick % inc.cluster().policies.len()].clone();
+                    let values: Vec<String> = values.iter().map(u32::to_string).collect();
+                    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+                    let rule = p.rules.iter_mut().flatten().next().expect("every policy has a rule");
+                    if let Peer::Pods { pods, .. } = &mut rule.peers[0] {
+                        *pods = sel_in("n", &values);
+                    }
+                    inc.apply(vec![PolicyChange { namespace: p.namespace.clone(), name: p.name.clone(), policy: Some(p) }])
+                }
+            };
+            let full = DecisionTable::compile(inc.cluster());
+            let t = inc.table();
+            let ips: Vec<IpAddr> = inc.cluster().pods.iter().map(|p| p.ips[0]).collect();
+            let srcs: Vec<IpAddr> = ips.iter().copied().step_by(5).chain(ips.iter().rev().take(12).copied()).collect();
+            let dsts: Vec<IpAddr> = ips.iter().copied().step_by(4).chain(ips.iter().rev().take(12).copied()).collect();
+            let named = |t: &DecisionTable, s: Side| match s {
+                Side::Allowed(r) => format!("{:?} rule {}", t.policy(r.policy), r.rule),
+                Side::Denied(id) => format!("denied by {:?}", t.isolating_policies(id).1.map(|i| t.policy(i)).collect::<Vec<_>>()),
+                other => format!("{other:?}"),
+            };
+            for &s in &srcs {
+                for &d in &dsts {
+                    for port in 80..=83 {
+                        let (a, b) = (t.verdict(s, d, 6, port), full.verdict(s, d, 6, port));
+                        proptest::prop_assert_eq!(named(t, a.egress), named(&full, b.egress), "egress {} -> {} tcp/{} after {:?}: {:?}", s, d, port, edit, how);
+                        proptest::prop_assert_eq!(named(t, a.ingress), named(&full, b.ingress), "ingress {} -> {} tcp/{} after {:?}: {:?}", s, d, port, edit, how);
+                    }
+                }
+            }
+        }
+    }
+}
