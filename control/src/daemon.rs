@@ -789,4 +789,136 @@ mod tests {
         drop(tx);
         owner.await.unwrap();
     }
+
+    /// Random object changes from two sources, in batches, through the
+    /// index and `compile` as the daemon runs them (patches where it can):
+    /// after every compile the compiler holds exactly the index's snapshot,
+    /// and its table gives the verdicts and reasons of a full compile of
+    /// that snapshot. The mix reaches every path: pods with and without
+    /// addresses, disputed addresses, rollouts (a `hash` label), a policy
+    /// that reads `hash` (so it splits those), policies that select nothing
+    /// yet, namespaces relabelled and deleted, and deletes from a source
+    /// that does not own the object. The seed is fixed; `PORTCULLIS_TEST_SEED=N`
+    /// explores others.
+    #[test]
+    fn random_changes_compile_to_what_a_full_compile_of_the_index_gives() {
+        let mut state = std::env::var("PORTCULLIS_TEST_SEED").map_or(0x5eed_u64, |s| s.parse().unwrap());
+        let mut next = move |n: u64| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) % n
+        };
+        let policies = [
+            "podSelector: {matchLabels: {app: d}}, ingress: [{from: [{podSelector: {matchLabels: {app: w}}}], ports: [{port: 80}]}]",
+            "podSelector: {}, policyTypes: [Ingress]",
+            "podSelector: {matchLabels: {app: w}}, policyTypes: [Egress], egress: [{to: [{namespaceSelector: {matchLabels: {team: x}}}]}]",
+            "podSelector: {matchExpressions: [{key: hash, operator: Exists}]}, ingress: [{from: [{podSelector: {matchLabels: {hash: h1}}}]}]",
+            "podSelector: {matchLabels: {app: d}}, ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: w}}}], ports: [{port: 81}]}]",
+            "podSelector: {matchLabels: {app: none-yet}}, ingress: [{from: [{podSelector: {matchLabels: {app: d}}}]}]",
+        ];
+        let ips: Vec<IpAddr> = (1..=16).map(|i| format!("10.1.0.{i}").parse().unwrap()).collect();
+        let described = |t: &DecisionTable, s: policy_compiler::Side| match s {
+            policy_compiler::Side::Allowed(r) => format!("{:?} rule {}", t.policy(r.policy), r.rule),
+            policy_compiler::Side::Denied(id) => {
+                format!("denied by {:?}", t.isolating_policies(id).1.map(|i| t.policy(i)).collect::<Vec<_>>())
+            }
+            other => format!("{other:?}"),
+        };
+        let (mut patched, mut full_compiles) = (0, 0);
+        for case in 0..150 {
+            let mut index = Index::new();
+            let mut compiler: Option<IncrementalCompiler> = None;
+            for step in 0..30 {
+                let source = next(2) as u16;
+                let ns = ["a", "b", "c"][next(3) as usize];
+                let change = match next(24) {
+                    0 => {
+                        let labels = ["{}", "{team: x}", "{team: y}"][next(3) as usize];
+                        Change::Apply(Object::Namespace(Box::new(yaml(&format!(
+                            "metadata: {{name: {ns}, labels: {labels}}}"
+                        )))))
+                    }
+                    1 => Change::Delete(Kind::Namespace, String::new(), ns.into()),
+                    2..=13 => {
+                        let app = ["w", "d"][next(2) as usize];
+                        let hash = ["", ", hash: h0", ", hash: h1", ", hash: h2"][next(4) as usize];
+                        let status = match next(6) {
+                            0 => "{phase: Pending}".to_string(),
+                            _ => format!("{{podIP: {}, phase: Running}}", ips[next(16) as usize]),
+                        };
+                        Change::Apply(Object::Pod(Box::new(yaml(&format!(
+                            "metadata: {{name: p{}, namespace: {ns}, labels: {{app: {app}{hash}}}}}\nstatus: {status}",
+                            next(6)
+                        )))))
+                    }
+                    14..=17 => Change::Delete(Kind::Pod, ns.into(), format!("p{}", next(6))),
+                    18..=21 => Change::Apply(Object::NetworkPolicy(Box::new(yaml(&format!(
+                        "metadata: {{name: q{}, namespace: {ns}}}\nspec: {{{}}}",
+                        next(4),
+                        policies[next(policies.len() as u64) as usize]
+                    ))))),
+                    _ => Change::Delete(Kind::NetworkPolicy, ns.into(), format!("q{}", next(4))),
+                };
+                index.apply(source, change);
+                if next(3) == 0 {
+                    continue; // a batch of several changes
+                }
+                let how = compile(&mut index, &mut compiler, 4.0);
+                for k in &how.kinds {
+                    match k {
+                        Compilation::Full { .. } => full_compiles += 1,
+                        _ => patched += 1,
+                    }
+                }
+                let c = compiler.as_ref().unwrap();
+                let (snapshot, _) = index.snapshot();
+                // The same pods and policies. The same namespaces too, except
+                // that a namespace assumed for a pod or policy without its
+                // Namespace object stays after they leave, holding nothing.
+                let held = c.cluster();
+                assert_eq!(
+                    (&held.pods, &held.policies),
+                    (&snapshot.pods, &snapshot.policies),
+                    "case {case} step {step}"
+                );
+                for n in &held.namespaces {
+                    match snapshot.namespace(&n.name) {
+                        Some(m) => assert_eq!(m, n, "case {case} step {step}"),
+                        None => assert!(
+                            !held.pods.iter().any(|p| p.namespace == n.name)
+                                && !held.policies.iter().any(|p| p.namespace == n.name),
+                            "case {case} step {step}: {} is in use",
+                            n.name
+                        ),
+                    }
+                }
+                assert!(
+                    snapshot.namespaces.iter().all(|n| held.namespace(&n.name).is_some()),
+                    "case {case} step {step}"
+                );
+                let (t, full) = (c.table(), DecisionTable::compile(&snapshot));
+                for &s in &ips {
+                    for &d in &ips {
+                        for port in [80, 81] {
+                            let (a, b) = (t.verdict(s, d, 6, port), full.verdict(s, d, 6, port));
+                            let what = format!(
+                                "case {case} step {step}: {s} -> {d} tcp/{port} after {:?}",
+                                how.kinds
+                            );
+                            assert_eq!(described(t, a.egress), described(&full, b.egress), "egress {what}");
+                            assert_eq!(
+                                described(t, a.ingress),
+                                described(&full, b.ingress),
+                                "ingress {what}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Both paths ran, the patches most.
+        assert!(patched > full_compiles && full_compiles > 100, "{patched} patched, {full_compiles} full");
+    }
 }

@@ -537,3 +537,37 @@ proptest::proptest! {
         }
     }
 }
+
+/// A batch of policy changes that cannot be patched (here: a new port name)
+/// compiles in full, whatever else it holds. Found by the control crate's
+/// random-changes test: a batch adding one policy and deleting another that
+/// sorts after it panicked while bookkeeping the policy indexes, although
+/// the full compile that follows renumbers them anyway.
+#[test]
+fn a_blocked_batch_that_adds_and_deletes_policies_compiles_in_full() {
+    use policy_compiler::{Compilation, IncrementalCompiler, PolicyChange};
+    let mut inc = IncrementalCompiler::new(cluster());
+    let added = policy(
+        "big",
+        "a-new",
+        sel_in("k", &["1"]),
+        vec![Rule {
+            peers: vec![pods_in("big", Selector::everything())],
+            ports: vec![PortMatch::Named { protocol: Protocol::Tcp, name: "grpc".into() }],
+        }],
+        Vec::new(),
+    );
+    let changes = vec![
+        PolicyChange { namespace: "big".into(), name: "a-new".into(), policy: Some(added) },
+        PolicyChange { namespace: "small".into(), name: "from-big".into(), policy: None },
+    ];
+    let how = inc.apply(changes);
+    assert!(matches!(&how, Compilation::Full { reason } if reason.contains("port name")), "{how:?}");
+    let names: Vec<&str> = inc.cluster().policies.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["a-new", "all-mixed", "k0-from-m12", "m3-egress"]);
+    assert_eq!(inc.table().stats().policies, 4);
+    // And patches work again afterwards.
+    let ch = PolicyChange { namespace: "big".into(), name: "a-new".into(), policy: None };
+    assert_eq!(inc.apply(vec![ch]), Compilation::Patched { namespaces: vec!["big".into()] });
+    assert_eq!(inc.table().stats().policies, 3);
+}

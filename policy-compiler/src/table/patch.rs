@@ -237,7 +237,12 @@ impl IncrementalCompiler {
                 (Ok(i), Some(p)) => self.cluster.policies[i] = p,
                 (Ok(i), None) => {
                     self.cluster.policies.remove(i);
-                    self.policy_ids.remove(i);
+                    // A blocked batch compiles in full, which numbers the
+                    // policies afresh; until then `policy_ids` follows only
+                    // patched batches (an added policy got no id above).
+                    if table.is_some() {
+                        self.policy_ids.remove(i);
+                    }
                 }
                 (Err(i), Some(p)) => {
                     if let Some(t) = table.as_mut() {
@@ -407,6 +412,10 @@ impl IncrementalCompiler {
                 PodIdentity::Twin(id)
             } else if self.has_room(&p.namespace) {
                 PodIdentity::New
+            } else if self.ids.ns_identities[self.ids.ns_index[p.namespace.as_str()] as usize].is_empty() {
+                return Err(format!(
+                    "pod {key} is the first of its namespace since the last full compile (no identity block)"
+                ));
             } else {
                 return Err(format!(
                     "pod {key} has a label set new to its namespace, whose identity blocks are full"
