@@ -487,7 +487,47 @@ struct Compiled {
 fn compile(index: &mut Index, compiler: &mut Option<IncrementalCompiler>, share_max: f64) -> Compiled {
     let t0 = Instant::now();
     let pending = index.take_pending();
-    let kinds = match (pending, compiler.as_mut()) {
+    let patched =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| patch(pending, compiler, share_max)));
+    let kinds = match patched {
+        Ok(Some(kinds)) => kinds,
+        Ok(None) => {
+            let reason =
+                if compiler.is_some() { "namespaces changed or objects relisted" } else { "first table" };
+            let (cluster, _) = index.snapshot();
+            *compiler = Some(IncrementalCompiler::new(cluster));
+            vec![Compilation::Full { reason: reason.into() }]
+        }
+        Err(panic) => {
+            // A bug in the patch code: its state is suspect, so start over
+            // from the index (what the table must equal anyway) rather than
+            // let the panic end the daemon.
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown");
+            tracing::error!(panic = what, "a patch panicked; compiling the index in full");
+            let (cluster, _) = index.snapshot();
+            *compiler = Some(IncrementalCompiler::new(cluster));
+            vec![Compilation::Full { reason: format!("a patch panicked: {what}") }]
+        }
+    };
+    Compiled { kinds, took: t0.elapsed() }
+}
+
+/// The patch half of [`compile`]: `None` when `pending` needs a full compile
+/// of a fresh snapshot (structural changes, or no compiler yet).
+fn patch(
+    pending: Pending,
+    compiler: &mut Option<IncrementalCompiler>,
+    share_max: f64,
+) -> Option<Vec<Compilation>> {
+    #[cfg(test)]
+    if tests::PANIC_IN_PATCH.with(|p| p.replace(false)) {
+        panic!("injected by a test");
+    }
+    match (pending, compiler.as_mut()) {
         (Pending::Objects { pods, policies }, Some(c)) => {
             let mut kinds = Vec::new();
             if !pods.is_empty() {
@@ -498,21 +538,15 @@ fn compile(index: &mut Index, compiler: &mut Option<IncrementalCompiler>, share_
             }
             let patched_only = kinds.iter().all(|k| !matches!(k, Compilation::Full { .. }));
             // Changes that never pause for a compaction: compact now, at the cost of this one.
-            if patched_only && c.stale_share() >= share_max {
+            Some(if patched_only && c.stale_share() >= share_max {
                 c.compact();
                 vec![Compilation::Full { reason: "unused data from patches past its bound".into() }]
             } else {
                 kinds
-            }
+            })
         }
-        (_, c) => {
-            let reason = if c.is_some() { "namespaces changed or objects relisted" } else { "first table" };
-            let (cluster, _) = index.snapshot();
-            *compiler = Some(IncrementalCompiler::new(cluster));
-            vec![Compilation::Full { reason: reason.into() }]
-        }
-    };
-    Compiled { kinds, took: t0.elapsed() }
+        _ => None,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -606,6 +640,48 @@ mod tests {
     use super::*;
     use crate::index::{Change, Object};
     use std::net::IpAddr;
+
+    thread_local! {
+        /// Makes the next `patch` on this thread panic.
+        pub(super) static PANIC_IN_PATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// A panic in the patch code (a bug) costs a full compile of the index,
+    /// not the daemon.
+    #[test]
+    fn a_panicking_patch_falls_back_to_a_full_compile_of_the_index() {
+        let mut index = Index::new();
+        let mut compiler = None;
+        let pod = |name: &str, ip: &str| -> Object {
+            Object::Pod(Box::new(yaml(&format!(
+                "metadata: {{name: {name}, namespace: a, labels: {{app: w}}}}\nstatus: {{podIP: {ip}, phase: Running}}"
+            ))))
+        };
+        index.apply(0, Change::Apply(pod("p0", "10.1.0.1")));
+        index.apply(
+            0,
+            Change::Apply(Object::NetworkPolicy(Box::new(yaml(
+                "metadata: {name: deny, namespace: a}\nspec: {podSelector: {}, policyTypes: [Ingress]}",
+            )))),
+        );
+        compile(&mut index, &mut compiler, 4.0);
+        index.apply(0, Change::Apply(pod("p1", "10.1.0.2")));
+        PANIC_IN_PATCH.with(|p| p.set(true));
+        let how = compile(&mut index, &mut compiler, 4.0);
+        assert!(
+            matches!(&how.kinds[..], [Compilation::Full { reason }] if reason == "a patch panicked: injected by a test"),
+            "{:?}",
+            how.kinds
+        );
+        let c = compiler.as_ref().unwrap();
+        assert_eq!(c.cluster(), &index.snapshot().0);
+        let (p0, p1): (IpAddr, IpAddr) = ("10.1.0.1".parse().unwrap(), "10.1.0.2".parse().unwrap());
+        assert!(!c.table().verdict(p0, p1, 6, 80).allowed(), "p1 is isolated by the deny-all");
+        // The next change patches again.
+        index.apply(0, Change::Delete(Kind::Pod, "a".into(), "p1".into()));
+        let how = compile(&mut index, &mut compiler, 4.0);
+        assert!(matches!(&how.kinds[..], [Compilation::PodsPatched { .. }]), "{:?}", how.kinds);
+    }
 
     #[test]
     fn recent_latencies_give_nearest_rank_quantiles_over_the_last_samples() {
