@@ -489,15 +489,10 @@ fn compile(index: &mut Index, compiler: &mut Option<IncrementalCompiler>, share_
     let pending = index.take_pending();
     let patched =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| patch(pending, compiler, share_max)));
-    let kinds = match patched {
-        Ok(Some(kinds)) => kinds,
-        Ok(None) => {
-            let reason =
-                if compiler.is_some() { "namespaces changed or objects relisted" } else { "first table" };
-            let (cluster, _) = index.snapshot();
-            *compiler = Some(IncrementalCompiler::new(cluster));
-            vec![Compilation::Full { reason: reason.into() }]
-        }
+    let reason = match patched {
+        Ok(Some(kinds)) => return Compiled { kinds, took: t0.elapsed() },
+        Ok(None) if compiler.is_some() => "namespaces changed or objects relisted".to_string(),
+        Ok(None) => "first table".to_string(),
         Err(panic) => {
             // A bug in the patch code: its state is suspect, so start over
             // from the index (what the table must equal anyway) rather than
@@ -508,12 +503,12 @@ fn compile(index: &mut Index, compiler: &mut Option<IncrementalCompiler>, share_
                 .or_else(|| panic.downcast_ref::<&str>().copied())
                 .unwrap_or("unknown");
             tracing::error!(panic = what, "a patch panicked; compiling the index in full");
-            let (cluster, _) = index.snapshot();
-            *compiler = Some(IncrementalCompiler::new(cluster));
-            vec![Compilation::Full { reason: format!("a patch panicked: {what}") }]
+            format!("a patch panicked: {what}")
         }
     };
-    Compiled { kinds, took: t0.elapsed() }
+    let (cluster, _) = index.snapshot();
+    *compiler = Some(IncrementalCompiler::new(cluster));
+    Compiled { kinds: vec![Compilation::Full { reason }], took: t0.elapsed() }
 }
 
 /// The patch half of [`compile`]: `None` when `pending` needs a full compile
@@ -895,13 +890,6 @@ mod tests {
             "podSelector: {matchLabels: {app: none-yet}}, ingress: [{from: [{podSelector: {matchLabels: {app: d}}}]}]",
         ];
         let ips: Vec<IpAddr> = (1..=16).map(|i| format!("10.1.0.{i}").parse().unwrap()).collect();
-        let described = |t: &DecisionTable, s: policy_compiler::Side| match s {
-            policy_compiler::Side::Allowed(r) => format!("{:?} rule {}", t.policy(r.policy), r.rule),
-            policy_compiler::Side::Denied(id) => {
-                format!("denied by {:?}", t.isolating_policies(id).1.map(|i| t.policy(i)).collect::<Vec<_>>())
-            }
-            other => format!("{other:?}"),
-        };
         let (mut patched, mut full_compiles) = (0, 0);
         for case in 0..150 {
             let mut index = Index::new();
@@ -983,11 +971,11 @@ mod tests {
                                 "case {case} step {step}: {s} -> {d} tcp/{port} after {:?}",
                                 how.kinds
                             );
-                            assert_eq!(described(t, a.egress), described(&full, b.egress), "egress {what}");
+                            // Verdict, both sides' rule or isolating policies, and pod names.
                             assert_eq!(
-                                described(t, a.ingress),
-                                described(&full, b.ingress),
-                                "ingress {what}"
+                                crate::report::verdict_json(t, s, d, 6, port, &a),
+                                crate::report::verdict_json(&full, s, d, 6, port, &b),
+                                "{what}"
                             );
                         }
                     }

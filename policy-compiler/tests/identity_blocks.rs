@@ -14,6 +14,9 @@ use policy_compiler::selector::{Labels, Selector};
 use policy_compiler::validate::{FieldErrors, FieldPath};
 use policy_compiler::{Cluster, DecisionTable, Side};
 
+mod common;
+use common::named_side;
+
 const BIG: usize = 200;
 const SMALL: usize = 10;
 
@@ -520,17 +523,12 @@ proptest::proptest! {
             let ips: Vec<IpAddr> = inc.cluster().pods.iter().map(|p| p.ips[0]).collect();
             let srcs: Vec<IpAddr> = ips.iter().copied().step_by(5).chain(ips.iter().rev().take(12).copied()).collect();
             let dsts: Vec<IpAddr> = ips.iter().copied().step_by(4).chain(ips.iter().rev().take(12).copied()).collect();
-            let named = |t: &DecisionTable, s: Side| match s {
-                Side::Allowed(r) => format!("{:?} rule {}", t.policy(r.policy), r.rule),
-                Side::Denied(id) => format!("denied by {:?}", t.isolating_policies(id).1.map(|i| t.policy(i)).collect::<Vec<_>>()),
-                other => format!("{other:?}"),
-            };
             for &s in &srcs {
                 for &d in &dsts {
                     for port in 80..=83 {
                         let (a, b) = (t.verdict(s, d, 6, port), full.verdict(s, d, 6, port));
-                        proptest::prop_assert_eq!(named(t, a.egress), named(&full, b.egress), "egress {} -> {} tcp/{} after {:?}: {:?}", s, d, port, edit, how);
-                        proptest::prop_assert_eq!(named(t, a.ingress), named(&full, b.ingress), "ingress {} -> {} tcp/{} after {:?}: {:?}", s, d, port, edit, how);
+                        proptest::prop_assert_eq!(named_side(t, a.egress), named_side(&full, b.egress), "egress {} -> {} tcp/{} after {:?}: {:?}", s, d, port, edit, how);
+                        proptest::prop_assert_eq!(named_side(t, a.ingress), named_side(&full, b.ingress), "ingress {} -> {} tcp/{} after {:?}: {:?}", s, d, port, edit, how);
                     }
                 }
             }

@@ -17,6 +17,9 @@ use policy_compiler::validate::{FieldErrors, FieldPath};
 use policy_compiler::{Cluster, DecisionTable, Side};
 use proptest::prelude::*;
 
+mod common;
+use common::named_side;
+
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 
 fn ip_pool() -> Vec<IpAddr> {
@@ -287,26 +290,6 @@ proptest! {
             for d in &pool {
                 prop_assert_eq!(a.verdict(*s, *d, 6, 80), b.verdict(*s, *d, 6, 80));
             }
-        }
-    }
-}
-
-/// A side, with the policies it names given by name, so that tables whose
-/// policy indexes differ (a patched one and a full compile) can be compared.
-fn named_side(t: &DecisionTable, s: Side) -> (u8, Vec<String>, u32) {
-    let name = |i: u32| {
-        let (ns, n) = t.policy(i);
-        format!("{ns}/{n}")
-    };
-    match s {
-        Side::NotPod => (0, vec![], 0),
-        Side::NotIsolated => (1, vec![], 0),
-        Side::Allowed(r) => (2, vec![name(r.policy)], r.rule),
-        Side::Denied(id) => {
-            let (dir, list) = t.isolating_policies(id);
-            let mut v: Vec<String> = list.map(name).collect();
-            v.push(format!("{dir:?}"));
-            (3, v, 0)
         }
     }
 }
