@@ -54,7 +54,7 @@ impl Object {
             Object::NetworkPolicy(o) => (&o.metadata, true),
         };
         let ns = if namespaced {
-            meta.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
+            meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
         } else {
             String::new()
         };

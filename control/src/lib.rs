@@ -63,7 +63,7 @@ pub fn load_paths(paths: &[String]) -> Result<State, LoadErrors> {
 pub fn list_manifests(dir: &str) -> Result<Vec<String>, LoadErrors> {
     let rd = std::fs::read_dir(dir).map_err(|e| {
         LoadErrors(vec![manifest::LoadError {
-            origin: manifest::Origin { file: dir.to_string(), document: 0, line: 0, item: None },
+            origin: manifest::Origin { file: dir.to_string(), document: 0, line: 0, item: Vec::new() },
             object: None,
             field: None,
             line: None,

@@ -11,8 +11,11 @@ use control::report::{self, parse_protocol};
 use policy_compiler::{Compiled, Severity};
 
 /// Portcullis: Kubernetes NetworkPolicy enforcement over AF_XDP.
+///
+/// `run` is the daemon; `query`, `explain`, `matrix` and `check` answer from manifests alone;
+/// `lab` switches real packets between network namespaces (root).
 #[derive(Parser)]
-#[command(name = "portcullis", version, about)]
+#[command(name = "portcullis", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,15 +87,24 @@ struct StateArgs {
 /// Protocol, port and address family of a question.
 #[derive(Args)]
 struct FlowSpec {
-    /// TCP, UDP, SCTP, ICMP, ICMPv6 or an IP protocol number.
-    #[arg(long, default_value = "TCP")]
-    protocol: String,
-    /// Destination port (ignored for ICMP).
-    #[arg(long, default_value_t = 0)]
-    port: u16,
-    /// Address family used for pods given by name (4 or 6); default: the pod's first IP.
-    #[arg(long, value_parser = clap::value_parser!(u8).range(4..=6))]
+    /// TCP, UDP, SCTP, ICMP, ICMPv6 or an IP protocol number [default: TCP].
+    #[arg(long)]
+    protocol: Option<String>,
+    /// Destination port, 1-65535: required for TCP, UDP and SCTP, not used for other protocols.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    port: Option<u16>,
+    /// Address family used for pods given by name (4 or 6); default: the family of the other end
+    /// when it is an IP address, otherwise the pod's first IP.
+    #[arg(long, value_parser = parse_family)]
     family: Option<u8>,
+}
+
+fn parse_family(s: &str) -> Result<u8, String> {
+    match s {
+        "4" => Ok(4),
+        "6" => Ok(6),
+        _ => Err("the address family is 4 or 6".into()),
+    }
 }
 
 #[derive(Args)]
@@ -113,8 +125,11 @@ struct FlowArgs {
 struct QueryArgs {
     #[command(flatten)]
     state: StateArgs,
-    /// Source: namespace/pod or an IP. Without it, queries are read from stdin as JSON lines:
-    /// {"src":"10.0.1.1","dst":"10.0.2.2","protocol":"TCP","port":80}
+    /// Source: namespace/pod or an IP. Without it (batch mode), queries are read from stdin as JSON
+    /// lines, {"src":"10.0.1.1","dst":"10.0.2.2","protocol":"TCP","port":80} (src and dst:
+    /// namespace/pod or IP; protocol: name or number, default TCP; port: required for TCP, UDP,
+    /// SCTP), and each gets one JSON line: the answer, or {"line":N,"error":"..."} for a bad line.
+    /// The exit status is 1 when any line was bad.
     #[arg(long, requires = "to")]
     from: Option<String>,
     /// Destination: namespace/pod or an IP.
@@ -122,9 +137,9 @@ struct QueryArgs {
     to: Option<String>,
     #[command(flatten)]
     flow: FlowSpec,
-    /// Output format for a single query (batch mode always prints JSON lines).
-    #[arg(long, value_enum, default_value_t = Output::Text)]
-    output: Output,
+    /// Output format for a single query [default: text] (batch mode always prints JSON lines).
+    #[arg(long, value_enum)]
+    output: Option<Output>,
 }
 
 #[derive(Args)]
@@ -134,12 +149,12 @@ struct MatrixArgs {
     /// Protocols, comma-separated.
     #[arg(long, default_value = "TCP", value_delimiter = ',')]
     protocol: Vec<String>,
-    /// Destination ports, comma-separated. Without it, each destination is probed on its own first
-    /// container port of the protocol.
-    #[arg(long, value_delimiter = ',')]
+    /// Destination ports (1-65535), comma-separated. Without it, each destination is probed on its
+    /// own first container port of the protocol.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
     port: Vec<u16>,
     /// Address family (4 or 6); default: each pod's first IP.
-    #[arg(long, value_parser = clap::value_parser!(u8).range(4..=6))]
+    #[arg(long, value_parser = parse_family)]
     family: Option<u8>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -168,11 +183,13 @@ fn load(args: &StateArgs) -> Result<Compiled> {
     let compiled = policy_compiler::compile(&state.namespaces, &state.pods, &state.policies);
     let mut errors = 0;
     for p in &compiled.problems {
+        // Same shape as load errors: `severity: where: object: field: message`.
         let at = state
             .origin_of(p.object.kind, &p.object.namespace, &p.object.name)
             .map(|o| format!("{o}: "))
             .unwrap_or_default();
-        eprintln!("{at}{p}");
+        let severity = if p.severity == Severity::Error { "error" } else { "warning" };
+        eprintln!("{severity}: {at}{}: {}: {}", p.object, p.field, p.message);
         if p.severity == Severity::Error {
             errors += 1;
         }
@@ -232,13 +249,15 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Query(args) => {
+            if args.from.is_none() {
+                check_batch_args(&args)?;
+            }
             let c = load(&args.state)?;
             match (&args.from, &args.to) {
                 (Some(from), Some(to)) => {
-                    let (src, dst, proto) = resolve_flow(&c, from, to, &args.flow)?;
-                    let port = args.flow.port;
+                    let (src, dst, proto, port) = resolve_flow(&c, from, to, &args.flow)?;
                     let v = c.table.verdict(src, dst, proto, port);
-                    match args.output {
+                    match args.output.unwrap_or(Output::Text) {
                         Output::Text => {
                             println!("{}", report::verdict_line(&c.table, src, dst, proto, port, &v))
                         }
@@ -252,8 +271,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Explain(args) => {
             let c = load(&args.state)?;
-            let (src, dst, proto) = resolve_flow(&c, &args.from, &args.to, &args.flow)?;
-            print!("{}", report::explain(&c, src, dst, proto, args.flow.port));
+            let (src, dst, proto, port) = resolve_flow(&c, &args.from, &args.to, &args.flow)?;
+            print!("{}", report::explain(&c, src, dst, proto, port));
         }
         Command::Matrix(args) => {
             let c = load(&args.state)?;
@@ -282,15 +301,36 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn resolve_flow(c: &Compiled, from: &str, to: &str, f: &FlowSpec) -> Result<(IpAddr, IpAddr, u8)> {
-    let proto = parse_protocol(&f.protocol).map_err(|e| anyhow!(e))?;
-    let src = report::resolve_endpoint(&c.cluster, from, f.family).map_err(|e| anyhow!(e))?;
-    let dst = report::resolve_endpoint(&c.cluster, to, f.family).map_err(|e| anyhow!(e))?;
-    Ok((src, dst, proto))
+/// Batch mode takes everything but the state from its JSON lines, and stdin is theirs.
+fn check_batch_args(args: &QueryArgs) -> Result<()> {
+    let f = &args.flow;
+    for (given, flag) in [
+        (f.protocol.is_some(), "--protocol"),
+        (f.port.is_some(), "--port"),
+        (f.family.is_some(), "--family"),
+        (args.output == Some(Output::Text), "--output text"),
+    ] {
+        if given {
+            bail!("{flag} is for a single query (--from and --to); batch mode reads each query's protocol and port from its JSON line and prints JSON lines");
+        }
+    }
+    if args.state.state.iter().any(|s| s == "-") {
+        bail!("batch mode reads its queries from stdin, so the state cannot come from stdin too (--state -): give it as a file");
+    }
+    Ok(())
+}
+
+/// Addresses, protocol and port of a single question; both addresses of one family.
+fn resolve_flow(c: &Compiled, from: &str, to: &str, f: &FlowSpec) -> Result<(IpAddr, IpAddr, u8, u16)> {
+    let proto = parse_protocol(f.protocol.as_deref().unwrap_or("TCP")).map_err(|e| anyhow!(e))?;
+    let port = report::flow_port(proto, f.port).map_err(|e| anyhow!(e))?;
+    let (src, dst) = report::resolve_pair(&c.cluster, from, to, f.family).map_err(|e| anyhow!(e))?;
+    Ok((src, dst, proto, port))
 }
 
 /// One JSON query per line in, one JSON answer per line out. A bad line gets
-/// `{"line": N, "error": "..."}` and the batch goes on.
+/// `{"line": N, "error": "..."}` and the batch goes on; the command fails at
+/// the end when any line was bad.
 fn batch(c: &Compiled) -> Result<()> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -300,40 +340,49 @@ fn batch(c: &Compiled) -> Result<()> {
         #[serde(default = "tcp")]
         protocol: serde_json::Value,
         #[serde(default)]
-        port: u16,
+        port: Option<u16>,
     }
     fn tcp() -> serde_json::Value {
         serde_json::Value::String("TCP".into())
     }
     let stdin = std::io::stdin().lock();
     let mut out = BufWriter::new(std::io::stdout().lock());
+    let (mut queries, mut bad) = (0usize, 0usize);
     for (i, line) in stdin.lines().enumerate() {
         let line = line.context("reading stdin")?;
         if line.trim().is_empty() {
             continue;
         }
+        queries += 1;
         let answer = (|| -> Result<serde_json::Value, String> {
             let q: Query = serde_json::from_str(&line).map_err(|e| e.to_string())?;
-            let src = report::resolve_endpoint(&c.cluster, &q.src, None)?;
-            let dst = report::resolve_endpoint(&c.cluster, &q.dst, None)?;
             let proto = match &q.protocol {
                 serde_json::Value::String(s) => parse_protocol(s)?,
-                serde_json::Value::Number(n) => n
-                    .as_u64()
-                    .and_then(|n| u8::try_from(n).ok())
-                    .ok_or_else(|| format!("protocol number {n} out of range"))?,
+                serde_json::Value::Number(n) => {
+                    n.as_u64().and_then(|n| u8::try_from(n).ok()).ok_or_else(|| {
+                        format!("unknown protocol {n} (TCP, UDP, SCTP, ICMP, ICMPv6 or a number 0-255)")
+                    })?
+                }
                 other => return Err(format!("protocol must be a name or number, got {other}")),
             };
-            let v = c.table.verdict(src, dst, proto, q.port);
-            Ok(report::verdict_json(&c.table, src, dst, proto, q.port, &v))
+            let port = report::flow_port(proto, q.port)?;
+            let (src, dst) = report::resolve_pair(&c.cluster, &q.src, &q.dst, None)?;
+            let v = c.table.verdict(src, dst, proto, port);
+            Ok(report::verdict_json(&c.table, src, dst, proto, port, &v))
         })();
         match answer {
             Ok(v) => serde_json::to_writer(&mut out, &v)?,
-            Err(e) => serde_json::to_writer(&mut out, &serde_json::json!({"line": i + 1, "error": e}))?,
+            Err(e) => {
+                bad += 1;
+                serde_json::to_writer(&mut out, &serde_json::json!({"line": i + 1, "error": e}))?
+            }
         }
         out.write_all(b"\n")?;
     }
     out.flush()?;
+    if bad > 0 {
+        bail!("{bad} of {queries} queries could not be answered (their lines say why)");
+    }
     Ok(())
 }
 

@@ -25,15 +25,20 @@ pub struct Origin {
     pub document: usize,
     /// 1-based line where the document starts.
     pub line: usize,
-    /// `items[i]` for an object inside a `kind: List`.
-    pub item: Option<usize>,
+    /// `items[i]` for an object inside a `kind: List` (one index per level
+    /// for a list inside a list); empty otherwise. Document 0: the whole file.
+    pub item: Vec<usize>,
 }
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.document == 0 {
+            // The file as a whole (it could not be read).
+            return write!(f, "{}", self.file);
+        }
         write!(f, "{}: document {} (line {})", self.file, self.document, self.line)?;
-        if let Some(i) = self.item {
-            write!(f, ", items[{i}]")?;
+        for (n, i) in self.item.iter().enumerate() {
+            write!(f, "{}items[{i}]", if n == 0 { ", " } else { "." })?;
         }
         Ok(())
     }
@@ -181,7 +186,7 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
     let lines = document_lines(text);
     let mut state = State::default();
     let mut errs: Vec<LoadError> = Vec::new();
-    let origin = |document: usize, item: Option<usize>| Origin {
+    let origin = |document: usize, item: Vec<usize>| Origin {
         file: file.to_string(),
         document,
         line: lines.get(document - 1).copied().unwrap_or(1),
@@ -194,7 +199,7 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
             Ok(v) => values.push(v),
             Err(e) => {
                 errs.push(LoadError {
-                    origin: origin(i + 1, None),
+                    origin: origin(i + 1, Vec::new()),
                     object: None,
                     field: None,
                     line: e.location().map(|l| l.line()),
@@ -220,31 +225,73 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
         if value.is_null() {
             continue;
         }
-        let Some(map) = value.as_mapping() else {
+        if !value.is_mapping() {
             errs.push(LoadError {
-                origin: origin(document, None),
+                origin: origin(document, Vec::new()),
                 object: None,
                 field: None,
                 line: None,
                 message: "expected a Kubernetes object (a mapping with apiVersion and kind)".into(),
             });
             continue;
-        };
-        let kind = map.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-        if kind == "List" || kind.ends_with("List") && map.contains_key("items") {
-            let items = map.get("items").and_then(|v| v.as_sequence()).cloned().unwrap_or_default();
-            for (j, item) in items.into_iter().enumerate() {
-                add_object(&mut state, &mut errs, origin(document, Some(j)), Source::Value(item));
-            }
+        }
+        if is_list(value) {
+            add_list(&mut state, &mut errs, origin(document, Vec::new()), value);
             continue;
         }
-        add_object(&mut state, &mut errs, origin(document, None), Source::Doc(value, doc));
+        add_object(&mut state, &mut errs, origin(document, Vec::new()), Source::Doc(value, doc));
     }
     if errs.is_empty() {
         Ok(state)
     } else {
         Err(LoadErrors(errs))
     }
+}
+
+/// `kind: List` as kubectl prints it, or a typed list (`PodList`) as the API returns it.
+fn is_list(v: &serde_yaml::Value) -> bool {
+    let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    kind == "List" || kind.ends_with("List") && v.get("items").is_some()
+}
+
+/// Adds every item of a list; a list inside a list is read the same way.
+fn add_list(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, list: &serde_yaml::Value) {
+    let items = match list.get("items") {
+        Some(serde_yaml::Value::Sequence(items)) => items.as_slice(),
+        None | Some(serde_yaml::Value::Null) => &[],
+        Some(_) => {
+            errs.push(LoadError {
+                origin,
+                object: None,
+                field: Some("items".into()),
+                line: None,
+                message: "a List's items must be a sequence of objects".into(),
+            });
+            return;
+        }
+    };
+    for (j, item) in items.iter().enumerate() {
+        let mut at = origin.clone();
+        at.item.push(j);
+        if is_list(item) {
+            add_list(state, errs, at, item);
+        } else {
+            add_object(state, errs, at, Source::Value(item.clone()));
+        }
+    }
+}
+
+/// The kind a near miss (wrong case, a plural) was meant to be.
+fn meant_kind(kind: &str) -> Option<&'static str> {
+    let k = kind.to_ascii_lowercase();
+    let singular = if let Some(stem) = k.strip_suffix("ies") {
+        format!("{stem}y")
+    } else {
+        k.strip_suffix('s').unwrap_or(&k).to_string()
+    };
+    ["Namespace", "Pod", "NetworkPolicy", "List"]
+        .into_iter()
+        .find(|known| [k.as_str(), singular.as_str()].contains(&known.to_ascii_lowercase().as_str()))
 }
 
 enum Source<'a, 'de> {
@@ -269,6 +316,7 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
         .get("metadata")
         .and_then(|m| m.get("namespace"))
         .and_then(|n| n.as_str())
+        .filter(|n| !n.is_empty())
         .unwrap_or(DEFAULT_NAMESPACE)
         .to_string();
     let name =
@@ -289,7 +337,16 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
             return;
         }
         _ => {
-            state.skipped.push((kind, origin));
+            if let Some(meant) = meant_kind(&kind) {
+                errs.push(err(
+                    Some("kind".into()),
+                    None,
+                    format!("unknown kind {kind:?} (did you mean `{meant}`? kinds are case-sensitive and singular)"),
+                    None,
+                ));
+            } else {
+                state.skipped.push((kind, origin));
+            }
             return;
         }
     };
@@ -320,13 +377,14 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
             }
         }
         "Pod" => {
-            if let Some(o) = typed::<corev1::Pod>(src, &origin, &object, errs) {
+            if let Some(mut o) = typed::<corev1::Pod>(src, &origin, &object, errs) {
+                o.metadata.namespace = Some(ns.clone());
                 state.pods.push(o);
             }
         }
         _ => {
             if let Some(mut o) = typed::<netv1::NetworkPolicy>(src, &origin, &object, errs) {
-                o.metadata.namespace.get_or_insert_with(|| ns.clone());
+                o.metadata.namespace = Some(ns.clone());
                 state.policies.push(o);
             }
         }
@@ -341,14 +399,21 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
 }
 
 /// Deserializes one object, reporting the first type error and every unknown field.
-fn typed<T: DeserializeOwned>(
+fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
     src: Source<'_, '_>,
     origin: &Origin,
     object: &Option<String>,
     errs: &mut Vec<LoadError>,
 ) -> Option<T> {
     let mut unknown: Vec<String> = Vec::new();
-    let mut record = |p: serde_ignored::Path<'_>| unknown.push(format_path(&p));
+    let mut record = |p: serde_ignored::Path<'_>| {
+        let path = format_path(&p);
+        // `status` of a NetworkPolicy: API servers 1.24-1.27 print an (alpha,
+        // always empty) one; it says nothing about what the policy allows.
+        if !(T::KIND == "NetworkPolicy" && (path == "status" || path.starts_with("status."))) {
+            unknown.push(path);
+        }
+    };
     let result: Result<T, (String, Option<usize>, String)> = match src {
         Source::Value(v) => {
             let de = serde_ignored::Deserializer::new(v, &mut record);
@@ -482,7 +547,7 @@ pub fn load(path: &str) -> Result<State, LoadErrors> {
     }
     .map_err(|e| {
         LoadErrors(vec![LoadError {
-            origin: Origin { file: path.to_string(), document: 0, line: 0, item: None },
+            origin: Origin { file: path.to_string(), document: 0, line: 0, item: Vec::new() },
             object: None,
             field: None,
             line: None,
@@ -513,7 +578,7 @@ mod tests {
         assert_eq!(s.pods.len(), 1);
         assert_eq!(s.policies.len(), 1);
         let o = s.origin_of("Pod", "x", "p").unwrap();
-        assert_eq!((o.document, o.item), (2, Some(0)));
+        assert_eq!((o.document, o.item.as_slice()), (2, &[0][..]));
         assert_eq!(o.line, 5);
     }
 
@@ -592,5 +657,59 @@ mod tests {
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: y, labelz: {}}\n",
         );
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn a_near_miss_kind_is_an_error_not_a_skip() {
+        for kind in ["Networkpolicy", "networkpolicy", "NetworkPolicies", "pod", "Pods", "namespaces", "list"]
+        {
+            let e = errors(&format!("apiVersion: v1\nkind: {kind}\nmetadata: {{name: n}}\n"));
+            assert!(e.contains(&format!("field kind: unknown kind {kind:?} (did you mean")), "{e}");
+        }
+        // A kind we do not read is still skipped.
+        assert!(parse("t.yaml", "apiVersion: v1\nkind: Policy\nmetadata: {name: s}\n").is_ok());
+    }
+
+    #[test]
+    fn a_list_inside_a_list_is_read_with_its_path() {
+        let np = |name: &str| {
+            format!("  - apiVersion: networking.k8s.io/v1\n    kind: NetworkPolicy\n    metadata: {{name: {name}, namespace: x}}\n    spec: {{podSelector: {{}}}}\n")
+        };
+        let text = format!(
+            "apiVersion: v1\nkind: List\nitems:\n{}- apiVersion: v1\n  kind: List\n  items:\n{}",
+            np("a").replacen("  - ", "- ", 1).replace("\n    ", "\n  "),
+            np("b")
+        );
+        let s = parse("t.yaml", &text).unwrap();
+        let names: Vec<_> = s.policies.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
+        assert_eq!(names, ["a", "b"]);
+        let bad = text.replace("spec: {podSelector: {}}\n", "spec: {podSelector: {}, bogus: 1}\n");
+        let e = parse("t.yaml", &bad).unwrap_err().to_string();
+        assert!(
+            e.contains("t.yaml: document 1 (line 1), items[1].items[0]: NetworkPolicy x/b: field spec.bogus"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_empty_namespace_means_default_and_a_policy_status_is_ignored() {
+        let s = parse(
+            "t.yaml",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: \"\"}\nspec: {podSelector: {}}\nstatus: {}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: \"\"}\n",
+        )
+        .unwrap();
+        assert_eq!(s.policies[0].metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(s.pods[0].metadata.namespace.as_deref(), Some("default"));
+        assert!(s.origin_of("NetworkPolicy", "default", "n").is_some());
+        // A Pod's status is read; an unknown field in it is still an error.
+        assert!(errors("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nstatus: {bogus: 1}\n")
+            .contains("status.bogus"));
+    }
+
+    #[test]
+    fn an_unreadable_file_is_named_alone() {
+        let e = load("/nonexistent/x.yaml").unwrap_err().to_string();
+        assert!(e.starts_with("error: /nonexistent/x.yaml: cannot read"), "{e}");
     }
 }

@@ -334,7 +334,7 @@ fn check_file(file: &str, text: &str) -> Result<State, LoadErrors> {
             let origin = state
                 .origin_of(pr.object.kind, &pr.object.namespace, &pr.object.name)
                 .cloned()
-                .unwrap_or(Origin { file: file.to_string(), document: 0, line: 0, item: None });
+                .unwrap_or(Origin { file: file.to_string(), document: 0, line: 0, item: Vec::new() });
             errs.push(LoadError {
                 origin,
                 object: Some(pr.object.to_string()),
@@ -352,7 +352,7 @@ fn check_file(file: &str, text: &str) -> Result<State, LoadErrors> {
                     origin: state
                         .origin_of("Pod", &pr.object.namespace, &pr.object.name)
                         .cloned()
-                        .unwrap_or(Origin { file: file.to_string(), document: 0, line: 0, item: None }),
+                        .unwrap_or(Origin { file: file.to_string(), document: 0, line: 0, item: Vec::new() }),
                     object: Some(pr.object.to_string()),
                     field: Some(pr.field),
                     line: None,

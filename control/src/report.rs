@@ -13,8 +13,9 @@ use serde_json::{json, Value};
 /// A protocol given on the command line or in a JSON query: a name
 /// (`TCP`, `UDP`, `SCTP`, `ICMP`, `ICMPv6`, any case) or an IP protocol number.
 pub fn parse_protocol(s: &str) -> Result<u8, String> {
-    if let Ok(n) = s.parse::<u8>() {
-        return Ok(n);
+    if let Ok(n) = s.parse::<u64>() {
+        return u8::try_from(n)
+            .map_err(|_| format!("unknown protocol {n} (TCP, UDP, SCTP, ICMP, ICMPv6 or a number 0-255)"));
     }
     match s.to_ascii_uppercase().as_str() {
         "TCP" => Ok(6),
@@ -22,7 +23,7 @@ pub fn parse_protocol(s: &str) -> Result<u8, String> {
         "SCTP" => Ok(132),
         "ICMP" => Ok(IPPROTO_ICMP),
         "ICMPV6" => Ok(IPPROTO_ICMPV6),
-        _ => Err(format!("unknown protocol {s:?} (TCP, UDP, SCTP, ICMP, ICMPv6 or a number)")),
+        _ => Err(format!("unknown protocol {s:?} (TCP, UDP, SCTP, ICMP, ICMPv6 or a number 0-255)")),
     }
 }
 
@@ -44,10 +45,54 @@ pub fn resolve_endpoint(cluster: &Cluster, s: &str, family: Option<u8>) -> Resul
     }
     let (ns, name) =
         s.split_once('/').ok_or_else(|| format!("{s:?} is neither an IP address nor namespace/pod"))?;
+    if ns.parse::<IpAddr>().is_ok() {
+        return Err(format!("{s:?} is an address range: give one address ({ns})"));
+    }
     let pod = cluster
         .pod(ns, name)
         .ok_or_else(|| format!("no pod {ns}/{name} with an IP in the state (pods without IPs, host-network and finished pods are not policy endpoints)"))?;
     pod_ip(pod, family).ok_or_else(|| format!("pod {ns}/{name} has no IPv{} address", family.unwrap_or(4)))
+}
+
+/// Resolves both ends of one connection, which has one address family:
+/// `family` when given, else the family of an end given as an address, else
+/// the source pod's first IP's.
+pub fn resolve_pair(
+    cluster: &Cluster,
+    from: &str,
+    to: &str,
+    family: Option<u8>,
+) -> Result<(IpAddr, IpAddr), String> {
+    let fam = |ip: IpAddr| if ip.is_ipv4() { 4 } else { 6 };
+    let literal = |s: &str| s.parse::<IpAddr>().ok().map(fam);
+    let family = family.or_else(|| literal(from)).or_else(|| literal(to));
+    let src = resolve_endpoint(cluster, from, family)?;
+    let dst = resolve_endpoint(cluster, to, family.or(Some(fam(src))))?;
+    for (end, ip) in [(from, src), (to, dst)] {
+        if let Some(f) = family.filter(|f| *f != fam(ip)) {
+            return Err(format!(
+                "{end} is IPv{} but the connection is IPv{f}: both ends need one address family",
+                fam(ip)
+            ));
+        }
+    }
+    Ok((src, dst))
+}
+
+/// The destination port a question about `proto` asks for: required (1-65535)
+/// for TCP, UDP and SCTP, unused (0) for every other protocol.
+pub fn flow_port(proto: u8, port: Option<u16>) -> Result<u16, String> {
+    if Protocol::from_number(proto).is_none() {
+        return Ok(0);
+    }
+    match port {
+        Some(0) => Err("port 0 is not a destination port (1-65535)".into()),
+        Some(p) => Ok(p),
+        None => Err(format!(
+            "a {} question needs the destination port (--port, or \"port\" in a JSON line)",
+            protocol_name(proto)
+        )),
+    }
 }
 
 /// The pod's address of the requested family (or its first).
@@ -264,7 +309,8 @@ pub struct Matrix {
     pub port: Option<u16>,
     /// Pods as `namespace/name`, rows and columns in this order.
     pub pods: Vec<String>,
-    /// Rows: from; columns: to. `None` when the destination has no port to probe.
+    /// Rows: from; columns: to. `None` when the destination has no port to
+    /// probe, or (without a family given) no address of the source's family.
     pub allowed: Vec<Vec<Option<bool>>>,
 }
 
@@ -277,9 +323,11 @@ pub fn matrix(c: &Compiled, proto: u8, port: Option<u16>, family: Option<u8>) ->
         .iter()
         .map(|from| {
             let src = pod_ip(from, family).expect("filtered");
+            let family = family.or(Some(if src.is_ipv4() { 4 } else { 6 }));
             pods.iter()
                 .map(|to| {
-                    let dst = pod_ip(to, family).expect("filtered");
+                    // One family per connection: a destination without an address of the source's is `None`.
+                    let dst = pod_ip(to, family)?;
                     let port = port.or_else(|| first_port(to, proto))?;
                     Some(c.table.verdict(src, dst, proto, port).allowed())
                 })
@@ -321,6 +369,13 @@ impl Matrix {
                 let _ = write!(out, "  {mark:^w$}");
             }
             out.push('\n');
+        }
+        if self.allowed.iter().flatten().any(Option::is_none) {
+            let _ = writeln!(
+                out,
+                "(-: nothing to probe: the destination declares no {} container port (give --port), or has no address of the source's family)",
+                self.protocol
+            );
         }
         out
     }

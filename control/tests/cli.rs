@@ -118,6 +118,7 @@ fn batch_queries_answer_every_line_in_order() {
         .args(["query", "-s", &root("examples/stars")])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut input = String::new();
@@ -136,7 +137,9 @@ fn batch_queries_answer_every_line_in_order() {
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
     let o = child.wait_with_output().unwrap();
     writer.join().unwrap();
-    assert!(o.status.success());
+    // Every line answered; the bad one makes the exit status 1.
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("1 of 20001 queries could not be answered"), "{}", stderr(&o));
     let lines: Vec<serde_json::Value> =
         stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), n + 1);
@@ -145,6 +148,75 @@ fn batch_queries_answer_every_line_in_order() {
     }
     assert_eq!(lines[n]["line"], n + 1);
     assert!(lines[n]["error"].as_str().unwrap().contains("missing field"), "{}", lines[n]);
+}
+
+/// Runs `portcullis args...` with `input` on stdin.
+fn run_with_stdin(args: &[&str], input: &str) -> Output {
+    let mut child =
+        bin().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn questions_need_a_port_for_port_protocols_and_one_address_family() {
+    let s = root("examples/stars");
+    let o = run(&["query", "-s", &s, "--from", CLIENT, "--to", "stars/frontend"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("a TCP question needs the destination port"), "{}", stderr(&o));
+    // ICMP needs none.
+    let o = run(&["query", "-s", &s, "--from", CLIENT, "--to", "stars/frontend", "--protocol", "ICMP"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["query", "-s", &s, "--from", "10.77.0.40", "--to", "fd00::1", "--port", "80"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("both ends need one address family"), "{}", stderr(&o));
+    let o = run(&["query", "-s", &s, "--from", "10.77.0.40/32", "--to", "10.77.0.30", "--port", "80"]);
+    assert!(stderr(&o).contains("is an address range"), "{}", stderr(&o));
+    let o = run(&[
+        "query",
+        "-s",
+        &s,
+        "--from",
+        CLIENT,
+        "--to",
+        "stars/frontend",
+        "--port",
+        "80",
+        "--family",
+        "5",
+    ]);
+    assert!(stderr(&o).contains("the address family is 4 or 6"), "{}", stderr(&o));
+    let o = run(&["query", "-s", &s, "--from", CLIENT, "--to", "stars/frontend", "--protocol", "300"]);
+    assert!(stderr(&o).contains("unknown protocol 300"), "{}", stderr(&o));
+    let o = run(&["matrix", "-s", &s, "--port", "0"]);
+    assert!(!o.status.success());
+
+    // Batch: a line without a port, or with mixed families, is an error line.
+    let o = run_with_stdin(
+        &["query", "-s", &s],
+        "{\"src\":\"10.77.0.40\",\"dst\":\"10.77.0.30\"}\n{\"src\":\"10.77.0.40\",\"dst\":\"fd00::1\",\"port\":80}\n",
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines[0]["error"].as_str().unwrap().contains("needs the destination port"), "{out}");
+    assert!(lines[1]["error"].as_str().unwrap().contains("one address family"), "{out}");
+}
+
+#[test]
+fn batch_mode_refuses_single_query_flags_and_state_on_stdin() {
+    let s = root("examples/stars");
+    for flags in [&["--port", "80"][..], &["--protocol", "UDP"], &["--family", "6"], &["--output", "text"]] {
+        let mut args = vec!["query", "-s", &s];
+        args.extend(flags);
+        let o = run_with_stdin(&args, "");
+        assert!(!o.status.success(), "{flags:?}");
+        assert!(stderr(&o).contains("is for a single query"), "{flags:?}: {}", stderr(&o));
+    }
+    let state = std::fs::read_to_string(root("examples/stars/00-cluster.yaml")).unwrap();
+    let o = run_with_stdin(&["query", "-s", "-"], &state);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("the state cannot come from stdin too"), "{}", stderr(&o));
 }
 
 #[test]
@@ -239,7 +311,7 @@ fn invalid_policy_is_refused_unless_allowed_and_then_fails_closed() {
     let o = run(&["query", "-s", f, "--from", "x/b", "--to", "x/a", "--port", "80"]);
     assert!(!o.status.success());
     let e = stderr(&o);
-    assert!(e.contains("document 3 (line 11): error: NetworkPolicy x/bad: spec.ingress[0].from[0].ipBlock.except[0]: \"10.1.0.0/16\": must be a strict subset of `cidr` 10.0.0.0/24"), "{e}");
+    assert!(e.contains("error: ") && e.contains("bad.yaml: document 3 (line 11): NetworkPolicy x/bad: spec.ingress[0].from[0].ipBlock.except[0]: \"10.1.0.0/16\": must be a strict subset of `cidr` 10.0.0.0/24"), "{e}");
     let o = run(&["query", "-s", f, "--allow-invalid", "--from", "x/b", "--to", "x/a", "--port", "80"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).starts_with("DENY"), "fail-closed: {}", stdout(&o));

@@ -155,7 +155,12 @@ fn problems_from(errs: FieldErrors, object: &ObjectRef, severity: Severity) -> V
 /// Validates a NetworkPolicy. Returns the domain policy (fail-closed when
 /// invalid: `valid == false`, no rules) and its problems.
 pub fn policy(np: &netv1::NetworkPolicy) -> (Policy, Vec<Problem>) {
-    let namespace = np.metadata.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let namespace = np
+        .metadata
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
     let name = np.metadata.name.clone().unwrap_or_default();
     let object = ObjectRef { kind: "NetworkPolicy", namespace: namespace.clone(), name: name.clone() };
     let mut errs = FieldErrors::default();
@@ -440,7 +445,12 @@ pub fn namespace(ns: &corev1::Namespace) -> Result<NamespaceInfo, Problem> {
 /// container port) is dropped and reported, and the pod stays an endpoint with
 /// everything else it declares.
 pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
-    let namespace = p.metadata.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let namespace = p
+        .metadata
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
     let name = p.metadata.name.clone().unwrap_or_default();
     let object = ObjectRef { kind: "Pod", namespace: namespace.clone(), name: name.clone() };
     let mut errs = FieldErrors::default();
