@@ -595,8 +595,13 @@ fn publish_now(
     }
     let invalid: Vec<String> =
         problems.iter().filter(|p| p.severity == Severity::Error).map(|p| p.to_string()).collect();
-    let warnings: Vec<String> =
-        problems.iter().filter(|p| p.severity == Severity::Warning).map(|p| p.to_string()).collect();
+    // After the publication: this walks every object.
+    let warnings: Vec<String> = problems
+        .iter()
+        .chain(&index.cross_object_problems())
+        .filter(|p| p.severity == Severity::Warning)
+        .map(|p| p.to_string())
+        .collect();
     m.invalid.set(invalid.len() as i64);
     let now_set: BTreeSet<String> = invalid.iter().cloned().collect();
     for p in now_set.difference(logged) {

@@ -237,6 +237,33 @@ impl Index {
         (got, (key.1, key.2))
     }
 
+    /// Problems between objects: a pod or policy in a namespace that does
+    /// not exist, an address two pods claim ([`cross_object_problems`]).
+    /// Walks every object: the daemon calls it after a table is published.
+    ///
+    /// [`cross_object_problems`]: policy_compiler::cluster::cross_object_problems
+    pub fn cross_object_problems(&self) -> Vec<Problem> {
+        let mut namespaces = std::collections::HashSet::new();
+        let mut pods = Vec::new();
+        let mut policies = Vec::new();
+        // Keys sort by kind, then namespace/name: the order the check needs.
+        for (_, entry, _) in self.entries.values() {
+            match entry {
+                Entry::Namespace(n) => {
+                    namespaces.insert(n.name.as_str());
+                }
+                Entry::Pod(Some(p)) => pods.push(p),
+                Entry::Pod(None) => {}
+                Entry::Policy(p) => policies.push(p),
+            }
+        }
+        policy_compiler::cluster::cross_object_problems(
+            |ns| namespaces.contains(ns),
+            pods.iter().copied(),
+            policies.iter().copied(),
+        )
+    }
+
     /// Every object's problems.
     pub fn problems(&self) -> Vec<Problem> {
         self.with_problems
@@ -433,5 +460,27 @@ mod tests {
         assert_eq!(idx.problems().len(), 2, "b3 from the other source stays");
         idx.apply(0, Change::Replace(Kind::Pod, vec![]));
         check(&idx);
+    }
+
+    #[test]
+    fn cross_object_problems_are_those_a_full_load_reports() {
+        let mut idx = Index::new();
+        idx.apply(0, Change::Apply(pod("x", "a", "10.0.0.1", "a")));
+        idx.apply(0, Change::Apply(pod("x", "b", "10.0.0.1", "b")));
+        idx.apply(0, Change::Apply(deny_all("y")));
+        idx.apply(0, Change::Apply(Object::Namespace(Box::new(yaml("metadata: {name: y}")))));
+        let found: Vec<String> = idx.cross_object_problems().iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            found,
+            [
+                "warning: Pod x/b: status.podIPs: address 10.0.0.1 is also claimed by pod x/a, which is used for it",
+                "warning: Pod x/a: metadata.namespace: namespace \"x\" is not in the input; assuming it exists with only the label kubernetes.io/metadata.name=x",
+            ]
+        );
+        // The same check a snapshot's compile runs.
+        let (c, _) = idx.snapshot();
+        let expect =
+            policy_compiler::cluster::cross_object_problems(|ns| ns == "y", c.pods.iter(), c.policies.iter());
+        assert_eq!(idx.cross_object_problems(), expect);
     }
 }

@@ -234,6 +234,15 @@ impl ManifestDir {
         (!changes.is_empty()).then_some((changes, since))
     }
 
+    /// Every object in force: each key's definition in the first file (by
+    /// name) that defines it.
+    pub fn in_force(&self) -> Vec<Object> {
+        let mut keys: Vec<(&ObjectKey, &String)> =
+            self.defs.iter().filter_map(|(k, files)| Some((k, files.first()?))).collect();
+        keys.sort();
+        keys.into_iter().filter_map(|(k, f)| self.files.get(f)?.objects.get(k).cloned()).collect()
+    }
+
     /// Objects defined by more than one file: every definition after the first.
     pub fn conflicts(&self) -> Vec<LoadError> {
         let mut out = Vec::new();
@@ -293,6 +302,14 @@ impl ManifestDir {
     /// The directory-level error, if the directory cannot be read.
     pub fn dir_error(&self) -> Option<&str> {
         self.dir_error.as_deref()
+    }
+
+    /// Is every file's content known: the directory read, and no file
+    /// broken without a last good version? Until then the objects in force
+    /// are not the directory's, and a first sync would enforce less than it
+    /// says (a broken `default-deny.yaml` at boot would open every pod).
+    pub fn complete(&self) -> bool {
+        self.dir_error.is_none() && self.files.values().all(|st| st.error.is_none() || st.last_good.is_some())
     }
 }
 

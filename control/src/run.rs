@@ -40,6 +40,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     if !opts.kube && opts.manifests.is_none() {
         bail!("no policy source: give --kube and/or --manifests DIR");
     }
+    if let Some(dir) = &opts.manifests {
+        // A mistyped path must not start a node that waits forever (or, worse,
+        // looks synced); a directory that goes missing later keeps what is in force.
+        std::fs::read_dir(dir)
+            .map_err(|e| anyhow::anyhow!("--manifests {dir}: cannot read the directory: {e}"))?;
+    }
     let shared = Shared::new();
 
     // The dataplane first: if the ports cannot be opened there is nothing to enforce with.

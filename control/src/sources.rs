@@ -194,7 +194,9 @@ where
 }
 
 /// Polls a manifest directory every `interval`; sends every object in force
-/// once at start, then the changes (computed per changed file) as they come.
+/// once every file has parsed (until then the source is not synced, so the
+/// dataplane stays fail-closed), then the changes (computed per changed
+/// file) as they come.
 pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<SourceMsg>) {
     let mut md = ManifestDir::new(&dir);
     let mut first = true;
@@ -217,26 +219,40 @@ pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<Sou
             last_report = report;
             let mut errs: Vec<String> = conflicts.iter().map(|c| c.to_string()).collect();
             errs.extend(md.dir_error().map(str::to_string));
+            for c in &conflicts {
+                tracing::error!(file = %c.origin.file, error = %c, "object defined twice; this definition is ignored");
+            }
+            if let Some(e) = md.dir_error() {
+                tracing::error!(dir = %dir, error = %e, "manifest directory unreadable; what is in force stays");
+            }
             for f in md.status() {
                 for e in &f.errors {
-                    tracing::error!(file = %f.file, error = %e, "manifest rejected; its last good version stays in force");
+                    if first {
+                        tracing::error!(file = %f.file, error = %e, "manifest rejected; the directory is not synced (fail closed) until every file parses");
+                    } else {
+                        tracing::error!(file = %f.file, error = %e, "manifest rejected; its last good version stays in force");
+                    }
                 }
             }
             if tx.send(SourceMsg::Files(md.status(), errs)).await.is_err() {
                 return;
             }
         }
+        if first && !md.complete() {
+            // Nothing is known of a broken file yet: wait (fail closed,
+            // not ready) rather than sync without it; the errors are out.
+            tokio::time::sleep(interval).await;
+            continue;
+        }
         if first {
-            // The first scan lists every kind in full: its changes are one
-            // `Apply` of each object in force (files are read in name order,
-            // so only the first definition of an object is applied).
+            // The first complete scan lists every kind in full: one `Replace`
+            // per kind of every object in force (files are read in name
+            // order, so only the first definition of an object is in force).
             let seen = Instant::now();
             let mut by_kind: [(Kind, Vec<Object>); 3] =
                 [(Kind::Namespace, vec![]), (Kind::Pod, vec![]), (Kind::NetworkPolicy, vec![])];
-            for change in changes.map(|(c, _)| c).unwrap_or_default() {
-                if let Change::Apply(o) = change {
-                    by_kind[o.kind() as usize].1.push(o);
-                }
+            for o in md.in_force() {
+                by_kind[o.kind() as usize].1.push(o);
             }
             let changes = by_kind.into_iter().map(|(k, objs)| Change::Replace(k, objs)).collect();
             if tx.send(SourceMsg::Changes { source: MANIFESTS, changes, seen }).await.is_err() {

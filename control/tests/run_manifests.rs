@@ -56,6 +56,13 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn start(files: &[(&str, &str)]) -> Daemon {
+    let d = spawn(files);
+    wait_for("readyz", || get(d.port, "/readyz").is_some_and(|r| r.0 == 200));
+    d
+}
+
+/// The daemon on a fresh directory holding `files`, not waited for.
+fn spawn(files: &[(&str, &str)]) -> Daemon {
     let dir = std::env::temp_dir().join(format!("pcl-run-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     for (n, t) in files {
@@ -73,9 +80,7 @@ fn start(files: &[(&str, &str)]) -> Daemon {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let d = Daemon { child, port, dir };
-    wait_for("readyz", || get(port, "/readyz").is_some_and(|r| r.0 == 200));
-    d
+    Daemon { child, port, dir }
 }
 
 const PODS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\n\
@@ -169,6 +174,42 @@ fn a_missing_config_file_given_explicitly_is_an_error() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!status.success());
     assert!(err.contains(&format!("error: cannot read {}: No such file", missing.display())), "{err}");
+}
+
+#[test]
+fn a_missing_manifest_directory_is_an_error() {
+    let port = free_port();
+    let config = std::env::temp_dir().join(format!("pcl-run-nodir-{}.yaml", std::process::id()));
+    std::fs::write(&config, "{}\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--manifests", "/nonexistent/policies", "--config", config.to_str().unwrap()])
+        .args(["--status-address", &format!("127.0.0.1:{port}"), "--log-format", "text"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&config);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--manifests /nonexistent/policies: cannot read the directory"), "{err}");
+}
+
+#[test]
+fn a_file_broken_at_start_keeps_the_node_unready_until_it_parses() {
+    // A default deny with a typo: starting without it would enforce nothing.
+    let broken =
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\n\
+                  spec: {podSelector: {}, policyType: [Ingress]}\n";
+    let d = spawn(&[("00-pods.yaml", PODS), ("10-deny.yaml", broken)]);
+    wait_for("the status endpoint", || get(d.port, "/status").is_some());
+    wait_for("the broken file in /status", || status(d.port)["files"].to_string().contains("policyType"));
+    // Several polls of the directory later: still not ready, nothing published.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(get(d.port, "/readyz").unwrap().0, 503);
+    let s = status(d.port);
+    assert_eq!(s["ready"], false, "{s}");
+    std::fs::write(d.dir.join("10-deny.yaml"), broken.replace("policyType", "policyTypes")).unwrap();
+    wait_for("readyz", || get(d.port, "/readyz").is_some_and(|r| r.0 == 200));
+    let s = status(d.port);
+    assert_eq!(s["table"]["policies"], 1, "{s}");
 }
 
 #[test]

@@ -68,56 +68,17 @@ impl Cluster {
         self.pods.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
         self.policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         self.policies.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
-        // Two pods claiming one address (a stale object during IP reuse): the first by
-        // namespace/name owns it, in the table and in the reference alike.
-        let mut owner: std::collections::HashMap<std::net::IpAddr, usize> = Default::default();
-        for (i, p) in self.pods.iter().enumerate() {
-            for ip in &p.ips {
-                if let Some(&first) = owner.get(ip) {
-                    let f = &self.pods[first];
-                    problems.push(Problem {
-                        severity: Severity::Warning,
-                        object: ObjectRef {
-                            kind: "Pod",
-                            namespace: p.namespace.clone(),
-                            name: p.name.clone(),
-                        },
-                        field: "status.podIPs".into(),
-                        message: format!(
-                            "address {ip} is also claimed by pod {}/{}, which is used for it",
-                            f.namespace, f.name
-                        ),
-                    });
-                } else {
-                    owner.insert(*ip, i);
-                }
-            }
-        }
-        let mut missing: Vec<(String, ObjectRef)> = Vec::new();
-        for p in &self.pods {
-            missing.push((
-                p.namespace.clone(),
-                ObjectRef { kind: "Pod", namespace: p.namespace.clone(), name: p.name.clone() },
-            ));
-        }
-        for p in &self.policies {
-            missing.push((
-                p.namespace.clone(),
-                ObjectRef { kind: "NetworkPolicy", namespace: p.namespace.clone(), name: p.name.clone() },
-            ));
-        }
-        missing.retain(|(ns, _)| self.namespace(ns).is_none());
-        missing.sort_by(|a, b| a.0.cmp(&b.0));
-        missing.dedup_by(|a, b| a.0 == b.0);
-        for (ns, obj) in missing {
-            problems.push(Problem {
-                severity: Severity::Warning,
-                object: obj,
-                field: "metadata.namespace".into(),
-                message: format!(
-                    "namespace {ns:?} is not in the input; assuming it exists with only the label {NAMESPACE_NAME_LABEL}={ns}"
-                ),
-            });
+        let known: std::collections::HashSet<&str> =
+            self.namespaces.iter().map(|n| n.name.as_str()).collect();
+        let found = cross_object_problems(|ns| known.contains(ns), self.pods.iter(), self.policies.iter());
+        let mut assumed: Vec<String> = found
+            .iter()
+            .filter(|p| p.field == "metadata.namespace")
+            .map(|p| p.object.namespace.clone())
+            .collect();
+        assumed.dedup();
+        problems.extend(found);
+        for ns in assumed {
             self.namespaces.push(NamespaceInfo {
                 labels: [(NAMESPACE_NAME_LABEL.to_string(), ns.clone())].into(),
                 name: ns,
@@ -138,4 +99,62 @@ impl Cluster {
             .ok()
             .map(|i| &self.pods[i])
     }
+}
+
+/// The problems between objects of a snapshot: an address claimed by two
+/// pods (the first by namespace/name owns it, in the table and in the
+/// reference alike), and a pod or policy in a namespace that does not exist
+/// (one warning per such namespace, naming its first object; it is assumed
+/// with only its name label). `pods` and `policies` in namespace/name order.
+pub fn cross_object_problems<'a>(
+    namespace_exists: impl Fn(&str) -> bool,
+    pods: impl Iterator<Item = &'a PodInfo> + Clone,
+    policies: impl Iterator<Item = &'a Policy>,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut owner: std::collections::HashMap<std::net::IpAddr, &PodInfo> = Default::default();
+    for p in pods.clone() {
+        for ip in &p.ips {
+            if let Some(f) = owner.get(ip) {
+                problems.push(Problem {
+                    severity: Severity::Warning,
+                    object: ObjectRef { kind: "Pod", namespace: p.namespace.clone(), name: p.name.clone() },
+                    field: "status.podIPs".into(),
+                    message: format!(
+                        "address {ip} is also claimed by pod {}/{}, which is used for it",
+                        f.namespace, f.name
+                    ),
+                });
+            } else {
+                owner.insert(*ip, p);
+            }
+        }
+    }
+    let mut missing: Vec<(&str, ObjectRef)> = Vec::new();
+    for p in pods {
+        missing.push((
+            &p.namespace,
+            ObjectRef { kind: "Pod", namespace: p.namespace.clone(), name: p.name.clone() },
+        ));
+    }
+    for p in policies {
+        missing.push((
+            &p.namespace,
+            ObjectRef { kind: "NetworkPolicy", namespace: p.namespace.clone(), name: p.name.clone() },
+        ));
+    }
+    missing.retain(|(ns, _)| !namespace_exists(ns));
+    missing.sort_by(|a, b| a.0.cmp(b.0));
+    missing.dedup_by(|a, b| a.0 == b.0);
+    for (ns, obj) in missing {
+        problems.push(Problem {
+            severity: Severity::Warning,
+            object: obj,
+            field: "metadata.namespace".into(),
+            message: format!(
+                "namespace {ns:?} is not in the input; assuming it exists with only the label {NAMESPACE_NAME_LABEL}={ns}"
+            ),
+        });
+    }
+    problems
 }
