@@ -198,21 +198,29 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
         match serde_yaml::Value::deserialize(doc) {
             Ok(v) => values.push(v),
             Err(e) => {
+                let line = e.location().map(|l| l.line());
                 errs.push(LoadError {
                     origin: origin(i + 1, Vec::new()),
                     object: None,
                     field: None,
-                    line: e.location().map(|l| l.line()),
-                    message: format!("invalid YAML: {}{}", strip_location(&e.to_string()), {
-                        let m = e.to_string();
-                        if m.contains("duplicate entry with key \"kind\"")
-                            || m.contains("duplicate entry with key \"apiVersion\"")
+                    line: line.map(|l| second_key_line(text, l, &e.to_string()).unwrap_or(l)),
+                    message: format!(
+                        "invalid YAML: {}{}",
+                        strip_location(&e.to_string()).replace(
+                            " as u128, expected any YAML value",
+                            ": a number too large for any field"
+                        ),
                         {
-                            " (two objects in one document? separate them with a line `---`)"
-                        } else {
-                            ""
+                            let m = e.to_string();
+                            if m.contains("duplicate entry with key \"kind\"")
+                                || m.contains("duplicate entry with key \"apiVersion\"")
+                            {
+                                " (two objects in one document? separate them with a line `---`)"
+                            } else {
+                                ""
+                            }
                         }
-                    }),
+                    ),
                 });
                 // The stream cannot be trusted past a syntax error.
                 return Err(LoadErrors(errs));
@@ -220,7 +228,7 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
         }
     }
     // Pass 2: typed, with the document's own deserializer so type errors carry lines.
-    for (i, (value, doc)) in values.iter().zip(serde_yaml::Deserializer::from_str(text)).enumerate() {
+    for (i, value) in values.iter().enumerate() {
         let document = i + 1;
         if value.is_null() {
             continue;
@@ -239,7 +247,7 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
             add_list(&mut state, &mut errs, origin(document, Vec::new()), value);
             continue;
         }
-        add_object(&mut state, &mut errs, origin(document, Vec::new()), Source::Doc(value, doc));
+        add_object(&mut state, &mut errs, origin(document, Vec::new()), Source::Doc(value, text, i));
     }
     if errs.is_empty() {
         Ok(state)
@@ -294,21 +302,23 @@ fn meant_kind(kind: &str) -> Option<&'static str> {
         .find(|known| [k.as_str(), singular.as_str()].contains(&known.to_ascii_lowercase().as_str()))
 }
 
-enum Source<'a, 'de> {
+enum Source<'a> {
+    /// An item of a list: no text of its own to find lines in.
     Value(serde_yaml::Value),
-    Doc(&'a serde_yaml::Value, serde_yaml::Deserializer<'de>),
+    /// A document: its value, the text of its stream and its index there.
+    Doc(&'a serde_yaml::Value, &'a str, usize),
 }
 
-impl Source<'_, '_> {
+impl Source<'_> {
     fn value(&self) -> &serde_yaml::Value {
         match self {
             Source::Value(v) => v,
-            Source::Doc(v, _) => v,
+            Source::Doc(v, _, _) => v,
         }
     }
 }
 
-fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src: Source<'_, '_>) {
+fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src: Source<'_>) {
     let v = src.value();
     let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
     let api_version = v.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("").to_string();
@@ -398,9 +408,13 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
     }
 }
 
-/// Deserializes one object, reporting the first type error and every unknown field.
+/// Deserializes one object, reporting the first type error and every unknown
+/// field. Always from the parsed value, which is strict about types (`80`,
+/// `true`, `null` are not strings, as for the API server); a document's own
+/// deserializer, which reads any plain scalar as a string, is used only to
+/// find the line of an error it finds too.
 fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
-    src: Source<'_, '_>,
+    src: Source<'_>,
     origin: &Origin,
     object: &Option<String>,
     errs: &mut Vec<LoadError>,
@@ -414,22 +428,19 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
             unknown.push(path);
         }
     };
-    let result: Result<T, (String, Option<usize>, String)> = match src {
-        Source::Value(v) => {
-            let de = serde_ignored::Deserializer::new(v, &mut record);
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                (e.path().to_string(), None, clean_message(&e.path().to_string(), &e.inner().to_string()))
-            })
-        }
-        Source::Doc(_, doc) => {
-            let de = serde_ignored::Deserializer::new(doc, &mut record);
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                let path = e.path().to_string();
-                let msg = clean_message(&path, &e.inner().to_string());
-                (path, e.inner().location().map(|l| l.line()), msg)
-            })
-        }
+    let result: Result<T, (String, String)> = {
+        let de = serde_ignored::Deserializer::new(src.value(), &mut record);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let msg = clean_message(&path, &e.inner().to_string());
+            (path, msg)
+        })
     };
+    let text = match &src {
+        Source::Doc(_, text, i) => Some((*text, *i)),
+        Source::Value(_) => None,
+    };
+    let line_of = |path: &str| text.and_then(|(t, i)| locate(t, i, path));
     let mut failed = false;
     for u in unknown {
         failed = true;
@@ -437,24 +448,142 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
         errs.push(LoadError {
             origin: origin.clone(),
             object: object.clone(),
+            line: line_of(&u),
             field: Some(u),
-            line: None,
             message: format!("unknown field{hint}"),
         });
     }
     match result {
         Ok(v) if !failed => Some(v),
         Ok(_) => None,
-        Err((path, line, msg)) => {
+        Err((path, msg)) => {
+            let line = line_of(&path);
+            let hint = if msg.starts_with("invalid type: ")
+                && msg.ends_with("expected a string")
+                && !msg.contains("map")
+                && !msg.contains("sequence")
+            {
+                " (quote it: YAML reads 80, 1.10, true and null as numbers, booleans and null, not text)"
+            } else {
+                ""
+            };
             errs.push(LoadError {
                 origin: origin.clone(),
                 object: object.clone(),
                 field: (path != "." && !path.is_empty()).then_some(path),
                 line,
-                message: msg,
+                message: format!("{msg}{hint}"),
             });
             None
         }
+    }
+}
+
+/// The line of `path` (`spec.ingress[0].from[0].matchLabel`, as errors
+/// name fields) in document `doc` of `text`: of its last key, or of its
+/// item for a last index. `None` when the path is not there.
+fn locate(text: &str, doc: usize, path: &str) -> Option<usize> {
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    /// The error that marks the place found (serde_yaml gives it the line of
+    /// the node being read when it is raised).
+    const FOUND: &str = "portcullis: path found";
+
+    enum Seg {
+        Key(String),
+        Index(usize),
+    }
+    let mut segs = Vec::new();
+    for part in path.split('.') {
+        let (key, mut rest) = part.split_once('[').map_or((part, ""), |(k, r)| (k, r));
+        if !key.is_empty() {
+            segs.push(Seg::Key(key.to_string()));
+        }
+        while let Some((n, r)) = rest.split_once(']') {
+            segs.push(Seg::Index(n.parse().ok()?));
+            rest = r.strip_prefix('[').unwrap_or(r);
+        }
+    }
+
+    /// Walks down to the node at the end of its path.
+    struct Find<'p>(&'p [Seg]);
+    /// A mapping key: fails (at its line) when it is the one looked for.
+    struct Key<'p>(&'p str, bool);
+
+    impl<'de> DeserializeSeed<'de> for Find<'_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Key<'_> {
+        type Value = bool;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Key<'_> {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+            match (v == self.0, self.1) {
+                (true, true) => Err(E::custom(FOUND)),
+                (same, _) => Ok(same),
+            }
+        }
+    }
+    impl<'de> Visitor<'de> for Find<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("anything")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+            let Some((Seg::Key(k), rest)) = self.0.split_first() else {
+                return Err(de::Error::custom(if self.0.is_empty() { FOUND } else { "not here" }));
+            };
+            while let Some(same) = m.next_key_seed(Key(k, rest.is_empty()))? {
+                if same {
+                    return m.next_value_seed(Find(rest));
+                }
+                m.next_value::<IgnoredAny>()?;
+            }
+            Err(de::Error::custom("not here"))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<(), A::Error> {
+            let Some((Seg::Index(i), rest)) = self.0.split_first() else {
+                return Err(de::Error::custom(if self.0.is_empty() { FOUND } else { "not here" }));
+            };
+            for _ in 0..*i {
+                s.next_element::<IgnoredAny>()?.ok_or_else(|| de::Error::custom("not here"))?;
+            }
+            s.next_element_seed(Find(rest))?.ok_or_else(|| de::Error::custom("not here"))
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+            Err(E::custom(if self.0.is_empty() { FOUND } else { "not here" }))
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+            self.visit_str("")
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+            self.visit_str("")
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+            self.visit_str("")
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+            self.visit_str("")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            self.visit_str("")
+        }
+    }
+
+    let de = serde_yaml::Deserializer::from_str(text).nth(doc)?;
+    match Find(&segs).deserialize(de) {
+        Err(e) if e.to_string().contains(FOUND) => e.location().map(|l| l.line()),
+        _ => None,
     }
 }
 
@@ -529,6 +658,27 @@ pub(crate) fn clean_message(path: &str, msg: &str) -> String {
     }
 }
 
+/// For a duplicate key, which the parser reports at the line its mapping
+/// starts: the line of the key's second occurrence in that mapping (the
+/// second line from `from` that starts with the key at the indentation of
+/// the first), when there is one.
+fn second_key_line(text: &str, from: usize, message: &str) -> Option<usize> {
+    let key = message.split("duplicate entry with key \"").nth(1)?.split('"').next()?;
+    let mut indent = None;
+    for (n, l) in text.lines().enumerate().skip(from.saturating_sub(1)) {
+        let body = l.trim_start().trim_start_matches("- ");
+        let at = l.len() - body.len();
+        if body.starts_with(&format!("{key}:")) || body.starts_with(&format!("\"{key}\":")) {
+            match indent {
+                None => indent = Some(at),
+                Some(i) if i == at => return Some(n + 1),
+                Some(_) => {}
+            }
+        }
+    }
+    None
+}
+
 /// serde_yaml appends " at line L column C"; we print the line ourselves.
 fn strip_location(msg: &str) -> String {
     match msg.rfind(" at line ") {
@@ -593,7 +743,7 @@ mod tests {
         let e = errors(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: x}\nspec:\n  podSelector:\n    matchLabel: {a: b}\n",
         );
-        assert!(e.contains("t.yaml: document 1 (line 1): NetworkPolicy x/n: field spec.podSelector.matchLabel: unknown field (did you mean `matchLabels`?)"), "{e}");
+        assert!(e.contains("t.yaml: document 1 (line 1), line 6: NetworkPolicy x/n: field spec.podSelector.matchLabel: unknown field (did you mean `matchLabels`?)"), "{e}");
     }
 
     #[test]
@@ -614,6 +764,11 @@ mod tests {
     fn duplicate_keys_and_objects() {
         let e = errors("apiVersion: v1\nkind: Namespace\nkind: Namespace\nmetadata: {name: x}\n");
         assert!(e.contains("duplicate"), "{e}");
+        // The second occurrence's line, not the mapping's.
+        let e = errors(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: []\n  policyTypes: [Egress]\n",
+        );
+        assert!(e.contains("line 8: invalid YAML: spec: duplicate entry with key \"policyTypes\""), "{e}");
         let e = errors("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n");
         assert!(
             e.contains(
@@ -711,5 +866,29 @@ mod tests {
     fn an_unreadable_file_is_named_alone() {
         let e = load("/nonexistent/x.yaml").unwrap_err().to_string();
         assert!(e.starts_with("error: /nonexistent/x.yaml: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn scalars_are_strict_in_documents_and_lists_alike() {
+        let doc = |v: &str| {
+            format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels:\n    v: {v}\n")
+        };
+        for v in ["80", "1.10", "true", "null"] {
+            let e = errors(&doc(v));
+            assert!(e.contains("field metadata.labels.v: invalid type"), "{v}: {e}");
+            assert!(e.contains("(quote it"), "{v}: {e}");
+            assert!(e.contains("line 6"), "the value's line: {v}: {e}");
+            let list = format!("apiVersion: v1\nkind: List\nitems:\n- {}", doc(v).replace('\n', "\n  "));
+            let e = errors(list.trim_end());
+            assert!(e.contains("items[0]: Namespace x: field metadata.labels.v: invalid type"), "{v}: {e}");
+        }
+        let s = parse("t.yaml", &doc("\"80\"")).unwrap();
+        assert_eq!(s.namespaces[0].metadata.labels.as_ref().unwrap()["v"], "80");
+        // Quantities take numbers, as for the API server.
+        parse(
+            "t.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    resources: {limits: {cpu: 1, memory: 1.5}}\n",
+        )
+        .unwrap();
     }
 }

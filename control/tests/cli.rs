@@ -259,10 +259,10 @@ fn broken_seed_manifests_fail_with_precise_errors() {
     let o = child.wait_with_output().unwrap();
     let e = stderr(&o);
     assert!(!o.status.success());
-    assert!(e.contains("<stdin>: document 1 (line 2): NetworkPolicy default/backend-access-ingress: field ingress: unknown field (rules belong under `spec`"), "{e}");
+    assert!(e.contains("<stdin>: document 1 (line 2), line 11: NetworkPolicy default/backend-access-ingress: field ingress: unknown field (rules belong under `spec`"), "{e}");
     assert!(
         e.contains(
-            "document 2 (line 18): NetworkPolicy default/db-access-ingress: field ingress: unknown field"
+            "document 2 (line 18), line 27: NetworkPolicy default/db-access-ingress: field ingress: unknown field"
         ),
         "{e}"
     );
