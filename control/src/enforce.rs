@@ -201,7 +201,7 @@ impl Enforcer {
 
     /// The lowest table generation the workers have picked up.
     pub fn enforced_generation(&self) -> Option<u64> {
-        self.dataplane.lock().ok()?.as_ref().map(|d| d.pipeline_counters().table_generation)
+        self.dataplane.lock().ok()?.as_ref().map(|d| d.enforced_generation())
     }
 
     /// Stops the workers, closes the sockets and detaches the XDP programs.

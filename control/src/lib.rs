@@ -1,18 +1,26 @@
 //! # control
 //!
-//! The `portcullis` binary's library: reads cluster state, compiles it with
-//! `policy-compiler`, and answers questions about it.
+//! The `portcullis` binary's library: the daemon that feeds the dataplane,
+//! and the offline tools that answer questions from manifests.
 //!
 //! ```text
-//!  files / stdin ──manifest::parse──▶ State (k8s-openapi objects + origins)
-//!                                        │ policy_compiler::compile
-//!                                        ▼
-//!                       Compiled { table, problems } ──report──▶ verdicts, explain, matrix
+//!  daemon (`run`):
+//!   kube API watches (sources) ─┐                 index (validated objects)
+//!   manifest directory ─────────┴─▶ SourceMsg ──▶ daemon ──patch / full compile──▶ DecisionTable
+//!                                                   │                                   │ arc-swap
+//!                                      status (/status, /metrics)        enforce ──▶ dataplane workers
+//!  offline (`query`, `explain`, `matrix`, `check`):
+//!   files / stdin ──manifest::parse──▶ State ──policy_compiler::compile──▶ Compiled ──report──▶ answers
 //! ```
 //!
-//! What comes in: YAML/JSON manifests (later: the Kubernetes API). What goes
-//! out: text and JSON answers for people and programs; errors name the file,
-//! document, object and field.
+//! What comes in: Namespaces, Pods and NetworkPolicies from the Kubernetes API
+//! or YAML/JSON manifests, and the node's configuration (`config`). What goes
+//! out: decision tables published to the dataplane, status and metrics over
+//! HTTP, JSON logs; for the offline tools, text and JSON answers. Errors name
+//! the file, document, object and field. No `unsafe` here: the dataplane's
+//! `xsk` module holds it.
+
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod daemon;

@@ -1,5 +1,7 @@
 //! The `portcullis` binary. See `control/src/lib.rs` for the map of the crate.
 
+#![forbid(unsafe_code)]
+
 use std::io::{BufRead, BufWriter, Write};
 use std::net::IpAddr;
 

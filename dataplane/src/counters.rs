@@ -199,6 +199,11 @@ impl WorkerCounters {
         self.ct_full.set(s.full);
     }
 
+    /// Generation of the table this worker uses (one atomic read).
+    pub fn table_generation(&self) -> u64 {
+        self.table_generation.get()
+    }
+
     /// Publishes table and L2 gauges (worker only).
     pub(crate) fn publish_state(
         &self,

@@ -692,6 +692,13 @@ impl Dataplane {
         self.denied.clone()
     }
 
+    /// The lowest table generation the workers use: what
+    /// `pipeline_counters().table_generation` says, without a snapshot of
+    /// every counter (the control plane polls it after each publication).
+    pub fn enforced_generation(&self) -> u64 {
+        self.pipeline.iter().map(|c| c.table_generation()).min().unwrap_or(0)
+    }
+
     /// The pipeline counters summed over the workers.
     pub fn pipeline_counters(&self) -> CountersSnapshot {
         let mut total = CountersSnapshot::default();
