@@ -284,6 +284,25 @@ impl DataplaneView for Enforcer {
             packets.push((format!("{{port=\"{port}\",direction=\"tx\"}}"), p.tx_frames));
         }
         family("portcullis_port_packets", "counter", "Frames received and sent per port", &packets);
+        let mut kernel = Vec::new();
+        for (i, p) in c.ports.iter().enumerate() {
+            let port = self.ports.get(i).map(String::as_str).unwrap_or("?");
+            for (reason, v) in [
+                ("rx_dropped", p.kernel_rx_dropped),
+                ("rx_ring_full", p.kernel_rx_ring_full),
+                ("fill_ring_empty", p.kernel_fill_ring_empty),
+                ("rx_invalid", p.kernel_rx_invalid),
+                ("tx_invalid", p.kernel_tx_invalid),
+            ] {
+                kernel.push((format!("{{port=\"{port}\",reason=\"{reason}\"}}"), v));
+            }
+        }
+        family(
+            "portcullis_port_kernel_drops",
+            "counter",
+            "The kernel's AF_XDP socket counters per port (XDP_STATISTICS, read about once a second): frames lost before the dataplane saw them",
+            &kernel,
+        );
         let verdicts = vec![
             ("{verdict=\"forwarded\"}".to_string(), c.forwarded),
             ("{verdict=\"flooded\"}".to_string(), c.flooded),

@@ -364,6 +364,7 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
     check_prometheus_text(&body);
     for m in [
         "portcullis_port_packets_total{port=",
+        "portcullis_port_kernel_drops_total{port=",
         "portcullis_dropped_packets_total{reason=\"policy\"}",
         "portcullis_conntrack_entries",
         "portcullis_enforced_table_generation",
@@ -380,6 +381,12 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
             && ports.iter().all(|p| p["tx_bytes"].as_u64().unwrap() >= 60 * p["tx_frames"].as_u64().unwrap()),
         "{dp}"
     );
+    // The kernel's socket counters are read per port (zero here: nothing overran).
+    for p in ports {
+        for k in ["kernel_rx_dropped", "kernel_rx_ring_full", "kernel_fill_ring_empty", "kernel_rx_invalid"] {
+            assert!(p[k].is_u64(), "{k} missing: {p}");
+        }
+    }
     let tx_metric: f64 = (0..4)
         .filter_map(|i| {
             metric(&body, &format!("portcullis_port_packets_total{{port=\"{prefix}h{i}\",direction=\"tx\"}}"))

@@ -89,6 +89,25 @@ pub struct PortCounters {
     /// TX ring and the worker's pending queue for it were full (the port's
     /// share of the worker's `tx_full`).
     pub tx_dropped: Counter,
+    /// The kernel's counters of this worker's socket on the port
+    /// (`XDP_STATISTICS`), read by the worker about once a second: frames
+    /// lost before the dataplane saw them.
+    pub kernel: KernelCounters,
+}
+
+/// The kernel's drop counters of one AF_XDP socket (`struct xdp_statistics`).
+#[derive(Debug, Default)]
+pub struct KernelCounters {
+    /// Frames the kernel dropped on receive (`rx_dropped`).
+    pub rx_dropped: Counter,
+    /// Frames dropped because the RX ring was full (the worker fell behind).
+    pub rx_ring_full: Counter,
+    /// Times a frame found no free buffer on the fill ring.
+    pub fill_ring_empty: Counter,
+    /// Invalid RX descriptors.
+    pub rx_invalid: Counter,
+    /// Invalid TX descriptors.
+    pub tx_invalid: Counter,
 }
 
 /// Counters for one worker.
@@ -259,6 +278,11 @@ impl WorkerCounters {
                     tx_frames: p.tx_frames.get(),
                     tx_bytes: p.tx_bytes.get(),
                     tx_dropped: p.tx_dropped.get(),
+                    kernel_rx_dropped: p.kernel.rx_dropped.get(),
+                    kernel_rx_ring_full: p.kernel.rx_ring_full.get(),
+                    kernel_fill_ring_empty: p.kernel.fill_ring_empty.get(),
+                    kernel_rx_invalid: p.kernel.rx_invalid.get(),
+                    kernel_tx_invalid: p.kernel.tx_invalid.get(),
                 })
                 .collect(),
         }
@@ -278,6 +302,17 @@ pub struct PortSnapshot {
     pub tx_bytes: u64,
     /// Frames lost to a full TX ring.
     pub tx_dropped: u64,
+    /// Kernel (`XDP_STATISTICS` of the workers' sockets on the port, read
+    /// about once a second): frames the kernel dropped on receive.
+    pub kernel_rx_dropped: u64,
+    /// Kernel: frames dropped because the RX ring was full.
+    pub kernel_rx_ring_full: u64,
+    /// Kernel: times a frame found the fill ring empty.
+    pub kernel_fill_ring_empty: u64,
+    /// Kernel: invalid RX descriptors.
+    pub kernel_rx_invalid: u64,
+    /// Kernel: invalid TX descriptors.
+    pub kernel_tx_invalid: u64,
 }
 
 /// Plain copy of conntrack gauges.
@@ -380,6 +415,11 @@ impl CountersSnapshot {
             p.tx_frames += q.tx_frames;
             p.tx_bytes += q.tx_bytes;
             p.tx_dropped += q.tx_dropped;
+            p.kernel_rx_dropped += q.kernel_rx_dropped;
+            p.kernel_rx_ring_full += q.kernel_rx_ring_full;
+            p.kernel_fill_ring_empty += q.kernel_fill_ring_empty;
+            p.kernel_rx_invalid += q.kernel_rx_invalid;
+            p.kernel_tx_invalid += q.kernel_tx_invalid;
         }
     }
 }

@@ -27,6 +27,9 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+/// How often a worker reads its sockets' kernel counters (a syscall each).
+const KERNEL_STATS_EVERY_NS: u64 = 1_000_000_000;
+
 use arc_swap::ArcSwap;
 use crossbeam_channel::Receiver;
 use thiserror::Error;
@@ -299,8 +302,13 @@ impl Worker {
     fn run(&mut self, stop: &AtomicBool, epoch: Instant) {
         self.refill();
         let mut idle = 0u32;
+        let mut kernel_read_at = 0u64;
         while !stop.load(Ordering::Relaxed) {
             let now = epoch.elapsed().as_nanos() as u64;
+            if now.saturating_sub(kernel_read_at) >= KERNEL_STATS_EVERY_NS {
+                kernel_read_at = now;
+                self.read_kernel_counters();
+            }
             let received = self.receive(now);
             let outstanding = self.transmit();
             self.refill();
@@ -328,6 +336,23 @@ impl Worker {
             }
         }
         self.counters.publish(&self.stats);
+        self.read_kernel_counters();
+    }
+
+    /// Copies each socket's kernel drop counters (one `getsockopt` each) to
+    /// its port's counters. A failed read leaves the last values.
+    fn read_kernel_counters(&self) {
+        for (port, socket) in &self.sockets {
+            let (Ok(k), Some(c)) = (socket.statistics(), self.port_counters.ports().get(*port as usize))
+            else {
+                continue;
+            };
+            c.kernel.rx_dropped.set(k.rx_dropped);
+            c.kernel.rx_ring_full.set(k.rx_ring_full);
+            c.kernel.fill_ring_empty.set(k.fill_ring_empty);
+            c.kernel.rx_invalid.set(k.rx_invalid);
+            c.kernel.tx_invalid.set(k.tx_invalid);
+        }
     }
 
     /// One RX batch from every socket, through the pipeline.
