@@ -183,7 +183,7 @@ fn load(args: &StateArgs) -> Result<Compiled> {
         eprintln!("note: {origin}: kind {kind} is not used by NetworkPolicy; skipped");
     }
     let compiled = policy_compiler::compile(&state.namespaces, &state.pods, &state.policies);
-    let mut errors = 0;
+    let mut invalid = std::collections::BTreeSet::new();
     for p in &compiled.problems {
         // Same shape as load errors: `severity: where: object: field: message`.
         let at = state
@@ -193,12 +193,13 @@ fn load(args: &StateArgs) -> Result<Compiled> {
         let severity = if p.severity == Severity::Error { "error" } else { "warning" };
         eprintln!("{severity}: {at}{}: {}: {}", p.object, p.field, p.message);
         if p.severity == Severity::Error {
-            errors += 1;
+            invalid.insert((p.object.kind, &p.object.namespace, &p.object.name));
         }
     }
-    if errors > 0 && !args.allow_invalid {
+    if !invalid.is_empty() && !args.allow_invalid {
         bail!(
-            "{errors} invalid object(s); nothing applied (use --allow-invalid to go on with invalid policies enforced fail-closed)"
+            "{} invalid object(s); nothing applied (use --allow-invalid to go on with invalid policies enforced fail-closed)",
+            invalid.len()
         );
     }
     Ok(compiled)

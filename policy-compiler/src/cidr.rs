@@ -73,6 +73,13 @@ impl Cidr {
             .ok()
             .filter(|n| *n <= family.bits() && !l.starts_with('+'))
             .ok_or_else(|| CidrError::BadPrefix(s.to_string(), family.bits()))?;
+        // `::ffff:192.0.2.0/120` is the IPv4 block 192.0.2.0/24, as Go's
+        // parser (and so the API server) reads it.
+        if let (IpAddr::V6(v6), true) = (ip, len >= 96) {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return Ok(Cidr::new(Family::V4, u32::from(v4) as u128, len - 96));
+            }
+        }
         Ok(Cidr::new(family, addr, len))
     }
 
@@ -134,11 +141,31 @@ impl Cidr {
 /// contain them.
 fn parse_sloppy(a: &str) -> Option<IpAddr> {
     if let Some((head, tail)) = a.rsplit_once(':') {
-        // IPv6 with an embedded dotted quad: normalise the quad, parse again.
-        let v4 = parse_v4_sloppy(tail)?;
-        return format!("{head}:{v4}").parse().ok();
+        // IPv6: groups of more than four hex digits whose value fits 16 bits
+        // (`fd00:00000::`, as Go's old parser reads them), and an embedded
+        // dotted quad with leading zeros: normalise, parse again.
+        let group = |g: &str| -> Option<String> {
+            if g.is_empty() || g.len() <= 4 {
+                return Some(g.to_string());
+            }
+            let v = u32::from_str_radix(g, 16).ok().filter(|v| *v <= 0xffff)?;
+            Some(format!("{v:x}"))
+        };
+        let head: Vec<String> = head.split(':').map(group).collect::<Option<_>>()?;
+        let tail = match parse_v4_sloppy(tail) {
+            Some(v4) if tail.contains('.') => v4.to_string(),
+            _ if tail.contains('.') => return None,
+            _ => group(tail)?,
+        };
+        return format!("{}:{tail}", head.join(":")).parse().ok();
     }
     parse_v4_sloppy(a).map(IpAddr::V4)
+}
+
+/// An address as the API server reads it in a field that accepts the
+/// legacy forms (`status.podIPs`): [`parse_sloppy`] when strict parsing fails.
+pub fn parse_ip_sloppy(a: &str) -> Option<IpAddr> {
+    a.parse().ok().or_else(|| parse_sloppy(a))
 }
 
 fn parse_v4_sloppy(a: &str) -> Option<std::net::Ipv4Addr> {
@@ -231,7 +258,15 @@ mod tests {
         assert!(matches!(Cidr::parse("10.0.0.256/8"), Err(CidrError::BadAddress(_))));
         assert!(matches!(Cidr::parse("10.0.0.1.2/8"), Err(CidrError::BadAddress(_))));
         assert_eq!(Cidr::parse("10.0.0.0001/32").unwrap().to_string(), "10.0.0.1/32");
-        assert_eq!(Cidr::parse("::ffff:010.0.0.1/128").unwrap().to_string(), "::ffff:10.0.0.1/128");
+        // IPv4-mapped with a prefix of 96 or more: the IPv4 block, as Go reads it.
+        assert_eq!(Cidr::parse("::ffff:010.0.0.1/128").unwrap().to_string(), "10.0.0.1/32");
+        assert_eq!(Cidr::parse("::ffff:10.0.0.0/104").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(Cidr::parse("::ffff:0:0/64").unwrap().to_string(), "::/64");
+        // Zero-padded IPv6 groups whose value fits 16 bits.
+        assert_eq!(Cidr::parse("fd00:00000::/64").unwrap().to_string(), "fd00::/64");
+        assert_eq!(Cidr::parse("fd00::000ff/128").unwrap().to_string(), "fd00::ff/128");
+        assert!(matches!(Cidr::parse("fd00:10000::/64"), Err(CidrError::BadAddress(_))));
+        assert!(matches!(Cidr::parse("fd00::1.2.3/64"), Err(CidrError::BadAddress(_))));
         assert_eq!(Cidr::parse("010.001.0.0/16").unwrap().to_string(), "10.1.0.0/16");
         assert!(matches!(Cidr::parse("10.0.0.0/33"), Err(CidrError::BadPrefix(..))));
         assert!(matches!(Cidr::parse("::/129"), Err(CidrError::BadPrefix(..))));

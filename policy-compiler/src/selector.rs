@@ -242,11 +242,14 @@ fn is_label_name(s: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
+/// RFC 1123 subdomain as `IsDNS1123Subdomain` checks it: at most 253
+/// characters in all (the caller checks), dot-separated labels of lowercase
+/// letters, digits and `-`, starting and ending alphanumeric; no length
+/// limit per label.
 fn is_dns_subdomain(s: &str) -> bool {
     s.split('.').all(|label| {
         let b = label.as_bytes();
         !b.is_empty()
-            && b.len() <= 63
             && b[0].is_ascii_lowercase() | b[0].is_ascii_digit()
             && (b[b.len() - 1].is_ascii_lowercase() || b[b.len() - 1].is_ascii_digit())
             && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::networking::v1 as netv1;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::cidr::{Cidr, IpBlock};
+use crate::cidr::{parse_ip_sloppy, Cidr, Family, IpBlock};
 use crate::model::*;
 use crate::selector::{Labels, Selector};
 
@@ -235,7 +235,8 @@ pub fn policy(np: &netv1::NetworkPolicy) -> (Policy, Vec<Problem>) {
         let dir_path = spec_path.field(field);
         for (i, (peers, ports)) in list.into_iter().enumerate() {
             let rule_path = dir_path.index(i);
-            let rule = parse_rule(&namespace, peers, ports, &rule_path, peers_field, &mut errs);
+            let rule =
+                parse_rule(&namespace, peers, ports, &rule_path, peers_field, &mut errs, &mut warnings);
             if isolates[dir as usize] {
                 rules[dir as usize].push(rule);
             }
@@ -269,6 +270,7 @@ fn parse_rule(
     path: &FieldPath,
     peers_field: &str,
     errs: &mut FieldErrors,
+    warnings: &mut FieldErrors,
 ) -> Rule {
     let mut rule = Rule::default();
     for (j, p) in ports.into_iter().flatten().enumerate() {
@@ -277,7 +279,7 @@ fn parse_rule(
         }
     }
     for (j, peer) in peers.into_iter().flatten().enumerate() {
-        if let Some(p) = parse_peer(namespace, peer, &path.field(peers_field).index(j), errs) {
+        if let Some(p) = parse_peer(namespace, peer, &path.field(peers_field).index(j), errs, warnings) {
             rule.peers.push(p);
         }
     }
@@ -289,6 +291,7 @@ fn parse_peer(
     peer: &netv1::NetworkPolicyPeer,
     path: &FieldPath,
     errs: &mut FieldErrors,
+    warnings: &mut FieldErrors,
 ) -> Option<Peer> {
     let count = [peer.pod_selector.is_some(), peer.namespace_selector.is_some(), peer.ip_block.is_some()]
         .iter()
@@ -303,7 +306,7 @@ fn parse_peer(
             errs.push(path.clone(), "Forbidden: may not specify both ipBlock and another peer");
             return None;
         }
-        return parse_ip_block(b, &path.field("ipBlock"), errs).map(Peer::Block);
+        return parse_ip_block(b, &path.field("ipBlock"), errs, warnings).map(Peer::Block);
     }
     let pods = match &peer.pod_selector {
         Some(s) => Selector::parse(s, &path.field("podSelector"), errs),
@@ -316,9 +319,27 @@ fn parse_peer(
     Some(Peer::Pods { namespaces, pods })
 }
 
-fn parse_ip_block(b: &netv1::IPBlock, path: &FieldPath, errs: &mut FieldErrors) -> Option<IpBlock> {
+fn parse_ip_block(
+    b: &netv1::IPBlock,
+    path: &FieldPath,
+    errs: &mut FieldErrors,
+    warnings: &mut FieldErrors,
+) -> Option<IpBlock> {
+    // An IPv4-mapped IPv6 block is an IPv4 block, as for the API server; it
+    // warns that the plain form is meant.
+    let mut mapped = |field: FieldPath, text: &str, c: &Cidr| {
+        if c.family == Family::V4 && text.contains(':') {
+            warnings.push(
+                field,
+                format!("{text:?} is an IPv4-mapped IPv6 block, read as the IPv4 block {c}: write {c}"),
+            );
+        }
+    };
     let cidr = match Cidr::parse(&b.cidr) {
-        Ok(c) => c,
+        Ok(c) => {
+            mapped(path.field("cidr"), &b.cidr, &c);
+            c
+        }
         Err(e) => {
             let msg = if b.cidr.is_empty() { "Required value".to_string() } else { e.to_string() };
             errs.push(path.field("cidr"), msg);
@@ -329,7 +350,10 @@ fn parse_ip_block(b: &netv1::IPBlock, path: &FieldPath, errs: &mut FieldErrors) 
     for (i, e) in b.except.iter().flatten().enumerate() {
         let p = path.field("except").index(i);
         match Cidr::parse(e) {
-            Ok(c) if cidr.strictly_contains(&c) => except.push(c),
+            Ok(c) if cidr.strictly_contains(&c) => {
+                mapped(p.clone(), e, &c);
+                except.push(c)
+            }
             Ok(_) => errs.push(p, format!("{e:?}: must be a strict subset of `cidr` {}", b.cidr)),
             Err(err) => errs.push(p, err.to_string()),
         }
@@ -476,10 +500,11 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
             _ => st.pod_ip.iter().map(|a| (FieldPath::root("status.podIP"), a.as_str())).collect(),
         };
         for (path, text) in listed {
-            match text.parse::<IpAddr>() {
-                Ok(ip) if !ips.contains(&ip) => ips.push(ip),
-                Ok(_) => {}
-                Err(_) => errs.push(path, format!("invalid IP address {text:?}")),
+            // Leading zeros (`010.0.0.1`) as the API server reads them in this legacy field.
+            match parse_ip_sloppy(text) {
+                Some(ip) if !ips.contains(&ip) => ips.push(ip),
+                Some(_) => {}
+                None => errs.push(path, format!("invalid IP address {text:?}")),
             }
         }
     }

@@ -1479,6 +1479,14 @@ const INVALID: &[Invalid] = &[
         isolates: [true, false],
     },
     Invalid {
+        // A prefix label may be longer than 63 characters (IsDNS1123Subdomain has no
+        // per-label limit), but not an uppercase one.
+        spec: "  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{podSelector: {matchExpressions: [{key: Example.com/app, operator: Exists}]}}]}]\n",
+        field: "spec.ingress[0].from[0].podSelector.matchExpressions[0].key",
+        message: "invalid label key",
+        isolates: [true, false],
+    },
+    Invalid {
         spec: "  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{podSelector: {matchExpressions: [{key: -app, operator: Exists}]}}]}]\n",
         field: "spec.ingress[0].from[0].podSelector.matchExpressions[0].key",
         message: "invalid label key",
@@ -1827,9 +1835,67 @@ fn r18_ip_block_octets_are_read_like_the_api_server_does() {
     let c = web_ingress_from("    - ipBlock: {cidr: 10.0.0.0001/8}\n");
     assert_no_problems(&c);
     expect(&c, "10.1.2.3", X_WEB, TCP, 80, NotPod, Allow("x/p", 0));
-    let c = web_ingress_from("    - ipBlock: {cidr: '::ffff:010.0.0.0/104'}\n");
+    // IPv6 groups of more than four digits, as Go's old parser reads them.
+    let c = web_ingress_from("    - ipBlock: {cidr: 'fd00:00000::/64'}\n");
     assert_no_problems(&c);
-    expect(&c, "::ffff:10.1.2.3", X_WEB6, TCP, 80, NotPod, Allow("x/p", 0));
+    expect(&c, "fd00::7", X_WEB6, TCP, 80, NotPod, Allow("x/p", 0));
+    let c = web_ingress_from("    - ipBlock: {cidr: 'fd00:10000::/64'}\n");
+    assert_problem(
+        &c,
+        Severity::Error,
+        "NetworkPolicy x/p",
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        "not an IP address",
+    );
+}
+
+#[test]
+fn r18_a_pod_address_with_leading_zeros_is_read_like_the_api_server_does() {
+    // `status.podIP` is a legacy field: `010.0.0.9` is 10.0.0.9, not an invalid pod left out.
+    let mut pods = base_pods();
+    pods.push(pod("x", "zeros", "010.0.0.9", &[("app", "web")]));
+    let c = world(base_namespaces(), pods, &[DENY_ALL_INGRESS_X]);
+    assert_no_problems(&c);
+    expect(&c, EXT4, "10.0.0.9", TCP, 80, NotPod, Deny(&["x/deny-in"]));
+}
+
+#[test]
+fn r22_a_label_key_prefix_is_a_subdomain_of_any_label_length() {
+    let long = "a".repeat(64);
+    let c = web_ingress_from(&format!(
+        "    - podSelector: {{matchExpressions: [{{key: {long}.example.com/app, operator: DoesNotExist}}]}}\n"
+    ));
+    assert_no_problems(&c);
+    expect(&c, X_CLIENT, X_WEB, TCP, 80, Open, Allow("x/p", 0));
+}
+
+#[test]
+fn r18_an_ipv4_mapped_block_is_an_ipv4_block() {
+    // Go reads `::ffff:a.b.c.d/n` (n >= 96) as the IPv4 block a.b.c.d/(n-96), and the
+    // API server warns to write it so: so do we, in the cidr and in an except.
+    let c =
+        web_ingress_from("    - ipBlock: {cidr: '::ffff:010.0.0.0/104', except: ['::ffff:10.1.0.0/112']}\n");
+    assert_problem(
+        &c,
+        Severity::Warning,
+        "NetworkPolicy x/p",
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        "read as the IPv4 block 10.0.0.0/8",
+    );
+    assert_problem(
+        &c,
+        Severity::Warning,
+        "NetworkPolicy x/p",
+        "spec.ingress[0].from[0].ipBlock.except[0]",
+        "10.1.0.0/16",
+    );
+    expect(&c, "10.2.3.4", X_WEB, TCP, 80, NotPod, Allow("x/p", 0));
+    expect(&c, "10.1.2.3", X_WEB, TCP, 80, NotPod, Deny(&["x/p"]));
+    // A mapped except of a plain IPv4 block is inside it.
+    let c = web_ingress_from("    - ipBlock: {cidr: 10.0.0.0/8, except: ['::ffff:10.1.0.0/112']}\n");
+    assert!(c.problems.iter().all(|p| p.severity == Severity::Warning), "{:#?}", problems(&c));
+    expect(&c, "10.1.2.3", X_WEB, TCP, 80, NotPod, Deny(&["x/p"]));
+    expect(&c, "10.2.0.1", X_WEB, TCP, 80, NotPod, Allow("x/p", 0));
 }
 
 // ---------------------------------------------------------------------------
