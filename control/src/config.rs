@@ -109,7 +109,12 @@ impl Default for XdpConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ConntrackConfig {
     /// Tracked connections per worker. Default 262,144 (about 25 MiB per worker). When
-    /// full, new connections are refused and counted; established ones are never evicted.
+    /// full, a new connection takes the slot of a half-open or closed TCP connection or of a
+    /// UDP flow that is not assured (unanswered, or a single query and answer, as DNS);
+    /// otherwise it is refused and counted. Established TCP connections and assured UDP
+    /// flows (the initiator sent again after an answer) are never evicted. The idle
+    /// timeouts are the dataplane's defaults (`dataplane::conntrack::Timeouts`: UDP 30 s
+    /// until assured, 120 s after) and are not set here.
     pub capacity: u32,
 }
 

@@ -37,11 +37,12 @@
 //! a while under heavy churn, a latency spike but no allocation.)
 //!
 //! **When the table is full**, a new connection may take the slot of (in
-//! order) an expired entry or an *embryonic* one — never replied to, or
-//! closed by RST/FIN — found among the next [`RECLAIM_SCAN`] slots of a
-//! rotating cursor. Entries that have seen a reply and are not closing are
-//! never evicted, so a flood of new flows cannot push out established
-//! connections; it is refused and counted instead. The scan bound keeps the
+//! order) an expired entry or an *embryonic* one — never replied to, closed
+//! by RST/FIN, or a datagram flow that is not yet assured (see below) —
+//! found among the next [`RECLAIM_SCAN`] slots of a rotating cursor. TCP
+//! entries that have seen a reply and are not closed, and assured datagram
+//! flows, are never evicted, so a flood of new flows cannot push out
+//! established connections; it is refused and counted instead. The scan bound keeps the
 //! per-packet cost bounded; an expired slot outside the window is found on a
 //! later attempt or by [`Conntrack::expire_step`].
 //!
@@ -67,6 +68,17 @@
 //! an ACK or a keepalive); [`Conntrack::with_reverse_pickup`] restores the
 //! permissive behaviour for nodes that prefer it. Pickup can be turned off
 //! (`loose_tcp = false`), then such packets drop as [`CtDrop::NoConnection`].
+//!
+//! **UDP** (and SCTP, other protocols) follows Linux
+//! (`net/netfilter/nf_conntrack_proto_udp.c`): a flow is Unreplied until the
+//! responder answers, then Replied; both keep the short
+//! [`Timeouts::udp_unreplied`] (30 s, Linux `nf_conntrack_udp_timeout`) and
+//! stay evictable, because a single query and answer (DNS) is all most such
+//! flows ever are, and a pod sending thousands of queries a second from fresh
+//! source ports must not pin the table. Only when the initiator sends again
+//! after an answer is the flow *Assured* (a stream): the long [`Timeouts::udp`]
+//! (120 s, `nf_conntrack_udp_timeout_stream`) and protection from eviction.
+//! Answers alone never assure a flow, so the responder cannot pin entries.
 //!
 //! **Revocation.** Every entry stores the table generation it was checked
 //! against. A hit on an entry from an older generation re-checks the
@@ -127,9 +139,13 @@ pub struct Timeouts {
     /// TCP after FIN from both sides or RST: default 10, long enough for the
     /// final ACK and retransmitted FINs.
     pub tcp_closed: u64,
-    /// UDP, SCTP and other protocols once the responder has answered: default 120.
+    /// UDP, SCTP and other protocols once *assured*: the initiator sent again
+    /// after an answer (a stream, Linux `nf_conntrack_udp_timeout_stream`):
+    /// default 120. Assured flows are never evicted when the table is full.
     pub udp: u64,
-    /// UDP, SCTP and other protocols before any answer: default 30.
+    /// UDP, SCTP and other protocols before any answer and after a single
+    /// exchange (query and answer, as DNS; Linux `nf_conntrack_udp_timeout`):
+    /// default 30. Such flows may be evicted when the table is full.
     pub udp_unreplied: u64,
     /// ICMP echo: default 30.
     pub icmp: u64,
@@ -164,7 +180,8 @@ impl TimeoutsNs {
         a[State::Closing as usize] = s(t.tcp_closing);
         a[State::Closed as usize] = s(t.tcp_closed);
         a[State::Unreplied as usize] = s(t.udp_unreplied);
-        a[State::Replied as usize] = s(t.udp);
+        a[State::Replied as usize] = s(t.udp_unreplied);
+        a[State::Assured as usize] = s(t.udp);
         a[State::Echo as usize] = s(t.icmp);
         TimeoutsNs(a)
     }
@@ -193,14 +210,18 @@ pub enum State {
     Closed,
     /// Datagram protocol, no answer yet.
     Unreplied,
-    /// Datagram protocol, answered.
+    /// Datagram protocol, answered, but the initiator has not sent again
+    /// since: short timeout, evictable.
     Replied,
+    /// Datagram protocol, the initiator sent again after an answer (a
+    /// stream): long timeout, never evicted.
+    Assured,
     /// ICMP echo.
     Echo,
 }
 
 impl State {
-    const COUNT: usize = 9;
+    const COUNT: usize = 10;
 }
 
 /// Why conntrack refused a packet.
@@ -330,9 +351,10 @@ impl Entry {
     }
 
     /// May this entry be evicted for a new connection before it expires?
+    /// Not once both sides have spoken (TCP), or once assured (datagrams).
     #[inline]
     fn evictable(&self) -> bool {
-        !self.replied || self.state == State::Closed
+        !self.replied || matches!(self.state, State::Closed | State::Replied)
     }
 }
 
@@ -517,6 +539,7 @@ impl Conntrack {
         e.state = match (e.state, pkt.l4) {
             (s, L4::Tcp(f)) => tcp_next(s, dir, f, &mut e.fins),
             (State::Unreplied, _) if dir == Dir::Reply => State::Replied,
+            (State::Replied, _) if dir == Dir::Orig => State::Assured,
             (s, _) => s,
         };
         e.expires = now.saturating_add(timeouts.of(e.state));
@@ -965,12 +988,73 @@ mod tests {
         let a = udp(S, 53, C, 5353);
         assert_eq!(ct.packet(&a, &p, 1, SEC), Outcome::Pass(CtPass::Tracked));
         let i = ct.get(&q.flow).unwrap();
-        assert_eq!((i.state, i.expires), (State::Replied, 121 * SEC));
+        assert_eq!((i.state, i.expires), (State::Replied, 31 * SEC));
+        // The client speaks again: a stream, long timeout.
+        assert_eq!(ct.packet(&q, &p, 1, SEC), Outcome::Pass(CtPass::Tracked));
+        let i = ct.get(&q.flow).unwrap();
+        assert_eq!((i.state, i.expires), (State::Assured, 121 * SEC));
         // The server cannot start its own flow to another client port.
         let other = udp(S, 53, C, 5354);
         assert_eq!(ct.packet(&other, &p, 1, SEC), Outcome::Drop(CtDrop::Policy));
         // Expired: the answer after 121 s is a new (denied) flow.
         assert_eq!(ct.packet(&a, &p, 1, 121 * SEC), Outcome::Drop(CtDrop::Policy));
+    }
+
+    /// A pod sending DNS queries from fresh source ports (each answered once)
+    /// must not pin the table: single exchanges keep the short timeout and
+    /// stay evictable, as in Linux (`nf_conntrack_udp_timeout`, 30 s).
+    #[test]
+    fn single_exchange_udp_flows_are_short_lived_and_evictable() {
+        let p = ToServer::new();
+        let n = 8;
+        let mut ct = Conntrack::new(n, &Timeouts::default(), true);
+        for port in 0..n as u16 {
+            assert_eq!(ct.packet(&udp(C, 1000 + port, S, 53), &p, 1, 0), Outcome::Pass(CtPass::New));
+            assert_eq!(ct.packet(&udp(S, 53, C, 1000 + port), &p, 1, 0), Outcome::Pass(CtPass::Tracked));
+            let i = ct.get(&udp(C, 1000 + port, S, 53).flow).unwrap();
+            assert_eq!((i.state, i.replied, i.expires), (State::Replied, true, 30 * SEC));
+        }
+        assert_eq!(ct.len(), n);
+        // The table is full of answered queries; new connections still get slots.
+        for port in 0..n as u16 {
+            assert_eq!(
+                ct.packet(&tcp(C, 2000 + port, S, 80, F::SYN), &p, 1, SEC),
+                Outcome::Pass(CtPass::New)
+            );
+        }
+        assert_eq!((ct.stats().evicted, ct.stats().full), (n as u64, 0));
+        // Unevicted, they are gone after the short timeout.
+        let mut ct = Conntrack::new(n, &Timeouts::default(), true);
+        ct.packet(&udp(C, 1000, S, 53), &p, 1, 0);
+        ct.packet(&udp(S, 53, C, 1000), &p, 1, SEC);
+        assert_eq!(ct.expire_step(31 * SEC - 1, n), 0);
+        assert_eq!(ct.expire_step(31 * SEC, n), 1);
+    }
+
+    /// A UDP flow becomes assured (long timeout, never evicted) once its
+    /// initiator sends again after an answer; answers alone do not assure it.
+    #[test]
+    fn udp_flow_is_assured_when_the_initiator_speaks_after_a_reply() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(2, &Timeouts::default(), true);
+        let (q, a) = (udp(C, 5000, S, 53), udp(S, 53, C, 5000));
+        let state = |ct: &Conntrack| ct.get(&q.flow).map(|i| (i.state, i.expires));
+        ct.packet(&q, &p, 1, 0);
+        assert_eq!(state(&ct), Some((State::Unreplied, 30 * SEC)));
+        ct.packet(&a, &p, 1, SEC);
+        ct.packet(&a, &p, 1, 2 * SEC);
+        assert_eq!(state(&ct), Some((State::Replied, 32 * SEC)));
+        assert_eq!(ct.packet(&q, &p, 1, 3 * SEC), Outcome::Pass(CtPass::Tracked));
+        assert_eq!(state(&ct), Some((State::Assured, 123 * SEC)));
+        ct.packet(&a, &p, 1, 4 * SEC);
+        assert_eq!(state(&ct), Some((State::Assured, 124 * SEC)));
+        // A second assured flow fills the table: nothing can be evicted.
+        let (q2, a2) = (udp(C, 5001, S, 53), udp(S, 53, C, 5001));
+        for pkt in [&q2, &a2, &q2] {
+            ct.packet(pkt, &p, 1, 5 * SEC);
+        }
+        assert_eq!(ct.packet(&tcp(C, 2000, S, 80, F::SYN), &p, 1, 6 * SEC), Outcome::Drop(CtDrop::Full));
+        assert_eq!(state(&ct), Some((State::Assured, 124 * SEC)));
     }
 
     fn echo(src: &str, dst: &str, id: u16, request: bool) -> IpPacket {
@@ -1056,10 +1140,11 @@ mod tests {
         let p = ToServer::new();
         let n = 8;
         let mut ct = Conntrack::new(n, &Timeouts::default(), true);
-        // Fill with established (replied) UDP flows.
+        // Fill with assured UDP flows (query, answer, query).
         for port in 0..n as u16 {
             ct.packet(&udp(C, 1000 + port, S, 53), &p, 1, 0);
             ct.packet(&udp(S, 53, C, 1000 + port), &p, 1, 0);
+            ct.packet(&udp(C, 1000 + port, S, 53), &p, 1, 0);
         }
         assert_eq!(ct.len(), n);
         // A flood of new flows is refused, and counted.
@@ -1073,7 +1158,7 @@ mod tests {
         for port in 0..n as u16 {
             assert!(ct.get(&udp(C, 1000 + port, S, 53).flow).is_some());
         }
-        // Once they expire (120 s after the reply), slots are reclaimed.
+        // Once they expire (120 s after the last packet), slots are reclaimed.
         assert_eq!(ct.packet(&tcp(C, 3000, S, 80, F::SYN), &p, 1, 121 * SEC), Outcome::Pass(CtPass::New));
         assert_eq!(ct.stats().expired, 1);
     }
@@ -1083,10 +1168,11 @@ mod tests {
         let p = ToServer::new();
         let n = 8;
         let mut ct = Conntrack::new(n, &Timeouts::default(), true);
-        // Half established, half half-open SYNs.
+        // Half established (assured UDP), half half-open SYNs.
         for port in 0..4u16 {
             ct.packet(&udp(C, 1000 + port, S, 53), &p, 1, 0);
             ct.packet(&udp(S, 53, C, 1000 + port), &p, 1, 0);
+            ct.packet(&udp(C, 1000 + port, S, 53), &p, 1, 0);
         }
         for port in 0..4u16 {
             ct.packet(&tcp(C, 2000 + port, S, 80, F::SYN), &p, 1, 0);

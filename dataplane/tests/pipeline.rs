@@ -275,11 +275,13 @@ fn full_table_refuses_new_connections_and_keeps_established() {
     let mut r = rig_with(cfg, published(1, testing::client_server_table()));
     r.learn_all();
     let (c, s) = (r.client, r.server);
+    // Four assured UDP flows (query, answer, query again): never evicted.
     for port in 0..4u16 {
         let q = testing::udp(&c, 1000 + port, &s, 53, false, b"q");
         let a = testing::udp(&s, 53, &c, 1000 + port, false, b"a");
         assert_eq!(r.p.process(0, &q, 0), Action::Forward(1));
         assert_eq!(r.p.process(1, &a, 0), Action::Forward(0));
+        assert_eq!(r.p.process(0, &q, 0), Action::Forward(1));
     }
     for port in 0..50u16 {
         let syn = testing::tcp(&c, 2000 + port, &s, 80, F::SYN, false, &[]);
