@@ -52,8 +52,10 @@
 //! either side → Closing, FIN from both or RST → Closed; each state has its
 //! own timeout ([`Timeouts`]). A bare SYN that hits an entry in any state but
 //! a retransmitted SynSent is a new connection (port reuse, or a peer trying
-//! to open a connection backwards through an entry): the entry is dropped and
-//! the SYN is evaluated by policy. **Mid-stream pickup** (a non-SYN packet
+//! to open a connection backwards through an entry) and is evaluated by
+//! policy: admitted, it replaces the entry in its slot; denied, it is dropped
+//! and the entry stays, so a SYN that policy refuses (perhaps spoofed) cannot
+//! tear down the connection whose 4-tuple it reuses. **Mid-stream pickup** (a non-SYN packet
 //! without entry, after an agent restart or an idle timeout) is allowed when
 //! policy allows a connection *from the packet's source* to its destination,
 //! as Linux conntrack's loose pickup followed by rules on `ct state new`
@@ -373,6 +375,17 @@ pub struct ConnInfo {
     pub generation: u64,
 }
 
+/// What a packet that found its key in the index turned out to be.
+enum Hit {
+    /// Decided as a packet of the tracked connection.
+    Done(Outcome),
+    /// The entry had expired (counted): remove it, treat the packet as new.
+    Expired,
+    /// A bare SYN that opens a new connection on the entry's 4-tuple: treat it
+    /// as new, replacing the entry only if it is admitted.
+    NewSyn,
+}
+
 /// Direction of a packet relative to its connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dir {
@@ -491,16 +504,21 @@ impl Conntrack {
         let flow = &pkt.flow;
         let (key, src_is_a) = key_of(flow);
         let hash = self.hasher.hash_one(key);
+        let mut reuse = None;
         if let Some(slot) = self.find(&key, hash) {
             match self.hit(slot, src_is_a, pkt, policy, generation, now) {
-                Some(o) => return o,
-                None => self.remove(slot), // fall through: evaluate as new
+                Hit::Done(o) => return o,
+                Hit::Expired => self.remove(slot), // evaluate as new
+                // Evaluate as new; the old entry gives up its slot only if the
+                // SYN is admitted (a denied SYN, maybe spoofed, must not tear
+                // down the connection it collides with).
+                Hit::NewSyn => reuse = Some(slot),
             }
         }
-        self.miss(pkt, key, hash, src_is_a, policy, generation, now)
+        self.miss(pkt, key, hash, src_is_a, reuse, policy, generation, now)
     }
 
-    /// A packet of a tracked connection. `None` means "treat as new".
+    /// A packet of a tracked connection.
     #[inline]
     fn hit<P: Policy>(
         &mut self,
@@ -510,26 +528,28 @@ impl Conntrack {
         policy: &P,
         generation: u64,
         now: u64,
-    ) -> Option<Outcome> {
+    ) -> Hit {
         let timeouts = self.timeouts;
-        let e = self.slots.get_mut(slot)?;
+        let Some(e) = self.slots.get_mut(slot) else {
+            return Hit::Expired;
+        };
         if e.expires <= now {
             self.stats.expired += 1;
-            return None;
+            return Hit::Expired;
         }
         let dir = if src_is_a == e.orig_is_a { Dir::Orig } else { Dir::Reply };
         if let L4::Tcp(flags) = pkt.l4 {
             if flags.is_syn_only() && !(e.state == State::SynSent && dir == Dir::Orig) {
                 // A new connection attempt on an old 4-tuple, or from the
                 // responder's side: decide it afresh.
-                return None;
+                return Hit::NewSyn;
             }
         }
         if e.generation != generation {
             if !policy.allows(&e.original()) {
                 self.stats.revoked += 1;
                 self.remove(slot);
-                return Some(Outcome::Drop(CtDrop::Revoked));
+                return Hit::Done(Outcome::Drop(CtDrop::Revoked));
             }
             e.generation = generation;
         }
@@ -543,9 +563,11 @@ impl Conntrack {
             (s, _) => s,
         };
         e.expires = now.saturating_add(timeouts.of(e.state));
-        Some(Outcome::Pass(CtPass::Tracked))
+        Hit::Done(Outcome::Pass(CtPass::Tracked))
     }
 
+    /// A packet without a live entry, or a bare SYN on the 4-tuple of the
+    /// entry in slot `reuse` (which it replaces only if admitted).
     #[allow(clippy::too_many_arguments)]
     fn miss<P: Policy>(
         &mut self,
@@ -553,6 +575,7 @@ impl Conntrack {
         key: Key,
         hash: u64,
         src_is_a: bool,
+        reuse: Option<usize>,
         policy: &P,
         generation: u64,
         now: u64,
@@ -613,7 +636,10 @@ impl Conntrack {
                 (State::Unreplied, true, false)
             }
         };
-        let Some(slot) = self.free.pop().map(|s| s as usize).or_else(|| self.reclaim(now)) else {
+        // A replaced entry keeps its slot and its index entry (same key, same hash).
+        let indexed = reuse.is_some();
+        let Some(slot) = reuse.or_else(|| self.free.pop().map(|s| s as usize)).or_else(|| self.reclaim(now))
+        else {
             self.stats.full += 1;
             return Outcome::Drop(CtDrop::Full);
         };
@@ -634,8 +660,10 @@ impl Conntrack {
             return Outcome::Drop(CtDrop::Full);
         };
         *dst = e;
-        let slots = &self.slots;
-        self.index.insert_unique(hash, slot as u32, |&i| slots.get(i as usize).map_or(0, |e| e.hash));
+        if !indexed {
+            let slots = &self.slots;
+            self.index.insert_unique(hash, slot as u32, |&i| slots.get(i as usize).map_or(0, |e| e.hash));
+        }
         self.stats.created += 1;
         if pickup {
             self.stats.picked_up += 1;
@@ -968,13 +996,45 @@ mod tests {
     fn syn_from_responder_side_is_not_a_reply() {
         let p = ToServer::new();
         let mut ct = Conntrack::new(16, &Timeouts::default(), true);
-        ct.packet(&tcp(C, 40000, S, 80, F::SYN), &p, 1, 0);
+        let syn = tcp(C, 40000, S, 80, F::SYN);
+        ct.packet(&syn, &p, 1, 0);
         ct.packet(&tcp(S, 80, C, 40000, F::SYN | F::ACK), &p, 1, 0);
-        // The server tries to open a connection *to* the client's port
-        // using the tracked 4-tuple: decided by policy (denied), entry dropped.
+        ct.packet(&tcp(C, 40000, S, 80, F::ACK), &p, 1, 0);
+        // The server (or anyone spoofing it) tries to open a connection *to* the
+        // client's port using the tracked 4-tuple: decided by policy (denied) and
+        // dropped, and the client's established connection is left alone.
         let backwards = tcp(S, 80, C, 40000, F::SYN);
         assert_eq!(ct.packet(&backwards, &p, 1, 1), Outcome::Drop(CtDrop::Policy));
-        assert!(ct.get(&backwards.flow).is_none());
+        let i = ct.get(&backwards.flow).unwrap();
+        assert_eq!((i.original, i.state, i.replied), (syn.flow, State::Established, true));
+        assert_eq!(ct.packet(&tcp(S, 80, C, 40000, F::ACK), &p, 1, 2), Outcome::Pass(CtPass::Tracked));
+        assert_eq!(ct.packet(&tcp(C, 40000, S, 80, F::ACK), &p, 1, 2), Outcome::Pass(CtPass::Tracked));
+        assert_eq!((ct.len(), ct.stats().created), (1, 1));
+    }
+
+    #[test]
+    fn allowed_syn_on_a_tracked_tuple_replaces_the_connection() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(16, &Timeouts::default(), true);
+        let syn = tcp(C, 40000, S, 80, F::SYN);
+        ct.packet(&syn, &p, 1, 0);
+        ct.packet(&tcp(S, 80, C, 40000, F::SYN | F::ACK), &p, 1, 0);
+        ct.packet(&tcp(C, 40000, S, 80, F::ACK), &p, 1, 0);
+        ct.packet(&tcp(C, 40000, S, 80, F::FIN | F::ACK), &p, 1, 1);
+        ct.packet(&tcp(S, 80, C, 40000, F::FIN | F::ACK), &p, 1, 1);
+        assert_eq!(ct.get(&syn.flow).unwrap().state, State::Closed);
+        // The client reuses its port: a new connection in the same slot.
+        assert_eq!(ct.packet(&syn, &p, 1, 2), Outcome::Pass(CtPass::New));
+        let i = ct.get(&syn.flow).unwrap();
+        assert_eq!(
+            (i.original, i.state, i.replied, i.expires),
+            (syn.flow, State::SynSent, false, 2 + 30 * SEC)
+        );
+        assert_eq!((ct.len(), ct.stats().created), (1, 2));
+        // Removing the old entry left the index consistent: the handshake goes on.
+        let synack = tcp(S, 80, C, 40000, F::SYN | F::ACK);
+        assert_eq!(ct.packet(&synack, &p, 1, 3), Outcome::Pass(CtPass::Tracked));
+        assert_eq!(ct.get(&syn.flow).unwrap().state, State::SynReceived);
     }
 
     #[test]
