@@ -106,15 +106,19 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 /// Answers "may this connection be opened?" for one direction.
 pub trait Policy {
-    /// Does policy allow `flow` to open a connection?
+    /// Does policy allow `flow` to open a connection? Only a question:
+    /// conntrack asks it to decide, to probe which orientation a mid-stream
+    /// packet may belong to, and to re-check entries against a newer table,
+    /// so it must not count anything.
     fn allows(&self, flow: &Flow) -> bool;
 
-    /// Like [`Policy::allows`], for a connection about to be admitted (a
-    /// conntrack miss) rather than re-checked: implementations may count it.
+    /// Conntrack admitted a new connection whose initiator's flow is `flow`
+    /// ([`Policy::allows`] said yes and the connection got a slot: the
+    /// outcome is [`CtPass::New`] or [`CtPass::PickedUp`]). Called once per
+    /// connection, never for packets that track nothing; implementations may
+    /// count it. Default: nothing.
     #[inline]
-    fn admit(&self, flow: &Flow) -> bool {
-        self.allows(flow)
-    }
+    fn admitted(&self, _flow: &Flow) {}
 }
 
 impl Policy for policy_compiler::DecisionTable {
@@ -584,14 +588,14 @@ impl Conntrack {
         // (initial state, is the packet's source the initiator?, picked up?)
         let (state, src_initiates, pickup) = match pkt.l4 {
             L4::Tcp(f) if f.is_syn_only() => {
-                if !policy.admit(flow) {
+                if !policy.allows(flow) {
                     return Outcome::Drop(CtDrop::Policy);
                 }
                 (State::SynSent, true, false)
             }
             L4::Tcp(f) => {
-                let forward = policy.admit(flow);
-                let backward = !forward && policy.admit(&flow.reversed());
+                let forward = policy.allows(flow);
+                let backward = !forward && policy.allows(&flow.reversed());
                 if !forward && !backward {
                     return Outcome::Drop(CtDrop::Policy);
                 }
@@ -608,29 +612,29 @@ impl Conntrack {
                 (State::Established, forward, true)
             }
             L4::EchoReply => {
-                if policy.admit(&flow.reversed()) {
+                if policy.allows(&flow.reversed()) {
                     (State::Echo, false, true)
-                } else if policy.admit(flow) {
+                } else if policy.allows(flow) {
                     return Outcome::Pass(CtPass::Untracked);
                 } else {
                     return Outcome::Drop(CtDrop::Policy);
                 }
             }
             L4::EchoRequest => {
-                if !policy.admit(flow) {
+                if !policy.allows(flow) {
                     return Outcome::Drop(CtDrop::Policy);
                 }
                 (State::Echo, true, false)
             }
             L4::IcmpOther | L4::IcmpError(_) => {
-                return if policy.admit(flow) {
+                return if policy.allows(flow) {
                     Outcome::Pass(CtPass::Untracked)
                 } else {
                     Outcome::Drop(CtDrop::Policy)
                 };
             }
             L4::Udp | L4::Sctp | L4::Other => {
-                if !policy.admit(flow) {
+                if !policy.allows(flow) {
                     return Outcome::Drop(CtDrop::Policy);
                 }
                 (State::Unreplied, true, false)
@@ -665,6 +669,8 @@ impl Conntrack {
             self.index.insert_unique(hash, slot as u32, |&i| slots.get(i as usize).map_or(0, |e| e.hash));
         }
         self.stats.created += 1;
+        // Counted only now: the connection is in the table.
+        policy.admitted(&if src_initiates { *flow } else { flow.reversed() });
         if pickup {
             self.stats.picked_up += 1;
             Outcome::Pass(CtPass::PickedUp)
@@ -863,11 +869,13 @@ mod tests {
     struct ToServer {
         deny_all: Cell<bool>,
         calls: Cell<u32>,
+        /// The flows [`Policy::admitted`] was told about.
+        admitted: std::cell::RefCell<Vec<Flow>>,
     }
 
     impl ToServer {
         fn new() -> Self {
-            ToServer { deny_all: Cell::new(false), calls: Cell::new(0) }
+            ToServer { deny_all: Cell::new(false), calls: Cell::new(0), admitted: Default::default() }
         }
     }
 
@@ -882,6 +890,10 @@ mod tests {
                     proto::ICMP => true,
                     _ => false,
                 }
+        }
+
+        fn admitted(&self, flow: &Flow) {
+            self.admitted.borrow_mut().push(*flow);
         }
     }
 
@@ -990,6 +1002,48 @@ mod tests {
         let rst = tcp(C, 40001, S, 80, F::RST);
         assert_eq!(ct.packet(&rst, &p, 1, 0), Outcome::Pass(CtPass::Untracked));
         assert_eq!(ct.len(), 1);
+    }
+
+    /// `Policy::admitted` (what the per-policy counters count) is called once
+    /// per connection that gets a slot, with its initiator's flow: never for
+    /// probes, packets that track nothing, or connections refused as full.
+    #[test]
+    fn only_connections_given_a_slot_are_admitted() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(2, &Timeouts::default(), true);
+        let icmp_other = IpPacket {
+            flow: Flow { src: ip(C), dst: ip(S), proto: proto::ICMP, src_port: 0, dst_port: 0 },
+            l4: L4::IcmpOther,
+            fragment: Fragment::None,
+        };
+        let nothing_tracked = [
+            (tcp(S, 80, C, 40000, F::ACK), Outcome::Drop(CtDrop::NoConnection)),
+            (tcp(C, 40001, S, 80, F::RST), Outcome::Pass(CtPass::Untracked)),
+            (icmp_other, Outcome::Pass(CtPass::Untracked)),
+            // An echo reply whose request (S -> C) policy denies, allowed itself.
+            (echo(C, S, 9, false), Outcome::Pass(CtPass::Untracked)),
+            (tcp(C, 40002, S, 22, F::SYN), Outcome::Drop(CtDrop::Policy)),
+        ];
+        for (pkt, outcome) in &nothing_tracked {
+            for _ in 0..3 {
+                assert_eq!(ct.packet(pkt, &p, 1, 0), *outcome, "{pkt:?}");
+            }
+        }
+        assert!(ct.is_empty());
+        assert_eq!(*p.admitted.borrow(), []);
+
+        // A connection with several packets: once, at its first.
+        let syn = tcp(C, 40003, S, 80, F::SYN);
+        for pkt in [&syn, &syn, &tcp(S, 80, C, 40003, F::SYN | F::ACK), &tcp(C, 40003, S, 80, F::ACK)] {
+            assert!(matches!(ct.packet(pkt, &p, 1, 1), Outcome::Pass(_)));
+        }
+        // A pickup of an echo reply: its request's flow is the connection's.
+        let reply = echo(S, C, 7, false);
+        assert_eq!(ct.packet(&reply, &p, 1, 1), Outcome::Pass(CtPass::PickedUp));
+        assert_eq!(*p.admitted.borrow(), [syn.flow, reply.flow.reversed()]);
+        // Full of live entries (the echo entry has heard its responder): refused, not admitted.
+        assert_eq!(ct.packet(&tcp(C, 40004, S, 80, F::SYN), &p, 1, 2), Outcome::Drop(CtDrop::Full));
+        assert_eq!(p.admitted.borrow().len(), 2);
     }
 
     #[test]

@@ -3,14 +3,18 @@
 //! which flows were denied.
 //!
 //! ```text
-//!  conntrack miss ── Admission::admit ── table.verdict ──┬─ allowed: PolicyHits[row][policy, direction] += 1
+//!  conntrack miss ── Admission::allows ── table.verdict ─┬─ allowed: remembered; once the connection has a
+//!                                                        │  slot, Admission::admitted → PolicyHits[row][policy, direction] += 1
 //!                                                        └─ denied: remembered; if the packet drops as
 //!                                                           Drop(Policy), DenyLog::offer → bounded channel
 //!  control plane: sums PolicyHits rows (per table generation); drains the channel and logs
 //! ```
 //!
-//! Both are counted per *connection* (a conntrack miss decided by the
-//! table), never per packet of a tracked connection. Neither allocates or
+//! Hits are counted per *connection*: once, when conntrack admits a new
+//! connection into its table (outcome New or PickedUp), never per packet, for
+//! a probe (a mid-stream packet checked in both orientations), for a packet
+//! that tracks nothing (RST without connection, other ICMP), or for a
+//! connection refused because the table is full. Neither allocates or
 //! locks on the packet path: hit counters are atomics preallocated with each
 //! published table, one row per worker; denied flows go through a
 //! preallocated bounded `crossbeam_channel` (`try_send`, dropped and counted
@@ -164,21 +168,31 @@ impl DenyLog {
     }
 }
 
-/// The table as conntrack sees it on a worker: counts the policies that
-/// allow new connections into `hits`, and remembers the last denying
-/// verdict for the denied-flow log.
+/// The table as conntrack sees it on a worker, for one packet: counts the
+/// policies that allowed each connection conntrack admits into `hits`, and
+/// remembers the last denying verdict for the denied-flow log.
 pub struct Admission<'a> {
-    /// The table.
-    pub table: &'a DecisionTable,
-    /// Its hit counters.
-    pub hits: &'a PolicyHits,
-    /// This worker's row.
-    pub row: usize,
-    /// The last verdict that denied a connection (for the log).
-    pub denied: Cell<Option<Verdict>>,
+    table: &'a DecisionTable,
+    hits: &'a PolicyHits,
+    row: usize,
+    /// The last verdict that denied a flow (for the log).
+    denied: Cell<Option<Verdict>>,
+    /// The last allowing verdict and its flow: conntrack admits the flow it
+    /// just asked about, so counting it needs no second lookup.
+    allowed: Cell<Option<(Flow, Verdict)>>,
 }
 
-impl Admission<'_> {
+impl<'a> Admission<'a> {
+    /// `table`, counting into row `row` of `hits`.
+    pub fn new(table: &'a DecisionTable, hits: &'a PolicyHits, row: usize) -> Self {
+        Admission { table, hits, row, denied: Cell::new(None), allowed: Cell::new(None) }
+    }
+
+    /// The last verdict that denied a flow, if any.
+    pub fn denied(&self) -> Option<Verdict> {
+        self.denied.get()
+    }
+
     #[inline]
     fn verdict(&self, flow: &Flow) -> Verdict {
         self.table.verdict(flow.src.ip(), flow.dst.ip(), flow.proto, flow.policy_port())
@@ -188,23 +202,27 @@ impl Admission<'_> {
 impl Policy for Admission<'_> {
     #[inline]
     fn allows(&self, flow: &Flow) -> bool {
-        self.verdict(flow).allowed()
+        let v = self.verdict(flow);
+        if v.allowed() {
+            self.allowed.set(Some((*flow, v)));
+        } else {
+            self.denied.set(Some(v));
+        }
+        v.allowed()
     }
 
     #[inline]
-    fn admit(&self, flow: &Flow) -> bool {
-        let v = self.verdict(flow);
-        if !v.allowed() {
-            self.denied.set(Some(v));
-            return false;
-        }
+    fn admitted(&self, flow: &Flow) {
+        let v = match self.allowed.get() {
+            Some((f, v)) if f == *flow => v,
+            _ => self.verdict(flow),
+        };
         if let Side::Allowed(r) = v.egress {
             self.hits.add(self.row, r.policy, HitDirection::Egress);
         }
         if let Side::Allowed(r) = v.ingress {
             self.hits.add(self.row, r.policy, HitDirection::Ingress);
         }
-        true
     }
 }
 

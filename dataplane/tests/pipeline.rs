@@ -427,3 +427,40 @@ fn allowed_connections_are_counted_per_policy_and_denied_ones_logged_at_a_bounde
     assert_eq!(p.process(2, &syn, 3 * SEC), Action::Drop(DropReason::Policy));
     assert_eq!(rx.try_iter().count(), 1);
 }
+
+/// Per-policy allow hits count connections admitted into the table: not the
+/// probes of packets that track nothing (a reply-only segment, dropped; RSTs
+/// without a connection, passed untracked), nor a connection refused because
+/// the table is full.
+#[test]
+fn policy_hits_count_admitted_connections_only() {
+    use dataplane::observe::HitDirection;
+    let cfg = PipelineConfig { ports: 3, conntrack_capacity: 1, ..Default::default() };
+    let mut r = rig_with(cfg, published(1, testing::client_server_table()));
+    r.learn_all();
+    let (c, s) = (r.client, r.server);
+    let tables = r.tables.clone();
+    let server_ingress =
+        (0..2).find(|&i| tables.load().table.policy(i).1 == "server-ingress").unwrap() as usize;
+    let hits = || tables.load().hits.total(server_ingress, HitDirection::Ingress);
+
+    let reply_only = testing::tcp(&s, 80, &c, 40000, F::ACK, false, &[]);
+    assert_eq!(r.p.process(1, &reply_only, 0), Action::Drop(DropReason::TcpNoConnection));
+    for _ in 0..3 {
+        let rst = testing::tcp(&c, 40001, &s, 80, F::RST, false, &[]);
+        assert_eq!(r.p.process(0, &rst, 0), Action::Forward(1));
+    }
+    assert_eq!(hits(), 0, "no connection was admitted");
+
+    // One connection, several packets: one hit.
+    assert_eq!(r.p.process(0, &testing::tcp(&c, 40002, &s, 80, F::SYN, false, &[]), 1), Action::Forward(1));
+    let synack = testing::tcp(&s, 80, &c, 40002, F::SYN | F::ACK, false, &[]);
+    assert_eq!(r.p.process(1, &synack, 1), Action::Forward(0));
+    assert_eq!(r.p.process(0, &testing::tcp(&c, 40002, &s, 80, F::ACK, false, &[]), 1), Action::Forward(1));
+    assert_eq!(hits(), 1);
+
+    // The one slot holds that established connection: the next one is refused, not counted.
+    let syn = testing::tcp(&c, 40003, &s, 80, F::SYN, false, &[]);
+    assert_eq!(r.p.process(0, &syn, 2), Action::Drop(DropReason::ConntrackFull));
+    assert_eq!(hits(), 1);
+}
