@@ -349,7 +349,7 @@ impl DataplaneView for Enforcer {
         family(
             "portcullis_denied_flow_log_suppressed",
             "counter",
-            "Denied connections left out of the denied-flow log by its rate limit",
+            "Packets denied by policy and left out of the denied-flow log (rate limit or full queue)",
             &[(String::new(), c.denied_log_suppressed)],
         );
         family(

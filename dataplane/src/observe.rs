@@ -14,7 +14,10 @@
 //! connection into its table (outcome New or PickedUp), never per packet, for
 //! a probe (a mid-stream packet checked in both orientations), for a packet
 //! that tracks nothing (RST without connection, other ICMP), or for a
-//! connection refused because the table is full. Neither allocates or
+//! connection refused because the table is full. The denied-flow log counts
+//! *packets*: a denied flow is never tracked, so each of its packets (a
+//! retransmitted SYN, every datagram of a flood) is offered again, and the
+//! token bucket bounds what reaches the log. Neither allocates or
 //! locks on the packet path: hit counters are atomics preallocated with each
 //! published table, one row per worker; denied flows go through a
 //! preallocated bounded `crossbeam_channel` (`try_send`, dropped and counted
@@ -84,7 +87,8 @@ impl PolicyHits {
     }
 }
 
-/// A connection the policy denied, as the worker saw it.
+/// A packet policy denied (dropped as `Policy`), as the worker saw it, with
+/// the verdict of its own flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeniedFlow {
     /// Source address.
@@ -170,12 +174,18 @@ impl DenyLog {
 
 /// The table as conntrack sees it on a worker, for one packet: counts the
 /// policies that allowed each connection conntrack admits into `hits`, and
-/// remembers the last denying verdict for the denied-flow log.
+/// remembers the verdict that denied the packet's own flow for the
+/// denied-flow log.
 pub struct Admission<'a> {
     table: &'a DecisionTable,
     hits: &'a PolicyHits,
     row: usize,
-    /// The last verdict that denied a flow (for the log).
+    /// The packet's flow, as it travels.
+    packet: Flow,
+    /// The verdict that denied `packet`'s flow, if asked (for the log). Not
+    /// that of another flow conntrack asked about (the reverse orientation
+    /// of a mid-stream segment or echo reply): the log names the packet's
+    /// source and destination, so it must name the policies of that direction.
     denied: Cell<Option<Verdict>>,
     /// The last allowing verdict and its flow: conntrack admits the flow it
     /// just asked about, so counting it needs no second lookup.
@@ -183,12 +193,13 @@ pub struct Admission<'a> {
 }
 
 impl<'a> Admission<'a> {
-    /// `table`, counting into row `row` of `hits`.
-    pub fn new(table: &'a DecisionTable, hits: &'a PolicyHits, row: usize) -> Self {
-        Admission { table, hits, row, denied: Cell::new(None), allowed: Cell::new(None) }
+    /// `table`, counting into row `row` of `hits`, for a packet whose flow is `packet`.
+    pub fn new(table: &'a DecisionTable, hits: &'a PolicyHits, row: usize, packet: &Flow) -> Self {
+        Admission { table, hits, row, packet: *packet, denied: Cell::new(None), allowed: Cell::new(None) }
     }
 
-    /// The last verdict that denied a flow, if any.
+    /// The verdict that denied the packet's own flow, if policy was asked
+    /// about it and denied it.
     pub fn denied(&self) -> Option<Verdict> {
         self.denied.get()
     }
@@ -205,7 +216,7 @@ impl Policy for Admission<'_> {
         let v = self.verdict(flow);
         if v.allowed() {
             self.allowed.set(Some((*flow, v)));
-        } else {
+        } else if *flow == self.packet {
             self.denied.set(Some(v));
         }
         v.allowed()

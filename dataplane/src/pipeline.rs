@@ -400,7 +400,7 @@ impl Pipeline {
         self
     }
 
-    /// Sends denied connections, rate-limited, to `log` (see [`crate::observe`]).
+    /// Sends packets denied by policy, rate-limited, to `log` (see [`crate::observe`]).
     pub fn with_deny_log(mut self, log: DenyLog) -> Self {
         self.deny_log = log;
         self
@@ -492,7 +492,7 @@ impl Pipeline {
                 .unwrap_or(Some(DropReason::FragmentNoFirst));
         }
         let t = &*self.current;
-        let admission = Admission::new(&t.table, &t.hits, self.worker);
+        let admission = Admission::new(&t.table, &t.hits, self.worker, &pkt.flow);
         let verdict = match self.conntrack.packet(pkt, &admission, t.generation, now) {
             Outcome::Pass(_) => None,
             Outcome::Drop(CtDrop::Policy) => {

@@ -63,7 +63,7 @@ pub struct DataplaneConfig {
     /// How long an idle worker sleeps in `poll` before looking at its stop
     /// flag again, in milliseconds. Default 50.
     pub idle_poll_ms: i32,
-    /// Denied connections each worker reports per second at most (see
+    /// Packets denied by policy each worker reports per second at most (see
     /// [`Dataplane::denied_flows`]). Default 0: none.
     pub denied_log_per_second: u32,
 }
@@ -685,7 +685,7 @@ impl Dataplane {
         self.waker.clone()
     }
 
-    /// Denied connections the workers reported (at most
+    /// Packets denied by policy the workers reported (at most
     /// `denied_log_per_second` per worker). Drain it with `try_recv`, not a
     /// blocking receive: a blocked receiver makes the workers' sends wake it.
     pub fn denied_flows(&self) -> Receiver<DeniedFlow> {

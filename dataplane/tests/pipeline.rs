@@ -464,3 +464,36 @@ fn policy_hits_count_admitted_connections_only() {
     assert_eq!(r.p.process(0, &syn, 2), Action::Drop(DropReason::ConntrackFull));
     assert_eq!(hits(), 1);
 }
+
+/// A denied packet is logged with its own flow's verdict, also when conntrack
+/// also asked about the reverse orientation (a mid-stream TCP segment denied
+/// both ways: the log must not blame the policies of the other direction).
+#[test]
+fn denied_flow_log_blames_the_packets_own_direction() {
+    use dataplane::observe::{denied_channel, DenyLog};
+    use std::net::IpAddr;
+
+    let cfg = PipelineConfig { ports: 3, ..Default::default() };
+    let tables = Arc::new(ArcSwap::from_pointee(published(1, testing::client_server_table())));
+    let counters = Arc::new(WorkerCounters::new(3));
+    let (tx, rx) = denied_channel();
+    let mut p = Pipeline::new(&cfg, tables.clone(), counters).with_deny_log(DenyLog::new(tx, 100));
+    p.begin_batch(0);
+    let (c, s) = (Host::new(1), Host::new(2));
+    for (port, a, b) in [(0, &c, &s), (1, &s, &c)] {
+        assert_eq!(p.process(port, &testing::arp_request(a, b), 0), Action::Flood);
+    }
+    let verdict = |src: IpAddr, dst: IpAddr, port: u16| tables.load().table.verdict(src, dst, 6, port);
+    // server:81 -> client:40000 is denied by the client's ingress policy; the
+    // reverse (client -> server:81) by the server's: two different verdicts.
+    let forward = verdict(s.v4(), c.v4(), 40000);
+    let reverse = verdict(c.v4(), s.v4(), 81);
+    assert!(!forward.allowed() && !reverse.allowed() && forward != reverse);
+    let ack = testing::tcp(&s, 81, &c, 40000, F::ACK, false, b"x");
+    assert_eq!(p.process(1, &ack, SEC), Action::Drop(DropReason::Policy));
+    let logged: Vec<_> = rx.try_iter().collect();
+    assert_eq!(logged.len(), 1);
+    let d = logged[0];
+    assert_eq!((d.src, d.dst, d.port), (s.v4(), c.v4(), 40000));
+    assert_eq!(d.verdict, forward);
+}
