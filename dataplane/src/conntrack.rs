@@ -24,8 +24,12 @@
 //!
 //! **Keys are canonical**: the two endpoints are ordered, so one entry serves
 //! both directions with one probe; the entry remembers which endpoint opened
-//! the connection. ICMP echo ports are `(id, 0)` for requests and `(0, id)`
-//! for replies ([`crate::parse`]), so a reply maps to its request's entry.
+//! the connection. ICMP echo is keyed by role instead: the requester (a
+//! request's source, a reply's destination) comes first, so a reply maps to
+//! its request's entry and a request in the other direction is another
+//! connection, decided by policy, also for identifier 0, whose request
+//! `(id, 0)` and reply `(0, id)` ports ([`crate::parse`]) are both `(0, 0)`.
+//! Other ICMP messages are never tracked nor matched against echo entries.
 //!
 //! **Memory is fixed at construction.** Entries live in a slab of `capacity`
 //! slots; the index is a `hashbrown::HashTable<u32>` reserved for twice the
@@ -97,7 +101,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use hashbrown::{DefaultHashBuilder, HashTable};
 use serde::{Deserialize, Serialize};
 
-use crate::parse::{Addr, Flow, IpPacket, TcpFlags, L4};
+use crate::parse::{proto, Addr, Flow, IpPacket, TcpFlags, L4};
 
 /// Slots examined per reclaim attempt when the table is full.
 pub const RECLAIM_SCAN: usize = 64;
@@ -307,11 +311,59 @@ impl Hash for Key {
     }
 }
 
-/// The canonical key of a flow and whether the flow's source is endpoint `a`.
+/// How the endpoints of a flow are ordered in its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Order {
+    /// By (address, port): both directions of a connection give one key.
+    Canonical,
+    /// ICMP echo request: the requester (the source) is endpoint `a`.
+    EchoRequest,
+    /// ICMP echo reply: the requester (the destination) is endpoint `a`.
+    EchoReply,
+}
+
+impl Order {
+    /// The order of a packet's flow: echo by its message type. Keying echo by
+    /// role keeps a request and the reply to it on one entry and a request in
+    /// the other direction on another, also for identifier 0, where the ports
+    /// of a request `(id, 0)` and of a reply `(0, id)` are both `(0, 0)` and
+    /// only the type tells them apart (Linux keeps the ICMP type in its
+    /// tuple for the same reason).
+    #[inline]
+    fn of_packet(pkt: &IpPacket) -> Order {
+        match pkt.l4 {
+            L4::EchoRequest => Order::EchoRequest,
+            L4::EchoReply => Order::EchoReply,
+            _ => Order::Canonical,
+        }
+    }
+
+    /// The order of a flow without its packet (a packet quoted by an ICMP
+    /// error, a lookup by flow): an ICMP flow is an echo, a reply when its
+    /// ports are `(0, id)` with `id != 0`, else a request. With identifier 0
+    /// it may be either: the second value is the other reading.
+    #[inline]
+    fn of_flow(f: &Flow) -> (Order, Option<Order>) {
+        match f.proto {
+            proto::ICMP | proto::ICMPV6 => match (f.src_port, f.dst_port) {
+                (0, 0) => (Order::EchoRequest, Some(Order::EchoReply)),
+                (0, _) => (Order::EchoReply, None),
+                _ => (Order::EchoRequest, None),
+            },
+            _ => (Order::Canonical, None),
+        }
+    }
+}
+
+/// The key of a flow (see [`Order`]) and whether the flow's source is endpoint `a`.
 #[inline]
-fn key_of(f: &Flow) -> (Key, bool) {
+fn key_of(f: &Flow, order: Order) -> (Key, bool) {
     let (s, d) = (f.src.0, f.dst.0);
-    let src_is_a = (s, f.src_port) <= (d, f.dst_port);
+    let src_is_a = match order {
+        Order::Canonical => (s, f.src_port) <= (d, f.dst_port),
+        Order::EchoRequest => true,
+        Order::EchoReply => false,
+    };
     let (a, pa, b, pb) =
         if src_is_a { (s, f.src_port, d, f.dst_port) } else { (d, f.dst_port, s, f.src_port) };
     let meta = u64::from(f.proto) | (u64::from(pa) << 16) | (u64::from(pb) << 32);
@@ -463,8 +515,10 @@ impl Conntrack {
     }
 
     /// The connection `flow` belongs to (in either direction), if tracked.
+    /// An ICMP flow is an echo request, or a reply if its ports are `(0, id)`
+    /// with `id != 0` (an identifier-0 flow is read as a request).
     pub fn get(&self, flow: &Flow) -> Option<ConnInfo> {
-        let (key, _) = key_of(flow);
+        let (key, _) = key_of(flow, Order::of_flow(flow).0);
         let slot = self.find(&key, self.hasher.hash_one(key))?;
         let e = &self.slots[slot];
         Some(ConnInfo {
@@ -502,11 +556,21 @@ impl Conntrack {
     /// Decides one IP packet (not a later fragment: those have no ports and
     /// are handled by [`crate::frag`]). `generation` identifies `policy`.
     pub fn packet<P: Policy>(&mut self, pkt: &IpPacket, policy: &P, generation: u64, now: u64) -> Outcome {
-        if let L4::IcmpError(inner) = pkt.l4 {
-            return self.icmp_error(pkt, inner, policy, generation, now);
+        match pkt.l4 {
+            L4::IcmpError(inner) => return self.icmp_error(pkt, inner, policy, generation, now),
+            // Never tracked, and never part of an echo connection (its ports,
+            // (0, 0), are those of an echo with identifier 0).
+            L4::IcmpOther => {
+                return if policy.allows(&pkt.flow) {
+                    Outcome::Pass(CtPass::Untracked)
+                } else {
+                    Outcome::Drop(CtDrop::Policy)
+                };
+            }
+            _ => {}
         }
         let flow = &pkt.flow;
-        let (key, src_is_a) = key_of(flow);
+        let (key, src_is_a) = key_of(flow, Order::of_packet(pkt));
         let hash = self.hasher.hash_one(key);
         let mut reuse = None;
         if let Some(slot) = self.find(&key, hash) {
@@ -692,22 +756,12 @@ impl Conntrack {
     ) -> Outcome {
         if let Some(inner) = inner {
             if inner.src == pkt.flow.dst {
-                let (key, _) = key_of(&inner);
-                let hash = self.hasher.hash_one(key);
-                if let Some(slot) = self.find(&key, hash) {
-                    if let Some(e) = self.slots.get_mut(slot) {
-                        if e.expires > now {
-                            if e.generation != generation {
-                                if !policy.allows(&e.original()) {
-                                    self.stats.revoked += 1;
-                                    self.remove(slot);
-                                    return Outcome::Drop(CtDrop::Revoked);
-                                }
-                                e.generation = generation;
-                            }
-                            self.stats.related += 1;
-                            return Outcome::Pass(CtPass::Related);
-                        }
+                // A quoted identifier-0 echo may be a request or a reply: either
+                // reading that finds a live connection relates the error to it.
+                let (order, other) = Order::of_flow(&inner);
+                for order in std::iter::once(order).chain(other) {
+                    if let Some(o) = self.related(&inner, order, policy, generation, now) {
+                        return o;
                     }
                 }
             }
@@ -717,6 +771,34 @@ impl Conntrack {
         } else {
             Outcome::Drop(CtDrop::Policy)
         }
+    }
+
+    /// The outcome of an ICMP error quoting `inner` (read in `order`) if
+    /// `inner` belongs to a live connection: related, or revoked.
+    fn related<P: Policy>(
+        &mut self,
+        inner: &Flow,
+        order: Order,
+        policy: &P,
+        generation: u64,
+        now: u64,
+    ) -> Option<Outcome> {
+        let (key, _) = key_of(inner, order);
+        let slot = self.find(&key, self.hasher.hash_one(key))?;
+        let e = self.slots.get_mut(slot)?;
+        if e.expires <= now {
+            return None;
+        }
+        if e.generation != generation {
+            if !policy.allows(&e.original()) {
+                self.stats.revoked += 1;
+                self.remove(slot);
+                return Some(Outcome::Drop(CtDrop::Revoked));
+            }
+            e.generation = generation;
+        }
+        self.stats.related += 1;
+        Some(Outcome::Pass(CtPass::Related))
     }
 
     /// Frees a slot for a new connection when none is free: the first expired
@@ -1207,6 +1289,43 @@ mod tests {
         // An error about an untracked flow is not related.
         assert_eq!(ct.packet(&err(udp(C, 1, S, 2).flow, C), &p, 1, 0), Outcome::Drop(CtDrop::Policy));
         assert_eq!(ct.stats().related, 1);
+    }
+
+    /// With identifier 0 a request is ports (0, 0) and so is a reply: the
+    /// other side's request must not pass as the reply of a tracked one.
+    #[test]
+    fn echo_id_zero_request_in_the_other_direction_is_not_a_reply() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(16, &Timeouts::default(), true);
+        assert_eq!(ct.packet(&echo(C, S, 0, true), &p, 1, 0), Outcome::Pass(CtPass::New));
+        // The server's own request to the client: a new flow, denied.
+        assert_eq!(ct.packet(&echo(S, C, 0, true), &p, 1, 1), Outcome::Drop(CtDrop::Policy));
+        // The reply passes, and the client's next request is the same connection.
+        assert_eq!(ct.packet(&echo(S, C, 0, false), &p, 1, 2), Outcome::Pass(CtPass::Tracked));
+        assert_eq!(ct.packet(&echo(C, S, 0, true), &p, 1, 3), Outcome::Pass(CtPass::Tracked));
+        assert_eq!((ct.len(), ct.stats().created), (1, 1));
+        let i = ct.get(&echo(C, S, 0, true).flow).unwrap();
+        assert_eq!((i.original, i.replied), (echo(C, S, 0, true).flow, true));
+        // Other ICMP messages are never part of an echo connection (they too are (0, 0)).
+        let other = IpPacket {
+            flow: Flow { src: ip(S), dst: ip(C), proto: proto::ICMP, src_port: 0, dst_port: 0 },
+            l4: L4::IcmpOther,
+            fragment: Fragment::None,
+        };
+        assert_eq!(ct.packet(&other, &p, 1, 4), Outcome::Drop(CtDrop::Policy));
+        // An error quoting the request (sent to the client) or the reply (sent to the
+        // server) is related, though a quoted id-0 echo does not say which it was.
+        let err = |inner: &IpPacket, to: &str| IpPacket {
+            flow: Flow { src: ip("10.0.0.9"), dst: ip(to), proto: proto::ICMP, src_port: 0, dst_port: 0 },
+            l4: L4::IcmpError(Some(inner.flow)),
+            fragment: Fragment::None,
+        };
+        assert_eq!(ct.packet(&err(&echo(C, S, 0, true), C), &p, 1, 5), Outcome::Pass(CtPass::Related));
+        assert_eq!(ct.packet(&err(&echo(S, C, 0, false), S), &p, 1, 5), Outcome::Pass(CtPass::Related));
+        // With a non-zero identifier the quoted message's ports say which it was.
+        ct.packet(&echo(C, S, 7, true), &p, 1, 6);
+        assert_eq!(ct.packet(&err(&echo(S, C, 7, false), S), &p, 1, 6), Outcome::Pass(CtPass::Related));
+        assert_eq!(ct.stats().related, 3);
     }
 
     #[test]

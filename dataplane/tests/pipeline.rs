@@ -497,3 +497,20 @@ fn denied_flow_log_blames_the_packets_own_direction() {
     assert_eq!((d.src, d.dst, d.port), (s.v4(), c.v4(), 40000));
     assert_eq!(d.verdict, forward);
 }
+
+/// ICMP echo with identifier 0, on real frames (v4 and v6): the client may ping
+/// `other`, `other` may not ping the client (its ingress is isolated). Both
+/// requests have ports (0, 0), like the reply: the reverse request must be
+/// judged as a request of its own, not passed as the reply.
+#[test]
+fn echo_id_zero_reverse_request_is_denied() {
+    let mut r = rig();
+    r.learn_all();
+    let (c, o) = (r.client, r.other);
+    for v6 in [false, true] {
+        assert_eq!(r.p.process(0, &testing::echo(&c, &o, 0, true, v6), 1), Action::Forward(2));
+        let reverse = testing::echo(&o, &c, 0, true, v6);
+        assert_eq!(r.p.process(2, &reverse, 2), Action::Drop(DropReason::Policy), "v6 {v6}");
+        assert_eq!(r.p.process(2, &testing::echo(&o, &c, 0, false, v6), 3), Action::Forward(0));
+    }
+}
