@@ -136,7 +136,9 @@ pub struct Config {
     /// Interfaces. Default none (the daemon then only compiles and serves status: useful to
     /// check a policy set without touching traffic).
     pub ports: Vec<PortConfig>,
-    /// Cores to pin workers to. Default `[0]`.
+    /// Cores to pin workers to. Default `[0]`. A worker whose core cannot be used (the
+    /// machine has no such CPU, or it is outside the daemon's cpuset) runs unpinned: a
+    /// warning is logged at start and `/status` shows `pinned: false` for it.
     pub workers: Vec<usize>,
     /// AF_XDP settings.
     pub xdp: XdpConfig,
