@@ -18,9 +18,13 @@
 //! pairs (one queue) that is automatic; on multi-queue NICs it needs
 //! *symmetric* RSS (a hash key that gives `hash(a,b) == hash(b,a)`, e.g. the
 //! repeated `0x6d5a` key, or `ethtool -X .. hfunc toeplitz` with a symmetric
-//! key / `xor` hfunc). Without it, replies land on another worker, miss, and
-//! are evaluated as new flows (TCP pickup below keeps them working, at the
-//! cost of policy lookups).
+//! key / `xor` hfunc). Without it, replies land on another worker whose table
+//! has never seen the connection, and are judged as new flows in their own
+//! direction: dropped, unless policy allows that direction by itself (a TCP
+//! reply segment drops as [`CtDrop::NoConnection`], see pickup below). Only
+//! [`Conntrack::with_reverse_pickup`] (`tcp_reverse_pickup`, off by default)
+//! would pass TCP replies there, and nothing passes UDP ones: symmetric RSS
+//! is a requirement, not an optimisation.
 //!
 //! **Keys are canonical**: the two endpoints are ordered, so one entry serves
 //! both directions with one probe; the entry remembers which endpoint opened

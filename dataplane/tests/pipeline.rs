@@ -514,3 +514,38 @@ fn echo_id_zero_reverse_request_is_denied() {
         assert_eq!(r.p.process(2, &testing::echo(&o, &c, 0, false, v6), 3), Action::Forward(0));
     }
 }
+
+/// Without symmetric RSS a reply reaches a worker that never saw its
+/// connection (the conntrack module doc): with the default configuration it
+/// is dropped there (TCP: no connection; UDP: denied as a new flow); only
+/// `tcp_reverse_pickup` passes TCP replies.
+#[test]
+fn a_reply_on_a_worker_that_never_saw_the_connection() {
+    let tables = Arc::new(ArcSwap::from_pointee(published(1, testing::client_server_table())));
+    let worker = |cfg: &PipelineConfig| {
+        let mut p = Pipeline::new(cfg, tables.clone(), Arc::new(WorkerCounters::new(3)));
+        p.begin_batch(0);
+        let (c, s) = (Host::new(1), Host::new(2));
+        for (port, a, b) in [(0, &c, &s), (1, &s, &c)] {
+            assert_eq!(p.process(port, &testing::arp_request(a, b), 0), Action::Flood);
+        }
+        p
+    };
+    let default = PipelineConfig { ports: 3, ..Default::default() };
+    assert!(!default.tcp_reverse_pickup);
+    let (c, s) = (Host::new(1), Host::new(2));
+    let (mut first, mut other) = (worker(&default), worker(&default));
+    assert_eq!(first.process(0, &testing::tcp(&c, 40000, &s, 80, F::SYN, false, &[]), 1), Action::Forward(1));
+    let synack = testing::tcp(&s, 80, &c, 40000, F::SYN | F::ACK, false, &[]);
+    assert_eq!(other.process(1, &synack, 1), Action::Drop(DropReason::TcpNoConnection));
+    assert_eq!(first.process(0, &testing::udp(&c, 5353, &s, 53, false, b"q"), 1), Action::Forward(1));
+    let answer = testing::udp(&s, 53, &c, 5353, false, b"a");
+    assert_eq!(other.process(1, &answer, 1), Action::Drop(DropReason::Policy));
+    // The same replies on the worker that saw the connections pass.
+    assert_eq!(first.process(1, &synack, 1), Action::Forward(0));
+    assert_eq!(first.process(1, &answer, 1), Action::Forward(0));
+
+    let mut reverse = worker(&PipelineConfig { tcp_reverse_pickup: true, ..default });
+    assert_eq!(reverse.process(1, &synack, 1), Action::Forward(0));
+    assert_eq!(reverse.process(1, &answer, 1), Action::Drop(DropReason::Policy));
+}
