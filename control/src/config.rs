@@ -26,6 +26,8 @@
 
 use std::net::SocketAddr;
 
+use dataplane::observe::MAX_DENY_LOG_PER_SECOND;
+use dataplane::pipeline::MAX_CAPACITY;
 use serde::{Deserialize, Serialize};
 
 /// The configuration file `portcullis run` reads when `--config` is not given, if it
@@ -91,8 +93,8 @@ pub struct XdpConfig {
     /// Ask for zero-copy. Default `false`: veth refuses it (EOPNOTSUPP); real NICs with
     /// driver support should set it, saving a copy per packet.
     pub zero_copy: bool,
-    /// UMEM frames per worker (2048 bytes each, so frames up to an MTU of 1500). Default
-    /// 8192 (16 MiB), which needs CAP_IPC_LOCK or a memlock limit that large. More frames
+    /// UMEM frames per worker (2048 bytes each, so frames up to an MTU of 1500), at least
+    /// 64. Default 8192 (16 MiB), which needs CAP_IPC_LOCK or a memlock limit that large. More frames
     /// absorb longer bursts: 32768 lost nothing below capacity where 8192 lost ~0.1% at
     /// start-up (docs/performance.md).
     pub frame_count: u32,
@@ -108,8 +110,14 @@ impl Default for XdpConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConntrackConfig {
-    /// Tracked connections per worker. Default 262,144 (about 25 MiB per worker). When
-    /// full, new connections are refused and counted; established ones are never evicted.
+    /// Tracked connections per worker, 1 to 16,777,216 (2^24, the dataplane's limit).
+    /// Default 262,144 (about 25 MiB per worker). When
+    /// full, a new connection takes the slot of a half-open or closed TCP connection or of a
+    /// UDP flow that is not assured (unanswered, or a single query and answer, as DNS);
+    /// otherwise it is refused and counted. Established TCP connections and assured UDP
+    /// flows (the initiator sent again after an answer) are never evicted. The idle
+    /// timeouts are the dataplane's defaults (`dataplane::conntrack::Timeouts`: UDP 30 s
+    /// until assured, 120 s after) and are not set here.
     pub capacity: u32,
 }
 
@@ -128,7 +136,9 @@ pub struct Config {
     /// Interfaces. Default none (the daemon then only compiles and serves status: useful to
     /// check a policy set without touching traffic).
     pub ports: Vec<PortConfig>,
-    /// Cores to pin workers to. Default `[0]`.
+    /// Cores to pin workers to. Default `[0]`. A worker whose core cannot be used (the
+    /// machine has no such CPU, or it is outside the daemon's cpuset) runs unpinned: a
+    /// warning is logged at start and `/status` shows `pinned: false` for it.
     pub workers: Vec<usize>,
     /// AF_XDP settings.
     pub xdp: XdpConfig,
@@ -145,7 +155,8 @@ pub struct Config {
     /// compiled at most once per period. Larger values save CPU on busy clusters and delay
     /// enforcement of changes inside a burst by up to this much.
     pub debounce_ms: u64,
-    /// Log at most this many denied flows per second (0, the default, logs none).
+    /// Log at most this many packets denied by policy per second, per worker (0, the
+    /// default, logs none; at most 1,000,000). See docs/operations.md, "Denied flows".
     pub denied_flow_log_per_second: u32,
     /// Enforce NetworkPolicy. Default `true`. `false` forwards every IP packet with no
     /// connection tracking and no policy lookup (the table is still compiled and served):
@@ -264,8 +275,20 @@ impl Config {
                 ));
             }
         }
-        if self.conntrack.capacity == 0 || self.xdp.frame_count < 64 {
-            return bad("conntrack.capacity must be > 0 and xdp.frame_count >= 64".into());
+        // The dataplane's own bound (`PipelineConfig::validate`), checked here under
+        // this file's field name.
+        let capacity = self.conntrack.capacity;
+        if capacity == 0 || capacity as usize > MAX_CAPACITY {
+            return bad(format!("conntrack.capacity must be between 1 and {MAX_CAPACITY}, got {capacity}"));
+        }
+        if self.xdp.frame_count < 64 {
+            return bad(format!("xdp.frame_count must be at least 64, got {}", self.xdp.frame_count));
+        }
+        if self.denied_flow_log_per_second > MAX_DENY_LOG_PER_SECOND {
+            return bad(format!(
+                "denied_flow_log_per_second must be at most {MAX_DENY_LOG_PER_SECOND}, got {}",
+                self.denied_flow_log_per_second
+            ));
         }
         Ok(())
     }
@@ -328,5 +351,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("must be 1..=1"), "{e}");
+    }
+
+    /// Each out-of-range value is reported on its own, naming the field as the
+    /// file spells it and the value given.
+    #[test]
+    fn out_of_range_values_name_their_field_and_value() {
+        let err = |text: &str| Config::parse("c.yaml", text).unwrap_err().to_string();
+        let e = err("conntrack: {capacity: 0}\n");
+        assert_eq!(e, "c.yaml: conntrack.capacity must be between 1 and 16777216, got 0");
+        let e = err("conntrack: {capacity: 16777217}\n");
+        assert_eq!(e, "c.yaml: conntrack.capacity must be between 1 and 16777216, got 16777217");
+        let e = err("xdp: {frame_count: 63}\n");
+        assert_eq!(e, "c.yaml: xdp.frame_count must be at least 64, got 63");
+        let e = err("denied_flow_log_per_second: 1000000001\n");
+        assert_eq!(e, "c.yaml: denied_flow_log_per_second must be at most 1000000, got 1000000001");
+        // The bounds themselves are accepted.
+        let c = Config::parse(
+            "c.yaml",
+            "conntrack: {capacity: 16777216}\nxdp: {frame_count: 64}\ndenied_flow_log_per_second: 1000000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.conntrack.capacity, c.xdp.frame_count, c.denied_flow_log_per_second),
+            (1 << 24, 64, 1_000_000)
+        );
+        // The capacity bound is the dataplane's own.
+        let mut d = crate::enforce::dataplane_config(&c);
+        assert!(d.pipeline.validate().is_ok());
+        d.pipeline.conntrack_capacity += 1;
+        assert!(d.pipeline.validate().is_err());
     }
 }

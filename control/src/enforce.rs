@@ -118,6 +118,16 @@ impl Enforcer {
             tracing::warn!("enforce: false: every IP packet is forwarded without policy (benchmarks only)");
         }
         tracing::info!(ports = ?dcfg.ports, workers = dcfg.workers, fail_open = cfg.fail_open, "dataplane started");
+        for w in dp.cores().iter().filter(|w| !w.pinned) {
+            if let Some(core) = w.core {
+                tracing::warn!(
+                    worker = w.worker,
+                    core,
+                    "worker could not be pinned to its core (no such CPU, or outside the allowed cpuset); \
+                     it runs unpinned"
+                );
+            }
+        }
         let denied = (cfg.denied_flow_log_per_second > 0).then(|| dp.denied_flows());
         Ok(Arc::new(Enforcer {
             workers: dp.worker_count(),
@@ -259,6 +269,7 @@ impl DataplaneView for Enforcer {
                     serde_json::json!({"worker": b.worker, "port": port, "queue": b.queue})
                 })
                 .collect::<Vec<_>>(),
+            "cores": d.cores(),
             "pipeline": d.pipeline_counters(),
             "per_worker": d.pipeline_counters_per_worker(),
             "io": d.io_counters(),
@@ -368,7 +379,7 @@ impl DataplaneView for Enforcer {
         family(
             "portcullis_denied_flow_log_suppressed",
             "counter",
-            "Denied connections left out of the denied-flow log by its rate limit",
+            "Packets denied by policy and left out of the denied-flow log (rate limit or full queue)",
             &[(String::new(), c.denied_log_suppressed)],
         );
         family(

@@ -126,11 +126,17 @@ impl Daemon {
         None
     }
 
-    fn terminate(&mut self) {
+    /// SIGTERM, then SIGKILL after 10 s; returns what it wrote on stderr
+    /// (nothing if it had to be killed).
+    fn terminate(&mut self) -> String {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        if self.exit_within(Duration::from_secs(10)).is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        match self.exit_within(Duration::from_secs(10)) {
+            Some((_, err)) => err,
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                String::new()
+            }
         }
     }
 }
@@ -176,11 +182,12 @@ fn run_binds_the_configured_queues_and_refuses_an_unbound_one() {
     assert!(err.contains(&format!("port {h} has 2 RX queues but only 1 would be bound")), "{err}");
     assert!(get(status, "/readyz").is_none(), "nothing served");
 
-    // Both queues, two workers: it runs, one socket per queue.
+    // Both queues, two workers: it runs, one socket per queue. Worker 1's core
+    // does not exist: it runs unpinned, and the daemon says so.
     let status = free_port();
     let mut d = links.daemon(
         &format!(
-            "ports: [{{interface: {h}, queues: 2}}]\nworkers: [0, 1]\nxdp: {{attach: generic, frame_count: 1024}}\n"
+            "ports: [{{interface: {h}, queues: 2}}]\nworkers: [0, 1023]\nxdp: {{attach: generic, frame_count: 1024}}\n"
         ),
         status,
     );
@@ -196,7 +203,16 @@ fn run_binds_the_configured_queues_and_refuses_an_unbound_one() {
         ]),
         "{s}"
     );
-    d.terminate();
+    assert_eq!(
+        s["dataplane"]["cores"][1],
+        serde_json::json!({"worker": 1, "core": 1023, "pinned": false}),
+        "{s}"
+    );
+    assert_eq!(s["dataplane"]["cores"][0]["core"], 0, "{s}");
+    let err = d.terminate();
+    let warning =
+        err.lines().find(|l| l.contains("worker could not be pinned")).unwrap_or_else(|| panic!("{err}"));
+    assert!(warning.contains("WARN") && warning.contains("core=1023"), "{warning}");
 }
 
 /// `scripts/root-check.sh`, which `scripts/demo.sh` uses, follows the same rule as the

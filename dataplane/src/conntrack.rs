@@ -18,14 +18,22 @@
 //! pairs (one queue) that is automatic; on multi-queue NICs it needs
 //! *symmetric* RSS (a hash key that gives `hash(a,b) == hash(b,a)`, e.g. the
 //! repeated `0x6d5a` key, or `ethtool -X .. hfunc toeplitz` with a symmetric
-//! key / `xor` hfunc). Without it, replies land on another worker, miss, and
-//! are evaluated as new flows (TCP pickup below keeps them working, at the
-//! cost of policy lookups).
+//! key / `xor` hfunc). Without it, replies land on another worker whose table
+//! has never seen the connection, and are judged as new flows in their own
+//! direction: dropped, unless policy allows that direction by itself (a TCP
+//! reply segment drops as [`CtDrop::NoConnection`], see pickup below). Only
+//! [`Conntrack::with_reverse_pickup`] (`tcp_reverse_pickup`, off by default)
+//! would pass TCP replies there, and nothing passes UDP ones: symmetric RSS
+//! is a requirement, not an optimisation.
 //!
 //! **Keys are canonical**: the two endpoints are ordered, so one entry serves
 //! both directions with one probe; the entry remembers which endpoint opened
-//! the connection. ICMP echo ports are `(id, 0)` for requests and `(0, id)`
-//! for replies ([`crate::parse`]), so a reply maps to its request's entry.
+//! the connection. ICMP echo is keyed by role instead: the requester (a
+//! request's source, a reply's destination) comes first, so a reply maps to
+//! its request's entry and a request in the other direction is another
+//! connection, decided by policy, also for identifier 0, whose request
+//! `(id, 0)` and reply `(0, id)` ports ([`crate::parse`]) are both `(0, 0)`.
+//! Other ICMP messages are never tracked nor matched against echo entries.
 //!
 //! **Memory is fixed at construction.** Entries live in a slab of `capacity`
 //! slots; the index is a `hashbrown::HashTable<u32>` reserved for twice the
@@ -37,11 +45,12 @@
 //! a while under heavy churn, a latency spike but no allocation.)
 //!
 //! **When the table is full**, a new connection may take the slot of (in
-//! order) an expired entry or an *embryonic* one — never replied to, or
-//! closed by RST/FIN — found among the next [`RECLAIM_SCAN`] slots of a
-//! rotating cursor. Entries that have seen a reply and are not closing are
-//! never evicted, so a flood of new flows cannot push out established
-//! connections; it is refused and counted instead. The scan bound keeps the
+//! order) an expired entry or an *embryonic* one — never replied to, closed
+//! by RST/FIN, or a datagram flow that is not yet assured (see below) —
+//! found among the next [`RECLAIM_SCAN`] slots of a rotating cursor. TCP
+//! entries that have seen a reply and are not closed, and assured datagram
+//! flows, are never evicted, so a flood of new flows cannot push out
+//! established connections; it is refused and counted instead. The scan bound keeps the
 //! per-packet cost bounded; an expired slot outside the window is found on a
 //! later attempt or by [`Conntrack::expire_step`].
 //!
@@ -51,8 +60,10 @@
 //! either side → Closing, FIN from both or RST → Closed; each state has its
 //! own timeout ([`Timeouts`]). A bare SYN that hits an entry in any state but
 //! a retransmitted SynSent is a new connection (port reuse, or a peer trying
-//! to open a connection backwards through an entry): the entry is dropped and
-//! the SYN is evaluated by policy. **Mid-stream pickup** (a non-SYN packet
+//! to open a connection backwards through an entry) and is evaluated by
+//! policy: admitted, it replaces the entry in its slot; denied, it is dropped
+//! and the entry stays, so a SYN that policy refuses (perhaps spoofed) cannot
+//! tear down the connection whose 4-tuple it reuses. **Mid-stream pickup** (a non-SYN packet
 //! without entry, after an agent restart or an idle timeout) is allowed when
 //! policy allows a connection *from the packet's source* to its destination,
 //! as Linux conntrack's loose pickup followed by rules on `ct state new`
@@ -67,6 +78,17 @@
 //! an ACK or a keepalive); [`Conntrack::with_reverse_pickup`] restores the
 //! permissive behaviour for nodes that prefer it. Pickup can be turned off
 //! (`loose_tcp = false`), then such packets drop as [`CtDrop::NoConnection`].
+//!
+//! **UDP** (and SCTP, other protocols) follows Linux
+//! (`net/netfilter/nf_conntrack_proto_udp.c`): a flow is Unreplied until the
+//! responder answers, then Replied; both keep the short
+//! [`Timeouts::udp_unreplied`] (30 s, Linux `nf_conntrack_udp_timeout`) and
+//! stay evictable, because a single query and answer (DNS) is all most such
+//! flows ever are, and a pod sending thousands of queries a second from fresh
+//! source ports must not pin the table. Only when the initiator sends again
+//! after an answer is the flow *Assured* (a stream): the long [`Timeouts::udp`]
+//! (120 s, `nf_conntrack_udp_timeout_stream`) and protection from eviction.
+//! Answers alone never assure a flow, so the responder cannot pin entries.
 //!
 //! **Revocation.** Every entry stores the table generation it was checked
 //! against. A hit on an entry from an older generation re-checks the
@@ -83,7 +105,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use hashbrown::{DefaultHashBuilder, HashTable};
 use serde::{Deserialize, Serialize};
 
-use crate::parse::{Addr, Flow, IpPacket, TcpFlags, L4};
+use crate::parse::{proto, Addr, Flow, IpPacket, TcpFlags, L4};
 
 /// Slots examined per reclaim attempt when the table is full.
 pub const RECLAIM_SCAN: usize = 64;
@@ -92,15 +114,19 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 /// Answers "may this connection be opened?" for one direction.
 pub trait Policy {
-    /// Does policy allow `flow` to open a connection?
+    /// Does policy allow `flow` to open a connection? Only a question:
+    /// conntrack asks it to decide, to probe which orientation a mid-stream
+    /// packet may belong to, and to re-check entries against a newer table,
+    /// so it must not count anything.
     fn allows(&self, flow: &Flow) -> bool;
 
-    /// Like [`Policy::allows`], for a connection about to be admitted (a
-    /// conntrack miss) rather than re-checked: implementations may count it.
+    /// Conntrack admitted a new connection whose initiator's flow is `flow`
+    /// ([`Policy::allows`] said yes and the connection got a slot: the
+    /// outcome is [`CtPass::New`] or [`CtPass::PickedUp`]). Called once per
+    /// connection, never for packets that track nothing; implementations may
+    /// count it. Default: nothing.
     #[inline]
-    fn admit(&self, flow: &Flow) -> bool {
-        self.allows(flow)
-    }
+    fn admitted(&self, _flow: &Flow) {}
 }
 
 impl Policy for policy_compiler::DecisionTable {
@@ -127,9 +153,13 @@ pub struct Timeouts {
     /// TCP after FIN from both sides or RST: default 10, long enough for the
     /// final ACK and retransmitted FINs.
     pub tcp_closed: u64,
-    /// UDP, SCTP and other protocols once the responder has answered: default 120.
+    /// UDP, SCTP and other protocols once *assured*: the initiator sent again
+    /// after an answer (a stream, Linux `nf_conntrack_udp_timeout_stream`):
+    /// default 120. Assured flows are never evicted when the table is full.
     pub udp: u64,
-    /// UDP, SCTP and other protocols before any answer: default 30.
+    /// UDP, SCTP and other protocols before any answer and after a single
+    /// exchange (query and answer, as DNS; Linux `nf_conntrack_udp_timeout`):
+    /// default 30. Such flows may be evicted when the table is full.
     pub udp_unreplied: u64,
     /// ICMP echo: default 30.
     pub icmp: u64,
@@ -164,7 +194,8 @@ impl TimeoutsNs {
         a[State::Closing as usize] = s(t.tcp_closing);
         a[State::Closed as usize] = s(t.tcp_closed);
         a[State::Unreplied as usize] = s(t.udp_unreplied);
-        a[State::Replied as usize] = s(t.udp);
+        a[State::Replied as usize] = s(t.udp_unreplied);
+        a[State::Assured as usize] = s(t.udp);
         a[State::Echo as usize] = s(t.icmp);
         TimeoutsNs(a)
     }
@@ -193,14 +224,18 @@ pub enum State {
     Closed,
     /// Datagram protocol, no answer yet.
     Unreplied,
-    /// Datagram protocol, answered.
+    /// Datagram protocol, answered, but the initiator has not sent again
+    /// since: short timeout, evictable.
     Replied,
+    /// Datagram protocol, the initiator sent again after an answer (a
+    /// stream): long timeout, never evicted.
+    Assured,
     /// ICMP echo.
     Echo,
 }
 
 impl State {
-    const COUNT: usize = 9;
+    const COUNT: usize = 10;
 }
 
 /// Why conntrack refused a packet.
@@ -280,11 +315,59 @@ impl Hash for Key {
     }
 }
 
-/// The canonical key of a flow and whether the flow's source is endpoint `a`.
+/// How the endpoints of a flow are ordered in its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Order {
+    /// By (address, port): both directions of a connection give one key.
+    Canonical,
+    /// ICMP echo request: the requester (the source) is endpoint `a`.
+    EchoRequest,
+    /// ICMP echo reply: the requester (the destination) is endpoint `a`.
+    EchoReply,
+}
+
+impl Order {
+    /// The order of a packet's flow: echo by its message type. Keying echo by
+    /// role keeps a request and the reply to it on one entry and a request in
+    /// the other direction on another, also for identifier 0, where the ports
+    /// of a request `(id, 0)` and of a reply `(0, id)` are both `(0, 0)` and
+    /// only the type tells them apart (Linux keeps the ICMP type in its
+    /// tuple for the same reason).
+    #[inline]
+    fn of_packet(pkt: &IpPacket) -> Order {
+        match pkt.l4 {
+            L4::EchoRequest => Order::EchoRequest,
+            L4::EchoReply => Order::EchoReply,
+            _ => Order::Canonical,
+        }
+    }
+
+    /// The order of a flow without its packet (a packet quoted by an ICMP
+    /// error, a lookup by flow): an ICMP flow is an echo, a reply when its
+    /// ports are `(0, id)` with `id != 0`, else a request. With identifier 0
+    /// it may be either: the second value is the other reading.
+    #[inline]
+    fn of_flow(f: &Flow) -> (Order, Option<Order>) {
+        match f.proto {
+            proto::ICMP | proto::ICMPV6 => match (f.src_port, f.dst_port) {
+                (0, 0) => (Order::EchoRequest, Some(Order::EchoReply)),
+                (0, _) => (Order::EchoReply, None),
+                _ => (Order::EchoRequest, None),
+            },
+            _ => (Order::Canonical, None),
+        }
+    }
+}
+
+/// The key of a flow (see [`Order`]) and whether the flow's source is endpoint `a`.
 #[inline]
-fn key_of(f: &Flow) -> (Key, bool) {
+fn key_of(f: &Flow, order: Order) -> (Key, bool) {
     let (s, d) = (f.src.0, f.dst.0);
-    let src_is_a = (s, f.src_port) <= (d, f.dst_port);
+    let src_is_a = match order {
+        Order::Canonical => (s, f.src_port) <= (d, f.dst_port),
+        Order::EchoRequest => true,
+        Order::EchoReply => false,
+    };
     let (a, pa, b, pb) =
         if src_is_a { (s, f.src_port, d, f.dst_port) } else { (d, f.dst_port, s, f.src_port) };
     let meta = u64::from(f.proto) | (u64::from(pa) << 16) | (u64::from(pb) << 32);
@@ -330,9 +413,10 @@ impl Entry {
     }
 
     /// May this entry be evicted for a new connection before it expires?
+    /// Not once both sides have spoken (TCP), or once assured (datagrams).
     #[inline]
     fn evictable(&self) -> bool {
-        !self.replied || self.state == State::Closed
+        !self.replied || matches!(self.state, State::Closed | State::Replied)
     }
 }
 
@@ -349,6 +433,17 @@ pub struct ConnInfo {
     pub expires: u64,
     /// Table generation last checked against.
     pub generation: u64,
+}
+
+/// What a packet that found its key in the index turned out to be.
+enum Hit {
+    /// Decided as a packet of the tracked connection.
+    Done(Outcome),
+    /// The entry had expired (counted): remove it, treat the packet as new.
+    Expired,
+    /// A bare SYN that opens a new connection on the entry's 4-tuple: treat it
+    /// as new, replacing the entry only if it is admitted.
+    NewSyn,
 }
 
 /// Direction of a packet relative to its connection.
@@ -424,8 +519,10 @@ impl Conntrack {
     }
 
     /// The connection `flow` belongs to (in either direction), if tracked.
+    /// An ICMP flow is an echo request, or a reply if its ports are `(0, id)`
+    /// with `id != 0` (an identifier-0 flow is read as a request).
     pub fn get(&self, flow: &Flow) -> Option<ConnInfo> {
-        let (key, _) = key_of(flow);
+        let (key, _) = key_of(flow, Order::of_flow(flow).0);
         let slot = self.find(&key, self.hasher.hash_one(key))?;
         let e = &self.slots[slot];
         Some(ConnInfo {
@@ -463,22 +560,37 @@ impl Conntrack {
     /// Decides one IP packet (not a later fragment: those have no ports and
     /// are handled by [`crate::frag`]). `generation` identifies `policy`.
     pub fn packet<P: Policy>(&mut self, pkt: &IpPacket, policy: &P, generation: u64, now: u64) -> Outcome {
-        if let L4::IcmpError(inner) = pkt.l4 {
-            return self.icmp_error(pkt, inner, policy, generation, now);
+        match pkt.l4 {
+            L4::IcmpError(inner) => return self.icmp_error(pkt, inner, policy, generation, now),
+            // Never tracked, and never part of an echo connection (its ports,
+            // (0, 0), are those of an echo with identifier 0).
+            L4::IcmpOther => {
+                return if policy.allows(&pkt.flow) {
+                    Outcome::Pass(CtPass::Untracked)
+                } else {
+                    Outcome::Drop(CtDrop::Policy)
+                };
+            }
+            _ => {}
         }
         let flow = &pkt.flow;
-        let (key, src_is_a) = key_of(flow);
+        let (key, src_is_a) = key_of(flow, Order::of_packet(pkt));
         let hash = self.hasher.hash_one(key);
+        let mut reuse = None;
         if let Some(slot) = self.find(&key, hash) {
             match self.hit(slot, src_is_a, pkt, policy, generation, now) {
-                Some(o) => return o,
-                None => self.remove(slot), // fall through: evaluate as new
+                Hit::Done(o) => return o,
+                Hit::Expired => self.remove(slot), // evaluate as new
+                // Evaluate as new; the old entry gives up its slot only if the
+                // SYN is admitted (a denied SYN, maybe spoofed, must not tear
+                // down the connection it collides with).
+                Hit::NewSyn => reuse = Some(slot),
             }
         }
-        self.miss(pkt, key, hash, src_is_a, policy, generation, now)
+        self.miss(pkt, key, hash, src_is_a, reuse, policy, generation, now)
     }
 
-    /// A packet of a tracked connection. `None` means "treat as new".
+    /// A packet of a tracked connection.
     #[inline]
     fn hit<P: Policy>(
         &mut self,
@@ -488,26 +600,28 @@ impl Conntrack {
         policy: &P,
         generation: u64,
         now: u64,
-    ) -> Option<Outcome> {
+    ) -> Hit {
         let timeouts = self.timeouts;
-        let e = self.slots.get_mut(slot)?;
+        let Some(e) = self.slots.get_mut(slot) else {
+            return Hit::Expired;
+        };
         if e.expires <= now {
             self.stats.expired += 1;
-            return None;
+            return Hit::Expired;
         }
         let dir = if src_is_a == e.orig_is_a { Dir::Orig } else { Dir::Reply };
         if let L4::Tcp(flags) = pkt.l4 {
             if flags.is_syn_only() && !(e.state == State::SynSent && dir == Dir::Orig) {
                 // A new connection attempt on an old 4-tuple, or from the
                 // responder's side: decide it afresh.
-                return None;
+                return Hit::NewSyn;
             }
         }
         if e.generation != generation {
             if !policy.allows(&e.original()) {
                 self.stats.revoked += 1;
                 self.remove(slot);
-                return Some(Outcome::Drop(CtDrop::Revoked));
+                return Hit::Done(Outcome::Drop(CtDrop::Revoked));
             }
             e.generation = generation;
         }
@@ -517,12 +631,15 @@ impl Conntrack {
         e.state = match (e.state, pkt.l4) {
             (s, L4::Tcp(f)) => tcp_next(s, dir, f, &mut e.fins),
             (State::Unreplied, _) if dir == Dir::Reply => State::Replied,
+            (State::Replied, _) if dir == Dir::Orig => State::Assured,
             (s, _) => s,
         };
         e.expires = now.saturating_add(timeouts.of(e.state));
-        Some(Outcome::Pass(CtPass::Tracked))
+        Hit::Done(Outcome::Pass(CtPass::Tracked))
     }
 
+    /// A packet without a live entry, or a bare SYN on the 4-tuple of the
+    /// entry in slot `reuse` (which it replaces only if admitted).
     #[allow(clippy::too_many_arguments)]
     fn miss<P: Policy>(
         &mut self,
@@ -530,6 +647,7 @@ impl Conntrack {
         key: Key,
         hash: u64,
         src_is_a: bool,
+        reuse: Option<usize>,
         policy: &P,
         generation: u64,
         now: u64,
@@ -538,14 +656,14 @@ impl Conntrack {
         // (initial state, is the packet's source the initiator?, picked up?)
         let (state, src_initiates, pickup) = match pkt.l4 {
             L4::Tcp(f) if f.is_syn_only() => {
-                if !policy.admit(flow) {
+                if !policy.allows(flow) {
                     return Outcome::Drop(CtDrop::Policy);
                 }
                 (State::SynSent, true, false)
             }
             L4::Tcp(f) => {
-                let forward = policy.admit(flow);
-                let backward = !forward && policy.admit(&flow.reversed());
+                let forward = policy.allows(flow);
+                let backward = !forward && policy.allows(&flow.reversed());
                 if !forward && !backward {
                     return Outcome::Drop(CtDrop::Policy);
                 }
@@ -562,35 +680,38 @@ impl Conntrack {
                 (State::Established, forward, true)
             }
             L4::EchoReply => {
-                if policy.admit(&flow.reversed()) {
+                if policy.allows(&flow.reversed()) {
                     (State::Echo, false, true)
-                } else if policy.admit(flow) {
+                } else if policy.allows(flow) {
                     return Outcome::Pass(CtPass::Untracked);
                 } else {
                     return Outcome::Drop(CtDrop::Policy);
                 }
             }
             L4::EchoRequest => {
-                if !policy.admit(flow) {
+                if !policy.allows(flow) {
                     return Outcome::Drop(CtDrop::Policy);
                 }
                 (State::Echo, true, false)
             }
             L4::IcmpOther | L4::IcmpError(_) => {
-                return if policy.admit(flow) {
+                return if policy.allows(flow) {
                     Outcome::Pass(CtPass::Untracked)
                 } else {
                     Outcome::Drop(CtDrop::Policy)
                 };
             }
             L4::Udp | L4::Sctp | L4::Other => {
-                if !policy.admit(flow) {
+                if !policy.allows(flow) {
                     return Outcome::Drop(CtDrop::Policy);
                 }
                 (State::Unreplied, true, false)
             }
         };
-        let Some(slot) = self.free.pop().map(|s| s as usize).or_else(|| self.reclaim(now)) else {
+        // A replaced entry keeps its slot and its index entry (same key, same hash).
+        let indexed = reuse.is_some();
+        let Some(slot) = reuse.or_else(|| self.free.pop().map(|s| s as usize)).or_else(|| self.reclaim(now))
+        else {
             self.stats.full += 1;
             return Outcome::Drop(CtDrop::Full);
         };
@@ -611,9 +732,13 @@ impl Conntrack {
             return Outcome::Drop(CtDrop::Full);
         };
         *dst = e;
-        let slots = &self.slots;
-        self.index.insert_unique(hash, slot as u32, |&i| slots.get(i as usize).map_or(0, |e| e.hash));
+        if !indexed {
+            let slots = &self.slots;
+            self.index.insert_unique(hash, slot as u32, |&i| slots.get(i as usize).map_or(0, |e| e.hash));
+        }
         self.stats.created += 1;
+        // Counted only now: the connection is in the table.
+        policy.admitted(&if src_initiates { *flow } else { flow.reversed() });
         if pickup {
             self.stats.picked_up += 1;
             Outcome::Pass(CtPass::PickedUp)
@@ -635,22 +760,12 @@ impl Conntrack {
     ) -> Outcome {
         if let Some(inner) = inner {
             if inner.src == pkt.flow.dst {
-                let (key, _) = key_of(&inner);
-                let hash = self.hasher.hash_one(key);
-                if let Some(slot) = self.find(&key, hash) {
-                    if let Some(e) = self.slots.get_mut(slot) {
-                        if e.expires > now {
-                            if e.generation != generation {
-                                if !policy.allows(&e.original()) {
-                                    self.stats.revoked += 1;
-                                    self.remove(slot);
-                                    return Outcome::Drop(CtDrop::Revoked);
-                                }
-                                e.generation = generation;
-                            }
-                            self.stats.related += 1;
-                            return Outcome::Pass(CtPass::Related);
-                        }
+                // A quoted identifier-0 echo may be a request or a reply: either
+                // reading that finds a live connection relates the error to it.
+                let (order, other) = Order::of_flow(&inner);
+                for order in std::iter::once(order).chain(other) {
+                    if let Some(o) = self.related(&inner, order, policy, generation, now) {
+                        return o;
                     }
                 }
             }
@@ -660,6 +775,34 @@ impl Conntrack {
         } else {
             Outcome::Drop(CtDrop::Policy)
         }
+    }
+
+    /// The outcome of an ICMP error quoting `inner` (read in `order`) if
+    /// `inner` belongs to a live connection: related, or revoked.
+    fn related<P: Policy>(
+        &mut self,
+        inner: &Flow,
+        order: Order,
+        policy: &P,
+        generation: u64,
+        now: u64,
+    ) -> Option<Outcome> {
+        let (key, _) = key_of(inner, order);
+        let slot = self.find(&key, self.hasher.hash_one(key))?;
+        let e = self.slots.get_mut(slot)?;
+        if e.expires <= now {
+            return None;
+        }
+        if e.generation != generation {
+            if !policy.allows(&e.original()) {
+                self.stats.revoked += 1;
+                self.remove(slot);
+                return Some(Outcome::Drop(CtDrop::Revoked));
+            }
+            e.generation = generation;
+        }
+        self.stats.related += 1;
+        Some(Outcome::Pass(CtPass::Related))
     }
 
     /// Frees a slot for a new connection when none is free: the first expired
@@ -812,11 +955,13 @@ mod tests {
     struct ToServer {
         deny_all: Cell<bool>,
         calls: Cell<u32>,
+        /// The flows [`Policy::admitted`] was told about.
+        admitted: std::cell::RefCell<Vec<Flow>>,
     }
 
     impl ToServer {
         fn new() -> Self {
-            ToServer { deny_all: Cell::new(false), calls: Cell::new(0) }
+            ToServer { deny_all: Cell::new(false), calls: Cell::new(0), admitted: Default::default() }
         }
     }
 
@@ -831,6 +976,10 @@ mod tests {
                     proto::ICMP => true,
                     _ => false,
                 }
+        }
+
+        fn admitted(&self, flow: &Flow) {
+            self.admitted.borrow_mut().push(*flow);
         }
     }
 
@@ -941,17 +1090,91 @@ mod tests {
         assert_eq!(ct.len(), 1);
     }
 
+    /// `Policy::admitted` (what the per-policy counters count) is called once
+    /// per connection that gets a slot, with its initiator's flow: never for
+    /// probes, packets that track nothing, or connections refused as full.
+    #[test]
+    fn only_connections_given_a_slot_are_admitted() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(2, &Timeouts::default(), true);
+        let icmp_other = IpPacket {
+            flow: Flow { src: ip(C), dst: ip(S), proto: proto::ICMP, src_port: 0, dst_port: 0 },
+            l4: L4::IcmpOther,
+            fragment: Fragment::None,
+        };
+        let nothing_tracked = [
+            (tcp(S, 80, C, 40000, F::ACK), Outcome::Drop(CtDrop::NoConnection)),
+            (tcp(C, 40001, S, 80, F::RST), Outcome::Pass(CtPass::Untracked)),
+            (icmp_other, Outcome::Pass(CtPass::Untracked)),
+            // An echo reply whose request (S -> C) policy denies, allowed itself.
+            (echo(C, S, 9, false), Outcome::Pass(CtPass::Untracked)),
+            (tcp(C, 40002, S, 22, F::SYN), Outcome::Drop(CtDrop::Policy)),
+        ];
+        for (pkt, outcome) in &nothing_tracked {
+            for _ in 0..3 {
+                assert_eq!(ct.packet(pkt, &p, 1, 0), *outcome, "{pkt:?}");
+            }
+        }
+        assert!(ct.is_empty());
+        assert_eq!(*p.admitted.borrow(), []);
+
+        // A connection with several packets: once, at its first.
+        let syn = tcp(C, 40003, S, 80, F::SYN);
+        for pkt in [&syn, &syn, &tcp(S, 80, C, 40003, F::SYN | F::ACK), &tcp(C, 40003, S, 80, F::ACK)] {
+            assert!(matches!(ct.packet(pkt, &p, 1, 1), Outcome::Pass(_)));
+        }
+        // A pickup of an echo reply: its request's flow is the connection's.
+        let reply = echo(S, C, 7, false);
+        assert_eq!(ct.packet(&reply, &p, 1, 1), Outcome::Pass(CtPass::PickedUp));
+        assert_eq!(*p.admitted.borrow(), [syn.flow, reply.flow.reversed()]);
+        // Full of live entries (the echo entry has heard its responder): refused, not admitted.
+        assert_eq!(ct.packet(&tcp(C, 40004, S, 80, F::SYN), &p, 1, 2), Outcome::Drop(CtDrop::Full));
+        assert_eq!(p.admitted.borrow().len(), 2);
+    }
+
     #[test]
     fn syn_from_responder_side_is_not_a_reply() {
         let p = ToServer::new();
         let mut ct = Conntrack::new(16, &Timeouts::default(), true);
-        ct.packet(&tcp(C, 40000, S, 80, F::SYN), &p, 1, 0);
+        let syn = tcp(C, 40000, S, 80, F::SYN);
+        ct.packet(&syn, &p, 1, 0);
         ct.packet(&tcp(S, 80, C, 40000, F::SYN | F::ACK), &p, 1, 0);
-        // The server tries to open a connection *to* the client's port
-        // using the tracked 4-tuple: decided by policy (denied), entry dropped.
+        ct.packet(&tcp(C, 40000, S, 80, F::ACK), &p, 1, 0);
+        // The server (or anyone spoofing it) tries to open a connection *to* the
+        // client's port using the tracked 4-tuple: decided by policy (denied) and
+        // dropped, and the client's established connection is left alone.
         let backwards = tcp(S, 80, C, 40000, F::SYN);
         assert_eq!(ct.packet(&backwards, &p, 1, 1), Outcome::Drop(CtDrop::Policy));
-        assert!(ct.get(&backwards.flow).is_none());
+        let i = ct.get(&backwards.flow).unwrap();
+        assert_eq!((i.original, i.state, i.replied), (syn.flow, State::Established, true));
+        assert_eq!(ct.packet(&tcp(S, 80, C, 40000, F::ACK), &p, 1, 2), Outcome::Pass(CtPass::Tracked));
+        assert_eq!(ct.packet(&tcp(C, 40000, S, 80, F::ACK), &p, 1, 2), Outcome::Pass(CtPass::Tracked));
+        assert_eq!((ct.len(), ct.stats().created), (1, 1));
+    }
+
+    #[test]
+    fn allowed_syn_on_a_tracked_tuple_replaces_the_connection() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(16, &Timeouts::default(), true);
+        let syn = tcp(C, 40000, S, 80, F::SYN);
+        ct.packet(&syn, &p, 1, 0);
+        ct.packet(&tcp(S, 80, C, 40000, F::SYN | F::ACK), &p, 1, 0);
+        ct.packet(&tcp(C, 40000, S, 80, F::ACK), &p, 1, 0);
+        ct.packet(&tcp(C, 40000, S, 80, F::FIN | F::ACK), &p, 1, 1);
+        ct.packet(&tcp(S, 80, C, 40000, F::FIN | F::ACK), &p, 1, 1);
+        assert_eq!(ct.get(&syn.flow).unwrap().state, State::Closed);
+        // The client reuses its port: a new connection in the same slot.
+        assert_eq!(ct.packet(&syn, &p, 1, 2), Outcome::Pass(CtPass::New));
+        let i = ct.get(&syn.flow).unwrap();
+        assert_eq!(
+            (i.original, i.state, i.replied, i.expires),
+            (syn.flow, State::SynSent, false, 2 + 30 * SEC)
+        );
+        assert_eq!((ct.len(), ct.stats().created), (1, 2));
+        // Removing the old entry left the index consistent: the handshake goes on.
+        let synack = tcp(S, 80, C, 40000, F::SYN | F::ACK);
+        assert_eq!(ct.packet(&synack, &p, 1, 3), Outcome::Pass(CtPass::Tracked));
+        assert_eq!(ct.get(&syn.flow).unwrap().state, State::SynReceived);
     }
 
     #[test]
@@ -965,12 +1188,73 @@ mod tests {
         let a = udp(S, 53, C, 5353);
         assert_eq!(ct.packet(&a, &p, 1, SEC), Outcome::Pass(CtPass::Tracked));
         let i = ct.get(&q.flow).unwrap();
-        assert_eq!((i.state, i.expires), (State::Replied, 121 * SEC));
+        assert_eq!((i.state, i.expires), (State::Replied, 31 * SEC));
+        // The client speaks again: a stream, long timeout.
+        assert_eq!(ct.packet(&q, &p, 1, SEC), Outcome::Pass(CtPass::Tracked));
+        let i = ct.get(&q.flow).unwrap();
+        assert_eq!((i.state, i.expires), (State::Assured, 121 * SEC));
         // The server cannot start its own flow to another client port.
         let other = udp(S, 53, C, 5354);
         assert_eq!(ct.packet(&other, &p, 1, SEC), Outcome::Drop(CtDrop::Policy));
         // Expired: the answer after 121 s is a new (denied) flow.
         assert_eq!(ct.packet(&a, &p, 1, 121 * SEC), Outcome::Drop(CtDrop::Policy));
+    }
+
+    /// A pod sending DNS queries from fresh source ports (each answered once)
+    /// must not pin the table: single exchanges keep the short timeout and
+    /// stay evictable, as in Linux (`nf_conntrack_udp_timeout`, 30 s).
+    #[test]
+    fn single_exchange_udp_flows_are_short_lived_and_evictable() {
+        let p = ToServer::new();
+        let n = 8;
+        let mut ct = Conntrack::new(n, &Timeouts::default(), true);
+        for port in 0..n as u16 {
+            assert_eq!(ct.packet(&udp(C, 1000 + port, S, 53), &p, 1, 0), Outcome::Pass(CtPass::New));
+            assert_eq!(ct.packet(&udp(S, 53, C, 1000 + port), &p, 1, 0), Outcome::Pass(CtPass::Tracked));
+            let i = ct.get(&udp(C, 1000 + port, S, 53).flow).unwrap();
+            assert_eq!((i.state, i.replied, i.expires), (State::Replied, true, 30 * SEC));
+        }
+        assert_eq!(ct.len(), n);
+        // The table is full of answered queries; new connections still get slots.
+        for port in 0..n as u16 {
+            assert_eq!(
+                ct.packet(&tcp(C, 2000 + port, S, 80, F::SYN), &p, 1, SEC),
+                Outcome::Pass(CtPass::New)
+            );
+        }
+        assert_eq!((ct.stats().evicted, ct.stats().full), (n as u64, 0));
+        // Unevicted, they are gone after the short timeout.
+        let mut ct = Conntrack::new(n, &Timeouts::default(), true);
+        ct.packet(&udp(C, 1000, S, 53), &p, 1, 0);
+        ct.packet(&udp(S, 53, C, 1000), &p, 1, SEC);
+        assert_eq!(ct.expire_step(31 * SEC - 1, n), 0);
+        assert_eq!(ct.expire_step(31 * SEC, n), 1);
+    }
+
+    /// A UDP flow becomes assured (long timeout, never evicted) once its
+    /// initiator sends again after an answer; answers alone do not assure it.
+    #[test]
+    fn udp_flow_is_assured_when_the_initiator_speaks_after_a_reply() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(2, &Timeouts::default(), true);
+        let (q, a) = (udp(C, 5000, S, 53), udp(S, 53, C, 5000));
+        let state = |ct: &Conntrack| ct.get(&q.flow).map(|i| (i.state, i.expires));
+        ct.packet(&q, &p, 1, 0);
+        assert_eq!(state(&ct), Some((State::Unreplied, 30 * SEC)));
+        ct.packet(&a, &p, 1, SEC);
+        ct.packet(&a, &p, 1, 2 * SEC);
+        assert_eq!(state(&ct), Some((State::Replied, 32 * SEC)));
+        assert_eq!(ct.packet(&q, &p, 1, 3 * SEC), Outcome::Pass(CtPass::Tracked));
+        assert_eq!(state(&ct), Some((State::Assured, 123 * SEC)));
+        ct.packet(&a, &p, 1, 4 * SEC);
+        assert_eq!(state(&ct), Some((State::Assured, 124 * SEC)));
+        // A second assured flow fills the table: nothing can be evicted.
+        let (q2, a2) = (udp(C, 5001, S, 53), udp(S, 53, C, 5001));
+        for pkt in [&q2, &a2, &q2] {
+            ct.packet(pkt, &p, 1, 5 * SEC);
+        }
+        assert_eq!(ct.packet(&tcp(C, 2000, S, 80, F::SYN), &p, 1, 6 * SEC), Outcome::Drop(CtDrop::Full));
+        assert_eq!(state(&ct), Some((State::Assured, 124 * SEC)));
     }
 
     fn echo(src: &str, dst: &str, id: u16, request: bool) -> IpPacket {
@@ -1009,6 +1293,43 @@ mod tests {
         // An error about an untracked flow is not related.
         assert_eq!(ct.packet(&err(udp(C, 1, S, 2).flow, C), &p, 1, 0), Outcome::Drop(CtDrop::Policy));
         assert_eq!(ct.stats().related, 1);
+    }
+
+    /// With identifier 0 a request is ports (0, 0) and so is a reply: the
+    /// other side's request must not pass as the reply of a tracked one.
+    #[test]
+    fn echo_id_zero_request_in_the_other_direction_is_not_a_reply() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(16, &Timeouts::default(), true);
+        assert_eq!(ct.packet(&echo(C, S, 0, true), &p, 1, 0), Outcome::Pass(CtPass::New));
+        // The server's own request to the client: a new flow, denied.
+        assert_eq!(ct.packet(&echo(S, C, 0, true), &p, 1, 1), Outcome::Drop(CtDrop::Policy));
+        // The reply passes, and the client's next request is the same connection.
+        assert_eq!(ct.packet(&echo(S, C, 0, false), &p, 1, 2), Outcome::Pass(CtPass::Tracked));
+        assert_eq!(ct.packet(&echo(C, S, 0, true), &p, 1, 3), Outcome::Pass(CtPass::Tracked));
+        assert_eq!((ct.len(), ct.stats().created), (1, 1));
+        let i = ct.get(&echo(C, S, 0, true).flow).unwrap();
+        assert_eq!((i.original, i.replied), (echo(C, S, 0, true).flow, true));
+        // Other ICMP messages are never part of an echo connection (they too are (0, 0)).
+        let other = IpPacket {
+            flow: Flow { src: ip(S), dst: ip(C), proto: proto::ICMP, src_port: 0, dst_port: 0 },
+            l4: L4::IcmpOther,
+            fragment: Fragment::None,
+        };
+        assert_eq!(ct.packet(&other, &p, 1, 4), Outcome::Drop(CtDrop::Policy));
+        // An error quoting the request (sent to the client) or the reply (sent to the
+        // server) is related, though a quoted id-0 echo does not say which it was.
+        let err = |inner: &IpPacket, to: &str| IpPacket {
+            flow: Flow { src: ip("10.0.0.9"), dst: ip(to), proto: proto::ICMP, src_port: 0, dst_port: 0 },
+            l4: L4::IcmpError(Some(inner.flow)),
+            fragment: Fragment::None,
+        };
+        assert_eq!(ct.packet(&err(&echo(C, S, 0, true), C), &p, 1, 5), Outcome::Pass(CtPass::Related));
+        assert_eq!(ct.packet(&err(&echo(S, C, 0, false), S), &p, 1, 5), Outcome::Pass(CtPass::Related));
+        // With a non-zero identifier the quoted message's ports say which it was.
+        ct.packet(&echo(C, S, 7, true), &p, 1, 6);
+        assert_eq!(ct.packet(&err(&echo(S, C, 7, false), S), &p, 1, 6), Outcome::Pass(CtPass::Related));
+        assert_eq!(ct.stats().related, 3);
     }
 
     #[test]
@@ -1056,10 +1377,11 @@ mod tests {
         let p = ToServer::new();
         let n = 8;
         let mut ct = Conntrack::new(n, &Timeouts::default(), true);
-        // Fill with established (replied) UDP flows.
+        // Fill with assured UDP flows (query, answer, query).
         for port in 0..n as u16 {
             ct.packet(&udp(C, 1000 + port, S, 53), &p, 1, 0);
             ct.packet(&udp(S, 53, C, 1000 + port), &p, 1, 0);
+            ct.packet(&udp(C, 1000 + port, S, 53), &p, 1, 0);
         }
         assert_eq!(ct.len(), n);
         // A flood of new flows is refused, and counted.
@@ -1073,7 +1395,7 @@ mod tests {
         for port in 0..n as u16 {
             assert!(ct.get(&udp(C, 1000 + port, S, 53).flow).is_some());
         }
-        // Once they expire (120 s after the reply), slots are reclaimed.
+        // Once they expire (120 s after the last packet), slots are reclaimed.
         assert_eq!(ct.packet(&tcp(C, 3000, S, 80, F::SYN), &p, 1, 121 * SEC), Outcome::Pass(CtPass::New));
         assert_eq!(ct.stats().expired, 1);
     }
@@ -1083,10 +1405,11 @@ mod tests {
         let p = ToServer::new();
         let n = 8;
         let mut ct = Conntrack::new(n, &Timeouts::default(), true);
-        // Half established, half half-open SYNs.
+        // Half established (assured UDP), half half-open SYNs.
         for port in 0..4u16 {
             ct.packet(&udp(C, 1000 + port, S, 53), &p, 1, 0);
             ct.packet(&udp(S, 53, C, 1000 + port), &p, 1, 0);
+            ct.packet(&udp(C, 1000 + port, S, 53), &p, 1, 0);
         }
         for port in 0..4u16 {
             ct.packet(&tcp(C, 2000 + port, S, 80, F::SYN), &p, 1, 0);

@@ -124,8 +124,8 @@ pub struct WorkerCounters {
     pub flooded: Counter,
     /// Batches begun.
     pub batches: Counter,
-    /// Denied connections not sent to the denied-flow log (rate limit or
-    /// full queue; see [`crate::observe::DenyLog`]).
+    /// Packets denied by policy and not sent to the denied-flow log (rate
+    /// limit or full queue; see [`crate::observe::DenyLog`]).
     pub denied_log_suppressed: Counter,
     drops: [Counter; DropReason::KINDS],
     parse_errors: [Counter; ParseError::COUNT],
@@ -353,7 +353,7 @@ pub struct CountersSnapshot {
     pub dropped: u64,
     /// Batches.
     pub batches: u64,
-    /// Denied connections left out of the denied-flow log.
+    /// Packets denied by policy and left out of the denied-flow log.
     pub denied_log_suppressed: u64,
     /// Drops by reason (snake_case names of [`DropReason`] kinds).
     pub drops: BTreeMap<&'static str, u64>,

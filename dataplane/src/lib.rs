@@ -58,4 +58,6 @@ pub mod xsk;
 pub use counters::{CountersSnapshot, WorkerCounters};
 pub use pipeline::{Action, ConfigError, DropReason, Mode, Pipeline, PipelineConfig, PortId, PublishedTable};
 pub use port::Port;
-pub use worker::{Binding, Dataplane, DataplaneConfig, IoCounters, IoSnapshot, StartError, Waker};
+pub use worker::{
+    Binding, Dataplane, DataplaneConfig, IoCounters, IoSnapshot, StartError, Waker, WorkerCore,
+};

@@ -3,14 +3,23 @@
 //! which flows were denied.
 //!
 //! ```text
-//!  conntrack miss ── Admission::admit ── table.verdict ──┬─ allowed: PolicyHits[row][policy, direction] += 1
-//!                                                        └─ denied: remembered; if the packet drops as
-//!                                                           Drop(Policy), DenyLog::offer → bounded channel
+//!  conntrack miss ── Admission::allows ── table.verdict ─┬─ allowed: remembered; once the connection has
+//!                                                        │  a slot, Admission::admitted →
+//!                                                        │  PolicyHits[row][policy, direction] += 1
+//!                                                        └─ denied (the packet's own flow): remembered; if
+//!                                                           the packet drops as Drop(Policy),
+//!                                                           DenyLog::offer → bounded channel
 //!  control plane: sums PolicyHits rows (per table generation); drains the channel and logs
 //! ```
 //!
-//! Both are counted per *connection* (a conntrack miss decided by the
-//! table), never per packet of a tracked connection. Neither allocates or
+//! Hits are counted per *connection*: once, when conntrack admits a new
+//! connection into its table (outcome New or PickedUp), never per packet, for
+//! a probe (a mid-stream packet checked in both orientations), for a packet
+//! that tracks nothing (RST without connection, other ICMP), or for a
+//! connection refused because the table is full. The denied-flow log counts
+//! *packets*: a denied flow is never tracked, so each of its packets (a
+//! retransmitted SYN, every datagram of a flood) is offered again, and the
+//! token bucket bounds what reaches the log. Neither allocates or
 //! locks on the packet path: hit counters are atomics preallocated with each
 //! published table, one row per worker; denied flows go through a
 //! preallocated bounded `crossbeam_channel` (`try_send`, dropped and counted
@@ -80,7 +89,8 @@ impl PolicyHits {
     }
 }
 
-/// A connection the policy denied, as the worker saw it.
+/// A packet policy denied (dropped as `Policy`), as the worker saw it, with
+/// the verdict of its own flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeniedFlow {
     /// Source address.
@@ -108,12 +118,20 @@ pub fn denied_channel() -> (Sender<DeniedFlow>, Receiver<DeniedFlow>) {
     crossbeam_channel::bounded(DENIED_QUEUE)
 }
 
+/// Highest rate a [`DenyLog`] accepts, records per second per worker
+/// (higher rates are capped to it). A million a second is already far more
+/// than a log can take; the bound keeps the bucket's refill interval (one
+/// token every `1e9 / rate` ns) at least a microsecond, never zero.
+pub const MAX_DENY_LOG_PER_SECOND: u32 = 1_000_000;
+
 /// A worker's rate-limited sender of [`DeniedFlow`]s: a token bucket of
 /// `per_second` tokens (burst the same), refilled from the packet clock.
 #[derive(Debug)]
 pub struct DenyLog {
     tx: Option<Sender<DeniedFlow>>,
     per_second: u64,
+    /// Nanoseconds per token: `NANOS_PER_SEC / per_second`, at least 1000.
+    interval: u64,
     tokens: u64,
     refilled: u64,
 }
@@ -123,16 +141,23 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 impl DenyLog {
     /// Off: offers nothing.
     pub fn off() -> Self {
-        DenyLog { tx: None, per_second: 0, tokens: 0, refilled: 0 }
+        DenyLog { tx: None, per_second: 0, interval: NANOS_PER_SEC, tokens: 0, refilled: 0 }
     }
 
-    /// At most `per_second` records per second (0: off) into `tx`.
+    /// At most `per_second` records per second (0: off) into `tx`; rates
+    /// above [`MAX_DENY_LOG_PER_SECOND`] are capped to it.
     pub fn new(tx: Sender<DeniedFlow>, per_second: u32) -> Self {
         if per_second == 0 {
             return Self::off();
         }
-        let per_second = u64::from(per_second);
-        DenyLog { tx: Some(tx), per_second, tokens: per_second, refilled: 0 }
+        let per_second = u64::from(per_second.min(MAX_DENY_LOG_PER_SECOND));
+        DenyLog {
+            tx: Some(tx),
+            per_second,
+            interval: NANOS_PER_SEC / per_second,
+            tokens: per_second,
+            refilled: 0,
+        }
     }
 
     /// Is logging on?
@@ -147,9 +172,11 @@ impl DenyLog {
     pub fn offer(&mut self, flow: DeniedFlow, now: u64, suppressed: &Counter) {
         let Some(tx) = &self.tx else { return };
         let elapsed = now.saturating_sub(self.refilled);
-        if elapsed >= NANOS_PER_SEC / self.per_second {
-            let add = elapsed / (NANOS_PER_SEC / self.per_second);
-            self.tokens = (self.tokens + add).min(self.per_second);
+        // `interval` is at least 1000 (see `new`); `checked_div` makes a zero
+        // harmless anyway: this runs on the packet path and must not panic.
+        let add = elapsed.checked_div(self.interval).unwrap_or(0);
+        if add > 0 {
+            self.tokens = self.tokens.saturating_add(add).min(self.per_second);
             self.refilled = now;
         }
         if self.tokens == 0 {
@@ -164,21 +191,38 @@ impl DenyLog {
     }
 }
 
-/// The table as conntrack sees it on a worker: counts the policies that
-/// allow new connections into `hits`, and remembers the last denying
-/// verdict for the denied-flow log.
+/// The table as conntrack sees it on a worker, for one packet: counts the
+/// policies that allowed each connection conntrack admits into `hits`, and
+/// remembers the verdict that denied the packet's own flow for the
+/// denied-flow log.
 pub struct Admission<'a> {
-    /// The table.
-    pub table: &'a DecisionTable,
-    /// Its hit counters.
-    pub hits: &'a PolicyHits,
-    /// This worker's row.
-    pub row: usize,
-    /// The last verdict that denied a connection (for the log).
-    pub denied: Cell<Option<Verdict>>,
+    table: &'a DecisionTable,
+    hits: &'a PolicyHits,
+    row: usize,
+    /// The packet's flow, as it travels.
+    packet: Flow,
+    /// The verdict that denied `packet`'s flow, if asked (for the log). Not
+    /// that of another flow conntrack asked about (the reverse orientation
+    /// of a mid-stream segment or echo reply): the log names the packet's
+    /// source and destination, so it must name the policies of that direction.
+    denied: Cell<Option<Verdict>>,
+    /// The last allowing verdict and its flow: conntrack admits the flow it
+    /// just asked about, so counting it needs no second lookup.
+    allowed: Cell<Option<(Flow, Verdict)>>,
 }
 
-impl Admission<'_> {
+impl<'a> Admission<'a> {
+    /// `table`, counting into row `row` of `hits`, for a packet whose flow is `packet`.
+    pub fn new(table: &'a DecisionTable, hits: &'a PolicyHits, row: usize, packet: &Flow) -> Self {
+        Admission { table, hits, row, packet: *packet, denied: Cell::new(None), allowed: Cell::new(None) }
+    }
+
+    /// The verdict that denied the packet's own flow, if policy was asked
+    /// about it and denied it.
+    pub fn denied(&self) -> Option<Verdict> {
+        self.denied.get()
+    }
+
     #[inline]
     fn verdict(&self, flow: &Flow) -> Verdict {
         self.table.verdict(flow.src.ip(), flow.dst.ip(), flow.proto, flow.policy_port())
@@ -188,23 +232,27 @@ impl Admission<'_> {
 impl Policy for Admission<'_> {
     #[inline]
     fn allows(&self, flow: &Flow) -> bool {
-        self.verdict(flow).allowed()
+        let v = self.verdict(flow);
+        if v.allowed() {
+            self.allowed.set(Some((*flow, v)));
+        } else if *flow == self.packet {
+            self.denied.set(Some(v));
+        }
+        v.allowed()
     }
 
     #[inline]
-    fn admit(&self, flow: &Flow) -> bool {
-        let v = self.verdict(flow);
-        if !v.allowed() {
-            self.denied.set(Some(v));
-            return false;
-        }
+    fn admitted(&self, flow: &Flow) {
+        let v = match self.allowed.get() {
+            Some((f, v)) if f == *flow => v,
+            _ => self.verdict(flow),
+        };
         if let Side::Allowed(r) = v.egress {
             self.hits.add(self.row, r.policy, HitDirection::Egress);
         }
         if let Side::Allowed(r) = v.ingress {
             self.hits.add(self.row, r.policy, HitDirection::Ingress);
         }
-        true
     }
 }
 
@@ -260,6 +308,35 @@ mod tests {
             log.offer(denied(port), 10 * NANOS_PER_SEC, &suppressed);
         }
         assert_eq!(rx.try_iter().count(), 2);
+    }
+
+    /// A rate above one per nanosecond (a configuration typo, or a caller
+    /// that skips `Config::check`) used to divide by zero in `offer` and
+    /// panic the worker: it is capped at `MAX_DENY_LOG_PER_SECOND`.
+    #[test]
+    fn deny_log_rate_beyond_a_billion_is_capped_and_never_panics() {
+        for rate in [1_000_000_001, 4_000_000_000, u32::MAX] {
+            let (tx, rx) = denied_channel();
+            let suppressed = Counter::default();
+            let mut log = DenyLog::new(tx, rate);
+            assert!(log.enabled());
+            for (i, now) in [0, 1, 999, NANOS_PER_SEC, u64::MAX / 2, u64::MAX].into_iter().enumerate() {
+                log.offer(denied(i as u16), now, &suppressed);
+            }
+            assert_eq!(rx.try_iter().count(), 6, "rate {rate}");
+            assert_eq!(suppressed.get(), 0);
+        }
+        // The cap is a rate: a burst of `MAX + 1` at one instant loses one
+        // (the channel holds DENIED_QUEUE, so drain as we go).
+        let (tx, rx) = denied_channel();
+        let suppressed = Counter::default();
+        let mut log = DenyLog::new(tx, u32::MAX);
+        let mut sent = 0;
+        for _ in 0..=MAX_DENY_LOG_PER_SECOND {
+            log.offer(denied(1), 5, &suppressed);
+            sent += rx.try_iter().count();
+        }
+        assert_eq!((sent, suppressed.get()), (MAX_DENY_LOG_PER_SECOND as usize, 1));
     }
 
     #[test]

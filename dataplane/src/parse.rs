@@ -34,7 +34,10 @@
 //! - **ICMP echo** is tracked like a connection keyed by its identifier. The
 //!   request is encoded as ports `(id, 0)` and the reply as `(0, id)`, so a
 //!   reply's flow is exactly the mirror of its request's (conntrack relies
-//!   on this) and a request in the other direction is a different flow.
+//!   on this). A request in the other direction is a different flow, except
+//!   with identifier 0: its ports are `(0, 0)` like the reply's, and only the
+//!   message type ([`L4::EchoRequest`] / [`L4::EchoReply`]) tells them apart;
+//!   conntrack keys echo by that role.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -247,7 +250,8 @@ impl TcpFlags {
 /// A unidirectional flow: the 5-tuple of one packet, as it travels.
 ///
 /// For ICMP echo the ports encode the identifier (request `(id, 0)`, reply
-/// `(0, id)`, see the module doc); for protocols without ports both are 0.
+/// `(0, id)`, see the module doc: with identifier 0 they do not tell a
+/// request from a reply); for protocols without ports both are 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Flow {
     /// Source address.

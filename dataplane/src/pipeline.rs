@@ -53,7 +53,6 @@
 //! without ports (ICMP). Replies of a tracked connection pass. See
 //! [`crate::conntrack`] for TCP pickup, revocation and eviction.
 
-use std::cell::Cell;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Cache};
@@ -401,7 +400,7 @@ impl Pipeline {
         self
     }
 
-    /// Sends denied connections, rate-limited, to `log` (see [`crate::observe`]).
+    /// Sends packets denied by policy, rate-limited, to `log` (see [`crate::observe`]).
     pub fn with_deny_log(mut self, log: DenyLog) -> Self {
         self.deny_log = log;
         self
@@ -493,12 +492,11 @@ impl Pipeline {
                 .unwrap_or(Some(DropReason::FragmentNoFirst));
         }
         let t = &*self.current;
-        let admission =
-            Admission { table: &t.table, hits: &t.hits, row: self.worker, denied: Cell::new(None) };
+        let admission = Admission::new(&t.table, &t.hits, self.worker, &pkt.flow);
         let verdict = match self.conntrack.packet(pkt, &admission, t.generation, now) {
             Outcome::Pass(_) => None,
             Outcome::Drop(CtDrop::Policy) => {
-                if let (true, Some(v)) = (self.deny_log.enabled(), admission.denied.get()) {
+                if let (true, Some(v)) = (self.deny_log.enabled(), admission.denied()) {
                     let f = &pkt.flow;
                     let record = DeniedFlow {
                         src: f.src.ip(),

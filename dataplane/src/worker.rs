@@ -55,6 +55,8 @@ pub struct DataplaneConfig {
     /// Must be at least that many.
     pub workers: usize,
     /// Cores to pin workers to (worker `i` on `cores[i % len]`); empty: no pinning.
+    /// A worker that cannot be pinned (no such core, or not in the process's
+    /// allowed CPUs) runs unpinned: [`Dataplane::cores`] says so.
     pub cores: Vec<usize>,
     /// Socket and UMEM settings.
     pub xsk: XskConfig,
@@ -66,7 +68,7 @@ pub struct DataplaneConfig {
     /// How long an idle worker sleeps in `poll` before looking at its stop
     /// flag again, in milliseconds. Default 50.
     pub idle_poll_ms: i32,
-    /// Denied connections each worker reports per second at most (see
+    /// Packets denied by policy each worker reports per second at most (see
     /// [`Dataplane::denied_flows`]). Default 0: none.
     pub denied_log_per_second: u32,
 }
@@ -493,6 +495,26 @@ pub struct Dataplane {
     denied: Receiver<DeniedFlow>,
     waker: Waker,
     bindings: Vec<Binding>,
+    cores: Vec<WorkerCore>,
+}
+
+/// The core a worker thread was to be pinned to, and whether that worked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerCore {
+    /// Worker index.
+    pub worker: usize,
+    /// The core from [`DataplaneConfig::cores`]; `None` when none was asked for.
+    pub core: Option<usize>,
+    /// The thread is pinned to `core`. False when pinning failed (the worker
+    /// runs on whatever cores the scheduler gives it) or none was asked for.
+    pub pinned: bool,
+}
+
+/// Pins the calling thread to `core`; false if the kernel refuses (no such
+/// CPU, or one outside the process's cpuset) or `core` is beyond what a
+/// `cpu_set_t` holds (`core_affinity` would index out of bounds there).
+fn pin_current_thread(core: usize) -> bool {
+    core < libc::CPU_SETSIZE as usize && core_affinity::set_for_current(core_affinity::CoreId { id: core })
 }
 
 /// One AF_XDP socket a worker bound.
@@ -568,6 +590,9 @@ impl Dataplane {
                 ),
             });
         }
+        let pcfg = PipelineConfig { ports: cfg.ports.len() as u16, ..cfg.pipeline.clone() };
+        pcfg.validate()?;
+        // Checks done: from here on the interfaces get our XDP program.
         let ports = cfg
             .ports
             .iter()
@@ -575,8 +600,6 @@ impl Dataplane {
             .enumerate()
             .map(|(i, (name, q))| Port::open(i as PortId, name, cfg.xsk.attach, Some(*q)))
             .collect::<Result<Vec<_>, _>>()?;
-        let pcfg = PipelineConfig { ports: ports.len() as u16, ..cfg.pipeline.clone() };
-        pcfg.validate()?;
         let stop = Arc::new(AtomicBool::new(false));
         let epoch = Instant::now();
         let (denied_tx, denied_rx) = denied_channel();
@@ -590,6 +613,7 @@ impl Dataplane {
             denied: denied_rx,
             waker: Waker::default(),
             bindings: Vec::new(),
+            cores: Vec::new(),
         };
         for index in 0..workers {
             let io = Arc::new(IoCounters::default());
@@ -617,9 +641,7 @@ impl Dataplane {
             let handle = std::thread::Builder::new()
                 .name(format!("pcl-worker-{index}"))
                 .spawn(move || {
-                    if let Some(id) = core {
-                        core_affinity::set_for_current(core_affinity::CoreId { id });
-                    }
+                    let pinned = core.is_some_and(pin_current_thread);
                     let started = Pipeline::try_new(&pcfg, tables, pc2)
                         .map(|p| p.with_worker(index).with_deny_log(deny_log))
                         .map_err(StartError::from)
@@ -631,7 +653,7 @@ impl Dataplane {
                                 .iter()
                                 .map(|(port, s)| Binding { worker: index, port: *port, queue: s.queue() })
                                 .collect::<Vec<_>>();
-                            let _ = ready_tx.send(Ok(bound));
+                            let _ = ready_tx.send(Ok((bound, pinned)));
                             w.run(&stop, epoch);
                         }
                         Err(e) => {
@@ -644,7 +666,10 @@ impl Dataplane {
             dp.io.push(io);
             dp.pipeline.push(pc);
             match ready_rx.recv() {
-                Ok(Ok(bound)) => dp.bindings.extend(bound),
+                Ok(Ok((bound, pinned))) => {
+                    dp.bindings.extend(bound);
+                    dp.cores.push(WorkerCore { worker: index, core, pinned });
+                }
                 Ok(Err(e)) => {
                     // Our clones of the ports go first, so that shutting down
                     // closes the last descriptors of their XDP links.
@@ -674,6 +699,13 @@ impl Dataplane {
     /// reported it once bound.
     pub fn bindings(&self) -> &[Binding] {
         &self.bindings
+    }
+
+    /// For each worker, in order, the core it was to be pinned to and whether
+    /// pinning worked (`DataplaneConfig::cores`). Callers should report a
+    /// failed pinning: the worker runs, but may share a core with anything.
+    pub fn cores(&self) -> &[WorkerCore] {
+        &self.cores
     }
 
     /// The flag that stops the workers when set.
@@ -710,7 +742,7 @@ impl Dataplane {
         self.waker.clone()
     }
 
-    /// Denied connections the workers reported (at most
+    /// Packets denied by policy the workers reported (at most
     /// `denied_log_per_second` per worker). Drain it with `try_recv`, not a
     /// blocking receive: a blocked receiver makes the workers' sends wake it.
     pub fn denied_flows(&self) -> Receiver<DeniedFlow> {

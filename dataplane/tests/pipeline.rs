@@ -275,11 +275,13 @@ fn full_table_refuses_new_connections_and_keeps_established() {
     let mut r = rig_with(cfg, published(1, testing::client_server_table()));
     r.learn_all();
     let (c, s) = (r.client, r.server);
+    // Four assured UDP flows (query, answer, query again): never evicted.
     for port in 0..4u16 {
         let q = testing::udp(&c, 1000 + port, &s, 53, false, b"q");
         let a = testing::udp(&s, 53, &c, 1000 + port, false, b"a");
         assert_eq!(r.p.process(0, &q, 0), Action::Forward(1));
         assert_eq!(r.p.process(1, &a, 0), Action::Forward(0));
+        assert_eq!(r.p.process(0, &q, 0), Action::Forward(1));
     }
     for port in 0..50u16 {
         let syn = testing::tcp(&c, 2000 + port, &s, 80, F::SYN, false, &[]);
@@ -424,4 +426,126 @@ fn allowed_connections_are_counted_per_policy_and_denied_ones_logged_at_a_bounde
     let syn = testing::tcp(&o, 50010, &s, 80, F::SYN, false, &[]);
     assert_eq!(p.process(2, &syn, 3 * SEC), Action::Drop(DropReason::Policy));
     assert_eq!(rx.try_iter().count(), 1);
+}
+
+/// Per-policy allow hits count connections admitted into the table: not the
+/// probes of packets that track nothing (a reply-only segment, dropped; RSTs
+/// without a connection, passed untracked), nor a connection refused because
+/// the table is full.
+#[test]
+fn policy_hits_count_admitted_connections_only() {
+    use dataplane::observe::HitDirection;
+    let cfg = PipelineConfig { ports: 3, conntrack_capacity: 1, ..Default::default() };
+    let mut r = rig_with(cfg, published(1, testing::client_server_table()));
+    r.learn_all();
+    let (c, s) = (r.client, r.server);
+    let tables = r.tables.clone();
+    let server_ingress =
+        (0..2).find(|&i| tables.load().table.policy(i).1 == "server-ingress").unwrap() as usize;
+    let hits = || tables.load().hits.total(server_ingress, HitDirection::Ingress);
+
+    let reply_only = testing::tcp(&s, 80, &c, 40000, F::ACK, false, &[]);
+    assert_eq!(r.p.process(1, &reply_only, 0), Action::Drop(DropReason::TcpNoConnection));
+    for _ in 0..3 {
+        let rst = testing::tcp(&c, 40001, &s, 80, F::RST, false, &[]);
+        assert_eq!(r.p.process(0, &rst, 0), Action::Forward(1));
+    }
+    assert_eq!(hits(), 0, "no connection was admitted");
+
+    // One connection, several packets: one hit.
+    assert_eq!(r.p.process(0, &testing::tcp(&c, 40002, &s, 80, F::SYN, false, &[]), 1), Action::Forward(1));
+    let synack = testing::tcp(&s, 80, &c, 40002, F::SYN | F::ACK, false, &[]);
+    assert_eq!(r.p.process(1, &synack, 1), Action::Forward(0));
+    assert_eq!(r.p.process(0, &testing::tcp(&c, 40002, &s, 80, F::ACK, false, &[]), 1), Action::Forward(1));
+    assert_eq!(hits(), 1);
+
+    // The one slot holds that established connection: the next one is refused, not counted.
+    let syn = testing::tcp(&c, 40003, &s, 80, F::SYN, false, &[]);
+    assert_eq!(r.p.process(0, &syn, 2), Action::Drop(DropReason::ConntrackFull));
+    assert_eq!(hits(), 1);
+}
+
+/// A denied packet is logged with its own flow's verdict, also when conntrack
+/// also asked about the reverse orientation (a mid-stream TCP segment denied
+/// both ways: the log must not blame the policies of the other direction).
+#[test]
+fn denied_flow_log_blames_the_packets_own_direction() {
+    use dataplane::observe::{denied_channel, DenyLog};
+    use std::net::IpAddr;
+
+    let cfg = PipelineConfig { ports: 3, ..Default::default() };
+    let tables = Arc::new(ArcSwap::from_pointee(published(1, testing::client_server_table())));
+    let counters = Arc::new(WorkerCounters::new(3));
+    let (tx, rx) = denied_channel();
+    let mut p = Pipeline::new(&cfg, tables.clone(), counters).with_deny_log(DenyLog::new(tx, 100));
+    p.begin_batch(0);
+    let (c, s) = (Host::new(1), Host::new(2));
+    for (port, a, b) in [(0, &c, &s), (1, &s, &c)] {
+        assert_eq!(p.process(port, &testing::arp_request(a, b), 0), Action::Flood);
+    }
+    let verdict = |src: IpAddr, dst: IpAddr, port: u16| tables.load().table.verdict(src, dst, 6, port);
+    // server:81 -> client:40000 is denied by the client's ingress policy; the
+    // reverse (client -> server:81) by the server's: two different verdicts.
+    let forward = verdict(s.v4(), c.v4(), 40000);
+    let reverse = verdict(c.v4(), s.v4(), 81);
+    assert!(!forward.allowed() && !reverse.allowed() && forward != reverse);
+    let ack = testing::tcp(&s, 81, &c, 40000, F::ACK, false, b"x");
+    assert_eq!(p.process(1, &ack, SEC), Action::Drop(DropReason::Policy));
+    let logged: Vec<_> = rx.try_iter().collect();
+    assert_eq!(logged.len(), 1);
+    let d = logged[0];
+    assert_eq!((d.src, d.dst, d.port), (s.v4(), c.v4(), 40000));
+    assert_eq!(d.verdict, forward);
+}
+
+/// ICMP echo with identifier 0, on real frames (v4 and v6): the client may ping
+/// `other`, `other` may not ping the client (its ingress is isolated). Both
+/// requests have ports (0, 0), like the reply: the reverse request must be
+/// judged as a request of its own, not passed as the reply.
+#[test]
+fn echo_id_zero_reverse_request_is_denied() {
+    let mut r = rig();
+    r.learn_all();
+    let (c, o) = (r.client, r.other);
+    for v6 in [false, true] {
+        assert_eq!(r.p.process(0, &testing::echo(&c, &o, 0, true, v6), 1), Action::Forward(2));
+        let reverse = testing::echo(&o, &c, 0, true, v6);
+        assert_eq!(r.p.process(2, &reverse, 2), Action::Drop(DropReason::Policy), "v6 {v6}");
+        assert_eq!(r.p.process(2, &testing::echo(&o, &c, 0, false, v6), 3), Action::Forward(0));
+    }
+}
+
+/// Without symmetric RSS a reply reaches a worker that never saw its
+/// connection (the conntrack module doc): with the default configuration it
+/// is dropped there (TCP: no connection; UDP: denied as a new flow); only
+/// `tcp_reverse_pickup` passes TCP replies.
+#[test]
+fn a_reply_on_a_worker_that_never_saw_the_connection() {
+    let tables = Arc::new(ArcSwap::from_pointee(published(1, testing::client_server_table())));
+    let worker = |cfg: &PipelineConfig| {
+        let mut p = Pipeline::new(cfg, tables.clone(), Arc::new(WorkerCounters::new(3)));
+        p.begin_batch(0);
+        let (c, s) = (Host::new(1), Host::new(2));
+        for (port, a, b) in [(0, &c, &s), (1, &s, &c)] {
+            assert_eq!(p.process(port, &testing::arp_request(a, b), 0), Action::Flood);
+        }
+        p
+    };
+    let default = PipelineConfig { ports: 3, ..Default::default() };
+    assert!(!default.tcp_reverse_pickup);
+    let (c, s) = (Host::new(1), Host::new(2));
+    let (mut first, mut other) = (worker(&default), worker(&default));
+    assert_eq!(first.process(0, &testing::tcp(&c, 40000, &s, 80, F::SYN, false, &[]), 1), Action::Forward(1));
+    let synack = testing::tcp(&s, 80, &c, 40000, F::SYN | F::ACK, false, &[]);
+    assert_eq!(other.process(1, &synack, 1), Action::Drop(DropReason::TcpNoConnection));
+    assert_eq!(first.process(0, &testing::udp(&c, 5353, &s, 53, false, b"q"), 1), Action::Forward(1));
+    let answer = testing::udp(&s, 53, &c, 5353, false, b"a");
+    assert_eq!(other.process(1, &answer, 1), Action::Drop(DropReason::Policy));
+    // The same replies on the worker that saw the connections pass.
+    assert_eq!(first.process(1, &synack, 1), Action::Forward(0));
+    assert_eq!(first.process(1, &answer, 1), Action::Forward(0));
+
+    let mut reverse = worker(&PipelineConfig { tcp_reverse_pickup: true, ..default });
+    assert_eq!(reverse.process(1, &synack, 1), Action::Forward(0));
+    assert_eq!(reverse.process(1, &answer, 1), Action::Drop(DropReason::Policy));
 }

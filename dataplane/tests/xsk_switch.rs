@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use dataplane::pipeline::{Mode, PipelineConfig, PublishedTable};
+use dataplane::pipeline::{ConfigError, Mode, PipelineConfig, PublishedTable};
 use dataplane::port::PortError;
 use dataplane::xsk::{AttachMode, CopyMode, XskConfig};
-use dataplane::{Binding, Dataplane, DataplaneConfig, StartError};
+use dataplane::{Binding, Dataplane, DataplaneConfig, StartError, WorkerCore};
 
 fn sh(args: &[&str]) -> Result<String, String> {
     let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{args:?}: {e}"))?;
@@ -319,6 +319,84 @@ fn an_interface_with_an_unbound_queue_is_refused() {
         let link = sh(&["ip", "link", "show", p]).unwrap();
         assert!(!link.contains("xdp"), "{link}");
     }
+}
+
+/// A worker that cannot be pinned to its core still runs, and the dataplane
+/// says so (`Dataplane::cores`, which the daemon logs and serves in /status):
+/// core 1023 is no CPU of this machine, 5000 is beyond any `cpu_set_t`.
+#[test]
+fn workers_report_whether_they_were_pinned() {
+    if skip() {
+        return;
+    }
+    let _lock = lock();
+    let prefix = format!("pclp{}", std::process::id() % 10000);
+    let pods = Pods::new(&prefix, false).expect("namespaces");
+    if std::thread::available_parallelism().map_or(0, |n| n.get()) > 1023 {
+        return; // core 1023 might exist
+    }
+    let cfg = DataplaneConfig {
+        ports: pods.ports(),
+        workers: 3,
+        cores: vec![0, 1023, 5000],
+        xsk: XskConfig { attach: AttachMode::Native, copy: CopyMode::Copy, ..XskConfig::default() },
+        idle_poll_ms: 10,
+        ..DataplaneConfig::default()
+    };
+    let dp = Dataplane::start(&cfg, empty_table()).expect("dataplane start");
+    let cores = dp.cores().to_vec();
+    let alive = dp.workers_alive();
+    let ping = pods.exec(0, &["ping", "-c", "1", "-W", "2", "10.99.0.2"]);
+    dp.shutdown();
+    let c = |worker, core: usize, pinned| WorkerCore { worker, core: Some(core), pinned };
+    assert_eq!(cores, [c(0, 0, true), c(1, 1023, false), c(2, 5000, false)]);
+    assert!(alive);
+    assert!(ping.expect("ping").contains("1 received"));
+}
+
+/// Every check runs before any interface is touched: an invalid pipeline
+/// configuration is refused with the XDP program already on a port (another
+/// tool's, attached through netlink) left in place, not replaced by ours and
+/// then removed.
+#[test]
+fn an_invalid_pipeline_config_leaves_the_interfaces_alone() {
+    if dataplane::testing::root::skip(&["ethtool", "ping", "clang"]) {
+        return;
+    }
+    let _lock = lock();
+    let prefix = format!("pclv{}", std::process::id() % 10000);
+    let pods = Pods::new(&prefix, false).expect("namespaces");
+    let ports = pods.ports();
+    // Someone else's XDP program: XDP_PASS, compiled here, attached by iproute2 (netlink).
+    let dir = std::env::temp_dir().join(format!("{prefix}-xdp"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, obj) = (dir.join("other.c"), dir.join("other.o"));
+    std::fs::write(
+        &src,
+        "__attribute__((section(\"xdp\"), used)) int other_tool(void *ctx) { return 2; }\n\
+         char _license[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
+    )
+    .unwrap();
+    sh(&["clang", "-O2", "-target", "bpf", "-c", src.to_str().unwrap(), "-o", obj.to_str().unwrap()])
+        .expect("clang -target bpf");
+    sh(&["ip", "link", "set", "dev", &ports[0], "xdpgeneric", "obj", obj.to_str().unwrap(), "sec", "xdp"])
+        .expect("attach the other program");
+    let _ = std::fs::remove_dir_all(&dir);
+    let attached = || sh(&["ip", "link", "show", &ports[0]]).unwrap();
+    assert!(attached().contains("name other_tool"), "{}", attached());
+
+    let cfg = DataplaneConfig {
+        ports: ports.clone(),
+        pipeline: PipelineConfig { conntrack_capacity: 0, ..PipelineConfig::default() },
+        xsk: XskConfig { attach: AttachMode::Generic, copy: CopyMode::Copy, ..XskConfig::default() },
+        ..DataplaneConfig::default()
+    };
+    match Dataplane::start(&cfg, empty_table()) {
+        Err(StartError::Pipeline(ConfigError::Capacity { field: "conntrack_capacity", value: 0 })) => {}
+        other => panic!("expected the pipeline's capacity error, got {other:?}"),
+    }
+    assert!(attached().contains("name other_tool"), "the other program was removed: {}", attached());
+    assert!(!sh(&["ip", "link", "show", &ports[1]]).unwrap().contains("xdp"));
 }
 
 /// The CI rule (`dataplane::testing::root`): a root-only test that cannot run skips,
