@@ -40,6 +40,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod addresses;
 mod assoc;
 pub mod conntrack;
 pub mod counters;

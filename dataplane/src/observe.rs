@@ -33,6 +33,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use policy_compiler::{DecisionTable, Side, Verdict};
 use serde::Serialize;
 
+use crate::addresses::Addresses;
 use crate::conntrack::Policy;
 use crate::counters::Counter;
 use crate::parse::Flow;
@@ -209,12 +210,28 @@ pub struct Admission<'a> {
     /// The last allowing verdict and its flow: conntrack admits the flow it
     /// just asked about, so counting it needs no second lookup.
     allowed: Cell<Option<(Flow, Verdict)>>,
+    /// The node's addresses: connections from them are allowed.
+    node: Option<&'a Addresses>,
 }
 
 impl<'a> Admission<'a> {
     /// `table`, counting into row `row` of `hits`, for a packet whose flow is `packet`.
     pub fn new(table: &'a DecisionTable, hits: &'a PolicyHits, row: usize, packet: &Flow) -> Self {
-        Admission { table, hits, row, packet: *packet, denied: Cell::new(None), allowed: Cell::new(None) }
+        Admission {
+            table,
+            hits,
+            row,
+            packet: *packet,
+            node: None,
+            denied: Cell::new(None),
+            allowed: Cell::new(None),
+        }
+    }
+
+    /// Also allows every connection from one of the node's addresses (see
+    /// [`crate::addresses`]); such a connection counts no policy hit.
+    pub fn with_node(self, node: &'a Addresses) -> Self {
+        Admission { node: Some(node), ..self }
     }
 
     /// The verdict that denied the packet's own flow, if policy was asked
@@ -232,6 +249,9 @@ impl<'a> Admission<'a> {
 impl Policy for Admission<'_> {
     #[inline]
     fn allows(&self, flow: &Flow) -> bool {
+        if self.node.is_some_and(|n| n.is_node(flow.src.ip())) {
+            return true;
+        }
         let v = self.verdict(flow);
         if v.allowed() {
             self.allowed.set(Some((*flow, v)));

@@ -58,7 +58,8 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Cache};
 use serde::{Deserialize, Serialize};
 
-use crate::conntrack::{Conntrack, CtDrop, Outcome, Timeouts};
+use crate::addresses::Addresses;
+use crate::conntrack::{Conntrack, CtDrop, Outcome, Policy, Timeouts};
 use crate::counters::WorkerCounters;
 use crate::frag::{DatagramKey, FragTracker};
 use crate::observe::{Admission, DeniedFlow, DenyLog, PolicyHits};
@@ -79,6 +80,10 @@ pub enum Action {
     Forward(PortId),
     /// Transmit on every port except the ingress port.
     Flood,
+    /// Transmit on every port except the ingress port and the ports that
+    /// lead to a pod (an IP frame for an address no pod port has; see
+    /// [`crate::addresses`]).
+    FloodUnbound,
     /// Drop, for this reason (already counted).
     Drop(DropReason),
 }
@@ -107,11 +112,17 @@ pub enum DropReason {
     SamePort,
     /// `in_port` is not a port of this pipeline.
     BadPort,
+    /// An IP frame from a port that leads to a pod, with a source address
+    /// that is not that pod's (see [`crate::addresses`]).
+    SpoofedSource,
+    /// An IP frame the MAC table would send to a pod's port but that is not
+    /// addressed to that pod.
+    NotForPort,
 }
 
 impl DropReason {
     /// Number of counted kinds ([`DropReason::Parse`] is one kind).
-    pub const KINDS: usize = 10;
+    pub const KINDS: usize = 12;
 
     /// snake_case names of the kinds, in [`DropReason::kind`] order.
     pub const KIND_NAMES: [&'static str; Self::KINDS] = [
@@ -125,6 +136,8 @@ impl DropReason {
         "tcp_no_connection",
         "same_port",
         "bad_port",
+        "spoofed_source",
+        "not_for_port",
     ];
 
     /// Index of the kind, for counter arrays.
@@ -141,6 +154,8 @@ impl DropReason {
             DropReason::TcpNoConnection => 7,
             DropReason::SamePort => 8,
             DropReason::BadPort => 9,
+            DropReason::SpoofedSource => 10,
+            DropReason::NotForPort => 11,
         }
     }
 }
@@ -167,6 +182,9 @@ pub struct PublishedTable {
     /// Connections allowed per policy of `table` (see [`crate::observe`]);
     /// empty counts nothing.
     pub hits: PolicyHits,
+    /// The pod behind each port and the node's addresses (see
+    /// [`crate::addresses`]); empty: no port leads to a pod, no node exemption.
+    pub addresses: Addresses,
 }
 
 impl PublishedTable {
@@ -177,6 +195,7 @@ impl PublishedTable {
             table: Default::default(),
             fail_closed: true,
             hits: PolicyHits::default(),
+            addresses: Addresses::default(),
         }
     }
 
@@ -188,7 +207,21 @@ impl PublishedTable {
     ) -> Self {
         let table = table.into();
         let hits = PolicyHits::new(table.policy_slots(), workers);
-        PublishedTable { generation, table, fail_closed: false, hits }
+        PublishedTable { generation, table, fail_closed: false, hits, addresses: Addresses::default() }
+    }
+
+    /// The same, with the pods behind the ports and the node's addresses.
+    pub fn with_addresses(self, addresses: Addresses) -> Self {
+        PublishedTable { addresses, ..self }
+    }
+}
+
+/// Re-checks of tracked connections against a newer table: the table, plus
+/// the node exemption.
+impl Policy for PublishedTable {
+    #[inline]
+    fn allows(&self, flow: &crate::parse::Flow) -> bool {
+        self.addresses.is_node(flow.src.ip()) || self.table.allows(flow)
     }
 }
 
@@ -419,7 +452,7 @@ impl Pipeline {
         }
         if self.revalidate_remaining > 0 && !self.current.fail_closed {
             let n = self.revalidate_remaining.min(self.sweep_budget);
-            self.conntrack.revalidate_step(&*self.current.table, self.current.generation, n);
+            self.conntrack.revalidate_step(&*self.current, self.current.generation, n);
             self.revalidate_remaining -= n;
         }
         self.conntrack.expire_step(now, self.sweep_budget);
@@ -448,7 +481,7 @@ impl Pipeline {
         }
         match action {
             Action::Forward(_) => c.forwarded.inc(),
-            Action::Flood => c.flooded.inc(),
+            Action::Flood | Action::FloodUnbound => c.flooded.inc(),
             Action::Drop(r) => c.count_drop(r),
         }
         action
@@ -463,6 +496,15 @@ impl Pipeline {
             Ok(f) => f,
             Err(e) => return Action::Drop(DropReason::Parse(e)),
         };
+        // A pod's port speaks only with that pod's addresses (before learning:
+        // a spoofed frame teaches nothing).
+        if self.enforce {
+            if let (Class::Ip(pkt), Some(pod)) = (&frame.class, self.current.addresses.pod_at(in_port)) {
+                if !pod.contains(pkt.flow.src.ip()) {
+                    return Action::Drop(DropReason::SpoofedSource);
+                }
+            }
+        }
         self.switch.learn(in_port, &frame, now);
         let verdict = match frame.class {
             Class::Arp | Class::NeighbourDiscovery => None,
@@ -475,7 +517,23 @@ impl Pipeline {
         if let Some(reason) = verdict {
             return Action::Drop(reason);
         }
-        match self.switch.forward(in_port, &frame, now) {
+        let l2 = self.switch.forward(in_port, &frame, now);
+        let a = &self.current.addresses;
+        if let (Class::Ip(pkt), true) = (&frame.class, self.enforce && a.any_pod_port()) {
+            // To a pod's port only what is addressed to that pod, found by
+            // address whatever the MAC table says.
+            return match (a.port_of(pkt.flow.dst.ip()), l2) {
+                (Some(p), _) if p == in_port => Action::Drop(DropReason::SamePort),
+                (Some(p), _) => Action::Forward(p),
+                (None, L2::Forward(p)) if a.is_pod_port(usize::from(p)) => {
+                    Action::Drop(DropReason::NotForPort)
+                }
+                (None, L2::Forward(p)) => Action::Forward(p),
+                (None, L2::Flood) => Action::FloodUnbound,
+                (None, L2::SamePort) => Action::Drop(DropReason::SamePort),
+            };
+        }
+        match l2 {
             L2::Forward(p) => Action::Forward(p),
             L2::Flood => Action::Flood,
             L2::SamePort => Action::Drop(DropReason::SamePort),
@@ -492,7 +550,7 @@ impl Pipeline {
                 .unwrap_or(Some(DropReason::FragmentNoFirst));
         }
         let t = &*self.current;
-        let admission = Admission::new(&t.table, &t.hits, self.worker, &pkt.flow);
+        let admission = Admission::new(&t.table, &t.hits, self.worker, &pkt.flow).with_node(&t.addresses);
         let verdict = match self.conntrack.packet(pkt, &admission, t.generation, now) {
             Outcome::Pass(_) => None,
             Outcome::Drop(CtDrop::Policy) => {
@@ -550,6 +608,6 @@ impl Pipeline {
         }
         self.revalidate_remaining = 0;
         let t = &*self.current;
-        self.conntrack.revalidate_all(&*t.table, t.generation)
+        self.conntrack.revalidate_all(t, t.generation)
     }
 }

@@ -383,10 +383,13 @@ impl Worker {
                             recycle(free, frame);
                         }
                     },
-                    Action::Flood => {
+                    Action::Flood | Action::FloodUnbound => {
+                        let unbound_only = action == Action::FloodUnbound;
                         for (port, slot) in socket_of_port.iter().enumerate() {
                             let Some(s) = *slot else { continue };
-                            if port == in_port as usize {
+                            if port == in_port as usize
+                                || unbound_only && pipeline.table().addresses.is_pod_port(port)
+                            {
                                 continue;
                             }
                             let Some(mut copy) = free.pop() else {

@@ -549,3 +549,91 @@ fn a_reply_on_a_worker_that_never_saw_the_connection() {
     assert_eq!(reverse.process(1, &synack, 1), Action::Forward(0));
     assert_eq!(reverse.process(1, &answer, 1), Action::Drop(DropReason::Policy));
 }
+
+/// Ports 0-2 lead to client, server and other; port 3 is an uplink.
+fn pod_ports_rig(node: Vec<std::net::IpAddr>) -> Rig {
+    use dataplane::addresses::{Addresses, PodAddrs};
+    let cfg = PipelineConfig { ports: 4, ..Default::default() };
+    let (c, s, o) = (Host::new(1), Host::new(2), Host::new(3));
+    let pods = [c, s, o].map(|h| Some(PodAddrs::new([h.v4(), h.v6()])));
+    let addresses = Addresses::new(pods.into_iter().chain([None]).collect(), node);
+    let mut r = rig_with(cfg, published(1, testing::client_server_table()).with_addresses(addresses));
+    r.learn_all();
+    r
+}
+
+#[test]
+fn a_pod_port_speaks_only_with_its_pods_addresses() {
+    let mut r = pod_ports_rig(vec![]);
+    let (c, s, o) = (r.client, r.server, r.other);
+    for v6 in [false, true] {
+        // The other pod, denied to the server, pretends to be the client: dropped
+        // before policy, whatever the policy would say of the client.
+        let spoofed = testing::tcp(&c, 40000, &s, 80, F::SYN, v6, &[]);
+        assert_eq!(r.p.process(2, &spoofed, 1), Action::Drop(DropReason::SpoofedSource));
+        let spoofed = testing::udp(&c, 5353, &s, 53, v6, b"q");
+        assert_eq!(r.p.process(2, &spoofed, 1), Action::Drop(DropReason::SpoofedSource));
+        // An address no pod has (a link-local one, say) is not the pod's either.
+        let mut stranger = Host::new(9);
+        stranger.mac = o.mac;
+        let ll = testing::udp(&stranger, 5353, &c, 53, v6, b"q");
+        assert_eq!(r.p.process(2, &ll, 1), Action::Drop(DropReason::SpoofedSource));
+        // The real client still gets through.
+        let syn = testing::tcp(&c, 40000 + u16::from(v6), &s, 80, F::SYN, v6, &[]);
+        assert_eq!(r.p.process(0, &syn, 2), Action::Forward(1));
+    }
+    assert_eq!(r.p.counters().snapshot().drops["spoofed_source"], 6);
+    // ARP is not checked (it cannot make the switch deliver IP to the wrong pod; see below).
+    assert_eq!(r.p.process(2, &testing::arp_request(&c, &s), 3), Action::Flood);
+}
+
+#[test]
+fn a_pod_port_receives_only_what_is_addressed_to_its_pod() {
+    let mut r = pod_ports_rig(vec![]);
+    let (c, s, o) = (r.client, r.server, r.other);
+    // The other pod claims the server's MAC (with its own, valid, address; policy
+    // denies the frame, the switch learns from it all the same): what is addressed
+    // to the server still goes to port 1.
+    let mut thief = o;
+    thief.mac = s.mac;
+    let claim = testing::udp(&thief, 9999, &c, 9999, false, b"x");
+    assert_eq!(r.p.process(2, &claim, 1), Action::Drop(DropReason::Policy));
+    let syn = testing::tcp(&c, 40000, &s, 80, F::SYN, false, &[]);
+    assert_eq!(r.p.process(0, &syn, 2), Action::Forward(1));
+    // A frame to the server's MAC (now learned on port 2) for an address that is
+    // not the other pod's: not for that port.
+    let stranger = Host::new(9);
+    let mut to_stranger_via_thief = stranger;
+    to_stranger_via_thief.mac = s.mac;
+    let f = testing::udp(&c, 5000, &to_stranger_via_thief, 5000, false, b"x");
+    assert_eq!(r.p.process(0, &f, 3), Action::Drop(DropReason::NotForPort));
+    // An address no pod has, MAC unknown: flooded to the uplink only.
+    let f = testing::udp(&c, 5000, &Host::new(10), 5000, false, b"x");
+    assert_eq!(r.p.process(0, &f, 3), Action::FloodUnbound);
+    // Nothing goes back out of the port it came in on (the unisolated other pod to itself).
+    let own = testing::udp(&o, 5000, &o, 5001, false, b"x");
+    assert_eq!(r.p.process(2, &own, 3), Action::Drop(DropReason::SamePort));
+    assert_eq!(r.p.counters().snapshot().drops["not_for_port"], 1);
+}
+
+#[test]
+fn connections_from_the_node_are_allowed_into_isolated_pods() {
+    // The node (a kubelet probe) may connect to the isolated server on any port;
+    // another non-pod address may not.
+    let node = Host::new(100);
+    let mut r = pod_ports_rig(vec![node.v4(), node.v6()]);
+    let s = r.server;
+    for v6 in [false, true] {
+        let probe = testing::tcp(&node, 50000, &s, 8080, F::SYN, v6, &[]);
+        assert_eq!(r.p.process(3, &probe, 1), Action::Forward(1));
+        let reply = testing::tcp(&s, 8080, &node, 50000, F::SYN | F::ACK, v6, &[]);
+        assert!(matches!(r.p.process(1, &reply, 1), Action::Forward(_) | Action::FloodUnbound));
+        let outsider = testing::tcp(&Host::new(101), 50000, &s, 8080, F::SYN, v6, &[]);
+        assert_eq!(r.p.process(3, &outsider, 1), Action::Drop(DropReason::Policy));
+    }
+    // A newer table re-checks tracked connections: the node's stay.
+    let table = r.tables.load().addresses.clone();
+    r.tables.store(Arc::new(published(2, testing::client_server_table()).with_addresses(table)));
+    r.p.begin_batch(2);
+    assert_eq!(r.p.revalidate_all(), 0);
+}

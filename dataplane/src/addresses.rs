@@ -1,0 +1,153 @@
+//! Addresses the dataplane knows besides the table: the pod behind each
+//! port (switch mode) and the node's own addresses.
+//!
+//! ```text
+//!  frame in on port p ── p leads to pod P? ── IP source not P's ──▶ Drop(SpoofedSource)
+//!                                            (ARP, ND: not checked)
+//!  allowed IP frame ──── destination is a pod behind port q ──────▶ Forward(q)  (by address,
+//!                        else MAC forwarding, never to a pod's port:        not by MAC)
+//!                        Forward(pod port) ─▶ Drop(NotForPort), Flood ─▶ FloodUnbound
+//!  new connection ────── source is the node ──────────────────────▶ ingress allowed
+//! ```
+//!
+//! **Why both checks.** Policy is evaluated on the addresses a packet
+//! carries. A pod that could send with another pod's source address would
+//! be judged as that pod, and one that could claim another pod's MAC would
+//! receive what is allowed to that pod. So on a port that leads to a pod, IP
+//! frames must carry one of that pod's addresses as source, and IP frames
+//! are delivered to a pod's port only when addressed to that pod, whatever
+//! the MAC table says. ARP and neighbour discovery are not checked: a pod
+//! that lies in them can make frames go to the wrong MAC, which the
+//! destination check turns into drops (a denial of service of the pod it
+//! impersonates, visible as `not_for_port` drops), never into delivery.
+//!
+//! **The node.** Upstream, a pod isolated for ingress still accepts
+//! connections from its own node (`NetworkPolicySpec.ingress`: "OR if the
+//! traffic source is the pod's local node"): kubelet probes. The table is
+//! the same on every node and knows no node addresses, so the exemption is
+//! applied here: a new connection whose source is one of the node's
+//! addresses is allowed.
+//!
+//! Both are built by the control plane with each published table (pods get
+//! new addresses), and read on the packet path without allocation: a port's
+//! pod has at most two addresses (one per family), and destination lookup
+//! is one hash probe.
+
+use std::net::IpAddr;
+
+use hashbrown::HashMap;
+
+use crate::pipeline::PortId;
+
+/// The addresses of the pod behind one port: at most one per family.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodAddrs([Option<IpAddr>; 2]);
+
+impl PodAddrs {
+    /// The pod's addresses (extra ones of a family already present are ignored:
+    /// Kubernetes gives a pod at most one per family).
+    pub fn new(ips: impl IntoIterator<Item = IpAddr>) -> Self {
+        let mut a = [None; 2];
+        for ip in ips {
+            let slot = &mut a[usize::from(ip.is_ipv6())];
+            slot.get_or_insert(ip);
+        }
+        PodAddrs(a)
+    }
+
+    /// Is `ip` one of them?
+    #[inline]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0[usize::from(ip.is_ipv6())] == Some(ip)
+    }
+}
+
+/// What the control plane tells the workers about addresses, with a table.
+#[derive(Clone, Debug, Default)]
+pub struct Addresses {
+    /// Per port id: the pod behind it, if the port leads to one.
+    ports: Vec<Option<PodAddrs>>,
+    /// Which port each of those pods' addresses is behind.
+    owner: HashMap<IpAddr, PortId>,
+    /// The node's own addresses.
+    node: Vec<IpAddr>,
+    /// Does any port lead to a pod?
+    pod_ports: bool,
+}
+
+impl Addresses {
+    /// `ports[p]`: the addresses of the pod behind port `p` (`None`: the port
+    /// leads to no pod: an uplink, or mode wire); `node`: the node's addresses.
+    /// A pod port with no address yet (the pod has none, or is not in the
+    /// table) passes no IP at all.
+    pub fn new(ports: Vec<Option<PodAddrs>>, node: Vec<IpAddr>) -> Self {
+        let mut owner = HashMap::new();
+        for (p, pod) in ports.iter().enumerate() {
+            for ip in pod.iter().flat_map(|a| a.0.iter().flatten()) {
+                owner.entry(*ip).or_insert(p as PortId);
+            }
+        }
+        let pod_ports = ports.iter().any(Option::is_some);
+        Addresses { ports, owner, node, pod_ports }
+    }
+
+    /// Does any port lead to a pod? (If not, nothing here changes forwarding.)
+    #[inline]
+    pub fn any_pod_port(&self) -> bool {
+        self.pod_ports
+    }
+
+    /// The pod behind `port`, if it leads to one.
+    #[inline]
+    pub fn pod_at(&self, port: PortId) -> Option<&PodAddrs> {
+        self.ports.get(usize::from(port)).and_then(Option::as_ref)
+    }
+
+    /// Does `port` lead to a pod?
+    #[inline]
+    pub fn is_pod_port(&self, port: usize) -> bool {
+        self.ports.get(port).is_some_and(Option::is_some)
+    }
+
+    /// The port behind which `ip` is a pod's address.
+    #[inline]
+    pub fn port_of(&self, ip: IpAddr) -> Option<PortId> {
+        if self.owner.is_empty() {
+            return None;
+        }
+        self.owner.get(&ip).copied()
+    }
+
+    /// Is `ip` one of the node's addresses?
+    #[inline]
+    pub fn is_node(&self, ip: IpAddr) -> bool {
+        self.node.contains(&ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_pod_has_one_address_per_family_and_ports_are_found_by_address() {
+        let a = PodAddrs::new([ip("10.0.0.1"), ip("fd00::1"), ip("10.0.0.9")]);
+        assert!(a.contains(ip("10.0.0.1")) && a.contains(ip("fd00::1")));
+        assert!(!a.contains(ip("10.0.0.9")), "a second IPv4 address is not the pod's");
+        let b = PodAddrs::new([ip("10.0.0.2")]);
+        let t =
+            Addresses::new(vec![Some(a), None, Some(b), Some(PodAddrs::default())], vec![ip("192.168.0.10")]);
+        assert!(t.any_pod_port());
+        assert_eq!(t.port_of(ip("fd00::1")), Some(0));
+        assert_eq!(t.port_of(ip("10.0.0.2")), Some(2));
+        assert_eq!(t.port_of(ip("10.0.0.3")), None);
+        assert!(t.is_pod_port(0) && !t.is_pod_port(1) && t.is_pod_port(3) && !t.is_pod_port(9));
+        assert_eq!(t.pod_at(3), Some(&PodAddrs::default()));
+        assert!(t.is_node(ip("192.168.0.10")) && !t.is_node(ip("10.0.0.1")));
+        assert!(!Addresses::default().any_pod_port());
+    }
+}
