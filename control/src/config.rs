@@ -7,8 +7,10 @@
 //! mode: switch            # switch | wire
 //! ports:                  # interfaces that become dataplane ports
 //!   - interface: eth1
+//!     pod: default/web      # switch mode: the pod behind this port (its host-side veth)
 //!   - interface: eth2
 //!     queues: 2
+//! node_addresses: []     # the node's own addresses, e.g. [192.168.0.10] (also --node-address)
 //! workers: [2, 3]         # cores to pin workers to; worker i serves queue i of every port
 //!                         # bound on more than i queues
 //! xdp:
@@ -78,6 +80,15 @@ pub struct PortConfig {
     /// has no queue.
     #[serde(default = "one")]
     pub queues: u32,
+    /// Switch mode: the pod behind this port, `namespace/name` (the port is the host end
+    /// of the pod's veth). IP frames from the port must carry one of that pod's addresses
+    /// as source, and the port receives only IP addressed to that pod, whatever MAC
+    /// addresses claim: without it a pod could send as another pod, or receive another
+    /// pod's traffic by claiming its MAC. Until the pod has an address in the table, the
+    /// port passes no IP. Default none: an uplink or other port with no pod behind it
+    /// (no such checks). See docs/deployment.md.
+    #[serde(default)]
+    pub pod: Option<String>,
 }
 
 fn one() -> u32 {
@@ -163,6 +174,10 @@ pub struct Config {
     /// it exists to measure the forwarding path's own ceiling, and is logged as a warning.
     /// Never set it on a node that relies on Portcullis for isolation.
     pub enforce: bool,
+    /// This node's own addresses (`--node-address` adds to them). A new connection from
+    /// one of them into a pod is allowed even when the pod is isolated for ingress, as
+    /// upstream specifies (kubelet probes). Default none.
+    pub node_addresses: Vec<std::net::IpAddr>,
 }
 
 impl Default for Config {
@@ -178,6 +193,7 @@ impl Default for Config {
             debounce_ms: 50,
             denied_flow_log_per_second: 0,
             enforce: true,
+            node_addresses: Vec::new(),
         }
     }
 }
@@ -273,6 +289,23 @@ impl Config {
                     p.queues,
                     self.workers.len()
                 ));
+            }
+        }
+        let mut pods = std::collections::BTreeSet::new();
+        for p in &self.ports {
+            let Some(pod) = &p.pod else { continue };
+            if self.mode == Mode::Wire {
+                return bad(format!(
+                    "ports: {}: pod is for mode switch (a wire's ports lead to no pod)",
+                    p.interface
+                ));
+            }
+            if !matches!(pod.split_once('/'), Some((ns, n)) if !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+            {
+                return bad(format!("ports: {}: pod must be namespace/name, got {pod:?}", p.interface));
+            }
+            if !pods.insert(pod) {
+                return bad(format!("ports: {}: pod {pod} is behind another port too", p.interface));
             }
         }
         // The dataplane's own bound (`PipelineConfig::validate`), checked here under
@@ -381,5 +414,25 @@ mod tests {
         assert!(d.pipeline.validate().is_ok());
         d.pipeline.conntrack_capacity += 1;
         assert!(d.pipeline.validate().is_err());
+    }
+
+    #[test]
+    fn a_port_names_the_pod_behind_it_once_and_only_in_switch_mode() {
+        let c = Config::parse(
+            "c.yaml",
+            "ports: [{interface: a, pod: x/web}, {interface: b}]\nnode_addresses: [192.168.0.10, 'fd00::10']\n",
+        )
+        .unwrap();
+        assert_eq!(c.ports[0].pod.as_deref(), Some("x/web"));
+        assert_eq!(c.ports[1].pod, None);
+        assert_eq!(c.node_addresses.len(), 2);
+        let err = |text: &str| Config::parse("c.yaml", text).unwrap_err().to_string();
+        assert!(err("ports: [{interface: a, pod: web}]\n")
+            .contains("ports: a: pod must be namespace/name, got \"web\""));
+        assert!(err("ports: [{interface: a, pod: x/w}, {interface: b, pod: x/w}]\n")
+            .contains("ports: b: pod x/w is behind another port too"));
+        assert!(err("mode: wire\nports: [{interface: a, pod: x/w}, {interface: b}]\n")
+            .contains("pod is for mode switch"));
+        assert!(err("node_addresses: [not-an-ip]\n").contains("node_addresses"));
     }
 }

@@ -41,6 +41,9 @@ pub struct Publication {
     pub table: Arc<DecisionTable>,
     /// When a source saw the oldest change this table includes (for change-to-enforced latency).
     pub oldest_change: Option<Instant>,
+    /// For each pod of [`OwnerConfig::port_pods`], in its order: its addresses in the
+    /// table (empty when it has none), `None` for a port with no pod.
+    pub port_addresses: Vec<Option<Vec<std::net::IpAddr>>>,
 }
 
 /// Receives every table the owner publishes.
@@ -62,6 +65,9 @@ pub struct OwnerConfig {
     /// Past this share, the next change compiles in full even when changes
     /// never pause (bounds memory; that one change pays a full compile).
     pub compact_share_max: f64,
+    /// The pod (namespace, name) behind each dataplane port, if any: each
+    /// publication carries their addresses.
+    pub port_pods: Vec<Option<(String, String)>>,
 }
 
 impl OwnerConfig {
@@ -73,6 +79,7 @@ impl OwnerConfig {
             compact_share: 0.5,
             compact_after: Duration::from_secs(1),
             compact_share_max: 4.0,
+            port_pods: Vec::new(),
         }
     }
 }
@@ -366,7 +373,17 @@ pub async fn run_owner(
                     let c = compiler.as_ref().expect("compiled");
                     compact_at =
                         (c.stale_share() >= cfg.compact_share).then(|| Instant::now() + cfg.compact_after);
-                    publish_now(&index, c, how, &shared, &publish, generation, oldest, &mut logged_problems);
+                    publish_now(
+                        &index,
+                        c,
+                        how,
+                        &shared,
+                        &publish,
+                        generation,
+                        oldest,
+                        &mut logged_problems,
+                        &cfg.port_pods,
+                    );
                 }
             } else if let Some(c) = compiler.as_mut() {
                 compact_at = None;
@@ -377,7 +394,17 @@ pub async fn run_owner(
                     kinds: vec![Compilation::Full { reason: "compaction".into() }],
                     took: t0.elapsed(),
                 };
-                publish_now(&index, c, how, &shared, &publish, generation, None, &mut logged_problems);
+                publish_now(
+                    &index,
+                    c,
+                    how,
+                    &shared,
+                    &publish,
+                    generation,
+                    None,
+                    &mut logged_problems,
+                    &cfg.port_pods,
+                );
             } else {
                 compact_at = None;
             }
@@ -554,6 +581,7 @@ fn publish_now(
     generation: u64,
     oldest_change: Option<Instant>,
     logged: &mut BTreeSet<String>,
+    port_pods: &[Option<(String, String)>],
 ) {
     let problems = index.problems();
     // Compile time includes the copy a publication takes.
@@ -577,7 +605,14 @@ fn publish_now(
     let compilation =
         if compilation.is_empty() { "no change".to_string() } else { compilation.join(", then ") };
     let stats = table.stats().clone();
-    publish(Publication { generation, table, oldest_change });
+    let port_addresses = port_pods
+        .iter()
+        .map(|p| {
+            p.as_ref()
+                .map(|(ns, name)| compiler.cluster().pod(ns, name).map(|p| p.ips.clone()).unwrap_or_default())
+        })
+        .collect();
+    publish(Publication { generation, table, oldest_change, port_addresses });
     let published = Instant::now();
     let m = &shared.metrics;
     m.generation.set(generation as i64);

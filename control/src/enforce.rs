@@ -20,6 +20,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use dataplane::addresses::{Addresses, PodAddrs};
 use dataplane::observe::{DeniedFlow, HitDirection};
 use dataplane::pipeline::{Mode as PipelineMode, PipelineConfig, PublishedTable};
 use dataplane::xsk::{AttachMode, CopyMode, XskConfig};
@@ -44,6 +45,8 @@ pub struct Enforcer {
     ports: Vec<String>,
     workers: usize,
     waker: Waker,
+    /// The node's addresses, for every published table.
+    node_addresses: Vec<std::net::IpAddr>,
     denied: Option<crossbeam_channel::Receiver<DeniedFlow>>,
 }
 
@@ -136,6 +139,7 @@ impl Enforcer {
             tables,
             retired: Mutex::new(Retired::default()),
             ports: dcfg.ports,
+            node_addresses: cfg.node_addresses.clone(),
             denied,
         }))
     }
@@ -144,7 +148,9 @@ impl Enforcer {
     pub fn publisher(self: &Arc<Self>) -> Publisher {
         let me = self.clone();
         Box::new(move |p: Publication| {
-            let table = PublishedTable::new(p.generation, p.table, me.workers);
+            let pods = p.port_addresses.into_iter().map(|a| a.map(PodAddrs::new)).collect();
+            let addresses = Addresses::new(pods, me.node_addresses.clone());
+            let table = PublishedTable::new(p.generation, p.table, me.workers).with_addresses(addresses);
             let old = me.tables.swap(Arc::new(table));
             // Idle workers take the table now, not at the end of their poll timeout.
             me.waker.wake();

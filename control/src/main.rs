@@ -63,6 +63,11 @@ struct RunArgs {
     /// This node's name (from the downward API).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// This node's addresses, added to the config file's `node_addresses` (from the downward
+    /// API's `status.hostIPs`; comma-separated in the environment variable). New connections
+    /// from them into pods are allowed, as upstream specifies (kubelet probes).
+    #[arg(long = "node-address", env = "NODE_ADDRESSES", value_delimiter = ',')]
+    node_addresses: Vec<std::net::IpAddr>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -233,6 +238,10 @@ fn run(cli: Cli) -> Result<()> {
                 config.status_address = a;
             }
             config.fail_open |= args.fail_open;
+            config.node_addresses.extend(&args.node_addresses);
+            if !config.node_addresses.is_empty() {
+                tracing::info!(addresses = ?config.node_addresses, "node addresses: connections from them into pods are allowed");
+            }
             if let Some(n) = &args.node_name {
                 tracing::info!(node = %n, "node name");
             }

@@ -97,7 +97,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             Box::new(move |p: Publication| slot.store(Some(Arc::new((p.generation, p.table)))))
         }
     };
-    let owner_cfg = OwnerConfig::new(Duration::from_millis(opts.config.debounce_ms), expected);
+    let mut owner_cfg = OwnerConfig::new(Duration::from_millis(opts.config.debounce_ms), expected);
+    owner_cfg.port_pods = opts
+        .config
+        .ports
+        .iter()
+        .map(|p| {
+            p.pod.as_ref().and_then(|k| k.split_once('/')).map(|(ns, n)| (ns.to_string(), n.to_string()))
+        })
+        .collect();
     let owner = tokio::spawn(daemon::run_owner(rx, shared.clone(), publish, owner_cfg));
     let app =
         AppState { shared: shared.clone(), dataplane: enforcer.clone().map(|e| e as Arc<dyn DataplaneView>) };

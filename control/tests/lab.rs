@@ -235,6 +235,44 @@ fn replies_pass_but_new_connections_in_the_reverse_direction_are_denied() {
 }
 
 #[test]
+fn a_pod_cannot_send_with_an_address_that_is_not_its_own() {
+    let Some(lab) = Lab::up("s") else { return };
+    // x/a accepts only one outside address. x/c takes that address too: judged
+    // by the source it writes, it would be let in. Its port drops the frames.
+    lab.apply(&["allow-x-a-from-outside.yaml"], false);
+    let ns = lab.netns("x/c");
+    for (addr, prefix, family) in [("10.78.0.200", "24", "-4"), ("fd00:78::c8", "64", "-6")] {
+        let add = Command::new("ip")
+            .args(["-n", &ns, "addr", "add", &format!("{addr}/{prefix}"), "dev", "eth0", "nodad"])
+            .output()
+            .unwrap();
+        assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+        let target = pod_ip("x/a", if family == "-4" { 4 } else { 6 }).to_string();
+        let ping = Command::new("ip")
+            .args([
+                "netns", "exec", &ns, "ping", family, "-c", "2", "-i", "0.2", "-W", "1", "-I", addr, &target,
+            ])
+            .output()
+            .unwrap();
+        assert!(!ping.status.success(), "x/c reached x/a as {addr}");
+    }
+    // The drops are the dataplane's address check, not policy.
+    let t = std::time::Instant::now();
+    loop {
+        let counters: serde_json::Value = serde_json::from_str(&lab.ok(&["counters"])).unwrap();
+        let spoofed = counters["pipeline"]["drops"]["spoofed_source"].as_u64().unwrap_or(0);
+        if spoofed >= 4 {
+            break;
+        }
+        assert!(t.elapsed().as_secs() < 10, "spoofed_source drops: {spoofed}, want 4: {counters}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // x/c with its own address is still x/c: not let in.
+    assert!(!lab.ping("x/c", "x/a", 4));
+    assert!(lab.ping("x/c", "x/b", 4), "x/c's own traffic passes");
+}
+
+#[test]
 fn down_cleans_up_after_a_crash() {
     let Some(lab) = Lab::up("c") else { return };
     let state: serde_json::Value =

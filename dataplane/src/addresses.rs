@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  frame in on port p ── p leads to pod P? ── IP source not P's ──▶ Drop(SpoofedSource)
-//!                                            (ARP, ND: not checked)
+//!                                            (IPv6 link-local: Drop(LinkLocal); ARP, ND: not checked)
 //!  allowed IP frame ──── destination is a pod behind port q ──────▶ Forward(q)  (by address,
 //!                        else MAC forwarding, never to a pod's port:        not by MAC)
 //!                        Forward(pod port) ─▶ Drop(NotForPort), Flood ─▶ FloodUnbound

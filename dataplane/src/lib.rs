@@ -20,9 +20,10 @@
 //!  ───────────────                      ─────────────────────────────────────────────────
 //!  DecisionTable ─▶ ArcSwap<PublishedTable> ──one load per batch──┐
 //!   (generation,                                                   ▼
-//!    fail_closed)         (port, &[u8], now) ──▶ Pipeline::process ──▶ Action
-//!                                                 │ parse    (parse.rs)     Forward(port)
-//!                                                 │ frag     (frag.rs)      Flood
+//!    fail_closed,         (port, &[u8], now) ──▶ Pipeline::process ──▶ Action
+//!    addresses)                                   │ parse    (parse.rs)     Forward(port)
+//!                                                 │ pod ports, node (addresses.rs)  Flood
+//!                                                 │ frag     (frag.rs)      FloodUnbound
 //!                                                 │ conntrack(conntrack.rs) Drop(reason)
 //!                                                 │ switch   (switch.rs)
 //!                                                 ▼
@@ -31,7 +32,8 @@
 //!
 //! What comes in: frames as byte slices (borrowed for the duration of the
 //! call only), the ingress [`PortId`], a monotonic time in nanoseconds, and
-//! the policy table published by the control plane. What goes out: an
+//! the policy table published by the control plane, with the pod behind each
+//! port and the node's addresses ([`addresses`]). What goes out: an
 //! [`Action`] per frame and counters. Each worker owns its [`Pipeline`]
 //! (connection table, fragment tracker, MAC table), so the packet path takes
 //! no lock and, after construction, allocates nothing. Both directions of a

@@ -118,11 +118,15 @@ pub enum DropReason {
     /// An IP frame the MAC table would send to a pod's port but that is not
     /// addressed to that pod.
     NotForPort,
+    /// An IPv6 frame from a pod's port with a link-local or unspecified
+    /// source, other than neighbour discovery (multicast listener reports,
+    /// say): pods talk with their own addresses.
+    LinkLocal,
 }
 
 impl DropReason {
     /// Number of counted kinds ([`DropReason::Parse`] is one kind).
-    pub const KINDS: usize = 12;
+    pub const KINDS: usize = 13;
 
     /// snake_case names of the kinds, in [`DropReason::kind`] order.
     pub const KIND_NAMES: [&'static str; Self::KINDS] = [
@@ -138,6 +142,7 @@ impl DropReason {
         "bad_port",
         "spoofed_source",
         "not_for_port",
+        "link_local",
     ];
 
     /// Index of the kind, for counter arrays.
@@ -156,6 +161,7 @@ impl DropReason {
             DropReason::BadPort => 9,
             DropReason::SpoofedSource => 10,
             DropReason::NotForPort => 11,
+            DropReason::LinkLocal => 12,
         }
     }
 }
@@ -500,8 +506,14 @@ impl Pipeline {
         // a spoofed frame teaches nothing).
         if self.enforce {
             if let (Class::Ip(pkt), Some(pod)) = (&frame.class, self.current.addresses.pod_at(in_port)) {
-                if !pod.contains(pkt.flow.src.ip()) {
-                    return Action::Drop(DropReason::SpoofedSource);
+                let src = pkt.flow.src.ip();
+                if !pod.contains(src) {
+                    let link_local = matches!(src, std::net::IpAddr::V6(a) if a.is_unspecified() || a.is_unicast_link_local());
+                    return Action::Drop(if link_local {
+                        DropReason::LinkLocal
+                    } else {
+                        DropReason::SpoofedSource
+                    });
                 }
             }
         }

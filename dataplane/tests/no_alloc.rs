@@ -8,6 +8,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use dataplane::addresses::{Addresses, PodAddrs};
 use dataplane::parse::TcpFlags as F;
 use dataplane::testing::{self, Host};
 use dataplane::{Pipeline, PipelineConfig, PublishedTable, WorkerCounters};
@@ -77,7 +78,14 @@ fn packet_path_does_not_allocate() {
         mac_capacity: 16,
         ..Default::default()
     };
-    let tables = Arc::new(ArcSwap::from_pointee(PublishedTable::new(1, testing::client_server_table(), 1)));
+    // Every port leads to a pod, and the node has an address: the address checks run too.
+    let addresses = Addresses::new(
+        [1, 2, 3].map(|n| Some(PodAddrs::new([Host::new(n).v4(), Host::new(n).v6()]))).to_vec(),
+        vec![Host::new(100).v4()],
+    );
+    let tables = Arc::new(ArcSwap::from_pointee(
+        PublishedTable::new(1, testing::client_server_table(), 1).with_addresses(addresses.clone()),
+    ));
     let counters = Arc::new(WorkerCounters::new(3));
     let mut p = Pipeline::new(&cfg, tables.clone(), counters);
     let (c, s, o) = (Host::new(1), Host::new(2), Host::new(3));
@@ -124,7 +132,8 @@ fn packet_path_does_not_allocate() {
     assert!(p.counters().snapshot().conntrack.full > 0 || p.conntrack().len() == 256);
 
     // A new, denying table: the switch and the revocations allocate nothing either.
-    let next = Arc::new(PublishedTable::new(2, testing::client_server_table_denying(), 1));
+    let next =
+        Arc::new(PublishedTable::new(2, testing::client_server_table_denying(), 1).with_addresses(addresses));
     tables.store(next);
     let n = allocations_in(|| {
         for (i, (port, f)) in frames.iter().enumerate() {

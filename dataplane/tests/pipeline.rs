@@ -573,16 +573,21 @@ fn a_pod_port_speaks_only_with_its_pods_addresses() {
         assert_eq!(r.p.process(2, &spoofed, 1), Action::Drop(DropReason::SpoofedSource));
         let spoofed = testing::udp(&c, 5353, &s, 53, v6, b"q");
         assert_eq!(r.p.process(2, &spoofed, 1), Action::Drop(DropReason::SpoofedSource));
-        // An address no pod has (a link-local one, say) is not the pod's either.
+        // An address no pod has is not the pod's either.
         let mut stranger = Host::new(9);
         stranger.mac = o.mac;
-        let ll = testing::udp(&stranger, 5353, &c, 53, v6, b"q");
-        assert_eq!(r.p.process(2, &ll, 1), Action::Drop(DropReason::SpoofedSource));
+        let other = testing::udp(&stranger, 5353, &c, 53, v6, b"q");
+        assert_eq!(r.p.process(2, &other, 1), Action::Drop(DropReason::SpoofedSource));
         // The real client still gets through.
         let syn = testing::tcp(&c, 40000 + u16::from(v6), &s, 80, F::SYN, v6, &[]);
         assert_eq!(r.p.process(0, &syn, 2), Action::Forward(1));
     }
     assert_eq!(r.p.counters().snapshot().drops["spoofed_source"], 6);
+    // An IPv6 link-local source (a multicast listener report, say) is counted apart.
+    let mut ll = o;
+    ll.ip6 = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
+    let report = testing::udp(&ll, 5353, &c, 53, true, b"q");
+    assert_eq!(r.p.process(2, &report, 1), Action::Drop(DropReason::LinkLocal));
     // ARP is not checked (it cannot make the switch deliver IP to the wrong pod; see below).
     assert_eq!(r.p.process(2, &testing::arp_request(&c, &s), 3), Action::Flood);
 }

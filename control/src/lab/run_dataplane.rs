@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use clap::Args;
+use dataplane::addresses::{Addresses, PodAddrs};
 use dataplane::pipeline::{PipelineConfig, PublishedTable};
 use dataplane::xsk::{AttachMode, CopyMode, XskConfig};
 use dataplane::{Dataplane, DataplaneConfig};
@@ -97,12 +98,23 @@ pub fn copy_mode(s: &str) -> Result<CopyMode, DataplaneError> {
     }
 }
 
-fn table(dir: &Path, generation: u64) -> Result<PublishedTable, LoadErrors> {
+/// The lab's table, with the pod behind each of `ports` (the lab's pod
+/// links) so that a pod can neither send as another nor receive another's
+/// traffic (see `dataplane::addresses`).
+fn table(dir: &Path, generation: u64, ports: &[String]) -> Result<PublishedTable, LoadErrors> {
     let compiled = policy::load(&policy::lab_files(dir))?.compile();
     for p in &compiled.problems {
         eprintln!("generation {generation}: {p}");
     }
-    Ok(PublishedTable::new(generation, compiled.table, 1))
+    let lab = super::state::LabState::load(dir).ok();
+    let pods = ports
+        .iter()
+        .map(|port| {
+            let pod = lab.as_ref()?.pods.iter().find(|p| p.host_if == *port)?;
+            Some(PodAddrs::new(pod.addrs.iter().map(|(ip, _)| *ip)))
+        })
+        .collect();
+    Ok(PublishedTable::new(generation, compiled.table, 1).with_addresses(Addresses::new(pods, Vec::new())))
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -115,7 +127,7 @@ pub fn run(args: &DataplaneArgs) -> Result<(), DataplaneError> {
         ..XskConfig::default()
     };
     let mut generation = 1;
-    let tables = Arc::new(ArcSwap::from_pointee(table(dir, generation)?));
+    let tables = Arc::new(ArcSwap::from_pointee(table(dir, generation, &args.ports)?));
     let cfg = DataplaneConfig {
         ports: args.ports.clone(),
         cores: args.cores.clone(),
@@ -138,7 +150,7 @@ pub fn run(args: &DataplaneArgs) -> Result<(), DataplaneError> {
         std::thread::sleep(Duration::from_millis(50));
         if hup.swap(false, Ordering::Relaxed) {
             let err_file = dir.join(state::RELOAD_ERROR_FILE);
-            match table(dir, generation + 1) {
+            match table(dir, generation + 1, &args.ports) {
                 Ok(t) => {
                     generation += 1;
                     tables.store(Arc::new(t));

@@ -192,7 +192,7 @@ fn build(args: &UpArgs, dir: &Path, pods: &[&PodInfo], lab: &mut LabState) -> Re
         let cfg = format!(
             "mode: switch\nports:\n{}workers: [{}]\nxdp: {{attach: {}, zero_copy: false}}\nstatus_address: \"{}\"\n\
              denied_flow_log_per_second: 20\n",
-            ports.iter().map(|p| format!("  - interface: {p}\n")).collect::<String>(),
+            lab.pods.iter().map(|p| format!("  - interface: {}\n    pod: {}\n", p.host_if, p.key)).collect::<String>(),
             args.cores.first().copied().unwrap_or(0),
             if args.attach == "generic" { "generic" } else { "native" },
             args.status_address
