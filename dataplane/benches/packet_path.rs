@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion, Throughput};
+use dataplane::addresses::{Addresses, PodAddrs};
 use dataplane::conntrack::{Conntrack, Timeouts};
 use dataplane::parse::{self, Class, TcpFlags as F};
 use dataplane::testing::{self, Host};
@@ -143,8 +144,12 @@ fn endpoints(client: Host, server: Host) -> (Host, Host) {
 }
 
 fn pipeline(table: DecisionTable, capacity: usize) -> Pipeline {
+    pipeline_with(PublishedTable::new(1, table, 1), capacity)
+}
+
+fn pipeline_with(published: PublishedTable, capacity: usize) -> Pipeline {
     let cfg = PipelineConfig { conntrack_capacity: capacity, ..Default::default() };
-    let tables = Arc::new(ArcSwap::from_pointee(PublishedTable::new(1, table, 1)));
+    let tables = Arc::new(ArcSwap::from_pointee(published));
     let mut p = Pipeline::new(&cfg, tables, Arc::new(WorkerCounters::new(2)));
     p.begin_batch(0);
     // Teach the switch where the server side is.
@@ -211,6 +216,24 @@ fn bench_established(c: &mut Criterion<CpuTime>) {
         assert_eq!(p.process(0, syns.get(i), 0), Action::Forward(1));
     }
     g.bench_function("pipeline_process", |b| {
+        b.iter(|| {
+            p.begin_batch(1);
+            for i in 0..BATCH {
+                black_box(p.process(0, black_box(acks.get(i)), 1));
+            }
+        })
+    });
+
+    // The same with both ports leading to pods: source check and delivery by address.
+    let addresses = Addresses::new(
+        [cl, sv].map(|h| Some(PodAddrs::new([h.v4(), h.v6()]))).to_vec(),
+        vec![Host::new(100).v4()],
+    );
+    let mut p = pipeline_with(PublishedTable::new(1, table.clone(), 1).with_addresses(addresses), 65_536);
+    for i in 0..syns.len() {
+        assert_eq!(p.process(0, syns.get(i), 0), Action::Forward(1));
+    }
+    g.bench_function("pipeline_process_pod_ports", |b| {
         b.iter(|| {
             p.begin_batch(1);
             for i in 0..BATCH {
