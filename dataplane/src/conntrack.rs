@@ -414,9 +414,12 @@ impl Entry {
 
     /// May this entry be evicted for a new connection before it expires?
     /// Not once both sides have spoken (TCP), or once assured (datagrams).
+    /// ICMP echo always may (as in Linux, which never assures it): each
+    /// ping is its own exchange, and pings with fresh identifiers must not
+    /// be able to pin the table.
     #[inline]
     fn evictable(&self) -> bool {
-        !self.replied || matches!(self.state, State::Closed | State::Replied)
+        !self.replied || matches!(self.state, State::Closed | State::Replied | State::Echo)
     }
 }
 
@@ -1127,9 +1130,15 @@ mod tests {
         let reply = echo(S, C, 7, false);
         assert_eq!(ct.packet(&reply, &p, 1, 1), Outcome::Pass(CtPass::PickedUp));
         assert_eq!(*p.admitted.borrow(), [syn.flow, reply.flow.reversed()]);
-        // Full of live entries (the echo entry has heard its responder): refused, not admitted.
-        assert_eq!(ct.packet(&tcp(C, 40004, S, 80, F::SYN), &p, 1, 2), Outcome::Drop(CtDrop::Full));
-        assert_eq!(p.admitted.borrow().len(), 2);
+        // The echo entry gives way to a new connection (pings never pin the table).
+        let syn2 = tcp(C, 40004, S, 80, F::SYN);
+        for pkt in [&syn2, &tcp(S, 80, C, 40004, F::SYN | F::ACK), &tcp(C, 40004, S, 80, F::ACK)] {
+            assert!(matches!(ct.packet(pkt, &p, 1, 2), Outcome::Pass(_)));
+        }
+        assert_eq!(*p.admitted.borrow(), [syn.flow, reply.flow.reversed(), syn2.flow]);
+        // Full of live entries (two established connections): refused, not admitted.
+        assert_eq!(ct.packet(&tcp(C, 40005, S, 80, F::SYN), &p, 1, 3), Outcome::Drop(CtDrop::Full));
+        assert_eq!(p.admitted.borrow().len(), 3);
     }
 
     #[test]
@@ -1229,6 +1238,25 @@ mod tests {
         ct.packet(&udp(S, 53, C, 1000), &p, 1, SEC);
         assert_eq!(ct.expire_step(31 * SEC - 1, n), 0);
         assert_eq!(ct.expire_step(31 * SEC, n), 1);
+    }
+
+    #[test]
+    fn answered_pings_never_pin_the_table() {
+        let p = ToServer::new();
+        let n = 8;
+        let mut ct = Conntrack::new(n, &Timeouts::default(), true);
+        for id in 0..n as u16 {
+            assert_eq!(ct.packet(&echo(C, S, 100 + id, true), &p, 1, 0), Outcome::Pass(CtPass::New));
+            assert_eq!(ct.packet(&echo(S, C, 100 + id, false), &p, 1, 0), Outcome::Pass(CtPass::Tracked));
+        }
+        assert_eq!(ct.len(), n);
+        for port in 0..n as u16 {
+            assert_eq!(
+                ct.packet(&tcp(C, 2000 + port, S, 80, F::SYN), &p, 1, SEC),
+                Outcome::Pass(CtPass::New)
+            );
+        }
+        assert_eq!((ct.stats().evicted, ct.stats().full), (n as u64, 0));
     }
 
     /// A UDP flow becomes assured (long timeout, never evicted) once its
