@@ -435,12 +435,23 @@ pub fn check_port_name(name: &str) -> Result<(), String> {
         && b[b.len() - 1] != b'-'
         && !name.contains("--");
     if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "Invalid value: {name:?}: a port name must be 1-15 lowercase alphanumerics or '-', contain a letter, and not start, end or double '-'"
-        ))
+        return Ok(());
     }
+    // A number YAML 1.2 reads as text but kubectl's YAML 1.1 as a number
+    // (`0100` octal, `1_000`, `0x50`): say so rather than call it a bad name.
+    let numeric = !b.is_empty()
+        && (b.iter().all(|c| c.is_ascii_digit() || *c == b'_')
+            || name
+                .strip_prefix("0x")
+                .is_some_and(|h| !h.is_empty() && h.bytes().all(|c| c.is_ascii_hexdigit())));
+    let hint = if numeric {
+        " (meant as a number? write it unquoted in plain decimal: kubectl would read 0100 as octal 64 and 1_000 as 1000)"
+    } else {
+        ""
+    };
+    Err(format!(
+        "Invalid value: {name:?}: a port name must be 1-15 lowercase alphanumerics or '-', contain a letter, and not start, end or double '-'{hint}"
+    ))
 }
 
 /// Converts a Namespace. The `kubernetes.io/metadata.name` label is added

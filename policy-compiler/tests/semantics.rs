@@ -1500,6 +1500,13 @@ const INVALID: &[Invalid] = &[
     },
     // ports
     Invalid {
+        // What kubectl's YAML 1.1 reads as the number 1000 is a bad port name here: said so.
+        spec: "  podSelector: {matchLabels: {app: web}}\n  ingress: [{ports: [{port: '1_000'}]}]\n",
+        field: "spec.ingress[0].ports[0].port",
+        message: "meant as a number? write it unquoted in plain decimal",
+        isolates: [true, false],
+    },
+    Invalid {
         spec: "  podSelector: {matchLabels: {app: web}}\n  ingress: [{ports: [{port: 80, protocol: ICMP}]}]\n",
         field: "spec.ingress[0].ports[0].protocol",
         message: "Unsupported value: \"ICMP\"",
