@@ -10,6 +10,7 @@
 //!     pod: default/web      # switch mode: the pod behind this port (its host-side veth)
 //!   - interface: eth2
 //!     queues: 2
+//!     node: false           # true: the port facing the node's own stack (see node_addresses)
 //! node_addresses: []     # the node's own addresses, e.g. [192.168.0.10] (also --node-address)
 //! workers: [2, 3]         # cores to pin workers to; worker i serves queue i of every port
 //!                         # bound on more than i queues
@@ -89,6 +90,12 @@ pub struct PortConfig {
     /// (no such checks). See docs/deployment.md.
     #[serde(default)]
     pub pod: Option<String>,
+    /// This port faces the node's own network stack (the kubelet's probes arrive here).
+    /// When any port says so, connections from `node_addresses` get the node's exemption
+    /// only on those ports; when none does, on every port without a `pod`, where anything
+    /// able to send with the node's source address gets it too. Default `false`.
+    #[serde(default)]
+    pub node: bool,
 }
 
 fn one() -> u32 {
@@ -307,6 +314,12 @@ impl Config {
             if !pods.insert(pod) {
                 return bad(format!("ports: {}: pod {pod} is behind another port too", p.interface));
             }
+            if p.node {
+                return bad(format!(
+                    "ports: {}: a port leads to a pod or faces the node, not both",
+                    p.interface
+                ));
+            }
         }
         // The dataplane's own bound (`PipelineConfig::validate`), checked here under
         // this file's field name.
@@ -434,5 +447,9 @@ mod tests {
         assert!(err("mode: wire\nports: [{interface: a, pod: x/w}, {interface: b}]\n")
             .contains("pod is for mode switch"));
         assert!(err("node_addresses: [not-an-ip]\n").contains("node_addresses"));
+        assert!(err("ports: [{interface: a, pod: x/w, node: true}]\n")
+            .contains("leads to a pod or faces the node, not both"));
+        let c = Config::parse("c.yaml", "ports: [{interface: a, node: true}]\n").unwrap();
+        assert!(c.ports[0].node);
     }
 }

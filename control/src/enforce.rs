@@ -45,8 +45,10 @@ pub struct Enforcer {
     ports: Vec<String>,
     workers: usize,
     waker: Waker,
-    /// The node's addresses, for every published table.
+    /// The node's addresses, and the ports marked as facing the node, for
+    /// every published table.
     node_addresses: Vec<std::net::IpAddr>,
+    node_ports: Vec<bool>,
     denied: Option<crossbeam_channel::Receiver<DeniedFlow>>,
 }
 
@@ -140,6 +142,7 @@ impl Enforcer {
             retired: Mutex::new(Retired::default()),
             ports: dcfg.ports,
             node_addresses: cfg.node_addresses.clone(),
+            node_ports: cfg.ports.iter().map(|p| p.node).collect(),
             denied,
         }))
     }
@@ -149,7 +152,8 @@ impl Enforcer {
         let me = self.clone();
         Box::new(move |p: Publication| {
             let pods = p.port_addresses.into_iter().map(|a| a.map(PodAddrs::new)).collect();
-            let addresses = Addresses::new(pods, me.node_addresses.clone());
+            let addresses =
+                Addresses::new(pods, me.node_addresses.clone()).with_node_ports(me.node_ports.clone());
             let table = PublishedTable::new(p.generation, p.table, me.workers).with_addresses(addresses);
             let old = me.tables.swap(Arc::new(table));
             // Idle workers take the table now, not at the end of their poll timeout.

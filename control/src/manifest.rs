@@ -440,7 +440,13 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
         Source::Doc(_, text, i) => Some((*text, *i)),
         Source::Value(_) => None,
     };
-    let line_of = |path: &str| text.and_then(|(t, i)| locate(t, i, path));
+    // Each lookup reads the document again: a few per object are enough to
+    // point at the mistakes, without a cost of errors x size.
+    let located = std::cell::Cell::new(0);
+    let line_of = |path: &str| {
+        located.set(located.get() + 1);
+        text.filter(|_| located.get() <= MAX_LOCATED).and_then(|(t, i)| locate(t, i, path))
+    };
     let mut failed = false;
     for u in unknown {
         failed = true;
@@ -478,6 +484,9 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
         }
     }
 }
+
+/// Errors per object given a line of their own (the rest name their field only).
+const MAX_LOCATED: usize = 8;
 
 /// The line of `path` (`spec.ingress[0].from[0].matchLabel`, as errors
 /// name fields) in document `doc` of `text`: of its last key, or of its

@@ -6,8 +6,8 @@
 //!                                            (IPv6 link-local: Drop(LinkLocal); ARP, ND: not checked)
 //!  allowed IP frame ──── destination is a pod behind port q ──────▶ Forward(q)  (by address,
 //!                        else MAC forwarding, never to a pod's port:        not by MAC)
-//!                        Forward(pod port) ─▶ Drop(NotForPort), Flood ─▶ FloodUnbound
-//!  new connection ────── source is the node ──────────────────────▶ ingress allowed
+//!                        Forward(pod port) or Flood ─▶ FloodUnbound (the ports with no pod)
+//!  new connection ────── source is the node, on a port facing it ─▶ allowed
 //! ```
 //!
 //! **Why both checks.** Policy is evaluated on the addresses a packet
@@ -16,17 +16,26 @@
 //! receive what is allowed to that pod. So on a port that leads to a pod, IP
 //! frames must carry one of that pod's addresses as source, and IP frames
 //! are delivered to a pod's port only when addressed to that pod, whatever
-//! the MAC table says. ARP and neighbour discovery are not checked: a pod
-//! that lies in them can make frames go to the wrong MAC, which the
-//! destination check turns into drops (a denial of service of the pod it
-//! impersonates, visible as `not_for_port` drops), never into delivery.
+//! the MAC table says; other IP frames never go to a pod's port (a pod that
+//! claims the gateway's MAC only makes frames for the gateway flood to the
+//! ports with no pod, where the gateway is). ARP and neighbour discovery are
+//! not checked: a pod that answers for another's address can make frames go
+//! to the wrong MAC, which the checks above turn into losses (a denial of
+//! service), never into delivery to the liar.
 //!
 //! **The node.** Upstream, a pod isolated for ingress still accepts
 //! connections from its own node (`NetworkPolicySpec.ingress`: "OR if the
 //! traffic source is the pod's local node"): kubelet probes. The table is
 //! the same on every node and knows no node addresses, so the exemption is
 //! applied here: a new connection whose source is one of the node's
-//! addresses is allowed.
+//! addresses is allowed, when it arrives on a port marked as facing the
+//! node's own network stack (`ports[].node`), or, if no port is marked, on
+//! any port that leads to no pod. A source address is only a claim: on an
+//! unmarked setup, anything that can put a packet with the node's address on
+//! an uplink gets the exemption (one way only for TCP: the answer goes to
+//! the real node). Re-checks of tracked connections against a newer table
+//! keep any connection from a node address (the port it came from is not
+//! kept).
 //!
 //! Both are built by the control plane with each published table (pods get
 //! new addresses), and read on the packet path without allocation: a port's
@@ -73,6 +82,9 @@ pub struct Addresses {
     node: Vec<IpAddr>,
     /// Does any port lead to a pod?
     pod_ports: bool,
+    /// Per port id: do connections from `node` that arrive there get the
+    /// node's exemption?
+    node_from: Vec<bool>,
 }
 
 impl Addresses {
@@ -88,7 +100,18 @@ impl Addresses {
             }
         }
         let pod_ports = ports.iter().any(Option::is_some);
-        Addresses { ports, owner, node, pod_ports }
+        let node_from = ports.iter().map(Option::is_none).collect();
+        Addresses { ports, owner, node, pod_ports, node_from }
+    }
+
+    /// Grants the node's exemption only to connections arriving on the ports
+    /// marked here (those facing the node's own network stack), when any is;
+    /// without marks, on every port that leads to no pod.
+    pub fn with_node_ports(mut self, marked: Vec<bool>) -> Self {
+        if marked.iter().any(|m| *m) {
+            self.node_from = marked;
+        }
+        self
     }
 
     /// Does any port lead to a pod? (If not, nothing here changes forwarding.)
@@ -123,6 +146,13 @@ impl Addresses {
     pub fn is_node(&self, ip: IpAddr) -> bool {
         self.node.contains(&ip)
     }
+
+    /// Does a connection from `ip` arriving on `port` come from the node?
+    /// (One of its addresses, on a port where the node's traffic arrives.)
+    #[inline]
+    pub fn from_node(&self, ip: IpAddr, port: PortId) -> bool {
+        self.node_from.get(usize::from(port)).is_some_and(|ok| *ok) && self.is_node(ip)
+    }
 }
 
 #[cfg(test)]
@@ -149,5 +179,10 @@ mod tests {
         assert_eq!(t.pod_at(3), Some(&PodAddrs::default()));
         assert!(t.is_node(ip("192.168.0.10")) && !t.is_node(ip("10.0.0.1")));
         assert!(!Addresses::default().any_pod_port());
+        // The node's exemption: on ports with no pod, or only on the marked ones.
+        let node = ip("192.168.0.10");
+        assert!(t.from_node(node, 1) && !t.from_node(node, 0) && !t.from_node(ip("10.0.0.1"), 1));
+        let t = t.with_node_ports(vec![false, false, false, true]);
+        assert!(t.from_node(node, 3) && !t.from_node(node, 1));
     }
 }

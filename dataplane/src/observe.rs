@@ -37,6 +37,7 @@ use crate::addresses::Addresses;
 use crate::conntrack::Policy;
 use crate::counters::Counter;
 use crate::parse::Flow;
+use crate::pipeline::PortId;
 
 /// Direction of a policy's rule, as an index into [`PolicyHits`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -210,8 +211,8 @@ pub struct Admission<'a> {
     /// The last allowing verdict and its flow: conntrack admits the flow it
     /// just asked about, so counting it needs no second lookup.
     allowed: Cell<Option<(Flow, Verdict)>>,
-    /// The node's addresses: connections from them are allowed.
-    node: Option<&'a Addresses>,
+    /// The packet comes from the node: its connection is allowed.
+    from_node: bool,
 }
 
 impl<'a> Admission<'a> {
@@ -222,16 +223,19 @@ impl<'a> Admission<'a> {
             hits,
             row,
             packet: *packet,
-            node: None,
+            from_node: false,
             denied: Cell::new(None),
             allowed: Cell::new(None),
         }
     }
 
-    /// Also allows every connection from one of the node's addresses (see
-    /// [`crate::addresses`]); such a connection counts no policy hit.
-    pub fn with_node(self, node: &'a Addresses) -> Self {
-        Admission { node: Some(node), ..self }
+    /// Also allows the packet's connection when it comes from the node (one
+    /// of its addresses, arriving on `in_port` where the node's traffic
+    /// arrives; see [`crate::addresses`]); such a connection counts a policy
+    /// hit only when a rule of the table allows it too.
+    pub fn with_node(self, addresses: &Addresses, in_port: PortId) -> Self {
+        let from_node = addresses.from_node(self.packet.src.ip(), in_port);
+        Admission { from_node, ..self }
     }
 
     /// The verdict that denied the packet's own flow, if policy was asked
@@ -249,7 +253,8 @@ impl<'a> Admission<'a> {
 impl Policy for Admission<'_> {
     #[inline]
     fn allows(&self, flow: &Flow) -> bool {
-        if self.node.is_some_and(|n| n.is_node(flow.src.ip())) {
+        // The packet's own connection only (not a probe of the reverse orientation).
+        if self.from_node && *flow == self.packet {
             return true;
         }
         let v = self.verdict(flow);

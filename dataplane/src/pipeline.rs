@@ -5,6 +5,7 @@
 //!     │ in_port out of range ───────────────────────────────────────────▶ Drop(BadPort)
 //!     ▼
 //!   parse ── error ─────────────────────────────────────────────────────▶ Drop(Parse(kind))
+//!     │ port leads to a pod, IP source not its own ─────────────────────▶ Drop(SpoofedSource / LinkLocal)
 //!     │ learn source MAC (switch mode)
 //!     ├─ ARP, IPv6 ND ───────────── no policy ─────────────────┐
 //!     ├─ other EtherType ── forward_non_ip? ── no ─────────────┼────────▶ Drop(NonIp)
@@ -17,6 +18,8 @@
 //!            │ first fragment: remember the verdict             │
 //!            ▼                                                  ▼
 //!                       L2: Forward(port) / Flood / Drop(SamePort)
+//!        (pod ports: IP to a pod's address → that pod's port; other IP → never a
+//!         pod's port: FloodUnbound instead; see crate::addresses)
 //! ```
 //!
 //! One [`Pipeline`] per worker. It owns its connection table, fragment
@@ -115,9 +118,6 @@ pub enum DropReason {
     /// An IP frame from a port that leads to a pod, with a source address
     /// that is not that pod's (see [`crate::addresses`]).
     SpoofedSource,
-    /// An IP frame the MAC table would send to a pod's port but that is not
-    /// addressed to that pod.
-    NotForPort,
     /// An IPv6 frame from a pod's port with a link-local or unspecified
     /// source, other than neighbour discovery (multicast listener reports,
     /// say): pods talk with their own addresses.
@@ -126,7 +126,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Number of counted kinds ([`DropReason::Parse`] is one kind).
-    pub const KINDS: usize = 13;
+    pub const KINDS: usize = 12;
 
     /// snake_case names of the kinds, in [`DropReason::kind`] order.
     pub const KIND_NAMES: [&'static str; Self::KINDS] = [
@@ -141,7 +141,6 @@ impl DropReason {
         "same_port",
         "bad_port",
         "spoofed_source",
-        "not_for_port",
         "link_local",
     ];
 
@@ -160,8 +159,7 @@ impl DropReason {
             DropReason::SamePort => 8,
             DropReason::BadPort => 9,
             DropReason::SpoofedSource => 10,
-            DropReason::NotForPort => 11,
-            DropReason::LinkLocal => 12,
+            DropReason::LinkLocal => 11,
         }
     }
 }
@@ -524,7 +522,7 @@ impl Pipeline {
             Class::Other(_) => Some(DropReason::NonIp),
             Class::Ip(_) if !self.enforce => None,
             Class::Ip(_) if self.current.fail_closed => Some(DropReason::FailClosed),
-            Class::Ip(pkt) => self.ip(&pkt, now),
+            Class::Ip(pkt) => self.ip(&pkt, in_port, now),
         };
         if let Some(reason) = verdict {
             return Action::Drop(reason);
@@ -533,13 +531,13 @@ impl Pipeline {
         let a = &self.current.addresses;
         if let (Class::Ip(pkt), true) = (&frame.class, self.enforce && a.any_pod_port()) {
             // To a pod's port only what is addressed to that pod, found by
-            // address whatever the MAC table says.
+            // address whatever the MAC table says; the rest never to a pod's port.
             return match (a.port_of(pkt.flow.dst.ip()), l2) {
                 (Some(p), _) if p == in_port => Action::Drop(DropReason::SamePort),
                 (Some(p), _) => Action::Forward(p),
-                (None, L2::Forward(p)) if a.is_pod_port(usize::from(p)) => {
-                    Action::Drop(DropReason::NotForPort)
-                }
+                // A pod claimed that MAC: the frame goes where an unknown MAC
+                // would, to the ports with no pod (the gateway is there).
+                (None, L2::Forward(p)) if a.is_pod_port(usize::from(p)) => Action::FloodUnbound,
                 (None, L2::Forward(p)) => Action::Forward(p),
                 (None, L2::Flood) => Action::FloodUnbound,
                 (None, L2::SamePort) => Action::Drop(DropReason::SamePort),
@@ -554,7 +552,7 @@ impl Pipeline {
 
     /// Policy for an IP packet: `None` allows.
     #[inline]
-    fn ip(&mut self, pkt: &IpPacket, now: u64) -> Option<DropReason> {
+    fn ip(&mut self, pkt: &IpPacket, in_port: PortId, now: u64) -> Option<DropReason> {
         if let Fragment::Later(id) = pkt.fragment {
             return self
                 .frags
@@ -562,7 +560,8 @@ impl Pipeline {
                 .unwrap_or(Some(DropReason::FragmentNoFirst));
         }
         let t = &*self.current;
-        let admission = Admission::new(&t.table, &t.hits, self.worker, &pkt.flow).with_node(&t.addresses);
+        let admission =
+            Admission::new(&t.table, &t.hits, self.worker, &pkt.flow).with_node(&t.addresses, in_port);
         let verdict = match self.conntrack.packet(pkt, &admission, t.generation, now) {
             Outcome::Pass(_) => None,
             Outcome::Drop(CtDrop::Policy) => {

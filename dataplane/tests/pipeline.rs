@@ -606,19 +606,45 @@ fn a_pod_port_receives_only_what_is_addressed_to_its_pod() {
     let syn = testing::tcp(&c, 40000, &s, 80, F::SYN, false, &[]);
     assert_eq!(r.p.process(0, &syn, 2), Action::Forward(1));
     // A frame to the server's MAC (now learned on port 2) for an address that is
-    // not the other pod's: not for that port.
+    // not the other pod's: never to that port; to the ports with no pod, as for an
+    // unknown MAC (the thief claiming the gateway's MAC cuts nobody off).
     let stranger = Host::new(9);
     let mut to_stranger_via_thief = stranger;
     to_stranger_via_thief.mac = s.mac;
     let f = testing::udp(&c, 5000, &to_stranger_via_thief, 5000, false, b"x");
-    assert_eq!(r.p.process(0, &f, 3), Action::Drop(DropReason::NotForPort));
+    assert_eq!(r.p.process(0, &f, 3), Action::FloodUnbound);
+    // The gateway behind the uplink, its MAC claimed by the thief: still reached.
+    let gateway = Host::new(50);
+    assert_eq!(r.p.process(3, &testing::arp_request(&gateway, &c), 3), Action::Flood);
+    let mut fake_gateway = o;
+    fake_gateway.mac = gateway.mac;
+    let claim = testing::arp_request(&fake_gateway, &c);
+    assert_eq!(r.p.process(2, &claim, 4), Action::Flood);
+    let out = testing::udp(&c, 5000, &Host { ip4: [192, 0, 2, 1], ..gateway }, 5000, false, b"x");
+    assert_eq!(r.p.process(0, &out, 5), Action::FloodUnbound);
     // An address no pod has, MAC unknown: flooded to the uplink only.
     let f = testing::udp(&c, 5000, &Host::new(10), 5000, false, b"x");
     assert_eq!(r.p.process(0, &f, 3), Action::FloodUnbound);
     // Nothing goes back out of the port it came in on (the unisolated other pod to itself).
     let own = testing::udp(&o, 5000, &o, 5001, false, b"x");
     assert_eq!(r.p.process(2, &own, 3), Action::Drop(DropReason::SamePort));
-    assert_eq!(r.p.counters().snapshot().drops["not_for_port"], 1);
+}
+
+#[test]
+fn the_node_exemption_holds_only_on_the_ports_facing_the_node() {
+    use dataplane::addresses::{Addresses, PodAddrs};
+    // Port 3 faces the node, port 4 is an uplink: the node's address arriving on
+    // the uplink is only a claim.
+    let cfg = PipelineConfig { ports: 5, ..Default::default() };
+    let (c, s, o, node) = (Host::new(1), Host::new(2), Host::new(3), Host::new(100));
+    let pods = [c, s, o].map(|h| Some(PodAddrs::new([h.v4(), h.v6()])));
+    let addresses = Addresses::new(pods.into_iter().chain([None, None]).collect(), vec![node.v4()])
+        .with_node_ports(vec![false, false, false, true, false]);
+    let mut r = rig_with(cfg, published(1, testing::client_server_table()).with_addresses(addresses));
+    r.learn_all();
+    let probe = testing::tcp(&node, 50000, &s, 8080, F::SYN, false, &[]);
+    assert_eq!(r.p.process(4, &probe, 1), Action::Drop(DropReason::Policy));
+    assert_eq!(r.p.process(3, &probe, 1), Action::Forward(1));
 }
 
 #[test]
@@ -635,10 +661,21 @@ fn connections_from_the_node_are_allowed_into_isolated_pods() {
         assert!(matches!(r.p.process(1, &reply, 1), Action::Forward(_) | Action::FloodUnbound));
         let outsider = testing::tcp(&Host::new(101), 50000, &s, 8080, F::SYN, v6, &[]);
         assert_eq!(r.p.process(3, &outsider, 1), Action::Drop(DropReason::Policy));
+        // The node's address from a pod's port is no node: dropped as spoofed.
+        let mut fake = node;
+        fake.mac = r.other.mac;
+        let spoof = testing::tcp(&fake, 50001, &s, 8080, F::SYN, v6, &[]);
+        assert_eq!(r.p.process(2, &spoof, 1), Action::Drop(DropReason::SpoofedSource));
     }
-    // A newer table re-checks tracked connections: the node's stay.
+    // A newer table re-checks tracked connections (in `begin_batch`'s sweep and
+    // in full): the node's stay, and their next packets pass.
     let table = r.tables.load().addresses.clone();
     r.tables.store(Arc::new(published(2, testing::client_server_table()).with_addresses(table)));
     r.p.begin_batch(2);
     assert_eq!(r.p.revalidate_all(), 0);
+    assert_eq!(r.p.counters().snapshot().conntrack.revoked, 0);
+    for v6 in [false, true] {
+        let ack = testing::tcp(&node, 50000, &s, 8080, F::ACK, v6, b"GET /healthz");
+        assert_eq!(r.p.process(3, &ack, 2), Action::Forward(1));
+    }
 }

@@ -349,8 +349,12 @@ fn parse_ip_block(
     let mut except = Vec::new();
     for (i, e) in b.except.iter().flatten().enumerate() {
         let p = path.field("except").index(i);
+        // Upstream's test (`ValidateIPBlock`): the except's address inside the
+        // cidr (an IPv4-mapped address counts as IPv4) and its prefix length,
+        // as written, longer.
+        let written = |t: &str| t.rsplit_once('/').and_then(|(_, l)| l.parse::<u8>().ok());
         match Cidr::parse(e) {
-            Ok(c) if cidr.strictly_contains(&c) => {
+            Ok(c) if cidr.contains(c.family, c.addr) && written(&b.cidr) < written(e) => {
                 mapped(p.clone(), e, &c);
                 except.push(c)
             }

@@ -1903,6 +1903,20 @@ fn r18_an_ipv4_mapped_block_is_an_ipv4_block() {
     assert!(c.problems.iter().all(|p| p.severity == Severity::Warning), "{:#?}", problems(&c));
     expect(&c, "10.1.2.3", X_WEB, TCP, 80, NotPod, Deny(&["x/p"]));
     expect(&c, "10.2.0.1", X_WEB, TCP, 80, NotPod, Allow("x/p", 0));
+    // Strictness compares the prefix lengths as written, as the API server does:
+    // /8 against /104 is valid (and excepts the whole block)...
+    let c = web_ingress_from("    - ipBlock: {cidr: 10.0.0.0/8, except: ['::ffff:10.0.0.0/104']}\n");
+    assert!(c.problems.iter().all(|p| p.severity == Severity::Warning), "{:#?}", problems(&c));
+    expect(&c, "10.2.0.1", X_WEB, TCP, 80, NotPod, Deny(&["x/p"]));
+    // ...and /104 against /16 is not.
+    let c = web_ingress_from("    - ipBlock: {cidr: '::ffff:10.0.0.0/104', except: [10.1.0.0/16]}\n");
+    assert_problem(
+        &c,
+        Severity::Error,
+        "NetworkPolicy x/p",
+        "spec.ingress[0].from[0].ipBlock.except[0]",
+        "strict subset",
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -58,6 +58,12 @@ pub enum DataplaneError {
         /// Its value.
         value: String,
     },
+    /// A port that is none of the lab's pod links.
+    #[error("port {port} is not the link of any pod of the lab")]
+    PortWithoutPod {
+        /// The interface.
+        port: String,
+    },
     /// The lab's files could not be loaded at start.
     #[error("loading the lab's objects")]
     Load(#[from] LoadErrors),
@@ -98,23 +104,28 @@ pub fn copy_mode(s: &str) -> Result<CopyMode, DataplaneError> {
     }
 }
 
-/// The lab's table, with the pod behind each of `ports` (the lab's pod
-/// links) so that a pod can neither send as another nor receive another's
-/// traffic (see `dataplane::addresses`).
-fn table(dir: &Path, generation: u64, ports: &[String]) -> Result<PublishedTable, LoadErrors> {
+/// The pod behind each of `ports` (the lab's pod links), so that a pod can
+/// neither send as another nor receive another's traffic (see
+/// `dataplane::addresses`). Every port of a lab leads to a pod.
+fn port_pods(dir: &Path, ports: &[String]) -> Result<Addresses, DataplaneError> {
+    let path = dir.join(state::STATE_FILE);
+    let lab = state::LabState::load(dir).map_err(|source| DataplaneError::Io { path, source })?;
+    let pods = ports
+        .iter()
+        .map(|port| match lab.pods.iter().find(|p| p.host_if == *port) {
+            Some(pod) => Ok(Some(PodAddrs::new(pod.addrs.iter().map(|(ip, _)| *ip)))),
+            None => Err(DataplaneError::PortWithoutPod { port: port.clone() }),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Addresses::new(pods, Vec::new()))
+}
+
+fn table(dir: &Path, generation: u64, addresses: &Addresses) -> Result<PublishedTable, LoadErrors> {
     let compiled = policy::load(&policy::lab_files(dir))?.compile();
     for p in &compiled.problems {
         eprintln!("generation {generation}: {p}");
     }
-    let lab = super::state::LabState::load(dir).ok();
-    let pods = ports
-        .iter()
-        .map(|port| {
-            let pod = lab.as_ref()?.pods.iter().find(|p| p.host_if == *port)?;
-            Some(PodAddrs::new(pod.addrs.iter().map(|(ip, _)| *ip)))
-        })
-        .collect();
-    Ok(PublishedTable::new(generation, compiled.table, 1).with_addresses(Addresses::new(pods, Vec::new())))
+    Ok(PublishedTable::new(generation, compiled.table, 1).with_addresses(addresses.clone()))
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -127,7 +138,8 @@ pub fn run(args: &DataplaneArgs) -> Result<(), DataplaneError> {
         ..XskConfig::default()
     };
     let mut generation = 1;
-    let tables = Arc::new(ArcSwap::from_pointee(table(dir, generation, &args.ports)?));
+    let addresses = port_pods(dir, &args.ports)?;
+    let tables = Arc::new(ArcSwap::from_pointee(table(dir, generation, &addresses)?));
     let cfg = DataplaneConfig {
         ports: args.ports.clone(),
         cores: args.cores.clone(),
@@ -150,7 +162,7 @@ pub fn run(args: &DataplaneArgs) -> Result<(), DataplaneError> {
         std::thread::sleep(Duration::from_millis(50));
         if hup.swap(false, Ordering::Relaxed) {
             let err_file = dir.join(state::RELOAD_ERROR_FILE);
-            match table(dir, generation + 1, &args.ports) {
+            match table(dir, generation + 1, &addresses) {
                 Ok(t) => {
                     generation += 1;
                     tables.store(Arc::new(t));
