@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  frame in on port p ── p leads to pod P? ── IP source not P's ──▶ Drop(SpoofedSource)
-//!                                            (IPv6 link-local: Drop(LinkLocal); ARP, ND: not checked)
+//!                                            (IPv6 link-local: Drop(LinkLocal))
+//!                        ARP/ND for an address not P's, RA, redirect ──▶ Drop(SpoofedSource)
 //!  allowed IP frame ──── destination is a pod behind port q ──────▶ Forward(q)  (by address,
 //!                        else MAC forwarding, never to a pod's port:        not by MAC)
 //!                        Forward(pod port) or Flood ─▶ FloodUnbound (the ports with no pod)
@@ -18,10 +19,13 @@
 //! are delivered to a pod's port only when addressed to that pod, whatever
 //! the MAC table says; other IP frames never go to a pod's port (a pod that
 //! claims the gateway's MAC only makes frames for the gateway flood to the
-//! ports with no pod, where the gateway is). ARP and neighbour discovery are
-//! not checked: a pod that answers for another's address can make frames go
-//! to the wrong MAC, which the checks above turn into losses (a denial of
-//! service), never into delivery to the liar.
+//! ports with no pod, where the gateway is). ARP and neighbour discovery
+//! from a pod's port may speak only for the pod's own addresses (ARP sender,
+//! neighbour advertisement target; IPv6 link-local ones too, which the
+//! dataplane does not know), and router advertisements and redirects are
+//! refused: otherwise a pod could answer for the gateway's address and
+//! make other pods send it their outside traffic (delivered by the checks
+//! above to the uplinks under the wrong MAC: lost, a denial of service).
 //!
 //! **The node.** Upstream, a pod isolated for ingress still accepts
 //! connections from its own node (`NetworkPolicySpec.ingress`: "OR if the
@@ -42,11 +46,12 @@
 //! pod has at most two addresses (one per family), and destination lookup
 //! is one hash probe.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hashbrown::HashMap;
 
-use crate::pipeline::PortId;
+use crate::parse::Class;
+use crate::pipeline::{DropReason, PortId};
 
 /// The addresses of the pod behind one port: at most one per family.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -68,6 +73,36 @@ impl PodAddrs {
     #[inline]
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.0[usize::from(ip.is_ipv6())] == Some(ip)
+    }
+
+    /// Why a frame from this pod's port may not pass, if it may not: IP
+    /// from an address that is not the pod's; ARP or neighbour discovery
+    /// that speaks for an address that is not the pod's; router
+    /// advertisements and redirects (a pod is no router).
+    #[inline]
+    pub fn refuses(&self, class: &Class) -> Option<DropReason> {
+        let own_or_link_local = |a: Ipv6Addr| a.is_unicast_link_local() || self.contains(IpAddr::V6(a));
+        let refused = match class {
+            Class::Ip(pkt) => {
+                let src = pkt.flow.src.ip();
+                if self.contains(src) {
+                    return None;
+                }
+                let link_local =
+                    matches!(src, IpAddr::V6(a) if a.is_unspecified() || a.is_unicast_link_local());
+                return Some(if link_local { DropReason::LinkLocal } else { DropReason::SpoofedSource });
+            }
+            // An ARP probe says 0.0.0.0.
+            Class::Arp { sender: Some(s) } => *s != [0; 4] && !self.contains(IpAddr::V4(Ipv4Addr::from(*s))),
+            Class::Arp { sender: None } | Class::Other(_) => false,
+            Class::NeighbourDiscovery { kind, src, target } => {
+                let src = Ipv6Addr::from(*src);
+                !(src.is_unspecified() || own_or_link_local(src))
+                    || matches!(kind, 134 | 137)
+                    || *kind == 136 && target.is_some_and(|t| !own_or_link_local(Ipv6Addr::from(t)))
+            }
+        };
+        refused.then_some(DropReason::SpoofedSource)
     }
 }
 

@@ -349,11 +349,23 @@ pub struct IpPacket {
 /// The class of a frame, which decides how the pipeline treats it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Class {
-    /// ARP (RFC 826): forwarded without policy.
-    Arp,
+    /// ARP (RFC 826): forwarded without policy. `sender`: the sender's
+    /// IPv4 address, for ARP of IPv4 (what a pod port checks).
+    Arp {
+        /// Sender protocol address, when it is an IPv4 address.
+        sender: Option<[u8; 4]>,
+    },
     /// IPv6 neighbour discovery, ICMPv6 133..=137 with hop limit 255 (RFC 4861 §6-8):
-    /// forwarded without policy.
-    NeighbourDiscovery,
+    /// forwarded without policy. What a pod port checks: the type, the IPv6
+    /// source and, for a solicitation or advertisement, the target address.
+    NeighbourDiscovery {
+        /// ICMPv6 type (133 router solicitation ... 137 redirect).
+        kind: u8,
+        /// IPv6 source address.
+        src: [u8; 16],
+        /// Target address of a neighbour solicitation (135) or advertisement (136).
+        target: Option<[u8; 16]>,
+    },
     /// IPv4 or IPv6: subject to policy.
     Ip(IpPacket),
     /// Any other EtherType (including 802.3 length frames and stacked VLAN tags).
@@ -407,8 +419,11 @@ pub fn parse(frame: &[u8]) -> Result<Frame, ParseError> {
     }
     let class = match ether_type {
         EtherType::ARP => {
-            ArpPacketSlice::from_slice(rest).map_err(|_| ParseError::ArpTruncated)?;
-            Class::Arp
+            let arp = ArpPacketSlice::from_slice(rest).map_err(|_| ParseError::ArpTruncated)?;
+            let sender = (arp.proto_addr_type() == EtherType::IPV4)
+                .then(|| <[u8; 4]>::try_from(arp.sender_protocol_addr()).ok())
+                .flatten();
+            Class::Arp { sender }
         }
         EtherType::IPV4 => parse_ipv4(rest)?,
         EtherType::IPV6 => parse_ipv6(rest)?,
@@ -565,7 +580,15 @@ fn parse_ipv6(data: &[u8]) -> Result<Class, ParseError> {
             if chain.data.len() < 8 {
                 return Err(ParseError::IcmpTruncated);
             }
-            return Ok(Class::NeighbourDiscovery);
+            let kind = chain.data[0];
+            let target = match kind {
+                135 | 136 => {
+                    let t = chain.data.get(8..24).ok_or(ParseError::IcmpTruncated)?;
+                    Some(<[u8; 16]>::try_from(t).map_err(|_| ParseError::IcmpTruncated)?)
+                }
+                _ => None,
+            };
+            return Ok(Class::NeighbourDiscovery { kind, src: h.source(), target });
         }
     }
     let (flow, l4) = parse_l4(src, dst, chain.proto, chain.data, true)?;
@@ -872,8 +895,11 @@ mod tests {
 
     #[test]
     fn neighbour_discovery_and_arp() {
-        assert_eq!(parse(&ND_NS).unwrap().class, Class::NeighbourDiscovery);
-        assert_eq!(parse(&ARP_REQ).unwrap().class, Class::Arp);
+        assert!(matches!(
+            parse(&ND_NS).unwrap().class,
+            Class::NeighbourDiscovery { kind: 135, target: Some(_), .. }
+        ));
+        assert!(matches!(parse(&ARP_REQ).unwrap().class, Class::Arp { sender: Some(_) }));
         // A "neighbour solicitation" that was routed (hop limit 254) is not ND.
         let mut routed = ND_NS;
         routed[14 + 7] = 254;

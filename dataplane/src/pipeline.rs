@@ -5,7 +5,7 @@
 //!     │ in_port out of range ───────────────────────────────────────────▶ Drop(BadPort)
 //!     ▼
 //!   parse ── error ─────────────────────────────────────────────────────▶ Drop(Parse(kind))
-//!     │ port leads to a pod, IP source not its own ─────────────────────▶ Drop(SpoofedSource / LinkLocal)
+//!     │ port leads to a pod, IP/ARP/ND not for its own addresses ───────▶ Drop(SpoofedSource / LinkLocal)
 //!     │ learn source MAC (switch mode)
 //!     ├─ ARP, IPv6 ND ───────────── no policy ─────────────────┐
 //!     ├─ other EtherType ── forward_non_ip? ── no ─────────────┼────────▶ Drop(NonIp)
@@ -500,24 +500,18 @@ impl Pipeline {
             Ok(f) => f,
             Err(e) => return Action::Drop(DropReason::Parse(e)),
         };
-        // A pod's port speaks only with that pod's addresses (before learning:
-        // a spoofed frame teaches nothing).
+        // A pod's port speaks only for that pod's addresses (before learning:
+        // a refused frame teaches nothing).
         if self.enforce {
-            if let (Class::Ip(pkt), Some(pod)) = (&frame.class, self.current.addresses.pod_at(in_port)) {
-                let src = pkt.flow.src.ip();
-                if !pod.contains(src) {
-                    let link_local = matches!(src, std::net::IpAddr::V6(a) if a.is_unspecified() || a.is_unicast_link_local());
-                    return Action::Drop(if link_local {
-                        DropReason::LinkLocal
-                    } else {
-                        DropReason::SpoofedSource
-                    });
-                }
+            if let Some(reason) =
+                self.current.addresses.pod_at(in_port).and_then(|pod| pod.refuses(&frame.class))
+            {
+                return Action::Drop(reason);
             }
         }
         self.switch.learn(in_port, &frame, now);
         let verdict = match frame.class {
-            Class::Arp | Class::NeighbourDiscovery => None,
+            Class::Arp { .. } | Class::NeighbourDiscovery { .. } => None,
             Class::Other(_) if self.forward_non_ip => None,
             Class::Other(_) => Some(DropReason::NonIp),
             Class::Ip(_) if !self.enforce => None,

@@ -588,8 +588,38 @@ fn a_pod_port_speaks_only_with_its_pods_addresses() {
     ll.ip6 = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
     let report = testing::udp(&ll, 5353, &c, 53, true, b"q");
     assert_eq!(r.p.process(2, &report, 1), Action::Drop(DropReason::LinkLocal));
-    // ARP is not checked (it cannot make the switch deliver IP to the wrong pod; see below).
-    assert_eq!(r.p.process(2, &testing::arp_request(&c, &s), 3), Action::Flood);
+    // ARP speaks only for the pod's own address (or 0.0.0.0, a probe).
+    let mut liar = c;
+    liar.mac = o.mac;
+    assert_eq!(r.p.process(2, &testing::arp_request(&liar, &s), 3), Action::Drop(DropReason::SpoofedSource));
+    assert_eq!(r.p.process(2, &testing::arp_request(&o, &s), 3), Action::Flood);
+    let mut probe = o;
+    probe.ip4 = [0; 4];
+    assert_eq!(r.p.process(2, &testing::arp_request(&probe, &s), 3), Action::Flood);
+    // So does neighbour discovery: an advertisement for the pod's own or a link-local
+    // address passes; for another pod's address, or a router advertisement, does not.
+    let link_local: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
+    assert_eq!(r.p.process(2, &nd(&o, 136, link_local, o.ip6), 4), Action::Flood);
+    assert_eq!(r.p.process(2, &nd(&o, 136, link_local, link_local), 4), Action::Flood);
+    assert_eq!(r.p.process(2, &nd(&o, 135, link_local, c.ip6), 4), Action::Flood);
+    assert_eq!(r.p.process(2, &nd(&o, 136, link_local, c.ip6), 4), Action::Drop(DropReason::SpoofedSource));
+    assert_eq!(r.p.process(2, &nd(&o, 134, link_local, [0; 16]), 4), Action::Drop(DropReason::SpoofedSource));
+    assert_eq!(r.p.process(2, &nd(&o, 135, c.ip6, c.ip6), 4), Action::Drop(DropReason::SpoofedSource));
+    // A port with no pod behind it (the uplink) is not checked.
+    assert_eq!(r.p.process(3, &nd(&Host::new(50), 134, link_local, [0; 16]), 4), Action::Flood);
+}
+
+/// An IPv6 neighbour discovery message of ICMPv6 type `kind` from `from`'s MAC,
+/// IPv6 source `src`, to all nodes, with `target` (used by 135 and 136).
+fn nd(from: &Host, kind: u8, src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
+    let mut v = vec![0x33, 0x33, 0, 0, 0, 1];
+    v.extend_from_slice(&from.mac);
+    v.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 24, 58, 255]);
+    v.extend_from_slice(&src);
+    v.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    v.extend_from_slice(&[kind, 0, 0, 0, 0, 0, 0, 0]);
+    v.extend_from_slice(&target);
+    v
 }
 
 #[test]
