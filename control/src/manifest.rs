@@ -244,10 +244,12 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
             continue;
         }
         if is_list(value) {
-            add_list(&mut state, &mut errs, origin(document, Vec::new()), value);
+            let src = Source { value, text, doc: i, prefix: String::new() };
+            add_list(&mut state, &mut errs, origin(document, Vec::new()), &src);
             continue;
         }
-        add_object(&mut state, &mut errs, origin(document, Vec::new()), Source::Doc(value, text, i));
+        let src = Source { value, text, doc: i, prefix: String::new() };
+        add_object(&mut state, &mut errs, origin(document, Vec::new()), src);
     }
     if errs.is_empty() {
         Ok(state)
@@ -263,8 +265,8 @@ fn is_list(v: &serde_yaml::Value) -> bool {
 }
 
 /// Adds every item of a list; a list inside a list is read the same way.
-fn add_list(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, list: &serde_yaml::Value) {
-    let items = match list.get("items") {
+fn add_list(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, list: &Source<'_>) {
+    let items = match list.value.get("items") {
         Some(serde_yaml::Value::Sequence(items)) => items.as_slice(),
         None | Some(serde_yaml::Value::Null) => &[],
         Some(_) => {
@@ -281,10 +283,16 @@ fn add_list(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, list: 
     for (j, item) in items.iter().enumerate() {
         let mut at = origin.clone();
         at.item.push(j);
+        let src = Source {
+            value: item,
+            text: list.text,
+            doc: list.doc,
+            prefix: format!("{}items[{j}].", list.prefix),
+        };
         if is_list(item) {
-            add_list(state, errs, at, item);
+            add_list(state, errs, at, &src);
         } else {
-            add_object(state, errs, at, Source::Value(item.clone()));
+            add_object(state, errs, at, src);
         }
     }
 }
@@ -302,19 +310,21 @@ fn meant_kind(kind: &str) -> Option<&'static str> {
         .find(|known| [k.as_str(), singular.as_str()].contains(&known.to_ascii_lowercase().as_str()))
 }
 
-enum Source<'a> {
-    /// An item of a list: no text of its own to find lines in.
-    Value(serde_yaml::Value),
-    /// A document: its value, the text of its stream and its index there.
-    Doc(&'a serde_yaml::Value, &'a str, usize),
+/// One object to read: its value, and where it is in its text (to find
+/// the line of an error).
+struct Source<'a> {
+    value: &'a serde_yaml::Value,
+    /// The whole stream and the index of the object's document in it.
+    text: &'a str,
+    doc: usize,
+    /// The object's path inside its document: empty, or `items[1].` for an
+    /// item of a `kind: List`.
+    prefix: String,
 }
 
 impl Source<'_> {
     fn value(&self) -> &serde_yaml::Value {
-        match self {
-            Source::Value(v) => v,
-            Source::Doc(v, _, _) => v,
-        }
+        self.value
     }
 }
 
@@ -436,16 +446,14 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
             (path, msg)
         })
     };
-    let text = match &src {
-        Source::Doc(_, text, i) => Some((*text, *i)),
-        Source::Value(_) => None,
-    };
     // Each lookup reads the document again: a few per object are enough to
     // point at the mistakes, without a cost of errors x size.
     let located = std::cell::Cell::new(0);
     let line_of = |path: &str| {
         located.set(located.get() + 1);
-        text.filter(|_| located.get() <= MAX_LOCATED).and_then(|(t, i)| locate(t, i, path))
+        (located.get() <= MAX_LOCATED)
+            .then(|| locate(src.text, src.doc, &format!("{}{path}", src.prefix)))
+            .flatten()
     };
     let mut failed = false;
     for u in unknown {
@@ -849,8 +857,13 @@ mod tests {
         assert_eq!(names, ["a", "b"]);
         let bad = text.replace("spec: {podSelector: {}}\n", "spec: {podSelector: {}, bogus: 1}\n");
         let e = parse("t.yaml", &bad).unwrap_err().to_string();
+        // Each with the line of its field.
         assert!(
-            e.contains("t.yaml: document 1 (line 1), items[1].items[0]: NetworkPolicy x/b: field spec.bogus"),
+            e.contains("t.yaml: document 1 (line 1), items[0], line 7: NetworkPolicy x/a: field spec.bogus"),
+            "{e}"
+        );
+        assert!(
+            e.contains("t.yaml: document 1 (line 1), items[1].items[0], line 14: NetworkPolicy x/b: field spec.bogus"),
             "{e}"
         );
     }
@@ -889,7 +902,10 @@ mod tests {
             assert!(e.contains("line 6"), "the value's line: {v}: {e}");
             let list = format!("apiVersion: v1\nkind: List\nitems:\n- {}", doc(v).replace('\n', "\n  "));
             let e = errors(list.trim_end());
-            assert!(e.contains("items[0]: Namespace x: field metadata.labels.v: invalid type"), "{v}: {e}");
+            assert!(
+                e.contains("items[0], line 9: Namespace x: field metadata.labels.v: invalid type"),
+                "{v}: {e}"
+            );
         }
         let s = parse("t.yaml", &doc("\"80\"")).unwrap();
         assert_eq!(s.namespaces[0].metadata.labels.as_ref().unwrap()["v"], "80");
