@@ -75,7 +75,7 @@ pub enum Change {
 }
 
 /// What the index keeps per object: the validated form and its problems.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 enum Entry {
     Namespace(NamespaceInfo),
     /// `None` when the pod is not a policy endpoint (no IP, host network, finished, invalid).
@@ -135,8 +135,14 @@ impl Index {
     pub fn apply(&mut self, source: u16, change: Change) -> bool {
         match change {
             Change::Apply(obj) => {
-                self.mark(obj.kind(), obj.key());
-                self.upsert(source, obj);
+                // An update that leaves what the compiler reads as it was (a
+                // pod's readiness, a namespace's annotations, a resync) changes
+                // nothing: no patch, no publication.
+                let (kind, key) = (obj.kind(), obj.key());
+                if !self.upsert(source, obj) {
+                    return false;
+                }
+                self.mark(kind, key);
                 self.generation += 1;
                 true
             }
@@ -273,7 +279,9 @@ impl Index {
             .collect()
     }
 
-    fn upsert(&mut self, source: u16, obj: Object) {
+    /// Stores `obj` from `source`; returns whether that changed the entry
+    /// (its owner, validated form or problems).
+    fn upsert(&mut self, source: u16, obj: Object) -> bool {
         let (ns, name) = obj.key();
         let kind = obj.kind();
         let (entry, problems) = match &obj {
@@ -300,9 +308,14 @@ impl Index {
         } else {
             self.with_problems.insert(key.clone());
         }
-        if self.entries.insert(key, (source, entry, problems)).is_none() {
+        let new = (source, entry, problems);
+        if self.entries.get(&key) == Some(&new) {
+            return false;
+        }
+        if self.entries.insert(key, new).is_none() {
             *self.counts.entry(kind).or_default() += 1;
         }
+        true
     }
 
     /// Counts of objects per kind (all objects, including pods that are not endpoints).
@@ -482,5 +495,38 @@ mod tests {
         let expect =
             policy_compiler::cluster::cross_object_problems(|ns| ns == "y", c.pods.iter(), c.policies.iter());
         assert_eq!(idx.cross_object_problems(), expect);
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_compiled_is_no_change() {
+        let mut idx = Index::new();
+        let _ = idx.take_pending();
+        let ns = |labels: &str| {
+            Object::Namespace(Box::new(yaml(&format!("metadata: {{name: x, labels: {{{labels}}}}}"))))
+        };
+        assert!(idx.apply(0, Change::Apply(ns("team: a"))));
+        assert!(matches!(idx.take_pending(), Pending::Structural));
+        // A namespace whose annotations changed, and a pod whose readiness did: the
+        // compiler reads neither, so nothing is pending and the generation stays.
+        let generation = idx.generation();
+        let annotated = Object::Namespace(Box::new(yaml(
+            "metadata: {name: x, labels: {team: a}, annotations: {owner: me}}",
+        )));
+        assert!(!idx.apply(0, Change::Apply(annotated)));
+        assert!(idx.apply(0, Change::Apply(pod("x", "a", "10.0.0.1", "a"))));
+        let _ = idx.take_pending();
+        let ready = Object::Pod(Box::new(yaml(
+            "metadata: {name: a, namespace: x, labels: {app: a}}\nstatus: {podIP: 10.0.0.1, conditions: [{type: Ready, status: 'True'}]}",
+        )));
+        assert!(!idx.apply(0, Change::Apply(ready)));
+        assert!(
+            matches!(idx.take_pending(), Pending::Objects { ref pods, ref policies } if pods.is_empty() && policies.is_empty())
+        );
+        assert_eq!(idx.generation(), generation + 1, "only the new pod counted");
+        // The same object from another source changes its owner: a change.
+        assert!(idx.apply(1, Change::Apply(ns("team: a"))));
+        // A label change is one.
+        assert!(idx.apply(1, Change::Apply(ns("team: b"))));
+        assert!(matches!(idx.take_pending(), Pending::Structural));
     }
 }
