@@ -691,6 +691,9 @@ fn connections_from_the_node_are_allowed_into_isolated_pods() {
         assert!(matches!(r.p.process(1, &reply, 1), Action::Forward(_) | Action::FloodUnbound));
         let outsider = testing::tcp(&Host::new(101), 50000, &s, 8080, F::SYN, v6, &[]);
         assert_eq!(r.p.process(3, &outsider, 1), Action::Drop(DropReason::Policy));
+        // Pings and UDP from the node too.
+        assert_eq!(r.p.process(3, &testing::echo(&node, &s, 7, true, v6), 1), Action::Forward(1));
+        assert_eq!(r.p.process(3, &testing::udp(&node, 5000, &s, 9999, v6, b"x"), 1), Action::Forward(1));
         // The node's address from a pod's port is no node: dropped as spoofed.
         let mut fake = node;
         fake.mac = r.other.mac;
