@@ -346,7 +346,7 @@ pub async fn run_owner(
         None => Instant::now(),
     };
     let mut oldest_unpublished: Option<Instant> = None;
-    let mut logged_problems: BTreeSet<String> = BTreeSet::new();
+    let mut out = Output { shared: &shared, publish, logged: BTreeSet::new(), port_pods: &cfg.port_pods };
     let mut compiler: Option<IncrementalCompiler> = None;
     // A full compile that drops what patches left unused, once things are quiet.
     let mut compact_at: Option<Instant> = None;
@@ -373,17 +373,7 @@ pub async fn run_owner(
                     let c = compiler.as_ref().expect("compiled");
                     compact_at =
                         (c.stale_share() >= cfg.compact_share).then(|| Instant::now() + cfg.compact_after);
-                    publish_now(
-                        &index,
-                        c,
-                        how,
-                        &shared,
-                        &publish,
-                        generation,
-                        oldest,
-                        &mut logged_problems,
-                        &cfg.port_pods,
-                    );
+                    publish_now(&mut out, &index, c, how, generation, oldest);
                 }
             } else if let Some(c) = compiler.as_mut() {
                 compact_at = None;
@@ -394,17 +384,7 @@ pub async fn run_owner(
                     kinds: vec![Compilation::Full { reason: "compaction".into() }],
                     took: t0.elapsed(),
                 };
-                publish_now(
-                    &index,
-                    c,
-                    how,
-                    &shared,
-                    &publish,
-                    generation,
-                    None,
-                    &mut logged_problems,
-                    &cfg.port_pods,
-                );
+                publish_now(&mut out, &index, c, how, generation, None);
             } else {
                 compact_at = None;
             }
@@ -571,18 +551,26 @@ fn patch(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where publications go: the workers (through `publish`), status, metrics
+/// and logs.
+struct Output<'a> {
+    shared: &'a Shared,
+    publish: Publisher,
+    /// Invalid objects already logged (each is logged once).
+    logged: BTreeSet<String>,
+    port_pods: &'a [Option<(String, String)>],
+}
+
 fn publish_now(
+    out: &mut Output<'_>,
     index: &Index,
     compiler: &IncrementalCompiler,
     how: Compiled,
-    shared: &Shared,
-    publish: &Publisher,
     generation: u64,
     oldest_change: Option<Instant>,
-    logged: &mut BTreeSet<String>,
-    port_pods: &[Option<(String, String)>],
 ) {
+    let Output { shared, publish, logged, port_pods } = out;
+    let logged = &mut *logged;
     let problems = index.problems();
     // Compile time includes the copy a publication takes.
     let t1 = Instant::now();

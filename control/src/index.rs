@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::networking::v1 as netv1;
 use policy_compiler::model::{NamespaceInfo, PodInfo, Policy};
-use policy_compiler::validate::{self, DEFAULT_NAMESPACE};
+use policy_compiler::validate;
 use policy_compiler::{Cluster, PodChange, PolicyChange, Problem};
 
 /// Kinds the index holds.
@@ -53,11 +53,7 @@ impl Object {
             Object::Pod(o) => (&o.metadata, true),
             Object::NetworkPolicy(o) => (&o.metadata, true),
         };
-        let ns = if namespaced {
-            meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
-        } else {
-            String::new()
-        };
+        let ns = if namespaced { validate::namespace_of(meta) } else { String::new() };
         (ns, meta.name.clone().unwrap_or_default())
     }
 }

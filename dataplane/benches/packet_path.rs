@@ -210,37 +210,29 @@ fn bench_established(c: &mut Criterion<CpuTime>) {
         })
     });
 
-    // The whole Pipeline::process: parse, conntrack hit, MAC learning and lookup, counters.
-    let mut p = pipeline(table.clone(), 65_536);
-    for i in 0..syns.len() {
-        assert_eq!(p.process(0, syns.get(i), 0), Action::Forward(1));
-    }
-    g.bench_function("pipeline_process", |b| {
-        b.iter(|| {
-            p.begin_batch(1);
-            for i in 0..BATCH {
-                black_box(p.process(0, black_box(acks.get(i)), 1));
-            }
-        })
-    });
-
-    // The same with both ports leading to pods: source check and delivery by address.
-    let addresses = Addresses::new(
+    // The whole Pipeline::process: parse, conntrack hit, MAC learning and lookup,
+    // counters; then the same with both ports leading to pods (source check and
+    // delivery by address), side by side.
+    let pod_ports = Addresses::new(
         [cl, sv].map(|h| Some(PodAddrs::new([h.v4(), h.v6()]))).to_vec(),
         vec![Host::new(100).v4()],
     );
-    let mut p = pipeline_with(PublishedTable::new(1, table.clone(), 1).with_addresses(addresses), 65_536);
-    for i in 0..syns.len() {
-        assert_eq!(p.process(0, syns.get(i), 0), Action::Forward(1));
+    for (name, addresses) in
+        [("pipeline_process", Addresses::default()), ("pipeline_process_pod_ports", pod_ports)]
+    {
+        let mut p = pipeline_with(PublishedTable::new(1, table.clone(), 1).with_addresses(addresses), 65_536);
+        for i in 0..syns.len() {
+            assert_eq!(p.process(0, syns.get(i), 0), Action::Forward(1));
+        }
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                p.begin_batch(1);
+                for i in 0..BATCH {
+                    black_box(p.process(0, black_box(acks.get(i)), 1));
+                }
+            })
+        });
     }
-    g.bench_function("pipeline_process_pod_ports", |b| {
-        b.iter(|| {
-            p.begin_batch(1);
-            for i in 0..BATCH {
-                black_box(p.process(0, black_box(acks.get(i)), 1));
-            }
-        })
-    });
     g.finish();
 }
 

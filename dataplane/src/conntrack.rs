@@ -1223,15 +1223,8 @@ mod tests {
             let i = ct.get(&udp(C, 1000 + port, S, 53).flow).unwrap();
             assert_eq!((i.state, i.replied, i.expires), (State::Replied, true, 30 * SEC));
         }
-        assert_eq!(ct.len(), n);
         // The table is full of answered queries; new connections still get slots.
-        for port in 0..n as u16 {
-            assert_eq!(
-                ct.packet(&tcp(C, 2000 + port, S, 80, F::SYN), &p, 1, SEC),
-                Outcome::Pass(CtPass::New)
-            );
-        }
-        assert_eq!((ct.stats().evicted, ct.stats().full), (n as u64, 0));
+        assert_full_table_gives_way(&mut ct, &p, n);
         // Unevicted, they are gone after the short timeout.
         let mut ct = Conntrack::new(n, &Timeouts::default(), true);
         ct.packet(&udp(C, 1000, S, 53), &p, 1, 0);
@@ -1249,12 +1242,15 @@ mod tests {
             assert_eq!(ct.packet(&echo(C, S, 100 + id, true), &p, 1, 0), Outcome::Pass(CtPass::New));
             assert_eq!(ct.packet(&echo(S, C, 100 + id, false), &p, 1, 0), Outcome::Pass(CtPass::Tracked));
         }
+        assert_full_table_gives_way(&mut ct, &p, n);
+    }
+
+    /// `ct`, full with `n` entries, takes `n` new TCP connections by evicting them all.
+    #[track_caller]
+    fn assert_full_table_gives_way(ct: &mut Conntrack, p: &ToServer, n: usize) {
         assert_eq!(ct.len(), n);
         for port in 0..n as u16 {
-            assert_eq!(
-                ct.packet(&tcp(C, 2000 + port, S, 80, F::SYN), &p, 1, SEC),
-                Outcome::Pass(CtPass::New)
-            );
+            assert_eq!(ct.packet(&tcp(C, 2000 + port, S, 80, F::SYN), p, 1, SEC), Outcome::Pass(CtPass::New));
         }
         assert_eq!((ct.stats().evicted, ct.stats().full), (n as u64, 0));
     }

@@ -152,15 +152,16 @@ fn problems_from(errs: FieldErrors, object: &ObjectRef, severity: Severity) -> V
         .collect()
 }
 
+/// An object's namespace: `metadata.namespace`, `default` when missing or
+/// empty ("An empty namespace is equivalent to the default namespace").
+pub fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
+}
+
 /// Validates a NetworkPolicy. Returns the domain policy (fail-closed when
 /// invalid: `valid == false`, no rules) and its problems.
 pub fn policy(np: &netv1::NetworkPolicy) -> (Policy, Vec<Problem>) {
-    let namespace = np
-        .metadata
-        .namespace
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let namespace = namespace_of(&np.metadata);
     let name = np.metadata.name.clone().unwrap_or_default();
     let object = ObjectRef { kind: "NetworkPolicy", namespace: namespace.clone(), name: name.clone() };
     let mut errs = FieldErrors::default();
@@ -484,12 +485,7 @@ pub fn namespace(ns: &corev1::Namespace) -> Result<NamespaceInfo, Problem> {
 /// container port) is dropped and reported, and the pod stays an endpoint with
 /// everything else it declares.
 pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
-    let namespace = p
-        .metadata
-        .namespace
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let namespace = namespace_of(&p.metadata);
     let name = p.metadata.name.clone().unwrap_or_default();
     let object = ObjectRef { kind: "Pod", namespace: namespace.clone(), name: name.clone() };
     let mut errs = FieldErrors::default();
