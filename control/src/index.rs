@@ -282,7 +282,7 @@ impl Index {
         let kind = obj.kind();
         let (entry, problems) = match &obj {
             Object::Namespace(o) => match validate::namespace(o) {
-                Ok(n) => (Entry::Namespace(n), Vec::new()),
+                Ok(n) => (Entry::Namespace(n), validate::namespace_problems(o)),
                 Err(p) => {
                     // An invalid namespace keeps only its name label, like a missing one.
                     let info = NamespaceInfo { name: name.clone(), labels: Default::default() };

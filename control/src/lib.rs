@@ -42,9 +42,23 @@ use manifest::{LoadErrors, State};
 pub fn load_paths(paths: &[String]) -> Result<State, LoadErrors> {
     let mut state = State::default();
     let mut errs = Vec::new();
+    let whole = |file: &str, message: String| manifest::LoadError {
+        origin: manifest::Origin { file: file.to_string(), document: 0, line: 0, item: Vec::new() },
+        object: None,
+        field: None,
+        line: None,
+        message,
+    };
+    if paths.iter().filter(|p| *p == "-").count() > 1 {
+        errs.push(whole("-", "standard input can be read once: give `-` once".into()));
+    }
     for p in paths {
         let files: Vec<String> = match std::fs::metadata(p) {
             Ok(m) if m.is_dir() => match list_manifests(p) {
+                Ok(f) if f.is_empty() => {
+                    errs.push(whole(p, "the directory holds no *.yaml, *.yml or *.json file".into()));
+                    continue;
+                }
                 Ok(f) => f,
                 Err(e) => {
                     errs.extend(e.0);

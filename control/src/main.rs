@@ -85,8 +85,9 @@ struct StateArgs {
     /// prints it) or JSON; `-` for stdin; a directory reads every *.yaml, *.yml, *.json in it. Repeatable.
     #[arg(long = "state", short = 's', required = true)]
     state: Vec<String>,
-    /// Go on when a NetworkPolicy fails validation (it is then enforced fail-closed: it isolates the
-    /// pods it selects and allows nothing).
+    /// Go on when objects fail validation: an invalid NetworkPolicy is enforced fail-closed (it
+    /// isolates the pods it selects and allows nothing); an invalid field of another object (a
+    /// pod's bad IP or port) is left out, and the object kept.
     #[arg(long)]
     allow_invalid: bool,
 }
@@ -189,12 +190,20 @@ fn load(args: &StateArgs) -> Result<Compiled> {
     }
     let compiled = policy_compiler::compile(&state.namespaces, &state.pods, &state.policies);
     let mut invalid = std::collections::BTreeSet::new();
+    // Files read again to give each problem the line of its field (stdin cannot be).
+    let mut texts: std::collections::HashMap<String, Option<String>> = Default::default();
     for p in &compiled.problems {
-        // Same shape as load errors: `severity: where: object: field: message`.
-        let at = state
-            .origin_of(p.object.kind, &p.object.namespace, &p.object.name)
-            .map(|o| format!("{o}: "))
-            .unwrap_or_default();
+        // Same shape as load errors: `severity: where[, line]: object: field: message`.
+        let origin = state.origin_of(p.object.kind, &p.object.namespace, &p.object.name);
+        let line = origin.and_then(|o| {
+            let text = texts.entry(o.file.clone()).or_insert_with(|| std::fs::read_to_string(&o.file).ok());
+            o.line_of(text.as_deref()?, &p.field)
+        });
+        let at = match (origin, line) {
+            (Some(o), Some(l)) => format!("{o}, line {l}: "),
+            (Some(o), None) => format!("{o}: "),
+            _ => String::new(),
+        };
         let severity = if p.severity == Severity::Error { "error" } else { "warning" };
         eprintln!("{severity}: {at}{}: {}: {}", p.object, p.field, p.message);
         if p.severity == Severity::Error {
@@ -203,7 +212,7 @@ fn load(args: &StateArgs) -> Result<Compiled> {
     }
     if !invalid.is_empty() && !args.allow_invalid {
         bail!(
-            "{} invalid object(s); nothing applied (use --allow-invalid to go on with invalid policies enforced fail-closed)",
+            "{} invalid object(s); nothing applied (--allow-invalid goes on: an invalid policy is enforced fail-closed, an invalid field of another object is left out)",
             invalid.len()
         );
     }

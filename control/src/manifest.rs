@@ -30,6 +30,19 @@ pub struct Origin {
     pub item: Vec<usize>,
 }
 
+impl Origin {
+    /// The line of `field` (a path such as `spec.ingress[0].ports[0].port`) of
+    /// the object from here, in `text`, the file's text.
+    pub fn line_of(&self, text: &str, field: &str) -> Option<usize> {
+        let items: String = self.item.iter().map(|i| format!("items[{i}].")).collect();
+        locate(
+            text.strip_prefix('\u{feff}').unwrap_or(text),
+            self.document.checked_sub(1)?,
+            &format!("{items}{field}"),
+        )
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.document == 0 {
@@ -148,7 +161,7 @@ fn duplicate(k: &ObjectKey, o: &Origin, prev: &Origin) -> LoadError {
     }
 }
 
-fn object_name((kind, ns, name): &ObjectKey) -> String {
+pub(crate) fn object_name((kind, ns, name): &ObjectKey) -> String {
     if ns.is_empty() {
         format!("{kind} {name}")
     } else {
@@ -183,6 +196,8 @@ fn document_lines(text: &str) -> Vec<usize> {
 
 /// Parses one text. `file` is used in messages only.
 pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
+    // A byte-order mark (editors on Windows write one) is not content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let lines = document_lines(text);
     let mut state = State::default();
     let mut errs: Vec<LoadError> = Vec::new();
@@ -266,6 +281,27 @@ fn is_list(v: &serde_yaml::Value) -> bool {
 
 /// Adds every item of a list; a list inside a list is read the same way.
 fn add_list(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, list: &Source<'_>) {
+    // A List has apiVersion, kind, metadata and items: a misspelled `items`
+    // would otherwise load nothing, silently.
+    let mut unknown = false;
+    for key in list.value.as_mapping().into_iter().flat_map(|m| m.keys()) {
+        let k = key.as_str().unwrap_or("");
+        if !matches!(k, "apiVersion" | "kind" | "metadata" | "items") {
+            unknown = true;
+            let hint =
+                if k.eq_ignore_ascii_case("items") || k == "item" { " (did you mean `items`?)" } else { "" };
+            errs.push(LoadError {
+                origin: origin.clone(),
+                object: None,
+                line: locate(list.text, list.doc, &format!("{}{k}", list.prefix)),
+                field: Some(k.to_string()),
+                message: format!("unknown field of a List{hint}"),
+            });
+        }
+    }
+    if unknown {
+        return;
+    }
     let items = match list.value.get("items") {
         Some(serde_yaml::Value::Sequence(items)) => items.as_slice(),
         None | Some(serde_yaml::Value::Null) => &[],
@@ -341,7 +377,9 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
         .to_string();
     let name =
         v.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("").to_string();
-    let err = |field: Option<String>, line: Option<usize>, message: String, object: Option<String>| {
+    // The line of the named field, when there is one.
+    let err = |field: Option<String>, message: String, object: Option<String>| {
+        let line = field.as_deref().and_then(|f| locate(src.text, src.doc, &format!("{}{f}", src.prefix)));
         LoadError { origin: origin.clone(), object, field, line, message }
     };
     let expected = match kind.as_str() {
@@ -350,7 +388,6 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
         "" => {
             errs.push(err(
                 Some("kind".into()),
-                None,
                 "Required value: every object needs `kind` and `apiVersion`".into(),
                 None,
             ));
@@ -360,7 +397,6 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
             if let Some(meant) = meant_kind(&kind) {
                 errs.push(err(
                     Some("kind".into()),
-                    None,
                     format!("unknown kind {kind:?} (did you mean `{meant}`? kinds are case-sensitive and singular)"),
                     None,
                 ));
@@ -379,14 +415,13 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
     if api_version != expected {
         errs.push(err(
             Some("apiVersion".into()),
-            None,
             format!("{kind} must have apiVersion {expected:?}, found {api_version:?}"),
             object,
         ));
         return;
     }
     if name.is_empty() {
-        errs.push(err(Some("metadata.name".into()), None, "Required value".into(), object));
+        errs.push(err(Some("metadata.name".into()), "Required value".into(), object));
         return;
     }
     let before = errs.len();
@@ -478,6 +513,14 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
                 && !msg.contains("sequence")
             {
                 " (quote it: YAML reads 80, 1.10, true and null as numbers, booleans and null, not text)"
+            } else if msg.starts_with("invalid type: string \"")
+                && msg.contains("expected i")
+                && msg
+                    .split('"')
+                    .nth(1)
+                    .is_some_and(|v| v.bytes().all(|c| c.is_ascii_hexdigit() || c == b'_' || c == b'x'))
+            {
+                " (write the number in plain decimal: kubectl would read 0100 as octal 64 and 1_000 as 1000)"
             } else {
                 ""
             };
@@ -499,7 +542,7 @@ const MAX_LOCATED: usize = 8;
 /// The line of `path` (`spec.ingress[0].from[0].matchLabel`, as errors
 /// name fields) in document `doc` of `text`: of its last key, or of its
 /// item for a last index. `None` when the path is not there.
-fn locate(text: &str, doc: usize, path: &str) -> Option<usize> {
+pub fn locate(text: &str, doc: usize, path: &str) -> Option<usize> {
     use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
     /// The error that marks the place found (serde_yaml gives it the line of
@@ -915,5 +958,24 @@ mod tests {
             "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    resources: {limits: {cpu: 1, memory: 1.5}}\n",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_list_with_a_misspelled_items_is_an_error_not_an_empty_list() {
+        let np = "- {apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: d, namespace: a}, spec: {podSelector: {}}}\n";
+        let e = errors(&format!("apiVersion: v1\nkind: List\nItems:\n{np}"));
+        assert!(e.contains("line 3: field Items: unknown field of a List (did you mean `items`?)"), "{e}");
+        assert!(errors("apiVersion: v1\nkind: List\nfoo: 1\nitems: []\n")
+            .contains("field foo: unknown field of a List"));
+        assert_eq!(
+            parse("t.yaml", &format!("apiVersion: v1\nkind: List\nitems:\n{np}")).unwrap().policies.len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_content() {
+        let s = parse("t.yaml", "\u{feff}apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n").unwrap();
+        assert_eq!(s.namespaces.len(), 1);
     }
 }

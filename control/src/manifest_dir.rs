@@ -139,7 +139,24 @@ impl ManifestDir {
             let read_at = Instant::now();
             let text = match std::fs::read_to_string(&f) {
                 Ok(t) => t,
-                Err(_) => continue, // raced with a delete or rename; next scan sees it
+                // Gone since the listing (a delete or rename): the next scan sees it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                // Unreadable (not UTF-8, no permission): reported like a file that
+                // does not parse; its last good version, if any, stays in force.
+                Err(e) => {
+                    let st = self.files.entry(f.clone()).or_default();
+                    st.meta = meta;
+                    st.scans_since_read = 0;
+                    st.fingerprint = None;
+                    st.error = Some(LoadErrors(vec![LoadError {
+                        origin: Origin { file: f.clone(), document: 0, line: 0, item: Vec::new() },
+                        object: None,
+                        field: None,
+                        line: None,
+                        message: format!("cannot read: {e}"),
+                    }]));
+                    continue;
+                }
             };
             let fp = fingerprint(Path::new(&f), &text);
             let st = self.files.entry(f.clone()).or_default();
@@ -259,7 +276,7 @@ impl ManifestDir {
             for other in list[1..].iter().filter_map(origin) {
                 out.push(LoadError {
                     origin: other,
-                    object: Some(format!("{} {}/{}", key.0, key.1, key.2)),
+                    object: Some(manifest::object_name(key)),
                     field: None,
                     line: None,
                     message: format!("also defined at {first}; this definition is ignored"),
@@ -474,6 +491,24 @@ mod tests {
             "{:?}",
             md.status()
         );
+    }
+
+    #[test]
+    fn an_unreadable_file_is_reported_and_the_directory_is_not_complete() {
+        let d = tempdir("latin1");
+        std::fs::write(
+            d.0.join("a.yaml"),
+            b"# caf\xe9\napiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n",
+        )
+        .unwrap();
+        let mut md = ManifestDir::new(&d.0);
+        assert!(!md.scan());
+        assert!(!md.complete(), "a first sync must wait for it");
+        assert!(md.status()[0].errors[0].contains("a.yaml: cannot read"), "{:?}", md.status());
+        // Fixed: read, in force, complete.
+        std::fs::write(d.0.join("a.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n").unwrap();
+        assert!(md.scan());
+        assert!(md.complete() && md.status()[0].errors.is_empty());
     }
 
     #[test]

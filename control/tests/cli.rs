@@ -220,6 +220,20 @@ fn batch_mode_refuses_single_query_flags_and_state_on_stdin() {
 }
 
 #[test]
+fn an_empty_directory_or_stdin_twice_is_an_error() {
+    let dir = std::env::temp_dir().join(format!("pcl-cli-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("notes.txt"), "not a manifest").unwrap();
+    let o = run(&["check", "-s", dir.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("the directory holds no *.yaml, *.yml or *.json file"), "{}", stderr(&o));
+    let o = run_with_stdin(&["check", "-s", "-", "-s", "-"], "");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("standard input can be read once"), "{}", stderr(&o));
+}
+
+#[test]
 fn valid_seed_manifests_load() {
     for f in [
         "examples/seeds/001-access-nginx.yaml",
@@ -311,7 +325,7 @@ fn invalid_policy_is_refused_unless_allowed_and_then_fails_closed() {
     let o = run(&["query", "-s", f, "--from", "x/b", "--to", "x/a", "--port", "80"]);
     assert!(!o.status.success());
     let e = stderr(&o);
-    assert!(e.contains("error: ") && e.contains("bad.yaml: document 3 (line 11): NetworkPolicy x/bad: spec.ingress[0].from[0].ipBlock.except[0]: \"10.1.0.0/16\": must be a strict subset of `cidr` 10.0.0.0/24"), "{e}");
+    assert!(e.contains("error: ") && e.contains("bad.yaml: document 3 (line 11), line 18: NetworkPolicy x/bad: spec.ingress[0].from[0].ipBlock.except[0]: \"10.1.0.0/16\": must be a strict subset of `cidr` 10.0.0.0/24"), "{e}");
     let o = run(&["query", "-s", f, "--allow-invalid", "--from", "x/b", "--to", "x/a", "--port", "80"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).starts_with("DENY"), "fail-closed: {}", stdout(&o));

@@ -32,6 +32,7 @@ impl Cluster {
         let mut problems = Vec::new();
         let mut c = Cluster::default();
         for ns in namespaces {
+            problems.extend(validate::namespace_problems(ns));
             match validate::namespace(ns) {
                 Ok(n) => c.namespaces.push(n),
                 Err(p) => problems.push(p),

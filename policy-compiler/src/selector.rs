@@ -198,6 +198,26 @@ impl std::fmt::Display for Selector {
     }
 }
 
+/// An object's labels (`metadata.labels`), as the API server validates them.
+pub fn validate_labels<'a>(
+    labels: impl IntoIterator<Item = (&'a String, &'a String)>,
+    path: &FieldPath,
+    errs: &mut FieldErrors,
+) {
+    for (k, v) in labels {
+        let at = path.key("labels", k);
+        validate_label_key(k, &at, errs);
+        validate_label_value(v, &at, errs);
+    }
+}
+
+/// An object name that must be a DNS subdomain (`IsDNS1123Subdomain`: pods,
+/// NetworkPolicies) or, with `label`, a DNS label (`IsDNS1123Label`: namespaces).
+pub fn is_dns_name(name: &str, label: bool) -> bool {
+    let max = if label { 63 } else { 253 };
+    !name.is_empty() && name.len() <= max && (!label || !name.contains('.')) && is_dns_subdomain(name)
+}
+
 /// A label key: an optional DNS-subdomain prefix and `/`, then a name of at
 /// most 63 characters (`validation.IsQualifiedName`).
 fn validate_label_key(key: &str, path: &FieldPath, errs: &mut FieldErrors) {

@@ -169,6 +169,7 @@ pub fn policy(np: &netv1::NetworkPolicy) -> (Policy, Vec<Problem>) {
     if name.is_empty() {
         errs.push(FieldPath::root("metadata.name"), "Required value");
     }
+    check_object_name(&name, &mut errs);
     let spec_path = FieldPath::root("spec");
     let default_spec = netv1::NetworkPolicySpec::default();
     // `spec` is a non-pointer struct in the API: an object without it is a valid
@@ -476,6 +477,38 @@ pub fn namespace(ns: &corev1::Namespace) -> Result<NamespaceInfo, Problem> {
     Ok(NamespaceInfo { name, labels })
 }
 
+/// What the API server would refuse in a Namespace that [`namespace`] still
+/// converts: a name that is not a DNS label, invalid labels. Reported as
+/// errors; the namespace keeps its labels as given (dropping one could make a
+/// `NotIn` or `DoesNotExist` selector match it, which would fail open).
+pub fn namespace_problems(ns: &corev1::Namespace) -> Vec<Problem> {
+    let name = ns.metadata.name.clone().unwrap_or_default();
+    let mut errs = FieldErrors::default();
+    if !name.is_empty() && !crate::selector::is_dns_name(&name, true) {
+        errs.push(
+            FieldPath::root("metadata.name"),
+            format!("Invalid value: {name:?}: a namespace name is a DNS label (at most 63 lowercase alphanumerics or '-', starting and ending with an alphanumeric)"),
+        );
+    }
+    crate::selector::validate_labels(
+        ns.metadata.labels.iter().flatten(),
+        &FieldPath::root("metadata"),
+        &mut errs,
+    );
+    let object = ObjectRef { kind: "Namespace", namespace: String::new(), name };
+    problems_from(errs, &object, Severity::Error)
+}
+
+/// A pod's or policy's `metadata.name`, when present: a DNS subdomain.
+fn check_object_name(name: &str, errs: &mut FieldErrors) {
+    if !name.is_empty() && !crate::selector::is_dns_name(name, false) {
+        errs.push(
+            FieldPath::root("metadata.name"),
+            format!("Invalid value: {name:?}: a name is a DNS subdomain (lowercase alphanumerics, '-' and '.', starting and ending with an alphanumeric)"),
+        );
+    }
+}
+
 /// Converts a Pod. `None` for pods NetworkPolicy does not apply to:
 /// host-network pods (their address is the node's), pods without a valid IP,
 /// and pods in phase Succeeded or Failed.
@@ -492,13 +525,25 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
     if name.is_empty() {
         errs.push(FieldPath::root("metadata.name"), "Required value");
     }
+    check_object_name(&name, &mut errs);
+    crate::selector::validate_labels(
+        p.metadata.labels.iter().flatten(),
+        &FieldPath::root("metadata"),
+        &mut errs,
+    );
     let spec = p.spec.as_ref();
     if spec.and_then(|s| s.host_network).unwrap_or(false) {
         return (None, Vec::new());
     }
     let status = p.status.as_ref();
-    if matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
-        return (None, Vec::new());
+    match status.and_then(|s| s.phase.as_deref()) {
+        Some("Succeeded" | "Failed") => return (None, Vec::new()),
+        None | Some("Pending" | "Running" | "Unknown") => {}
+        // A misspelled phase keeps the pod an endpoint (isolated), reported.
+        Some(other) => errs.push(
+            FieldPath::root("status.phase"),
+            format!("Unsupported value: {other:?}: supported values: \"Pending\", \"Running\", \"Succeeded\", \"Failed\", \"Unknown\""),
+        ),
     }
     let mut ips: Vec<IpAddr> = Vec::new();
     if let Some(st) = status {
@@ -516,6 +561,22 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
                 Some(ip) if !ips.contains(&ip) => ips.push(ip),
                 Some(_) => {}
                 None => errs.push(path, format!("invalid IP address {text:?}")),
+            }
+        }
+        // `podIPs[0]` must be `podIP`. When they disagree, both addresses are
+        // the pod's (isolated), and the disagreement is reported.
+        if let (Some(ip), Some(first)) = (st.pod_ip.as_deref(), st.pod_ips.as_deref().and_then(|l| l.first()))
+        {
+            if let (Some(a), b) = (parse_ip_sloppy(ip), parse_ip_sloppy(&first.ip)) {
+                if Some(a) != b {
+                    errs.push(
+                        FieldPath::root("status.podIP"),
+                        format!("Invalid value: {ip:?}: must be the first of status.podIPs ({:?})", first.ip),
+                    );
+                    if !ips.contains(&a) {
+                        ips.push(a);
+                    }
+                }
             }
         }
     }

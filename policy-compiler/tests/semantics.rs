@@ -1867,6 +1867,32 @@ fn r18_a_pod_address_with_leading_zeros_is_read_like_the_api_server_does() {
 }
 
 #[test]
+fn r33_what_the_api_server_refuses_in_pods_and_namespaces_is_reported_and_fails_closed() {
+    // A misspelled phase: the pod stays an endpoint (isolated), reported.
+    let mut pods = base_pods();
+    let mut typo = pod("x", "typo", "10.0.1.50", &[("app", "web")]);
+    typo.status.as_mut().unwrap().phase = Some("Runing".into());
+    pods.push(typo);
+    // podIP that is not podIPs[0]: both addresses are the pod's, reported.
+    let mut split = pod("x", "split", "10.0.1.60,fd00::1:60", &[("app", "web")]);
+    split.status.as_mut().unwrap().pod_ip = Some("10.0.1.61".into());
+    pods.push(split);
+    // Bad names and labels.
+    pods.push(pod("x", "Bad_Name", "10.0.1.70", &[("app ", "web")]));
+    let mut namespaces = base_namespaces();
+    namespaces.push(ns("A_b", &[]));
+    let c = world(namespaces, pods, &[DENY_ALL_INGRESS_X]);
+    assert_problem(&c, Severity::Error, "Pod x/typo", "status.phase", "Unsupported value: \"Runing\"");
+    assert_problem(&c, Severity::Error, "Pod x/split", "status.podIP", "must be the first of status.podIPs");
+    assert_problem(&c, Severity::Error, "Pod x/Bad_Name", "metadata.name", "DNS subdomain");
+    assert_problem(&c, Severity::Error, "Pod x/Bad_Name", "metadata.labels[app ]", "invalid label key");
+    assert_problem(&c, Severity::Error, "Namespace A_b", "metadata.name", "DNS label");
+    for ip in ["10.0.1.50", "10.0.1.60", "10.0.1.61", "10.0.1.70"] {
+        expect(&c, EXT4, ip, TCP, 80, NotPod, Deny(&["x/deny-in"]));
+    }
+}
+
+#[test]
 fn r22_a_label_key_prefix_is_a_subdomain_of_any_label_length() {
     let long = "a".repeat(64);
     let c = web_ingress_from(&format!(
