@@ -1,12 +1,18 @@
 //! The index owner: one task applies every source's changes to the
-//! [`Index`], waits for a quiet moment (debounce), compiles, and publishes
-//! the new table. It also keeps the status and metrics the HTTP endpoint serves.
+//! [`Index`] (updates that change nothing compiled are dropped there),
+//! compiles (a patch when it can, in full otherwise: see [`compile`]) at
+//! most once per debounce period, and publishes the new table with the
+//! addresses of the pods behind the dataplane's ports. It also keeps the
+//! status and metrics the HTTP endpoint serves.
 //!
 //! ```text
-//!  SourceMsg ──▶ apply to Index ──(debounce)──▶ compile ──▶ Publisher (ArcSwap store)
-//!                     │                                       │
-//!                     └──────────── Status / Metrics ◀────────┘
+//!  SourceMsg ──▶ apply to Index ──(debounce)──▶ patch / full compile ──▶ Publisher (ArcSwap store)
+//!                     │                                                   │
+//!                     └──────────────────── Status / Metrics ◀────────────┘
 //! ```
+//!
+//! The debounce is a leading edge: a change after a quiet period compiles at
+//! once; during a burst (a rollout) compilations are at least a period apart.
 //!
 //! Until every expected (source, kind) has completed one full list, no table
 //! compiled from partial state is published: the dataplane stays in its
@@ -52,7 +58,8 @@ pub type Publisher = Box<dyn Fn(Publication) + Send>;
 /// Owner settings.
 #[derive(Clone, Debug)]
 pub struct OwnerConfig {
-    /// Quiet time after the last change before compiling.
+    /// Least time between two compilations (leading edge: a change after a
+    /// quiet period compiles at once).
     pub debounce: Duration,
     /// The sources that must sync before the first publication.
     pub sources: Vec<SourceId>,

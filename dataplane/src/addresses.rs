@@ -2,13 +2,14 @@
 //! port (switch mode) and the node's own addresses.
 //!
 //! ```text
-//!  frame in on port p ── p leads to pod P? ── IP source not P's ──▶ Drop(SpoofedSource)
-//!                                            (IPv6 link-local: Drop(LinkLocal))
-//!                        ARP/ND for an address not P's, RA, redirect ──▶ Drop(SpoofedSource)
-//!  allowed IP frame ──── destination is a pod behind port q ──────▶ Forward(q)  (by address,
-//!                        else MAC forwarding, never to a pod's port:        not by MAC)
-//!                        Forward(pod port) or Flood ─▶ FloodUnbound (the ports with no pod)
-//!  new connection ────── source is the node, on a port facing it ─▶ allowed
+//!  frame in on port p, p leads to pod P:
+//!    IP source not P's ─────────────────────────────▶ Drop(SpoofedSource)  (IPv6 link-local: Drop(LinkLocal))
+//!    ARP/ND speaking for an address not P's, RA, redirect ──▶ Drop(SpoofedSource)
+//!  allowed IP frame (delivery by address, not by MAC):
+//!    destination is pod Q's, behind port q ─────────▶ Forward(q)  (Drop(SamePort) if q = p)
+//!    any other destination ─────────────────────────▶ MAC forwarding, but a pod's port or a
+//!                                                     flood becomes FloodUnbound (ports with no pod)
+//!  new connection from the node's address, on a port facing the node ──▶ allowed
 //! ```
 //!
 //! **Why both checks.** Policy is evaluated on the addresses a packet

@@ -5,8 +5,9 @@
 //! (parse, frag, conntrack, switch, counters, pipeline) has no sockets, no
 //! clock and no `unsafe`: the AF_XDP I/O ([`xsk`], [`port`], [`worker`])
 //! calls into it with a frame, its ingress port and the time, and acts on
-//! the returned [`Action`]. [`xsk`] is the only module of the project that
-//! contains `unsafe` code; the I/O design is in
+//! the returned [`Action`]. [`xsk`] is the only module of the shipped code
+//! that contains `unsafe` (the counting allocators of a test and of the
+//! benchmarks aside); the I/O design is in
 //! `docs/architecture-dataplane.md`.
 //!
 //! ```text

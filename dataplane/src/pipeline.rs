@@ -12,9 +12,11 @@
 //!     └─ IPv4/IPv6 ── table fail-closed? ── yes ───────────────┼────────▶ Drop(FailClosed)
 //!            │ later fragment ── first fragment's verdict ─────┤  (none: Drop(FragmentNoFirst))
 //!            ▼                                                  │
+//!            │ enforce: false ── no conntrack, no table ───────┤
 //!         conntrack: hit → pass (stale generation → re-check,   │
 //!         revoked → Drop(Revoked)); miss → table.verdict(..)    │
-//!         → Drop(Policy) / insert (full → Drop(ConntrackFull))  │
+//!         → Drop(Policy) / insert (full → Drop(ConntrackFull)); │
+//!         TCP without SYN, not picked up → Drop(TcpNoConnection)│
 //!            │ first fragment: remember the verdict             │
 //!            ▼                                                  ▼
 //!                       L2: Forward(port) / Flood / Drop(SamePort)

@@ -62,6 +62,10 @@ pub enum ApplyError {
     /// The dataplane could not be signalled.
     #[error("signalling the dataplane")]
     Signal(#[from] CommandError),
+    /// The lab's dataplane is the daemon (`lab up --run-manifests DIR`), which
+    /// reads its own directory and takes no SIGHUP.
+    #[error("this lab's dataplane is `portcullis run --manifests`: put the files into its manifest directory instead")]
+    Daemon,
     /// The dataplane is not running.
     #[error("the lab's dataplane is not running (see {log})")]
     NoDataplane {
@@ -87,6 +91,9 @@ pub fn apply(args: &ApplyArgs) -> Result<(), ApplyError> {
     for p in &compiled.problems {
         let tag = if p.severity == Severity::Error { " (enforced fail-closed)" } else { "" };
         eprintln!("{p}{tag}");
+    }
+    if lab.dataplane_pid.is_some() && lab.dataplane_args.is_empty() {
+        return Err(ApplyError::Daemon);
     }
     let pid = lab
         .dataplane_pid
