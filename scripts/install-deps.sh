@@ -9,11 +9,14 @@
 #   libpcap-dev                                         xdp-tools' build (libxdp-sys) probes for it
 #   iproute2 (ip)                                       lab: network namespaces, veth pairs, addresses
 #   ethtool                                             lab: TX checksum offload off on pod veths
-#   iputils-ping                                        lab tests: ping between pods
-#   procps                                              lab: ps/pkill-free process inspection in tests
-#   nftables                                            other tests of the project
+#   iputils-ping                                        tests and `portcullis lab flood`: ping between pods
+#   procps                                              sysctl (lab, control/tests/run_dataplane.rs, benches/e2e/
+#                                                       side-by-side.sh) and kill (lab, control/tests/run_dataplane.rs)
+#   nftables                                            benches/e2e/side-by-side.sh (run by scripts/test.sh): sink
+#                                                       counters, kernel configurations; `portcullis lab flood`: sink
+#   python3                                             scripts/demo.sh and scripts/measure-change-latency.sh
 set -euo pipefail
-pkgs=(libelf-dev clang m4 libpcap-dev pkg-config zlib1g-dev gcc make iproute2 ethtool iputils-ping procps nftables)
+pkgs=(libelf-dev clang m4 libpcap-dev pkg-config zlib1g-dev gcc make iproute2 ethtool iputils-ping procps nftables python3)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 missing=()
