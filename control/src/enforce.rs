@@ -114,7 +114,11 @@ impl Enforcer {
         let first = if cfg.fail_open {
             PublishedTable::new(0, DecisionTable::default(), 1)
         } else {
-            PublishedTable::fail_closed()
+            // Pod ports are pod ports from the start: until the first table
+            // says their addresses, ARP and ND from them may speak for none
+            // (probes from 0.0.0.0 and ::, and link-local ND, still pass).
+            let pods = cfg.ports.iter().map(|p| p.pod.as_ref().map(|_| PodAddrs::default())).collect();
+            PublishedTable::fail_closed().with_addresses(Addresses::new(pods, Vec::new()))
         };
         let tables = Arc::new(ArcSwap::from_pointee(first));
         let dcfg = dataplane_config(cfg);

@@ -192,10 +192,13 @@ fn load(args: &StateArgs) -> Result<Compiled> {
     let mut invalid = std::collections::BTreeSet::new();
     // Files read again to give each problem the line of its field (stdin cannot be).
     let mut texts: std::collections::HashMap<String, Option<String>> = Default::default();
+    let mut located = 0;
     for p in &compiled.problems {
         // Same shape as load errors: `severity: where[, line]: object: field: message`.
         let origin = state.origin_of(p.object.kind, &p.object.namespace, &p.object.name);
-        let line = origin.and_then(|o| {
+        // Each lookup parses the document again: the first 50 problems get a line.
+        let line = origin.filter(|_| located < 50).and_then(|o| {
+            located += 1;
             let text = texts.entry(o.file.clone()).or_insert_with(|| std::fs::read_to_string(&o.file).ok());
             o.line_of(text.as_deref()?, &p.field)
         });

@@ -208,6 +208,7 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
         item,
     };
     // Pass 1: every document as a generic value (syntax errors and duplicate keys, with lines).
+    let budget = std::cell::Cell::new(MAX_LOCATED);
     let mut values = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         match serde_yaml::Value::deserialize(doc) {
@@ -259,11 +260,11 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
             continue;
         }
         if is_list(value) {
-            let src = Source { value, text, doc: i, prefix: String::new() };
+            let src = Source { value, text, doc: i, prefix: String::new(), budget: &budget };
             add_list(&mut state, &mut errs, origin(document, Vec::new()), &src);
             continue;
         }
-        let src = Source { value, text, doc: i, prefix: String::new() };
+        let src = Source { value, text, doc: i, prefix: String::new(), budget: &budget };
         add_object(&mut state, &mut errs, origin(document, Vec::new()), src);
     }
     if errs.is_empty() {
@@ -293,7 +294,7 @@ fn add_list(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, list: 
             errs.push(LoadError {
                 origin: origin.clone(),
                 object: None,
-                line: locate(list.text, list.doc, &format!("{}{k}", list.prefix)),
+                line: list.line(k),
                 field: Some(k.to_string()),
                 message: format!("unknown field of a List{hint}"),
             });
@@ -324,6 +325,7 @@ fn add_list(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, list: 
             text: list.text,
             doc: list.doc,
             prefix: format!("{}items[{j}].", list.prefix),
+            budget: list.budget,
         };
         if is_list(item) {
             add_list(state, errs, at, &src);
@@ -356,11 +358,20 @@ struct Source<'a> {
     /// The object's path inside its document: empty, or `items[1].` for an
     /// item of a `kind: List`.
     prefix: String,
+    /// Line lookups left for the whole text (each reads the document again).
+    budget: &'a std::cell::Cell<usize>,
 }
 
 impl Source<'_> {
     fn value(&self) -> &serde_yaml::Value {
         self.value
+    }
+
+    /// The line of `path` in this object, while the text's budget lasts.
+    fn line(&self, path: &str) -> Option<usize> {
+        let left = self.budget.get().checked_sub(1)?;
+        self.budget.set(left);
+        locate(self.text, self.doc, &format!("{}{path}", self.prefix))
     }
 }
 
@@ -379,7 +390,7 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
         v.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("").to_string();
     // The line of the named field, when there is one.
     let err = |field: Option<String>, message: String, object: Option<String>| {
-        let line = field.as_deref().and_then(|f| locate(src.text, src.doc, &format!("{}{f}", src.prefix)));
+        let line = field.as_deref().and_then(|f| src.line(f));
         LoadError { origin: origin.clone(), object, field, line, message }
     };
     let expected = match kind.as_str() {
@@ -481,15 +492,7 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
             (path, msg)
         })
     };
-    // Each lookup reads the document again: a few per object are enough to
-    // point at the mistakes, without a cost of errors x size.
-    let located = std::cell::Cell::new(0);
-    let line_of = |path: &str| {
-        located.set(located.get() + 1);
-        (located.get() <= MAX_LOCATED)
-            .then(|| locate(src.text, src.doc, &format!("{}{path}", src.prefix)))
-            .flatten()
-    };
+    let line_of = |path: &str| src.line(path);
     let mut failed = false;
     for u in unknown {
         failed = true;
@@ -536,8 +539,10 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
     }
 }
 
-/// Errors per object given a line of their own (the rest name their field only).
-const MAX_LOCATED: usize = 8;
+/// Errors per text given a line of their own (the rest name their field
+/// only): each lookup reads the document again, so a file with thousands of
+/// errors costs thousands of parses without a bound.
+const MAX_LOCATED: usize = 50;
 
 /// The line of `path` (`spec.ingress[0].from[0].matchLabel`, as errors
 /// name fields) in document `doc` of `text`: of its last key, or of its

@@ -145,7 +145,8 @@ impl ManifestDir {
                 // does not parse; its last good version, if any, stays in force.
                 Err(e) => {
                     let st = self.files.entry(f.clone()).or_default();
-                    st.meta = meta;
+                    // Read again on every scan until it can be (a `chmod` keeps mtime and size).
+                    st.meta = None;
                     st.scans_since_read = 0;
                     st.fingerprint = None;
                     st.error = Some(LoadErrors(vec![LoadError {

@@ -213,6 +213,10 @@ pub struct Admission<'a> {
     allowed: Cell<Option<(Flow, Verdict)>>,
     /// The packet comes from the node: its connection is allowed.
     from_node: bool,
+    /// The node's addresses: a tracked connection from one of them that is
+    /// checked again (another packet's flow) keeps its exemption, as in
+    /// [`crate::pipeline::PublishedTable`]'s re-checks.
+    node: Option<&'a Addresses>,
 }
 
 impl<'a> Admission<'a> {
@@ -224,6 +228,7 @@ impl<'a> Admission<'a> {
             row,
             packet: *packet,
             from_node: false,
+            node: None,
             denied: Cell::new(None),
             allowed: Cell::new(None),
         }
@@ -233,9 +238,9 @@ impl<'a> Admission<'a> {
     /// of its addresses, arriving on `in_port` where the node's traffic
     /// arrives; see [`crate::addresses`]); such a connection counts a policy
     /// hit only when a rule of the table allows it too.
-    pub fn with_node(self, addresses: &Addresses, in_port: PortId) -> Self {
+    pub fn with_node(self, addresses: &'a Addresses, in_port: PortId) -> Self {
         let from_node = addresses.from_node(self.packet.src.ip(), in_port);
-        Admission { from_node, ..self }
+        Admission { from_node, node: Some(addresses), ..self }
     }
 
     /// The verdict that denied the packet's own flow, if policy was asked
@@ -253,8 +258,15 @@ impl<'a> Admission<'a> {
 impl Policy for Admission<'_> {
     #[inline]
     fn allows(&self, flow: &Flow) -> bool {
-        // The packet's own connection only (not a probe of the reverse orientation).
-        if self.from_node && *flow == self.packet {
+        // The packet's own flow: exempt when it arrived from the node. Another
+        // flow (a tracked connection re-checked on a packet of its other side):
+        // exempt when it comes from a node address, as it was when admitted.
+        let exempt = match self.node {
+            Some(_) if *flow == self.packet => self.from_node,
+            Some(a) => a.is_node(flow.src.ip()),
+            None => false,
+        };
+        if exempt {
             return true;
         }
         let v = self.verdict(flow);

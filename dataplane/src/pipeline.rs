@@ -504,7 +504,9 @@ impl Pipeline {
         };
         // A pod's port speaks only for that pod's addresses (before learning:
         // a refused frame teaches nothing).
-        if self.enforce {
+        // (Before the first table IP is dropped as fail-closed, and counted so.)
+        let fail_closed_ip = self.current.fail_closed && matches!(frame.class, Class::Ip(_));
+        if self.enforce && !fail_closed_ip {
             if let Some(reason) =
                 self.current.addresses.pod_at(in_port).and_then(|pod| pod.refuses(&frame.class))
             {

@@ -67,6 +67,23 @@ fn fail_closed_passes_only_arp_and_nd() {
 }
 
 #[test]
+fn before_the_first_table_pod_ports_speak_for_no_address() {
+    use dataplane::addresses::{Addresses, PodAddrs};
+    let addresses = Addresses::new(vec![Some(PodAddrs::default()), None], Vec::new());
+    let mut r = rig_with(PipelineConfig::default(), PublishedTable::fail_closed().with_addresses(addresses));
+    let (c, gateway) = (r.client, Host::new(50));
+    // The pod claims the gateway's address: refused. Its probe passes; IP counts as fail-closed.
+    let mut liar = gateway;
+    liar.mac = c.mac;
+    assert_eq!(r.p.process(0, &testing::arp_request(&liar, &c), 0), Action::Drop(DropReason::SpoofedSource));
+    let mut probe = c;
+    probe.ip4 = [0; 4];
+    assert_eq!(r.p.process(0, &testing::arp_request(&probe, &gateway), 0), Action::Flood);
+    let syn = testing::tcp(&c, 40000, &gateway, 80, F::SYN, false, &[]);
+    assert_eq!(r.p.process(0, &syn, 0), Action::Drop(DropReason::FailClosed));
+}
+
+#[test]
 fn connections_not_packets() {
     let mut r = rig();
     r.learn_all();
@@ -658,6 +675,30 @@ fn a_pod_port_receives_only_what_is_addressed_to_its_pod() {
     // Nothing goes back out of the port it came in on (the unisolated other pod to itself).
     let own = testing::udp(&o, 5000, &o, 5001, false, b"x");
     assert_eq!(r.p.process(2, &own, 3), Action::Drop(DropReason::SamePort));
+}
+
+#[test]
+fn a_node_connection_survives_a_new_table_whichever_side_speaks_first() {
+    use dataplane::addresses::{Addresses, PodAddrs};
+    // No background sweep: the re-check happens on the next packet, the pod's reply.
+    let cfg = PipelineConfig { ports: 4, sweep_budget: 0, ..Default::default() };
+    let (c, s, o, node) = (Host::new(1), Host::new(2), Host::new(3), Host::new(100));
+    let pods = [c, s, o].map(|h| Some(PodAddrs::new([h.v4(), h.v6()])));
+    let addresses = Addresses::new(pods.into_iter().chain([None]).collect(), vec![node.v4(), node.v6()]);
+    let mut r = rig_with(cfg, published(1, testing::client_server_table()).with_addresses(addresses.clone()));
+    r.learn_all();
+    assert_eq!(r.p.process(3, &testing::arp_request(&node, &s), 0), Action::Flood);
+    for v6 in [false, true] {
+        let q = testing::udp(&node, 5000 + u16::from(v6), &s, 9999, v6, b"q");
+        assert_eq!(r.p.process(3, &q, 1), Action::Forward(1));
+    }
+    r.tables.store(Arc::new(published(2, testing::client_server_table()).with_addresses(addresses)));
+    r.p.begin_batch(2);
+    for v6 in [false, true] {
+        let a = testing::udp(&s, 9999, &node, 5000 + u16::from(v6), v6, b"a");
+        assert_eq!(r.p.process(1, &a, 2), Action::Forward(3), "the pod's answer after a new table");
+    }
+    assert_eq!(r.p.counters().snapshot().drops["revoked"], 0);
 }
 
 #[test]
