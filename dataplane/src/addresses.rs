@@ -5,6 +5,7 @@
 //!  frame in on port p, p leads to pod P:
 //!    IP source not P's ─────────────────────────────▶ Drop(SpoofedSource)  (IPv6 link-local: Drop(LinkLocal))
 //!    ARP/ND speaking for an address not P's, RA, redirect ──▶ Drop(SpoofedSource)
+//!    source MAC not the one p first spoke with, or live on another port ──▶ Drop(SpoofedSource)
 //!  allowed IP frame (delivery by address, not by MAC):
 //!    destination is pod Q's, behind port q ─────────▶ Forward(q)  (Drop(SamePort) if q = p)
 //!    any other destination ─────────────────────────▶ MAC forwarding, but a pod's port or a
@@ -27,6 +28,18 @@
 //! refused: otherwise a pod could answer for the gateway's address and
 //! make other pods send it their outside traffic (delivered by the checks
 //! above to the uplinks under the wrong MAC: lost, a denial of service).
+//! And a pod port speaks with one MAC, the first it used (each worker pins
+//! it when it first sees the port speak), never one that is live on another
+//! port: so a pod cannot take the gateway's or another pod's MAC and receive
+//! their ARP and ND (the pipeline keeps the pins).
+//!
+//! **Left open.** IPv6 link-local addresses are not known: a pod may speak
+//! for any of them in neighbour discovery, including the router's, and so
+//! make other pods' outside IPv6 go to its MAC, where the checks above lose
+//! it (a denial of service, not a delivery). A pod that speaks before the
+//! station whose MAC it claims has spoken on that worker pins that MAC: the
+//! real station is then cut off until the pin's owner is gone (a race won
+//! only before the real station's first frame after the daemon starts).
 //!
 //! **The node.** Upstream, a pod isolated for ingress still accepts
 //! connections from its own node (`NetworkPolicySpec.ingress`: "OR if the

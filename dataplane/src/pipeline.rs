@@ -68,7 +68,7 @@ use crate::conntrack::{Conntrack, CtDrop, Outcome, Policy, Timeouts};
 use crate::counters::WorkerCounters;
 use crate::frag::{DatagramKey, FragTracker};
 use crate::observe::{Admission, DeniedFlow, DenyLog, PolicyHits};
-use crate::parse::{self, Class, Fragment, IpPacket, ParseError};
+use crate::parse::{self, Class, Fragment, Frame, IpPacket, Mac, ParseError};
 use crate::switch::{Switch, L2};
 
 pub use crate::switch::Mode;
@@ -374,6 +374,9 @@ pub struct Pipeline {
     /// This worker's row in [`PolicyHits`].
     worker: usize,
     deny_log: DenyLog,
+    /// Per port: the MAC a pod port speaks with (the first it used; see
+    /// [`crate::addresses`]). Unused on ports with no pod.
+    pod_macs: Vec<Option<Mac>>,
 }
 
 impl Pipeline {
@@ -421,6 +424,7 @@ impl Pipeline {
                 cfg.mac_ageing.saturating_mul(NANOS_PER_SEC),
             ),
             ports: cfg.ports,
+            pod_macs: vec![None; usize::from(cfg.ports)],
             forward_non_ip: cfg.forward_non_ip,
             sweep_budget: cfg.sweep_budget,
             enforce: cfg.enforce,
@@ -507,10 +511,13 @@ impl Pipeline {
         // (Before the first table IP is dropped as fail-closed, and counted so.)
         let fail_closed_ip = self.current.fail_closed && matches!(frame.class, Class::Ip(_));
         if self.enforce && !fail_closed_ip {
-            if let Some(reason) =
-                self.current.addresses.pod_at(in_port).and_then(|pod| pod.refuses(&frame.class))
-            {
-                return Action::Drop(reason);
+            if let Some(pod) = self.current.addresses.pod_at(in_port) {
+                if let Some(reason) = pod.refuses(&frame.class) {
+                    return Action::Drop(reason);
+                }
+                if !self.pod_mac_ok(in_port, &frame, now) {
+                    return Action::Drop(DropReason::SpoofedSource);
+                }
             }
         }
         self.switch.learn(in_port, &frame, now);
@@ -545,6 +552,25 @@ impl Pipeline {
             L2::Forward(p) => Action::Forward(p),
             L2::Flood => Action::Flood,
             L2::SamePort => Action::Drop(DropReason::SamePort),
+        }
+    }
+
+    /// A pod port speaks with one MAC: the first it used, unless that MAC
+    /// is live on another port (a station elsewhere, which it must not
+    /// impersonate); and never with a MAC that has since shown up live on
+    /// another port.
+    #[inline]
+    fn pod_mac_ok(&mut self, in_port: PortId, frame: &Frame, now: u64) -> bool {
+        let elsewhere =
+            self.switch.station_port(frame.vlan, &frame.src_mac, now).is_some_and(|p| p != in_port);
+        let Some(slot) = self.pod_macs.get_mut(usize::from(in_port)) else { return false };
+        match slot {
+            Some(m) => *m == frame.src_mac && !elsewhere,
+            None if elsewhere || frame.src_mac[0] & 1 == 1 => false,
+            None => {
+                *slot = Some(frame.src_mac);
+                true
+            }
         }
     }
 

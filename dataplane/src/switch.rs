@@ -97,6 +97,15 @@ impl Switch {
         self.macs.insert(key, in_port, now.saturating_add(self.ageing), now);
     }
 
+    /// The port where `mac` (on `vlan`) is learned and not aged out.
+    #[inline]
+    pub fn station_port(&self, vlan: Option<u16>, mac: &Mac, now: u64) -> Option<PortId> {
+        if self.mode == Mode::Wire {
+            return None;
+        }
+        self.macs.get(&mac_key(vlan, mac), now)
+    }
+
     /// Where an allowed frame goes.
     #[inline]
     pub fn forward(&self, in_port: PortId, frame: &Frame, now: u64) -> L2 {

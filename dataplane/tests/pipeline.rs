@@ -567,14 +567,19 @@ fn a_reply_on_a_worker_that_never_saw_the_connection() {
     assert_eq!(reverse.process(1, &answer, 1), Action::Drop(DropReason::Policy));
 }
 
-/// Ports 0-2 lead to client, server and other; port 3 is an uplink.
-fn pod_ports_rig(node: Vec<std::net::IpAddr>) -> Rig {
+/// Ports 0-2 lead to client, server and other; port 3 is an uplink; the node
+/// has `node`. Nobody has spoken yet.
+fn pod_ports_rig_silent(node: Vec<std::net::IpAddr>) -> Rig {
     use dataplane::addresses::{Addresses, PodAddrs};
     let cfg = PipelineConfig { ports: 4, ..Default::default() };
-    let (c, s, o) = (Host::new(1), Host::new(2), Host::new(3));
-    let pods = [c, s, o].map(|h| Some(PodAddrs::new([h.v4(), h.v6()])));
+    let pods = [1, 2, 3].map(|n| Some(PodAddrs::new([Host::new(n).v4(), Host::new(n).v6()])));
     let addresses = Addresses::new(pods.into_iter().chain([None]).collect(), node);
-    let mut r = rig_with(cfg, published(1, testing::client_server_table()).with_addresses(addresses));
+    rig_with(cfg, published(1, testing::client_server_table()).with_addresses(addresses))
+}
+
+/// [`pod_ports_rig_silent`] after each pod has spoken once.
+fn pod_ports_rig(node: Vec<std::net::IpAddr>) -> Rig {
+    let mut r = pod_ports_rig_silent(node);
     r.learn_all();
     r
 }
@@ -643,32 +648,38 @@ fn nd(from: &Host, kind: u8, src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
 fn a_pod_port_receives_only_what_is_addressed_to_its_pod() {
     let mut r = pod_ports_rig(vec![]);
     let (c, s, o) = (r.client, r.server, r.other);
-    // The other pod claims the server's MAC (with its own, valid, address; policy
-    // denies the frame, the switch learns from it all the same): what is addressed
-    // to the server still goes to port 1.
+    // A pod port speaks with one MAC (the first it used): the other pod claiming
+    // the server's MAC is refused, and teaches the switch nothing.
     let mut thief = o;
     thief.mac = s.mac;
     let claim = testing::udp(&thief, 9999, &c, 9999, false, b"x");
-    assert_eq!(r.p.process(2, &claim, 1), Action::Drop(DropReason::Policy));
+    assert_eq!(r.p.process(2, &claim, 1), Action::Drop(DropReason::SpoofedSource));
     let syn = testing::tcp(&c, 40000, &s, 80, F::SYN, false, &[]);
     assert_eq!(r.p.process(0, &syn, 2), Action::Forward(1));
-    // A frame to the server's MAC (now learned on port 2) for an address that is
-    // not the other pod's: never to that port; to the ports with no pod, as for an
-    // unknown MAC (the thief claiming the gateway's MAC cuts nobody off).
-    let stranger = Host::new(9);
-    let mut to_stranger_via_thief = stranger;
-    to_stranger_via_thief.mac = s.mac;
-    let f = testing::udp(&c, 5000, &to_stranger_via_thief, 5000, false, b"x");
+    // A frame to the server's MAC for an address that is not the server's: never to
+    // the server's port; to the ports with no pod, as for an unknown MAC.
+    let mut to_stranger = Host::new(9);
+    to_stranger.mac = s.mac;
+    let f = testing::udp(&c, 5000, &to_stranger, 5000, false, b"x");
     assert_eq!(r.p.process(0, &f, 3), Action::FloodUnbound);
-    // The gateway behind the uplink, its MAC claimed by the thief: still reached.
+    // The gateway behind the uplink: a pod cannot take its MAC, so it stays reached.
     let gateway = Host::new(50);
     assert_eq!(r.p.process(3, &testing::arp_request(&gateway, &c), 3), Action::Flood);
     let mut fake_gateway = o;
     fake_gateway.mac = gateway.mac;
-    let claim = testing::arp_request(&fake_gateway, &c);
-    assert_eq!(r.p.process(2, &claim, 4), Action::Flood);
+    assert_eq!(
+        r.p.process(2, &testing::arp_request(&fake_gateway, &c), 4),
+        Action::Drop(DropReason::SpoofedSource)
+    );
     let out = testing::udp(&c, 5000, &Host { ip4: [192, 0, 2, 1], ..gateway }, 5000, false, b"x");
-    assert_eq!(r.p.process(0, &out, 5), Action::FloodUnbound);
+    assert_eq!(r.p.process(0, &out, 5), Action::Forward(3));
+    // A pod that has not spoken yet cannot start with a MAC live on another port either.
+    let mut r = pod_ports_rig_silent(vec![]);
+    assert_eq!(r.p.process(3, &testing::arp_request(&gateway, &c), 0), Action::Flood);
+    let mut early = r.other;
+    early.mac = gateway.mac;
+    assert_eq!(r.p.process(2, &testing::arp_request(&early, &c), 0), Action::Drop(DropReason::SpoofedSource));
+    assert_eq!(r.p.process(2, &testing::arp_request(&r.other, &c), 0), Action::Flood);
     // An address no pod has, MAC unknown: flooded to the uplink only.
     let f = testing::udp(&c, 5000, &Host::new(10), 5000, false, b"x");
     assert_eq!(r.p.process(0, &f, 3), Action::FloodUnbound);
