@@ -64,7 +64,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hashbrown::HashMap;
 
-use crate::parse::Class;
+use crate::parse::{self, Class};
 use crate::pipeline::{DropReason, PortId};
 
 /// The addresses of the pod behind one port: at most one per family.
@@ -92,9 +92,10 @@ impl PodAddrs {
     /// Why a frame from this pod's port may not pass, if it may not: IP
     /// from an address that is not the pod's; ARP or neighbour discovery
     /// that speaks for an address that is not the pod's; router
-    /// advertisements and redirects (a pod is no router).
+    /// advertisements and redirects (a pod is no router). `frame`: its
+    /// bytes, read again for ARP and ND.
     #[inline]
-    pub fn refuses(&self, class: &Class) -> Option<DropReason> {
+    pub fn refuses(&self, class: &Class, frame: &[u8]) -> Option<DropReason> {
         let own_or_link_local = |a: Ipv6Addr| a.is_unicast_link_local() || self.contains(IpAddr::V6(a));
         let refused = match class {
             Class::Ip(pkt) => {
@@ -107,14 +108,20 @@ impl PodAddrs {
                 return Some(if link_local { DropReason::LinkLocal } else { DropReason::SpoofedSource });
             }
             // An ARP probe says 0.0.0.0.
-            Class::Arp { sender: Some(s) } => *s != [0; 4] && !self.contains(IpAddr::V4(Ipv4Addr::from(*s))),
-            Class::Arp { sender: None } | Class::Other(_) => false,
-            Class::NeighbourDiscovery { kind, src, target } => {
-                let src = Ipv6Addr::from(*src);
-                !(src.is_unspecified() || own_or_link_local(src))
-                    || matches!(kind, 134 | 137)
-                    || *kind == 136 && target.is_some_and(|t| !own_or_link_local(Ipv6Addr::from(t)))
-            }
+            Class::Arp => match parse::arp_sender(frame) {
+                Some(s) => s != [0; 4] && !self.contains(IpAddr::V4(Ipv4Addr::from(s))),
+                None => false,
+            },
+            Class::Other(_) => false,
+            Class::NeighbourDiscovery => match parse::nd_facts(frame) {
+                Some(nd) => {
+                    let src = Ipv6Addr::from(nd.src);
+                    !(src.is_unspecified() || own_or_link_local(src))
+                        || matches!(nd.kind, 134 | 137)
+                        || nd.kind == 136 && nd.target.is_some_and(|t| !own_or_link_local(Ipv6Addr::from(t)))
+                }
+                None => true,
+            },
         };
         refused.then_some(DropReason::SpoofedSource)
     }

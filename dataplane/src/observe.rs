@@ -211,8 +211,8 @@ pub struct Admission<'a> {
     /// The last allowing verdict and its flow: conntrack admits the flow it
     /// just asked about, so counting it needs no second lookup.
     allowed: Cell<Option<(Flow, Verdict)>>,
-    /// The packet comes from the node: its connection is allowed.
-    from_node: bool,
+    /// The port the packet arrived on (for the node's exemption).
+    in_port: PortId,
     /// The node's addresses: a tracked connection from one of them that is
     /// checked again (another packet's flow) keeps its exemption, as in
     /// [`crate::pipeline::PublishedTable`]'s re-checks.
@@ -227,7 +227,7 @@ impl<'a> Admission<'a> {
             hits,
             row,
             packet: *packet,
-            from_node: false,
+            in_port: 0,
             node: None,
             denied: Cell::new(None),
             allowed: Cell::new(None),
@@ -239,8 +239,7 @@ impl<'a> Admission<'a> {
     /// arrives; see [`crate::addresses`]); such a connection counts a policy
     /// hit only when a rule of the table allows it too.
     pub fn with_node(self, addresses: &'a Addresses, in_port: PortId) -> Self {
-        let from_node = addresses.from_node(self.packet.src.ip(), in_port);
-        Admission { from_node, node: Some(addresses), ..self }
+        Admission { in_port, node: Some(addresses), ..self }
     }
 
     /// The verdict that denied the packet's own flow, if policy was asked
@@ -262,7 +261,7 @@ impl Policy for Admission<'_> {
         // flow (a tracked connection re-checked on a packet of its other side):
         // exempt when it comes from a node address, as it was when admitted.
         let exempt = match self.node {
-            Some(_) if *flow == self.packet => self.from_node,
+            Some(a) if *flow == self.packet => a.from_node(flow.src.ip(), self.in_port),
             Some(a) => a.is_node(flow.src.ip()),
             None => false,
         };

@@ -349,23 +349,12 @@ pub struct IpPacket {
 /// The class of a frame, which decides how the pipeline treats it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Class {
-    /// ARP (RFC 826): forwarded without policy. `sender`: the sender's
-    /// IPv4 address, for ARP of IPv4 (what a pod port checks).
-    Arp {
-        /// Sender protocol address, when it is an IPv4 address.
-        sender: Option<[u8; 4]>,
-    },
+    /// ARP (RFC 826): forwarded without policy. (What a pod port checks in
+    /// it is read again by [`arp_sender`]: the common path carries nothing.)
+    Arp,
     /// IPv6 neighbour discovery, ICMPv6 133..=137 with hop limit 255 (RFC 4861 §6-8):
-    /// forwarded without policy. What a pod port checks: the type, the IPv6
-    /// source and, for a solicitation or advertisement, the target address.
-    NeighbourDiscovery {
-        /// ICMPv6 type (133 router solicitation ... 137 redirect).
-        kind: u8,
-        /// IPv6 source address.
-        src: [u8; 16],
-        /// Target address of a neighbour solicitation (135) or advertisement (136).
-        target: Option<[u8; 16]>,
-    },
+    /// forwarded without policy. (What a pod port checks: [`nd_facts`].)
+    NeighbourDiscovery,
     /// IPv4 or IPv6: subject to policy.
     Ip(IpPacket),
     /// Any other EtherType (including 802.3 length frames and stacked VLAN tags).
@@ -402,6 +391,51 @@ mod ext {
     pub const SHIM6: u8 = 140;
 }
 
+/// What follows the Ethernet header and at most one 802.1Q tag.
+fn l3(frame: &[u8]) -> Option<(EtherType, &[u8])> {
+    let eth = Ethernet2HeaderSlice::from_slice(frame).ok()?;
+    let rest = frame.get(eth.slice().len()..)?;
+    if eth.ether_type() != EtherType::VLAN_TAGGED_FRAME {
+        return Some((eth.ether_type(), rest));
+    }
+    let tag = SingleVlanHeaderSlice::from_slice(rest).ok()?;
+    Some((tag.ether_type(), rest.get(tag.slice().len()..)?))
+}
+
+/// The sender's IPv4 address of an ARP frame for IPv4 (what a pod port
+/// checks; read only for ARP from a pod port, so the common path carries none).
+pub fn arp_sender(frame: &[u8]) -> Option<[u8; 4]> {
+    let (ether_type, rest) = l3(frame)?;
+    let arp = ArpPacketSlice::from_slice(rest).ok().filter(|_| ether_type == EtherType::ARP)?;
+    (arp.proto_addr_type() == EtherType::IPV4).then(|| arp.sender_protocol_addr().try_into().ok()).flatten()
+}
+
+/// What a pod port checks in a neighbour discovery frame: ICMPv6 type,
+/// IPv6 source, and the target address of a solicitation or advertisement.
+pub struct NdFacts {
+    /// ICMPv6 type (133 router solicitation ... 137 redirect).
+    pub kind: u8,
+    /// IPv6 source address.
+    pub src: [u8; 16],
+    /// Target address of a neighbour solicitation (135) or advertisement (136).
+    pub target: Option<[u8; 16]>,
+}
+
+/// [`NdFacts`] of a frame [`parse`] classed as neighbour discovery.
+pub fn nd_facts(frame: &[u8]) -> Option<NdFacts> {
+    let (ether_type, rest) = l3(frame)?;
+    let h = Ipv6HeaderSlice::from_slice(rest).ok().filter(|_| ether_type == EtherType::IPV6)?;
+    let hlen = h.slice().len();
+    let payload = rest.get(hlen..hlen + usize::from(h.payload_length()))?;
+    let chain = ipv6_chain(h.next_header().0, payload).ok()?;
+    let kind = *chain.data.first()?;
+    let target = match kind {
+        135 | 136 => Some(chain.data.get(8..24)?.try_into().ok()?),
+        _ => None,
+    };
+    Some(NdFacts { kind, src: h.source(), target })
+}
+
 /// Parses one Ethernet II frame.
 #[inline]
 pub fn parse(frame: &[u8]) -> Result<Frame, ParseError> {
@@ -419,11 +453,8 @@ pub fn parse(frame: &[u8]) -> Result<Frame, ParseError> {
     }
     let class = match ether_type {
         EtherType::ARP => {
-            let arp = ArpPacketSlice::from_slice(rest).map_err(|_| ParseError::ArpTruncated)?;
-            let sender = (arp.proto_addr_type() == EtherType::IPV4)
-                .then(|| <[u8; 4]>::try_from(arp.sender_protocol_addr()).ok())
-                .flatten();
-            Class::Arp { sender }
+            ArpPacketSlice::from_slice(rest).map_err(|_| ParseError::ArpTruncated)?;
+            Class::Arp
         }
         EtherType::IPV4 => parse_ipv4(rest)?,
         EtherType::IPV6 => parse_ipv6(rest)?,
@@ -580,15 +611,11 @@ fn parse_ipv6(data: &[u8]) -> Result<Class, ParseError> {
             if chain.data.len() < 8 {
                 return Err(ParseError::IcmpTruncated);
             }
-            let kind = chain.data[0];
-            let target = match kind {
-                135 | 136 => {
-                    let t = chain.data.get(8..24).ok_or(ParseError::IcmpTruncated)?;
-                    Some(<[u8; 16]>::try_from(t).map_err(|_| ParseError::IcmpTruncated)?)
-                }
-                _ => None,
-            };
-            return Ok(Class::NeighbourDiscovery { kind, src: h.source(), target });
+            // A solicitation or advertisement carries its target address.
+            if matches!(chain.data.first(), Some(135 | 136)) && chain.data.len() < 24 {
+                return Err(ParseError::IcmpTruncated);
+            }
+            return Ok(Class::NeighbourDiscovery);
         }
     }
     let (flow, l4) = parse_l4(src, dst, chain.proto, chain.data, true)?;
@@ -895,11 +922,10 @@ mod tests {
 
     #[test]
     fn neighbour_discovery_and_arp() {
-        assert!(matches!(
-            parse(&ND_NS).unwrap().class,
-            Class::NeighbourDiscovery { kind: 135, target: Some(_), .. }
-        ));
-        assert!(matches!(parse(&ARP_REQ).unwrap().class, Class::Arp { sender: Some(_) }));
+        assert_eq!(parse(&ND_NS).unwrap().class, Class::NeighbourDiscovery);
+        assert!(nd_facts(&ND_NS).is_some_and(|f| f.kind == 135 && f.target.is_some()));
+        assert_eq!(parse(&ARP_REQ).unwrap().class, Class::Arp);
+        assert!(arp_sender(&ARP_REQ).is_some());
         // A "neighbour solicitation" that was routed (hop limit 254) is not ND.
         let mut routed = ND_NS;
         routed[14 + 7] = 254;

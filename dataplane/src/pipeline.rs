@@ -507,22 +507,16 @@ impl Pipeline {
             Err(e) => return Action::Drop(DropReason::Parse(e)),
         };
         // A pod's port speaks only for that pod's addresses (before learning:
-        // a refused frame teaches nothing).
-        // (Before the first table IP is dropped as fail-closed, and counted so.)
-        let fail_closed_ip = self.current.fail_closed && matches!(frame.class, Class::Ip(_));
-        if self.enforce && !fail_closed_ip {
-            if let Some(pod) = self.current.addresses.pod_at(in_port) {
-                if let Some(reason) = pod.refuses(&frame.class) {
-                    return Action::Drop(reason);
-                }
-                if !self.pod_mac_ok(in_port, &frame, now) {
-                    return Action::Drop(DropReason::SpoofedSource);
-                }
+        // a refused frame teaches nothing). Out of line: ports with no pod pay
+        // one test.
+        if self.enforce && self.current.addresses.any_pod_port() {
+            if let Some(reason) = self.pod_port_check(in_port, &frame, bytes, now) {
+                return Action::Drop(reason);
             }
         }
         self.switch.learn(in_port, &frame, now);
         let verdict = match frame.class {
-            Class::Arp { .. } | Class::NeighbourDiscovery { .. } => None,
+            Class::Arp | Class::NeighbourDiscovery => None,
             Class::Other(_) if self.forward_non_ip => None,
             Class::Other(_) => Some(DropReason::NonIp),
             Class::Ip(_) if !self.enforce => None,
@@ -553,6 +547,27 @@ impl Pipeline {
             L2::Flood => Action::Flood,
             L2::SamePort => Action::Drop(DropReason::SamePort),
         }
+    }
+
+    /// Why a frame from `in_port` may not pass, when that port leads to a
+    /// pod (see [`crate::addresses`]).
+    #[inline(never)]
+    fn pod_port_check(
+        &mut self,
+        in_port: PortId,
+        frame: &Frame,
+        bytes: &[u8],
+        now: u64,
+    ) -> Option<DropReason> {
+        // Before the first table IP is dropped as fail-closed, and counted so.
+        if self.current.fail_closed && matches!(frame.class, Class::Ip(_)) {
+            return None;
+        }
+        let pod = self.current.addresses.pod_at(in_port)?;
+        if let Some(reason) = pod.refuses(&frame.class, bytes) {
+            return Some(reason);
+        }
+        (!self.pod_mac_ok(in_port, frame, now)).then_some(DropReason::SpoofedSource)
     }
 
     /// A pod port speaks with one MAC: the first it used, unless that MAC

@@ -137,7 +137,7 @@ mod tests {
     const MCAST: Mac = [0x01, 0x00, 0x5e, 0, 0, 1];
 
     fn frame(src: Mac, dst: Mac, vlan: Option<u16>) -> Frame {
-        Frame { dst_mac: dst, src_mac: src, vlan, class: Class::Arp { sender: None } }
+        Frame { dst_mac: dst, src_mac: src, vlan, class: Class::Arp }
     }
 
     #[test]

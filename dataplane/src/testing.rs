@@ -404,6 +404,7 @@ mod tests {
             let f = echo(&a, &b, 9, true, v6);
             assert!(matches!(parse(&f).unwrap().class, Class::Ip(_)));
         }
-        assert_eq!(parse(&arp_request(&a, &b)).unwrap().class, Class::Arp { sender: Some(a.ip4) });
+        assert_eq!(parse(&arp_request(&a, &b)).unwrap().class, Class::Arp);
+        assert_eq!(crate::parse::arp_sender(&arp_request(&a, &b)), Some(a.ip4));
     }
 }
