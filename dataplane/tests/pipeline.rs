@@ -347,6 +347,8 @@ mod fuzz {
             testing::echo(&s, &c, 1, false, true),
             testing::arp_request(&c, &s),
             first,
+            nd(&c, 136, c.ip6, c.ip6),
+            nd(&s, 135, [0; 16], c.ip6),
         ]
     }
 
@@ -358,12 +360,20 @@ mod fuzz {
         #[test]
         fn pipeline_never_panics(
             frames in proptest::collection::vec(
-                (0usize..8, proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+                (0usize..10, proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
                  any::<usize>(), 0u16..4, any::<u64>()),
                 1..24),
+            pod_ports in any::<bool>(),
         ) {
+            use dataplane::addresses::{Addresses, PodAddrs};
             let cfg = PipelineConfig { ports: 3, conntrack_capacity: 8, ..Default::default() };
-            let mut r = rig_with(cfg, published(1, testing::client_server_table()));
+            let mut table = published(1, testing::client_server_table());
+            if pod_ports {
+                // Ports 0 and 1 lead to pods (their checks run on every frame), 2 is an uplink.
+                let pods = [1, 2].map(|n| Some(PodAddrs::new([Host::new(n).v4(), Host::new(n).v6()])));
+                table = table.with_addresses(Addresses::new(pods.into_iter().chain([None]).collect(), vec![Host::new(9).v4()]));
+            }
+            let mut r = rig_with(cfg, table);
             let base = valid_frames();
             for (which, edits, cut, port, now) in &frames {
                 let mut f = base.get(*which).cloned().unwrap_or_else(|| vec![0x55; 64]);
