@@ -42,13 +42,7 @@ use manifest::{LoadErrors, State};
 pub fn load_paths(paths: &[String]) -> Result<State, LoadErrors> {
     let mut state = State::default();
     let mut errs = Vec::new();
-    let whole = |file: &str, message: String| manifest::LoadError {
-        origin: manifest::Origin { file: file.to_string(), document: 0, line: 0, item: Vec::new() },
-        object: None,
-        field: None,
-        line: None,
-        message,
-    };
+    let whole = manifest::LoadError::file;
     if paths.iter().filter(|p| *p == "-").count() > 1 {
         errs.push(whole("-", "standard input can be read once: give `-` once".into()));
     }
@@ -84,13 +78,7 @@ pub fn load_paths(paths: &[String]) -> Result<State, LoadErrors> {
 /// Manifest files of a directory, sorted by name.
 pub fn list_manifests(dir: &str) -> Result<Vec<String>, LoadErrors> {
     let rd = std::fs::read_dir(dir).map_err(|e| {
-        LoadErrors(vec![manifest::LoadError {
-            origin: manifest::Origin { file: dir.to_string(), document: 0, line: 0, item: Vec::new() },
-            object: None,
-            field: None,
-            line: None,
-            message: format!("cannot read directory: {e}"),
-        }])
+        LoadErrors(vec![manifest::LoadError::file(dir, format!("cannot read directory: {e}"))])
     })?;
     let mut files: Vec<String> = rd
         .filter_map(|e| e.ok())

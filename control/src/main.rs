@@ -382,11 +382,8 @@ fn batch(c: &Compiled) -> Result<()> {
             let q: Query = serde_json::from_str(&line).map_err(|e| e.to_string())?;
             let proto = match &q.protocol {
                 serde_json::Value::String(s) => parse_protocol(s)?,
-                serde_json::Value::Number(n) => {
-                    n.as_u64().and_then(|n| u8::try_from(n).ok()).ok_or_else(|| {
-                        format!("unknown protocol {n} (TCP, UDP, SCTP, ICMP, ICMPv6 or a number 0-255)")
-                    })?
-                }
+                // A number as on the command line (the same range and message).
+                serde_json::Value::Number(n) => parse_protocol(&n.to_string())?,
                 other => return Err(format!("protocol must be a name or number, got {other}")),
             };
             let port = report::flow_port(proto, q.port)?;

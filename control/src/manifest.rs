@@ -31,6 +31,12 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// A file as a whole (document 0: it could not be read, or is not one
+    /// document's business).
+    pub fn file(file: &str) -> Origin {
+        Origin { file: file.to_string(), document: 0, line: 0, item: Vec::new() }
+    }
+
     /// The line of `field` (a path such as `spec.ingress[0].ports[0].port`) of
     /// the object from here, in `text`, the file's text.
     pub fn line_of(&self, text: &str, field: &str) -> Option<usize> {
@@ -70,6 +76,13 @@ pub struct LoadError {
     pub line: Option<usize>,
     /// What is wrong.
     pub message: String,
+}
+
+impl LoadError {
+    /// A problem with file `file` as a whole.
+    pub fn file(file: &str, message: String) -> LoadError {
+        LoadError { origin: Origin::file(file), object: None, field: None, line: None, message }
+    }
 }
 
 impl fmt::Display for LoadError {
@@ -760,15 +773,7 @@ pub fn load(path: &str) -> Result<State, LoadErrors> {
     } else {
         std::fs::read_to_string(path).map(|s| (path.to_string(), s))
     }
-    .map_err(|e| {
-        LoadErrors(vec![LoadError {
-            origin: Origin { file: path.to_string(), document: 0, line: 0, item: Vec::new() },
-            object: None,
-            field: None,
-            line: None,
-            message: format!("cannot read: {e}"),
-        }])
-    })?;
+    .map_err(|e| LoadErrors(vec![LoadError::file(path, format!("cannot read: {e}"))]))?;
     parse(&name, &text)
 }
 

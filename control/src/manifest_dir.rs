@@ -149,13 +149,7 @@ impl ManifestDir {
                     st.meta = None;
                     st.scans_since_read = 0;
                     st.fingerprint = None;
-                    st.error = Some(LoadErrors(vec![LoadError {
-                        origin: Origin { file: f.clone(), document: 0, line: 0, item: Vec::new() },
-                        object: None,
-                        field: None,
-                        line: None,
-                        message: format!("cannot read: {e}"),
-                    }]));
+                    st.error = Some(LoadErrors(vec![LoadError::file(&f, format!("cannot read: {e}"))]));
                     continue;
                 }
             };
@@ -369,7 +363,7 @@ fn check_file(file: &str, text: &str) -> Result<State, LoadErrors> {
             let origin = state
                 .origin_of(pr.object.kind, &pr.object.namespace, &pr.object.name)
                 .cloned()
-                .unwrap_or(Origin { file: file.to_string(), document: 0, line: 0, item: Vec::new() });
+                .unwrap_or_else(|| Origin::file(file));
             errs.push(LoadError {
                 origin,
                 object: Some(pr.object.to_string()),
@@ -387,7 +381,7 @@ fn check_file(file: &str, text: &str) -> Result<State, LoadErrors> {
                     origin: state
                         .origin_of("Pod", &pr.object.namespace, &pr.object.name)
                         .cloned()
-                        .unwrap_or(Origin { file: file.to_string(), document: 0, line: 0, item: Vec::new() }),
+                        .unwrap_or_else(|| Origin::file(file)),
                     object: Some(pr.object.to_string()),
                     field: Some(pr.field),
                     line: None,
