@@ -381,6 +381,7 @@ pub async fn run_owner(
                     compact_at =
                         (c.stale_share() >= cfg.compact_share).then(|| Instant::now() + cfg.compact_after);
                     publish_now(&mut out, &index, c, how, generation, oldest);
+                    add_cross_object_warnings(&shared, &index).await;
                 }
             } else if let Some(c) = compiler.as_mut() {
                 compact_at = None;
@@ -392,6 +393,7 @@ pub async fn run_owner(
                     took: t0.elapsed(),
                 };
                 publish_now(&mut out, &index, c, how, generation, None);
+                add_cross_object_warnings(&shared, &index).await;
             } else {
                 compact_at = None;
             }
@@ -558,6 +560,19 @@ fn patch(
     }
 }
 
+/// Adds the problems between objects (missing namespaces, shared pod IPs)
+/// to `/status` warnings. It walks every object, so it runs after a
+/// publication, and after yielding once: the task that measures when the
+/// workers enforce the new table, woken by the publication, runs first
+/// instead of waiting for the walk.
+async fn add_cross_object_warnings(shared: &Shared, index: &Index) {
+    tokio::task::yield_now().await;
+    let cross: Vec<String> = index.cross_object_problems().iter().map(|p| p.to_string()).collect();
+    if !cross.is_empty() {
+        shared.status.lock().expect("status lock").warnings.extend(cross);
+    }
+}
+
 /// Where publications go: the workers (through `publish`), status, metrics
 /// and logs.
 struct Output<'a> {
@@ -625,13 +640,10 @@ fn publish_now(
     }
     let invalid: Vec<String> =
         problems.iter().filter(|p| p.severity == Severity::Error).map(|p| p.to_string()).collect();
-    // After the publication: this walks every object.
-    let warnings: Vec<String> = problems
-        .iter()
-        .chain(&index.cross_object_problems())
-        .filter(|p| p.severity == Severity::Warning)
-        .map(|p| p.to_string())
-        .collect();
+    // The objects' own warnings; those between objects follow (see
+    // `add_cross_object_warnings`).
+    let warnings: Vec<String> =
+        problems.iter().filter(|p| p.severity == Severity::Warning).map(|p| p.to_string()).collect();
     m.invalid.set(invalid.len() as i64);
     let now_set: BTreeSet<String> = invalid.iter().cloned().collect();
     for p in now_set.difference(logged) {

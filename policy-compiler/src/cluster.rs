@@ -109,12 +109,22 @@ impl Cluster {
 /// with only its name label). `pods` and `policies` in namespace/name order.
 pub fn cross_object_problems<'a>(
     namespace_exists: impl Fn(&str) -> bool,
-    pods: impl Iterator<Item = &'a PodInfo> + Clone,
+    pods: impl Iterator<Item = &'a PodInfo>,
     policies: impl Iterator<Item = &'a Policy>,
 ) -> Vec<Problem> {
     let mut problems = Vec::new();
-    let mut owner: std::collections::HashMap<std::net::IpAddr, &PodInfo> = Default::default();
-    for p in pods.clone() {
+    let mut owner: std::collections::HashMap<std::net::IpAddr, &PodInfo> =
+        std::collections::HashMap::with_capacity(pods.size_hint().0);
+    // The first object (pods before policies) of each namespace that does not
+    // exist; names are copied only for those.
+    let mut missing: std::collections::BTreeMap<&str, ObjectRef> = Default::default();
+    let mut note_missing = |ns: &'a str, kind: &'static str, name: &str| {
+        if !missing.contains_key(ns) && !namespace_exists(ns) {
+            missing.insert(ns, ObjectRef { kind, namespace: ns.to_string(), name: name.to_string() });
+        }
+    };
+    for p in pods {
+        note_missing(&p.namespace, "Pod", &p.name);
         for ip in &p.ips {
             if let Some(f) = owner.get(ip) {
                 problems.push(Problem {
@@ -131,22 +141,9 @@ pub fn cross_object_problems<'a>(
             }
         }
     }
-    let mut missing: Vec<(&str, ObjectRef)> = Vec::new();
-    for p in pods {
-        missing.push((
-            &p.namespace,
-            ObjectRef { kind: "Pod", namespace: p.namespace.clone(), name: p.name.clone() },
-        ));
-    }
     for p in policies {
-        missing.push((
-            &p.namespace,
-            ObjectRef { kind: "NetworkPolicy", namespace: p.namespace.clone(), name: p.name.clone() },
-        ));
+        note_missing(&p.namespace, "NetworkPolicy", &p.name);
     }
-    missing.retain(|(ns, _)| !namespace_exists(ns));
-    missing.sort_by(|a, b| a.0.cmp(b.0));
-    missing.dedup_by(|a, b| a.0 == b.0);
     for (ns, obj) in missing {
         problems.push(Problem {
             severity: Severity::Warning,
