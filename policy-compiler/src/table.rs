@@ -210,23 +210,59 @@ struct SideInfo {
     dir: Option<Direction>,
 }
 
-/// Address → CIDR class: sorted interval starts and the class of each interval.
+/// Address → CIDR class: sorted interval starts and the class of each
+/// interval, with a bucket index over the top bits of the address, so that a
+/// lookup searches one bucket's few starts instead of all of them.
 #[derive(Clone, Debug, Default)]
 struct ClassIndex {
+    /// `starts[0] == 0` when non-empty.
     starts: Vec<u128>,
     classes: Vec<u32>,
+    /// `lead[b]`: the index of the first start at or above the first address
+    /// of bucket `b` (the addresses whose top bits are `b`); the last element
+    /// is `starts.len()`. Empty when `starts` is.
+    lead: Vec<u32>,
+    /// An address shifted right by this is its bucket.
+    shift: u32,
 }
 
 impl ClassIndex {
     #[inline]
     fn class_of(&self, addr: u128) -> u32 {
-        // Index of the last start <= addr. `starts[0] == 0` when non-empty.
-        let i = self.starts.partition_point(|s| *s <= addr);
-        if i == 0 {
-            0
-        } else {
-            self.classes[i - 1]
+        let b = (addr >> self.shift) as usize;
+        let (Some(&lo), Some(&hi)) = (self.lead.get(b), self.lead.get(b + 1)) else {
+            return 0;
+        };
+        // The last start <= addr is in this bucket or, when none of the bucket's
+        // is, the last one before it (`lo - 1`: every bucket but the first has a
+        // start below it, and the first bucket's first start is 0).
+        let bucket = self.starts.get(lo as usize..hi as usize).unwrap_or_default();
+        let i = lo as usize + bucket.partition_point(|s| *s <= addr);
+        self.classes.get(i.wrapping_sub(1)).copied().unwrap_or(0)
+    }
+
+    /// Adds the bucket index: 2^k buckets for fewer than 2^k starts
+    /// (16 <= 2^k <= 65,536), so a bucket holds one or two starts when the
+    /// boundaries are spread out, and a crowded bucket is binary-searched.
+    fn with_buckets(mut self, family: Family) -> Self {
+        if self.starts.is_empty() {
+            return self;
         }
+        let k = (usize::BITS - self.starts.len().leading_zeros()).clamp(4, 16);
+        self.shift = u32::from(family.bits()) - k;
+        let mut lead = Vec::with_capacity((1 << k) + 1);
+        let mut i = 0;
+        for b in 0..1u128 << k {
+            let first = b << self.shift;
+            while i < self.starts.len() && self.starts[i] < first {
+                i += 1;
+            }
+            lead.push(i as u32);
+        }
+        // The end of the last bucket (its first address past the space would overflow a u128).
+        lead.push(self.starts.len() as u32);
+        self.lead = lead;
+        self
     }
 }
 
@@ -1287,8 +1323,12 @@ impl DecisionTable {
         use std::mem::size_of;
         // hashbrown: one control byte per bucket plus the slot; buckets ≈ capacity * 8/7.
         let hm = |cap: usize, slot: usize| cap * 8 / 7 * (slot + 1);
-        let classes: usize =
-            self.cidr.iter().flatten().map(|c| c.starts.capacity() * 16 + c.classes.capacity() * 4).sum();
+        let classes: usize = self
+            .cidr
+            .iter()
+            .flatten()
+            .map(|c| c.starts.capacity() * 16 + (c.classes.capacity() + c.lead.capacity()) * 4)
+            .sum();
         hm(self.addr_v4.capacity(), size_of::<(u32, AddrEntry)>())
             + hm(self.addr_v6.capacity(), size_of::<(u128, AddrEntry)>())
             + (self.slots.len() + self.patch_slots.capacity()) * size_of::<Slot>()
@@ -1356,7 +1396,7 @@ fn build_classes(
     let mut except_depth = vec![0u32; blocks.len()];
     let mut active: std::collections::BTreeSet<u32> = Default::default();
     let mut class_ids: HashMap<Vec<u32>, u32> = HashMap::new();
-    let mut idx = ClassIndex { starts: vec![0], classes: vec![0] };
+    let mut idx = ClassIndex { starts: vec![0], classes: vec![0], ..Default::default() };
     let mut i = 0;
     while i < events.len() {
         let at = events[i].0;
@@ -1396,5 +1436,62 @@ fn build_classes(
             idx.classes.push(class);
         }
     }
-    idx
+    idx.with_buckets(family)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cidr::{Cidr, IpBlock};
+
+    /// The bucketed `class_of` against a binary search over every start, at
+    /// each boundary, one below it, and random addresses, for both families,
+    /// with boundaries at the bottom and the top of the space.
+    #[test]
+    fn class_index_buckets_agree_with_a_plain_search() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for family in [Family::V4, Family::V6] {
+            for n in [1usize, 3, 40, 700] {
+                let bits = family.bits();
+                let top = if bits == 32 { u32::MAX as u128 } else { u128::MAX };
+                let mut blocks = Vec::new();
+                for i in 0..n {
+                    let len = if i % 7 == 0 { 1 + next() as u8 % 8 } else { bits - 8 + next() as u8 % 8 };
+                    // Some blocks at the very top of the space, the rest anywhere.
+                    let addr =
+                        if i % 5 == 0 { top } else { (u128::from(next()) << 64 | u128::from(next())) & top };
+                    let cidr = Cidr::new(family, addr, len);
+                    let except = if i % 3 == 0 && len + 2 <= bits {
+                        vec![Cidr::new(family, cidr.first() + (1u128 << (bits - len - 2)), len + 2)]
+                    } else {
+                        vec![]
+                    };
+                    blocks.push(IpBlock { cidr, except });
+                }
+                let refs: Vec<&IpBlock> = blocks.iter().collect();
+                let mut count = 1;
+                let mut block_classes = vec![Vec::new(); refs.len()];
+                let idx = build_classes(&refs, family, &mut count, &mut block_classes);
+                let plain = |a: u128| match idx.starts.partition_point(|s| *s <= a) {
+                    0 => 0,
+                    i => idx.classes[i - 1],
+                };
+                let mut probes = vec![0, top, top - 1];
+                for &s in &idx.starts {
+                    probes.extend([s, s.wrapping_sub(1) & top, s.saturating_add(1).min(top)]);
+                }
+                probes.extend((0..2000).map(|_| (u128::from(next()) << 64 | u128::from(next())) & top));
+                for a in probes {
+                    assert_eq!(idx.class_of(a), plain(a), "{family:?}, {n} blocks, address {a:#x}");
+                }
+                assert!(idx.classes.iter().any(|&c| c != 0), "the blocks make classes");
+            }
+        }
+    }
 }
