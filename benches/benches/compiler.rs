@@ -1,8 +1,10 @@
 //! Policy compiler benchmarks over generated, realistic clusters
 //! ([`portcullis_benches::generate`]):
 //!
-//! * `lookup/10k_pods/{10,1000,10000}`: `DecisionTable::verdict` over a fixed
+//! * `lookup/10k_pods/{10,1000,10000}`: `DecisionTable::verdict` (the
+//!   packet path's lookup, which stops at an ingress denial) over a fixed
 //!   mix of 4,096 flows, one group so the ratios come from one run;
+//!   `lookup/10k_pods_both_sides/...`: `DecisionTable::verdict_both`;
 //! * `compile/10k_pods/{1000,10000}`: `DecisionTable::compile` (the table's
 //!   drop is not timed);
 //! * `patch/10k_pods/{1000,10000}`: `IncrementalCompiler::apply` of one
@@ -53,6 +55,14 @@ fn lookup(c: &mut Criterion) {
             b.iter(|| {
                 for f in flows {
                     black_box(table.verdict(black_box(f.src), black_box(f.dst), f.protocol, f.port));
+                }
+            })
+        });
+        // Both sides always evaluated (`portcullis query`; the denied-flow log).
+        g.bench_with_input(BenchmarkId::new("10k_pods_both_sides", policies), &flows, |b, flows| {
+            b.iter(|| {
+                for f in flows {
+                    black_box(table.verdict_both(black_box(f.src), black_box(f.dst), f.protocol, f.port));
                 }
             })
         });

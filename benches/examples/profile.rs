@@ -24,14 +24,15 @@
 //! takes) against a full compile, fastest of 20 rounds (`ROUNDS=N` runs N
 //! patches, for a profiler; only the first 20 also compile in full).
 //!
-//! `compare PODS` builds the 10-, 1,000- and 10,000-policy tables and times
-//! lookups over them in alternating rounds, reporting each table's fastest
-//! round: on a shared, noisy machine that ratio is steadier than separate runs.
+//! `compare PODS [both]` builds the 10-, 1,000- and 10,000-policy tables and times
+//! lookups (`verdict`, or `verdict_both` with `both`) over them in alternating
+//! rounds, reporting each table's fastest round: on a shared, noisy machine
+//! that ratio is steadier than separate runs.
 //!
 //! `digest PODS` prints, for the same three tables, a hash of every verdict
-//! (both sides, with the rule or side named) over 200,000 sample flows: two
-//! builds of the compiler give the same digests when they agree on every
-//! verdict and reason.
+//! (`verdict_both`: both sides, with the rule or side named) over 200,000
+//! sample flows, checking that `verdict` agrees with it: two builds of the
+//! compiler give the same digests when they agree on every verdict and reason.
 //!
 //! `split PODS` times the 10- and 10,000-policy tables (alternating, fastest
 //! of 200 rounds) on three flow sets: the pod-to-pod sample flows, the sample
@@ -50,7 +51,7 @@ fn main() {
     let mode = args.first().map_or("compile", String::as_str);
     let (pods, policies) = (num(1, 10_000), num(2, 10_000));
     if mode == "compare" {
-        return compare(pods);
+        return compare(pods, args.get(2).map(String::as_str) == Some("both"));
     }
     if mode == "digest" {
         return digest(pods);
@@ -89,7 +90,7 @@ fn look_up(table: &DecisionTable, flows: &[portcullis_benches::Flow]) {
     }
 }
 
-fn compare(pods: usize) {
+fn compare(pods: usize, both: bool) {
     let sizes = [10, 1_000, 10_000];
     let tables: Vec<_> = sizes
         .iter()
@@ -104,7 +105,12 @@ fn compare(pods: usize) {
             let t = Instant::now();
             for _ in 0..25 {
                 for f in flows {
-                    black_box(table.verdict(black_box(f.src), black_box(f.dst), f.protocol, f.port));
+                    let (src, dst) = (black_box(f.src), black_box(f.dst));
+                    if both {
+                        black_box(table.verdict_both(src, dst, f.protocol, f.port));
+                    } else {
+                        black_box(table.verdict(src, dst, f.protocol, f.port));
+                    }
                 }
             }
             best[i] = best[i].min(t.elapsed().as_nanos() as f64 / (25 * flows.len()) as f64);
@@ -128,8 +134,15 @@ fn digest(pods: usize) {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         let mut allowed = 0;
         for f in &flows {
-            let v = table.verdict(f.src, f.dst, f.protocol, f.port);
+            let v = table.verdict_both(f.src, f.dst, f.protocol, f.port);
             allowed += usize::from(v.allowed());
+            // The packet path's lookup must agree with it.
+            let fast = table.verdict(f.src, f.dst, f.protocol, f.port);
+            assert!(
+                fast == v
+                    || matches!(fast.ingress, policy_compiler::Side::Denied(_))
+                        && fast == policy_compiler::Verdict { egress: policy_compiler::Side::Skipped, ..v }
+            );
             v.hash(&mut h);
         }
         println!(

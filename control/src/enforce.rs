@@ -193,18 +193,13 @@ impl Enforcer {
         let mut n = 0;
         while let Ok(d) = rx.try_recv() {
             n += 1;
-            let (egress, ingress) = {
+            let (denied_by, egress, ingress) = {
                 let r = self.retired.lock().expect("retired lock");
                 let current = self.tables.load();
                 let table = std::iter::once(&**current)
                     .chain(r.tables.iter().map(|t| &**t))
                     .find(|t| t.generation == d.generation);
-                (denying(table, d.verdict.egress), denying(table, d.verdict.ingress))
-            };
-            let denied_by = match (&egress, &ingress) {
-                (Some(_), Some(_)) => "both",
-                (Some(_), None) => "egress",
-                _ => "ingress",
+                denied_fields(table, &d)
             };
             tracing::info!(
                 target: "portcullis::denied",
@@ -235,6 +230,29 @@ impl Enforcer {
             tracing::info!("dataplane stopped; XDP programs detached");
         }
     }
+}
+
+/// What a denied-flow log line says of the sides: which denied (`egress`,
+/// `ingress` or `both`) and the isolating policies of each denying side. The
+/// workers stop at the first denying side (ingress, see
+/// [`DecisionTable::verdict`]), so a skipped egress side is evaluated here,
+/// off the packet path, with the table that decided (when it is still held;
+/// otherwise only the ingress side is named).
+fn denied_fields(
+    table: Option<&PublishedTable>,
+    d: &DeniedFlow,
+) -> (&'static str, Option<String>, Option<String>) {
+    let egress = match (d.verdict.egress, table) {
+        (Side::Skipped, Some(t)) => t.table.verdict_both(d.src, d.dst, d.protocol, d.port).egress,
+        (side, _) => side,
+    };
+    let (egress, ingress) = (denying(table, egress), denying(table, d.verdict.ingress));
+    let denied_by = match (&egress, &ingress) {
+        (Some(_), Some(_)) => "both",
+        (Some(_), None) => "egress",
+        _ => "ingress",
+    };
+    (denied_by, egress, ingress)
 }
 
 /// The isolating policies of a denied side, `ns/name` comma-separated
@@ -408,4 +426,76 @@ impl DataplaneView for Enforcer {
 /// Escapes a Prometheus label value.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pods a (x) and b (y); x denies all egress, y denies all ingress.
+    fn both_deny() -> PublishedTable {
+        let text = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: y}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: y}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: no-egress, namespace: x}
+spec: {podSelector: {}, policyTypes: [Egress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: no-ingress, namespace: y}
+spec: {podSelector: {}}
+";
+        let s = crate::manifest::parse("test.yaml", text).unwrap();
+        let (c, problems) = policy_compiler::Cluster::from_objects(&s.namespaces, &s.pods, &s.policies);
+        assert!(problems.is_empty(), "{problems:?}");
+        PublishedTable::new(7, DecisionTable::compile(&c), 1)
+    }
+
+    fn denied(t: &PublishedTable, src: &str, dst: &str) -> DeniedFlow {
+        let (src, dst) = (src.parse().unwrap(), dst.parse().unwrap());
+        DeniedFlow {
+            src,
+            dst,
+            protocol: 6,
+            port: 80,
+            verdict: t.table.verdict(src, dst, 6, 80),
+            generation: 7,
+            worker: 0,
+        }
+    }
+
+    #[test]
+    fn a_log_line_names_the_egress_side_the_workers_skipped() {
+        let t = both_deny();
+        let d = denied(&t, "10.0.0.1", "10.0.0.2");
+        assert_eq!(d.verdict.egress, Side::Skipped, "the packet path stops at the ingress denial");
+        let (by, egress, ingress) = denied_fields(Some(&t), &d);
+        assert_eq!(by, "both");
+        assert_eq!(egress.as_deref(), Some("x/no-egress"));
+        assert_eq!(ingress.as_deref(), Some("y/no-ingress"));
+        // Egress only (b -> a: a's ingress is open, b's egress too; a -> a: egress denies).
+        let d = denied(&t, "10.0.0.1", "10.0.0.1");
+        assert_eq!(denied_fields(Some(&t), &d), ("egress", Some("x/no-egress".into()), None));
+        // The table that decided is gone: the ingress side is still named, as unknown.
+        let d = denied(&t, "10.0.0.1", "10.0.0.2");
+        assert_eq!(denied_fields(None, &d), ("ingress", None, Some("?".into())));
+    }
 }

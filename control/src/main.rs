@@ -280,7 +280,7 @@ fn run(cli: Cli) -> Result<()> {
             match (&args.from, &args.to) {
                 (Some(from), Some(to)) => {
                     let (src, dst, proto, port) = resolve_flow(&c, from, to, &args.flow)?;
-                    let v = c.table.verdict(src, dst, proto, port);
+                    let v = c.table.verdict_both(src, dst, proto, port);
                     match args.output.unwrap_or(Output::Text) {
                         Output::Text => {
                             println!("{}", report::verdict_line(&c.table, src, dst, proto, port, &v))
@@ -388,7 +388,7 @@ fn batch(c: &Compiled) -> Result<()> {
             };
             let port = report::flow_port(proto, q.port)?;
             let (src, dst) = report::resolve_pair(&c.cluster, &q.src, &q.dst, None)?;
-            let v = c.table.verdict(src, dst, proto, port);
+            let v = c.table.verdict_both(src, dst, proto, port);
             Ok(report::verdict_json(&c.table, src, dst, proto, port, &v))
         })();
         match answer {

@@ -119,6 +119,7 @@ fn side_json(t: &DecisionTable, s: Side) -> Value {
             let names: Vec<String> = pols.map(|p| policy_key(t, p)).collect();
             json!({"result": "denied", "isolated_by": names})
         }
+        Side::Skipped => json!({"result": "skipped"}),
     }
 }
 
@@ -148,6 +149,7 @@ fn side_text(t: &DecisionTable, s: Side) -> String {
             let names: Vec<String> = pols.map(|p| policy_key(t, p)).collect();
             format!("denied (isolated by {})", names.join(", "))
         }
+        Side::Skipped => "not evaluated (the other side denied)".into(),
     }
 }
 
@@ -198,7 +200,7 @@ fn peer_text(p: &Peer) -> String {
 pub fn explain(c: &Compiled, src: IpAddr, dst: IpAddr, proto: u8, port: u16) -> String {
     let cluster = &c.cluster;
     let detail = reference::evaluate(cluster, src, dst, proto, port);
-    let v = c.table.verdict(src, dst, proto, port);
+    let v = c.table.verdict_both(src, dst, proto, port);
     let mut out = String::new();
     let _ = writeln!(
         out,

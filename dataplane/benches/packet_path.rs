@@ -4,7 +4,9 @@
 //!   `Pipeline::process` with switch and counters);
 //! - `verdict/N`: the decision-table lookup alone, N policies;
 //! - `new_flow/N`: `Pipeline::process` of a SYN of a new connection
-//!   (parse, conntrack miss, table lookup, insert), N policies.
+//!   (parse, conntrack miss, table lookup, insert), N policies;
+//! - `denied_flow/N`: `Pipeline::process` of a SYN no policy allows
+//!   (parse, conntrack miss, table lookup, drop), N policies.
 //!
 //! Frames sit in one contiguous buffer with a fixed stride, like frames in
 //! a UMEM. Run: `cargo bench -p dataplane --bench packet_path`.
@@ -300,6 +302,37 @@ fn bench_new_flows(c: &mut Criterion<CpuTime>, clock: &CpuTime) {
         g.finish();
         let snap = p.counters().snapshot();
         assert_eq!(snap.dropped, 0, "every new flow must be allowed: {snap:?}");
+
+        // The same SYNs to port 81, which no policy allows: each is judged and
+        // dropped (a denied flow is never tracked, so a flood of them is this
+        // cost per packet).
+        let denied: Vec<Vec<u8>> = (0..BATCH * 16)
+            .map(|f| {
+                let (cl, sv) = pairs[f * 7 % pairs.len()];
+                let (cl, sv) = endpoints(cl, sv);
+                testing::tcp(&cl, 1024 + (f % 50_000) as u16, &sv, 81, F::SYN, false, &[])
+            })
+            .collect();
+        let denied = Pool::new(denied);
+        let mut g = c.benchmark_group("denied_flow");
+        g.throughput(Throughput::Elements(BATCH as u64));
+        let mut next = 0usize;
+        g.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                if next + BATCH > denied.len() {
+                    next = 0;
+                }
+                p.begin_batch(1);
+                for i in next..next + BATCH {
+                    black_box(p.process(0, black_box(denied.get(i)), 1));
+                }
+                next += BATCH;
+            })
+        });
+        g.finish();
+        let snap = p.counters().snapshot();
+        let policy = snap.drops.get("policy").copied().unwrap_or(0);
+        assert!(policy > 0 && snap.dropped == policy, "every denied-flow frame is a policy drop: {snap:?}");
     }
 }
 

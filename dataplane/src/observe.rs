@@ -103,7 +103,9 @@ pub struct DeniedFlow {
     pub protocol: u8,
     /// Destination port (0 for protocols without ports).
     pub port: u16,
-    /// Both sides of the verdict (at least one is [`Side::Denied`]).
+    /// The verdict that denied it: the ingress side [`Side::Denied`] with the
+    /// egress side [`Side::Skipped`] (the lookup stops at the first denial), or
+    /// the egress side denied after the ingress side allowed.
     pub verdict: Verdict,
     /// Generation of the table that decided.
     pub generation: u64,

@@ -446,7 +446,9 @@ fn allowed_connections_are_counted_per_policy_and_denied_ones_logged_at_a_bounde
     assert_eq!(counters.snapshot().denied_log_suppressed, 3);
     let d = logged[0];
     assert_eq!((d.src, d.dst, d.protocol, d.port, d.generation), (o.v4(), s.v4(), 6, 80, 1));
-    assert_eq!(d.verdict.egress, Side::NotIsolated);
+    // The lookup stopped at the ingress denial (the control plane evaluates
+    // the egress side for the log line).
+    assert_eq!(d.verdict.egress, Side::Skipped);
     assert!(matches!(d.verdict.ingress, Side::Denied(_)), "{:?}", d.verdict);
     assert_eq!(hits.total(server_ingress as usize, HitDirection::Ingress), 3);
     // A second later the bucket has refilled.

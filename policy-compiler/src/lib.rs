@@ -9,7 +9,7 @@
 //!  Namespace, Pod,  ──validate──▶  Cluster  ──DecisionTable::compile──▶ DecisionTable
 //!  NetworkPolicy       │          (model.rs)       (table.rs)             │
 //!                      ▼                                                  ▼
-//!               Vec<Problem>                             verdict(src, dst, proto, port)
+//!               Vec<Problem>                  verdict / verdict_both(src, dst, proto, port)
 //!      (object, field path, message;                       -> Verdict { egress, ingress }
 //!       invalid policies fail closed)
 //!

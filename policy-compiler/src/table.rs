@@ -1,9 +1,9 @@
 //! The compiled decision table and its lookup.
 //!
 //! ```text
-//!  src IP ──hash──▶ pod entry ─┐                           ┌─▶ egress side of src  ─┐
-//!     (miss: CIDR class)       ├─ side ids, identity block ┤                        ├─▶ Verdict
-//!  dst IP ──hash──▶ pod entry ─┘       and bit             └─▶ ingress side of dst ─┘
+//!  src IP ──hash──▶ pod entry ─┐                           ┌─▶ ingress side of dst ─┐
+//!     (miss: CIDR class)       ├─ side ids, identity block ┤   (denied: stop)       ├─▶ Verdict
+//!  dst IP ──hash──▶ pod entry ─┘       and bit             └─▶ egress side of src  ─┘
 //!
 //!  side check, pod peer:     slot = side's table[identity block];
 //!                            set  = slot's set if the peer's bit is in slot.mask, else side.pod_any
@@ -33,8 +33,10 @@
 //! entry, a one-word Bloom filter test, at most one probe of the side's own
 //! open-addressing table (usually one cache line) and the scan of the few
 //! port entries found: no step depends on the number of policies or pods
-//! (only a non-pod address's CIDR class is a binary search over the ipBlock
-//! boundaries). See `docs/architecture.md`.
+//! (a non-pod address's CIDR class is read from a bucket index, a binary
+//! search only within a crowded bucket). [`DecisionTable::verdict`] checks
+//! the destination's ingress side first and stops when it denies;
+//! [`DecisionTable::verdict_both`] always checks both. See `docs/architecture.md`.
 
 use std::net::IpAddr;
 
@@ -78,10 +80,15 @@ pub enum Side {
     /// Isolated and no rule matched. The id lists the isolating policies
     /// ([`DecisionTable::isolating_policies`]).
     Denied(SideId),
+    /// Not evaluated: the other side denied the flow first. Only the egress
+    /// side of [`DecisionTable::verdict`] is ever skipped (the destination's
+    /// ingress is checked first); [`DecisionTable::verdict_both`] never skips.
+    Skipped,
 }
 
 impl Side {
-    /// Does this side let the flow pass?
+    /// Does this side let the flow pass? (A skipped side did not deny it;
+    /// the other side did.)
     pub fn allows(self) -> bool {
         !matches!(self, Side::Denied(_))
     }
@@ -91,7 +98,9 @@ impl Side {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SideId(pub u32);
 
-/// The answer for one flow: both sides, as [`crate::reference`] defines them.
+/// The answer for one flow: both sides, as [`crate::reference`] defines them
+/// (from [`DecisionTable::verdict_both`]), or from [`DecisionTable::verdict`]
+/// the same with the egress side [`Side::Skipped`] when ingress denied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Verdict {
     /// Egress of the source pod.
@@ -403,9 +412,25 @@ struct PeerInfo {
 impl DecisionTable {
     /// Looks up one flow: `src` opens a connection to `dst`, IP protocol
     /// `protocol` (6 TCP, 17 UDP, 132 SCTP, 1/58 ICMP...), destination port
-    /// `port` (0 for portless protocols). Allocation-free.
+    /// `port` (0 for portless protocols). Allocation-free. This is the
+    /// packet path's lookup: it checks the destination's ingress side first
+    /// and stops there when it denies (the egress side is then
+    /// [`Side::Skipped`]), so a denied flow, judged again on each of its
+    /// packets, costs one side check. Allowed flows get both sides.
     #[inline]
     pub fn verdict(&self, src: IpAddr, dst: IpAddr, protocol: u8, port: u16) -> Verdict {
+        self.look_up(src, dst, protocol, port, true)
+    }
+
+    /// [`DecisionTable::verdict`] with both sides always evaluated: what
+    /// `portcullis query`, deny logs and the reference comparison show.
+    #[inline]
+    pub fn verdict_both(&self, src: IpAddr, dst: IpAddr, protocol: u8, port: u16) -> Verdict {
+        self.look_up(src, dst, protocol, port, false)
+    }
+
+    #[inline(always)]
+    fn look_up(&self, src: IpAddr, dst: IpAddr, protocol: u8, port: u16, first_denial: bool) -> Verdict {
         let s = self.addr(src).map(|e| (e, &self.pods[e.pod as usize]));
         let d = self.addr(dst).map(|e| (e, &self.pods[e.pod as usize]));
         if s.is_none() && d.is_none() {
@@ -415,16 +440,19 @@ impl DecisionTable {
             Some((_, p)) => self.named.get(p.named as usize..).unwrap_or_default(),
             None => &[],
         };
-        let egress = match s {
-            None => Side::NotPod,
-            Some((_, p)) => {
-                self.check(p.sides[1], self.peer(d, dst, Direction::Egress), protocol, port, dst_named)
-            }
-        };
         let ingress = match d {
             None => Side::NotPod,
             Some((_, p)) => {
                 self.check(p.sides[0], self.peer(s, src, Direction::Ingress), protocol, port, dst_named)
+            }
+        };
+        if first_denial && matches!(ingress, Side::Denied(_)) {
+            return Verdict { egress: Side::Skipped, ingress };
+        }
+        let egress = match s {
+            None => Side::NotPod,
+            Some((_, p)) => {
+                self.check(p.sides[1], self.peer(d, dst, Direction::Egress), protocol, port, dst_named)
             }
         };
         Verdict { egress, ingress }

@@ -183,7 +183,7 @@ fn blocks_of_many_identities_agree_with_reference() {
     for &src in &srcs {
         for &dst in &dsts {
             for port in 80..=83 {
-                let v = table.verdict(src, dst, 6, port);
+                let v = table.verdict_both(src, dst, 6, port);
                 let r = reference::evaluate(&cluster, src, dst, 6, port);
                 let what = format!("{src} -> {dst} tcp/{port}");
                 check(v.egress, &r.egress, &format!("egress {what}"));
@@ -219,7 +219,7 @@ fn patches_over_many_identities_agree_with_reference() {
         for &src in &srcs {
             for &dst in &dsts {
                 for port in 80..=83 {
-                    let v = t.verdict(src, dst, 6, port);
+                    let v = t.verdict_both(src, dst, 6, port);
                     let r = reference::evaluate(c, src, dst, 6, port);
                     let what = format!("{src} -> {dst} tcp/{port}");
                     assert_eq!(v.allowed(), r.allowed(), "{what}");
@@ -526,7 +526,7 @@ proptest::proptest! {
             for &s in &srcs {
                 for &d in &dsts {
                     for port in 80..=83 {
-                        let (a, b) = (t.verdict(s, d, 6, port), full.verdict(s, d, 6, port));
+                        let (a, b) = (t.verdict_both(s, d, 6, port), full.verdict_both(s, d, 6, port));
                         proptest::prop_assert_eq!(named_side(t, a.egress), named_side(&full, b.egress), "egress {} -> {} tcp/{} after {:?}: {:?}", s, d, port, edit, how);
                         proptest::prop_assert_eq!(named_side(t, a.ingress), named_side(&full, b.ingress), "ingress {} -> {} tcp/{} after {:?}: {:?}", s, d, port, edit, how);
                     }

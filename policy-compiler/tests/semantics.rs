@@ -251,7 +251,7 @@ fn expect(c: &Compiled, src: &str, dst: &str, proto: u8, port: u16, egress: Exp,
     let s: IpAddr = src.parse().unwrap();
     let d: IpAddr = dst.parse().unwrap();
     let ctx = format!("{src} -> {dst} proto {proto} port {port}");
-    let v = c.table.verdict(s, d, proto, port);
+    let v = c.table.verdict_both(s, d, proto, port);
     let r = reference::evaluate(&c.cluster, s, d, proto, port);
     check_side(c, Direction::Egress, v.egress, &r.egress, egress, &ctx);
     check_side(c, Direction::Ingress, v.ingress, &r.ingress, ingress, &ctx);
@@ -263,7 +263,7 @@ fn expect(c: &Compiled, src: &str, dst: &str, proto: u8, port: u16, egress: Exp,
 fn allowed(c: &Compiled, src: &str, dst: &str, proto: u8, port: u16) -> bool {
     let s: IpAddr = src.parse().unwrap();
     let d: IpAddr = dst.parse().unwrap();
-    let v = c.table.verdict(s, d, proto, port);
+    let v = c.table.verdict_both(s, d, proto, port);
     let r = reference::evaluate(&c.cluster, s, d, proto, port);
     assert_eq!(v.allowed(), r.allowed(), "{src} -> {dst} {proto}/{port}: table {v:?}, reference {r:?}");
     assert_eq!(v.egress.allows(), r.egress.allows(), "{src} -> {dst} {proto}/{port}: egress");

@@ -14,7 +14,7 @@ use policy_compiler::model::*;
 use policy_compiler::reference::{self, SideDetail};
 use policy_compiler::selector::{Labels, Selector};
 use policy_compiler::validate::{FieldErrors, FieldPath};
-use policy_compiler::{Cluster, DecisionTable, Side};
+use policy_compiler::{Cluster, DecisionTable, Side, Verdict};
 use proptest::prelude::*;
 
 mod common;
@@ -272,11 +272,19 @@ proptest! {
         let pool = ip_pool();
         for (s, d, proto, port) in flows {
             let (src, dst) = (pool[s], pool[d]);
-            let v = table.verdict(src, dst, proto, port);
+            let v = table.verdict_both(src, dst, proto, port);
             let r = reference::evaluate(&cluster, src, dst, proto, port);
             check_side(v.egress, &r.egress, &format!("egress {src}->{dst} {proto}/{port}"))?;
             check_side(v.ingress, &r.ingress, &format!("ingress {src}->{dst} {proto}/{port}"))?;
             prop_assert_eq!(v.allowed(), r.allowed());
+            // The packet path's lookup: the same, but the egress side is skipped
+            // when ingress already denied.
+            let fast = table.verdict(src, dst, proto, port);
+            let expected = match v.ingress {
+                Side::Denied(_) => Verdict { egress: Side::Skipped, ..v },
+                _ => v,
+            };
+            prop_assert_eq!(fast, expected, "{}->{} {}/{}", src, dst, proto, port);
         }
     }
 
@@ -288,7 +296,7 @@ proptest! {
         let pool = ip_pool();
         for s in &pool {
             for d in &pool {
-                prop_assert_eq!(a.verdict(*s, *d, 6, 80), b.verdict(*s, *d, 6, 80));
+                prop_assert_eq!(a.verdict_both(*s, *d, 6, 80), b.verdict_both(*s, *d, 6, 80));
             }
         }
     }
@@ -337,8 +345,8 @@ proptest! {
             for s in &pool {
                 for d in &pool {
                     for (proto, port) in [(6u8, 80u16), (17, 81), (132, 79), (6, 82), (1, 0)] {
-                        let a = t.verdict(*s, *d, proto, port);
-                        let b = full.verdict(*s, *d, proto, port);
+                        let a = t.verdict_both(*s, *d, proto, port);
+                        let b = full.verdict_both(*s, *d, proto, port);
                         prop_assert_eq!(named_side(t, a.egress), named_side(&full, b.egress), "egress {}->{} {}/{}", s, d, proto, port);
                         prop_assert_eq!(named_side(t, a.ingress), named_side(&full, b.ingress), "ingress {}->{} {}/{}", s, d, proto, port);
                     }
@@ -445,8 +453,8 @@ proptest! {
                 prop_assert_eq!(t.pod_at(*s), full.pod_at(*s), "pod at {} after {:?}", s, how);
                 for d in &pool {
                     for (proto, port) in [(6u8, 80u16), (17, 81), (132, 79), (6, 82), (1, 0)] {
-                        let a = t.verdict(*s, *d, proto, port);
-                        let b = full.verdict(*s, *d, proto, port);
+                        let a = t.verdict_both(*s, *d, proto, port);
+                        let b = full.verdict_both(*s, *d, proto, port);
                         prop_assert_eq!(named_side(t, a.egress), named_side(&full, b.egress), "egress {}->{} {}/{} after {:?}", s, d, proto, port, how);
                         prop_assert_eq!(named_side(t, a.ingress), named_side(&full, b.ingress), "ingress {}->{} {}/{} after {:?}", s, d, proto, port, how);
                     }

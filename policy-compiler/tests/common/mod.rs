@@ -19,5 +19,6 @@ pub fn named_side(t: &DecisionTable, s: Side) -> (u8, Vec<String>, u32) {
             v.push(format!("{dir:?}"));
             (3, v, 0)
         }
+        Side::Skipped => (4, vec![], 0),
     }
 }
