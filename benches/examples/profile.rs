@@ -49,10 +49,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, default: usize| args.get(i).map_or(default, |a| a.parse().expect("a number"));
     let mode = args.first().map_or("compile", String::as_str);
-    let (pods, policies) = (num(1, 10_000), num(2, 10_000));
     if mode == "compare" {
-        return compare(pods, args.get(2).map(String::as_str) == Some("both"));
+        return compare(num(1, 10_000), args.get(2).map(String::as_str) == Some("both"));
     }
+    let (pods, policies) = (num(1, 10_000), num(2, 10_000));
     if mode == "digest" {
         return digest(pods);
     }
