@@ -27,7 +27,7 @@ use dataplane::addresses::{Addresses, PodAddrs};
 use dataplane::conntrack::{Conntrack, Timeouts};
 use dataplane::parse::{self, Class, TcpFlags as F};
 use dataplane::testing::{self, Host};
-use dataplane::{Action, Pipeline, PipelineConfig, PublishedTable, WorkerCounters};
+use dataplane::{Action, DropReason, Pipeline, PipelineConfig, PublishedTable, WorkerCounters};
 use policy_compiler::DecisionTable;
 
 /// CPU time consumed by the calling thread, in nanoseconds
@@ -314,6 +314,10 @@ fn bench_new_flows(c: &mut Criterion<CpuTime>, clock: &CpuTime) {
             })
             .collect();
         let denied = Pool::new(denied);
+        p.begin_batch(1);
+        for i in 0..denied.len() {
+            assert_eq!(p.process(0, denied.get(i), 1), Action::Drop(DropReason::Policy));
+        }
         let mut g = c.benchmark_group("denied_flow");
         g.throughput(Throughput::Elements(BATCH as u64));
         let mut next = 0usize;
@@ -331,8 +335,7 @@ fn bench_new_flows(c: &mut Criterion<CpuTime>, clock: &CpuTime) {
         });
         g.finish();
         let snap = p.counters().snapshot();
-        let policy = snap.drops.get("policy").copied().unwrap_or(0);
-        assert!(policy > 0 && snap.dropped == policy, "every denied-flow frame is a policy drop: {snap:?}");
+        assert_eq!(snap.drops.get("policy"), Some(&snap.dropped), "every drop is a policy drop: {snap:?}");
     }
 }
 
