@@ -1013,7 +1013,7 @@ mod tests {
                 for &s in &ips {
                     for &d in &ips {
                         for port in [80, 81] {
-                            let (a, b) = (t.verdict(s, d, 6, port), full.verdict(s, d, 6, port));
+                            let (a, b) = (t.verdict_both(s, d, 6, port), full.verdict_both(s, d, 6, port));
                             let what = format!(
                                 "case {case} step {step}: {s} -> {d} tcp/{port} after {:?}",
                                 how.kinds

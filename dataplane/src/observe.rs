@@ -319,7 +319,7 @@ mod tests {
             dst: "10.0.0.2".parse().unwrap(),
             protocol: 6,
             port,
-            verdict: Verdict { egress: Side::NotPod, ingress: Side::Denied(policy_compiler::SideId(0)) },
+            verdict: Verdict { egress: Side::Skipped, ingress: Side::Denied(policy_compiler::SideId(0)) },
             generation: 1,
             worker: 0,
         }
