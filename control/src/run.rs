@@ -18,7 +18,8 @@ use crate::enforce::Enforcer;
 use crate::sources::{self, KUBE, MANIFESTS};
 use crate::status::{self, AppState, DataplaneView};
 
-/// How often a manifest directory is scanned: changes apply within a second.
+/// How often a manifest directory is scanned even without an inotify event
+/// (those wake the source at once).
 pub const MANIFEST_POLL: Duration = Duration::from_millis(200);
 
 /// What to run.

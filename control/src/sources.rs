@@ -5,7 +5,8 @@
 //!  kube watcher (Namespace) ─┐
 //!  kube watcher (Pod)        ├─▶ mpsc<SourceMsg> ─▶ index owner (daemon.rs)
 //!  kube watcher (NetPolicy)  │
-//!  manifest dir poller ──────┘
+//!  manifest dir ─────────────┘  (read when inotify reports a change,
+//!                                and every 200 ms in any case)
 //! ```
 //!
 //! One task per watched kind. Each watcher lists, then watches; on an error
@@ -15,6 +16,8 @@
 //! disconnected is not lost. The index keeps only the validated, compiler-
 //! relevant form of each object; no full copy of the cluster is kept.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -193,11 +196,113 @@ where
     }
 }
 
-/// Polls a manifest directory every `interval`; sends every object in force
-/// once every file has parsed (until then the source is not synced, so the
-/// dataplane stays fail-closed), then the changes (computed per changed
-/// file) as they come.
+/// How long a burst of directory events (an editor's truncate-then-write, a
+/// ConfigMap volume's symlink swap) may last before the directory is read.
+const SETTLE: Duration = Duration::from_millis(20);
+
+/// An inotify watch on the manifest directory: wakes the source when a file
+/// in it is written, created, removed or renamed, so a change is read within
+/// [`SETTLE`] instead of at the next poll. The polls go on (a change inotify
+/// cannot see, such as on some network filesystems, is still read). A thread
+/// blocks on the inotify descriptor; dropping the watch removes it, and the
+/// kernel's `IN_IGNORED` event ends the thread.
+struct DirWatch {
+    fd: Arc<rustix::fd::OwnedFd>,
+    wd: i32,
+    woke: Arc<tokio::sync::Notify>,
+    gone: Arc<AtomicBool>,
+}
+
+impl DirWatch {
+    fn new(dir: &str) -> std::io::Result<DirWatch> {
+        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+        let fd = Arc::new(inotify::init(CreateFlags::CLOEXEC)?);
+        let events = WatchFlags::CLOSE_WRITE
+            | WatchFlags::MODIFY
+            | WatchFlags::ATTRIB
+            | WatchFlags::CREATE
+            | WatchFlags::DELETE
+            | WatchFlags::MOVED_FROM
+            | WatchFlags::MOVED_TO
+            | WatchFlags::DELETE_SELF
+            | WatchFlags::MOVE_SELF;
+        let wd = inotify::add_watch(&*fd, dir, events)?;
+        let (woke, gone) = (Arc::new(tokio::sync::Notify::new()), Arc::new(AtomicBool::new(false)));
+        let (f, w, g) = (fd.clone(), woke.clone(), gone.clone());
+        std::thread::Builder::new().name("manifest-watch".into()).spawn(move || {
+            use rustix::fs::inotify::{ReadFlags, Reader};
+            let mut buf = [std::mem::MaybeUninit::uninit(); 4096];
+            let mut events = Reader::new(&*f, &mut buf);
+            loop {
+                match events.next() {
+                    // The watch was removed (by `drop`) or the directory went away.
+                    Ok(e)
+                        if e.events().intersects(
+                            ReadFlags::IGNORED | ReadFlags::DELETE_SELF | ReadFlags::MOVE_SELF,
+                        ) =>
+                    {
+                        break
+                    }
+                    Ok(_) => w.notify_one(),
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(_) => break,
+                }
+            }
+            g.store(true, Ordering::SeqCst);
+            w.notify_one();
+        })?;
+        Ok(DirWatch { fd, wd, woke, gone })
+    }
+
+    /// Waits for an event. False when the watch is gone: the caller polls,
+    /// and watches again once the directory is back.
+    async fn changed(&self) -> bool {
+        self.woke.notified().await;
+        !self.gone.load(Ordering::SeqCst)
+    }
+
+    /// Forgets the events that came while the burst settled (they are read
+    /// by the scan that follows).
+    fn settled(&self) -> bool {
+        let _ = futures::FutureExt::now_or_never(self.woke.notified());
+        !self.gone.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for DirWatch {
+    fn drop(&mut self) {
+        // Already gone when the directory was removed; nothing to do then.
+        let _ = rustix::fs::inotify::remove_watch(&*self.fd, self.wd);
+    }
+}
+
+/// Waits for the next scan: `interval`, or less when the directory watch
+/// reports a change (then [`SETTLE`] more for the rest of the burst).
+async fn next_scan(watch: &mut Option<DirWatch>, dir: &str, interval: Duration) {
+    if watch.is_none() {
+        *watch = DirWatch::new(dir).ok();
+    }
+    let Some(w) = watch.as_ref() else {
+        tokio::time::sleep(interval).await;
+        return;
+    };
+    let alive = tokio::select! {
+        _ = tokio::time::sleep(interval) => return,
+        alive = w.changed() => alive,
+    };
+    tokio::time::sleep(SETTLE).await;
+    if !alive || !w.settled() {
+        *watch = None;
+    }
+}
+
+/// Reads a manifest directory when inotify reports a change in it, and
+/// every `interval` in any case; sends every object in force once every
+/// file has parsed (until then the source is not synced, so the dataplane
+/// stays fail-closed), then the changes (computed per changed file) as they
+/// come.
 pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<SourceMsg>) {
+    let mut watch = DirWatch::new(&dir).ok();
     let mut md = ManifestDir::new(&dir);
     let mut first = true;
     let mut last_report = String::new();
@@ -241,7 +346,7 @@ pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<Sou
         if first && !md.complete() {
             // Nothing is known of a broken file yet: wait (fail closed,
             // not ready) rather than sync without it; the errors are out.
-            tokio::time::sleep(interval).await;
+            next_scan(&mut watch, &dir, interval).await;
             continue;
         }
         if first {
@@ -270,6 +375,76 @@ pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<Sou
                 return;
             }
         }
-        tokio::time::sleep(interval).await;
+        next_scan(&mut watch, &dir, interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn namespace(name: &str) -> String {
+        format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n")
+    }
+
+    /// The next `Changes` message, skipping file reports; it must come well
+    /// before the test's hour-long poll.
+    async fn wait(rx: &mut mpsc::Receiver<SourceMsg>) -> Vec<Change> {
+        let next = async {
+            loop {
+                match rx.recv().await.expect("the source runs") {
+                    SourceMsg::Changes { changes, .. } => return changes,
+                    _ => continue,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), next)
+            .await
+            .expect("a change is read long before the poll")
+    }
+
+    /// With an hour between polls, only the directory watch can make these
+    /// changes seen: a new file, an edited one, a removed one, and a file
+    /// renamed into place (how editors and ConfigMap volumes replace files).
+    #[tokio::test]
+    async fn changes_are_read_when_they_happen_not_at_the_next_poll() {
+        let dir = std::env::temp_dir().join(format!("portcullis-dir-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.yaml"), namespace("a")).unwrap();
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = tokio::spawn(run_manifests(dir.to_string_lossy().into(), Duration::from_secs(3600), tx));
+        let first = wait(&mut rx).await;
+        assert!(
+            matches!(&first[..], [Change::Replace(Kind::Namespace, ns), ..] if ns.len() == 1),
+            "{first:?}"
+        );
+        let applied = |changes: &[Change]| -> Vec<String> {
+            changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Apply(o) => Some(o.key().1),
+                    _ => None,
+                })
+                .collect()
+        };
+
+        std::fs::write(dir.join("b.yaml"), namespace("b")).unwrap();
+        assert_eq!(applied(&wait(&mut rx).await), ["b"]);
+
+        std::fs::write(dir.join("b.yaml"), namespace("b").replace("{name: b}", "{name: b, labels: {x: y}}"))
+            .unwrap();
+        assert_eq!(applied(&wait(&mut rx).await), ["b"]);
+
+        std::fs::remove_file(dir.join("a.yaml")).unwrap();
+        let removed = wait(&mut rx).await;
+        assert!(matches!(&removed[..], [Change::Delete(Kind::Namespace, _, n)] if n == "a"), "{removed:?}");
+
+        std::fs::write(dir.join(".c.yaml.tmp"), namespace("c")).unwrap();
+        std::fs::rename(dir.join(".c.yaml.tmp"), dir.join("c.yaml")).unwrap();
+        assert_eq!(applied(&wait(&mut rx).await), ["c"]);
+
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
