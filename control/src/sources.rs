@@ -302,7 +302,13 @@ async fn next_scan(watch: &mut Option<DirWatch>, dir: &str, interval: Duration) 
 /// stays fail-closed), then the changes (computed per changed file) as they
 /// come.
 pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<SourceMsg>) {
-    let mut watch = DirWatch::new(&dir).ok();
+    let mut watch = match DirWatch::new(&dir) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir, error = %e, "cannot watch the manifest directory (inotify); reading it every {interval:?} only");
+            None
+        }
+    };
     let mut md = ManifestDir::new(&dir);
     let mut first = true;
     let mut last_report = String::new();
