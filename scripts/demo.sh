@@ -36,7 +36,10 @@ check=0
 scripts/root-check.sh "the demo on real packets" || check=$?
 if [ "$check" -eq 1 ]; then exit 1; fi
 cargo build --release -q -p control
-P=$PWD/target/release/portcullis
+# Cargo's output directory (CARGO_TARGET_DIR when set, relative to here if relative).
+T="${CARGO_TARGET_DIR:-target}"
+case "$T" in /*) ;; *) T="$PWD/$T" ;; esac
+P="$T/release/portcullis"
 
 pause() { if [ "${DEMO_PAUSE:-0}" = 1 ] && [ -t 0 ]; then read -r -p "Enter for the next step... " _; fi; }
 

@@ -39,8 +39,11 @@ PORT="${PORT:-19879}"
 
 cargo build --release -q -p control --bin portcullis
 cargo build --release -q -p portcullis-benches --example gen_manifests
-P="$PWD/target/release/portcullis"
-GEN="$PWD/target/release/examples/gen_manifests"
+# Cargo's output directory (CARGO_TARGET_DIR when set, relative to here if relative).
+T="${CARGO_TARGET_DIR:-target}"
+case "$T" in /*) ;; *) T="$PWD/$T" ;; esac
+P="$T/release/portcullis"
+GEN="$T/release/examples/gen_manifests"
 ROOT=0
 [ "$(id -u)" = 0 ] && ROOT=1
 

@@ -209,13 +209,12 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         /// File.
         path: String,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
+        /// Cause (in the message, not a separate source: `{:#}` would print it twice).
+        cause: std::io::Error,
     },
     /// The YAML is invalid or has unknown or mistyped fields.
     #[error("{path}: {message}")]
@@ -275,7 +274,7 @@ impl Config {
     /// Reads and parses a file.
     pub fn load(path: &str) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_string(), source })?;
+            .map_err(|cause| ConfigError::Read { path: path.to_string(), cause })?;
         Config::parse(path, &text)
     }
 

@@ -43,6 +43,7 @@ pub fn load_paths(paths: &[String]) -> Result<State, LoadErrors> {
     let mut state = State::default();
     let mut errs = Vec::new();
     let whole = manifest::LoadError::file;
+    let mut seen: std::collections::HashMap<std::path::PathBuf, String> = Default::default();
     if paths.iter().filter(|p| *p == "-").count() > 1 {
         errs.push(whole("-", "standard input can be read once: give `-` once".into()));
     }
@@ -62,6 +63,17 @@ pub fn load_paths(paths: &[String]) -> Result<State, LoadErrors> {
             _ => vec![p.clone()],
         };
         for f in files {
+            // The same file named twice (`-s a.yaml -s a.yaml`, or a file and its
+            // directory) would report every object of it as defined twice.
+            if f != "-" {
+                let id = std::fs::canonicalize(&f).unwrap_or_else(|_| f.clone().into());
+                if let Some(first) = seen.get(&id) {
+                    let also = if *first == f { String::new() } else { format!(" (also as {first})") };
+                    errs.push(whole(&f, format!("given more than once{also}: name each file once")));
+                    continue;
+                }
+                seen.insert(id, f.clone());
+            }
             match manifest::load(&f).and_then(|s| state.merge(s)) {
                 Ok(()) => {}
                 Err(e) => errs.extend(e.0),

@@ -363,8 +363,9 @@ fn batch(c: &Compiled) -> Result<()> {
         dst: String,
         #[serde(default = "tcp")]
         protocol: serde_json::Value,
+        /// Read wide, so that 70000 gets the same message as 0.
         #[serde(default)]
-        port: Option<u16>,
+        port: Option<i64>,
     }
     fn tcp() -> serde_json::Value {
         serde_json::Value::String("TCP".into())
@@ -386,7 +387,13 @@ fn batch(c: &Compiled) -> Result<()> {
                 serde_json::Value::Number(n) => parse_protocol(&n.to_string())?,
                 other => return Err(format!("protocol must be a name or number, got {other}")),
             };
-            let port = report::flow_port(proto, q.port)?;
+            let port = match q.port {
+                Some(p) => Some(
+                    u16::try_from(p).map_err(|_| format!("port {p} is not a destination port (1-65535)"))?,
+                ),
+                None => None,
+            };
+            let port = report::flow_port(proto, port)?;
             let (src, dst) = report::resolve_pair(&c.cluster, &q.src, &q.dst, None)?;
             let v = c.table.verdict_both(src, dst, proto, port);
             Ok(report::verdict_json(&c.table, src, dst, proto, port, &v))

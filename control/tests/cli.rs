@@ -337,3 +337,47 @@ fn invalid_policy_is_refused_unless_allowed_and_then_fails_closed() {
     assert!(stdout(&o).starts_with("ALLOW"), "the other direction is not isolated: {}", stdout(&o));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A missing configuration file is named once, with its cause once.
+#[test]
+fn a_missing_config_file_is_reported_once() {
+    let o = run(&["run", "--config", "/nonexistent/portcullis-node.yaml"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert_eq!(err.matches("cannot read /nonexistent/portcullis-node.yaml").count(), 1, "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+/// A file named twice, directly or through its directory, is one clear error
+/// per file, not every object of it "defined twice".
+#[test]
+fn a_file_given_twice_is_named_as_such() {
+    let dir = root("examples/stars");
+    let file = format!("{dir}/00-cluster.yaml");
+    let o = run(&["check", "-s", &file, "-s", &dir]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("00-cluster.yaml: given more than once"), "{err}");
+    assert_eq!(err.matches("given more than once").count(), 1, "only the file named twice: {err}");
+    assert!(!err.contains("defined twice"), "{err}");
+    let o = run(&["check", "-s", &file, "-s", &file]);
+    assert!(
+        stderr(&o).contains("00-cluster.yaml: given more than once: name each file once"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A port out of range gets the same message in a JSON line whether it is 0 or too large.
+#[test]
+fn batch_ports_out_of_range_are_named() {
+    let s = root("examples/stars");
+    let o = run_with_stdin(
+        &["query", "-s", &s],
+        "{\"src\":\"10.0.0.1\",\"dst\":\"10.0.0.2\",\"port\":70000}\n{\"src\":\"10.0.0.1\",\"dst\":\"10.0.0.2\",\"port\":0}\n",
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.contains("port 70000 is not a destination port (1-65535)"), "{out}");
+    assert!(out.contains("port 0 is not a destination port (1-65535)"), "{out}");
+}

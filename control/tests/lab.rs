@@ -185,10 +185,16 @@ fn default_deny_blocks_ping_tcp_and_udp() {
     lab.apply(&["default-deny.yaml"], false);
     assert!(!lab.ping("x/a", "y/b", 4), "ping must be denied");
     check(&lab.probe("TCP,UDP", "80,81"), |_, _, _, _| false);
+    // A flood of a denied flow says up front that it measures drops.
+    let flood = ["flood", "--from", "x/a", "--to", "y/b", "--seconds", "0.5", "--attach", "generic"];
+    let out = lab.ok(&flood);
+    assert!(out.contains("note: the lab's policies deny this flow"), "{out}");
     // Back to no policy: everything passes again (the new table is in force).
     lab.apply(&[], true);
     assert!(lab.ping("x/a", "y/b", 4), "ping after removing the policies");
     check(&lab.probe("TCP", "80"), |_, _, _, _| true);
+    let out = lab.ok(&flood);
+    assert!(!out.contains("note:") && out.contains("received"), "{out}");
 }
 
 #[test]

@@ -161,6 +161,18 @@ pub fn flood(args: &FloodArgs) -> Result<(), FloodError> {
             &["add", "rule", "netdev", table, "in", "udp", "dport", &port, "drop"],
         )?;
     }
+    // A flood the lab's policies deny measures drops, not throughput: say so first.
+    if let Ok(objects) = super::policy::load(&super::policy::lab_files(dir)) {
+        let c = objects.compile();
+        let (s, d) = (IpAddr::V4(src_ip), IpAddr::V4(dst_ip));
+        let v = c.table.verdict_both(s, d, 17, args.port);
+        if !v.allowed() {
+            println!(
+                "note: the lab's policies deny this flow, so every frame will be dropped by policy: {}",
+                crate::report::verdict_line(&c.table, s, d, 17, args.port, &v)
+            );
+        }
+    }
     let result = measure(args, dir, src, src_ip, dst, dst_ip, rx);
     if sink {
         let _ = cmd::in_netns(&dst.netns, "nft", &["delete", "table", "netdev", table]);
