@@ -538,7 +538,8 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
     let status = p.status.as_ref();
     match status.and_then(|s| s.phase.as_deref()) {
         Some("Succeeded" | "Failed") => return (None, Vec::new()),
-        None | Some("Pending" | "Running" | "Unknown") => {}
+        // `""` decodes as the absent value in the API server.
+        None | Some("" | "Pending" | "Running" | "Unknown") => {}
         // A misspelled phase keeps the pod an endpoint (isolated), reported.
         Some(other) => errs.push(
             FieldPath::root("status.phase"),
@@ -558,8 +559,19 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
         for (path, text) in listed {
             // Leading zeros (`010.0.0.1`) as the API server reads them in this legacy field.
             match parse_ip_sloppy(text) {
-                Some(ip) if !ips.contains(&ip) => ips.push(ip),
-                Some(_) => {}
+                // At most one address per family, no repeats (validatePodIPs).
+                // Every address listed stays the pod's (isolated); the list is reported.
+                Some(ip) if ips.contains(&ip) => errs.push(path, format!("Duplicate value: {text:?}")),
+                Some(ip) if ips.iter().any(|a| a.is_ipv4() == ip.is_ipv4()) => {
+                    errs.push(
+                        path,
+                        format!(
+                            "Invalid value: {text:?}: may specify no more than one IP for each IP family"
+                        ),
+                    );
+                    ips.push(ip);
+                }
+                Some(ip) => ips.push(ip),
                 None => errs.push(path, format!("invalid IP address {text:?}")),
             }
         }
@@ -583,6 +595,9 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
     let mut named_ports = Vec::new();
     let mut container_ports = Vec::new();
     for (ci, c) in spec.map(|s| s.containers.as_slice()).unwrap_or_default().iter().enumerate() {
+        // A port name is unique within a container (validateContainerPorts);
+        // across containers a repeat is only warned about (docs/semantics.md, D3).
+        let mut names_here: Vec<&str> = Vec::new();
         for (pi, cp) in c.ports.iter().flatten().enumerate() {
             let path = FieldPath::root("spec.containers").index(ci).field("ports").index(pi);
             let protocol = match cp.protocol.as_deref() {
@@ -607,6 +622,11 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
                 errs.push(path.field("name"), m);
                 continue;
             }
+            // Both declarations are kept (a named rule matches either): reported, not dropped.
+            if names_here.contains(&port_name.as_str()) {
+                errs.push(path.field("name"), format!("Duplicate value: {port_name:?}"));
+            }
+            names_here.push(port_name);
             named_ports.push(NamedPort { name: port_name.clone(), protocol, port });
         }
     }

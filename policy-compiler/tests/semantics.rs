@@ -1879,6 +1879,17 @@ fn r33_what_the_api_server_refuses_in_pods_and_namespaces_is_reported_and_fails_
     pods.push(split);
     // Bad names and labels.
     pods.push(pod("x", "Bad_Name", "10.0.1.70", &[("app ", "web")]));
+    // Two IPv4 addresses, one of them twice: each is the pod's, the list is reported.
+    pods.push(pod("x", "two-v4", "10.0.1.80,10.0.1.81,10.0.1.81", &[("app", "web")]));
+    // One port name twice in one container.
+    pods.push(
+        pod("x", "dup-port", "10.0.1.90", &[("app", "web")])
+            .ports(&[("web", "TCP", 8080), ("web", "TCP", 9090)]),
+    );
+    // An empty phase is an absent one: no problem.
+    let mut empty_phase = pod("x", "no-phase", "10.0.1.95", &[("app", "web")]);
+    empty_phase.status.as_mut().unwrap().phase = Some(String::new());
+    pods.push(empty_phase);
     let mut namespaces = base_namespaces();
     namespaces.push(ns("A_b", &[]));
     let c = world(namespaces, pods, &[DENY_ALL_INGRESS_X]);
@@ -1887,7 +1898,33 @@ fn r33_what_the_api_server_refuses_in_pods_and_namespaces_is_reported_and_fails_
     assert_problem(&c, Severity::Error, "Pod x/Bad_Name", "metadata.name", "DNS subdomain");
     assert_problem(&c, Severity::Error, "Pod x/Bad_Name", "metadata.labels[app ]", "invalid label key");
     assert_problem(&c, Severity::Error, "Namespace A_b", "metadata.name", "DNS label");
-    for ip in ["10.0.1.50", "10.0.1.60", "10.0.1.61", "10.0.1.70"] {
+    assert_problem(
+        &c,
+        Severity::Error,
+        "Pod x/two-v4",
+        "status.podIPs[1].ip",
+        "no more than one IP for each IP family",
+    );
+    assert_problem(&c, Severity::Error, "Pod x/two-v4", "status.podIPs[2].ip", "Duplicate value");
+    // (`ports` adds a container after the pod's first.)
+    assert_problem(
+        &c,
+        Severity::Error,
+        "Pod x/dup-port",
+        "spec.containers[1].ports[1].name",
+        "Duplicate value: \"web\"",
+    );
+    assert!(!c.problems.iter().any(|p| p.object.name == "no-phase"), "{:?}", c.problems);
+    for ip in [
+        "10.0.1.50",
+        "10.0.1.60",
+        "10.0.1.61",
+        "10.0.1.70",
+        "10.0.1.80",
+        "10.0.1.81",
+        "10.0.1.90",
+        "10.0.1.95",
+    ] {
         expect(&c, EXT4, ip, TCP, 80, NotPod, Deny(&["x/deny-in"]));
     }
 }
