@@ -203,16 +203,22 @@ pub struct Admission<'a> {
     table: &'a DecisionTable,
     hits: &'a PolicyHits,
     row: usize,
-    /// The packet's flow, as it travels.
-    packet: Flow,
+    /// The packet's flow, as it travels (borrowed: an admission is made for
+    /// every packet, and copying a flow is most of its cost).
+    packet: &'a Flow,
     /// The verdict that denied `packet`'s flow, if asked (for the log). Not
     /// that of another flow conntrack asked about (the reverse orientation
     /// of a mid-stream segment or echo reply): the log names the packet's
     /// source and destination, so it must name the policies of that direction.
     denied: Cell<Option<Verdict>>,
-    /// The last allowing verdict and its flow: conntrack admits the flow it
-    /// just asked about, so counting it needs no second lookup.
-    allowed: Cell<Option<(Flow, Verdict)>>,
+    /// For the last allowing verdict, a fingerprint of its flow and the
+    /// policies that allowed it, [egress, ingress] ([`NO_RULE`]: that side had
+    /// no rule to allow it): conntrack admits the flow it just asked about, so
+    /// counting it needs no second lookup (a different fingerprint looks the
+    /// flow up again). Two integers, not the verdict: copying the verdict the
+    /// lookup just wrote to memory as one wide value stalled store forwarding,
+    /// a fifth of a new connection's cost.
+    allowed: Cell<Option<(u64, [u32; 2])>>,
     /// The port the packet arrived on (for the node's exemption).
     in_port: PortId,
     /// The node's addresses: a tracked connection from one of them that is
@@ -223,12 +229,12 @@ pub struct Admission<'a> {
 
 impl<'a> Admission<'a> {
     /// `table`, counting into row `row` of `hits`, for a packet whose flow is `packet`.
-    pub fn new(table: &'a DecisionTable, hits: &'a PolicyHits, row: usize, packet: &Flow) -> Self {
+    pub fn new(table: &'a DecisionTable, hits: &'a PolicyHits, row: usize, packet: &'a Flow) -> Self {
         Admission {
             table,
             hits,
             row,
-            packet: *packet,
+            packet,
             in_port: 0,
             node: None,
             denied: Cell::new(None),
@@ -256,6 +262,17 @@ impl<'a> Admission<'a> {
     }
 }
 
+/// A cheap summary of a flow, direction included: which flow a remembered
+/// verdict is for. (Conntrack admits the flow it last found allowed, so this
+/// only guards against a caller that does not; a collision could at worst
+/// count a hit for the wrong rule, never change a decision.)
+#[inline]
+fn fingerprint(f: &Flow) -> u64 {
+    let fold = |a: u128| a as u64 ^ (a >> 64) as u64;
+    let ports = u64::from(f.src_port) << 48 | u64::from(f.dst_port) << 32 | u64::from(f.proto);
+    fold(f.src.0).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ fold(f.dst.0).rotate_left(17) ^ ports
+}
+
 impl Policy for Admission<'_> {
     #[inline]
     fn allows(&self, flow: &Flow) -> bool {
@@ -263,7 +280,7 @@ impl Policy for Admission<'_> {
         // flow (a tracked connection re-checked on a packet of its other side):
         // exempt when it comes from a node address, as it was when admitted.
         let exempt = match self.node {
-            Some(a) if *flow == self.packet => a.from_node(flow.src.ip(), self.in_port),
+            Some(a) if flow == self.packet => a.from_node(flow.src.ip(), self.in_port),
             Some(a) => a.is_node(flow.src.ip()),
             None => false,
         };
@@ -272,8 +289,8 @@ impl Policy for Admission<'_> {
         }
         let v = self.verdict(flow);
         if v.allowed() {
-            self.allowed.set(Some((*flow, v)));
-        } else if *flow == self.packet {
+            self.allowed.set(Some((fingerprint(flow), [rule_policy(v.egress), rule_policy(v.ingress)])));
+        } else if flow == self.packet {
             self.denied.set(Some(v));
         }
         v.allowed()
@@ -281,22 +298,62 @@ impl Policy for Admission<'_> {
 
     #[inline]
     fn admitted(&self, flow: &Flow) {
-        let v = match self.allowed.get() {
-            Some((f, v)) if f == *flow => v,
-            _ => self.verdict(flow),
+        let [egress, ingress] = match self.allowed.get() {
+            Some((f, policies)) if f == fingerprint(flow) => policies,
+            _ => {
+                let v = self.verdict(flow);
+                [rule_policy(v.egress), rule_policy(v.ingress)]
+            }
         };
-        if let Side::Allowed(r) = v.egress {
-            self.hits.add(self.row, r.policy, HitDirection::Egress);
+        if egress != NO_RULE {
+            self.hits.add(self.row, egress, HitDirection::Egress);
         }
-        if let Side::Allowed(r) = v.ingress {
-            self.hits.add(self.row, r.policy, HitDirection::Ingress);
+        if ingress != NO_RULE {
+            self.hits.add(self.row, ingress, HitDirection::Ingress);
         }
+    }
+}
+
+/// No rule allowed that side (it was not isolated, or not a pod).
+const NO_RULE: u32 = u32::MAX;
+
+/// The policy whose rule allowed a side, or [`NO_RULE`].
+#[inline]
+fn rule_policy(side: Side) -> u32 {
+    match side {
+        Side::Allowed(r) => r.policy,
+        _ => NO_RULE,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counting a connection uses the verdict remembered from the question
+    /// about that same flow; for another flow it looks the table up again.
+    #[test]
+    fn admitted_counts_the_admitted_flows_rules_not_the_last_questions() {
+        use crate::testing::{client_server_table, Host};
+        let table = client_server_table();
+        let server =
+            (0..table.policy_slots() as u32).find(|&i| table.policy(i).1 == "server-ingress").unwrap();
+        let hits = PolicyHits::new(table.policy_slots(), 1);
+        let (c, s, o) = (Host::new(1), Host::new(2), Host::new(3));
+        let to_server = Flow { src: c.addr4(), dst: s.addr4(), proto: 6, src_port: 40000, dst_port: 80 };
+        let to_other = Flow { dst: o.addr4(), ..to_server };
+        let a = Admission::new(&table, &hits, 0, &to_server);
+        assert!(a.allows(&to_server) && a.allows(&to_other));
+        // The last question was `to_other` (no rule: nothing isolates it).
+        a.admitted(&to_server);
+        assert_eq!(hits.total(server as usize, HitDirection::Ingress), 1);
+        let a = Admission::new(&table, &hits, 0, &to_server);
+        assert!(a.allows(&to_server));
+        a.admitted(&to_other);
+        assert_eq!(hits.total(server as usize, HitDirection::Ingress), 1, "to_other matched no rule");
+        a.admitted(&to_server);
+        assert_eq!(hits.total(server as usize, HitDirection::Ingress), 2);
+    }
 
     #[test]
     fn hits_sum_over_rows_and_ignore_out_of_range() {
