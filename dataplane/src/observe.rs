@@ -76,7 +76,9 @@ impl PolicyHits {
 
     #[inline]
     fn add(&self, row: usize, policy: u32, dir: HitDirection) {
-        let i = (row % self.rows) * self.width + policy as usize * 2 + dir as usize;
+        // A worker's own row without a division (this runs for every new connection).
+        let row = if row < self.rows { row } else { row % self.rows };
+        let i = row * self.width + policy as usize * 2 + dir as usize;
         if let Some(c) = self.counts.get(i) {
             c.fetch_add(1, Relaxed);
         }

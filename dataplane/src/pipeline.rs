@@ -515,13 +515,14 @@ impl Pipeline {
             }
         }
         self.switch.learn(in_port, &frame, now);
-        let verdict = match frame.class {
+        // By reference: binding the packet by value copied it out of the frame.
+        let verdict = match &frame.class {
             Class::Arp | Class::NeighbourDiscovery => None,
             Class::Other(_) if self.forward_non_ip => None,
             Class::Other(_) => Some(DropReason::NonIp),
             Class::Ip(_) if !self.enforce => None,
             Class::Ip(_) if self.current.fail_closed => Some(DropReason::FailClosed),
-            Class::Ip(pkt) => self.ip(&pkt, in_port, now),
+            Class::Ip(pkt) => self.ip(pkt, in_port, now),
         };
         if let Some(reason) = verdict {
             return Action::Drop(reason);
