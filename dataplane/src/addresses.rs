@@ -176,6 +176,12 @@ impl Addresses {
         self.pod_ports
     }
 
+    /// Were the node's addresses given? (Without them nothing is exempt.)
+    #[inline]
+    pub fn any_node_address(&self) -> bool {
+        !self.node.is_empty()
+    }
+
     /// The pod behind `port`, if it leads to one.
     #[inline]
     pub fn pod_at(&self, port: PortId) -> Option<&PodAddrs> {

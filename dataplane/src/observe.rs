@@ -249,7 +249,9 @@ impl<'a> Admission<'a> {
     /// arrives; see [`crate::addresses`]); such a connection counts a policy
     /// hit only when a rule of the table allows it too.
     pub fn with_node(self, addresses: &'a Addresses, in_port: PortId) -> Self {
-        Admission { in_port, node: Some(addresses), ..self }
+        // Without node addresses there is nothing to exempt: skip the test per question.
+        let node = addresses.any_node_address().then_some(addresses);
+        Admission { in_port, node, ..self }
     }
 
     /// The verdict that denied the packet's own flow, if policy was asked
@@ -270,9 +272,10 @@ impl<'a> Admission<'a> {
 /// count a hit for the wrong rule, never change a decision.)
 #[inline]
 fn fingerprint(f: &Flow) -> u64 {
-    let fold = |a: u128| a as u64 ^ (a >> 64) as u64;
-    let ports = u64::from(f.src_port) << 48 | u64::from(f.dst_port) << 32 | u64::from(f.proto);
-    fold(f.src.0).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ fold(f.dst.0).rotate_left(17) ^ ports
+    // The low 64 bits hold all of an IPv4 address and the interface part of an
+    // IPv6 one; source and destination are mixed differently, so a flow and
+    // its reverse differ.
+    (f.src.0 as u64).rotate_left(29) ^ f.dst.0 as u64 ^ (u64::from(f.src_port) << 16 | u64::from(f.dst_port))
 }
 
 impl Policy for Admission<'_> {
