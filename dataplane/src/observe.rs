@@ -6,9 +6,9 @@
 //!  conntrack miss ── Admission::allows ── table.verdict ─┬─ allowed: remembered; once the connection has
 //!                                                        │  a slot, Admission::admitted →
 //!                                                        │  PolicyHits[row][policy, direction] += 1
-//!                                                        └─ denied (the packet's own flow): remembered; if
-//!                                                           the packet drops as Drop(Policy),
-//!                                                           DenyLog::offer → bounded channel
+//!                                                        └─ denied: if the packet drops as Drop(Policy)
+//!                                                           and the log has a token, its own flow is
+//!                                                           looked up again → bounded channel
 //!  control plane: sums PolicyHits rows (per table generation); drains the channel and logs
 //! ```
 //!
@@ -172,10 +172,12 @@ impl DenyLog {
         self.tx.is_some()
     }
 
-    /// Sends `flow` if the bucket has a token; counts it in `suppressed`
-    /// otherwise (no token, or the channel is full).
+    /// Sends the record `make` builds if the bucket has a token; counts it in
+    /// `suppressed` otherwise (no token, or the channel is full). `make` runs
+    /// only with a token: what it costs (a second lookup of the flow) is
+    /// bounded by the rate.
     #[inline]
-    pub fn offer(&mut self, flow: DeniedFlow, now: u64, suppressed: &Counter) {
+    pub fn offer(&mut self, make: impl FnOnce() -> DeniedFlow, now: u64, suppressed: &Counter) {
         let Some(tx) = &self.tx else { return };
         let elapsed = now.saturating_sub(self.refilled);
         // `interval` is at least 1000 (see `new`); `checked_div` makes a zero
@@ -190,7 +192,7 @@ impl DenyLog {
             return;
         }
         self.tokens -= 1;
-        match tx.try_send(flow) {
+        match tx.try_send(make()) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => suppressed.inc(),
         }
@@ -198,9 +200,7 @@ impl DenyLog {
 }
 
 /// The table as conntrack sees it on a worker, for one packet: counts the
-/// policies that allowed each connection conntrack admits into `hits`, and
-/// remembers the verdict that denied the packet's own flow for the
-/// denied-flow log.
+/// policies that allowed each connection conntrack admits into `hits`.
 pub struct Admission<'a> {
     table: &'a DecisionTable,
     hits: &'a PolicyHits,
@@ -208,11 +208,6 @@ pub struct Admission<'a> {
     /// The packet's flow, as it travels (borrowed: an admission is made for
     /// every packet, and copying a flow is most of its cost).
     packet: &'a Flow,
-    /// The verdict that denied `packet`'s flow, if asked (for the log). Not
-    /// that of another flow conntrack asked about (the reverse orientation
-    /// of a mid-stream segment or echo reply): the log names the packet's
-    /// source and destination, so it must name the policies of that direction.
-    denied: Cell<Option<Verdict>>,
     /// For the last allowing verdict, a fingerprint of its flow and the
     /// policies that allowed it, [egress, ingress] ([`NO_RULE`]: that side had
     /// no rule to allow it): conntrack admits the flow it just asked about, so
@@ -232,16 +227,7 @@ pub struct Admission<'a> {
 impl<'a> Admission<'a> {
     /// `table`, counting into row `row` of `hits`, for a packet whose flow is `packet`.
     pub fn new(table: &'a DecisionTable, hits: &'a PolicyHits, row: usize, packet: &'a Flow) -> Self {
-        Admission {
-            table,
-            hits,
-            row,
-            packet,
-            in_port: 0,
-            node: None,
-            denied: Cell::new(None),
-            allowed: Cell::new(None),
-        }
+        Admission { table, hits, row, packet, in_port: 0, node: None, allowed: Cell::new(None) }
     }
 
     /// Also allows the packet's connection when it comes from the node (one
@@ -252,12 +238,6 @@ impl<'a> Admission<'a> {
         // Without node addresses there is nothing to exempt: skip the test per question.
         let node = addresses.any_node_address().then_some(addresses);
         Admission { in_port, node, ..self }
-    }
-
-    /// The verdict that denied the packet's own flow, if policy was asked
-    /// about it and denied it.
-    pub fn denied(&self) -> Option<Verdict> {
-        self.denied.get()
     }
 
     #[inline]
@@ -295,8 +275,6 @@ impl Policy for Admission<'_> {
         let v = self.verdict(flow);
         if v.allowed() {
             self.allowed.set(Some((fingerprint(flow), [rule_policy(v.egress), rule_policy(v.ingress)])));
-        } else if flow == self.packet {
-            self.denied.set(Some(v));
         }
         v.allowed()
     }
@@ -393,19 +371,22 @@ mod tests {
         let suppressed = Counter::default();
         let mut log = DenyLog::new(tx, 2);
         for port in 0..5 {
-            log.offer(denied(port), 0, &suppressed);
+            log.offer(|| denied(port), 0, &suppressed);
         }
         assert_eq!(rx.try_iter().count(), 2, "burst of two");
         assert_eq!(suppressed.get(), 3);
         // Half a second later: one token back.
         for port in 0..3 {
-            log.offer(denied(port), NANOS_PER_SEC / 2, &suppressed);
+            log.offer(|| denied(port), NANOS_PER_SEC / 2, &suppressed);
         }
         assert_eq!(rx.try_iter().map(|d| d.port).collect::<Vec<_>>(), vec![0]);
         assert_eq!(suppressed.get(), 5);
+        // Without a token the record (a second table lookup) is not even built.
+        log.offer(|| unreachable!("built without a token"), NANOS_PER_SEC / 2, &suppressed);
+        assert_eq!(suppressed.get(), 6);
         // Ten seconds idle: the bucket holds at most `per_second`.
         for port in 0..5 {
-            log.offer(denied(port), 10 * NANOS_PER_SEC, &suppressed);
+            log.offer(|| denied(port), 10 * NANOS_PER_SEC, &suppressed);
         }
         assert_eq!(rx.try_iter().count(), 2);
     }
@@ -421,7 +402,7 @@ mod tests {
             let mut log = DenyLog::new(tx, rate);
             assert!(log.enabled());
             for (i, now) in [0, 1, 999, NANOS_PER_SEC, u64::MAX / 2, u64::MAX].into_iter().enumerate() {
-                log.offer(denied(i as u16), now, &suppressed);
+                log.offer(|| denied(i as u16), now, &suppressed);
             }
             assert_eq!(rx.try_iter().count(), 6, "rate {rate}");
             assert_eq!(suppressed.get(), 0);
@@ -433,7 +414,7 @@ mod tests {
         let mut log = DenyLog::new(tx, u32::MAX);
         let mut sent = 0;
         for _ in 0..=MAX_DENY_LOG_PER_SECOND {
-            log.offer(denied(1), 5, &suppressed);
+            log.offer(|| denied(1), 5, &suppressed);
             sent += rx.try_iter().count();
         }
         assert_eq!((sent, suppressed.get()), (MAX_DENY_LOG_PER_SECOND as usize, 1));
@@ -445,7 +426,7 @@ mod tests {
         let suppressed = Counter::default();
         let mut log = DenyLog::new(tx, 0);
         assert!(!log.enabled());
-        log.offer(denied(1), 0, &suppressed);
+        log.offer(|| denied(1), 0, &suppressed);
         assert_eq!(rx.try_iter().count(), 0);
         assert_eq!(suppressed.get(), 0);
     }

@@ -605,16 +605,19 @@ impl Pipeline {
         let verdict = match self.conntrack.packet(pkt, &admission, t.generation, now) {
             Outcome::Pass(_) => None,
             Outcome::Drop(CtDrop::Policy) => {
-                if let (true, Some(v)) = (self.deny_log.enabled(), admission.denied()) {
-                    let f = &pkt.flow;
-                    let record = DeniedFlow {
+                if self.deny_log.enabled() {
+                    // Conntrack denied the packet's own flow (in both orientations, for
+                    // a mid-stream segment): the log names the policies of the packet's
+                    // own direction, looked up again only when the rate allows a line.
+                    let (f, worker, generation) = (&pkt.flow, self.worker, t.generation);
+                    let record = || DeniedFlow {
                         src: f.src.ip(),
                         dst: f.dst.ip(),
                         protocol: f.proto,
                         port: f.policy_port(),
-                        verdict: v,
-                        generation: t.generation,
-                        worker: self.worker,
+                        verdict: t.table.verdict(f.src.ip(), f.dst.ip(), f.proto, f.policy_port()),
+                        generation,
+                        worker,
                     };
                     self.deny_log.offer(record, now, &self.counters.denied_log_suppressed);
                 }
