@@ -233,20 +233,12 @@ impl Enforcer {
 }
 
 /// What a denied-flow log line says of the sides: which denied (`egress`,
-/// `ingress` or `both`) and the isolating policies of each denying side. The
-/// workers stop at the first denying side (ingress, see
-/// [`DecisionTable::verdict`]), so a skipped egress side is evaluated here,
-/// off the packet path, with the table that decided (when it is still held;
-/// otherwise only the ingress side is named).
+/// `ingress` or `both`) and the isolating policies of each denying side.
 fn denied_fields(
     table: Option<&PublishedTable>,
     d: &DeniedFlow,
 ) -> (&'static str, Option<String>, Option<String>) {
-    let egress = match (d.verdict.egress, table) {
-        (Side::Skipped, Some(t)) => t.table.verdict_both(d.src, d.dst, d.protocol, d.port).egress,
-        (side, _) => side,
-    };
-    let (egress, ingress) = (denying(table, egress), denying(table, d.verdict.ingress));
+    let (egress, ingress) = (denying(table, d.verdict.egress), denying(table, d.verdict.ingress));
     let denied_by = match (&egress, &ingress) {
         (Some(_), Some(_)) => "both",
         (Some(_), None) => "egress",
@@ -476,17 +468,16 @@ spec: {podSelector: {}}
             dst,
             protocol: 6,
             port: 80,
-            verdict: t.table.verdict(src, dst, 6, 80),
+            verdict: t.table.verdict_both(src, dst, 6, 80),
             generation: 7,
             worker: 0,
         }
     }
 
     #[test]
-    fn a_log_line_names_the_egress_side_the_workers_skipped() {
+    fn a_log_line_names_every_denying_side() {
         let t = both_deny();
         let d = denied(&t, "10.0.0.1", "10.0.0.2");
-        assert_eq!(d.verdict.egress, Side::Skipped, "the packet path stops at the ingress denial");
         let (by, egress, ingress) = denied_fields(Some(&t), &d);
         assert_eq!(by, "both");
         assert_eq!(egress.as_deref(), Some("x/no-egress"));
@@ -494,8 +485,8 @@ spec: {podSelector: {}}
         // Egress only (b -> a: a's ingress is open, b's egress too; a -> a: egress denies).
         let d = denied(&t, "10.0.0.1", "10.0.0.1");
         assert_eq!(denied_fields(Some(&t), &d), ("egress", Some("x/no-egress".into()), None));
-        // The table that decided is gone: the ingress side is still named, as unknown.
+        // The table that decided is gone: both sides are still named, as unknown.
         let d = denied(&t, "10.0.0.1", "10.0.0.2");
-        assert_eq!(denied_fields(None, &d), ("ingress", None, Some("?".into())));
+        assert_eq!(denied_fields(None, &d), ("both", Some("?".into()), Some("?".into())));
     }
 }

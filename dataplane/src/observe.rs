@@ -105,9 +105,8 @@ pub struct DeniedFlow {
     pub protocol: u8,
     /// Destination port (0 for protocols without ports).
     pub port: u16,
-    /// The verdict that denied it: the ingress side [`Side::Denied`] with the
-    /// egress side [`Side::Skipped`] (the lookup stops at the first denial), or
-    /// the egress side denied after the ingress side allowed.
+    /// Both sides of the verdict (at least one is [`Side::Denied`]; built with
+    /// `verdict_both`, so neither is skipped).
     pub verdict: Verdict,
     /// Generation of the table that decided.
     pub generation: u64,
@@ -359,7 +358,7 @@ mod tests {
             dst: "10.0.0.2".parse().unwrap(),
             protocol: 6,
             port,
-            verdict: Verdict { egress: Side::Skipped, ingress: Side::Denied(policy_compiler::SideId(0)) },
+            verdict: Verdict { egress: Side::NotPod, ingress: Side::Denied(policy_compiler::SideId(0)) },
             generation: 1,
             worker: 0,
         }

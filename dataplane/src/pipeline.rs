@@ -607,15 +607,15 @@ impl Pipeline {
             Outcome::Drop(CtDrop::Policy) => {
                 if self.deny_log.enabled() {
                     // Conntrack denied the packet's own flow (in both orientations, for
-                    // a mid-stream segment): the log names the policies of the packet's
-                    // own direction, looked up again only when the rate allows a line.
+                    // a mid-stream segment): the log names both sides of the packet's own
+                    // direction, looked up again only when the rate allows a line.
                     let (f, worker, generation) = (&pkt.flow, self.worker, t.generation);
                     let record = || DeniedFlow {
                         src: f.src.ip(),
                         dst: f.dst.ip(),
                         protocol: f.proto,
                         port: f.policy_port(),
-                        verdict: t.table.verdict(f.src.ip(), f.dst.ip(), f.proto, f.policy_port()),
+                        verdict: t.table.verdict_both(f.src.ip(), f.dst.ip(), f.proto, f.policy_port()),
                         generation,
                         worker,
                     };

@@ -446,9 +446,8 @@ fn allowed_connections_are_counted_per_policy_and_denied_ones_logged_at_a_bounde
     assert_eq!(counters.snapshot().denied_log_suppressed, 3);
     let d = logged[0];
     assert_eq!((d.src, d.dst, d.protocol, d.port, d.generation), (o.v4(), s.v4(), 6, 80, 1));
-    // The lookup stopped at the ingress denial (the control plane evaluates
-    // the egress side for the log line).
-    assert_eq!(d.verdict.egress, Side::Skipped);
+    // Both sides are named (the record is built with `verdict_both`).
+    assert_eq!(d.verdict.egress, Side::NotIsolated);
     assert!(matches!(d.verdict.ingress, Side::Denied(_)), "{:?}", d.verdict);
     assert_eq!(hits.total(server_ingress as usize, HitDirection::Ingress), 3);
     // A second later the bucket has refilled.
@@ -512,7 +511,7 @@ fn denied_flow_log_blames_the_packets_own_direction() {
     for (port, a, b) in [(0, &c, &s), (1, &s, &c)] {
         assert_eq!(p.process(port, &testing::arp_request(a, b), 0), Action::Flood);
     }
-    let verdict = |src: IpAddr, dst: IpAddr, port: u16| tables.load().table.verdict(src, dst, 6, port);
+    let verdict = |src: IpAddr, dst: IpAddr, port: u16| tables.load().table.verdict_both(src, dst, 6, port);
     // server:81 -> client:40000 is denied by the client's ingress policy; the
     // reverse (client -> server:81) by the server's: two different verdicts.
     let forward = verdict(s.v4(), c.v4(), 40000);
