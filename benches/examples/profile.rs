@@ -12,7 +12,14 @@
 //! target/release/examples/profile split 10000
 //! target/release/examples/profile patch 10000 10000
 //! target/release/examples/profile rollout 10000 10000
+//! target/release/examples/profile namespace 10000 10000
 //! ```
+//!
+//! `namespace PODS POLICIES` creates 20 namespaces, one after the other,
+//! each labelled like the generated ones (so namespace selectors of other
+//! policies match it), then its first pod, then a second pod with other
+//! labels, then deletes the pods and the namespace, and prints how each step
+//! was compiled and its time.
 //!
 //! `rollout PODS POLICIES` gives 20 pods, one after the other, a label set
 //! new to their namespace (a rollout's new `pod-template-hash`) and prints
@@ -64,6 +71,9 @@ fn main() {
     }
     if mode == "rollout" {
         return rollout(pods, policies);
+    }
+    if mode == "namespace" {
+        return namespace(pods, policies);
     }
     let cluster = generate(pods, policies, 1);
     let t = Instant::now();
@@ -210,6 +220,56 @@ fn rollout(pods: usize, policies: usize) {
             }
             other => println!("{ms:.2} ms: {other:?}"),
         }
+    }
+}
+
+fn namespace(pods: usize, policies: usize) {
+    use policy_compiler::model::NamespaceInfo;
+    use policy_compiler::{Compilation, IncrementalCompiler, NamespaceChange, PodChange};
+    let cluster = generate(pods, policies, 1);
+    let mut inc = IncrementalCompiler::new(cluster.clone());
+    let show = |what: &str, ms: f64, how: Compilation| match how {
+        Compilation::Full { reason } => println!("  {what}: {ms:.2} ms, full compile ({reason})"),
+        Compilation::NamespacesPatched { namespaces, .. } | Compilation::PodsPatched { namespaces, .. } => {
+            println!("  {what}: {ms:.2} ms, patch, sides of {} namespace(s) rebuilt", namespaces.len())
+        }
+        other => println!("  {what}: {ms:.2} ms, {other:?}"),
+    };
+    for round in 0..20 {
+        // A namespace like a generated one (its labels), under a new name.
+        let like = &cluster.namespaces[1 + round * 7 % (cluster.namespaces.len() - 1)];
+        let name = format!("new-{round}");
+        let mut labels = like.labels.clone();
+        labels.insert("kubernetes.io/metadata.name".into(), name.clone());
+        println!("round {round} (labels of {}):", like.name);
+        let ns = NamespaceInfo { name: name.clone(), labels };
+        let t = Instant::now();
+        let how = inc.apply_namespaces(vec![NamespaceChange { name: name.clone(), namespace: Some(ns) }]);
+        show("namespace created", t.elapsed().as_secs_f64() * 1e3, how);
+        // Pods with the labels of pods of the namespace it resembles.
+        let siblings: Vec<_> = cluster.pods.iter().filter(|p| p.namespace == like.name).collect();
+        let mut names = Vec::new();
+        for (k, what) in [(0, "its first pod"), (siblings.len() / 2, "a pod with other labels")] {
+            let mut p = siblings[k].clone();
+            p.namespace = name.clone();
+            p.ips = vec![std::net::IpAddr::from([100, 100, round as u8, k as u8])];
+            names.push(p.name.clone());
+            let t = Instant::now();
+            let how = inc.apply_pods(vec![PodChange {
+                namespace: name.clone(),
+                name: p.name.clone(),
+                pod: Some(p),
+            }]);
+            show(what, t.elapsed().as_secs_f64() * 1e3, how);
+        }
+        let gone =
+            names.into_iter().map(|n| PodChange { namespace: name.clone(), name: n, pod: None }).collect();
+        let t = Instant::now();
+        let how = inc.apply_pods(gone);
+        show("pods deleted", t.elapsed().as_secs_f64() * 1e3, how);
+        let t = Instant::now();
+        let how = inc.apply_namespaces(vec![NamespaceChange { name, namespace: None }]);
+        show("namespace deleted", t.elapsed().as_secs_f64() * 1e3, how);
     }
 }
 

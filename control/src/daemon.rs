@@ -493,13 +493,14 @@ fn touch(shared: &Shared, source: SourceId, kind: Kind, now: Instant, health: Op
 
 /// How a table was compiled, and how long that took.
 struct Compiled {
-    /// In the order applied: pod changes, then policy changes.
+    /// In the order applied: namespace changes, pod changes, then policy changes.
     kinds: Vec<Compilation>,
     took: Duration,
 }
 
-/// Brings the compiler up to date with the index: patches when only pods
-/// and policies changed, a full compile of a fresh snapshot otherwise.
+/// Brings the compiler up to date with the index: patches when only
+/// namespaces, pods and policies changed, a full compile of a fresh snapshot
+/// otherwise (a relist, or the first table).
 fn compile(index: &mut Index, compiler: &mut Option<IncrementalCompiler>, share_max: f64) -> Compiled {
     let t0 = Instant::now();
     let pending = index.take_pending();
@@ -507,7 +508,7 @@ fn compile(index: &mut Index, compiler: &mut Option<IncrementalCompiler>, share_
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| patch(pending, compiler, share_max)));
     let reason = match patched {
         Ok(Some(kinds)) => return Compiled { kinds, took: t0.elapsed() },
-        Ok(None) if compiler.is_some() => "namespaces changed or objects relisted".to_string(),
+        Ok(None) if compiler.is_some() => "objects relisted".to_string(),
         Ok(None) => "first table".to_string(),
         Err(panic) => {
             // A bug in the patch code: its state is suspect, so start over
@@ -528,7 +529,7 @@ fn compile(index: &mut Index, compiler: &mut Option<IncrementalCompiler>, share_
 }
 
 /// The patch half of [`compile`]: `None` when `pending` needs a full compile
-/// of a fresh snapshot (structural changes, or no compiler yet).
+/// of a fresh snapshot (a relist, or no compiler yet).
 fn patch(
     pending: Pending,
     compiler: &mut Option<IncrementalCompiler>,
@@ -539,8 +540,12 @@ fn patch(
         panic!("injected by a test");
     }
     match (pending, compiler.as_mut()) {
-        (Pending::Objects { pods, policies }, Some(c)) => {
+        (Pending::Objects { namespaces, pods, policies }, Some(c)) => {
             let mut kinds = Vec::new();
+            // Namespaces first: a pod or policy may name one that arrives in the same batch.
+            if !namespaces.is_empty() {
+                kinds.push(c.apply_namespaces(namespaces));
+            }
             if !pods.is_empty() {
                 kinds.push(c.apply_pods(pods));
             }
@@ -609,6 +614,15 @@ fn publish_now(
             }
             Compilation::PodsPatched { pods, namespaces } => {
                 format!("patch of {pods} pod(s) and of namespace(s) {}", namespaces.join(", "))
+            }
+            Compilation::NamespacesPatched { changed, namespaces } if namespaces.is_empty() => {
+                format!("patch of {changed} namespace change(s)")
+            }
+            Compilation::NamespacesPatched { changed, namespaces } => {
+                format!(
+                    "patch of {changed} namespace change(s) and of namespace(s) {}",
+                    namespaces.join(", ")
+                )
             }
         })
         .collect();
@@ -826,7 +840,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn policy_and_pod_changes_are_patched_unknown_namespaces_compile_in_full_and_quiet_time_compacts() {
+    async fn policy_pod_and_namespace_changes_are_patched_and_quiet_time_compacts() {
         // Any patch asks for a compaction.
         let (tx, shared, out, owner) = start_owner(0.0);
         let labelled = |name: &str, app: &str, ip: &str| -> Object {
@@ -879,14 +893,22 @@ mod tests {
             shared.status_now().compilation.as_deref(),
             Some("patch of 1 pod(s) and of namespace(s) x")
         );
-        // A pod in a namespace the table does not know: a full compile.
+        // A pod in a namespace the table does not know: the namespace is
+        // assumed (only its name label), the pod is the first identity of
+        // its own new block, and only its own namespace's sides are built.
         let elsewhere = "metadata: {name: d, namespace: w}\nstatus: {podIP: 10.0.0.9}";
         tx.send(change(Change::Apply(Object::Pod(Box::new(yaml(elsewhere)))))).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
             shared.status_now().compilation.as_deref(),
-            Some("full (pod w/d is in a namespace new to the table)")
+            Some("patch of 1 pod(s) and of namespace(s) w")
         );
+        // Its Namespace object, arriving later with a label: a patch too.
+        let w = Object::Namespace(Box::new(yaml("metadata: {name: w, labels: {team: blue}}")));
+        tx.send(change(Change::Apply(w))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(shared.status_now().compilation.as_deref(), Some("patch of 1 namespace change(s)"));
+        assert_eq!(shared.status_now().table.namespaces, 2);
 
         // Another replica of b: a patch of that pod alone, and it is let in like b.
         let b2: IpAddr = "10.0.0.4".parse().unwrap();

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::networking::v1 as netv1;
 use policy_compiler::model::{NamespaceInfo, PodInfo, Policy};
 use policy_compiler::validate;
-use policy_compiler::{Cluster, PodChange, PolicyChange, Problem};
+use policy_compiler::{Cluster, NamespaceChange, PodChange, PolicyChange, Problem};
 
 /// Kinds the index holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -92,7 +92,9 @@ pub struct Index {
     dirty_policies: std::collections::BTreeSet<(String, String)>,
     /// Pods changed since then.
     dirty_pods: std::collections::BTreeSet<(String, String)>,
-    /// A namespace changed, or a kind was relisted, since then.
+    /// Namespaces changed since then.
+    dirty_namespaces: std::collections::BTreeSet<String>,
+    /// A kind was relisted since then.
     structural: bool,
     /// Objects per kind, and the keys of objects with problems: kept up to
     /// date so that a publication does not walk every object.
@@ -103,12 +105,14 @@ pub struct Index {
 /// What changed since the last compile, as [`Index::take_pending`] reports it.
 #[derive(Debug)]
 pub enum Pending {
-    /// Namespaces changed (or a relist): compile a full snapshot.
+    /// A kind was relisted: compile a full snapshot.
     Structural,
-    /// Only these pods and policies changed (each one's current validated
-    /// form, or `None` when it is gone or, for a pod, not a policy
+    /// Only these namespaces, pods and policies changed (each one's current
+    /// validated form, or `None` when it is gone or, for a pod, not a policy
     /// endpoint): a patch may do.
     Objects {
+        /// Changed namespaces.
+        namespaces: Vec<NamespaceChange>,
         /// Changed pods.
         pods: Vec<PodChange>,
         /// Changed policies.
@@ -192,7 +196,9 @@ impl Index {
             Kind::Pod => {
                 self.dirty_pods.insert(key);
             }
-            Kind::Namespace => self.structural = true,
+            Kind::Namespace => {
+                self.dirty_namespaces.insert(key.1);
+            }
         }
     }
 
@@ -201,9 +207,21 @@ impl Index {
     pub fn take_pending(&mut self) -> Pending {
         let dirty = std::mem::take(&mut self.dirty_policies);
         let dirty_pods = std::mem::take(&mut self.dirty_pods);
+        let dirty_namespaces = std::mem::take(&mut self.dirty_namespaces);
         if std::mem::take(&mut self.structural) {
             return Pending::Structural;
         }
+        let namespaces = dirty_namespaces
+            .into_iter()
+            .map(|name| {
+                let (namespace, (_, name)) =
+                    self.current(Kind::Namespace, (String::new(), name), |e| match e {
+                        Entry::Namespace(n) => Some(n.clone()),
+                        _ => None,
+                    });
+                NamespaceChange { name, namespace }
+            })
+            .collect();
         let pods = dirty_pods
             .into_iter()
             .map(|key| {
@@ -224,7 +242,7 @@ impl Index {
                 PolicyChange { namespace, name, policy }
             })
             .collect();
-        Pending::Objects { pods, policies }
+        Pending::Objects { namespaces, pods, policies }
     }
 
     /// What `pick` takes from the object of this kind and key (`None` when it is gone), and the key.
@@ -501,7 +519,9 @@ mod tests {
             Object::Namespace(Box::new(yaml(&format!("metadata: {{name: x, labels: {{{labels}}}}}"))))
         };
         assert!(idx.apply(0, Change::Apply(ns("team: a"))));
-        assert!(matches!(idx.take_pending(), Pending::Structural));
+        assert!(
+            matches!(idx.take_pending(), Pending::Objects { ref namespaces, .. } if namespaces.len() == 1)
+        );
         // A namespace whose annotations changed, and a pod whose readiness did: the
         // compiler reads neither, so nothing is pending and the generation stays.
         let generation = idx.generation();
@@ -516,13 +536,26 @@ mod tests {
         )));
         assert!(!idx.apply(0, Change::Apply(ready)));
         assert!(
-            matches!(idx.take_pending(), Pending::Objects { ref pods, ref policies } if pods.is_empty() && policies.is_empty())
+            matches!(idx.take_pending(), Pending::Objects { ref namespaces, ref pods, ref policies } if namespaces.is_empty() && pods.is_empty() && policies.is_empty())
         );
         assert_eq!(idx.generation(), generation + 1, "only the new pod counted");
         // The same object from another source changes its owner: a change.
         assert!(idx.apply(1, Change::Apply(ns("team: a"))));
         // A label change is one.
         assert!(idx.apply(1, Change::Apply(ns("team: b"))));
-        assert!(matches!(idx.take_pending(), Pending::Structural));
+        match idx.take_pending() {
+            Pending::Objects { namespaces, pods, policies } => {
+                assert!(pods.is_empty() && policies.is_empty());
+                assert_eq!(namespaces.len(), 1);
+                assert_eq!(namespaces[0].name, "x");
+                let labels = &namespaces[0].namespace.as_ref().expect("present").labels;
+                assert_eq!(labels.get("team").map(String::as_str), Some("b"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A delete is a change with no namespace.
+        assert!(idx.apply(1, Change::Delete(Kind::Namespace, String::new(), "x".into())));
+        assert!(matches!(idx.take_pending(),
+            Pending::Objects { ref namespaces, .. } if namespaces.len() == 1 && namespaces[0].namespace.is_none()));
     }
 }

@@ -80,10 +80,7 @@ impl Cluster {
         assumed.dedup();
         problems.extend(found);
         for ns in assumed {
-            self.namespaces.push(NamespaceInfo {
-                labels: [(NAMESPACE_NAME_LABEL.to_string(), ns.clone())].into(),
-                name: ns,
-            });
+            self.namespaces.push(NamespaceInfo::assumed(&ns));
         }
         self.namespaces.sort_by(|a, b| a.name.cmp(&b.name));
     }

@@ -39,7 +39,7 @@ pub mod validate;
 
 pub use cluster::Cluster;
 pub use model::{Direction, Protocol};
-pub use table::patch::{Compilation, IncrementalCompiler, PodChange, PolicyChange};
+pub use table::patch::{Compilation, IncrementalCompiler, NamespaceChange, PodChange, PolicyChange};
 pub use table::{DecisionTable, RuleRef, Side, SideId, TableStats, Verdict};
 pub use validate::{ObjectRef, Problem, Severity};
 

@@ -209,6 +209,17 @@ pub struct NamespaceInfo {
     pub labels: Labels,
 }
 
+impl NamespaceInfo {
+    /// A namespace that pods or policies name but the input does not hold:
+    /// assumed to exist with only its name label (as a snapshot does).
+    pub fn assumed(name: &str) -> NamespaceInfo {
+        NamespaceInfo {
+            name: name.to_string(),
+            labels: [(NAMESPACE_NAME_LABEL.to_string(), name.to_string())].into(),
+        }
+    }
+}
+
 /// A pod that NetworkPolicy applies to: has an IP, is not host-network, not finished.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodInfo {

@@ -652,17 +652,19 @@ struct Identities {
     /// (identity block, bit) of each identity: the identities of a namespace,
     /// in order, fill `BLOCK_BITS`-wide blocks; blocks never span namespaces.
     identity_block: Vec<(u32, u32)>,
-    /// First identity block of each namespace.
-    ns_first_block: Vec<u32>,
+    /// Identity blocks of each namespace, in ascending order: consecutive
+    /// after a full compile; a patch appends a fresh block (numbered
+    /// `blocks`) to a namespace whose blocks are full (see [`patch`]).
+    ns_blocks: Vec<Vec<u32>>,
+    /// Identity blocks numbered so far.
     blocks: u32,
     pod_identity: Vec<u32>,
 }
 
 impl Identities {
     /// The identity blocks of namespace `ns` (none when it has no identities).
-    fn ns_blocks(&self, ns: u32) -> std::ops::Range<u32> {
-        let first = self.ns_first_block[ns as usize];
-        first..self.ns_first_block.get(ns as usize + 1).copied().unwrap_or(self.blocks)
+    fn ns_blocks(&self, ns: u32) -> &[u32] {
+        &self.ns_blocks[ns as usize]
     }
 
     fn new(cluster: &Cluster) -> Self {
@@ -682,17 +684,18 @@ impl Identities {
             pod_identity.push(id);
         }
         let mut identity_block = vec![(0, 0); labels.len()];
-        let mut ns_first_block = Vec::with_capacity(ns_identities.len());
+        let mut ns_blocks = Vec::with_capacity(ns_identities.len());
         let mut blocks = 0u32;
         for ids in &ns_identities {
-            ns_first_block.push(blocks);
             for (local, &id) in ids.iter().enumerate() {
                 identity_block[id as usize] =
                     (blocks + (local / BLOCK_BITS) as u32, (local % BLOCK_BITS) as u32);
             }
-            blocks += ids.len().div_ceil(BLOCK_BITS) as u32;
+            let n = ids.len().div_ceil(BLOCK_BITS) as u32;
+            ns_blocks.push((blocks..blocks + n).collect());
+            blocks += n;
         }
-        Identities { ns_index, labels, ns_identities, identity_block, ns_first_block, blocks, pod_identity }
+        Identities { ns_index, labels, ns_identities, identity_block, ns_blocks, blocks, pod_identity }
     }
 }
 
@@ -890,7 +893,7 @@ impl<'a> Compiler<'a> {
             if pods.is_everything() {
                 // Every bit of the namespace's blocks, used or not: an identity
                 // added later (see `patch`) is matched without a new resolution.
-                for block in self.ids.ns_blocks(ns) {
+                for &block in self.ids.ns_blocks(ns) {
                     r.blocks.push((block, u64::MAX, true));
                 }
             } else {

@@ -1,17 +1,22 @@
 //! Incremental compilation: a policy change recompiles only the sides of its
-//! own namespace, and a pod change only that pod's entry and addresses, in a
-//! copy of the last table.
+//! own namespace, a pod change only that pod's entry and addresses, and a
+//! namespace change only the sides whose namespace selectors it concerns, in
+//! a copy of the last table.
 //!
 //! ```text
-//!  PolicyChange(s) ──▶ cluster.policies updated ──▶ per changed namespace N:
-//!                                                   sides of N's identities rebuilt,
-//!                                                   appended to a copy of the table;
-//!                                                   N's pod entries point at them
-//!  PodChange(s) ─────▶ cluster.pods updated ──────▶ per pod: its entry (its identity's
-//!                                                   block and sides) and its addresses
-//!  anything else (a namespace, a new label set in a namespace whose identity
-//!  blocks are full or seen by most namespaces' policies, an address two pods
-//!  claim, a new ipBlock or port name) ──▶ full compile
+//!  PolicyChange(s) ───▶ cluster.policies updated ───▶ per changed namespace N:
+//!                                                     sides of N's identities rebuilt,
+//!                                                     appended to a copy of the table;
+//!                                                     N's pod entries point at them
+//!  PodChange(s) ──────▶ cluster.pods updated ───────▶ per pod: its entry (its identity's
+//!                                                     block and sides) and its addresses
+//!  NamespaceChange(s) ▶ cluster.namespaces updated ─▶ new or deleted empty namespace: no
+//!                                                     side; new labels: the sides of the
+//!                                                     namespaces whose policies' namespace
+//!                                                     selectors start or stop matching it
+//!  anything else (a new label set seen by the policies of most namespaces, an
+//!  address two pods claim, a new ipBlock or port name, new labels on a
+//!  namespace where pod patches paired label sets) ──▶ full compile
 //! ```
 //!
 //! Why a policy patch is exact: a policy only selects pods of its own
@@ -30,8 +35,19 @@
 //! `pod-template-hash`); the pairing is remembered, and a policy change that
 //! would tell them apart compiles in full. A label set that selectors do
 //! tell apart becomes a new identity in a free bit of its namespace's
-//! blocks, and the sides of every namespace whose policies can see it are
-//! rebuilt. A pod that leaves only takes its addresses with it; its identity
+//! blocks (a fresh block, numbered after all others, when they are full or
+//! the namespace has none yet), and the sides of every namespace whose
+//! policies can see it are rebuilt.
+//!
+//! Why a namespace patch is exact: to a selector, a namespace is its labels
+//! and its pods' identities. A new namespace has no pods yet (a pod or
+//! policy that names a namespace the table does not know brings it in with
+//! only its name label, as a full snapshot assumes it), so no resolution
+//! changes; nor does one for a deleted namespace that holds nothing. A
+//! namespace deleted while pods or policies remain in it keeps only its name
+//! label, as a snapshot assumes it. New labels change the resolution of
+//! exactly the selector peers whose namespace selector matches the old
+//! labels but not the new ones, or the reverse. A pod that leaves only takes its addresses with it; its identity
 //! may stay in the table without pods, which neither a verdict nor the rule
 //! it names can tell from its absence (reason groups follow the selectors'
 //! form, not the pods).
@@ -70,7 +86,18 @@ pub struct PodChange {
     pub pod: Option<PodInfo>,
 }
 
-/// How [`IncrementalCompiler::apply`] or [`IncrementalCompiler::apply_pods`] compiled.
+/// One namespace change: namespace `name` now has `namespace`'s labels, or
+/// is deleted (`None`).
+#[derive(Clone, Debug)]
+pub struct NamespaceChange {
+    /// Name of the namespace.
+    pub name: String,
+    /// The validated namespace, or `None` for a delete.
+    pub namespace: Option<NamespaceInfo>,
+}
+
+/// How [`IncrementalCompiler::apply`], [`IncrementalCompiler::apply_pods`]
+/// or [`IncrementalCompiler::apply_namespaces`] compiled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Compilation {
     /// Only the sides of these namespaces were rebuilt.
@@ -84,6 +111,15 @@ pub enum Compilation {
     PodsPatched {
         /// Pods changed.
         pods: usize,
+        /// Namespaces whose sides were rebuilt.
+        namespaces: Vec<String>,
+    },
+    /// Namespaces were added, relabelled or deleted, and the sides of these
+    /// namespaces rebuilt (those whose policies' namespace selectors now
+    /// match a relabelled namespace's pods, or no longer do).
+    NamespacesPatched {
+        /// Namespaces changed.
+        changed: usize,
         /// Namespaces whose sides were rebuilt.
         namespaces: Vec<String>,
     },
@@ -202,9 +238,11 @@ impl IncrementalCompiler {
         self.all_peers = std::sync::OnceLock::new();
         let mut blocker = None;
         for ch in &changes {
-            if !self.ids.ns_index.contains_key(ch.namespace.as_str()) {
-                blocker = Some(format!("namespace {:?} is new", ch.namespace));
-            } else if let Some(p) = &ch.policy {
+            if ch.policy.is_some() && !self.ids.ns_index.contains_key(ch.namespace.as_str()) {
+                // Assumed, as in a full snapshot (see `apply_pods`).
+                self.insert_namespace(NamespaceInfo::assumed(&ch.namespace));
+            }
+            if let Some(p) = &ch.policy {
                 if p.namespace != ch.namespace || p.name != ch.name {
                     blocker = Some(format!(
                         "change of {}/{} carries {}/{}",
@@ -338,6 +376,8 @@ impl IncrementalCompiler {
 
     /// Makes patched `t` the current table (`before`: its data bytes before the patch).
     fn publish_patch(&mut self, mut t: DecisionTable, before: usize) {
+        t.stats.namespaces = self.cluster.namespaces.len();
+        t.stats.identity_blocks = self.ids.blocks as usize;
         t.stats.memory_bytes = t.memory_estimate();
         self.appended_bytes += data_bytes(&t).saturating_sub(before);
         let old = std::mem::replace(&mut self.table, Arc::new(t));
@@ -357,6 +397,15 @@ impl IncrementalCompiler {
         let n = changes.len();
         let mut blocker = None;
         let mut touched = Vec::new();
+        // A pod in a namespace the table does not know yet (its Namespace
+        // object not seen, or seen later): the namespace is assumed with only
+        // its name label, as in a full snapshot. All of them first: an
+        // insertion moves the indexes of the namespaces after it.
+        for p in changes.iter().filter_map(|ch| ch.pod.as_ref()) {
+            if !self.ids.ns_index.contains_key(p.namespace.as_str()) {
+                self.insert_namespace(NamespaceInfo::assumed(&p.namespace));
+            }
+        }
         for ch in changes {
             if blocker.is_none() {
                 match self.check_pod(&t, &ch) {
@@ -392,6 +441,132 @@ impl IncrementalCompiler {
         Compilation::PodsPatched { pods: n, namespaces }
     }
 
+    /// Applies namespace changes (in order) and updates the table. A new
+    /// namespace holds no pods yet (a pod or policy naming a namespace the
+    /// table does not know brings it in, assumed as a snapshot assumes it),
+    /// so adding one changes no verdict; a relabelled namespace rebuilds the
+    /// sides of the namespaces whose policies' namespace selectors start or
+    /// stop matching it; a deleted namespace that still holds pods or
+    /// policies keeps only its name label, as a snapshot assumes it, and an
+    /// empty one leaves. Either way the table equals a full compile of the
+    /// updated snapshot, verdict for verdict and reason for reason.
+    pub fn apply_namespaces(&mut self, changes: Vec<NamespaceChange>) -> Compilation {
+        let changed = changes.len();
+        let mut touched: Vec<String> = Vec::new();
+        let mut blocker = None;
+        for ch in changes {
+            let holds = !range_of(&self.cluster.pods, &ch.name, |p| &p.namespace).is_empty()
+                || !range_of(&self.cluster.policies, &ch.name, |p| &p.namespace).is_empty();
+            let info = match ch.namespace {
+                Some(mut info) => {
+                    info.name = ch.name;
+                    info.labels.insert(NAMESPACE_NAME_LABEL.to_string(), info.name.clone());
+                    info
+                }
+                None if holds => NamespaceInfo::assumed(&ch.name),
+                None => {
+                    self.remove_namespace(&ch.name);
+                    continue;
+                }
+            };
+            match self.ids.ns_index.get(info.name.as_str()) {
+                None => self.insert_namespace(info),
+                // Blocked: the rest only updates the snapshot for the full compile.
+                Some(&ns) if blocker.is_some() => self.cluster.namespaces[ns as usize] = info,
+                Some(&ns) => blocker = self.relabel_namespace(ns, info, &mut touched).err(),
+            }
+        }
+        if let Some(reason) = blocker {
+            self.compact();
+            return Compilation::Full { reason };
+        }
+        let mut t = self.copy_for_patch();
+        let before = data_bytes(&t);
+        let touched: Vec<u32> =
+            touched.iter().filter_map(|n| self.ids.ns_index.get(n.as_str()).copied()).collect();
+        let namespaces = if touched.is_empty() { Vec::new() } else { self.patch_namespaces(&mut t, touched) };
+        self.publish_patch(t, before);
+        Compilation::NamespacesPatched { changed, namespaces }
+    }
+
+    /// Adds namespace `info` (not in the table yet, and holding no pods or
+    /// policies yet) at its place in name order, shifting the indexes of the
+    /// namespaces after it.
+    fn insert_namespace(&mut self, info: NamespaceInfo) {
+        let at = self.cluster.namespaces.partition_point(|n| n.name < info.name);
+        let at32 = at as u32;
+        for v in self.ids.ns_index.values_mut().filter(|v| **v >= at32) {
+            *v += 1;
+        }
+        for a in self.aliases.iter_mut().filter(|a| a.0 >= at32) {
+            a.0 += 1;
+        }
+        self.ids.ns_index.insert(info.name.clone(), at32);
+        self.ids.ns_identities.insert(at, Vec::new());
+        self.ids.ns_blocks.insert(at, Vec::new());
+        self.cluster.namespaces.insert(at, info);
+    }
+
+    /// Removes namespace `name`, which holds no pods or policies any more.
+    /// Identities its pods had since the last full compile stay, in no
+    /// namespace: no pod has them, so no verdict can see them (resolutions
+    /// that still name their blocks are rebuilt when next compared).
+    fn remove_namespace(&mut self, name: &str) {
+        let Some(at32) = self.ids.ns_index.remove(name) else { return };
+        let at = at32 as usize;
+        for v in self.ids.ns_index.values_mut().filter(|v| **v > at32) {
+            *v -= 1;
+        }
+        self.aliases.retain(|a| a.0 != at32);
+        for a in self.aliases.iter_mut().filter(|a| a.0 > at32) {
+            a.0 -= 1;
+        }
+        self.ids.ns_identities.remove(at);
+        self.ids.ns_blocks.remove(at);
+        self.cluster.namespaces.remove(at);
+    }
+
+    /// Gives namespace `ns` the labels of `info`. When it has identities,
+    /// every selector peer whose namespace selector starts or stops
+    /// matching it is resolved again, and the namespaces whose policies use
+    /// a peer that now resolves differently go to `touched` (by name).
+    /// Label sets pod patches paired with an identity of the namespace (see
+    /// `aliases`) were paired under the old labels: those need a full compile.
+    fn relabel_namespace(
+        &mut self,
+        ns: u32,
+        info: NamespaceInfo,
+        touched: &mut Vec<String>,
+    ) -> Result<(), String> {
+        let old = &self.cluster.namespaces[ns as usize];
+        if old.labels == info.labels {
+            return Ok(());
+        }
+        if self.ids.ns_identities[ns as usize].is_empty() {
+            self.cluster.namespaces[ns as usize] = info;
+            return Ok(());
+        }
+        if self.aliases.iter().any(|a| a.0 == ns) {
+            let reason = format!(
+                "namespace {} changed labels, and pod patches paired label sets in it that its new selectors may tell apart",
+                info.name
+            );
+            self.cluster.namespaces[ns as usize] = info;
+            return Err(reason);
+        }
+        let keys: Vec<(NamespaceMatch, Selector)> = self
+            .peers
+            .keys()
+            .filter(|k| matches!(&k.0, NamespaceMatch::Selector(s) if s.matches(&old.labels) != s.matches(&info.labels)))
+            .cloned()
+            .collect();
+        self.cluster.namespaces[ns as usize] = info;
+        let mut at = Vec::new();
+        self.resolve_again(&keys, &mut at);
+        touched.extend(at.into_iter().map(|i| self.cluster.namespaces[i as usize].name.clone()));
+        Ok(())
+    }
+
     /// Which identity the pod of `ch` takes (`None` for a delete), or why
     /// `ch` cannot be patched into `t`.
     fn check_pod(&self, t: &DecisionTable, ch: &PodChange) -> Result<Option<PodIdentity>, String> {
@@ -403,23 +578,13 @@ impl IncrementalCompiler {
             if p.namespace != ch.namespace || p.name != ch.name {
                 return Err(format!("change of pod {key} carries {}", p.key()));
             }
-            if !self.ids.ns_index.contains_key(p.namespace.as_str()) {
-                return Err(format!("pod {key} is in a namespace new to the table"));
-            }
+            // (`apply_pods` added the namespace if it was new.)
             identity = Some(if let Some(id) = self.identity_of(p) {
                 PodIdentity::Existing(id)
             } else if let Some(id) = self.twin_of(p) {
                 PodIdentity::Twin(id)
-            } else if self.has_room(&p.namespace) {
-                PodIdentity::New
-            } else if self.ids.ns_identities[self.ids.ns_index[p.namespace.as_str()] as usize].is_empty() {
-                return Err(format!(
-                    "pod {key} is the first of its namespace since the last full compile (no identity block)"
-                ));
             } else {
-                return Err(format!(
-                    "pod {key} has a label set new to its namespace, whose identity blocks are full"
-                ));
+                PodIdentity::New
             });
             for ip in &p.ips {
                 if t.addr(*ip).is_some_and(|e| Some(e.pod) != old.map(|(_, ti)| ti)) {
@@ -582,15 +747,6 @@ impl IncrementalCompiler {
         })
     }
 
-    /// Can namespace `ns` take one more identity without a new identity block?
-    /// (Blocks are numbered namespace by namespace; a namespace without
-    /// identities has none.)
-    fn has_room(&self, ns: &str) -> bool {
-        let Some(&ns) = self.ids.ns_index.get(ns) else { return false };
-        let n = self.ids.ns_identities[ns as usize].len();
-        n > 0 && ((n / BLOCK_BITS) as u32) < self.ids.ns_blocks(ns).len() as u32
-    }
-
     /// Adds the identity of `p` (its namespace has room, see
     /// [`Self::has_room`]) and re-resolves every selector peer that looks
     /// at its namespace. A peer that now resolves differently (the identity
@@ -602,7 +758,14 @@ impl IncrementalCompiler {
         let ns = self.ids.ns_index[p.namespace.as_str()];
         let id = self.ids.labels.len() as u32;
         let local = self.ids.ns_identities[ns as usize].len();
-        let block = self.ids.ns_first_block[ns as usize] + (local / BLOCK_BITS) as u32;
+        // A namespace whose blocks are full (or that has none yet) gets a
+        // fresh block, numbered after every other: a namespace's blocks stay
+        // in ascending order, which resolutions rely on.
+        if local / BLOCK_BITS == self.ids.ns_blocks(ns).len() {
+            self.ids.ns_blocks[ns as usize].push(self.ids.blocks);
+            self.ids.blocks += 1;
+        }
+        let block = self.ids.ns_blocks(ns)[local / BLOCK_BITS];
         self.ids.labels.push(p.labels.clone());
         self.ids.ns_identities[ns as usize].push(id);
         self.ids.identity_block.push((block, (local % BLOCK_BITS) as u32));
@@ -612,10 +775,17 @@ impl IncrementalCompiler {
         let info = &self.cluster.namespaces[ns as usize];
         let keys: Vec<(NamespaceMatch, Selector)> =
             self.peers.keys().filter(|k| looks_at(&k.0, info)).cloned().collect();
+        self.resolve_again(&keys, touched);
+        id
+    }
+
+    /// Resolves the selector peers `keys` again; the namespaces (indexes)
+    /// whose policies use one that now resolves differently go to `touched`.
+    fn resolve_again(&mut self, keys: &[(NamespaceMatch, Selector)], touched: &mut Vec<u32>) {
         let mut changed = PeerCache::new();
         {
             let mut c = Compiler::new(&self.cluster, &self.ids, &self.ctx, &self.policy_ids);
-            for k in &keys {
+            for k in keys {
                 let fresh = c.resolve_uncached(&k.0, &k.1);
                 if self.peers.get(k).is_none_or(|r| **r != fresh) {
                     changed.insert(k.clone(), Arc::new(fresh));
@@ -633,7 +803,6 @@ impl IncrementalCompiler {
             }
         }
         self.peers.extend(changed);
-        id
     }
 
     /// The identity of a pod with `p`'s namespace and labels, if one exists.
