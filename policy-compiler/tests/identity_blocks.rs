@@ -264,7 +264,8 @@ fn patches_over_many_identities_agree_with_reference() {
     let after: Vec<bool> = srcs.iter().map(|s| inc.table().verdict(*s, dsts[5], 6, 81).allowed()).collect();
     assert_eq!(before, after);
     agree(&inc);
-    // A new ipBlock, or a new namespace, needs a full compile.
+    // A new ipBlock needs a full compile; a policy in a namespace the table
+    // does not know brings the namespace in (only its name label) and patches.
     let mut with_block = target.policies[0].clone();
     with_block.rules[0][0].peers.push(Peer::Block(policy_compiler::cidr::IpBlock {
         cidr: policy_compiler::cidr::Cidr::parse("10.0.0.0/30").unwrap(),
@@ -277,7 +278,7 @@ fn patches_over_many_identities_agree_with_reference() {
     let mut elsewhere = target.policies[0].clone();
     elsewhere.namespace = "new".into();
     let ch = PolicyChange { namespace: "new".into(), name: elsewhere.name.clone(), policy: Some(elsewhere) };
-    assert!(matches!(inc.apply(vec![ch]), Compilation::Full { .. }));
+    assert_eq!(inc.apply(vec![ch]), Compilation::Patched { namespaces: vec!["new".into()] });
     assert!(inc.cluster().namespace("new").is_some());
     agree(&inc);
 }
@@ -342,10 +343,10 @@ fn change(name: &str, labels: &str, ip: &str) -> policy_compiler::PodChange {
 
 /// A namespace whose identity block is full: a rollout (a label set no
 /// selector tells from an existing one) still patches, taking that identity;
-/// a label set some selector does tell apart needs a new identity, finds no
-/// room, and compiles in full.
+/// a label set some selector does tell apart needs a new identity, which
+/// goes into a fresh block of the namespace, still a patch.
 #[test]
-fn a_full_identity_block_takes_rollouts_but_not_new_label_sets() {
+fn a_full_identity_block_takes_rollouts_and_new_label_sets_get_a_new_block() {
     use k8s_openapi::api::networking::v1::NetworkPolicy;
     use policy_compiler::{Compilation, IncrementalCompiler};
     let pods: Vec<_> =
@@ -366,15 +367,29 @@ fn a_full_identity_block_takes_rollouts_but_not_new_label_sets() {
     assert_eq!(how, Compilation::PodsPatched { pods: 1, namespaces: vec![] });
     assert!(inc.table().verdict(r0, a1, 6, 80).allowed());
     assert_eq!(inc.table().stats().identities, 64);
-    // app=new: told apart by the policy, no room for a 65th identity in the block.
+    // app=new: told apart by the policy, no room for a 65th identity in the
+    // block: a second block for the namespace, and a1's side rebuilt.
+    assert_eq!(inc.table().stats().identity_blocks, 1);
     let how = inc.apply_pods(vec![change("n", "{app: new}", "10.0.2.2")]);
-    assert!(
-        matches!(&how, Compilation::Full { reason } if reason.contains("identity blocks are full")),
-        "{how:?}"
-    );
+    assert_eq!(how, Compilation::PodsPatched { pods: 1, namespaces: vec!["z".into()] });
+    assert_eq!(inc.table().stats().identity_blocks, 2);
+    assert_eq!(inc.table().stats().identities, 65);
     assert!(inc.table().verdict(n, a1, 6, 80).allowed());
     assert!(inc.table().verdict(r0, a1, 6, 80).allowed());
-    assert_eq!(inc.table().stats().identities, 66);
+    // Another new label set there: the second block's next bit.
+    let m: IpAddr = "10.0.2.3".parse().unwrap();
+    let how = inc.apply_pods(vec![change("m", "{app: other}", "10.0.2.3")]);
+    assert!(matches!(how, Compilation::PodsPatched { .. }), "{how:?}");
+    assert_eq!(inc.table().stats().identity_blocks, 2);
+    assert!(!inc.table().verdict(m, a1, 6, 80).allowed());
+    assert!(inc.table().verdict(n, a1, 6, 80).allowed());
+    // A full compile numbers the blocks afresh (and gives r0's label set an
+    // identity of its own), with the same verdicts.
+    inc.compact();
+    assert_eq!(inc.table().stats().identities, 67);
+    assert!(!inc.table().verdict(m, a1, 6, 80).allowed());
+    assert!(inc.table().verdict(n, a1, 6, 80).allowed());
+    assert!(inc.table().verdict(r0, a1, 6, 80).allowed());
 }
 
 /// A policy that selects no pod yet still has peers that tell label sets
