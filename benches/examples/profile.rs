@@ -19,7 +19,9 @@
 //! each labelled like the generated ones (so namespace selectors of other
 //! policies match it), then its first pod, then a second pod with other
 //! labels, then deletes the pods and the namespace, and prints how each step
-//! was compiled and its time.
+//! was compiled and its time. Between rounds it compacts (a full compile)
+//! when the daemon would, once patches left unused data half the size of
+//! the live data.
 //!
 //! `rollout PODS POLICIES` gives 20 pods, one after the other, a label set
 //! new to their namespace (a rollout's new `pod-template-hash`) and prints
@@ -228,14 +230,25 @@ fn namespace(pods: usize, policies: usize) {
     use policy_compiler::{Compilation, IncrementalCompiler, NamespaceChange, PodChange};
     let cluster = generate(pods, policies, 1);
     let mut inc = IncrementalCompiler::new(cluster.clone());
-    let show = |what: &str, ms: f64, how: Compilation| match how {
+    let show = |what: &str, ms: f64, how: Compilation| {
+        match how {
         Compilation::Full { reason } => println!("  {what}: {ms:.2} ms, full compile ({reason})"),
-        Compilation::NamespacesPatched { namespaces, .. } | Compilation::PodsPatched { namespaces, .. } => {
-            println!("  {what}: {ms:.2} ms, patch, sides of {} namespace(s) rebuilt", namespaces.len())
-        }
+        Compilation::NamespacesPatched { namespaces, rekeyed, .. }
+        | Compilation::PodsPatched { namespaces, rekeyed, .. } => println!(
+            "  {what}: {ms:.2} ms, patch, sides of {} namespace(s) rebuilt, {rekeyed} side(s) elsewhere given new keys",
+            namespaces.len()
+        ),
         other => println!("  {what}: {ms:.2} ms, {other:?}"),
+    }
     };
     for round in 0..20 {
+        // As the daemon does after a quiet second: a full compile once
+        // patches left unused data half the size of the live data.
+        if inc.stale_share() > 0.5 {
+            let t = Instant::now();
+            inc.compact();
+            println!("compaction: {:.2} ms", t.elapsed().as_secs_f64() * 1e3);
+        }
         // A namespace like a generated one (its labels), under a new name.
         let like = &cluster.namespaces[1 + round * 7 % (cluster.namespaces.len() - 1)];
         let name = format!("new-{round}");

@@ -565,6 +565,20 @@ fn patch(
     }
 }
 
+/// What a pod or namespace patch rebuilt beyond its own objects, for
+/// `compilation`: namespaces whose sides were rebuilt, and sides elsewhere
+/// that got new identity blocks' keys.
+fn patched_sides(namespaces: &[String], rekeyed: usize) -> String {
+    let mut s = String::new();
+    if !namespaces.is_empty() {
+        s += &format!(" and of namespace(s) {}", namespaces.join(", "));
+    }
+    if rekeyed > 0 {
+        s += &format!(" and of {rekeyed} side(s) elsewhere (new keys)");
+    }
+    s
+}
+
 /// Adds the problems between objects (missing namespaces, shared pod IPs)
 /// to `/status` warnings. It walks every object, so it runs after a
 /// publication, and after yielding once: the task that measures when the
@@ -609,20 +623,11 @@ fn publish_now(
         .map(|k| match k {
             Compilation::Full { reason } => format!("full ({reason})"),
             Compilation::Patched { namespaces } => format!("patch of namespace(s) {}", namespaces.join(", ")),
-            Compilation::PodsPatched { pods, namespaces } if namespaces.is_empty() => {
-                format!("patch of {pods} pod(s)")
+            Compilation::PodsPatched { pods, namespaces, rekeyed } => {
+                format!("patch of {pods} pod(s){}", patched_sides(namespaces, *rekeyed))
             }
-            Compilation::PodsPatched { pods, namespaces } => {
-                format!("patch of {pods} pod(s) and of namespace(s) {}", namespaces.join(", "))
-            }
-            Compilation::NamespacesPatched { changed, namespaces } if namespaces.is_empty() => {
-                format!("patch of {changed} namespace change(s)")
-            }
-            Compilation::NamespacesPatched { changed, namespaces } => {
-                format!(
-                    "patch of {changed} namespace change(s) and of namespace(s) {}",
-                    namespaces.join(", ")
-                )
+            Compilation::NamespacesPatched { changed, namespaces, rekeyed } => {
+                format!("patch of {changed} namespace change(s){}", patched_sides(namespaces, *rekeyed))
             }
         })
         .collect();

@@ -1023,8 +1023,44 @@ impl SideBuilder {
     /// (side, block) key then splits its block's identities into groups that
     /// get the same port set.
     fn build<'a>(&mut self, c: &mut Compiler<'a>, dir: Direction, list: &[u32]) -> SideEntry {
-        let cluster = c.cluster;
         let mut side = SideEntry::default();
+        self.expand(c, dir, list, None, &mut side);
+        self.place(&mut side);
+        side
+    }
+
+    /// The side of [`Self::build`] again, with only the keys of identity
+    /// blocks `blocks` expanded anew (a patch's new identities, or a
+    /// relabelled namespace's blocks): the rest of its peer table, `old`
+    /// (the side's slots, free ones included), is kept as it is, and so are
+    /// its `any` and `pod_any` sets (`was`), which no identity changes. Exact
+    /// when the resolutions of the side's peers changed in those blocks only.
+    fn rebuild_keys<'a>(
+        &mut self,
+        c: &mut Compiler<'a>,
+        (dir, list): (Direction, &[u32]),
+        blocks: &[u32],
+        (was, old): (SideEntry, &[Slot]),
+    ) -> SideEntry {
+        let mut side = SideEntry { any: was.any, pod_any: was.pod_any, ..SideEntry::default() };
+        self.expand(c, dir, list, Some(blocks), &mut side);
+        self.keyed.extend(old.iter().filter(|s| s.key != EMPTY && !blocks.contains(&s.key)));
+        self.place(&mut side);
+        side
+    }
+
+    /// Expands the side's rules into `keyed` (all keys, or only the
+    /// identity blocks `only`), and sets its `any` and `pod_any` sets (when
+    /// expanding all keys).
+    fn expand<'a>(
+        &mut self,
+        c: &mut Compiler<'a>,
+        dir: Direction,
+        list: &[u32],
+        only: Option<&[u32]>,
+        side: &mut SideEntry,
+    ) {
+        let cluster = c.cluster;
         self.buf.clear();
         self.any.clear();
         self.any_pod.clear();
@@ -1041,6 +1077,9 @@ impl SideBuilder {
                 }
                 let es = &self.es;
                 let push = |k: u32, whole: bool, mask: u64, buf: &mut Vec<_>| {
+                    if only.is_some_and(|only| !only.contains(&k)) {
+                        return;
+                    }
                     for e in es {
                         let seq = buf.len() as u32;
                         buf.push((k, whole, seq, mask, *e, rr));
@@ -1070,10 +1109,14 @@ impl SideBuilder {
         // Every set of the side starts with the entries tested before it, so a
         // lookup scans one set per peer: rules without peers (`any`) for every
         // peer, then, for pods, rules whose peers match every pod (`any_pod`).
-        side.any = self.sets.add(&self.any);
+        if only.is_none() {
+            side.any = self.sets.add(&self.any);
+        }
         let mut pod_prefix = self.any.clone();
         pod_prefix.extend_from_slice(&self.any_pod);
-        side.pod_any = self.sets.add(&pod_prefix);
+        if only.is_none() {
+            side.pod_any = self.sets.add(&pod_prefix);
+        }
         // Per key: entries from identity-level matches first, then namespace-wide
         // ones, each in rule order (the order the table has always tested them in).
         self.buf.sort_unstable_by_key(|x| (x.0, x.1, x.2));
@@ -1127,8 +1170,11 @@ impl SideBuilder {
             }));
         }
         self.buf = buf;
-        // The side's table: a power of two at most half full, so a probe that
-        // misses meets a free slot soon.
+    }
+
+    /// Places `keyed` as the side's peer table: a power of two at most half
+    /// full, so a probe that misses meets a free slot soon.
+    fn place(&mut self, side: &mut SideEntry) {
         if !self.keyed.is_empty() {
             let n = (self.keyed.len() * 2).next_power_of_two();
             let base = self.slots.len();
@@ -1146,7 +1192,6 @@ impl SideBuilder {
             side.filter = self.keyed.iter().fold(0, |f, slot| f | 1 << (slot_hash(slot.key) >> 28));
             self.peer_keys += self.keyed.len();
         }
-        side
     }
 }
 

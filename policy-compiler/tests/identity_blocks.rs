@@ -364,14 +364,14 @@ fn a_full_identity_block_takes_rollouts_and_new_label_sets_get_a_new_block() {
         ("10.0.1.1".parse().unwrap(), "10.0.2.1".parse().unwrap(), "10.0.2.2".parse().unwrap());
     // A new replica of a0 from a new ReplicaSet: patched, and it may reach a1.
     let how = inc.apply_pods(vec![change("r0", "{app: a0, pod-template-hash: h2}", "10.0.2.1")]);
-    assert_eq!(how, Compilation::PodsPatched { pods: 1, namespaces: vec![] });
+    assert_eq!(how, Compilation::PodsPatched { pods: 1, namespaces: vec![], rekeyed: 0 });
     assert!(inc.table().verdict(r0, a1, 6, 80).allowed());
     assert_eq!(inc.table().stats().identities, 64);
     // app=new: told apart by the policy, no room for a 65th identity in the
     // block: a second block for the namespace, and a1's side rebuilt.
     assert_eq!(inc.table().stats().identity_blocks, 1);
     let how = inc.apply_pods(vec![change("n", "{app: new}", "10.0.2.2")]);
-    assert_eq!(how, Compilation::PodsPatched { pods: 1, namespaces: vec!["z".into()] });
+    assert_eq!(how, Compilation::PodsPatched { pods: 1, namespaces: vec!["z".into()], rekeyed: 0 });
     assert_eq!(inc.table().stats().identity_blocks, 2);
     assert_eq!(inc.table().stats().identities, 65);
     assert!(inc.table().verdict(n, a1, 6, 80).allowed());
@@ -412,7 +412,7 @@ fn peers_of_a_policy_that_selects_nothing_yet_keep_label_sets_apart() {
         ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
     // tier=web gets an identity of its own: the policy's peer tells it from app=b.
     let how = inc.apply_pods(vec![change("web", "{tier: web}", "10.0.0.2")]);
-    assert_eq!(how, Compilation::PodsPatched { pods: 1, namespaces: vec!["z".into()] });
+    assert_eq!(how, Compilation::PodsPatched { pods: 1, namespaces: vec!["z".into()], rekeyed: 0 });
     assert_eq!(inc.table().stats().identities, 2);
     let how = inc.apply_pods(vec![change("a", "{app: a}", "10.0.0.3")]);
     assert!(matches!(how, Compilation::PodsPatched { .. }), "{how:?}");
@@ -583,4 +583,80 @@ fn a_blocked_batch_that_adds_and_deletes_policies_compiles_in_full() {
     let ch = PolicyChange { namespace: "big".into(), name: "a-new".into(), policy: None };
     assert_eq!(inc.apply(vec![ch]), Compilation::Patched { namespaces: vec!["big".into()] });
     assert_eq!(inc.table().stats().policies, 3);
+}
+
+/// A new namespace's first pod is seen by the policies of every other
+/// namespace (a whole-namespace peer by team label, and a `namespaceSelector:
+/// {}` peer by app label), but only its own namespace's sides are rebuilt:
+/// the other namespaces' sides get the new identity block's key and keep
+/// their other keys. Relabelling the namespace out of the team does the
+/// same. After each step the table equals a full compile, reason for reason.
+#[test]
+fn a_new_namespace_and_its_first_pod_rebuild_no_other_namespace() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use policy_compiler::{Compilation, IncrementalCompiler, NamespaceChange, PodChange};
+    let namespaces: Vec<String> = (0..12).map(|i| format!("ns{i:02}")).collect();
+    let mut pods = Vec::new();
+    let mut policies = Vec::new();
+    for (i, ns) in namespaces.iter().enumerate() {
+        pods.push(serde_yaml::from_str::<k8s_openapi::api::core::v1::Pod>(&format!(
+            "metadata: {{name: server, namespace: {ns}, labels: {{app: server}}}}\nstatus: {{podIP: 10.1.{i}.1, phase: Running}}"
+        )).unwrap());
+        policies.push(serde_yaml::from_str::<NetworkPolicy>(&format!(
+            "metadata: {{name: in, namespace: {ns}}}\nspec: {{podSelector: {{matchLabels: {{app: server}}}}, ingress: [{{from: [{{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: client}}}}}}], ports: [{{port: 80}}]}}, {{from: [{{namespaceSelector: {{matchLabels: {{team: x}}}}}}], ports: [{{port: 81}}]}}]}}"
+        )).unwrap());
+    }
+    let ns_objects: Vec<Namespace> = namespaces
+        .iter()
+        .map(|n| serde_yaml::from_str(&format!("metadata: {{name: {n}}}")).unwrap())
+        .collect();
+    let (cluster, _) = Cluster::from_objects(&ns_objects, &pods, &policies);
+    let mut inc = IncrementalCompiler::new(cluster);
+    let same_as_full = |inc: &IncrementalCompiler, client: IpAddr| {
+        let full = DecisionTable::compile(inc.cluster());
+        for i in 0..namespaces.len() {
+            let server = IpAddr::V4(Ipv4Addr::new(10, 1, i as u8, 1));
+            for port in [80, 81, 82] {
+                let (a, b) = (
+                    inc.table().verdict_both(client, server, 6, port),
+                    full.verdict_both(client, server, 6, port),
+                );
+                assert_eq!(named_side(inc.table(), a.ingress), named_side(&full, b.ingress), "port {port}");
+                assert_eq!(a.allowed(), b.allowed());
+            }
+        }
+    };
+    let labelled = |team: &str| NamespaceInfo {
+        name: "new".into(),
+        labels: [("team".to_string(), team.to_string())].into(),
+    };
+    let how =
+        inc.apply_namespaces(vec![NamespaceChange { name: "new".into(), namespace: Some(labelled("x")) }]);
+    assert_eq!(how, Compilation::NamespacesPatched { changed: 1, namespaces: vec![], rekeyed: 0 });
+    let (c, _) = Cluster::from_objects(
+        &[],
+        &[serde_yaml::from_str(
+            "metadata: {name: c, namespace: new, labels: {app: client}}\nstatus: {podIP: 10.2.0.1, phase: Running}",
+        )
+        .unwrap()],
+        &[],
+    );
+    let client: IpAddr = "10.2.0.1".parse().unwrap();
+    let ch = PodChange { namespace: "new".into(), name: "c".into(), pod: c.pods.into_iter().next() };
+    let how = inc.apply_pods(vec![ch]);
+    // One side per namespace (all its servers' ingress) gets the new block.
+    assert_eq!(how, Compilation::PodsPatched { pods: 1, namespaces: vec!["new".into()], rekeyed: 12 });
+    let server: IpAddr = "10.1.3.1".parse().unwrap();
+    assert!(inc.table().verdict(client, server, 6, 80).allowed());
+    assert!(inc.table().verdict(client, server, 6, 81).allowed());
+    assert!(!inc.table().verdict(client, server, 6, 82).allowed());
+    same_as_full(&inc, client);
+    // Out of team x: port 81 closes, port 80 stays open (the app label).
+    let how =
+        inc.apply_namespaces(vec![NamespaceChange { name: "new".into(), namespace: Some(labelled("y")) }]);
+    assert_eq!(how, Compilation::NamespacesPatched { changed: 1, namespaces: vec![], rekeyed: 12 });
+    assert!(inc.table().verdict(client, server, 6, 80).allowed());
+    assert!(!inc.table().verdict(client, server, 6, 81).allowed());
+    same_as_full(&inc, client);
 }

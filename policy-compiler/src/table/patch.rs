@@ -113,6 +113,9 @@ pub enum Compilation {
         pods: usize,
         /// Namespaces whose sides were rebuilt.
         namespaces: Vec<String>,
+        /// Sides elsewhere that got the keys of new identity blocks or
+        /// identities, their other keys kept.
+        rekeyed: usize,
     },
     /// Namespaces were added, relabelled or deleted, and the sides of these
     /// namespaces rebuilt (those whose policies' namespace selectors now
@@ -122,6 +125,9 @@ pub enum Compilation {
         changed: usize,
         /// Namespaces whose sides were rebuilt.
         namespaces: Vec<String>,
+        /// Sides that got the keys of a relabelled namespace's identity
+        /// blocks anew, their other keys kept.
+        rekeyed: usize,
     },
     /// The whole table was compiled again, and why.
     Full {
@@ -298,14 +304,22 @@ impl IncrementalCompiler {
             return Compilation::Full { reason: blocker.unwrap_or_default() };
         };
         let before = data_bytes(&t);
-        let names = self.patch_namespaces(&mut t, touched);
+        let (names, _) = self.patch_namespaces(&mut t, touched, &Rekey::default());
         self.publish_patch(t, before);
         Compilation::Patched { namespaces: names }
     }
 
     /// Rebuilds the sides of namespaces `touched` (indexes) into `t` and
-    /// points their pods at them; returns their names.
-    fn patch_namespaces(&mut self, t: &mut DecisionTable, mut touched: Vec<u32>) -> Vec<String> {
+    /// points their pods at them; then, in the other namespaces, expands
+    /// anew the keys of `rekey.blocks` in every side whose policies use a
+    /// peer of `rekey`. Returns the rebuilt namespaces' names and the number
+    /// of sides whose keys were expanded anew.
+    fn patch_namespaces(
+        &mut self,
+        t: &mut DecisionTable,
+        mut touched: Vec<u32>,
+        rekey: &Rekey,
+    ) -> (Vec<String>, usize) {
         touched.sort_unstable();
         touched.dedup();
         let mut b = SideBuilder::new(
@@ -345,6 +359,55 @@ impl IncrementalCompiler {
                 t.pods[self.table_pods[pi] as usize].sides = self.identity_sides[identity as usize];
             }
         }
+        let mut rekeyed = 0;
+        if !rekey.peers.is_empty() {
+            let mut blocks = rekey.blocks.clone();
+            blocks.sort_unstable();
+            blocks.dedup();
+            // Cluster index of each table policy index.
+            let cluster_of: HashMap<u32, u32> =
+                self.policy_ids.iter().enumerate().map(|(pi, &id)| (id, pi as u32)).collect();
+            let mut namespaces: Vec<u32> = self
+                .cluster
+                .policies
+                .iter()
+                .filter(|pol| Direction::BOTH.iter().any(|d| rekey.uses(pol, *d)))
+                .filter_map(|pol| self.ids.ns_index.get(pol.namespace.as_str()).copied())
+                .filter(|ns| touched.binary_search(ns).is_err())
+                .collect();
+            namespaces.dedup();
+            let mut list = Vec::new();
+            let mut old = Vec::new();
+            for ns in namespaces {
+                let mut sides: Vec<u32> = self.ids.ns_identities[ns as usize]
+                    .iter()
+                    .flat_map(|&id| self.identity_sides[id as usize])
+                    .filter(|&s| s != 0)
+                    .collect();
+                sides.sort_unstable();
+                sides.dedup();
+                for s in sides {
+                    let info = &t.side_info[s as usize];
+                    let dir = info.dir.expect("a side of a namespace has a direction");
+                    list.clear();
+                    list.extend(
+                        t.side_policies[info.policies.0 as usize..info.policies.1 as usize]
+                            .iter()
+                            .map(|id| cluster_of[id]),
+                    );
+                    if !list.iter().any(|&pi| rekey.uses(&self.cluster.policies[pi as usize], dir)) {
+                        continue;
+                    }
+                    let se = t.sides[s as usize];
+                    let base = (se.table & !PATCHED) as usize;
+                    let slots: &[Slot] = if se.table & PATCHED == 0 { &t.slots } else { &b.slots };
+                    old.clear();
+                    old.extend_from_slice(&slots[base..base + (1 << se.table_bits)]);
+                    t.sides[s as usize] = b.rebuild_keys(&mut c, (dir, &list), &blocks, (se, &old));
+                    rekeyed += 1;
+                }
+            }
+        }
         // Resolutions this patch made, kept for the next ones.
         let fresh: Vec<((NamespaceMatch, Selector), Arc<Resolution>)> = c
             .peer_cache
@@ -363,7 +426,7 @@ impl IncrementalCompiler {
         t.stats.policies = self.cluster.policies.len();
         t.stats.invalid_policies = self.cluster.policies.iter().filter(|p| !p.valid).count();
         t.stats.sides = t.side_info.len();
-        names
+        (names, rekeyed)
     }
 
     /// A copy of the current table to patch, in a spare table's buffers when
@@ -396,7 +459,7 @@ impl IncrementalCompiler {
         let before = data_bytes(&t);
         let n = changes.len();
         let mut blocker = None;
-        let mut touched = Vec::new();
+        let mut touched = Touched::default();
         // A pod in a namespace the table does not know yet (its Namespace
         // object not seen, or seen later): the namespace is assumed with only
         // its name label, as in a full snapshot. All of them first: an
@@ -418,13 +481,14 @@ impl IncrementalCompiler {
             }
             self.set_pod(ch);
         }
+        let Touched { rebuild: mut touched, rekey } = touched;
         touched.sort_unstable();
         touched.dedup();
         // Rebuilding a good part of a large cluster's namespaces costs about
         // a full compile, which also drops what patches left unused.
         if blocker.is_none() && touched.len() > 8 && touched.len() * 4 > self.ids.ns_identities.len() {
             blocker = Some(format!(
-                "new label sets are seen by policies of {} of {} namespaces",
+                "new label sets change the sides of {} of {} namespaces",
                 touched.len(),
                 self.ids.ns_identities.len()
             ));
@@ -433,12 +497,12 @@ impl IncrementalCompiler {
             self.compact();
             return Compilation::Full { reason };
         }
-        let namespaces = if touched.is_empty() { Vec::new() } else { self.patch_namespaces(&mut t, touched) };
+        let (namespaces, rekeyed) = self.patch_namespaces(&mut t, touched, &rekey);
         t.stats.pods = self.cluster.pods.len();
         t.stats.pod_ips = t.addr_v4.len() + t.addr_v6.len();
         t.stats.identities = self.ids.labels.len();
         self.publish_patch(t, before);
-        Compilation::PodsPatched { pods: n, namespaces }
+        Compilation::PodsPatched { pods: n, namespaces, rekeyed }
     }
 
     /// Applies namespace changes (in order) and updates the table. A new
@@ -453,6 +517,7 @@ impl IncrementalCompiler {
     pub fn apply_namespaces(&mut self, changes: Vec<NamespaceChange>) -> Compilation {
         let changed = changes.len();
         let mut touched: Vec<String> = Vec::new();
+        let mut rekey = Rekey::default();
         let mut blocker = None;
         for ch in changes {
             let holds = !range_of(&self.cluster.pods, &ch.name, |p| &p.namespace).is_empty()
@@ -473,7 +538,7 @@ impl IncrementalCompiler {
                 None => self.insert_namespace(info),
                 // Blocked: the rest only updates the snapshot for the full compile.
                 Some(&ns) if blocker.is_some() => self.cluster.namespaces[ns as usize] = info,
-                Some(&ns) => blocker = self.relabel_namespace(ns, info, &mut touched).err(),
+                Some(&ns) => blocker = self.relabel_namespace(ns, info, &mut touched, &mut rekey).err(),
             }
         }
         if let Some(reason) = blocker {
@@ -484,9 +549,9 @@ impl IncrementalCompiler {
         let before = data_bytes(&t);
         let touched: Vec<u32> =
             touched.iter().filter_map(|n| self.ids.ns_index.get(n.as_str()).copied()).collect();
-        let namespaces = if touched.is_empty() { Vec::new() } else { self.patch_namespaces(&mut t, touched) };
+        let (namespaces, rekeyed) = self.patch_namespaces(&mut t, touched, &rekey);
         self.publish_patch(t, before);
-        Compilation::NamespacesPatched { changed, namespaces }
+        Compilation::NamespacesPatched { changed, namespaces, rekeyed }
     }
 
     /// Adds namespace `info` (not in the table yet, and holding no pods or
@@ -509,11 +574,20 @@ impl IncrementalCompiler {
 
     /// Removes namespace `name`, which holds no pods or policies any more.
     /// Identities its pods had since the last full compile stay, in no
-    /// namespace: no pod has them, so no verdict can see them (resolutions
-    /// that still name their blocks are rebuilt when next compared).
+    /// namespace: no pod has them, so no verdict can see them. The selector
+    /// peers that looked at the namespace are resolved again without them,
+    /// so that a later comparison sees only later changes; the sides keep
+    /// their keys for those blocks, which no lookup asks for any more.
     fn remove_namespace(&mut self, name: &str) {
-        let Some(at32) = self.ids.ns_index.remove(name) else { return };
+        let Some(&at32) = self.ids.ns_index.get(name) else { return };
         let at = at32 as usize;
+        let keys: Vec<(NamespaceMatch, Selector)> = if self.ids.ns_identities[at].is_empty() {
+            Vec::new()
+        } else {
+            let info = &self.cluster.namespaces[at];
+            self.peers.keys().filter(|k| looks_at(&k.0, info)).cloned().collect()
+        };
+        self.ids.ns_index.remove(name);
         for v in self.ids.ns_index.values_mut().filter(|v| **v > at32) {
             *v -= 1;
         }
@@ -524,12 +598,18 @@ impl IncrementalCompiler {
         self.ids.ns_identities.remove(at);
         self.ids.ns_blocks.remove(at);
         self.cluster.namespaces.remove(at);
+        let mut c = Compiler::new(&self.cluster, &self.ids, &self.ctx, &self.policy_ids);
+        let fresh: Vec<_> = keys.iter().map(|k| Arc::new(c.resolve_uncached(&k.0, &k.1))).collect();
+        drop(c);
+        self.peers.extend(keys.into_iter().zip(fresh));
     }
 
     /// Gives namespace `ns` the labels of `info`. When it has identities,
     /// every selector peer whose namespace selector starts or stops
-    /// matching it is resolved again, and the namespaces whose policies use
-    /// a peer that now resolves differently go to `touched` (by name).
+    /// matching it is resolved again: it changes in the namespace's blocks
+    /// only, so the sides using it get those keys anew (`rekey`); a peer
+    /// whose stored resolution differed elsewhere too has the namespaces of
+    /// the policies using it rebuilt (`touched`, by name).
     /// Label sets pod patches paired with an identity of the namespace (see
     /// `aliases`) were paired under the old labels: those need a full compile.
     fn relabel_namespace(
@@ -537,6 +617,7 @@ impl IncrementalCompiler {
         ns: u32,
         info: NamespaceInfo,
         touched: &mut Vec<String>,
+        rekey: &mut Rekey,
     ) -> Result<(), String> {
         let old = &self.cluster.namespaces[ns as usize];
         if old.labels == info.labels {
@@ -561,9 +642,11 @@ impl IncrementalCompiler {
             .cloned()
             .collect();
         self.cluster.namespaces[ns as usize] = info;
-        let mut at = Vec::new();
-        self.resolve_again(&keys, &mut at);
-        touched.extend(at.into_iter().map(|i| self.cluster.namespaces[i as usize].name.clone()));
+        let blocks = self.ids.ns_blocks(ns).to_vec();
+        let mut here = Touched { rebuild: Vec::new(), rekey: std::mem::take(rekey) };
+        self.resolve_again(&keys, &blocks, &mut here);
+        *rekey = here.rekey;
+        touched.extend(here.rebuild.into_iter().map(|i| self.cluster.namespaces[i as usize].name.clone()));
         Ok(())
     }
 
@@ -606,14 +689,14 @@ impl IncrementalCompiler {
     }
 
     /// Patches `ch`, whose pod takes `identity` (see [`Self::check_pod`]),
-    /// into `t` and the snapshot; adds to `touched` the namespaces whose
-    /// sides a new identity asks to rebuild.
+    /// into `t` and the snapshot; adds to `touched` what a new identity
+    /// asks to rebuild.
     fn patch_pod(
         &mut self,
         t: &mut DecisionTable,
         ch: PodChange,
         identity: Option<PodIdentity>,
-        touched: &mut Vec<u32>,
+        touched: &mut Touched,
     ) {
         let at = self.pod_index(&ch.namespace, &ch.name);
         if let Ok(i) = at {
@@ -747,14 +830,15 @@ impl IncrementalCompiler {
         })
     }
 
-    /// Adds the identity of `p` (its namespace has room, see
-    /// [`Self::has_room`]) and re-resolves every selector peer that looks
-    /// at its namespace. A peer that now resolves differently (the identity
-    /// matches, or no longer every identity of the namespace does) changes
-    /// the sides of every policy using it: their namespaces go to `touched`,
-    /// with the pod's own (its policies' pod selectors may pick the new
-    /// identity).
-    fn add_identity(&mut self, p: &PodInfo, touched: &mut Vec<u32>) -> u32 {
+    /// Adds the identity of `p` (in a free bit of its namespace's blocks,
+    /// or a fresh block) and re-resolves every selector peer that looks at
+    /// its namespace. A peer that now resolves differently (the identity
+    /// matches, or the namespace has a new block) differs in the identity's
+    /// block only: the sides of the policies using it get that block's key
+    /// anew (`touched.rekey`). The pod's own namespace is rebuilt
+    /// (`touched.rebuild`): its policies' pod selectors may pick the new
+    /// identity, which then needs sides.
+    fn add_identity(&mut self, p: &PodInfo, touched: &mut Touched) -> u32 {
         let ns = self.ids.ns_index[p.namespace.as_str()];
         let id = self.ids.labels.len() as u32;
         let local = self.ids.ns_identities[ns as usize].len();
@@ -770,18 +854,20 @@ impl IncrementalCompiler {
         self.ids.ns_identities[ns as usize].push(id);
         self.ids.identity_block.push((block, (local % BLOCK_BITS) as u32));
         self.identity_sides.push([0, 0]);
-        touched.push(ns);
+        touched.rebuild.push(ns);
 
         let info = &self.cluster.namespaces[ns as usize];
         let keys: Vec<(NamespaceMatch, Selector)> =
             self.peers.keys().filter(|k| looks_at(&k.0, info)).cloned().collect();
-        self.resolve_again(&keys, touched);
+        self.resolve_again(&keys, &[block], touched);
         id
     }
 
-    /// Resolves the selector peers `keys` again; the namespaces (indexes)
-    /// whose policies use one that now resolves differently go to `touched`.
-    fn resolve_again(&mut self, keys: &[(NamespaceMatch, Selector)], touched: &mut Vec<u32>) {
+    /// Resolves the selector peers `keys` again. A peer that now resolves
+    /// differently only in identity blocks `blocks` goes to `touched.rekey`;
+    /// the namespaces (indexes) whose policies use one that changed
+    /// elsewhere too (a stale resolution) go to `touched.rebuild`.
+    fn resolve_again(&mut self, keys: &[(NamespaceMatch, Selector)], blocks: &[u32], touched: &mut Touched) {
         let mut changed = PeerCache::new();
         {
             let mut c = Compiler::new(&self.cluster, &self.ids, &self.ctx, &self.policy_ids);
@@ -792,13 +878,24 @@ impl IncrementalCompiler {
                 }
             }
         }
-        if !changed.is_empty() {
+        let mut elsewhere = PeerCache::new();
+        for (k, fresh) in &changed {
+            if self.peers.get(k).is_some_and(|old| same_outside(old, fresh, blocks)) {
+                touched.rekey.peers.insert(k.clone());
+            } else {
+                elsewhere.insert(k.clone(), fresh.clone());
+            }
+        }
+        if changed.len() > elsewhere.len() {
+            touched.rekey.blocks.extend_from_slice(blocks);
+        }
+        if !elsewhere.is_empty() {
             for pol in &self.cluster.policies {
                 let uses_changed = Direction::BOTH.iter().flat_map(|d| pol.rules(*d)).flat_map(|r| &r.peers).any(
-                    |peer| matches!(peer, Peer::Pods { namespaces, pods } if changed.contains_key(&PeerRef(namespaces, pods))),
+                    |peer| matches!(peer, Peer::Pods { namespaces, pods } if elsewhere.contains_key(&PeerRef(namespaces, pods))),
                 );
                 if uses_changed {
-                    touched.extend(self.ids.ns_index.get(pol.namespace.as_str()));
+                    touched.rebuild.extend(self.ids.ns_index.get(pol.namespace.as_str()));
                 }
             }
         }
@@ -824,6 +921,41 @@ enum PodIdentity {
     Twin(u32),
     /// A new identity, in a free bit of its namespace's blocks.
     New,
+}
+
+/// What changes of identities ask to rebuild.
+#[derive(Debug, Default)]
+struct Touched {
+    /// Namespaces (indexes) whose sides are rebuilt in full: a new
+    /// identity's own (its policies' pod selectors may pick it), and those
+    /// whose policies use a peer that changed beyond `rekey.blocks`.
+    rebuild: Vec<u32>,
+    /// Peers whose resolution changed only in the keys of `rekey.blocks`.
+    rekey: Rekey,
+}
+
+/// Selector peers whose resolution changed only in some identity blocks:
+/// the sides that use them keep their peer tables but those blocks' keys,
+/// which are expanded anew ([`SideBuilder::rebuild_keys`]), in place.
+#[derive(Debug, Default)]
+struct Rekey {
+    blocks: Vec<u32>,
+    peers: hashbrown::HashSet<(NamespaceMatch, Selector)>,
+}
+
+impl Rekey {
+    fn uses(&self, pol: &Policy, dir: Direction) -> bool {
+        pol.rules(dir).iter().flat_map(|r| &r.peers).any(
+            |peer| matches!(peer, Peer::Pods { namespaces, pods } if self.peers.contains(&PeerRef(namespaces, pods))),
+        )
+    }
+}
+
+/// Do resolutions `a` and `b` agree outside identity blocks `blocks`?
+fn same_outside(a: &Resolution, b: &Resolution, blocks: &[u32]) -> bool {
+    let outside =
+        |r: &Resolution| r.blocks.iter().filter(|x| !blocks.contains(&x.0)).copied().collect::<Vec<_>>();
+    a.all_pods == b.all_pods && outside(a) == outside(b)
 }
 
 /// Does a peer's namespace part select namespace `ns`?
