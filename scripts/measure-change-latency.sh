@@ -17,11 +17,17 @@
 # KIND=rollout: the same pod, but each change gives it a label set new to
 # its namespace (the pod's labels plus `rollout: rN`, as a new ReplicaSet's
 # pod-template-hash does): a new identity each time.
+# KIND=namespace: each change is a new namespace (with the labels of the
+# generated namespace, so other namespaces' policies see its pods) and one pod
+# in it, in one file that replaces the previous change's namespace and pod:
+# namespace churn, as CI systems make it. Each new namespace's pod is a new
+# identity block.
 #
 #   scripts/measure-change-latency.sh                 # N = 1000 and 10000, 10000 pods
 #   POLICIES="10 1000" PODS=2000 CHANGES=20 scripts/measure-change-latency.sh
 #   KIND=pod scripts/measure-change-latency.sh
 #   KIND=rollout scripts/measure-change-latency.sh
+#   KIND=namespace scripts/measure-change-latency.sh
 #
 # Needs root for the dataplane; without it the daemon runs without ports and
 # only change -> published is measured. The manifest source polls every
@@ -112,16 +118,26 @@ targets = [("stars", "role: frontend"), (pod["metadata"]["namespace"], f'app: {p
 for i in range(changes):
     g = s["table_generation"]
     ns, selector = targets[i % 2]
-    if kind in ("pod", "rollout"):
+    if kind in ("pod", "rollout", "namespace"):
         ns, labels = pod["metadata"]["namespace"], dict(pod["metadata"]["labels"])
         if kind == "rollout":
             labels["rollout"] = f"r{i}"
         labels = json.dumps(labels)
-    doc = f"""apiVersion: v1
+    prefix = ""
+    if kind == "namespace":
+        like = next(o for o in gen["items"] if o["kind"] == "Namespace" and o["metadata"]["name"] == ns)
+        ns_labels = {k: v for k, v in like["metadata"].get("labels", {}).items() if k != "kubernetes.io/metadata.name"}
+        ns = f"latency-ns-{i}"
+        prefix = f"""apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}, labels: {json.dumps(ns_labels)}}}
+---
+"""
+    doc = prefix + f"""apiVersion: v1
 kind: Pod
 metadata: {{name: latency-probe, namespace: {ns}, labels: {labels}}}
 status: {{podIP: 100.100.0.{1 + i % 2}}}
-""" if kind in ("pod", "rollout") else f"""apiVersion: networking.k8s.io/v1
+""" if kind in ("pod", "rollout", "namespace") else f"""apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {{name: latency-probe, namespace: {ns}}}
 spec:

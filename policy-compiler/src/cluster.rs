@@ -17,6 +17,11 @@ pub struct Cluster {
     pub pods: Vec<PodInfo>,
     /// Policies (invalid ones fail-closed), sorted by namespace/name.
     pub policies: Vec<Policy>,
+    /// Names of the namespaces of `namespaces` that the input did not hold
+    /// (or held invalid), assumed with only their name label because pods or
+    /// policies live in them; sorted. A patch drops such a namespace once
+    /// nothing lives in it any more.
+    pub assumed: Vec<String>,
 }
 
 impl Cluster {
@@ -54,7 +59,7 @@ impl Cluster {
 
     /// Builds a snapshot from already-validated parts (tests, generators).
     pub fn from_parts(namespaces: Vec<NamespaceInfo>, pods: Vec<PodInfo>, policies: Vec<Policy>) -> Cluster {
-        let mut c = Cluster { namespaces, pods, policies };
+        let mut c = Cluster { namespaces, pods, policies, assumed: Vec::new() };
         c.normalize(&mut Vec::new());
         c
     }
@@ -77,11 +82,13 @@ impl Cluster {
             .filter(|p| p.field == "metadata.namespace")
             .map(|p| p.object.namespace.clone())
             .collect();
+        assumed.sort();
         assumed.dedup();
         problems.extend(found);
-        for ns in assumed {
-            self.namespaces.push(NamespaceInfo::assumed(&ns));
+        for ns in &assumed {
+            self.namespaces.push(NamespaceInfo::assumed(ns));
         }
+        self.assumed = assumed;
         self.namespaces.sort_by(|a, b| a.name.cmp(&b.name));
     }
 

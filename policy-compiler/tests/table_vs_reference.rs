@@ -485,6 +485,8 @@ proptest! {
         const ALL: [&str; 4] = ["w", "x", "y", "z"];
         let mut inc = IncrementalCompiler::new(cluster);
         let pool = ip_pool();
+        // Namespaces that have a Namespace object.
+        let mut objects: std::collections::BTreeSet<String> = NAMESPACES.iter().map(|n| n.to_string()).collect();
         for (step, (kind, nsi, team, pol, parts, pick)) in edits.into_iter().enumerate() {
             let ns = ALL[nsi];
             let known = inc.cluster().namespace(ns).is_some();
@@ -496,12 +498,16 @@ proptest! {
                         name: ns.into(),
                         namespace: Some(NamespaceInfo { name: ns.into(), labels }),
                     }]);
+                    objects.insert(ns.into());
                     if !known {
                         prop_assert!(matches!(how, Compilation::NamespacesPatched { .. }), "{:?}", how);
                     }
                     how
                 }
-                1 => inc.apply_namespaces(vec![NamespaceChange { name: ns.into(), namespace: None }]),
+                1 => {
+                    objects.remove(ns);
+                    inc.apply_namespaces(vec![NamespaceChange { name: ns.into(), namespace: None }])
+                }
                 2 => {
                     let mut p = edited_pod(format!("new{step}"), parts);
                     p.namespace = ns.into();
@@ -543,6 +549,16 @@ proptest! {
                     inc.apply(vec![ch])
                 }
             };
+            // The namespaces a snapshot of the same objects has: those with an
+            // object, and those pods or policies live in (assumed).
+            let c = inc.cluster();
+            let mut expected = objects.clone();
+            expected.extend(c.pods.iter().map(|p| p.namespace.clone()));
+            expected.extend(c.policies.iter().map(|p| p.namespace.clone()));
+            let held: std::collections::BTreeSet<String> = c.namespaces.iter().map(|n| n.name.clone()).collect();
+            prop_assert_eq!(held, expected, "after {:?}", how);
+            let assumed: Vec<&String> = c.namespaces.iter().map(|n| &n.name).filter(|n| !objects.contains(*n)).collect();
+            prop_assert_eq!(c.assumed.iter().collect::<Vec<_>>(), assumed);
             let full = DecisionTable::compile(inc.cluster());
             let t = inc.table();
             prop_assert_eq!(t.stats().namespaces, full.stats().namespaces, "{:?}", how);

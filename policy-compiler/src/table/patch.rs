@@ -223,9 +223,11 @@ impl IncrementalCompiler {
 
     /// Compiles the current snapshot in full, dropping what patches left
     /// unused. Namespaces that changes brought pods or policies into are
-    /// assumed, as a full snapshot would (see `Cluster::from_parts`).
+    /// assumed, as a full snapshot would (see `Cluster::from_parts`), and
+    /// assumed ones that nothing lives in any more are dropped.
     pub fn compact(&mut self) {
-        let Cluster { namespaces, pods, policies } = std::mem::take(&mut self.cluster);
+        let Cluster { mut namespaces, pods, policies, assumed } = std::mem::take(&mut self.cluster);
+        namespaces.retain(|n| assumed.binary_search(&n.name).is_err());
         self.replace(Cluster::from_parts(namespaces, pods, policies));
     }
 
@@ -246,7 +248,7 @@ impl IncrementalCompiler {
         for ch in &changes {
             if ch.policy.is_some() && !self.ids.ns_index.contains_key(ch.namespace.as_str()) {
                 // Assumed, as in a full snapshot (see `apply_pods`).
-                self.insert_namespace(NamespaceInfo::assumed(&ch.namespace));
+                self.assume_namespace(&ch.namespace);
             }
             if let Some(p) = &ch.policy {
                 if p.namespace != ch.namespace || p.name != ch.name {
@@ -305,6 +307,7 @@ impl IncrementalCompiler {
         };
         let before = data_bytes(&t);
         let (names, _) = self.patch_namespaces(&mut t, touched, &Rekey::default());
+        self.drop_empty_assumed();
         self.publish_patch(t, before);
         Compilation::Patched { namespaces: names }
     }
@@ -466,7 +469,7 @@ impl IncrementalCompiler {
         // insertion moves the indexes of the namespaces after it.
         for p in changes.iter().filter_map(|ch| ch.pod.as_ref()) {
             if !self.ids.ns_index.contains_key(p.namespace.as_str()) {
-                self.insert_namespace(NamespaceInfo::assumed(&p.namespace));
+                self.assume_namespace(&p.namespace);
             }
         }
         for ch in changes {
@@ -498,6 +501,7 @@ impl IncrementalCompiler {
             return Compilation::Full { reason };
         }
         let (namespaces, rekeyed) = self.patch_namespaces(&mut t, touched, &rekey);
+        self.drop_empty_assumed();
         t.stats.pods = self.cluster.pods.len();
         t.stats.pod_ips = t.addr_v4.len() + t.addr_v6.len();
         t.stats.identities = self.ids.labels.len();
@@ -526,9 +530,17 @@ impl IncrementalCompiler {
                 Some(mut info) => {
                     info.name = ch.name;
                     info.labels.insert(NAMESPACE_NAME_LABEL.to_string(), info.name.clone());
+                    if let Ok(i) = self.cluster.assumed.binary_search(&info.name) {
+                        self.cluster.assumed.remove(i);
+                    }
                     info
                 }
-                None if holds => NamespaceInfo::assumed(&ch.name),
+                None if holds => {
+                    if let Err(i) = self.cluster.assumed.binary_search(&ch.name) {
+                        self.cluster.assumed.insert(i, ch.name.clone());
+                    }
+                    NamespaceInfo::assumed(&ch.name)
+                }
                 None => {
                     self.remove_namespace(&ch.name);
                     continue;
@@ -552,6 +564,34 @@ impl IncrementalCompiler {
         let (namespaces, rekeyed) = self.patch_namespaces(&mut t, touched, &rekey);
         self.publish_patch(t, before);
         Compilation::NamespacesPatched { changed, namespaces, rekeyed }
+    }
+
+    /// Adds namespace `name`, which pods or policies name but no Namespace
+    /// object gave, with only its name label (as a full snapshot does).
+    fn assume_namespace(&mut self, name: &str) {
+        self.insert_namespace(NamespaceInfo::assumed(name));
+        if let Err(i) = self.cluster.assumed.binary_search_by(|n| n.as_str().cmp(name)) {
+            self.cluster.assumed.insert(i, name.to_string());
+        }
+    }
+
+    /// Drops the assumed namespaces that nothing lives in any more (their
+    /// last pod or policy left, or they were assumed when their Namespace
+    /// object was deleted first), as a full snapshot would not have them.
+    fn drop_empty_assumed(&mut self) {
+        let empty: Vec<String> = self
+            .cluster
+            .assumed
+            .iter()
+            .filter(|n| {
+                range_of(&self.cluster.pods, n, |p| &p.namespace).is_empty()
+                    && range_of(&self.cluster.policies, n, |p| &p.namespace).is_empty()
+            })
+            .cloned()
+            .collect();
+        for n in empty {
+            self.remove_namespace(&n);
+        }
     }
 
     /// Adds namespace `info` (not in the table yet, and holding no pods or
@@ -579,6 +619,9 @@ impl IncrementalCompiler {
     /// so that a later comparison sees only later changes; the sides keep
     /// their keys for those blocks, which no lookup asks for any more.
     fn remove_namespace(&mut self, name: &str) {
+        if let Ok(i) = self.cluster.assumed.binary_search_by(|n| n.as_str().cmp(name)) {
+            self.cluster.assumed.remove(i);
+        }
         let Some(&at32) = self.ids.ns_index.get(name) else { return };
         let at = at32 as usize;
         let keys: Vec<(NamespaceMatch, Selector)> = if self.ids.ns_identities[at].is_empty() {
