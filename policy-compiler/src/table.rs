@@ -1044,8 +1044,11 @@ impl SideBuilder {
     ) -> SideEntry {
         let mut side = SideEntry { any: was.any, pod_any: was.pod_any, ..SideEntry::default() };
         self.expand(c, dir, list, Some(blocks), &mut side);
+        // Count the keys expanded anew, not the kept ones again.
+        let peer_keys = self.peer_keys + self.keyed.len();
         self.keyed.extend(old.iter().filter(|s| s.key != EMPTY && !blocks.contains(&s.key)));
         self.place(&mut side);
+        self.peer_keys = peer_keys;
         side
     }
 
