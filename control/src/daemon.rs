@@ -493,7 +493,8 @@ fn touch(shared: &Shared, source: SourceId, kind: Kind, now: Instant, health: Op
 
 /// How a table was compiled, and how long that took.
 struct Compiled {
-    /// In the order applied: namespace changes, pod changes, then policy changes.
+    /// In the order applied: new and relabelled namespaces, pod changes,
+    /// policy changes, then deleted namespaces.
     kinds: Vec<Compilation>,
     took: Duration,
 }
@@ -542,7 +543,12 @@ fn patch(
     match (pending, compiler.as_mut()) {
         (Pending::Objects { namespaces, pods, policies }, Some(c)) => {
             let mut kinds = Vec::new();
-            // Namespaces first: a pod or policy may name one that arrives in the same batch.
+            // New and relabelled namespaces first: a pod or policy may live in
+            // one that arrives in the same batch. Deleted ones last: their pods
+            // and policies usually leave in the same batch, and a namespace
+            // deleted while they remain is kept, relabelled, until they go.
+            let (deleted, namespaces): (Vec<_>, Vec<_>) =
+                namespaces.into_iter().partition(|n| n.namespace.is_none());
             if !namespaces.is_empty() {
                 kinds.push(c.apply_namespaces(namespaces));
             }
@@ -551,6 +557,9 @@ fn patch(
             }
             if !policies.is_empty() {
                 kinds.push(c.apply(policies));
+            }
+            if !deleted.is_empty() {
+                kinds.push(c.apply_namespaces(deleted));
             }
             let patched_only = kinds.iter().all(|k| !matches!(k, Compilation::Full { .. }));
             // Changes that never pause for a compaction: compact now, at the cost of this one.

@@ -1025,7 +1025,7 @@ impl SideBuilder {
     fn build<'a>(&mut self, c: &mut Compiler<'a>, dir: Direction, list: &[u32]) -> SideEntry {
         let mut side = SideEntry::default();
         self.expand(c, dir, list, None, &mut side);
-        self.place(&mut side);
+        self.place(&mut side, None);
         side
     }
 
@@ -1035,19 +1035,22 @@ impl SideBuilder {
     /// (the side's slots, free ones included), is kept as it is, and so are
     /// its `any` and `pod_any` sets (`was`), which no identity changes. Exact
     /// when the resolutions of the side's peers changed in those blocks only.
+    /// `reuse`: where `old` lies in `slots` when the table being built owns
+    /// it (a patch's own copy of `patch_slots`): rewritten in place if the
+    /// keys fit, so that repeated patches do not append a table each time.
     fn rebuild_keys<'a>(
         &mut self,
         c: &mut Compiler<'a>,
         (dir, list): (Direction, &[u32]),
         blocks: &[u32],
-        (was, old): (SideEntry, &[Slot]),
+        (was, old, reuse): (SideEntry, &[Slot], Option<usize>),
     ) -> SideEntry {
         let mut side = SideEntry { any: was.any, pod_any: was.pod_any, ..SideEntry::default() };
         self.expand(c, dir, list, Some(blocks), &mut side);
         // Count the keys expanded anew, not the kept ones again.
         let peer_keys = self.peer_keys + self.keyed.len();
         self.keyed.extend(old.iter().filter(|s| s.key != EMPTY && !blocks.contains(&s.key)));
-        self.place(&mut side);
+        self.place(&mut side, reuse.map(|base| (base, old.len())));
         self.peer_keys = peer_keys;
         side
     }
@@ -1177,11 +1180,23 @@ impl SideBuilder {
 
     /// Places `keyed` as the side's peer table: a power of two at most half
     /// full, so a probe that misses meets a free slot soon.
-    fn place(&mut self, side: &mut SideEntry) {
+    /// `reuse`: the start of the side's present table in `slots` (its size
+    /// `2^side.table_bits` before the call), rewritten in place when the keys
+    /// still fill at most half of it; otherwise a table is appended.
+    fn place(&mut self, side: &mut SideEntry, reuse: Option<(usize, usize)>) {
         if !self.keyed.is_empty() {
-            let n = (self.keyed.len() * 2).next_power_of_two();
-            let base = self.slots.len();
-            self.slots.resize(base + n, FREE);
+            let (base, n) = match reuse {
+                Some((base, n)) if self.keyed.len() * 2 <= n => {
+                    self.slots[base..base + n].fill(FREE);
+                    (base, n)
+                }
+                _ => {
+                    let n = (self.keyed.len() * 2).next_power_of_two();
+                    let base = self.slots.len();
+                    self.slots.resize(base + n, FREE);
+                    (base, n)
+                }
+            };
             for slot in &self.keyed {
                 let mut h = slot_hash(slot.key) as usize & (n - 1);
                 while self.slots[base + h].key != EMPTY {

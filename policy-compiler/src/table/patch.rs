@@ -403,10 +403,13 @@ impl IncrementalCompiler {
                     }
                     let se = t.sides[s as usize];
                     let base = (se.table & !PATCHED) as usize;
-                    let slots: &[Slot] = if se.table & PATCHED == 0 { &t.slots } else { &b.slots };
+                    // A table in `patch_slots` belongs to this copy alone (the
+                    // published table has its own): rewritten in place.
+                    let (slots, reuse): (&[Slot], _) =
+                        if se.table & PATCHED == 0 { (&t.slots, None) } else { (&b.slots, Some(base)) };
                     old.clear();
                     old.extend_from_slice(&slots[base..base + (1 << se.table_bits)]);
-                    t.sides[s as usize] = b.rebuild_keys(&mut c, (dir, &list), &blocks, (se, &old));
+                    t.sides[s as usize] = b.rebuild_keys(&mut c, (dir, &list), &blocks, (se, &old, reuse));
                     rekeyed += 1;
                 }
             }
