@@ -17,10 +17,11 @@ pub struct Cluster {
     pub pods: Vec<PodInfo>,
     /// Policies (invalid ones fail-closed), sorted by namespace/name.
     pub policies: Vec<Policy>,
-    /// Names of the namespaces of `namespaces` that the input did not hold
-    /// (or held invalid), assumed with only their name label because pods or
-    /// policies live in them; sorted. A patch drops such a namespace once
-    /// nothing lives in it any more.
+    /// Names of the namespaces of `namespaces` that no Namespace object
+    /// gave (`from_objects` counts an invalid one as missing), assumed with
+    /// only their name label because pods or policies live in them; sorted.
+    /// A patch drops such a namespace once nothing lives in it any more.
+    /// Build a `Cluster` with `from_objects` or `from_parts`, which fill it.
     pub assumed: Vec<String>,
 }
 
