@@ -370,12 +370,17 @@ impl IncrementalCompiler {
             // Cluster index of each table policy index.
             let cluster_of: HashMap<u32, u32> =
                 self.policy_ids.iter().enumerate().map(|(pi, &id)| (id, pi as u32)).collect();
+            // Per policy (cluster index) and direction: does it use a peer of
+            // `rekey`? (One pass: the test hashes selectors.)
+            let uses: Vec<[bool; 2]> =
+                self.cluster.policies.iter().map(|pol| Direction::BOTH.map(|d| rekey.uses(pol, d))).collect();
             let mut namespaces: Vec<u32> = self
                 .cluster
                 .policies
                 .iter()
-                .filter(|pol| Direction::BOTH.iter().any(|d| rekey.uses(pol, *d)))
-                .filter_map(|pol| self.ids.ns_index.get(pol.namespace.as_str()).copied())
+                .zip(&uses)
+                .filter(|(_, u)| u[0] || u[1])
+                .filter_map(|(pol, _)| self.ids.ns_index.get(pol.namespace.as_str()).copied())
                 .filter(|ns| touched.binary_search(ns).is_err())
                 .collect();
             namespaces.dedup();
@@ -398,7 +403,7 @@ impl IncrementalCompiler {
                             .iter()
                             .map(|id| cluster_of[id]),
                     );
-                    if !list.iter().any(|&pi| rekey.uses(&self.cluster.policies[pi as usize], dir)) {
+                    if !list.iter().any(|&pi| uses[pi as usize][dir as usize]) {
                         continue;
                     }
                     let se = t.sides[s as usize];
