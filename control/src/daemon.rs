@@ -542,25 +542,29 @@ fn patch(
     }
     match (pending, compiler.as_mut()) {
         (Pending::Objects { namespaces, pods, policies }, Some(c)) => {
-            let mut kinds = Vec::new();
             // New and relabelled namespaces first: a pod or policy may live in
             // one that arrives in the same batch. Deleted ones last: their pods
             // and policies usually leave in the same batch, and a namespace
             // deleted while they remain is kept, relabelled, until they go.
+            // One copy of the table for all of them (`batch`).
             let (deleted, namespaces): (Vec<_>, Vec<_>) =
                 namespaces.into_iter().partition(|n| n.namespace.is_none());
-            if !namespaces.is_empty() {
-                kinds.push(c.apply_namespaces(namespaces));
-            }
-            if !pods.is_empty() {
-                kinds.push(c.apply_pods(pods));
-            }
-            if !policies.is_empty() {
-                kinds.push(c.apply(policies));
-            }
-            if !deleted.is_empty() {
-                kinds.push(c.apply_namespaces(deleted));
-            }
+            let kinds = c.batch(|c| {
+                let mut kinds = Vec::new();
+                if !namespaces.is_empty() {
+                    kinds.push(c.apply_namespaces(namespaces));
+                }
+                if !pods.is_empty() {
+                    kinds.push(c.apply_pods(pods));
+                }
+                if !policies.is_empty() {
+                    kinds.push(c.apply(policies));
+                }
+                if !deleted.is_empty() {
+                    kinds.push(c.apply_namespaces(deleted));
+                }
+                kinds
+            });
             let patched_only = kinds.iter().all(|k| !matches!(k, Compilation::Full { .. }));
             // Changes that never pause for a compaction: compact now, at the cost of this one.
             Some(if patched_only && c.stale_share() >= share_max {

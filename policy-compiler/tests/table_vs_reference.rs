@@ -477,7 +477,7 @@ proptest! {
     fn namespace_patches_equal_a_full_compile(
         cluster in cluster_strategy(),
         edits in prop::collection::vec(
-            (0u8..7, 0usize..4, prop::option::of(prop::sample::select(vec!["blue", "a"])), policy_strategy(), pod_strategy(), any::<usize>()),
+            (0u8..8, 0usize..4, prop::option::of(prop::sample::select(vec!["blue", "a"])), policy_strategy(), pod_strategy(), any::<usize>()),
             1..12,
         ),
     ) {
@@ -538,6 +538,31 @@ proptest! {
                     inc.apply_pods(
                         [p, q].into_iter().map(|p| PodChange { namespace: p.namespace.clone(), name: p.name.clone(), pod: Some(p) }).collect(),
                     )
+                }
+                7 => {
+                    // One batch (one copy of the table): the namespace gets
+                    // labels, a pod arrives in it, a policy changes, and an
+                    // existing pod and the namespace after it in `ALL` leave.
+                    let labels: Labels = team.map(|t| [("team".to_string(), t.to_string())].into()).unwrap_or_default();
+                    let mut p = edited_pod(format!("new{step}"), parts);
+                    p.namespace = ns.into();
+                    let gone = (!pods.is_empty()).then(|| pods[pick % pods.len()].clone());
+                    let next = ALL[(nsi + 1) % 4];
+                    objects.insert(ns.into());
+                    objects.remove(next);
+                    let kinds = inc.batch(|inc| {
+                        let mut kinds = vec![inc.apply_namespaces(vec![NamespaceChange {
+                            name: ns.into(),
+                            namespace: Some(NamespaceInfo { name: ns.into(), labels }),
+                        }])];
+                        let mut changes = vec![PodChange { namespace: p.namespace.clone(), name: p.name.clone(), pod: Some(p) }];
+                        changes.extend(gone.map(|g| PodChange { namespace: g.namespace, name: g.name, pod: None }));
+                        kinds.push(inc.apply_pods(changes));
+                        kinds.push(inc.apply(vec![PolicyChange { namespace: pol.namespace.clone(), name: pol.name.clone(), policy: Some(pol) }]));
+                        kinds.push(inc.apply_namespaces(vec![NamespaceChange { name: next.into(), namespace: None }]));
+                        kinds
+                    });
+                    kinds.into_iter().last().unwrap()
                 }
                 _ => {
                     let existing = &inc.cluster().policies;

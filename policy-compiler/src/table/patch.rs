@@ -172,6 +172,12 @@ pub struct IncrementalCompiler {
     /// [`Self::twin_of`]; built when a pod patch first needs it, dropped by
     /// every policy change.
     all_peers: std::sync::OnceLock<Vec<(NamespaceMatch, Selector)>>,
+    /// Inside [`Self::batch`]: patches go on in one copy, published at its end.
+    batching: bool,
+    /// That copy, between two patches of a batch, and its data bytes before
+    /// the batch's first patch.
+    draft: Option<DecisionTable>,
+    draft_before: Option<usize>,
 }
 
 /// Earlier tables an [`IncrementalCompiler`] keeps for their buffers: enough
@@ -196,6 +202,9 @@ impl IncrementalCompiler {
             identity_sides: full.identity_sides,
             aliases: Vec::new(),
             all_peers: std::sync::OnceLock::new(),
+            batching: false,
+            draft: None,
+            draft_before: None,
             table_pods: (0..cluster.pods.len() as u32).collect(),
             cluster,
         }
@@ -440,16 +449,46 @@ impl IncrementalCompiler {
         (names, rekeyed)
     }
 
-    /// A copy of the current table to patch, in a spare table's buffers when
-    /// one is free.
+    /// Runs `f`, whose patches (any of [`Self::apply_namespaces`],
+    /// [`Self::apply_pods`], [`Self::apply`]) then work on one copy of the
+    /// table, published once at the end: a batch of several kinds of changes
+    /// costs one copy, not one per kind. A part that compiles in full
+    /// publishes at once, and the parts after it patch that table.
+    pub fn batch<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.batching = true;
+        self.draft_before = None;
+        let r = f(self);
+        self.batching = false;
+        if let Some(t) = self.draft.take() {
+            let before = self.draft_before.take().unwrap_or(0);
+            self.publish_now(t, before);
+        }
+        r
+    }
+
+    /// A copy of the current table to patch (the batch's copy when there is
+    /// one), in a spare table's buffers when one is free.
     fn copy_for_patch(&mut self) -> DecisionTable {
+        if let Some(t) = self.draft.take() {
+            return t;
+        }
         let free = self.spare.iter().position(|t| Arc::strong_count(t) == 1);
         let reuse = free.and_then(|i| self.spare.remove(i)).and_then(|t| Arc::try_unwrap(t).ok());
         copy_to_patch(&self.table, reuse)
     }
 
-    /// Makes patched `t` the current table (`before`: its data bytes before the patch).
-    fn publish_patch(&mut self, mut t: DecisionTable, before: usize) {
+    /// Makes patched `t` the current table (`before`: its data bytes before
+    /// the patch), or, inside a batch, keeps it for the batch's next patch.
+    fn publish_patch(&mut self, t: DecisionTable, before: usize) {
+        if self.batching {
+            self.draft_before.get_or_insert(before);
+            self.draft = Some(t);
+            return;
+        }
+        self.publish_now(t, before);
+    }
+
+    fn publish_now(&mut self, mut t: DecisionTable, before: usize) {
         t.stats.namespaces = self.cluster.namespaces.len();
         t.stats.identity_blocks = self.ids.blocks as usize;
         t.stats.memory_bytes = t.memory_estimate();
