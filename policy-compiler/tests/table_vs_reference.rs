@@ -388,6 +388,44 @@ fn edited_pod(
 
 type PodParts = (usize, Labels, Vec<usize>, Vec<(usize, usize)>);
 
+/// After a patch (`how`), the incremental compiler's table has the same
+/// namespaces and pods, the same pod at every address, and the same verdicts
+/// and reasons as a full compile of its snapshot.
+fn agrees_with_full_compile(
+    inc: &policy_compiler::IncrementalCompiler,
+    how: &policy_compiler::Compilation,
+) -> Result<(), TestCaseError> {
+    let pool = ip_pool();
+    let full = DecisionTable::compile(inc.cluster());
+    let t = inc.table();
+    prop_assert_eq!(t.stats().namespaces, full.stats().namespaces, "{:?}", how);
+    prop_assert_eq!(t.stats().pods, full.stats().pods, "{:?}", how);
+    prop_assert_eq!(t.stats().pod_ips, full.stats().pod_ips, "{:?}", how);
+    for s in &pool {
+        prop_assert_eq!(t.pod_at(*s), full.pod_at(*s), "pod at {} after {:?}", s, how);
+        for d in &pool {
+            for (proto, port) in [(6u8, 80u16), (17, 81), (132, 79), (6, 82), (1, 0)] {
+                let a = t.verdict_both(*s, *d, proto, port);
+                let b = full.verdict_both(*s, *d, proto, port);
+                for (side, x, y) in [("egress", a.egress, b.egress), ("ingress", a.ingress, b.ingress)] {
+                    prop_assert_eq!(
+                        named_side(t, x),
+                        named_side(&full, y),
+                        "{} {}->{} {}/{} after {:?}",
+                        side,
+                        s,
+                        d,
+                        proto,
+                        port,
+                        how
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -404,7 +442,6 @@ proptest! {
     ) {
         use policy_compiler::{Compilation, IncrementalCompiler, PodChange, PolicyChange};
         let mut inc = IncrementalCompiler::new(cluster);
-        let pool = ip_pool();
         for (step, (kind, pol, parts, pick)) in edits.into_iter().enumerate() {
             let pods = inc.cluster().pods.clone();
             let how = match (kind, pods.is_empty()) {
@@ -445,21 +482,7 @@ proptest! {
                     how
                 }
             };
-            let full = DecisionTable::compile(inc.cluster());
-            let t = inc.table();
-            prop_assert_eq!(t.stats().pods, full.stats().pods, "{:?}", how);
-            prop_assert_eq!(t.stats().pod_ips, full.stats().pod_ips, "{:?}", how);
-            for s in &pool {
-                prop_assert_eq!(t.pod_at(*s), full.pod_at(*s), "pod at {} after {:?}", s, how);
-                for d in &pool {
-                    for (proto, port) in [(6u8, 80u16), (17, 81), (132, 79), (6, 82), (1, 0)] {
-                        let a = t.verdict_both(*s, *d, proto, port);
-                        let b = full.verdict_both(*s, *d, proto, port);
-                        prop_assert_eq!(named_side(t, a.egress), named_side(&full, b.egress), "egress {}->{} {}/{} after {:?}", s, d, proto, port, how);
-                        prop_assert_eq!(named_side(t, a.ingress), named_side(&full, b.ingress), "ingress {}->{} {}/{} after {:?}", s, d, proto, port, how);
-                    }
-                }
-            }
+            agrees_with_full_compile(&inc, &how)?;
         }
     }
 }
@@ -584,21 +607,7 @@ proptest! {
             prop_assert_eq!(held, expected, "after {:?}", how);
             let assumed: Vec<&String> = c.namespaces.iter().map(|n| &n.name).filter(|n| !objects.contains(*n)).collect();
             prop_assert_eq!(c.assumed.iter().collect::<Vec<_>>(), assumed);
-            let full = DecisionTable::compile(inc.cluster());
-            let t = inc.table();
-            prop_assert_eq!(t.stats().namespaces, full.stats().namespaces, "{:?}", how);
-            prop_assert_eq!(t.stats().pods, full.stats().pods, "{:?}", how);
-            for s in &pool {
-                prop_assert_eq!(t.pod_at(*s), full.pod_at(*s), "pod at {} after {:?}", s, how);
-                for d in &pool {
-                    for (proto, port) in [(6u8, 80u16), (17, 81), (132, 79), (6, 82), (1, 0)] {
-                        let a = t.verdict_both(*s, *d, proto, port);
-                        let b = full.verdict_both(*s, *d, proto, port);
-                        prop_assert_eq!(named_side(t, a.egress), named_side(&full, b.egress), "egress {}->{} {}/{} after {:?}", s, d, proto, port, how);
-                        prop_assert_eq!(named_side(t, a.ingress), named_side(&full, b.ingress), "ingress {}->{} {}/{} after {:?}", s, d, proto, port, how);
-                    }
-                }
-            }
+            agrees_with_full_compile(&inc, &how)?;
         }
     }
 }
