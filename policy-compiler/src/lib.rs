@@ -20,6 +20,12 @@
 //!                   only the changed namespaces' sides rebuilt (table/patch.rs)
 //!  PodChange(s) ────IncrementalCompiler::apply_pods──▶ patched: only the pods'
 //!                   entries and addresses, when their labels are known
+//!                   (a new label set: its namespace's sides, and its identity
+//!                   block's key in the sides elsewhere that see it)
+//!  NamespaceChange(s) ─IncrementalCompiler::apply_namespaces──▶ patched: new
+//!                   and empty deleted namespaces change no side; new labels
+//!                   give the namespace's block keys anew where selectors see it
+//!  several kinds at once: IncrementalCompiler::batch (one copy, one table)
 //! ```
 //!
 //! What comes in: API objects (or an already validated [`Cluster`]). What goes
