@@ -163,7 +163,7 @@ fn parse_sloppy(a: &str) -> Option<IpAddr> {
 }
 
 /// An address as the API server reads it in a field that accepts the
-/// legacy forms (`status.podIPs`): [`parse_sloppy`] when strict parsing fails.
+/// legacy forms (`status.podIPs`): `parse_sloppy` when strict parsing fails.
 pub fn parse_ip_sloppy(a: &str) -> Option<IpAddr> {
     a.parse().ok().or_else(|| parse_sloppy(a))
 }
