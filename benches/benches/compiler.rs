@@ -15,6 +15,11 @@
 //! * `pod_patch/10k_pods/{1000,10000}`: `IncrementalCompiler::apply_pods`
 //!   of a rollout step (a pod deleted, a replica with its labels and a new
 //!   address added): what a pod change costs the control plane;
+//! * `namespace_patch/10k_pods/{1000,10000}`: a new namespace (labelled like
+//!   a generated one, so other namespaces' policies see its pods) and its
+//!   first pod, one batch (`IncrementalCompiler::batch`): a new identity
+//!   block, whose key the sides that see it get anew; the namespace and pod
+//!   are deleted again after each step, untimed;
 //! * `memory`: prints `stats()` and the heap bytes the tables really hold,
 //!   counted by the global allocator of this binary.
 //!
@@ -30,7 +35,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
-use policy_compiler::{Cluster, Compilation, DecisionTable, IncrementalCompiler, PodChange, PolicyChange};
+use policy_compiler::model::NamespaceInfo;
+use policy_compiler::{
+    Cluster, Compilation, DecisionTable, IncrementalCompiler, NamespaceChange, PodChange, PolicyChange,
+};
 use portcullis_benches::{generate, measure_heap, sample_flows, CountingAlloc};
 
 #[global_allocator]
@@ -157,6 +165,33 @@ fn pod_patch(c: &mut Criterion) {
     });
 }
 
+fn namespace_patch(c: &mut Criterion) {
+    bench_changes(c, "namespace_patch", |inc, cluster, n| {
+        let like = &cluster.namespaces[1 + n * 7 % (cluster.namespaces.len() - 1)];
+        let name = format!("bench-ns-{n}");
+        let mut labels = like.labels.clone();
+        labels.insert("kubernetes.io/metadata.name".into(), name.clone());
+        let mut pod = cluster.pods.iter().find(|p| p.namespace == like.name).expect("a pod").clone();
+        pod.namespace = name.clone();
+        pod.ips = vec![IpAddr::V4(Ipv4Addr::from(0x6465_0000 + n as u32))];
+        let ns = NamespaceChange {
+            name: name.clone(),
+            namespace: Some(NamespaceInfo { name: name.clone(), labels }),
+        };
+        let add = PodChange { namespace: name.clone(), name: pod.name.clone(), pod: Some(pod.clone()) };
+        let t = Instant::now();
+        let how = inc.batch(|inc| [inc.apply_namespaces(vec![ns]), inc.apply_pods(vec![add])]);
+        let took = t.elapsed();
+        assert!(how.iter().all(|h| !matches!(h, Compilation::Full { .. })), "{how:?}");
+        // Not timed: both leave again, so the cluster stays the same size.
+        inc.batch(|inc| {
+            inc.apply_pods(vec![PodChange { namespace: name.clone(), name: pod.name, pod: None }]);
+            inc.apply_namespaces(vec![NamespaceChange { name, namespace: None }]);
+        });
+        took
+    });
+}
+
 /// Not timed: prints each table's stats and its real heap size.
 fn memory(_: &mut Criterion) {
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
@@ -173,5 +208,5 @@ fn memory(_: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, lookup, compile, patch, pod_patch, memory);
+criterion_group!(benches, lookup, compile, patch, pod_patch, namespace_patch, memory);
 criterion_main!(benches);

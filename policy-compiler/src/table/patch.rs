@@ -547,7 +547,11 @@ impl IncrementalCompiler {
             self.compact();
             return Compilation::Full { reason };
         }
-        let (namespaces, rekeyed) = self.patch_namespaces(&mut t, touched, &rekey);
+        let (namespaces, rekeyed) = if touched.is_empty() && rekey.peers.is_empty() {
+            (Vec::new(), 0)
+        } else {
+            self.patch_namespaces(&mut t, touched, &rekey)
+        };
         self.drop_empty_assumed();
         t.stats.pods = self.cluster.pods.len();
         t.stats.pod_ips = t.addr_v4.len() + t.addr_v6.len();
@@ -608,7 +612,11 @@ impl IncrementalCompiler {
         let before = data_bytes(&t);
         let touched: Vec<u32> =
             touched.iter().filter_map(|n| self.ids.ns_index.get(n.as_str()).copied()).collect();
-        let (namespaces, rekeyed) = self.patch_namespaces(&mut t, touched, &rekey);
+        let (namespaces, rekeyed) = if touched.is_empty() && rekey.peers.is_empty() {
+            (Vec::new(), 0)
+        } else {
+            self.patch_namespaces(&mut t, touched, &rekey)
+        };
         self.publish_patch(t, before);
         Compilation::NamespacesPatched { changed, namespaces, rekeyed }
     }
