@@ -11,12 +11,12 @@
 //!  PodChange(s) ──────▶ cluster.pods updated ───────▶ per pod: its entry (its identity's
 //!                                                     block and sides) and its addresses
 //!  NamespaceChange(s) ▶ cluster.namespaces updated ─▶ new or deleted empty namespace: no
-//!                                                     side; new labels: the sides of the
-//!                                                     namespaces whose policies' namespace
-//!                                                     selectors start or stop matching it
-//!  anything else (a new label set seen by the policies of most namespaces, an
-//!  address two pods claim, a new ipBlock or port name, new labels on a
-//!  namespace where pod patches paired label sets) ──▶ full compile
+//!                                                     side; new labels: the namespace's
+//!                                                     block keys expanded anew in the sides
+//!                                                     whose peers start or stop seeing it
+//!  anything else (an address two pods claim, a new ipBlock or port name, new
+//!  labels on a namespace where pod patches paired label sets, rebuilds of
+//!  over a quarter of a large cluster's namespaces) ──▶ full compile
 //! ```
 //!
 //! Why a policy patch is exact: a policy only selects pods of its own
@@ -36,8 +36,11 @@
 //! would tell them apart compiles in full. A label set that selectors do
 //! tell apart becomes a new identity in a free bit of its namespace's
 //! blocks (a fresh block, numbered after all others, when they are full or
-//! the namespace has none yet), and the sides of every namespace whose
-//! policies can see it are rebuilt.
+//! the namespace has none yet). Its own namespace's sides are rebuilt; the
+//! sides of other namespaces whose policies can see it keep their peer
+//! tables but the identity block's key, which is expanded anew
+//! (`SideBuilder::rebuild_keys`): every peer whose resolution changed,
+//! changed in that block only.
 //!
 //! Why a namespace patch is exact: to a selector, a namespace is its labels
 //! and its pods' identities. A new namespace has no pods yet (a pod or
@@ -47,7 +50,10 @@
 //! namespace deleted while pods or policies remain in it keeps only its name
 //! label, as a snapshot assumes it. New labels change the resolution of
 //! exactly the selector peers whose namespace selector matches the old
-//! labels but not the new ones, or the reverse. A pod that leaves only takes its addresses with it; its identity
+//! labels but not the new ones, or the reverse, and only in the namespace's
+//! own blocks, whose keys are expanded anew as for a new identity.
+//!
+//! A pod that leaves only takes its addresses with it; its identity
 //! may stay in the table without pods, which neither a verdict nor the rule
 //! it names can tell from its absence (reason groups follow the selectors'
 //! form, not the pods).
@@ -117,13 +123,12 @@ pub enum Compilation {
         /// identities, their other keys kept.
         rekeyed: usize,
     },
-    /// Namespaces were added, relabelled or deleted, and the sides of these
-    /// namespaces rebuilt (those whose policies' namespace selectors now
-    /// match a relabelled namespace's pods, or no longer do).
+    /// Namespaces were added, relabelled or deleted.
     NamespacesPatched {
         /// Namespaces changed.
         changed: usize,
-        /// Namespaces whose sides were rebuilt.
+        /// Namespaces whose sides were rebuilt in full (only when a stored
+        /// resolution was stale; usually none).
         namespaces: Vec<String>,
         /// Sides that got the keys of a relabelled namespace's identity
         /// blocks anew, their other keys kept.
@@ -563,9 +568,9 @@ impl IncrementalCompiler {
     /// Applies namespace changes (in order) and updates the table. A new
     /// namespace holds no pods yet (a pod or policy naming a namespace the
     /// table does not know brings it in, assumed as a snapshot assumes it),
-    /// so adding one changes no verdict; a relabelled namespace rebuilds the
-    /// sides of the namespaces whose policies' namespace selectors start or
-    /// stop matching it; a deleted namespace that still holds pods or
+    /// so adding one changes no verdict; a relabelled namespace's block keys
+    /// are expanded anew in the sides whose peers' namespace selectors start
+    /// or stop matching it; a deleted namespace that still holds pods or
     /// policies keeps only its name label, as a snapshot assumes it, and an
     /// empty one leaves. Either way the table equals a full compile of the
     /// updated snapshot, verdict for verdict and reason for reason.
@@ -575,21 +580,16 @@ impl IncrementalCompiler {
         let mut rekey = Rekey::default();
         let mut blocker = None;
         for ch in changes {
-            let holds = !range_of(&self.cluster.pods, &ch.name, |p| &p.namespace).is_empty()
-                || !range_of(&self.cluster.policies, &ch.name, |p| &p.namespace).is_empty();
+            let holds = !self.holds_nothing(&ch.name);
             let info = match ch.namespace {
                 Some(mut info) => {
                     info.name = ch.name;
                     info.labels.insert(NAMESPACE_NAME_LABEL.to_string(), info.name.clone());
-                    if let Ok(i) = self.cluster.assumed.binary_search(&info.name) {
-                        self.cluster.assumed.remove(i);
-                    }
+                    self.mark_assumed(&info.name, false);
                     info
                 }
                 None if holds => {
-                    if let Err(i) = self.cluster.assumed.binary_search(&ch.name) {
-                        self.cluster.assumed.insert(i, ch.name.clone());
-                    }
+                    self.mark_assumed(&ch.name, true);
                     NamespaceInfo::assumed(&ch.name)
                 }
                 None => {
@@ -625,25 +625,34 @@ impl IncrementalCompiler {
     /// object gave, with only its name label (as a full snapshot does).
     fn assume_namespace(&mut self, name: &str) {
         self.insert_namespace(NamespaceInfo::assumed(name));
-        if let Err(i) = self.cluster.assumed.binary_search_by(|n| n.as_str().cmp(name)) {
-            self.cluster.assumed.insert(i, name.to_string());
+        self.mark_assumed(name, true);
+    }
+
+    /// Records in `cluster.assumed` (sorted) whether namespace `name` is
+    /// there only because pods or policies live in it.
+    fn mark_assumed(&mut self, name: &str, assumed: bool) {
+        let list = &mut self.cluster.assumed;
+        match (list.binary_search_by(|n| n.as_str().cmp(name)), assumed) {
+            (Err(i), true) => list.insert(i, name.to_string()),
+            (Ok(i), false) => {
+                list.remove(i);
+            }
+            _ => {}
         }
+    }
+
+    /// Do no pods and no policies of the snapshot live in namespace `name`?
+    fn holds_nothing(&self, name: &str) -> bool {
+        range_of(&self.cluster.pods, name, |p| &p.namespace).is_empty()
+            && range_of(&self.cluster.policies, name, |p| &p.namespace).is_empty()
     }
 
     /// Drops the assumed namespaces that nothing lives in any more (their
     /// last pod or policy left, or they were assumed when their Namespace
     /// object was deleted first), as a full snapshot would not have them.
     fn drop_empty_assumed(&mut self) {
-        let empty: Vec<String> = self
-            .cluster
-            .assumed
-            .iter()
-            .filter(|n| {
-                range_of(&self.cluster.pods, n, |p| &p.namespace).is_empty()
-                    && range_of(&self.cluster.policies, n, |p| &p.namespace).is_empty()
-            })
-            .cloned()
-            .collect();
+        let empty: Vec<String> =
+            self.cluster.assumed.iter().filter(|n| self.holds_nothing(n)).cloned().collect();
         for n in empty {
             self.remove_namespace(&n);
         }
@@ -674,9 +683,7 @@ impl IncrementalCompiler {
     /// so that a later comparison sees only later changes; the sides keep
     /// their keys for those blocks, which no lookup asks for any more.
     fn remove_namespace(&mut self, name: &str) {
-        if let Ok(i) = self.cluster.assumed.binary_search_by(|n| n.as_str().cmp(name)) {
-            self.cluster.assumed.remove(i);
-        }
+        self.mark_assumed(name, false);
         let Some(&at32) = self.ids.ns_index.get(name) else { return };
         let at = at32 as usize;
         let keys: Vec<(NamespaceMatch, Selector)> = if self.ids.ns_identities[at].is_empty() {
@@ -989,10 +996,7 @@ impl IncrementalCompiler {
         }
         if !elsewhere.is_empty() {
             for pol in &self.cluster.policies {
-                let uses_changed = Direction::BOTH.iter().flat_map(|d| pol.rules(*d)).flat_map(|r| &r.peers).any(
-                    |peer| matches!(peer, Peer::Pods { namespaces, pods } if elsewhere.contains_key(&PeerRef(namespaces, pods))),
-                );
-                if uses_changed {
+                if uses_peer(pol, &Direction::BOTH, |k| elsewhere.contains_key(&k)) {
                     touched.rebuild.extend(self.ids.ns_index.get(pol.namespace.as_str()));
                 }
             }
@@ -1043,10 +1047,16 @@ struct Rekey {
 
 impl Rekey {
     fn uses(&self, pol: &Policy, dir: Direction) -> bool {
-        pol.rules(dir).iter().flat_map(|r| &r.peers).any(
-            |peer| matches!(peer, Peer::Pods { namespaces, pods } if self.peers.contains(&PeerRef(namespaces, pods))),
-        )
+        uses_peer(pol, &[dir], |k| self.peers.contains(&k))
     }
+}
+
+/// Does a rule of `pol`, in directions `dirs`, have a selector peer for which `is` holds?
+fn uses_peer(pol: &Policy, dirs: &[Direction], is: impl Fn(PeerRef<'_>) -> bool) -> bool {
+    dirs.iter()
+        .flat_map(|d| pol.rules(*d))
+        .flat_map(|r| &r.peers)
+        .any(|peer| matches!(peer, Peer::Pods { namespaces, pods } if is(PeerRef(namespaces, pods))))
 }
 
 /// Do resolutions `a` and `b` agree outside identity blocks `blocks`?
