@@ -376,7 +376,7 @@ fn check_file(file: &str, text: &str) -> Result<State, LoadErrors> {
     for p in &state.pods {
         let (_, problems) = policy_compiler::validate::pod(p);
         {
-            for pr in problems {
+            for pr in problems.into_iter().filter(|p| p.severity == Severity::Error) {
                 errs.push(LoadError {
                     origin: state
                         .origin_of("Pod", &pr.object.namespace, &pr.object.name)

@@ -522,6 +522,7 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
     let name = p.metadata.name.clone().unwrap_or_default();
     let object = ObjectRef { kind: "Pod", namespace: namespace.clone(), name: name.clone() };
     let mut errs = FieldErrors::default();
+    let mut warnings = FieldErrors::default();
     if name.is_empty() {
         errs.push(FieldPath::root("metadata.name"), "Required value");
     }
@@ -558,7 +559,21 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
         };
         for (path, text) in listed {
             // Leading zeros (`010.0.0.1`) as the API server reads them in this legacy field.
-            match parse_ip_sloppy(text) {
+            let ip = parse_ip_sloppy(text);
+            // An IPv4-mapped address (`::ffff:10.0.0.7`) is the IPv4 address
+            // the pod's packets carry, as Kubernetes reads it (Go's `To4`); the
+            // API server accepts it with a warning, and so does Portcullis.
+            let ip = ip.map(|a| {
+                let canonical = a.to_canonical();
+                if canonical != a {
+                    warnings.push(
+                        path.clone(),
+                        format!("{text:?} is an IPv4-mapped IPv6 address, read as the IPv4 address {canonical}: write {canonical}"),
+                    );
+                }
+                canonical
+            });
+            match ip {
                 // At most one address per family, no repeats (validatePodIPs).
                 // Every address listed stays the pod's (isolated); the list is reported.
                 Some(ip) if ips.contains(&ip) => errs.push(path, format!("Duplicate value: {text:?}")),
@@ -579,7 +594,8 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
         // the pod's (isolated), and the disagreement is reported.
         if let (Some(ip), Some(first)) = (st.pod_ip.as_deref(), st.pod_ips.as_deref().and_then(|l| l.first()))
         {
-            if let (Some(a), b) = (parse_ip_sloppy(ip), parse_ip_sloppy(&first.ip)) {
+            let canonical = |t: &str| parse_ip_sloppy(t).map(|a| a.to_canonical());
+            if let (Some(a), b) = (canonical(ip), canonical(&first.ip)) {
                 if Some(a) != b {
                     errs.push(
                         FieldPath::root("status.podIP"),
@@ -630,7 +646,8 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
             named_ports.push(NamedPort { name: port_name.clone(), protocol, port });
         }
     }
-    let problems = problems_from(errs, &object, Severity::Error);
+    let mut problems = problems_from(errs, &object, Severity::Error);
+    problems.extend(problems_from(warnings, &object, Severity::Warning));
     if ips.is_empty() || name.is_empty() {
         return (None, problems);
     }

@@ -1867,6 +1867,20 @@ fn r18_a_pod_address_with_leading_zeros_is_read_like_the_api_server_does() {
 }
 
 #[test]
+fn r18_an_ipv4_mapped_pod_address_is_the_pods_ipv4_address() {
+    // Kubernetes reads `::ffff:10.0.0.9` as 10.0.0.9 (the API server warns);
+    // read as IPv6, the pod's real packets would skip its isolation.
+    let mut pods = base_pods();
+    pods.push(pod("x", "mapped", "::ffff:10.0.0.9", &[("app", "web")]));
+    let c = world(base_namespaces(), pods, &[DENY_ALL_INGRESS_X]);
+    assert_problem(&c, Severity::Warning, "Pod x/mapped", "status.podIP", "read as the IPv4 address 10.0.0.9");
+    assert!(!c.problems.iter().any(|p| p.severity == Severity::Error), "{:?}", c.problems);
+    expect(&c, EXT4, "10.0.0.9", TCP, 80, NotPod, Deny(&["x/deny-in"]));
+    // The mapped form on the wire is IPv6 traffic from an address no pod has.
+    expect(&c, EXT6, "::ffff:10.0.0.9", TCP, 80, NotPod, NotPod);
+}
+
+#[test]
 fn r33_what_the_api_server_refuses_in_pods_and_namespaces_is_reported_and_fails_closed() {
     // A misspelled phase: the pod stays an endpoint (isolated), reported.
     let mut pods = base_pods();
