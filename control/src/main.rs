@@ -102,7 +102,8 @@ struct FlowSpec {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
     /// Address family used for pods given by name (4 or 6); default: the family of the other end
-    /// when it is an IP address, otherwise the pod's first IP.
+    /// when it is an IP address, otherwise the source pod's first family that the destination
+    /// pod has too.
     #[arg(long, value_parser = parse_family)]
     family: Option<u8>,
 }
@@ -136,7 +137,8 @@ struct QueryArgs {
     /// Source: namespace/pod or an IP. Without it (batch mode), queries are read from stdin as JSON
     /// lines, {"src":"10.0.1.1","dst":"10.0.2.2","protocol":"TCP","port":80} (src and dst:
     /// namespace/pod or IP; protocol: name or number, default TCP; port: required for TCP, UDP,
-    /// SCTP), and each gets one JSON line: the answer, or {"line":N,"error":"..."} for a bad line.
+    /// SCTP; family: 4 or 6, optional, as --family), and each gets one JSON line: the answer, or
+    /// {"line":N,"error":"..."} for a bad line (malformed JSON or text that is not UTF-8 included).
     /// The exit status is 1 when any line was bad.
     #[arg(long, requires = "to")]
     from: Option<String>,
@@ -161,7 +163,8 @@ struct MatrixArgs {
     /// own first container port of the protocol.
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
     port: Vec<u16>,
-    /// Address family (4 or 6); default: each pod's first IP.
+    /// Address family (4 or 6); default: per pair, the source's first family that the
+    /// destination has too.
     #[arg(long, value_parser = parse_family)]
     family: Option<u8>,
     /// Output format.
@@ -223,6 +226,9 @@ fn load(args: &StateArgs) -> Result<Compiled> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // Answers go through one buffer; a reader that stops early (`| head`)
+    // ends the command quietly (see `main`).
+    let mut out = BufWriter::new(std::io::stdout().lock());
     match cli.command {
         Command::Lab(args) => control::lab::run(args)?,
         Command::Run(args) => {
@@ -267,10 +273,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => {
             let c = load(&args)?;
             let s = c.table.stats();
-            println!(
+            writeln!(
+                out,
                 "ok: {} namespaces, {} pods, {} policies ({} identities, {} sides, {} table entries)",
                 s.namespaces, s.pods, s.policies, s.identities, s.sides, s.port_entries
-            );
+            )?;
         }
         Command::Query(args) => {
             if args.from.is_none() {
@@ -283,20 +290,20 @@ fn run(cli: Cli) -> Result<()> {
                     let v = c.table.verdict_both(src, dst, proto, port);
                     match args.output.unwrap_or(Output::Text) {
                         Output::Text => {
-                            println!("{}", report::verdict_line(&c.table, src, dst, proto, port, &v))
+                            writeln!(out, "{}", report::verdict_line(&c.table, src, dst, proto, port, &v))?
                         }
                         Output::Json => {
-                            println!("{}", report::verdict_json(&c.table, src, dst, proto, port, &v))
+                            writeln!(out, "{}", report::verdict_json(&c.table, src, dst, proto, port, &v))?
                         }
                     }
                 }
-                _ => batch(&c)?,
+                _ => batch(&c, &mut out)?,
             }
         }
         Command::Explain(args) => {
             let c = load(&args.state)?;
             let (src, dst, proto, port) = resolve_flow(&c, &args.from, &args.to, &args.flow)?;
-            print!("{}", report::explain(&c, src, dst, proto, port));
+            write!(out, "{}", report::explain(&c, src, dst, proto, port))?;
         }
         Command::Matrix(args) => {
             let c = load(&args.state)?;
@@ -305,23 +312,32 @@ fn run(cli: Cli) -> Result<()> {
             let mut all = Vec::new();
             for p in &args.protocol {
                 let proto = parse_protocol(p).map_err(|e| anyhow!(e))?;
+                if policy_compiler::Protocol::from_number(proto).is_none() {
+                    // No ports to probe (ICMP, ...): one matrix, whatever --port says.
+                    all.push(report::matrix(&c, proto, None, args.family));
+                    continue;
+                }
                 for port in &ports {
                     all.push(report::matrix(&c, proto, *port, args.family));
                 }
             }
             match args.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&all)?),
+                Output::Json => {
+                    serde_json::to_writer_pretty(&mut out, &all)?;
+                    writeln!(out)?;
+                }
                 Output::Text => {
                     for (i, m) in all.iter().enumerate() {
                         if i > 0 {
-                            println!();
+                            writeln!(out)?;
                         }
-                        print!("{}", m.render());
+                        write!(out, "{}", m.render())?;
                     }
                 }
             }
         }
     }
+    out.flush()?;
     Ok(())
 }
 
@@ -348,14 +364,14 @@ fn check_batch_args(args: &QueryArgs) -> Result<()> {
 fn resolve_flow(c: &Compiled, from: &str, to: &str, f: &FlowSpec) -> Result<(IpAddr, IpAddr, u8, u16)> {
     let proto = parse_protocol(f.protocol.as_deref().unwrap_or("TCP")).map_err(|e| anyhow!(e))?;
     let port = report::flow_port(proto, f.port).map_err(|e| anyhow!(e))?;
-    let (src, dst) = report::resolve_pair(&c.cluster, from, to, f.family).map_err(|e| anyhow!(e))?;
+    let (src, dst) = report::resolve_pair(c, from, to, f.family).map_err(|e| anyhow!(e))?;
     Ok((src, dst, proto, port))
 }
 
 /// One JSON query per line in, one JSON answer per line out. A bad line gets
 /// `{"line": N, "error": "..."}` and the batch goes on; the command fails at
 /// the end when any line was bad.
-fn batch(c: &Compiled) -> Result<()> {
+fn batch(c: &Compiled, out: &mut impl Write) -> Result<()> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Query {
@@ -366,21 +382,43 @@ fn batch(c: &Compiled) -> Result<()> {
         /// Read wide, so that 70000 gets the same message as 0.
         #[serde(default)]
         port: Option<i64>,
+        /// 4 or 6, for pods given by name (as --family).
+        #[serde(default)]
+        family: Option<serde_json::Value>,
     }
     fn tcp() -> serde_json::Value {
         serde_json::Value::String("TCP".into())
     }
-    let stdin = std::io::stdin().lock();
-    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut stdin = std::io::stdin().lock();
     let (mut queries, mut bad) = (0usize, 0usize);
-    for (i, line) in stdin.lines().enumerate() {
-        let line = line.context("reading stdin")?;
-        if line.trim().is_empty() {
+    let mut raw = Vec::new();
+    for i in 0.. {
+        raw.clear();
+        if stdin.read_until(b'\n', &mut raw).context("reading stdin")? == 0 {
+            break;
+        }
+        // A line that is not UTF-8 is a bad line like any other, not the end of the batch.
+        let line = std::str::from_utf8(&raw).map_err(|e| {
+            format!(
+                "not UTF-8 text (byte {} of the line); queries are JSON, which is UTF-8",
+                e.valid_up_to() + 1
+            )
+        });
+        // A byte-order mark (Windows tools write one at the start of a file).
+        let line = line.map(|l| l.trim_start_matches('\u{feff}'));
+        if line.as_ref().is_ok_and(|l| l.trim().is_empty()) {
             continue;
         }
         queries += 1;
         let answer = (|| -> Result<serde_json::Value, String> {
-            let q: Query = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+            let q: Query = serde_json::from_str(line?).map_err(|e| e.to_string())?;
+            let family = match &q.family {
+                None => None,
+                Some(v) => Some(
+                    parse_family(v.as_str().map_or(v.to_string(), str::to_string).as_str())
+                        .map_err(|e| format!("family: {e}"))?,
+                ),
+            };
             let proto = match &q.protocol {
                 serde_json::Value::String(s) => parse_protocol(s)?,
                 // A number as on the command line (the same range and message).
@@ -394,15 +432,15 @@ fn batch(c: &Compiled) -> Result<()> {
                 None => None,
             };
             let port = report::flow_port(proto, port)?;
-            let (src, dst) = report::resolve_pair(&c.cluster, &q.src, &q.dst, None)?;
+            let (src, dst) = report::resolve_pair(c, &q.src, &q.dst, family)?;
             let v = c.table.verdict_both(src, dst, proto, port);
             Ok(report::verdict_json(&c.table, src, dst, proto, port, &v))
         })();
         match answer {
-            Ok(v) => serde_json::to_writer(&mut out, &v)?,
+            Ok(v) => serde_json::to_writer(&mut *out, &v)?,
             Err(e) => {
                 bad += 1;
-                serde_json::to_writer(&mut out, &serde_json::json!({"line": i + 1, "error": e}))?
+                serde_json::to_writer(&mut *out, &serde_json::json!({"line": i + 1, "error": e}))?
             }
         }
         out.write_all(b"\n")?;
@@ -417,9 +455,19 @@ fn batch(c: &Compiled) -> Result<()> {
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`portcullis matrix ... | head`): nothing left to say.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>().and_then(|e| e.io_error_kind())
+                == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }

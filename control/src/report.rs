@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use policy_compiler::model::{Direction, NamespaceMatch, Peer, PodInfo, IPPROTO_ICMP, IPPROTO_ICMPV6};
 use policy_compiler::reference::{self, SideDetail};
-use policy_compiler::{Cluster, Compiled, DecisionTable, Protocol, Side, Verdict};
+use policy_compiler::{Compiled, DecisionTable, Protocol, Side, Verdict};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -37,46 +37,114 @@ pub fn protocol_name(p: u8) -> String {
     }
 }
 
-/// Resolves `namespace/pod` or an IP address. For a pod, `family` picks the
-/// address (4 or 6); without it the first listed IP is used.
-pub fn resolve_endpoint(cluster: &Cluster, s: &str, family: Option<u8>) -> Result<IpAddr, String> {
+/// An end of a connection as given: an IP address, or a pod by `namespace/name`.
+enum End<'a> {
+    Ip(IpAddr),
+    Pod(&'a PodInfo),
+}
+
+fn parse_end<'a>(c: &'a Compiled, s: &str) -> Result<End<'a>, String> {
     if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(ip);
+        return Ok(End::Ip(ip));
     }
     let (ns, name) =
         s.split_once('/').ok_or_else(|| format!("{s:?} is neither an IP address nor namespace/pod"))?;
     if ns.parse::<IpAddr>().is_ok() {
         return Err(format!("{s:?} is an address range: give one address ({ns})"));
     }
-    let pod = cluster
+    c.cluster
         .pod(ns, name)
-        .ok_or_else(|| format!("no pod {ns}/{name} with an IP in the state (pods without IPs, host-network and finished pods are not policy endpoints)"))?;
-    pod_ip(pod, family).ok_or_else(|| format!("pod {ns}/{name} has no IPv{} address", family.unwrap_or(4)))
+        .map(End::Pod)
+        .ok_or_else(|| format!("no pod {ns}/{name} with an IP in the state (pods without IPs, host-network and finished pods are not policy endpoints)"))
+}
+
+fn family_of(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        4
+    } else {
+        6
+    }
+}
+
+/// The families a pod has addresses in, its first address's first.
+fn families(p: &PodInfo) -> Vec<u8> {
+    let mut f: Vec<u8> = p.ips.iter().map(|ip| family_of(*ip)).collect();
+    f.dedup();
+    f
 }
 
 /// Resolves both ends of one connection, which has one address family:
 /// `family` when given, else the family of an end given as an address, else
-/// the source pod's first IP's.
+/// the first family of the source pod's addresses that the destination pod
+/// has too (a pod with only IPv6 is asked about over IPv6).
+///
+/// A pod asked about by name must own its address in the table: when two
+/// live pods list one address, the first by `namespace/name` does
+/// (docs/semantics.md, D5), and a question about the other would be
+/// answered for the owner, so it is refused with both names.
 pub fn resolve_pair(
-    cluster: &Cluster,
+    c: &Compiled,
     from: &str,
     to: &str,
     family: Option<u8>,
 ) -> Result<(IpAddr, IpAddr), String> {
-    let fam = |ip: IpAddr| if ip.is_ipv4() { 4 } else { 6 };
-    let literal = |s: &str| s.parse::<IpAddr>().ok().map(fam);
-    let family = family.or_else(|| literal(from)).or_else(|| literal(to));
-    let src = resolve_endpoint(cluster, from, family)?;
-    let dst = resolve_endpoint(cluster, to, family.or(Some(fam(src))))?;
-    for (end, ip) in [(from, src), (to, dst)] {
-        if let Some(f) = family.filter(|f| *f != fam(ip)) {
-            return Err(format!(
-                "{end} is IPv{} but the connection is IPv{f}: both ends need one address family",
-                fam(ip)
-            ));
+    let ends = [(from, parse_end(c, from)?), (to, parse_end(c, to)?)];
+    // Where the family comes from, for the message when a pod lacks it.
+    let mut why = String::from(" (the family asked for)");
+    let given = family.or_else(|| {
+        ends.iter().find_map(|(text, e)| match e {
+            End::Ip(ip) => {
+                why = format!(" ({text}, the other end, is IPv{})", family_of(*ip));
+                Some(family_of(*ip))
+            }
+            End::Pod(_) => None,
+        })
+    });
+    let family = match (given, &ends[0].1, &ends[1].1) {
+        (Some(f), _, _) => f,
+        (None, End::Pod(a), End::Pod(b)) => {
+            let (fa, fb) = (families(a), families(b));
+            *fa.iter().find(|f| fb.contains(f)).ok_or_else(|| {
+                format!(
+                    "{from} and {to} have no address family in common ({from}: {}; {to}: {}): no connection between them is possible",
+                    describe_families(&fa),
+                    describe_families(&fb)
+                )
+            })?
         }
+        _ => unreachable!("an end given as an address sets the family"),
+    };
+    let mut ips = [IpAddr::from([0, 0, 0, 0]); 2];
+    for (i, (text, end)) in ends.iter().enumerate() {
+        ips[i] = match end {
+            End::Ip(ip) if family_of(*ip) == family => *ip,
+            End::Ip(ip) => {
+                return Err(format!(
+                    "{text} is IPv{} but the connection is IPv{family}: both ends need one address family",
+                    family_of(*ip)
+                ))
+            }
+            End::Pod(p) => {
+                let ip = pod_ip(p, Some(family))
+                    .ok_or_else(|| format!("pod {text} has no IPv{family} address{why}"))?;
+                if let Some((ns, name)) = c
+                    .table
+                    .pod_at(ip)
+                    .filter(|(ns, name)| (*ns, *name) != (p.namespace.as_str(), p.name.as_str()))
+                {
+                    return Err(format!(
+                        "pod {text} shares its address {ip} with pod {ns}/{name}, which owns it in the table (of two live pods with one address, the first by namespace/name does; docs/semantics.md, D5): the answer would be {ns}/{name}'s. Ask about {ns}/{name} or the address"
+                    ));
+                }
+                ip
+            }
+        };
     }
-    Ok((src, dst))
+    Ok((ips[0], ips[1]))
+}
+
+fn describe_families(f: &[u8]) -> String {
+    f.iter().map(|f| format!("IPv{f}")).collect::<Vec<_>>().join(" and ")
 }
 
 /// The destination port a question about `proto` asks for: required (1-65535)
@@ -307,8 +375,11 @@ pub fn explain(c: &Compiled, src: IpAddr, dst: IpAddr, proto: u8, port: u16) -> 
 pub struct Matrix {
     /// Protocol name.
     pub protocol: String,
-    /// Destination port, or `None` when each destination is probed on its own first container port.
+    /// Destination port, or `None` when each destination is probed on its own
+    /// first container port, or the protocol has no ports.
     pub port: Option<u16>,
+    /// The protocol has no ports (ICMP, ...): every pair is probed, without a port.
+    pub portless: bool,
     /// Pods as `namespace/name`, rows and columns in this order.
     pub pods: Vec<String>,
     /// Rows: from; columns: to. `None` when the destination has no port to
@@ -318,25 +389,51 @@ pub struct Matrix {
 
 /// Computes the matrix from the table. With `port: None`, each destination is
 /// probed on its first declared container port of that protocol (as the Calico
-/// stars demo does); destinations without one are `None`.
+/// stars demo does); destinations without one are `None`. A protocol without
+/// ports (ICMP, ...) needs none. Each pair is probed over `family` when given,
+/// else over the source's first family that the destination has too; a pair
+/// with no common family is `None`, and so is every cell of a pod whose
+/// address another pod owns in the table (docs/semantics.md, D5).
 pub fn matrix(c: &Compiled, proto: u8, port: Option<u16>, family: Option<u8>) -> Matrix {
+    let portless = Protocol::from_number(proto).is_none();
     let pods: Vec<&PodInfo> = c.cluster.pods.iter().filter(|p| pod_ip(p, family).is_some()).collect();
-    let allowed = pods
+    // Per pod: its families in order, and its address of each family when
+    // the pod owns it in the table.
+    let ends: Vec<(Vec<u8>, [Option<IpAddr>; 2])> = pods
         .iter()
-        .map(|from| {
-            let src = pod_ip(from, family).expect("filtered");
-            let family = family.or(Some(if src.is_ipv4() { 4 } else { 6 }));
+        .map(|p| {
+            let owned = |f| {
+                pod_ip(p, Some(f))
+                    .filter(|ip| c.table.pod_at(*ip) == Some((p.namespace.as_str(), p.name.as_str())))
+            };
+            (families(p), [owned(4), owned(6)])
+        })
+        .collect();
+    let allowed = ends
+        .iter()
+        .map(|(from_families, from)| {
             pods.iter()
-                .map(|to| {
-                    // One family per connection: a destination without an address of the source's is `None`.
-                    let dst = pod_ip(to, family)?;
-                    let port = port.or_else(|| first_port(to, proto))?;
+                .zip(&ends)
+                .map(|(to_pod, (to_families, to))| {
+                    let f = match family {
+                        Some(f) => f,
+                        None => *from_families.iter().find(|f| to_families.contains(f))?,
+                    };
+                    let i = usize::from(f == 6);
+                    let (src, dst) = (from[i]?, to[i]?);
+                    let port = if portless { 0 } else { port.or_else(|| first_port(to_pod, proto))? };
                     Some(c.table.verdict(src, dst, proto, port).allowed())
                 })
                 .collect()
         })
         .collect();
-    Matrix { protocol: protocol_name(proto), port, pods: pods.iter().map(|p| p.key()).collect(), allowed }
+    Matrix {
+        protocol: protocol_name(proto),
+        port: if portless { None } else { port },
+        portless,
+        pods: pods.iter().map(|p| p.key()).collect(),
+        allowed,
+    }
 }
 
 /// The first declared container port of `proto` (named or not), as the stars demo probes.
@@ -351,6 +448,7 @@ impl Matrix {
         let first = self.pods.iter().map(String::len).max().unwrap_or(1).max(8);
         let mut out = String::new();
         let title = match self.port {
+            _ if self.portless => self.protocol.clone(),
             Some(p) => format!("{}/{p}", self.protocol),
             None => format!("{}/own", self.protocol),
         };
@@ -375,8 +473,12 @@ impl Matrix {
         if self.allowed.iter().flatten().any(Option::is_none) {
             let _ = writeln!(
                 out,
-                "(-: nothing to probe: the destination declares no {} container port (give --port), or has no address of the source's family)",
-                self.protocol
+                "(-: nothing to probe: {}the two pods have no address family in common, or the pod's address belongs to another pod in the table)",
+                if self.portless {
+                    String::new()
+                } else {
+                    format!("the destination declares no {} container port (give --port), or ", self.protocol)
+                }
             );
         }
         out

@@ -381,3 +381,200 @@ fn batch_ports_out_of_range_are_named() {
     assert!(out.contains("port 70000 is not a destination port (1-65535)"), "{out}");
     assert!(out.contains("port 0 is not a destination port (1-65535)"), "{out}");
 }
+
+/// Pods `default/a-old` and `default/db` list one address (a-old owns it in
+/// the table, docs/semantics.md D5); `default/a` is dual-stack, `default/b`
+/// IPv6 only; `db` is isolated for ingress.
+const SHARED_AND_MIXED: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: default}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a-old, namespace: default, labels: {app: old}}
+status: {phase: Running, podIP: 10.0.0.9}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: default, labels: {app: db}}
+spec: {containers: [{name: c, ports: [{containerPort: 5432}]}]}
+status: {phase: Running, podIP: 10.0.0.9}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: default, labels: {app: a}}
+status: {phase: Running, podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}, {ip: "fd00::1"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: default, labels: {app: b}}
+spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {phase: Running, podIP: "fd00::2"}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: default}
+spec: {podSelector: {matchLabels: {app: db}}}
+"#;
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pcl-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("state.yaml");
+    std::fs::write(&f, text).unwrap();
+    f
+}
+
+#[test]
+fn pods_are_asked_about_over_a_family_they_share_and_only_at_addresses_they_own() {
+    let f = temp_file("shared", SHARED_AND_MIXED);
+    let s = f.to_str().unwrap();
+    let q = |from: &str, to: &str, port: &str| {
+        run(&["query", "-s", s, "--from", from, "--to", to, "--port", port])
+    };
+    // a has IPv4 and IPv6, b only IPv6: the question is asked over IPv6, both ways.
+    for (from, to) in [("default/a", "default/b"), ("default/b", "default/a")] {
+        let o = q(from, to, "80");
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stdout(&o).starts_with("ALLOW"), "{}", stdout(&o));
+        assert!(stdout(&o).contains("(fd00::1)") && stdout(&o).contains("(fd00::2)"), "{}", stdout(&o));
+    }
+    let o = q("default/a-old", "default/b", "80");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("have no address family in common (default/a-old: IPv4; default/b: IPv6)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = q("192.0.2.1", "default/b", "80");
+    assert!(
+        stderr(&o).contains("pod default/b has no IPv4 address (192.0.2.1, the other end, is IPv4)"),
+        "{}",
+        stderr(&o)
+    );
+    // db's address belongs to a-old in the table: a question about db would be answered
+    // for a-old (not isolated), so it is refused, naming both.
+    let o = q("192.0.2.1", "default/db", "5432");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(
+            "pod default/db shares its address 10.0.0.9 with pod default/a-old, which owns it in the table"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let o = q("192.0.2.1", "default/a-old", "5432");
+    assert!(o.status.success() && stdout(&o).starts_with("ALLOW"), "{}{}", stdout(&o), stderr(&o));
+    // The same in batch mode, with "family" as --family.
+    let o = run_with_stdin(
+        &["query", "-s", s],
+        concat!(
+            "{\"src\":\"default/a\",\"dst\":\"default/b\",\"port\":80}\n",
+            "{\"src\":\"default/a\",\"dst\":\"default/b\",\"port\":80,\"family\":4}\n",
+            "{\"src\":\"192.0.2.1\",\"dst\":\"default/db\",\"port\":5432}\n",
+        ),
+    );
+    let lines: Vec<serde_json::Value> =
+        stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["dst"], "fd00::2", "{}", lines[0]);
+    assert!(
+        lines[1]["error"].as_str().unwrap().contains("pod default/b has no IPv4 address"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2]["error"].as_str().unwrap().contains("owns it in the table"), "{}", lines[2]);
+
+    // The matrix: a-b over IPv6; db's row and column say `-`, not a-old's verdicts.
+    let o = run(&["matrix", "-s", s, "--port", "80", "--output", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ms: Vec<Matrix> = serde_json::from_slice(&o.stdout).unwrap();
+    let m = &ms[0];
+    let at = |p: &str| m.pods.iter().position(|x| x == p).unwrap();
+    assert_eq!(m.allowed[at("default/a")][at("default/b")], Some(true));
+    assert_eq!(m.allowed[at("default/b")][at("default/a")], Some(true));
+    assert_eq!(m.allowed[at("default/a-old")][at("default/b")], None);
+    assert_eq!(m.allowed[at("default/a")][at("default/a-old")], Some(true));
+    assert!(m.allowed[at("default/db")].iter().all(Option::is_none));
+    assert!(m.allowed.iter().all(|row| row[at("default/db")].is_none()));
+    let _ = std::fs::remove_dir_all(f.parent().unwrap());
+}
+
+#[test]
+fn an_icmp_matrix_needs_no_port() {
+    let s = root("examples/stars");
+    let o = run(&["matrix", "-s", &s, "--protocol", "ICMP"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.starts_with("ICMP "), "{text}");
+    // Every pair of the stars pods is probed: no `-`, and no advice to give a port.
+    assert!(!text.contains(" - ") && !text.contains("give --port"), "{text}");
+    let o = run(&["matrix", "-s", &s, "--protocol", "ICMP,TCP", "--port", "80", "--output", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ms: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ms.len(), 2);
+    assert_eq!(
+        (ms[0]["protocol"].as_str(), ms[0]["port"].as_u64(), ms[0]["portless"].as_bool()),
+        (Some("ICMP"), None, Some(true))
+    );
+    assert_eq!((ms[1]["protocol"].as_str(), ms[1]["port"].as_u64()), (Some("TCP"), Some(80)));
+}
+
+#[test]
+fn a_batch_line_that_is_not_utf8_is_one_bad_line() {
+    let mut input = Vec::new();
+    input.extend_from_slice("\u{feff}".as_bytes());
+    input.extend_from_slice(br#"{"src":"10.77.0.40","dst":"10.77.0.30","port":80}"#);
+    input.extend_from_slice(b"\n{\"src\":\"caf\xe9\"}\n");
+    input.extend_from_slice(br#"{"src":"client/client","dst":"10.77.0.20","protocol":6,"port":6379}"#);
+    input.push(b'\n');
+    let mut child = bin()
+        .args(["query", "-s", &root("examples/stars")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let lines: Vec<serde_json::Value> =
+        stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{}", stdout(&o));
+    assert_eq!(lines[0]["verdict"], "allow");
+    assert_eq!(lines[1]["line"], 2);
+    assert!(
+        lines[1]["error"].as_str().unwrap().contains("not UTF-8 text (byte 12 of the line)"),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(lines[2]["verdict"], "deny");
+    assert!(stderr(&o).contains("1 of 3 queries could not be answered"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_reader_that_stops_early_ends_the_command_quietly() {
+    // 120 pods: the JSON matrix is larger than a pipe's buffer, so the
+    // command is still writing when the reader goes away.
+    let mut text = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\n");
+    for i in 0..120 {
+        text.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: pod-{i}, namespace: n}}\nstatus: {{phase: Running, podIP: 10.1.0.{}}}\n",
+            i + 1
+        ));
+    }
+    let f = temp_file("pipe", &text);
+    let mut child = bin()
+        .args(["matrix", "-s", f.to_str().unwrap(), "--port", "80", "--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(f.parent().unwrap());
+    assert!(o.status.success(), "{:?}: {}", o.status, stderr(&o));
+    assert_eq!(stderr(&o), "", "no panic, no message");
+}

@@ -1873,7 +1873,13 @@ fn r18_an_ipv4_mapped_pod_address_is_the_pods_ipv4_address() {
     let mut pods = base_pods();
     pods.push(pod("x", "mapped", "::ffff:10.0.0.9", &[("app", "web")]));
     let c = world(base_namespaces(), pods, &[DENY_ALL_INGRESS_X]);
-    assert_problem(&c, Severity::Warning, "Pod x/mapped", "status.podIP", "read as the IPv4 address 10.0.0.9");
+    assert_problem(
+        &c,
+        Severity::Warning,
+        "Pod x/mapped",
+        "status.podIP",
+        "read as the IPv4 address 10.0.0.9",
+    );
     assert!(!c.problems.iter().any(|p| p.severity == Severity::Error), "{:?}", c.problems);
     expect(&c, EXT4, "10.0.0.9", TCP, 80, NotPod, Deny(&["x/deny-in"]));
     // The mapped form on the wire is IPv6 traffic from an address no pod has.

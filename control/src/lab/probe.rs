@@ -203,6 +203,7 @@ pub fn probe_matrices(args: &ProbeArgs) -> Result<Vec<Matrix>, ProbeError> {
         out.push(Matrix {
             protocol: report::protocol_name(*proto),
             port: *port,
+            portless: policy_compiler::Protocol::from_number(*proto).is_none(),
             pods: keys.clone(),
             allowed,
         });
