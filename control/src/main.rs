@@ -191,7 +191,31 @@ fn load(args: &StateArgs) -> Result<Compiled> {
     for (kind, origin) in &state.skipped {
         eprintln!("note: {origin}: kind {kind} is not used by NetworkPolicy; skipped");
     }
+    if state.namespaces.is_empty() && state.pods.is_empty() && state.policies.is_empty() {
+        // As `kubectl apply` refuses an input without objects: an empty or
+        // cut-short file is more likely than a question about nothing.
+        bail!("the input holds no Namespace, Pod or NetworkPolicy (an empty or cut-short file?): nothing to answer about");
+    }
     let compiled = policy_compiler::compile(&state.namespaces, &state.pods, &state.policies);
+    // Pods that are not endpoints, named: a question about one fails with "no pod".
+    let left_out: Vec<String> = state
+        .pods
+        .iter()
+        .filter_map(|p| {
+            let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+            let name = p.metadata.name.as_deref().unwrap_or_default();
+            compiled.cluster.pod(ns, name).is_none().then(|| format!("{ns}/{name}"))
+        })
+        .collect();
+    if !left_out.is_empty() {
+        let more =
+            if left_out.len() > 5 { format!(" and {} more", left_out.len() - 5) } else { String::new() };
+        eprintln!(
+            "note: {} pod(s) are not policy endpoints (no IP yet, host network, or finished; docs/semantics.md, rules 33 and 34): {}{more}",
+            left_out.len(),
+            left_out[..left_out.len().min(5)].join(", ")
+        );
+    }
     let mut invalid = std::collections::BTreeSet::new();
     // Files read again to give each problem the line of its field (stdin cannot be).
     let mut texts: std::collections::HashMap<String, Option<String>> = Default::default();

@@ -330,11 +330,29 @@ fn add_list(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, list: 
             return;
         }
     };
+    // A typed list (`NetworkPolicyList`, as the API itself returns one) may
+    // leave `kind` and `apiVersion` out of its items: they are the list's.
+    let list_kind = list.value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    let item_kind =
+        list_kind.strip_suffix("List").filter(|k| ["Namespace", "Pod", "NetworkPolicy"].contains(k));
     for (j, item) in items.iter().enumerate() {
         let mut at = origin.clone();
         at.item.push(j);
+        let mut filled = None;
+        if let (Some(kind), Some(m)) = (item_kind, item.as_mapping()) {
+            if !m.contains_key("kind") {
+                let mut m = m.clone();
+                m.insert("kind".into(), kind.into());
+                if !m.contains_key("apiVersion") {
+                    if let Some(av) = list.value.get("apiVersion") {
+                        m.insert("apiVersion".into(), av.clone());
+                    }
+                }
+                filled = Some(serde_yaml::Value::Mapping(m));
+            }
+        }
         let src = Source {
-            value: item,
+            value: filled.as_ref().unwrap_or(item),
             text: list.text,
             doc: list.doc,
             prefix: format!("{}items[{j}].", list.prefix),
@@ -445,6 +463,12 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
         return;
     }
     if name.is_empty() {
+        // Often a misspelt `metadata`: its unknown top-level field says so.
+        for key in v.as_mapping().into_iter().flat_map(|m| m.keys()).filter_map(|k| k.as_str()) {
+            if !matches!(key, "apiVersion" | "kind" | "metadata" | "spec" | "status") {
+                errs.push(err(Some(key.into()), format!("unknown field{}", hint_for(key)), object.clone()));
+            }
+        }
         errs.push(err(Some("metadata.name".into()), "Required value".into(), object));
         return;
     }
@@ -692,9 +716,32 @@ fn hint_for(path: &str) -> String {
         _ if path.contains("Selector.") && !path.contains("matchLabels") => {
             " (label selectors have only `matchLabels` and `matchExpressions`: check the indentation of the labels)"
         }
+        _ if parent.is_empty() => {
+            // A top-level field one or two letters off (`metdata`, `sepc`).
+            return ["apiVersion", "kind", "metadata", "spec", "status"]
+                .into_iter()
+                .find(|known| edit_distance(last, known) <= 2)
+                .map(|known| format!(" (did you mean `{known}`?)"))
+                .unwrap_or_default();
+        }
         _ => "",
     };
     h.to_string()
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions; ASCII case ignored).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<u8>, Vec<u8>) =
+        (a.to_ascii_lowercase().into_bytes(), b.to_ascii_lowercase().into_bytes());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, x) in a.iter().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, y) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(x != y)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 fn format_path(p: &serde_ignored::Path<'_>) -> String {
@@ -814,6 +861,49 @@ mod tests {
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: x}\nspec:\n  podSelector:\n    matchLabel: {a: b}\n",
         );
         assert!(e.contains("t.yaml: document 1 (line 1), line 6: NetworkPolicy x/n: field spec.podSelector.matchLabel: unknown field (did you mean `matchLabels`?)"), "{e}");
+    }
+
+    #[test]
+    fn a_misspelt_top_level_field_is_named_not_just_the_missing_name() {
+        let e = errors("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetdata: {name: x}\nspec: {podSelector: {}}\n");
+        assert!(
+            e.contains(
+                "line 3: NetworkPolicy default/: field metdata: unknown field (did you mean `metadata`?)"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("field metadata.name: Required value"), "{e}");
+        let e = errors("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: x}\nsepc: {podSelector: {}}\n");
+        assert!(
+            e.contains("line 4: NetworkPolicy default/x: field sepc: unknown field (did you mean `spec`?)"),
+            "{e}"
+        );
+        // Nothing close: no guess.
+        let e = errors("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\nextra: 1\n");
+        assert!(
+            e.contains("field extra: unknown field\n") || e.ends_with("field extra: unknown field"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_typed_list_gives_its_items_their_kind() {
+        // As the API returns a NetworkPolicyList: items carry no kind or apiVersion.
+        let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicyList\nitems:\n- metadata: {name: a, namespace: x}\n  spec: {podSelector: {}}\n- kind: NetworkPolicy\n  apiVersion: networking.k8s.io/v1\n  metadata: {name: b, namespace: x}\n  spec: {podSelector: {}}\n";
+        let s = parse("t.yaml", text).unwrap();
+        assert_eq!(s.policies.len(), 2);
+        let s =
+            parse("t.yaml", "apiVersion: v1\nkind: PodList\nitems:\n- metadata: {name: p, namespace: x}\n")
+                .unwrap();
+        assert_eq!(s.pods.len(), 1);
+        // An item's own mistakes keep their place in the list.
+        let e = errors(
+            "apiVersion: v1\nkind: NamespaceList\nitems:\n- metadata: {name: a}\n  spec: {bogus: 1}\n",
+        );
+        assert!(e.contains("items[0], line 5: Namespace a: field spec.bogus: unknown field"), "{e}");
+        // A plain List still needs kinds.
+        let e = errors("apiVersion: v1\nkind: List\nitems:\n- metadata: {name: a}\n");
+        assert!(e.contains("every object needs `kind`"), "{e}");
     }
 
     #[test]

@@ -578,3 +578,29 @@ fn a_reader_that_stops_early_ends_the_command_quietly() {
     assert!(o.status.success(), "{:?}: {}", o.status, stderr(&o));
     assert_eq!(stderr(&o), "", "no panic, no message");
 }
+
+#[test]
+fn an_input_without_objects_is_refused_and_left_out_pods_are_named() {
+    for text in ["", "---\n", "# only a comment\n", "apiVersion: v1\nkind: List\nitems: null\n"] {
+        let o = run_with_stdin(&["check", "-s", "-"], text);
+        assert!(!o.status.success(), "{text:?}");
+        assert!(
+            stderr(&o).contains("the input holds no Namespace, Pod or NetworkPolicy"),
+            "{text:?}: {}",
+            stderr(&o)
+        );
+    }
+    // A pod without an IP is not an endpoint: the note names it, so that a
+    // later "no pod" answer is no surprise.
+    let o = run_with_stdin(
+        &["check", "-s", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: pending, namespace: x}\nstatus: {phase: Pending}\n",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("note: 1 pod(s) are not policy endpoints (no IP yet, host network, or finished"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("): x/pending"), "{}", stderr(&o));
+}
