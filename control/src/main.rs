@@ -220,7 +220,8 @@ fn load(args: &StateArgs) -> Result<Compiled> {
     // Files read again to give each problem the line of its field (stdin cannot be).
     let mut texts: std::collections::HashMap<String, Option<String>> = Default::default();
     let mut located = 0;
-    for p in &compiled.problems {
+    let named_ports = report::named_port_warnings(&compiled.cluster);
+    for p in compiled.problems.iter().chain(&named_ports) {
         // Same shape as load errors: `severity: where[, line]: object: field: message`.
         let origin = state.origin_of(p.object.kind, &p.object.namespace, &p.object.name);
         // Each lookup parses the document again: the first 50 problems get a line.

@@ -730,7 +730,7 @@ fn hint_for(path: &str) -> String {
 }
 
 /// Levenshtein distance (insertions, deletions, substitutions; ASCII case ignored).
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let (a, b): (Vec<u8>, Vec<u8>) =
         (a.to_ascii_lowercase().into_bytes(), b.to_ascii_lowercase().into_bytes());
     let mut prev: Vec<usize> = (0..=b.len()).collect();

@@ -4,9 +4,13 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use policy_compiler::model::{Direction, NamespaceMatch, Peer, PodInfo, IPPROTO_ICMP, IPPROTO_ICMPV6};
+use policy_compiler::model::{
+    Direction, NamespaceMatch, Peer, PodInfo, PortMatch, IPPROTO_ICMP, IPPROTO_ICMPV6,
+};
 use policy_compiler::reference::{self, SideDetail};
-use policy_compiler::{Compiled, DecisionTable, Protocol, Side, Verdict};
+use policy_compiler::{
+    Cluster, Compiled, DecisionTable, ObjectRef, Problem, Protocol, Severity, Side, Verdict,
+};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -145,6 +149,71 @@ pub fn resolve_pair(
 
 fn describe_families(f: &[u8]) -> String {
     f.iter().map(|f| format!("IPv{f}")).collect::<Vec<_>>().join(" and ")
+}
+
+/// Warnings for named ports no pod can match: a rule port naming a
+/// container port (`port: http`) that no pod the policy selects declares
+/// with that protocol (ingress), or that no pod at all declares (egress,
+/// where the destination pod declares it). Such a rule allows nothing on
+/// that port, silently: usually a typo, so a close name is suggested.
+pub fn named_port_warnings(c: &Cluster) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for pol in c.policies.iter().filter(|p| p.valid) {
+        for dir in Direction::BOTH {
+            let rules = &pol.rules[dir as usize];
+            if !rules.iter().flat_map(|r| &r.ports).any(|m| matches!(m, PortMatch::Named { .. })) {
+                continue;
+            }
+            let dests: Vec<&PodInfo> = match dir {
+                Direction::Ingress => c
+                    .pods
+                    .iter()
+                    .filter(|p| p.namespace == pol.namespace && pol.pod_selector.matches(&p.labels))
+                    .collect(),
+                Direction::Egress => c.pods.iter().collect(),
+            };
+            if dests.is_empty() {
+                // Nothing selected (ingress) or no pods at all: nothing to compare with.
+                continue;
+            }
+            let field = if dir == Direction::Ingress { "ingress" } else { "egress" };
+            for (ri, rule) in rules.iter().enumerate() {
+                for m in &rule.ports {
+                    let PortMatch::Named { protocol, name } = m else { continue };
+                    let declared = |n: &&policy_compiler::model::NamedPort| n.protocol == *protocol;
+                    if dests.iter().flat_map(|p| &p.named_ports).filter(declared).any(|n| n.name == *name) {
+                        continue;
+                    }
+                    let guess = dests
+                        .iter()
+                        .flat_map(|p| &p.named_ports)
+                        .filter(declared)
+                        .map(|n| (crate::manifest::edit_distance(&n.name, name), n.name.as_str()))
+                        .filter(|(d, _)| *d <= 2)
+                        .min()
+                        .map(|(_, n)| format!(" (did you mean {n:?}?)"))
+                        .unwrap_or_default();
+                    let whose = match dir {
+                        Direction::Ingress => "no pod this policy selects declares",
+                        Direction::Egress => "no pod in the input declares",
+                    };
+                    out.push(Problem {
+                        severity: Severity::Warning,
+                        object: ObjectRef {
+                            kind: "NetworkPolicy",
+                            namespace: pol.namespace.clone(),
+                            name: pol.name.clone(),
+                        },
+                        field: format!("spec.{field}[{ri}].ports"),
+                        message: format!(
+                            "{whose} a {protocol} container port named {name:?}, so this port entry allows nothing{guess}"
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The destination port a question about `proto` asks for: required (1-65535)

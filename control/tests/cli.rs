@@ -604,3 +604,50 @@ fn an_input_without_objects_is_refused_and_left_out_pods_are_named() {
     );
     assert!(stderr(&o).contains("): x/pending"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_named_port_no_pod_declares_is_warned_about_with_a_guess() {
+    let f = temp_file(
+        "named",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: d, labels: {app: web}}
+spec: {containers: [{name: c, ports: [{containerPort: 80, name: http}]}]}
+status: {phase: Running, podIP: 10.0.0.2}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: d}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - ports: [{port: htpp}, {port: http}, {port: http, protocol: UDP}]
+  egress:
+  - ports: [{port: dns}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: selects-nothing, namespace: d}
+spec:
+  podSelector: {matchLabels: {app: none}}
+  ingress:
+  - ports: [{port: htpp}]
+"#,
+    );
+    let o = run(&["check", "-s", f.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(f.parent().unwrap());
+    // Warnings, not errors: the policy is valid, it just allows nothing on these entries.
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 4, "{err}");
+    assert!(err.contains("line 14: NetworkPolicy d/p: spec.ingress[0].ports: no pod this policy selects declares a TCP container port named \"htpp\", so this port entry allows nothing (did you mean \"http\"?)"), "{err}");
+    assert!(err.contains("no pod this policy selects declares a UDP container port named \"http\", so this port entry allows nothing\n"), "{err}");
+    assert!(
+        err.contains("spec.egress[0].ports: no pod in the input declares a TCP container port named \"dns\""),
+        "{err}"
+    );
+    // A policy selecting no pod has nothing to compare with.
+    assert!(!err.contains("selects-nothing: spec"), "{err}");
+}
