@@ -40,6 +40,11 @@ impl Origin {
     /// The line of `field` (a path such as `spec.ingress[0].ports[0].port`) of
     /// the object from here, in `text`, the file's text.
     pub fn line_of(&self, text: &str, field: &str) -> Option<usize> {
+        // JSON on one line (`kubectl get -o json | jq -c`): every field is on
+        // line 1, and finding it would parse the whole text for nothing.
+        if !text.trim_end().contains('\n') {
+            return None;
+        }
         let items: String = self.item.iter().map(|i| format!("items[{i}].")).collect();
         locate(
             text.strip_prefix('\u{feff}').unwrap_or(text),

@@ -157,6 +157,21 @@ fn describe_families(f: &[u8]) -> String {
 /// where the destination pod declares it). Such a rule allows nothing on
 /// that port, silently: usually a typo, so a close name is suggested.
 pub fn named_port_warnings(c: &Cluster) -> Vec<Problem> {
+    use std::collections::BTreeSet;
+    // Every named port of a set of pods, as (protocol, name).
+    fn names<'a>(pods: impl Iterator<Item = &'a PodInfo>) -> BTreeSet<(Protocol, &'a str)> {
+        pods.flat_map(|p| &p.named_ports).map(|n| (n.protocol, n.name.as_str())).collect()
+    }
+    if c.pods.is_empty() {
+        return Vec::new();
+    }
+    let everywhere = names(c.pods.iter());
+    // The pods of a namespace (pods are sorted by namespace: one run).
+    let pods_of = |ns: &str| {
+        let first = c.pods.partition_point(|p| p.namespace.as_str() < ns);
+        &c.pods[first..first + c.pods[first..].partition_point(|p| p.namespace == ns)]
+    };
+    let mut selected = std::collections::HashMap::new();
     let mut out = Vec::new();
     for pol in c.policies.iter().filter(|p| p.valid) {
         for dir in Direction::BOTH {
@@ -164,31 +179,31 @@ pub fn named_port_warnings(c: &Cluster) -> Vec<Problem> {
             if !rules.iter().flat_map(|r| &r.ports).any(|m| matches!(m, PortMatch::Named { .. })) {
                 continue;
             }
-            let dests: Vec<&PodInfo> = match dir {
-                Direction::Ingress => c
-                    .pods
-                    .iter()
-                    .filter(|p| p.namespace == pol.namespace && pol.pod_selector.matches(&p.labels))
-                    .collect(),
-                Direction::Egress => c.pods.iter().collect(),
+            let declared = match dir {
+                Direction::Ingress => {
+                    // Policies of a namespace often share a pod selector.
+                    let selected = selected.entry((&pol.namespace, &pol.pod_selector)).or_insert_with(|| {
+                        let own =
+                            pods_of(&pol.namespace).iter().filter(|p| pol.pod_selector.matches(&p.labels));
+                        own.clone().next().map(|_| names(own))
+                    });
+                    // Nothing selected: nothing to compare with.
+                    let Some(selected) = selected else { continue };
+                    &*selected
+                }
+                Direction::Egress => &everywhere,
             };
-            if dests.is_empty() {
-                // Nothing selected (ingress) or no pods at all: nothing to compare with.
-                continue;
-            }
             let field = if dir == Direction::Ingress { "ingress" } else { "egress" };
             for (ri, rule) in rules.iter().enumerate() {
                 for m in &rule.ports {
                     let PortMatch::Named { protocol, name } = m else { continue };
-                    let declared = |n: &&policy_compiler::model::NamedPort| n.protocol == *protocol;
-                    if dests.iter().flat_map(|p| &p.named_ports).filter(declared).any(|n| n.name == *name) {
+                    if declared.contains(&(*protocol, name.as_str())) {
                         continue;
                     }
-                    let guess = dests
+                    let guess = declared
                         .iter()
-                        .flat_map(|p| &p.named_ports)
-                        .filter(declared)
-                        .map(|n| (crate::manifest::edit_distance(&n.name, name), n.name.as_str()))
+                        .filter(|(p, _)| p == protocol)
+                        .map(|(_, n)| (crate::manifest::edit_distance(n, name), *n))
                         .filter(|(d, _)| *d <= 2)
                         .min()
                         .map(|(_, n)| format!(" (did you mean {n:?}?)"))
