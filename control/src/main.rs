@@ -150,6 +150,10 @@ struct QueryArgs {
     /// Output format for a single query [default: text] (batch mode always prints JSON lines).
     #[arg(long, value_enum)]
     output: Option<Output>,
+    /// A single query exits with status 1 when the connection is denied (as `kubectl auth
+    /// can-i` does), for scripts: `portcullis query ... --exit-code || echo denied`.
+    #[arg(long, requires = "from")]
+    exit_code: bool,
 }
 
 #[derive(Args)]
@@ -263,10 +267,13 @@ fn load(args: &StateArgs) -> Result<Compiled> {
     Ok(compiled)
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Runs a command; its exit status when it did not fail (`query --exit-code`
+/// fails a denied connection without an error).
+fn run(cli: Cli) -> Result<ExitCode> {
     // Answers go through one buffer; a reader that stops early (`| head`)
     // ends the command quietly (see `main`).
     let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut denied = false;
     match cli.command {
         Command::Lab(args) => control::lab::run(args)?,
         Command::Run(args) => {
@@ -326,6 +333,7 @@ fn run(cli: Cli) -> Result<()> {
                 (Some(from), Some(to)) => {
                     let (src, dst, proto, port) = resolve_flow(&c, from, to, &args.flow)?;
                     let v = c.table.verdict_both(src, dst, proto, port);
+                    denied = args.exit_code && !v.allowed();
                     match args.output.unwrap_or(Output::Text) {
                         Output::Text => {
                             writeln!(out, "{}", report::verdict_line(&c.table, src, dst, proto, port, &v))?
@@ -376,7 +384,7 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     out.flush()?;
-    Ok(())
+    Ok(if denied { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// Batch mode takes everything but the state from its JSON lines, and stdin is theirs.
@@ -492,7 +500,7 @@ fn batch(c: &Compiled, out: &mut impl Write) -> Result<()> {
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => status,
         // The reader went away (`portcullis matrix ... | head`): nothing left to say.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {

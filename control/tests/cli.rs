@@ -98,6 +98,18 @@ fn query_and_explain_name_the_deciding_policy() {
     let o = run(&["query", "-s", &s, "--from", CLIENT, "--to", FE, "--port", "81", "--output", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["verdict"], "deny");
+    // A denial is an answer, not a failure, unless --exit-code asks for it to be one.
+    assert!(o.status.success(), "{}", stderr(&o));
+    let deny = run(&["query", "-s", &s, "--from", CLIENT, "--to", FE, "--port", "81", "--exit-code"]);
+    assert_eq!(deny.status.code(), Some(1), "{}", stderr(&deny));
+    assert!(
+        stdout(&deny).starts_with("DENY") && stderr(&deny).is_empty(),
+        "{}{}",
+        stdout(&deny),
+        stderr(&deny)
+    );
+    let allow = run(&["query", "-s", &s, "--from", CLIENT, "--to", FE, "--port", "80", "--exit-code"]);
+    assert_eq!(allow.status.code(), Some(0), "{}", stderr(&allow));
     assert_eq!(v["egress"]["result"], "not-isolated");
     assert_eq!(v["ingress"]["result"], "denied");
     assert_eq!(
