@@ -457,7 +457,9 @@ fn batch(c: &Compiled, out: &mut impl Write) -> Result<()> {
         }
         queries += 1;
         let answer = (|| -> Result<serde_json::Value, String> {
-            let q: Query = serde_json::from_str(line?).map_err(|e| e.to_string())?;
+            // serde names Rust types (`i64`); a JSON writer thinks in numbers.
+            let q: Query = serde_json::from_str(line?)
+                .map_err(|e| e.to_string().replace("expected i64", "expected a number"))?;
             let family = match &q.family {
                 None => None,
                 Some(v) => Some(

@@ -386,12 +386,13 @@ fn batch_ports_out_of_range_are_named() {
     let s = root("examples/stars");
     let o = run_with_stdin(
         &["query", "-s", &s],
-        "{\"src\":\"10.0.0.1\",\"dst\":\"10.0.0.2\",\"port\":70000}\n{\"src\":\"10.0.0.1\",\"dst\":\"10.0.0.2\",\"port\":0}\n",
+        "{\"src\":\"10.0.0.1\",\"dst\":\"10.0.0.2\",\"port\":70000}\n{\"src\":\"10.0.0.1\",\"dst\":\"10.0.0.2\",\"port\":0}\n{\"src\":\"10.0.0.1\",\"dst\":\"10.0.0.2\",\"port\":\"80\"}\n",
     );
     assert_eq!(o.status.code(), Some(1));
     let out = stdout(&o);
     assert!(out.contains("port 70000 is not a destination port (1-65535)"), "{out}");
     assert!(out.contains("port 0 is not a destination port (1-65535)"), "{out}");
+    assert!(out.contains(r#"invalid type: string \"80\", expected a number"#), "{out}");
 }
 
 /// Pods `default/a-old` and `default/db` list one address (a-old owns it in
