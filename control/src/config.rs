@@ -93,7 +93,8 @@ pub struct PortConfig {
     /// This port faces the node's own network stack (the kubelet's probes arrive here).
     /// When any port says so, connections from `node_addresses` get the node's exemption
     /// only on those ports; when none does, on every port without a `pod`, where anything
-    /// able to send with the node's source address gets it too. Default `false`.
+    /// able to send with the node's source address gets it too, except in mode wire,
+    /// where the node's addresses are then ignored (a warning is logged). Default `false`.
     #[serde(default)]
     pub node: bool,
 }
@@ -185,6 +186,21 @@ pub struct Config {
     /// one of them into a pod is allowed even when the pod is isolated for ingress, as
     /// upstream specifies (kubelet probes). Default none.
     pub node_addresses: Vec<std::net::IpAddr>,
+}
+
+impl Config {
+    /// On a wire, both ports face other machines: without a port marked
+    /// `node: true` (facing this node's own stack), anything on either side
+    /// could send with the node's addresses and get the exemption, and the
+    /// node's own probes do not cross the wire anyway. So there the node's
+    /// addresses are dropped; returns those dropped (to be logged).
+    pub fn drop_unanchored_node_addresses(&mut self) -> Vec<std::net::IpAddr> {
+        if self.mode == Mode::Wire && !self.ports.iter().any(|p| p.node) {
+            std::mem::take(&mut self.node_addresses)
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 impl Default for Config {
@@ -426,6 +442,35 @@ mod tests {
         assert!(d.pipeline.validate().is_ok());
         d.pipeline.conntrack_capacity += 1;
         assert!(d.pipeline.validate().is_err());
+    }
+
+    #[test]
+    fn on_a_wire_the_node_is_exempt_only_through_a_marked_port() {
+        let node = "node_addresses: [192.168.0.10]\n";
+        let mut c = Config::parse(
+            "c.yaml",
+            &format!("mode: wire\nports: [{{interface: a}}, {{interface: b}}]\n{node}"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.drop_unanchored_node_addresses(),
+            vec!["192.168.0.10".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert!(c.node_addresses.is_empty());
+        let mut c = Config::parse(
+            "c.yaml",
+            &format!("mode: wire\nports: [{{interface: a, node: true}}, {{interface: b}}]\n{node}"),
+        )
+        .unwrap();
+        assert!(c.drop_unanchored_node_addresses().is_empty());
+        assert_eq!(c.node_addresses.len(), 1);
+        // Switch mode keeps its rule: without marks, the ports without a pod.
+        let mut c = Config::parse(
+            "c.yaml",
+            &format!("ports: [{{interface: a, pod: x/w}}, {{interface: b}}]\n{node}"),
+        )
+        .unwrap();
+        assert!(c.drop_unanchored_node_addresses().is_empty());
     }
 
     #[test]

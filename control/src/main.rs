@@ -302,6 +302,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             config.fail_open |= args.fail_open;
             config.node_addresses.extend(&args.node_addresses);
+            let dropped = config.drop_unanchored_node_addresses();
+            if !dropped.is_empty() {
+                tracing::warn!(
+                    addresses = ?dropped,
+                    "mode wire with no port marked `node: true`: the node's addresses get no exemption \
+                     (either side of the wire could send with them); mark the port facing this node's \
+                     own stack to allow its probes"
+                );
+            }
             if !config.node_addresses.is_empty() {
                 tracing::info!(addresses = ?config.node_addresses, "node addresses: connections from them into pods are allowed");
             }
