@@ -113,6 +113,12 @@ pub fn strip_pod(p: corev1::Pod) -> corev1::Pod {
     }
 }
 
+/// After a watch error, how long without another one before the source is
+/// probed and, if the API answers, reported healthy again: longer than the
+/// watcher's longest backoff (kube-runtime's default: 30 s), so that a watch
+/// still failing is seen failing again first.
+pub const RECOVERY_QUIET: std::time::Duration = std::time::Duration::from_secs(45);
+
 /// Runs the three watchers until the channel closes.
 pub async fn run_kube(client: Client, tx: mpsc::Sender<SourceMsg>) {
     let ns = watch_kind(Api::<corev1::Namespace>::all(client.clone()), Kind::Namespace, tx.clone(), |o| {
@@ -132,10 +138,40 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let cfg = watcher::Config::default();
+    let probe = api.clone();
     let mut stream = std::pin::pin!(watcher::watcher(api, cfg).default_backoff());
     let mut buffer: Vec<Object> = Vec::new();
     let mut healthy = true;
-    while let Some(ev) = stream.next().await {
+    let mut last_error = tokio::time::Instant::now();
+    loop {
+        let ev = if healthy {
+            stream.next().await
+        } else {
+            // A watch that comes back from an error without a relist yields
+            // nothing until the next change, which may be days away. So: once
+            // no error has come for longer than the watcher's longest backoff
+            // (a watch still failing would have failed again), a cheap list
+            // that succeeds says the source is back.
+            tokio::select! {
+                ev = stream.next() => ev,
+                () = tokio::time::sleep_until(last_error + RECOVERY_QUIET) => {
+                    let lp = kube::api::ListParams::default().limit(1);
+                    if probe.list(&lp).await.is_ok() {
+                        healthy = true;
+                        tracing::info!(kind = ?kind, "watch back after an error");
+                        let m = SourceMsg::Health { source: KUBE, kind: Some(kind), error: None };
+                        if tx.send(m).await.is_err() {
+                            return;
+                        }
+                    } else {
+                        // Not yet: try again a quiet period from now.
+                        last_error = tokio::time::Instant::now();
+                    }
+                    continue;
+                }
+            }
+        };
+        let Some(ev) = ev else { return };
         let msg = match ev {
             Ok(ev) => {
                 if !healthy {
@@ -186,6 +222,7 @@ where
             }
             Err(e) => {
                 healthy = false;
+                last_error = tokio::time::Instant::now();
                 tracing::warn!(kind = ?kind, error = %e, "watch failed; retrying with backoff, last table stays in force");
                 SourceMsg::Health { source: KUBE, kind: Some(kind), error: Some(e.to_string()) }
             }

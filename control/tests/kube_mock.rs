@@ -186,3 +186,68 @@ async fn list_watch_error_and_relist() {
     assert_eq!(c.pods.len(), 1);
     assert_eq!(c.namespaces.len(), 1);
 }
+
+/// Namespaces and pods as above; NetworkPolicies: a list, a watch that
+/// fails, then watches that succeed and stay quiet (no change, so no event).
+/// Lists after the first (the source's probe) are answered too.
+async fn quiet_after_error(mut handle: Handle) {
+    let mut np_watches = 0;
+    let mut parked = Vec::new();
+    while let Some((req, send)) = handle.next_request().await {
+        let uri = req.uri().to_string();
+        let watch = uri.contains("watch=true");
+        if watch && (np_watches > 0 || !uri.starts_with("/apis/networking.k8s.io/v1/networkpolicies")) {
+            parked.push(send);
+            continue;
+        }
+        if watch {
+            np_watches += 1;
+            let mut r = Response::new(Body::from(
+                serde_json::to_vec(&json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "etcd unavailable", "reason": "InternalError", "code": 500}))
+                .unwrap(),
+            ));
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            send.send_response(r);
+        } else if uri.starts_with("/api/v1/namespaces") {
+            send.send_response(list("NamespaceList", "1", vec![]));
+        } else if uri.starts_with("/api/v1/pods") {
+            send.send_response(list("PodList", "1", vec![]));
+        } else {
+            send.send_response(list("NetworkPolicyList", "10", vec![policy("p1", 80)]));
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_back_from_an_error_is_reported_healthy_without_waiting_for_a_change() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    tokio::spawn(quiet_after_error(handle));
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(run_kube(client, tx));
+    let mut failed_at = None;
+    loop {
+        // Virtual time: the test ends as soon as the runtime is idle long enough.
+        let msg = tokio::time::timeout(Duration::from_secs(600), rx.recv())
+            .await
+            .expect("a health report within 10 minutes (virtual)")
+            .expect("source ended");
+        if let SourceMsg::Health { kind, error, .. } = msg {
+            assert_eq!(kind, Some(Kind::NetworkPolicy));
+            match (error, failed_at) {
+                (Some(e), _) => {
+                    assert!(e.contains("etcd unavailable") || e.contains("500"), "{e}");
+                    failed_at = Some(tokio::time::Instant::now());
+                }
+                (None, Some(t)) => {
+                    // Not before the quiet period: a watch still failing would have failed again.
+                    assert!(t.elapsed() >= control::sources::RECOVERY_QUIET, "{:?}", t.elapsed());
+                    assert!(t.elapsed() < control::sources::RECOVERY_QUIET * 2, "{:?}", t.elapsed());
+                    return;
+                }
+                (None, None) => panic!("healthy reported before any error"),
+            }
+        }
+    }
+}
