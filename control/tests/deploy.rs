@@ -374,7 +374,15 @@ fn daemonset_runs_the_daemon_as_the_docs_describe() {
     assert_eq!(spec.priority_class_name.as_deref(), Some("system-node-critical"));
     let selector = spec.node_selector.clone().unwrap_or_default();
     assert_eq!(selector.get("portcullis.io/dataplane").map(String::as_str), Some("true"));
-    assert!(!spec.tolerations.clone().unwrap_or_default().is_empty(), "tolerations for dedicated nodes");
+    // Every taint tolerated (a maintenance NoExecute taint must not evict the enforcer).
+    assert!(
+        spec.tolerations
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none() && t.effect.is_none()),
+        "a toleration of every taint"
+    );
     assert!(spec.termination_grace_period_seconds.is_some_and(|s| s > 0));
 
     // Guaranteed QoS with whole CPUs, so the static CPU manager gives exclusive cores, and
