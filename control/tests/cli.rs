@@ -162,13 +162,13 @@ fn batch_queries_answer_every_line_in_order() {
     assert!(lines[n]["error"].as_str().unwrap().contains("missing field"), "{}", lines[n]);
 }
 
-/// Runs `portcullis args...` with `input` on stdin.
-fn run_with_stdin(args: &[&str], input: &str) -> Output {
+/// Runs `portcullis args...` with `input` (text, or any bytes) on stdin.
+fn run_with_stdin(args: &[&str], input: impl AsRef<[u8]>) -> Output {
     let mut child =
         bin().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     // A command that refuses its arguments exits without reading stdin: the
     // pipe may then be closed before all of `input` is written.
-    if let Err(e) = child.stdin.take().unwrap().write_all(input.as_bytes()) {
+    if let Err(e) = child.stdin.take().unwrap().write_all(input.as_ref()) {
         assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
     }
     child.wait_with_output().unwrap()
@@ -541,15 +541,7 @@ fn a_batch_line_that_is_not_utf8_is_one_bad_line() {
     input.extend_from_slice(b"\n{\"src\":\"caf\xe9\"}\n");
     input.extend_from_slice(br#"{"src":"client/client","dst":"10.77.0.20","protocol":6,"port":6379}"#);
     input.push(b'\n');
-    let mut child = bin()
-        .args(["query", "-s", &root("examples/stars")])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&input).unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = run_with_stdin(&["query", "-s", &root("examples/stars")], input);
     assert_eq!(o.status.code(), Some(1));
     let lines: Vec<serde_json::Value> =
         stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
