@@ -108,7 +108,7 @@ pub fn resolve_pair(
         (Some(f), _, _) => f,
         (None, End::Pod(a), End::Pod(b)) => {
             let (fa, fb) = (families(a), families(b));
-            *fa.iter().find(|f| fb.contains(f)).ok_or_else(|| {
+            shared_family(&fa, &fb).ok_or_else(|| {
                 format!(
                     "{from} and {to} have no address family in common ({from}: {}; {to}: {}): no connection between them is possible",
                     describe_families(&fa),
@@ -131,11 +131,7 @@ pub fn resolve_pair(
             End::Pod(p) => {
                 let ip = pod_ip(p, Some(family))
                     .ok_or_else(|| format!("pod {text} has no IPv{family} address{why}"))?;
-                if let Some((ns, name)) = c
-                    .table
-                    .pod_at(ip)
-                    .filter(|(ns, name)| (*ns, *name) != (p.namespace.as_str(), p.name.as_str()))
-                {
+                if let Some((ns, name)) = other_owner(c, p, ip) {
                     return Err(format!(
                         "pod {text} shares its address {ip} with pod {ns}/{name}, which owns it in the table (of two live pods with one address, the first by namespace/name does; docs/semantics.md, D5): the answer would be {ns}/{name}'s. Ask about {ns}/{name} or the address"
                     ));
@@ -145,6 +141,17 @@ pub fn resolve_pair(
         };
     }
     Ok((ips[0], ips[1]))
+}
+
+/// The family a connection between pods with these families uses: the
+/// source's first that the destination has too.
+fn shared_family(from: &[u8], to: &[u8]) -> Option<u8> {
+    from.iter().copied().find(|f| to.contains(f))
+}
+
+/// The pod that owns `ip` in the table when it is not `p` (docs/semantics.md, D5).
+fn other_owner<'a>(c: &'a Compiled, p: &PodInfo, ip: IpAddr) -> Option<(&'a str, &'a str)> {
+    c.table.pod_at(ip).filter(|(ns, name)| (*ns, *name) != (p.namespace.as_str(), p.name.as_str()))
 }
 
 fn describe_families(f: &[u8]) -> String {
@@ -486,10 +493,7 @@ pub fn matrix(c: &Compiled, proto: u8, port: Option<u16>, family: Option<u8>) ->
     let ends: Vec<(Vec<u8>, [Option<IpAddr>; 2])> = pods
         .iter()
         .map(|p| {
-            let owned = |f| {
-                pod_ip(p, Some(f))
-                    .filter(|ip| c.table.pod_at(*ip) == Some((p.namespace.as_str(), p.name.as_str())))
-            };
+            let owned = |f| pod_ip(p, Some(f)).filter(|ip| other_owner(c, p, *ip).is_none());
             (families(p), [owned(4), owned(6)])
         })
         .collect();
@@ -501,7 +505,7 @@ pub fn matrix(c: &Compiled, proto: u8, port: Option<u16>, family: Option<u8>) ->
                 .map(|(to_pod, (to_families, to))| {
                     let f = match family {
                         Some(f) => f,
-                        None => *from_families.iter().find(|f| to_families.contains(f))?,
+                        None => shared_family(from_families, to_families)?,
                     };
                     let i = usize::from(f == 6);
                     let (src, dst) = (from[i]?, to[i]?);
