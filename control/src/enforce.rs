@@ -50,6 +50,9 @@ pub struct Enforcer {
     node_addresses: Vec<std::net::IpAddr>,
     node_ports: Vec<bool>,
     denied: Option<crossbeam_channel::Receiver<DeniedFlow>>,
+    /// The cores the control threads may run on (those started after
+    /// `cpus::keep_off_workers`, as `run` is), read at start.
+    control_cores: Vec<usize>,
 }
 
 /// Replaced tables still alive, and the hit counts of those already freed.
@@ -148,6 +151,7 @@ impl Enforcer {
             node_addresses: cfg.node_addresses.clone(),
             node_ports: cfg.ports.iter().map(|p| p.node).collect(),
             denied,
+            control_cores: crate::cpus::current().unwrap_or_default(),
         }))
     }
 
@@ -294,6 +298,7 @@ impl DataplaneView for Enforcer {
                 })
                 .collect::<Vec<_>>(),
             "cores": d.cores(),
+            "control_cores": self.control_cores,
             "pipeline": d.pipeline_counters(),
             "per_worker": d.pipeline_counters_per_worker(),
             "io": d.io_counters(),

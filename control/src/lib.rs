@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod cpus;
 pub mod daemon;
 pub mod enforce;
 pub mod index;

@@ -317,6 +317,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(n) = &args.node_name {
                 tracing::info!(node = %n, "node name");
             }
+            if !config.ports.is_empty() {
+                // Before any other thread starts, so that all of them inherit it.
+                match control::cpus::keep_off_workers(&config.workers) {
+                    Ok(p) if p.shared_with_workers => tracing::warn!(
+                        cores = ?p.cores,
+                        workers = ?config.workers,
+                        "every core of the cpuset has a worker: the control plane (watches, compiles, \
+                         status) shares their cores and can stall them; give the container one more core"
+                    ),
+                    Ok(p) => tracing::info!(cores = ?p.cores, "control plane kept off the worker cores"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read or set the CPU affinity; the control plane may run on worker cores")
+                    }
+                }
+            }
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(control::run::run(control::run::RunOptions {
                 kube: args.kube,

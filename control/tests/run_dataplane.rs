@@ -209,6 +209,12 @@ fn run_binds_the_configured_queues_and_refuses_an_unbound_one() {
         "{s}"
     );
     assert_eq!(s["dataplane"]["cores"][0]["core"], 0, "{s}");
+    // The control threads keep off worker 0's core (the daemon inherits this
+    // test's cpuset); with a one-core cpuset they can only share it.
+    let allowed = control::cpus::current().unwrap();
+    let control: Vec<usize> =
+        if allowed.len() > 1 { allowed.iter().copied().filter(|&c| c != 0).collect() } else { allowed };
+    assert_eq!(s["dataplane"]["control_cores"], serde_json::json!(control), "{s}");
     let err = d.terminate();
     let warning =
         err.lines().find(|l| l.contains("worker could not be pinned")).unwrap_or_else(|| panic!("{err}"));
