@@ -376,6 +376,18 @@ impl DataplaneView for Enforcer {
             &[(String::new(), ct.full)],
         );
         family(
+            "portcullis_conntrack_evicted",
+            "counter",
+            "Tracked connections not yet answered or already closed, removed before their timeout to make room for a new one",
+            &[(String::new(), ct.evicted)],
+        );
+        family(
+            "portcullis_conntrack_expired",
+            "counter",
+            "Tracked connections removed at their idle timeout",
+            &[(String::new(), ct.expired)],
+        );
+        family(
             "portcullis_connections_revoked",
             "counter",
             "Tracked connections cut by a newer table",

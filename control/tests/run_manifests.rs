@@ -367,6 +367,8 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
         "portcullis_port_kernel_drops_total{port=",
         "portcullis_dropped_packets_total{reason=\"policy\"}",
         "portcullis_conntrack_entries",
+        "portcullis_conntrack_evicted_total 0",
+        "portcullis_conntrack_expired_total",
         "portcullis_enforced_table_generation",
         "portcullis_policy_change_to_enforced_seconds_count",
     ] {
