@@ -3,8 +3,8 @@
 //! In: the cores `workers:` pins the workers to, and the calling thread's CPU
 //! affinity (the container's cpuset). Out: the calling thread's affinity
 //! narrowed to the other cores, so every thread it starts afterwards (the
-//! tokio runtime, the blocking pool that compiles tables, the status server)
-//! inherits it. Each worker pins itself to its own core when it starts, which
+//! tokio runtime, whose tasks watch the sources, compile the tables and
+//! serve the status; its blocking pool; the manifest watch) inherits it. Each worker pins itself to its own core when it starts, which
 //! the cpuset allows whatever its parent's mask was.
 //!
 //! Without this, a table compile or a burst of watch events could be

@@ -141,6 +141,11 @@ pub struct State {
 }
 
 impl State {
+    /// No Namespace, Pod or NetworkPolicy.
+    pub fn is_empty(&self) -> bool {
+        self.namespaces.is_empty() && self.pods.is_empty() && self.policies.is_empty()
+    }
+
     /// The origin of an object named in a compiler problem.
     pub fn origin_of(&self, kind: &str, namespace: &str, name: &str) -> Option<&Origin> {
         self.origins

@@ -54,6 +54,8 @@ pub struct ManifestDir {
     /// holding the first of them was read.
     pending: Vec<Change>,
     pending_since: Option<Instant>,
+    /// Files the last scan left unread because a writer still had them open.
+    deferred: BTreeSet<String>,
 }
 
 /// One file's standing, for status pages.
@@ -86,11 +88,22 @@ impl ManifestDir {
             conflicted: BTreeSet::new(),
             pending: Vec::new(),
             pending_since: None,
+            deferred: BTreeSet::new(),
         }
     }
 
     /// Reads the directory again. Returns true when the objects in force changed.
     pub fn scan(&mut self) -> bool {
+        self.scan_except(&|_| false)
+    }
+
+    /// [`ManifestDir::scan`], leaving unread the files for which `being_written`
+    /// (given the file's name within the directory) is true: a writer still
+    /// has them open, and what they hold now may be a truncated prefix of what
+    /// is being written. Their last good version stays in force; they are read
+    /// by a later scan.
+    pub fn scan_except(&mut self, being_written: &dyn Fn(&std::ffi::OsStr) -> bool) -> bool {
+        self.deferred.clear();
         let listed = match crate::list_manifests(&self.dir.to_string_lossy()) {
             Ok(f) => {
                 self.dir_error = None;
@@ -136,6 +149,10 @@ impl ManifestDir {
                     continue;
                 }
             }
+            if Path::new(&f).file_name().is_some_and(being_written) {
+                self.deferred.insert(f);
+                continue;
+            }
             let read_at = Instant::now();
             let text = match std::fs::read_to_string(&f) {
                 Ok(t) => t,
@@ -162,6 +179,19 @@ impl ManifestDir {
             }
             st.fingerprint = fp;
             match check_file(&f, &text) {
+                // A file that held objects and now holds none is taken for one
+                // caught mid-write (`> file` truncates first) rather than applied:
+                // applying it would lift every policy it held at once.
+                Ok(state) if state.is_empty() && !st.objects.is_empty() => {
+                    st.error = Some(LoadErrors(vec![LoadError::file(
+                        &f,
+                        format!(
+                            "holds no objects any more (emptied, or caught while being rewritten); its last \
+                             good version ({} objects) stays in force: delete the file to remove them",
+                            st.objects.len()
+                        ),
+                    )]));
+                }
                 Ok(mut state) => {
                     st.error = None;
                     let objects = file_objects(&mut state);
@@ -321,7 +351,14 @@ impl ManifestDir {
     /// are not the directory's, and a first sync would enforce less than it
     /// says (a broken `default-deny.yaml` at boot would open every pod).
     pub fn complete(&self) -> bool {
-        self.dir_error.is_none() && self.files.values().all(|st| st.error.is_none() || st.last_good.is_some())
+        self.dir_error.is_none()
+            && self.deferred.is_empty()
+            && self.files.values().all(|st| st.error.is_none() || st.last_good.is_some())
+    }
+
+    /// Files the last scan left unread because they were being written.
+    pub fn deferred(&self) -> impl Iterator<Item = &str> {
+        self.deferred.iter().map(String::as_str)
     }
 }
 
@@ -468,6 +505,55 @@ mod tests {
         std::fs::remove_file(&f).unwrap();
         assert!(md.scan());
         assert!(names(&md).is_empty());
+    }
+
+    #[test]
+    fn an_emptied_file_keeps_its_last_good_version_until_deleted() {
+        let d = tempdir("emptied");
+        let f = d.0.join("p.yaml");
+        std::fs::write(&f, POLICY.replace("PORT", "80")).unwrap();
+        let mut md = ManifestDir::new(&d.0);
+        assert!(md.scan());
+        let _ = md.take_changes();
+        for empty in ["", "# nothing here\n", "---\n"] {
+            std::fs::write(&f, empty).unwrap();
+            assert!(!md.scan(), "{empty:?}");
+            assert_eq!(names(&md), vec!["NetworkPolicy/p"], "{empty:?}");
+            assert!(md.take_changes().is_none());
+            let e = &md.status()[0].errors[0];
+            assert!(e.contains("p.yaml") && e.contains("holds no objects any more"), "{e}");
+            // Fixed: the error goes.
+            std::fs::write(&f, POLICY.replace("PORT", "80")).unwrap();
+            md.scan();
+            assert!(md.status()[0].errors.is_empty());
+        }
+        // A file that never held objects may be empty.
+        std::fs::write(d.0.join("q.yaml"), "").unwrap();
+        md.scan();
+        assert!(md.status().iter().all(|f| f.errors.is_empty()), "{:?}", md.status());
+        std::fs::remove_file(&f).unwrap();
+        assert!(md.scan());
+        assert!(names(&md).is_empty());
+    }
+
+    #[test]
+    fn a_file_being_written_is_left_unread_and_holds_back_the_first_sync() {
+        let d = tempdir("writing");
+        let f = d.0.join("p.yaml");
+        std::fs::write(&f, POLICY.replace("PORT", "80")).unwrap();
+        let mut md = ManifestDir::new(&d.0);
+        let busy = |n: &std::ffi::OsStr| n == "p.yaml";
+        assert!(!md.scan_except(&busy));
+        assert!(!md.complete(), "a first sync must wait for it");
+        assert_eq!(md.deferred().collect::<Vec<_>>(), vec![f.to_str().unwrap()]);
+        assert!(md.scan());
+        assert!(md.complete());
+        // Being rewritten: the version in force stays.
+        std::fs::write(&f, POLICY.replace("PORT", "81")).unwrap();
+        assert!(!md.scan_except(&busy));
+        assert_eq!(policy_port(&md).unwrap(), "Int(80)");
+        assert!(md.scan());
+        assert_eq!(policy_port(&md).unwrap(), "Int(81)");
     }
 
     #[test]

@@ -141,6 +141,53 @@ fn manifest_directory_add_change_break_delete() {
     wait_for("policy deleted", || status(d.port)["objects"]["NetworkPolicy"] == 0);
 }
 
+/// A file rewritten in place (`kubectl get ... > file` truncates it, then writes it) is
+/// read only once its writer has closed it: a half-written file that happens to parse
+/// never replaces what is in force. A file emptied keeps its last good version, with an
+/// error naming it, until it is deleted.
+#[test]
+fn a_file_being_rewritten_is_read_once_its_writer_closes_it() {
+    use std::io::Write;
+    let p = |port| policy(port);
+    let q = |port: &str| policy(port).replace("name: p,", "name: q,");
+    let d = start(&[("pods.yaml", PODS), ("policies.yaml", &format!("{}---\n{}", p("80"), q("81")))]);
+    assert_eq!(status(d.port)["objects"]["NetworkPolicy"], 2);
+    let g0 = status(d.port)["table_generation"].as_u64().unwrap();
+    // Truncated and half written, still open: the first policy alone parses.
+    let mut f = std::fs::File::create(d.dir.join("policies.yaml")).unwrap();
+    f.write_all(format!("{}---\n", p("80")).as_bytes()).unwrap();
+    f.flush().unwrap();
+    // Several polls (200 ms) and inotify wake-ups (20 ms) later, nothing changed.
+    std::thread::sleep(Duration::from_millis(1_000));
+    let s = status(d.port);
+    assert_eq!(s["objects"]["NetworkPolicy"], 2, "a half-written file was applied: {s}");
+    assert_eq!(s["table_generation"].as_u64().unwrap(), g0, "{s}");
+    // The rest, then close: the new version (q on port 82) is read.
+    f.write_all(q("82").as_bytes()).unwrap();
+    drop(f);
+    wait_for("the rewritten file is applied", || status(d.port)["table_generation"].as_u64().unwrap() > g0);
+    assert_eq!(status(d.port)["objects"]["NetworkPolicy"], 2);
+    let g1 = status(d.port)["table_generation"].as_u64().unwrap();
+    // Emptied and closed: an error, and both policies stay in force.
+    std::fs::File::create(d.dir.join("policies.yaml")).unwrap();
+    let file_error = |s: &serde_json::Value| {
+        s["files"].as_array().unwrap().iter().find_map(|f| {
+            let e = f["errors"][0].as_str()?;
+            f["file"].as_str().unwrap().ends_with("policies.yaml").then(|| e.to_string())
+        })
+    };
+    wait_for("the empty file is reported", || file_error(&status(d.port)).is_some());
+    let s = status(d.port);
+    let err = file_error(&s).unwrap();
+    assert!(err.contains("policies.yaml") && err.contains("holds no objects any more"), "{err}");
+    assert!(err.contains("last good version (2 objects) stays in force"), "{err}");
+    assert_eq!(s["objects"]["NetworkPolicy"], 2, "{s}");
+    assert_eq!(s["table_generation"].as_u64().unwrap(), g1, "{s}");
+    // Deleting the file removes them.
+    std::fs::remove_file(d.dir.join("policies.yaml")).unwrap();
+    wait_for("policies deleted", || status(d.port)["objects"]["NetworkPolicy"] == 0);
+}
+
 /// A `--config` file that does not exist is an error naming it, before anything is
 /// served; only the default path may be absent.
 #[test]
