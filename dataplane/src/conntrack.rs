@@ -33,6 +33,9 @@
 //! its request's entry and a request in the other direction is another
 //! connection, decided by policy, also for identifier 0, whose request
 //! `(id, 0)` and reply `(0, id)` ports ([`crate::parse`]) are both `(0, 0)`.
+//! An echo reply without entry passes (untracked) only when policy allows it
+//! in its own direction; one that only its request's direction would allow
+//! is dropped, as Linux conntrack holds a reply to no request invalid.
 //! Other ICMP messages are never tracked nor matched against echo entries.
 //!
 //! **Memory is fixed at construction.** Entries live in a slab of `capacity`
@@ -45,7 +48,8 @@
 //! a while under heavy churn, a latency spike but no allocation.)
 //!
 //! **When the table is full**, a new connection may take the slot of (in
-//! order) an expired entry or an *embryonic* one — never replied to, closed
+//! order) an expired entry or an *embryonic* one — never replied to, a TCP
+//! handshake not completed (a SYN-ACK alone does not protect it), closed
 //! by RST/FIN, or a datagram flow that is not yet assured (see below) —
 //! found among the next [`RECLAIM_SCAN`] slots of a rotating cursor. TCP
 //! entries that have seen a reply and are not closed, and assured datagram
@@ -58,8 +62,11 @@
 //! TCP stack: no sequence-window checks): SYN → SynSent, SYN-ACK from the
 //! responder → SynReceived, ACK from the initiator → Established, FIN from
 //! either side → Closing, FIN from both or RST → Closed; each state has its
-//! own timeout ([`Timeouts`]). A bare SYN that hits an entry in any state but
-//! a retransmitted SynSent is a new connection (port reuse, or a peer trying
+//! own timeout ([`Timeouts`]). A bare SYN from the initiator of a connection
+//! that is still open (SynReceived, Established) is passed and changes
+//! nothing, as Linux ignores it; a retransmitted SYN (SynSent) is tracked.
+//! Any other bare SYN that hits an entry is a new connection (port reuse after
+//! a close, or a peer trying
 //! to open a connection backwards through an entry) and is evaluated by
 //! policy: admitted, it replaces the entry in its slot; denied, it is dropped
 //! and the entry stays, so a SYN that policy refuses (perhaps spoofed) cannot
@@ -417,9 +424,18 @@ impl Entry {
     /// ICMP echo always may (as in Linux, which never assures it): each
     /// ping is its own exchange, and pings with fresh identifiers must not
     /// be able to pin the table.
+    ///
+    /// A TCP connection is protected once Established: a SYN-ACK alone
+    /// (`SynReceived`) does not count, or a flood of spoofed SYNs to a
+    /// listening pod, each answered, would pin the table for the handshake
+    /// timeout (Linux early drop likewise takes any connection not yet assured).
     #[inline]
     fn evictable(&self) -> bool {
-        !self.replied || matches!(self.state, State::Closed | State::Replied | State::Echo)
+        !self.replied
+            || matches!(
+                self.state,
+                State::SynSent | State::SynReceived | State::Closed | State::Replied | State::Echo
+            )
     }
 }
 
@@ -493,9 +509,10 @@ impl Conntrack {
         }
     }
 
-    /// Also picks up a mid-stream TCP packet that policy allows only in the
-    /// reverse orientation, as the reply of a connection its destination
-    /// opened (see the module documentation for the risk). Default off.
+    /// Also picks up a mid-stream TCP packet, or an ICMP echo reply, that
+    /// policy allows only in the reverse orientation, as the reply of a
+    /// connection its destination opened (see the module documentation for
+    /// the risk). Default off.
     pub fn with_reverse_pickup(mut self, on: bool) -> Self {
         self.reverse_pickup = on;
         self
@@ -613,11 +630,23 @@ impl Conntrack {
             return Hit::Expired;
         }
         let dir = if src_is_a == e.orig_is_a { Dir::Orig } else { Dir::Reply };
+        let mut stray_syn = false;
         if let L4::Tcp(flags) = pkt.l4 {
-            if flags.is_syn_only() && !(e.state == State::SynSent && dir == Dir::Orig) {
-                // A new connection attempt on an old 4-tuple, or from the
-                // responder's side: decide it afresh.
-                return Hit::NewSyn;
+            if flags.is_syn_only() {
+                match (e.state, dir) {
+                    // A retransmitted SYN.
+                    (State::SynSent, Dir::Orig) => {}
+                    // A stray SYN from the initiator of an open connection (a
+                    // duplicate, or a client that lost its state: the server's
+                    // challenge ACK gets the client's RST, which closes the
+                    // entry): passed, changing nothing, as Linux ignores it.
+                    // Replacing the entry would leave the live connection in
+                    // SynSent, which only a SYN-ACK leaves, on the handshake timeout.
+                    (State::SynReceived | State::Established, Dir::Orig) => stray_syn = true,
+                    // A new connection on the 4-tuple of one that is over, or
+                    // a SYN from the responder's side: decided afresh.
+                    _ => return Hit::NewSyn,
+                }
             }
         }
         if e.generation != generation {
@@ -627,6 +656,9 @@ impl Conntrack {
                 return Hit::Done(Outcome::Drop(CtDrop::Revoked));
             }
             e.generation = generation;
+        }
+        if stray_syn {
+            return Hit::Done(Outcome::Pass(CtPass::Tracked));
         }
         if dir == Dir::Reply {
             e.replied = true;
@@ -683,11 +715,16 @@ impl Conntrack {
                 (State::Established, forward, true)
             }
             L4::EchoReply => {
-                if policy.allows(&flow.reversed()) {
-                    (State::Echo, false, true)
-                } else if policy.allows(flow) {
+                if policy.allows(flow) {
+                    // Allowed in its own direction: nothing to track.
                     return Outcome::Pass(CtPass::Untracked);
+                } else if self.reverse_pickup && policy.allows(&flow.reversed()) {
+                    (State::Echo, false, true)
                 } else {
+                    // A reply to no request seen: Linux conntrack calls it
+                    // invalid. Passing it because policy would allow the
+                    // request lets any pod send unsolicited replies into an
+                    // isolated pod, as a reply-only TCP segment would.
                     return Outcome::Drop(CtDrop::Policy);
                 }
             }
@@ -911,7 +948,8 @@ impl Conntrack {
 /// handled by the caller).
 #[inline]
 fn tcp_next(s: State, dir: Dir, flags: TcpFlags, fins: &mut u8) -> State {
-    if flags.rst() {
+    if flags.rst() || s == State::Closed {
+        // Reset, or over already (a FIN after a RST reopens nothing).
         return State::Closed;
     }
     if flags.fin() {
@@ -1126,16 +1164,16 @@ mod tests {
         for pkt in [&syn, &syn, &tcp(S, 80, C, 40003, F::SYN | F::ACK), &tcp(C, 40003, S, 80, F::ACK)] {
             assert!(matches!(ct.packet(pkt, &p, 1, 1), Outcome::Pass(_)));
         }
-        // A pickup of an echo reply: its request's flow is the connection's.
-        let reply = echo(S, C, 7, false);
-        assert_eq!(ct.packet(&reply, &p, 1, 1), Outcome::Pass(CtPass::PickedUp));
-        assert_eq!(*p.admitted.borrow(), [syn.flow, reply.flow.reversed()]);
+        // A ping: its request's flow is the connection's.
+        let request = echo(C, S, 7, true);
+        assert_eq!(ct.packet(&request, &p, 1, 1), Outcome::Pass(CtPass::New));
+        assert_eq!(*p.admitted.borrow(), [syn.flow, request.flow]);
         // The echo entry gives way to a new connection (pings never pin the table).
         let syn2 = tcp(C, 40004, S, 80, F::SYN);
         for pkt in [&syn2, &tcp(S, 80, C, 40004, F::SYN | F::ACK), &tcp(C, 40004, S, 80, F::ACK)] {
             assert!(matches!(ct.packet(pkt, &p, 1, 2), Outcome::Pass(_)));
         }
-        assert_eq!(*p.admitted.borrow(), [syn.flow, reply.flow.reversed(), syn2.flow]);
+        assert_eq!(*p.admitted.borrow(), [syn.flow, request.flow, syn2.flow]);
         // Full of live entries (two established connections): refused, not admitted.
         assert_eq!(ct.packet(&tcp(C, 40005, S, 80, F::SYN), &p, 1, 3), Outcome::Drop(CtDrop::Full));
         assert_eq!(p.admitted.borrow().len(), 3);
@@ -1447,6 +1485,91 @@ mod tests {
         }
         assert_eq!(ct.stats().evicted, 50);
         assert_eq!(ct.len(), n);
+    }
+
+    /// A SYN flood from spoofed sources to a listening pod: every SYN is
+    /// answered, so the entries are SynReceived, and they must still give way
+    /// (or the table stays full for the handshake timeout). Established
+    /// connections never do.
+    #[test]
+    fn answered_syns_are_still_embryonic() {
+        let p = ToServer::new();
+        let n = 8;
+        let mut ct = Conntrack::new(n, &Timeouts::default(), true);
+        for port in 0..2u16 {
+            for pkt in [
+                tcp(C, 1000 + port, S, 80, F::SYN),
+                tcp(S, 80, C, 1000 + port, F::SYN | F::ACK),
+                tcp(C, 1000 + port, S, 80, F::ACK),
+            ] {
+                ct.packet(&pkt, &p, 1, 0);
+            }
+        }
+        for port in 0..6u16 {
+            ct.packet(&tcp(C, 2000 + port, S, 80, F::SYN), &p, 1, 0);
+            ct.packet(&tcp(S, 80, C, 2000 + port, F::SYN | F::ACK), &p, 1, 0);
+            assert_eq!(ct.get(&tcp(C, 2000 + port, S, 80, 0).flow).unwrap().state, State::SynReceived);
+        }
+        assert_eq!(ct.len(), n);
+        for port in 0..50u16 {
+            assert_eq!(ct.packet(&tcp(C, 5000 + port, S, 80, F::SYN), &p, 1, 1), Outcome::Pass(CtPass::New));
+            ct.packet(&tcp(S, 80, C, 5000 + port, F::SYN | F::ACK), &p, 1, 1);
+        }
+        for port in 0..2u16 {
+            assert_eq!(ct.get(&tcp(C, 1000 + port, S, 80, 0).flow).unwrap().state, State::Established);
+        }
+        assert_eq!(ct.stats().evicted, 50);
+        assert_eq!(ct.stats().full, 0);
+    }
+
+    /// A stray SYN from the client of an established connection (a duplicate,
+    /// or forged) is passed and changes nothing: the connection stays
+    /// Established, so the server may go on speaking first after it.
+    #[test]
+    fn a_stray_syn_leaves_an_established_connection_as_it_was() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(4, &Timeouts::default(), true);
+        for pkt in
+            [tcp(C, 1000, S, 80, F::SYN), tcp(S, 80, C, 1000, F::SYN | F::ACK), tcp(C, 1000, S, 80, F::ACK)]
+        {
+            ct.packet(&pkt, &p, 1, 0);
+        }
+        let before = ct.get(&tcp(C, 1000, S, 80, 0).flow).unwrap();
+        assert_eq!(before.state, State::Established);
+        assert_eq!(ct.packet(&tcp(C, 1000, S, 80, F::SYN), &p, 1, SEC), Outcome::Pass(CtPass::Tracked));
+        assert_eq!(
+            ct.get(&tcp(C, 1000, S, 80, 0).flow).unwrap(),
+            before,
+            "nothing changed, not even the timeout"
+        );
+        // Long after the handshake timeout, the server speaks first: still tracked.
+        let later = 100 * SEC;
+        assert_eq!(ct.packet(&tcp(S, 80, C, 1000, F::ACK), &p, 1, later), Outcome::Pass(CtPass::Tracked));
+        // After a RST, a SYN opens a new connection on the 4-tuple; a FIN after the RST reopens nothing.
+        ct.packet(&tcp(C, 1000, S, 80, F::RST), &p, 1, later);
+        ct.packet(&tcp(S, 80, C, 1000, F::FIN | F::ACK), &p, 1, later);
+        assert_eq!(ct.get(&tcp(C, 1000, S, 80, 0).flow).unwrap().state, State::Closed);
+        assert_eq!(ct.packet(&tcp(C, 1000, S, 80, F::SYN), &p, 1, later), Outcome::Pass(CtPass::New));
+        assert_eq!(ct.get(&tcp(C, 1000, S, 80, 0).flow).unwrap().state, State::SynSent);
+    }
+
+    /// An echo reply to no request seen is dropped, even when policy would
+    /// allow the request: otherwise any pod could send replies into a pod
+    /// isolated against it. A reply allowed in its own direction passes
+    /// untracked; with reverse pickup on, a reply is picked up as before.
+    #[test]
+    fn an_unsolicited_echo_reply_is_dropped() {
+        let p = ToServer::new();
+        let mut ct = Conntrack::new(4, &Timeouts::default(), true);
+        // S -> C is not allowed; C -> S (the request it would answer) is.
+        assert_eq!(ct.packet(&echo(S, C, 9, false), &p, 1, 0), Outcome::Drop(CtDrop::Policy));
+        assert!(ct.is_empty());
+        assert_eq!(ct.packet(&echo(C, S, 9, false), &p, 1, 0), Outcome::Pass(CtPass::Untracked));
+        // A real ping: the reply belongs to it.
+        assert_eq!(ct.packet(&echo(C, S, 9, true), &p, 1, 0), Outcome::Pass(CtPass::New));
+        assert_eq!(ct.packet(&echo(S, C, 9, false), &p, 1, 0), Outcome::Pass(CtPass::Tracked));
+        let mut permissive = Conntrack::new(4, &Timeouts::default(), true).with_reverse_pickup(true);
+        assert_eq!(permissive.packet(&echo(S, C, 9, false), &p, 1, 0), Outcome::Pass(CtPass::PickedUp));
     }
 
     #[test]
