@@ -564,7 +564,14 @@ impl Pipeline {
         if self.current.fail_closed && matches!(frame.class, Class::Ip(_)) {
             return None;
         }
-        let pod = self.current.addresses.pod_at(in_port)?;
+        let Some(pod) = self.current.addresses.pod_at(in_port) else {
+            // A port with no pod may not use a MAC a pod port speaks with:
+            // learnt there, it would make every frame of that pod look like
+            // an impersonation, cutting the pod off for as long as the
+            // forger keeps sending (the switch's ageing time after that).
+            let pinned = self.pod_macs.iter().any(|m| *m == Some(frame.src_mac));
+            return pinned.then_some(DropReason::SpoofedSource);
+        };
         if let Some(reason) = pod.refuses(&frame.class, bytes) {
             return Some(reason);
         }

@@ -684,6 +684,21 @@ fn a_pod_port_receives_only_what_is_addressed_to_its_pod() {
     );
     let out = testing::udp(&c, 5000, &Host { ip4: [192, 0, 2, 1], ..gateway }, 5000, false, b"x");
     assert_eq!(r.p.process(0, &out, 5), Action::Forward(3));
+    // Nor can a station behind the uplink take a pod's MAC (any EtherType): it is
+    // refused and not learnt, and the pod keeps speaking and being reached.
+    let mut forger = Host::new(51);
+    forger.mac = s.mac;
+    let mut non_ip = testing::arp_request(&forger, &c);
+    non_ip[12..14].copy_from_slice(&[0x88, 0xb5]);
+    assert_eq!(r.p.process(3, &non_ip, 6), Action::Drop(DropReason::SpoofedSource));
+    assert_eq!(
+        r.p.process(3, &testing::arp_request(&forger, &c), 6),
+        Action::Drop(DropReason::SpoofedSource)
+    );
+    let synack = testing::tcp(&s, 80, &c, 40000, F::SYN | F::ACK, false, &[]);
+    assert_eq!(r.p.process(1, &synack, 7), Action::Forward(0));
+    let ack = testing::tcp(&c, 40000, &s, 80, F::ACK, false, &[]);
+    assert_eq!(r.p.process(0, &ack, 7), Action::Forward(1));
     // A pod that has not spoken yet cannot start with a MAC live on another port either.
     let mut r = pod_ports_rig_silent(vec![]);
     assert_eq!(r.p.process(3, &testing::arp_request(&gateway, &c), 0), Action::Flood);
