@@ -569,7 +569,7 @@ impl Pipeline {
             // learnt there, it would make every frame of that pod look like
             // an impersonation, cutting the pod off for as long as the
             // forger keeps sending (the switch's ageing time after that).
-            let pinned = self.pod_macs.iter().any(|m| *m == Some(frame.src_mac));
+            let pinned = self.pod_macs.contains(&Some(frame.src_mac));
             return pinned.then_some(DropReason::SpoofedSource);
         };
         if let Some(reason) = pod.refuses(&frame.class, bytes) {
