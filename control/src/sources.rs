@@ -16,8 +16,11 @@
 //! disconnected is not lost. The index keeps only the validated, compiler-
 //! relevant form of each object; no full copy of the cluster is kept.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -248,7 +251,14 @@ struct DirWatch {
     wd: i32,
     woke: Arc<tokio::sync::Notify>,
     gone: Arc<AtomicBool>,
+    /// Files written to (`IN_MODIFY`) and not closed since (`IN_CLOSE_WRITE`),
+    /// with the time of the first such write.
+    writing: Arc<Mutex<HashMap<OsString, std::time::Instant>>>,
 }
+
+/// A file written to and never closed is read anyway after this long (a
+/// writer that keeps it open, or a lost close event).
+const LONGEST_WRITE: Duration = Duration::from_secs(10);
 
 impl DirWatch {
     fn new(dir: &str) -> std::io::Result<DirWatch> {
@@ -265,7 +275,8 @@ impl DirWatch {
             | WatchFlags::MOVE_SELF;
         let wd = inotify::add_watch(&*fd, dir, events)?;
         let (woke, gone) = (Arc::new(tokio::sync::Notify::new()), Arc::new(AtomicBool::new(false)));
-        let (f, w, g) = (fd.clone(), woke.clone(), gone.clone());
+        let writing: Arc<Mutex<HashMap<OsString, std::time::Instant>>> = Default::default();
+        let (f, w, g, open) = (fd.clone(), woke.clone(), gone.clone(), writing.clone());
         std::thread::Builder::new().name("manifest-watch".into()).spawn(move || {
             use rustix::fs::inotify::{ReadFlags, Reader};
             let mut buf = [std::mem::MaybeUninit::uninit(); 4096];
@@ -280,7 +291,23 @@ impl DirWatch {
                     {
                         break
                     }
-                    Ok(_) => w.notify_one(),
+                    Ok(e) => {
+                        if let Some(name) = e.file_name() {
+                            let name = OsString::from(std::ffi::OsStr::from_bytes(name.to_bytes()));
+                            let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+                            if e.events().contains(ReadFlags::MODIFY) {
+                                open.entry(name).or_insert_with(std::time::Instant::now);
+                            } else if e.events().intersects(
+                                ReadFlags::CLOSE_WRITE
+                                    | ReadFlags::DELETE
+                                    | ReadFlags::MOVED_FROM
+                                    | ReadFlags::MOVED_TO,
+                            ) {
+                                open.remove(&name);
+                            }
+                        }
+                        w.notify_one()
+                    }
                     Err(rustix::io::Errno::INTR) => {}
                     Err(_) => break,
                 }
@@ -288,7 +315,15 @@ impl DirWatch {
             g.store(true, Ordering::SeqCst);
             w.notify_one();
         })?;
-        Ok(DirWatch { fd, wd, woke, gone })
+        Ok(DirWatch { fd, wd, woke, gone, writing })
+    }
+
+    /// Has the file `name` been written to and not closed since (for less
+    /// than [`LONGEST_WRITE`])? What it holds may be a prefix of what is
+    /// being written (`kubectl get ... > file` truncates it first).
+    fn being_written(&self, name: &std::ffi::OsStr) -> bool {
+        let open = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(name).is_some_and(|since| since.elapsed() < LONGEST_WRITE)
     }
 
     /// Waits for an event. False when the watch is gone: the caller polls,
@@ -351,7 +386,7 @@ pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<Sou
     let mut last_report = String::new();
     let mut conflicts = Vec::new();
     loop {
-        md.scan();
+        md.scan_except(&|name| watch.as_ref().is_some_and(|w| w.being_written(name)));
         let changes = md.take_changes();
         // Conflicts change only when the objects in force do.
         if first || changes.is_some() {
