@@ -213,6 +213,15 @@ pub struct Metrics {
     objects: Family<KindLabel, Gauge>,
     invalid: Gauge,
     source_up: Family<SourceLabel, Gauge>,
+    /// Unix time of the last publication, and of each source's last event.
+    published_at: Gauge<f64, std::sync::atomic::AtomicU64>,
+    source_event_at: Family<SourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    file_errors: Gauge,
+}
+
+/// Seconds since the Unix epoch, for timestamp gauges.
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl Metrics {
@@ -226,11 +235,29 @@ impl Metrics {
             objects: Family::default(),
             invalid: Gauge::default(),
             source_up: Family::default(),
+            published_at: Gauge::default(),
+            source_event_at: Family::default(),
+            file_errors: Gauge::default(),
         };
         reg.register(
             "portcullis_table_generation",
-            "Generation of the decision table in force",
+            "Generation of the last decision table published (the workers' is portcullis_enforced_table_generation)",
             m.generation.clone(),
+        );
+        reg.register(
+            "portcullis_table_published_timestamp_seconds",
+            "Unix time the last decision table was published (0 before the first)",
+            m.published_at.clone(),
+        );
+        reg.register(
+            "portcullis_source_last_event_timestamp_seconds",
+            "Unix time a source last delivered an event (or recovered) for a kind",
+            m.source_event_at.clone(),
+        );
+        reg.register(
+            "portcullis_manifest_file_errors",
+            "Manifest files rejected (their last good version stays in force; a restart would not sync until they parse), objects defined twice, and an unreadable directory",
+            m.file_errors.clone(),
         );
         reg.register(
             "portcullis_ready",
@@ -449,6 +476,8 @@ pub async fn run_owner(
                 }
             }
             SourceMsg::Files(files, errors) => {
+                let broken = files.iter().filter(|f| !f.errors.is_empty()).count() + errors.len();
+                shared.metrics.file_errors.set(broken as i64);
                 let mut st = shared.status.lock().expect("status lock");
                 st.files = files;
                 st.file_errors = errors;
@@ -484,11 +513,11 @@ fn touch(shared: &Shared, source: SourceId, kind: Kind, now: Instant, health: Op
     }
     let up = i64::from(s.error.is_none());
     drop(st);
-    shared
-        .metrics
-        .source_up
-        .get_or_create(&SourceLabel { source: source_name(source).into(), kind: kind_name(kind).into() })
-        .set(up);
+    let label = SourceLabel { source: source_name(source).into(), kind: kind_name(kind).into() };
+    if up == 1 {
+        shared.metrics.source_event_at.get_or_create(&label).set(unix_now());
+    }
+    shared.metrics.source_up.get_or_create(&label).set(up);
 }
 
 /// How a table was compiled, and how long that took.
@@ -658,6 +687,7 @@ fn publish_now(
     let published = Instant::now();
     let m = &shared.metrics;
     m.generation.set(generation as i64);
+    m.published_at.set(unix_now());
     m.ready.set(1);
     m.compile_seconds.observe(compile.as_secs_f64());
     let change_to_publish = oldest_change.map(|c| (published - c).as_secs_f64());

@@ -355,19 +355,54 @@ impl DataplaneView for Enforcer {
         let parse: Vec<(String, u64)> =
             c.parse_errors.iter().map(|(r, v)| (format!("{{kind=\"{r}\"}}"), *v)).collect();
         family("portcullis_parse_errors", "counter", "Malformed frames, by kind", &parse);
-        let ct = &c.conntrack;
+        let mut tx_dropped = Vec::new();
+        for (i, p) in c.ports.iter().enumerate() {
+            let port = self.ports.get(i).map(String::as_str).unwrap_or("?");
+            tx_dropped.push((format!("{{port=\"{port}\"}}"), p.tx_dropped));
+        }
+        family(
+            "portcullis_port_tx_dropped",
+            "counter",
+            "Frames forwarded to a port but lost because its TX ring was full (counted as forwarded too)",
+            &tx_dropped,
+        );
+        let io = d.io_counters();
+        family(
+            "portcullis_io_drops",
+            "counter",
+            "Frames lost after the verdict: no free UMEM frame for a copy, or no socket for the output port on the worker",
+            &[
+                ("{reason=\"no_frame\"}".to_string(), io.no_frame),
+                ("{reason=\"no_socket\"}".to_string(), io.no_socket),
+            ],
+        );
+        // Each worker has its own connection table: one full table next to
+        // empty ones must show, so these are per worker (sum them for the node).
+        let per_worker = d.pipeline_counters_per_worker();
+        let by_worker = |f: &dyn Fn(&dataplane::counters::CountersSnapshot) -> u64| -> Vec<(String, u64)> {
+            per_worker.iter().enumerate().map(|(w, c)| (format!("{{worker=\"{w}\"}}"), f(c))).collect()
+        };
         family(
             "portcullis_conntrack_entries",
             "gauge",
-            "Tracked connections",
-            &[(String::new(), ct.entries)],
+            "Tracked connections, per worker",
+            &by_worker(&|c| c.conntrack.entries),
         );
         family(
             "portcullis_conntrack_capacity",
             "gauge",
-            "Connection table capacity",
-            &[(String::new(), ct.capacity)],
+            "Connection table capacity, per worker",
+            &by_worker(&|c| c.conntrack.capacity),
         );
+        let pinned: Vec<(String, u64)> =
+            d.cores().iter().map(|w| (format!("{{worker=\"{}\"}}", w.worker), u64::from(w.pinned))).collect();
+        family(
+            "portcullis_worker_pinned",
+            "gauge",
+            "1 when the worker is pinned to its configured core; 0 when it runs unpinned",
+            &pinned,
+        );
+        let ct = &c.conntrack;
         family("portcullis_connections", "counter", "Connections created", &[(String::new(), ct.created)]);
         family(
             "portcullis_conntrack_refused",

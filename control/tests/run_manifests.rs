@@ -299,9 +299,24 @@ fn every_endpoint_answers_as_documented() {
         "portcullis_invalid_objects 0",
         "portcullis_source_up{source=\"manifests\",kind=\"Pod\"} 1",
         "portcullis_policy_change_to_publish_seconds_bucket",
+        "portcullis_manifest_file_errors 0",
     ] {
         assert!(body.contains(m), "/metrics lacks {m}:\n{body}");
     }
+    // Timestamps an alert can compare with time(): set, and recent.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    for m in [
+        "portcullis_table_published_timestamp_seconds",
+        "portcullis_source_last_event_timestamp_seconds{source=\"manifests\",kind=\"NetworkPolicy\"}",
+    ] {
+        let t = metric(&body, m).unwrap_or_else(|| panic!("/metrics lacks {m}:\n{body}"));
+        assert!((now - 60.0..=now + 1.0).contains(&t), "{m} = {t}, now {now}");
+    }
+    // A rejected file shows in the metrics too.
+    std::fs::write(d.dir.join("policy.yaml"), policy("0")).unwrap();
+    wait_for("the rejected file is counted", || {
+        metric(&get(d.port, "/metrics").unwrap().2, "portcullis_manifest_file_errors") == Some(1.0)
+    });
 }
 
 /// A strict reading of the Prometheus/OpenMetrics text format: every family
@@ -415,6 +430,11 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
         "portcullis_dropped_packets_total{reason=\"policy\"}",
         "portcullis_conntrack_entries",
         "portcullis_conntrack_evicted_total 0",
+        "portcullis_conntrack_entries{worker=\"0\"}",
+        "portcullis_conntrack_capacity{worker=\"0\"}",
+        "portcullis_worker_pinned{worker=\"0\"}",
+        "portcullis_io_drops_total{reason=\"no_frame\"}",
+        "portcullis_port_tx_dropped_total{port=",
         "portcullis_conntrack_expired_total",
         "portcullis_enforced_table_generation",
         "portcullis_policy_change_to_enforced_seconds_count",
