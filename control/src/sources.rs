@@ -118,9 +118,16 @@ pub fn strip_pod(p: corev1::Pod) -> corev1::Pod {
 
 /// After a watch error, how long without another one before the source is
 /// probed and, if the API answers, reported healthy again: longer than the
-/// watcher's longest backoff (kube-runtime's default: 30 s), so that a watch
-/// still failing is seen failing again first.
-pub const RECOVERY_QUIET: std::time::Duration = std::time::Duration::from_secs(45);
+/// watcher's longest wait between attempts plus one failing attempt, so that
+/// a watch still failing is seen failing again first. kube-runtime's default
+/// backoff caps at 30 s and adds up to as much again in jitter (60 s), and an
+/// attempt may take the client's 30 s connect timeout to fail.
+pub const RECOVERY_QUIET: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// The recovery probe's longest wait for its list: the watch stream is not
+/// polled meanwhile, and a half-open connection would otherwise hold it for
+/// as long as the kernel retransmits.
+pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs the three watchers until the channel closes.
 pub async fn run_kube(client: Client, tx: mpsc::Sender<SourceMsg>) {
@@ -159,7 +166,7 @@ where
                 ev = stream.next() => ev,
                 () = tokio::time::sleep_until(last_error + RECOVERY_QUIET) => {
                     let lp = kube::api::ListParams::default().limit(1);
-                    if probe.list(&lp).await.is_ok() {
+                    if matches!(tokio::time::timeout(PROBE_TIMEOUT, probe.list(&lp)).await, Ok(Ok(_))) {
                         healthy = true;
                         tracing::info!(kind = ?kind, "watch back after an error");
                         let m = SourceMsg::Health { source: KUBE, kind: Some(kind), error: None };

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use control::index::{Index, Kind};
-use control::sources::{run_kube, SourceMsg};
+use control::sources::{run_kube, SourceMsg, PROBE_TIMEOUT, RECOVERY_QUIET};
 use http::{Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::{json, Value};
@@ -190,8 +190,11 @@ async fn list_watch_error_and_relist() {
 /// Namespaces and pods as above; NetworkPolicies: a list, a watch that
 /// fails, then watches that succeed and stay quiet (no change, so no event).
 /// Lists after the first (the source's probe) are answered too.
-async fn quiet_after_error(mut handle: Handle) {
+/// With `hang_first_probe`, the first list after the initial one (the
+/// source's first probe) is never answered, as on a half-open connection.
+async fn quiet_after_error(mut handle: Handle, hang_first_probe: bool) {
     let mut np_watches = 0;
+    let mut np_lists = 0;
     let mut parked = Vec::new();
     while let Some((req, send)) = handle.next_request().await {
         let uri = req.uri().to_string();
@@ -214,6 +217,11 @@ async fn quiet_after_error(mut handle: Handle) {
         } else if uri.starts_with("/api/v1/pods") {
             send.send_response(list("PodList", "1", vec![]));
         } else {
+            np_lists += 1;
+            if hang_first_probe && np_lists == 2 {
+                parked.push(send);
+                continue;
+            }
             send.send_response(list("NetworkPolicyList", "10", vec![policy("p1", 80)]));
         }
     }
@@ -221,9 +229,28 @@ async fn quiet_after_error(mut handle: Handle) {
 
 #[tokio::test(start_paused = true)]
 async fn a_watch_back_from_an_error_is_reported_healthy_without_waiting_for_a_change() {
+    let healthy_after = back_from_error(false).await;
+    // Not before the quiet period: a watch still failing would have failed again.
+    assert!(healthy_after >= RECOVERY_QUIET, "{healthy_after:?}");
+    assert!(healthy_after < RECOVERY_QUIET * 2, "{healthy_after:?}");
+}
+
+/// A probe that gets no answer gives up after its timeout, and the next one,
+/// a quiet period later, reports the source back.
+#[tokio::test(start_paused = true)]
+async fn a_probe_left_unanswered_times_out_and_is_tried_again() {
+    let healthy_after = back_from_error(true).await;
+    let expected = RECOVERY_QUIET * 2 + PROBE_TIMEOUT;
+    assert!(healthy_after >= expected, "{healthy_after:?}");
+    assert!(healthy_after < expected + RECOVERY_QUIET, "{healthy_after:?}");
+}
+
+/// Runs the source against [`quiet_after_error`]; how long after the watch
+/// error the source was reported healthy.
+async fn back_from_error(hang_first_probe: bool) -> Duration {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(svc, "default");
-    tokio::spawn(quiet_after_error(handle));
+    tokio::spawn(quiet_after_error(handle, hang_first_probe));
     let (tx, mut rx) = mpsc::channel(64);
     tokio::spawn(run_kube(client, tx));
     let mut failed_at = None;
@@ -240,12 +267,7 @@ async fn a_watch_back_from_an_error_is_reported_healthy_without_waiting_for_a_ch
                     assert!(e.contains("etcd unavailable") || e.contains("500"), "{e}");
                     failed_at = Some(tokio::time::Instant::now());
                 }
-                (None, Some(t)) => {
-                    // Not before the quiet period: a watch still failing would have failed again.
-                    assert!(t.elapsed() >= control::sources::RECOVERY_QUIET, "{:?}", t.elapsed());
-                    assert!(t.elapsed() < control::sources::RECOVERY_QUIET * 2, "{:?}", t.elapsed());
-                    return;
-                }
+                (None, Some(t)) => return t.elapsed(),
                 (None, None) => panic!("healthy reported before any error"),
             }
         }
