@@ -139,6 +139,9 @@ pub struct StatusData {
     /// Recent latencies, from a source seeing a change until the table is
     /// published / until every worker uses it.
     pub latency: Latencies,
+    /// Set when the last full compile panicked (a bug in the compiler): the
+    /// table in force stays, and the next change compiles again.
+    pub compile_error: Option<String>,
 }
 
 /// Recent latency samples, summarized.
@@ -217,6 +220,7 @@ pub struct Metrics {
     published_at: Gauge<f64, std::sync::atomic::AtomicU64>,
     source_event_at: Family<SourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     file_errors: Gauge,
+    compile_failures: prometheus_client::metrics::counter::Counter,
 }
 
 /// Seconds since the Unix epoch, for timestamp gauges.
@@ -238,7 +242,13 @@ impl Metrics {
             published_at: Gauge::default(),
             source_event_at: Family::default(),
             file_errors: Gauge::default(),
+            compile_failures: Default::default(),
         };
+        reg.register(
+            "portcullis_compile_failures",
+            "Full compiles that panicked (a bug): no table was published and the one in force stays",
+            m.compile_failures.clone(),
+        );
         reg.register(
             "portcullis_table_generation",
             "Generation of the last decision table published (the workers' is portcullis_enforced_table_generation)",
@@ -399,11 +409,19 @@ pub async fn run_owner(
         let Some(msg) = msg else {
             if deadline.take().is_some() {
                 if synced.is_superset(&expected) {
-                    generation += 1;
                     last_publish = Some(Instant::now());
+                    let how = match compile(&mut index, &mut compiler, cfg.compact_share_max) {
+                        Ok(how) => how,
+                        Err(e) => {
+                            shared.metrics.compile_failures.inc();
+                            shared.status.lock().expect("status lock").compile_error = Some(e);
+                            continue;
+                        }
+                    };
+                    generation += 1;
                     // The first table is the start-up sync, not a change: no latency sample.
                     let oldest = oldest_unpublished.take().filter(|_| generation > 1);
-                    let how = compile(&mut index, &mut compiler, cfg.compact_share_max);
+                    shared.status.lock().expect("status lock").compile_error = None;
                     let c = compiler.as_ref().expect("compiled");
                     compact_at =
                         (c.stale_share() >= cfg.compact_share).then(|| Instant::now() + cfg.compact_after);
@@ -530,32 +548,64 @@ struct Compiled {
 
 /// Brings the compiler up to date with the index: patches when only
 /// namespaces, pods and policies changed, a full compile of a fresh snapshot
-/// otherwise (a relist, or the first table).
-fn compile(index: &mut Index, compiler: &mut Option<IncrementalCompiler>, share_max: f64) -> Compiled {
+/// otherwise (a relist, the first table, or after a patch panicked). A full
+/// compile that panics (a bug) is an error: nothing is published, the table
+/// in force stays, and the next call compiles in full again, rather than the
+/// panic ending the daemon, whose restart would fail closed on every pod.
+fn compile(
+    index: &mut Index,
+    compiler: &mut Option<IncrementalCompiler>,
+    share_max: f64,
+) -> Result<Compiled, String> {
     let t0 = Instant::now();
     let pending = index.take_pending();
     let patched =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| patch(pending, compiler, share_max)));
     let reason = match patched {
-        Ok(Some(kinds)) => return Compiled { kinds, took: t0.elapsed() },
+        Ok(Some(kinds)) => return Ok(Compiled { kinds, took: t0.elapsed() }),
         Ok(None) if compiler.is_some() => "objects relisted".to_string(),
         Ok(None) => "first table".to_string(),
         Err(panic) => {
             // A bug in the patch code: its state is suspect, so start over
             // from the index (what the table must equal anyway) rather than
             // let the panic end the daemon.
-            let what = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown");
+            let what = panic_message(&*panic);
             tracing::error!(panic = what, "a patch panicked; compiling the index in full");
             format!("a patch panicked: {what}")
         }
     };
     let (cluster, _) = index.snapshot();
-    *compiler = Some(IncrementalCompiler::new(cluster));
-    Compiled { kinds: vec![Compilation::Full { reason }], took: t0.elapsed() }
+    let fresh = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        #[cfg(test)]
+        if tests::PANIC_IN_FULL.with(|p| p.replace(false)) {
+            panic!("injected by a test");
+        }
+        IncrementalCompiler::new(cluster)
+    }));
+    match fresh {
+        Ok(c) => {
+            *compiler = Some(c);
+            Ok(Compiled { kinds: vec![Compilation::Full { reason }], took: t0.elapsed() })
+        }
+        Err(panic) => {
+            *compiler = None;
+            let what = panic_message(&*panic);
+            tracing::error!(
+                panic = what,
+                "a full compile panicked (a bug: please report it); the table in force stays until a change compiles"
+            );
+            Err(format!("a full compile panicked: {what}"))
+        }
+    }
+}
+
+/// The message a panic was raised with.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown")
 }
 
 /// The patch half of [`compile`]: `None` when `pending` needs a full compile
@@ -748,6 +798,7 @@ mod tests {
     thread_local! {
         /// Makes the next `patch` on this thread panic.
         pub(super) static PANIC_IN_PATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        pub(super) static PANIC_IN_FULL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
     /// A panic in the patch code (a bug) costs a full compile of the index,
@@ -768,10 +819,10 @@ mod tests {
                 "metadata: {name: deny, namespace: a}\nspec: {podSelector: {}, policyTypes: [Ingress]}",
             )))),
         );
-        compile(&mut index, &mut compiler, 4.0);
+        compile(&mut index, &mut compiler, 4.0).unwrap();
         index.apply(0, Change::Apply(pod("p1", "10.1.0.2")));
         PANIC_IN_PATCH.with(|p| p.set(true));
-        let how = compile(&mut index, &mut compiler, 4.0);
+        let how = compile(&mut index, &mut compiler, 4.0).unwrap();
         assert!(
             matches!(&how.kinds[..], [Compilation::Full { reason }] if reason == "a patch panicked: injected by a test"),
             "{:?}",
@@ -783,8 +834,22 @@ mod tests {
         assert!(!c.table().verdict(p0, p1, 6, 80).allowed(), "p1 is isolated by the deny-all");
         // The next change patches again.
         index.apply(0, Change::Delete(Kind::Pod, "a".into(), "p1".into()));
-        let how = compile(&mut index, &mut compiler, 4.0);
+        let how = compile(&mut index, &mut compiler, 4.0).unwrap();
         assert!(matches!(&how.kinds[..], [Compilation::PodsPatched { .. }]), "{:?}", how.kinds);
+
+        // A full compile that panics is an error, with no compiler left: the
+        // caller publishes nothing, and the next change compiles in full.
+        index.apply(0, Change::Apply(pod("p2", "10.1.0.3")));
+        PANIC_IN_PATCH.with(|p| p.set(true));
+        PANIC_IN_FULL.with(|p| p.set(true));
+        let e = compile(&mut index, &mut compiler, 4.0).err().unwrap();
+        assert_eq!(e, "a full compile panicked: injected by a test");
+        assert!(compiler.is_none());
+        index.apply(0, Change::Apply(pod("p3", "10.1.0.4")));
+        let how = compile(&mut index, &mut compiler, 4.0).unwrap();
+        assert!(matches!(&how.kinds[..], [Compilation::Full { .. }]), "{:?}", how.kinds);
+        let c = compiler.as_ref().unwrap();
+        assert_eq!(c.cluster(), &index.snapshot().0, "p2 and p3 both in");
     }
 
     #[test]
@@ -883,6 +948,46 @@ mod tests {
         assert_eq!(pods.error.as_deref(), Some("connection refused"));
         assert!(pods.unhealthy_for_seconds.unwrap() >= 3.0);
         assert_eq!(out.lock().unwrap().len(), 3);
+        drop(tx);
+        owner.await.unwrap();
+    }
+
+    /// A full compile that panics publishes nothing: the table in force
+    /// stays, `/status` and the metrics say why, and the next change compiles.
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_full_compile_keeps_the_table_in_force() {
+        let (tx, shared, out, owner) = start_owner(f64::INFINITY);
+        for k in [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy] {
+            tx.send(change(Change::Replace(k, vec![]))).await.unwrap();
+            tx.send(SourceMsg::Synced { source: KUBE, kind: k }).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(out.lock().unwrap().len(), 1);
+        let policy = |i: usize| -> Object {
+            Object::NetworkPolicy(Box::new(yaml(&format!(
+                "metadata: {{name: p{i}, namespace: x}}\nspec: {{podSelector: {{}}}}"
+            ))))
+        };
+        // The owner runs on this thread (a current-thread runtime): the injection reaches it.
+        PANIC_IN_PATCH.with(|p| p.set(true));
+        PANIC_IN_FULL.with(|p| p.set(true));
+        tx.send(change(Change::Apply(policy(1)))).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(out.lock().unwrap().len(), 1, "nothing published");
+        let st = shared.status_now();
+        assert_eq!(st.table_generation, 1);
+        assert_eq!(st.compile_error.as_deref(), Some("a full compile panicked: injected by a test"));
+        let mut metrics = String::new();
+        prometheus_client::encoding::text::encode(&mut metrics, &shared.registry.lock().unwrap()).unwrap();
+        assert!(metrics.contains("portcullis_compile_failures_total 1"), "{metrics}");
+        // The next change compiles both policies in full and publishes.
+        tx.send(change(Change::Apply(policy(2)))).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(out.lock().unwrap().len(), 2);
+        let st = shared.status_now();
+        assert_eq!((st.table_generation, st.compile_error), (2, None));
+        assert_eq!(st.objects["NetworkPolicy"], 2);
+        assert_eq!(st.table.policies, 2);
         drop(tx);
         owner.await.unwrap();
     }
@@ -1046,7 +1151,7 @@ mod tests {
                 if next(3) == 0 {
                     continue; // a batch of several changes
                 }
-                let how = compile(&mut index, &mut compiler, 4.0);
+                let how = compile(&mut index, &mut compiler, 4.0).unwrap();
                 for k in &how.kinds {
                     match k {
                         Compilation::Full { .. } => full_compiles += 1,
