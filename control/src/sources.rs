@@ -392,6 +392,7 @@ pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<Sou
     let mut first = true;
     let mut last_report = String::new();
     let mut conflicts = Vec::new();
+    let mut dir_down = false;
     loop {
         md.scan_except(&|name| watch.as_ref().is_some_and(|w| w.being_written(name)));
         let changes = md.take_changes();
@@ -426,6 +427,14 @@ pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<Sou
             }
             if tx.send(SourceMsg::Files(md.status(), errs)).await.is_err() {
                 return;
+            }
+            // An unreadable directory is a source down (what is in force stays).
+            let down = md.dir_error().map(|e| format!("manifest directory unreadable: {e}"));
+            if down.is_some() != dir_down {
+                dir_down = down.is_some();
+                if tx.send(SourceMsg::Health { source: MANIFESTS, kind: None, error: down }).await.is_err() {
+                    return;
+                }
             }
         }
         if first && !md.complete() {

@@ -188,6 +188,27 @@ fn a_file_being_rewritten_is_read_once_its_writer_closes_it() {
     wait_for("policies deleted", || status(d.port)["objects"]["NetworkPolicy"] == 0);
 }
 
+/// A manifest directory that goes away keeps what is in force, and the source is
+/// reported down (in `/status` and `portcullis_source_up`) until it is back.
+#[test]
+fn an_unreadable_directory_is_a_source_down() {
+    let d = start(&[("pods.yaml", PODS), ("policy.yaml", &policy("80"))]);
+    let up = |port| {
+        metric(&get(port, "/metrics").unwrap().2, "portcullis_source_up{source=\"manifests\",kind=\"Pod\"}")
+    };
+    assert_eq!(up(d.port), Some(1.0));
+    let away = d.dir.with_extension("away");
+    std::fs::rename(&d.dir, &away).unwrap();
+    wait_for("the source is down", || up(d.port) == Some(0.0));
+    let s = status(d.port);
+    let err = s["sources"]["manifests/Pod"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("manifest directory unreadable"), "{s}");
+    assert_eq!(s["objects"]["NetworkPolicy"], 1, "what is in force stays: {s}");
+    std::fs::rename(&away, &d.dir).unwrap();
+    wait_for("the source is back", || up(d.port) == Some(1.0));
+    assert!(status(d.port)["sources"]["manifests/Pod"]["error"].is_null());
+}
+
 /// A `--config` file that does not exist is an error naming it, before anything is
 /// served; only the default path may be absent.
 #[test]
