@@ -417,6 +417,18 @@ impl DataplaneView for Enforcer {
             &[(String::new(), ct.evicted)],
         );
         family(
+            "portcullis_conntrack_picked_up",
+            "counter",
+            "Connections tracked from the middle (a TCP segment or echo reply without entry, allowed in its own direction; after a restart or an idle timeout)",
+            &[(String::new(), ct.picked_up)],
+        );
+        family(
+            "portcullis_conntrack_related",
+            "counter",
+            "ICMP errors passed as related to a tracked connection",
+            &[(String::new(), ct.related)],
+        );
+        family(
             "portcullis_conntrack_expired",
             "counter",
             "Tracked connections removed at their idle timeout",
