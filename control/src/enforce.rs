@@ -75,6 +75,18 @@ fn add_hits(totals: &mut HitTotals, t: &PublishedTable) {
     }
 }
 
+/// Forgets the folded totals of policies `table` does not name: a deleted
+/// policy's series leaves `/metrics` once the tables that knew it are freed,
+/// so that generated policy names do not grow the series without bound (a
+/// policy created again under the same name starts from 0, a counter reset).
+/// A patched table still names the policies deleted since the last full
+/// compile; the next compaction drops them.
+fn prune_hits(totals: &mut HitTotals, table: &DecisionTable) {
+    let live: std::collections::HashSet<(&str, &str)> =
+        (0..table.policy_slots()).map(|i| table.policy(i as u32)).collect();
+    totals.retain(|(ns, name, _), _| live.contains(&(ns.as_str(), name.as_str())));
+}
+
 /// Maps the run configuration to the dataplane's.
 pub fn dataplane_config(cfg: &Config) -> DataplaneConfig {
     let sockets = cfg.ports.len().max(1) as u32;
@@ -175,6 +187,7 @@ impl Enforcer {
                     add_hits(&mut r.folded, &t);
                 }
             }
+            prune_hits(&mut r.folded, &me.tables.load().table);
         })
     }
 
@@ -536,6 +549,18 @@ spec: {podSelector: {}}
             generation: 7,
             worker: 0,
         }
+    }
+
+    #[test]
+    fn hits_of_deleted_policies_are_forgotten() {
+        let t = both_deny();
+        let mut totals: HitTotals = BTreeMap::new();
+        for (ns, name) in [("x", "no-egress"), ("y", "no-ingress"), ("y", "deleted"), ("z", "no-egress")] {
+            totals.insert((ns.into(), name.into(), HitDirection::Ingress), 3);
+        }
+        prune_hits(&mut totals, &t.table);
+        let left: Vec<(&str, &str)> = totals.keys().map(|(ns, n, _)| (ns.as_str(), n.as_str())).collect();
+        assert_eq!(left, [("x", "no-egress"), ("y", "no-ingress")]);
     }
 
     #[test]
