@@ -13,7 +13,8 @@
 //!     node: false           # true: the port facing the node's own stack (see node_addresses)
 //! node_addresses: []     # the node's own addresses, e.g. [192.168.0.10] (also --node-address)
 //! workers: [2, 3]         # cores to pin workers to; worker i serves queue i of every port
-//!                         # bound on more than i queues
+//!                         # bound on more than i queues; or `auto`: one worker per queue,
+//!                         # on the last cores of the daemon's cpuset
 //! xdp:
 //!   attach: native        # native | generic
 //!   zero_copy: false      # true on NICs that support it; veth only does copy mode
@@ -157,8 +158,10 @@ pub struct Config {
     pub ports: Vec<PortConfig>,
     /// Cores to pin workers to. Default `[0]`. A worker whose core cannot be used (the
     /// machine has no such CPU, or it is outside the daemon's cpuset) runs unpinned: a
-    /// warning is logged at start and `/status` shows `pinned: false` for it.
-    pub workers: Vec<usize>,
+    /// warning is logged at start and `/status` shows `pinned: false` for it. `auto`:
+    /// as many workers as the most queues of a port, on the last cores of the cpuset the
+    /// daemon starts with (see [`Workers::Auto`]).
+    pub workers: Workers,
     /// AF_XDP settings.
     pub xdp: XdpConfig,
     /// Connection tracking.
@@ -189,6 +192,24 @@ pub struct Config {
 }
 
 impl Config {
+    /// The workers' cores: the list given, or for `auto` those
+    /// [`Workers::pick`] chooses among `allowed` (the daemon's cpuset).
+    pub fn worker_cores(&self, allowed: &[usize]) -> Vec<usize> {
+        match &self.workers {
+            Workers::Cores(c) => c.clone(),
+            Workers::Auto => {
+                let count = self.ports.iter().map(|p| p.queues as usize).max().unwrap_or(1).max(1);
+                Workers::pick(count, allowed)
+            }
+        }
+    }
+
+    /// Replaces `auto` by the cores it picks among `allowed`; call it once,
+    /// with the cpuset the daemon started with, before narrowing that.
+    pub fn resolve_workers(&mut self, allowed: &[usize]) {
+        self.workers = Workers::Cores(self.worker_cores(allowed));
+    }
+
     /// On a wire, both ports face other machines: without a port marked
     /// `node: true` (facing this node's own stack), anything on either side
     /// could send with the node's addresses and get the exemption, and the
@@ -203,12 +224,75 @@ impl Config {
     }
 }
 
+/// Where the dataplane workers run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Workers {
+    /// One worker per core listed; worker `i` is pinned to the `i`-th.
+    Cores(Vec<usize>),
+    /// One worker per queue index (the most `queues` of any port, at least
+    /// one), pinned to the last cores of the cpuset the daemon starts with,
+    /// so that the first ones are left to the control plane; with too few
+    /// cores, workers share them. For a DaemonSet whose nodes' kubelets hand
+    /// out different exclusive cores, which a fixed list cannot name.
+    Auto,
+}
+
+impl Workers {
+    /// The cores `Auto` picks for `count` workers among `allowed` (sorted):
+    /// the last `count`, or all of them, repeated, when there are fewer.
+    pub fn pick(count: usize, allowed: &[usize]) -> Vec<usize> {
+        if allowed.is_empty() {
+            return vec![0; count];
+        }
+        if allowed.len() >= count {
+            allowed[allowed.len() - count..].to_vec()
+        } else {
+            allowed.iter().copied().cycle().take(count).collect()
+        }
+    }
+}
+
+impl Serialize for Workers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Workers::Cores(c) => c.serialize(s),
+            Workers::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Workers;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of core numbers, or `auto`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Workers, E> {
+                match v {
+                    "auto" => Ok(Workers::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Workers, A::Error> {
+                let mut cores = Vec::new();
+                while let Some(c) = seq.next_element::<usize>()? {
+                    cores.push(c);
+                }
+                Ok(Workers::Cores(cores))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             mode: Mode::Switch,
             ports: Vec::new(),
-            workers: vec![0],
+            workers: Workers::Cores(vec![0]),
             xdp: XdpConfig::default(),
             conntrack: ConntrackConfig::default(),
             fail_open: false,
@@ -300,16 +384,18 @@ impl Config {
         if self.mode == Mode::Wire && !self.ports.is_empty() && self.ports.len() != 2 {
             return bad(format!("mode wire needs exactly 2 ports, {} given", self.ports.len()));
         }
-        if self.workers.is_empty() {
-            return bad("workers: at least one core".into());
+        if self.workers == Workers::Cores(Vec::new()) {
+            return bad("workers: at least one core (or auto)".into());
         }
         for p in &self.ports {
-            if p.queues == 0 || p.queues as usize > self.workers.len() {
+            let most = match &self.workers {
+                Workers::Cores(c) => c.len(),
+                Workers::Auto => usize::MAX,
+            };
+            if p.queues == 0 || p.queues as usize > most {
                 return bad(format!(
-                    "ports: {} has {} queues; must be 1..={} (one worker serves each queue index)",
-                    p.interface,
-                    p.queues,
-                    self.workers.len()
+                    "ports: {} has {} queues; must be 1..={most} (one worker serves each queue index)",
+                    p.interface, p.queues,
                 ));
             }
         }
@@ -372,7 +458,7 @@ mod tests {
         let c = Config::parse("doc", &doc).unwrap();
         assert_eq!(c.ports[1].queues, 2);
         assert_eq!(c.ports[0].queues, 1);
-        assert_eq!(c.workers, vec![2, 3]);
+        assert_eq!(c.workers, Workers::Cores(vec![2, 3]));
         // The documented defaults are the real defaults.
         let d = Config { ports: c.ports.clone(), workers: c.workers.clone(), ..Default::default() };
         assert_eq!(c, d);
@@ -412,6 +498,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("must be 1..=1"), "{e}");
+        let e = Config::parse("c.yaml", "workers: []\n").unwrap_err().to_string();
+        assert!(e.contains("workers: at least one core (or auto)"), "{e}");
+        let e = Config::parse("c.yaml", "workers: any\n").unwrap_err().to_string();
+        assert!(e.contains("field workers") && e.contains("a list of core numbers, or `auto`"), "{e}");
+    }
+
+    #[test]
+    fn auto_workers_take_the_last_cores_of_the_cpuset_one_per_queue() {
+        let c =
+            Config::parse("c.yaml", "workers: auto\nports: [{interface: a, queues: 2}, {interface: b}]\n")
+                .unwrap();
+        assert_eq!(c.workers, Workers::Auto);
+        // The kubelet gave this container cores 4-6: two workers on 5 and 6, 4 for the control plane.
+        assert_eq!(c.worker_cores(&[4, 5, 6]), vec![5, 6]);
+        // Just enough cores: all of them (the control plane then shares, with a warning).
+        assert_eq!(c.worker_cores(&[4, 5]), vec![4, 5]);
+        // Too few: workers share.
+        assert_eq!(c.worker_cores(&[7]), vec![7, 7]);
+        let mut r = c.clone();
+        r.resolve_workers(&[0, 1, 2, 3]);
+        assert_eq!(r.workers, Workers::Cores(vec![2, 3]));
+        // No ports: one worker (none runs, but the count stays valid).
+        let c = Config::parse("c.yaml", "workers: auto\n").unwrap();
+        assert_eq!(c.worker_cores(&[0, 1]), vec![1]);
+        // Written back as it was read.
+        assert_eq!(serde_yaml::to_string(&Workers::Auto).unwrap().trim(), "auto");
     }
 
     /// Each out-of-range value is reported on its own, naming the field as the

@@ -89,6 +89,9 @@ fn prune_hits(totals: &mut HitTotals, table: &DecisionTable) {
 
 /// Maps the run configuration to the dataplane's.
 pub fn dataplane_config(cfg: &Config) -> DataplaneConfig {
+    // `auto` is resolved by `portcullis run` before it narrows its affinity;
+    // a caller that did not gets it resolved against its own.
+    let cores = cfg.worker_cores(&crate::cpus::current().unwrap_or_default());
     let sockets = cfg.ports.len().max(1) as u32;
     // UMEM frames per worker, split over the RX/fill and TX/completion rings of its
     // sockets, each ring a power of two.
@@ -97,8 +100,8 @@ pub fn dataplane_config(cfg: &Config) -> DataplaneConfig {
     DataplaneConfig {
         ports: cfg.ports.iter().map(|p| p.interface.clone()).collect(),
         queues: cfg.ports.iter().map(|p| p.queues).collect(),
-        workers: cfg.workers.len(),
-        cores: cfg.workers.clone(),
+        workers: cores.len(),
+        cores,
         xsk: XskConfig {
             copy: if cfg.xdp.zero_copy { CopyMode::ZeroCopy } else { CopyMode::Copy },
             attach: match cfg.xdp.attach {

@@ -318,11 +318,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 tracing::info!(node = %n, "node name");
             }
             if !config.ports.is_empty() {
+                if config.workers == control::config::Workers::Auto {
+                    config.resolve_workers(&control::cpus::current().unwrap_or_default());
+                    tracing::info!(workers = ?config.workers, "workers: auto: one per queue, on the last cores of the cpuset");
+                }
+                let cores = config.worker_cores(&[]);
                 // Before any other thread starts, so that all of them inherit it.
-                match control::cpus::keep_off_workers(&config.workers) {
+                match control::cpus::keep_off_workers(&cores) {
                     Ok(p) if p.shared_with_workers => tracing::warn!(
                         cores = ?p.cores,
-                        workers = ?config.workers,
+                        workers = ?cores,
                         "every core of the cpuset has a worker: the control plane (watches, compiles, \
                          status) shares their cores and can stall them; give the container one more core"
                     ),

@@ -395,7 +395,8 @@ fn daemonset_runs_the_daemon_as_the_docs_describe() {
     }
     let cpu = millicores(&lim["cpu"].0);
     assert_eq!(cpu % 1000, 0, "whole CPUs, for exclusive cores");
-    let workers = daemon_config().workers.len() as u64;
+    let config = daemon_config();
+    let workers = config.worker_cores(&(0..(cpu / 1000) as usize).collect::<Vec<_>>()).len() as u64;
     assert!(cpu / 1000 > workers, "{} CPUs for {workers} workers and the control plane", cpu / 1000);
 
     // One node at a time, and never two pods on one node (they would fight for the queues).

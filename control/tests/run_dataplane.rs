@@ -219,6 +219,24 @@ fn run_binds_the_configured_queues_and_refuses_an_unbound_one() {
     let warning =
         err.lines().find(|l| l.contains("worker could not be pinned")).unwrap_or_else(|| panic!("{err}"));
     assert!(warning.contains("WARN") && warning.contains("core=1023"), "{warning}");
+
+    // `workers: auto`: one worker per queue, on the last cores of the cpuset.
+    let status = free_port();
+    let mut d = links.daemon(
+        &format!("ports: [{{interface: {h}, queues: 2}}]\nworkers: auto\nxdp: {{attach: generic, frame_count: 1024}}\n"),
+        status,
+    );
+    wait_for("readyz", || get(status, "/readyz").is_some_and(|r| r.0 == 200));
+    let s: serde_json::Value = serde_json::from_str(&get(status, "/status").unwrap().1).unwrap();
+    let picked = control::config::Workers::pick(2, &control::cpus::current().unwrap());
+    let cores: Vec<serde_json::Value> = picked
+        .iter()
+        .enumerate()
+        .map(|(w, c)| serde_json::json!({"worker": w, "core": c, "pinned": true}))
+        .collect();
+    assert_eq!(s["dataplane"]["cores"], serde_json::json!(cores), "{s}");
+    assert_eq!(s["dataplane"]["workers"], 2, "{s}");
+    d.terminate();
 }
 
 /// `scripts/root-check.sh`, which `scripts/demo.sh` uses, follows the same rule as the
