@@ -377,6 +377,18 @@ pub struct Pipeline {
     /// Per port: the MAC a pod port speaks with (the first it used; see
     /// [`crate::addresses`]). Unused on ports with no pod.
     pod_macs: Vec<Option<Mac>>,
+    /// A Bloom filter of the MACs in `pod_macs` (bit [`mac_bit`]), so that a
+    /// frame from a port with no pod looks through `pod_macs` only when its
+    /// source MAC may be one of them (a node has one port per pod).
+    pinned_filter: [u64; 16],
+}
+
+/// The bit of a MAC in [`Pipeline`]'s `pinned_filter` (1,024 bits).
+#[inline]
+fn mac_bit(mac: &Mac) -> usize {
+    let [a, b, c, d, e, f] = *mac;
+    let v = u64::from_le_bytes([a, b, c, d, e, f, 0, 0]);
+    (v.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as usize
 }
 
 impl Pipeline {
@@ -425,6 +437,7 @@ impl Pipeline {
             ),
             ports: cfg.ports,
             pod_macs: vec![None; usize::from(cfg.ports)],
+            pinned_filter: [0; 16],
             forward_non_ip: cfg.forward_non_ip,
             sweep_budget: cfg.sweep_budget,
             enforce: cfg.enforce,
@@ -569,6 +582,10 @@ impl Pipeline {
             // learnt there, it would make every frame of that pod look like
             // an impersonation, cutting the pod off for as long as the
             // forger keeps sending (the switch's ageing time after that).
+            let b = mac_bit(&frame.src_mac);
+            if self.pinned_filter[b >> 6] >> (b & 63) & 1 == 0 {
+                return None;
+            }
             let pinned = self.pod_macs.contains(&Some(frame.src_mac));
             return pinned.then_some(DropReason::SpoofedSource);
         };
@@ -592,6 +609,8 @@ impl Pipeline {
             None if elsewhere || frame.src_mac[0] & 1 == 1 => false,
             None => {
                 *slot = Some(frame.src_mac);
+                let b = mac_bit(&frame.src_mac);
+                self.pinned_filter[b >> 6] |= 1 << (b & 63);
                 true
             }
         }
