@@ -219,9 +219,14 @@ fn bench_established(c: &mut Criterion<CpuTime>) {
         [cl, sv].map(|h| Some(PodAddrs::new([h.v4(), h.v6()]))).to_vec(),
         vec![Host::new(100).v4()],
     );
-    for (name, addresses) in
-        [("pipeline_process", Addresses::default()), ("pipeline_process_pod_ports", pod_ports)]
-    {
+    // The client behind a port with no pod (an uplink), the server on a pod's port:
+    // the uplink's frames are checked against the pods' MACs.
+    let uplink = Addresses::new(vec![None, Some(PodAddrs::new([sv.v4(), sv.v6()]))], vec![]);
+    for (name, addresses) in [
+        ("pipeline_process", Addresses::default()),
+        ("pipeline_process_pod_ports", pod_ports),
+        ("pipeline_process_uplink_to_pod", uplink),
+    ] {
         let mut p = pipeline_with(PublishedTable::new(1, table.clone(), 1).with_addresses(addresses), 65_536);
         for i in 0..syns.len() {
             assert_eq!(p.process(0, syns.get(i), 0), Action::Forward(1));
