@@ -29,6 +29,7 @@ STEPS=(
 )
 
 scripts/install-deps.sh
+ulimit -l unlimited 2>/dev/null || true   # AF_XDP UMEMs are locked memory (see test.sh)
 # Real packets need root and network namespaces. Without them the demo falls back to the
 # compiler alone, unless PORTCULLIS_REQUIRE_ROOT_TESTS=1 (CI): then it fails, here, before
 # building (the same rule as the root-only tests).
@@ -61,6 +62,8 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
+# A demo killed before its trap ran (a timeout's SIGKILL) left its namespaces behind.
+"$P" lab down "${LAB[@]}" --prefix pcldemo >/dev/null 2>&1 || true
 mkdir -p "$WORK/policies"
 cp "$E/00-cluster.yaml" "$WORK/policies/"
 

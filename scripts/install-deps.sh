@@ -25,14 +25,17 @@ for p in "${pkgs[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Wait for another apt (an image's unattended upgrade) rather than fail; one retry of the index.
+  $SUDO apt-get -o DPkg::Lock::Timeout=300 update -qq || { sleep 10; $SUDO apt-get -o DPkg::Lock::Timeout=300 update -qq; }
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # AF_XDP UMEM is locked memory. Root with CAP_IPC_LOCK is not limited, but a
 # process whose memlock limit is low and lacks CAP_IPC_LOCK gets ENOBUFS when
-# registering a UMEM. Raise the limit of this shell's children (the tests run
-# from it) and, when possible, the default for new login sessions.
+# registering a UMEM. A limit raised here would only reach this script's own
+# children, so the scripts that run the tests (test.sh, demo.sh) raise their
+# own; this checks whether that can work and warns when it cannot, and sets the
+# default for new login sessions.
 cur=$(ulimit -l)
 if [ "$cur" != "unlimited" ] && ! ulimit -l unlimited 2>/dev/null; then
   # CAP_IPC_LOCK (capability 14) makes the limit irrelevant.

@@ -8,8 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-cargo test --workspace --all-targets "$@"
-cargo test --workspace --doc
+# AF_XDP UMEMs are locked memory: raise this shell's limit, which the tests inherit
+# (root with CAP_IPC_LOCK needs none; install-deps.sh warns when neither works).
+ulimit -l unlimited 2>/dev/null || true
+cargo test --locked --workspace --all-targets "$@"
+cargo test --locked --workspace --doc
 # Real packets under load (root): Portcullis, the no-enforcement ceiling and the kernel's
 # nftables shapes with N = 100 policies, paced so that every allowed frame must arrive and
 # no denied one may (the full side-by-side measurement is the same script without --quick).

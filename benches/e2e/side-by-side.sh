@@ -56,8 +56,11 @@ scripts/root-check.sh "side-by-side" || rc=$?
 case $rc in 0) ;; 2) exit 0 ;; *) exit 1 ;; esac
 
 cargo build --release -q -p control --bin portcullis -p portcullis-benches --bin pcl-load
-P="$PWD/target/release/portcullis"
-L="$PWD/target/release/pcl-load"
+# Cargo's output directory (CARGO_TARGET_DIR when set, relative to here if relative).
+T="${CARGO_TARGET_DIR:-target}"
+case "$T" in /*) ;; *) T="$PWD/$T" ;; esac
+P="$T/release/portcullis"
+L="$T/release/pcl-load"
 WORK="$(mktemp -d /tmp/pcb.XXXXXX)"
 DAEMON=""
 GEN_MAC=02:00:00:00:fa:01
@@ -214,7 +217,7 @@ measure() { # config n flows
     case "$config" in
         portcullis|kernel-*)
             if [ "$got_d" != 0 ]; then verdict="LEAK:$got_d"; FAILED=1; fi
-            if [ "$PPS" != 0 ] && [ "$got_a" != "$sent_a" ]; then verdict="LOST:$((sent_a - got_a))"; FAILED=1; fi
+            if [ "$PPS" != 0 ] && [ "$got_a" != "$sent_a" ]; then verdict="LOST:$((sent_a - got_a))"; fi
             ;;
         noenforce)
             if [ "$PPS" != 0 ] && { [ "$got_d" != "$sent_d" ] || [ "$got_a" != "$sent_a" ]; }; then
@@ -223,6 +226,18 @@ measure() { # config n flows
             ;;
     esac
     if [ "$sent_a" = 0 ]; then verdict="NOTHING-SENT"; FAILED=1; fi
+    # A paced run that lost allowed frames is measured once more, and fails if it loses
+    # again: one lost frame on a shared VM can be a neighbour's noise, a real loss repeats.
+    # (A leak is never retried.) The retry is printed and listed at the end.
+    if [ "${verdict%%:*}" = LOST ]; then
+        if [ -z "${RETRYING:-}" ] && [ "${LOST_RETRIES:-1}" != 0 ]; then
+            echo "  $config N=$n flows=$flows: $verdict allowed frame(s) lost; measuring once more (a second loss fails the run)"
+            echo "$config N=$n flows=$flows $verdict" >>"$WORK/retried"
+            RETRYING=1 measure "$config" "$n" "$flows"
+            return
+        fi
+        FAILED=1
+    fi
     # allowed delivered pps; machine CPU ns per delivered frame; dataplane process ns per frame
     awk -v c="$config" -v n="$n" -v f="$flows" -v s="$secs" -v sa="$sent_a" -v sd="$sent_d" \
         -v ga="$got_a" -v gd="$got_d" -v b="$((b1 - b0))" -v p="$((p1 - p0))" -v hz="$HZ" -v v="$verdict" \
@@ -283,6 +298,10 @@ awk -F'\t' '
 echo
 cat "$OUT"
 echo "(table written to $OUT)"
+if [ -s "$WORK/retried" ]; then
+    echo "measured again after a loss (the table shows the second measurement):"
+    sed 's/^/  /' "$WORK/retried"
+fi
 if [ "$FAILED" != 0 ]; then
     echo "FAIL: a check failed (LEAK: denied frames delivered; LOST: allowed frames lost while paced)" >&2
     exit 1
