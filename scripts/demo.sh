@@ -101,6 +101,10 @@ def cells(m):
     rows = m.get("allowed") or m.get("connected")
     return {(a, b): rows[i][j] for i, a in enumerate(pods) for j, b in enumerate(pods) if a != b}
 p, c = cells(probe), cells(matrix)
+# The tutorial's four pods, every ordered pair on both sides: empty matrices would "agree".
+if len(c) != 12 or set(p) != set(c):
+    print(f"MISMATCH: the compiler gives {len(c)} pairs, the probe {len(p)}; both must be the 12 of the 4 pods")
+    sys.exit(1)
 diff = [k for k in c if p.get(k) != c[k]]
 if diff:
     print("MISMATCH between real packets and the compiler:", diff)

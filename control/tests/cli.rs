@@ -48,7 +48,13 @@ fn stars(steps: usize) -> Vec<(String, String, bool)> {
     let o = bin().args(&args).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let ms: Vec<Matrix> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ms.len(), 1);
     let m = &ms[0];
+    // The tutorial's four pods, each row complete: an empty matrix would pass every check below.
+    let mut pods = m.pods.clone();
+    pods.sort();
+    assert_eq!(pods, ["client/client", "management-ui/management-ui", "stars/backend", "stars/frontend"]);
+    assert!(m.allowed.len() == 4 && m.allowed.iter().all(|r| r.len() == 4), "{:?}", m.allowed);
     let mut out = Vec::new();
     for (i, from) in m.pods.iter().enumerate() {
         for (j, to) in m.pods.iter().enumerate() {

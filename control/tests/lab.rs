@@ -150,7 +150,11 @@ fn pod_ip(pod: &str, family: u8) -> IpAddr {
 /// dataplane) against `expect(protocol, port, from, to)`.
 fn check(matrices: &[Matrix], expect: impl Fn(&str, u16, &str, &str) -> bool) {
     let mut wrong = Vec::new();
+    // Something probed: an empty list or matrix would pass every cell check.
+    assert!(!matrices.is_empty(), "no matrix probed");
     for m in matrices {
+        assert_eq!(m.pods.len(), 9, "the lab's 9 pods: {:?}", m.pods);
+        assert!(m.allowed.len() == 9 && m.allowed.iter().all(|r| r.len() == 9), "{:?}", m.allowed);
         let port = m.port.expect("probed with --port");
         for (i, from) in m.pods.iter().enumerate() {
             for (j, to) in m.pods.iter().enumerate() {
@@ -217,6 +221,7 @@ fn allow_by_label_lets_exactly_the_allowed_pairs_through() {
         .expect("portcullis matrix");
     assert!(compiled.status.success(), "{}", String::from_utf8_lossy(&compiled.stderr));
     let compiled: Vec<Matrix> = serde_json::from_slice(&compiled.stdout).expect("matrix JSON");
+    assert_eq!(m.len(), compiled.len(), "one probed matrix per compiled one");
     for (probed, want) in m.iter().zip(&compiled) {
         assert_eq!((&probed.protocol, probed.port, &probed.pods), (&want.protocol, want.port, &want.pods));
         check(std::slice::from_ref(probed), |_, _, from, to| {
