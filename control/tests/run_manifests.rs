@@ -158,7 +158,8 @@ fn a_file_being_rewritten_is_read_once_its_writer_closes_it() {
     f.flush().unwrap();
     // Another file written after it is read, so the directory was scanned since the
     // half-written file appeared; the half-written file was not applied.
-    std::fs::write(d.dir.join("ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: later}\n").unwrap();
+    std::fs::write(d.dir.join("ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: later}\n")
+        .unwrap();
     wait_for("the later file is read", || status(d.port)["objects"]["Namespace"] == 1);
     let s = status(d.port);
     assert_eq!(s["objects"]["NetworkPolicy"], 2, "a half-written file was applied: {s}");
