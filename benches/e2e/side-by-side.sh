@@ -140,8 +140,19 @@ EOF
     local i
     for i in $(seq 1 600); do
         if http_get /readyz | head -1 | grep -q ' 200'; then
-            sleep 0.3 # let the worker pick the table up (readyz: synced and published)
-            return 0
+            # Ready means published; wait until the worker uses that table too.
+            local j
+            for j in $(seq 1 100); do
+                if http_get /status | sed '1,/^\r\?$/d' | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+sys.exit(0 if s["dataplane"]["pipeline"]["table_generation"] >= s["table_generation"] >= 1 else 1)' 2>/dev/null; then
+                    return 0
+                fi
+                sleep 0.05
+            done
+            echo "portcullis published a table its worker did not take up within 5 s" >&2
+            exit 1
         fi
         if ! kill -0 "$DAEMON" 2>/dev/null; then break; fi
         sleep 0.1
@@ -153,8 +164,16 @@ EOF
 
 stop_portcullis() {
     kill -TERM "$DAEMON"
-    wait "$DAEMON" || true
+    local rc=0
+    wait "$DAEMON" || rc=$?
     DAEMON=""
+    # A clean stop: exit status 0 and no XDP program left on the ports.
+    if [ "$rc" != 0 ]; then
+        echo "FAIL: portcullis exited with status $rc on SIGTERM:" >&2; tail -20 "$WORK/daemon.log" >&2; FAILED=1
+    fi
+    if ip -n pcb-node link show | grep -q ' xdp'; then
+        echo "FAIL: an XDP program is left on a port after the daemon stopped" >&2; FAILED=1
+    fi
     sleep 0.5 # the XDP programs are detached; a new bind may need a moment (EBUSY)
 }
 
@@ -199,7 +218,15 @@ measure() { # config n flows
     out=$(ip netns exec pcb-gen taskset -c 0 "$L" gen --src-mac $GEN_MAC --dst-mac $SINK_MAC \
         --family "$FAMILY" --proto "$PROTO" --flows "$flows" --deny-percent "$DENY" \
         --seconds "$SECS" --pps "$PPS" 2>>"$WORK/gen.log")
-    sleep 0.3
+    # Frames still in flight reach the sink a little later: read its counters until
+    # two reads 200 ms apart agree (5 s at most), so a late leak is counted too.
+    local prev="" cur k
+    for k in $(seq 1 25); do
+        sleep 0.2
+        cur="$(sink_count allowed)/$(sink_count denied)"
+        [ "$cur" = "$prev" ] && break
+        prev=$cur
+    done
     b1=$(busy_jiffies)
     p1=0; [ -n "$DAEMON" ] && p1=$(proc_jiffies "$DAEMON")
     if [ -n "${STATUS_DIR:-}" ] && [ -n "$DAEMON" ]; then
