@@ -1,6 +1,6 @@
 //! The index owner: one task applies every source's changes to the
 //! [`Index`] (updates that change nothing compiled are dropped there),
-//! compiles (a patch when it can, in full otherwise: see [`compile`]) at
+//! compiles (a patch when it can, in full otherwise: see `compile`) at
 //! most once per debounce period, and publishes the new table with the
 //! addresses of the pods behind the dataplane's ports. It also keeps the
 //! status and metrics the HTTP endpoint serves.

@@ -435,7 +435,7 @@ impl DataplaneView for Enforcer {
         family(
             "portcullis_conntrack_picked_up",
             "counter",
-            "Connections tracked from the middle (a TCP segment or echo reply without entry, allowed in its own direction; after a restart or an idle timeout)",
+            "Connections tracked from the middle (a TCP segment without entry, allowed in its own direction; after a restart or an idle timeout)",
             &[(String::new(), ct.picked_up)],
         );
         family(

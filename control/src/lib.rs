@@ -14,9 +14,13 @@
 //! ```
 //!
 //! What comes in: Namespaces, Pods and NetworkPolicies from the Kubernetes API
-//! or YAML/JSON manifests, and the node's configuration (`config`). What goes
-//! out: decision tables published to the dataplane, status and metrics over
-//! HTTP, JSON logs; for the offline tools, text and JSON answers. Errors name
+//! or YAML/JSON manifests, the node's configuration (`config`; command-line
+//! flags and `NODE_NAME`/`NODE_ADDRESSES` from the environment), and the
+//! process's CPU set (`cpus` keeps the control threads off the workers'
+//! cores). What goes out: decision tables published to the dataplane, status
+//! and metrics over HTTP, logs (JSON or text); for the offline tools, text
+//! and JSON answers. `lab` (root) builds a test bed of network namespaces,
+//! veths and pods' servers, runs the daemon on it and probes it. Errors name
 //! the file, document, object and field. No `unsafe` here: the dataplane's
 //! `xsk` module holds it.
 

@@ -60,7 +60,8 @@ struct RunArgs {
     /// that policy denies passes until the first sync.
     #[arg(long)]
     fail_open: bool,
-    /// This node's name (from the downward API).
+    /// This node's name (from the downward API): logged at start, to tell nodes'
+    /// logs apart; the daemon watches every pod of the cluster either way.
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
     /// This node's addresses, added to the config file's `node_addresses` (from the downward
@@ -109,11 +110,7 @@ struct FlowSpec {
 }
 
 fn parse_family(s: &str) -> Result<u8, String> {
-    match s {
-        "4" => Ok(4),
-        "6" => Ok(6),
-        _ => Err("the address family is 4 or 6".into()),
-    }
+    control::lab::parse_family_arg(s)
 }
 
 #[derive(Args)]
@@ -321,6 +318,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if config.workers == control::config::Workers::Auto {
                     config.resolve_workers(&control::cpus::current().unwrap_or_default());
                     tracing::info!(workers = ?config.workers, "workers: auto: one per queue, on the last cores of the cpuset");
+                    let cores = config.worker_cores(&[]);
+                    let distinct: std::collections::BTreeSet<_> = cores.iter().collect();
+                    if distinct.len() < cores.len() {
+                        tracing::warn!(
+                            workers = ?cores,
+                            "workers: auto: fewer cores in the cpuset than queues; workers share cores"
+                        );
+                    }
                 }
                 let cores = config.worker_cores(&[]);
                 // Before any other thread starts, so that all of them inherit it.

@@ -35,7 +35,11 @@
 //! call only), the ingress [`PortId`], a monotonic time in nanoseconds, and
 //! the policy table published by the control plane, with the pod behind each
 //! port and the node's addresses ([`addresses`]). What goes out: an
-//! [`Action`] per frame and counters. Each worker owns its [`Pipeline`]
+//! [`Action`] per frame, counters, per-policy counts of the connections each
+//! policy allowed (kept next to each published table, [`observe`]) and, when
+//! enabled, rate-limited records of denied flows over a bounded channel
+//! ([`observe`]); [`traffic`] is a test and benchmark traffic generator
+//! (sockets and a clock), not part of the packet path. Each worker owns its [`Pipeline`]
 //! (connection table, fragment tracker, MAC table), so the packet path takes
 //! no lock and, after construction, allocates nothing. Both directions of a
 //! flow must reach the same worker (symmetric RSS on multi-queue NICs; see

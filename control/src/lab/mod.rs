@@ -30,6 +30,15 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use thiserror::Error;
 
+/// `--family`: 4 or 6, nothing else.
+pub fn parse_family_arg(s: &str) -> Result<u8, String> {
+    match s {
+        "4" => Ok(4),
+        "6" => Ok(6),
+        _ => Err("the address family is 4 or 6".into()),
+    }
+}
+
 /// Default state directory.
 pub const DEFAULT_DIR: &str = "/run/portcullis-lab";
 /// Default name prefix of namespaces and links.

@@ -38,7 +38,7 @@ pub struct ProbeArgs {
     #[arg(long, value_delimiter = ',')]
     pub port: Vec<u16>,
     /// Address family (4 or 6); default: each pod's first IP.
-    #[arg(long, value_parser = clap::value_parser!(u8).range(4..=6))]
+    #[arg(long, value_parser = crate::lab::parse_family_arg)]
     pub family: Option<u8>,
     /// How long one probe may take, in milliseconds.
     #[arg(long, default_value_t = 1000)]
