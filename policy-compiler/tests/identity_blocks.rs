@@ -663,3 +663,35 @@ fn a_new_namespace_and_its_first_pod_rebuild_no_other_namespace() {
     assert!(!inc.table().verdict(client, server, 6, 81).allowed());
     same_as_full(&inc, client);
 }
+
+/// A label no selector reads, changing on every update of a pod (a build
+/// number), pairs each new label set with the pod's identity. Those pairings
+/// are kept until a full compile, so they count as stale data: the share
+/// that triggers the daemon's compaction grows with them instead of staying
+/// 0 while they pile up. Verdicts stay those of a full compile.
+#[test]
+fn label_churn_no_selector_reads_counts_towards_compaction() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use policy_compiler::{Compilation, IncrementalCompiler};
+    let policy: NetworkPolicy = serde_yaml::from_str(
+        "metadata: {name: from-b, namespace: z}\nspec: {podSelector: {matchLabels: {app: a}}, ingress: [{from: [{podSelector: {matchLabels: {app: b}}}]}]}",
+    )
+    .unwrap();
+    let pods = [pod("a", "{app: a, build: '0'}", "10.0.0.1"), pod("b", "{app: b}", "10.0.0.2")];
+    let (cluster, _) = Cluster::from_objects(&[], &pods, std::slice::from_ref(&policy));
+    let mut inc = IncrementalCompiler::new(cluster);
+    let mut share = inc.stale_share();
+    assert_eq!(share, 0.0);
+    for i in 1..=200 {
+        let how = inc.apply_pods(vec![change("a", &format!("{{app: a, build: '{i}'}}"), "10.0.0.1")]);
+        assert!(matches!(how, Compilation::PodsPatched { .. }), "{how:?}");
+        let now = inc.stale_share();
+        assert!(now > share, "update {i}: the stale share stayed at {now}");
+        share = now;
+    }
+    let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+    let full = DecisionTable::compile(inc.cluster());
+    for (s, d) in [(b, a), (a, b), (a, a)] {
+        assert_eq!(inc.table().verdict_both(s, d, 6, 80), full.verdict_both(s, d, 6, 80));
+    }
+}

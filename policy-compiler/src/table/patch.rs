@@ -150,7 +150,10 @@ pub struct IncrementalCompiler {
     /// The table's policy index of each policy of `cluster`, in its order.
     policy_ids: Vec<u32>,
     /// Heap bytes patches appended since the last full compile (about what
-    /// the replaced sides still hold).
+    /// the replaced sides still hold), and the label sets of `aliases`:
+    /// those are dropped only by a full compile, so they count towards the
+    /// compaction that bounds them (a label no selector reads, changing on
+    /// every pod update, would otherwise add one alias per update forever).
     appended_bytes: usize,
     /// Bytes of the arrays patches append to, after the last full compile.
     base_bytes: usize,
@@ -824,6 +827,7 @@ impl IncrementalCompiler {
             PodIdentity::Twin(twin) => {
                 if !self.aliases.iter().any(|(_, id, l)| *id == twin && *l == p.labels) {
                     let ns = self.ids.ns_index[p.namespace.as_str()];
+                    self.appended_bytes += alias_bytes(&p.labels);
                     self.aliases.push((ns, twin, p.labels.clone()));
                 }
                 twin
@@ -1082,6 +1086,12 @@ fn range_of<T>(v: &[T], ns: &str, key: impl Fn(&T) -> &String) -> std::ops::Rang
 }
 
 /// Bytes of the arrays a patch appends to (by length, not capacity).
+/// Heap bytes of an alias: its entry, and each label's strings and tree node.
+fn alias_bytes(labels: &Labels) -> usize {
+    std::mem::size_of::<(u32, u32, Labels)>()
+        + labels.iter().map(|(k, v)| k.len() + v.len() + 2 * std::mem::size_of::<String>()).sum::<usize>()
+}
+
 fn data_bytes(t: &DecisionTable) -> usize {
     use std::mem::size_of;
     (t.slots.len() + t.patch_slots.len()) * size_of::<Slot>()
