@@ -431,7 +431,27 @@ pub async fn run_owner(
             } else if let Some(c) = compiler.as_mut() {
                 compact_at = None;
                 let t0 = Instant::now();
-                c.compact();
+                // A full compile, so guarded as one: a panic keeps the table in force.
+                let compacted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    #[cfg(test)]
+                    if tests::PANIC_IN_FULL.with(|p| p.replace(false)) {
+                        panic!("injected by a test");
+                    }
+                    c.compact()
+                }));
+                if let Err(panic) = compacted {
+                    let what = panic_message(&*panic);
+                    tracing::error!(
+                        panic = what,
+                        "a compaction panicked (a bug: please report it); the table in force stays until a change compiles"
+                    );
+                    compiler = None;
+                    shared.metrics.compile_failures.inc();
+                    shared.status.lock().expect("status lock").compile_error =
+                        Some(format!("a compaction panicked: {what}"));
+                    continue;
+                }
+                let c = compiler.as_ref().expect("compacted");
                 generation += 1;
                 let how = Compiled {
                     kinds: vec![Compilation::Full { reason: "compaction".into() }],
@@ -988,6 +1008,39 @@ mod tests {
         assert_eq!((st.table_generation, st.compile_error), (2, None));
         assert_eq!(st.objects["NetworkPolicy"], 2);
         assert_eq!(st.table.policies, 2);
+        drop(tx);
+        owner.await.unwrap();
+    }
+
+    /// The same for a compaction in quiet time, which is a full compile too.
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_compaction_keeps_the_table_in_force() {
+        // Any patch asks for a compaction.
+        let (tx, shared, out, owner) = start_owner(0.0);
+        for k in [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy] {
+            tx.send(change(Change::Replace(k, vec![]))).await.unwrap();
+            tx.send(SourceMsg::Synced { source: KUBE, kind: k }).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let policy = |i: usize| -> Object {
+            Object::NetworkPolicy(Box::new(yaml(&format!(
+                "metadata: {{name: p{i}, namespace: x}}\nspec: {{podSelector: {{}}}}"
+            ))))
+        };
+        tx.send(change(Change::Apply(policy(1)))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(out.lock().unwrap().len(), 2, "first table, then the patch");
+        PANIC_IN_FULL.with(|p| p.set(true));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(out.lock().unwrap().len(), 2, "the compaction published nothing");
+        let st = shared.status_now();
+        assert_eq!(st.table_generation, 2);
+        assert_eq!(st.compile_error.as_deref(), Some("a compaction panicked: injected by a test"));
+        // The next change compiles in full.
+        tx.send(change(Change::Apply(policy(2)))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let st = shared.status_now();
+        assert_eq!((st.table_generation, st.compile_error, st.table.policies), (3, None, 2));
         drop(tx);
         owner.await.unwrap();
     }
