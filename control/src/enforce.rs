@@ -197,7 +197,7 @@ impl Enforcer {
             // Deleted policies' totals are left out of every scrape (`policy_hits`);
             // dropping them from the folded totals too keeps those bounded, and
             // once in a while is enough for that (it walks every policy).
-            if generation % PRUNE_EVERY == 0 {
+            if generation.is_multiple_of(PRUNE_EVERY) {
                 prune_hits(&mut r.folded, &me.tables.load().table);
             }
         })
