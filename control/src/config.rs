@@ -21,6 +21,14 @@
 //!   frame_count: 8192
 //! conntrack:
 //!   capacity: 262144
+//!   timeouts:             # idle timeouts per connection state, seconds (1 to 2592000)
+//!     tcp_handshake: 30
+//!     tcp_established: 21600
+//!     tcp_closing: 120
+//!     tcp_closed: 10
+//!     udp: 120            # UDP/SCTP once assured
+//!     udp_unreplied: 30
+//!     icmp: 30
 //! fail_open: false
 //! status_address: "0.0.0.0:9877"
 //! debounce_ms: 50        # minimum time between two compilations
@@ -41,6 +49,10 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/portcullis/config.yaml";
 /// Default address of the status endpoint (`/healthz`, `/readyz`, `/status`, `/metrics`).
 /// All interfaces, because on a host-network pod the kubelet probes the node's address.
 pub const DEFAULT_STATUS_ADDRESS: &str = "0.0.0.0:9877";
+
+/// Longest conntrack idle timeout accepted, in seconds (30 days): a larger value is
+/// more likely milliseconds typed as seconds than a wish.
+pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
 
 /// Forwarding mode.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,15 +147,19 @@ pub struct ConntrackConfig {
     /// full, a new connection takes the slot of a half-open or closed TCP connection or of a
     /// UDP flow that is not assured (unanswered, or a single query and answer, as DNS);
     /// otherwise it is refused and counted. Established TCP connections and assured UDP
-    /// flows (the initiator sent again after an answer) are never evicted. The idle
-    /// timeouts are the dataplane's defaults (`dataplane::conntrack::Timeouts`: UDP 30 s
-    /// until assured, 120 s after) and are not set here.
+    /// flows (the initiator sent again after an answer) are never evicted.
     pub capacity: u32,
+    /// Idle timeouts per connection state, in seconds, 1 to 2,592,000 (30 days); the
+    /// defaults are `dataplane::conntrack::Timeouts`'s: TCP handshake 30, established
+    /// 21,600 (6 h; Linux's 5 days is too long for a fixed table: an idle established
+    /// connection keeps its slot, never evicted, until it times out), closing 120,
+    /// closed 10; UDP/SCTP 30 until assured, 120 after; ICMP echo 30.
+    pub timeouts: dataplane::conntrack::Timeouts,
 }
 
 impl Default for ConntrackConfig {
     fn default() -> Self {
-        ConntrackConfig { capacity: 262_144 }
+        ConntrackConfig { capacity: 262_144, timeouts: dataplane::conntrack::Timeouts::default() }
     }
 }
 
@@ -428,6 +444,22 @@ impl Config {
         if capacity == 0 || capacity as usize > MAX_CAPACITY {
             return bad(format!("conntrack.capacity must be between 1 and {MAX_CAPACITY}, got {capacity}"));
         }
+        let t = &self.conntrack.timeouts;
+        for (name, secs) in [
+            ("tcp_handshake", t.tcp_handshake),
+            ("tcp_established", t.tcp_established),
+            ("tcp_closing", t.tcp_closing),
+            ("tcp_closed", t.tcp_closed),
+            ("udp", t.udp),
+            ("udp_unreplied", t.udp_unreplied),
+            ("icmp", t.icmp),
+        ] {
+            if !(1..=MAX_TIMEOUT_SECS).contains(&secs) {
+                return bad(format!(
+                    "conntrack.timeouts.{name} must be between 1 and {MAX_TIMEOUT_SECS} seconds, got {secs}"
+                ));
+            }
+        }
         if self.xdp.frame_count < 64 {
             return bad(format!("xdp.frame_count must be at least 64, got {}", self.xdp.frame_count));
         }
@@ -535,6 +567,15 @@ mod tests {
         assert_eq!(e, "c.yaml: conntrack.capacity must be between 1 and 16777216, got 0");
         let e = err("conntrack: {capacity: 16777217}\n");
         assert_eq!(e, "c.yaml: conntrack.capacity must be between 1 and 16777216, got 16777217");
+        let e = err("conntrack: {timeouts: {tcp_established: 0}}\n");
+        assert_eq!(
+            e,
+            "c.yaml: conntrack.timeouts.tcp_established must be between 1 and 2592000 seconds, got 0"
+        );
+        let e = err("conntrack: {timeouts: {udp: 2592001}}\n");
+        assert_eq!(e, "c.yaml: conntrack.timeouts.udp must be between 1 and 2592000 seconds, got 2592001");
+        let e = err("conntrack: {timeouts: {tcp_establshed: 60}}\n");
+        assert!(e.contains("field conntrack.timeouts.tcp_establshed: unknown field"), "{e}");
         let e = err("xdp: {frame_count: 63}\n");
         assert_eq!(e, "c.yaml: xdp.frame_count must be at least 64, got 63");
         let e = err("denied_flow_log_per_second: 1000000001\n");
@@ -549,6 +590,11 @@ mod tests {
             (c.conntrack.capacity, c.xdp.frame_count, c.denied_flow_log_per_second),
             (1 << 24, 64, 1_000_000)
         );
+        // Timeouts reach the dataplane.
+        let t = Config::parse("c.yaml", "conntrack: {timeouts: {tcp_established: 3600}}\n").unwrap();
+        let d = crate::enforce::dataplane_config(&t);
+        assert_eq!(d.pipeline.timeouts.tcp_established, 3600);
+        assert_eq!(d.pipeline.timeouts.udp, dataplane::conntrack::Timeouts::default().udp);
         // The capacity bound is the dataplane's own.
         let mut d = crate::enforce::dataplane_config(&c);
         assert!(d.pipeline.validate().is_ok());

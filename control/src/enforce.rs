@@ -121,6 +121,7 @@ pub fn dataplane_config(cfg: &Config) -> DataplaneConfig {
                 Mode::Wire => PipelineMode::Wire,
             },
             conntrack_capacity: cfg.conntrack.capacity as usize,
+            timeouts: cfg.conntrack.timeouts,
             enforce: cfg.enforce,
             ..PipelineConfig::default()
         },
