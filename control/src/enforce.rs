@@ -60,6 +60,8 @@ pub struct Enforcer {
 struct Retired {
     tables: VecDeque<Arc<PublishedTable>>,
     folded: HitTotals,
+    /// Node-exemption admissions of the tables already freed.
+    folded_node: u64,
 }
 
 /// Adds a table's per-policy hit counts into `totals`.
@@ -193,6 +195,7 @@ impl Enforcer {
                     // A worker still on this table (idle through two publications)
                     // may add a few more hits after this; they are not counted.
                     add_hits(&mut r.folded, &t);
+                    r.folded_node += t.hits.node_exempt_total();
                 }
             }
             // Deleted policies' totals are left out of every scrape (`policy_hits`);
@@ -216,6 +219,15 @@ impl Enforcer {
         add_hits(&mut totals, &current);
         prune_hits(&mut totals, &current.table);
         totals
+    }
+
+    /// Connections from the node's addresses into pods that policy alone
+    /// would deny, admitted by the node exemption, since start.
+    pub fn node_exempt_connections(&self) -> u64 {
+        let r = self.retired.lock().expect("retired lock");
+        r.folded_node
+            + r.tables.iter().map(|t| t.hits.node_exempt_total()).sum::<u64>()
+            + self.tables.load().hits.node_exempt_total()
     }
 
     /// Logs the denied flows the workers reported since the last call (one
@@ -491,6 +503,12 @@ impl DataplaneView for Enforcer {
             "counter",
             "Connections allowed per policy and direction (a rule of the policy matched), counted when admitted",
             &hits,
+        );
+        family(
+            "portcullis_node_exempt_connections",
+            "counter",
+            "Connections from the node's own addresses into pods that policy alone would deny, admitted by the node exemption (kubelet probes)",
+            &[(String::new(), self.node_exempt_connections())],
         );
         family(
             "portcullis_denied_flow_log_suppressed",

@@ -455,6 +455,7 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
         "portcullis_conntrack_entries",
         "portcullis_conntrack_evicted_total 0",
         "portcullis_conntrack_picked_up_total",
+        "portcullis_node_exempt_connections_total",
         "portcullis_conntrack_related_total",
         "portcullis_conntrack_entries{worker=\"0\"}",
         "portcullis_conntrack_capacity{worker=\"0\"}",

@@ -49,8 +49,10 @@ pub enum HitDirection {
     Egress = 1,
 }
 
-/// Connections allowed per policy and direction, for one published table.
-/// Indexed by the table's policy index ([`DecisionTable::policy`]). One row
+/// Connections allowed per policy and direction, for one published table,
+/// and connections the node exemption admitted that policy alone would deny.
+/// Indexed by the table's policy index ([`DecisionTable::policy`]); the pair
+/// after the last policy counts the node exemption. One row
 /// of counters per worker, so workers never write the same cache line
 /// (except at row boundaries); `fetch_add` keeps a count exact even when two
 /// workers share a row.
@@ -64,14 +66,21 @@ pub struct PolicyHits {
 impl PolicyHits {
     /// Counters for `policies` policies and `rows` workers (at least one row).
     pub fn new(policies: usize, rows: usize) -> Self {
-        let width = policies * 2;
+        let width = policies * 2 + 2;
         let rows = rows.max(1);
         PolicyHits { width, rows, counts: (0..width * rows).map(|_| AtomicU64::new(0)).collect() }
     }
 
     /// Number of policies counted.
     pub fn policies(&self) -> usize {
-        self.width / 2
+        self.width.saturating_sub(2) / 2
+    }
+
+    /// Connections from the node's addresses that policy alone would deny,
+    /// admitted by the node exemption, summed over workers.
+    pub fn node_exempt_total(&self) -> u64 {
+        let i = self.policies() * 2;
+        (0..self.rows).filter_map(|r| self.counts.get(r * self.width + i)).map(|c| c.load(Relaxed)).sum()
     }
 
     #[inline]
@@ -86,7 +95,7 @@ impl PolicyHits {
 
     /// Connections the policy at `policy` allowed in `dir`, summed over workers.
     pub fn total(&self, policy: usize, dir: HitDirection) -> u64 {
-        if policy * 2 >= self.width {
+        if policy >= self.policies() {
             return 0;
         }
         (0..self.rows).map(|r| self.counts[r * self.width + policy * 2 + dir as usize].load(Relaxed)).sum()
@@ -215,6 +224,8 @@ pub struct Admission<'a> {
     /// lookup just wrote to memory as one wide value stalled store forwarding,
     /// a fifth of a new connection's cost.
     allowed: Cell<Option<(u64, [u32; 2])>>,
+    /// The fingerprint of the last flow the node exemption allowed.
+    exempted: Cell<Option<u64>>,
     /// The port the packet arrived on (for the node's exemption).
     in_port: PortId,
     /// The node's addresses: a tracked connection from one of them that is
@@ -226,7 +237,16 @@ pub struct Admission<'a> {
 impl<'a> Admission<'a> {
     /// `table`, counting into row `row` of `hits`, for a packet whose flow is `packet`.
     pub fn new(table: &'a DecisionTable, hits: &'a PolicyHits, row: usize, packet: &'a Flow) -> Self {
-        Admission { table, hits, row, packet, in_port: 0, node: None, allowed: Cell::new(None) }
+        Admission {
+            table,
+            hits,
+            row,
+            packet,
+            in_port: 0,
+            node: None,
+            allowed: Cell::new(None),
+            exempted: Cell::new(None),
+        }
     }
 
     /// Also allows the packet's connection when it comes from the node (one
@@ -269,6 +289,7 @@ impl Policy for Admission<'_> {
             None => false,
         };
         if exempt {
+            self.exempted.set(Some(fingerprint(flow)));
             return true;
         }
         let v = self.verdict(flow);
@@ -284,6 +305,10 @@ impl Policy for Admission<'_> {
             Some((f, policies)) if f == fingerprint(flow) => policies,
             _ => {
                 let v = self.verdict(flow);
+                if !v.allowed() && self.exempted.get() == Some(fingerprint(flow)) {
+                    // Only the node exemption let it in.
+                    self.hits.add(self.row, self.hits.policies() as u32, HitDirection::Ingress);
+                }
                 [rule_policy(v.egress), rule_policy(v.ingress)]
             }
         };

@@ -779,6 +779,8 @@ fn connections_from_the_node_are_allowed_into_isolated_pods() {
         let spoof = testing::tcp(&fake, 50001, &s, 8080, F::SYN, v6, &[]);
         assert_eq!(r.p.process(2, &spoof, 1), Action::Drop(DropReason::SpoofedSource));
     }
+    // Each connection only the exemption let in is counted once (TCP, ping, UDP per family).
+    assert_eq!(r.tables.load().hits.node_exempt_total(), 6);
     // A newer table re-checks tracked connections (in `begin_batch`'s sweep and
     // in full): the node's stay, and their next packets pass.
     let table = r.tables.load().addresses.clone();
