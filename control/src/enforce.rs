@@ -517,6 +517,12 @@ impl DataplaneView for Enforcer {
             &[(String::new(), c.denied_log_suppressed)],
         );
         family(
+            "portcullis_pod_mac_from_unbound_port",
+            "counter",
+            "Frames from a port with no pod carrying a MAC a pod port speaks with: passed but not learnt (one side forges that MAC)",
+            &[(String::new(), c.pod_mac_unbound)],
+        );
+        family(
             "portcullis_enforced_table_generation",
             "gauge",
             "Lowest table generation the workers use",

@@ -31,15 +31,22 @@
 //! And a pod port speaks with one MAC, the first it used (each worker pins
 //! it when it first sees the port speak), never one that is live on another
 //! port: so a pod cannot take the gateway's or another pod's MAC and receive
-//! their ARP and ND (the pipeline keeps the pins).
+//! their ARP and ND (the pipeline keeps the pins, and drops a port's pin
+//! when a newer table puts other addresses behind it: a new pod). A frame
+//! from a port with no pod that carries a pinned MAC passes but is not
+//! learnt (`pod_mac_unbound` counts it): learnt, it would make the pod's own
+//! frames look forged; dropped, it would let a pod that pinned the
+//! gateway's MAC first cut the gateway off.
 //!
 //! **Left open.** IPv6 link-local addresses are not known: a pod may speak
 //! for any of them in neighbour discovery, including the router's, and so
 //! make other pods' outside IPv6 go to its MAC, where the checks above lose
 //! it (a denial of service, not a delivery). A pod that speaks before the
-//! station whose MAC it claims has spoken on that worker pins that MAC: the
-//! real station is then cut off until the pin's owner is gone (a race won
-//! only before the real station's first frame after the daemon starts).
+//! station whose MAC it claims has spoken on that worker pins that MAC
+//! (a race won only before the real station's first frame after the
+//! daemon starts, or after it was silent for the ageing time): the real
+//! station's frames still pass, and IP for it still reaches it, but
+//! unicast ARP and other non-IP frames to that MAC go to the pod's port.
 //!
 //! **The node.** Upstream, a pod isolated for ingress still accepts
 //! connections from its own node (`NetworkPolicySpec.ingress`: "OR if the

@@ -6,7 +6,8 @@
 //!     ▼
 //!   parse ── error ─────────────────────────────────────────────────────▶ Drop(Parse(kind))
 //!     │ port leads to a pod, IP/ARP/ND not for its own addresses ───────▶ Drop(SpoofedSource / LinkLocal)
-//!     │ learn source MAC (switch mode)
+//!     │ learn source MAC (switch mode; not one a pod port speaks with,
+//!     │   when it comes from a port with no pod)
 //!     ├─ ARP, IPv6 ND ───────────── no policy ─────────────────┐
 //!     ├─ other EtherType ── forward_non_ip? ── no ─────────────┼────────▶ Drop(NonIp)
 //!     └─ IPv4/IPv6 ── table fail-closed? ── yes ───────────────┼────────▶ Drop(FailClosed)
@@ -468,7 +469,8 @@ impl Pipeline {
         let latest = self.tables.load();
         if !Arc::ptr_eq(latest, &self.current) {
             let changed = latest.generation != self.current.generation;
-            self.current = Arc::clone(latest);
+            let old = std::mem::replace(&mut self.current, Arc::clone(latest));
+            self.unpin_changed_ports(&old.addresses);
             if changed && !self.current.fail_closed {
                 self.revalidate_remaining = self.conntrack.capacity();
             }
@@ -522,12 +524,16 @@ impl Pipeline {
         // A pod's port speaks only for that pod's addresses (before learning:
         // a refused frame teaches nothing). Out of line: ports with no pod pay
         // one test.
+        let mut learn = true;
         if self.enforce && self.current.addresses.any_pod_port() {
-            if let Some(reason) = self.pod_port_check(in_port, &frame, bytes, now) {
-                return Action::Drop(reason);
+            match self.pod_port_check(in_port, &frame, bytes, now) {
+                Ok(l) => learn = l,
+                Err(reason) => return Action::Drop(reason),
             }
         }
-        self.switch.learn(in_port, &frame, now);
+        if learn {
+            self.switch.learn(in_port, &frame, now);
+        }
         // By reference: binding the packet by value copied it out of the frame.
         let verdict = match &frame.class {
             Class::Arp | Class::NeighbourDiscovery => None,
@@ -564,7 +570,8 @@ impl Pipeline {
     }
 
     /// Why a frame from `in_port` may not pass, when that port leads to a
-    /// pod (see [`crate::addresses`]).
+    /// pod (see [`crate::addresses`]); `Ok(false)`: it passes, but the
+    /// switch must not learn its source MAC there.
     #[inline(never)]
     fn pod_port_check(
         &mut self,
@@ -572,27 +579,60 @@ impl Pipeline {
         frame: &Frame,
         bytes: &[u8],
         now: u64,
-    ) -> Option<DropReason> {
+    ) -> Result<bool, DropReason> {
         // Before the first table IP is dropped as fail-closed, and counted so.
         if self.current.fail_closed && matches!(frame.class, Class::Ip(_)) {
-            return None;
+            return Ok(true);
         }
         let Some(pod) = self.current.addresses.pod_at(in_port) else {
-            // A port with no pod may not use a MAC a pod port speaks with:
-            // learnt there, it would make every frame of that pod look like
-            // an impersonation, cutting the pod off for as long as the
-            // forger keeps sending (the switch's ageing time after that).
+            // A MAC a pod port speaks with, used on a port with no pod: one
+            // side forges it, and which cannot be told (the pod may have
+            // taken the gateway's MAC before the gateway first spoke). The
+            // frame passes, as it would have, but is not learnt: learnt
+            // there, it would make every frame of the pod look like an
+            // impersonation; dropped, a pod could cut the gateway off by
+            // speaking first with its MAC. Pods still reach the MAC's
+            // owner behind this port: IP to an address no pod has goes to
+            // the ports with no pod whatever the MAC table says.
             let b = mac_bit(&frame.src_mac);
             if self.pinned_filter[b >> 6] >> (b & 63) & 1 == 0 {
-                return None;
+                return Ok(true);
             }
             let pinned = self.pod_macs.contains(&Some(frame.src_mac));
-            return pinned.then_some(DropReason::SpoofedSource);
+            if pinned {
+                self.counters.pod_mac_unbound.inc();
+            }
+            return Ok(!pinned);
         };
         if let Some(reason) = pod.refuses(&frame.class, bytes) {
-            return Some(reason);
+            return Err(reason);
         }
-        (!self.pod_mac_ok(in_port, frame, now)).then_some(DropReason::SpoofedSource)
+        if self.pod_mac_ok(in_port, frame, now) {
+            Ok(true)
+        } else {
+            Err(DropReason::SpoofedSource)
+        }
+    }
+
+    /// A newer table may put another pod behind a port: its pin goes
+    /// (the new pod pins its own MAC with its first frame).
+    fn unpin_changed_ports(&mut self, old: &Addresses) {
+        let new = &self.current.addresses;
+        let mut changed = false;
+        for (p, slot) in self.pod_macs.iter_mut().enumerate() {
+            let p = p as PortId;
+            if slot.is_some() && old.pod_at(p) != new.pod_at(p) {
+                *slot = None;
+                changed = true;
+            }
+        }
+        if changed {
+            self.pinned_filter = [0; 16];
+            for mac in self.pod_macs.iter().flatten() {
+                let b = mac_bit(mac);
+                self.pinned_filter[b >> 6] |= 1 << (b & 63);
+            }
+        }
     }
 
     /// A pod port speaks with one MAC: the first it used, unless that MAC

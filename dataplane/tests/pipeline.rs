@@ -684,17 +684,15 @@ fn a_pod_port_receives_only_what_is_addressed_to_its_pod() {
     );
     let out = testing::udp(&c, 5000, &Host { ip4: [192, 0, 2, 1], ..gateway }, 5000, false, b"x");
     assert_eq!(r.p.process(0, &out, 5), Action::Forward(3));
-    // Nor can a station behind the uplink take a pod's MAC (any EtherType): it is
-    // refused and not learnt, and the pod keeps speaking and being reached.
+    // Nor can a station behind the uplink take a pod's MAC (any EtherType): its
+    // frames pass but are not learnt, and the pod keeps speaking and being reached.
     let mut forger = Host::new(51);
     forger.mac = s.mac;
     let mut non_ip = testing::arp_request(&forger, &c);
     non_ip[12..14].copy_from_slice(&[0x88, 0xb5]);
-    assert_eq!(r.p.process(3, &non_ip, 6), Action::Drop(DropReason::SpoofedSource));
-    assert_eq!(
-        r.p.process(3, &testing::arp_request(&forger, &c), 6),
-        Action::Drop(DropReason::SpoofedSource)
-    );
+    assert_eq!(r.p.process(3, &non_ip, 6), Action::Drop(DropReason::NonIp));
+    assert_eq!(r.p.process(3, &testing::arp_request(&forger, &c), 6), Action::Flood);
+    assert_eq!(r.p.counters().snapshot().pod_mac_unbound, 2);
     let synack = testing::tcp(&s, 80, &c, 40000, F::SYN | F::ACK, false, &[]);
     assert_eq!(r.p.process(1, &synack, 7), Action::Forward(0));
     let ack = testing::tcp(&c, 40000, &s, 80, F::ACK, false, &[]);
@@ -712,6 +710,52 @@ fn a_pod_port_receives_only_what_is_addressed_to_its_pod() {
     // Nothing goes back out of the port it came in on (the unisolated other pod to itself).
     let own = testing::udp(&o, 5000, &o, 5001, false, b"x");
     assert_eq!(r.p.process(2, &own, 3), Action::Drop(DropReason::SamePort));
+}
+
+#[test]
+fn a_pod_that_speaks_first_with_the_gateways_mac_does_not_cut_the_gateway_off() {
+    // Nothing learnt yet (a restart, or the gateway silent past the ageing time):
+    // the client's port pins the gateway's MAC with its first frame.
+    let mut r = pod_ports_rig_silent(vec![]);
+    let (c, o) = (r.client, r.other);
+    let gateway = Host { ip4: [192, 0, 2, 1], ..Host::new(50) };
+    let mut rogue = c;
+    rogue.mac = gateway.mac;
+    assert_eq!(r.p.process(0, &testing::arp_request(&rogue, &o), 0), Action::Flood);
+    assert_eq!(r.p.process(2, &testing::arp_request(&o, &gateway), 0), Action::Flood);
+    // The gateway's own frames still pass (broadcast and unicast), not learnt.
+    assert_eq!(r.p.process(3, &testing::arp_request(&gateway, &o), 1), Action::Flood);
+    let to_pod = testing::udp(&gateway, 53, &o, 5000, false, b"x");
+    assert_eq!(r.p.process(3, &to_pod, 1), Action::Forward(2));
+    assert_eq!(r.p.counters().snapshot().pod_mac_unbound, 2);
+    // And pods still reach it: IP to an address no pod has goes to the ports
+    // with no pod, not to the port that learnt the gateway's MAC.
+    let out = testing::udp(&o, 5000, &gateway, 53, false, b"x");
+    assert_eq!(r.p.process(2, &out, 2), Action::FloodUnbound);
+    assert_eq!(r.p.counters().snapshot().drops["spoofed_source"], 0);
+}
+
+#[test]
+fn a_new_pod_behind_a_port_pins_its_own_mac() {
+    use dataplane::addresses::{Addresses, PodAddrs};
+    let mut r = pod_ports_rig(vec![]);
+    let (c, o) = (r.client, r.other);
+    // The other pod's port speaks with the other pod's MAC; a frame with another
+    // MAC from it is refused.
+    let replacement = Host { ip4: [10, 0, 0, 33], ..Host::new(33) };
+    let outside = Host::new(10);
+    let hello = testing::udp(&replacement, 5000, &outside, 5000, false, b"x");
+    assert_eq!(r.p.process(2, &hello, 1), Action::Drop(DropReason::SpoofedSource));
+    // The pod is replaced: a new table puts another address behind port 2.
+    let pods = [c, r.server, replacement].map(|h| Some(PodAddrs::new([h.v4(), h.v6()])));
+    let addresses = Addresses::new(pods.into_iter().chain([None]).collect(), vec![]);
+    let gen = r.tables.load().generation + 1;
+    r.tables.store(Arc::new(published(gen, testing::client_server_table()).with_addresses(addresses)));
+    r.p.begin_batch(2);
+    assert_eq!(r.p.process(2, &hello, 2), Action::FloodUnbound);
+    // Its pin holds from now on: the old pod's MAC is refused there.
+    let old = testing::udp(&Host { ip4: replacement.ip4, ..o }, 5000, &outside, 5000, false, b"x");
+    assert_eq!(r.p.process(2, &old, 3), Action::Drop(DropReason::SpoofedSource));
 }
 
 #[test]
