@@ -266,7 +266,7 @@ impl Metrics {
         );
         reg.register(
             "portcullis_manifest_file_errors",
-            "Manifest files rejected (their last good version stays in force; a restart would not sync until they parse), objects defined twice, and an unreadable directory",
+            "Manifest files rejected (their last good version stays in force; a restart would not sync until they parse, and would take an emptied file as holding nothing), objects defined twice, and an unreadable directory",
             m.file_errors.clone(),
         );
         reg.register(

@@ -258,13 +258,14 @@ struct DirWatch {
     wd: i32,
     woke: Arc<tokio::sync::Notify>,
     gone: Arc<AtomicBool>,
-    /// Files written to (`IN_MODIFY`) and not closed since (`IN_CLOSE_WRITE`),
-    /// with the time of the first such write.
+    /// Files created or written to (`IN_CREATE`, `IN_MODIFY`) and not closed
+    /// since (`IN_CLOSE_WRITE`), with the time of the last such event.
     writing: Arc<Mutex<HashMap<OsString, std::time::Instant>>>,
 }
 
-/// A file written to and never closed is read anyway after this long (a
-/// writer that keeps it open, or a lost close event).
+/// A file written to and not closed is read anyway once it has not been
+/// written to for this long (a writer that keeps it open, or a lost close
+/// event).
 const LONGEST_WRITE: Duration = Duration::from_secs(10);
 
 impl DirWatch {
@@ -299,11 +300,18 @@ impl DirWatch {
                         break
                     }
                     Ok(e) => {
+                        let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+                        if e.events().contains(ReadFlags::QUEUE_OVERFLOW) {
+                            // Events were lost, closes among them: nothing is
+                            // known to be open (the wake-up rescans everything).
+                            open.clear();
+                        }
                         if let Some(name) = e.file_name() {
                             let name = OsString::from(std::ffi::OsStr::from_bytes(name.to_bytes()));
-                            let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
-                            if e.events().contains(ReadFlags::MODIFY) {
-                                open.entry(name).or_insert_with(std::time::Instant::now);
+                            // A new file is empty until its first write; each
+                            // write restarts the wait.
+                            if e.events().intersects(ReadFlags::MODIFY | ReadFlags::CREATE) {
+                                open.insert(name, std::time::Instant::now());
                             } else if e.events().intersects(
                                 ReadFlags::CLOSE_WRITE
                                     | ReadFlags::DELETE
@@ -313,6 +321,7 @@ impl DirWatch {
                                 open.remove(&name);
                             }
                         }
+                        drop(open);
                         w.notify_one()
                     }
                     Err(rustix::io::Errno::INTR) => {}
@@ -325,8 +334,8 @@ impl DirWatch {
         Ok(DirWatch { fd, wd, woke, gone, writing })
     }
 
-    /// Has the file `name` been written to and not closed since (for less
-    /// than [`LONGEST_WRITE`])? What it holds may be a prefix of what is
+    /// Has the file `name` been created or written to and not closed since
+    /// (the last time less than [`LONGEST_WRITE`] ago)? What it holds may be a prefix of what is
     /// being written (`kubectl get ... > file` truncates it first).
     fn being_written(&self, name: &std::ffi::OsStr) -> bool {
         let open = self.writing.lock().unwrap_or_else(|p| p.into_inner());
