@@ -56,13 +56,15 @@ if [ "$check" -ne 0 ]; then
 fi
 
 WORK=$(mktemp -d /tmp/portcullis-demo.XXXXXX)
-LAB=(--lab-dir "$WORK/lab")
+# A fixed lab directory: it records the daemon and servers a run started, so the
+# next run can stop what a killed run left behind.
+LAB=(--lab-dir /tmp/portcullis-demo-lab)
 cleanup() {
   "$P" lab down "${LAB[@]}" --prefix pcldemo >/dev/null 2>&1 || true
-  rm -rf "$WORK"
+  rm -rf "$WORK" /tmp/portcullis-demo-lab
 }
 trap cleanup EXIT INT TERM
-# A demo killed before its trap ran (a timeout's SIGKILL) left its namespaces behind.
+# A demo killed before its trap ran (a timeout's SIGKILL) left its daemon and namespaces behind.
 "$P" lab down "${LAB[@]}" --prefix pcldemo >/dev/null 2>&1 || true
 mkdir -p "$WORK/policies"
 cp "$E/00-cluster.yaml" "$WORK/policies/"

@@ -240,6 +240,10 @@ impl Config {
     }
 }
 
+/// The most workers `workers: auto` starts (one per queue index): more
+/// queues than this on one port is a typo, not a NIC.
+pub const MAX_AUTO_WORKERS: usize = 256;
+
 /// Where the dataplane workers run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Workers {
@@ -406,7 +410,7 @@ impl Config {
         for p in &self.ports {
             let most = match &self.workers {
                 Workers::Cores(c) => c.len(),
-                Workers::Auto => usize::MAX,
+                Workers::Auto => MAX_AUTO_WORKERS,
             };
             if p.queues == 0 || p.queues as usize > most {
                 return bad(format!(
@@ -530,6 +534,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("must be 1..=1"), "{e}");
+        for queues in [0, 257] {
+            let e = Config::parse(
+                "c.yaml",
+                &format!("workers: auto\nports: [{{interface: a, queues: {queues}}}]\n"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(&format!("a has {queues} queues; must be 1..=256")), "{e}");
+        }
         let e = Config::parse("c.yaml", "workers: []\n").unwrap_err().to_string();
         assert!(e.contains("workers: at least one core (or auto)"), "{e}");
         let e = Config::parse("c.yaml", "workers: any\n").unwrap_err().to_string();

@@ -185,10 +185,12 @@ impl Enforcer {
                 Addresses::new(pods, me.node_addresses.clone()).with_node_ports(me.node_ports.clone());
             let generation = p.generation;
             let table = PublishedTable::new(p.generation, p.table, me.workers).with_addresses(addresses);
+            // Swapped under the lock, so a scrape sees the old table's hits
+            // either as the current table's or as a retired one's, never neither.
+            let mut r = me.retired.lock().expect("retired lock");
             let old = me.tables.swap(Arc::new(table));
             // Idle workers take the table now, not at the end of their poll timeout.
             me.waker.wake();
-            let mut r = me.retired.lock().expect("retired lock");
             r.tables.push_back(old);
             while r.tables.len() > KEEP_TABLES {
                 if let Some(t) = r.tables.pop_front() {

@@ -316,7 +316,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if !config.ports.is_empty() {
                 if config.workers == control::config::Workers::Auto {
-                    config.resolve_workers(&control::cpus::current().unwrap_or_default());
+                    // Without the cpuset, auto would put every worker on core 0.
+                    let allowed = control::cpus::current().map_err(|e| {
+                        anyhow!("workers: auto: cannot read the CPU affinity ({e}); list the worker cores in the config instead")
+                    })?;
+                    config.resolve_workers(&allowed);
                     tracing::info!(workers = ?config.workers, "workers: auto: one per queue, on the last cores of the cpuset");
                     let cores = config.worker_cores(&[]);
                     let distinct: std::collections::BTreeSet<_> = cores.iter().collect();
