@@ -519,10 +519,10 @@ impl DataplaneView for Enforcer {
             &[(String::new(), c.denied_log_suppressed)],
         );
         family(
-            "portcullis_pod_mac_from_unbound_port",
+            "portcullis_pod_mac_conflicts",
             "counter",
-            "Frames from a port with no pod carrying a MAC a pod port speaks with: passed but not learnt (one side forges that MAC)",
-            &[(String::new(), c.pod_mac_unbound)],
+            "Frames from a port with no pod whose source MAC a pod port speaks with: on a port marked node: true the pod port loses that MAC; elsewhere the frame is not learnt (one side forges that MAC)",
+            &[(String::new(), c.pod_mac_conflicts)],
         );
         family(
             "portcullis_enforced_table_generation",

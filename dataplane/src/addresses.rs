@@ -5,11 +5,16 @@
 //!  frame in on port p, p leads to pod P:
 //!    IP source not P's ─────────────────────────────▶ Drop(SpoofedSource)  (IPv6 link-local: Drop(LinkLocal))
 //!    ARP/ND speaking for an address not P's, RA, redirect ──▶ Drop(SpoofedSource)
-//!    source MAC not the one p first spoke with, or live on another port ──▶ Drop(SpoofedSource)
+//!    source MAC not the one p first spoke with, or live on another port,
+//!      or held by another pod port; any VLAN tag ──────────────────────▶ Drop(SpoofedSource)
+//!  frame in on port u, u leads to no pod, source MAC held by pod port p:
+//!    u marked as facing the node ───────▶ p loses the MAC, u learns it
+//!    otherwise ──────────────────────────▶ passes, not learnt
 //!  allowed IP frame (delivery by address, not by MAC):
 //!    destination is pod Q's, behind port q ─────────▶ Forward(q)  (Drop(SamePort) if q = p)
 //!    any other destination ─────────────────────────▶ MAC forwarding, but a pod's port or a
 //!                                                     flood becomes FloodUnbound (ports with no pod)
+//!  ARP/ND to the MAC of pod port q, not for q's addresses ──▶ FloodUnbound
 //!  new connection from the node's address, on a port facing the node ──▶ allowed
 //! ```
 //!
@@ -30,23 +35,36 @@
 //! above to the uplinks under the wrong MAC: lost, a denial of service).
 //! And a pod port speaks with one MAC, the first it used (each worker pins
 //! it when it first sees the port speak), never one that is live on another
-//! port: so a pod cannot take the gateway's or another pod's MAC and receive
-//! their ARP and ND (the pipeline keeps the pins, and drops a port's pin
-//! when a newer table puts other addresses behind it: a new pod). A frame
-//! from a port with no pod that carries a pinned MAC passes but is not
-//! learnt (`pod_mac_unbound` counts it): learnt, it would make the pod's own
-//! frames look forged; dropped, it would let a pod that pinned the
-//! gateway's MAC first cut the gateway off.
+//! port or that another pod port speaks with, and never with a VLAN tag
+//! (a tag would pick the pod's VLAN on a trunk uplink, and a (VLAN, MAC)
+//! pair the switch has not seen would pass the "live elsewhere" test): so
+//! a pod cannot take another pod's MAC. The pipeline keeps the pins, and
+//! drops a port's pin when a newer table puts other addresses behind it (a
+//! new pod). Before the first table, IP from a pod port is dropped and
+//! teaches the switch nothing. A pinned MAC seen on a port with no pod
+//! (`pod_mac_conflicts` counts it) means one side forges it: on a port
+//! marked as facing the node, the node is believed and the pod port loses
+//! the MAC; on other ports the frame passes but is not learnt (learnt, a
+//! forger behind an uplink would make the pod's own frames look forged;
+//! dropped, a pod that took the gateway's MAC first would cut it off).
+//! Whatever MAC a pod holds, unicast ARP and ND reach its port only when
+//! they are for the pod's addresses (or an IPv6 link-local one); the rest
+//! goes to the ports with no pod, like IP.
 //!
 //! **Left open.** IPv6 link-local addresses are not known: a pod may speak
 //! for any of them in neighbour discovery, including the router's, and so
 //! make other pods' outside IPv6 go to its MAC, where the checks above lose
-//! it (a denial of service, not a delivery). A pod that speaks before the
-//! station whose MAC it claims has spoken on that worker pins that MAC
-//! (a race won only before the real station's first frame after the
-//! daemon starts, or after it was silent for the ageing time): the real
-//! station's frames still pass, and IP for it still reaches it, but
-//! unicast ARP and other non-IP frames to that MAC go to the pod's port.
+//! it (a denial of service, not a delivery); and ND to a link-local address
+//! follows the MAC. Pins are taken from the first frame: right after the
+//! daemon starts (or after a station was silent for the MAC ageing time),
+//! a pod that speaks first with another station's MAC holds it. For the
+//! gateway on a port marked `node`, the gateway's next frame takes it back;
+//! on unmarked uplinks, the station's frames and the IP, ARP and ND for its
+//! addresses still reach it, other unicast frames to that MAC do not; for
+//! another pod's MAC, that pod is refused until the daemon restarts (the
+//! thief must win the race on every worker it uses). A replacement pod
+//! with the same addresses behind the same port keeps its predecessor's
+//! pin (ports are static in the configuration, so this takes a restart).
 //!
 //! **The node.** Upstream, a pod isolated for ingress still accepts
 //! connections from its own node (`NetworkPolicySpec.ingress`: "OR if the
@@ -134,6 +152,27 @@ impl PodAddrs {
     }
 }
 
+impl PodAddrs {
+    /// May an ARP or neighbour discovery frame sent to this pod's MAC go to
+    /// its port? Only when it is for one of the pod's addresses (ARP target,
+    /// IPv6 destination), or for an IPv6 link-local one (not known here).
+    /// So a pod holding another station's MAC (the gateway's) does not
+    /// receive the unicast ARP and ND meant for that station.
+    #[inline(never)]
+    pub fn receives_neighbour(&self, class: &Class, frame: &[u8]) -> bool {
+        match class {
+            Class::Arp => {
+                parse::arp_target(frame).is_some_and(|t| self.contains(IpAddr::V4(Ipv4Addr::from(t))))
+            }
+            Class::NeighbourDiscovery => parse::ipv6_destination(frame).is_some_and(|d| {
+                let d = Ipv6Addr::from(d);
+                d.is_unicast_link_local() || self.contains(IpAddr::V6(d))
+            }),
+            _ => true,
+        }
+    }
+}
+
 /// What the control plane tells the workers about addresses, with a table.
 #[derive(Clone, Debug, Default)]
 pub struct Addresses {
@@ -148,6 +187,9 @@ pub struct Addresses {
     /// Per port id: do connections from `node` that arrive there get the
     /// node's exemption?
     node_from: Vec<bool>,
+    /// Were ports marked as facing the node (rather than every port with no
+    /// pod taken to)?
+    node_marked: bool,
 }
 
 impl Addresses {
@@ -164,7 +206,7 @@ impl Addresses {
         }
         let pod_ports = ports.iter().any(Option::is_some);
         let node_from = ports.iter().map(Option::is_none).collect();
-        Addresses { ports, owner, node, pod_ports, node_from }
+        Addresses { ports, owner, node, pod_ports, node_from, node_marked: false }
     }
 
     /// Grants the node's exemption only to connections arriving on the ports
@@ -173,8 +215,17 @@ impl Addresses {
     pub fn with_node_ports(mut self, marked: Vec<bool>) -> Self {
         if marked.iter().any(|m| *m) {
             self.node_from = marked;
+            self.node_marked = true;
         }
         self
+    }
+
+    /// Is `port` marked as facing the node's own network stack? (Unmarked
+    /// setups have none.) A MAC seen there is the node's, whatever a pod
+    /// port claimed first.
+    #[inline]
+    pub fn faces_node(&self, port: PortId) -> bool {
+        self.node_marked && self.node_from.get(usize::from(port)).is_some_and(|m| *m)
     }
 
     /// Does any port lead to a pod? (If not, nothing here changes forwarding.)

@@ -127,6 +127,15 @@ pub trait Policy {
     /// so it must not count anything.
     fn allows(&self, flow: &Flow) -> bool;
 
+    /// Would policy allow `flow`, the reverse of a packet that has no
+    /// entry (is the packet a reply?). No packet of `flow` was seen, so
+    /// nothing that depends on where its packets arrive (the node's
+    /// exemption) applies. Default: [`Policy::allows`].
+    #[inline]
+    fn allows_reverse(&self, flow: &Flow) -> bool {
+        self.allows(flow)
+    }
+
     /// Conntrack admitted a new connection whose initiator's flow is `flow`
     /// ([`Policy::allows`] said yes and the connection got a slot: the
     /// outcome is [`CtPass::New`] or [`CtPass::PickedUp`]). Called once per
@@ -698,7 +707,7 @@ impl Conntrack {
             }
             L4::Tcp(f) => {
                 let forward = policy.allows(flow);
-                let backward = !forward && policy.allows(&flow.reversed());
+                let backward = !forward && policy.allows_reverse(&flow.reversed());
                 if !forward && !backward {
                     return Outcome::Drop(CtDrop::Policy);
                 }
@@ -718,7 +727,7 @@ impl Conntrack {
                 if policy.allows(flow) {
                     // Allowed in its own direction: nothing to track.
                     return Outcome::Pass(CtPass::Untracked);
-                } else if self.reverse_pickup && policy.allows(&flow.reversed()) {
+                } else if self.reverse_pickup && policy.allows_reverse(&flow.reversed()) {
                     (State::Echo, false, true)
                 } else {
                     // A reply to no request seen: Linux conntrack calls it

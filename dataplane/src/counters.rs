@@ -128,8 +128,8 @@ pub struct WorkerCounters {
     /// limit or full queue; see [`crate::observe::DenyLog`]).
     pub denied_log_suppressed: Counter,
     /// Frames from a port with no pod carrying a MAC a pod port speaks
-    /// with: passed, not learnt (see [`crate::pipeline`]).
-    pub pod_mac_unbound: Counter,
+    /// with (see [`crate::addresses`]).
+    pub pod_mac_conflicts: Counter,
     drops: [Counter; DropReason::KINDS],
     parse_errors: [Counter; ParseError::COUNT],
     ct_entries: Counter,
@@ -158,7 +158,7 @@ impl WorkerCounters {
             flooded: Counter::default(),
             batches: Counter::default(),
             denied_log_suppressed: Counter::default(),
-            pod_mac_unbound: Counter::default(),
+            pod_mac_conflicts: Counter::default(),
             drops: Default::default(),
             parse_errors: Default::default(),
             ct_entries: Counter::default(),
@@ -256,7 +256,7 @@ impl WorkerCounters {
             dropped: drops.values().sum(),
             batches: self.batches.get(),
             denied_log_suppressed: self.denied_log_suppressed.get(),
-            pod_mac_unbound: self.pod_mac_unbound.get(),
+            pod_mac_conflicts: self.pod_mac_conflicts.get(),
             drops,
             parse_errors,
             conntrack: ConntrackSnapshot {
@@ -360,9 +360,8 @@ pub struct CountersSnapshot {
     pub batches: u64,
     /// Packets denied by policy and left out of the denied-flow log.
     pub denied_log_suppressed: u64,
-    /// Frames from a port with no pod with a MAC a pod port speaks with
-    /// (passed, not learnt).
-    pub pod_mac_unbound: u64,
+    /// Frames from a port with no pod with a MAC a pod port speaks with.
+    pub pod_mac_conflicts: u64,
     /// Drops by reason (snake_case names of [`DropReason`] kinds).
     pub drops: BTreeMap<&'static str, u64>,
     /// Parse errors by kind ([`ParseError::name`]).
@@ -393,7 +392,7 @@ impl CountersSnapshot {
         self.dropped += o.dropped;
         self.batches += o.batches;
         self.denied_log_suppressed += o.denied_log_suppressed;
-        self.pod_mac_unbound += o.pod_mac_unbound;
+        self.pod_mac_conflicts += o.pod_mac_conflicts;
         for (k, v) in &o.drops {
             *self.drops.entry(k).or_default() += v;
         }

@@ -259,6 +259,16 @@ impl<'a> Admission<'a> {
         Admission { in_port, node, ..self }
     }
 
+    /// The table's answer, remembered for [`Policy::admitted`].
+    #[inline]
+    fn allows_by_table(&self, flow: &Flow) -> bool {
+        let v = self.verdict(flow);
+        if v.allowed() {
+            self.allowed.set(Some((fingerprint(flow), [rule_policy(v.egress), rule_policy(v.ingress)])));
+        }
+        v.allowed()
+    }
+
     #[inline]
     fn verdict(&self, flow: &Flow) -> Verdict {
         self.table.verdict(flow.src.ip(), flow.dst.ip(), flow.proto, flow.policy_port())
@@ -292,11 +302,14 @@ impl Policy for Admission<'_> {
             self.exempted.set(Some(fingerprint(flow)));
             return true;
         }
-        let v = self.verdict(flow);
-        if v.allowed() {
-            self.allowed.set(Some((fingerprint(flow), [rule_policy(v.egress), rule_policy(v.ingress)])));
-        }
-        v.allowed()
+        self.allows_by_table(flow)
+    }
+
+    #[inline]
+    fn allows_reverse(&self, flow: &Flow) -> bool {
+        // A pod's packet to the node's address is no proof the node opened
+        // the connection: only the table answers.
+        self.allows_by_table(flow)
     }
 
     #[inline]
@@ -360,6 +373,31 @@ mod tests {
         assert_eq!(hits.total(server as usize, HitDirection::Ingress), 1, "to_other matched no rule");
         a.admitted(&to_server);
         assert_eq!(hits.total(server as usize, HitDirection::Ingress), 2);
+    }
+
+    /// The node's exemption holds for a packet from the node on a port
+    /// facing it, and for tracked connections re-checked, but not for the
+    /// reverse of a pod's packet that has no entry (is it a reply?): no
+    /// packet of that direction was seen, from the node or anywhere.
+    #[test]
+    fn the_node_exemption_is_not_given_to_a_direction_never_seen() {
+        use crate::addresses::{Addresses, PodAddrs};
+        use crate::testing::{client_server_table, Host};
+        let table = client_server_table();
+        let hits = PolicyHits::new(table.policy_slots(), 1);
+        let (s, node) = (Host::new(2), Host::new(100));
+        // Port 0 faces the node, port 1 leads to the isolated server.
+        let addresses = Addresses::new(vec![None, Some(PodAddrs::new([s.v4()]))], vec![node.v4()]);
+        let from_node = Flow { src: node.addr4(), dst: s.addr4(), proto: 6, src_port: 50000, dst_port: 8080 };
+        assert!(!table.allows(&from_node), "the table alone denies it");
+        let reply = from_node.reversed();
+        let a = Admission::new(&table, &hits, 0, &reply).with_node(&addresses, 1);
+        assert!(!a.allows_reverse(&from_node));
+        assert!(a.allows(&from_node), "a tracked connection from the node keeps its exemption");
+        let b = Admission::new(&table, &hits, 0, &from_node).with_node(&addresses, 0);
+        assert!(b.allows(&from_node));
+        let c = Admission::new(&table, &hits, 0, &from_node).with_node(&addresses, 1);
+        assert!(!c.allows(&from_node), "the node's address from a pod's port is only a claim");
     }
 
     #[test]

@@ -410,6 +410,22 @@ pub fn arp_sender(frame: &[u8]) -> Option<[u8; 4]> {
     (arp.proto_addr_type() == EtherType::IPV4).then(|| arp.sender_protocol_addr().try_into().ok()).flatten()
 }
 
+/// The target IPv4 address of an ARP frame for IPv4 (whom a unicast ARP
+/// frame is for: read only when one would go to a pod's port).
+pub fn arp_target(frame: &[u8]) -> Option<[u8; 4]> {
+    let (ether_type, rest) = l3(frame)?;
+    let arp = ArpPacketSlice::from_slice(rest).ok().filter(|_| ether_type == EtherType::ARP)?;
+    (arp.proto_addr_type() == EtherType::IPV4).then(|| arp.target_protocol_addr().try_into().ok()).flatten()
+}
+
+/// The IPv6 destination of a frame (whom a unicast neighbour discovery
+/// frame is for: read only when one would go to a pod's port).
+pub fn ipv6_destination(frame: &[u8]) -> Option<[u8; 16]> {
+    let (ether_type, rest) = l3(frame)?;
+    let h = Ipv6HeaderSlice::from_slice(rest).ok().filter(|_| ether_type == EtherType::IPV6)?;
+    Some(h.destination())
+}
+
 /// What a pod port checks in a neighbour discovery frame: ICMPv6 type,
 /// IPv6 source, and the target address of a solicitation or advertisement.
 pub struct NdFacts {

@@ -230,6 +230,11 @@ impl Policy for PublishedTable {
     fn allows(&self, flow: &crate::parse::Flow) -> bool {
         self.addresses.is_node(flow.src.ip()) || self.table.allows(flow)
     }
+
+    #[inline]
+    fn allows_reverse(&self, flow: &crate::parse::Flow) -> bool {
+        self.table.allows(flow)
+    }
 }
 
 /// Per-worker pipeline settings. Every field has a default; unknown fields
@@ -563,6 +568,17 @@ impl Pipeline {
             };
         }
         match l2 {
+            // ARP and ND to a pod's MAC reach its port only when they are for
+            // the pod (a pod may hold another station's MAC); the rest goes
+            // where an unknown MAC would, to the ports with no pod.
+            L2::Forward(p)
+                if self.enforce && matches!(frame.class, Class::Arp | Class::NeighbourDiscovery) =>
+            {
+                match a.pod_at(p) {
+                    Some(pod) if !pod.receives_neighbour(&frame.class, bytes) => Action::FloodUnbound,
+                    _ => Action::Forward(p),
+                }
+            }
             L2::Forward(p) => Action::Forward(p),
             L2::Flood => Action::Flood,
             L2::SamePort => Action::Drop(DropReason::SamePort),
@@ -580,30 +596,43 @@ impl Pipeline {
         bytes: &[u8],
         now: u64,
     ) -> Result<bool, DropReason> {
-        // Before the first table IP is dropped as fail-closed, and counted so.
-        if self.current.fail_closed && matches!(frame.class, Class::Ip(_)) {
-            return Ok(true);
-        }
         let Some(pod) = self.current.addresses.pod_at(in_port) else {
             // A MAC a pod port speaks with, used on a port with no pod: one
-            // side forges it, and which cannot be told (the pod may have
-            // taken the gateway's MAC before the gateway first spoke). The
-            // frame passes, as it would have, but is not learnt: learnt
-            // there, it would make every frame of the pod look like an
-            // impersonation; dropped, a pod could cut the gateway off by
-            // speaking first with its MAC. Pods still reach the MAC's
-            // owner behind this port: IP to an address no pod has goes to
-            // the ports with no pod whatever the MAC table says.
+            // side forges it. On a port marked as facing the node the node is
+            // right (a pod may have taken the gateway's MAC before the
+            // gateway first spoke): the pod port loses the MAC. Elsewhere it
+            // cannot be told: the frame passes, as it would have, but is not
+            // learnt (learnt, it would make every frame of the pod look like
+            // an impersonation). Pods still reach the MAC's owner behind this
+            // port: IP, ARP and ND not for a pod go to the ports with no pod
+            // whatever the MAC table says.
             let b = mac_bit(&frame.src_mac);
             if self.pinned_filter[b >> 6] >> (b & 63) & 1 == 0 {
                 return Ok(true);
             }
-            let pinned = self.pod_macs.contains(&Some(frame.src_mac));
-            if pinned {
-                self.counters.pod_mac_unbound.inc();
+            let Some(holder) = self.pod_macs.iter().position(|m| *m == Some(frame.src_mac)) else {
+                return Ok(true);
+            };
+            self.counters.pod_mac_conflicts.inc();
+            if self.current.addresses.faces_node(in_port) {
+                self.pod_macs[holder] = None;
+                self.rebuild_pinned_filter();
+                return Ok(true);
             }
-            return Ok(!pinned);
+            return Ok(false);
         };
+        // A pod has no business with VLAN tags: a tagged frame would leave on
+        // a trunk uplink in the VLAN the pod chose, and its (VLAN, MAC) pair
+        // would slip past the MAC checks below.
+        if frame.vlan.is_some() {
+            return Err(DropReason::SpoofedSource);
+        }
+        // Before the first table IP is dropped as fail-closed, and counted
+        // so; it teaches the switch nothing either (a pod must not be able
+        // to hold a MAC by sending before the first table).
+        if self.current.fail_closed && matches!(frame.class, Class::Ip(_)) {
+            return Ok(false);
+        }
         if let Some(reason) = pod.refuses(&frame.class, bytes) {
             return Err(reason);
         }
@@ -611,6 +640,15 @@ impl Pipeline {
             Ok(true)
         } else {
             Err(DropReason::SpoofedSource)
+        }
+    }
+
+    /// The Bloom filter of the pinned MACs, from `pod_macs`.
+    fn rebuild_pinned_filter(&mut self) {
+        self.pinned_filter = [0; 16];
+        for mac in self.pod_macs.iter().flatten() {
+            let b = mac_bit(mac);
+            self.pinned_filter[b >> 6] |= 1 << (b & 63);
         }
     }
 
@@ -627,29 +665,30 @@ impl Pipeline {
             }
         }
         if changed {
-            self.pinned_filter = [0; 16];
-            for mac in self.pod_macs.iter().flatten() {
-                let b = mac_bit(mac);
-                self.pinned_filter[b >> 6] |= 1 << (b & 63);
-            }
+            self.rebuild_pinned_filter();
         }
     }
 
     /// A pod port speaks with one MAC: the first it used, unless that MAC
     /// is live on another port (a station elsewhere, which it must not
-    /// impersonate); and never with a MAC that has since shown up live on
-    /// another port.
+    /// impersonate) or another pod port speaks with it; and never with a
+    /// MAC that has since shown up live on another port.
     #[inline]
     fn pod_mac_ok(&mut self, in_port: PortId, frame: &Frame, now: u64) -> bool {
         let elsewhere =
             self.switch.station_port(frame.vlan, &frame.src_mac, now).is_some_and(|p| p != in_port);
-        let Some(slot) = self.pod_macs.get_mut(usize::from(in_port)) else { return false };
-        match slot {
-            Some(m) => *m == frame.src_mac && !elsewhere,
-            None if elsewhere || frame.src_mac[0] & 1 == 1 => false,
-            None => {
-                *slot = Some(frame.src_mac);
-                let b = mac_bit(&frame.src_mac);
+        let mac = frame.src_mac;
+        let b = mac_bit(&mac);
+        let pinned_elsewhere = || {
+            self.pinned_filter[b >> 6] >> (b & 63) & 1 == 1
+                && self.pod_macs.iter().enumerate().any(|(p, m)| *m == Some(mac) && p != usize::from(in_port))
+        };
+        match self.pod_macs.get(usize::from(in_port)) {
+            None => false,
+            Some(Some(m)) => *m == mac && !elsewhere,
+            Some(None) if elsewhere || mac[0] & 1 == 1 || pinned_elsewhere() => false,
+            Some(None) => {
+                self.pod_macs[usize::from(in_port)] = Some(mac);
                 self.pinned_filter[b >> 6] |= 1 << (b & 63);
                 true
             }

@@ -122,6 +122,28 @@ pub fn arp_request(from: &Host, to: &Host) -> Vec<u8> {
     v
 }
 
+/// An ARP reply (RFC 826) from `from`, saying its IPv4 address, unicast to `to`.
+pub fn arp_reply(from: &Host, to: &Host) -> Vec<u8> {
+    let mut v = Vec::with_capacity(42);
+    v.extend_from_slice(&to.mac);
+    v.extend_from_slice(&from.mac);
+    v.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+    v.extend_from_slice(&from.mac);
+    v.extend_from_slice(&from.ip4);
+    v.extend_from_slice(&to.mac);
+    v.extend_from_slice(&to.ip4);
+    v
+}
+
+/// The same frame with an 802.1Q tag for VLAN `vid` after the MAC addresses.
+pub fn tagged(frame: &[u8], vid: u16) -> Vec<u8> {
+    let mut v = frame[..12].to_vec();
+    v.extend_from_slice(&[0x81, 0x00]);
+    v.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+    v.extend_from_slice(&frame[12..]);
+    v
+}
+
 /// Marks an untagged IPv4 frame as a fragment: identification `id`, offset
 /// in 8-byte units, more-fragments flag. (The IPv4 header checksum is not
 /// recomputed; the dataplane does not check it.)

@@ -692,7 +692,7 @@ fn a_pod_port_receives_only_what_is_addressed_to_its_pod() {
     non_ip[12..14].copy_from_slice(&[0x88, 0xb5]);
     assert_eq!(r.p.process(3, &non_ip, 6), Action::Drop(DropReason::NonIp));
     assert_eq!(r.p.process(3, &testing::arp_request(&forger, &c), 6), Action::Flood);
-    assert_eq!(r.p.counters().snapshot().pod_mac_unbound, 2);
+    assert_eq!(r.p.counters().snapshot().pod_mac_conflicts, 2);
     let synack = testing::tcp(&s, 80, &c, 40000, F::SYN | F::ACK, false, &[]);
     assert_eq!(r.p.process(1, &synack, 7), Action::Forward(0));
     let ack = testing::tcp(&c, 40000, &s, 80, F::ACK, false, &[]);
@@ -727,12 +727,105 @@ fn a_pod_that_speaks_first_with_the_gateways_mac_does_not_cut_the_gateway_off() 
     assert_eq!(r.p.process(3, &testing::arp_request(&gateway, &o), 1), Action::Flood);
     let to_pod = testing::udp(&gateway, 53, &o, 5000, false, b"x");
     assert_eq!(r.p.process(3, &to_pod, 1), Action::Forward(2));
-    assert_eq!(r.p.counters().snapshot().pod_mac_unbound, 2);
+    assert_eq!(r.p.counters().snapshot().pod_mac_conflicts, 2);
     // And pods still reach it: IP to an address no pod has goes to the ports
     // with no pod, not to the port that learnt the gateway's MAC.
     let out = testing::udp(&o, 5000, &gateway, 53, false, b"x");
     assert_eq!(r.p.process(2, &out, 2), Action::FloodUnbound);
     assert_eq!(r.p.counters().snapshot().drops["spoofed_source"], 0);
+}
+
+#[test]
+fn the_node_port_wins_a_mac_a_pod_took_first_and_neighbour_frames_go_by_address() {
+    use dataplane::addresses::{Addresses, PodAddrs};
+    // Port 3 faces the node and is marked so; nothing learnt yet.
+    let cfg = PipelineConfig { ports: 4, ..Default::default() };
+    let (c, s, o) = (Host::new(1), Host::new(2), Host::new(3));
+    let pods = [c, s, o].map(|h| Some(PodAddrs::new([h.v4(), h.v6()])));
+    let addresses = Addresses::new(pods.into_iter().chain([None]).collect(), vec![])
+        .with_node_ports(vec![false, false, false, true]);
+    let mut r = rig_with(cfg, published(1, testing::client_server_table()).with_addresses(addresses));
+    let gateway = Host { ip4: [192, 0, 2, 1], ..Host::new(50) };
+    // The client pod speaks first with the gateway's MAC, and holds it.
+    let rogue = Host { mac: gateway.mac, ..c };
+    assert_eq!(r.p.process(0, &testing::arp_request(&rogue, &o), 0), Action::Flood);
+    assert_eq!(r.p.process(2, &testing::arp_request(&o, &gateway), 0), Action::Flood);
+    // The other pod's unicast ARP reply to the gateway's MAC: for the gateway's
+    // address, not the client's, so not to the client's port.
+    assert_eq!(r.p.process(2, &testing::arp_reply(&o, &gateway), 1), Action::FloodUnbound);
+    // The gateway speaks on the node's port: the node is right, the client's port
+    // loses the MAC (counted), and from then on it is the gateway's.
+    assert_eq!(r.p.process(3, &testing::arp_request(&gateway, &o), 2), Action::Flood);
+    assert_eq!(r.p.counters().snapshot().pod_mac_conflicts, 1);
+    assert_eq!(r.p.process(2, &testing::arp_reply(&o, &gateway), 3), Action::Forward(3));
+    assert_eq!(r.p.process(0, &testing::arp_request(&rogue, &o), 4), Action::Drop(DropReason::SpoofedSource));
+    // The client may still start over with its own MAC.
+    assert_eq!(r.p.process(0, &testing::arp_request(&c, &o), 5), Action::Flood);
+    // A unicast ARP reply for the client's own address still reaches it.
+    assert_eq!(r.p.process(2, &testing::arp_reply(&o, &c), 6), Action::Forward(0));
+}
+
+#[test]
+fn a_pod_cannot_take_a_mac_another_pod_port_holds() {
+    let mut r = pod_ports_rig_silent(vec![]);
+    let (c, s, o) = (r.client, r.server, r.other);
+    // The client speaks once, then stays silent past the MAC ageing time.
+    assert_eq!(r.p.process(0, &testing::arp_request(&c, &s), 0), Action::Flood);
+    let later = 1_000 * SEC;
+    // The other pod, which never spoke, starts with the client's MAC: refused.
+    let thief = Host { mac: c.mac, ..o };
+    assert_eq!(
+        r.p.process(2, &testing::arp_request(&thief, &s), later),
+        Action::Drop(DropReason::SpoofedSource)
+    );
+    // And the client is still itself.
+    assert_eq!(r.p.process(0, &testing::arp_request(&c, &s), later), Action::Flood);
+    assert_eq!(r.p.process(2, &testing::arp_request(&o, &s), later), Action::Flood);
+}
+
+#[test]
+fn a_pod_port_sends_no_vlan_tags() {
+    let mut r = pod_ports_rig(vec![]);
+    let (c, s) = (r.client, r.server);
+    let syn = testing::tcp(&c, 40000, &s, 80, F::SYN, false, &[]);
+    for vid in [0, 7] {
+        let f = testing::tagged(&syn, vid);
+        assert_eq!(r.p.process(0, &f, 1), Action::Drop(DropReason::SpoofedSource), "VLAN {vid}");
+        let a = testing::tagged(&testing::arp_request(&c, &s), vid);
+        assert_eq!(r.p.process(0, &a, 1), Action::Drop(DropReason::SpoofedSource), "VLAN {vid}");
+    }
+    assert_eq!(r.p.process(0, &syn, 1), Action::Forward(1));
+    // A port with no pod may carry tags (a trunk uplink).
+    let gateway = Host::new(50);
+    let a = testing::tagged(&testing::arp_request(&gateway, &c), 7);
+    assert_eq!(r.p.process(3, &a, 1), Action::Flood);
+}
+
+#[test]
+fn before_the_first_table_a_pods_ip_teaches_the_switch_nothing() {
+    use dataplane::addresses::{Addresses, PodAddrs};
+    // As the daemon starts: pod ports known, their addresses not yet.
+    let cfg = PipelineConfig { ports: 4, ..Default::default() };
+    let pods = (0..3).map(|_| Some(PodAddrs::default())).chain([None]).collect();
+    let first = PublishedTable::fail_closed().with_addresses(Addresses::new(pods, vec![]));
+    let mut r = rig_with(cfg, first);
+    let (c, s) = (r.client, r.server);
+    let gateway = Host { ip4: [192, 0, 2, 1], ..Host::new(50) };
+    assert_eq!(r.p.process(3, &testing::arp_request(&gateway, &c), 0), Action::Flood);
+    // The client floods IP with the gateway's MAC: dropped, and not learnt.
+    let rogue = Host { mac: gateway.mac, ..c };
+    let forged = testing::udp(&rogue, 5000, &s, 53, false, b"x");
+    for _ in 0..3 {
+        assert_eq!(r.p.process(0, &forged, 0), Action::Drop(DropReason::FailClosed));
+    }
+    // The first table; the client speaks before the gateway does again, and
+    // cannot take its MAC, still known to be on the gateway's port.
+    let pods = [c, s, r.other].map(|h| Some(PodAddrs::new([h.v4(), h.v6()])));
+    let addresses = Addresses::new(pods.into_iter().chain([None]).collect(), vec![]);
+    r.tables.store(Arc::new(published(1, testing::client_server_table()).with_addresses(addresses)));
+    r.p.begin_batch(1);
+    assert_eq!(r.p.process(0, &testing::arp_request(&rogue, &s), 1), Action::Drop(DropReason::SpoofedSource));
+    assert_eq!(r.p.process(0, &forged, 1), Action::Drop(DropReason::SpoofedSource));
 }
 
 #[test]
