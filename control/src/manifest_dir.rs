@@ -394,8 +394,7 @@ fn kind_of(kind: &str) -> Kind {
 fn check_file(file: &str, text: &str) -> Result<State, LoadErrors> {
     let state = manifest::parse(file, text)?;
     let mut errs = Vec::new();
-    for p in &state.policies {
-        let (_, problems) = policy_compiler::validate::policy(p);
+    let mut report = |problems: Vec<policy_compiler::Problem>| {
         for pr in problems.into_iter().filter(|p| p.severity == Severity::Error) {
             let origin = state
                 .origin_of(pr.object.kind, &pr.object.namespace, &pr.object.name)
@@ -409,23 +408,20 @@ fn check_file(file: &str, text: &str) -> Result<State, LoadErrors> {
                 message: pr.message,
             });
         }
+    };
+    // A namespace's labels decide which selectors match it: an invalid one is
+    // held back with the rest of its file, like a policy.
+    for ns in &state.namespaces {
+        match policy_compiler::validate::namespace(ns) {
+            Err(problem) => report(vec![problem]),
+            Ok(_) => report(policy_compiler::validate::namespace_problems(ns)),
+        }
+    }
+    for p in &state.policies {
+        report(policy_compiler::validate::policy(p).1);
     }
     for p in &state.pods {
-        let (_, problems) = policy_compiler::validate::pod(p);
-        {
-            for pr in problems.into_iter().filter(|p| p.severity == Severity::Error) {
-                errs.push(LoadError {
-                    origin: state
-                        .origin_of("Pod", &pr.object.namespace, &pr.object.name)
-                        .cloned()
-                        .unwrap_or_else(|| Origin::file(file)),
-                    object: Some(pr.object.to_string()),
-                    field: Some(pr.field),
-                    line: None,
-                    message: pr.message,
-                });
-            }
-        }
+        report(policy_compiler::validate::pod(p).1);
     }
     if errs.is_empty() {
         Ok(state)
@@ -505,6 +501,33 @@ mod tests {
         std::fs::remove_file(&f).unwrap();
         assert!(md.scan());
         assert!(names(&md).is_empty());
+    }
+
+    #[test]
+    fn an_invalid_namespace_is_held_back_with_its_file() {
+        let d = tempdir("badns");
+        let f = d.0.join("ns.yaml");
+        let ns = |team: &str| {
+            format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: x, labels: {{team: {team}}}}}\n")
+        };
+        std::fs::write(&f, ns("front")).unwrap();
+        let mut md = ManifestDir::new(&d.0);
+        assert!(md.scan());
+        assert_eq!(names(&md), vec!["Namespace/x"]);
+        // A label value the API server refuses: the last good labels stay.
+        std::fs::write(&f, ns("'front end'")).unwrap();
+        assert!(!md.scan());
+        let e = &md.status()[0].errors[0];
+        assert!(e.contains("ns.yaml") && e.contains("Namespace x") && e.contains("metadata.labels"), "{e}");
+        let labels = |md: &ManifestDir| match &md.in_force()[0] {
+            Object::Namespace(n) => n.metadata.labels.clone().unwrap_or_default()["team"].clone(),
+            o => panic!("{o:?}"),
+        };
+        assert_eq!(labels(&md), "front");
+        // And a bad name too.
+        std::fs::write(&f, "apiVersion: v1\nkind: Namespace\nmetadata: {name: X_1}\n").unwrap();
+        assert!(!md.scan());
+        assert!(md.status()[0].errors[0].contains("metadata.name"), "{:?}", md.status());
     }
 
     #[test]

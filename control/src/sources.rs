@@ -285,6 +285,7 @@ impl DirWatch {
         let (woke, gone) = (Arc::new(tokio::sync::Notify::new()), Arc::new(AtomicBool::new(false)));
         let writing: Arc<Mutex<HashMap<OsString, std::time::Instant>>> = Default::default();
         let (f, w, g, open) = (fd.clone(), woke.clone(), gone.clone(), writing.clone());
+        let dir = std::path::PathBuf::from(dir);
         std::thread::Builder::new().name("manifest-watch".into()).spawn(move || {
             use rustix::fs::inotify::{ReadFlags, Reader};
             let mut buf = [std::mem::MaybeUninit::uninit(); 4096];
@@ -308,9 +309,16 @@ impl DirWatch {
                         }
                         if let Some(name) = e.file_name() {
                             let name = OsString::from(std::ffi::OsStr::from_bytes(name.to_bytes()));
-                            // A new file is empty until its first write; each
-                            // write restarts the wait.
-                            if e.events().intersects(ReadFlags::MODIFY | ReadFlags::CREATE) {
+                            // A file created empty (`> file`, `cp`) is being
+                            // written (a symlink or hard link made in one step
+                            // is not); each write restarts the wait.
+                            let created_empty = || {
+                                std::fs::symlink_metadata(dir.join(&name))
+                                    .is_ok_and(|m| m.file_type().is_file() && m.len() == 0)
+                            };
+                            if e.events().contains(ReadFlags::MODIFY)
+                                || e.events().contains(ReadFlags::CREATE) && created_empty()
+                            {
                                 open.insert(name, std::time::Instant::now());
                             } else if e.events().intersects(
                                 ReadFlags::CLOSE_WRITE
@@ -400,37 +408,44 @@ pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<Sou
     let mut md = ManifestDir::new(&dir);
     let mut first = true;
     let mut last_report = String::new();
-    let mut conflicts = Vec::new();
+    let mut last_counts = Vec::new();
     let mut dir_down = false;
     loop {
         md.scan_except(&|name| watch.as_ref().is_some_and(|w| w.being_written(name)));
         let changes = md.take_changes();
-        // Conflicts change only when the objects in force do.
-        if first || changes.is_some() {
-            conflicts = md.conflicts();
-        }
+        // A definition that loses to an earlier file's changes nothing in force
+        // but is a conflict: recomputed on every scan (it walks only the
+        // objects defined twice).
+        let conflicts = md.conflicts();
         let report = format!(
             "{:?}{:?}{:?}",
             md.status().iter().map(|s| &s.errors).collect::<Vec<_>>(),
             conflicts,
             md.dir_error()
         );
-        if report != last_report {
-            last_report = report;
+        // Each file's object count is sent too when it changes, so that /status
+        // follows a file whose objects changed with no error appearing or going.
+        let counts: Vec<(String, usize)> = md.status().into_iter().map(|s| (s.file, s.objects)).collect();
+        let report_changed = report != last_report;
+        if report_changed || counts != last_counts {
+            last_counts = counts;
             let mut errs: Vec<String> = conflicts.iter().map(|c| c.to_string()).collect();
             errs.extend(md.dir_error().map(str::to_string));
-            for c in &conflicts {
-                tracing::error!(file = %c.origin.file, error = %c, "object defined twice; this definition is ignored");
-            }
-            if let Some(e) = md.dir_error() {
-                tracing::error!(dir = %dir, error = %e, "manifest directory unreadable; what is in force stays");
-            }
-            for f in md.status() {
-                for e in &f.errors {
-                    if first {
-                        tracing::error!(file = %f.file, error = %e, "manifest rejected; the directory is not synced (fail closed) until every file parses");
-                    } else {
-                        tracing::error!(file = %f.file, error = %e, "manifest rejected; its last good version stays in force");
+            if report_changed {
+                last_report = report;
+                for c in &conflicts {
+                    tracing::error!(file = %c.origin.file, error = %c, "object defined twice; this definition is ignored");
+                }
+                if let Some(e) = md.dir_error() {
+                    tracing::error!(dir = %dir, error = %e, "manifest directory unreadable; what is in force stays");
+                }
+                for f in md.status() {
+                    for e in &f.errors {
+                        if first {
+                            tracing::error!(file = %f.file, error = %e, "manifest rejected; the directory is not synced (fail closed) until every file parses");
+                        } else {
+                            tracing::error!(file = %f.file, error = %e, "manifest rejected; its last good version stays in force");
+                        }
                     }
                 }
             }

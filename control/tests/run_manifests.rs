@@ -191,6 +191,40 @@ fn a_file_being_rewritten_is_read_once_its_writer_closes_it() {
     wait_for("policies deleted", || status(d.port)["objects"]["NetworkPolicy"] == 0);
 }
 
+/// A file linked into the directory (`ln -s`, as a ConfigMap volume's keys are) is
+/// applied at once: it was not written in place, so there is nothing to wait for.
+#[test]
+fn a_symlinked_file_is_applied_without_waiting() {
+    let d = start(&[("pods.yaml", PODS)]);
+    let target = d.dir.join(".target");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("policy.yaml"), policy("80")).unwrap();
+    let t = Instant::now();
+    std::os::unix::fs::symlink(target.join("policy.yaml"), d.dir.join("policy.yaml")).unwrap();
+    wait_for("the linked policy", || status(d.port)["table"]["policies"] == 1);
+    // The write guard would hold a file it takes for one being written for 10 s.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+/// A second definition of an object in force, added after the first sync, changes
+/// nothing in force but is reported at once (in `/status` and the metric); removing
+/// it clears the report.
+#[test]
+fn a_conflicting_file_added_later_is_reported_and_cleared() {
+    let d = start(&[("pods.yaml", PODS), ("policy.yaml", &policy("80"))]);
+    let g = status(d.port)["table_generation"].as_u64().unwrap();
+    std::fs::write(d.dir.join("z-override.yaml"), policy("81")).unwrap();
+    let errors = |port| status(port)["file_errors"].to_string();
+    wait_for("the conflict is reported", || errors(d.port).contains("also defined at"));
+    assert!(errors(d.port).contains("z-override.yaml"), "{}", errors(d.port));
+    let m = || metric(&get(d.port, "/metrics").unwrap().2, "portcullis_manifest_file_errors");
+    assert_eq!(m(), Some(1.0));
+    assert_eq!(status(d.port)["table_generation"].as_u64().unwrap(), g, "nothing in force changed");
+    std::fs::remove_file(d.dir.join("z-override.yaml")).unwrap();
+    wait_for("the conflict is cleared", || !errors(d.port).contains("also defined at"));
+    assert_eq!(m(), Some(0.0));
+}
+
 /// A manifest directory that goes away keeps what is in force, and the source is
 /// reported down (in `/status` and `portcullis_source_up`) until it is back.
 #[test]
