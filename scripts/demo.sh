@@ -57,13 +57,15 @@ fi
 
 WORK=$(mktemp -d /tmp/portcullis-demo.XXXXXX)
 # A fixed lab directory: it records the daemon and servers a run started, so the
-# next run can stop what a killed run left behind.
-LAB=(--lab-dir /tmp/portcullis-demo-lab)
+# next run can stop what a killed run left behind. Under /run, which only root
+# writes (a directory in /tmp could be another user's, with symlinks in it).
+LAB=(--lab-dir /run/portcullis-demo-lab)
 cleanup() {
   "$P" lab down "${LAB[@]}" --prefix pcldemo >/dev/null 2>&1 || true
-  rm -rf "$WORK" /tmp/portcullis-demo-lab
+  rm -rf "$WORK" /run/portcullis-demo-lab
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 # A demo killed before its trap ran (a timeout's SIGKILL) left its daemon and namespaces behind.
 "$P" lab down "${LAB[@]}" --prefix pcldemo >/dev/null 2>&1 || true
 mkdir -p "$WORK/policies"
@@ -77,11 +79,14 @@ print(eval(sys.argv[2], {"s": s, "json": json}))
 PY
 }
 
-wait_enforced() { # waits until a table newer than $1 is used by every worker
+wait_enforced() { # waits until a table newer than $1, with every policy in the
+  # directory, is used by every worker (a newer table alone could be a recompile
+  # of the previous state, published just before the new file was read)
+  local want
+  want=$(cat "$WORK"/policies/*.yaml | grep -c '^kind: NetworkPolicy' || true)
   for _ in $(seq 100); do
-    g=$(status_field 's["table_generation"]')
-    e=$(status_field 's["dataplane"]["pipeline"]["table_generation"]')
-    if [ "$g" -gt "$1" ] && [ "$e" -ge "$g" ]; then echo "$g"; return 0; fi
+    read -r g p e < <(status_field '"%d %d %d" % (s["table_generation"], s["table"]["policies"], s["dataplane"]["pipeline"]["table_generation"])')
+    if [ "$g" -gt "$1" ] && [ "$p" -eq "$want" ] && [ "$e" -ge "$g" ]; then echo "$g"; return 0; fi
     sleep 0.1
   done
   echo "timed out waiting for the daemon to enforce the new policy" >&2

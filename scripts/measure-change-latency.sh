@@ -55,16 +55,21 @@ ROOT=0
 
 work=""
 daemon=""
+# A fixed lab directory (root-only, under /run): a run killed before its trap ran
+# left a daemon and namespaces that the next run's `lab down` stops.
+LABDIR=/run/portcullis-latency-lab
 cleanup() {
     if [ -n "$work" ]; then
-        if [ "$ROOT" = 1 ]; then "$P" lab down --lab-dir "$work/lab" --prefix pclat >/dev/null 2>&1 || true; fi
+        if [ "$ROOT" = 1 ]; then "$P" lab down --lab-dir "$LABDIR" --prefix pclat >/dev/null 2>&1 || true; fi
         [ -n "$daemon" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
-        rm -rf "$work"
+        rm -rf "$work" "$LABDIR"
     fi
     work=""
     daemon=""
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+if [ "$ROOT" = 1 ]; then "$P" lab down --lab-dir "$LABDIR" --prefix pclat >/dev/null 2>&1 || true; fi
 
 echo "changes: $KIND"
 printf '%-9s %-7s %-11s %-26s %-26s\n' policies pods compile_ms "change->published ms" "change->enforced ms"
@@ -75,7 +80,7 @@ for n in $POLICIES; do
     cp examples/stars/00-cluster.yaml "$work/policies/"
     "$GEN" "$PODS" "$n" "$work/policies/generated.json" 2>/dev/null
     if [ "$ROOT" = 1 ]; then
-        "$P" lab up -f examples/stars/00-cluster.yaml --lab-dir "$work/lab" --prefix pclat \
+        "$P" lab up -f examples/stars/00-cluster.yaml --lab-dir "$LABDIR" --prefix pclat \
             --run-manifests "$work/policies" --status-address "127.0.0.1:$PORT" >/dev/null
     else
         printf 'status_address: "127.0.0.1:%s"\n' "$PORT" >"$work/config.yaml"
@@ -160,5 +165,5 @@ def fmt(r):
 print(f'{n:<9} {pods:<7} {s["compile_ms"]:<11.1f} {fmt(lat["change_to_publish"]):<26} '
       f'{fmt(lat["change_to_enforced"]) if root else "(not root)":<26}')
 EOF
-    [ -n "${KEEP_LOG:-}" ] && cp "$work/lab/dataplane.log" "$KEEP_LOG.$n" 2>/dev/null; cleanup
+    [ -n "${KEEP_LOG:-}" ] && cp "$LABDIR/dataplane.log" "$KEEP_LOG.$n" 2>/dev/null; cleanup
 done

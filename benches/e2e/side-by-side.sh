@@ -186,7 +186,12 @@ start_kernel() { # n shape
         ip -n pcb-node link set br0 up
         bridge -n pcb-node fdb replace "$SINK_MAC" dev sink0 master static
         bridge -n pcb-node fdb replace "$GEN_MAC" dev gen0 master static
-        # Bridged IP traffic through the inet hooks, where conntrack and the rules are.
+        # Bridged IP traffic through the inet hooks, where conntrack and the rules are
+        # (br_netfilter: built in on this machine's kernel, a module elsewhere).
+        if [ ! -d /proc/sys/net/bridge ]; then modprobe br_netfilter 2>/dev/null || true; fi
+        if [ ! -d /proc/sys/net/bridge ]; then
+            echo "FAIL: the kernel baselines need br_netfilter (modprobe br_netfilter)" >&2; exit 1
+        fi
         ip netns exec pcb-node sysctl -q net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1
     fi
     ip netns exec pcb-node nft delete table inet portcullis_bench 2>/dev/null || true

@@ -98,7 +98,9 @@ pub struct SourceStatus {
     pub synced: bool,
     /// Last error, while unhealthy.
     pub error: Option<String>,
-    /// Seconds since the last event or successful list (how stale the state may be).
+    /// Seconds since the last event or successful list. A quiet, healthy watch
+    /// delivers nothing, so this grows without bound then: alert on `error`
+    /// and `unhealthy_for_seconds`, not on this.
     pub seconds_since_last_event: f64,
     /// Seconds it has been unhealthy, if it is.
     pub unhealthy_for_seconds: Option<f64>,
@@ -115,7 +117,8 @@ pub struct StatusData {
     pub sources: BTreeMap<String, SourceStatus>,
     /// True once every source synced and a table from that state is published.
     pub ready: bool,
-    /// Generation of the table in force (0: start-up table).
+    /// Generation of the last table published (0: start-up table); the workers
+    /// take it up at their next batch (`dataplane.pipeline.table_generation`).
     pub table_generation: u64,
     /// When it was published (seconds since the Unix epoch).
     pub table_published_unix: Option<f64>,
@@ -620,7 +623,7 @@ fn compile(
 }
 
 /// The message a panic was raised with.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<String>()
         .map(String::as_str)

@@ -121,7 +121,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             Ok(Err(e)) => Err(anyhow::anyhow!("status endpoint on {addr} failed: {e}")),
             _ => Err(anyhow::anyhow!("status endpoint stopped")),
         },
-        _ = owner => Err(anyhow::anyhow!("every policy source stopped")),
+        r = owner => match r {
+            Err(e) if e.is_panic() => {
+                Err(anyhow::anyhow!("the table owner panicked: {}", daemon::panic_message(&*e.into_panic())))
+            }
+            _ => Err(anyhow::anyhow!("every policy source stopped")),
+        },
     };
     if let Some(e) = enforcer {
         tokio::task::spawn_blocking(move || e.shutdown()).await?;

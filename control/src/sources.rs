@@ -263,6 +263,15 @@ struct DirWatch {
     writing: Arc<Mutex<HashMap<OsString, std::time::Instant>>>,
 }
 
+/// Has the file `name` been created or written to and not closed since (the
+/// last time less than [`LONGEST_WRITE`] ago), by [`DirWatch`]'s `writing`?
+/// What it holds may be a prefix of what is being written (`kubectl get ...
+/// > file` truncates it first).
+fn being_written(writing: &Mutex<HashMap<OsString, std::time::Instant>>, name: &std::ffi::OsStr) -> bool {
+    let open = writing.lock().unwrap_or_else(|p| p.into_inner());
+    open.get(name).is_some_and(|since| since.elapsed() < LONGEST_WRITE)
+}
+
 /// A file written to and not closed is read anyway once it has not been
 /// written to for this long (a writer that keeps it open, or a lost close
 /// event).
@@ -342,14 +351,6 @@ impl DirWatch {
         Ok(DirWatch { fd, wd, woke, gone, writing })
     }
 
-    /// Has the file `name` been created or written to and not closed since
-    /// (the last time less than [`LONGEST_WRITE`] ago)? What it holds may be a prefix of what is
-    /// being written (`kubectl get ... > file` truncates it first).
-    fn being_written(&self, name: &std::ffi::OsStr) -> bool {
-        let open = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        open.get(name).is_some_and(|since| since.elapsed() < LONGEST_WRITE)
-    }
-
     /// Waits for an event. False when the watch is gone: the caller polls,
     /// and watches again once the directory is back.
     async fn changed(&self) -> bool {
@@ -411,7 +412,15 @@ pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<Sou
     let mut last_counts = Vec::new();
     let mut dir_down = false;
     loop {
-        md.scan_except(&|name| watch.as_ref().is_some_and(|w| w.being_written(name)));
+        // File reads off the runtime's two threads (a large file is read in
+        // full now and then, even unchanged).
+        let open = watch.as_ref().map(|w| w.writing.clone());
+        md = tokio::task::spawn_blocking(move || {
+            md.scan_except(&|name| open.as_ref().is_some_and(|o| being_written(o, name)));
+            md
+        })
+        .await
+        .expect("the manifest scan panicked");
         let changes = md.take_changes();
         // A definition that loses to an earlier file's changes nothing in force
         // but is a conflict: recomputed on every scan (it walks only the
