@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 
 use crate::index::{Index, Kind, Pending};
 use crate::manifest_dir::FileStatus;
-use crate::sources::{SourceId, SourceMsg, KUBE, MANIFESTS};
+use crate::sources::{SourceId, SourceMsg};
 
 /// One table the owner publishes.
 pub struct Publication {
@@ -347,13 +347,7 @@ impl Shared {
     }
 }
 
-fn source_name(s: SourceId) -> &'static str {
-    match s {
-        KUBE => "kubernetes",
-        MANIFESTS => "manifests",
-        _ => "other",
-    }
-}
+use crate::sources::source_name;
 
 fn kind_name(k: Kind) -> &'static str {
     match k {
@@ -816,6 +810,7 @@ fn publish_now(
 mod tests {
     use super::*;
     use crate::index::{Change, Object};
+    use crate::sources::KUBE;
     use std::net::IpAddr;
 
     thread_local! {

@@ -5,6 +5,14 @@
 //! kept (a pod is its labels, IPs and container ports, not its whole spec).
 //! A full relist of a kind ([`Change::Replace`]) replaces that kind's objects
 //! of that source, so a delete missed while disconnected is not kept alive.
+//!
+//! Each source's definition of an object is kept. When two sources define
+//! the same object (`--kube` and `--manifests` together), the one with the
+//! lower [`SourceId`] is in force (the cluster's), the other waits behind
+//! it and is reported; whichever is deleted or relisted, the other's stays
+//! or comes into force, so no source can remove what another defines.
+//!
+//! [`SourceId`]: crate::sources::SourceId
 
 use std::collections::BTreeMap;
 
@@ -81,12 +89,18 @@ enum Entry {
 
 type Key = (Kind, String, String);
 
-/// The index. Several sources may feed it; each object is owned by the
-/// source that last applied it, and a `Replace` from a source only removes
-/// that source's objects.
+/// One source's definition of an object: the validated form and its problems.
+type Def = (Entry, Vec<Problem>);
+
+/// The index. Several sources may feed it; of an object several define, the
+/// lowest source id's definition is in force, and a `Replace` from a source
+/// only removes that source's definitions.
 #[derive(Debug, Default)]
 pub struct Index {
+    /// The definition in force of each object, and its source.
     entries: BTreeMap<Key, (u16, Entry, Vec<Problem>)>,
+    /// Definitions behind the one in force (from sources with a higher id).
+    shadowed: BTreeMap<Key, BTreeMap<u16, Def>>,
     generation: u64,
     /// Policies changed since the last [`Index::take_pending`].
     dirty_policies: std::collections::BTreeSet<(String, String)>,
@@ -152,21 +166,30 @@ impl Index {
                 // together, a manifest removed from the directory must not take the
                 // cluster's object of the same name with it.
                 let key = (kind, ns, name);
-                let owned = self.entries.get(&key).is_some_and(|(src, _, _)| *src == source);
-                let removed = owned && self.entries.remove(&key).is_some();
-                if removed {
-                    self.with_problems.remove(&key);
-                    *self.counts.entry(key.0).or_default() -= 1;
-                }
-                if removed {
+                let changed = self.withdraw(source, &key);
+                if changed {
                     self.generation += 1;
                     self.mark(key.0, (key.1, key.2));
                 }
-                removed
+                changed
             }
             Change::Replace(kind, objs) => {
                 self.structural = true;
-                self.entries.retain(|(k, _, _), (src, _, _)| *k != kind || *src != source);
+                let mine: Vec<Key> = self
+                    .entries
+                    .iter()
+                    .filter(|((k, _, _), (src, _, _))| *k == kind && *src == source)
+                    .map(|(key, _)| key.clone())
+                    .chain(
+                        self.shadowed
+                            .iter()
+                            .filter(|((k, _, _), defs)| *k == kind && defs.contains_key(&source))
+                            .map(|(key, _)| key.clone()),
+                    )
+                    .collect();
+                for key in &mine {
+                    self.withdraw(source, key);
+                }
                 for o in objs {
                     if o.kind() == kind {
                         self.upsert(source, o);
@@ -277,11 +300,41 @@ impl Index {
                 Entry::Policy(p) => policies.push(p),
             }
         }
-        policy_compiler::cluster::cross_object_problems(
+        let mut problems = policy_compiler::cluster::cross_object_problems(
             |ns| namespaces.contains(ns),
             pods.iter().copied(),
             policies.iter().copied(),
-        )
+        );
+        problems.extend(self.shadowed_problems());
+        problems
+    }
+
+    /// One warning per object that more than one source defines.
+    fn shadowed_problems(&self) -> impl Iterator<Item = Problem> + '_ {
+        use crate::sources::source_name;
+        self.shadowed.iter().filter_map(|(key, defs)| {
+            let (owner, _, _) = self.entries.get(key)?;
+            let others: Vec<&str> = defs.keys().map(|s| source_name(*s)).collect();
+            let (kind, namespace, name) = key.clone();
+            Some(Problem {
+                severity: validate::Severity::Warning,
+                object: validate::ObjectRef {
+                    kind: match kind {
+                        Kind::Namespace => "Namespace",
+                        Kind::Pod => "Pod",
+                        Kind::NetworkPolicy => "NetworkPolicy",
+                    },
+                    namespace,
+                    name,
+                },
+                field: "metadata.name".into(),
+                message: format!(
+                    "also defined by {}; the definition from {} is in force and the other is ignored until it goes",
+                    others.join(", "),
+                    source_name(*owner)
+                ),
+            })
+        })
     }
 
     /// Every object's problems.
@@ -317,17 +370,65 @@ impl Index {
             }
         };
         let key = (kind, ns, name);
-        if problems.is_empty() {
-            self.with_problems.remove(&key);
-        } else {
-            self.with_problems.insert(key.clone());
+        match self.entries.get(&key) {
+            // Behind the definition in force: kept for when that one goes.
+            Some((owner, _, _)) if *owner < source => {
+                self.shadowed.entry(key).or_default().insert(source, (entry, problems));
+                false
+            }
+            Some((owner, _, _)) if *owner > source => {
+                let (owner, e, ps) = self.entries.remove(&key).expect("present");
+                self.shadowed.entry(key.clone()).or_default().insert(owner, (e, ps));
+                self.set_in_force(key, Some((source, entry, problems)))
+            }
+            _ => self.set_in_force(key, Some((source, entry, problems))),
         }
-        let new = (source, entry, problems);
-        if self.entries.get(&key) == Some(&new) {
+    }
+
+    /// Removes `source`'s definition of `key`; the next source's comes into
+    /// force if it was the one in force. Returns whether what is in force changed.
+    fn withdraw(&mut self, source: u16, key: &Key) -> bool {
+        if !self.entries.get(key).is_some_and(|(owner, _, _)| *owner == source) {
+            if let Some(defs) = self.shadowed.get_mut(key) {
+                defs.remove(&source);
+                if defs.is_empty() {
+                    self.shadowed.remove(key);
+                }
+            }
             return false;
         }
-        if self.entries.insert(key, new).is_none() {
-            *self.counts.entry(kind).or_default() += 1;
+        let next = self.shadowed.get_mut(key).and_then(|defs| defs.pop_first());
+        if self.shadowed.get(key).is_some_and(BTreeMap::is_empty) {
+            self.shadowed.remove(key);
+        }
+        self.set_in_force(key.clone(), next.map(|(src, (e, ps))| (src, e, ps)))
+    }
+
+    /// Puts `new` in force for `key` (`None`: nothing), keeping the counts and
+    /// the keys with problems; returns whether that changed anything.
+    fn set_in_force(&mut self, key: Key, new: Option<(u16, Entry, Vec<Problem>)>) -> bool {
+        if self.entries.get(&key) == new.as_ref() {
+            return false;
+        }
+        let kind = key.0;
+        match &new {
+            Some((_, _, ps)) if !ps.is_empty() => {
+                self.with_problems.insert(key.clone());
+            }
+            _ => {
+                self.with_problems.remove(&key);
+            }
+        }
+        let (had, has) = (self.entries.contains_key(&key), new.is_some());
+        match new {
+            Some(n) => self.entries.insert(key, n),
+            None => self.entries.remove(&key),
+        };
+        let count = self.counts.entry(kind).or_default();
+        match (had, has) {
+            (false, true) => *count += 1,
+            (true, false) => *count = count.saturating_sub(1),
+            _ => {}
         }
         true
     }
@@ -426,6 +527,57 @@ mod tests {
         assert_eq!(idx.counts().get(&Kind::NetworkPolicy), Some(&1));
         assert!(idx.apply(1, Change::Delete(Kind::NetworkPolicy, "x".into(), "deny".into())));
         assert_eq!(idx.counts().get(&Kind::NetworkPolicy), None);
+    }
+
+    /// With `--kube` and `--manifests`, both may define the same object: the
+    /// cluster's is in force, the manifest's waits behind it (reported), and
+    /// neither source's delete or relist removes the other's definition.
+    #[test]
+    fn two_sources_defining_one_object_never_remove_each_others() {
+        use crate::sources::{KUBE, MANIFESTS};
+        let open = |idx: &Index| allowed(idx, "10.0.0.2", "10.0.0.1");
+        let mut idx = Index::new();
+        idx.apply(KUBE, Change::Apply(pod("x", "a", "10.0.0.1", "a")));
+        idx.apply(KUBE, Change::Apply(pod("x", "b", "10.0.0.2", "b")));
+        idx.apply(KUBE, Change::Apply(deny_all("x")));
+        assert!(!open(&idx));
+        // The manifest defines the same policy (allowing everything): it waits.
+        let allow_all = || {
+            Object::NetworkPolicy(Box::new(yaml(
+                "metadata: {name: deny, namespace: x}\nspec: {podSelector: {}, ingress: [{}]}",
+            )))
+        };
+        assert!(!idx.apply(MANIFESTS, Change::Apply(allow_all())));
+        assert!(!open(&idx));
+        let warnings: Vec<String> = idx.cross_object_problems().iter().map(|p| p.to_string()).collect();
+        assert!(
+            warnings.iter().any(|w| w.contains("NetworkPolicy x/deny")
+                && w.contains("also defined by manifests; the definition from kubernetes is in force")),
+            "{warnings:?}"
+        );
+        // The manifest goes: the cluster's stays.
+        assert!(!idx.apply(MANIFESTS, Change::Delete(Kind::NetworkPolicy, "x".into(), "deny".into())));
+        assert!(!open(&idx));
+        let shadowed =
+            |idx: &Index| idx.cross_object_problems().iter().any(|p| p.message.contains("also defined"));
+        assert!(!shadowed(&idx));
+        // Back, then the cluster relists: the cluster's definition is replaced by
+        // the relist's, and the manifest's still waits.
+        idx.apply(MANIFESTS, Change::Apply(allow_all()));
+        idx.apply(KUBE, Change::Replace(Kind::NetworkPolicy, vec![deny_all("x")]));
+        assert!(!open(&idx));
+        assert_eq!(idx.counts().get(&Kind::NetworkPolicy), Some(&1));
+        // The cluster deletes its policy: the manifest's comes into force.
+        assert!(idx.apply(KUBE, Change::Delete(Kind::NetworkPolicy, "x".into(), "deny".into())));
+        assert!(open(&idx));
+        assert_eq!(idx.counts().get(&Kind::NetworkPolicy), Some(&1));
+        // A relist without it keeps the manifest's; the cluster defining it again wins.
+        idx.apply(KUBE, Change::Replace(Kind::NetworkPolicy, vec![]));
+        assert!(open(&idx));
+        assert!(idx.apply(KUBE, Change::Apply(deny_all("x"))));
+        assert!(!open(&idx));
+        let (_, problems) = idx.snapshot();
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     #[test]
@@ -539,10 +691,10 @@ mod tests {
             matches!(idx.take_pending(), Pending::Objects { ref namespaces, ref pods, ref policies } if namespaces.is_empty() && pods.is_empty() && policies.is_empty())
         );
         assert_eq!(idx.generation(), generation + 1, "only the new pod counted");
-        // The same object from another source changes its owner: a change.
-        assert!(idx.apply(1, Change::Apply(ns("team: a"))));
+        // The same object from a source with a higher id waits behind it: no change.
+        assert!(!idx.apply(1, Change::Apply(ns("team: z"))));
         // A label change is one.
-        assert!(idx.apply(1, Change::Apply(ns("team: b"))));
+        assert!(idx.apply(0, Change::Apply(ns("team: b"))));
         match idx.take_pending() {
             Pending::Objects { namespaces, pods, policies } => {
                 assert!(pods.is_empty() && policies.is_empty());
@@ -553,8 +705,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // A delete is a change with no namespace.
-        assert!(idx.apply(1, Change::Delete(Kind::Namespace, String::new(), "x".into())));
+        // The waiting definition's delete changes nothing; the one in force's is a
+        // change with no namespace.
+        assert!(!idx.apply(1, Change::Delete(Kind::Namespace, String::new(), "x".into())));
+        assert!(idx.apply(0, Change::Delete(Kind::Namespace, String::new(), "x".into())));
         assert!(matches!(idx.take_pending(),
             Pending::Objects { ref namespaces, .. } if namespaces.len() == 1 && namespaces[0].namespace.is_none()));
     }

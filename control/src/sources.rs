@@ -44,6 +44,15 @@ pub const KUBE: SourceId = 1;
 /// Source id of the manifest directory.
 pub const MANIFESTS: SourceId = 2;
 
+/// A source's name in status, metrics and messages.
+pub fn source_name(s: SourceId) -> &'static str {
+    match s {
+        KUBE => "kubernetes",
+        MANIFESTS => "manifests",
+        _ => "other",
+    }
+}
+
 /// What a source tells the index owner.
 #[derive(Debug)]
 pub enum SourceMsg {
