@@ -388,7 +388,7 @@ impl Index {
     /// Removes `source`'s definition of `key`; the next source's comes into
     /// force if it was the one in force. Returns whether what is in force changed.
     fn withdraw(&mut self, source: u16, key: &Key) -> bool {
-        if !self.entries.get(key).is_some_and(|(owner, _, _)| *owner == source) {
+        if self.entries.get(key).is_none_or(|(owner, _, _)| *owner != source) {
             if let Some(defs) = self.shadowed.get_mut(key) {
                 defs.remove(&source);
                 if defs.is_empty() {
