@@ -5,6 +5,7 @@
 //!  frame in on port p, p leads to pod P:
 //!    IP source not P's ─────────────────────────────▶ Drop(SpoofedSource)  (IPv6 link-local: Drop(LinkLocal))
 //!    ARP/ND speaking for an address not P's, RA, redirect ──▶ Drop(SpoofedSource)
+//!    ICMP error quoting a packet not addressed to P ──▶ Drop(SpoofedSource)
 //!    source MAC not the one p first spoke with, or live on another port,
 //!      or held by another pod port; any VLAN tag ──────────────────────▶ Drop(SpoofedSource)
 //!  frame in on port u, u leads to no pod, source MAC held by pod port p:
@@ -126,7 +127,15 @@ impl PodAddrs {
             Class::Ip(pkt) => {
                 let src = pkt.flow.src.ip();
                 if self.contains(src) {
-                    return None;
+                    // A pod receives only packets addressed to it, so an error
+                    // it sends quotes one of those: one quoting another's packet
+                    // is forged, to pass as related to someone else's connection.
+                    return match pkt.l4 {
+                        crate::parse::L4::IcmpError(Some(inner)) if !self.contains(inner.dst.ip()) => {
+                            Some(DropReason::SpoofedSource)
+                        }
+                        _ => None,
+                    };
                 }
                 let link_local =
                     matches!(src, IpAddr::V6(a) if a.is_unspecified() || a.is_unicast_link_local());
@@ -281,6 +290,33 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// An ICMP error from a pod must quote a packet addressed to that pod (the
+    /// only ones it receives): one quoting another pod's connection would pass
+    /// as related to it (a reset or an MTU cut by a bystander).
+    #[test]
+    fn a_pods_icmp_errors_quote_only_packets_addressed_to_it() {
+        use crate::parse::{proto, Flow, Fragment, IpPacket, L4};
+        use crate::testing::Host;
+        let (a, b, c) = (Host::new(1), Host::new(2), Host::new(3));
+        let pod = PodAddrs::new([a.v4()]);
+        let error = |quoted_dst: &Host| {
+            let inner = Flow {
+                src: b.addr4(),
+                dst: quoted_dst.addr4(),
+                proto: proto::UDP,
+                src_port: 5000,
+                dst_port: 53,
+            };
+            Class::Ip(IpPacket {
+                flow: Flow { src: a.addr4(), dst: b.addr4(), proto: proto::ICMP, src_port: 0, dst_port: 0 },
+                l4: L4::IcmpError(Some(inner)),
+                fragment: Fragment::None,
+            })
+        };
+        assert_eq!(pod.refuses(&error(&a), &[]), None, "about a packet it was sent");
+        assert_eq!(pod.refuses(&error(&c), &[]), Some(DropReason::SpoofedSource), "about c's packet");
     }
 
     #[test]
