@@ -467,6 +467,7 @@ pub async fn run_owner(
         }
         let Some(msg) = msg else { break };
         let now = Instant::now();
+        let shadows = index.shadow_changes();
         match msg {
             SourceMsg::Change { source, change, seen } => {
                 let kind = change_kind(&change);
@@ -518,8 +519,24 @@ pub async fn run_owner(
                 st.file_errors = errors;
             }
         }
+        // A definition came to wait behind another's, or stopped waiting, with
+        // nothing in force changed (so no publication will say so): the
+        // warnings are brought up to date now. Once published, a publication
+        // pending rebuilds them anyway.
+        if index.shadow_changes() != shadows && deadline.is_none() && generation > 0 {
+            refresh_warnings(&shared, &index).await;
+        }
     }
     index
+}
+
+/// The warnings `/status` shows, rebuilt from the index as a publication
+/// builds them (the objects' own, then those between objects).
+async fn refresh_warnings(shared: &Shared, index: &Index) {
+    let warnings: Vec<String> =
+        index.problems().iter().filter(|p| p.severity == Severity::Warning).map(|p| p.to_string()).collect();
+    shared.status.lock().expect("status lock").warnings = warnings;
+    add_cross_object_warnings(shared, index).await;
 }
 
 fn change_kind(c: &crate::index::Change) -> Kind {
@@ -966,6 +983,54 @@ mod tests {
         assert_eq!(pods.error.as_deref(), Some("connection refused"));
         assert!(pods.unhealthy_for_seconds.unwrap() >= 3.0);
         assert_eq!(out.lock().unwrap().len(), 3);
+        drop(tx);
+        owner.await.unwrap();
+    }
+
+    /// A definition from the manifests that waits behind the cluster's is
+    /// reported at once, and the report goes when it does, with nothing
+    /// published (nothing in force changed).
+    #[tokio::test(start_paused = true)]
+    async fn a_definition_waiting_behind_another_is_reported_without_a_publication() {
+        use crate::sources::MANIFESTS;
+        let (tx, rx) = mpsc::channel(64);
+        let shared = Shared::new();
+        let (publish, out) = publisher();
+        let cfg = OwnerConfig::new(Duration::from_millis(50), vec![KUBE, MANIFESTS]);
+        let owner = tokio::spawn(run_owner(rx, shared.clone(), publish, cfg));
+        let policy = |port: u16| -> Object {
+            Object::NetworkPolicy(Box::new(yaml(&format!(
+                "metadata: {{name: p, namespace: x}}\nspec: {{podSelector: {{}}, ingress: [{{ports: [{{port: {port}}}]}}]}}"
+            ))))
+        };
+        let ns: Object = Object::Namespace(Box::new(yaml("metadata: {name: x}")));
+        for source in [KUBE, MANIFESTS] {
+            for k in [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy] {
+                let objs = match (source, k) {
+                    (KUBE, Kind::Namespace) => vec![ns.clone()],
+                    (KUBE, Kind::NetworkPolicy) => vec![policy(80)],
+                    _ => vec![],
+                };
+                tx.send(SourceMsg::Change { source, change: Change::Replace(k, objs), seen: Instant::now() })
+                    .await
+                    .unwrap();
+                tx.send(SourceMsg::Synced { source, kind: k }).await.unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(out.lock().unwrap().len(), 1);
+        let waiting = |shared: &Shared| {
+            shared.status_now().warnings.iter().any(|w| w.contains("also defined by manifests"))
+        };
+        assert!(!waiting(&shared));
+        let from_file = |c| SourceMsg::Change { source: MANIFESTS, change: c, seen: Instant::now() };
+        tx.send(from_file(Change::Apply(policy(81)))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(waiting(&shared), "{:?}", shared.status_now().warnings);
+        tx.send(from_file(Change::Delete(Kind::NetworkPolicy, "x".into(), "p".into()))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting(&shared), "{:?}", shared.status_now().warnings);
+        assert_eq!(out.lock().unwrap().len(), 1, "nothing in force changed");
         drop(tx);
         owner.await.unwrap();
     }

@@ -521,7 +521,7 @@ impl DataplaneView for Enforcer {
         family(
             "portcullis_pod_mac_conflicts",
             "counter",
-            "Frames from a port with no pod whose source MAC a pod port speaks with: on a port marked node: true the pod port loses that MAC; elsewhere the frame is not learnt (one side forges that MAC)",
+            "Frames from a port with no pod whose source MAC a pod port speaks with: passed but not learnt (one side forges that MAC)",
             &[(String::new(), c.pod_mac_conflicts)],
         );
         family(

@@ -101,6 +101,8 @@ pub struct Index {
     entries: BTreeMap<Key, (u16, Entry, Vec<Problem>)>,
     /// Definitions behind the one in force (from sources with a higher id).
     shadowed: BTreeMap<Key, BTreeMap<u16, Def>>,
+    /// Bumped whenever `shadowed` changes (its warnings may have).
+    shadow_changes: u64,
     generation: u64,
     /// Policies changed since the last [`Index::take_pending`].
     dirty_policies: std::collections::BTreeSet<(String, String)>,
@@ -138,6 +140,12 @@ impl Index {
     /// An empty index.
     pub fn new() -> Self {
         Index { structural: true, ..Index::default() }
+    }
+
+    /// Changes to the definitions waiting behind others (their warnings,
+    /// [`Index::cross_object_problems`], may have changed with nothing in force).
+    pub fn shadow_changes(&self) -> u64 {
+        self.shadow_changes
     }
 
     /// Number of changes applied so far (increases on every effective change).
@@ -374,11 +382,13 @@ impl Index {
             // Behind the definition in force: kept for when that one goes.
             Some((owner, _, _)) if *owner < source => {
                 self.shadowed.entry(key).or_default().insert(source, (entry, problems));
+                self.shadow_changes += 1;
                 false
             }
             Some((owner, _, _)) if *owner > source => {
-                let (owner, e, ps) = self.entries.remove(&key).expect("present");
+                let (owner, e, ps) = self.entries.get(&key).cloned().expect("present");
                 self.shadowed.entry(key.clone()).or_default().insert(owner, (e, ps));
+                self.shadow_changes += 1;
                 self.set_in_force(key, Some((source, entry, problems)))
             }
             _ => self.set_in_force(key, Some((source, entry, problems))),
@@ -390,7 +400,9 @@ impl Index {
     fn withdraw(&mut self, source: u16, key: &Key) -> bool {
         if self.entries.get(key).is_none_or(|(owner, _, _)| *owner != source) {
             if let Some(defs) = self.shadowed.get_mut(key) {
-                defs.remove(&source);
+                if defs.remove(&source).is_some() {
+                    self.shadow_changes += 1;
+                }
                 if defs.is_empty() {
                     self.shadowed.remove(key);
                 }
@@ -398,6 +410,9 @@ impl Index {
             return false;
         }
         let next = self.shadowed.get_mut(key).and_then(|defs| defs.pop_first());
+        if next.is_some() {
+            self.shadow_changes += 1;
+        }
         if self.shadowed.get(key).is_some_and(BTreeMap::is_empty) {
             self.shadowed.remove(key);
         }
@@ -576,6 +591,7 @@ mod tests {
         assert!(open(&idx));
         assert!(idx.apply(KUBE, Change::Apply(deny_all("x"))));
         assert!(!open(&idx));
+        assert_eq!(idx.counts().get(&Kind::NetworkPolicy), Some(&1), "taken over, still one object");
         let (_, problems) = idx.snapshot();
         assert!(problems.is_empty(), "{problems:?}");
     }

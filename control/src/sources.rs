@@ -424,12 +424,17 @@ pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<Sou
         // File reads off the runtime's two threads (a large file is read in
         // full now and then, even unchanged).
         let open = watch.as_ref().map(|w| w.writing.clone());
-        md = tokio::task::spawn_blocking(move || {
+        md = match tokio::task::spawn_blocking(move || {
             md.scan_except(&|name| open.as_ref().is_some_and(|o| being_written(o, name)));
             md
         })
         .await
-        .expect("the manifest scan panicked");
+        {
+            Ok(md) => md,
+            // The runtime is shutting down.
+            Err(e) if e.is_cancelled() => return,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
         let changes = md.take_changes();
         // A definition that loses to an earlier file's changes nothing in force
         // but is a conflict: recomputed on every scan (it walks only the

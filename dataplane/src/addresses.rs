@@ -8,9 +8,7 @@
 //!    ICMP error quoting a packet not addressed to P ──▶ Drop(SpoofedSource)
 //!    source MAC not the one p first spoke with, or live on another port,
 //!      or held by another pod port; any VLAN tag ──────────────────────▶ Drop(SpoofedSource)
-//!  frame in on port u, u leads to no pod, source MAC held by pod port p:
-//!    u marked as facing the node ───────▶ p loses the MAC, u learns it
-//!    otherwise ──────────────────────────▶ passes, not learnt
+//!  frame in on port u, u leads to no pod, source MAC held by a pod port ──▶ passes, not learnt
 //!  allowed IP frame (delivery by address, not by MAC):
 //!    destination is pod Q's, behind port q ─────────▶ Forward(q)  (Drop(SamePort) if q = p)
 //!    any other destination ─────────────────────────▶ MAC forwarding, but a pod's port or a
@@ -34,38 +32,39 @@
 //! refused: otherwise a pod could answer for the gateway's address and
 //! make other pods send it their outside traffic (delivered by the checks
 //! above to the uplinks under the wrong MAC: lost, a denial of service).
-//! And a pod port speaks with one MAC, the first it used (each worker pins
-//! it when it first sees the port speak), never one that is live on another
-//! port or that another pod port speaks with, and never with a VLAN tag
-//! (a tag would pick the pod's VLAN on a trunk uplink, and a (VLAN, MAC)
-//! pair the switch has not seen would pass the "live elsewhere" test): so
-//! a pod cannot take another pod's MAC. The pipeline keeps the pins, and
-//! drops a port's pin when a newer table puts other addresses behind it (a
-//! new pod). Before the first table, IP from a pod port is dropped and
-//! teaches the switch nothing. A pinned MAC seen on a port with no pod
-//! (`pod_mac_conflicts` counts it) means one side forges it: on a port
-//! marked as facing the node, the node is believed and the pod port loses
-//! the MAC; on other ports the frame passes but is not learnt (learnt, a
-//! forger behind an uplink would make the pod's own frames look forged;
-//! dropped, a pod that took the gateway's MAC first would cut it off).
-//! Whatever MAC a pod holds, unicast ARP and ND reach its port only when
-//! they are for the pod's addresses (or an IPv6 link-local one); the rest
-//! goes to the ports with no pod, like IP.
+//! And a pod port speaks with one MAC, the first it used, never one that is
+//! live on another port or that another pod port speaks with, and never
+//! with a VLAN tag (a tag would pick the pod's VLAN on a trunk uplink, and a
+//! (VLAN, MAC) pair the switch has not seen would pass the "live elsewhere"
+//! test): so a pod cannot take another pod's MAC. The pins are shared by
+//! every worker ([`crate::pins`]: the first worker to see a port speak pins
+//! it for all), and a port's pin goes when a newer table puts other
+//! addresses behind it (a new pod). Before the first table, IP from a pod
+//! port is dropped and teaches the switch nothing. A pinned MAC seen on a
+//! port with no pod (`pod_mac_conflicts` counts it) means one side forges
+//! it, and which cannot be told: the frame passes but is not learnt
+//! (learnt, a forger behind an uplink would make the pod's own frames look
+//! forged; dropped, a pod that took the gateway's MAC first would cut the
+//! gateway off). Whatever MAC a pod holds, unicast ARP and ND reach its
+//! port only when they are for the pod's addresses (or an IPv6 link-local
+//! one); the rest goes to the ports with no pod, like IP.
 //!
 //! **Left open.** IPv6 link-local addresses are not known: a pod may speak
 //! for any of them in neighbour discovery, including the router's, and so
 //! make other pods' outside IPv6 go to its MAC, where the checks above lose
 //! it (a denial of service, not a delivery); and ND to a link-local address
-//! follows the MAC. Pins are taken from the first frame: right after the
-//! daemon starts (or after a station was silent for the MAC ageing time),
-//! a pod that speaks first with another station's MAC holds it. For the
-//! gateway on a port marked `node`, the gateway's next frame takes it back;
-//! on unmarked uplinks, the station's frames and the IP, ARP and ND for its
-//! addresses still reach it, other unicast frames to that MAC do not; for
-//! another pod's MAC, that pod is refused until the daemon restarts (the
-//! thief must win the race on every worker it uses). A replacement pod
-//! with the same addresses behind the same port keeps its predecessor's
-//! pin (ports are static in the configuration, so this takes a restart).
+//! follows the MAC. Pins are taken from the first frame, so a pod that
+//! speaks before a station whose MAC it claims holds that MAC: a pod's, right
+//! after the daemon starts or once that pod is replaced (its pin released),
+//! and the victim pod is then refused until the daemon restarts; the
+//! gateway's, also after the gateway was silent for the MAC ageing time,
+//! and the gateway's own frames, and the IP, ARP and ND for its addresses,
+//! still reach it, other unicast frames to its MAC do not. It takes
+//! `CAP_NET_RAW` and winning that race. The "live elsewhere" test looks the
+//! MAC up untagged only (a station seen only tagged on a trunk uplink is
+//! not found). A replacement pod with the same addresses behind the same
+//! port keeps its predecessor's pin (ports are static in the
+//! configuration, so this takes a restart).
 //!
 //! **The node.** Upstream, a pod isolated for ingress still accepts
 //! connections from its own node (`NetworkPolicySpec.ingress`: "OR if the
@@ -94,7 +93,7 @@ use crate::parse::{self, Class};
 use crate::pipeline::{DropReason, PortId};
 
 /// The addresses of the pod behind one port: at most one per family.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PodAddrs([Option<IpAddr>; 2]);
 
 impl PodAddrs {
@@ -196,9 +195,6 @@ pub struct Addresses {
     /// Per port id: do connections from `node` that arrive there get the
     /// node's exemption?
     node_from: Vec<bool>,
-    /// Were ports marked as facing the node (rather than every port with no
-    /// pod taken to)?
-    node_marked: bool,
 }
 
 impl Addresses {
@@ -215,7 +211,7 @@ impl Addresses {
         }
         let pod_ports = ports.iter().any(Option::is_some);
         let node_from = ports.iter().map(Option::is_none).collect();
-        Addresses { ports, owner, node, pod_ports, node_from, node_marked: false }
+        Addresses { ports, owner, node, pod_ports, node_from }
     }
 
     /// Grants the node's exemption only to connections arriving on the ports
@@ -224,17 +220,8 @@ impl Addresses {
     pub fn with_node_ports(mut self, marked: Vec<bool>) -> Self {
         if marked.iter().any(|m| *m) {
             self.node_from = marked;
-            self.node_marked = true;
         }
         self
-    }
-
-    /// Is `port` marked as facing the node's own network stack? (Unmarked
-    /// setups have none.) A MAC seen there is the node's, whatever a pod
-    /// port claimed first.
-    #[inline]
-    pub fn faces_node(&self, port: PortId) -> bool {
-        self.node_marked && self.node_from.get(usize::from(port)).is_some_and(|m| *m)
     }
 
     /// Does any port lead to a pod? (If not, nothing here changes forwarding.)

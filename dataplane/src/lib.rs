@@ -54,6 +54,7 @@ pub mod counters;
 pub mod frag;
 pub mod observe;
 pub mod parse;
+pub mod pins;
 pub mod pipeline;
 pub mod port;
 pub mod switch;

@@ -5,7 +5,8 @@
 //!     │ in_port out of range ───────────────────────────────────────────▶ Drop(BadPort)
 //!     ▼
 //!   parse ── error ─────────────────────────────────────────────────────▶ Drop(Parse(kind))
-//!     │ port leads to a pod, IP/ARP/ND not for its own addresses ───────▶ Drop(SpoofedSource / LinkLocal)
+//!     │ port leads to a pod, IP/ARP/ND not for its own addresses,
+//!     │   MAC not its pinned one, VLAN tag ─────────────────────────────▶ Drop(SpoofedSource / LinkLocal)
 //!     │ learn source MAC (switch mode; not one a pod port speaks with,
 //!     │   when it comes from a port with no pod)
 //!     ├─ ARP, IPv6 ND ───────────── no policy ─────────────────┐
@@ -22,13 +23,16 @@
 //!            ▼                                                  ▼
 //!                       L2: Forward(port) / Flood / Drop(SamePort)
 //!        (pod ports: IP to a pod's address → that pod's port; other IP → never a
-//!         pod's port: FloodUnbound instead; see crate::addresses)
+//!         pod's port: FloodUnbound instead; unicast ARP/ND to a pod's MAC not
+//!         for its addresses → FloodUnbound; see crate::addresses)
 //! ```
 //!
 //! One [`Pipeline`] per worker. It owns its connection table, fragment
-//! tracker and MAC table, so nothing on the packet path is shared or locked;
-//! the only shared things are the published table (read through an
-//! `arc_swap::Cache`, one check per batch) and the worker's own counters.
+//! tracker and MAC table, so nothing on the packet path is locked; the
+//! shared things are the published table (read through an
+//! `arc_swap::Cache`, one check per batch), the worker's own counters, and
+//! the pod ports' MAC pins ([`crate::pins`]: one atomic read per frame from
+//! a pod port, written when a port first speaks).
 //! After [`Pipeline::new`], [`Pipeline::process`] allocates nothing.
 //!
 //! Usage by the I/O loop:
@@ -69,7 +73,8 @@ use crate::conntrack::{Conntrack, CtDrop, Outcome, Policy, Timeouts};
 use crate::counters::WorkerCounters;
 use crate::frag::{DatagramKey, FragTracker};
 use crate::observe::{Admission, DeniedFlow, DenyLog, PolicyHits};
-use crate::parse::{self, Class, Fragment, Frame, IpPacket, Mac, ParseError};
+use crate::parse::{self, Class, Fragment, Frame, IpPacket, ParseError};
+use crate::pins::{self, LocalPins, Pin, PodPins};
 use crate::switch::{Switch, L2};
 
 pub use crate::switch::Mode;
@@ -230,11 +235,11 @@ impl Policy for PublishedTable {
     fn allows(&self, flow: &crate::parse::Flow) -> bool {
         self.addresses.is_node(flow.src.ip()) || self.table.allows(flow)
     }
+}
 
-    #[inline]
-    fn allows_reverse(&self, flow: &crate::parse::Flow) -> bool {
-        self.table.allows(flow)
-    }
+/// [`pins::epoch`] of the pod behind each of `ports` ports (0 where none).
+fn epochs(addresses: &Addresses, ports: PortId) -> Vec<u16> {
+    (0..ports).map(|p| addresses.pod_at(p).map_or(0, pins::epoch)).collect()
 }
 
 /// Per-worker pipeline settings. Every field has a default; unknown fields
@@ -380,21 +385,13 @@ pub struct Pipeline {
     /// This worker's row in [`PolicyHits`].
     worker: usize,
     deny_log: DenyLog,
-    /// Per port: the MAC a pod port speaks with (the first it used; see
-    /// [`crate::addresses`]). Unused on ports with no pod.
-    pod_macs: Vec<Option<Mac>>,
-    /// A Bloom filter of the MACs in `pod_macs` (bit [`mac_bit`]), so that a
-    /// frame from a port with no pod looks through `pod_macs` only when its
-    /// source MAC may be one of them (a node has one port per pod).
-    pinned_filter: [u64; 16],
-}
-
-/// The bit of a MAC in [`Pipeline`]'s `pinned_filter` (1,024 bits).
-#[inline]
-fn mac_bit(mac: &Mac) -> usize {
-    let [a, b, c, d, e, f] = *mac;
-    let v = u64::from_le_bytes([a, b, c, d, e, f, 0, 0]);
-    (v.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as usize
+    /// The MAC each pod port speaks with (the first it used; see
+    /// [`crate::addresses`]), shared with the other workers ([`crate::pins`]).
+    pins: Arc<PodPins>,
+    /// This worker's copy of them, for frames from ports with no pod.
+    local_pins: LocalPins,
+    /// Per port: [`pins::epoch`] of the pod behind it in the current table.
+    epochs: Vec<u16>,
 }
 
 impl Pipeline {
@@ -442,8 +439,9 @@ impl Pipeline {
                 cfg.mac_ageing.saturating_mul(NANOS_PER_SEC),
             ),
             ports: cfg.ports,
-            pod_macs: vec![None; usize::from(cfg.ports)],
-            pinned_filter: [0; 16],
+            pins: Arc::new(PodPins::new(usize::from(cfg.ports))),
+            local_pins: LocalPins::new(usize::from(cfg.ports)),
+            epochs: epochs(&current.addresses, cfg.ports),
             forward_non_ip: cfg.forward_non_ip,
             sweep_budget: cfg.sweep_budget,
             enforce: cfg.enforce,
@@ -462,6 +460,17 @@ impl Pipeline {
         self
     }
 
+    /// Shares the pod ports' MAC pins with the other workers (see
+    /// [`crate::pins`]); by default a pipeline has pins of its own. `pins`
+    /// must cover at least this pipeline's ports.
+    pub fn with_pins(mut self, pins: Arc<PodPins>) -> Self {
+        if pins.ports() >= usize::from(self.ports) {
+            self.pins = pins;
+            self.local_pins.refresh(&self.pins);
+        }
+        self
+    }
+
     /// Sends packets denied by policy, rate-limited, to `log` (see [`crate::observe`]).
     pub fn with_deny_log(mut self, log: DenyLog) -> Self {
         self.deny_log = log;
@@ -475,7 +484,7 @@ impl Pipeline {
         if !Arc::ptr_eq(latest, &self.current) {
             let changed = latest.generation != self.current.generation;
             let old = std::mem::replace(&mut self.current, Arc::clone(latest));
-            self.unpin_changed_ports(&old.addresses);
+            self.release_changed_ports(&old.addresses);
             if changed && !self.current.fail_closed {
                 self.revalidate_remaining = self.conntrack.capacity();
             }
@@ -486,6 +495,8 @@ impl Pipeline {
             self.revalidate_remaining -= n;
         }
         self.conntrack.expire_step(now, self.sweep_budget);
+        // Pins other workers took or released (one shared load per batch).
+        self.local_pins.refresh(&self.pins);
         let c = &self.counters;
         c.batches.inc();
         c.publish_conntrack(self.conntrack.len(), self.conntrack.capacity(), self.conntrack.stats());
@@ -567,22 +578,25 @@ impl Pipeline {
                 (None, L2::SamePort) => Action::Drop(DropReason::SamePort),
             };
         }
-        match l2 {
-            // ARP and ND to a pod's MAC reach its port only when they are for
-            // the pod (a pod may hold another station's MAC); the rest goes
-            // where an unknown MAC would, to the ports with no pod.
-            L2::Forward(p)
-                if self.enforce && matches!(frame.class, Class::Arp | Class::NeighbourDiscovery) =>
+        match (l2, &frame.class) {
+            (L2::Forward(p), Class::Arp | Class::NeighbourDiscovery)
+                if self.neighbour_elsewhere(p, &frame, bytes) =>
             {
-                match a.pod_at(p) {
-                    Some(pod) if !pod.receives_neighbour(&frame.class, bytes) => Action::FloodUnbound,
-                    _ => Action::Forward(p),
-                }
+                Action::FloodUnbound
             }
-            L2::Forward(p) => Action::Forward(p),
-            L2::Flood => Action::Flood,
-            L2::SamePort => Action::Drop(DropReason::SamePort),
+            (L2::Forward(p), _) => Action::Forward(p),
+            (L2::Flood, _) => Action::Flood,
+            (L2::SamePort, _) => Action::Drop(DropReason::SamePort),
         }
+    }
+
+    /// ARP or ND for pod port `p`'s MAC that is not for the pod: it goes
+    /// where an unknown MAC's would, to the ports with no pod (a pod may hold
+    /// another station's MAC). Out of line: off the IP path.
+    #[inline(never)]
+    fn neighbour_elsewhere(&self, p: PortId, frame: &Frame, bytes: &[u8]) -> bool {
+        let a = &self.current.addresses;
+        self.enforce && a.pod_at(p).is_some_and(|pod| !pod.receives_neighbour(&frame.class, bytes))
     }
 
     /// Why a frame from `in_port` may not pass, when that port leads to a
@@ -598,27 +612,18 @@ impl Pipeline {
     ) -> Result<bool, DropReason> {
         let Some(pod) = self.current.addresses.pod_at(in_port) else {
             // A MAC a pod port speaks with, used on a port with no pod: one
-            // side forges it. On a port marked as facing the node the node is
-            // right (a pod may have taken the gateway's MAC before the
-            // gateway first spoke): the pod port loses the MAC. Elsewhere it
-            // cannot be told: the frame passes, as it would have, but is not
-            // learnt (learnt, it would make every frame of the pod look like
-            // an impersonation). Pods still reach the MAC's owner behind this
-            // port: IP, ARP and ND not for a pod go to the ports with no pod
-            // whatever the MAC table says.
-            let b = mac_bit(&frame.src_mac);
-            if self.pinned_filter[b >> 6] >> (b & 63) & 1 == 0 {
+            // side forges it, and which cannot be told (a pod may have taken
+            // the gateway's MAC before the gateway first spoke). The frame
+            // passes, as it would have, but is not learnt: learnt, it would
+            // make every frame of the pod look like an impersonation;
+            // dropped, a pod that took the gateway's MAC would cut it off.
+            // Pods still reach the MAC's owner behind this port: IP, ARP
+            // and ND not for a pod go to the ports with no pod whatever the
+            // MAC table says.
+            if self.local_pins.holder(&frame.src_mac).is_none() {
                 return Ok(true);
             }
-            let Some(holder) = self.pod_macs.iter().position(|m| *m == Some(frame.src_mac)) else {
-                return Ok(true);
-            };
             self.counters.pod_mac_conflicts.inc();
-            if self.current.addresses.faces_node(in_port) {
-                self.pod_macs[holder] = None;
-                self.rebuild_pinned_filter();
-                return Ok(true);
-            }
             return Ok(false);
         };
         // A pod has no business with VLAN tags: a tagged frame would leave on
@@ -643,56 +648,52 @@ impl Pipeline {
         }
     }
 
-    /// The Bloom filter of the pinned MACs, from `pod_macs`.
-    fn rebuild_pinned_filter(&mut self) {
-        self.pinned_filter = [0; 16];
-        for mac in self.pod_macs.iter().flatten() {
-            let b = mac_bit(mac);
-            self.pinned_filter[b >> 6] |= 1 << (b & 63);
-        }
-    }
-
-    /// A newer table may put another pod behind a port: its pin goes
-    /// (the new pod pins its own MAC with its first frame).
-    fn unpin_changed_ports(&mut self, old: &Addresses) {
+    /// A newer table may put another pod behind a port: the pin of the pod
+    /// that left goes (the new pod pins its own MAC with its first frame).
+    /// Every worker does this when it takes the table up; the first one
+    /// releases the pin, and a pin the new pod took meanwhile stays.
+    fn release_changed_ports(&mut self, old: &Addresses) {
         let new = &self.current.addresses;
-        let mut changed = false;
-        for (p, slot) in self.pod_macs.iter_mut().enumerate() {
-            let p = p as PortId;
-            if slot.is_some() && old.pod_at(p) != new.pod_at(p) {
-                *slot = None;
-                changed = true;
+        for p in 0..self.ports {
+            match (old.pod_at(p), new.pod_at(p)) {
+                (Some(gone), now) if now != Some(gone) => {
+                    self.pins.release(usize::from(p), pins::epoch(gone))
+                }
+                _ => {}
             }
         }
-        if changed {
-            self.rebuild_pinned_filter();
+        // In place: nothing allocates once the pipeline runs.
+        for (p, e) in self.epochs.iter_mut().enumerate() {
+            *e = new.pod_at(p as PortId).map_or(0, pins::epoch);
         }
+        self.local_pins.refresh(&self.pins);
     }
 
     /// A pod port speaks with one MAC: the first it used, unless that MAC
     /// is live on another port (a station elsewhere, which it must not
     /// impersonate) or another pod port speaks with it; and never with a
-    /// MAC that has since shown up live on another port.
+    /// MAC that has since shown up live on another port. The pins are
+    /// shared by the workers: the first to see the port speak takes it.
     #[inline]
     fn pod_mac_ok(&mut self, in_port: PortId, frame: &Frame, now: u64) -> bool {
         let elsewhere =
             self.switch.station_port(frame.vlan, &frame.src_mac, now).is_some_and(|p| p != in_port);
-        let mac = frame.src_mac;
-        let b = mac_bit(&mac);
-        let pinned_elsewhere = || {
-            self.pinned_filter[b >> 6] >> (b & 63) & 1 == 1
-                && self.pod_macs.iter().enumerate().any(|(p, m)| *m == Some(mac) && p != usize::from(in_port))
+        let (port, mac) = (usize::from(in_port), frame.src_mac);
+        let Some(&epoch) = self.epochs.get(port) else { return false };
+        let pin = match self.pins.get(port) {
+            Some(pin) => pin,
+            None if elsewhere || mac[0] & 1 == 1 || self.pins.held_elsewhere(port, mac) => return false,
+            None => match self.pins.try_pin(port, Pin { mac, epoch }) {
+                Some(pin) => {
+                    self.local_pins.note(port, pin.mac);
+                    pin
+                }
+                None => return false,
+            },
         };
-        match self.pod_macs.get(usize::from(in_port)) {
-            None => false,
-            Some(Some(m)) => *m == mac && !elsewhere,
-            Some(None) if elsewhere || mac[0] & 1 == 1 || pinned_elsewhere() => false,
-            Some(None) => {
-                self.pod_macs[usize::from(in_port)] = Some(mac);
-                self.pinned_filter[b >> 6] |= 1 << (b & 63);
-                true
-            }
-        }
+        // A pin of another pod (a newer table this worker has not taken up,
+        // or an older pod's not released yet) is not this pod's.
+        pin.epoch == epoch && pin.mac == mac && !elsewhere
     }
 
     /// Policy for an IP packet: `None` allows.

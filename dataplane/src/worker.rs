@@ -36,6 +36,7 @@ use thiserror::Error;
 
 use crate::counters::{CountersSnapshot, PortCounters, WorkerCounters};
 use crate::observe::{denied_channel, DeniedFlow, DenyLog};
+use crate::pins::PodPins;
 use crate::pipeline::{Action, ConfigError, Mode, Pipeline, PipelineConfig, PortId, PublishedTable};
 use crate::port::{Port, PortError};
 use crate::xsk::{self, AttachMode, Frame, Frames, Poller, Umem, XskConfig, XskSocket};
@@ -606,6 +607,8 @@ impl Dataplane {
         let stop = Arc::new(AtomicBool::new(false));
         let epoch = Instant::now();
         let (denied_tx, denied_rx) = denied_channel();
+        // One set of pod-port MAC pins for every worker (see crate::pins).
+        let pins = Arc::new(PodPins::new(ports.len()));
         let mut dp = Dataplane {
             ports: ports.clone(),
             attach: cfg.xsk.attach,
@@ -631,6 +634,7 @@ impl Dataplane {
                 .map_err(|e| StartError::Thread { worker: index, source: e.into() })?,
             );
             dp.waker.fds.push(wake.clone());
+            let pins = pins.clone();
             let (thread_ports, cfg, pcfg, tables, stop, io2, pc2) = (
                 ports.clone(),
                 cfg.clone(),
@@ -646,7 +650,7 @@ impl Dataplane {
                 .spawn(move || {
                     let pinned = core.is_some_and(pin_current_thread);
                     let started = Pipeline::try_new(&pcfg, tables, pc2)
-                        .map(|p| p.with_worker(index).with_deny_log(deny_log))
+                        .map(|p| p.with_worker(index).with_deny_log(deny_log).with_pins(pins))
                         .map_err(StartError::from)
                         .and_then(|pipeline| Worker::new(index, &thread_ports, &cfg, pipeline, io2, wake));
                     match started {

@@ -736,33 +736,83 @@ fn a_pod_that_speaks_first_with_the_gateways_mac_does_not_cut_the_gateway_off() 
 }
 
 #[test]
-fn the_node_port_wins_a_mac_a_pod_took_first_and_neighbour_frames_go_by_address() {
-    use dataplane::addresses::{Addresses, PodAddrs};
-    // Port 3 faces the node and is marked so; nothing learnt yet.
-    let cfg = PipelineConfig { ports: 4, ..Default::default() };
-    let (c, s, o) = (Host::new(1), Host::new(2), Host::new(3));
-    let pods = [c, s, o].map(|h| Some(PodAddrs::new([h.v4(), h.v6()])));
-    let addresses = Addresses::new(pods.into_iter().chain([None]).collect(), vec![])
-        .with_node_ports(vec![false, false, false, true]);
-    let mut r = rig_with(cfg, published(1, testing::client_server_table()).with_addresses(addresses));
+fn unicast_arp_reaches_a_pods_port_only_when_it_is_for_the_pod() {
+    // Nothing learnt yet: the client pod speaks first with the gateway's MAC, and holds it.
+    let mut r = pod_ports_rig_silent(vec![]);
+    let (c, o) = (r.client, r.other);
     let gateway = Host { ip4: [192, 0, 2, 1], ..Host::new(50) };
-    // The client pod speaks first with the gateway's MAC, and holds it.
     let rogue = Host { mac: gateway.mac, ..c };
     assert_eq!(r.p.process(0, &testing::arp_request(&rogue, &o), 0), Action::Flood);
     assert_eq!(r.p.process(2, &testing::arp_request(&o, &gateway), 0), Action::Flood);
-    // The other pod's unicast ARP reply to the gateway's MAC: for the gateway's
-    // address, not the client's, so not to the client's port.
+    // The other pod's unicast ARP reply to the gateway's MAC is for the gateway's
+    // address, not the client's: to the ports with no pod, where the gateway is.
     assert_eq!(r.p.process(2, &testing::arp_reply(&o, &gateway), 1), Action::FloodUnbound);
-    // The gateway speaks on the node's port: the node is right, the client's port
-    // loses the MAC (counted), and from then on it is the gateway's.
+    // A unicast ARP reply for the client's own address (to the MAC it holds) still
+    // reaches it.
+    assert_eq!(r.p.process(2, &testing::arp_reply(&o, &rogue), 1), Action::Forward(0));
+    // The gateway speaking does not take its MAC back (the frame passes, unlearnt),
+    // and its ARP keeps reaching it by address.
     assert_eq!(r.p.process(3, &testing::arp_request(&gateway, &o), 2), Action::Flood);
     assert_eq!(r.p.counters().snapshot().pod_mac_conflicts, 1);
-    assert_eq!(r.p.process(2, &testing::arp_reply(&o, &gateway), 3), Action::Forward(3));
-    assert_eq!(r.p.process(0, &testing::arp_request(&rogue, &o), 4), Action::Drop(DropReason::SpoofedSource));
-    // The client may still start over with its own MAC.
-    assert_eq!(r.p.process(0, &testing::arp_request(&c, &o), 5), Action::Flood);
-    // A unicast ARP reply for the client's own address still reaches it.
-    assert_eq!(r.p.process(2, &testing::arp_reply(&o, &c), 6), Action::Forward(0));
+    assert_eq!(r.p.process(2, &testing::arp_reply(&o, &gateway), 3), Action::FloodUnbound);
+}
+
+/// Workers share the pins: a pod that speaks with another pod's MAC on a worker
+/// that has not seen that pod yet is refused there too.
+#[test]
+fn pins_are_shared_by_the_workers() {
+    use dataplane::pins::PodPins;
+    let cfg = PipelineConfig { ports: 4, ..Default::default() };
+    let (c, s, o) = (Host::new(1), Host::new(2), Host::new(3));
+    let table = |gen, pods: [Host; 3]| {
+        use dataplane::addresses::{Addresses, PodAddrs};
+        let pods = pods.map(|h| Some(PodAddrs::new([h.v4(), h.v6()])));
+        published(gen, testing::client_server_table())
+            .with_addresses(Addresses::new(pods.into_iter().chain([None]).collect(), vec![]))
+    };
+    let tables = Arc::new(ArcSwap::from_pointee(table(1, [c, s, o])));
+    let pins = Arc::new(PodPins::new(4));
+    let mut w = [0, 1].map(|i| {
+        let counters = Arc::new(WorkerCounters::new(4));
+        let mut p = Pipeline::new(&cfg, tables.clone(), counters).with_worker(i).with_pins(pins.clone());
+        p.begin_batch(0);
+        p
+    });
+    // The client speaks on worker 0 only.
+    assert_eq!(w[0].process(0, &testing::arp_request(&c, &s), 0), Action::Flood);
+    // The other pod, on worker 1, with the client's MAC: refused, though worker 1
+    // never saw the client.
+    let thief = Host { mac: c.mac, ..o };
+    assert_eq!(
+        w[1].process(2, &testing::arp_request(&thief, &s), 0),
+        Action::Drop(DropReason::SpoofedSource)
+    );
+    // Nor can it speak first with its own MAC on worker 0 and another on worker 1.
+    assert_eq!(w[0].process(2, &testing::arp_request(&o, &s), 0), Action::Flood);
+    let other_mac = Host { mac: Host::new(77).mac, ..o };
+    assert_eq!(
+        w[1].process(2, &testing::arp_request(&other_mac, &s), 0),
+        Action::Drop(DropReason::SpoofedSource)
+    );
+    assert_eq!(w[1].process(2, &testing::arp_request(&o, &s), 0), Action::Flood);
+    // The other pod is replaced (new address, new MAC). Worker 1 takes the new table
+    // up first and the new pod pins there; worker 0, later, does not release that pin.
+    let new_pod = Host { ip4: [10, 0, 0, 33], ..Host::new(33) };
+    tables.store(Arc::new(table(2, [c, s, new_pod])));
+    w[1].begin_batch(1);
+    assert_eq!(w[1].process(2, &testing::arp_request(&new_pod, &s), 1), Action::Flood);
+    w[0].begin_batch(2);
+    assert_eq!(pins.get(2).map(|p| p.mac), Some(new_pod.mac));
+    assert_eq!(w[0].process(2, &testing::arp_request(&new_pod, &s), 2), Action::Flood);
+    let old_mac = Host { mac: o.mac, ..new_pod };
+    assert_eq!(
+        w[0].process(2, &testing::arp_request(&old_mac, &s), 2),
+        Action::Drop(DropReason::SpoofedSource)
+    );
+    // The uplink check on worker 0 knows the pin worker 1 took.
+    let forger = Host { mac: new_pod.mac, ..Host::new(51) };
+    assert_eq!(w[0].process(3, &testing::arp_request(&forger, &c), 3), Action::Flood);
+    assert_eq!(w[0].counters().snapshot().pod_mac_conflicts, 1);
 }
 
 #[test]
@@ -833,12 +883,13 @@ fn a_new_pod_behind_a_port_pins_its_own_mac() {
     use dataplane::addresses::{Addresses, PodAddrs};
     let mut r = pod_ports_rig(vec![]);
     let (c, o) = (r.client, r.other);
-    // The other pod's port speaks with the other pod's MAC; a frame with another
-    // MAC from it is refused.
+    // The other pod's port speaks with the other pod's MAC; a frame from its
+    // address with another MAC is refused.
     let replacement = Host { ip4: [10, 0, 0, 33], ..Host::new(33) };
     let outside = Host::new(10);
+    let new_mac = testing::udp(&Host { mac: replacement.mac, ..o }, 5000, &outside, 5000, false, b"x");
+    assert_eq!(r.p.process(2, &new_mac, 1), Action::Drop(DropReason::SpoofedSource));
     let hello = testing::udp(&replacement, 5000, &outside, 5000, false, b"x");
-    assert_eq!(r.p.process(2, &hello, 1), Action::Drop(DropReason::SpoofedSource));
     // The pod is replaced: a new table puts another address behind port 2.
     let pods = [c, r.server, replacement].map(|h| Some(PodAddrs::new([h.v4(), h.v6()])));
     let addresses = Addresses::new(pods.into_iter().chain([None]).collect(), vec![]);
