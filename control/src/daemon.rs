@@ -519,11 +519,10 @@ pub async fn run_owner(
                 st.file_errors = errors;
             }
         }
-        // A definition came to wait behind another's, or stopped waiting, with
-        // nothing in force changed (so no publication will say so): the
-        // warnings are brought up to date now. Once published, a publication
-        // pending rebuilds them anyway.
-        if index.shadow_changes() != shadows && deadline.is_none() && generation > 0 {
+        // A definition came to wait behind another's, or stopped waiting: the
+        // warnings are brought up to date now (a publication, if one follows,
+        // rebuilds them again; if its compile fails, these stand).
+        if index.shadow_changes() != shadows && generation > 0 {
             refresh_warnings(&shared, &index).await;
         }
     }

@@ -53,6 +53,14 @@ pub struct Enforcer {
     /// The cores the control threads may run on (those started after
     /// `cpus::keep_off_workers`, as `run` is), read at start.
     control_cores: Vec<usize>,
+    /// Per port: the pod addresses last published, and that pod's epoch
+    /// (counted up whenever they change: see `dataplane::pins`).
+    port_epochs: Mutex<Vec<(Option<PodAddrs>, u16)>>,
+}
+
+/// The next epoch of a port (1..=0x7fff, never the one before).
+fn next_epoch(e: u16) -> u16 {
+    e % 0x7fff + 1
 }
 
 /// Replaced tables still alive, and the hit counts of those already freed.
@@ -141,9 +149,17 @@ impl Enforcer {
             // Pod ports are pod ports from the start: until the first table
             // says their addresses, ARP and ND from them may speak for none
             // (probes from 0.0.0.0 and ::, and link-local ND, still pass).
-            let pods = cfg.ports.iter().map(|p| p.pod.as_ref().map(|_| PodAddrs::default())).collect();
-            PublishedTable::fail_closed().with_addresses(Addresses::new(pods, Vec::new()))
+            let pods: Vec<_> =
+                cfg.ports.iter().map(|p| p.pod.as_ref().map(|_| PodAddrs::default())).collect();
+            let epochs = pods.iter().map(|p| if p.is_some() { 1 } else { 0 }).collect();
+            PublishedTable::fail_closed().with_addresses(Addresses::new(pods, Vec::new()).with_epochs(epochs))
         };
+        let port_epochs = (0..cfg.ports.len())
+            .map(|p| {
+                let a = first.addresses.pod_at(p as dataplane::PortId).copied();
+                (a, if a.is_some() { 1 } else { 0 })
+            })
+            .collect();
         let tables = Arc::new(ArcSwap::from_pointee(first));
         let dcfg = dataplane_config(cfg);
         let dp = Dataplane::start(&dcfg, tables.clone())?;
@@ -173,6 +189,7 @@ impl Enforcer {
             node_ports: cfg.ports.iter().map(|p| p.node).collect(),
             denied,
             control_cores: crate::cpus::current().unwrap_or_default(),
+            port_epochs: Mutex::new(port_epochs),
         }))
     }
 
@@ -180,9 +197,23 @@ impl Enforcer {
     pub fn publisher(self: &Arc<Self>) -> Publisher {
         let me = self.clone();
         Box::new(move |p: Publication| {
-            let pods = p.port_addresses.into_iter().map(|a| a.map(PodAddrs::new)).collect();
-            let addresses =
-                Addresses::new(pods, me.node_addresses.clone()).with_node_ports(me.node_ports.clone());
+            let pods: Vec<Option<PodAddrs>> =
+                p.port_addresses.into_iter().map(|a| a.map(PodAddrs::new)).collect();
+            // A port's epoch moves whenever its pod's addresses change, so that
+            // a pod that leaves and comes back is a new pod to the MAC pins.
+            let epochs = {
+                let mut known = me.port_epochs.lock().expect("port epochs lock");
+                known.resize(pods.len(), (None, 0));
+                for (k, now) in known.iter_mut().zip(&pods) {
+                    if k.0 != *now {
+                        *k = (*now, next_epoch(k.1));
+                    }
+                }
+                known.iter().map(|k| k.1).collect()
+            };
+            let addresses = Addresses::new(pods, me.node_addresses.clone())
+                .with_node_ports(me.node_ports.clone())
+                .with_epochs(epochs);
             let generation = p.generation;
             let table = PublishedTable::new(p.generation, p.table, me.workers).with_addresses(addresses);
             // Swapped under the lock, so a scrape sees the old table's hits
@@ -541,6 +572,16 @@ fn label(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ports_epoch_always_moves_and_is_never_zero() {
+        let mut e = 1;
+        for _ in 0..0x10000 {
+            let n = next_epoch(e);
+            assert!(n != e && (1..=0x7fff).contains(&n), "{e} -> {n}");
+            e = n;
+        }
+    }
 
     /// Pods a (x) and b (y); x denies all egress, y denies all ingress.
     fn both_deny() -> PublishedTable {

@@ -195,6 +195,9 @@ pub struct Addresses {
     /// Per port id: do connections from `node` that arrive there get the
     /// node's exemption?
     node_from: Vec<bool>,
+    /// Per port id: which pod this is ([`crate::pins`]): it changes when
+    /// another pod comes behind the port, and only then.
+    epochs: Vec<u16>,
 }
 
 impl Addresses {
@@ -211,7 +214,8 @@ impl Addresses {
         }
         let pod_ports = ports.iter().any(Option::is_some);
         let node_from = ports.iter().map(Option::is_none).collect();
-        Addresses { ports, owner, node, pod_ports, node_from }
+        let epochs = ports.iter().map(|a| a.as_ref().map_or(0, crate::pins::epoch)).collect();
+        Addresses { ports, owner, node, pod_ports, node_from, epochs }
     }
 
     /// Grants the node's exemption only to connections arriving on the ports
@@ -222,6 +226,24 @@ impl Addresses {
             self.node_from = marked;
         }
         self
+    }
+
+    /// Says which pod is behind each port: `epochs[p]` must change when
+    /// another pod comes behind port `p` (the control plane counts them).
+    /// Without this, a pod is known by a hash of its addresses, so a new pod
+    /// with its predecessor's addresses passes for it (and keeps its MAC pin).
+    /// Ignored unless there is one per port.
+    pub fn with_epochs(mut self, epochs: Vec<u16>) -> Self {
+        if epochs.len() == self.ports.len() {
+            self.epochs = epochs.into_iter().map(|e| e & 0x7fff).collect();
+        }
+        self
+    }
+
+    /// Which pod is behind `port` (see [`Addresses::with_epochs`]); 0 for none.
+    #[inline]
+    pub fn epoch(&self, port: PortId) -> u16 {
+        self.epochs.get(usize::from(port)).copied().unwrap_or(0)
     }
 
     /// Does any port lead to a pod? (If not, nothing here changes forwarding.)

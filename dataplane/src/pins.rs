@@ -13,9 +13,12 @@
 //!                                   bit 63 set | epoch (15 bits) << 48 | MAC (48 bits)
 //! ```
 //!
-//! The epoch names the pod the pin belongs to (a hash of its addresses):
-//! a worker still on an older table does not read a newer pod's pin as its
+//! The epoch names the pod the pin belongs to ([`Addresses::epoch`]: counted
+//! by the control plane per port, or else a hash of the pod's addresses): a
+//! worker still on an older table does not read a newer pod's pin as its
 //! own, and releases only the pin of the pod it saw leave.
+//!
+//! [`Addresses::epoch`]: crate::addresses::Addresses::epoch
 //!
 //! Writes happen when a port first speaks and when a pod goes (rare); the
 //! packet path reads one word per frame from a pod port. Workers keep a
@@ -82,11 +85,21 @@ impl PodPins {
     }
 
     /// Pins `port` to `pin` unless it has a pin already; returns the pin in
-    /// place afterwards (this one, or the one another worker took first).
+    /// place afterwards (this one, or the one another worker took first),
+    /// `None` when the MAC turned out to be taken by a port with a lower id
+    /// at the same moment (two workers pinning two ports to one MAC at
+    /// once: the lower port keeps it, the other gives it back).
     pub fn try_pin(&self, port: usize, pin: Pin) -> Option<Pin> {
         let slot = self.slots.get(port)?;
-        match slot.compare_exchange(0, word(pin), Ordering::AcqRel, Ordering::Acquire) {
+        let w = word(pin);
+        match slot.compare_exchange(0, w, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
+                let rival = self.slots[..port]
+                    .iter()
+                    .any(|s| pin_of(s.load(Ordering::Acquire)).is_some_and(|p| p.mac == pin.mac));
+                if rival && slot.compare_exchange(w, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    return None;
+                }
                 self.changes.fetch_add(1, Ordering::AcqRel);
                 Some(pin)
             }
@@ -147,8 +160,9 @@ fn mac_bit(mac: &Mac) -> usize {
 
 impl LocalPins {
     /// An empty copy for `ports` ports (refresh it before use).
-    pub fn new(ports: usize) -> Self {
-        LocalPins { macs: vec![None; ports], owner: Box::new([0; 1024]), seen: u64::MAX }
+    pub fn new(ports: crate::PortId) -> Self {
+        // Port ids are below u16::MAX, so `p + 1` fits (u16::MAX itself means "several").
+        LocalPins { macs: vec![None; usize::from(ports)], owner: Box::new([0; 1024]), seen: u64::MAX }
     }
 
     /// Copies the shared pins again if they changed since the last copy.
@@ -218,6 +232,19 @@ mod tests {
         let odd = Pin { mac: [0xff, 0xfe, 0x80, 0x01, 0x7f, 0x00], epoch: 0x7fff };
         assert_eq!(pins.try_pin(2, odd), Some(odd));
         assert_eq!(pins.get(2), Some(odd));
+    }
+
+    /// Two workers pinning two ports to one MAC at the same moment: both
+    /// compare-and-swaps succeed, the higher port sees the lower one's pin
+    /// and gives its own back.
+    #[test]
+    fn of_two_ports_pinned_to_one_mac_at_once_the_lower_keeps_it() {
+        let pins = PodPins::new(3);
+        let a = Pin { mac: A, epoch: 1 };
+        assert_eq!(pins.try_pin(0, a), Some(a));
+        assert_eq!(pins.try_pin(2, a), None);
+        assert_eq!(pins.get(2), None);
+        assert_eq!(pins.get(0), Some(a));
     }
 
     #[test]

@@ -74,7 +74,7 @@ use crate::counters::WorkerCounters;
 use crate::frag::{DatagramKey, FragTracker};
 use crate::observe::{Admission, DeniedFlow, DenyLog, PolicyHits};
 use crate::parse::{self, Class, Fragment, Frame, IpPacket, ParseError};
-use crate::pins::{self, LocalPins, Pin, PodPins};
+use crate::pins::{LocalPins, Pin, PodPins};
 use crate::switch::{Switch, L2};
 
 pub use crate::switch::Mode;
@@ -237,9 +237,9 @@ impl Policy for PublishedTable {
     }
 }
 
-/// [`pins::epoch`] of the pod behind each of `ports` ports (0 where none).
+/// The epoch of the pod behind each of `ports` ports (0 where none).
 fn epochs(addresses: &Addresses, ports: PortId) -> Vec<u16> {
-    (0..ports).map(|p| addresses.pod_at(p).map_or(0, pins::epoch)).collect()
+    (0..ports).map(|p| addresses.epoch(p)).collect()
 }
 
 /// Per-worker pipeline settings. Every field has a default; unknown fields
@@ -390,7 +390,8 @@ pub struct Pipeline {
     pins: Arc<PodPins>,
     /// This worker's copy of them, for frames from ports with no pod.
     local_pins: LocalPins,
-    /// Per port: [`pins::epoch`] of the pod behind it in the current table.
+    /// Per port: the epoch of the pod behind it in the current table
+    /// ([`Addresses::epoch`]).
     epochs: Vec<u16>,
 }
 
@@ -440,7 +441,7 @@ impl Pipeline {
             ),
             ports: cfg.ports,
             pins: Arc::new(PodPins::new(usize::from(cfg.ports))),
-            local_pins: LocalPins::new(usize::from(cfg.ports)),
+            local_pins: LocalPins::new(cfg.ports),
             epochs: epochs(&current.addresses, cfg.ports),
             forward_non_ip: cfg.forward_non_ip,
             sweep_budget: cfg.sweep_budget,
@@ -463,11 +464,13 @@ impl Pipeline {
     /// Shares the pod ports' MAC pins with the other workers (see
     /// [`crate::pins`]); by default a pipeline has pins of its own. `pins`
     /// must cover at least this pipeline's ports.
+    ///
+    /// # Panics
+    /// If `pins` has fewer ports than the pipeline (a programming error).
     pub fn with_pins(mut self, pins: Arc<PodPins>) -> Self {
-        if pins.ports() >= usize::from(self.ports) {
-            self.pins = pins;
-            self.local_pins.refresh(&self.pins);
-        }
+        assert!(pins.ports() >= usize::from(self.ports), "pins for fewer ports than the pipeline has");
+        self.pins = pins;
+        self.local_pins.refresh(&self.pins);
         self
     }
 
@@ -655,16 +658,13 @@ impl Pipeline {
     fn release_changed_ports(&mut self, old: &Addresses) {
         let new = &self.current.addresses;
         for p in 0..self.ports {
-            match (old.pod_at(p), new.pod_at(p)) {
-                (Some(gone), now) if now != Some(gone) => {
-                    self.pins.release(usize::from(p), pins::epoch(gone))
-                }
-                _ => {}
+            if old.pod_at(p).is_some() && (new.pod_at(p).is_none() || old.epoch(p) != new.epoch(p)) {
+                self.pins.release(usize::from(p), old.epoch(p));
             }
         }
         // In place: nothing allocates once the pipeline runs.
         for (p, e) in self.epochs.iter_mut().enumerate() {
-            *e = new.pod_at(p as PortId).map_or(0, pins::epoch);
+            *e = new.epoch(p as PortId);
         }
         self.local_pins.refresh(&self.pins);
     }
@@ -682,7 +682,15 @@ impl Pipeline {
         let Some(&epoch) = self.epochs.get(port) else { return false };
         let pin = match self.pins.get(port) {
             Some(pin) => pin,
-            None if elsewhere || mac[0] & 1 == 1 || self.pins.held_elsewhere(port, mac) => return false,
+            // The local copy first: a pod repeating another's MAC is refused
+            // without a walk over the shared pins.
+            None if elsewhere
+                || mac[0] & 1 == 1
+                || self.local_pins.holder(&mac).is_some_and(|p| p != port)
+                || self.pins.held_elsewhere(port, mac) =>
+            {
+                return false
+            }
             None => match self.pins.try_pin(port, Pin { mac, epoch }) {
                 Some(pin) => {
                     self.local_pins.note(port, pin.mac);

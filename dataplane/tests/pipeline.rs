@@ -878,6 +878,31 @@ fn before_the_first_table_a_pods_ip_teaches_the_switch_nothing() {
     assert_eq!(r.p.process(0, &forged, 1), Action::Drop(DropReason::SpoofedSource));
 }
 
+/// A pod that leaves and comes back with the same addresses but a new MAC (the
+/// control plane counts the port's epoch up at each change): a worker that
+/// missed the table in between still releases the old pin.
+#[test]
+fn a_pod_back_with_the_same_addresses_is_a_new_pod_when_its_epoch_moved() {
+    use dataplane::addresses::{Addresses, PodAddrs};
+    let cfg = PipelineConfig { ports: 4, ..Default::default() };
+    let (c, s, o) = (Host::new(1), Host::new(2), Host::new(3));
+    let table = |gen, epoch: u16| {
+        let pods = [c, s, o].map(|h| Some(PodAddrs::new([h.v4(), h.v6()])));
+        let addresses = Addresses::new(pods.into_iter().chain([None]).collect(), vec![])
+            .with_epochs(vec![1, 1, epoch, 0]);
+        published(gen, testing::client_server_table()).with_addresses(addresses)
+    };
+    let mut r = rig_with(cfg, table(1, 1));
+    assert_eq!(r.p.process(2, &testing::arp_request(&o, &c), 0), Action::Flood);
+    // Generation 2 (the port empty) is never taken up by this worker; generation 3
+    // has the same addresses, epoch 3, and a pod with another MAC.
+    r.tables.store(Arc::new(table(3, 3)));
+    r.p.begin_batch(1);
+    let back = Host { mac: Host::new(99).mac, ..o };
+    assert_eq!(r.p.process(2, &testing::arp_request(&back, &c), 1), Action::Flood);
+    assert_eq!(r.p.process(2, &testing::arp_request(&o, &c), 1), Action::Drop(DropReason::SpoofedSource));
+}
+
 #[test]
 fn a_new_pod_behind_a_port_pins_its_own_mac() {
     use dataplane::addresses::{Addresses, PodAddrs};
