@@ -349,14 +349,6 @@ impl Shared {
 
 use crate::sources::source_name;
 
-fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::Namespace => "Namespace",
-        Kind::Pod => "Pod",
-        Kind::NetworkPolicy => "NetworkPolicy",
-    }
-}
-
 const KINDS: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
 
 /// Runs the owner until the channel closes. Returns the final index (tests).
@@ -373,7 +365,7 @@ pub async fn run_owner(
     {
         let mut st = shared.status.lock().expect("status lock");
         for (s, k) in &expected {
-            st.sources.insert(format!("{}/{}", source_name(*s), kind_name(*k)), SourceStatus::default());
+            st.sources.insert(format!("{}/{}", source_name(*s), k.name()), SourceStatus::default());
         }
     }
     let mut generation = 0u64;
@@ -496,9 +488,7 @@ pub async fn run_owner(
                 synced.insert((source, kind));
                 touch(&shared, source, kind, now, None);
                 if let Ok(mut st) = shared.status.lock() {
-                    if let Some(s) =
-                        st.sources.get_mut(&format!("{}/{}", source_name(source), kind_name(kind)))
-                    {
+                    if let Some(s) = st.sources.get_mut(&format!("{}/{}", source_name(source), kind.name())) {
                         s.synced = true;
                     }
                 }
@@ -548,7 +538,7 @@ fn change_kind(c: &crate::index::Change) -> Kind {
 /// Records an event from a source; `health` is `Some(None)` when it recovered,
 /// `Some(Some(e))` when it failed, `None` for a plain event.
 fn touch(shared: &Shared, source: SourceId, kind: Kind, now: Instant, health: Option<Option<String>>) {
-    let name = format!("{}/{}", source_name(source), kind_name(kind));
+    let name = format!("{}/{}", source_name(source), kind.name());
     let mut st = shared.status.lock().expect("status lock");
     let s = st.sources.entry(name).or_default();
     match health {
@@ -564,7 +554,7 @@ fn touch(shared: &Shared, source: SourceId, kind: Kind, now: Instant, health: Op
     }
     let up = i64::from(s.error.is_none());
     drop(st);
-    let label = SourceLabel { source: source_name(source).into(), kind: kind_name(kind).into() };
+    let label = SourceLabel { source: source_name(source).into(), kind: kind.name().into() };
     if up == 1 {
         shared.metrics.source_event_at.get_or_create(&label).set(unix_now());
     }
@@ -780,7 +770,7 @@ fn publish_now(
     let counts = index.counts();
     for k in KINDS {
         m.objects
-            .get_or_create(&KindLabel { kind: kind_name(k).into() })
+            .get_or_create(&KindLabel { kind: k.name().into() })
             .set(*counts.get(&k).unwrap_or(&0) as i64);
     }
     let invalid: Vec<String> =
@@ -816,7 +806,7 @@ fn publish_now(
     if let Some(secs) = change_to_publish {
         st.latency.change_to_publish.push(secs);
     }
-    st.objects = KINDS.iter().map(|k| (kind_name(*k).to_string(), *counts.get(k).unwrap_or(&0))).collect();
+    st.objects = KINDS.iter().map(|k| (k.name().to_string(), *counts.get(k).unwrap_or(&0))).collect();
     st.table = stats;
     st.invalid = invalid;
     st.warnings = warnings;

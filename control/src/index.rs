@@ -44,6 +44,17 @@ pub enum Object {
     NetworkPolicy(Box<netv1::NetworkPolicy>),
 }
 
+impl Kind {
+    /// The kind's name, as in manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::NetworkPolicy => "NetworkPolicy",
+        }
+    }
+}
+
 impl Object {
     /// Kind of the object.
     pub fn kind(&self) -> Kind {
@@ -326,15 +337,7 @@ impl Index {
             let (kind, namespace, name) = key.clone();
             Some(Problem {
                 severity: validate::Severity::Warning,
-                object: validate::ObjectRef {
-                    kind: match kind {
-                        Kind::Namespace => "Namespace",
-                        Kind::Pod => "Pod",
-                        Kind::NetworkPolicy => "NetworkPolicy",
-                    },
-                    namespace,
-                    name,
-                },
+                object: validate::ObjectRef { kind: kind.name(), namespace, name },
                 field: "metadata.name".into(),
                 message: format!(
                     "also defined by {}; the definition from {} is in force and the other is ignored until it goes",

@@ -237,11 +237,6 @@ impl Policy for PublishedTable {
     }
 }
 
-/// The epoch of the pod behind each of `ports` ports (0 where none).
-fn epochs(addresses: &Addresses, ports: PortId) -> Vec<u16> {
-    (0..ports).map(|p| addresses.epoch(p)).collect()
-}
-
 /// Per-worker pipeline settings. Every field has a default; unknown fields
 /// are rejected.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -390,9 +385,6 @@ pub struct Pipeline {
     pins: Arc<PodPins>,
     /// This worker's copy of them, for frames from ports with no pod.
     local_pins: LocalPins,
-    /// Per port: the epoch of the pod behind it in the current table
-    /// ([`Addresses::epoch`]).
-    epochs: Vec<u16>,
 }
 
 impl Pipeline {
@@ -442,7 +434,6 @@ impl Pipeline {
             ports: cfg.ports,
             pins: Arc::new(PodPins::new(usize::from(cfg.ports))),
             local_pins: LocalPins::new(cfg.ports),
-            epochs: epochs(&current.addresses, cfg.ports),
             forward_non_ip: cfg.forward_non_ip,
             sweep_budget: cfg.sweep_budget,
             enforce: cfg.enforce,
@@ -654,7 +645,8 @@ impl Pipeline {
     /// A newer table may put another pod behind a port: the pin of the pod
     /// that left goes (the new pod pins its own MAC with its first frame).
     /// Every worker does this when it takes the table up; the first one
-    /// releases the pin, and a pin the new pod took meanwhile stays.
+    /// releases the pin, and a pin the new pod took meanwhile stays. (The
+    /// worker's copy of the pins is refreshed later in `begin_batch`.)
     fn release_changed_ports(&mut self, old: &Addresses) {
         let new = &self.current.addresses;
         for p in 0..self.ports {
@@ -662,11 +654,6 @@ impl Pipeline {
                 self.pins.release(usize::from(p), old.epoch(p));
             }
         }
-        // In place: nothing allocates once the pipeline runs.
-        for (p, e) in self.epochs.iter_mut().enumerate() {
-            *e = new.epoch(p as PortId);
-        }
-        self.local_pins.refresh(&self.pins);
     }
 
     /// A pod port speaks with one MAC: the first it used, unless that MAC
@@ -679,7 +666,7 @@ impl Pipeline {
         let elsewhere =
             self.switch.station_port(frame.vlan, &frame.src_mac, now).is_some_and(|p| p != in_port);
         let (port, mac) = (usize::from(in_port), frame.src_mac);
-        let Some(&epoch) = self.epochs.get(port) else { return false };
+        let epoch = self.current.addresses.epoch(in_port);
         let pin = match self.pins.get(port) {
             Some(pin) => pin,
             // The local copy first: a pod repeating another's MAC is refused
