@@ -141,11 +141,18 @@ impl PodAddrs {
                 return Some(if link_local { DropReason::LinkLocal } else { DropReason::SpoofedSource });
             }
             // An ARP probe says 0.0.0.0.
+            // ARP for anything but IPv4 (or with odd address lengths) is
+            // nothing a pod needs: refused, as neighbour discovery that
+            // cannot be read is.
             Class::Arp => match parse::arp_sender(frame) {
                 Some(s) => s != [0; 4] && !self.contains(IpAddr::V4(Ipv4Addr::from(s))),
-                None => false,
+                None => true,
             },
-            Class::Other(_) => false,
+            // Stacked VLAN tags (802.1ad, the older 0x9100, 802.1Q inside
+            // 802.1ad): with `forward_non_ip` they would leave on a trunk
+            // uplink in the VLAN the pod chose. (A single 802.1Q tag is
+            // refused by the caller.)
+            Class::Other(t) => matches!(t, 0x8100 | 0x88a8 | 0x9100),
             Class::NeighbourDiscovery => match parse::nd_facts(frame) {
                 Some(nd) => {
                     let src = Ipv6Addr::from(nd.src);

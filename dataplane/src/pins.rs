@@ -86,18 +86,26 @@ impl PodPins {
 
     /// Pins `port` to `pin` unless it has a pin already; returns the pin in
     /// place afterwards (this one, or the one another worker took first),
-    /// `None` when the MAC turned out to be taken by a port with a lower id
-    /// at the same moment (two workers pinning two ports to one MAC at
-    /// once: the lower port keeps it, the other gives it back).
+    /// `None` when another port turned out to hold the MAC too: two workers
+    /// pinning two ports to one MAC at the same moment, each having checked
+    /// [`PodPins::held_elsewhere`] before the other's pin was there.
+    ///
+    /// After its compare-and-swap each looks at every other port and gives
+    /// its pin back if one holds the MAC. The swaps and the loads are all
+    /// `SeqCst`, so they fall in one order that both workers see: whichever
+    /// of the two looks last sees the other's pin, so at most one keeps it
+    /// (both may give it back; the pod that spoke retries with its next
+    /// frame). With acquire and release alone each could read the other's
+    /// slot from before its swap, and both would keep the MAC.
     pub fn try_pin(&self, port: usize, pin: Pin) -> Option<Pin> {
         let slot = self.slots.get(port)?;
         let w = word(pin);
-        match slot.compare_exchange(0, w, Ordering::AcqRel, Ordering::Acquire) {
+        match slot.compare_exchange(0, w, Ordering::SeqCst, Ordering::SeqCst) {
             Ok(_) => {
-                let rival = self.slots[..port]
-                    .iter()
-                    .any(|s| pin_of(s.load(Ordering::Acquire)).is_some_and(|p| p.mac == pin.mac));
-                if rival && slot.compare_exchange(w, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                let rival = self.slots.iter().enumerate().any(|(p, s)| {
+                    p != port && pin_of(s.load(Ordering::SeqCst)).is_some_and(|other| other.mac == pin.mac)
+                });
+                if rival && slot.compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
                     return None;
                 }
                 self.changes.fetch_add(1, Ordering::AcqRel);
@@ -234,17 +242,46 @@ mod tests {
         assert_eq!(pins.get(2), Some(odd));
     }
 
-    /// Two workers pinning two ports to one MAC at the same moment: both
-    /// compare-and-swaps succeed, the higher port sees the lower one's pin
-    /// and gives its own back.
+    /// Two workers pinning two ports to one MAC at the same moment, both
+    /// past `held_elsewhere`: the one whose pin lands second sees the
+    /// first and gives its own back, whichever port is lower.
     #[test]
-    fn of_two_ports_pinned_to_one_mac_at_once_the_lower_keeps_it() {
-        let pins = PodPins::new(3);
+    fn of_two_ports_pinned_to_one_mac_at_once_at_most_one_keeps_it() {
         let a = Pin { mac: A, epoch: 1 };
-        assert_eq!(pins.try_pin(0, a), Some(a));
-        assert_eq!(pins.try_pin(2, a), None);
-        assert_eq!(pins.get(2), None);
-        assert_eq!(pins.get(0), Some(a));
+        for (first, second) in [(0, 2), (2, 0)] {
+            let pins = PodPins::new(3);
+            assert_eq!(pins.try_pin(first, a), Some(a));
+            assert_eq!(pins.try_pin(second, a), None, "port {second} after port {first}");
+            assert_eq!(pins.get(second), None);
+            assert_eq!(pins.get(first), Some(a));
+        }
+    }
+
+    /// The same race on real threads: two ports, one MAC, started together
+    /// many times; never do both end up holding it.
+    #[test]
+    fn racing_workers_never_both_keep_one_mac() {
+        use std::sync::{Arc, Barrier};
+        let a = Pin { mac: A, epoch: 1 };
+        for _ in 0..2_000 {
+            let pins = Arc::new(PodPins::new(2));
+            let start = Arc::new(Barrier::new(2));
+            let racers: Vec<_> = (0..2)
+                .map(|port| {
+                    let (pins, start) = (pins.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        if !pins.held_elsewhere(port, A) {
+                            pins.try_pin(port, a);
+                        }
+                    })
+                })
+                .collect();
+            for r in racers {
+                r.join().unwrap();
+            }
+            assert!(pins.get(0).is_none() || pins.get(1).is_none(), "both ports hold the MAC");
+        }
     }
 
     #[test]

@@ -275,7 +275,10 @@ pub struct PipelineConfig {
     pub forward_non_ip: bool,
     /// Conntrack slots swept per batch for expiry, and re-checked per batch
     /// after a new table. Default 64: bounded work per batch; a 65536-entry
-    /// table is swept in 1024 batches.
+    /// table is swept in 1024 batches. 0 turns the sweep off, for tests
+    /// that watch what a packet does on its own: expired connections then
+    /// stay until a packet of theirs arrives, and a new table is applied to
+    /// a connection only at its next packet. The daemon always uses 64.
     pub sweep_budget: usize,
     /// Enforce policy (default true). `false` is for measuring the ceiling of
     /// the forwarding path alone: frames are still parsed, counted and

@@ -334,7 +334,10 @@ impl Worker {
                     }
                 }
             } else if received == 0 && outstanding > 0 {
-                // TX is stuck behind a full peer: give it a moment.
+                // TX is stuck behind a full peer: give it a moment, but still
+                // take up a newer table (and sweep), as an idle worker does:
+                // a peer that never drains must not keep the old table in force.
+                self.pipeline.begin_batch(now);
                 let _ = self.poller.wait(1);
             }
         }

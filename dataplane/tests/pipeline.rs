@@ -844,6 +844,16 @@ fn a_pod_port_sends_no_vlan_tags() {
         let a = testing::tagged(&testing::arp_request(&c, &s), vid);
         assert_eq!(r.p.process(0, &a, 1), Action::Drop(DropReason::SpoofedSource), "VLAN {vid}");
     }
+    // Stacked tags parse as another EtherType; a pod sends none of them either.
+    for outer in [[0x88, 0xa8], [0x91, 0x00]] {
+        let mut f = testing::tagged(&syn, 7);
+        f[12..14].copy_from_slice(&outer);
+        assert_eq!(r.p.process(0, &f, 1), Action::Drop(DropReason::SpoofedSource), "outer tag {outer:x?}");
+    }
+    // Nor ARP for another protocol than IPv4 (the sender cannot be read as the pod's).
+    let mut odd = testing::arp_request(&c, &s);
+    odd[16..18].copy_from_slice(&[0x86, 0xdd]);
+    assert_eq!(r.p.process(0, &odd, 1), Action::Drop(DropReason::SpoofedSource));
     assert_eq!(r.p.process(0, &syn, 1), Action::Forward(1));
     // A port with no pod may carry tags (a trunk uplink).
     let gateway = Host::new(50);
