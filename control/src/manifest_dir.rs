@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use policy_compiler::Severity;
 
@@ -22,6 +22,11 @@ use crate::manifest::{self, LoadError, LoadErrors, ObjectKey, Origin, State};
 
 /// A file with unchanged metadata is still read in full every this many scans.
 const REREAD_EVERY: u32 = 25;
+
+/// A file whose modification time is within this of a scan's start is read
+/// again by the next scan even when its time and length stay the same: a
+/// rewrite within one timestamp tick keeps both.
+const RACY: Duration = Duration::from_secs(2);
 
 /// Last seen version of one file.
 #[derive(Debug, Default)]
@@ -117,6 +122,8 @@ impl ManifestDir {
             }
         };
         let mut changed = false;
+        // Before any metadata is read: see `RACY` below.
+        let scan_started = SystemTime::now();
         let before: Vec<String> = self.files.keys().cloned().collect();
         for f in &before {
             if !listed.contains(f) {
@@ -172,7 +179,13 @@ impl ManifestDir {
             };
             let fp = fingerprint(Path::new(&f), &text);
             let st = self.files.entry(f.clone()).or_default();
-            st.meta = meta;
+            // A file modified so recently that a rewrite now could leave the
+            // same timestamp (file systems store it in ticks: 4 ms with most
+            // kernels before 6.13, 1 s or 2 s on some) and the same length is
+            // read again on the next scan; its metadata is trusted only once it
+            // is older than that.
+            let racy = meta.is_some_and(|(mtime, _)| mtime + RACY > scan_started);
+            st.meta = if racy { None } else { meta };
             st.scans_since_read = 0;
             if fp.is_some() && st.fingerprint == fp {
                 continue;
@@ -460,6 +473,33 @@ mod tests {
             }
             _ => None,
         })
+    }
+
+    /// A rewrite within one timestamp tick of the last read keeps the file's
+    /// time and length (here made so by setting the time back): the file was
+    /// read so soon after it was written that its metadata is not trusted yet.
+    #[test]
+    fn a_same_length_rewrite_with_the_same_timestamp_is_seen() {
+        let d = tempdir("tick");
+        let f = d.0.join("p.yaml");
+        let mut md = ManifestDir::new(&d.0);
+        std::fs::write(&f, POLICY.replace("PORT", "80")).unwrap();
+        let written = std::fs::metadata(&f).unwrap().modified().unwrap();
+        assert!(md.scan());
+        std::fs::write(&f, POLICY.replace("PORT", "81")).unwrap();
+        std::fs::File::options().write(true).open(&f).unwrap().set_modified(written).unwrap();
+        assert!(md.scan(), "the rewrite was not read");
+        assert_eq!(policy_port(&md).unwrap(), "Int(81)");
+        // Once its time is old enough, unchanged metadata is trusted again:
+        // the file is not read on every scan.
+        let old = SystemTime::now() - 2 * RACY;
+        std::fs::File::options().write(true).open(&f).unwrap().set_modified(old).unwrap();
+        md.scan(); // the new time is read (and the same objects found)
+        assert!(!md.scan());
+        std::fs::write(&f, POLICY.replace("PORT", "82")).unwrap();
+        std::fs::File::options().write(true).open(&f).unwrap().set_modified(old).unwrap();
+        assert!(!md.scan(), "an old timestamp and the same length: not read again until the periodic read");
+        assert_eq!(policy_port(&md).unwrap(), "Int(81)");
     }
 
     #[test]

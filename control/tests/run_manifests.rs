@@ -306,8 +306,16 @@ fn a_file_broken_at_start_keeps_the_node_unready_until_it_parses() {
     let d = spawn(&[("00-pods.yaml", PODS), ("10-deny.yaml", broken)]);
     wait_for("the status endpoint", || get(d.port, "/status").is_some());
     wait_for("the broken file in /status", || status(d.port)["files"].to_string().contains("policyType"));
-    // Several polls of the directory later: still not ready, nothing published.
-    std::thread::sleep(Duration::from_millis(1000));
+    // A file written after it is read, so the directory was scanned again since:
+    // still not ready, nothing published.
+    std::fs::write(d.dir.join("05-ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: later}\n")
+        .unwrap();
+    wait_for("the later file is read", || {
+        status(d.port)["files"].as_array().is_some_and(|fs| {
+            fs.iter()
+                .any(|f| f["file"].as_str().is_some_and(|n| n.ends_with("05-ns.yaml")) && f["objects"] == 1)
+        })
+    });
     assert_eq!(get(d.port, "/readyz").unwrap().0, 503);
     let s = status(d.port);
     assert_eq!(s["ready"], false, "{s}");

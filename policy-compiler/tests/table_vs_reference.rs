@@ -96,10 +96,20 @@ fn cidr_strategy() -> impl Strategy<Value = IpBlock> {
                     .collect();
                 IpBlock { cidr, except }
             }),
-        (prop::sample::select(vec![0u8, 125, 126, 128]), 0u32..6).prop_map(|(len, h)| IpBlock {
-            cidr: Cidr::parse(&format!("fd00::{h}/{len}")).unwrap(),
-            except: vec![],
-        }),
+        (
+            prop::sample::select(vec![0u8, 64, 125, 126, 128]),
+            0u32..6,
+            prop::collection::vec((126u8..=128, 0u32..6), 0..=2)
+        )
+            .prop_map(|(len, host, ex)| {
+                let cidr = Cidr::parse(&format!("fd00::{host}/{len}")).unwrap();
+                let except = ex
+                    .into_iter()
+                    .map(|(l, h)| Cidr::parse(&format!("fd00::{h}/{l}")).unwrap())
+                    .filter(|e| cidr.strictly_contains(e))
+                    .collect();
+                IpBlock { cidr, except }
+            }),
     ]
 }
 

@@ -132,7 +132,10 @@ pub struct ProbeResult {
 
 /// Probes and prints the matrices.
 pub fn probe(args: &ProbeArgs) -> Result<(), ProbeError> {
-    let matrices = probe_matrices(args)?;
+    let (matrices, odd) = probe_matrices(args)?;
+    for note in &odd {
+        eprintln!("warning: {note}");
+    }
     if args.output == "json" {
         println!("{}", serde_json::to_string_pretty(&matrices).unwrap_or_default());
     } else {
@@ -146,8 +149,13 @@ pub fn probe(args: &ProbeArgs) -> Result<(), ProbeError> {
     Ok(())
 }
 
-/// Probes every pair for every protocol and port; one matrix each.
-pub fn probe_matrices(args: &ProbeArgs) -> Result<Vec<Matrix>, ProbeError> {
+/// Probes every pair for every protocol and port; one matrix each. A cell
+/// is allowed when the destination answered with its name and denied when
+/// nothing answered in time (what a policy drop looks like). Any other end
+/// (refused, another pod answering, an error) says nothing about policy (a
+/// refusal even means the packet got through): the cell is `None`, and the
+/// second list says which cells those are and why.
+pub fn probe_matrices(args: &ProbeArgs) -> Result<(Vec<Matrix>, Vec<String>), ProbeError> {
     let dir = &args.dir.dir;
     let lab = LabState::load(dir).map_err(|source| ProbeError::NoLab { dir: dir.clone(), source })?;
     let compiled = policy::load(&policy::lab_files(dir))?.compile();
@@ -184,18 +192,36 @@ pub fn probe_matrices(args: &ProbeArgs) -> Result<Vec<Matrix>, ProbeError> {
         run_probers(dir, &pods.iter().map(|(_, l)| l.netns.clone()).collect::<Vec<_>>(), &per_source, args)?;
     let keys: Vec<String> = pods.iter().map(|(p, _)| p.key()).collect();
     let mut out = Vec::new();
+    let mut odd = Vec::new();
     for (proto, port) in &specs {
         let allowed = pods
             .iter()
             .enumerate()
-            .map(|(i, _)| {
+            .map(|(i, (from, _))| {
                 pods.iter()
                     .map(|(to, _)| {
                         let port = port.or_else(|| first_port(to, *proto))?;
                         let r = results[i].iter().find(|r| {
                             r.target.to == to.key() && r.target.protocol == *proto && r.target.port == port
                         })?;
-                        Some(r.outcome == Outcome::Connected)
+                        match r.outcome {
+                            Outcome::Connected => Some(true),
+                            Outcome::Timeout => Some(false),
+                            other => {
+                                odd.push(format!(
+                                    "{} -> {} {}/{port}: {} (shown as -: says nothing about policy)",
+                                    from.key(),
+                                    to.key(),
+                                    report::protocol_name(*proto),
+                                    match other {
+                                        Outcome::Refused => "refused: reached, but nothing listens there",
+                                        Outcome::WrongAnswer => "another pod answered",
+                                        _ => "the probe failed",
+                                    }
+                                ));
+                                None
+                            }
+                        }
                     })
                     .collect()
             })
@@ -208,7 +234,7 @@ pub fn probe_matrices(args: &ProbeArgs) -> Result<Vec<Matrix>, ProbeError> {
             allowed,
         });
     }
-    Ok(out)
+    Ok((out, odd))
 }
 
 /// Starts one `lab probe-from` per source namespace, all at once.

@@ -156,6 +156,11 @@ pub fn run(args: &DataplaneArgs) -> Result<(), DataplaneError> {
     let dp = Dataplane::start(&cfg, tables.clone())?;
     eprintln!("dataplane up: ports {:?}, {:?}", args.ports, cfg.xsk);
     let gen_file = dir.join(state::GENERATION_FILE);
+    // The generation file says what the workers enforce (what `lab apply`
+    // waits for), not merely what was published.
+    if !taken_up(&dp, generation) {
+        eprintln!("warning: the workers have not taken up generation {generation} after {TAKE_UP:?}");
+    }
     write_atomic(&gen_file, format!("{generation}\n").as_bytes()).map_err(io(gen_file.clone()))?;
     let mut last_counters = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -167,10 +172,18 @@ pub fn run(args: &DataplaneArgs) -> Result<(), DataplaneError> {
                     generation += 1;
                     tables.store(Arc::new(t));
                     dp.waker().wake();
-                    let _ = std::fs::remove_file(&err_file);
-                    write_atomic(&gen_file, format!("{generation}\n").as_bytes())
-                        .map_err(io(gen_file.clone()))?;
-                    eprintln!("published generation {generation}");
+                    if taken_up(&dp, generation) {
+                        let _ = std::fs::remove_file(&err_file);
+                        write_atomic(&gen_file, format!("{generation}\n").as_bytes())
+                            .map_err(io(gen_file.clone()))?;
+                        eprintln!("published generation {generation}");
+                    } else {
+                        let e = format!(
+                            "generation {generation} was published, but the workers have not taken it up after {TAKE_UP:?}"
+                        );
+                        eprintln!("{e}");
+                        write_atomic(&err_file, e.as_bytes()).map_err(io(err_file.clone()))?;
+                    }
                 }
                 Err(e) => {
                     eprintln!("reload failed, generation {generation} stays: {e}");
@@ -187,6 +200,22 @@ pub fn run(args: &DataplaneArgs) -> Result<(), DataplaneError> {
     dp.shutdown();
     eprintln!("dataplane stopped");
     Ok(())
+}
+
+/// How long a published table may take to reach every worker (idle workers
+/// look for one at least every `idle_poll_ms`, and are woken besides).
+const TAKE_UP: Duration = Duration::from_secs(5);
+
+/// Waits until every worker enforces `generation` (true), or [`TAKE_UP`] passed.
+fn taken_up(dp: &Dataplane, generation: u64) -> bool {
+    let deadline = Instant::now() + TAKE_UP;
+    while dp.enforced_generation() < generation {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
 }
 
 fn write_counters(dir: &Path, dp: &Dataplane, generation: u64) {
