@@ -443,10 +443,11 @@ impl DataplaneView for Enforcer {
         family(
             "portcullis_io_drops",
             "counter",
-            "Frames lost after the verdict: no free UMEM frame for a copy, or no socket for the output port on the worker",
+            "Frames lost outside the verdict: no free UMEM frame for a copy, no socket for the output port on the worker, or a ring descriptor outside the UMEM (dropped unread; expected 0)",
             &[
                 ("{reason=\"no_frame\"}".to_string(), io.no_frame),
                 ("{reason=\"no_socket\"}".to_string(), io.no_socket),
+                ("{reason=\"bad_descriptor\"}".to_string(), io.bad_descriptors),
             ],
         );
         // Each worker has its own connection table: one full table next to

@@ -153,6 +153,9 @@ pub struct IoCounters {
     pub no_frame: AtomicU64,
     /// Frames for a port this worker has no socket on.
     pub no_socket: AtomicU64,
+    /// Descriptors from an RX or completion ring that pointed outside the
+    /// UMEM, dropped (a kernel bug or a stray write into the rings; expected 0).
+    pub bad_descriptors: AtomicU64,
     /// `sendto` kicks.
     pub kicks: AtomicU64,
     /// Kicks that failed with an unexpected error.
@@ -176,6 +179,8 @@ pub struct IoSnapshot {
     pub no_frame: u64,
     /// See [`IoCounters::no_socket`].
     pub no_socket: u64,
+    /// See [`IoCounters::bad_descriptors`].
+    pub bad_descriptors: u64,
     /// See [`IoCounters::kicks`].
     pub kicks: u64,
     /// See [`IoCounters::kick_errors`].
@@ -194,6 +199,7 @@ impl IoCounters {
             flood_copies: r(&self.flood_copies),
             no_frame: r(&self.no_frame),
             no_socket: r(&self.no_socket),
+            bad_descriptors: r(&self.bad_descriptors),
             kicks: r(&self.kicks),
             kick_errors: r(&self.kick_errors),
         }
@@ -208,6 +214,7 @@ impl IoCounters {
         w(&self.flood_copies, s.flood_copies);
         w(&self.no_frame, s.no_frame);
         w(&self.no_socket, s.no_socket);
+        w(&self.bad_descriptors, s.bad_descriptors);
         w(&self.kicks, s.kicks);
         w(&self.kick_errors, s.kick_errors);
     }
@@ -222,6 +229,7 @@ impl std::ops::AddAssign for IoSnapshot {
         self.flood_copies += o.flood_copies;
         self.no_frame += o.no_frame;
         self.no_socket += o.no_socket;
+        self.bad_descriptors += o.bad_descriptors;
         self.kicks += o.kicks;
         self.kick_errors += o.kick_errors;
     }
@@ -347,7 +355,8 @@ impl Worker {
 
     /// Copies each socket's kernel drop counters (one `getsockopt` each) to
     /// its port's counters. A failed read leaves the last values.
-    fn read_kernel_counters(&self) {
+    fn read_kernel_counters(&mut self) {
+        self.stats.bad_descriptors = self.sockets.iter().map(|(_, s)| s.bad_descriptors()).sum();
         for (port, socket) in &self.sockets {
             let (Ok(k), Some(c)) = (socket.statistics(), self.port_counters.ports().get(*port as usize))
             else {

@@ -51,6 +51,12 @@ pub struct XskSocket {
     /// Copy mode TX only moves on `sendto`; zero-copy drivers poll the ring
     /// themselves unless they ask for a wakeup.
     always_kick: bool,
+    /// The UMEM's size and frame size, to check the descriptors the kernel
+    /// hands back (see [`XskSocket::recv`]).
+    umem_bytes: usize,
+    frame_size: usize,
+    /// Descriptors from the RX or completion ring that pointed outside the UMEM.
+    bad_descs: u64,
 }
 
 impl std::fmt::Debug for XskSocket {
@@ -165,6 +171,9 @@ impl XskSocket {
             cq,
             tx_size: cfg.tx_ring,
             always_kick,
+            umem_bytes: umem.frames() as usize * umem.frame_size() as usize,
+            frame_size: umem.frame_size() as usize,
+            bad_descs: 0,
         })
     }
 
@@ -195,8 +204,43 @@ impl XskSocket {
         // the RX ring are frames it got from a fill ring of this UMEM, whose
         // ownership passes to `out` here (module invariant).
         let n = unsafe { self.rx.consume(&mut out.descs[start..]) };
+        let n = self.keep_in_bounds(&mut out.descs[start..start + n], true);
         out.len += n;
         n
+    }
+
+    /// Keeps, at the front of `descs`, those that lie inside this socket's
+    /// UMEM (`with_data`: the packet too, not only its start); returns how
+    /// many. The rest are counted in [`XskSocket::bad_descriptors`] and left
+    /// out of circulation.
+    ///
+    /// The kernel produces the RX and completion entries, and checks every
+    /// address userspace gives it (fill and TX rings), so a descriptor out of
+    /// bounds would take a kernel bug or a stray write into the rings, which
+    /// are mapped writable in this process. `Umem::data` builds a slice from
+    /// the address and length, and `Umem::write` a mutable one from the
+    /// address: this check is what keeps those slices inside the UMEM even
+    /// then. Two compares per frame.
+    fn keep_in_bounds(&mut self, descs: &mut [xsk_rs::FrameDesc], with_data: bool) -> usize {
+        let (umem, fs) = (self.umem_bytes, self.frame_size);
+        let ok = |d: &xsk_rs::FrameDesc| {
+            d.addr() < umem && (!with_data || d.addr() % fs + d.lengths().data() <= fs)
+        };
+        let mut kept = 0;
+        for i in 0..descs.len() {
+            if ok(&descs[i]) {
+                descs.swap(kept, i);
+                kept += 1;
+            }
+        }
+        self.bad_descs += (descs.len() - kept) as u64;
+        kept
+    }
+
+    /// Descriptors the kernel handed back that pointed outside the UMEM
+    /// (dropped; see [`XskSocket::recv`]). Expected to stay 0.
+    pub fn bad_descriptors(&self) -> u64 {
+        self.bad_descs
     }
 
     /// Moves frames from the front of `pending` to the TX ring, as many as
@@ -266,6 +310,8 @@ impl XskSocket {
         // returns on the completion ring only frames that were on this
         // socket's TX ring, whose ownership passes back to `free`.
         let n = unsafe { self.cq.consume(&mut free.descs[start..]) };
+        // Only the address comes back on this ring (the length is stale).
+        let n = self.keep_in_bounds(&mut free.descs[start..start + n], false);
         free.len += n;
         n
     }

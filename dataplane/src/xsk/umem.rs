@@ -162,11 +162,15 @@ impl Umem {
         if frame.umem != self.id {
             return &[];
         }
-        // SAFETY: `frame` is a token of this UMEM (checked above), so its
-        // descriptor points inside this UMEM's region; a token is owned by
-        // userspace and not in any ring (module invariant), so the kernel does
-        // not write this frame while the shared borrow of the token lasts,
-        // and safe code cannot get a `&mut` to it at the same time.
+        // SAFETY: `frame` is a token of this UMEM (checked above); its
+        // descriptor came from `Umem::new` or from an RX or completion ring
+        // of this UMEM, whose entries `XskSocket::recv`/`complete` keep only
+        // when the address (and, from RX, the packet) lies inside the region,
+        // and `write` keeps the length within the frame; so the slice is
+        // inside this UMEM's region. A token is owned by userspace and not in
+        // any ring (module invariant), so the kernel does not write this
+        // frame while the shared borrow of the token lasts, and safe code
+        // cannot get a `&mut` to it at the same time.
         unsafe { self.inner.data(&frame.desc) }.contents()
     }
 
