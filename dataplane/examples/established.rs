@@ -9,8 +9,8 @@
 //! ```
 //!
 //! Modes: `plain` (no port leads to a pod), `pod_ports` (both do),
-//! `uplink_to_pod` (the client behind a port with no pod, the server on a
-//! pod's port).
+//! `uplink_to_pod` (the client behind an uplink: a port with no pod, not
+//! facing the node; the server on a pod's port).
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -31,12 +31,14 @@ fn main() {
             [cl, sv].map(|h| Some(PodAddrs::new([h.v4(), h.v6()]))).to_vec(),
             vec![Host::new(100).v4()],
         ),
-        "uplink_to_pod" => Addresses::new(vec![None, Some(PodAddrs::new([sv.v4(), sv.v6()]))], vec![]),
+        // Port 2 faces the node, so port 0 is an uplink proper.
+        "uplink_to_pod" => Addresses::new(vec![None, Some(PodAddrs::new([sv.v4(), sv.v6()])), None], vec![])
+            .with_node_ports(vec![false, false, true]),
         m => panic!("unknown mode {m:?}: plain, pod_ports or uplink_to_pod"),
     };
     let table = PublishedTable::new(1, testing::client_server_table(), 1).with_addresses(addresses);
-    let cfg = PipelineConfig { conntrack_capacity: 65_536, ..Default::default() };
-    let mut p = Pipeline::new(&cfg, Arc::new(ArcSwap::from_pointee(table)), Arc::new(WorkerCounters::new(2)));
+    let cfg = PipelineConfig { ports: 3, conntrack_capacity: 65_536, ..Default::default() };
+    let mut p = Pipeline::new(&cfg, Arc::new(ArcSwap::from_pointee(table)), Arc::new(WorkerCounters::new(3)));
     p.begin_batch(0);
     p.process(1, &testing::arp_request(&sv, &cl), 0);
     for i in 0..flows {

@@ -188,6 +188,22 @@ impl PodAddrs {
     }
 }
 
+/// Bits of [`Addresses`]' filter of pod addresses.
+const FILTER_BITS: usize = 4096;
+
+/// An address's bit in that filter (12 bits of a multiplicative hash).
+#[inline]
+fn addr_bit(ip: IpAddr) -> usize {
+    let v = match ip {
+        IpAddr::V4(a) => u64::from(u32::from(a)),
+        IpAddr::V6(a) => {
+            let x = u128::from(a);
+            x as u64 ^ (x >> 64) as u64
+        }
+    };
+    (v.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize
+}
+
 /// What the control plane tells the workers about addresses, with a table.
 #[derive(Clone, Debug, Default)]
 pub struct Addresses {
@@ -195,6 +211,10 @@ pub struct Addresses {
     ports: Vec<Option<PodAddrs>>,
     /// Which port each of those pods' addresses is behind.
     owner: HashMap<IpAddr, PortId>,
+    /// A one-hash filter of `owner`'s addresses ([`addr_bit`]; 4,096 bits,
+    /// empty when there are none): most addresses that are no pod's are told
+    /// so without a probe of `owner` (the source check of uplink traffic).
+    owner_filter: Vec<u64>,
     /// The node's own addresses.
     node: Vec<IpAddr>,
     /// Does any port lead to a pod?
@@ -219,10 +239,15 @@ impl Addresses {
                 owner.entry(*ip).or_insert(p as PortId);
             }
         }
+        let mut owner_filter = if owner.is_empty() { Vec::new() } else { vec![0u64; FILTER_BITS / 64] };
+        for ip in owner.keys() {
+            let b = addr_bit(*ip);
+            owner_filter[b / 64] |= 1 << (b % 64);
+        }
         let pod_ports = ports.iter().any(Option::is_some);
         let node_from = ports.iter().map(Option::is_none).collect();
         let epochs = ports.iter().map(|a| a.as_ref().map_or(0, crate::pins::epoch)).collect();
-        Addresses { ports, owner, node, pod_ports, node_from, epochs }
+        Addresses { ports, owner, owner_filter, node, pod_ports, node_from, epochs }
     }
 
     /// Grants the node's exemption only to connections arriving on the ports
@@ -286,10 +311,27 @@ impl Addresses {
         self.owner.get(&ip).copied()
     }
 
+    /// Is `ip` a pod's address behind one of the ports? (The filter first:
+    /// for most other addresses, no probe of the map.)
+    #[inline]
+    pub fn is_pod_address(&self, ip: IpAddr) -> bool {
+        let b = addr_bit(ip);
+        self.owner_filter.get(b / 64).is_some_and(|w| w >> (b % 64) & 1 != 0) && self.owner.contains_key(&ip)
+    }
+
     /// Is `ip` one of the node's addresses?
     #[inline]
     pub fn is_node(&self, ip: IpAddr) -> bool {
         self.node.contains(&ip)
+    }
+
+    /// Does `port` carry the node's own traffic (marked so, or, with no port
+    /// marked, any port with no pod)? Hairpinned pod traffic (a pod to a
+    /// Service backed by a pod of this node) comes back through such a port
+    /// with the first pod's address as source.
+    #[inline]
+    pub fn faces_node(&self, port: PortId) -> bool {
+        self.node_from.get(usize::from(port)).is_some_and(|ok| *ok)
     }
 
     /// Does a connection from `ip` arriving on `port` come from the node?
@@ -356,5 +398,24 @@ mod tests {
         assert!(t.from_node(node, 1) && !t.from_node(node, 0) && !t.from_node(ip("10.0.0.1"), 1));
         let t = t.with_node_ports(vec![false, false, false, true]);
         assert!(t.from_node(node, 3) && !t.from_node(node, 1));
+    }
+
+    #[test]
+    fn pod_addresses_are_told_from_others_whatever_the_filter_says() {
+        // 300 pods, dual stack: the 4,096-bit filter has collisions; the answer is exact.
+        let pod = |n: u32| {
+            PodAddrs::new([
+                IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n)),
+                IpAddr::V6(Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(n))),
+            ])
+        };
+        let a = Addresses::new((0..300).map(|n| Some(pod(n))).collect(), vec![]);
+        for n in 0..600 {
+            let ours = n < 300;
+            assert_eq!(a.is_pod_address(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n))), ours, "v4 {n}");
+            let v6 = IpAddr::V6(Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(n)));
+            assert_eq!(a.is_pod_address(v6), ours, "v6 {n}");
+        }
+        assert!(!Addresses::default().is_pod_address(ip("10.0.0.1")));
     }
 }

@@ -6,7 +6,8 @@
 //!     ▼
 //!   parse ── error ─────────────────────────────────────────────────────▶ Drop(Parse(kind))
 //!     │ port leads to a pod, IP/ARP/ND not for its own addresses,
-//!     │   MAC not its pinned one, VLAN tag ─────────────────────────────▶ Drop(SpoofedSource / LinkLocal)
+//!     │   MAC not its pinned one, VLAN tag; or an uplink's IP from a
+//!     │   local pod's address ──────────────────────────────────────────▶ Drop(SpoofedSource / LinkLocal)
 //!     │ learn source MAC (switch mode; not one a pod port speaks with,
 //!     │   when it comes from a port with no pod)
 //!     ├─ ARP, IPv6 ND ───────────── no policy ─────────────────┐
@@ -123,8 +124,9 @@ pub enum DropReason {
     SamePort,
     /// `in_port` is not a port of this pipeline.
     BadPort,
-    /// An IP frame from a port that leads to a pod, with a source address
-    /// that is not that pod's (see [`crate::addresses`]).
+    /// A frame from a port that leads to a pod speaking for another
+    /// (source address or MAC not the pod's, VLAN tags, ...), or IP from
+    /// an uplink with a local pod's source address (see [`crate::addresses`]).
     SpoofedSource,
     /// An IPv6 frame from a pod's port with a link-local or unspecified
     /// source, other than neighbour discovery (multicast listener reports,
@@ -607,7 +609,17 @@ impl Pipeline {
         bytes: &[u8],
         now: u64,
     ) -> Result<bool, DropReason> {
-        let Some(pod) = self.current.addresses.pod_at(in_port) else {
+        let a = &self.current.addresses;
+        let Some(pod) = a.pod_at(in_port) else {
+            // IP from a pod of this node, arriving on an uplink: the pods are
+            // here, behind their own ports, so it is forged by someone on the
+            // uplink's segment to be judged as that pod. Only ports that carry
+            // the node's traffic may bring a pod's address back (hairpin).
+            if let Class::Ip(pkt) = &frame.class {
+                if !a.faces_node(in_port) && a.is_pod_address(pkt.flow.src.ip()) {
+                    return Err(DropReason::SpoofedSource);
+                }
+            }
             // A MAC a pod port speaks with, used on a port with no pod: one
             // side forges it, and which cannot be told (a pod may have taken
             // the gateway's MAC before the gateway first spoke). The frame

@@ -978,6 +978,41 @@ fn the_node_exemption_holds_only_on_the_ports_facing_the_node() {
     assert_eq!(r.p.process(3, &probe, 1), Action::Forward(1));
 }
 
+/// The client pod is behind port 0; someone on the uplink (port 4) sends with
+/// its address to the server, which accepts only the client: forged, dropped.
+/// The same packet may come back through the node's port (a hairpin through a
+/// Service); with no port marked as the node's, every port without a pod may
+/// carry it (the documented gap of an unmarked node port).
+#[test]
+fn a_pods_address_arriving_on_an_uplink_is_forged() {
+    use dataplane::addresses::{Addresses, PodAddrs};
+    let (c, s, o) = (Host::new(1), Host::new(2), Host::new(3));
+    let pods = || [c, s, o].map(|h| Some(PodAddrs::new([h.v4(), h.v6()]))).into_iter().chain([None, None]);
+    for marked in [true, false] {
+        let cfg = PipelineConfig { ports: 5, ..Default::default() };
+        let mut addresses = Addresses::new(pods().collect(), vec![]);
+        if marked {
+            addresses = addresses.with_node_ports(vec![false, false, false, true, false]);
+        }
+        let mut r = rig_with(cfg, published(1, testing::client_server_table()).with_addresses(addresses));
+        r.learn_all();
+        for v6 in [false, true] {
+            let mut forger = c;
+            forger.mac = Host::new(50).mac;
+            let syn = testing::tcp(&forger, 40000, &s, 80, F::SYN, v6, &[]);
+            let want = if marked { Action::Drop(DropReason::SpoofedSource) } else { Action::Forward(1) };
+            assert_eq!(r.p.process(4, &syn, 1), want, "uplink, node port marked: {marked}, v6: {v6}");
+            // Through the node's port (hairpin): judged as the client, allowed.
+            let syn = testing::tcp(&forger, 41000, &s, 80, F::SYN, v6, &[]);
+            assert_eq!(r.p.process(3, &syn, 1), Action::Forward(1), "node port, v6: {v6}");
+        }
+        // Addresses that are no pod's still come in from the uplink.
+        let outside = Host::new(60);
+        let q = testing::udp(&outside, 5353, &o, 53, false, b"q");
+        assert_eq!(r.p.process(4, &q, 1), Action::Forward(2));
+    }
+}
+
 #[test]
 fn connections_from_the_node_are_allowed_into_isolated_pods() {
     // The node (a kubelet probe) may connect to the isolated server on any port;
