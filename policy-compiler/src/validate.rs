@@ -533,12 +533,14 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
         &mut errs,
     );
     let spec = p.spec.as_ref();
+    // Pods policy does not apply to are still reported for a bad name or
+    // labels (the API server refuses those whatever the pod is).
     if spec.and_then(|s| s.host_network).unwrap_or(false) {
-        return (None, Vec::new());
+        return (None, problems_from(errs, &object, Severity::Error));
     }
     let status = p.status.as_ref();
     match status.and_then(|s| s.phase.as_deref()) {
-        Some("Succeeded" | "Failed") => return (None, Vec::new()),
+        Some("Succeeded" | "Failed") => return (None, problems_from(errs, &object, Severity::Error)),
         // `""` decodes as the absent value in the API server.
         None | Some("" | "Pending" | "Running" | "Unknown") => {}
         // A misspelled phase keeps the pod an endpoint (isolated), reported.
@@ -595,6 +597,10 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
         if let (Some(ip), Some(first)) = (st.pod_ip.as_deref(), st.pod_ips.as_deref().and_then(|l| l.first()))
         {
             let canonical = |t: &str| parse_ip_sloppy(t).map(|a| a.to_canonical());
+            // Only `podIPs` was read above: a `podIP` that is no address is reported here.
+            if canonical(ip).is_none() {
+                errs.push(FieldPath::root("status.podIP"), format!("invalid IP address {ip:?}"));
+            }
             if let (Some(a), b) = (canonical(ip), canonical(&first.ip)) {
                 if Some(a) != b {
                     errs.push(

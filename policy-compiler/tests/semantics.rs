@@ -1321,17 +1321,25 @@ fn r35_objects_without_namespace_are_in_default() {
     let c = world(
         vec![ns("default", &[("env", "dev")])],
         vec![pod("", "a", "10.0.9.1", &[("app", "a")]), pod("", "b", "10.0.9.2", &[("app", "b")])],
-        &[r"
+        &[
+            r"
 metadata: {name: only-a}
 spec:
   podSelector: {matchLabels: {app: b}}
   ingress:
   - from: [{podSelector: {matchLabels: {app: a}}}]
-"],
+",
+            // An empty namespace is the default one too.
+            r#"
+metadata: {name: empty-ns, namespace: ""}
+spec: {podSelector: {matchLabels: {app: nobody}}}
+"#,
+        ],
     );
     assert_no_problems(&c);
     assert!(c.cluster.pod("default", "a").is_some());
     assert_eq!(policy(&c, "default/only-a").namespace, "default");
+    assert_eq!(policy(&c, "default/empty-ns").namespace, "default");
     expect(&c, "10.0.9.1", "10.0.9.2", TCP, 80, Open, Allow("default/only-a", 0));
     expect(&c, EXT4, "10.0.9.2", TCP, 80, NotPod, Deny(&["default/only-a"]));
 }
@@ -1604,6 +1612,20 @@ fn r37_every_validation_error_is_reported_at_its_field_and_fails_closed() {
         expect(&c, X_WEB, X_DB, TCP, 80, egress, Open);
         expect(&c, X_CLIENT, X_DB, TCP, 80, Open, Open);
     }
+}
+
+#[test]
+fn r37_a_policy_whose_name_the_api_server_refuses_fails_closed() {
+    // `Allow_Web` is no DNS subdomain: the API server would refuse the object;
+    // from a manifest file it is reported, and isolates what it selects.
+    let c = base(&[r"
+metadata: {name: Allow_Web, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}]}]
+"]);
+    assert_problem(&c, Severity::Error, "NetworkPolicy x/Allow_Web", "metadata.name", "DNS subdomain");
+    expect(&c, X_CLIENT, X_WEB, TCP, 80, Open, Deny(&["x/Allow_Web"]));
 }
 
 #[test]
@@ -1910,9 +1932,19 @@ fn r33_what_the_api_server_refuses_in_pods_and_namespaces_is_reported_and_fails_
     let mut empty_phase = pod("x", "no-phase", "10.0.1.95", &[("app", "web")]);
     empty_phase.status.as_mut().unwrap().phase = Some(String::new());
     pods.push(empty_phase);
+    // A `podIP` that is no address, next to a good `podIPs`.
+    let mut garbage = pod("x", "garbage", "10.0.1.96,fd00::1:96", &[("app", "web")]);
+    garbage.status.as_mut().unwrap().pod_ip = Some("10.0.1.x".into());
+    pods.push(garbage);
+    // Pods policy does not apply to are still reported for bad labels.
+    pods.push(pod("x", "on-host", "192.0.2.77", &[("app ", "web")]).host_network());
+    pods.push(pod("x", "done", "10.0.1.97", &[("app ", "web")]).phase("Succeeded"));
     let mut namespaces = base_namespaces();
     namespaces.push(ns("A_b", &[]));
     let c = world(namespaces, pods, &[DENY_ALL_INGRESS_X]);
+    assert_problem(&c, Severity::Error, "Pod x/garbage", "status.podIP", "invalid IP address \"10.0.1.x\"");
+    assert_problem(&c, Severity::Error, "Pod x/on-host", "metadata.labels[app ]", "invalid label key");
+    assert_problem(&c, Severity::Error, "Pod x/done", "metadata.labels[app ]", "invalid label key");
     assert_problem(&c, Severity::Error, "Pod x/typo", "status.phase", "Unsupported value: \"Runing\"");
     assert_problem(&c, Severity::Error, "Pod x/split", "status.podIP", "must be the first of status.podIPs");
     assert_problem(&c, Severity::Error, "Pod x/Bad_Name", "metadata.name", "DNS subdomain");
@@ -1944,9 +1976,13 @@ fn r33_what_the_api_server_refuses_in_pods_and_namespaces_is_reported_and_fails_
         "10.0.1.81",
         "10.0.1.90",
         "10.0.1.95",
+        "10.0.1.96",
     ] {
         expect(&c, EXT4, ip, TCP, 80, NotPod, Deny(&["x/deny-in"]));
     }
+    // The pods policy does not apply to stay so, reported or not.
+    expect(&c, EXT4, "192.0.2.77", TCP, 80, NotPod, NotPod);
+    expect(&c, EXT4, "10.0.1.97", TCP, 80, NotPod, NotPod);
 }
 
 #[test]
