@@ -1,6 +1,6 @@
 //! Writes a generated cluster (the compiler benchmarks' generator) as a
 //! Kubernetes `List` in JSON, for `portcullis run --manifests` and
-//! `portcullis --state`.
+//! `portcullis check --state` (or `query`, `matrix`).
 //!
 //! ```sh
 //! cargo run --release -p portcullis-benches --example gen_manifests -- PODS POLICIES OUT.json [SEED]

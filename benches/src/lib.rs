@@ -20,6 +20,10 @@
 //!
 //! Everything comes from [`SplitMix64`] with the given seed, so a seed always
 //! gives the same cluster and the same flows.
+//!
+//! Also here: [`load`] (frames, flows and nftables rulesets for `pcl-load`,
+//! the end-to-end generator of `e2e/side-by-side.sh`) and [`manifests`] (a
+//! generated cluster written as API objects, for the daemon's measurements).
 
 pub mod load;
 pub mod manifests;

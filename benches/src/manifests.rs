@@ -1,5 +1,5 @@
 //! A generated [`Cluster`] written back as Kubernetes API objects (a JSON
-//! `kind: List`, which `portcullis --state` and `portcullis run --manifests`
+//! `kind: List`, which `portcullis check --state` and `portcullis run --manifests`
 //! read like `kubectl get -o json` output), so that the daemon can be measured
 //! on the same clusters as the compiler benchmarks.
 //!

@@ -20,7 +20,9 @@
 //! cores). What goes out: decision tables published to the dataplane, status
 //! and metrics over HTTP, logs (JSON or text); for the offline tools, text
 //! and JSON answers. `lab` (root) builds a test bed of network namespaces,
-//! veths and pods' servers, runs the daemon on it and probes it. Errors name
+//! veths and pods' servers, runs a dataplane on it (its own `lab dataplane`
+//! process, reloaded on SIGHUP by `lab apply`; the daemon itself with
+//! `lab up --run-manifests`) and probes it. Errors name
 //! the file, document, object and field. No `unsafe` here: the dataplane's
 //! `xsk` module holds it.
 

@@ -1,4 +1,14 @@
-//! The `portcullis` binary. See `control/src/lib.rs` for the map of the crate.
+//! The `portcullis` binary: parses the command line and hands each
+//! subcommand to the library (`control/src/lib.rs` has the map of the crate).
+//!
+//! In: arguments; for `run`, the config file (`--config`, else
+//! `/etc/portcullis/config.yaml` when present), `NODE_NAME` and
+//! `NODE_ADDRESSES` as defaults of `--node-name` and `--node-address`, and
+//! `RUST_LOG` (the log filter, `info` without it). Out: answers on stdout
+//! (text or JSON), errors on stderr naming file, object and field, logs on
+//! stderr for `run`; exit status 0 on success, 1 on any error (input that
+//! does not load or validate, too) and, for `query --exit-code`, on a
+//! denied connection.
 
 #![forbid(unsafe_code)]
 

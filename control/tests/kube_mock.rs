@@ -39,11 +39,25 @@ fn watch_events(events: &[(&str, Value)]) -> Response<Body> {
 
 /// The scripted API server. Namespaces and pods: one list, then watches that
 /// never answer. NetworkPolicies: the scenario below.
+/// Every request the daemon makes is a list or a watch of one of the three
+/// collections, cluster-wide: what `deploy/clusterrole.yaml` grants (`list`,
+/// `watch`), and nothing it does not (`get` of one object, any write).
+fn assert_list_or_watch<B>(req: &Request<B>) {
+    let uri = req.uri();
+    assert_eq!(req.method(), http::Method::GET, "{uri}");
+    assert!(
+        ["/api/v1/namespaces", "/api/v1/pods", "/apis/networking.k8s.io/v1/networkpolicies"]
+            .contains(&uri.path()),
+        "not a cluster-wide list or watch: {uri}"
+    );
+}
+
 async fn api_server(mut handle: Handle) {
     let mut np_lists = 0;
     let mut np_watches = 0;
     let mut parked = Vec::new();
     while let Some((req, send)) = handle.next_request().await {
+        assert_list_or_watch(&req);
         let uri = req.uri().to_string();
         let watch = uri.contains("watch=true");
         if uri.starts_with("/api/v1/namespaces") || uri.starts_with("/api/v1/pods") {
@@ -197,6 +211,7 @@ async fn quiet_after_error(mut handle: Handle, hang_first_probe: bool) {
     let mut np_lists = 0;
     let mut parked = Vec::new();
     while let Some((req, send)) = handle.next_request().await {
+        assert_list_or_watch(&req);
         let uri = req.uri().to_string();
         let watch = uri.contains("watch=true");
         if watch && (np_watches > 0 || !uri.starts_with("/apis/networking.k8s.io/v1/networkpolicies")) {
