@@ -80,6 +80,18 @@ fn selector_strategy() -> impl Strategy<Value = Selector> {
         })
 }
 
+/// An ipBlock `{base}{host}/{len}` with the `except` entries of `ex` that it
+/// strictly contains (the others would be invalid).
+fn ip_block(base: &str, len: u8, host: u32, ex: Vec<(u8, u32)>) -> IpBlock {
+    let cidr = Cidr::parse(&format!("{base}{host}/{len}")).unwrap();
+    let except = ex
+        .into_iter()
+        .map(|(l, h)| Cidr::parse(&format!("{base}{h}/{l}")).unwrap())
+        .filter(|e| cidr.strictly_contains(e))
+        .collect();
+    IpBlock { cidr, except }
+}
+
 fn cidr_strategy() -> impl Strategy<Value = IpBlock> {
     prop_oneof![
         (
@@ -87,29 +99,13 @@ fn cidr_strategy() -> impl Strategy<Value = IpBlock> {
             0u32..16,
             prop::collection::vec((29u8..=32, 0u32..16), 0..=2)
         )
-            .prop_map(|(len, host, ex)| {
-                let cidr = Cidr::parse(&format!("10.0.0.{host}/{len}")).unwrap();
-                let except = ex
-                    .into_iter()
-                    .map(|(l, h)| Cidr::parse(&format!("10.0.0.{h}/{l}")).unwrap())
-                    .filter(|e| cidr.strictly_contains(e))
-                    .collect();
-                IpBlock { cidr, except }
-            }),
+            .prop_map(|(len, host, ex)| ip_block("10.0.0.", len, host, ex)),
         (
             prop::sample::select(vec![0u8, 64, 125, 126, 128]),
             0u32..6,
             prop::collection::vec((126u8..=128, 0u32..6), 0..=2)
         )
-            .prop_map(|(len, host, ex)| {
-                let cidr = Cidr::parse(&format!("fd00::{host}/{len}")).unwrap();
-                let except = ex
-                    .into_iter()
-                    .map(|(l, h)| Cidr::parse(&format!("fd00::{h}/{l}")).unwrap())
-                    .filter(|e| cidr.strictly_contains(e))
-                    .collect();
-                IpBlock { cidr, except }
-            }),
+            .prop_map(|(len, host, ex)| ip_block("fd00::", len, host, ex)),
     ]
 }
 
