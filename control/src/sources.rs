@@ -549,9 +549,8 @@ mod tests {
     /// renamed into place (how editors and ConfigMap volumes replace files).
     #[tokio::test]
     async fn changes_are_read_when_they_happen_not_at_the_next_poll() {
-        let dir = std::env::temp_dir().join(format!("portcullis-dir-watch-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let guard = tempfile::tempdir().unwrap();
+        let dir = guard.path();
         std::fs::write(dir.join("a.yaml"), namespace("a")).unwrap();
         let (tx, mut rx) = mpsc::channel(64);
         let task = tokio::spawn(run_manifests(dir.to_string_lossy().into(), Duration::from_secs(3600), tx));
@@ -586,6 +585,5 @@ mod tests {
         assert_eq!(applied(&wait(&mut rx).await), ["c"]);
 
         task.abort();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

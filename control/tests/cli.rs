@@ -243,11 +243,9 @@ fn batch_mode_refuses_single_query_flags_and_state_on_stdin() {
 
 #[test]
 fn an_empty_directory_or_stdin_twice_is_an_error() {
-    let dir = std::env::temp_dir().join(format!("pcl-cli-empty-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("notes.txt"), "not a manifest").unwrap();
-    let o = run(&["check", "-s", dir.to_str().unwrap()]);
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
+    let o = run(&["check", "-s", dir.path().to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("the directory holds no *.yaml, *.yml or *.json file"), "{}", stderr(&o));
     let o = run_with_stdin(&["check", "-s", "-", "-s", "-"], "");
@@ -332,9 +330,8 @@ spec:
 
 #[test]
 fn invalid_policy_is_refused_unless_allowed_and_then_fails_closed() {
-    let dir = std::env::temp_dir().join(format!("pcl-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join("bad.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.yaml");
     std::fs::write(
         &f,
         "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\nstatus: {podIP: 10.0.0.1}\n---\n\
@@ -353,7 +350,6 @@ fn invalid_policy_is_refused_unless_allowed_and_then_fails_closed() {
     assert!(stdout(&o).starts_with("DENY"), "fail-closed: {}", stdout(&o));
     let o = run(&["query", "-s", f, "--allow-invalid", "--from", "x/a", "--to", "x/b", "--port", "80"]);
     assert!(stdout(&o).starts_with("ALLOW"), "the other direction is not isolated: {}", stdout(&o));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A missing configuration file is named once, with its cause once.
@@ -437,17 +433,18 @@ metadata: {name: deny, namespace: default}
 spec: {podSelector: {matchLabels: {app: db}}}
 "#;
 
-fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("pcl-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join("state.yaml");
+/// `state.yaml` holding `text`, in a directory removed when the guard is dropped
+/// (also when the test fails).
+fn temp_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("state.yaml");
     std::fs::write(&f, text).unwrap();
-    f
+    (dir, f)
 }
 
 #[test]
 fn pods_are_asked_about_over_a_family_they_share_and_only_at_addresses_they_own() {
-    let f = temp_file("shared", SHARED_AND_MIXED);
+    let (_dir, f) = temp_file(SHARED_AND_MIXED);
     let s = f.to_str().unwrap();
     let q = |from: &str, to: &str, port: &str| {
         run(&["query", "-s", s, "--from", from, "--to", to, "--port", port])
@@ -516,7 +513,6 @@ fn pods_are_asked_about_over_a_family_they_share_and_only_at_addresses_they_own(
     assert_eq!(m.allowed[at("default/a")][at("default/a-old")], Some(true));
     assert!(m.allowed[at("default/db")].iter().all(Option::is_none));
     assert!(m.allowed.iter().all(|row| row[at("default/db")].is_none()));
-    let _ = std::fs::remove_dir_all(f.parent().unwrap());
 }
 
 #[test]
@@ -574,7 +570,7 @@ fn a_reader_that_stops_early_ends_the_command_quietly() {
             i + 1
         ));
     }
-    let f = temp_file("pipe", &text);
+    let (_dir, f) = temp_file(&text);
     let mut child = bin()
         .args(["matrix", "-s", f.to_str().unwrap(), "--port", "80", "--output", "json"])
         .stdout(Stdio::piped())
@@ -585,7 +581,6 @@ fn a_reader_that_stops_early_ends_the_command_quietly() {
     std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
     drop(child.stdout.take());
     let o = child.wait_with_output().unwrap();
-    let _ = std::fs::remove_dir_all(f.parent().unwrap());
     assert!(o.status.success(), "{:?}: {}", o.status, stderr(&o));
     assert_eq!(stderr(&o), "", "no panic, no message");
 }
@@ -618,8 +613,7 @@ fn an_input_without_objects_is_refused_and_left_out_pods_are_named() {
 
 #[test]
 fn a_named_port_no_pod_declares_is_warned_about_with_a_guess() {
-    let f = temp_file(
-        "named",
+    let (_dir, f) = temp_file(
         r#"
 apiVersion: v1
 kind: Pod
@@ -647,7 +641,6 @@ spec:
 "#,
     );
     let o = run(&["check", "-s", f.to_str().unwrap()]);
-    let _ = std::fs::remove_dir_all(f.parent().unwrap());
     // Warnings, not errors: the policy is valid, it just allows nothing on these entries.
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);

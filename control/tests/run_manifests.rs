@@ -250,8 +250,8 @@ fn an_unreadable_directory_is_a_source_down() {
 /// served; only the default path may be absent.
 #[test]
 fn a_missing_config_file_given_explicitly_is_an_error() {
-    let dir = std::env::temp_dir().join(format!("pcl-run-noconfig-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let guard = tempfile::tempdir().unwrap();
+    let dir = guard.path();
     let missing = dir.join("no-such-config.yaml");
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
@@ -269,14 +269,12 @@ fn a_missing_config_file_given_explicitly_is_an_error() {
         if t.elapsed() > Duration::from_secs(10) || get(port, "/readyz").is_some() {
             let _ = child.kill();
             let _ = child.wait();
-            let _ = std::fs::remove_dir_all(&dir);
             panic!("portcullis run started with a missing --config file");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut err = String::new();
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(!status.success());
     assert!(err.contains(&format!("error: cannot read {}: No such file", missing.display())), "{err}");
 }
@@ -284,14 +282,14 @@ fn a_missing_config_file_given_explicitly_is_an_error() {
 #[test]
 fn a_missing_manifest_directory_is_an_error() {
     let port = free_port();
-    let config = std::env::temp_dir().join(format!("pcl-run-nodir-{}.yaml", std::process::id()));
+    let guard = tempfile::tempdir().unwrap();
+    let config = guard.path().join("config.yaml");
     std::fs::write(&config, "{}\n").unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["run", "--manifests", "/nonexistent/policies", "--config", config.to_str().unwrap()])
         .args(["--status-address", &format!("127.0.0.1:{port}"), "--log-format", "text"])
         .output()
         .unwrap();
-    let _ = std::fs::remove_file(&config);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--manifests /nonexistent/policies: cannot read the directory"), "{err}");
@@ -440,8 +438,9 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
     let exe = env!("CARGO_BIN_EXE_portcullis");
     let tag = std::process::id() % 10000;
     let prefix = format!("prd{tag}");
-    let work = std::env::temp_dir().join(format!("pcl-run-dp-{tag}"));
-    let _ = std::fs::remove_dir_all(&work);
+    // Removed when dropped, also when the test fails.
+    let work_dir = tempfile::Builder::new().prefix("pcl-run-dp-").tempdir().unwrap();
+    let work = work_dir.path().to_path_buf();
     let manifests = work.join("policies");
     std::fs::create_dir_all(&manifests).unwrap();
     let stars = format!("{}/../examples/stars", env!("CARGO_MANIFEST_DIR"));
@@ -574,7 +573,6 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
             "XDP program left on {prefix}h{i}:\n{text}"
         );
     }
-    let _ = std::fs::remove_dir_all(&work);
 }
 
 /// The value of the sample named exactly `series` (name and labels) in Prometheus text.

@@ -377,8 +377,8 @@ fn an_invalid_pipeline_config_leaves_the_interfaces_alone() {
     let pods = Pods::new(&prefix, false).expect("namespaces");
     let ports = pods.ports();
     // Someone else's XDP program: XDP_PASS, compiled here, attached by iproute2 (netlink).
-    let dir = std::env::temp_dir().join(format!("{prefix}-xdp"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let guard = tempfile::Builder::new().prefix(&format!("{prefix}-xdp")).tempdir().unwrap();
+    let dir = guard.path();
     let (src, obj) = (dir.join("other.c"), dir.join("other.o"));
     std::fs::write(
         &src,
@@ -390,7 +390,7 @@ fn an_invalid_pipeline_config_leaves_the_interfaces_alone() {
         .expect("clang -target bpf");
     sh(&["ip", "link", "set", "dev", &ports[0], "xdpgeneric", "obj", obj.to_str().unwrap(), "sec", "xdp"])
         .expect("attach the other program");
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(guard);
     let attached = || sh(&["ip", "link", "show", &ports[0]]).unwrap();
     assert!(attached().contains("name other_tool"), "{}", attached());
 
