@@ -75,8 +75,11 @@
 //! policy allows a connection *from the packet's source* to its destination,
 //! as Linux conntrack's loose pickup followed by rules on `ct state new`
 //! does; the entry is Established, oriented as the packet, and counted
-//! embryonic until the other side speaks. A packet that policy allows only as
-//! a *reply* (the reverse orientation) is dropped as
+//! embryonic until the other side speaks. That orientation says nothing about
+//! who opened the connection, so once both sides have spoken, a re-check
+//! against a new table that denies it but allows the other way round turns
+//! the entry round instead of revoking it. A packet that policy allows only as
+//! a *reply* (the reverse orientation; a reset too) is dropped as
 //! [`CtDrop::NoConnection`]: without state nothing
 //! tells a genuine reply from a forged one, and passing it would deliver
 //! segments of a denied flow (an ACK scan through the enforcer maps the
@@ -402,11 +405,36 @@ struct Entry {
     orig_is_a: bool,
     /// A packet from the responder has passed.
     replied: bool,
+    /// Picked up mid-stream: the orientation is the first packet seen's,
+    /// not known to be the opener's.
+    pickup: bool,
     /// FIN seen: bit 0 from the initiator, bit 1 from the responder.
     fins: u8,
 }
 
 impl Entry {
+    /// Does `policy` still allow this connection? A connection picked up
+    /// mid-stream is oriented as the first packet seen after the pickup,
+    /// which says nothing about who opened it (after a restart the server
+    /// may speak first, and may be allowed to reach the client too). Once
+    /// both ends have spoken, forging is no concern: when the recorded
+    /// orientation is denied but the other is allowed, the entry is turned
+    /// round instead of revoked, so a policy change that denies only the
+    /// recorded orientation does not cut a connection opened the other way.
+    fn still_allowed<P: Policy>(&mut self, policy: &P) -> bool {
+        let flow = self.original();
+        if policy.allows(&flow) {
+            return true;
+        }
+        if self.pickup && self.replied && policy.allows_reverse(&flow.reversed()) {
+            self.orig_is_a = !self.orig_is_a;
+            // The FIN bits are per role (initiator, responder): swapped with them.
+            self.fins = (self.fins & 1) << 1 | (self.fins >> 1) & 1;
+            return true;
+        }
+        false
+    }
+
     const FREE: Entry = Entry {
         key: Key { a: 0, b: 0, meta: 0 },
         hash: 0,
@@ -415,6 +443,7 @@ impl Entry {
         state: State::Free,
         orig_is_a: true,
         replied: false,
+        pickup: false,
         fins: 0,
     };
 
@@ -658,13 +687,16 @@ impl Conntrack {
                 }
             }
         }
+        let mut dir = dir;
         if e.generation != generation {
-            if !policy.allows(&e.original()) {
+            if !e.still_allowed(policy) {
                 self.stats.revoked += 1;
                 self.remove(slot);
                 return Hit::Done(Outcome::Drop(CtDrop::Revoked));
             }
             e.generation = generation;
+            // It may have been turned round.
+            dir = if src_is_a == e.orig_is_a { Dir::Orig } else { Dir::Reply };
         }
         if stray_syn {
             return Hit::Done(Outcome::Pass(CtPass::Tracked));
@@ -714,7 +746,13 @@ impl Conntrack {
                 if f.rst() {
                     // Nothing to track: the connection is over (a reset of a
                     // connection either side may have opened ends nothing else).
-                    return Outcome::Pass(CtPass::Untracked);
+                    // Allowed only as a reply, it is judged as any reply-only
+                    // segment: without state nothing tells it from a forged one.
+                    return if forward || self.reverse_pickup {
+                        Outcome::Pass(CtPass::Untracked)
+                    } else {
+                        Outcome::Drop(CtDrop::NoConnection)
+                    };
                 }
                 if !self.loose_tcp || (backward && !self.reverse_pickup) {
                     // Not picked up: no pickup at all, or a reply-only segment
@@ -775,6 +813,7 @@ impl Conntrack {
             // A picked-up connection counts as embryonic until the other side speaks;
             // an echo reply picked up *is* the other side.
             replied: pickup && !src_initiates,
+            pickup,
             fins: 0,
         };
         let Some(dst) = self.slots.get_mut(slot) else {
@@ -932,7 +971,7 @@ impl Conntrack {
         if e.state == State::Free || e.generation == generation {
             return false;
         }
-        if policy.allows(&e.original()) {
+        if e.still_allowed(policy) {
             e.generation = generation;
             false
         } else {
@@ -1138,6 +1177,66 @@ mod tests {
         let rst = tcp(C, 40001, S, 80, F::RST);
         assert_eq!(ct.packet(&rst, &p, 1, 0), Outcome::Pass(CtPass::Untracked));
         assert_eq!(ct.len(), 1);
+    }
+
+    /// A reset that policy allows only as a reply (the server's, with no
+    /// entry) is a reply-only segment: dropped unless reverse pickup is on.
+    #[test]
+    fn a_reply_only_reset_without_a_connection_is_dropped() {
+        let p = ToServer::new();
+        let rst = tcp(S, 80, C, 40000, F::RST);
+        let mut strict = Conntrack::new(16, &Timeouts::default(), true);
+        assert_eq!(strict.packet(&rst, &p, 1, 0), Outcome::Drop(CtDrop::NoConnection));
+        // The client's own reset is allowed in its direction and passes.
+        let own = tcp(C, 40000, S, 80, F::RST);
+        assert_eq!(strict.packet(&own, &p, 1, 0), Outcome::Pass(CtPass::Untracked));
+        assert!(strict.is_empty());
+        let mut permissive = Conntrack::new(16, &Timeouts::default(), true).with_reverse_pickup(true);
+        assert_eq!(permissive.packet(&rst, &p, 1, 0), Outcome::Pass(CtPass::Untracked));
+    }
+
+    /// After a restart the server speaks first, in a direction policy allows
+    /// too (here, at first, everything): the connection is picked up
+    /// oriented server → client. A new table then denies that orientation
+    /// but allows client → server: the connection is turned round, not
+    /// revoked, on its next packet and in the sweep alike.
+    #[test]
+    fn a_picked_up_connection_allowed_the_other_way_round_survives_a_new_table() {
+        struct Everything;
+        impl Policy for Everything {
+            fn allows(&self, _: &Flow) -> bool {
+                true
+            }
+        }
+        let to_server = ToServer::new();
+        let (from_server, from_client) = (tcp(S, 80, C, 40000, F::ACK), tcp(C, 40000, S, 80, F::ACK));
+        for sweep in [false, true] {
+            let mut ct = Conntrack::new(16, &Timeouts::default(), true);
+            assert_eq!(ct.packet(&from_server, &Everything, 1, 0), Outcome::Pass(CtPass::PickedUp));
+            assert_eq!(ct.get(&from_server.flow).unwrap().original, from_server.flow);
+            assert_eq!(ct.packet(&from_client, &Everything, 1, 1), Outcome::Pass(CtPass::Tracked));
+            if sweep {
+                assert_eq!(ct.revalidate_all(&to_server, 2), 0, "revoked by the sweep");
+            }
+            assert_eq!(ct.packet(&from_client, &to_server, 2, 2), Outcome::Pass(CtPass::Tracked));
+            assert_eq!(ct.packet(&from_server, &to_server, 2, 3), Outcome::Pass(CtPass::Tracked));
+            let i = ct.get(&from_client.flow).unwrap();
+            assert_eq!(i.original, from_client.flow, "turned round");
+            assert_eq!(i.state, State::Established);
+        }
+        // Only once both ends have spoken: a pickup the other end never answered
+        // is revoked (it may be forged).
+        let mut ct = Conntrack::new(16, &Timeouts::default(), true);
+        assert_eq!(ct.packet(&from_server, &Everything, 1, 0), Outcome::Pass(CtPass::PickedUp));
+        assert_eq!(ct.revalidate_all(&to_server, 2), 1);
+        // And a connection whose opening was seen keeps its orientation: the
+        // server's connection to the client is revoked when only client → server is allowed.
+        let mut ct = Conntrack::new(16, &Timeouts::default(), true);
+        let syn = tcp(S, 80, C, 40000, F::SYN);
+        assert_eq!(ct.packet(&syn, &Everything, 1, 0), Outcome::Pass(CtPass::New));
+        let synack = tcp(C, 40000, S, 80, F::SYN | F::ACK);
+        assert_eq!(ct.packet(&synack, &Everything, 1, 1), Outcome::Pass(CtPass::Tracked));
+        assert_eq!(ct.packet(&from_client, &to_server, 2, 2), Outcome::Drop(CtDrop::Revoked));
     }
 
     /// `Policy::admitted` (what the per-policy counters count) is called once
