@@ -34,6 +34,11 @@ use crate::status::DataplaneView;
 /// Tables kept alive after being replaced (the last one a worker may still hold).
 const KEEP_TABLES: usize = 2;
 
+/// Older replaced tables are kept too while a worker still holds them, up to
+/// this many in all, so that the worker letting go is not the one that frees
+/// a table (megabytes, between two packets): it is freed here, later.
+const HOLD_TABLES: usize = 8;
+
 /// Allowed connections per (namespace, policy, direction).
 type HitTotals = BTreeMap<(String, String, HitDirection), u64>;
 
@@ -224,6 +229,10 @@ impl Enforcer {
             me.waker.wake();
             r.tables.push_back(old);
             while r.tables.len() > KEEP_TABLES {
+                let held = r.tables.front().is_some_and(|t| Arc::strong_count(t) > 1);
+                if held && r.tables.len() <= HOLD_TABLES {
+                    break;
+                }
                 if let Some(t) = r.tables.pop_front() {
                     // A worker still on this table (idle through two publications)
                     // may add a few more hits after this; they are not counted.

@@ -150,9 +150,10 @@ fn pipeline(table: DecisionTable, capacity: usize) -> Pipeline {
 }
 
 fn pipeline_with(published: PublishedTable, capacity: usize) -> Pipeline {
-    let cfg = PipelineConfig { conntrack_capacity: capacity, ..Default::default() };
+    // Port 0: the client's side; 1: the server's; 2: the node's (used by the uplink case).
+    let cfg = PipelineConfig { ports: 3, conntrack_capacity: capacity, ..Default::default() };
     let tables = Arc::new(ArcSwap::from_pointee(published));
-    let mut p = Pipeline::new(&cfg, tables, Arc::new(WorkerCounters::new(2)));
+    let mut p = Pipeline::new(&cfg, tables, Arc::new(WorkerCounters::new(3)));
     p.begin_batch(0);
     // Teach the switch where the server side is.
     let (c, s) = endpoints(Host::new(1), Host::new(2));
@@ -216,12 +217,14 @@ fn bench_established(c: &mut Criterion<CpuTime>) {
     // counters; then the same with both ports leading to pods (source check and
     // delivery by address), side by side.
     let pod_ports = Addresses::new(
-        [cl, sv].map(|h| Some(PodAddrs::new([h.v4(), h.v6()]))).to_vec(),
+        [cl, sv].map(|h| Some(PodAddrs::new([h.v4(), h.v6()]))).into_iter().chain([None]).collect(),
         vec![Host::new(100).v4()],
     );
-    // The client behind a port with no pod (an uplink), the server on a pod's port:
-    // the uplink's frames are checked against the pods' MACs.
-    let uplink = Addresses::new(vec![None, Some(PodAddrs::new([sv.v4(), sv.v6()]))], vec![]);
+    // The client behind an uplink (no pod, not the node's port: port 2 is), the
+    // server on a pod's port: the uplink's frames are checked against the pods'
+    // MACs, and their source against the pods' addresses.
+    let uplink = Addresses::new(vec![None, Some(PodAddrs::new([sv.v4(), sv.v6()])), None], vec![])
+        .with_node_ports(vec![false, false, true]);
     for (name, addresses) in [
         ("pipeline_process", Addresses::default()),
         ("pipeline_process_pod_ports", pod_ports),

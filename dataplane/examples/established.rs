@@ -28,7 +28,7 @@ fn main() {
     let addresses = match mode.as_str() {
         "plain" => Addresses::default(),
         "pod_ports" => Addresses::new(
-            [cl, sv].map(|h| Some(PodAddrs::new([h.v4(), h.v6()]))).to_vec(),
+            [cl, sv].map(|h| Some(PodAddrs::new([h.v4(), h.v6()]))).into_iter().chain([None]).collect(),
             vec![Host::new(100).v4()],
         ),
         // Port 2 faces the node, so port 0 is an uplink proper.

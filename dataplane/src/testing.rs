@@ -122,6 +122,51 @@ pub fn arp_request(from: &Host, to: &Host) -> Vec<u8> {
     v
 }
 
+/// An IPv6 neighbour discovery message of ICMPv6 type `kind` (133..=137) from
+/// `from`'s MAC, IPv6 source `src`, to all nodes, with `target` (read for
+/// 135 and 136). The checksum is not computed: the dataplane does not check it.
+pub fn nd(from: &Host, kind: u8, src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
+    let mut v = vec![0x33, 0x33, 0, 0, 0, 1];
+    v.extend_from_slice(&from.mac);
+    v.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 24, 58, 255]);
+    v.extend_from_slice(&src);
+    v.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    v.extend_from_slice(&[kind, 0, 0, 0, 0, 0, 0, 0]);
+    v.extend_from_slice(&target);
+    v
+}
+
+/// An ICMP destination unreachable (port unreachable; ICMPv6: type 1 code 4)
+/// from `from` to `to`, quoting `quoted`'s IP header and the 8 bytes after
+/// it (`quoted`: an Ethernet frame, as the builders here make). Checksums
+/// are not computed.
+pub fn unreachable(from: &Host, to: &Host, quoted: &[u8], v6: bool) -> Vec<u8> {
+    let ip = &quoted[14..];
+    let header = if v6 { 40 } else { usize::from(ip[0] & 0x0f) * 4 };
+    let inner = &ip[..(header + 8).min(ip.len())];
+    let (kind, code) = if v6 { (1, 4) } else { (3, 3) };
+    let mut icmp = vec![kind, code, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(inner);
+    let mut v = Vec::with_capacity(14 + 40 + icmp.len());
+    v.extend_from_slice(&to.mac);
+    v.extend_from_slice(&from.mac);
+    if v6 {
+        v.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+        v.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+        v.extend_from_slice(&[58, 64]);
+        v.extend_from_slice(&from.ip6);
+        v.extend_from_slice(&to.ip6);
+    } else {
+        v.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+        v.extend_from_slice(&(20 + icmp.len() as u16).to_be_bytes());
+        v.extend_from_slice(&[0, 0, 0x40, 0, 64, 1, 0, 0]);
+        v.extend_from_slice(&from.ip4);
+        v.extend_from_slice(&to.ip4);
+    }
+    v.extend_from_slice(&icmp);
+    v
+}
+
 /// An ARP reply (RFC 826) from `from`, saying its IPv4 address, unicast to `to`.
 pub fn arp_reply(from: &Host, to: &Host) -> Vec<u8> {
     let mut v = Vec::with_capacity(42);

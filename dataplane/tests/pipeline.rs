@@ -642,18 +642,7 @@ fn a_pod_port_speaks_only_with_its_pods_addresses() {
     assert_eq!(r.p.process(3, &nd(&Host::new(50), 134, link_local, [0; 16]), 4), Action::Flood);
 }
 
-/// An IPv6 neighbour discovery message of ICMPv6 type `kind` from `from`'s MAC,
-/// IPv6 source `src`, to all nodes, with `target` (used by 135 and 136).
-fn nd(from: &Host, kind: u8, src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
-    let mut v = vec![0x33, 0x33, 0, 0, 0, 1];
-    v.extend_from_slice(&from.mac);
-    v.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 24, 58, 255]);
-    v.extend_from_slice(&src);
-    v.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-    v.extend_from_slice(&[kind, 0, 0, 0, 0, 0, 0, 0]);
-    v.extend_from_slice(&target);
-    v
-}
+use dataplane::testing::nd;
 
 #[test]
 fn a_pod_port_receives_only_what_is_addressed_to_its_pod() {
