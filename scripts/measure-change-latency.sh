@@ -30,10 +30,11 @@
 #   KIND=namespace scripts/measure-change-latency.sh
 #
 # Needs root for the dataplane; without it the daemon runs without ports and
-# only change -> published is measured. The manifest source polls every
-# 200 ms, so a file write reaches the daemon up to 200 ms later; the figures
-# start when the daemon reads the changed file (as for a Kubernetes watch
-# event, when it arrives), and include parsing, validating and diffing it.
+# only change -> published is measured. The manifest source watches the
+# directory (inotify), so a file write reaches the daemon when the writer
+# closes the file; the figures start when the daemon reads the changed file
+# (as for a Kubernetes watch event, when it arrives), and include parsing,
+# validating and diffing it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
