@@ -33,10 +33,11 @@
 //! takes) against a full compile, fastest of 20 rounds (`ROUNDS=N` runs N
 //! patches, for a profiler; only the first 20 also compile in full).
 //!
-//! `compare PODS [both]` builds the 10-, 1,000- and 10,000-policy tables and times
+//! `[FLOWS=N] compare PODS [both]` builds the 10-, 1,000- and 10,000-policy tables and times
 //! lookups (`verdict`, or `verdict_both` with `both`) over them in alternating
 //! rounds, reporting each table's fastest round: on a shared, noisy machine
-//! that ratio is steadier than separate runs.
+//! that ratio is steadier than separate runs. `FLOWS`: distinct sample flows
+//! per table and round (default 4,096, as the criterion bench).
 //!
 //! `digest PODS` prints, for the same three tables, a hash of every verdict
 //! (`verdict_both`: both sides, with the rule or side named) over 200,000
@@ -104,11 +105,14 @@ fn look_up(table: &DecisionTable, flows: &[portcullis_benches::Flow]) {
 
 fn compare(pods: usize, both: bool) {
     let sizes = [10, 1_000, 10_000];
+    // More distinct flows than 4,096 make a working set larger than the caches.
+    let flows_per_round: usize =
+        std::env::var("FLOWS").map_or(4_096, |v| v.parse().expect("FLOWS: a number"));
     let tables: Vec<_> = sizes
         .iter()
         .map(|&n| {
             let c = generate(pods, n, 1);
-            (DecisionTable::compile(&c), sample_flows(&c, 4_096, 1))
+            (DecisionTable::compile(&c), sample_flows(&c, flows_per_round, 1))
         })
         .collect();
     let mut best = [f64::MAX; 3];
@@ -130,7 +134,7 @@ fn compare(pods: usize, both: bool) {
     }
     for (n, b) in sizes.iter().zip(best) {
         println!(
-            "{pods} pods, {n} policies: {b:.1} ns/lookup (fastest of 200 rounds), {:.2}x of 10",
+            "{pods} pods, {n} policies, {flows_per_round} flows: {b:.1} ns/lookup (fastest of 200 rounds), {:.2}x of 10",
             b / best[0]
         );
     }
