@@ -77,6 +77,30 @@ struct Retired {
     folded_node: u64,
 }
 
+impl Retired {
+    /// Frees the replaced tables no worker holds any more, but the newest
+    /// [`KEEP_TABLES`], and, beyond [`HOLD_TABLES`], the oldest even if one
+    /// is held (a worker stuck that long frees it itself). Their hits are
+    /// folded into the totals. Called at each publication and each scrape,
+    /// so tables a worker let go of are freed here, soon, not by the worker.
+    fn trim(&mut self) {
+        let mut i = 0;
+        while i + KEEP_TABLES < self.tables.len() {
+            let held = self.tables.get(i).is_some_and(|t| Arc::strong_count(t) > 1);
+            if held && self.tables.len() <= HOLD_TABLES {
+                i += 1;
+                continue;
+            }
+            if let Some(t) = self.tables.remove(i) {
+                // A worker still on this table (stuck through many publications)
+                // may add a few more hits after this; they are not counted.
+                add_hits(&mut self.folded, &t);
+                self.folded_node += t.hits.node_exempt_total();
+            }
+        }
+    }
+}
+
 /// Adds a table's per-policy hit counts into `totals`.
 fn add_hits(totals: &mut HitTotals, t: &PublishedTable) {
     for i in 0..t.hits.policies() {
@@ -228,18 +252,7 @@ impl Enforcer {
             // Idle workers take the table now, not at the end of their poll timeout.
             me.waker.wake();
             r.tables.push_back(old);
-            while r.tables.len() > KEEP_TABLES {
-                let held = r.tables.front().is_some_and(|t| Arc::strong_count(t) > 1);
-                if held && r.tables.len() <= HOLD_TABLES {
-                    break;
-                }
-                if let Some(t) = r.tables.pop_front() {
-                    // A worker still on this table (idle through two publications)
-                    // may add a few more hits after this; they are not counted.
-                    add_hits(&mut r.folded, &t);
-                    r.folded_node += t.hits.node_exempt_total();
-                }
-            }
+            r.trim();
             // Deleted policies' totals are left out of every scrape (`policy_hits`);
             // dropping them from the folded totals too keeps those bounded, and
             // once in a while is enough for that (it walks every policy).
@@ -252,7 +265,8 @@ impl Enforcer {
     /// Connections allowed per policy and direction since start (tables
     /// replaced long ago included).
     pub fn policy_hits(&self) -> HitTotals {
-        let r = self.retired.lock().expect("retired lock");
+        let mut r = self.retired.lock().expect("retired lock");
+        r.trim();
         let mut totals = r.folded.clone();
         for t in &r.tables {
             add_hits(&mut totals, t);
@@ -582,6 +596,32 @@ fn label(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Replaced tables are freed by the control plane once no worker holds
+    /// them (the newest two are kept anyway); a held one is kept, up to eight.
+    #[test]
+    fn replaced_tables_are_freed_here_once_no_worker_holds_them() {
+        let table = |g| Arc::new(PublishedTable::new(g, policy_compiler::DecisionTable::default(), 1));
+        let mut r = Retired::default();
+        r.tables.extend((0..5).map(table));
+        // A worker on table 0, another on table 2.
+        let (w0, w2) = (r.tables[0].clone(), r.tables[2].clone());
+        r.trim();
+        let gens = |r: &Retired| r.tables.iter().map(|t| t.generation).collect::<Vec<_>>();
+        assert_eq!(gens(&r), [0, 2, 3, 4]);
+        drop(w0);
+        r.trim();
+        assert_eq!(gens(&r), [2, 3, 4]);
+        drop(w2);
+        r.trim();
+        assert_eq!(gens(&r), [3, 4]);
+        // Workers stuck on many tables: no more than eight are kept.
+        let held: Vec<_> = (10..20).map(table).collect();
+        r.tables.extend(held.iter().cloned());
+        r.trim();
+        assert_eq!(r.tables.len(), HOLD_TABLES);
+        assert_eq!(gens(&r), (12..20).collect::<Vec<_>>());
+    }
 
     #[test]
     fn a_ports_epoch_always_moves_and_is_never_zero() {

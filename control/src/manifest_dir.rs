@@ -184,7 +184,10 @@ impl ManifestDir {
             // kernels before 6.13, 1 s or 2 s on some) and the same length is
             // read again on the next scan; its metadata is trusted only once it
             // is older than that.
-            let racy = meta.is_some_and(|(mtime, _)| mtime + RACY > scan_started);
+            // (A time further in the future, from an archive or a skewed clock,
+            // is trusted: a rewrite now would give the file the present time.)
+            let racy =
+                meta.is_some_and(|(mtime, _)| mtime + RACY > scan_started && mtime < scan_started + RACY);
             st.meta = if racy { None } else { meta };
             st.scans_since_read = 0;
             if fp.is_some() && st.fingerprint == fp {
@@ -500,6 +503,14 @@ mod tests {
         std::fs::File::options().write(true).open(&f).unwrap().set_modified(old).unwrap();
         assert!(!md.scan(), "an old timestamp and the same length: not read again until the periodic read");
         assert_eq!(policy_port(&md).unwrap(), "Int(81)");
+        // A time far in the future (an archive's, a skewed clock's) is trusted as
+        // well: such a file is not read on every scan.
+        let future = SystemTime::now() + 100 * RACY;
+        std::fs::File::options().write(true).open(&f).unwrap().set_modified(future).unwrap();
+        md.scan();
+        std::fs::write(&f, POLICY.replace("PORT", "83")).unwrap();
+        std::fs::File::options().write(true).open(&f).unwrap().set_modified(future).unwrap();
+        assert!(!md.scan(), "a future timestamp kept and the same length: not read on every scan");
     }
 
     #[test]

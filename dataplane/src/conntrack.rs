@@ -76,9 +76,10 @@
 //! as Linux conntrack's loose pickup followed by rules on `ct state new`
 //! does; the entry is Established, oriented as the packet, and counted
 //! embryonic until the other side speaks. That orientation says nothing about
-//! who opened the connection, so once both sides have spoken, a re-check
-//! against a new table that denies it but allows the other way round turns
-//! the entry round instead of revoking it. A packet that policy allows only as
+//! who opened the connection: when it runs from the lower port to the higher
+//! (server to client, by the look of it) and both sides have spoken, a
+//! re-check against a new table that denies it but allows the other way round
+//! turns the entry round instead of revoking it. A packet that policy allows only as
 //! a *reply* (the reverse orientation; a reset too) is dropped as
 //! [`CtDrop::NoConnection`]: without state nothing
 //! tells a genuine reply from a forged one, and passing it would deliver
@@ -413,20 +414,28 @@ struct Entry {
 }
 
 impl Entry {
-    /// Does `policy` still allow this connection? A connection picked up
-    /// mid-stream is oriented as the first packet seen after the pickup,
+    /// Does `policy` still allow this connection? A TCP connection picked
+    /// up mid-stream is oriented as the first segment seen after the pickup,
     /// which says nothing about who opened it (after a restart the server
-    /// may speak first, and may be allowed to reach the client too). Once
-    /// both ends have spoken, forging is no concern: when the recorded
-    /// orientation is denied but the other is allowed, the entry is turned
-    /// round instead of revoked, so a policy change that denies only the
-    /// recorded orientation does not cut a connection opened the other way.
+    /// may speak first, and may be allowed to reach the client too). When
+    /// the recorded orientation is denied, the connection was picked up from
+    /// its server's side by the look of its ports (the recorded initiator
+    /// has the lower port: a service's, against an ephemeral one), both ends
+    /// have spoken (so it is no forgery), and the other orientation is
+    /// allowed, the entry is turned round instead of revoked: a policy change
+    /// that denies only the wrong orientation does not cut the connection.
+    /// A pickup oriented client first keeps its orientation, and is revoked
+    /// as any connection is.
     fn still_allowed<P: Policy>(&mut self, policy: &P) -> bool {
         let flow = self.original();
         if policy.allows(&flow) {
             return true;
         }
-        if self.pickup && self.replied && policy.allows_reverse(&flow.reversed()) {
+        let server_first = flow.proto == crate::parse::proto::TCP && flow.src_port < flow.dst_port;
+        // `allows`, not `allows_reverse`: both ends have spoken, so the other
+        // orientation is judged as a connection opened that way would be (the
+        // node's exemption included, as for any re-check).
+        if self.pickup && self.replied && server_first && policy.allows(&flow.reversed()) {
             self.orig_is_a = !self.orig_is_a;
             // The FIN bits are per role (initiator, responder): swapped with them.
             self.fins = (self.fins & 1) << 1 | (self.fins >> 1) & 1;
@@ -695,8 +704,15 @@ impl Conntrack {
                 return Hit::Done(Outcome::Drop(CtDrop::Revoked));
             }
             e.generation = generation;
-            // It may have been turned round.
-            dir = if src_is_a == e.orig_is_a { Dir::Orig } else { Dir::Reply };
+            // It may have been turned round: a bare SYN taken for the
+            // initiator's is then the responder's, decided afresh.
+            let turned = dir != if src_is_a == e.orig_is_a { Dir::Orig } else { Dir::Reply };
+            if turned {
+                if stray_syn {
+                    return Hit::NewSyn;
+                }
+                dir = if dir == Dir::Orig { Dir::Reply } else { Dir::Orig };
+            }
         }
         if stray_syn {
             return Hit::Done(Outcome::Pass(CtPass::Tracked));
@@ -882,7 +898,7 @@ impl Conntrack {
             return None;
         }
         if e.generation != generation {
-            if !policy.allows(&e.original()) {
+            if !e.still_allowed(policy) {
                 self.stats.revoked += 1;
                 self.remove(slot);
                 return Some(Outcome::Drop(CtDrop::Revoked));
@@ -1224,11 +1240,49 @@ mod tests {
             assert_eq!(i.original, from_client.flow, "turned round");
             assert_eq!(i.state, State::Established);
         }
+        // An ICMP error quoting it, the first packet after the new table, turns it
+        // round too (it is related, not a reason to revoke).
+        let mut ct = Conntrack::new(16, &Timeouts::default(), true);
+        ct.packet(&from_server, &Everything, 1, 0);
+        ct.packet(&from_client, &Everything, 1, 1);
+        let err = IpPacket {
+            flow: Flow { src: ip("10.0.0.9"), dst: ip(C), proto: proto::ICMP, src_port: 0, dst_port: 0 },
+            l4: L4::IcmpError(Some(from_client.flow)),
+            fragment: Fragment::None,
+        };
+        assert_eq!(ct.packet(&err, &to_server, 2, 2), Outcome::Pass(CtPass::Related));
+        assert_eq!(ct.get(&from_client.flow).unwrap().original, from_client.flow);
+        // Turned round, a bare SYN from the server is the responder's: decided
+        // afresh (and denied), not passed as the initiator's stray SYN.
+        let mut ct = Conntrack::new(16, &Timeouts::default(), true);
+        ct.packet(&from_server, &Everything, 1, 0);
+        ct.packet(&from_client, &Everything, 1, 1);
+        let syn = tcp(S, 80, C, 40000, F::SYN);
+        assert_eq!(ct.packet(&syn, &to_server, 2, 2), Outcome::Drop(CtDrop::Policy));
         // Only once both ends have spoken: a pickup the other end never answered
         // is revoked (it may be forged).
         let mut ct = Conntrack::new(16, &Timeouts::default(), true);
         assert_eq!(ct.packet(&from_server, &Everything, 1, 0), Outcome::Pass(CtPass::PickedUp));
         assert_eq!(ct.revalidate_all(&to_server, 2), 1);
+        // A pickup oriented client first (the recorded initiator has the higher,
+        // ephemeral port) is taken at its word: when a new table denies it, it is
+        // revoked, though the server's side is allowed to reach the client.
+        struct FromServer;
+        impl Policy for FromServer {
+            fn allows(&self, f: &Flow) -> bool {
+                f.src == ip(S) && f.src_port == 80
+            }
+        }
+        for sweep in [false, true] {
+            let mut ct = Conntrack::new(16, &Timeouts::default(), true);
+            assert_eq!(ct.packet(&from_client, &Everything, 1, 0), Outcome::Pass(CtPass::PickedUp));
+            assert_eq!(ct.packet(&from_server, &Everything, 1, 1), Outcome::Pass(CtPass::Tracked));
+            if sweep {
+                assert_eq!(ct.revalidate_all(&FromServer, 2), 1);
+            } else {
+                assert_eq!(ct.packet(&from_server, &FromServer, 2, 2), Outcome::Drop(CtDrop::Revoked));
+            }
+        }
         // And a connection whose opening was seen keeps its orientation: the
         // server's connection to the client is revoked when only client → server is allowed.
         let mut ct = Conntrack::new(16, &Timeouts::default(), true);

@@ -106,6 +106,9 @@ impl PodPins {
                     p != port && pin_of(s.load(Ordering::SeqCst)).is_some_and(|other| other.mac == pin.mac)
                 });
                 if rival && slot.compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                    // Counted as a change: a worker that copied the pins while
+                    // this one was in place must copy them again.
+                    self.changes.fetch_add(1, Ordering::AcqRel);
                     return None;
                 }
                 self.changes.fetch_add(1, Ordering::AcqRel);
@@ -260,7 +263,9 @@ mod tests {
     /// The same race on real threads: two ports, one MAC, started together
     /// many times (without the `held_elsewhere` check before, so that every
     /// interleaving of the two swaps and scans happens); never do both end
-    /// up holding it.
+    /// up holding it. (It catches a scan of only some of the other ports; on
+    /// x86, where every compare-and-swap is a full fence, it cannot tell
+    /// `SeqCst` from acquire/release: that rests on the argument in `try_pin`.)
     #[test]
     fn racing_workers_never_both_keep_one_mac() {
         use std::sync::{Arc, Barrier};

@@ -188,6 +188,7 @@ fn a_switch_with_uplinks_and_the_node_allocates_nothing() {
     let mut forger = c;
     forger.mac = outside.mac;
     let mut frames: Vec<(u16, Vec<u8>)> = Vec::new();
+    let mut forged = Vec::new();
     for (port, h) in [(0, c), (1, s), (2, o)] {
         frames.push((port, testing::arp_request(&h, &outside)));
     }
@@ -198,7 +199,8 @@ fn a_switch_with_uplinks_and_the_node_allocates_nothing() {
         frames.push((UPLINK, q.clone()));
         frames.push((2, testing::udp(&o, 53, &outside, 5353, v6, b"a")));
         frames.push((UPLINK, testing::tcp(&outside, 4000, &s, 80, F::SYN, v6, &[])));
-        frames.push((UPLINK, testing::tcp(&forger, 4001, &s, 80, F::SYN, v6, &[])));
+        forged.push(testing::tcp(&forger, 4001, &s, 80, F::SYN, v6, &[]));
+        frames.push((UPLINK, forged[forged.len() - 1].clone()));
         let mut conflict = outside;
         conflict.mac = c.mac;
         frames.push((UPLINK, testing::udp(&conflict, 1, &o, 53, v6, b"q")));
@@ -261,6 +263,12 @@ fn a_switch_with_uplinks_and_the_node_allocates_nothing() {
         assert!(snap.drops[reason] > 0, "no {reason} drop: {:?}", snap.drops);
     }
     assert!(snap.pod_mac_conflicts > 0, "no MAC conflict");
+    // (Other frames drop as spoofed_source too: the uplink's forgeries are that
+    // themselves, before any state, so once more here shows it.)
+    for f in &forged {
+        let dropped = dataplane::Action::Drop(dataplane::pipeline::DropReason::SpoofedSource);
+        assert_eq!(p.process(UPLINK, f, 8 * 3600 * SEC), dropped);
+    }
     assert!(snap.conntrack.expired > 0, "nothing expired");
     assert!(snap.denied_log_suppressed > 0, "the deny log never filled");
 }

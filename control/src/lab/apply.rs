@@ -3,7 +3,7 @@
 //! The files are checked first (nothing changes if one does not load), then
 //! copied into `<dir>/applied/` and the dataplane process is sent SIGHUP: it
 //! recompiles everything and publishes the new table (see `run_dataplane`).
-//! `apply` returns once the new generation is published. Objects replace
+//! `apply` returns once every worker enforces the new generation. Objects replace
 //! same-named ones (kind, namespace, name), as `kubectl apply` does;
 //! `--reset` first forgets every earlier `apply`. Pods added or changed this
 //! way change labels and policy, not the lab's namespaces: those are made by

@@ -220,11 +220,14 @@ impl XskSocket {
     /// are mapped writable in this process. `Umem::data` builds a slice from
     /// the address and length, and `Umem::write` a mutable one from the
     /// address: this check is what keeps those slices inside the UMEM even
-    /// then. Two compares per frame.
+    /// then. Two compares per frame (and a mask: the kernel takes only
+    /// frame sizes that are powers of two in this, the aligned, mode; a
+    /// division otherwise).
     fn keep_in_bounds(&mut self, descs: &mut [xsk_rs::FrameDesc], with_data: bool) -> usize {
         let (umem, fs) = (self.umem_bytes, self.frame_size);
+        let offset = |a: usize| if fs.is_power_of_two() { a & (fs - 1) } else { a % fs };
         let ok = |d: &xsk_rs::FrameDesc| {
-            d.addr() < umem && (!with_data || d.addr() % fs + d.lengths().data() <= fs)
+            d.addr() < umem && (!with_data || offset(d.addr()) + d.lengths().data() <= fs)
         };
         let mut kept = 0;
         for i in 0..descs.len() {
@@ -310,7 +313,7 @@ impl XskSocket {
         // returns on the completion ring only frames that were on this
         // socket's TX ring, whose ownership passes back to `free`.
         let n = unsafe { self.cq.consume(&mut free.descs[start..]) };
-        // Only the address comes back on this ring (the length is stale).
+        // Only the address comes back on this ring (no length to check).
         let n = self.keep_in_bounds(&mut free.descs[start..start + n], false);
         free.len += n;
         n
