@@ -29,6 +29,7 @@
 //!     udp: 120            # UDP/SCTP once assured
 //!     udp_unreplied: 30
 //!     icmp: 30
+//!   pod_share: 50         # percent of the table one pod's connections may hold
 //! fail_open: false
 //! status_address: "0.0.0.0:9877"
 //! debounce_ms: 50        # minimum time between two compilations
@@ -155,11 +156,21 @@ pub struct ConntrackConfig {
     /// connection keeps its slot, never evicted, until it times out), closing 120,
     /// closed 10; UDP/SCTP 30 until assured, 120 after; ICMP echo 30.
     pub timeouts: dataplane::conntrack::Timeouts,
+    /// The most of a worker's table that connections opened from one pod's port may
+    /// hold, in percent, 1 to 100. Default 50: a pod that opens connections faster than
+    /// they time out (assured UDP flows, silent TCP connections) fills half the table,
+    /// and the other pods' connections still get slots. Connections opened from a port
+    /// with no pod (an uplink, the node's) count against no share. 100: no share.
+    pub pod_share: u8,
 }
 
 impl Default for ConntrackConfig {
     fn default() -> Self {
-        ConntrackConfig { capacity: 262_144, timeouts: dataplane::conntrack::Timeouts::default() }
+        ConntrackConfig {
+            capacity: 262_144,
+            timeouts: dataplane::conntrack::Timeouts::default(),
+            pod_share: 50,
+        }
     }
 }
 
@@ -448,6 +459,12 @@ impl Config {
         if capacity == 0 || capacity as usize > MAX_CAPACITY {
             return bad(format!("conntrack.capacity must be between 1 and {MAX_CAPACITY}, got {capacity}"));
         }
+        if !(1..=100).contains(&self.conntrack.pod_share) {
+            return bad(format!(
+                "conntrack.pod_share must be between 1 and 100 (percent), got {}",
+                self.conntrack.pod_share
+            ));
+        }
         let t = &self.conntrack.timeouts;
         for (name, secs) in [
             ("tcp_handshake", t.tcp_handshake),
@@ -580,6 +597,10 @@ mod tests {
         assert_eq!(e, "c.yaml: conntrack.capacity must be between 1 and 16777216, got 0");
         let e = err("conntrack: {capacity: 16777217}\n");
         assert_eq!(e, "c.yaml: conntrack.capacity must be between 1 and 16777216, got 16777217");
+        let e = err("conntrack: {pod_share: 0}\n");
+        assert_eq!(e, "c.yaml: conntrack.pod_share must be between 1 and 100 (percent), got 0");
+        let e = err("conntrack: {pod_share: 101}\n");
+        assert_eq!(e, "c.yaml: conntrack.pod_share must be between 1 and 100 (percent), got 101");
         let e = err("conntrack: {timeouts: {tcp_established: 0}}\n");
         assert_eq!(
             e,

@@ -160,6 +160,7 @@ pub fn dataplane_config(cfg: &Config) -> DataplaneConfig {
                 Mode::Wire => PipelineMode::Wire,
             },
             conntrack_capacity: cfg.conntrack.capacity as usize,
+            conntrack_pod_share: cfg.conntrack.pod_share,
             timeouts: cfg.conntrack.timeouts,
             enforce: cfg.enforce,
             ..PipelineConfig::default()
@@ -504,8 +505,14 @@ impl DataplaneView for Enforcer {
         family(
             "portcullis_conntrack_refused",
             "counter",
-            "New connections refused because the table was full",
+            "New connections refused because the table was full (or the pod they came from held its share of it)",
             &[(String::new(), ct.full)],
+        );
+        family(
+            "portcullis_conntrack_over_share",
+            "counter",
+            "Of the refused connections, those refused because the pod they came from held its share of the table (conntrack.pod_share)",
+            &[(String::new(), ct.over_share)],
         );
         family(
             "portcullis_conntrack_evicted",

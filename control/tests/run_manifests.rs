@@ -495,6 +495,7 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
         "portcullis_dropped_packets_total{reason=\"policy\"}",
         "portcullis_conntrack_entries",
         "portcullis_conntrack_evicted_total 0",
+        "portcullis_conntrack_over_share_total 0",
         "portcullis_conntrack_picked_up_total",
         "portcullis_node_exempt_connections_total",
         "portcullis_conntrack_related_total",

@@ -58,6 +58,12 @@
 //! per-packet cost bounded; an expired slot outside the window is found on a
 //! later attempt or by [`Conntrack::expire_step`].
 //!
+//! **Each pod's share** ([`Conntrack::with_pod_share`]): the entries of
+//! connections opened from one pod port ([`Policy::owner`]) are counted, and
+//! a new one is refused (counted in `full` and `over_share`) while its pod
+//! holds its share, so one pod that pins entries fills its share, not the
+//! table. Connections from ports with no pod count against no share.
+//!
 //! **TCP** follows the handshake loosely (as a stateful firewall does, not a
 //! TCP stack: no sequence-window checks): SYN → SynSent, SYN-ACK from the
 //! responder → SynReceived, ACK from the initiator → Established, FIN from
@@ -138,6 +144,14 @@ pub trait Policy {
     #[inline]
     fn allows_reverse(&self, flow: &Flow) -> bool {
         self.allows(flow)
+    }
+
+    /// The pod port the packet came from, when it came from one: a new
+    /// connection counts against that pod's share of the table
+    /// ([`Conntrack::with_pod_share`]). Default: none (no share applies).
+    #[inline]
+    fn owner(&self) -> Option<u16> {
+        None
     }
 
     /// Conntrack admitted a new connection whose initiator's flow is `flow`
@@ -315,7 +329,13 @@ pub struct CtStats {
     pub evicted: u64,
     /// New connections refused because the table was full of live entries.
     pub full: u64,
+    /// Of those, refused because the pod they came from held its whole share
+    /// of the table ([`Conntrack::with_pod_share`]).
+    pub over_share: u64,
 }
+
+/// [`Entry::owner`] of an entry that counts against no pod's share.
+const NO_OWNER: u16 = u16::MAX;
 
 /// Canonical key: endpoint `a` is the smaller of (address, port).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -409,6 +429,8 @@ struct Entry {
     /// Picked up mid-stream: the orientation is the first packet seen's,
     /// not known to be the opener's.
     pickup: bool,
+    /// The pod port whose share this entry counts against, or [`NO_OWNER`].
+    owner: u16,
     /// FIN seen: bit 0 from the initiator, bit 1 from the responder.
     fins: u8,
 }
@@ -453,6 +475,7 @@ impl Entry {
         orig_is_a: true,
         replied: false,
         pickup: false,
+        owner: NO_OWNER,
         fins: 0,
     };
 
@@ -531,6 +554,9 @@ pub struct Conntrack {
     reclaim_cursor: usize,
     expire_cursor: usize,
     revalidate_cursor: usize,
+    /// Entries per owner (pod port), and the most one may hold.
+    owned: Vec<u32>,
+    share: u32,
     stats: CtStats,
 }
 
@@ -552,8 +578,24 @@ impl Conntrack {
             reclaim_cursor: 0,
             expire_cursor: 0,
             revalidate_cursor: 0,
+            owned: Vec::new(),
+            share: u32::MAX,
             stats: CtStats::default(),
         }
+    }
+
+    /// Caps the entries that new connections from one pod port may hold at
+    /// `percent` of the table (at least one), for `ports` ports: a pod that
+    /// opens connections faster than they time out then fills its share, not
+    /// the whole table, and connections of other pods (and to pods from
+    /// outside, which count against no share) still get slots. 100: no cap.
+    pub fn with_pod_share(mut self, ports: usize, percent: u8) -> Self {
+        if percent < 100 {
+            self.owned = vec![0; ports];
+            let share = self.slots.len() * usize::from(percent) / 100;
+            self.share = share.clamp(1, u32::MAX as usize) as u32;
+        }
+        self
     }
 
     /// Also picks up a mid-stream TCP packet, or an ICMP echo reply, that
@@ -618,6 +660,9 @@ impl Conntrack {
         }
         let hash = e.hash;
         e.state = State::Free;
+        if let Some(n) = self.owned.get_mut(usize::from(e.owner)) {
+            *n = n.saturating_sub(1);
+        }
         if let Ok(occ) = self.index.find_entry(hash, |&i| i as usize == slot) {
             occ.remove();
         }
@@ -811,6 +856,20 @@ impl Conntrack {
                 (State::Unreplied, true, false)
             }
         };
+        // A pod at its share of the table opens nothing more (replacing one of
+        // its own entries is no more).
+        let owner = if self.owned.is_empty() { None } else { policy.owner() };
+        if let Some(o) = owner {
+            if self.owned.get(usize::from(o)).is_some_and(|n| *n >= self.share)
+                && !reuse
+                    .and_then(|r| self.slots.get(r))
+                    .is_some_and(|e| e.state != State::Free && e.owner == o)
+            {
+                self.stats.full += 1;
+                self.stats.over_share += 1;
+                return Outcome::Drop(CtDrop::Full);
+            }
+        }
         // A replaced entry keeps its slot and its index entry (same key, same hash).
         let indexed = reuse.is_some();
         let Some(slot) = reuse.or_else(|| self.free.pop().map(|s| s as usize)).or_else(|| self.reclaim(now))
@@ -830,12 +889,22 @@ impl Conntrack {
             // an echo reply picked up *is* the other side.
             replied: pickup && !src_initiates,
             pickup,
+            owner: owner.unwrap_or(NO_OWNER),
             fins: 0,
         };
         let Some(dst) = self.slots.get_mut(slot) else {
             return Outcome::Drop(CtDrop::Full);
         };
+        // The entry replaced (a new SYN on its 4-tuple) leaves its owner's share.
+        if indexed && dst.state != State::Free {
+            if let Some(n) = self.owned.get_mut(usize::from(dst.owner)) {
+                *n = n.saturating_sub(1);
+            }
+        }
         *dst = e;
+        if let Some(n) = owner.and_then(|o| self.owned.get_mut(usize::from(o))) {
+            *n += 1;
+        }
         if !indexed {
             let slots = &self.slots;
             self.index.insert_unique(hash, slot as u32, |&i| slots.get(i as usize).map_or(0, |e| e.hash));
@@ -1001,6 +1070,7 @@ impl Conntrack {
     pub fn clear(&mut self) {
         self.index.clear();
         self.free.clear();
+        self.owned.fill(0);
         for (i, e) in self.slots.iter_mut().enumerate().rev() {
             *e = Entry::FREE;
             self.free.push(i as u32);
@@ -1193,6 +1263,55 @@ mod tests {
         let rst = tcp(C, 40001, S, 80, F::RST);
         assert_eq!(ct.packet(&rst, &p, 1, 0), Outcome::Pass(CtPass::Untracked));
         assert_eq!(ct.len(), 1);
+    }
+
+    /// A policy that allows everything, saying the packets come from `owner`.
+    struct From(Option<u16>);
+    impl Policy for From {
+        fn allows(&self, _: &Flow) -> bool {
+            true
+        }
+        fn owner(&self) -> Option<u16> {
+            self.0
+        }
+    }
+
+    /// A pod that pins entries (assured UDP flows) fills its share of the
+    /// table, not the table: other pods, and connections from outside, still
+    /// get slots; once its entries go, it may open more.
+    #[test]
+    fn one_pod_fills_its_share_of_the_table_not_the_table() {
+        let mut ct = Conntrack::new(8, &Timeouts::default(), true).with_pod_share(3, 50);
+        let (a, b) = (From(Some(0)), From(Some(1)));
+        let assured = |ct: &mut Conntrack, p: &From, port: u16, now: u64| {
+            let q = udp(C, port, S, 53);
+            let r = ct.packet(&q, p, 1, now);
+            if r == Outcome::Pass(CtPass::New) {
+                ct.packet(&udp(S, 53, C, port), p, 1, now);
+                ct.packet(&q, p, 1, now);
+            }
+            r
+        };
+        for port in 0..4 {
+            assert_eq!(assured(&mut ct, &a, 1000 + port, 0), Outcome::Pass(CtPass::New));
+        }
+        // Pod A holds its four slots (half of eight): its fifth is refused.
+        assert_eq!(assured(&mut ct, &a, 1004, 0), Outcome::Drop(CtDrop::Full));
+        assert_eq!((ct.stats().full, ct.stats().over_share), (1, 1));
+        // Pod B, and a connection from no pod, still get slots.
+        assert_eq!(assured(&mut ct, &b, 2000, 0), Outcome::Pass(CtPass::New));
+        assert_eq!(assured(&mut ct, &From(None), 3000, 0), Outcome::Pass(CtPass::New));
+        // A's packets on its own connections still pass; a new SYN replacing one
+        // of its entries is no extra entry.
+        assert_eq!(ct.packet(&udp(C, 1000, S, 53), &a, 1, 1), Outcome::Pass(CtPass::Tracked));
+        // Once A's flows time out (assured UDP: 120 s), it may open again.
+        assert_eq!(ct.expire_step(200 * SEC, 8), 6);
+        assert_eq!(assured(&mut ct, &a, 1004, 200 * SEC), Outcome::Pass(CtPass::New));
+        // Without a share (100%) one pod may take the whole table.
+        let mut ct = Conntrack::new(8, &Timeouts::default(), true).with_pod_share(3, 100);
+        for port in 0..8 {
+            assert_eq!(assured(&mut ct, &a, 1000 + port, 0), Outcome::Pass(CtPass::New));
+        }
     }
 
     /// A reset that policy allows only as a reply (the server's, with no

@@ -24,7 +24,8 @@
 //!              "same_port": 3, "bad_port": 0, "parse": 2 },
 //!   "parse_errors": { "ethernet_truncated": 0, "ipv4_truncated": 2, … },
 //!   "conntrack": { "entries": 310, "capacity": 65536, "created": 352, "picked_up": 3,
-//!                  "related": 1, "revoked": 2, "expired": 40, "evicted": 0, "full": 0 },
+//!                  "related": 1, "revoked": 2, "expired": 40, "evicted": 0, "full": 0,
+//!                  "over_share": 0 },
 //!   "mac_entries": 6, "fragments_evicted": 0,
 //!   "table_generation": 7, "fail_closed": false,
 //!   "ports": [ { "rx_frames": 530, "rx_bytes": 50110, "tx_frames": 512, "tx_bytes": 49200, "tx_dropped": 0 },
@@ -141,6 +142,7 @@ pub struct WorkerCounters {
     ct_expired: Counter,
     ct_evicted: Counter,
     ct_full: Counter,
+    ct_over_share: Counter,
     mac_entries: Counter,
     fragments_evicted: Counter,
     table_generation: Counter,
@@ -170,6 +172,7 @@ impl WorkerCounters {
             ct_expired: Counter::default(),
             ct_evicted: Counter::default(),
             ct_full: Counter::default(),
+            ct_over_share: Counter::default(),
             mac_entries: Counter::default(),
             fragments_evicted: Counter::default(),
             table_generation: Counter::default(),
@@ -220,6 +223,7 @@ impl WorkerCounters {
         self.ct_expired.set(s.expired);
         self.ct_evicted.set(s.evicted);
         self.ct_full.set(s.full);
+        self.ct_over_share.set(s.over_share);
     }
 
     /// Generation of the table this worker uses (one atomic read).
@@ -269,6 +273,7 @@ impl WorkerCounters {
                 expired: self.ct_expired.get(),
                 evicted: self.ct_evicted.get(),
                 full: self.ct_full.get(),
+                over_share: self.ct_over_share.get(),
             },
             mac_entries: self.mac_entries.get(),
             fragments_evicted: self.fragments_evicted.get(),
@@ -341,6 +346,8 @@ pub struct ConntrackSnapshot {
     pub evicted: u64,
     /// New connections refused for lack of room.
     pub full: u64,
+    /// Of those, refused because the pod they came from held its share.
+    pub over_share: u64,
 }
 
 /// Plain, serializable copy of a worker's counters (or a sum over workers).
@@ -409,6 +416,7 @@ impl CountersSnapshot {
         c.expired += d.expired;
         c.evicted += d.evicted;
         c.full += d.full;
+        c.over_share += d.over_share;
         self.mac_entries += o.mac_entries;
         self.fragments_evicted += o.fragments_evicted;
         self.table_generation =

@@ -228,10 +228,15 @@ pub struct Admission<'a> {
     exempted: Cell<Option<u64>>,
     /// The port the packet arrived on (for the node's exemption).
     in_port: PortId,
-    /// The node's addresses: a tracked connection from one of them that is
-    /// checked again (another packet's flow) keeps its exemption, as in
-    /// [`crate::pipeline::PublishedTable`]'s re-checks.
-    node: Option<&'a Addresses>,
+    /// The ports' pods and the node's addresses: which pod port the packet
+    /// came from ([`Policy::owner`], asked only for a new connection), and
+    /// the node's exemption (a tracked connection from one of its addresses
+    /// that is checked again, another packet's flow, keeps it, as in
+    /// [`crate::pipeline::PublishedTable`]'s re-checks).
+    addresses: Option<&'a Addresses>,
+    /// `addresses` has node addresses (without them nothing is exempt: no
+    /// test per question).
+    node: bool,
 }
 
 impl<'a> Admission<'a> {
@@ -243,7 +248,8 @@ impl<'a> Admission<'a> {
             row,
             packet,
             in_port: 0,
-            node: None,
+            addresses: None,
+            node: false,
             allowed: Cell::new(None),
             exempted: Cell::new(None),
         }
@@ -253,10 +259,10 @@ impl<'a> Admission<'a> {
     /// of its addresses, arriving on `in_port` where the node's traffic
     /// arrives; see [`crate::addresses`]); such a connection counts a policy
     /// hit only when a rule of the table allows it too.
+    /// Which ports lead to pods comes with it: a new connection from one
+    /// counts against that pod's share of the connection table.
     pub fn with_node(self, addresses: &'a Addresses, in_port: PortId) -> Self {
-        // Without node addresses there is nothing to exempt: skip the test per question.
-        let node = addresses.any_node_address().then_some(addresses);
-        Admission { in_port, node, ..self }
+        Admission { in_port, addresses: Some(addresses), node: addresses.any_node_address(), ..self }
     }
 
     /// The table's answer, remembered for [`Policy::admitted`].
@@ -293,7 +299,7 @@ impl Policy for Admission<'_> {
         // The packet's own flow: exempt when it arrived from the node. Another
         // flow (a tracked connection re-checked on a packet of its other side):
         // exempt when it comes from a node address, as it was when admitted.
-        let exempt = match self.node {
+        let exempt = match self.addresses.filter(|_| self.node) {
             Some(a) if flow == self.packet => a.from_node(flow.src.ip(), self.in_port),
             Some(a) => a.is_node(flow.src.ip()),
             None => false,
@@ -310,6 +316,14 @@ impl Policy for Admission<'_> {
         // A pod's packet to the node's address is no proof the node opened
         // the connection: only the table answers.
         self.allows_by_table(flow)
+    }
+
+    #[inline]
+    fn owner(&self) -> Option<u16> {
+        match self.addresses {
+            Some(a) if a.is_pod_port(usize::from(self.in_port)) => Some(self.in_port),
+            _ => None,
+        }
     }
 
     #[inline]

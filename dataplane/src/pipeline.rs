@@ -253,6 +253,12 @@ pub struct PipelineConfig {
     /// worker with the index). Larger tables survive bigger bursts of new
     /// connections; when full, new connections are refused (see conntrack).
     pub conntrack_capacity: usize,
+    /// The most of a worker's connection table that new connections from one
+    /// pod's port may hold, in percent (1..=100). Default 50: one pod that
+    /// opens connections faster than they time out fills half the table,
+    /// not all of it. Connections from ports with no pod count against no
+    /// share. 100: no share.
+    pub conntrack_pod_share: u8,
     /// Idle timeouts per connection state, seconds.
     pub timeouts: Timeouts,
     /// Pick up TCP connections mid-stream (after a restart or idle expiry)
@@ -295,6 +301,7 @@ impl Default for PipelineConfig {
             mode: Mode::Switch,
             ports: 2,
             conntrack_capacity: 65_536,
+            conntrack_pod_share: 50,
             timeouts: Timeouts::default(),
             loose_tcp: true,
             tcp_reverse_pickup: false,
@@ -333,6 +340,9 @@ pub enum ConfigError {
         /// Configured value.
         value: usize,
     },
+    /// `conntrack_pod_share` is not a percentage from 1 to 100.
+    #[error("conntrack_pod_share must be between 1 and 100 (percent), got {0}")]
+    PodShare(u8),
     /// The counters were made for fewer ports than configured.
     #[error("counters have {counters} ports, configuration has {ports}")]
     CounterPorts {
@@ -351,6 +361,9 @@ impl PipelineConfig {
         }
         if self.mode == Mode::Wire && self.ports != 2 {
             return Err(ConfigError::WirePorts { ports: self.ports });
+        }
+        if !(1..=100).contains(&self.conntrack_pod_share) {
+            return Err(ConfigError::PodShare(self.conntrack_pod_share));
         }
         for (field, value) in [
             ("conntrack_capacity", self.conntrack_capacity),
@@ -422,7 +435,8 @@ impl Pipeline {
         let mut cache = Cache::new(tables);
         let current = Arc::clone(cache.load());
         let conntrack = Conntrack::new(cfg.conntrack_capacity, &cfg.timeouts, cfg.loose_tcp)
-            .with_reverse_pickup(cfg.tcp_reverse_pickup);
+            .with_reverse_pickup(cfg.tcp_reverse_pickup)
+            .with_pod_share(usize::from(cfg.ports), cfg.conntrack_pod_share);
         Ok(Pipeline {
             tables: cache,
             conntrack,

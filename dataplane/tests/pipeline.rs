@@ -313,6 +313,44 @@ fn full_table_refuses_new_connections_and_keeps_established() {
     assert_eq!(snap.conntrack.entries, 4);
 }
 
+/// With pods behind the ports, one pod filling the table fills only its
+/// share (`conntrack_pod_share`, 50% by default): the other pods' new
+/// connections, and those from the uplink, still get slots.
+#[test]
+fn a_pod_filling_the_connection_table_fills_only_its_share() {
+    use dataplane::addresses::{Addresses, PodAddrs};
+    let cfg = PipelineConfig { ports: 4, conntrack_capacity: 8, ..Default::default() };
+    let (c, s, o) = (Host::new(1), Host::new(2), Host::new(3));
+    let pods = [c, s, o].map(|h| Some(PodAddrs::new([h.v4(), h.v6()])));
+    let addresses = Addresses::new(pods.into_iter().chain([None]).collect(), vec![]);
+    let mut r = rig_with(cfg, published(1, testing::client_server_table()).with_addresses(addresses));
+    r.learn_all();
+    // The client's assured UDP flows to the server (query, answer, query again).
+    let mut opened = 0;
+    for port in 0..8u16 {
+        let q = testing::udp(&c, 1000 + port, &s, 53, false, b"q");
+        if r.p.process(0, &q, 0) != Action::Forward(1) {
+            continue;
+        }
+        opened += 1;
+        assert_eq!(
+            r.p.process(1, &testing::udp(&s, 53, &c, 1000 + port, false, b"a"), 0),
+            Action::Forward(0)
+        );
+        assert_eq!(r.p.process(0, &q, 0), Action::Forward(1));
+    }
+    assert_eq!(opened, 4, "half the table");
+    // The other pod (not isolated) and a station behind the uplink still connect.
+    let outside = Host::new(60);
+    assert_eq!(r.p.process(3, &testing::arp_request(&outside, &o), 1), Action::Flood);
+    assert_eq!(r.p.process(2, &testing::udp(&o, 7000, &outside, 53, false, b"q"), 1), Action::Forward(3));
+    assert_eq!(r.p.process(3, &testing::udp(&outside, 7001, &o, 53, false, b"q"), 1), Action::Forward(2));
+    r.p.begin_batch(2);
+    let snap = r.p.counters().snapshot();
+    assert_eq!((snap.conntrack.full, snap.conntrack.over_share), (4, 4));
+    assert_eq!(snap.conntrack.entries, 6);
+}
+
 /// SCTP (crafted: the kernel here has no SCTP) is allowed on its policy port
 /// and its reply passes; other SCTP ports are denied.
 #[test]
