@@ -29,7 +29,7 @@
 //!     udp: 120            # UDP/SCTP once assured
 //!     udp_unreplied: 30
 //!     icmp: 30
-//!   pod_share: 50         # percent of the table one pod's connections may hold
+//!   pod_share: 50         # percent of each worker's table one pod's connections may hold
 //! fail_open: false
 //! status_address: "0.0.0.0:9877"
 //! debounce_ms: 50        # minimum time between two compilations

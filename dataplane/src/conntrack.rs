@@ -327,7 +327,8 @@ pub struct CtStats {
     pub expired: u64,
     /// Embryonic or closed entries evicted to make room.
     pub evicted: u64,
-    /// New connections refused because the table was full of live entries.
+    /// New connections refused because the table was full of live entries
+    /// (or the pod they came from held its share of it: `over_share`).
     pub full: u64,
     /// Of those, refused because the pod they came from held its whole share
     /// of the table ([`Conntrack::with_pod_share`]).
@@ -1301,12 +1302,31 @@ mod tests {
         // Pod B, and a connection from no pod, still get slots.
         assert_eq!(assured(&mut ct, &b, 2000, 0), Outcome::Pass(CtPass::New));
         assert_eq!(assured(&mut ct, &From(None), 3000, 0), Outcome::Pass(CtPass::New));
-        // A's packets on its own connections still pass; a new SYN replacing one
-        // of its entries is no extra entry.
+        // A's packets on its own connections still pass.
         assert_eq!(ct.packet(&udp(C, 1000, S, 53), &a, 1, 1), Outcome::Pass(CtPass::Tracked));
         // Once A's flows time out (assured UDP: 120 s), it may open again.
         assert_eq!(ct.expire_step(200 * SEC, 8), 6);
         assert_eq!(assured(&mut ct, &a, 1004, 200 * SEC), Outcome::Pass(CtPass::New));
+        // A pod at its share may still open a connection on the 4-tuple of one of
+        // its own that is over (the new SYN replaces the entry: no extra one).
+        let mut ct = Conntrack::new(4, &Timeouts::default(), true).with_pod_share(3, 50);
+        let syn = |port| tcp(C, port, S, 80, F::SYN);
+        for port in [4000, 4001] {
+            assert_eq!(ct.packet(&syn(port), &a, 1, 0), Outcome::Pass(CtPass::New));
+            assert_eq!(
+                ct.packet(&tcp(S, 80, C, port, F::SYN | F::ACK), &a, 1, 0),
+                Outcome::Pass(CtPass::Tracked)
+            );
+            assert_eq!(ct.packet(&tcp(C, port, S, 80, F::ACK), &a, 1, 0), Outcome::Pass(CtPass::Tracked));
+        }
+        assert_eq!(ct.packet(&syn(4002), &a, 1, 0), Outcome::Drop(CtDrop::Full));
+        assert_eq!(ct.packet(&tcp(C, 4000, S, 80, F::RST), &a, 1, 1), Outcome::Pass(CtPass::Tracked));
+        assert_eq!(ct.packet(&syn(4000), &a, 1, 2), Outcome::Pass(CtPass::New));
+        assert_eq!(ct.packet(&syn(4002), &a, 1, 2), Outcome::Drop(CtDrop::Full), "still at its share");
+        // Another pod's SYN on that 4-tuple would take the entry from A.
+        assert_eq!(ct.packet(&tcp(C, 4001, S, 80, F::RST), &a, 1, 3), Outcome::Pass(CtPass::Tracked));
+        assert_eq!(ct.packet(&syn(4001), &b, 1, 4), Outcome::Pass(CtPass::New));
+        assert_eq!(ct.packet(&syn(4002), &a, 1, 4), Outcome::Pass(CtPass::New), "A gave one up");
         // Without a share (100%) one pod may take the whole table.
         let mut ct = Conntrack::new(8, &Timeouts::default(), true).with_pod_share(3, 100);
         for port in 0..8 {
