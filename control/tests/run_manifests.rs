@@ -516,9 +516,11 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
     // /status and /metrics agree, and frames went out.
     let ports = dp["pipeline"]["ports"].as_array().unwrap();
     let tx: u64 = ports.iter().map(|p| p["tx_frames"].as_u64().unwrap()).sum();
+    // (42 bytes: an ARP frame, the smallest sent here; veths do not pad frames to 60.
+    // With more ARP than IP through a port, its average falls below 60.)
     assert!(
         tx > 0
-            && ports.iter().all(|p| p["tx_bytes"].as_u64().unwrap() >= 60 * p["tx_frames"].as_u64().unwrap()),
+            && ports.iter().all(|p| p["tx_bytes"].as_u64().unwrap() >= 42 * p["tx_frames"].as_u64().unwrap()),
         "{dp}"
     );
     // The kernel's socket counters are read per port (zero here: nothing overran).
