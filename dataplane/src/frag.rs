@@ -15,6 +15,11 @@
 //! RFC 791 §3.2 — for a fixed time from the first fragment, like a
 //! reassembly timer (RFC 791 suggests 15 s; Linux `ipfrag_time` is 30 s).
 //!
+//! The pipeline stores with each verdict the table generation and the first
+//! fragment's flow: a later fragment that arrives under a newer table is
+//! judged again by it (`pipeline.rs`), so a revocation reaches the rest of
+//! a datagram too.
+//!
 //! A later fragment that arrives before its first fragment is dropped: the
 //! sender's retransmission will usually arrive in order, and forwarding
 //! fragments of an unknown datagram would let them bypass port rules.

@@ -378,8 +378,16 @@ impl PipelineConfig {
     }
 }
 
-/// The verdict a first fragment leaves for the rest: `None` = allowed.
-type FragVerdict = Option<DropReason>;
+/// What a first fragment leaves for the rest of its datagram: its verdict
+/// (`None` = allowed), the generation of the table that gave it, and its
+/// flow (ports included: later fragments carry none), to judge the rest
+/// again when a newer table arrives before they do.
+#[derive(Clone, Copy, Debug, Default)]
+struct FragVerdict {
+    verdict: Option<DropReason>,
+    generation: u64,
+    flow: Option<crate::parse::Flow>,
+}
 
 /// One worker's packet path. See the module documentation.
 pub struct Pipeline {
@@ -723,13 +731,21 @@ impl Pipeline {
     /// Policy for an IP packet: `None` allows.
     #[inline]
     fn ip(&mut self, pkt: &IpPacket, in_port: PortId, now: u64) -> Option<DropReason> {
-        if let Fragment::Later(id) = pkt.fragment {
-            return self
-                .frags
-                .later(&DatagramKey::of(&pkt.flow, id), now)
-                .unwrap_or(Some(DropReason::FragmentNoFirst));
-        }
         let t = &*self.current;
+        if let Fragment::Later(id) = pkt.fragment {
+            let Some(first) = self.frags.later(&DatagramKey::of(&pkt.flow, id), now) else {
+                return Some(DropReason::FragmentNoFirst);
+            };
+            if first.verdict.is_some() || first.generation == t.generation {
+                return first.verdict;
+            }
+            // Allowed under an older table: still allowed by this one? As its
+            // connection would be re-checked (the connection's opening flow,
+            // or the first fragment's own when nothing tracks it).
+            let flow = first.flow?;
+            let opening = self.conntrack.get(&flow).map_or(flow, |c| c.original);
+            return if t.allows(&opening) { None } else { Some(DropReason::Revoked) };
+        }
         let admission =
             Admission::new(&t.table, &t.hits, self.worker, &pkt.flow).with_node(&t.addresses, in_port);
         let verdict = match self.conntrack.packet(pkt, &admission, t.generation, now) {
@@ -758,7 +774,8 @@ impl Pipeline {
             Outcome::Drop(CtDrop::NoConnection) => Some(DropReason::TcpNoConnection),
         };
         if let Fragment::First(id) = pkt.fragment {
-            self.frags.first(&DatagramKey::of(&pkt.flow, id), verdict, now);
+            let record = FragVerdict { verdict, generation: t.generation, flow: Some(pkt.flow) };
+            self.frags.first(&DatagramKey::of(&pkt.flow, id), record, now);
         }
         verdict
     }

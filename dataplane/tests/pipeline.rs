@@ -225,6 +225,43 @@ fn fragments_follow_the_first() {
     assert_eq!(r.p.process(0, &later, 1 + 30 * SEC), Action::Drop(DropReason::FragmentNoFirst));
 }
 
+/// A newer table reaches the later fragments of a datagram whose first was
+/// allowed: judged again as their connection would be, allowed while it is
+/// allowed, dropped as revoked once it is not.
+#[test]
+fn a_new_table_reaches_the_later_fragments_too() {
+    let mut r = rig();
+    r.learn_all();
+    let (c, s) = (r.client, r.server);
+    let fragments = |id| {
+        let mut first = testing::udp(&c, 5353, &s, 53, false, &[0; 64]);
+        testing::make_ipv4_fragment(&mut first, id, 0, true);
+        let mut later = first.clone();
+        testing::make_ipv4_fragment(&mut later, id, 9, false);
+        (first, later)
+    };
+    // The server's answer, fragmented too: allowed as the reply of the query.
+    let mut answer = testing::udp(&s, 53, &c, 5353, false, &[0; 64]);
+    testing::make_ipv4_fragment(&mut answer, 90, 0, true);
+    let mut answer_later = answer.clone();
+    testing::make_ipv4_fragment(&mut answer_later, 90, 9, false);
+    let (first, later) = fragments(80);
+    assert_eq!(r.p.process(0, &first, 1), Action::Forward(1));
+    assert_eq!(r.p.process(1, &answer, 1), Action::Forward(0));
+    // A new table that allows the same: the later fragments still pass, the
+    // answer's too (judged by its connection, opened by the client).
+    r.tables.store(Arc::new(published(2, testing::client_server_table())));
+    r.p.begin_batch(2);
+    assert_eq!(r.p.process(0, &later, 2), Action::Forward(1));
+    assert_eq!(r.p.process(1, &answer_later, 2), Action::Forward(0));
+    // A table that denies the query: the rest of the datagram is revoked.
+    let (first, later) = fragments(81);
+    assert_eq!(r.p.process(0, &first, 3), Action::Forward(1));
+    r.tables.store(Arc::new(published(3, testing::client_server_table_denying())));
+    r.p.begin_batch(4);
+    assert_eq!(r.p.process(0, &later, 4), Action::Drop(DropReason::Revoked));
+}
+
 #[test]
 fn l2_behaviour_and_non_ip() {
     let mut r = rig();
