@@ -744,16 +744,16 @@ impl Conntrack {
         }
         let mut dir = dir;
         if e.generation != generation {
+            let orientation = e.orig_is_a;
             if !e.still_allowed(policy) {
                 self.stats.revoked += 1;
                 self.remove(slot);
                 return Hit::Done(Outcome::Drop(CtDrop::Revoked));
             }
             e.generation = generation;
-            // It may have been turned round: a bare SYN taken for the
-            // initiator's is then the responder's, decided afresh.
-            let turned = dir != if src_is_a == e.orig_is_a { Dir::Orig } else { Dir::Reply };
-            if turned {
+            // Turned round: a bare SYN taken for the initiator's is then the
+            // responder's, decided afresh.
+            if e.orig_is_a != orientation {
                 if stray_syn {
                     return Hit::NewSyn;
                 }

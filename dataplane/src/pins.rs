@@ -102,9 +102,7 @@ impl PodPins {
         let w = word(pin);
         match slot.compare_exchange(0, w, Ordering::SeqCst, Ordering::SeqCst) {
             Ok(_) => {
-                let rival = self.slots.iter().enumerate().any(|(p, s)| {
-                    p != port && pin_of(s.load(Ordering::SeqCst)).is_some_and(|other| other.mac == pin.mac)
-                });
+                let rival = self.held_elsewhere(port, pin.mac);
                 if rival && slot.compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
                     // Counted as a change: a worker that copied the pins while
                     // this one was in place must copy them again.
@@ -118,12 +116,13 @@ impl PodPins {
         }
     }
 
-    /// Does a port other than `port` hold `mac`?
+    /// Does a port other than `port` hold `mac`? (`SeqCst` loads, for
+    /// [`PodPins::try_pin`]'s argument; on x86 they are plain loads.)
     pub fn held_elsewhere(&self, port: usize, mac: Mac) -> bool {
         self.slots
             .iter()
             .enumerate()
-            .any(|(p, s)| p != port && pin_of(s.load(Ordering::Acquire)).is_some_and(|pin| pin.mac == mac))
+            .any(|(p, s)| p != port && pin_of(s.load(Ordering::SeqCst)).is_some_and(|pin| pin.mac == mac))
     }
 
     /// Releases `port`'s pin if the pod of `epoch` took it (that pod is gone).

@@ -225,7 +225,11 @@ impl XskSocket {
     /// division otherwise).
     fn keep_in_bounds(&mut self, descs: &mut [xsk_rs::FrameDesc], with_data: bool) -> usize {
         let (umem, fs) = (self.umem_bytes, self.frame_size);
-        let offset = |a: usize| if fs.is_power_of_two() { a & (fs - 1) } else { a % fs };
+        let mask = fs.is_power_of_two().then(|| fs - 1);
+        let offset = |a: usize| match mask {
+            Some(m) => a & m,
+            None => a % fs,
+        };
         let ok = |d: &xsk_rs::FrameDesc| {
             d.addr() < umem && (!with_data || offset(d.addr()) + d.lengths().data() <= fs)
         };
