@@ -420,15 +420,18 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
     let v = src.value();
     let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
     let api_version = v.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("").to_string();
-    let ns = v
-        .get("metadata")
-        .and_then(|m| m.get("namespace"))
-        .and_then(|n| n.as_str())
-        .filter(|n| !n.is_empty())
-        .unwrap_or(DEFAULT_NAMESPACE)
-        .to_string();
-    let name =
-        v.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("").to_string();
+    // A name written as a number or boolean (`name: 2024`) still names the
+    // object in messages; the typed decode below reports it as not a string.
+    let text = |field: &str| -> Option<String> {
+        match v.get("metadata").and_then(|m| m.get(field))? {
+            serde_yaml::Value::String(s) => Some(s.clone()),
+            serde_yaml::Value::Number(n) => Some(n.to_string()),
+            serde_yaml::Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    };
+    let ns = text("namespace").filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let name = text("name").unwrap_or_default();
     // The line of the named field, when there is one.
     let err = |field: Option<String>, message: String, object: Option<String>| {
         let line = field.as_deref().and_then(|f| src.line(f));
@@ -513,7 +516,9 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
 
 /// Deserializes one object, reporting the first type error and every unknown
 /// field. Always from the parsed value, which is strict about types (`80`,
-/// `true`, `null` are not strings, as for the API server); a document's own
+/// `true` are not strings, as for the API server; a `null` label value is
+/// the empty string, as the API server's decoding makes it, see
+/// [`null_labels_as_empty`]); a document's own
 /// deserializer, which reads any plain scalar as a string, is used only to
 /// find the line of an error it finds too.
 fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
@@ -531,8 +536,9 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
             unknown.push(path);
         }
     };
+    let coerced = null_labels_as_empty(src.value());
     let result: Result<T, (String, String)> = {
-        let de = serde_ignored::Deserializer::new(src.value(), &mut record);
+        let de = serde_ignored::Deserializer::new(coerced.as_ref().unwrap_or(src.value()), &mut record);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let msg = clean_message(&path, &e.inner().to_string());
@@ -584,6 +590,49 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
             None
         }
     }
+}
+
+/// A copy of `v` in which the `null` values of every string map (`labels`,
+/// `annotations`, `matchLabels`) are `""`, or `None` when it has none. The
+/// API server decodes JSON as Go does, a `null` map value as the empty
+/// string, so `labels: {canary: }` or `{canary: null}` is the label
+/// `canary=""` there (`kubectl create` shows it so, and `kubectl apply`
+/// does the same since 1.33), not an error.
+fn null_labels_as_empty(v: &serde_yaml::Value) -> Option<serde_yaml::Value> {
+    use serde_yaml::Value;
+    fn has(v: &Value) -> bool {
+        match v {
+            Value::Mapping(m) => m.iter().any(|(k, v)| {
+                let string_map = matches!(k.as_str(), Some("labels" | "annotations" | "matchLabels"));
+                (string_map && v.as_mapping().is_some_and(|m| m.values().any(Value::is_null))) || has(v)
+            }),
+            Value::Sequence(s) => s.iter().any(has),
+            _ => false,
+        }
+    }
+    fn fix(v: &mut Value) {
+        match v {
+            Value::Mapping(m) => {
+                for (k, v) in m.iter_mut() {
+                    if matches!(k.as_str(), Some("labels" | "annotations" | "matchLabels")) {
+                        if let Some(labels) = v.as_mapping_mut() {
+                            for value in labels.values_mut().filter(|x| x.is_null()) {
+                                *value = Value::String(String::new());
+                            }
+                        }
+                    }
+                    fix(v);
+                }
+            }
+            Value::Sequence(s) => s.iter_mut().for_each(fix),
+            _ => {}
+        }
+    }
+    has(v).then(|| {
+        let mut v = v.clone();
+        fix(&mut v);
+        v
+    })
 }
 
 /// Errors per text given a line of their own (the rest name their field
@@ -1038,6 +1087,15 @@ mod tests {
     }
 
     #[test]
+    fn a_name_written_as_a_number_is_a_type_error_not_a_missing_name() {
+        let e = errors("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: 2024, namespace: 123}\nspec: {podSelector: {}}\n");
+        assert!(e.contains("NetworkPolicy 123/2024: field metadata.name: invalid type: integer `2024`, expected a string (quote it"), "{e}");
+        let e = errors("apiVersion: v1\nkind: Namespace\nmetadata: {name: true}\n");
+        assert!(e.contains("Namespace true: field metadata.name: invalid type: boolean"), "{e}");
+        assert!(!e.contains("Required"), "{e}");
+    }
+
+    #[test]
     fn an_unreadable_file_is_named_alone() {
         let e = load("/nonexistent/x.yaml").unwrap_err().to_string();
         assert!(e.starts_with("error: /nonexistent/x.yaml: cannot read"), "{e}");
@@ -1048,7 +1106,7 @@ mod tests {
         let doc = |v: &str| {
             format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels:\n    v: {v}\n")
         };
-        for v in ["80", "1.10", "true", "null"] {
+        for v in ["80", "1.10", "true"] {
             let e = errors(&doc(v));
             assert!(e.contains("field metadata.labels.v: invalid type"), "{v}: {e}");
             assert!(e.contains("(quote it"), "{v}: {e}");
@@ -1062,6 +1120,20 @@ mod tests {
         }
         let s = parse("t.yaml", &doc("\"80\"")).unwrap();
         assert_eq!(s.namespaces[0].metadata.labels.as_ref().unwrap()["v"], "80");
+        // A null label value is the empty string, as the API server decodes it.
+        for v in ["null", "", "~"] {
+            let s = parse("t.yaml", &doc(v)).unwrap();
+            assert_eq!(s.namespaces[0].metadata.labels.as_ref().unwrap()["v"], "", "{v:?}");
+        }
+        let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a, annotations: {note: }}\nspec:\n  podSelector: {matchLabels: {canary: }}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {team: null}}\n";
+        let s = parse("t.yaml", np).unwrap();
+        let spec = s.policies[0].spec.as_ref().unwrap();
+        assert_eq!(spec.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["canary"], "");
+        let peer = &spec.ingress.as_ref().unwrap()[0].from.as_ref().unwrap()[0];
+        assert_eq!(peer.namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["team"], "");
+        assert_eq!(s.policies[0].metadata.annotations.as_ref().unwrap()["note"], "");
+        // Only string maps: a null name is still missing.
+        assert!(errors("apiVersion: v1\nkind: Namespace\nmetadata: {name: null}\n").contains("metadata.name"));
         // Quantities take numbers, as for the API server.
         parse(
             "t.yaml",

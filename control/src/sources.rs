@@ -96,7 +96,7 @@ pub enum SourceMsg {
 }
 
 /// Strips a pod to what the compiler reads (labels, IPs, phase, host network,
-/// container ports), so even transient copies stay small.
+/// the ports of its containers and sidecars), so even transient copies stay small.
 pub fn strip_pod(p: corev1::Pod) -> corev1::Pod {
     let spec = p.spec.map(|s| corev1::PodSpec {
         host_network: s.host_network,
@@ -105,6 +105,18 @@ pub fn strip_pod(p: corev1::Pod) -> corev1::Pod {
             .into_iter()
             .map(|c| corev1::Container { name: c.name, ports: c.ports, ..Default::default() })
             .collect(),
+        // Sidecars (`restartPolicy: Always`) serve their ports while the pod runs.
+        init_containers: s.init_containers.map(|cs| {
+            cs.into_iter()
+                .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+                .map(|c| corev1::Container {
+                    name: c.name,
+                    ports: c.ports,
+                    restart_policy: c.restart_policy,
+                    ..Default::default()
+                })
+                .collect()
+        }),
         ..Default::default()
     });
     let status = p.status.map(|s| corev1::PodStatus {
@@ -526,6 +538,31 @@ mod tests {
 
     fn namespace(name: &str) -> String {
         format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n")
+    }
+
+    #[test]
+    fn a_stripped_pod_keeps_what_the_compiler_reads_and_its_sidecars_ports() {
+        let pod: corev1::Pod = serde_yaml::from_str(
+            r#"
+metadata: {name: p, namespace: a, labels: {app: web}, annotations: {big: "x"}}
+spec:
+  nodeName: n1
+  containers: [{name: c, image: i, ports: [{name: http, containerPort: 80}]}]
+  initContainers:
+  - {name: migrate, image: i, ports: [{name: setup, containerPort: 9000}]}
+  - {name: proxy, image: i, restartPolicy: Always, ports: [{name: metrics, containerPort: 15090}]}
+status: {phase: Running, podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}]}
+"#,
+        )
+        .unwrap();
+        let full = policy_compiler::validate::pod(&pod).0.unwrap();
+        let stripped = strip_pod(pod);
+        assert_eq!(policy_compiler::validate::pod(&stripped).0.unwrap(), full);
+        assert!(full.named_ports.iter().any(|n| n.name == "metrics" && n.port == 15090));
+        assert!(!full.named_ports.iter().any(|n| n.name == "setup"));
+        assert!(stripped.metadata.annotations.is_none());
+        let init = stripped.spec.unwrap().init_containers.unwrap();
+        assert_eq!(init.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["proxy"]);
     }
 
     /// The next `Changes` message, skipping file reports; it must come well

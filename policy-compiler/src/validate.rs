@@ -616,12 +616,22 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
     }
     let mut named_ports = Vec::new();
     let mut container_ports = Vec::new();
-    for (ci, c) in spec.map(|s| s.containers.as_slice()).unwrap_or_default().iter().enumerate() {
+    // The app containers, then the init containers: a sidecar (an init
+    // container with `restartPolicy: Always`) runs alongside them, so its
+    // ports are the pod's too (docs/semantics.md, D4); the ports of other
+    // init containers are validated, as the API server does, but never
+    // served while the pod runs.
+    let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default().iter().enumerate();
+    let init = spec.and_then(|s| s.init_containers.as_deref()).unwrap_or_default().iter().enumerate();
+    let all = containers.map(|(i, c)| ("spec.containers", i, c, true)).chain(
+        init.map(|(i, c)| ("spec.initContainers", i, c, c.restart_policy.as_deref() == Some("Always"))),
+    );
+    for (field, ci, c, serves) in all {
         // A port name is unique within a container (validateContainerPorts);
         // across containers a repeat is only warned about (docs/semantics.md, D3).
         let mut names_here: Vec<&str> = Vec::new();
         for (pi, cp) in c.ports.iter().flatten().enumerate() {
-            let path = FieldPath::root("spec.containers").index(ci).field("ports").index(pi);
+            let path = FieldPath::root(field).index(ci).field("ports").index(pi);
             let protocol = match cp.protocol.as_deref() {
                 None => Protocol::Tcp,
                 Some(s) => match Protocol::parse(s) {
@@ -636,7 +646,7 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
                 errs.push(path.field("containerPort"), "must be between 1 and 65535, inclusive");
                 continue;
             };
-            if !container_ports.contains(&(protocol, port)) {
+            if serves && !container_ports.contains(&(protocol, port)) {
                 container_ports.push((protocol, port));
             }
             let Some(port_name) = &cp.name else { continue };
@@ -649,7 +659,9 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
                 errs.push(path.field("name"), format!("Duplicate value: {port_name:?}"));
             }
             names_here.push(port_name);
-            named_ports.push(NamedPort { name: port_name.clone(), protocol, port });
+            if serves {
+                named_ports.push(NamedPort { name: port_name.clone(), protocol, port });
+            }
         }
     }
     let mut problems = problems_from(errs, &object, Severity::Error);

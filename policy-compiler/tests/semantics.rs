@@ -2109,19 +2109,25 @@ spec:
 }
 
 #[test]
-fn d4_init_container_ports_are_not_named_ports() {
-    // Named ports are read from spec.containers only.
+fn d4_sidecar_ports_are_named_ports_other_init_containers_are_not() {
+    // A sidecar (an init container with restartPolicy: Always) runs alongside
+    // the app containers: its named ports are the pod's. An ordinary init
+    // container has finished before the pod serves: its names resolve to nothing.
     let mut p = pod("x", "api", X_API, &[("app", "api")]);
-    p.spec.as_mut().unwrap().init_containers = Some(vec![Container {
-        name: "sidecar".into(),
-        restart_policy: Some("Always".into()),
-        ports: Some(vec![ContainerPort {
-            container_port: 15090,
-            name: Some("metrics".into()),
-            ..Default::default()
-        }]),
+    let port = |n: i32, name: &str| ContainerPort {
+        container_port: n,
+        name: Some(name.into()),
         ..Default::default()
-    }]);
+    };
+    p.spec.as_mut().unwrap().init_containers = Some(vec![
+        Container { name: "migrate".into(), ports: Some(vec![port(15000, "setup")]), ..Default::default() },
+        Container {
+            name: "sidecar".into(),
+            restart_policy: Some("Always".into()),
+            ports: Some(vec![port(15090, "metrics")]),
+            ..Default::default()
+        },
+    ]);
     let c = world(
         base_namespaces(),
         vec![p],
@@ -2129,10 +2135,24 @@ fn d4_init_container_ports_are_not_named_ports() {
 metadata: {name: p, namespace: x}
 spec:
   podSelector: {}
-  ingress: [{ports: [{port: metrics}]}]
+  ingress: [{ports: [{port: metrics}, {port: setup}]}]
 "],
     );
-    expect(&c, EXT4, X_API, TCP, 15090, NotPod, Deny(&["x/p"]));
+    expect(&c, EXT4, X_API, TCP, 15090, NotPod, Allow("x/p", 0));
+    expect(&c, EXT4, X_API, TCP, 15091, NotPod, Deny(&["x/p"]));
+    expect(&c, EXT4, X_API, TCP, 15000, NotPod, Deny(&["x/p"]));
+    // An init container's bad port is reported at its own path.
+    let mut bad = pod("x", "bad", X_WEB, &[("app", "bad")]);
+    bad.spec.as_mut().unwrap().init_containers =
+        Some(vec![Container { name: "i".into(), ports: Some(vec![port(0, "x")]), ..Default::default() }]);
+    let c = world(base_namespaces(), vec![bad], &[]);
+    assert_problem(
+        &c,
+        Severity::Error,
+        "Pod x/bad",
+        "spec.initContainers[0].ports[0].containerPort",
+        "between 1 and 65535",
+    );
 }
 
 #[test]
