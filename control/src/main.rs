@@ -6,9 +6,10 @@
 //! `NODE_ADDRESSES` as defaults of `--node-name` and `--node-address`, and
 //! `RUST_LOG` (the log filter, `info` without it). Out: answers on stdout
 //! (text or JSON), errors on stderr naming file, object and field, logs on
-//! stderr for `run`; exit status 0 on success, 1 on any error (input that
-//! does not load or validate, too) and, for `query --exit-code`, on a
-//! denied connection.
+//! stderr for `run`; exit status 0 on success, 2 on any error (input that
+//! does not load or validate, a bad batch line, too) and 1 only for
+//! `query --exit-code` on a denied connection, so a script cannot take a
+//! typo for a denial.
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,9 @@ use policy_compiler::{Compiled, Severity};
 ///
 /// `run` is the daemon; `query`, `explain`, `matrix` and `check` answer from manifests alone;
 /// `lab` switches real packets between network namespaces (root).
+///
+/// Exit status: 0 on success; 1 when `query --exit-code` finds the connection denied; 2 on any
+/// error (input that does not load or validate, a bad batch line, a bad argument).
 #[derive(Parser)]
 #[command(name = "portcullis", version)]
 struct Cli {
@@ -146,7 +150,7 @@ struct QueryArgs {
     /// namespace/pod or IP; protocol: name or number, default TCP; port: required for TCP, UDP,
     /// SCTP; family: 4 or 6, optional, as --family), and each gets one JSON line: the answer, or
     /// {"line":N,"error":"..."} for a bad line (malformed JSON or text that is not UTF-8 included).
-    /// The exit status is 1 when any line was bad.
+    /// The exit status is 2 when any line was bad.
     #[arg(long, requires = "to")]
     from: Option<String>,
     /// Destination: namespace/pod or an IP.
@@ -158,7 +162,8 @@ struct QueryArgs {
     #[arg(long, value_enum)]
     output: Option<Output>,
     /// A single query exits with status 1 when the connection is denied (as `kubectl auth
-    /// can-i` does), for scripts: `portcullis query ... --exit-code || echo denied`.
+    /// can-i` does), for scripts; errors exit with 2, so test for 1:
+    /// `portcullis query ... --exit-code; [ $? = 1 ] && echo denied`.
     #[arg(long, requires = "from")]
     exit_code: bool,
 }
@@ -406,13 +411,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut all = Vec::new();
             for p in &args.protocol {
                 let proto = parse_protocol(p).map_err(|e| anyhow!(e))?;
+                // ICMP over IPv4, ICMPv6 over IPv6.
+                let family = report::family_for(proto, args.family).map_err(|e| anyhow!(e))?;
                 if policy_compiler::Protocol::from_number(proto).is_none() {
                     // No ports to probe (ICMP, ...): one matrix, whatever --port says.
-                    all.push(report::matrix(&c, proto, None, args.family));
+                    all.push(report::matrix(&c, proto, None, family));
                     continue;
                 }
                 for port in &ports {
-                    all.push(report::matrix(&c, proto, *port, args.family));
+                    all.push(report::matrix(&c, proto, *port, family));
                 }
             }
             match args.output {
@@ -458,7 +465,7 @@ fn check_batch_args(args: &QueryArgs) -> Result<()> {
 fn resolve_flow(c: &Compiled, from: &str, to: &str, f: &FlowSpec) -> Result<(IpAddr, IpAddr, u8, u16)> {
     let proto = parse_protocol(f.protocol.as_deref().unwrap_or("TCP")).map_err(|e| anyhow!(e))?;
     let port = report::flow_port(proto, f.port).map_err(|e| anyhow!(e))?;
-    let (src, dst) = report::resolve_pair(c, from, to, f.family).map_err(|e| anyhow!(e))?;
+    let (src, dst) = report::resolve_pair(c, from, to, proto, f.family).map_err(|e| anyhow!(e))?;
     Ok((src, dst, proto, port))
 }
 
@@ -483,11 +490,18 @@ fn batch(c: &Compiled, out: &mut impl Write) -> Result<()> {
     fn tcp() -> serde_json::Value {
         serde_json::Value::String("TCP".into())
     }
-    let mut stdin = std::io::stdin().lock();
+    // Our own buffer, which says when it is empty without waiting for input.
+    let mut stdin = std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock());
     let (mut queries, mut bad) = (0usize, 0usize);
     let mut raw = Vec::new();
     for i in 0.. {
         raw.clear();
+        // Answers already given go out before waiting for more questions, so a
+        // program can ask, read the answer, then ask again; a batch on a file
+        // or pipe still writes in large blocks.
+        if stdin.buffer().is_empty() {
+            out.flush()?;
+        }
         if stdin.read_until(b'\n', &mut raw).context("reading stdin")? == 0 {
             break;
         }
@@ -506,8 +520,8 @@ fn batch(c: &Compiled, out: &mut impl Write) -> Result<()> {
         queries += 1;
         let answer = (|| -> Result<serde_json::Value, String> {
             // serde names Rust types (`i64`); a JSON writer thinks in numbers.
-            let q: Query = serde_json::from_str(line?)
-                .map_err(|e| e.to_string().replace("expected i64", "expected a number"))?;
+            let text = line?;
+            let q: Query = serde_json::from_str(text).map_err(|e| json_error(text, &e))?;
             let family = match &q.family {
                 None => None,
                 Some(v) => Some(
@@ -528,12 +542,19 @@ fn batch(c: &Compiled, out: &mut impl Write) -> Result<()> {
                 None => None,
             };
             let port = report::flow_port(proto, port)?;
-            let (src, dst) = report::resolve_pair(c, &q.src, &q.dst, family)?;
+            let (src, dst) = report::resolve_pair(c, &q.src, &q.dst, proto, family)?;
             let v = c.table.verdict_both(src, dst, proto, port);
             Ok(report::verdict_json(&c.table, src, dst, proto, port, &v))
         })();
         match answer {
-            Ok(v) => serde_json::to_writer(&mut *out, &v)?,
+            Ok(mut v) => {
+                // The line it answers: blank lines get no answer, so counting
+                // answers is not counting lines.
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("line".into(), (i + 1).into());
+                }
+                serde_json::to_writer(&mut *out, &v)?
+            }
             Err(e) => {
                 bad += 1;
                 serde_json::to_writer(&mut *out, &serde_json::json!({"line": i + 1, "error": e}))?
@@ -548,6 +569,26 @@ fn batch(c: &Compiled, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
+/// A batch line's JSON error, for a person: JSON's words for Rust's types,
+/// without serde's position in a one-line text (the answer names the line),
+/// and a hint for what a line usually is when it is no query.
+fn json_error(text: &str, e: &serde_json::Error) -> String {
+    let mut m = e.to_string().replace("expected i64", "expected a number");
+    if let Some(at) = m.rfind(" at line ") {
+        m.truncate(at);
+        if !e.is_eof() {
+            m.push_str(&format!(" (column {})", e.column()));
+        }
+    }
+    let t = text.trim();
+    if t.starts_with('[') {
+        m.push_str(": each line holds one query object, not a list (`jq -c '.[]'` writes them so)");
+    } else if e.is_eof() || !t.starts_with('{') {
+        m.push_str(": each line holds one whole query object, as `jq -c` writes them");
+    }
+    m
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(status) => status,
@@ -555,7 +596,8 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // 1 is `query --exit-code`'s "denied": an error must not pass for one.
+            ExitCode::from(2)
         }
     }
 }

@@ -77,10 +77,32 @@ fn families(p: &PodInfo) -> Vec<u8> {
     f
 }
 
-/// Resolves both ends of one connection, which has one address family:
-/// `family` when given, else the family of an end given as an address, else
-/// the first family of the source pod's addresses that the destination pod
-/// has too (a pod with only IPv6 is asked about over IPv6).
+/// The address family a protocol runs over, when only one: ICMP (1) is
+/// IPv4's, ICMPv6 (58) IPv6's.
+pub fn protocol_family(proto: u8) -> Option<u8> {
+    match proto {
+        1 => Some(4),
+        58 => Some(6),
+        _ => None,
+    }
+}
+
+/// The family to ask about for `proto`: `family` when given, else the one
+/// the protocol implies; an error when they disagree (ICMPv6 over IPv4).
+pub fn family_for(proto: u8, family: Option<u8>) -> Result<Option<u8>, String> {
+    match (family, protocol_family(proto)) {
+        (Some(f), Some(p)) if f != p => {
+            Err(format!("{} runs over IPv{p} only, not over IPv{f} (--family {f})", protocol_name(proto)))
+        }
+        (f, p) => Ok(f.or(p)),
+    }
+}
+
+/// Resolves both ends of one connection of protocol `proto`, which has one
+/// address family: `family` when given, else the protocol's (ICMP over
+/// IPv4, ICMPv6 over IPv6), else the family of an end given as an address,
+/// else the first family of the source pod's addresses that the destination
+/// pod has too (a pod with only IPv6 is asked about over IPv6).
 ///
 /// A pod asked about by name must own its address in the table: when two
 /// live pods list one address, the first by `namespace/name` does
@@ -90,12 +112,16 @@ pub fn resolve_pair(
     c: &Compiled,
     from: &str,
     to: &str,
+    proto: u8,
     family: Option<u8>,
 ) -> Result<(IpAddr, IpAddr), String> {
     let ends = [(from, parse_end(c, from)?), (to, parse_end(c, to)?)];
     // Where the family comes from, for the message when a pod lacks it.
-    let mut why = String::from(" (the family asked for)");
-    let given = family.or_else(|| {
+    let mut why = match (family, protocol_family(proto)) {
+        (None, Some(f)) => format!(" ({} runs over IPv{f} only)", protocol_name(proto)),
+        _ => String::from(" (the family asked for)"),
+    };
+    let given = family_for(proto, family)?.or_else(|| {
         ends.iter().find_map(|(text, e)| match e {
             End::Ip(ip) => {
                 why = format!(" ({text}, the other end, is IPv{})", family_of(*ip));
@@ -124,8 +150,9 @@ pub fn resolve_pair(
             End::Ip(ip) if family_of(*ip) == family => *ip,
             End::Ip(ip) => {
                 return Err(format!(
-                    "{text} is IPv{} but the connection is IPv{family}: both ends need one address family",
-                    family_of(*ip)
+                    "{text} is IPv{} but the connection is IPv{family}{}: both ends need one address family",
+                    family_of(*ip),
+                    if why.contains("runs over") { why.as_str() } else { "" }
                 ))
             }
             End::Pod(p) => {

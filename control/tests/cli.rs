@@ -116,6 +116,23 @@ fn query_and_explain_name_the_deciding_policy() {
     );
     let allow = run(&["query", "-s", &s, "--from", CLIENT, "--to", FE, "--port", "80", "--exit-code"]);
     assert_eq!(allow.status.code(), Some(0), "{}", stderr(&allow));
+    // An error is not a denial: a misspelt pod or a missing file exits with 2.
+    let typo =
+        run(&["query", "-s", &s, "--from", "client/clinet", "--to", FE, "--port", "80", "--exit-code"]);
+    assert_eq!(typo.status.code(), Some(2), "{}", stderr(&typo));
+    let missing = run(&[
+        "query",
+        "-s",
+        "/nonexistent.yaml",
+        "--from",
+        CLIENT,
+        "--to",
+        FE,
+        "--port",
+        "80",
+        "--exit-code",
+    ]);
+    assert_eq!(missing.status.code(), Some(2), "{}", stderr(&missing));
     assert_eq!(v["egress"]["result"], "not-isolated");
     assert_eq!(v["ingress"]["result"], "denied");
     assert_eq!(
@@ -155,14 +172,15 @@ fn batch_queries_answer_every_line_in_order() {
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
     let o = child.wait_with_output().unwrap();
     writer.join().unwrap();
-    // Every line answered; the bad one makes the exit status 1.
-    assert_eq!(o.status.code(), Some(1));
+    // Every line answered; the bad one makes the exit status 2 (an error, not a denial).
+    assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("1 of 20001 queries could not be answered"), "{}", stderr(&o));
     let lines: Vec<serde_json::Value> =
         stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), n + 1);
     for (i, l) in lines[..n].iter().enumerate() {
         assert_eq!(l["verdict"], if i % 2 == 0 { "allow" } else { "deny" }, "line {i}: {l}");
+        assert_eq!(l["line"], i + 1, "{l}");
     }
     assert_eq!(lines[n]["line"], n + 1);
     assert!(lines[n]["error"].as_str().unwrap().contains("missing field"), "{}", lines[n]);
@@ -218,7 +236,7 @@ fn questions_need_a_port_for_port_protocols_and_one_address_family() {
         &["query", "-s", &s],
         "{\"src\":\"10.77.0.40\",\"dst\":\"10.77.0.30\"}\n{\"src\":\"10.77.0.40\",\"dst\":\"fd00::1\",\"port\":80}\n",
     );
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     let out = stdout(&o);
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(lines[0]["error"].as_str().unwrap().contains("needs the destination port"), "{out}");
@@ -390,11 +408,19 @@ fn batch_ports_out_of_range_are_named() {
         &["query", "-s", &s],
         "{\"src\":\"10.0.0.1\",\"dst\":\"10.0.0.2\",\"port\":70000}\n{\"src\":\"10.0.0.1\",\"dst\":\"10.0.0.2\",\"port\":0}\n{\"src\":\"10.0.0.1\",\"dst\":\"10.0.0.2\",\"port\":\"80\"}\n",
     );
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     let out = stdout(&o);
     assert!(out.contains("port 70000 is not a destination port (1-65535)"), "{out}");
     assert!(out.contains("port 0 is not a destination port (1-65535)"), "{out}");
-    assert!(out.contains(r#"invalid type: string \"80\", expected a number"#), "{out}");
+    // The position is the column: the answer names the line (3, not serde's "line 1").
+    assert!(out.contains(r#"invalid type: string \"80\", expected a number (column 46)","line":3"#), "{out}");
+    // A pretty-printed query, or a list of them, is no query line: say what one is.
+    let o =
+        run_with_stdin(&["query", "-s", &s], "{\n  \"src\": \"10.0.0.1\",\n}\n[{\"src\":\"10.0.0.1\"}]\n");
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(out.lines().next().unwrap().contains("one whole query object, as `jq -c` writes them"), "{out}");
+    assert!(out.lines().nth(3).unwrap().contains("not a list (`jq -c '.[]'`"), "{out}");
 }
 
 /// Pods `default/a-old` and `default/db` list one address (a-old owns it in
@@ -544,7 +570,7 @@ fn a_batch_line_that_is_not_utf8_is_one_bad_line() {
     input.extend_from_slice(br#"{"src":"client/client","dst":"10.77.0.20","protocol":6,"port":6379}"#);
     input.push(b'\n');
     let o = run_with_stdin(&["query", "-s", &root("examples/stars")], input);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     let lines: Vec<serde_json::Value> =
         stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3, "{}", stdout(&o));
@@ -654,4 +680,110 @@ spec:
     );
     // A policy selecting no pod has nothing to compare with.
     assert!(!err.contains("selects-nothing: spec"), "{err}");
+}
+
+/// ICMP is asked about over IPv4 and ICMPv6 over IPv6, whatever family the
+/// pods list first; a family or address of the other kind is refused.
+#[test]
+fn icmp_and_icmpv6_are_asked_about_over_their_own_family() {
+    let (_dir, f) = temp_file(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+status: {phase: Running, podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}, {ip: "fd00::1"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+status: {phase: Running, podIP: 10.0.0.2, podIPs: [{ip: 10.0.0.2}, {ip: "fd00::2"}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: e, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  policyTypes: [Egress]
+  egress: [{to: [{ipBlock: {cidr: "fd00::/16"}}]}]
+"#,
+    );
+    let s = f.to_str().unwrap();
+    let q = |proto: &str, extra: &[&str]| {
+        let mut args = vec!["query", "-s", s, "--from", "x/a", "--to", "x/b", "--protocol", proto];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let o = q("ICMPv6", &[]);
+    assert!(
+        stdout(&o).starts_with("ALLOW x/a (fd00::1) -> x/b (fd00::2) ICMPv6"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let o = q("ICMP", &[]);
+    assert!(
+        stdout(&o).starts_with("DENY x/a (10.0.0.1) -> x/b (10.0.0.2) ICMP"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let o = q("ICMPv6", &["--family", "4"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("ICMPv6 runs over IPv6 only, not over IPv4"), "{}", stderr(&o));
+    let o = run(&["query", "-s", s, "--from", "10.0.0.1", "--to", "x/b", "--protocol", "58"]);
+    assert!(
+        stderr(&o).contains("10.0.0.1 is IPv4 but the connection is IPv6 (ICMPv6 runs over IPv6 only)"),
+        "{}",
+        stderr(&o)
+    );
+    // The matrix and batch mode alike.
+    let o = run(&["matrix", "-s", s, "--protocol", "ICMPv6", "--output", "json"]);
+    let m: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(m[0]["allowed"], serde_json::json!([[true, true], [true, true]]), "{}", m[0]);
+    let o = run(&["matrix", "-s", s, "--protocol", "ICMP", "--output", "json"]);
+    let m: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(m[0]["allowed"], serde_json::json!([[false, false], [true, true]]), "{}", m[0]);
+    let o =
+        run_with_stdin(&["query", "-s", s], "{\"src\":\"x/a\",\"dst\":\"x/b\",\"protocol\":\"ICMPv6\"}\n");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["src"].as_str(), v["verdict"].as_str()), (Some("fd00::1"), Some("allow")), "{v}");
+}
+
+/// A program may ask, wait for the answer, then ask again: each answer is
+/// written before batch mode waits for the next question.
+#[test]
+fn batch_answers_come_before_the_next_question() {
+    use std::io::BufRead;
+    let mut child = bin()
+        .args(["query", "-s", &root("examples/stars")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let answers = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in answers.lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    for (i, port) in [80, 81, 80].into_iter().enumerate() {
+        writeln!(stdin, r#"{{"src":"10.77.0.40","dst":"10.77.0.30","port":{port}}}"#).unwrap();
+        stdin.flush().unwrap();
+        // The question's answer, while stdin stays open.
+        let line = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("no answer while stdin is open");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["line"], i + 1);
+        assert_eq!(v["verdict"], if port == 80 { "allow" } else { "deny" }, "{v}");
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
 }
