@@ -204,8 +204,22 @@ fn load(args: &StateArgs) -> Result<Compiled> {
             bail!("{} problem(s) in the input; nothing applied", e.0.len());
         }
     };
-    for (kind, origin) in &state.skipped {
+    // A few by name, then a count per kind (`kubectl get all` lists many).
+    const SKIPPED_SHOWN: usize = 5;
+    for (kind, origin) in state.skipped.iter().take(SKIPPED_SHOWN) {
         eprintln!("note: {origin}: kind {kind} is not used by NetworkPolicy; skipped");
+    }
+    if state.skipped.len() > SKIPPED_SHOWN {
+        let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
+        for (kind, _) in &state.skipped[SKIPPED_SHOWN..] {
+            *kinds.entry(kind).or_default() += 1;
+        }
+        let counts: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        eprintln!(
+            "note: {} more objects skipped: {}",
+            state.skipped.len() - SKIPPED_SHOWN,
+            counts.join(", ")
+        );
     }
     if state.namespaces.is_empty() && state.pods.is_empty() && state.policies.is_empty() {
         // As `kubectl apply` refuses an input without objects: an empty or
@@ -247,7 +261,14 @@ fn load(args: &StateArgs) -> Result<Compiled> {
         // in a 10 MB JSON list of 10,000 pods and policies takes 0.35 s; the
         // problems not located still name their item, object and field).
         let line = origin.filter(|_| located < 50).and_then(|o| {
-            let text = texts.entry(o.file.clone()).or_insert_with(|| std::fs::read_to_string(&o.file).ok());
+            // Only a regular file can be read again (a FIFO would wait for a
+            // writer that has gone: `-s <(...)`, `mkfifo`).
+            let text = texts.entry(o.file.clone()).or_insert_with(|| {
+                std::fs::metadata(&o.file)
+                    .is_ok_and(|m| m.is_file())
+                    .then(|| std::fs::read_to_string(&o.file).ok())
+                    .flatten()
+            });
             let text = text.as_deref()?;
             reparsed += text.len();
             located += 1;

@@ -410,7 +410,15 @@ impl Source<'_> {
 
     /// The line of `path` in this object, while the text's budget lasts.
     fn line(&self, path: &str) -> Option<usize> {
+        // Each lookup parses the document again: at most `MAX_LOCATED` of
+        // them, and past the first, only while the text parsed for them stays
+        // under `MAX_LOCATED_BYTES` (one lookup in a 65 MB kubectl list takes
+        // over a second).
         let left = self.budget.get().checked_sub(1)?;
+        let reparsed = (MAX_LOCATED - left) * self.text.len();
+        if left + 1 < MAX_LOCATED && reparsed > MAX_LOCATED_BYTES {
+            return None;
+        }
         self.budget.set(left);
         locate(self.text, self.doc, &format!("{}{path}", self.prefix))
     }
@@ -571,6 +579,15 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
                 " (quote it: YAML reads 80, 1.10, true and null as numbers, booleans and null, not text)"
             } else if msg.starts_with("invalid type: string \"")
                 && msg.contains("expected i")
+                && msg.split('"').nth(1).is_some_and(|v| {
+                    !v.is_empty()
+                        && v.bytes().all(|c| c.is_ascii_digit())
+                        && (v.len() == 1 || !v.starts_with('0'))
+                })
+            {
+                " (write the number without quotes: this field is a number, and a quoted one is text)"
+            } else if msg.starts_with("invalid type: string \"")
+                && msg.contains("expected i")
                 && msg
                     .split('"')
                     .nth(1)
@@ -639,6 +656,8 @@ fn null_labels_as_empty(v: &serde_yaml::Value) -> Option<serde_yaml::Value> {
 /// only): each lookup reads the document again, so a file with thousands of
 /// errors costs thousands of parses without a bound.
 const MAX_LOCATED: usize = 50;
+/// Bytes parsed again for lines, over all lookups of one text (the first lookup is always made).
+const MAX_LOCATED_BYTES: usize = 16 << 20;
 
 /// The line of `path` (`spec.ingress[0].from[0].matchLabel`, as errors
 /// name fields) in document `doc` of `text`: of its last key, or of its
@@ -1084,6 +1103,17 @@ mod tests {
         // A Pod's status is read; an unknown field in it is still an error.
         assert!(errors("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nstatus: {bogus: 1}\n")
             .contains("status.bogus"));
+    }
+
+    #[test]
+    fn a_quoted_number_is_told_to_lose_its_quotes() {
+        let e = errors("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, ports: [{containerPort: \"80\"}]}]}\n");
+        assert!(
+            e.contains(
+                "containerPort: invalid type: string \"80\", expected i32 (write the number without quotes"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

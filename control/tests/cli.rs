@@ -779,11 +779,56 @@ fn batch_answers_come_before_the_next_question() {
         writeln!(stdin, r#"{{"src":"10.77.0.40","dst":"10.77.0.30","port":{port}}}"#).unwrap();
         stdin.flush().unwrap();
         // The question's answer, while stdin stays open.
-        let line = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("no answer while stdin is open");
+        let line =
+            rx.recv_timeout(std::time::Duration::from_secs(30)).expect("no answer while stdin is open");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["line"], i + 1);
         assert_eq!(v["verdict"], if port == 80 { "allow" } else { "deny" }, "{v}");
     }
     drop(stdin);
     assert!(child.wait().unwrap().success());
+}
+
+/// A state read from a FIFO is read once: the lines of its problems are not
+/// looked up in it again (that read would wait for a writer that has gone).
+/// Many skipped objects get a few notes and a count.
+#[test]
+fn a_fifo_is_read_once_and_skipped_kinds_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("state");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let mut text = String::new();
+    for i in 0..8 {
+        text.push_str(&format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\n---\n"));
+    }
+    // Two pods with one address: a warning, whose line would be looked up.
+    text.push_str("apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: default}\nstatus: {phase: Running, podIP: 10.0.0.9}\n---\n");
+    text.push_str("apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: default}\nstatus: {phase: Running, podIP: 10.0.0.9}\n");
+    let path = fifo.clone();
+    let writer = std::thread::spawn(move || std::fs::write(path, text).unwrap());
+    let mut child = bin()
+        .args(["check", "-s", fifo.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("check of a FIFO did not end");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    writer.join().unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("also claimed by pod default/a"), "{err}");
+    assert_eq!(err.matches("kind Service is not used by NetworkPolicy; skipped").count(), 5, "{err}");
+    assert!(err.contains("note: 3 more objects skipped: 3 Service"), "{err}");
 }
