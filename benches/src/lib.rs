@@ -182,9 +182,9 @@ fn selector(match_labels: &[(&str, &str)], exprs: &[(&str, Op, &[&str])]) -> Sel
                 .collect()
         }),
     };
-    let mut errs = FieldErrors::default();
-    let s = Selector::parse(&sel, &FieldPath::root("generated"), &mut errs);
-    assert!(errs.is_empty(), "generator wrote an invalid selector: {errs}");
+    let (mut errs, mut legacy) = (FieldErrors::default(), FieldErrors::default());
+    let s = Selector::parse(&sel, &FieldPath::root("generated"), &mut errs, &mut legacy);
+    assert!(errs.is_empty() && legacy.is_empty(), "generator wrote an invalid selector: {errs}{legacy}");
     s
 }
 

@@ -108,8 +108,18 @@ impl Selector {
     }
 
     /// Validates a `metav1.LabelSelector` and converts it, recording every
-    /// problem under `path`.
-    pub fn parse(sel: &metav1::LabelSelector, path: &FieldPath, errs: &mut FieldErrors) -> Self {
+    /// problem under `path`: errors in `errs`; in `legacy`, a value of a
+    /// `matchExpressions` requirement that is no valid label value, which the
+    /// API server refuses only since Kubernetes 1.26 and still serves in
+    /// objects stored before. Such a value is kept as written: no label
+    /// carries it, so `In` matches nothing by it and `NotIn` excludes nothing
+    /// by it (docs/semantics.md, D10).
+    pub fn parse(
+        sel: &metav1::LabelSelector,
+        path: &FieldPath,
+        errs: &mut FieldErrors,
+        legacy: &mut FieldErrors,
+    ) -> Self {
         let mut requirements = Vec::new();
         if let Some(ml) = &sel.match_labels {
             for (k, v) in ml {
@@ -125,7 +135,14 @@ impl Selector {
                 validate_label_key(&e.key, &p.field("key"), errs);
                 let mut values = e.values.clone().unwrap_or_default();
                 for (j, v) in values.iter().enumerate() {
-                    validate_label_value(v, &p.field("values").index(j), errs);
+                    let mut bad = FieldErrors::default();
+                    validate_label_value(v, &p.field("values").index(j), &mut bad);
+                    for mut e in bad.0 {
+                        e.message.push_str(
+                            " (refused since Kubernetes 1.26, still served in objects stored before: kept as written, a value no label carries)",
+                        );
+                        legacy.0.push(e);
+                    }
                 }
                 values.sort();
                 values.dedup();
@@ -285,9 +302,16 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
+    /// The selector, its errors, and its values kept from before 1.26.
+    fn parse_all(sel: metav1::LabelSelector) -> (Selector, FieldErrors, FieldErrors) {
+        let (mut errs, mut legacy) = (FieldErrors::default(), FieldErrors::default());
+        let s = Selector::parse(&sel, &FieldPath::root("sel"), &mut errs, &mut legacy);
+        (s, errs, legacy)
+    }
+
     fn parse(sel: metav1::LabelSelector) -> (Selector, FieldErrors) {
-        let mut errs = FieldErrors::default();
-        let s = Selector::parse(&sel, &FieldPath::root("sel"), &mut errs);
+        let (s, errs, legacy) = parse_all(sel);
+        assert!(legacy.is_empty(), "{legacy}");
         (s, errs)
     }
 

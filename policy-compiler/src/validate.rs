@@ -180,7 +180,7 @@ pub fn policy(np: &netv1::NetworkPolicy) -> (Policy, Vec<Problem>) {
     let sel_path = spec_path.field("podSelector");
     let mut sel_errs = FieldErrors::default();
     let pod_selector = match &spec.pod_selector {
-        Some(s) => Selector::parse(s, &sel_path, &mut sel_errs),
+        Some(s) => Selector::parse(s, &sel_path, &mut sel_errs, &mut warnings),
         None => Selector::everything(),
     };
     // Fail closed on a bad podSelector: isolate every pod of the namespace.
@@ -311,11 +311,13 @@ fn parse_peer(
         return parse_ip_block(b, &path.field("ipBlock"), errs, warnings).map(Peer::Block);
     }
     let pods = match &peer.pod_selector {
-        Some(s) => Selector::parse(s, &path.field("podSelector"), errs),
+        Some(s) => Selector::parse(s, &path.field("podSelector"), errs, warnings),
         None => Selector::everything(),
     };
     let namespaces = match &peer.namespace_selector {
-        Some(s) => NamespaceMatch::Selector(Selector::parse(s, &path.field("namespaceSelector"), errs)),
+        Some(s) => {
+            NamespaceMatch::Selector(Selector::parse(s, &path.field("namespaceSelector"), errs, warnings))
+        }
         None => NamespaceMatch::Own(namespace.to_string()),
     };
     Some(Peer::Pods { namespaces, pods })

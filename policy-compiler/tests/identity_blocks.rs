@@ -34,9 +34,9 @@ fn sel_in(key: &str, values: &[&str]) -> Selector {
             values: Some(values.iter().map(|v| v.to_string()).collect()),
         }]),
     };
-    let mut errs = FieldErrors::default();
-    let s = Selector::parse(&sel, &FieldPath::root("t"), &mut errs);
-    assert!(errs.is_empty(), "{errs}");
+    let (mut errs, mut legacy) = (FieldErrors::default(), FieldErrors::default());
+    let s = Selector::parse(&sel, &FieldPath::root("t"), &mut errs, &mut legacy);
+    assert!(errs.is_empty() && legacy.is_empty(), "{errs}{legacy}");
     s
 }
 

@@ -1500,12 +1500,6 @@ const INVALID: &[Invalid] = &[
         message: "invalid label key",
         isolates: [true, false],
     },
-    Invalid {
-        spec: "  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{podSelector: {matchExpressions: [{key: app, operator: In, values: [ok, 'not ok']}]}}]}]\n",
-        field: "spec.ingress[0].from[0].podSelector.matchExpressions[0].values[1]",
-        message: "invalid label value",
-        isolates: [true, false],
-    },
     // ports
     Invalid {
         // What kubectl's YAML 1.1 reads as the number 1000 is a bad port name here: said so.
@@ -2153,6 +2147,45 @@ spec:
         "spec.initContainers[0].ports[0].containerPort",
         "between 1 and 65535",
     );
+}
+
+#[test]
+fn d10_an_invalid_value_in_match_expressions_is_kept_as_written() {
+    // Objects stored before Kubernetes 1.26 may carry one: reported as a
+    // warning, the policy stays valid, and the value matches no label.
+    let c = world(
+        base_namespaces(),
+        vec![
+            pod("x", "web", X_WEB, &[("app", "web")]),
+            pod("x", "client", X_CLIENT, &[("app", "client"), ("team", "a")]),
+            pod("x", "api", X_API, &[("app", "api")]),
+        ],
+        &[r"
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from:
+    - podSelector: {matchExpressions: [{key: team, operator: In, values: ['payments/eu']}]}
+    - podSelector: {matchLabels: {app: client}}
+  - from:
+    - podSelector: {matchExpressions: [{key: app, operator: NotIn, values: ['not ok', client]}]}
+    ports: [{port: 8080}]
+"],
+    );
+    assert_problem(
+        &c,
+        Severity::Warning,
+        "NetworkPolicy x/p",
+        "spec.ingress[0].from[0].podSelector.matchExpressions[0].values[0]",
+        "refused since Kubernetes 1.26",
+    );
+    assert!(c.problems.iter().all(|p| p.severity != Severity::Error), "{:?}", c.problems);
+    // The other peer of the rule still allows.
+    expect(&c, X_CLIENT, X_WEB, TCP, 80, Open, Allow("x/p", 0));
+    // `In` by the invalid value matches nobody; `NotIn` excludes nobody by it.
+    expect(&c, X_API, X_WEB, TCP, 80, Open, Deny(&["x/p"]));
+    expect(&c, X_API, X_WEB, TCP, 8080, Open, Allow("x/p", 1));
 }
 
 #[test]

@@ -73,9 +73,9 @@ fn selector_strategy() -> impl Strategy<Value = Selector> {
                         .collect(),
                 ),
             };
-            let mut errs = FieldErrors::default();
-            let s = Selector::parse(&sel, &FieldPath::root("t"), &mut errs);
-            assert!(errs.is_empty(), "{errs}");
+            let (mut errs, mut legacy) = (FieldErrors::default(), FieldErrors::default());
+            let s = Selector::parse(&sel, &FieldPath::root("t"), &mut errs, &mut legacy);
+            assert!(errs.is_empty() && legacy.is_empty(), "{errs}{legacy}");
             s
         })
 }
