@@ -571,7 +571,9 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
         Ok(_) => None,
         Err((path, msg)) => {
             let line = line_of(&path);
-            let hint = if msg.starts_with("invalid type: ")
+            let hint = if path.starts_with("spec.policyTypes[") && msg.starts_with("invalid type: map") {
+                " (a policy type is a plain list item: write `- Ingress`, not `- Ingress: {}`)"
+            } else if msg.starts_with("invalid type: ")
                 && msg.ends_with("expected a string")
                 && !msg.contains("map")
                 && !msg.contains("sequence")

@@ -572,6 +572,9 @@ impl Matrix {
             let _ = write!(out, "  {p}");
         }
         out.push('\n');
+        if self.pods.is_empty() {
+            let _ = writeln!(out, "(no pod has an address of the family asked for)");
+        }
         for (i, row) in self.allowed.iter().enumerate() {
             let _ = write!(out, "{:<first$}", self.pods[i]);
             for (j, cell) in row.iter().enumerate() {
@@ -589,7 +592,7 @@ impl Matrix {
             let _ = writeln!(
                 out,
                 "(-: nothing to probe: {}the two pods have no address family in common, or the pod's address belongs to another pod in the table)",
-                if self.portless {
+                if self.portless || self.port.is_some() {
                     String::new()
                 } else {
                     format!("the destination declares no {} container port (give --port), or ", self.protocol)

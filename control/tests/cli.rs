@@ -292,7 +292,7 @@ fn broken_seed_manifests_fail_with_precise_errors() {
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(e.contains("NetworkPolicy ns1/ns1-network-policy: field spec.namespaceSelector: unknown field (a namespaceSelector belongs inside an ingress `from` or egress `to` peer"), "{e}");
-    assert!(e.contains("line 14: NetworkPolicy ns1/ns1-network-policy: field spec.policyTypes[0]: invalid type: map, expected a string"), "{e}");
+    assert!(e.contains("line 14: NetworkPolicy ns1/ns1-network-policy: field spec.policyTypes[0]: invalid type: map, expected a string (a policy type is a plain list item: write `- Ingress`, not `- Ingress: {}`)"), "{e}");
     assert!(e.contains("nothing applied"), "{e}");
 
     let f = root("examples/seeds/003-three-tier.broken.yaml");
@@ -831,4 +831,21 @@ fn a_fifo_is_read_once_and_skipped_kinds_are_counted() {
     assert!(err.contains("also claimed by pod default/a"), "{err}");
     assert_eq!(err.matches("kind Service is not used by NetworkPolicy; skipped").count(), 5, "{err}");
     assert!(err.contains("note: 3 more objects skipped: 3 Service"), "{err}");
+}
+
+/// The matrix's notes say only what applies: no advice to give --port when
+/// it was given, and a family no pod has is said to be so.
+#[test]
+fn matrix_notes_fit_the_question() {
+    let (_dir, f) = temp_file(SHARED_AND_MIXED);
+    let s = f.to_str().unwrap();
+    let o = run(&["matrix", "-s", s, "--port", "80"]);
+    let text = stdout(&o);
+    assert!(text.contains("(-: nothing to probe: the two pods have no address family in common"), "{text}");
+    assert!(!text.contains("give --port"), "{text}");
+    let o = run(&["matrix", "-s", s]);
+    assert!(stdout(&o).contains("declares no TCP container port (give --port)"), "{}", stdout(&o));
+    let o = run(&["matrix", "-s", &root("examples/stars"), "--family", "6"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("(no pod has an address of the family asked for)"), "{}", stdout(&o));
 }
