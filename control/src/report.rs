@@ -380,6 +380,72 @@ fn peer_text(p: &Peer) -> String {
     }
 }
 
+/// Labels as `k=v,k=v` (`none` when there are none).
+fn labels_text(l: &policy_compiler::selector::Labels) -> String {
+    if l.is_empty() {
+        return "none".into();
+    }
+    l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// Why `peer` does not match the other end of the flow (`ip`, pod `pod`).
+fn peer_mismatch(c: &Cluster, peer: &Peer, ip: IpAddr, pod: Option<usize>) -> String {
+    match peer {
+        Peer::Block(b) => {
+            let (f, a) = policy_compiler::cidr::split(ip);
+            if b.cidr.contains(f, a) {
+                format!("{ip} is in an except of it")
+            } else {
+                format!("{ip} is outside {}", b.cidr)
+            }
+        }
+        Peer::Pods { namespaces, pods } => match pod.map(|i| &c.pods[i]) {
+            None => format!("{ip} is no pod's address, and a selector matches only pods"),
+            Some(p) => {
+                let ns_labels = c.namespace(&p.namespace).map(|n| &n.labels);
+                let ns_ok = match namespaces {
+                    NamespaceMatch::Own(ns) => p.namespace == *ns,
+                    NamespaceMatch::Selector(sel) => ns_labels.is_some_and(|l| sel.matches(l)),
+                };
+                let mut why = Vec::new();
+                if !ns_ok {
+                    why.push(match (namespaces, ns_labels) {
+                        (NamespaceMatch::Own(_), _) => format!("{} is in namespace {}", p.key(), p.namespace),
+                        (_, Some(l)) => {
+                            format!("{}'s namespace has labels {}", p.key(), labels_text(l))
+                        }
+                        (_, None) => format!("{}'s namespace is unknown", p.key()),
+                    });
+                }
+                if !pods.matches(&p.labels) {
+                    let who = if why.is_empty() { format!("{} has", p.key()) } else { "has".into() };
+                    why.push(format!("{who} labels {}", labels_text(&p.labels)));
+                }
+                why.join(" and ")
+            }
+        },
+    }
+}
+
+/// A named port as the destination pod declares it (`TCP/metrics = 9090`),
+/// or that it does not.
+fn named_port_text(m: &PortMatch, dst: Option<&PodInfo>) -> String {
+    let PortMatch::Named { protocol, name } = m else {
+        return m.to_string();
+    };
+    let numbers: Vec<String> = dst
+        .into_iter()
+        .flat_map(|d| d.named_ports.iter())
+        .filter(|n| n.name == *name && n.protocol == *protocol)
+        .map(|n| n.port.to_string())
+        .collect();
+    match (dst, numbers.is_empty()) {
+        (None, _) => format!("{m} (the destination is no pod: a name matches only a pod's port)"),
+        (Some(d), true) => format!("{m} ({} declares no {protocol} port {name})", d.key()),
+        (Some(_), false) => format!("{m} (= {} on the destination)", numbers.join(" or ")),
+    }
+}
+
 /// `portcullis explain`: every policy that selects each side, every rule that
 /// allows, and for a denial why each rule did not match. Computed with the
 /// reference evaluator and cross-checked against the table.
@@ -458,13 +524,34 @@ pub fn explain(c: &Compiled, src: IpAddr, dst: IpAddr, proto: u8, port: u16) -> 
                         let ports = if rule.ports.is_empty() {
                             "any port".to_string()
                         } else {
-                            rule.ports.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", ")
+                            rule.ports
+                                .iter()
+                                .map(|m| named_port_text(m, dst_pod))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        };
+                        // Why no peer matches, each in a few words.
+                        let peer_why = || {
+                            let why: Vec<String> = rule
+                                .peers
+                                .iter()
+                                .enumerate()
+                                .map(|(i, pe)| {
+                                    let why = peer_mismatch(cluster, pe, peer_ip, peer_pod);
+                                    if rule.peers.len() == 1 {
+                                        why
+                                    } else {
+                                        format!("peer {i}: {why}")
+                                    }
+                                })
+                                .collect();
+                            format!(": {}", why.join("; "))
                         };
                         let verdict = match (peer_ok, port_ok) {
                             (true, true) => "ALLOWS".to_string(),
-                            (false, true) => "peer does not match".to_string(),
+                            (false, true) => format!("peer does not match{}", peer_why()),
                             (true, false) => "port does not match".to_string(),
-                            (false, false) => "neither peer nor port matches".to_string(),
+                            (false, false) => format!("neither peer nor port matches{}", peer_why()),
                         };
                         let _ = writeln!(
                             out,

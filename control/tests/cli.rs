@@ -849,3 +849,55 @@ fn matrix_notes_fit_the_question() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("(no pod has an address of the family asked for)"), "{}", stdout(&o));
 }
+
+/// `explain` says why a peer does not match (namespace, labels, address)
+/// and what number a named port stands for on the destination.
+#[test]
+fn explain_says_why_a_peer_does_not_match_and_what_a_named_port_is() {
+    let s = root("examples/stars");
+    let o = run(&["explain", "-s", &s, "--from", CLIENT, "--to", "stars/backend", "--port", "6379"]);
+    let text = stdout(&o);
+    assert!(
+        text.contains(
+            "TCP/6379: peer does not match: client/client is in namespace client and has labels role=client"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("peer does not match: client/client's namespace has labels kubernetes.io/metadata.name=client,role=client"), "{text}");
+    let (_dir, f) = temp_file(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: default, labels: {app: db}}
+spec: {containers: [{name: c, ports: [{name: pg, containerPort: 5432}]}]}
+status: {phase: Running, podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default, labels: {app: web}}
+status: {phase: Running, podIP: 10.0.0.3}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}}, {ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/24]}}]
+    ports: [{port: pg}, {port: metrics}]
+"#,
+    );
+    let f = f.to_str().unwrap();
+    let o = run(&["explain", "-s", f, "--from", "10.0.0.9", "--to", "default/db", "--port", "5432"]);
+    let text = stdout(&o);
+    assert!(
+        text.contains(
+            "TCP/pg (= 5432 on the destination), TCP/metrics (default/db declares no TCP port metrics)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("peer 0: 10.0.0.9 is no pod's address, and a selector matches only pods; peer 1: 10.0.0.9 is in an except of it"),
+        "{text}"
+    );
+}
