@@ -649,7 +649,7 @@ metadata: {name: x}
 ---
 apiVersion: v1
 kind: Namespace
-metadata: {name: y}
+metadata: {name: 'y'}
 ---
 apiVersion: v1
 kind: Pod
@@ -658,7 +658,7 @@ status: {podIP: 10.0.0.1}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: b, namespace: y}
+metadata: {name: b, namespace: 'y'}
 status: {podIP: 10.0.0.2}
 ---
 apiVersion: networking.k8s.io/v1
@@ -668,7 +668,7 @@ spec: {podSelector: {}, policyTypes: [Egress]}
 ---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
-metadata: {name: no-ingress, namespace: y}
+metadata: {name: no-ingress, namespace: 'y'}
 spec: {podSelector: {}}
 ";
         let s = crate::manifest::parse("test.yaml", text).unwrap();

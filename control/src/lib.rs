@@ -40,6 +40,7 @@ pub mod report;
 pub mod run;
 pub mod sources;
 pub mod status;
+pub mod yaml11;
 
 use manifest::{LoadErrors, State};
 

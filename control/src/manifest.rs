@@ -266,6 +266,8 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
             }
         }
     }
+    // Words kubectl reads as booleans and this reader as text (refused per object below).
+    let booleans = crate::yaml11::find(text);
     // Pass 2: typed, with the document's own deserializer so type errors carry lines.
     for (i, value) in values.iter().enumerate() {
         let document = i + 1;
@@ -283,11 +285,12 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
             continue;
         }
         if is_list(value) {
-            let src = Source { value, text, doc: i, prefix: String::new(), budget: &budget };
+            let src =
+                Source { value, text, doc: i, prefix: String::new(), budget: &budget, booleans: &booleans };
             add_list(&mut state, &mut errs, origin(document, Vec::new()), &src);
             continue;
         }
-        let src = Source { value, text, doc: i, prefix: String::new(), budget: &budget };
+        let src = Source { value, text, doc: i, prefix: String::new(), budget: &budget, booleans: &booleans };
         add_object(&mut state, &mut errs, origin(document, Vec::new()), src);
     }
     if errs.is_empty() {
@@ -367,6 +370,7 @@ fn add_list(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, list: 
             doc: list.doc,
             prefix: format!("{}items[{j}].", list.prefix),
             budget: list.budget,
+            booleans: list.booleans,
         };
         if is_list(item) {
             add_list(state, errs, at, &src);
@@ -401,6 +405,8 @@ struct Source<'a> {
     prefix: String,
     /// Line lookups left for the whole text (each reads the document again).
     budget: &'a std::cell::Cell<usize>,
+    /// The text's unquoted YAML 1.1 booleans.
+    booleans: &'a [crate::yaml11::Boolean],
 }
 
 impl Source<'_> {
@@ -494,6 +500,28 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
         return;
     }
     let before = errs.len();
+    // kubectl reads `on`, `yes`, `n`... as booleans: refuse a reading it would not share.
+    for b in src.booleans.iter().filter(|b| b.doc == src.doc) {
+        let Some(field) = b.path.strip_prefix(src.prefix.as_str()) else { continue };
+        let message = if b.key {
+            format!(
+                "the key `{}` is the boolean {} to kubectl (YAML 1.1), so the key \"{}\" in the cluster, but the text \"{}\" here: quote it ('{}')",
+                b.word, b.value, b.value, b.word, b.word
+            )
+        } else {
+            format!(
+                "`{}` is the boolean {} to kubectl (YAML 1.1), which refuses a boolean where text belongs, but the text \"{}\" here: quote it ('{}')",
+                b.word, b.value, b.word, b.word
+            )
+        };
+        errs.push(LoadError {
+            origin: origin.clone(),
+            object: object.clone(),
+            field: Some(field.to_string()),
+            line: Some(b.line),
+            message,
+        });
+    }
     match kind.as_str() {
         "Namespace" => {
             if let Some(o) = typed::<corev1::Namespace>(src, &origin, &object, errs) {
@@ -612,7 +640,7 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
 }
 
 /// A copy of `v` in which the `null` values of every string map (`labels`,
-/// `annotations`, `matchLabels`) are `""`, or `None` when it has none. The
+/// `annotations`, `matchLabels`, `nodeSelector`) are `""`, or `None` when it has none. The
 /// API server decodes JSON as Go does, a `null` map value as the empty
 /// string, so `labels: {canary: }` or `{canary: null}` is the label
 /// `canary=""` there (`kubectl create` shows it so, and `kubectl apply`
@@ -622,7 +650,8 @@ fn null_labels_as_empty(v: &serde_yaml::Value) -> Option<serde_yaml::Value> {
     fn has(v: &Value) -> bool {
         match v {
             Value::Mapping(m) => m.iter().any(|(k, v)| {
-                let string_map = matches!(k.as_str(), Some("labels" | "annotations" | "matchLabels"));
+                let string_map =
+                    matches!(k.as_str(), Some("labels" | "annotations" | "matchLabels" | "nodeSelector"));
                 (string_map && v.as_mapping().is_some_and(|m| m.values().any(Value::is_null))) || has(v)
             }),
             Value::Sequence(s) => s.iter().any(has),
@@ -633,7 +662,7 @@ fn null_labels_as_empty(v: &serde_yaml::Value) -> Option<serde_yaml::Value> {
         match v {
             Value::Mapping(m) => {
                 for (k, v) in m.iter_mut() {
-                    if matches!(k.as_str(), Some("labels" | "annotations" | "matchLabels")) {
+                    if matches!(k.as_str(), Some("labels" | "annotations" | "matchLabels" | "nodeSelector")) {
                         if let Some(labels) = v.as_mapping_mut() {
                             for value in labels.values_mut().filter(|x| x.is_null()) {
                                 *value = Value::String(String::new());
@@ -918,7 +947,7 @@ mod tests {
             "t.yaml",
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {a: b}}\n---\n\
              apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: p, namespace: x}\n\
-             - apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {name: n, namespace: x}\n  spec: {podSelector: {}}\n",
+             - apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {name: np, namespace: x}\n  spec: {podSelector: {}}\n",
         )
         .unwrap();
         assert_eq!(s.namespaces.len(), 1);
@@ -1095,16 +1124,41 @@ mod tests {
     fn an_empty_namespace_means_default_and_a_policy_status_is_ignored() {
         let s = parse(
             "t.yaml",
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: \"\"}\nspec: {podSelector: {}}\nstatus: {}\n---\n\
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: \"\"}\nspec: {podSelector: {}}\nstatus: {}\n---\n\
              apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: \"\"}\n",
         )
         .unwrap();
         assert_eq!(s.policies[0].metadata.namespace.as_deref(), Some("default"));
         assert_eq!(s.pods[0].metadata.namespace.as_deref(), Some("default"));
-        assert!(s.origin_of("NetworkPolicy", "default", "n").is_some());
+        assert!(s.origin_of("NetworkPolicy", "default", "np").is_some());
         // A Pod's status is read; an unknown field in it is still an error.
         assert!(errors("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nstatus: {bogus: 1}\n")
             .contains("status.bogus"));
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_are_refused_where_kubectl_would_read_them_otherwise() {
+        let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  podSelector:\n    matchLabels: {web: on}\n";
+        let e = errors(np);
+        assert!(e.contains("line 6: NetworkPolicy a/p: field spec.podSelector.matchLabels.web: `on` is the boolean true to kubectl (YAML 1.1)"), "{e}");
+        assert!(e.contains("quote it ('on')"), "{e}");
+        // A key, in a list item: named relative to the item.
+        let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata:\n    name: x\n    labels:\n      No: x\n";
+        let e = errors(list);
+        assert!(e.contains("items[0], line 9: Namespace x: field metadata.labels.No: the key `No` is the boolean false to kubectl"), "{e}");
+        // Quoted, or in a kind that is not read: nothing to say.
+        parse("t.yaml", &np.replace("web: on", "web: 'on'")).unwrap();
+        parse(
+            "t.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s, labels: {{a: yes}}}}\n---\n{}",
+                np.replace("web: on", "web: \"on\"")
+            ),
+        )
+        .unwrap();
+        // The document is counted right after an empty one.
+        let e = errors(&format!("---\n---\n{np}"));
+        assert!(e.contains("document 2") && e.contains("matchLabels.web"), "{e}");
     }
 
     #[test]

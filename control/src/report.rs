@@ -87,13 +87,19 @@ pub fn protocol_family(proto: u8) -> Option<u8> {
     }
 }
 
+/// [`protocol_family`] of a protocol named as [`protocol_name`] names it.
+fn protocol_family_of(name: &str) -> Option<u8> {
+    parse_protocol(name).ok().and_then(protocol_family)
+}
+
 /// The family to ask about for `proto`: `family` when given, else the one
 /// the protocol implies; an error when they disagree (ICMPv6 over IPv4).
 pub fn family_for(proto: u8, family: Option<u8>) -> Result<Option<u8>, String> {
     match (family, protocol_family(proto)) {
-        (Some(f), Some(p)) if f != p => {
-            Err(format!("{} runs over IPv{p} only, not over IPv{f} (--family {f})", protocol_name(proto)))
-        }
+        (Some(f), Some(p)) if f != p => Err(format!(
+            "{} runs over IPv{p} only, not over IPv{f} (the family asked for)",
+            protocol_name(proto)
+        )),
         (f, p) => Ok(f.or(p)),
     }
 }
@@ -585,6 +591,9 @@ pub struct Matrix {
     pub port: Option<u16>,
     /// The protocol has no ports (ICMP, ...): every pair is probed, without a port.
     pub portless: bool,
+    /// The one address family probed (given, or the protocol's: ICMP is
+    /// IPv4's, ICMPv6 IPv6's); `None`: each pair's own.
+    pub family: Option<u8>,
     /// Pods as `namespace/name`, rows and columns in this order.
     pub pods: Vec<String>,
     /// Rows: from; columns: to. `None` when the destination has no port to
@@ -633,6 +642,7 @@ pub fn matrix(c: &Compiled, proto: u8, port: Option<u16>, family: Option<u8>) ->
         protocol: protocol_name(proto),
         port: if portless { None } else { port },
         portless,
+        family,
         pods: pods.iter().map(|p| p.key()).collect(),
         allowed,
     }
@@ -660,7 +670,17 @@ impl Matrix {
         }
         out.push('\n');
         if self.pods.is_empty() {
-            let _ = writeln!(out, "(no pod has an address of the family asked for)");
+            let _ = match self.family {
+                Some(f) => writeln!(
+                    out,
+                    "(no pod has an IPv{f} address{})",
+                    match protocol_family_of(&self.protocol) {
+                        Some(_) => format!(": {} runs over IPv{f} only", self.protocol),
+                        None => String::new(),
+                    }
+                ),
+                None => writeln!(out, "(no pods)"),
+            };
         }
         for (i, row) in self.allowed.iter().enumerate() {
             let _ = write!(out, "{:<first$}", self.pods[i]);
@@ -678,12 +698,13 @@ impl Matrix {
         if self.allowed.iter().flatten().any(Option::is_none) {
             let _ = writeln!(
                 out,
-                "(-: nothing to probe: {}the two pods have no address family in common, or the pod's address belongs to another pod in the table)",
+                "(-: nothing to probe: {}{}the pod's address belongs to another pod in the table)",
                 if self.portless || self.port.is_some() {
                     String::new()
                 } else {
                     format!("the destination declares no {} container port (give --port), or ", self.protocol)
-                }
+                },
+                if self.family.is_some() { "" } else { "the two pods have no address family in common, or " }
             );
         }
         out

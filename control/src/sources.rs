@@ -105,10 +105,10 @@ pub fn strip_pod(p: corev1::Pod) -> corev1::Pod {
             .into_iter()
             .map(|c| corev1::Container { name: c.name, ports: c.ports, ..Default::default() })
             .collect(),
-        // Sidecars (`restartPolicy: Always`) serve their ports while the pod runs.
+        // Sidecars (`restartPolicy: Always`) serve their ports while the pod
+        // runs; every init container is kept, so problems name the right index.
         init_containers: s.init_containers.map(|cs| {
             cs.into_iter()
-                .filter(|c| c.restart_policy.as_deref() == Some("Always"))
                 .map(|c| corev1::Container {
                     name: c.name,
                     ports: c.ports,
@@ -562,7 +562,8 @@ status: {phase: Running, podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}]}
         assert!(!full.named_ports.iter().any(|n| n.name == "setup"));
         assert!(stripped.metadata.annotations.is_none());
         let init = stripped.spec.unwrap().init_containers.unwrap();
-        assert_eq!(init.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["proxy"]);
+        assert_eq!(init.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["migrate", "proxy"]);
+        assert!(init.iter().all(|c| c.image.is_none()));
     }
 
     /// The next `Changes` message, skipping file reports; it must come well
@@ -609,7 +610,7 @@ status: {phase: Running, podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}]}
         std::fs::write(dir.join("b.yaml"), namespace("b")).unwrap();
         assert_eq!(applied(&wait(&mut rx).await), ["b"]);
 
-        std::fs::write(dir.join("b.yaml"), namespace("b").replace("{name: b}", "{name: b, labels: {x: y}}"))
+        std::fs::write(dir.join("b.yaml"), namespace("b").replace("{name: b}", "{name: b, labels: {x: z}}"))
             .unwrap();
         assert_eq!(applied(&wait(&mut rx).await), ["b"]);
 

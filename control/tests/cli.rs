@@ -589,10 +589,10 @@ fn a_batch_line_that_is_not_utf8_is_one_bad_line() {
 fn a_reader_that_stops_early_ends_the_command_quietly() {
     // 120 pods: the JSON matrix is larger than a pipe's buffer, so the
     // command is still writing when the reader goes away.
-    let mut text = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\n");
+    let mut text = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: apps}\n");
     for i in 0..120 {
         text.push_str(&format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: pod-{i}, namespace: n}}\nstatus: {{phase: Running, podIP: 10.1.0.{}}}\n",
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: pod-{i}, namespace: apps}}\nstatus: {{phase: Running, podIP: 10.1.0.{}}}\n",
             i + 1
         ));
     }
@@ -776,7 +776,15 @@ fn batch_answers_come_before_the_next_question() {
         }
     });
     for (i, port) in [80, 81, 80].into_iter().enumerate() {
-        writeln!(stdin, r#"{{"src":"10.77.0.40","dst":"10.77.0.30","port":{port}}}"#).unwrap();
+        // The rest of the line the previous round began, then this question
+        // and the start of the next one: an answer must not wait for a line
+        // that is still being written.
+        if i > 0 {
+            write!(stdin, r#""dst":"10.77.0.30","port":{port}}}"#).unwrap();
+        } else {
+            write!(stdin, r#"{{"src":"10.77.0.40","dst":"10.77.0.30","port":{port}}}"#).unwrap();
+        }
+        write!(stdin, "\n{{\"src\":\"10.77.0.40\",").unwrap();
         stdin.flush().unwrap();
         // The question's answer, while stdin stays open.
         let line =
@@ -785,8 +793,11 @@ fn batch_answers_come_before_the_next_question() {
         assert_eq!(v["line"], i + 1);
         assert_eq!(v["verdict"], if port == 80 { "allow" } else { "deny" }, "{v}");
     }
+    writeln!(stdin, r#""dst":"10.77.0.30","port":80}}"#).unwrap();
     drop(stdin);
     assert!(child.wait().unwrap().success());
+    let last = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+    assert!(last.contains(r#""line":4"#), "{last}");
 }
 
 /// A state read from a FIFO is read once: the lines of its problems are not
@@ -847,7 +858,7 @@ fn matrix_notes_fit_the_question() {
     assert!(stdout(&o).contains("declares no TCP container port (give --port)"), "{}", stdout(&o));
     let o = run(&["matrix", "-s", &root("examples/stars"), "--family", "6"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("(no pod has an address of the family asked for)"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("(no pod has an IPv6 address)"), "{}", stdout(&o));
 }
 
 /// `explain` says why a peer does not match (namespace, labels, address)
@@ -900,4 +911,20 @@ spec:
         text.contains("peer 0: 10.0.0.9 is no pod's address, and a selector matches only pods; peer 1: 10.0.0.9 is in an except of it"),
         "{text}"
     );
+}
+
+/// `--exit-code` keeps its 1 for a denial when the reader has gone before
+/// the answer is written (`... --exit-code | head -0`).
+#[test]
+fn a_denial_exits_with_1_even_when_nobody_reads_the_answer() {
+    let s = root("examples/stars");
+    let mut child = bin()
+        .args(["query", "-s", &s, "--from", CLIENT, "--to", "stars/backend", "--port", "6379", "--exit-code"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
 }

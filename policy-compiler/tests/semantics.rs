@@ -2186,6 +2186,33 @@ spec:
     // `In` by the invalid value matches nobody; `NotIn` excludes nobody by it.
     expect(&c, X_API, X_WEB, TCP, 80, Open, Deny(&["x/p"]));
     expect(&c, X_API, X_WEB, TCP, 8080, Open, Allow("x/p", 1));
+
+    // In spec.podSelector: the policy selects what the selector matches as
+    // written (not the whole namespace, as an unusable selector would); in a
+    // namespaceSelector, the value matches no namespace.
+    let c = world(
+        base_namespaces(),
+        vec![pod("x", "web", X_WEB, &[("app", "web")]), pod("x", "api", X_API, &[("app", "api")])],
+        &[r"
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchExpressions: [{key: app, operator: In, values: [web, 'web/v2']}]}
+  ingress:
+  - from: [{namespaceSelector: {matchExpressions: [{key: team, operator: In, values: ['a/b', a]}]}}]
+"],
+    );
+    assert_problem(
+        &c,
+        Severity::Warning,
+        "NetworkPolicy x/p",
+        "spec.podSelector.matchExpressions[0].values[1]",
+        "refused since Kubernetes 1.26",
+    );
+    assert!(c.problems.iter().all(|p| p.severity != Severity::Error), "{:?}", c.problems);
+    expect(&c, EXT4, X_API, TCP, 80, NotPod, Open);
+    expect(&c, EXT4, X_WEB, TCP, 80, NotPod, Deny(&["x/p"]));
+    // x is team=a: its pods are allowed by the valid value.
+    expect(&c, X_API, X_WEB, TCP, 80, Open, Allow("x/p", 0));
 }
 
 #[test]

@@ -232,6 +232,7 @@ pub fn probe_matrices(args: &ProbeArgs) -> Result<(Vec<Matrix>, Vec<String>), Pr
             portless: policy_compiler::Protocol::from_number(*proto).is_none(),
             pods: keys.clone(),
             allowed,
+            family: args.family,
         });
     }
     Ok((out, odd))

@@ -1,0 +1,195 @@
+//! YAML 1.1 booleans: the plain words kubectl reads as `true` or `false`
+//! (`y`, `yes`, `on`, `n`, `no`, `off` and their capitalised forms), which
+//! the manifest reader, a YAML 1.2 parser, reads as text.
+//!
+//! In: a manifest text. Out: where such words stand unquoted, by document
+//! and field path (the paths the manifest errors use), so that the reader
+//! can refuse them: kubectl would refuse `app: on` as a label value (a
+//! boolean where text belongs) and would read the label key `on:` as
+//! `"true"`, so either reading here would be a policy the cluster never sees.
+//!
+//! Plain scalars are told from quoted ones by a second, event-level parse
+//! (`yaml-rust2`), made only when a cheap scan finds one of the words as a
+//! token (never in JSON, nor in what kubectl prints: it quotes them).
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// One unquoted YAML 1.1 boolean.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Boolean {
+    /// Document index in the stream, from 0.
+    pub doc: usize,
+    /// Field path, as manifest errors name fields (`spec.podSelector.matchLabels.web`,
+    /// `items[0].metadata.labels.on` for a key).
+    pub path: String,
+    /// 1-based line.
+    pub line: usize,
+    /// A mapping key rather than a value.
+    pub key: bool,
+    /// The word as written.
+    pub word: String,
+    /// What kubectl reads it as.
+    pub value: bool,
+}
+
+/// The YAML 1.1 value of a plain word that YAML 1.2 reads as text.
+fn yaml11_boolean(word: &str) -> Option<bool> {
+    match word {
+        "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" => Some(true),
+        "n" | "N" | "no" | "No" | "NO" | "off" | "Off" | "OFF" => Some(false),
+        _ => None,
+    }
+}
+
+/// Every unquoted YAML 1.1 boolean of `text`. Empty when the text holds none
+/// of the words as a token, or when the event parser refuses the text (the
+/// reader reports syntax errors itself).
+pub fn find(text: &str) -> Vec<Boolean> {
+    let has_word = text
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | '{' | '}' | '[' | ']' | ':'))
+        .any(|t| yaml11_boolean(t).is_some());
+    if !has_word {
+        return Vec::new();
+    }
+    let mut walk = Walk::default();
+    if Parser::new_from_str(text).load(&mut walk, true).is_err() {
+        return Vec::new();
+    }
+    walk.found
+}
+
+/// Where the walk is inside one container.
+enum Frame {
+    /// A mapping: the key being read next (`None`), or the key of the value being read.
+    Map(Option<String>),
+    /// A sequence: the index of the next item.
+    Seq(usize),
+}
+
+#[derive(Default)]
+struct Walk {
+    doc: usize,
+    started: bool,
+    stack: Vec<Frame>,
+    found: Vec<Boolean>,
+}
+
+impl Walk {
+    /// The path of the node about to be read (a value, or a key when `key`).
+    fn path(&self, key: Option<&str>) -> String {
+        let mut out = String::new();
+        let n = self.stack.len();
+        for (i, f) in self.stack.iter().enumerate() {
+            let last = i + 1 == n;
+            match f {
+                Frame::Map(Some(k)) if !(last && key.is_some()) => {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(k);
+                }
+                Frame::Map(_) => {}
+                Frame::Seq(next) => out.push_str(&format!("[{next}]")),
+            }
+        }
+        if let Some(k) = key {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(k);
+        }
+        out
+    }
+
+    /// A node (scalar or container) has been read in the innermost frame.
+    fn consumed(&mut self) {
+        match self.stack.last_mut() {
+            Some(Frame::Map(k)) => *k = None,
+            Some(Frame::Seq(i)) => *i += 1,
+            None => {}
+        }
+    }
+}
+
+impl MarkedEventReceiver for Walk {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        match ev {
+            Event::DocumentStart => {
+                if self.started {
+                    self.doc += 1;
+                }
+                self.started = true;
+                self.stack.clear();
+            }
+            Event::MappingStart(..) => self.stack.push(Frame::Map(None)),
+            Event::SequenceStart(..) => self.stack.push(Frame::Seq(0)),
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+                self.consumed();
+            }
+            Event::Scalar(text, style, _, tag) => {
+                let reading_key = matches!(self.stack.last(), Some(Frame::Map(None)));
+                let word =
+                    (style == TScalarStyle::Plain && tag.is_none()).then(|| yaml11_boolean(&text)).flatten();
+                if let Some(value) = word {
+                    let path = if reading_key { self.path(Some(&text)) } else { self.path(None) };
+                    self.found.push(Boolean {
+                        doc: self.doc,
+                        path,
+                        line: mark.line(),
+                        key: reading_key,
+                        word: text.clone(),
+                        value,
+                    });
+                }
+                if reading_key {
+                    if let Some(Frame::Map(k)) = self.stack.last_mut() {
+                        *k = Some(text);
+                    }
+                } else {
+                    self.consumed();
+                }
+            }
+            Event::Alias(_) => self.consumed(),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(text: &str) -> Vec<(usize, String, usize, bool)> {
+        find(text).into_iter().map(|b| (b.doc, b.path, b.line, b.key)).collect()
+    }
+
+    #[test]
+    fn plain_words_are_found_with_their_paths_quoted_ones_are_not() {
+        let text = "a: yes\nb: 'on'\nc:\n  d: [x, n, \"y\"]\n  on: 1\n---\nitems:\n- metadata:\n    labels: {web: Off, ok: 'no'}\n";
+        assert_eq!(
+            paths(text),
+            vec![
+                (0, "a".into(), 1, false),
+                (0, "c.d[1]".into(), 4, false),
+                (0, "c.on".into(), 5, true),
+                (1, "items[0].metadata.labels.web".into(), 9, false),
+            ]
+        );
+        let b = &find("x: OFF\n")[0];
+        assert_eq!((b.word.as_str(), b.value), ("OFF", false));
+    }
+
+    #[test]
+    fn true_false_block_text_json_and_tagged_words_are_not_found() {
+        assert!(find("a: true\nb: False\n").is_empty());
+        assert!(find("a: |\n  turn it on\n  on\n").is_empty());
+        assert!(find(r#"{"a": "yes", "b": ["on"]}"#).is_empty());
+        assert!(find("a: !!str yes\n").is_empty());
+        // Words inside longer text, keys after nested values, indexes after maps.
+        assert!(find("a: turn on now\n").is_empty());
+        assert_eq!(paths("- {a: 1}\n- [1]\n- no\n"), vec![(0, "[2]".into(), 3, false)]);
+        assert_eq!(paths("a: {b: {c: 1}, d: y}\n"), vec![(0, "a.d".into(), 1, false)]);
+    }
+}
