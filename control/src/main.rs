@@ -393,9 +393,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(args) => {
             let c = load(&args)?;
             let s = c.table.stats();
+            // Namespaces only pods or policies name are counted, and said to be assumed.
+            let assumed = match c.cluster.assumed.len() {
+                0 => String::new(),
+                n => format!(" ({n} assumed)"),
+            };
             writeln!(
                 out,
-                "ok: {} namespaces, {} pods, {} policies ({} identities, {} sides, {} table entries)",
+                "ok: {} namespaces{assumed}, {} pods, {} policies ({} identities, {} sides, {} table entries)",
                 s.namespaces, s.pods, s.policies, s.identities, s.sides, s.port_entries
             )?;
         }

@@ -149,13 +149,7 @@ fn query_and_explain_name_the_deciding_policy() {
 
 #[test]
 fn batch_queries_answer_every_line_in_order() {
-    let mut child = bin()
-        .args(["query", "-s", &root("examples/stars")])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["query", "-s", &root("examples/stars")]);
     let mut input = String::new();
     let n = 20_000;
     for i in 0..n {
@@ -186,10 +180,14 @@ fn batch_queries_answer_every_line_in_order() {
     assert!(lines[n]["error"].as_str().unwrap().contains("missing field"), "{}", lines[n]);
 }
 
+/// Starts `portcullis args...` with stdin, stdout and stderr piped.
+fn spawn(args: &[&str]) -> std::process::Child {
+    bin().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
 /// Runs `portcullis args...` with `input` (text, or any bytes) on stdin.
 fn run_with_stdin(args: &[&str], input: impl AsRef<[u8]>) -> Output {
-    let mut child =
-        bin().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = spawn(args);
     // A command that refuses its arguments exits without reading stdin: the
     // pipe may then be closed before all of `input` is written.
     if let Err(e) = child.stdin.take().unwrap().write_all(input.as_ref()) {
@@ -597,12 +595,7 @@ fn a_reader_that_stops_early_ends_the_command_quietly() {
         ));
     }
     let (_dir, f) = temp_file(&text);
-    let mut child = bin()
-        .args(["matrix", "-s", f.to_str().unwrap(), "--port", "80", "--output", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["matrix", "-s", f.to_str().unwrap(), "--port", "80", "--output", "json"]);
     let mut first = [0u8; 16];
     std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
     drop(child.stdout.take());
@@ -758,13 +751,7 @@ spec:
 #[test]
 fn batch_answers_come_before_the_next_question() {
     use std::io::BufRead;
-    let mut child = bin()
-        .args(["query", "-s", &root("examples/stars")])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["query", "-s", &root("examples/stars")]);
     let mut stdin = child.stdin.take().unwrap();
     let answers = std::io::BufReader::new(child.stdout.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -818,12 +805,7 @@ fn a_fifo_is_read_once_and_skipped_kinds_are_counted() {
     text.push_str("apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: default}\nstatus: {phase: Running, podIP: 10.0.0.9}\n");
     let path = fifo.clone();
     let writer = std::thread::spawn(move || std::fs::write(path, text).unwrap());
-    let mut child = bin()
-        .args(["check", "-s", fifo.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["check", "-s", fifo.to_str().unwrap()]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -842,6 +824,8 @@ fn a_fifo_is_read_once_and_skipped_kinds_are_counted() {
     assert!(err.contains("also claimed by pod default/a"), "{err}");
     assert_eq!(err.matches("kind Service is not used by NetworkPolicy; skipped").count(), 5, "{err}");
     assert!(err.contains("note: 3 more objects skipped: 3 Service"), "{err}");
+    // `default` is not in the input: counted, and said to be assumed.
+    assert!(stdout(&o).starts_with("ok: 1 namespaces (1 assumed), 2 pods"), "{}", stdout(&o));
 }
 
 /// The matrix's notes say only what applies: no advice to give --port when
@@ -918,12 +902,18 @@ spec:
 #[test]
 fn a_denial_exits_with_1_even_when_nobody_reads_the_answer() {
     let s = root("examples/stars");
-    let mut child = bin()
-        .args(["query", "-s", &s, "--from", CLIENT, "--to", "stars/backend", "--port", "6379", "--exit-code"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&[
+        "query",
+        "-s",
+        &s,
+        "--from",
+        CLIENT,
+        "--to",
+        "stars/backend",
+        "--port",
+        "6379",
+        "--exit-code",
+    ]);
     drop(child.stdout.take());
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
