@@ -46,10 +46,7 @@ fn yaml11_boolean(word: &str) -> Option<bool> {
 /// of the words as a token, or when the event parser refuses the text (the
 /// reader reports syntax errors itself).
 pub fn find(text: &str) -> Vec<Boolean> {
-    let has_word = text
-        .split(|c: char| c.is_whitespace() || matches!(c, ',' | '{' | '}' | '[' | ']' | ':'))
-        .any(|t| yaml11_boolean(t).is_some());
-    if !has_word {
+    if !text.lines().any(may_hold_word) {
         return Vec::new();
     }
     let mut walk = Walk::default();
@@ -57,6 +54,29 @@ pub fn find(text: &str) -> Vec<Boolean> {
         return Vec::new();
     }
     walk.found
+}
+
+/// Might this line hold one of the words as a whole scalar? A cheap,
+/// generous test (the event parse decides): in block style the key or the
+/// value is the word (`on: x`, `web: on`, `- no`); a line with flow
+/// collections is searched token by token. Prose (`turn it on`) is not.
+fn may_hold_word(line: &str) -> bool {
+    let is_word = |t: &str| yaml11_boolean(t.trim()).is_some();
+    if line.contains(['{', '[']) {
+        return line
+            .split(|c: char| c.is_whitespace() || matches!(c, ',' | '{' | '}' | '[' | ']' | ':'))
+            .any(is_word);
+    }
+    let mut l = line.trim();
+    while let Some(rest) = l.strip_prefix('-').filter(|r| r.is_empty() || r.starts_with([' ', '\t'])) {
+        l = rest.trim_start();
+    }
+    // A comment is not content (` #` starts one after a value).
+    let l = l.split(" #").next().unwrap_or(l);
+    match l.split_once(':') {
+        Some((key, value)) => is_word(key) || is_word(value),
+        None => is_word(l),
+    }
 }
 
 /// Where the walk is inside one container.
@@ -189,6 +209,13 @@ mod tests {
         assert!(find("a: !!str yes\n").is_empty());
         // Words inside longer text, keys after nested values, indexes after maps.
         assert!(find("a: turn on now\n").is_empty());
+        assert!(!may_hold_word("  note: turn it on when ready"));
+        assert!(may_hold_word("- - no # a comment"));
+        assert!(may_hold_word("    On: x"));
+        assert!(may_hold_word("  labels: {web: on}"));
+        // A continuation line of plain text, or a block scalar's line, is parsed
+        // and found to be no scalar of its own.
+        assert!(find("a: turn\n  on\nb: |\n  on\n").is_empty());
         assert_eq!(paths("- {a: 1}\n- [1]\n- no\n"), vec![(0, "[2]".into(), 3, false)]);
         assert_eq!(paths("a: {b: {c: 1}, d: y}\n"), vec![(0, "a.d".into(), 1, false)]);
     }
