@@ -7,7 +7,7 @@
 //! wrong indentation level), wrong types, duplicate keys, wrong `apiVersion`.
 //! Loading is all or nothing: a caller gets every object or an error list.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use k8s_openapi::api::core::v1 as corev1;
@@ -266,8 +266,19 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
             }
         }
     }
-    // Words kubectl reads as booleans and this reader as text (refused per object below).
-    let booleans = crate::yaml11::find(text);
+    // Words kubectl reads as booleans and this reader as text (refused per
+    // object below), by document and the object's place in it (`items[3].`).
+    let mut booleans: Booleans = HashMap::new();
+    for b in crate::yaml11::find(text) {
+        let mut at = 0;
+        while let Some(rest) = b.path[at..].strip_prefix("items[") {
+            match rest.find("].") {
+                Some(end) => at += "items[".len() + end + 2,
+                None => break,
+            }
+        }
+        booleans.entry((b.doc, b.path[..at].to_string())).or_default().push(b);
+    }
     // Pass 2: typed, with the document's own deserializer so type errors carry lines.
     for (i, value) in values.iter().enumerate() {
         let document = i + 1;
@@ -406,8 +417,11 @@ struct Source<'a> {
     /// Line lookups left for the whole text (each reads the document again).
     budget: &'a std::cell::Cell<usize>,
     /// The text's unquoted YAML 1.1 booleans.
-    booleans: &'a [crate::yaml11::Boolean],
+    booleans: &'a Booleans,
 }
+
+/// Unquoted YAML 1.1 booleans by (document, object prefix such as `items[3].`).
+type Booleans = HashMap<(usize, String), Vec<crate::yaml11::Boolean>>;
 
 impl Source<'_> {
     fn value(&self) -> &serde_yaml::Value {
@@ -501,7 +515,7 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
     }
     let before = errs.len();
     // kubectl reads `on`, `yes`, `n`... as booleans: refuse a reading it would not share.
-    for b in src.booleans.iter().filter(|b| b.doc == src.doc) {
+    for b in src.booleans.get(&(src.doc, src.prefix.clone())).into_iter().flatten() {
         let Some(field) = b.path.strip_prefix(src.prefix.as_str()) else { continue };
         let message = if b.key {
             format!(
@@ -510,8 +524,8 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
             )
         } else {
             format!(
-                "`{}` is the boolean {} to kubectl (YAML 1.1), which refuses a boolean where text belongs, but the text \"{}\" here: quote it ('{}')",
-                b.word, b.value, b.word, b.word
+                "`{}` is the boolean {} to kubectl (YAML 1.1) but the text \"{}\" here: quote it ('{}') where text is meant (kubectl refuses a boolean there), or write {} where a boolean is",
+                b.word, b.value, b.word, b.word, b.value
             )
         };
         errs.push(LoadError {
@@ -1159,6 +1173,25 @@ mod tests {
         // The document is counted right after an empty one.
         let e = errors(&format!("---\n---\n{np}"));
         assert!(e.contains("document 2") && e.contains("matchLabels.web"), "{e}");
+        // Where a boolean is meant, the advice says to write one.
+        let e = errors(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a}\nspec: {hostNetwork: yes}\n",
+        );
+        assert!(e.contains("field spec.hostNetwork: `yes` is the boolean true to kubectl (YAML 1.1)"), "{e}");
+        assert!(e.contains("or write true where a boolean is"), "{e}");
+        // Text libyaml accepts though it is not strict YAML (a flow list at its
+        // key's indentation) still gets its words found.
+        let lax = np.replace("spec:\n", "spec:\n  policyTypes: [Ingress,\n  Egress]\n");
+        assert!(errors(&lax).contains("field spec.podSelector.matchLabels.web: `on`"), "{}", errors(&lax));
+        // A word reached through an alias, anchored in an item that is skipped.
+        let aliased = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: f}, data: {on_: &flag yes}}\n- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {name: p, namespace: a}\n  spec: {podSelector: {matchLabels: {feature: *flag}}}\n";
+        let e = errors(aliased);
+        assert!(
+            e.contains(
+                "items[1], line 8: NetworkPolicy a/p: field spec.podSelector.matchLabels.feature: `yes`"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -9,11 +9,12 @@
 //! `"true"`, so either reading here would be a policy the cluster never sees.
 //!
 //! Plain scalars are told from quoted ones by a second, event-level parse
-//! (`yaml-rust2`), made only when a cheap scan finds one of the words as a
-//! token (never in JSON, nor in what kubectl prints: it quotes them).
+//! (`libyaml-safer`, a safe port of libyaml: the grammar of the reader's own
+//! parser and of kubectl's, so a text one accepts the other does), made only
+//! when a cheap scan finds a line whose key or value is one of the words
+//! (never in JSON, nor in what kubectl prints: it quotes them).
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::{Marker, TScalarStyle};
+use libyaml_safer::{EventData, Parser, ScalarStyle};
 
 /// One unquoted YAML 1.1 boolean.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,8 +51,16 @@ pub fn find(text: &str) -> Vec<Boolean> {
         return Vec::new();
     }
     let mut walk = Walk::default();
-    if Parser::new_from_str(text).load(&mut walk, true).is_err() {
-        return Vec::new();
+    let mut input = text.as_bytes();
+    let mut parser = Parser::new();
+    parser.set_input_string(&mut input);
+    loop {
+        match parser.parse() {
+            Ok(ev) if matches!(ev.data, EventData::StreamEnd) => break,
+            // Lines are 0-based.
+            Ok(ev) => walk.on_event(ev.data, ev.start_mark.line as usize + 1),
+            Err(_) => return Vec::new(),
+        }
     }
     walk.found
 }
@@ -93,6 +102,8 @@ struct Walk {
     started: bool,
     stack: Vec<Frame>,
     found: Vec<Boolean>,
+    /// Anchors on one of the words (`&flag yes`): an alias of one stands for the word.
+    anchored: std::collections::HashMap<String, (String, bool)>,
 }
 
 impl Walk {
@@ -122,56 +133,62 @@ impl Walk {
         out
     }
 
-    /// A node (scalar or container) has been read in the innermost frame.
-    fn consumed(&mut self) {
+    /// A node has been read in the innermost frame: a key (its text, `?`
+    /// for one that is no plain text), a value, or an item.
+    fn consumed(&mut self, key_text: Option<String>) {
         match self.stack.last_mut() {
+            Some(Frame::Map(k @ None)) => *k = Some(key_text.unwrap_or_else(|| "?".into())),
             Some(Frame::Map(k)) => *k = None,
             Some(Frame::Seq(i)) => *i += 1,
             None => {}
         }
     }
-}
 
-impl MarkedEventReceiver for Walk {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
+    /// The scalar `text` (or an alias of it) is read here; a plain word is recorded.
+    fn scalar(&mut self, text: String, word: Option<bool>, line: usize) {
+        let reading_key = matches!(self.stack.last(), Some(Frame::Map(None)));
+        if let Some(value) = word {
+            let path = if reading_key { self.path(Some(&text)) } else { self.path(None) };
+            self.found.push(Boolean {
+                doc: self.doc,
+                path,
+                line,
+                key: reading_key,
+                word: text.clone(),
+                value,
+            });
+        }
+        self.consumed(Some(text));
+    }
+
+    fn on_event(&mut self, ev: EventData, line: usize) {
         match ev {
-            Event::DocumentStart => {
+            EventData::DocumentStart { .. } => {
                 if self.started {
                     self.doc += 1;
                 }
                 self.started = true;
                 self.stack.clear();
+                self.anchored.clear();
             }
-            Event::MappingStart(..) => self.stack.push(Frame::Map(None)),
-            Event::SequenceStart(..) => self.stack.push(Frame::Seq(0)),
-            Event::MappingEnd | Event::SequenceEnd => {
+            EventData::MappingStart { .. } => self.stack.push(Frame::Map(None)),
+            EventData::SequenceStart { .. } => self.stack.push(Frame::Seq(0)),
+            EventData::MappingEnd | EventData::SequenceEnd => {
                 self.stack.pop();
-                self.consumed();
+                self.consumed(None);
             }
-            Event::Scalar(text, style, _, tag) => {
-                let reading_key = matches!(self.stack.last(), Some(Frame::Map(None)));
+            EventData::Scalar { value, style, tag, anchor, .. } => {
                 let word =
-                    (style == TScalarStyle::Plain && tag.is_none()).then(|| yaml11_boolean(&text)).flatten();
-                if let Some(value) = word {
-                    let path = if reading_key { self.path(Some(&text)) } else { self.path(None) };
-                    self.found.push(Boolean {
-                        doc: self.doc,
-                        path,
-                        line: mark.line(),
-                        key: reading_key,
-                        word: text.clone(),
-                        value,
-                    });
+                    (style == ScalarStyle::Plain && tag.is_none()).then(|| yaml11_boolean(&value)).flatten();
+                if let (Some(a), Some(w)) = (anchor, word) {
+                    self.anchored.insert(a, (value.clone(), w));
                 }
-                if reading_key {
-                    if let Some(Frame::Map(k)) = self.stack.last_mut() {
-                        *k = Some(text);
-                    }
-                } else {
-                    self.consumed();
-                }
+                self.scalar(value, word, line);
             }
-            Event::Alias(_) => self.consumed(),
+            EventData::Alias { anchor } => match self.anchored.get(&anchor).cloned() {
+                Some((text, w)) => self.scalar(text, Some(w), line),
+                None => self.consumed(None),
+            },
             _ => {}
         }
     }
@@ -218,5 +235,28 @@ mod tests {
         assert!(find("a: turn\n  on\nb: |\n  on\n").is_empty());
         assert_eq!(paths("- {a: 1}\n- [1]\n- no\n"), vec![(0, "[2]".into(), 3, false)]);
         assert_eq!(paths("a: {b: {c: 1}, d: y}\n"), vec![(0, "a.d".into(), 1, false)]);
+    }
+
+    #[test]
+    fn aliases_complex_keys_and_what_libyaml_accepts_are_followed() {
+        // An alias of an anchored word stands for the word, where it is used.
+        assert_eq!(
+            paths("d: {enabled: &flag yes}\ns:\n  m: {feature: *flag}\n"),
+            vec![(0, "d.enabled".into(), 1, false), (0, "s.m.feature".into(), 3, false)]
+        );
+        // A key that is an alias or a collection: the next scalar is its value.
+        assert_eq!(
+            paths("l: {&k app: x}\nm:\n  *k : web\n  tier: off\n"),
+            vec![(0, "m.tier".into(), 4, false)]
+        );
+        assert_eq!(paths("? {a: 1}\n: b\nx: on\n"), vec![(0, "x".into(), 3, false)]);
+        // Text libyaml (and so kubectl and the reader) accepts, though a
+        // stricter parser would not: a flow list over two lines at the key's
+        // indentation, a quoted string continued at column 0.
+        assert_eq!(
+            paths("spec:\n  t: [Ingress,\n  Egress]\n  m: {web: on}\n"),
+            vec![(0, "spec.m.web".into(), 4, false)]
+        );
+        assert_eq!(paths("a:\n  d: \"x\n y\"\nb: no\n"), vec![(0, "b".into(), 4, false)]);
     }
 }
