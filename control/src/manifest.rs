@@ -234,7 +234,8 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
     let budget = std::cell::Cell::new(MAX_LOCATED);
     let mut values = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        match serde_yaml::Value::deserialize(doc) {
+        // Merge keys (`<<: *defaults`) are merged, as kubectl's YAML 1.1 parser does.
+        match serde_yaml::Value::deserialize(doc).and_then(|mut v| v.apply_merge().map(|()| v)) {
             Ok(v) => values.push(v),
             Err(e) => {
                 let line = e.location().map(|l| l.line());
@@ -1192,6 +1193,21 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn merge_keys_are_merged_as_kubectl_merges_them() {
+        let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: a\n  labels: &l {app: web, tier: web}\nspec:\n  podSelector:\n    matchLabels:\n      <<: *l\n      tier: db\n";
+        let s = parse("t.yaml", np).unwrap();
+        let ml =
+            s.policies[0].spec.as_ref().unwrap().pod_selector.as_ref().unwrap().match_labels.clone().unwrap();
+        // The mapping's own keys win over merged ones.
+        assert_eq!(
+            ml.into_iter().collect::<Vec<_>>(),
+            [("app".to_string(), "web".to_string()), ("tier".into(), "db".into())]
+        );
+        let e = errors(&np.replace("<<: *l", "<<: 3"));
+        assert!(e.contains("invalid YAML: expected a mapping or list of mappings for merging"), "{e}");
     }
 
     #[test]

@@ -114,7 +114,8 @@ impl Walk {
         for (i, f) in self.stack.iter().enumerate() {
             let last = i + 1 == n;
             match f {
-                Frame::Map(Some(k)) if !(last && key.is_some()) => {
+                // A merge key's entries are the enclosing mapping's (`<<` is no field).
+                Frame::Map(Some(k)) if !(last && key.is_some()) && k != "<<" => {
                     if !out.is_empty() {
                         out.push('.');
                     }
@@ -250,6 +251,7 @@ mod tests {
             vec![(0, "m.tier".into(), 4, false)]
         );
         assert_eq!(paths("? {a: 1}\n: b\nx: on\n"), vec![(0, "x".into(), 3, false)]);
+        assert_eq!(paths("l: {<<: {a: on}}\n"), vec![(0, "l.a".into(), 1, false)]);
         // Text libyaml (and so kubectl and the reader) accepts, though a
         // stricter parser would not: a flow list over two lines at the key's
         // indentation, a quoted string continued at column 0.
