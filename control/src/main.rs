@@ -256,11 +256,12 @@ fn load(args: &StateArgs) -> Result<Compiled> {
     for p in compiled.problems.iter().chain(named_ports.iter().take(NAMED_PORTS_SHOWN)) {
         // Same shape as load errors: `severity: where[, line]: object: field: message`.
         let origin = state.origin_of(p.object.kind, &p.object.namespace, &p.object.name);
-        // Each lookup parses the file again: the first 50 problems get a
-        // line, while the text parsed for them stays under 16 MiB (a lookup
+        // Each lookup parses the file again: the first problem gets a line,
+        // the next ones (up to 50) while the text parsed for them stays under
+        // 16 MiB, the same budget as the reader's own errors (a lookup
         // in a 10 MB JSON list of 10,000 pods and policies takes 0.35 s; the
         // problems not located still name their item, object and field).
-        let line = origin.filter(|_| located < 50).and_then(|o| {
+        let line = origin.filter(|_| located < control::manifest::MAX_LOCATED).and_then(|o| {
             let first = located == 0;
             // Only a regular file can be read again (a FIFO would wait for a
             // writer that has gone: `-s <(...)`, `mkfifo`).
@@ -273,7 +274,7 @@ fn load(args: &StateArgs) -> Result<Compiled> {
             let text = text.as_deref()?;
             reparsed += text.len();
             located += 1;
-            (first || reparsed <= 16 << 20).then(|| o.line_of(text, &p.field))?
+            (first || reparsed <= control::manifest::MAX_LOCATED_BYTES).then(|| o.line_of(text, &p.field))?
         });
         let at = match (origin, line) {
             (Some(o), Some(l)) => format!("{o}, line {l}: "),

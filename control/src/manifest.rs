@@ -662,12 +662,13 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
 /// does the same since 1.33), not an error.
 fn null_labels_as_empty(v: &serde_yaml::Value) -> Option<serde_yaml::Value> {
     use serde_yaml::Value;
+    fn string_map(k: &Value) -> bool {
+        matches!(k.as_str(), Some("labels" | "annotations" | "matchLabels" | "nodeSelector"))
+    }
     fn has(v: &Value) -> bool {
         match v {
             Value::Mapping(m) => m.iter().any(|(k, v)| {
-                let string_map =
-                    matches!(k.as_str(), Some("labels" | "annotations" | "matchLabels" | "nodeSelector"));
-                (string_map && v.as_mapping().is_some_and(|m| m.values().any(Value::is_null))) || has(v)
+                (string_map(k) && v.as_mapping().is_some_and(|m| m.values().any(Value::is_null))) || has(v)
             }),
             Value::Sequence(s) => s.iter().any(has),
             _ => false,
@@ -677,7 +678,7 @@ fn null_labels_as_empty(v: &serde_yaml::Value) -> Option<serde_yaml::Value> {
         match v {
             Value::Mapping(m) => {
                 for (k, v) in m.iter_mut() {
-                    if matches!(k.as_str(), Some("labels" | "annotations" | "matchLabels" | "nodeSelector")) {
+                    if string_map(k) {
                         if let Some(labels) = v.as_mapping_mut() {
                             for value in labels.values_mut().filter(|x| x.is_null()) {
                                 *value = Value::String(String::new());
@@ -701,9 +702,9 @@ fn null_labels_as_empty(v: &serde_yaml::Value) -> Option<serde_yaml::Value> {
 /// Errors per text given a line of their own (the rest name their field
 /// only): each lookup reads the document again, so a file with thousands of
 /// errors costs thousands of parses without a bound.
-const MAX_LOCATED: usize = 50;
+pub const MAX_LOCATED: usize = 50;
 /// Bytes parsed again for lines, over all lookups of one text (the first lookup is always made).
-const MAX_LOCATED_BYTES: usize = 16 << 20;
+pub const MAX_LOCATED_BYTES: usize = 16 << 20;
 
 /// The line of `path` (`spec.ingress[0].from[0].matchLabel`, as errors
 /// name fields) in document `doc` of `text`: of its last key, or of its

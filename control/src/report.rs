@@ -123,9 +123,11 @@ pub fn resolve_pair(
 ) -> Result<(IpAddr, IpAddr), String> {
     let ends = [(from, parse_end(c, from)?), (to, parse_end(c, to)?)];
     // Where the family comes from, for the message when a pod lacks it.
-    let mut why = match (family, protocol_family(proto)) {
-        (None, Some(f)) => format!(" ({} runs over IPv{f} only)", protocol_name(proto)),
-        _ => String::from(" (the family asked for)"),
+    // The protocol decides the family (ICMP, ICMPv6 without --family).
+    let by_protocol = family.is_none() && protocol_family(proto).is_some();
+    let mut why = match protocol_family(proto).filter(|_| by_protocol) {
+        Some(f) => format!(" ({} runs over IPv{f} only)", protocol_name(proto)),
+        None => String::from(" (the family asked for)"),
     };
     let given = family_for(proto, family)?.or_else(|| {
         ends.iter().find_map(|(text, e)| match e {
@@ -158,7 +160,7 @@ pub fn resolve_pair(
                 return Err(format!(
                     "{text} is IPv{} but the connection is IPv{family}{}: both ends need one address family",
                     family_of(*ip),
-                    if why.contains("runs over") { why.as_str() } else { "" }
+                    if by_protocol { why.as_str() } else { "" }
                 ))
             }
             End::Pod(p) => {
@@ -409,12 +411,8 @@ fn peer_mismatch(c: &Cluster, peer: &Peer, ip: IpAddr, pod: Option<usize>) -> St
             None => format!("{ip} is no pod's address, and a selector matches only pods"),
             Some(p) => {
                 let ns_labels = c.namespace(&p.namespace).map(|n| &n.labels);
-                let ns_ok = match namespaces {
-                    NamespaceMatch::Own(ns) => p.namespace == *ns,
-                    NamespaceMatch::Selector(sel) => ns_labels.is_some_and(|l| sel.matches(l)),
-                };
                 let mut why = Vec::new();
-                if !ns_ok {
+                if !reference::namespace_matches(c, namespaces, &p.namespace) {
                     why.push(match (namespaces, ns_labels) {
                         (NamespaceMatch::Own(_), _) => format!("{} is in namespace {}", p.key(), p.namespace),
                         (_, Some(l)) => {

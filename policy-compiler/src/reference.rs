@@ -118,17 +118,19 @@ pub fn peer_matches(cluster: &Cluster, policy_ns: &str, peer: &Peer, ip: IpAddr,
             let Some(p) = pod.map(|i| &cluster.pods[i]) else {
                 return false;
             };
-            let ns_ok = match namespaces {
-                NamespaceMatch::Own(ns) => {
-                    debug_assert_eq!(ns, policy_ns);
-                    p.namespace == *ns
-                }
-                NamespaceMatch::Selector(sel) => {
-                    cluster.namespace(&p.namespace).is_some_and(|n| sel.matches(&n.labels))
-                }
-            };
-            ns_ok && pods.matches(&p.labels)
+            if let NamespaceMatch::Own(ns) = namespaces {
+                debug_assert_eq!(ns, policy_ns);
+            }
+            namespace_matches(cluster, namespaces, &p.namespace) && pods.matches(&p.labels)
         }
+    }
+}
+
+/// Does a selector peer's namespace part match pods of namespace `ns`?
+pub fn namespace_matches(cluster: &Cluster, namespaces: &NamespaceMatch, ns: &str) -> bool {
+    match namespaces {
+        NamespaceMatch::Own(own) => own == ns,
+        NamespaceMatch::Selector(sel) => cluster.namespace(ns).is_some_and(|n| sel.matches(&n.labels)),
     }
 }
 
