@@ -138,6 +138,12 @@ pub struct State {
     pub origins: BTreeMap<ObjectKey, Origin>,
     /// Documents skipped because their kind is not one we read (kind, origin).
     pub skipped: Vec<(String, Origin)>,
+    /// Unknown fields of Pods and Namespaces that an API server wrote (they
+    /// carry a `uid` or `resourceVersion`): fields of a Kubernetes newer than
+    /// this build's schema, not typos, so left out with a warning rather than
+    /// refused. The same in a NetworkPolicy, or in a hand-written object, is
+    /// an error.
+    pub ignored: Vec<LoadError>,
 }
 
 impl State {
@@ -170,6 +176,7 @@ impl State {
         self.policies.extend(other.policies);
         self.origins.extend(other.origins);
         self.skipped.extend(other.skipped);
+        self.ignored.extend(other.ignored);
         Ok(())
     }
 }
@@ -539,18 +546,20 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
     }
     match kind.as_str() {
         "Namespace" => {
-            if let Some(o) = typed::<corev1::Namespace>(src, &origin, &object, errs) {
+            if let Some(o) = typed::<corev1::Namespace>(src, &origin, &object, errs, &mut state.ignored) {
                 state.namespaces.push(o);
             }
         }
         "Pod" => {
-            if let Some(mut o) = typed::<corev1::Pod>(src, &origin, &object, errs) {
+            if let Some(mut o) = typed::<corev1::Pod>(src, &origin, &object, errs, &mut state.ignored) {
                 o.metadata.namespace = Some(ns.clone());
                 state.pods.push(o);
             }
         }
         _ => {
-            if let Some(mut o) = typed::<netv1::NetworkPolicy>(src, &origin, &object, errs) {
+            if let Some(mut o) =
+                typed::<netv1::NetworkPolicy>(src, &origin, &object, errs, &mut state.ignored)
+            {
                 o.metadata.namespace = Some(ns.clone());
                 state.policies.push(o);
             }
@@ -565,8 +574,22 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
     }
 }
 
+/// What an unknown field of an object from an API server is taken to be.
+pub const NEWER_FIELD: &str =
+    "unknown to this build (its schema is Kubernetes 1.37), in an object an API server \
+     wrote: taken for a field of a newer Kubernetes and left out";
+
+/// An object as an API server returns it (`kubectl get -o yaml`): the server
+/// gives every object a `uid` and a `resourceVersion`, and has validated it
+/// against its own schema.
+fn written_by_server(v: &serde_yaml::Value) -> bool {
+    let meta = v.get("metadata");
+    ["uid", "resourceVersion"].iter().any(|k| meta.and_then(|m| m.get(k)).is_some_and(|x| x.is_string()))
+}
+
 /// Deserializes one object, reporting the first type error and every unknown
-/// field. Always from the parsed value, which is strict about types (`80`,
+/// field (into `ignored` for a Pod or Namespace an API server wrote: see
+/// [`State::ignored`]). Always from the parsed value, which is strict about types (`80`,
 /// `true` are not strings, as for the API server; a `null` label value is
 /// the empty string, as the API server's decoding makes it, see
 /// [`null_labels_as_empty`]); a document's own
@@ -577,7 +600,9 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
     origin: &Origin,
     object: &Option<String>,
     errs: &mut Vec<LoadError>,
+    ignored: &mut Vec<LoadError>,
 ) -> Option<T> {
+    let from_server = T::KIND != "NetworkPolicy" && written_by_server(src.value());
     let mut unknown: Vec<String> = Vec::new();
     let mut record = |p: serde_ignored::Path<'_>| {
         let path = format_path(&p);
@@ -599,6 +624,16 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
     let line_of = |path: &str| src.line(path);
     let mut failed = false;
     for u in unknown {
+        if from_server {
+            ignored.push(LoadError {
+                origin: origin.clone(),
+                object: object.clone(),
+                line: None,
+                field: Some(u),
+                message: NEWER_FIELD.into(),
+            });
+            continue;
+        }
         failed = true;
         let hint = hint_for(&u);
         errs.push(LoadError {
@@ -1150,6 +1185,42 @@ mod tests {
         // A Pod's status is read; an unknown field in it is still an error.
         assert!(errors("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nstatus: {bogus: 1}\n")
             .contains("status.bogus"));
+    }
+
+    #[test]
+    fn fields_of_a_newer_kubernetes_in_objects_a_server_wrote_are_left_out_with_a_warning() {
+        // `kubectl get -o yaml` of a cluster newer than this build's schema.
+        let server = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a, uid: u-1, resourceVersion: '7'}\n\
+                      spec:\n  futureField: {x: 1}\n  containers: [{name: c, ports: [{containerPort: 80, name: http, later: 1}]}]\n\
+                      status: {phase: Running, podIP: 10.0.0.1, newThing: [1]}\n---\n\
+                      apiVersion: v1\nkind: Namespace\nmetadata: {name: a, resourceVersion: '3', labels: {team: x}}\nspec: {newer: true}\n";
+        let s = parse("t.yaml", server).unwrap();
+        let ignored: Vec<String> = s.ignored.iter().map(|e| e.to_string()).collect();
+        assert_eq!(ignored.len(), 4, "{ignored:?}");
+        for f in ["spec.futureField", "spec.containers[0].ports[0].later", "status.newThing"] {
+            assert!(
+                ignored.iter().any(|e| e.contains(&format!("Pod a/p: field {f}: unknown to this build"))),
+                "{f}: {ignored:?}"
+            );
+        }
+        assert!(ignored.iter().any(|e| e.contains("Namespace a: field spec.newer")), "{ignored:?}");
+        // What is known is still read.
+        let pod = &s.pods[0];
+        assert_eq!(pod.status.as_ref().and_then(|st| st.pod_ip.as_deref()), Some("10.0.0.1"));
+        let port = &pod.spec.as_ref().unwrap().containers[0].ports.as_ref().unwrap()[0];
+        assert_eq!((port.container_port, port.name.as_deref()), (80, Some("http")));
+        assert_eq!(s.namespaces[0].metadata.labels.as_ref().unwrap()["team"], "x");
+
+        // Hand-written (no uid, no resourceVersion): a typo, refused.
+        let e = errors("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, port: [{containerPort: 80}]}]\n");
+        assert!(e.contains("field spec.containers[0].port: unknown field"), "{e}");
+        // A NetworkPolicy's unknown field decides what it allows: refused even from a server.
+        let e = errors("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, uid: u, resourceVersion: '1'}\nspec: {podSelector: {}, newPeerKind: {}}\n");
+        assert!(e.contains("field spec.newPeerKind: unknown field"), "{e}");
+        // A type error is an error from a server too.
+        let e =
+            errors("apiVersion: v1\nkind: Pod\nmetadata: {name: p, uid: u}\nspec: {hostNetwork: maybe}\n");
+        assert!(e.contains("spec.hostNetwork"), "{e}");
     }
 
     #[test]

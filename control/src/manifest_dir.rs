@@ -209,6 +209,9 @@ impl ManifestDir {
                     )]));
                 }
                 Ok(mut state) => {
+                    for e in &state.ignored {
+                        tracing::warn!(problem = %e, "field left out");
+                    }
                     st.error = None;
                     let objects = file_objects(&mut state);
                     st.last_good = Some(state);

@@ -918,3 +918,43 @@ fn a_denial_exits_with_1_even_when_nobody_reads_the_answer() {
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
 }
+
+/// `kubectl get -o yaml` of a cluster newer than this build: its new fields
+/// are left out with one warning per field, and the questions are answered.
+#[test]
+fn a_newer_clusters_fields_are_warned_about_once_per_field() {
+    let mut items = String::new();
+    for i in 1..=4 {
+        items.push_str(&format!(
+            "- apiVersion: v1\n  kind: Pod\n  metadata: {{name: p{i}, namespace: default, uid: u{i}, resourceVersion: '{i}'}}\n  \
+             spec:\n    containers: [{{name: c, image: i, futureKnob: {i}}}]\n  \
+             status: {{phase: Running, podIP: 10.0.0.{i}, podIPs: [{{ip: 10.0.0.{i}, newAttr: x}}]}}\n"
+        ));
+    }
+    let list = format!("apiVersion: v1\nkind: List\nitems:\n{items}");
+    let o = run_with_stdin(
+        &[
+            "query",
+            "-s",
+            "-",
+            "--from",
+            "default/p1",
+            "--to",
+            "default/p2",
+            "--protocol",
+            "TCP",
+            "--port",
+            "80",
+        ],
+        list,
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(stdout(&o).starts_with("ALLOW default/p1"), "{}", stdout(&o));
+    assert_eq!(err.matches("unknown to this build").count(), 2, "{err}");
+    assert!(
+        err.contains("Pod default/p1: field spec.containers[0].futureKnob: unknown to this build (its schema is Kubernetes 1.37), in an object an API server wrote: taken for a field of a newer Kubernetes and left out (and in 3 more objects)"),
+        "{err}"
+    );
+    assert!(err.contains("field status.podIPs[0].newAttr:"), "{err}");
+}
