@@ -221,30 +221,9 @@ fn load(args: &StateArgs) -> Result<Compiled> {
             counts.join(", ")
         );
     }
-    // Fields of a newer Kubernetes (`kubectl get -o yaml` of a newer cluster):
-    // one warning per field, whatever the number of objects carrying it.
-    let mut newer: std::collections::BTreeMap<String, (&control::manifest::LoadError, usize)> =
-        Default::default();
-    for e in &state.ignored {
-        let field = e.field.as_deref().unwrap_or_default();
-        let mut shape = String::with_capacity(field.len());
-        let mut in_index = false;
-        for c in field.chars() {
-            match c {
-                '[' => in_index = true,
-                ']' => {
-                    in_index = false;
-                    shape.push_str("[*]");
-                }
-                _ if !in_index => shape.push(c),
-                _ => {}
-            }
-        }
-        let kind = e.object.as_deref().and_then(|o| o.split(' ').next()).unwrap_or_default();
-        newer.entry(format!("{kind} {shape}")).or_insert((e, 0)).1 += 1;
-    }
-    for (e, n) in newer.values() {
-        let more = if *n > 1 { format!(" (and in {} more objects)", n - 1) } else { String::new() };
+    // Fields of a newer Kubernetes (`kubectl get -o yaml` of a newer cluster).
+    for (e, n) in control::manifest::group_ignored(&state.ignored) {
+        let more = if n > 1 { format!(" (and in {} more objects)", n - 1) } else { String::new() };
         eprintln!("warning: {e}{more}");
     }
     if state.namespaces.is_empty() && state.pods.is_empty() && state.policies.is_empty() {

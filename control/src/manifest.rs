@@ -579,6 +579,32 @@ pub const NEWER_FIELD: &str =
     "unknown to this build (its schema is Kubernetes 1.37), in an object an API server \
      wrote: taken for a field of a newer Kubernetes and left out";
 
+/// [`State::ignored`] as one entry per kind and field (list indexes left
+/// out), whatever the number of objects carrying it: the first occurrence
+/// and the number of objects, in kind and field order.
+pub fn group_ignored(ignored: &[LoadError]) -> Vec<(&LoadError, usize)> {
+    let mut groups: BTreeMap<(&str, String), (&LoadError, usize)> = BTreeMap::new();
+    for e in ignored {
+        let field = e.field.as_deref().unwrap_or_default();
+        let mut shape = String::with_capacity(field.len());
+        let mut in_index = false;
+        for c in field.chars() {
+            match c {
+                '[' => in_index = true,
+                ']' => {
+                    in_index = false;
+                    shape.push_str("[*]");
+                }
+                _ if !in_index => shape.push(c),
+                _ => {}
+            }
+        }
+        let kind = e.object.as_deref().and_then(|o| o.split(' ').next()).unwrap_or_default();
+        groups.entry((kind, shape)).or_insert((e, 0)).1 += 1;
+    }
+    groups.into_values().collect()
+}
+
 /// An object as an API server returns it (`kubectl get -o yaml`): the server
 /// gives every object a `uid` and a `resourceVersion`, and has validated it
 /// against its own schema.

@@ -209,8 +209,10 @@ impl ManifestDir {
                     )]));
                 }
                 Ok(mut state) => {
-                    for e in &state.ignored {
-                        tracing::warn!(problem = %e, "field left out");
+                    // One line per field, not per object: a `kubectl get` dump
+                    // of a newer cluster has the same new fields in every pod.
+                    for (e, objects) in manifest::group_ignored(&state.ignored) {
+                        tracing::warn!(problem = %e, objects, "field left out");
                     }
                     st.error = None;
                     let objects = file_objects(&mut state);
