@@ -31,7 +31,7 @@
 //!     icmp: 30
 //!   pod_share: 50         # percent of each worker's table one pod's connections may hold
 //! fail_open: false
-//! status_address: "0.0.0.0:9877"
+//! status_address: "[::]:9877"
 //! debounce_ms: 50        # minimum time between two compilations
 //! denied_flow_log_per_second: 0
 //! enforce: true          # false: forward without policy (benchmarks only)
@@ -48,8 +48,9 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/portcullis/config.yaml";
 
 /// Default address of the status endpoint (`/healthz`, `/readyz`, `/status`, `/metrics`).
-/// All interfaces, because on a host-network pod the kubelet probes the node's address.
-pub const DEFAULT_STATUS_ADDRESS: &str = "0.0.0.0:9877";
+/// All interfaces of both families, because on a host-network pod the kubelet probes the
+/// node's address, which is IPv6 on IPv6 and IPv6-first clusters.
+pub const DEFAULT_STATUS_ADDRESS: &str = "[::]:9877";
 
 /// Longest conntrack idle timeout accepted, in seconds (30 days): a larger value is
 /// more likely milliseconds typed as seconds than a wish.
@@ -197,7 +198,8 @@ pub struct Config {
     /// drop it (`false`, default). Fail-open keeps pods reachable while the API server is
     /// unreachable at start-up, at the risk of letting through traffic policy would deny.
     pub fail_open: bool,
-    /// Status endpoint address. Default `0.0.0.0:9877`.
+    /// Status endpoint address. Default `[::]:9877`: every address of both families
+    /// ([`crate::status::bind`]).
     pub status_address: SocketAddr,
     /// Minimum time between two compilations, in milliseconds. Default 50. A change after a
     /// quiet period is compiled at once; during a burst (a rollout) changes are batched and

@@ -86,9 +86,75 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Binds the status address. `[::]` (the default) takes IPv4 and IPv6
+/// connections on one socket whatever the host's `net.ipv6.bindv6only`, so
+/// the kubelet's probes reach it on the node's address on IPv4, IPv6 and
+/// dual-stack nodes alike; on a host with IPv6 disabled it falls back to
+/// `0.0.0.0`. Any other address is bound as given.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use rustix::net::{sockopt, AddressFamily, SocketType};
+    if !(addr.is_ipv6() && addr.ip().is_unspecified()) {
+        return std::net::TcpListener::bind(addr);
+    }
+    let fd = match rustix::net::socket(AddressFamily::INET6, SocketType::STREAM, None) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::AFNOSUPPORT) => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::info!(address = %v4, "IPv6 is disabled on this host: status endpoint on IPv4 only");
+            return std::net::TcpListener::bind(v4);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    sockopt::set_ipv6_v6only(&fd, false)?;
+    // As std's bind does: a restart may rebind while old connections linger in TIME_WAIT.
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, 1024)?;
+    Ok(std::net::TcpListener::from(fd))
+}
+
 /// Serves until the process ends.
 pub async fn serve(addr: SocketAddr, state: AppState) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     tracing::info!(address = %listener.local_addr()?, "status endpoint listening");
     axum::serve(listener, router(state)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+
+    /// The default address (`[::]`) answers on IPv4 and on IPv6, as a probe of the
+    /// node's address reaches it on either kind of cluster.
+    #[test]
+    fn the_unspecified_ipv6_address_takes_both_families() {
+        let mut default: SocketAddr = crate::config::DEFAULT_STATUS_ADDRESS.parse().unwrap();
+        default.set_port(0);
+        let l = super::bind(default).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut targets = vec![SocketAddr::from(([127, 0, 0, 1], port))];
+        // The kernel lists IPv6 addresses here unless IPv6 is disabled.
+        if std::path::Path::new("/proc/net/if_inet6").exists() {
+            assert!(l.local_addr().unwrap().is_ipv6(), "bound {:?}", l.local_addr());
+            targets.push(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)));
+        } else {
+            // Only where the host has IPv6 disabled (the fallback); say so.
+            assert!(l.local_addr().unwrap().is_ipv4());
+            eprintln!("IPv6 is disabled on this host: only the IPv4 fallback is checked");
+        }
+        for to in targets {
+            let mut c = TcpStream::connect(to).unwrap_or_else(|e| panic!("connect {to}: {e}"));
+            let (mut s, from) = l.accept().unwrap();
+            c.write_all(b"x").unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).unwrap();
+            assert_eq!(from.ip().to_canonical(), to.ip(), "accepted from {from}");
+        }
+        // Another address is bound as given: an IPv4 one takes no IPv6 connection.
+        let v4 = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(v4.local_addr().unwrap().is_ipv4());
+    }
 }

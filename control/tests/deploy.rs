@@ -268,7 +268,7 @@ fn probes_hit_healthz_and_readyz_on_the_default_status_port() {
         let get = probe.as_ref().and_then(|p| p.http_get.as_ref()).unwrap_or_else(|| panic!("{path} probe"));
         assert_eq!(get.path.as_deref(), Some(path));
         assert_eq!(probe_port(&c, &get.port), want, "{path} probe port");
-        assert!(get.host.is_none(), "probe the pod (= node) address, where 0.0.0.0 listens");
+        assert!(get.host.is_none(), "probe the pod (= node) address, where [::] listens");
     }
     let ports: Vec<i32> = c.ports.iter().flatten().map(|p| p.container_port).collect();
     assert_eq!(ports, vec![want], "declared container port");
