@@ -128,7 +128,8 @@ pub struct XdpConfig {
     /// driver support should set it, saving a copy per packet.
     pub zero_copy: bool,
     /// UMEM frames per worker (2048 bytes each, so frames up to an MTU of 1500), at least
-    /// 64. Default 8192 (16 MiB), which needs CAP_IPC_LOCK or a memlock limit that large. More frames
+    /// 64; a worker gets a few more when `frame_count / (2 x ports)` is under 64, the
+    /// smallest ring. Default 8192 (16 MiB), which needs CAP_IPC_LOCK or a memlock limit that large. More frames
     /// absorb longer bursts: 32768 lost nothing below capacity where 8192 lost ~0.1% at
     /// start-up (docs/performance.md).
     pub frame_count: u32,

@@ -29,7 +29,7 @@ use policy_compiler::{DecisionTable, Side};
 
 use crate::config::{Attach, Config, Mode};
 use crate::daemon::{Publication, Publisher};
-use crate::status::DataplaneView;
+use crate::status::{DataplaneView, Enforcement};
 
 /// Tables kept alive after being replaced (the last one a worker may still hold).
 const KEEP_TABLES: usize = 2;
@@ -61,6 +61,9 @@ pub struct Enforcer {
     /// Per port: the pod addresses last published, and that pod's epoch
     /// (counted up whenever they change: see `dataplane::pins`).
     port_epochs: Mutex<Vec<(Option<PodAddrs>, u16)>>,
+    /// `enforce` and `fail_open` of the configuration.
+    enforce: bool,
+    fail_open: bool,
 }
 
 /// The next epoch of a port (1..=0x7fff, never the one before).
@@ -220,6 +223,8 @@ impl Enforcer {
             denied,
             control_cores: crate::cpus::current().unwrap_or_default(),
             port_epochs: Mutex::new(port_epochs),
+            enforce: cfg.enforce,
+            fail_open: cfg.fail_open,
         }))
     }
 
@@ -400,6 +405,20 @@ impl DataplaneView for Enforcer {
             "per_worker": d.pipeline_counters_per_worker(),
             "io": d.io_counters(),
         })
+    }
+
+    fn enforcement(&self) -> Enforcement {
+        if !self.enforce {
+            return Enforcement::Off;
+        }
+        // Generation 0 is the start-up table; the lowest one a worker uses
+        // decides (a worker still on it passes or drops as it says).
+        let generation = self.enforced_generation();
+        match generation {
+            Some(g) if g > 0 => Enforcement::Policy,
+            _ if self.fail_open => Enforcement::StartUpFailOpen,
+            _ => Enforcement::StartUpFailClosed,
+        }
     }
 
     fn encode_metrics(&self, out: &mut String) {

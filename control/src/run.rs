@@ -64,8 +64,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let (tx, rx) = mpsc::channel(4096);
     let mut expected = Vec::new();
     if opts.kube {
-        let client = kube::Client::try_default()
+        let kube_config = kube::Config::infer()
             .await
+            .context("cannot configure the Kubernetes client (in-cluster config or kubeconfig)")?;
+        let client = kube::Client::try_from(sources::bounded_reads(kube_config))
             .context("cannot configure the Kubernetes client (in-cluster config or kubeconfig)")?;
         expected.push(KUBE);
         tokio::spawn(sources::run_kube(client, tx.clone()));

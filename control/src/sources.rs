@@ -150,6 +150,28 @@ pub const RECOVERY_QUIET: std::time::Duration = std::time::Duration::from_secs(9
 /// as long as the kernel retransmits.
 pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The longest silence of the API server on a request before it fails:
+/// longer than a healthy watch is ever silent (kube-runtime's watcher ends a
+/// watch that has delivered nothing for 295 s and opens a new one from where
+/// it was), so only a stalled request (a list or a watch request on a
+/// connection that died half-open) reaches it. Without it such a request
+/// waits as long as the connection lasts, silently: at start the node never
+/// gets ready, and a relist leaves the table stale while the source still
+/// looks up.
+pub const KUBE_READ_TIMEOUT: Duration = Duration::from_secs(330);
+
+/// The client configuration with [`KUBE_READ_TIMEOUT`] on every response
+/// (counted from the request, not from when its pooled connection went idle).
+pub fn bounded_reads(config: kube::Config) -> kube::Config {
+    bounded_reads_after(config, KUBE_READ_TIMEOUT)
+}
+
+fn bounded_reads_after(mut config: kube::Config, timeout: Duration) -> kube::Config {
+    config.read_timeout = Some(timeout);
+    config.reset_reader_on_write = true;
+    config
+}
+
 /// Runs the three watchers until the channel closes.
 pub async fn run_kube(client: Client, tx: mpsc::Sender<SourceMsg>) {
     let ns = watch_kind(Api::<corev1::Namespace>::all(client.clone()), Kind::Namespace, tx.clone(), |o| {
@@ -535,6 +557,35 @@ pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<Sou
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A list on a connection the server never answers fails once the read
+    /// timeout passes, instead of waiting for ever; and the timeout is longer
+    /// than a healthy watch is silent.
+    #[tokio::test]
+    async fn a_request_the_server_never_answers_fails_after_the_read_timeout() {
+        // kube-runtime ends a watch silent for its timeout (290 s unless set) and 5 s more.
+        let watch_silence =
+            Duration::from_secs(u64::from(watcher::Config::default().timeout.unwrap_or(290)) + 5);
+        assert!(KUBE_READ_TIMEOUT > watch_silence + Duration::from_secs(30));
+
+        // Accepts, reads the request, never answers.
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", server.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((c, _)) = server.accept().await {
+                held.push(c);
+            }
+        });
+        let config = kube::Config::new(url.parse().unwrap());
+        let client = Client::try_from(bounded_reads_after(config, Duration::from_millis(500))).unwrap();
+        let api = Api::<corev1::Pod>::all(client);
+        let t = std::time::Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(20), api.list(&Default::default())).await;
+        let r = r.expect("the list must fail by itself, not hang");
+        assert!(r.is_err(), "{r:?}");
+        assert!(t.elapsed() >= Duration::from_millis(500), "{:?}", t.elapsed());
+    }
 
     fn namespace(name: &str) -> String {
         format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n")

@@ -7,6 +7,7 @@
 //! | `/status`  | JSON: sources with sync state and staleness, table generation and compile time, object counts, invalid objects, manifest files, and the dataplane's per-port/per-worker counters |
 //! | `/metrics` | Prometheus text format (OpenMetrics) |
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use serde::Serialize;
 
 use crate::daemon::Shared;
 
@@ -26,6 +28,34 @@ pub trait DataplaneView: Send + Sync {
     fn status_json(&self) -> serde_json::Value;
     /// Appends its metrics in Prometheus text format (without the final `# EOF`).
     fn encode_metrics(&self, out: &mut String);
+    /// What the workers do with traffic policy denies, now.
+    fn enforcement(&self) -> Enforcement;
+}
+
+/// What the workers do with traffic policy denies: the answer to "is this
+/// node enforcing?", in `/status` (`enforcement`) and as the
+/// `portcullis_enforcing` gauge (1 for [`Enforcement::Policy`] and
+/// [`Enforcement::StartUpFailClosed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enforcement {
+    /// A table compiled from the sources' state is in force.
+    Policy,
+    /// Before the first sync, with `fail_open: false`: pod traffic is dropped.
+    StartUpFailClosed,
+    /// Before the first sync, with `fail_open: true`: everything passes.
+    StartUpFailOpen,
+    /// `enforce: false`: every packet is forwarded without policy.
+    Off,
+    /// No dataplane runs (no ports configured): nothing is enforced here.
+    NoDataplane,
+}
+
+impl Enforcement {
+    /// Does traffic that policy denies get dropped?
+    pub fn drops_denied(self) -> bool {
+        matches!(self, Enforcement::Policy | Enforcement::StartUpFailClosed)
+    }
 }
 
 /// Server state.
@@ -68,7 +98,12 @@ async fn status(State(s): State<AppState>) -> Response {
     let mut v = serde_json::to_value(s.shared.status_now()).unwrap_or_default();
     v["uptime_seconds"] = serde_json::json!(s.shared.started.elapsed().as_secs_f64());
     v["dataplane"] = s.dataplane.as_ref().map(|d| d.status_json()).unwrap_or(serde_json::Value::Null);
+    v["enforcement"] = serde_json::json!(enforcement(&s));
     axum::Json(v).into_response()
+}
+
+fn enforcement(s: &AppState) -> Enforcement {
+    s.dataplane.as_ref().map_or(Enforcement::NoDataplane, |d| d.enforcement())
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -76,6 +111,13 @@ async fn metrics(State(s): State<AppState>) -> Response {
     if let Some(d) = &s.dataplane {
         d.encode_metrics(&mut out);
     }
+    let e = enforcement(&s);
+    let _ = writeln!(
+        out,
+        "# HELP portcullis_enforcing 1 while traffic that policy denies is dropped (a compiled table, or the fail-closed start-up table); 0 with enforce: false, the fail-open start-up table, or no dataplane (/status says which)\n\
+         # TYPE portcullis_enforcing gauge\nportcullis_enforcing {}",
+        u8::from(e.drops_denied())
+    );
     {
         let reg = s.shared.registry.lock().expect("registry lock");
         if prometheus_client::encoding::text::encode(&mut out, &reg).is_err() {

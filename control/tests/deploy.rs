@@ -272,6 +272,13 @@ fn probes_hit_healthz_and_readyz_on_the_default_status_port() {
     }
     let ports: Vec<i32> = c.ports.iter().flatten().map(|p| p.container_port).collect();
     assert_eq!(ports, vec![want], "declared container port");
+    // The scrape annotations point at the same port and at /metrics.
+    let ds = daemonset();
+    let annotations =
+        ds.spec.template.metadata.and_then(|m| m.annotations).expect("pod template annotations");
+    assert_eq!(annotations.get("prometheus.io/scrape").map(String::as_str), Some("true"));
+    assert_eq!(annotations.get("prometheus.io/port"), Some(&want.to_string()), "scrape port");
+    assert_eq!(annotations.get("prometheus.io/path").map(String::as_str), Some("/metrics"));
 }
 
 #[test]

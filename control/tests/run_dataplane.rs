@@ -381,3 +381,56 @@ fn the_daemon_binds_with_exactly_the_daemonset_capabilities() {
     let link = sh(&["ip", "link", "show", &h]).unwrap();
     assert!(!link.contains("xdp"), "{link}");
 }
+
+/// `/status` (`enforcement`) and `portcullis_enforcing` say whether the node
+/// drops what policy denies: before the first sync (held back here by a
+/// manifest file that does not parse) with either start-up table, once a
+/// table from the sources is in force, and with `enforce: false`.
+#[test]
+fn status_and_metrics_say_whether_the_node_enforces() {
+    if dataplane::testing::root::skip(&[]) {
+        return;
+    }
+    let _serial = serial();
+    let links = Links::new("e", 1);
+    let h = links.host.clone();
+    let manifest = links.dir.join("manifests/policy.yaml");
+    let broken = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\nspec: {podSelector: {}, bogus: 1}\n";
+    let fixed = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\nspec: {podSelector: {}}\n";
+    let enforcing = |status: u16| -> Option<(String, String)> {
+        let s: serde_json::Value = serde_json::from_str(&get(status, "/status")?.1).ok()?;
+        let m = get(status, "/metrics")?.1;
+        let gauge = m.lines().find_map(|l| l.strip_prefix("portcullis_enforcing "))?.to_string();
+        Some((s["enforcement"].as_str()?.to_string(), gauge))
+    };
+    let base = format!("ports: [{{interface: {h}}}]\nxdp: {{attach: generic, frame_count: 1024}}\n");
+    let pair = |a: &str, b: &str| Some((a.to_string(), b.to_string()));
+
+    // Fail-closed start-up table, then the sources' table.
+    std::fs::write(&manifest, broken).unwrap();
+    let status = free_port();
+    let mut d = links.daemon(&base, status);
+    wait_for("status", || enforcing(status).is_some());
+    assert_eq!(enforcing(status), pair("start_up_fail_closed", "1"));
+    assert_eq!(get(status, "/readyz").unwrap().0, 503);
+    std::fs::write(&manifest, fixed).unwrap();
+    wait_for("the sources' table in force", || enforcing(status) == pair("policy", "1"));
+    d.terminate();
+
+    // Fail-open start-up table: nothing is enforced until the first sync.
+    std::fs::write(&manifest, broken).unwrap();
+    let status = free_port();
+    let mut d = links.daemon(&format!("{base}fail_open: true\n"), status);
+    wait_for("status", || enforcing(status).is_some());
+    assert_eq!(enforcing(status), pair("start_up_fail_open", "0"));
+    std::fs::write(&manifest, fixed).unwrap();
+    wait_for("the sources' table in force", || enforcing(status) == pair("policy", "1"));
+    d.terminate();
+
+    // `enforce: false`: ready, and says it does not enforce.
+    let status = free_port();
+    let mut d = links.daemon(&format!("{base}enforce: false\n"), status);
+    wait_for("readyz", || get(status, "/readyz").is_some_and(|r| r.0 == 200));
+    assert_eq!(enforcing(status), pair("off", "0"));
+    d.terminate();
+}
