@@ -34,6 +34,7 @@
 //! status_address: "[::]:9877"
 //! debounce_ms: 50        # minimum time between two compilations
 //! denied_flow_log_per_second: 0
+//! policy_metrics: true   # per-policy allow counters in /metrics
 //! enforce: true          # false: forward without policy (benchmarks only)
 //! ```
 
@@ -210,6 +211,11 @@ pub struct Config {
     /// Log at most this many packets denied by policy per second, per worker (0, the
     /// default, logs none; at most 1,000,000). See docs/operations.md, "Denied flows".
     pub denied_flow_log_per_second: u32,
+    /// Serve `portcullis_policy_allowed_connections_total` (one series per policy and
+    /// direction that allowed something: up to twice the policies, on every node).
+    /// Default `true`; `false` leaves the family out of `/metrics` on clusters where that
+    /// many series per node costs more than it tells.
+    pub policy_metrics: bool,
     /// Enforce NetworkPolicy. Default `true`. `false` forwards every IP packet with no
     /// connection tracking and no policy lookup (the table is still compiled and served):
     /// it exists to measure the forwarding path's own ceiling, and is logged as a warning.
@@ -333,6 +339,7 @@ impl Default for Config {
             status_address: DEFAULT_STATUS_ADDRESS.parse().expect("valid default"),
             debounce_ms: 50,
             denied_flow_log_per_second: 0,
+            policy_metrics: true,
             enforce: true,
             node_addresses: Vec::new(),
         }

@@ -64,6 +64,8 @@ pub struct Enforcer {
     /// `enforce` and `fail_open` of the configuration.
     enforce: bool,
     fail_open: bool,
+    /// `policy_metrics` of the configuration.
+    policy_metrics: bool,
 }
 
 /// The next epoch of a port (1..=0x7fff, never the one before).
@@ -225,6 +227,7 @@ impl Enforcer {
             port_epochs: Mutex::new(port_epochs),
             enforce: cfg.enforce,
             fail_open: cfg.fail_open,
+            policy_metrics: cfg.policy_metrics,
         }))
     }
 
@@ -563,30 +566,33 @@ impl DataplaneView for Enforcer {
             "Tracked connections cut by a newer table",
             &[(String::new(), ct.revoked)],
         );
-        let hits: Vec<(String, u64)> = self
-            .policy_hits()
-            .into_iter()
-            .map(|((ns, name, dir), n)| {
-                let dir = match dir {
-                    HitDirection::Ingress => "ingress",
-                    HitDirection::Egress => "egress",
-                };
-                (
-                    format!(
-                        "{{namespace=\"{}\",policy=\"{}\",direction=\"{dir}\"}}",
-                        label(&ns),
-                        label(&name)
-                    ),
-                    n,
-                )
-            })
-            .collect();
-        family(
-            "portcullis_policy_allowed_connections",
-            "counter",
-            "Connections allowed per policy and direction (a rule of the policy matched), counted when admitted",
-            &hits,
-        );
+        // Up to two series per policy: left out when the configuration says so.
+        if self.policy_metrics {
+            let hits: Vec<(String, u64)> = self
+                .policy_hits()
+                .into_iter()
+                .map(|((ns, name, dir), n)| {
+                    let dir = match dir {
+                        HitDirection::Ingress => "ingress",
+                        HitDirection::Egress => "egress",
+                    };
+                    (
+                        format!(
+                            "{{namespace=\"{}\",policy=\"{}\",direction=\"{dir}\"}}",
+                            label(&ns),
+                            label(&name)
+                        ),
+                        n,
+                    )
+                })
+                .collect();
+            family(
+                "portcullis_policy_allowed_connections",
+                "counter",
+                "Connections allowed per policy and direction (a rule of the policy matched), counted when admitted",
+                &hits,
+            );
+        }
         family(
             "portcullis_node_exempt_connections",
             "counter",

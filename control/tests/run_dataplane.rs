@@ -385,7 +385,8 @@ fn the_daemon_binds_with_exactly_the_daemonset_capabilities() {
 /// `/status` (`enforcement`) and `portcullis_enforcing` say whether the node
 /// drops what policy denies: before the first sync (held back here by a
 /// manifest file that does not parse) with either start-up table, once a
-/// table from the sources is in force, and with `enforce: false`.
+/// table from the sources is in force, and with `enforce: false`. Also
+/// `policy_metrics: false`.
 #[test]
 fn status_and_metrics_say_whether_the_node_enforces() {
     if dataplane::testing::root::skip(&[]) {
@@ -415,6 +416,8 @@ fn status_and_metrics_say_whether_the_node_enforces() {
     assert_eq!(get(status, "/readyz").unwrap().0, 503);
     std::fs::write(&manifest, fixed).unwrap();
     wait_for("the sources' table in force", || enforcing(status) == pair("policy", "1"));
+    // Per-policy counters are served by default (left out below).
+    assert!(get(status, "/metrics").unwrap().1.contains("# TYPE portcullis_policy_allowed_connections counter"));
     d.terminate();
 
     // Fail-open start-up table: nothing is enforced until the first sync.
@@ -427,10 +430,14 @@ fn status_and_metrics_say_whether_the_node_enforces() {
     wait_for("the sources' table in force", || enforcing(status) == pair("policy", "1"));
     d.terminate();
 
-    // `enforce: false`: ready, and says it does not enforce.
+    // `enforce: false`: ready, and says it does not enforce. (And
+    // `policy_metrics: false` leaves the per-policy counters out.)
     let status = free_port();
-    let mut d = links.daemon(&format!("{base}enforce: false\n"), status);
+    let mut d = links.daemon(&format!("{base}enforce: false\npolicy_metrics: false\n"), status);
     wait_for("readyz", || get(status, "/readyz").is_some_and(|r| r.0 == 200));
     assert_eq!(enforcing(status), pair("off", "0"));
+    let metrics = get(status, "/metrics").unwrap().1;
+    assert!(!metrics.contains("portcullis_policy_allowed_connections"), "{metrics}");
+    assert!(metrics.contains("portcullis_node_exempt_connections_total"), "{metrics}");
     d.terminate();
 }
