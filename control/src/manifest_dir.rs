@@ -72,6 +72,9 @@ pub struct FileStatus {
     pub objects: usize,
     /// The current version's errors, when it is broken (the last good version is in force).
     pub errors: Vec<String>,
+    /// The last scan left it unread: it is being written (written to and not
+    /// closed, for up to 10 s); its last good version, if any, is in force.
+    pub being_written: bool,
 }
 
 fn fingerprint(p: &Path, text: &str) -> Option<(SystemTime, u64, u64)> {
@@ -348,7 +351,8 @@ impl ManifestDir {
 
     /// Per-file standing.
     pub fn status(&self) -> Vec<FileStatus> {
-        self.files
+        let mut files: Vec<FileStatus> = self
+            .files
             .iter()
             .map(|(f, st)| FileStatus {
                 file: f.clone(),
@@ -358,8 +362,15 @@ impl ManifestDir {
                     .as_ref()
                     .map(|e| e.0.iter().map(|x| x.to_string()).collect())
                     .unwrap_or_default(),
+                being_written: self.deferred.contains(f),
             })
-            .collect()
+            .collect();
+        // A new file being written has no state yet.
+        for f in self.deferred.iter().filter(|f| !self.files.contains_key(*f)) {
+            files.push(FileStatus { file: f.clone(), objects: 0, errors: Vec::new(), being_written: true });
+        }
+        files.sort_by(|a, b| a.file.cmp(&b.file));
+        files
     }
 
     /// The directory-level error, if the directory cannot be read.
@@ -625,12 +636,20 @@ mod tests {
         assert!(!md.scan_except(&busy));
         assert!(!md.complete(), "a first sync must wait for it");
         assert_eq!(md.deferred().collect::<Vec<_>>(), vec![f.to_str().unwrap()]);
+        // Listed as such, though never read yet.
+        let listed = |md: &ManifestDir| {
+            md.status().into_iter().map(|s| (s.file, s.objects, s.being_written)).collect::<Vec<_>>()
+        };
+        let name = f.to_str().unwrap().to_string();
+        assert_eq!(listed(&md), vec![(name.clone(), 0, true)]);
         assert!(md.scan());
         assert!(md.complete());
+        assert_eq!(listed(&md), vec![(name.clone(), 1, false)]);
         // Being rewritten: the version in force stays.
         std::fs::write(&f, POLICY.replace("PORT", "81")).unwrap();
         assert!(!md.scan_except(&busy));
         assert_eq!(policy_port(&md).unwrap(), "Int(80)");
+        assert_eq!(listed(&md), vec![(name, 1, true)]);
         assert!(md.scan());
         assert_eq!(policy_port(&md).unwrap(), "Int(81)");
     }

@@ -480,9 +480,11 @@ pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<Sou
             conflicts,
             md.dir_error()
         );
-        // Each file's object count is sent too when it changes, so that /status
-        // follows a file whose objects changed with no error appearing or going.
-        let counts: Vec<(String, usize)> = md.status().into_iter().map(|s| (s.file, s.objects)).collect();
+        // Each file's object count, and whether it is being written, is sent
+        // too when it changes, so that /status follows a file whose objects
+        // changed with no error appearing or going.
+        let counts: Vec<(String, usize, bool)> =
+            md.status().into_iter().map(|s| (s.file, s.objects, s.being_written)).collect();
         let report_changed = report != last_report;
         if report_changed || counts != last_counts {
             last_counts = counts;

@@ -417,7 +417,10 @@ fn status_and_metrics_say_whether_the_node_enforces() {
     std::fs::write(&manifest, fixed).unwrap();
     wait_for("the sources' table in force", || enforcing(status) == pair("policy", "1"));
     // Per-policy counters are served by default (left out below).
-    assert!(get(status, "/metrics").unwrap().1.contains("# TYPE portcullis_policy_allowed_connections counter"));
+    assert!(get(status, "/metrics")
+        .unwrap()
+        .1
+        .contains("# TYPE portcullis_policy_allowed_connections counter"));
     d.terminate();
 
     // Fail-open start-up table: nothing is enforced until the first sync.
