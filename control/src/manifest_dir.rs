@@ -197,7 +197,21 @@ impl ManifestDir {
                 continue;
             }
             st.fingerprint = fp;
-            match check_file(&f, &text) {
+            // A panic while reading one file (a bug) is that file's error, as
+            // a parse error is: its last good version stays in force, and the
+            // source, with every other file, goes on (a panic ending the
+            // source would leave the directory unwatched, or, as the only
+            // source, stop the daemon into a restart that panics again).
+            let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_file(&f, &text)))
+                .unwrap_or_else(|panic| {
+                    let what = crate::daemon::panic_message(&*panic);
+                    tracing::error!(file = %f, panic = what, "reading a manifest panicked (a bug: please report it)");
+                    Err(LoadErrors(vec![LoadError::file(
+                        &f,
+                        format!("reading it panicked (a bug in Portcullis: please report it): {what}"),
+                    )]))
+                });
+            match checked {
                 // A file that held objects and now holds none is taken for one
                 // caught mid-write (`> file` truncates first) rather than applied:
                 // applying it would lift every policy it held at once.
@@ -424,6 +438,10 @@ fn kind_of(kind: &str) -> Kind {
 
 /// Parses and validates one file as a unit: any error rejects the whole file.
 fn check_file(file: &str, text: &str) -> Result<State, LoadErrors> {
+    #[cfg(test)]
+    if tests::PANIC_ON.with(|p| p.get().is_some_and(|name| file.ends_with(name))) {
+        panic!("injected by a test");
+    }
     let state = manifest::parse(file, text)?;
     let mut errs = Vec::new();
     let mut report = |problems: Vec<policy_compiler::Problem>| {
@@ -465,6 +483,40 @@ fn check_file(file: &str, text: &str) -> Result<State, LoadErrors> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Reading a file whose path ends with this panics.
+        pub(super) static PANIC_ON: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// A panic while reading a file (a bug) rejects that file like an error:
+    /// its last good version stays in force, and the other files are read.
+    #[test]
+    fn a_panic_reading_a_file_is_that_files_error() {
+        let d = tempdir("panic");
+        let f = d.0.join("p.yaml");
+        std::fs::write(&f, POLICY.replace("PORT", "80")).unwrap();
+        let mut md = ManifestDir::new(&d.0);
+        assert!(md.scan());
+        std::fs::write(&f, POLICY.replace("PORT", "81")).unwrap();
+        std::fs::write(d.0.join("ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: later}\n")
+            .unwrap();
+        PANIC_ON.with(|p| p.set(Some("p.yaml")));
+        let changed = md.scan();
+        PANIC_ON.with(|p| p.set(None));
+        assert!(changed, "the other file is read");
+        assert_eq!(policy_port(&md).unwrap(), "Int(80)", "the last good version stays");
+        let st = md.status();
+        let p = st.iter().find(|s| s.file.ends_with("p.yaml")).unwrap();
+        assert_eq!(p.objects, 1);
+        assert!(
+            p.errors[0]
+                .contains("reading it panicked (a bug in Portcullis: please report it): injected by a test"),
+            "{:?}",
+            p.errors
+        );
+        assert!(names(&md).iter().any(|n| n.contains("later")), "{:?}", names(&md));
+    }
 
     struct TempDir(PathBuf);
     impl Drop for TempDir {
