@@ -10,8 +10,8 @@
 //! ```
 //!
 //! One task per watched kind. Each watcher lists, then watches; on an error
-//! it reconnects with backoff (kube-runtime's default: exponential, capped),
-//! and when it has to list again (its resourceVersion expired, HTTP 410) the
+//! it reconnects with backoff (exponential, capped, started over only once
+//! the source delivers again: a complete list or a watch event), and when it has to list again (its resourceVersion expired, HTTP 410) the
 //! complete list replaces that kind's objects, so a delete that happened while
 //! disconnected is not lost. The index keeps only the validated, compiler-
 //! relevant form of each object; no full copy of the cluster is kept.
@@ -29,7 +29,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::networking::v1 as netv1;
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 
@@ -140,9 +139,10 @@ pub fn strip_pod(p: corev1::Pod) -> corev1::Pod {
 /// After a watch error, how long without another one before the source is
 /// probed and, if the API answers, reported healthy again: longer than the
 /// watcher's longest wait between attempts plus one failing attempt, so that
-/// a watch still failing is seen failing again first. kube-runtime's default
-/// backoff caps at 30 s and adds up to as much again in jitter (60 s), and an
-/// attempt may take the client's 30 s connect timeout to fail.
+/// a watch still failing is seen failing again first. The backoff caps at
+/// 30 s and adds up to as much again at random (60 s), and an attempt may
+/// take the client's 30 s connect timeout to fail. (A list under way is not
+/// probed: its own end says whether the source is back.)
 pub const RECOVERY_QUIET: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// The recovery probe's longest wait for its list: the watch stream is not
@@ -186,25 +186,58 @@ pub async fn run_kube(client: Client, tx: mpsc::Sender<SourceMsg>) {
     futures::join!(ns, pods, pols);
 }
 
+/// Waits between attempts after a watch or list error: 0.8 s, doubling up
+/// to 30 s, plus a random part of up to as much again (so that the nodes of
+/// a cluster do not retry in step), as kube-runtime's default backoff.
+/// Started over only when the source delivers again (see [`watch_kind`]).
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(800);
+    const LONGEST: Duration = Duration::from_secs(30);
+
+    fn next(&mut self) -> Duration {
+        let base = Self::FIRST.saturating_mul(1 << self.failures.min(16)).min(Self::LONGEST);
+        self.failures = self.failures.saturating_add(1);
+        // A random fraction of `base`, from the standard library's per-process random keys.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(self.failures);
+        let fraction = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
+        base + base.mul_f64(fraction)
+    }
+}
+
 async fn watch_kind<K>(api: Api<K>, kind: Kind, tx: mpsc::Sender<SourceMsg>, wrap: impl Fn(K) -> Object)
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let cfg = watcher::Config::default();
     let probe = api.clone();
-    let mut stream = std::pin::pin!(watcher::watcher(api, cfg).default_backoff());
+    // Not kube-runtime's `default_backoff()`: that starts over at every item
+    // the watcher yields, and a list yields `Init` before its request is
+    // made, so a relist that keeps failing (an overloaded API server) would
+    // be retried about once a second by every node, for as long as it fails.
+    let mut stream = std::pin::pin!(watcher::watcher(api, cfg));
+    let mut backoff = Backoff::default();
     let mut buffer: Vec<Object> = Vec::new();
     let mut healthy = true;
+    // Between `Init` and `InitDone`: a list is under way.
+    let mut listing = false;
     let mut last_error = tokio::time::Instant::now();
     loop {
-        let ev = if healthy {
+        let ev = if healthy || listing {
             stream.next().await
         } else {
             // A watch that comes back from an error without a relist yields
             // nothing until the next change, which may be days away. So: once
-            // no error has come for longer than the watcher's longest backoff
-            // (a watch still failing would have failed again), a cheap list
-            // that succeeds says the source is back.
+            // no error has come for longer than the longest backoff (a watch
+            // still failing would have failed again), a cheap list that
+            // succeeds says the source is back. Not while a list is under
+            // way: only its end says the source delivers again.
             tokio::select! {
                 ev = stream.next() => ev,
                 () = tokio::time::sleep_until(last_error + RECOVERY_QUIET) => {
@@ -227,18 +260,25 @@ where
         let Some(ev) = ev else { return };
         let msg = match ev {
             Ok(ev) => {
-                if !healthy {
-                    healthy = true;
-                    if tx
-                        .send(SourceMsg::Health { source: KUBE, kind: Some(kind), error: None })
-                        .await
-                        .is_err()
-                    {
-                        return;
+                // `Init` and `InitApply` come before and between a list's
+                // requests: only a complete list or a watch event shows the
+                // API server answering.
+                if matches!(ev, Event::InitDone | Event::Apply(_) | Event::Delete(_)) {
+                    backoff = Backoff::default();
+                    if !healthy {
+                        healthy = true;
+                        if tx
+                            .send(SourceMsg::Health { source: KUBE, kind: Some(kind), error: None })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
                     }
                 }
                 match ev {
                     Event::Init => {
+                        listing = true;
                         buffer.clear();
                         continue;
                     }
@@ -247,6 +287,7 @@ where
                         continue;
                     }
                     Event::InitDone => {
+                        listing = false;
                         let objs = std::mem::take(&mut buffer);
                         let m = SourceMsg::Change {
                             source: KUBE,
@@ -276,8 +317,19 @@ where
             Err(e) => {
                 healthy = false;
                 last_error = tokio::time::Instant::now();
-                tracing::warn!(kind = ?kind, error = %e, "watch failed; retrying with backoff, last table stays in force");
-                SourceMsg::Health { source: KUBE, kind: Some(kind), error: Some(e.to_string()) }
+                let wait = backoff.next();
+                tracing::warn!(
+                    kind = ?kind,
+                    error = %e,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "watch failed; retrying with backoff, last table stays in force"
+                );
+                let m = SourceMsg::Health { source: KUBE, kind: Some(kind), error: Some(e.to_string()) };
+                if tx.send(m).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(wait).await;
+                continue;
             }
         };
         if tx.send(msg).await.is_err() {

@@ -289,3 +289,80 @@ async fn back_from_error(hang_first_probe: bool) -> Duration {
         }
     }
 }
+
+/// Namespaces and pods as in [`quiet_after_error`]; NetworkPolicies: a list,
+/// then a watch whose resourceVersion has expired, then every list fails
+/// (an overloaded API server). The time of each NetworkPolicy list after the
+/// first goes to `relists`.
+async fn relist_keeps_failing(
+    mut handle: Handle,
+    relists: std::sync::Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
+) {
+    let mut np_lists = 0;
+    let mut parked = Vec::new();
+    while let Some((req, send)) = handle.next_request().await {
+        assert_list_or_watch(&req);
+        let uri = req.uri().to_string();
+        let watch = uri.contains("watch=true");
+        let np = uri.starts_with("/apis/networking.k8s.io/v1/networkpolicies");
+        if watch && !np {
+            parked.push(send);
+        } else if watch {
+            send.send_response(watch_events(&[(
+                "ERROR",
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "too old resource version", "reason": "Expired", "code": 410}),
+            )]));
+        } else if uri.starts_with("/api/v1/namespaces") {
+            send.send_response(list("NamespaceList", "1", vec![]));
+        } else if uri.starts_with("/api/v1/pods") {
+            send.send_response(list("PodList", "1", vec![]));
+        } else {
+            np_lists += 1;
+            if np_lists == 1 {
+                send.send_response(list("NetworkPolicyList", "10", vec![policy("p1", 80)]));
+                continue;
+            }
+            relists.lock().unwrap().push(tokio::time::Instant::now());
+            let mut r = Response::new(Body::from(
+                serde_json::to_vec(&json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "too many requests", "reason": "TooManyRequests", "code": 429}))
+                .unwrap(),
+            ));
+            *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            send.send_response(r);
+        }
+    }
+}
+
+/// A relist that keeps failing backs off (the waits grow to the cap, instead
+/// of starting over at each attempt), and the source stays unhealthy the
+/// whole time: the start of each attempt is not taken for the source being
+/// back, nor is the probe, while a list is under way.
+#[tokio::test(start_paused = true)]
+async fn a_relist_that_keeps_failing_backs_off_and_stays_unhealthy() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let relists = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    tokio::spawn(relist_keeps_failing(handle, relists.clone()));
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(run_kube(client, tx));
+    let end = tokio::time::Instant::now() + Duration::from_secs(600);
+    let mut health = Vec::new();
+    while let Ok(msg) = tokio::time::timeout_at(end, rx.recv()).await {
+        if let SourceMsg::Health { kind, error, .. } = msg.expect("source ended") {
+            assert_eq!(kind, Some(Kind::NetworkPolicy));
+            health.push(error);
+        }
+    }
+    let first_error = health.iter().position(Option::is_some).expect("the expired watch is reported");
+    let back = health[first_error..].iter().filter(|h| h.is_none()).count();
+    assert_eq!(back, 0, "reported healthy {back} times while failing, of {} reports", health.len());
+    let times = relists.lock().unwrap().clone();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    // 0.8 s doubling to 30 s, each plus up to as much again: about 15-25
+    // attempts in ten minutes (starting over at each attempt: about 500).
+    assert!((8..=30).contains(&times.len()), "{} relists: {gaps:?}", times.len());
+    assert!(gaps.iter().rev().take(3).all(|g| *g >= Duration::from_secs(30)), "{gaps:?}");
+    assert!(gaps[0] < Duration::from_secs(5), "{gaps:?}");
+}
