@@ -530,8 +530,8 @@ mod tests {
 
     #[test]
     fn only_the_default_config_path_may_be_missing() {
-        let dir = std::env::temp_dir().join(format!("pcl-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let guard = tempfile::tempdir().unwrap();
+        let dir = guard.path();
         let missing = dir.join("missing.yaml");
         let missing = missing.to_str().unwrap();
         // Given and missing: an error naming the path.
@@ -546,7 +546,6 @@ mod tests {
         let present = present.to_str().unwrap();
         let (c, from) = Config::load_for_run_from(None, present).unwrap();
         assert_eq!((c.debounce_ms, from.as_deref()), (7, Some(present)));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -213,6 +213,7 @@ fn kustomization_lists_every_manifest_and_nothing_else() {
     // `kustomize edit set image portcullis=...` must reach the DaemonSet's image.
     let image = container(&daemonset()).image.expect("image");
     let image_name = image.rsplit_once(':').map_or(image.as_str(), |(n, _)| n);
+    assert_eq!(k.images.len(), 1, "kustomization.yaml sets the one image");
     for i in &k.images {
         assert_eq!(i.name, image_name, "images[].name must match the DaemonSet image {image}");
         assert!(i.new_name.is_some() || i.new_tag.is_some());

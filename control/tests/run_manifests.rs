@@ -21,11 +21,23 @@ impl Drop for Daemon {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_file(self.dir.with_extension("yaml"));
+        // Where a test moves the directory (and may fail before moving it back).
+        let _ = std::fs::remove_dir_all(self.dir.with_extension("away"));
     }
 }
 
+/// A port free now, and never handed out before in this process: the tests
+/// run in parallel, and two daemons given one port would answer each other's
+/// requests (the kernel may hand out a port again once its listener closed).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 fn get(port: u16, path: &str) -> Option<(u16, String, String)> {

@@ -231,14 +231,17 @@ fn a_switch_with_uplinks_and_the_node_allocates_nothing() {
     testing::make_ipv4_fragment(&mut later, 9, 9, false);
     frames.push((UPLINK, first));
     frames.push((UPLINK, later));
-    // The ICMP errors are read as such (the builder is right).
+    // The ICMP errors are read as such (the builder is right): every one of them.
+    let mut icmp_errors = 0;
     for (_, f) in frames.iter().filter(|(port, _)| *port == 1) {
         if let Ok(Class::Ip(pkt)) = parse(f).map(|f| f.class) {
             if pkt.flow.proto == 1 || pkt.flow.proto == 58 {
                 assert!(matches!(pkt.l4, L4::IcmpError(Some(_))), "{:?}", pkt.l4);
+                icmp_errors += 1;
             }
         }
     }
+    assert_eq!(icmp_errors, 4, "two ICMP errors per address family, each read as such");
 
     let mut rounds = 0;
     let n = allocations_in(|| {
