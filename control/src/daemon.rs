@@ -18,7 +18,8 @@
 //! compiled from partial state is published: the dataplane stays in its
 //! start-up mode (fail-closed unless configured fail-open) and `/readyz`
 //! answers 503. After that, losing a source changes nothing in force: the
-//! last table stays until the source is back and has relisted.
+//! last table stays until the source is back (a watch resumes from the last
+//! version it saw, and lists again only when that version has expired).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -416,11 +416,11 @@ impl DataplaneView for Enforcer {
         }
         // Generation 0 is the start-up table; the lowest one a worker uses
         // decides (a worker still on it passes or drops as it says).
-        let generation = self.enforced_generation();
-        match generation {
+        match self.enforced_generation() {
+            None => Enforcement::Stopped,
             Some(g) if g > 0 => Enforcement::Policy,
-            _ if self.fail_open => Enforcement::StartUpFailOpen,
-            _ => Enforcement::StartUpFailClosed,
+            Some(_) if self.fail_open => Enforcement::StartUpFailOpen,
+            Some(_) => Enforcement::StartUpFailClosed,
         }
     }
 

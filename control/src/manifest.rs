@@ -141,8 +141,9 @@ pub struct State {
     /// Unknown fields of Pods and Namespaces that an API server wrote (they
     /// carry a `uid` or `resourceVersion`): fields of a Kubernetes newer than
     /// this build's schema, not typos, so left out with a warning rather than
-    /// refused. The same in a NetworkPolicy, or in a hand-written object, is
-    /// an error.
+    /// refused. The same in a NetworkPolicy, in a hand-written object, or
+    /// where a typo in an edited copy would change what the compiler reads
+    /// (see `may_be_newer`), is an error.
     pub ignored: Vec<LoadError>,
 }
 
@@ -583,7 +584,10 @@ pub const NEWER_FIELD: &str =
 /// out), whatever the number of objects carrying it: the first occurrence
 /// and the number of objects, in kind and field order.
 pub fn group_ignored(ignored: &[LoadError]) -> Vec<(&LoadError, usize)> {
-    let mut groups: BTreeMap<(&str, String), (&LoadError, usize)> = BTreeMap::new();
+    // Per group: the first occurrence, and the objects carrying it (one pod
+    // may carry a field in each of its containers).
+    type Carriers<'a> = std::collections::BTreeSet<(String, Option<&'a str>)>;
+    let mut groups: BTreeMap<(&str, String), (&LoadError, Carriers<'_>)> = BTreeMap::new();
     for e in ignored {
         let field = e.field.as_deref().unwrap_or_default();
         let mut shape = String::with_capacity(field.len());
@@ -600,9 +604,39 @@ pub fn group_ignored(ignored: &[LoadError]) -> Vec<(&LoadError, usize)> {
             }
         }
         let kind = e.object.as_deref().and_then(|o| o.split(' ').next()).unwrap_or_default();
-        groups.entry((kind, shape)).or_insert((e, 0)).1 += 1;
+        let carrier = (e.origin.to_string(), e.object.as_deref());
+        groups.entry((kind, shape)).or_insert_with(|| (e, Default::default())).1.insert(carrier);
     }
-    groups.into_values().collect()
+    groups.into_values().map(|(e, carriers)| (e, carriers.len())).collect()
+}
+
+/// Can an unknown field at `path` of a Pod or Namespace an API server wrote
+/// be a field of a newer Kubernetes, and so be left out? Not when it could
+/// be a typo in a copy edited by hand that changes what the compiler reads:
+/// anything under `metadata` or at the top level (neither grows new
+/// fields), in a container port (`ContainerPort` has not changed in years),
+/// or a name within two edits of a field the compiler reads (`label`,
+/// `hostnetwork`, `port`).
+fn may_be_newer(path: &str) -> bool {
+    const READ: [&str; 11] = [
+        "labels",
+        "hostNetwork",
+        "containers",
+        "initContainers",
+        "ports",
+        "containerPort",
+        "protocol",
+        "restartPolicy",
+        "phase",
+        "podIP",
+        "podIPs",
+    ];
+    let last = path.rsplit_once('.').map_or(path, |(_, l)| l);
+    let last = last.split('[').next().unwrap_or(last);
+    path.contains('.')
+        && !path.starts_with("metadata.")
+        && !path.contains(".ports[")
+        && !READ.iter().any(|r| edit_distance(last, r) <= 2)
 }
 
 /// An object as an API server returns it (`kubectl get -o yaml`): the server
@@ -650,7 +684,7 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
     let line_of = |path: &str| src.line(path);
     let mut failed = false;
     for u in unknown {
-        if from_server {
+        if from_server && may_be_newer(&u) {
             ignored.push(LoadError {
                 origin: origin.clone(),
                 object: object.clone(),
@@ -1217,13 +1251,13 @@ mod tests {
     fn fields_of_a_newer_kubernetes_in_objects_a_server_wrote_are_left_out_with_a_warning() {
         // `kubectl get -o yaml` of a cluster newer than this build's schema.
         let server = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a, uid: u-1, resourceVersion: '7'}\n\
-                      spec:\n  futureField: {x: 1}\n  containers: [{name: c, ports: [{containerPort: 80, name: http, later: 1}]}]\n\
+                      spec:\n  futureField: {x: 1}\n  containers: [{name: c, ports: [{containerPort: 80, name: http}], later: 1}]\n\
                       status: {phase: Running, podIP: 10.0.0.1, newThing: [1]}\n---\n\
                       apiVersion: v1\nkind: Namespace\nmetadata: {name: a, resourceVersion: '3', labels: {team: x}}\nspec: {newer: true}\n";
         let s = parse("t.yaml", server).unwrap();
         let ignored: Vec<String> = s.ignored.iter().map(|e| e.to_string()).collect();
         assert_eq!(ignored.len(), 4, "{ignored:?}");
-        for f in ["spec.futureField", "spec.containers[0].ports[0].later", "status.newThing"] {
+        for f in ["spec.futureField", "spec.containers[0].later", "status.newThing"] {
             assert!(
                 ignored.iter().any(|e| e.contains(&format!("Pod a/p: field {f}: unknown to this build"))),
                 "{f}: {ignored:?}"
@@ -1237,6 +1271,19 @@ mod tests {
         assert_eq!((port.container_port, port.name.as_deref()), (80, Some("http")));
         assert_eq!(s.namespaces[0].metadata.labels.as_ref().unwrap()["team"], "x");
 
+        // From a server too, what may be a typo in an edited copy that changes
+        // what the compiler reads is refused: metadata, a container port, a
+        // near miss of a field read, the top level.
+        for (edit, field) in [
+            ("metadata: {name: p, uid: u, label: {app: a}}", "metadata.label"),
+            ("metadata: {name: p, uid: u}\nspec: {hostnetwork: true}", "spec.hostnetwork"),
+            ("metadata: {name: p, uid: u}\nspec: {containers: [{name: c, port: [{containerPort: 80}]}]}", "spec.containers[0].port"),
+            ("metadata: {name: p, uid: u}\nspec: {containers: [{name: c, ports: [{containerPort: 80, nmae: http}]}]}", "spec.containers[0].ports[0].nmae"),
+            ("metadata: {name: p, uid: u}\nsatus: {}", "satus"),
+        ] {
+            let e = errors(&format!("apiVersion: v1\nkind: Pod\n{edit}\n"));
+            assert!(e.contains(&format!("field {field}: unknown field")), "{field}: {e}");
+        }
         // Hand-written (no uid, no resourceVersion): a typo, refused.
         let e = errors("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, port: [{containerPort: 80}]}]\n");
         assert!(e.contains("field spec.containers[0].port: unknown field"), "{e}");

@@ -142,7 +142,11 @@ pub fn strip_pod(p: corev1::Pod) -> corev1::Pod {
 /// a watch still failing is seen failing again first. The backoff caps at
 /// 30 s and adds up to as much again at random (60 s), and an attempt may
 /// take the client's 30 s connect timeout to fail. (A list under way is not
-/// probed: its own end says whether the source is back.)
+/// probed: its own end says whether the source is back. A request to open a
+/// watch that stalls on a half-open connection fails only after
+/// [`KUBE_READ_TIMEOUT`]; the probe, on a connection of its own, may find
+/// the API server back before that, and the stalled watch then fails and is
+/// reported again.)
 pub const RECOVERY_QUIET: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// The recovery probe's longest wait for its list: the watch stream is not
@@ -189,17 +193,28 @@ pub async fn run_kube(client: Client, tx: mpsc::Sender<SourceMsg>) {
 /// Waits between attempts after a watch or list error: 0.8 s, doubling up
 /// to 30 s, plus a random part of up to as much again (so that the nodes of
 /// a cluster do not retry in step), as kube-runtime's default backoff.
-/// Started over only when the source delivers again (see [`watch_kind`]).
+/// Started over when the source delivers again or is found back (see
+/// [`watch_kind`]), and at a failure more than [`Backoff::FORGET`] after
+/// the one before.
 #[derive(Debug, Default)]
 struct Backoff {
     failures: u32,
+    last: Option<tokio::time::Instant>,
 }
 
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(800);
     const LONGEST: Duration = Duration::from_secs(30);
+    /// Failures further apart than this are separate outages (kube-runtime's
+    /// default backoff forgets after 120 s too).
+    const FORGET: Duration = Duration::from_secs(120);
 
     fn next(&mut self) -> Duration {
+        let now = tokio::time::Instant::now();
+        if self.last.is_some_and(|l| now - l > Self::FORGET) {
+            self.failures = 0;
+        }
+        self.last = Some(now);
         let base = Self::FIRST.saturating_mul(1 << self.failures.min(16)).min(Self::LONGEST);
         self.failures = self.failures.saturating_add(1);
         // A random fraction of `base`, from the standard library's per-process random keys.
@@ -244,6 +259,7 @@ where
                     let lp = kube::api::ListParams::default().limit(1);
                     if matches!(tokio::time::timeout(PROBE_TIMEOUT, probe.list(&lp)).await, Ok(Ok(_))) {
                         healthy = true;
+                        backoff = Backoff::default();
                         tracing::info!(kind = ?kind, "watch back after an error");
                         let m = SourceMsg::Health { source: KUBE, kind: Some(kind), error: None };
                         if tx.send(m).await.is_err() {
@@ -611,6 +627,23 @@ pub async fn run_manifests(dir: String, interval: Duration, tx: mpsc::Sender<Sou
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The waits double from 0.8 s to the 30 s cap, each plus up to as much
+    /// again, and start over after a quiet spell of more than two minutes.
+    #[tokio::test(start_paused = true)]
+    async fn the_backoff_grows_to_its_cap_and_forgets_an_old_outage() {
+        let mut b = Backoff::default();
+        let mut base = Backoff::FIRST;
+        for _ in 0..8 {
+            let w = b.next();
+            assert!(w >= base && w < base * 2, "{w:?} for {base:?}");
+            base = (base * 2).min(Backoff::LONGEST);
+        }
+        assert_eq!(base, Backoff::LONGEST);
+        tokio::time::advance(Backoff::FORGET + Duration::from_secs(1)).await;
+        let w = b.next();
+        assert!(w < Backoff::FIRST * 2, "{w:?}");
+    }
 
     /// A list on a connection the server never answers fails once the read
     /// timeout passes, instead of waiting for ever; and the timeout is longer

@@ -920,14 +920,15 @@ fn a_denial_exits_with_1_even_when_nobody_reads_the_answer() {
 }
 
 /// `kubectl get -o yaml` of a cluster newer than this build: its new fields
-/// are left out with one warning per field, and the questions are answered.
+/// are left out with one warning per field (counting the objects, not the
+/// containers, carrying it), and the questions are answered.
 #[test]
 fn a_newer_clusters_fields_are_warned_about_once_per_field() {
     let mut items = String::new();
     for i in 1..=4 {
         items.push_str(&format!(
             "- apiVersion: v1\n  kind: Pod\n  metadata: {{name: p{i}, namespace: default, uid: u{i}, resourceVersion: '{i}'}}\n  \
-             spec:\n    containers: [{{name: c, image: i, futureKnob: {i}}}]\n  \
+             spec:\n    containers: [{{name: c, image: i, futureKnob: {i}}}, {{name: d, image: i, futureKnob: 0}}]\n  \
              status: {{phase: Running, podIP: 10.0.0.{i}, podIPs: [{{ip: 10.0.0.{i}, newAttr: x}}]}}\n"
         ));
     }

@@ -37,6 +37,24 @@ fn watch_events(events: &[(&str, Value)]) -> Response<Body> {
     Response::new(Body::from(out))
 }
 
+/// A `Status` object of a failure, as the API server sends it.
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": message, "reason": reason, "code": code})
+}
+
+/// A failed request's response.
+fn failure(code: u16, reason: &str, message: &str) -> Response<Body> {
+    let mut r = Response::new(Body::from(serde_json::to_vec(&status(code, reason, message)).unwrap()));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap();
+    r
+}
+
+/// A watch that ends at once: its resourceVersion has expired.
+fn expired_watch() -> Response<Body> {
+    watch_events(&[("ERROR", status(410, "Expired", "too old resource version"))])
+}
+
 /// The scripted API server. Namespaces and pods: one list, then watches that
 /// never answer. NetworkPolicies: the scenario below.
 /// Every request the daemon makes is a list or a watch of one of the three
@@ -106,21 +124,9 @@ async fn api_server(mut handle: Handle) {
                 ("DELETED", policy("p2", 80)),
             ])),
             // The API server fails: the watcher reports it and retries with backoff.
-            2 => {
-                let mut r = Response::new(Body::from(
-                    serde_json::to_vec(&json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                        "message": "etcd unavailable", "reason": "InternalError", "code": 500}))
-                    .unwrap(),
-                ));
-                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                send.send_response(r)
-            }
+            2 => send.send_response(failure(500, "InternalError", "etcd unavailable")),
             // Back, but our resourceVersion has expired: relist.
-            3 => send.send_response(watch_events(&[(
-                "ERROR",
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": "too old resource version", "reason": "Expired", "code": 410}),
-            )])),
+            3 => send.send_response(expired_watch()),
             _ => parked.push(send),
         }
     }
@@ -221,13 +227,7 @@ async fn quiet_after_error(mut handle: Handle, hang_first_probe: bool) {
         }
         if watch {
             np_watches += 1;
-            let mut r = Response::new(Body::from(
-                serde_json::to_vec(&json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": "etcd unavailable", "reason": "InternalError", "code": 500}))
-                .unwrap(),
-            ));
-            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            send.send_response(r);
+            send.send_response(failure(500, "InternalError", "etcd unavailable"));
         } else if uri.starts_with("/api/v1/namespaces") {
             send.send_response(list("NamespaceList", "1", vec![]));
         } else if uri.starts_with("/api/v1/pods") {
@@ -308,11 +308,7 @@ async fn relist_keeps_failing(
         if watch && !np {
             parked.push(send);
         } else if watch {
-            send.send_response(watch_events(&[(
-                "ERROR",
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": "too old resource version", "reason": "Expired", "code": 410}),
-            )]));
+            send.send_response(expired_watch());
         } else if uri.starts_with("/api/v1/namespaces") {
             send.send_response(list("NamespaceList", "1", vec![]));
         } else if uri.starts_with("/api/v1/pods") {
@@ -324,13 +320,7 @@ async fn relist_keeps_failing(
                 continue;
             }
             relists.lock().unwrap().push(tokio::time::Instant::now());
-            let mut r = Response::new(Body::from(
-                serde_json::to_vec(&json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": "too many requests", "reason": "TooManyRequests", "code": 429}))
-                .unwrap(),
-            ));
-            *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-            send.send_response(r);
+            send.send_response(failure(429, "TooManyRequests", "too many requests"));
         }
     }
 }
@@ -365,4 +355,70 @@ async fn a_relist_that_keeps_failing_backs_off_and_stays_unhealthy() {
     assert!((8..=30).contains(&times.len()), "{} relists: {gaps:?}", times.len());
     assert!(gaps.iter().rev().take(3).all(|g| *g >= Duration::from_secs(30)), "{gaps:?}");
     assert!(gaps[0] < Duration::from_secs(5), "{gaps:?}");
+}
+
+/// Namespaces and pods as in [`quiet_after_error`]; NetworkPolicies: a list,
+/// then a watch whose resourceVersion has expired, then a relist that takes
+/// `RELIST_TAKES` to be answered. The source's probes (lists of one) are
+/// answered at once.
+async fn slow_relist(mut handle: Handle) {
+    let mut np_lists = 0;
+    let mut np_watches = 0;
+    let mut parked = Vec::new();
+    while let Some((req, send)) = handle.next_request().await {
+        assert_list_or_watch(&req);
+        let uri = req.uri().to_string();
+        let watch = uri.contains("watch=true");
+        let np = uri.starts_with("/apis/networking.k8s.io/v1/networkpolicies");
+        let probe = uri.contains("limit=1&") || uri.ends_with("limit=1");
+        if watch && (!np || np_watches > 0) {
+            parked.push(send);
+        } else if watch {
+            np_watches += 1;
+            send.send_response(expired_watch());
+        } else if uri.starts_with("/api/v1/namespaces") {
+            send.send_response(list("NamespaceList", "1", vec![]));
+        } else if uri.starts_with("/api/v1/pods") {
+            send.send_response(list("PodList", "1", vec![]));
+        } else if probe {
+            send.send_response(list("NetworkPolicyList", "20", vec![policy("p1", 80)]));
+        } else {
+            np_lists += 1;
+            let delay = if np_lists == 1 { Duration::ZERO } else { RELIST_TAKES };
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                send.send_response(list("NetworkPolicyList", "20", vec![policy("p1", 80)]));
+            });
+        }
+    }
+}
+
+const RELIST_TAKES: Duration = Duration::from_secs(200);
+
+/// While a relist is under way the source is not probed back to healthy: it
+/// is healthy again when the list completes, however long that takes.
+#[tokio::test(start_paused = true)]
+async fn a_slow_relist_is_not_taken_for_the_source_being_back() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    tokio::spawn(slow_relist(handle));
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(run_kube(client, tx));
+    let mut failed_at = None;
+    let healthy_after = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(600), rx.recv())
+            .await
+            .expect("a health report within 10 minutes (virtual)")
+            .expect("source ended");
+        if let SourceMsg::Health { error, .. } = msg {
+            match (error, failed_at) {
+                (Some(_), None) => failed_at = Some(tokio::time::Instant::now()),
+                (Some(e), Some(_)) => panic!("a second error: {e}"),
+                (None, Some(t)) => break tokio::time::Instant::now() - t,
+                (None, None) => panic!("healthy reported before any error"),
+            }
+        }
+    };
+    assert!(healthy_after >= RELIST_TAKES, "healthy after {healthy_after:?}, before the relist ended");
+    assert!(healthy_after < RELIST_TAKES + Duration::from_secs(5), "{healthy_after:?}");
 }
