@@ -10,8 +10,9 @@
 //! ```
 //!
 //! One task per watched kind. Each watcher lists, then watches; on an error
-//! it reconnects with backoff (exponential, capped, started over only once
-//! the source delivers again: a complete list or a watch event), and when it has to list again (its resourceVersion expired, HTTP 410) the
+//! it reconnects with backoff (exponential, capped, started over once the
+//! source delivers again, a complete list or a watch event, or is found back
+//! by a probe, or after two minutes without a failure), and when it has to list again (its resourceVersion expired, HTTP 410) the
 //! complete list replaces that kind's objects, so a delete that happened while
 //! disconnected is not lost. The index keeps only the validated, compiler-
 //! relevant form of each object; no full copy of the cluster is kept.

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `/healthz` | 200 `ok` while the process runs and every dataplane worker is alive; else 503 |
 //! | `/readyz`  | 200 `ready` once every source synced and its table is published; else 503 |
-//! | `/status`  | JSON: sources with sync state and staleness, table generation and compile time, object counts, invalid objects, manifest files, and the dataplane's per-port/per-worker counters |
+//! | `/status`  | JSON: whether denied traffic is dropped (`enforcement`), sources with sync state and staleness, table generation and compile time, object counts, invalid objects, manifest files, and the dataplane's per-port/per-worker counters |
 //! | `/metrics` | Prometheus text format (OpenMetrics) |
 
 use std::fmt::Write as _;
@@ -116,7 +116,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
     let e = enforcement(&s);
     let _ = writeln!(
         out,
-        "# HELP portcullis_enforcing 1 while traffic that policy denies is dropped (a compiled table, or the fail-closed start-up table); 0 with enforce: false, the fail-open start-up table, or no dataplane (/status says which)\n\
+        "# HELP portcullis_enforcing 1 while traffic that policy denies is dropped (a compiled table, or the fail-closed start-up table); 0 with enforce: false, the fail-open start-up table, no dataplane, or a stopped one (/status says which)\n\
          # TYPE portcullis_enforcing gauge\nportcullis_enforcing {}",
         u8::from(e.drops_denied())
     );
