@@ -32,6 +32,7 @@
 //!   pod_share: 50         # percent of each worker's table one pod's connections may hold
 //! fail_open: false
 //! status_address: "[::]:9877"
+//! status_token_file: null  # a file holding a token: /status and /metrics then need it
 //! debounce_ms: 50        # minimum time between two compilations
 //! denied_flow_log_per_second: 0
 //! policy_metrics: true   # per-policy allow counters in /metrics
@@ -225,6 +226,12 @@ pub struct Config {
     /// one of them into a pod is allowed even when the pod is isolated for ingress, as
     /// upstream specifies (kubelet probes). Default none.
     pub node_addresses: Vec<std::net::IpAddr>,
+    /// A file holding a bearer token (a mounted Secret's key). When set, `/status` and
+    /// `/metrics` answer only requests carrying `Authorization: Bearer <token>`;
+    /// `/healthz` and `/readyz` stay open for the kubelet's probes. Read at start (it
+    /// must exist and not be empty) and at every request, so a rotated Secret applies
+    /// without a restart. Default none: no token needed.
+    pub status_token_file: Option<String>,
 }
 
 impl Config {
@@ -342,6 +349,7 @@ impl Default for Config {
             policy_metrics: true,
             enforce: true,
             node_addresses: Vec::new(),
+            status_token_file: None,
         }
     }
 }

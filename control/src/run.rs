@@ -47,6 +47,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         std::fs::read_dir(dir)
             .map_err(|e| anyhow::anyhow!("--manifests {dir}: cannot read the directory: {e}"))?;
     }
+    // A token file that cannot be read stops the start, before any port is opened.
+    if let Some(f) = &opts.config.status_token_file {
+        status::read_token(f)
+            .map_err(|e| anyhow::anyhow!("status_token_file {f}: cannot read a token: {e}"))?;
+    }
     let shared = Shared::new();
 
     // The dataplane first: if the ports cannot be opened there is nothing to enforce with.
@@ -110,8 +115,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         })
         .collect();
     let owner = tokio::spawn(daemon::run_owner(rx, shared.clone(), publish, owner_cfg));
-    let app =
-        AppState { shared: shared.clone(), dataplane: enforcer.clone().map(|e| e as Arc<dyn DataplaneView>) };
+    let app = AppState {
+        shared: shared.clone(),
+        dataplane: enforcer.clone().map(|e| e as Arc<dyn DataplaneView>),
+        token_file: opts.config.status_token_file.as_deref().map(Arc::from),
+    };
     let addr = opts.config.status_address;
     let server = tokio::spawn(async move { status::serve(addr, app).await });
     tracing::info!(fail_open = opts.config.fail_open, ports = opts.config.ports.len(), "portcullis running");

@@ -6,6 +6,9 @@
 //! | `/readyz`  | 200 `ready` once every source synced and its table is published; else 503 |
 //! | `/status`  | JSON: whether denied traffic is dropped (`enforcement`), sources with sync state and staleness, table generation and compile time, object counts, invalid objects, manifest files, and the dataplane's per-port/per-worker counters |
 //! | `/metrics` | Prometheus text format (OpenMetrics) |
+//!
+//! With `status_token_file` configured, `/status` and `/metrics` need
+//! `Authorization: Bearer <token>` ([`read_token`]); the probes' endpoints do not.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -67,6 +70,47 @@ pub struct AppState {
     pub shared: Arc<Shared>,
     /// The dataplane, when one runs.
     pub dataplane: Option<Arc<dyn DataplaneView>>,
+    /// `status_token_file` of the configuration: `/status` and `/metrics` need its token.
+    pub token_file: Option<Arc<str>>,
+}
+
+/// The token in `file`: its content without surrounding white space
+/// (a Secret written with `echo` ends with a newline).
+pub fn read_token(file: &str) -> std::io::Result<String> {
+    let t = std::fs::read_to_string(file)?.trim().to_string();
+    if t.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty"));
+    }
+    Ok(t)
+}
+
+/// `None` when the request may see `/status` and `/metrics`, else the
+/// answer: 401 without the configured token (compared in constant time),
+/// 503 when the token file cannot be read (the endpoint fails closed).
+fn refused(s: &AppState, headers: &header::HeaderMap) -> Option<Response> {
+    let file = s.token_file.as_deref()?;
+    let want = match read_token(file) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(file, error = %e, "status_token_file cannot be read; /status and /metrics refused");
+            return Some((StatusCode::SERVICE_UNAVAILABLE, "status token file unreadable\n").into_response());
+        }
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let same = given.len() == want.len()
+        && given.bytes().zip(want.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    (!same).then(|| {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"portcullis\"")],
+            "a bearer token is required (status_token_file)\n",
+        )
+            .into_response()
+    })
 }
 
 /// The router (also used by tests without a socket).
@@ -96,7 +140,10 @@ async fn readyz(State(s): State<AppState>) -> Response {
     }
 }
 
-async fn status(State(s): State<AppState>) -> Response {
+async fn status(State(s): State<AppState>, headers: header::HeaderMap) -> Response {
+    if let Some(r) = refused(&s, &headers) {
+        return r;
+    }
     let mut v = serde_json::to_value(s.shared.status_now()).unwrap_or_default();
     v["uptime_seconds"] = serde_json::json!(s.shared.started.elapsed().as_secs_f64());
     v["dataplane"] = s.dataplane.as_ref().map(|d| d.status_json()).unwrap_or(serde_json::Value::Null);
@@ -108,7 +155,10 @@ fn enforcement(s: &AppState) -> Enforcement {
     s.dataplane.as_ref().map_or(Enforcement::NoDataplane, |d| d.enforcement())
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+async fn metrics(State(s): State<AppState>, headers: header::HeaderMap) -> Response {
+    if let Some(r) = refused(&s, &headers) {
+        return r;
+    }
     let mut out = String::new();
     if let Some(d) = &s.dataplane {
         d.encode_metrics(&mut out);

@@ -41,9 +41,14 @@ fn free_port() -> u16 {
 }
 
 fn get(port: u16, path: &str) -> Option<(u16, String, String)> {
+    get_with(port, path, "")
+}
+
+/// [`get`] with extra header lines (each ending in `\r\n`).
+fn get_with(port: u16, path: &str, headers: &str) -> Option<(u16, String, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
@@ -75,6 +80,11 @@ fn start(files: &[(&str, &str)]) -> Daemon {
 
 /// The daemon on a fresh directory holding `files`, not waited for.
 fn spawn(files: &[(&str, &str)]) -> Daemon {
+    spawn_with(files, "{}\n")
+}
+
+/// [`spawn`] with the configuration file `config`.
+fn spawn_with(files: &[(&str, &str)], config_text: &str) -> Daemon {
     let dir = std::env::temp_dir().join(format!("pcl-run-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     for (n, t) in files {
@@ -84,7 +94,7 @@ fn spawn(files: &[(&str, &str)]) -> Daemon {
     // An empty configuration (defaults, no ports), next to the directory rather than in
     // it, so that a file in /etc/portcullis on the machine does not count.
     let config = dir.with_extension("yaml");
-    std::fs::write(&config, "{}\n").unwrap();
+    std::fs::write(&config, config_text).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["run", "--manifests", dir.to_str().unwrap(), "--config", config.to_str().unwrap()])
         .args(["--status-address", &format!("127.0.0.1:{port}")])
@@ -605,4 +615,45 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
 /// The value of the sample named exactly `series` (name and labels) in Prometheus text.
 fn metric(body: &str, series: &str) -> Option<f64> {
     body.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// With `status_token_file`, `/status` and `/metrics` answer only a request
+/// with the token (read again at each request: a rotated Secret applies at
+/// once); the probes' endpoints stay open. A token file that cannot be read
+/// stops the start, naming it.
+#[test]
+fn status_and_metrics_can_require_a_bearer_token() {
+    let tokens = tempfile::tempdir().unwrap();
+    let token = tokens.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let config = format!("status_token_file: {}\n", token.display());
+    let d = spawn_with(&[("pods.yaml", PODS)], &config);
+    wait_for("readyz", || get(d.port, "/readyz").is_some_and(|r| r.0 == 200));
+    assert_eq!(get(d.port, "/healthz").unwrap().0, 200);
+    for path in ["/status", "/metrics"] {
+        let (code, head, _) = get(d.port, path).unwrap();
+        assert_eq!(code, 401, "{path} without a token");
+        assert!(head.to_ascii_lowercase().contains("www-authenticate: bearer"), "{head}");
+        assert_eq!(get_with(d.port, path, "Authorization: Bearer s3cre\r\n").unwrap().0, 401, "{path}");
+        assert_eq!(get_with(d.port, path, "Authorization: Bearer s3cret\r\n").unwrap().0, 200, "{path}");
+    }
+    // Rotated: the old token no longer works, the new one does.
+    std::fs::write(&token, "n3w").unwrap();
+    assert_eq!(get_with(d.port, "/status", "Authorization: Bearer s3cret\r\n").unwrap().0, 401);
+    assert_eq!(get_with(d.port, "/status", "Authorization: Bearer n3w\r\n").unwrap().0, 200);
+    drop(d);
+
+    // Missing: the daemon does not start, and says why.
+    let missing = tokens.path().join("missing");
+    let guard = tempfile::tempdir().unwrap();
+    let config = guard.path().join("config.yaml");
+    std::fs::write(&config, format!("status_token_file: {}\n", missing.display())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--manifests", guard.path().to_str().unwrap(), "--config", config.to_str().unwrap()])
+        .args(["--status-address", &format!("127.0.0.1:{}", free_port()), "--log-format", "text"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("status_token_file {}: cannot read a token", missing.display())), "{err}");
 }
