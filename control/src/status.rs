@@ -13,6 +13,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -207,19 +208,144 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(std::net::TcpListener::from(fd))
 }
 
+/// Limits of the status server: it listens on every address of a node whose
+/// pods can all reach it, so no client may hold it up or fill its memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; one more is closed at once.
+    pub connections: usize,
+    /// Time a client has to send a request's headers.
+    pub header_read: Duration,
+    /// Longest life of a connection (a scraper keeping one open reconnects).
+    pub connection: Duration,
+    /// Largest request head buffered, in bytes.
+    pub buffer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: 64,
+            header_read: Duration::from_secs(10),
+            connection: Duration::from_secs(120),
+            buffer: 16 * 1024,
+        }
+    }
+}
+
 /// Serves until the process ends.
 pub async fn serve(addr: SocketAddr, state: AppState) -> std::io::Result<()> {
     let listener = bind(addr)?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     tracing::info!(address = %listener.local_addr()?, "status endpoint listening");
-    axum::serve(listener, router(state)).await
+    serve_on(listener, router(state), Limits::default()).await
+}
+
+/// Serves `app` on `listener` within `limits`. (Not `axum::serve`: it sets
+/// no time limit on reading a request's headers, and no limit on
+/// connections, so a pod trickling headers on many connections could make
+/// the daemon run out of memory.)
+pub async fn serve_on(listener: tokio::net::TcpListener, app: Router, limits: Limits) -> std::io::Result<()> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.connections));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            // Out of descriptors, or a connection reset before it was
+            // accepted: not a reason to stop serving.
+            Err(e) => {
+                tracing::warn!(error = %e, "status endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Over the limit: closed at once (dropped), not queued.
+        let Ok(permit) = permits.clone().try_acquire_owned() else { continue };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read)
+                .max_buf_size(limits.buffer)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(limits.connection, conn).await;
+            drop(permit);
+        });
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpStream};
+    use std::time::{Duration, Instant};
+
+    use super::{router, serve_on, AppState, Limits};
+
+    /// Reads until the server closes the connection (or `within` passes):
+    /// what it sent, and whether it closed.
+    fn read_until_closed(c: &mut TcpStream, within: Duration) -> (String, bool) {
+        c.set_read_timeout(Some(within)).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), true),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return (String::from_utf8_lossy(&got).into_owned(), true)
+                }
+                Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+            }
+        }
+    }
+
+    /// A client trickling a request's headers is cut off after the header
+    /// time limit, connections beyond the limit are closed at once, and a
+    /// well-behaved request is answered meanwhile and afterwards.
+    #[test]
+    fn slow_or_surplus_clients_cannot_hold_the_status_server() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app =
+            router(AppState { shared: crate::daemon::Shared::new(), dataplane: None, token_file: None });
+        let limits = Limits {
+            connections: 2,
+            header_read: Duration::from_millis(500),
+            connection: Duration::from_secs(30),
+            buffer: 16 * 1024,
+        };
+        rt.spawn(serve_on(listener, app, limits));
+        let ask = || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            read_until_closed(&mut c, Duration::from_secs(5)).0
+        };
+        assert!(ask().starts_with("HTTP/1.1 200"), "{}", ask());
+
+        // Two clients that never finish their headers hold both connections...
+        let mut slow: Vec<TcpStream> = (0..2)
+            .map(|_| {
+                let mut c = TcpStream::connect(addr).unwrap();
+                c.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+                c
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        // ...so a third is closed at once, unanswered.
+        let mut third = TcpStream::connect(addr).unwrap();
+        let (got, closed) = read_until_closed(&mut third, Duration::from_millis(400));
+        assert!(closed && got.is_empty(), "{closed} {got:?}");
+        // The slow ones are cut off after the header time limit, not left open.
+        let t = Instant::now();
+        for c in &mut slow {
+            let (_, closed) = read_until_closed(c, Duration::from_secs(5));
+            assert!(closed, "a client trickling headers is still connected after {:?}", t.elapsed());
+        }
+        // And the server answers again.
+        assert!(ask().starts_with("HTTP/1.1 200"), "{}", ask());
+    }
 
     /// The default address (`[::]`) answers on IPv4 and on IPv6, as a probe of the
     /// node's address reaches it on either kind of cluster.
