@@ -343,6 +343,12 @@ mod tests {
             let (_, closed) = read_until_closed(c, Duration::from_secs(5));
             assert!(closed, "a client trickling headers is still connected after {:?}", t.elapsed());
         }
+        // A client that connects and sends nothing is cut off too.
+        let mut silent = TcpStream::connect(addr).unwrap();
+        assert!(
+            read_until_closed(&mut silent, Duration::from_secs(5)).1,
+            "a silent client is still connected"
+        );
         // And the server answers again.
         assert!(ask().starts_with("HTTP/1.1 200"), "{}", ask());
     }
