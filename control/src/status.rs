@@ -93,7 +93,23 @@ fn refused(s: &AppState, headers: &header::HeaderMap) -> Option<Response> {
     let want = match read_token(file) {
         Ok(t) => t,
         Err(e) => {
-            tracing::error!(file, error = %e, "status_token_file cannot be read; /status and /metrics refused");
+            // At most once a minute: every request would log it, and any pod can send some.
+            static LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let last = LOGGED.load(std::sync::atomic::Ordering::Relaxed);
+            if now >= last + 60
+                && LOGGED
+                    .compare_exchange(
+                        last,
+                        now,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                tracing::error!(file, error = %e, "status_token_file cannot be read; /status and /metrics refused");
+            }
             return Some((StatusCode::SERVICE_UNAVAILABLE, "status token file unreadable\n").into_response());
         }
     };
