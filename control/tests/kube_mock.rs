@@ -55,6 +55,47 @@ fn expired_watch() -> Response<Body> {
     watch_events(&[("ERROR", status(410, "Expired", "too old resource version"))])
 }
 
+/// What a scripted NetworkPolicy collection does with one request.
+enum Np {
+    /// Answer now.
+    Answer(Response<Body>),
+    /// Never answer (a watch held open, or a request left hanging).
+    Park,
+    /// Answer after this long.
+    Later(Duration, Response<Body>),
+}
+
+/// A scripted API server: Namespaces and Pods are empty lists whose watches
+/// stay open; each NetworkPolicy request (its URI, and whether it is a
+/// watch) goes to `np`.
+async fn np_scripted(mut handle: Handle, mut np: impl FnMut(&str, bool) -> Np) {
+    let mut parked = Vec::new();
+    while let Some((req, send)) = handle.next_request().await {
+        assert_list_or_watch(&req);
+        let uri = req.uri().to_string();
+        let watch = uri.contains("watch=true");
+        let reply = if uri.starts_with("/apis/networking.k8s.io/v1/networkpolicies") {
+            np(&uri, watch)
+        } else if watch {
+            Np::Park
+        } else if uri.starts_with("/api/v1/namespaces") {
+            Np::Answer(list("NamespaceList", "1", vec![]))
+        } else {
+            Np::Answer(list("PodList", "1", vec![]))
+        };
+        match reply {
+            Np::Answer(r) => send.send_response(r),
+            Np::Park => parked.push(send),
+            Np::Later(after, r) => {
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    send.send_response(r);
+                });
+            }
+        }
+    }
+}
+
 /// The scripted API server. Namespaces and pods: one list, then watches that
 /// never answer. NetworkPolicies: the scenario below.
 /// Every request the daemon makes is a list or a watch of one of the three
@@ -213,34 +254,24 @@ async fn list_watch_error_and_relist() {
 /// Lists after the first (the source's probe) are answered too.
 /// With `hang_first_probe`, the first list after the initial one (the
 /// source's first probe) is never answered, as on a half-open connection.
-async fn quiet_after_error(mut handle: Handle, hang_first_probe: bool) {
-    let mut np_watches = 0;
-    let mut np_lists = 0;
-    let mut parked = Vec::new();
-    while let Some((req, send)) = handle.next_request().await {
-        assert_list_or_watch(&req);
-        let uri = req.uri().to_string();
-        let watch = uri.contains("watch=true");
-        if watch && (np_watches > 0 || !uri.starts_with("/apis/networking.k8s.io/v1/networkpolicies")) {
-            parked.push(send);
-            continue;
-        }
+async fn quiet_after_error(handle: Handle, hang_first_probe: bool) {
+    let (mut np_watches, mut np_lists) = (0, 0);
+    np_scripted(handle, move |_, watch| {
         if watch {
             np_watches += 1;
-            send.send_response(failure(500, "InternalError", "etcd unavailable"));
-        } else if uri.starts_with("/api/v1/namespaces") {
-            send.send_response(list("NamespaceList", "1", vec![]));
-        } else if uri.starts_with("/api/v1/pods") {
-            send.send_response(list("PodList", "1", vec![]));
-        } else {
-            np_lists += 1;
-            if hang_first_probe && np_lists == 2 {
-                parked.push(send);
-                continue;
-            }
-            send.send_response(list("NetworkPolicyList", "10", vec![policy("p1", 80)]));
+            return if np_watches == 1 {
+                Np::Answer(failure(500, "InternalError", "etcd unavailable"))
+            } else {
+                Np::Park
+            };
         }
-    }
+        np_lists += 1;
+        if hang_first_probe && np_lists == 2 {
+            return Np::Park;
+        }
+        Np::Answer(list("NetworkPolicyList", "10", vec![policy("p1", 80)]))
+    })
+    .await
 }
 
 #[tokio::test(start_paused = true)]
@@ -295,34 +326,22 @@ async fn back_from_error(hang_first_probe: bool) -> Duration {
 /// (an overloaded API server). The time of each NetworkPolicy list after the
 /// first goes to `relists`.
 async fn relist_keeps_failing(
-    mut handle: Handle,
+    handle: Handle,
     relists: std::sync::Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
 ) {
     let mut np_lists = 0;
-    let mut parked = Vec::new();
-    while let Some((req, send)) = handle.next_request().await {
-        assert_list_or_watch(&req);
-        let uri = req.uri().to_string();
-        let watch = uri.contains("watch=true");
-        let np = uri.starts_with("/apis/networking.k8s.io/v1/networkpolicies");
-        if watch && !np {
-            parked.push(send);
-        } else if watch {
-            send.send_response(expired_watch());
-        } else if uri.starts_with("/api/v1/namespaces") {
-            send.send_response(list("NamespaceList", "1", vec![]));
-        } else if uri.starts_with("/api/v1/pods") {
-            send.send_response(list("PodList", "1", vec![]));
-        } else {
-            np_lists += 1;
-            if np_lists == 1 {
-                send.send_response(list("NetworkPolicyList", "10", vec![policy("p1", 80)]));
-                continue;
-            }
-            relists.lock().unwrap().push(tokio::time::Instant::now());
-            send.send_response(failure(429, "TooManyRequests", "too many requests"));
+    np_scripted(handle, move |_, watch| {
+        if watch {
+            return Np::Answer(expired_watch());
         }
-    }
+        np_lists += 1;
+        if np_lists == 1 {
+            return Np::Answer(list("NetworkPolicyList", "10", vec![policy("p1", 80)]));
+        }
+        relists.lock().unwrap().push(tokio::time::Instant::now());
+        Np::Answer(failure(429, "TooManyRequests", "too many requests"))
+    })
+    .await
 }
 
 /// A relist that keeps failing backs off (the waits grow to the cap, instead
@@ -361,36 +380,25 @@ async fn a_relist_that_keeps_failing_backs_off_and_stays_unhealthy() {
 /// then a watch whose resourceVersion has expired, then a relist that takes
 /// `RELIST_TAKES` to be answered. The source's probes (lists of one) are
 /// answered at once.
-async fn slow_relist(mut handle: Handle) {
-    let mut np_lists = 0;
-    let mut np_watches = 0;
-    let mut parked = Vec::new();
-    while let Some((req, send)) = handle.next_request().await {
-        assert_list_or_watch(&req);
-        let uri = req.uri().to_string();
-        let watch = uri.contains("watch=true");
-        let np = uri.starts_with("/apis/networking.k8s.io/v1/networkpolicies");
-        let probe = uri.contains("limit=1&") || uri.ends_with("limit=1");
-        if watch && (!np || np_watches > 0) {
-            parked.push(send);
-        } else if watch {
+async fn slow_relist(handle: Handle) {
+    let (mut np_lists, mut np_watches) = (0, 0);
+    np_scripted(handle, move |uri, watch| {
+        if watch {
             np_watches += 1;
-            send.send_response(expired_watch());
-        } else if uri.starts_with("/api/v1/namespaces") {
-            send.send_response(list("NamespaceList", "1", vec![]));
-        } else if uri.starts_with("/api/v1/pods") {
-            send.send_response(list("PodList", "1", vec![]));
-        } else if probe {
-            send.send_response(list("NetworkPolicyList", "20", vec![policy("p1", 80)]));
-        } else {
-            np_lists += 1;
-            let delay = if np_lists == 1 { Duration::ZERO } else { RELIST_TAKES };
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                send.send_response(list("NetworkPolicyList", "20", vec![policy("p1", 80)]));
-            });
+            return if np_watches == 1 { Np::Answer(expired_watch()) } else { Np::Park };
         }
-    }
+        let answer = list("NetworkPolicyList", "20", vec![policy("p1", 80)]);
+        if uri.contains("limit=1&") || uri.ends_with("limit=1") {
+            return Np::Answer(answer); // the source's probe
+        }
+        np_lists += 1;
+        if np_lists == 1 {
+            Np::Answer(answer)
+        } else {
+            Np::Later(RELIST_TAKES, answer)
+        }
+    })
+    .await
 }
 
 const RELIST_TAKES: Duration = Duration::from_secs(200);
