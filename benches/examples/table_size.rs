@@ -28,7 +28,7 @@ fn main() {
         args.chunks(2).map(|c| (c[0], *c.get(1).unwrap_or(&10_000))).collect()
     };
     println!(
-        "| pods | policies | identities | identity blocks | sides | peer keys | peer groups | port entries | CIDR classes | estimate (MiB) | heap held (MiB) | compile peak (MiB) | compile (ms) |"
+        "| pods | policies | identities | identity blocks | sides | peer keys | peer groups | port entries | CIDR ranges | estimate (MiB) | heap held (MiB) | compile peak (MiB) | compile (ms) |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (pods, policies) in cases {
@@ -48,7 +48,7 @@ fn main() {
             s.peer_keys,
             s.peer_groups,
             s.port_entries,
-            s.cidr_classes,
+            s.cidr_ranges,
             mib(s.memory_bytes),
             mib(held),
             mib(peak),

@@ -750,6 +750,9 @@ fn publish_now(
     let compilation =
         if compilation.is_empty() { "no change".to_string() } else { compilation.join(", then ") };
     let stats = table.stats().clone();
+    // Policies whose ipBlock rules the compiler left out (fail closed) for
+    // their size: errors, as invalid ones are.
+    let too_large = if stats.dropped_ipblock_sides > 0 { table.budget_problems() } else { Vec::new() };
     let port_addresses = port_pods
         .iter()
         .map(|p| {
@@ -774,8 +777,12 @@ fn publish_now(
             .get_or_create(&KindLabel { kind: k.name().into() })
             .set(*counts.get(&k).unwrap_or(&0) as i64);
     }
-    let invalid: Vec<String> =
-        problems.iter().filter(|p| p.severity == Severity::Error).map(|p| p.to_string()).collect();
+    let invalid: Vec<String> = problems
+        .iter()
+        .chain(&too_large)
+        .filter(|p| p.severity == Severity::Error)
+        .map(|p| p.to_string())
+        .collect();
     // The objects' own warnings; those between objects follow (see
     // `add_cross_object_warnings`).
     let warnings: Vec<String> =

@@ -959,3 +959,37 @@ fn a_newer_clusters_fields_are_warned_about_once_per_field() {
     );
     assert!(err.contains("field status.podIPs[0].newAttr:"), "{err}");
 }
+
+/// A policy whose ipBlock rules expand past the compiler's budget (1,500
+/// rules, each with its own port and `0.0.0.0/0 except` a different
+/// address) is an error naming it, with its file and line; with
+/// `--allow-invalid` its ipBlock rules allow nothing (fail closed).
+#[test]
+fn an_ipblock_policy_past_the_budget_is_refused_unless_allowed_and_then_fails_closed() {
+    let mut text = String::from(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\nstatus: {podIP: 10.0.0.1}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: big, namespace: x}\n\
+         spec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n",
+    );
+    for i in 0..1500 {
+        text += &format!(
+            "  - to: [{{ipBlock: {{cidr: 0.0.0.0/0, except: [11.0.{}.{}/32]}}}}]\n    ports: [{{port: {}}}]\n",
+            i >> 8,
+            i & 255,
+            1000 + i
+        );
+    }
+    let (_dir, f) = temp_file(&text);
+    let f = f.to_str().unwrap();
+    let o = run(&["check", "-s", f]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("document 2 (line 6), line 12: NetworkPolicy x/big: spec.egress: its ipBlock rules"),
+        "{e}"
+    );
+    assert!(e.contains("allow nothing (fail closed)"), "{e}");
+    let o = run(&["query", "-s", f, "--allow-invalid", "--from", "x/a", "--to", "8.8.8.8", "--port", "1000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("DENY"), "fail-closed: {}", stdout(&o));
+}

@@ -78,5 +78,7 @@ pub fn compile(
 ) -> Compiled {
     let (cluster, problems) = Cluster::from_objects(namespaces, pods, policies);
     let table = DecisionTable::compile(&cluster);
+    let mut problems = problems;
+    problems.extend(table.budget_problems());
     Compiled { cluster, table, problems }
 }

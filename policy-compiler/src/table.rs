@@ -2,13 +2,14 @@
 //!
 //! ```text
 //!  src IP ──hash──▶ pod entry ─┐                           ┌─▶ ingress side of dst ─┐
-//!     (miss: CIDR class)       ├─ side ids, identity block ┤   (denied: stop)       ├─▶ Verdict
+//!     (miss: not a pod)        ├─ side ids, identity block ┤   (denied: stop)       ├─▶ Verdict
 //!  dst IP ──hash──▶ pod entry ─┘       and bit             └─▶ egress side of src  ─┘
 //!
 //!  side check, pod peer:     slot = side's table[identity block];
 //!                            set  = slot's set if the peer's bit is in slot.mask, else side.pod_any
-//!                            (then, only for a pod IP inside an ipBlock, table[CIDR class])
-//!  side check, non-pod peer: set  = side's table[CIDR class], else side.any
+//!                            (then, only for a pod IP inside an ipBlock, the side's range map)
+//!  side check, non-pod peer: set  = side's range map at the address (table[CIDR_KEY | family]),
+//!                            else side.any
 //!  — one probe and one scan of a few port entries; the first matching entry names the rule
 //! ```
 //!
@@ -25,16 +26,16 @@
 //!   whole namespace costs one key per block;
 //! - *side*: identities selected by the same list of policies in one direction share
 //!   one side, so a policy selecting many pods is expanded once;
-//! - *CIDR class*: addresses contained in the same set of `ipBlock`s (after `except`),
-//!   computed separately for ingress and egress rules (an ingress side never
-//!   meets an egress rule's block, so those need not split its classes).
+//! - *range*: addresses contained in the same set of a side's own `ipBlock`s
+//!   (after `except`); each side has its own range map per family
+//!   ([`ranges`]), so one namespace's ipBlocks never split another's ranges.
 //!
 //! A lookup is two IP hash probes, then per isolated side one read of the side
 //! entry, a one-word Bloom filter test, at most one probe of the side's own
 //! open-addressing table (usually one cache line) and the scan of the few
 //! port entries found: no step depends on the number of policies or pods
-//! (a non-pod address's CIDR class is read from a bucket index, a binary
-//! search only within a crowded bucket). [`DecisionTable::verdict`] checks
+//! (an address inside an ipBlock is found in the side's range map by a
+//! bucket index, a binary search only within a crowded bucket). [`DecisionTable::verdict`] checks
 //! the destination's ingress side first and stops when it denies;
 //! [`DecisionTable::verdict_both`] always checks both. See `docs/architecture.md`.
 
@@ -48,6 +49,9 @@ use crate::model::*;
 use crate::selector::{Labels, Selector};
 
 pub mod patch;
+mod ranges;
+
+use ranges::{RangeMaps, Sweep};
 
 /// Protocol value of a port entry that matches every protocol (a rule without `ports`).
 const ANY_PROTO: u8 = 255;
@@ -183,11 +187,12 @@ struct PodEntry {
     named: u32,
 }
 
-/// Per pod IP: which pod, and its CIDR class in the [ingress, egress] partitions.
+/// Per pod IP: which pod, and whether some ipBlock of [ingress, egress]
+/// rules contains the address (only then is a side's range map searched).
 #[derive(Clone, Copy, Debug)]
 struct AddrEntry {
     pod: u32,
-    class: [u32; 2],
+    in_block: [bool; 2],
 }
 
 /// What a lookup needs of a side, 16 bytes.
@@ -195,7 +200,7 @@ struct AddrEntry {
 #[repr(align(16))]
 struct SideEntry {
     /// Port set allowing every peer (rules without `from`/`to`): what a
-    /// non-pod peer gets when the side has no key for its CIDR class.
+    /// non-pod peer gets outside the side's ipBlocks.
     any: SetId,
     /// `any`, then the entries allowing every pod (selector peers that match
     /// all pods): what a pod peer gets when the side has no key for it.
@@ -217,66 +222,24 @@ struct SideInfo {
     /// Range in `side_policies`.
     policies: (u32, u32),
     dir: Option<Direction>,
+    /// The side's ipBlock rules expand to more than [`SIDE_RANGE_ENTRIES`]
+    /// port entries (or the table's to more than [`TABLE_RANGE_ENTRIES`]):
+    /// they were left out, and allow nothing.
+    ranges_dropped: bool,
 }
 
-/// Address → CIDR class: sorted interval starts and the class of each
-/// interval, with a bucket index over the top bits of the address, so that a
-/// lookup searches one bucket's few starts instead of all of them.
-#[derive(Clone, Debug, Default)]
-struct ClassIndex {
-    /// `starts[0] == 0` when non-empty.
-    starts: Vec<u128>,
-    classes: Vec<u32>,
-    /// `lead[b]`: the index of the first start at or above the first address
-    /// of bucket `b` (the addresses whose top bits are `b`); the last element
-    /// is `starts.len()`. Empty when `starts` is.
-    lead: Vec<u32>,
-    /// An address shifted right by this is its bucket.
-    shift: u32,
-}
-
-impl ClassIndex {
-    #[inline]
-    fn class_of(&self, addr: u128) -> u32 {
-        let b = (addr >> self.shift) as usize;
-        let (Some(&lo), Some(&hi)) = (self.lead.get(b), self.lead.get(b + 1)) else {
-            return 0;
-        };
-        // The last start <= addr is in this bucket or, when none of the bucket's
-        // is, the last one before it (`lo - 1`: every bucket but the first has a
-        // start below it, and the first bucket's first start is 0).
-        let bucket = self.starts.get(lo as usize..hi as usize).unwrap_or_default();
-        let i = lo as usize + bucket.partition_point(|s| *s <= addr);
-        self.classes.get(i.wrapping_sub(1)).copied().unwrap_or(0)
-    }
-
-    /// Adds the bucket index: 2^k buckets for fewer than 2^k starts
-    /// (16 <= 2^k <= 65,536), so a bucket holds one or two starts when the
-    /// boundaries are spread out, and a crowded bucket is binary-searched.
-    fn with_buckets(mut self, family: Family) -> Self {
-        if self.starts.is_empty() {
-            return self;
-        }
-        let k = (usize::BITS - self.starts.len().leading_zeros()).clamp(4, 16);
-        self.shift = u32::from(family.bits()) - k;
-        let mut lead = Vec::with_capacity((1 << k) + 1);
-        let mut i = 0;
-        for b in 0..1u128 << k {
-            let first = b << self.shift;
-            while i < self.starts.len() && self.starts[i] < first {
-                i += 1;
-            }
-            lead.push(i as u32);
-        }
-        // The end of the last bucket (its first address past the space would overflow a u128).
-        lead.push(self.starts.len() as u32);
-        self.lead = lead;
-        self
-    }
-}
-
-/// A peer-table key is an identity block, or `CIDR_KEY | class`.
+/// A peer-table key is an identity block, or `CIDR_KEY | family` (0 IPv4,
+/// 1 IPv6), whose slot's `set` is the side's range map of that family.
 const CIDR_KEY: u32 = 1 << 31;
+/// Most port entries one side's ipBlock rules may expand to (the port sets
+/// of its range maps, before interning). A side's maps cost its ipBlock
+/// boundaries plus one port set per distinct combination of its rules that
+/// contain some address; only rules with different ports and overlapping
+/// blocks with distinct holes (`0.0.0.0/0 except` a different address each)
+/// come near it. About 20 MB.
+const SIDE_RANGE_ENTRIES: usize = 1 << 20;
+/// Most such entries over all sides of a table (about 160 MB).
+const TABLE_RANGE_ENTRIES: usize = 1 << 23;
 /// `SideEntry::table` with this bit: the table is in `patch_slots`.
 const PATCHED: u32 = 1 << 31;
 /// Key of a free slot.
@@ -292,7 +255,7 @@ const BLOCK_BITS: usize = 64;
 /// For an identity block: the identities of the block some peer of the side
 /// matches (`mask`) and their port set, or, when they do not all get the
 /// same set, `MULTI | g` where `groups[g..]` split `mask` by port set. For a
-/// CIDR class: its port set, `mask` unused.
+/// family's range map: its index in the table's `ranges` as `set`, `mask` unused.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     key: u32,
@@ -337,7 +300,7 @@ pub struct TableStats {
     pub sides: usize,
     /// Identity blocks (up to 64 identities of one namespace each).
     pub identity_blocks: usize,
-    /// Keys of the sides' peer tables: (side, identity block) and (side, CIDR class).
+    /// Keys of the sides' peer tables: (side, identity block) and (side, address family of its ipBlocks).
     pub peer_keys: usize,
     /// (identity mask, port set) groups of the (side, identity block) keys.
     pub peer_groups: usize,
@@ -347,8 +310,15 @@ pub struct TableStats {
     pub port_entries: usize,
     /// Distinct ipBlocks.
     pub ip_blocks: usize,
-    /// CIDR classes over both directions (each direction's class 0 is "in no ipBlock").
-    pub cidr_classes: usize,
+    /// Address ranges of the sides' ipBlock maps (each map's first range
+    /// included, which holds the addresses below its first block).
+    pub cidr_ranges: usize,
+    /// Port entries the sides' ipBlock maps expanded to, before interning
+    /// (bounded by the table's budget, about 8 million).
+    pub cidr_entries: usize,
+    /// Sides whose ipBlock rules were left out, allowing nothing, for
+    /// expanding beyond the budget ([`DecisionTable::dropped_ipblock_policies`]).
+    pub dropped_ipblock_sides: usize,
     /// Estimated heap bytes held by the table.
     pub memory_bytes: usize,
     /// Sides no pod uses any more: a patched table (see [`patch`]) keeps the
@@ -370,8 +340,12 @@ pub struct DecisionTable {
     /// `pod_keys.len() + i`); empty after a full compile.
     added_pod_keys: Vec<(String, String)>,
     named: Vec<NamedEntry>,
-    /// Non-pod address -> CIDR class, per [direction][family].
-    cidr: [[ClassIndex; 2]; 2],
+    /// Map `2 * direction + family`: 1 where some ipBlock of that
+    /// direction's rules contains the address (for pods' `in_block`).
+    in_blocks: RangeMaps,
+    /// The sides' range maps: address -> the port set of the side's
+    /// ipBlock rules whose blocks contain it (0: none does).
+    ranges: RangeMaps,
     sides: Vec<SideEntry>,
     side_info: Vec<SideInfo>,
     side_policies: Vec<u32>,
@@ -406,7 +380,10 @@ impl Default for DecisionTable {
 #[derive(Clone, Copy)]
 struct PeerInfo {
     pod: Option<(u32, u32)>, // (identity block, bit)
-    class: u32,
+    /// Is the address inside some ipBlock of the side's direction? (Always
+    /// true for a non-pod address: its side's map is searched.)
+    in_block: bool,
+    addr: (Family, u128),
 }
 
 impl DecisionTable {
@@ -462,13 +439,12 @@ impl DecisionTable {
     #[inline]
     fn peer(&self, a: Option<(AddrEntry, &PodEntry)>, ip: IpAddr, dir: Direction) -> PeerInfo {
         match a {
-            Some((e, p)) => {
-                PeerInfo { pod: Some((p.block_bit >> 6, p.block_bit & 63)), class: e.class[dir as usize] }
-            }
-            None => {
-                let (f, v) = split(ip);
-                PeerInfo { pod: None, class: self.cidr[dir as usize][f as usize].class_of(v) }
-            }
+            Some((e, p)) => PeerInfo {
+                pod: Some((p.block_bit >> 6, p.block_bit & 63)),
+                in_block: e.in_block[dir as usize],
+                addr: split(ip),
+            },
+            None => PeerInfo { pod: None, in_block: true, addr: split(ip) },
         }
     }
 
@@ -505,19 +481,20 @@ impl DecisionTable {
                 if let Some(r) = self.set_match(set, proto, port, dst_named) {
                     return Side::Allowed(r);
                 }
-                // A pod IP inside an ipBlock: its CIDR class's entries come last.
-                if peer.class != 0 {
-                    if let Some(slot) = self.probe(se, CIDR_KEY | peer.class) {
-                        if let Some(r) = self.set_match(slot.set, proto, port, dst_named) {
+                // A pod IP inside an ipBlock: the side's ipBlock entries come last.
+                if peer.in_block {
+                    let set = self.range_set(se, peer.addr);
+                    if set != 0 {
+                        if let Some(r) = self.set_match(set, proto, port, dst_named) {
                             return Side::Allowed(r);
                         }
                     }
                 }
             }
             None => {
-                let set = match peer.class {
+                let set = match self.range_set(se, peer.addr) {
                     0 => se.any,
-                    c => self.probe(se, CIDR_KEY | c).map_or(se.any, |slot| slot.set),
+                    set => set,
                 };
                 if let Some(r) = self.set_match(set, proto, port, dst_named) {
                     return Side::Allowed(r);
@@ -525,6 +502,16 @@ impl DecisionTable {
             }
         }
         Side::Denied(SideId(side))
+    }
+
+    /// The port set of the side's ipBlock rules for an address (0: none of
+    /// its blocks contains it).
+    #[inline]
+    fn range_set(&self, se: &SideEntry, (f, v): (Family, u128)) -> SetId {
+        match self.probe(se, CIDR_KEY | f as u32) {
+            Some(slot) => self.ranges.value_of(slot.set, v),
+            None => 0,
+        }
     }
 
     /// The slot of `key` in a side's peer table (linear probing from its home slot).
@@ -616,6 +603,53 @@ impl DecisionTable {
         self.policies.len()
     }
 
+    /// The policies of the sides whose ipBlock rules were left out for
+    /// expanding beyond the budget (see [`TableStats::dropped_ipblock_sides`]),
+    /// as errors: those rules allow nothing to the pods of those sides (fail
+    /// closed). One per policy and direction, sorted. In a patched table,
+    /// sides a patch replaced count until the next full compile.
+    pub fn budget_problems(&self) -> Vec<crate::Problem> {
+        let mut dropped: Vec<(u32, Direction)> = self
+            .side_info
+            .iter()
+            .filter(|i| i.ranges_dropped)
+            .flat_map(|i| {
+                let dir = i.dir.unwrap_or(Direction::Ingress);
+                self.side_policies[i.policies.0 as usize..i.policies.1 as usize]
+                    .iter()
+                    .map(move |&p| (p, dir))
+            })
+            .collect();
+        dropped.sort_unstable_by_key(|&(p, d)| (self.policy(p), d as u8));
+        dropped.dedup();
+        dropped
+            .into_iter()
+            .map(|(p, dir)| {
+                let (namespace, name) = self.policy(p);
+                let field = match dir {
+                    Direction::Ingress => "spec.ingress",
+                    Direction::Egress => "spec.egress",
+                };
+                crate::Problem {
+                    severity: crate::Severity::Error,
+                    object: crate::ObjectRef {
+                        kind: "NetworkPolicy",
+                        namespace: namespace.to_string(),
+                        name: name.to_string(),
+                    },
+                    field: field.to_string(),
+                    message: format!(
+                        "its ipBlock rules, with those of the other policies selecting the same pods, \
+                         overlap into more than {SIDE_RANGE_ENTRIES} port entries (or all policies' \
+                         into more than {TABLE_RANGE_ENTRIES}); for these pods, the ipBlock rules of \
+                         these policies allow nothing (fail closed). Merge rules that differ only in \
+                         their `except` entries"
+                    ),
+                }
+            })
+            .collect()
+    }
+
     /// Size and shape of the table.
     pub fn stats(&self) -> &TableStats {
         &self.stats
@@ -700,23 +734,24 @@ impl Identities {
 }
 
 /// What a compile derives from every policy at once: the interned port
-/// names and the partition of the address space by ipBlocks. A policy change
-/// that brings no new port name and no new ipBlock leaves it valid (an
-/// ipBlock no policy uses any more only makes the partition finer than needed).
+/// names and the ipBlocks. A policy change that brings no new port name and
+/// no new ipBlock leaves it valid (an ipBlock no policy uses any more only
+/// leaves some pod addresses marked `in_block` for nothing).
 #[derive(Clone, Debug, Default)]
 struct PolicyContext {
     /// Port names policies refer to (1-based; 0 means "numeric").
     names: HashMap<String, u32>,
-    /// Distinct ipBlocks of each direction's rules.
+    /// Distinct ipBlocks of each direction's rules, numbered.
     block_id: [HashMap<IpBlock, u32>; 2],
-    /// CIDR classes each ipBlock contains, per direction.
-    block_classes: [Vec<Vec<u32>>; 2],
+    /// The same, by number.
+    blocks: [Vec<IpBlock>; 2],
     ip_blocks: usize,
-    cidr_classes: usize,
 }
 
 impl PolicyContext {
-    fn new(cluster: &Cluster) -> (Self, [[ClassIndex; 2]; 2]) {
+    /// The context, and the maps of where some ipBlock of each direction
+    /// lies (map `2 * direction + family`).
+    fn new(cluster: &Cluster) -> (Self, RangeMaps) {
         let mut ctx = PolicyContext::default();
         for pol in &cluster.policies {
             for d in Direction::BOTH {
@@ -730,8 +765,8 @@ impl PolicyContext {
                 }
             }
         }
-        // CIDR classes, per direction, over every distinct ipBlock of that direction's rules.
-        let mut cidr: [[ClassIndex; 2]; 2] = Default::default();
+        let mut in_blocks = RangeMaps::default();
+        let mut sweep = Sweep::default();
         for d in Direction::BOTH {
             let mut blocks: Vec<&IpBlock> = Vec::new();
             for pol in &cluster.policies {
@@ -748,15 +783,18 @@ impl PolicyContext {
             ctx.ip_blocks += blocks.len();
             ctx.block_id[d as usize] =
                 blocks.iter().enumerate().map(|(i, b)| ((*b).clone(), i as u32)).collect();
-            let mut classes: Vec<Vec<u32>> = vec![Vec::new(); blocks.len()];
-            let mut count = 1u32; // 0 = in no block
+            ctx.blocks[d as usize] = blocks.into_iter().cloned().collect();
+            // Where some block lies: every block in one "rule", 1 where it is active.
+            let pairs: Vec<(u32, u32)> = (0..ctx.blocks[d as usize].len() as u32).map(|b| (b, 0)).collect();
             for f in [Family::V4, Family::V6] {
-                cidr[d as usize][f as usize] = build_classes(&blocks, f, &mut count, &mut classes);
+                let ok: Result<(), std::convert::Infallible> =
+                    ranges::sweep(&ctx.blocks[d as usize], &pairs, f, &mut sweep, |_| Ok(1));
+                let Ok(()) = ok;
+                let m = in_blocks.push(f, &sweep.starts, &sweep.values);
+                debug_assert_eq!(m, 2 * d as u32 + f as u32);
             }
-            ctx.cidr_classes += count as usize;
-            ctx.block_classes[d as usize] = classes;
         }
-        (ctx, cidr)
+        (ctx, in_blocks)
     }
 
     /// Does this context already cover the policy (its port names and ipBlocks)?
@@ -994,6 +1032,18 @@ struct SideBuilder {
     set_buf: Vec<(PortEntry, RuleRef)>,
     es: Vec<PortEntry>,
     by_set: Vec<(SetId, u64)>,
+    /// The range maps of the sides built (a table's `ranges`, appended to).
+    ranges: RangeMaps,
+    /// Port entries built for range maps so far (the table's, for a patch).
+    range_entries: usize,
+    /// Sides whose ipBlock rules were dropped for the budget.
+    dropped_sides: usize,
+    // Scratch of a side's ipBlock rules: (block, rule) pairs; each rule's
+    // first entry in `cidr_entries` (then the end); the rules' entries.
+    cidr_pairs: Vec<(u32, u32)>,
+    cidr_rules: Vec<u32>,
+    cidr_entries: Vec<(PortEntry, RuleRef)>,
+    sweep: Sweep,
 }
 
 impl SideBuilder {
@@ -1012,6 +1062,13 @@ impl SideBuilder {
             set_buf: Vec::new(),
             es: Vec::new(),
             by_set: Vec::new(),
+            ranges: RangeMaps::default(),
+            range_entries: 0,
+            dropped_sides: 0,
+            cidr_pairs: Vec::new(),
+            cidr_rules: Vec::new(),
+            cidr_entries: Vec::new(),
+            sweep: Sweep::default(),
         }
     }
 
@@ -1022,11 +1079,12 @@ impl SideBuilder {
     /// touches, with the mask of the identities it matches there; each
     /// (side, block) key then splits its block's identities into groups that
     /// get the same port set.
-    fn build<'a>(&mut self, c: &mut Compiler<'a>, dir: Direction, list: &[u32]) -> SideEntry {
+    /// Also says whether the side's ipBlock rules were dropped for the budget.
+    fn build<'a>(&mut self, c: &mut Compiler<'a>, dir: Direction, list: &[u32]) -> (SideEntry, bool) {
         let mut side = SideEntry::default();
-        self.expand(c, dir, list, None, &mut side);
+        let dropped = self.expand(c, dir, list, None, &mut side);
         self.place(&mut side, None);
-        side
+        (side, dropped)
     }
 
     /// The side of [`Self::build`] again, with only the keys of identity
@@ -1056,8 +1114,9 @@ impl SideBuilder {
     }
 
     /// Expands the side's rules into `keyed` (all keys, or only the
-    /// identity blocks `only`), and sets its `any` and `pod_any` sets (when
-    /// expanding all keys).
+    /// identity blocks `only`), and sets its `any` and `pod_any` sets and
+    /// builds its range maps (when expanding all keys; then also says
+    /// whether its ipBlock rules were dropped for the budget).
     fn expand<'a>(
         &mut self,
         c: &mut Compiler<'a>,
@@ -1065,12 +1124,15 @@ impl SideBuilder {
         list: &[u32],
         only: Option<&[u32]>,
         side: &mut SideEntry,
-    ) {
+    ) -> bool {
         let cluster = c.cluster;
         self.buf.clear();
         self.any.clear();
         self.any_pod.clear();
         self.keyed.clear();
+        self.cidr_pairs.clear();
+        self.cidr_rules.clear();
+        self.cidr_entries.clear();
         let d = dir as usize;
         for &pi in list {
             let pol: &'a Policy = &cluster.policies[pi as usize];
@@ -1081,6 +1143,8 @@ impl SideBuilder {
                     self.any.extend(self.es.iter().map(|e| (*e, rr)));
                     continue;
                 }
+                // This rule's number among the side's rules with ipBlocks.
+                let mut cidr_rule = None;
                 let es = &self.es;
                 let push = |k: u32, whole: bool, mask: u64, buf: &mut Vec<_>| {
                     if only.is_some_and(|only| !only.contains(&k)) {
@@ -1094,9 +1158,16 @@ impl SideBuilder {
                 for peer in &rule.peers {
                     match peer {
                         Peer::Block(b) => {
-                            for &cl in &c.ctx.block_classes[d][c.ctx.block_id[d][b] as usize] {
-                                push(CIDR_KEY | cl, false, u64::MAX, &mut self.buf);
+                            // A patch's re-expansion of identity blocks keeps the range maps.
+                            if only.is_some() {
+                                continue;
                             }
+                            let r = *cidr_rule.get_or_insert_with(|| {
+                                self.cidr_rules.push(self.cidr_entries.len() as u32);
+                                self.cidr_entries.extend(es.iter().map(|e| (*e, rr)));
+                                self.cidr_rules.len() as u32 - 1
+                            });
+                            self.cidr_pairs.push((c.ctx.block_id[d][b], r));
                         }
                         Peer::Pods { namespaces, pods } => {
                             let r = c.resolve(namespaces, pods);
@@ -1120,8 +1191,10 @@ impl SideBuilder {
         }
         let mut pod_prefix = self.any.clone();
         pod_prefix.extend_from_slice(&self.any_pod);
+        let mut dropped = false;
         if only.is_none() {
             side.pod_any = self.sets.add(&pod_prefix);
+            dropped = !self.build_ranges(&c.ctx.blocks[d]);
         }
         // Per key: entries from identity-level matches first, then namespace-wide
         // ones, each in rule order (the order the table has always tested them in).
@@ -1176,6 +1249,56 @@ impl SideBuilder {
             }));
         }
         self.buf = buf;
+        dropped
+    }
+
+    /// The side's range maps, one per family its ipBlocks have, from the
+    /// ipBlock rules gathered by [`Self::expand`] (`blocks`: the direction's
+    /// ipBlocks by number), keyed in `keyed`. Each range's port set is the
+    /// side's `any` entries, then those of its rules whose blocks contain the
+    /// range, in rule order. False when that would exceed the budget: the
+    /// side then has no map, and its ipBlock rules allow nothing.
+    fn build_ranges(&mut self, blocks: &[IpBlock]) -> bool {
+        if self.cidr_pairs.is_empty() {
+            return true;
+        }
+        self.cidr_rules.push(self.cidr_entries.len() as u32);
+        let budget = SIDE_RANGE_ENTRIES.min(TABLE_RANGE_ENTRIES.saturating_sub(self.range_entries));
+        let mut left = budget;
+        let maps_before = self.ranges.maps();
+        let sets_before = self.sets.entries.len();
+        let mut keys = [None; 2];
+        for f in [Family::V4, Family::V6] {
+            let (sets, set_buf, any) = (&mut self.sets, &mut self.set_buf, &self.any);
+            let (rules, entries) = (&self.cidr_rules, &self.cidr_entries);
+            let swept =
+                ranges::sweep(blocks, &self.cidr_pairs, f, &mut self.sweep, |active| -> Result<_, ()> {
+                    let of = |r: u32| rules[r as usize] as usize..rules[r as usize + 1] as usize;
+                    let n = any.len() + active.iter().map(|&r| of(r).len()).sum::<usize>();
+                    left = left.checked_sub(n).ok_or(())?;
+                    set_buf.clone_from(any);
+                    for &r in active {
+                        set_buf.extend_from_slice(&entries[of(r)]);
+                    }
+                    Ok(sets.add(set_buf))
+                });
+            if swept.is_err() {
+                self.ranges.truncate(maps_before);
+                self.sets.truncate(sets_before);
+                self.dropped_sides += 1;
+                return false;
+            }
+            if self.sweep.values.iter().any(|&v| v != 0) {
+                keys[f as usize] = Some(self.ranges.push(f, &self.sweep.starts, &self.sweep.values));
+            }
+        }
+        self.range_entries += budget - left;
+        for f in [Family::V4, Family::V6] {
+            if let Some(m) = keys[f as usize] {
+                self.keyed.push(Slot { key: CIDR_KEY | f as u32, set: m, mask: 0 });
+            }
+        }
+        true
     }
 
     /// Places `keyed` as the side's peer table: a power of two at most half
@@ -1238,10 +1361,11 @@ fn pod_entry(
     PodEntry { sides, block_bit: block << 6 | bit, named: first }
 }
 
-/// An address's CIDR class in the [ingress, egress] partitions.
-fn classes_of(cidr: &[[ClassIndex; 2]; 2], ip: IpAddr) -> [u32; 2] {
+/// Is `ip` inside some ipBlock of [ingress, egress] rules? (`in_blocks`: a
+/// table's maps of where they lie.)
+fn in_blocks_of(in_blocks: &RangeMaps, ip: IpAddr) -> [bool; 2] {
     let (f, v) = split(ip);
-    [cidr[0][f as usize].class_of(v), cidr[1][f as usize].class_of(v)]
+    Direction::BOTH.map(|d| in_blocks.value_of(2 * d as u32 + f as u32, v) != 0)
 }
 
 /// A full compile: the table, and what a later patch reuses.
@@ -1256,7 +1380,7 @@ struct Full {
 
 fn compile_full(cluster: &Cluster) -> Full {
     let ids = Identities::new(cluster);
-    let (ctx, cidr) = PolicyContext::new(cluster);
+    let (ctx, in_blocks) = PolicyContext::new(cluster);
     let policy_ids: Vec<u32> = (0..cluster.policies.len() as u32).collect();
     let mut c = Compiler::new(cluster, &ids, &ctx, &policy_ids);
 
@@ -1270,10 +1394,15 @@ fn compile_full(cluster: &Cluster) -> Full {
     // 2. Each side's rules, expanded into port sets keyed by peer.
     let mut b = SideBuilder::new(SetBuilder::default(), vec![FREE], Vec::new());
     for (dir, list) in &plan.lists {
-        sides.push(b.build(&mut c, *dir, list));
+        let (side, ranges_dropped) = b.build(&mut c, *dir, list);
+        sides.push(side);
         let a = side_policies.len() as u32;
         side_policies.extend_from_slice(list);
-        side_info.push(SideInfo { policies: (a, side_policies.len() as u32), dir: Some(*dir) });
+        side_info.push(SideInfo {
+            policies: (a, side_policies.len() as u32),
+            dir: Some(*dir),
+            ranges_dropped,
+        });
     }
     let peers: PeerCache = c.peer_cache.drain().map(|((n, p), r)| ((n.clone(), p.clone()), r)).collect();
     drop(c);
@@ -1290,7 +1419,7 @@ fn compile_full(cluster: &Cluster) -> Full {
         pods.push(pod_entry(p, ids.identity_block[identity as usize], sides, &ctx, &mut named));
         pod_keys.push((p.namespace.clone(), p.name.clone()));
         for ip in &p.ips {
-            let e = AddrEntry { pod: pi as u32, class: classes_of(&cidr, *ip) };
+            let e = AddrEntry { pod: pi as u32, in_block: in_blocks_of(&in_blocks, *ip) };
             match split(*ip) {
                 (Family::V4, v) => {
                     addr_v4.entry(v as u32).or_insert(e);
@@ -1307,9 +1436,10 @@ fn compile_full(cluster: &Cluster) -> Full {
     );
     let pod_keys = std::sync::Arc::new(pod_keys);
     let (peer_keys, peer_groups) = (b.peer_keys, b.peer_groups);
+    let (range_entries, dropped_sides) = (b.range_entries, b.dropped_sides);
     let port_sets = b.sets.interned.len();
     let (mut entries, mut entry_rules) = (b.sets.entries, b.sets.rules);
-    let (slots, mut groups) = (b.slots, b.groups);
+    let (slots, mut groups, ranges) = (b.slots, b.groups, b.ranges);
     entries.shrink_to_fit();
     entry_rules.shrink_to_fit();
     groups.shrink_to_fit();
@@ -1321,7 +1451,8 @@ fn compile_full(cluster: &Cluster) -> Full {
         pod_keys,
         added_pod_keys: Vec::new(),
         named,
-        cidr,
+        in_blocks,
+        ranges,
         sides,
         side_info,
         side_policies,
@@ -1348,7 +1479,9 @@ fn compile_full(cluster: &Cluster) -> Full {
         // Each set and the empty set 0 end with a marker.
         port_entries: t.entries.len() - port_sets - 1,
         ip_blocks: ctx.ip_blocks,
-        cidr_classes: ctx.cidr_classes,
+        cidr_ranges: t.ranges.ranges(),
+        cidr_entries: range_entries,
+        dropped_ipblock_sides: dropped_sides,
         memory_bytes: t.memory_estimate(),
         replaced_sides: 0,
     };
@@ -1366,6 +1499,8 @@ struct SetBuilder {
     rules: Vec<RuleRef>,
     interned: HashMap<Vec<(PortEntry, RuleRef)>, SetId>,
     scratch: Vec<(PortEntry, RuleRef)>,
+    /// Entries of a long set seen so far (a short one is searched instead).
+    seen: hashbrown::HashSet<(PortEntry, RuleRef)>,
 }
 
 /// Rule stored next to an end marker (never reported).
@@ -1374,7 +1509,7 @@ const NO_RULE: RuleRef = RuleRef { policy: u32::MAX, rule: u32::MAX };
 impl Default for SetBuilder {
     /// Set 0, the empty set, is a lone end marker.
     fn default() -> Self {
-        SetBuilder { entries: vec![END], rules: vec![NO_RULE], interned: HashMap::new(), scratch: Vec::new() }
+        SetBuilder::resume(vec![END], vec![NO_RULE])
     }
 }
 
@@ -1382,7 +1517,16 @@ impl SetBuilder {
     /// Appends to a table's existing sets (a patch; its sets are not interned
     /// against the old ones, only against each other).
     fn resume(entries: Vec<PortEntry>, rules: Vec<RuleRef>) -> Self {
-        SetBuilder { entries, rules, interned: HashMap::new(), scratch: Vec::new() }
+        SetBuilder { entries, rules, interned: HashMap::new(), scratch: Vec::new(), seen: Default::default() }
+    }
+
+    /// Forgets the sets added since `entries` had `len` elements.
+    fn truncate(&mut self, len: usize) {
+        if self.entries.len() > len {
+            self.entries.truncate(len);
+            self.rules.truncate(len);
+            self.interned.retain(|_, id| (*id as usize) < len);
+        }
     }
 
     /// Adds a set (duplicates inside it dropped, first occurrence kept) and returns it.
@@ -1391,10 +1535,15 @@ impl SetBuilder {
             return 0;
         }
         self.scratch.clear();
-        for x in set {
-            if !self.scratch.contains(x) {
-                self.scratch.push(*x);
+        if set.len() <= 16 {
+            for x in set {
+                if !self.scratch.contains(x) {
+                    self.scratch.push(*x);
+                }
             }
+        } else {
+            self.seen.clear();
+            self.scratch.extend(set.iter().filter(|x| self.seen.insert(**x)));
         }
         if let Some(r) = self.interned.get(self.scratch.as_slice()) {
             return *r;
@@ -1417,12 +1566,6 @@ impl DecisionTable {
         use std::mem::size_of;
         // hashbrown: one control byte per bucket plus the slot; buckets ≈ capacity * 8/7.
         let hm = |cap: usize, slot: usize| cap * 8 / 7 * (slot + 1);
-        let classes: usize = self
-            .cidr
-            .iter()
-            .flatten()
-            .map(|c| c.starts.capacity() * 16 + (c.classes.capacity() + c.lead.capacity()) * 4)
-            .sum();
         hm(self.addr_v4.capacity(), size_of::<(u32, AddrEntry)>())
             + hm(self.addr_v6.capacity(), size_of::<(u128, AddrEntry)>())
             + (self.slots.len() + self.patch_slots.capacity()) * size_of::<Slot>()
@@ -1435,157 +1578,13 @@ impl DecisionTable {
                 .map(|(a, b)| a.capacity() + b.capacity() + 48)
                 .sum::<usize>()
             + self.named.capacity() * size_of::<NamedEntry>()
-            + classes
+            + self.in_blocks.bytes()
+            + self.ranges.bytes()
             + self.sides.capacity() * size_of::<SideEntry>()
             + self.side_info.capacity() * size_of::<SideInfo>()
             + self.side_policies.capacity() * 4
             + self.entries.capacity() * size_of::<PortEntry>()
             + self.entry_rules.capacity() * size_of::<RuleRef>()
             + self.policies.iter().map(|(a, b)| a.len() + b.len() + 64).sum::<usize>()
-    }
-}
-
-/// Partitions one family's address space by every ipBlock boundary; each
-/// interval's class is the set of blocks containing it (after `except`).
-/// Records, for each block, the classes it contains.
-fn build_classes(
-    blocks: &[&IpBlock],
-    family: Family,
-    class_count: &mut u32,
-    block_classes: &mut [Vec<u32>],
-) -> ClassIndex {
-    // Boundary events: at address `a`, block `b` enters (+) or leaves (-) its cidr
-    // or one of its excepts. Ends are `last + 1`; a block reaching the top of the
-    // space never ends.
-    #[derive(Clone, Copy)]
-    enum Ev {
-        CidrIn,
-        CidrOut,
-        ExceptIn,
-        ExceptOut,
-    }
-    let mut events: Vec<(u128, u32, Ev)> = Vec::new();
-    let top = if family == Family::V4 { u32::MAX as u128 } else { u128::MAX };
-    for (bi, b) in blocks.iter().enumerate() {
-        if b.cidr.family != family {
-            continue;
-        }
-        let bi = bi as u32;
-        events.push((b.cidr.first(), bi, Ev::CidrIn));
-        if b.cidr.last() < top {
-            events.push((b.cidr.last() + 1, bi, Ev::CidrOut));
-        }
-        for e in &b.except {
-            events.push((e.first(), bi, Ev::ExceptIn));
-            if e.last() < top {
-                events.push((e.last() + 1, bi, Ev::ExceptOut));
-            }
-        }
-    }
-    if events.is_empty() {
-        return ClassIndex::default();
-    }
-    events.sort_by_key(|e| (e.0, e.1));
-    let mut in_cidr = vec![false; blocks.len()];
-    let mut except_depth = vec![0u32; blocks.len()];
-    let mut active: std::collections::BTreeSet<u32> = Default::default();
-    let mut class_ids: HashMap<Vec<u32>, u32> = HashMap::new();
-    let mut idx = ClassIndex { starts: vec![0], classes: vec![0], ..Default::default() };
-    let mut i = 0;
-    while i < events.len() {
-        let at = events[i].0;
-        while i < events.len() && events[i].0 == at {
-            let (_, b, ev) = events[i];
-            let b = b as usize;
-            match ev {
-                Ev::CidrIn => in_cidr[b] = true,
-                Ev::CidrOut => in_cidr[b] = false,
-                Ev::ExceptIn => except_depth[b] += 1,
-                Ev::ExceptOut => except_depth[b] -= 1,
-            }
-            if in_cidr[b] && except_depth[b] == 0 {
-                active.insert(b as u32);
-            } else {
-                active.remove(&(b as u32));
-            }
-            i += 1;
-        }
-        let set: Vec<u32> = active.iter().copied().collect();
-        let class = if set.is_empty() {
-            0
-        } else {
-            *class_ids.entry(set.clone()).or_insert_with(|| {
-                let c = *class_count;
-                *class_count += 1;
-                for &b in &set {
-                    block_classes[b as usize].push(c);
-                }
-                c
-            })
-        };
-        if *idx.starts.last().unwrap() == at {
-            *idx.classes.last_mut().unwrap() = class;
-        } else if *idx.classes.last().unwrap() != class {
-            idx.starts.push(at);
-            idx.classes.push(class);
-        }
-    }
-    idx.with_buckets(family)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cidr::{Cidr, IpBlock};
-
-    /// The bucketed `class_of` against a binary search over every start, at
-    /// each boundary, one below it, and random addresses, for both families,
-    /// with boundaries at the bottom and the top of the space.
-    #[test]
-    fn class_index_buckets_agree_with_a_plain_search() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        for family in [Family::V4, Family::V6] {
-            for n in [1usize, 3, 40, 700] {
-                let bits = family.bits();
-                let top = if bits == 32 { u32::MAX as u128 } else { u128::MAX };
-                let mut blocks = Vec::new();
-                for i in 0..n {
-                    let len = if i % 7 == 0 { 1 + next() as u8 % 8 } else { bits - 8 + next() as u8 % 8 };
-                    // Some blocks at the very top of the space, the rest anywhere.
-                    let addr =
-                        if i % 5 == 0 { top } else { (u128::from(next()) << 64 | u128::from(next())) & top };
-                    let cidr = Cidr::new(family, addr, len);
-                    let except = if i % 3 == 0 && len + 2 <= bits {
-                        vec![Cidr::new(family, cidr.first() + (1u128 << (bits - len - 2)), len + 2)]
-                    } else {
-                        vec![]
-                    };
-                    blocks.push(IpBlock { cidr, except });
-                }
-                let refs: Vec<&IpBlock> = blocks.iter().collect();
-                let mut count = 1;
-                let mut block_classes = vec![Vec::new(); refs.len()];
-                let idx = build_classes(&refs, family, &mut count, &mut block_classes);
-                let plain = |a: u128| match idx.starts.partition_point(|s| *s <= a) {
-                    0 => 0,
-                    i => idx.classes[i - 1],
-                };
-                let mut probes = vec![0, top, top - 1];
-                for &s in &idx.starts {
-                    probes.extend([s, s.wrapping_sub(1) & top, s.saturating_add(1).min(top)]);
-                }
-                probes.extend((0..2000).map(|_| (u128::from(next()) << 64 | u128::from(next())) & top));
-                for a in probes {
-                    assert_eq!(idx.class_of(a), plain(a), "{family:?}, {n} blocks, address {a:#x}");
-                }
-                assert!(idx.classes.iter().any(|&c| c != 0), "the blocks make classes");
-            }
-        }
     }
 }

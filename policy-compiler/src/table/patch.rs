@@ -348,6 +348,8 @@ impl IncrementalCompiler {
             std::mem::take(&mut t.groups),
         );
         b.table_flag = PATCHED;
+        b.ranges = std::mem::take(&mut t.ranges);
+        b.range_entries = t.stats.cidr_entries;
         let mut c = Compiler::new(&self.cluster, &self.ids, &self.ctx, &self.policy_ids);
         c.known = Some(&self.peers);
         let mut names = Vec::new();
@@ -366,10 +368,15 @@ impl IncrementalCompiler {
             t.stats.replaced_sides += replaced.len();
             let plan = c.plan_sides(policies, &self.ids.ns_identities[ns as usize], t.sides.len() as u32);
             for (dir, list) in &plan.lists {
-                t.sides.push(b.build(&mut c, *dir, list));
+                let (side, ranges_dropped) = b.build(&mut c, *dir, list);
+                t.sides.push(side);
                 let a = t.side_policies.len() as u32;
                 t.side_policies.extend(list.iter().map(|&pi| self.policy_ids[pi as usize]));
-                t.side_info.push(SideInfo { policies: (a, t.side_policies.len() as u32), dir: Some(*dir) });
+                t.side_info.push(SideInfo {
+                    policies: (a, t.side_policies.len() as u32),
+                    dir: Some(*dir),
+                    ranges_dropped,
+                });
             }
             for &id in &self.ids.ns_identities[ns as usize] {
                 self.identity_sides[id as usize] = plan.identity_sides.get(&id).copied().unwrap_or_default();
@@ -448,8 +455,11 @@ impl IncrementalCompiler {
         t.stats.peer_keys += b.peer_keys;
         t.stats.peer_groups += b.peer_groups;
         t.stats.port_sets += b.sets.interned.len();
-        (t.entries, t.entry_rules, t.patch_slots, t.groups) =
-            (b.sets.entries, b.sets.rules, b.slots, b.groups);
+        t.stats.cidr_entries = b.range_entries;
+        t.stats.dropped_ipblock_sides += b.dropped_sides;
+        (t.entries, t.entry_rules, t.patch_slots, t.groups, t.ranges) =
+            (b.sets.entries, b.sets.rules, b.slots, b.groups, b.ranges);
+        t.stats.cidr_ranges = t.ranges.ranges();
         t.stats.port_entries = t.entries.len() - t.stats.port_sets - 1;
         t.stats.policies = self.cluster.policies.len();
         t.stats.invalid_policies = self.cluster.policies.iter().filter(|p| !p.valid).count();
@@ -848,7 +858,7 @@ impl IncrementalCompiler {
         };
         t.pods[ti as usize] = entry;
         for ip in &p.ips {
-            let e = AddrEntry { pod: ti, class: classes_of(&t.cidr, *ip) };
+            let e = AddrEntry { pod: ti, in_block: in_blocks_of(&t.in_blocks, *ip) };
             match split(*ip) {
                 (Family::V4, v) => t.addr_v4.insert(v as u32, e),
                 (Family::V6, v) => t.addr_v6.insert(v, e),
@@ -1122,7 +1132,8 @@ fn copy_to_patch(t: &DecisionTable, into: Option<DecisionTable>) -> DecisionTabl
     out.pod_keys = t.pod_keys.clone();
     out.added_pod_keys.clone_from(&t.added_pod_keys);
     out.named.clone_from(&t.named);
-    out.cidr.clone_from(&t.cidr);
+    out.in_blocks.clone_from(&t.in_blocks);
+    out.ranges.copy_with_room(&t.ranges);
     room(&mut out.sides, &t.sides);
     room(&mut out.side_info, &t.side_info);
     room(&mut out.side_policies, &t.side_policies);

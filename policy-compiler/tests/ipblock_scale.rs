@@ -1,0 +1,178 @@
+//! ipBlock rules at sizes one namespace's author can reach: the table's
+//! cost follows each side's own ipBlocks, not their product with anyone
+//! else's, and a side whose rules would still expand past the budget is
+//! enforced fail-closed and reported, never grown without bound.
+//!
+//! Before per-side range maps, one policy of n peers
+//! `0.0.0.0/0 except <a distinct /32>` cost n² memory (n = 4,000: 765 MB),
+//! and one namespace's many `except` entries multiplied every other
+//! namespace's ipBlock tables.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1 as corev1;
+use k8s_openapi::api::networking::v1 as netv1;
+use policy_compiler::{Severity, Side};
+use serde_json::json;
+
+fn ns(name: &str) -> corev1::Namespace {
+    serde_json::from_value(json!({"metadata": {"name": name}})).unwrap()
+}
+
+fn pod(ns: &str, name: &str, ip: &str) -> corev1::Pod {
+    serde_json::from_value(json!({
+        "metadata": {"namespace": ns, "name": name, "labels": {"app": name}},
+        "spec": {"containers": [{"name": "c", "image": "i"}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+    }))
+    .unwrap()
+}
+
+fn egress_policy(ns: &str, name: &str, rules: serde_json::Value) -> netv1::NetworkPolicy {
+    serde_json::from_value(json!({
+        "metadata": {"namespace": ns, "name": name},
+        "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": rules},
+    }))
+    .unwrap()
+}
+
+/// `11.0.x.y/32` for i = 256 x + y.
+fn host(i: u32) -> String {
+    format!("11.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+const TCP: u8 = 6;
+
+/// One rule, 20,000 peers `0.0.0.0/0 except <a distinct /32>`: every
+/// address is in all blocks but at most one, so the rule allows everything.
+/// The side's map is one range with one port set.
+#[test]
+fn one_rule_of_many_holed_blocks_stays_small() {
+    let n = 20_000;
+    let peers: Vec<_> = (0..n)
+        .map(|i| json!({"ipBlock": {"cidr": "0.0.0.0/0", "except": [format!("{}/32", host(i))]}}))
+        .collect();
+    let c = policy_compiler::compile(
+        &[ns("a")],
+        &[pod("a", "p", "10.0.0.1")],
+        &[egress_policy("a", "big", json!([{"to": peers}]))],
+    );
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    let s = c.table.stats();
+    assert_eq!((s.cidr_ranges, s.dropped_ipblock_sides), (1, 0), "{s:?}");
+    assert!(s.cidr_entries <= 2 && s.port_entries <= 4, "{s:?}");
+    assert!(s.memory_bytes < 1 << 20, "{s:?}");
+    for dst in [host(0), host(n - 1), "8.8.8.8".into(), "11.255.255.255".into()] {
+        let v = c.table.verdict_both(ip("10.0.0.1"), ip(&dst), TCP, 443);
+        assert!(matches!(v.egress, Side::Allowed(_)), "to {dst}: {v:?}");
+    }
+}
+
+/// 300 namespaces, each with an egress policy of three ipBlock rules, and
+/// one namespace whose policy has n `except` entries inside `10.0.0.0/8`:
+/// the other namespaces' maps do not grow with n.
+#[test]
+fn one_namespaces_excepts_do_not_grow_the_others_maps() {
+    let tenants = 300;
+    let ranges_for = |n: u32| {
+        let mut namespaces = vec![ns("att")];
+        let mut pods = vec![pod("att", "p", "192.168.0.1")];
+        // Every other address from 10.0.0.0 (adjacent holes would make one range).
+        let excepts: Vec<String> = (0..n)
+            .map(|i| 2 * i)
+            .map(|a| format!("10.{}.{}.{}/32", a >> 16 & 255, a >> 8 & 255, a & 255))
+            .collect();
+        let mut policies = vec![egress_policy(
+            "att",
+            "big",
+            json!([{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": excepts}}]}]),
+        )];
+        for t in 0..tenants {
+            let name = format!("t{t}");
+            namespaces.push(ns(&name));
+            pods.push(pod(&name, "p", &format!("192.169.{}.{}", t >> 8, t & 255)));
+            policies.push(egress_policy(
+                &name,
+                "egress",
+                json!([
+                    {"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"port": 53, "protocol": "UDP"}]},
+                    {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}], "ports": [{"port": 443}]},
+                    {"to": [{"ipBlock": {"cidr": format!("172.16.{}.{}/32", t >> 8, t & 255)}}], "ports": [{"port": 8080}]},
+                ]),
+            ));
+        }
+        let c = policy_compiler::compile(&namespaces, &pods, &policies);
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        // A tenant: DNS inside 10/8 (holes included), 443 outside it.
+        let v = c.table.verdict_both(ip("192.169.0.7"), ip("10.0.0.3"), 17, 53);
+        assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+        let v = c.table.verdict_both(ip("192.169.0.7"), ip("10.0.0.3"), TCP, 443);
+        assert!(matches!(v.egress, Side::Denied(_)), "{v:?}");
+        let v = c.table.verdict_both(ip("192.169.0.7"), ip("8.8.8.8"), TCP, 443);
+        assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+        // The namespace with holes: denied inside them only.
+        for (dst, holed) in
+            [("10.0.0.4", true), ("10.0.0.3", false), ("10.0.7.208", n > 1000), ("10.200.0.3", false)]
+        {
+            let v = c.table.verdict_both(ip("192.168.0.1"), ip(dst), TCP, 1);
+            assert_eq!(matches!(v.egress, Side::Denied(_)), holed, "{n} holes, to {dst}: {v:?}");
+        }
+        c.table.stats().cidr_ranges
+    };
+    let (few, many) = (ranges_for(3), ranges_for(5_000));
+    // The holed namespace's own map grows by its 2 x 4,997 more boundaries; nothing else does.
+    assert_eq!(many - few, 2 * (5_000 - 3), "{few} ranges with 3 excepts, {many} with 5,000");
+}
+
+/// n rules, each with its own port and `0.0.0.0/0 except <a distinct
+/// /32>`: inside hole i, every rule but rule i allows, so the side has n
+/// port sets of n - 1 entries. Past the budget the side's ipBlock rules are
+/// left out: they allow nothing (fail closed), the policy is reported as an
+/// error, and other namespaces are untouched.
+#[test]
+fn a_side_past_the_budget_fails_closed_and_is_reported() {
+    let n = 1_500; // about 2.25 million entries, past the side budget of 2^20
+    let rules: Vec<_> = (0..n)
+        .map(|i| {
+            json!({"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [format!("{}/32", host(i))]}}],
+                   "ports": [{"port": 1000 + i}]})
+        })
+        .collect();
+    let mut big_rules = rules.clone();
+    // A selector rule in the same policy still applies.
+    big_rules.push(json!({"to": [{"namespaceSelector": {}}], "ports": [{"port": 80}]}));
+    let small: Vec<_> = rules[..100].to_vec();
+    let c = policy_compiler::compile(
+        &[ns("a"), ns("b")],
+        &[pod("a", "p", "10.0.0.1"), pod("b", "q", "10.0.0.2")],
+        &[egress_policy("a", "big", json!(big_rules)), egress_policy("b", "small", json!(small))],
+    );
+    let s = c.table.stats();
+    assert_eq!(s.dropped_ipblock_sides, 1, "{s:?}");
+    assert!(s.cidr_entries <= 1 << 20 && s.port_entries < 200_000, "{s:?}");
+    let errors: Vec<String> =
+        c.problems.iter().filter(|p| p.severity == Severity::Error).map(|p| p.to_string()).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("error: NetworkPolicy a/big: spec.egress: its ipBlock rules"),
+        "{}",
+        errors[0]
+    );
+    assert!(c.has_errors());
+    // a/p: ipBlock rules allow nothing; its selector rule still does.
+    let v = c.table.verdict_both(ip("10.0.0.1"), ip("8.8.8.8"), TCP, 1000);
+    assert!(matches!(v.egress, Side::Denied(_)), "{v:?}");
+    let v = c.table.verdict_both(ip("10.0.0.1"), ip("10.0.0.2"), TCP, 80);
+    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+    // b/q's 100 rules are within the budget: port 1000 + i everywhere but hole i.
+    let v = c.table.verdict_both(ip("10.0.0.2"), ip("8.8.8.8"), TCP, 1050);
+    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+    let v = c.table.verdict_both(ip("10.0.0.2"), ip(&host(50)), TCP, 1050);
+    assert!(matches!(v.egress, Side::Denied(_)), "{v:?}");
+    let v = c.table.verdict_both(ip("10.0.0.2"), ip(&host(50)), TCP, 1051);
+    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+}
