@@ -28,7 +28,7 @@
 //!   one side, so a policy selecting many pods is expanded once;
 //! - *range*: addresses contained in the same set of a side's own `ipBlock`s
 //!   (after `except`); each side has its own range map per family
-//!   ([`ranges`]), so one namespace's ipBlocks never split another's ranges.
+//!   (`table/ranges.rs`), so one namespace's ipBlocks never split another's ranges.
 //!
 //! A lookup is two IP hash probes, then per isolated side one read of the side
 //! entry, a one-word Bloom filter test, at most one probe of the side's own
@@ -255,7 +255,8 @@ const BLOCK_BITS: usize = 64;
 /// For an identity block: the identities of the block some peer of the side
 /// matches (`mask`) and their port set, or, when they do not all get the
 /// same set, `MULTI | g` where `groups[g..]` split `mask` by port set. For a
-/// family's range map: its index in the table's `ranges` as `set`, `mask` unused.
+/// family's range map: its index in the table's `ranges` as `set`, and
+/// where its starts lie (first index, number << 32) as `mask`.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     key: u32,
@@ -383,7 +384,7 @@ struct PeerInfo {
     /// Is the address inside some ipBlock of the side's direction? (Always
     /// true for a non-pod address: its side's map is searched.)
     in_block: bool,
-    addr: (Family, u128),
+    ip: IpAddr,
 }
 
 impl DecisionTable {
@@ -442,9 +443,9 @@ impl DecisionTable {
             Some((e, p)) => PeerInfo {
                 pod: Some((p.block_bit >> 6, p.block_bit & 63)),
                 in_block: e.in_block[dir as usize],
-                addr: split(ip),
+                ip,
             },
-            None => PeerInfo { pod: None, in_block: true, addr: split(ip) },
+            None => PeerInfo { pod: None, in_block: true, ip },
         }
     }
 
@@ -483,7 +484,7 @@ impl DecisionTable {
                 }
                 // A pod IP inside an ipBlock: the side's ipBlock entries come last.
                 if peer.in_block {
-                    let set = self.range_set(se, peer.addr);
+                    let set = self.range_set(se, peer.ip);
                     if set != 0 {
                         if let Some(r) = self.set_match(set, proto, port, dst_named) {
                             return Side::Allowed(r);
@@ -492,7 +493,7 @@ impl DecisionTable {
                 }
             }
             None => {
-                let set = match self.range_set(se, peer.addr) {
+                let set = match self.range_set(se, peer.ip) {
                     0 => se.any,
                     set => set,
                 };
@@ -507,9 +508,10 @@ impl DecisionTable {
     /// The port set of the side's ipBlock rules for an address (0: none of
     /// its blocks contains it).
     #[inline]
-    fn range_set(&self, se: &SideEntry, (f, v): (Family, u128)) -> SetId {
+    fn range_set(&self, se: &SideEntry, ip: IpAddr) -> SetId {
+        let (f, v) = split(ip);
         match self.probe(se, CIDR_KEY | f as u32) {
-            Some(slot) => self.ranges.value_of(slot.set, v),
+            Some(slot) => self.ranges.value_in(slot.set, (slot.mask as u32, (slot.mask >> 32) as u32), v),
             None => 0,
         }
     }
@@ -1295,7 +1297,9 @@ impl SideBuilder {
         self.range_entries += budget - left;
         for f in [Family::V4, Family::V6] {
             if let Some(m) = keys[f as usize] {
-                self.keyed.push(Slot { key: CIDR_KEY | f as u32, set: m, mask: 0 });
+                let (first, len) = self.ranges.span(m);
+                let mask = u64::from(first) | u64::from(len) << 32;
+                self.keyed.push(Slot { key: CIDR_KEY | f as u32, set: m, mask });
             }
         }
         true
@@ -1439,7 +1443,8 @@ fn compile_full(cluster: &Cluster) -> Full {
     let (range_entries, dropped_sides) = (b.range_entries, b.dropped_sides);
     let port_sets = b.sets.interned.len();
     let (mut entries, mut entry_rules) = (b.sets.entries, b.sets.rules);
-    let (slots, mut groups, ranges) = (b.slots, b.groups, b.ranges);
+    let (slots, mut groups, mut ranges) = (b.slots, b.groups, b.ranges);
+    ranges.shrink_to_fit();
     entries.shrink_to_fit();
     entry_rules.shrink_to_fit();
     groups.shrink_to_fit();

@@ -28,10 +28,10 @@ pub(super) struct RangeMaps {
     starts: Vec<u128>,
     /// The value of each range, parallel to `starts`.
     values: Vec<u32>,
-    /// Each map's bucket index: `lead[b]` (relative to the map's first
-    /// start) is the first start at or above bucket `b`'s first address (the
-    /// addresses whose top `k` bits are `b`), for `2^k + 1` buckets, the
-    /// last one `len`.
+    /// Each map's bucket index (maps of more than [`SCANNED`] ranges):
+    /// `lead[b]` (relative to the map's first start) is the first start at
+    /// or above bucket `b`'s first address (the addresses whose top `k` bits
+    /// are `b`), for `2^k + 1` buckets, the last one `len`.
     lead: Vec<u32>,
 }
 
@@ -39,7 +39,7 @@ pub(super) struct RangeMaps {
 struct MapHeader {
     /// First index in `starts` and `values`.
     starts: u32,
-    /// First index in `lead`.
+    /// First index in `lead`, or [`NO_LEAD`] for a map that is scanned.
     lead: u32,
     /// An address shifted right by this is its bucket.
     shift: u8,
@@ -53,6 +53,9 @@ impl RangeMaps {
         let Some(h) = self.maps.get(map as usize) else {
             return 0;
         };
+        if h.lead == NO_LEAD {
+            return self.value_in(map, self.span(map), addr);
+        }
         let lead = self.lead.get(h.lead as usize..).unwrap_or_default();
         let b = (addr >> h.shift) as usize;
         let (Some(&lo), Some(&hi)) = (lead.get(b), lead.get(b + 1)) else {
@@ -70,6 +73,32 @@ impl RangeMaps {
         }
     }
 
+    /// [`Self::value_of`] for a map whose starts are `starts[first..first +
+    /// len]` ([`Self::span`], kept by the caller next to the map's index):
+    /// a map of at most [`SCANNED`] ranges is scanned in place, without
+    /// reading its header or bucket index (two cache lines fewer).
+    #[inline]
+    pub(super) fn value_in(&self, map: u32, (first, len): (u32, u32), addr: u128) -> u32 {
+        if len as usize > SCANNED {
+            return self.value_of(map, addr);
+        }
+        // A map of a few ranges: scanned.
+        let (first, len) = (first as usize, len as usize);
+        let starts = self.starts.get(first..first + len).unwrap_or_default();
+        match starts.iter().take_while(|s| **s <= addr).count() {
+            0 => 0,
+            i => self.values.get(first + i - 1).copied().unwrap_or(0),
+        }
+    }
+
+    /// Where map `map`'s starts lie: (first index, number).
+    pub(super) fn span(&self, map: u32) -> (u32, u32) {
+        let m = map as usize;
+        let first = self.maps[m].starts;
+        let end = self.maps.get(m + 1).map_or(self.starts.len() as u32, |h| h.starts);
+        (first, end - first)
+    }
+
     /// Appends a map of `family` and returns its index. `starts` ascend
     /// from 0; `values` is parallel to it.
     pub(super) fn push(&mut self, family: Family, starts: &[u128], values: &[u32]) -> u32 {
@@ -80,8 +109,15 @@ impl RangeMaps {
         // bucket is binary-searched.
         let k = (usize::BITS - starts.len().leading_zeros()).clamp(4, 16);
         let shift = u32::from(family.bits()) - k;
-        let header =
+        let mut header =
             MapHeader { starts: self.starts.len() as u32, lead: self.lead.len() as u32, shift: shift as u8 };
+        self.starts.extend_from_slice(starts);
+        self.values.extend_from_slice(values);
+        if starts.len() <= SCANNED {
+            header.lead = NO_LEAD;
+            self.maps.push(header);
+            return (self.maps.len() - 1) as u32;
+        }
         let mut i = 0;
         for b in 0..1u128 << k {
             let first = b << shift;
@@ -91,8 +127,6 @@ impl RangeMaps {
             self.lead.push(i as u32);
         }
         self.lead.push(starts.len() as u32);
-        self.starts.extend_from_slice(starts);
-        self.values.extend_from_slice(values);
         self.maps.push(header);
         (self.maps.len() - 1) as u32
     }
@@ -107,7 +141,10 @@ impl RangeMaps {
         if let Some(h) = self.maps.get(maps).copied() {
             self.starts.truncate(h.starts as usize);
             self.values.truncate(h.starts as usize);
-            self.lead.truncate(h.lead as usize);
+            // The first bucketed map from there on starts the leads to drop.
+            if let Some(l) = self.maps[maps..].iter().map(|h| h.lead).find(|&l| l != NO_LEAD) {
+                self.lead.truncate(l as usize);
+            }
             self.maps.truncate(maps);
         }
     }
@@ -124,6 +161,14 @@ impl RangeMaps {
             + (self.values.capacity() + self.lead.capacity()) * 4
     }
 
+    /// Frees the arrays' spare capacity.
+    pub(super) fn shrink_to_fit(&mut self) {
+        self.maps.shrink_to_fit();
+        self.starts.shrink_to_fit();
+        self.values.shrink_to_fit();
+        self.lead.shrink_to_fit();
+    }
+
     /// `src`'s arrays into `self`'s buffers, with room to grow.
     pub(super) fn copy_with_room(&mut self, src: &RangeMaps) {
         fn room<T: Clone>(dst: &mut Vec<T>, src: &[T]) {
@@ -137,6 +182,12 @@ impl RangeMaps {
         room(&mut self.lead, &src.lead);
     }
 }
+
+/// Maps of at most this many ranges are scanned rather than bucketed.
+pub(super) const SCANNED: usize = 8;
+
+/// `MapHeader::lead` of a map without a bucket index.
+const NO_LEAD: u32 = u32::MAX;
 
 /// Scratch of [`sweep`], reused from side to side.
 #[derive(Default)]
@@ -370,6 +421,7 @@ mod tests {
                 }
                 probes.extend((0..2000).map(|_| (u128::from(next()) << 64 | u128::from(next())) & top));
                 for a in probes {
+                    assert_eq!(maps.value_in(m, maps.span(m), a), maps.value_of(m, a));
                     let got = &lists[maps.value_of(m, a) as usize];
                     assert_eq!(got, &direct(a), "{family:?}, {n} blocks, address {a:#x}");
                     checked += 1;
@@ -382,6 +434,30 @@ mod tests {
             }
         }
         assert!(checked > 16_000);
+    }
+
+    /// Maps dropped by `truncate` (a side past the budget) leave the maps
+    /// before them intact, scanned and bucketed alike, and maps pushed after
+    /// it are whole.
+    #[test]
+    fn truncate_keeps_the_maps_before() {
+        let small: Vec<u128> = vec![0, 10, 20];
+        let big: Vec<u128> = (0..100).map(|i| i * 1000).collect();
+        let vals = |n: usize, base: u32| (0..n as u32).map(|i| base + i).collect::<Vec<_>>();
+        let mut m = RangeMaps::default();
+        let a = m.push(Family::V4, &big, &vals(100, 1));
+        let b = m.push(Family::V4, &small, &vals(3, 500));
+        let before = (m.starts.len(), m.lead.len());
+        m.push(Family::V4, &big, &vals(100, 900));
+        m.push(Family::V4, &small, &vals(3, 2000));
+        m.truncate(2);
+        assert_eq!((m.maps(), m.starts.len(), m.lead.len()), (2, before.0, before.1));
+        let c = m.push(Family::V4, &big, &vals(100, 3000));
+        for (map, addr, want) in
+            [(a, 0, 1), (a, 99_999, 100), (b, 15, 501), (b, u128::from(u32::MAX), 502), (c, 5_500, 3005)]
+        {
+            assert_eq!(m.value_of(map, addr), want, "map {map}, address {addr}");
+        }
     }
 
     /// n blocks `0.0.0.0/0 except <distinct /32>` in one rule: the rule is
