@@ -49,8 +49,10 @@ use crate::model::*;
 use crate::selector::{Labels, Selector};
 
 pub mod patch;
+mod port_index;
 mod ranges;
 
+use port_index::{SetIndex, INDEXED_PROTO};
 use ranges::{RangeMaps, Sweep};
 
 /// Protocol value of a port entry that matches every protocol (a rule without `ports`).
@@ -144,7 +146,8 @@ const END: PortEntry = PortEntry { lo: 0, hi: 0, name: 0, proto: END_PROTO };
 
 impl PortEntry {
     #[inline]
-    /// `dst_named`: the destination pod's named ports, ended by an entry of name 0.
+    /// `dst_named`: the destination pod's named ports, from their header
+    /// (see [`PodEntry::named`]).
     fn matches(&self, proto: u8, port: u16, dst_named: &[NamedEntry]) -> bool {
         if self.proto == ANY_PROTO {
             return true;
@@ -155,20 +158,31 @@ impl PortEntry {
         if self.name == 0 {
             self.lo <= port && port <= self.hi
         } else {
-            dst_named
-                .iter()
-                .take_while(|n| n.name != 0)
-                .any(|n| n.name == self.name && n.proto == proto && n.port == port)
+            // A binary search: a pod may declare thousands of named ports.
+            let Some((header, list)) = dst_named.split_first() else {
+                return false;
+            };
+            let list = list.get(..header.name as usize).unwrap_or_default();
+            list.binary_search_by(|n| n.key().cmp(&(proto, port, self.name))).is_ok()
         }
     }
 }
 
-/// A pod's named container port, with the name interned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// A pod's named container port, with the name interned; or the header of
+/// a pod's list, whose `name` is the number of entries that follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct NamedEntry {
     name: u32,
     proto: u8,
     port: u16,
+}
+
+impl NamedEntry {
+    /// A pod's list is sorted by this.
+    #[inline]
+    fn key(&self) -> (u8, u16, u32) {
+        (self.proto, self.port, self.name)
+    }
 }
 
 /// Per-pod data the lookup needs, 16 bytes (four to a cache line: the pods
@@ -182,8 +196,10 @@ struct PodEntry {
     /// ([`BLOCK_BITS`] identities of one namespace per block) and the
     /// identity's bit in the block's masks.
     block_bit: u32,
-    /// Index of the pod's first named port in `named`; its list ends with an
-    /// entry of name 0 (index 0 is the empty list).
+    /// Index in `named` of the header of the pod's named ports (those some
+    /// policy names): the header's `name` is their number; they follow it,
+    /// sorted by (protocol, port, name), without repeats. Index 0 is the
+    /// empty list's header.
     named: u32,
 }
 
@@ -309,6 +325,9 @@ pub struct TableStats {
     pub port_sets: usize,
     /// Port entries over all port sets (end markers not counted).
     pub port_entries: usize,
+    /// Port sets of more than 32 entries, looked up through an index rather
+    /// than scanned.
+    pub indexed_port_sets: usize,
     /// Distinct ipBlocks.
     pub ip_blocks: usize,
     /// Address ranges of the sides' ipBlock maps (each map's first range
@@ -363,6 +382,9 @@ pub struct DecisionTable {
     entries: Vec<PortEntry>,
     /// The rule each entry of `entries` comes from.
     entry_rules: Vec<RuleRef>,
+    /// Indexes of the long port sets (see `table/port_index.rs`), by the
+    /// number in their header entry.
+    port_indexes: Vec<std::sync::Arc<SetIndex>>,
     /// (namespace, name) of each policy index; shared by a table and its
     /// patched copies until a patch adds a policy.
     policies: std::sync::Arc<Vec<(std::sync::Arc<str>, std::sync::Arc<str>)>>,
@@ -561,6 +583,9 @@ impl DecisionTable {
     #[inline]
     fn set_match(&self, set: SetId, proto: u8, port: u16, dst_named: &[NamedEntry]) -> Option<RuleRef> {
         let es = self.entries.get(set as usize..)?;
+        if es.first()?.proto == INDEXED_PROTO {
+            return self.indexed_match(set, es[0].name, proto, port, dst_named);
+        }
         for (i, e) in es.iter().enumerate() {
             if e.proto == END_PROTO {
                 return None;
@@ -570,6 +595,20 @@ impl DecisionTable {
             }
         }
         None
+    }
+
+    /// [`Self::set_match`] for a long set, through its index.
+    #[inline(never)]
+    fn indexed_match(
+        &self,
+        set: SetId,
+        index: u32,
+        proto: u8,
+        port: u16,
+        dst_named: &[NamedEntry],
+    ) -> Option<RuleRef> {
+        let offset = self.port_indexes.get(index as usize)?.first_match(proto, port, dst_named)?;
+        self.entry_rules.get(set as usize + 1 + offset as usize).copied()
     }
 
     /// `(namespace, name)` of a policy named in a [`RuleRef`] or side.
@@ -1349,17 +1388,29 @@ fn pod_entry(
     ctx: &PolicyContext,
     named: &mut Vec<NamedEntry>,
 ) -> PodEntry {
-    let a = named.len();
+    let header = named.len();
+    named.push(NamedEntry { name: 0, proto: 0, port: 0 });
     for np in &p.named_ports {
         if let Some(&n) = ctx.names.get(&np.name) {
             named.push(NamedEntry { name: n, proto: np.protocol.number(), port: np.port });
         }
     }
-    let first = if named.len() == a {
+    let list = &mut named[header + 1..];
+    list.sort_unstable_by_key(NamedEntry::key);
+    let mut len = 0;
+    for i in 0..list.len() {
+        if i == 0 || list[i] != list[len - 1] {
+            list[len] = list[i];
+            len += 1;
+        }
+    }
+    named.truncate(header + 1 + len);
+    let first = if len == 0 {
+        named.truncate(header);
         0
     } else {
-        named.push(NamedEntry { name: 0, proto: 0, port: 0 });
-        a as u32
+        named[header].name = len as u32;
+        header as u32
     };
     debug_assert!(block < 1 << 26, "identity blocks fit in 26 bits");
     PodEntry { sides, block_bit: block << 6 | bit, named: first }
@@ -1442,7 +1493,8 @@ fn compile_full(cluster: &Cluster) -> Full {
     let (peer_keys, peer_groups) = (b.peer_keys, b.peer_groups);
     let (range_entries, dropped_sides) = (b.range_entries, b.dropped_sides);
     let port_sets = b.sets.interned.len();
-    let (mut entries, mut entry_rules) = (b.sets.entries, b.sets.rules);
+    let indexed_port_sets = b.sets.indexes.len();
+    let (mut entries, mut entry_rules, port_indexes) = (b.sets.entries, b.sets.rules, b.sets.indexes);
     let (slots, mut groups, mut ranges) = (b.slots, b.groups, b.ranges);
     ranges.shrink_to_fit();
     entries.shrink_to_fit();
@@ -1466,6 +1518,7 @@ fn compile_full(cluster: &Cluster) -> Full {
         groups,
         entries,
         entry_rules,
+        port_indexes,
         policies,
         stats: TableStats::default(),
     };
@@ -1481,8 +1534,9 @@ fn compile_full(cluster: &Cluster) -> Full {
         peer_keys,
         peer_groups,
         port_sets,
-        // Each set and the empty set 0 end with a marker.
-        port_entries: t.entries.len() - port_sets - 1,
+        // Each set and the empty set 0 end with a marker; indexed sets start with a header.
+        port_entries: t.entries.len() - port_sets - 1 - indexed_port_sets,
+        indexed_port_sets,
         ip_blocks: ctx.ip_blocks,
         cidr_ranges: t.ranges.ranges(),
         cidr_entries: range_entries,
@@ -1503,7 +1557,10 @@ struct SetBuilder {
     entries: Vec<PortEntry>,
     rules: Vec<RuleRef>,
     interned: HashMap<Vec<(PortEntry, RuleRef)>, SetId>,
+    /// Indexes of the long sets, in the order of the sets.
+    indexes: Vec<std::sync::Arc<SetIndex>>,
     scratch: Vec<(PortEntry, RuleRef)>,
+    scratch_entries: Vec<PortEntry>,
     /// Entries of a long set seen so far (a short one is searched instead).
     seen: hashbrown::HashSet<(PortEntry, RuleRef)>,
 }
@@ -1514,15 +1571,23 @@ const NO_RULE: RuleRef = RuleRef { policy: u32::MAX, rule: u32::MAX };
 impl Default for SetBuilder {
     /// Set 0, the empty set, is a lone end marker.
     fn default() -> Self {
-        SetBuilder::resume(vec![END], vec![NO_RULE])
+        SetBuilder::resume(vec![END], vec![NO_RULE], Vec::new())
     }
 }
 
 impl SetBuilder {
     /// Appends to a table's existing sets (a patch; its sets are not interned
     /// against the old ones, only against each other).
-    fn resume(entries: Vec<PortEntry>, rules: Vec<RuleRef>) -> Self {
-        SetBuilder { entries, rules, interned: HashMap::new(), scratch: Vec::new(), seen: Default::default() }
+    fn resume(entries: Vec<PortEntry>, rules: Vec<RuleRef>, indexes: Vec<std::sync::Arc<SetIndex>>) -> Self {
+        SetBuilder {
+            entries,
+            rules,
+            interned: HashMap::new(),
+            indexes,
+            scratch: Vec::new(),
+            scratch_entries: Vec::new(),
+            seen: Default::default(),
+        }
     }
 
     /// Forgets the sets added since `entries` had `len` elements.
@@ -1531,6 +1596,9 @@ impl SetBuilder {
             self.entries.truncate(len);
             self.rules.truncate(len);
             self.interned.retain(|_, id| (*id as usize) < len);
+            while self.indexes.last().is_some_and(|i| i.set as usize >= len) {
+                self.indexes.pop();
+            }
         }
     }
 
@@ -1554,6 +1622,15 @@ impl SetBuilder {
             return *r;
         }
         let id = self.entries.len() as SetId;
+        if self.scratch.len() > port_index::LONG {
+            // A header naming the set's index, which a lookup reads instead of scanning.
+            self.scratch_entries.clear();
+            self.scratch_entries.extend(self.scratch.iter().map(|(e, _)| *e));
+            let n = self.indexes.len() as u32;
+            self.indexes.push(std::sync::Arc::new(SetIndex::new(id, &self.scratch_entries)));
+            self.entries.push(PortEntry { lo: 0, hi: 0, name: n, proto: INDEXED_PROTO });
+            self.rules.push(NO_RULE);
+        }
         for (e, r) in &self.scratch {
             debug_assert!(e.proto != END_PROTO);
             self.entries.push(*e);
@@ -1590,6 +1667,7 @@ impl DecisionTable {
             + self.side_policies.capacity() * 4
             + self.entries.capacity() * size_of::<PortEntry>()
             + self.entry_rules.capacity() * size_of::<RuleRef>()
+            + self.port_indexes.iter().map(|i| i.bytes() + 64).sum::<usize>()
             + self.policies.iter().map(|(a, b)| a.len() + b.len() + 64).sum::<usize>()
     }
 }

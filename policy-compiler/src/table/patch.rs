@@ -343,7 +343,11 @@ impl IncrementalCompiler {
         touched.sort_unstable();
         touched.dedup();
         let mut b = SideBuilder::new(
-            SetBuilder::resume(std::mem::take(&mut t.entries), std::mem::take(&mut t.entry_rules)),
+            SetBuilder::resume(
+                std::mem::take(&mut t.entries),
+                std::mem::take(&mut t.entry_rules),
+                std::mem::take(&mut t.port_indexes),
+            ),
             std::mem::take(&mut t.patch_slots),
             std::mem::take(&mut t.groups),
         );
@@ -455,12 +459,13 @@ impl IncrementalCompiler {
         t.stats.peer_keys += b.peer_keys;
         t.stats.peer_groups += b.peer_groups;
         t.stats.port_sets += b.sets.interned.len();
+        t.stats.indexed_port_sets = b.sets.indexes.len();
         t.stats.cidr_entries = b.range_entries;
         t.stats.dropped_ipblock_sides += b.dropped_sides;
-        (t.entries, t.entry_rules, t.patch_slots, t.groups, t.ranges) =
-            (b.sets.entries, b.sets.rules, b.slots, b.groups, b.ranges);
+        (t.entries, t.entry_rules, t.port_indexes, t.patch_slots, t.groups, t.ranges) =
+            (b.sets.entries, b.sets.rules, b.sets.indexes, b.slots, b.groups, b.ranges);
         t.stats.cidr_ranges = t.ranges.ranges();
-        t.stats.port_entries = t.entries.len() - t.stats.port_sets - 1;
+        t.stats.port_entries = t.entries.len() - t.stats.port_sets - 1 - t.stats.indexed_port_sets;
         t.stats.policies = self.cluster.policies.len();
         t.stats.invalid_policies = self.cluster.policies.iter().filter(|p| !p.valid).count();
         t.stats.sides = t.side_info.len();
@@ -1142,6 +1147,7 @@ fn copy_to_patch(t: &DecisionTable, into: Option<DecisionTable>) -> DecisionTabl
     room(&mut out.groups, &t.groups);
     room(&mut out.entries, &t.entries);
     room(&mut out.entry_rules, &t.entry_rules);
+    out.port_indexes.clone_from(&t.port_indexes);
     out.policies = t.policies.clone();
     out.stats = t.stats.clone();
     out
