@@ -132,7 +132,9 @@ pub struct StatusData {
     pub objects: BTreeMap<String, usize>,
     /// Size of the table.
     pub table: TableStats,
-    /// Every invalid object with its error (policies among them are enforced fail-closed).
+    /// Every invalid object with its error (policies among them are enforced
+    /// fail-closed), and every policy whose ipBlock rules were left out for
+    /// their namespace's size (those rules allow nothing; the message says so).
     pub invalid: Vec<String>,
     /// Warnings about valid objects.
     pub warnings: Vec<String>,
@@ -752,7 +754,7 @@ fn publish_now(
     let stats = table.stats().clone();
     // Policies whose ipBlock rules the compiler left out (fail closed) for
     // their size: errors, as invalid ones are.
-    let too_large = if stats.dropped_ipblock_sides > 0 { table.budget_problems() } else { Vec::new() };
+    let too_large = if stats.dropped_ipblock_namespaces > 0 { table.budget_problems() } else { Vec::new() };
     let port_addresses = port_pods
         .iter()
         .map(|p| {
@@ -790,7 +792,7 @@ fn publish_now(
     m.invalid.set(invalid.len() as i64);
     let now_set: BTreeSet<String> = invalid.iter().cloned().collect();
     for p in now_set.difference(logged) {
-        tracing::error!(problem = %p, "invalid object: enforced fail-closed if it is a policy");
+        tracing::error!(problem = %p, "invalid object or policy past the ipBlock budget: fail closed (the message says what)");
     }
     *logged = now_set;
     tracing::info!(

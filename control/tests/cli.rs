@@ -985,7 +985,7 @@ fn an_ipblock_policy_past_the_budget_is_refused_unless_allowed_and_then_fails_cl
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(
-        e.contains("document 2 (line 6), line 12: NetworkPolicy x/big: spec.egress: its ipBlock rules"),
+        e.contains("document 2 (line 6), line 12: NetworkPolicy x/big: spec.egress: the ipBlock rules of namespace x's"),
         "{e}"
     );
     assert!(e.contains("allow nothing (fail closed)"), "{e}");

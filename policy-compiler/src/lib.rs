@@ -30,8 +30,10 @@
 //!
 //! What comes in: API objects (or an already validated [`Cluster`]). What goes
 //! out: a [`DecisionTable`] and the list of [`Problem`]s. This crate does no I/O,
-//! reads no clock and contains no `unsafe`; the same input always gives the
-//! same table. Semantics are written down rule by rule in `docs/semantics.md`.
+//! reads no clock and contains no `unsafe`; the same input gives the same
+//! table (its range maps hash sets of rules with secret random keys, which
+//! could only make two compiles differ with probability about 2^-128).
+//! Semantics are written down rule by rule in `docs/semantics.md`.
 
 #![forbid(unsafe_code)]
 

@@ -158,12 +158,17 @@ impl PortEntry {
         if self.name == 0 {
             self.lo <= port && port <= self.hi
         } else {
-            // A binary search: a pod may declare thousands of named ports.
             let Some((header, list)) = dst_named.split_first() else {
                 return false;
             };
             let list = list.get(..header.name as usize).unwrap_or_default();
-            list.binary_search_by(|n| n.key().cmp(&(proto, port, self.name))).is_ok()
+            let key = (proto, port, self.name);
+            if list.len() <= 8 {
+                list.iter().any(|n| n.key() == key)
+            } else {
+                // A pod may declare thousands of named ports.
+                list.binary_search_by(|n| n.key().cmp(&key)).is_ok()
+            }
         }
     }
 }
@@ -238,24 +243,20 @@ struct SideInfo {
     /// Range in `side_policies`.
     policies: (u32, u32),
     dir: Option<Direction>,
-    /// The side's ipBlock rules expand to more than [`SIDE_RANGE_ENTRIES`]
-    /// port entries (or the table's to more than [`TABLE_RANGE_ENTRIES`]):
-    /// they were left out, and allow nothing.
-    ranges_dropped: bool,
 }
 
 /// A peer-table key is an identity block, or `CIDR_KEY | family` (0 IPv4,
 /// 1 IPv6), whose slot's `set` is the side's range map of that family.
 const CIDR_KEY: u32 = 1 << 31;
-/// Most port entries one side's ipBlock rules may expand to (the port sets
-/// of its range maps, before interning). A side's maps cost its ipBlock
-/// boundaries plus one port set per distinct combination of its rules that
-/// contain some address; only rules with different ports and overlapping
-/// blocks with distinct holes (`0.0.0.0/0 except` a different address each)
-/// come near it. About 20 MB.
-const SIDE_RANGE_ENTRIES: usize = 1 << 20;
-/// Most such entries over all sides of a table (about 160 MB).
-const TABLE_RANGE_ENTRIES: usize = 1 << 23;
+/// What one namespace's range maps may cost: their ranges plus the entries
+/// of their distinct port sets (before interning), about 20 bytes each, so
+/// about 20 MB. A map costs its side's ipBlock boundaries plus one port set
+/// per distinct combination of its rules that contain some address; only
+/// rules with different ports whose blocks overlap with distinct holes
+/// (`0.0.0.0/0 except` a different address each), or hundreds of thousands
+/// of boundaries, come near it. Sides with the same ipBlock rules (and the
+/// same rules without peers) share their maps and are counted once.
+const NAMESPACE_RANGE_BUDGET: usize = 1 << 20;
 /// `SideEntry::table` with this bit: the table is in `patch_slots`.
 const PATCHED: u32 = 1 << 31;
 /// Key of a free slot.
@@ -333,12 +334,9 @@ pub struct TableStats {
     /// Address ranges of the sides' ipBlock maps (each map's first range
     /// included, which holds the addresses below its first block).
     pub cidr_ranges: usize,
-    /// Port entries the sides' ipBlock maps expanded to, before interning
-    /// (bounded by the table's budget, about 8 million).
-    pub cidr_entries: usize,
-    /// Sides whose ipBlock rules were left out, allowing nothing, for
-    /// expanding beyond the budget ([`DecisionTable::dropped_ipblock_policies`]).
-    pub dropped_ipblock_sides: usize,
+    /// Namespaces whose ipBlock rules were left out, allowing nothing, for
+    /// expanding beyond the budget ([`DecisionTable::budget_problems`]).
+    pub dropped_ipblock_namespaces: usize,
     /// Estimated heap bytes held by the table.
     pub memory_bytes: usize,
     /// Sides no pod uses any more: a patched table (see [`patch`]) keeps the
@@ -385,6 +383,9 @@ pub struct DecisionTable {
     /// Indexes of the long port sets (see `table/port_index.rs`), by the
     /// number in their header entry.
     port_indexes: Vec<std::sync::Arc<SetIndex>>,
+    /// Namespaces whose ipBlock rules were left out for the budget, by name,
+    /// with the policies (indexes) and directions that have ipBlock rules.
+    ipblock_dropped: Vec<(String, Vec<(u32, Direction)>)>,
     /// (namespace, name) of each policy index; shared by a table and its
     /// patched copies until a patch adds a policy.
     policies: std::sync::Arc<Vec<(std::sync::Arc<str>, std::sync::Arc<str>)>>,
@@ -580,7 +581,7 @@ impl DecisionTable {
         0
     }
 
-    #[inline]
+    #[inline(always)]
     fn set_match(&self, set: SetId, proto: u8, port: u16, dst_named: &[NamedEntry]) -> Option<RuleRef> {
         let es = self.entries.get(set as usize..)?;
         if es.first()?.proto == INDEXED_PROTO {
@@ -598,6 +599,7 @@ impl DecisionTable {
     }
 
     /// [`Self::set_match`] for a long set, through its index.
+    #[cold]
     #[inline(never)]
     fn indexed_match(
         &self,
@@ -644,51 +646,46 @@ impl DecisionTable {
         self.policies.len()
     }
 
-    /// The policies of the sides whose ipBlock rules were left out for
-    /// expanding beyond the budget (see [`TableStats::dropped_ipblock_sides`]),
-    /// as errors: those rules allow nothing to the pods of those sides (fail
-    /// closed). One per policy and direction, sorted. In a patched table,
-    /// sides a patch replaced count until the next full compile.
+    /// The policies whose ipBlock rules were left out because their
+    /// namespace's range maps would cost more than the budget
+    /// ([`TableStats::dropped_ipblock_namespaces`]), as errors: in those
+    /// namespaces every ipBlock rule allows nothing (fail closed); their
+    /// other rules still apply. One per policy and direction, sorted.
     pub fn budget_problems(&self) -> Vec<crate::Problem> {
-        let mut dropped: Vec<(u32, Direction)> = self
-            .side_info
-            .iter()
-            .filter(|i| i.ranges_dropped)
-            .flat_map(|i| {
-                let dir = i.dir.unwrap_or(Direction::Ingress);
-                self.side_policies[i.policies.0 as usize..i.policies.1 as usize]
-                    .iter()
-                    .map(move |&p| (p, dir))
-            })
-            .collect();
-        dropped.sort_unstable_by_key(|&(p, d)| (self.policy(p), d as u8));
-        dropped.dedup();
-        dropped
-            .into_iter()
-            .map(|(p, dir)| {
-                let (namespace, name) = self.policy(p);
+        let mut out = Vec::new();
+        for (namespace, policies) in &self.ipblock_dropped {
+            for &(p, dir) in policies {
+                let (_, name) = self.policy(p);
                 let field = match dir {
                     Direction::Ingress => "spec.ingress",
                     Direction::Egress => "spec.egress",
                 };
-                crate::Problem {
+                out.push(crate::Problem {
                     severity: crate::Severity::Error,
                     object: crate::ObjectRef {
                         kind: "NetworkPolicy",
-                        namespace: namespace.to_string(),
+                        namespace: namespace.clone(),
                         name: name.to_string(),
                     },
                     field: field.to_string(),
                     message: format!(
-                        "its ipBlock rules, with those of the other policies selecting the same pods, \
-                         overlap into more than {SIDE_RANGE_ENTRIES} port entries (or all policies' \
-                         into more than {TABLE_RANGE_ENTRIES}); for these pods, the ipBlock rules of \
-                         these policies allow nothing (fail closed). Merge rules that differ only in \
-                         their `except` entries"
+                        "the ipBlock rules of namespace {namespace}'s policies expand to more than \
+                         {NAMESPACE_RANGE_BUDGET} address ranges and port entries; in this namespace they \
+                         allow nothing (fail closed), its other rules still apply. Merge rules that \
+                         differ only in their `except` entries, or use fewer ports per holed block"
                     ),
-                }
-            })
-            .collect()
+                });
+            }
+        }
+        out.sort_by(|a, b| {
+            (&a.object.namespace, &a.object.name, &a.field).cmp(&(
+                &b.object.namespace,
+                &b.object.name,
+                &b.field,
+            ))
+        });
+        out.dedup();
+        out
     }
 
     /// Size and shape of the table.
@@ -1075,16 +1072,87 @@ struct SideBuilder {
     by_set: Vec<(SetId, u64)>,
     /// The range maps of the sides built (a table's `ranges`, appended to).
     ranges: RangeMaps,
-    /// Port entries built for range maps so far (the table's, for a patch).
-    range_entries: usize,
-    /// Sides whose ipBlock rules were dropped for the budget.
-    dropped_sides: usize,
-    // Scratch of a side's ipBlock rules: (block, rule) pairs; each rule's
-    // first entry in `cidr_entries` (then the end); the rules' entries.
-    cidr_pairs: Vec<(u32, u32)>,
-    cidr_rules: Vec<u32>,
-    cidr_entries: Vec<(PortEntry, RuleRef)>,
+    /// Build the next sides without range maps (their namespace's would
+    /// cost more than [`NAMESPACE_RANGE_BUDGET`]): their ipBlock rules allow nothing.
+    drop_ranges: bool,
+    /// The maps built, by the rules they come from, for sides to share.
+    shared: HashMap<CidrRules, [Option<u32>; 2]>,
+    /// Scratch: the side's ipBlock rules.
+    cidr: CidrRules,
     sweep: Sweep,
+}
+
+/// A side's ipBlock rules, which its range maps are built from: sides with
+/// equal ones get equal maps, and share them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct CidrRules {
+    /// The side's rules without peers (every range's set starts with them).
+    any: Vec<(PortEntry, RuleRef)>,
+    /// (block, rule): the side's ipBlock rule `rule` names the direction's
+    /// ipBlock number `block`.
+    pairs: Vec<(u32, u32)>,
+    /// Each ipBlock rule's first entry in `entries`, then the end.
+    rules: Vec<u32>,
+    entries: Vec<(PortEntry, RuleRef)>,
+}
+
+impl CidrRules {
+    /// Gathers the rules without peers and the ipBlock rules of the
+    /// policies `list` (cluster indexes) in direction `dir`.
+    fn gather(&mut self, c: &Compiler<'_>, dir: Direction, list: &[u32], es: &mut Vec<PortEntry>) {
+        self.any.clear();
+        self.pairs.clear();
+        self.rules.clear();
+        self.entries.clear();
+        for &pi in list {
+            for (ri, rule) in c.cluster.policies[pi as usize].rules(dir).iter().enumerate() {
+                let rr = RuleRef { policy: c.policy_ids[pi as usize], rule: ri as u32 };
+                if rule.peers.is_empty() {
+                    c.port_entries(rule, es);
+                    self.any.extend(es.iter().map(|e| (*e, rr)));
+                    continue;
+                }
+                let mut number = None;
+                for peer in &rule.peers {
+                    if let Peer::Block(b) = peer {
+                        let r = *number.get_or_insert_with(|| {
+                            c.port_entries(rule, es);
+                            self.rules.push(self.entries.len() as u32);
+                            self.entries.extend(es.iter().map(|e| (*e, rr)));
+                            self.rules.len() as u32 - 1
+                        });
+                        self.pairs.push((c.ctx.block_id[dir as usize][b], r));
+                    }
+                }
+            }
+        }
+        self.rules.push(self.entries.len() as u32);
+    }
+
+    /// The entries of ipBlock rule `r`.
+    fn of(&self, r: u32) -> &[(PortEntry, RuleRef)] {
+        &self.entries[self.rules[r as usize] as usize..self.rules[r as usize + 1] as usize]
+    }
+
+    /// What the range maps of these rules cost (`blocks`: the direction's
+    /// ipBlocks by number): their ranges plus the entries of their distinct
+    /// port sets. None past `limit` (the sweep stops there).
+    fn cost(&self, blocks: &[IpBlock], sweep: &mut Sweep, limit: usize) -> Option<usize> {
+        let mut total = 0usize;
+        for f in [Family::V4, Family::V6] {
+            ranges::sweep(blocks, &self.pairs, f, sweep, |active| {
+                total += self.any.len() + active.iter().map(|&r| self.of(r).len()).sum::<usize>();
+                if total > limit {
+                    Err(())
+                } else {
+                    Ok(1)
+                }
+            })
+            .ok()?;
+            total += sweep.starts.len();
+        }
+        (total <= limit).then_some(total)
+    }
 }
 
 impl SideBuilder {
@@ -1104,11 +1172,9 @@ impl SideBuilder {
             es: Vec::new(),
             by_set: Vec::new(),
             ranges: RangeMaps::default(),
-            range_entries: 0,
-            dropped_sides: 0,
-            cidr_pairs: Vec::new(),
-            cidr_rules: Vec::new(),
-            cidr_entries: Vec::new(),
+            drop_ranges: false,
+            shared: HashMap::new(),
+            cidr: CidrRules::default(),
             sweep: Sweep::default(),
         }
     }
@@ -1120,12 +1186,35 @@ impl SideBuilder {
     /// touches, with the mask of the identities it matches there; each
     /// (side, block) key then splits its block's identities into groups that
     /// get the same port set.
-    /// Also says whether the side's ipBlock rules were dropped for the budget.
-    fn build<'a>(&mut self, c: &mut Compiler<'a>, dir: Direction, list: &[u32]) -> (SideEntry, bool) {
+    fn build<'a>(&mut self, c: &mut Compiler<'a>, dir: Direction, list: &[u32]) -> SideEntry {
         let mut side = SideEntry::default();
-        let dropped = self.expand(c, dir, list, None, &mut side);
+        self.expand(c, dir, list, None, &mut side);
         self.place(&mut side, None);
-        (side, dropped)
+        side
+    }
+
+    /// Do the range maps of these sides (all of one namespace's) fit the
+    /// namespace's budget? Sides with the same ipBlock rules count once.
+    fn ranges_fit<'l>(
+        &mut self,
+        c: &Compiler<'_>,
+        lists: impl Iterator<Item = &'l (Direction, Vec<u32>)>,
+    ) -> bool {
+        let mut seen: hashbrown::HashSet<CidrRules> = Default::default();
+        let mut total = 0;
+        for (dir, list) in lists {
+            self.cidr.gather(c, *dir, list, &mut self.es);
+            if self.cidr.pairs.is_empty() || seen.contains(&self.cidr) {
+                continue;
+            }
+            let blocks = &c.ctx.blocks[*dir as usize];
+            match self.cidr.cost(blocks, &mut self.sweep, NAMESPACE_RANGE_BUDGET - total) {
+                Some(n) => total += n,
+                None => return false,
+            }
+            seen.insert(self.cidr.clone());
+        }
+        true
     }
 
     /// The side of [`Self::build`] again, with only the keys of identity
@@ -1156,8 +1245,7 @@ impl SideBuilder {
 
     /// Expands the side's rules into `keyed` (all keys, or only the
     /// identity blocks `only`), and sets its `any` and `pod_any` sets and
-    /// builds its range maps (when expanding all keys; then also says
-    /// whether its ipBlock rules were dropped for the budget).
+    /// its range maps (when expanding all keys).
     fn expand<'a>(
         &mut self,
         c: &mut Compiler<'a>,
@@ -1165,27 +1253,21 @@ impl SideBuilder {
         list: &[u32],
         only: Option<&[u32]>,
         side: &mut SideEntry,
-    ) -> bool {
+    ) {
         let cluster = c.cluster;
         self.buf.clear();
-        self.any.clear();
         self.any_pod.clear();
         self.keyed.clear();
-        self.cidr_pairs.clear();
-        self.cidr_rules.clear();
-        self.cidr_entries.clear();
-        let d = dir as usize;
+        self.cidr.gather(c, dir, list, &mut self.es);
+        self.any.clone_from(&self.cidr.any);
         for &pi in list {
             let pol: &'a Policy = &cluster.policies[pi as usize];
             for (ri, rule) in pol.rules(dir).iter().enumerate() {
-                let rr = RuleRef { policy: c.policy_ids[pi as usize], rule: ri as u32 };
-                c.port_entries(rule, &mut self.es);
                 if rule.peers.is_empty() {
-                    self.any.extend(self.es.iter().map(|e| (*e, rr)));
                     continue;
                 }
-                // This rule's number among the side's rules with ipBlocks.
-                let mut cidr_rule = None;
+                let rr = RuleRef { policy: c.policy_ids[pi as usize], rule: ri as u32 };
+                c.port_entries(rule, &mut self.es);
                 let es = &self.es;
                 let push = |k: u32, whole: bool, mask: u64, buf: &mut Vec<_>| {
                     if only.is_some_and(|only| !only.contains(&k)) {
@@ -1198,18 +1280,8 @@ impl SideBuilder {
                 };
                 for peer in &rule.peers {
                     match peer {
-                        Peer::Block(b) => {
-                            // A patch's re-expansion of identity blocks keeps the range maps.
-                            if only.is_some() {
-                                continue;
-                            }
-                            let r = *cidr_rule.get_or_insert_with(|| {
-                                self.cidr_rules.push(self.cidr_entries.len() as u32);
-                                self.cidr_entries.extend(es.iter().map(|e| (*e, rr)));
-                                self.cidr_rules.len() as u32 - 1
-                            });
-                            self.cidr_pairs.push((c.ctx.block_id[d][b], r));
-                        }
+                        // In the range maps (`CidrRules::gather`).
+                        Peer::Block(_) => {}
                         Peer::Pods { namespaces, pods } => {
                             let r = c.resolve(namespaces, pods);
                             if r.all_pods {
@@ -1232,10 +1304,10 @@ impl SideBuilder {
         }
         let mut pod_prefix = self.any.clone();
         pod_prefix.extend_from_slice(&self.any_pod);
-        let mut dropped = false;
         if only.is_none() {
             side.pod_any = self.sets.add(&pod_prefix);
-            dropped = !self.build_ranges(&c.ctx.blocks[d]);
+            // A patch's re-expansion of identity blocks keeps the range maps.
+            self.build_ranges(&c.ctx.blocks[dir as usize]);
         }
         // Per key: entries from identity-level matches first, then namespace-wide
         // ones, each in rule order (the order the table has always tested them in).
@@ -1247,12 +1319,6 @@ impl SideBuilder {
             let j = i + buf[i..].iter().take_while(|x| x.0 == k).count();
             let run = &buf[i..j];
             i = j;
-            if k & CIDR_KEY != 0 {
-                self.set_buf.clone_from(&self.any);
-                self.set_buf.extend(run.iter().map(|x| (x.4, x.5)));
-                self.keyed.push(Slot { key: k, set: self.sets.add(&self.set_buf), mask: u64::MAX });
-                continue;
-            }
             let union = run.iter().fold(0u64, |m, x| m | x.3);
             if run.iter().all(|x| x.3 == union) {
                 self.set_buf.clone_from(&pod_prefix);
@@ -1290,58 +1356,48 @@ impl SideBuilder {
             }));
         }
         self.buf = buf;
-        dropped
     }
 
-    /// The side's range maps, one per family its ipBlocks have, from the
-    /// ipBlock rules gathered by [`Self::expand`] (`blocks`: the direction's
-    /// ipBlocks by number), keyed in `keyed`. Each range's port set is the
-    /// side's `any` entries, then those of its rules whose blocks contain the
-    /// range, in rule order. False when that would exceed the budget: the
-    /// side then has no map, and its ipBlock rules allow nothing.
-    fn build_ranges(&mut self, blocks: &[IpBlock]) -> bool {
-        if self.cidr_pairs.is_empty() {
-            return true;
+    /// The side's range maps, one per family its ipBlocks have, from its
+    /// ipBlock rules in `cidr` (`blocks`: the direction's ipBlocks by
+    /// number), keyed in `keyed`; shared with an earlier side of the same
+    /// rules. Each range's port set is the side's `any` entries, then those
+    /// of its rules whose blocks contain the range, in rule order. None when
+    /// `drop_ranges`: its ipBlock rules then allow nothing.
+    fn build_ranges(&mut self, blocks: &[IpBlock]) {
+        if self.cidr.pairs.is_empty() || self.drop_ranges {
+            return;
         }
-        self.cidr_rules.push(self.cidr_entries.len() as u32);
-        let budget = SIDE_RANGE_ENTRIES.min(TABLE_RANGE_ENTRIES.saturating_sub(self.range_entries));
-        let mut left = budget;
-        let maps_before = self.ranges.maps();
-        let sets_before = self.sets.entries.len();
-        let mut keys = [None; 2];
-        for f in [Family::V4, Family::V6] {
-            let (sets, set_buf, any) = (&mut self.sets, &mut self.set_buf, &self.any);
-            let (rules, entries) = (&self.cidr_rules, &self.cidr_entries);
-            let swept =
-                ranges::sweep(blocks, &self.cidr_pairs, f, &mut self.sweep, |active| -> Result<_, ()> {
-                    let of = |r: u32| rules[r as usize] as usize..rules[r as usize + 1] as usize;
-                    let n = any.len() + active.iter().map(|&r| of(r).len()).sum::<usize>();
-                    left = left.checked_sub(n).ok_or(())?;
-                    set_buf.clone_from(any);
-                    for &r in active {
-                        set_buf.extend_from_slice(&entries[of(r)]);
+        let maps = match self.shared.get(&self.cidr) {
+            Some(maps) => *maps,
+            None => {
+                let mut maps = [None; 2];
+                for f in [Family::V4, Family::V6] {
+                    let (sets, set_buf, cidr) = (&mut self.sets, &mut self.set_buf, &self.cidr);
+                    let built: Result<(), std::convert::Infallible> =
+                        ranges::sweep(blocks, &cidr.pairs, f, &mut self.sweep, |active| {
+                            set_buf.clone_from(&cidr.any);
+                            for &r in active {
+                                set_buf.extend_from_slice(cidr.of(r));
+                            }
+                            Ok(sets.add(set_buf))
+                        });
+                    let Ok(()) = built;
+                    if self.sweep.values.iter().any(|&v| v != 0) {
+                        maps[f as usize] = Some(self.ranges.push(f, &self.sweep.starts, &self.sweep.values));
                     }
-                    Ok(sets.add(set_buf))
-                });
-            if swept.is_err() {
-                self.ranges.truncate(maps_before);
-                self.sets.truncate(sets_before);
-                self.dropped_sides += 1;
-                return false;
+                }
+                self.shared.insert(self.cidr.clone(), maps);
+                maps
             }
-            if self.sweep.values.iter().any(|&v| v != 0) {
-                keys[f as usize] = Some(self.ranges.push(f, &self.sweep.starts, &self.sweep.values));
-            }
-        }
-        self.range_entries += budget - left;
+        };
         for f in [Family::V4, Family::V6] {
-            if let Some(m) = keys[f as usize] {
+            if let Some(m) = maps[f as usize] {
                 let (first, len) = self.ranges.span(m);
                 let mask = u64::from(first) | u64::from(len) << 32;
                 self.keyed.push(Slot { key: CIDR_KEY | f as u32, set: m, mask });
             }
         }
-        true
     }
 
     /// Places `keyed` as the side's peer table: a power of two at most half
@@ -1423,6 +1479,28 @@ fn in_blocks_of(in_blocks: &RangeMaps, ip: IpAddr) -> [bool; 2] {
     Direction::BOTH.map(|d| in_blocks.value_of(2 * d as u32 + f as u32, v) != 0)
 }
 
+/// The policies (table indexes) and directions of `lists` (sides) that have
+/// ipBlock rules there, without repeats.
+fn ipblock_policies<'l>(
+    cluster: &Cluster,
+    policy_ids: &[u32],
+    lists: impl Iterator<Item = &'l (Direction, Vec<u32>)>,
+) -> Vec<(u32, Direction)> {
+    let mut out: Vec<(u32, Direction)> = lists
+        .flat_map(|(dir, list)| list.iter().map(move |&pi| (pi, *dir)))
+        .filter(|&(pi, dir)| {
+            cluster.policies[pi as usize]
+                .rules(dir)
+                .iter()
+                .any(|r| r.peers.iter().any(|p| matches!(p, Peer::Block(_))))
+        })
+        .map(|(pi, dir)| (policy_ids[pi as usize], dir))
+        .collect();
+    out.sort_unstable_by_key(|&(p, d)| (p, d as u8));
+    out.dedup();
+    out
+}
+
 /// A full compile: the table, and what a later patch reuses.
 struct Full {
     table: DecisionTable,
@@ -1446,18 +1524,27 @@ fn compile_full(cluster: &Cluster) -> Full {
     let mut side_info: Vec<SideInfo> = vec![SideInfo::default()];
     let mut side_policies = Vec::new();
 
-    // 2. Each side's rules, expanded into port sets keyed by peer.
+    // 2. Each side's rules, expanded into port sets keyed by peer; first,
+    // which namespaces' range maps fit their budget.
     let mut b = SideBuilder::new(SetBuilder::default(), vec![FREE], Vec::new());
+    let ns_of = |list: &[u32]| cluster.policies[list[0] as usize].namespace.as_str();
+    let mut by_namespace: std::collections::BTreeMap<&str, Vec<&(Direction, Vec<u32>)>> = Default::default();
+    for l in &plan.lists {
+        by_namespace.entry(ns_of(&l.1)).or_default().push(l);
+    }
+    let mut ipblock_dropped = Vec::new();
+    for (ns, lists) in &by_namespace {
+        if !b.ranges_fit(&c, lists.iter().copied()) {
+            ipblock_dropped
+                .push((ns.to_string(), ipblock_policies(cluster, &policy_ids, lists.iter().copied())));
+        }
+    }
     for (dir, list) in &plan.lists {
-        let (side, ranges_dropped) = b.build(&mut c, *dir, list);
-        sides.push(side);
+        b.drop_ranges = ipblock_dropped.iter().any(|(ns, _)| ns == ns_of(list));
+        sides.push(b.build(&mut c, *dir, list));
         let a = side_policies.len() as u32;
         side_policies.extend_from_slice(list);
-        side_info.push(SideInfo {
-            policies: (a, side_policies.len() as u32),
-            dir: Some(*dir),
-            ranges_dropped,
-        });
+        side_info.push(SideInfo { policies: (a, side_policies.len() as u32), dir: Some(*dir) });
     }
     let peers: PeerCache = c.peer_cache.drain().map(|((n, p), r)| ((n.clone(), p.clone()), r)).collect();
     drop(c);
@@ -1491,7 +1578,6 @@ fn compile_full(cluster: &Cluster) -> Full {
     );
     let pod_keys = std::sync::Arc::new(pod_keys);
     let (peer_keys, peer_groups) = (b.peer_keys, b.peer_groups);
-    let (range_entries, dropped_sides) = (b.range_entries, b.dropped_sides);
     let port_sets = b.sets.interned.len();
     let indexed_port_sets = b.sets.indexes.len();
     let (mut entries, mut entry_rules, port_indexes) = (b.sets.entries, b.sets.rules, b.sets.indexes);
@@ -1519,6 +1605,7 @@ fn compile_full(cluster: &Cluster) -> Full {
         entries,
         entry_rules,
         port_indexes,
+        ipblock_dropped,
         policies,
         stats: TableStats::default(),
     };
@@ -1539,8 +1626,7 @@ fn compile_full(cluster: &Cluster) -> Full {
         indexed_port_sets,
         ip_blocks: ctx.ip_blocks,
         cidr_ranges: t.ranges.ranges(),
-        cidr_entries: range_entries,
-        dropped_ipblock_sides: dropped_sides,
+        dropped_ipblock_namespaces: t.ipblock_dropped.len(),
         memory_bytes: t.memory_estimate(),
         replaced_sides: 0,
     };
@@ -1590,18 +1676,6 @@ impl SetBuilder {
         }
     }
 
-    /// Forgets the sets added since `entries` had `len` elements.
-    fn truncate(&mut self, len: usize) {
-        if self.entries.len() > len {
-            self.entries.truncate(len);
-            self.rules.truncate(len);
-            self.interned.retain(|_, id| (*id as usize) < len);
-            while self.indexes.last().is_some_and(|i| i.set as usize >= len) {
-                self.indexes.pop();
-            }
-        }
-    }
-
     /// Adds a set (duplicates inside it dropped, first occurrence kept) and returns it.
     fn add(&mut self, set: &[(PortEntry, RuleRef)]) -> SetId {
         if set.is_empty() {
@@ -1627,7 +1701,7 @@ impl SetBuilder {
             self.scratch_entries.clear();
             self.scratch_entries.extend(self.scratch.iter().map(|(e, _)| *e));
             let n = self.indexes.len() as u32;
-            self.indexes.push(std::sync::Arc::new(SetIndex::new(id, &self.scratch_entries)));
+            self.indexes.push(std::sync::Arc::new(SetIndex::new(&self.scratch_entries)));
             self.entries.push(PortEntry { lo: 0, hi: 0, name: n, proto: INDEXED_PROTO });
             self.rules.push(NO_RULE);
         }

@@ -1,7 +1,9 @@
 //! ipBlock rules at sizes one namespace's author can reach: the table's
 //! cost follows each side's own ipBlocks, not their product with anyone
-//! else's, and a side whose rules would still expand past the budget is
-//! enforced fail-closed and reported, never grown without bound.
+//! else's; sides with the same ipBlock rules share their maps; and a
+//! namespace whose rules would still expand past its budget has its
+//! ipBlock rules enforced fail-closed and reported, never grown without
+//! bound, and without touching other namespaces.
 //!
 //! Before per-side range maps, one policy of n peers
 //! `0.0.0.0/0 except <a distinct /32>` cost n² memory (n = 4,000: 765 MB),
@@ -63,8 +65,8 @@ fn one_rule_of_many_holed_blocks_stays_small() {
     );
     assert!(c.problems.is_empty(), "{:?}", c.problems);
     let s = c.table.stats();
-    assert_eq!((s.cidr_ranges, s.dropped_ipblock_sides), (1, 0), "{s:?}");
-    assert!(s.cidr_entries <= 2 && s.port_entries <= 4, "{s:?}");
+    assert_eq!((s.cidr_ranges, s.dropped_ipblock_namespaces), (1, 0), "{s:?}");
+    assert!(s.port_entries <= 4, "{s:?}");
     assert!(s.memory_bytes < 1 << 20, "{s:?}");
     for dst in [host(0), host(n - 1), "8.8.8.8".into(), "11.255.255.255".into()] {
         let v = c.table.verdict_both(ip("10.0.0.1"), ip(&dst), TCP, 443);
@@ -130,12 +132,12 @@ fn one_namespaces_excepts_do_not_grow_the_others_maps() {
 
 /// n rules, each with its own port and `0.0.0.0/0 except <a distinct
 /// /32>`: inside hole i, every rule but rule i allows, so the side has n
-/// port sets of n - 1 entries. Past the budget the side's ipBlock rules are
-/// left out: they allow nothing (fail closed), the policy is reported as an
-/// error, and other namespaces are untouched.
+/// port sets of n - 1 entries. Past the budget the namespace's ipBlock
+/// rules are left out: they allow nothing (fail closed), the policy is
+/// reported as an error, and other namespaces are untouched.
 #[test]
-fn a_side_past_the_budget_fails_closed_and_is_reported() {
-    let n = 1_500; // about 2.25 million entries, past the side budget of 2^20
+fn a_namespace_past_the_budget_fails_closed_and_is_reported() {
+    let n = 1_500; // about 2.25 million entries, past the namespace budget of 2^20
     let rules: Vec<_> = (0..n)
         .map(|i| {
             json!({"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [format!("{}/32", host(i))]}}],
@@ -152,13 +154,15 @@ fn a_side_past_the_budget_fails_closed_and_is_reported() {
         &[egress_policy("a", "big", json!(big_rules)), egress_policy("b", "small", json!(small))],
     );
     let s = c.table.stats();
-    assert_eq!(s.dropped_ipblock_sides, 1, "{s:?}");
-    assert!(s.cidr_entries <= 1 << 20 && s.port_entries < 200_000, "{s:?}");
+    assert_eq!(s.dropped_ipblock_namespaces, 1, "{s:?}");
+    assert!(s.port_entries < 20_000, "{s:?}");
     let errors: Vec<String> =
         c.problems.iter().filter(|p| p.severity == Severity::Error).map(|p| p.to_string()).collect();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
-        errors[0].starts_with("error: NetworkPolicy a/big: spec.egress: its ipBlock rules"),
+        errors[0].starts_with(
+            "error: NetworkPolicy a/big: spec.egress: the ipBlock rules of namespace a's policies"
+        ),
         "{}",
         errors[0]
     );
@@ -174,5 +178,144 @@ fn a_side_past_the_budget_fails_closed_and_is_reported() {
     let v = c.table.verdict_both(ip("10.0.0.2"), ip(&host(50)), TCP, 1050);
     assert!(matches!(v.egress, Side::Denied(_)), "{v:?}");
     let v = c.table.verdict_both(ip("10.0.0.2"), ip(&host(50)), TCP, 1051);
+    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+}
+
+/// `k` label sets in namespace `a`, each selected by its own small policy
+/// (so each gets its own side), and one policy with 5,000 spaced `except`
+/// entries selecting them all. With `distinct_any`, each small policy also
+/// has a rule without peers on a port of its own, so no two sides have the
+/// same rules. Namespace `b` has an ipBlock rule of its own.
+fn many_sides(k: usize, distinct_any: bool) -> policy_compiler::Compiled {
+    let mut pods = Vec::new();
+    let mut policies = Vec::new();
+    let excepts: Vec<String> = (0..5_000u32)
+        .map(|i| 2 * i)
+        .map(|a| format!("10.{}.{}.{}/32", a >> 16 & 255, a >> 8 & 255, a & 255))
+        .collect();
+    policies.push(egress_policy(
+        "a",
+        "big",
+        json!([{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": excepts}}]}]),
+    ));
+    for i in 0..k {
+        let mut p = pod("a", &format!("p{i}"), &format!("192.168.{}.{}", i >> 8, i & 255));
+        p.metadata.labels = Some([("id".to_string(), i.to_string())].into());
+        pods.push(p);
+        let rules = if distinct_any { json!([{"ports": [{"port": 1_000 + i}]}]) } else { json!([]) };
+        policies.push(
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "a", "name": format!("q{i}")},
+                "spec": {"podSelector": {"matchLabels": {"id": i.to_string()}}, "policyTypes": ["Egress"], "egress": rules},
+            }))
+            .unwrap(),
+        );
+    }
+    pods.push(pod("b", "q", "192.169.0.1"));
+    policies.push(egress_policy(
+        "b",
+        "web",
+        json!([{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443}]}]),
+    ));
+    policy_compiler::compile(&[ns("a"), ns("b")], &pods, &policies)
+}
+
+/// 200 sides with the same ipBlock rules share one map; 200 sides whose
+/// rules differ each need their own, 2 million ranges in all, past the
+/// namespace's budget: its ipBlock rules fail closed and are reported; the
+/// other namespace keeps its own.
+#[test]
+fn sides_share_maps_and_many_distinct_ones_count_against_the_namespace() {
+    let shared = many_sides(200, false);
+    let s = shared.table.stats();
+    assert!(!shared.has_errors(), "{:?}", shared.problems);
+    assert!(s.sides > 200 && s.cidr_ranges < 10_010, "{s:?}");
+    let v = shared.table.verdict_both(ip("192.168.0.7"), ip("10.0.0.3"), TCP, 1);
+    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+    let v = shared.table.verdict_both(ip("192.168.0.7"), ip("10.0.0.4"), TCP, 1);
+    assert!(matches!(v.egress, Side::Denied(_)), "{v:?}");
+
+    let distinct = many_sides(200, true);
+    let s = distinct.table.stats();
+    assert_eq!(s.dropped_ipblock_namespaces, 1, "{s:?}");
+    assert!(s.cidr_ranges < 100, "{s:?}");
+    let errors: Vec<String> = distinct.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(errors.len(), 1, "only the policy with ipBlock rules: {errors:?}");
+    assert!(errors[0].starts_with("error: NetworkPolicy a/big: spec.egress:"), "{errors:?}");
+    // a: the ipBlock rule allows nothing, the rule without peers still does.
+    let v = distinct.table.verdict_both(ip("192.168.0.7"), ip("10.0.0.3"), TCP, 1);
+    assert!(matches!(v.egress, Side::Denied(_)), "{v:?}");
+    let v = distinct.table.verdict_both(ip("192.168.0.7"), ip("10.0.0.3"), TCP, 1_007);
+    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+    // b is untouched.
+    let v = distinct.table.verdict_both(ip("192.169.0.1"), ip("8.8.8.8"), TCP, 443);
+    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+}
+
+/// Patches of a namespace at half its budget (about 490,000 of 1,048,576)
+/// never accumulate into a drop; a patch that takes the namespace past its
+/// budget and one that brings it back report and clear the problem; after
+/// each, the patched table answers like a full compile.
+#[test]
+fn patches_count_each_namespace_afresh() {
+    use policy_compiler::{DecisionTable, IncrementalCompiler, PolicyChange};
+    let holed = |n: u32, first_port: u32| -> netv1::NetworkPolicy {
+        let rules: Vec<_> = (0..n)
+            .map(|i| {
+                json!({"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [format!("{}/32", host(i))]}}],
+                       "ports": [{"port": first_port + i}]})
+            })
+            .collect();
+        egress_policy("a", "big", json!(rules))
+    };
+    let c = policy_compiler::compile(
+        &[ns("a"), ns("b")],
+        &[pod("a", "p", "10.0.0.1"), pod("b", "q", "10.0.0.2")],
+        &[
+            holed(700, 1_000),
+            egress_policy("b", "web", json!([{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}])),
+        ],
+    );
+    assert!(!c.has_errors(), "{:?}", c.problems);
+    let mut inc = IncrementalCompiler::new(c.cluster);
+    let change = |p: &netv1::NetworkPolicy| {
+        let (pol, problems) = policy_compiler::validate::policy(p);
+        assert!(problems.is_empty(), "{problems:?}");
+        PolicyChange { namespace: "a".into(), name: "big".into(), policy: Some(pol) }
+    };
+    let agrees = |inc: &IncrementalCompiler, round: &str| {
+        let full = DecisionTable::compile(inc.cluster());
+        let t = inc.table();
+        assert_eq!(t.stats().dropped_ipblock_namespaces, full.stats().dropped_ipblock_namespaces, "{round}");
+        let text = |t: &DecisionTable| t.budget_problems().iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        assert_eq!(text(t), text(&full), "{round}");
+        let hole = host(3);
+        for (dst, port) in
+            [("8.8.8.8", 1_000), ("8.8.8.8", 1_699), (&*hole, 1_003), (&*hole, 1_004), ("8.8.8.8", 80)]
+        {
+            for src in ["10.0.0.1", "10.0.0.2"] {
+                assert_eq!(
+                    t.verdict_both(ip(src), ip(dst), TCP, port).allowed(),
+                    full.verdict_both(ip(src), ip(dst), TCP, port).allowed(),
+                    "{round}: {src} -> {dst}:{port}"
+                );
+            }
+        }
+    };
+    for round in 0..4 {
+        inc.apply(vec![change(&holed(700, 1_000 + round % 2))]);
+        assert_eq!(inc.table().stats().dropped_ipblock_namespaces, 0, "round {round}");
+        agrees(&inc, &format!("round {round}"));
+    }
+    // Past the budget (1,100 rules: about 1.2 million entries), then back.
+    inc.apply(vec![change(&holed(1_100, 1_000))]);
+    assert_eq!(inc.table().budget_problems().len(), 1);
+    agrees(&inc, "past the budget");
+    let v = inc.table().verdict_both(ip("10.0.0.1"), ip("8.8.8.8"), TCP, 1_000);
+    assert!(matches!(v.egress, Side::Denied(_)), "{v:?}");
+    inc.apply(vec![change(&holed(700, 1_000))]);
+    assert!(inc.table().budget_problems().is_empty());
+    agrees(&inc, "back under");
+    let v = inc.table().verdict_both(ip("10.0.0.1"), ip("8.8.8.8"), TCP, 1_000);
     assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
 }

@@ -23,10 +23,12 @@
 //! namespace, so a side (a direction and a list of isolating policies)
 //! belongs to one namespace, and no other namespace's pod uses it.
 //! Everything else a side reads is derived from pods and namespaces
-//! (identities, identity blocks) or from the set of ipBlocks and port names
-//! (CIDR classes, interned names), which a patch requires unchanged
-//! (`PolicyContext::covers`; an ipBlock no policy uses any more only leaves
-//! the partition finer than needed).
+//! (identities, identity blocks), from its own policies (its range maps,
+//! and whether they fit its namespace's budget, which a patch decides
+//! afresh for each namespace it rebuilds), or from the set of ipBlocks and
+//! port names (pods' "inside some ipBlock" bits, interned names), which a
+//! patch requires unchanged (`PolicyContext::covers`; an ipBlock no policy
+//! uses any more only leaves some pod addresses marked for nothing).
 //!
 //! Why a pod patch is exact: a pod with the labels of an existing identity
 //! is, to every selector, that identity, so it gets that identity's sides
@@ -353,7 +355,6 @@ impl IncrementalCompiler {
         );
         b.table_flag = PATCHED;
         b.ranges = std::mem::take(&mut t.ranges);
-        b.range_entries = t.stats.cidr_entries;
         let mut c = Compiler::new(&self.cluster, &self.ids, &self.ctx, &self.policy_ids);
         c.known = Some(&self.peers);
         let mut names = Vec::new();
@@ -371,16 +372,21 @@ impl IncrementalCompiler {
             replaced.dedup();
             t.stats.replaced_sides += replaced.len();
             let plan = c.plan_sides(policies, &self.ids.ns_identities[ns as usize], t.sides.len() as u32);
+            // The namespace's range maps fit its budget, or none is built.
+            t.ipblock_dropped.retain(|(n, _)| n != name);
+            b.drop_ranges = !b.ranges_fit(&c, plan.lists.iter());
+            if b.drop_ranges {
+                t.ipblock_dropped.push((
+                    name.to_string(),
+                    ipblock_policies(&self.cluster, &self.policy_ids, plan.lists.iter()),
+                ));
+                t.ipblock_dropped.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            }
             for (dir, list) in &plan.lists {
-                let (side, ranges_dropped) = b.build(&mut c, *dir, list);
-                t.sides.push(side);
+                t.sides.push(b.build(&mut c, *dir, list));
                 let a = t.side_policies.len() as u32;
                 t.side_policies.extend(list.iter().map(|&pi| self.policy_ids[pi as usize]));
-                t.side_info.push(SideInfo {
-                    policies: (a, t.side_policies.len() as u32),
-                    dir: Some(*dir),
-                    ranges_dropped,
-                });
+                t.side_info.push(SideInfo { policies: (a, t.side_policies.len() as u32), dir: Some(*dir) });
             }
             for &id in &self.ids.ns_identities[ns as usize] {
                 self.identity_sides[id as usize] = plan.identity_sides.get(&id).copied().unwrap_or_default();
@@ -460,8 +466,7 @@ impl IncrementalCompiler {
         t.stats.peer_groups += b.peer_groups;
         t.stats.port_sets += b.sets.interned.len();
         t.stats.indexed_port_sets = b.sets.indexes.len();
-        t.stats.cidr_entries = b.range_entries;
-        t.stats.dropped_ipblock_sides += b.dropped_sides;
+        t.stats.dropped_ipblock_namespaces = t.ipblock_dropped.len();
         (t.entries, t.entry_rules, t.port_indexes, t.patch_slots, t.groups, t.ranges) =
             (b.sets.entries, b.sets.rules, b.sets.indexes, b.slots, b.groups, b.ranges);
         t.stats.cidr_ranges = t.ranges.ranges();
@@ -1118,6 +1123,8 @@ fn data_bytes(t: &DecisionTable) -> usize {
         + t.side_policies.len() * 4
         + t.pods.len() * size_of::<PodEntry>()
         + t.named.len() * size_of::<NamedEntry>()
+        + t.ranges.bytes()
+        + t.port_indexes.iter().map(|i| i.bytes()).sum::<usize>()
 }
 
 /// A copy of `t` to patch, made in the buffers of `into` when given: the
@@ -1148,6 +1155,7 @@ fn copy_to_patch(t: &DecisionTable, into: Option<DecisionTable>) -> DecisionTabl
     room(&mut out.entries, &t.entries);
     room(&mut out.entry_rules, &t.entry_rules);
     out.port_indexes.clone_from(&t.port_indexes);
+    out.ipblock_dropped.clone_from(&t.ipblock_dropped);
     out.policies = t.policies.clone();
     out.stats = t.stats.clone();
     out

@@ -29,8 +29,6 @@ const NONE: u32 = u32::MAX;
 /// Where the first matching entry of one long port set is, by protocol and port.
 #[derive(Clone, Debug, Default)]
 pub(super) struct SetIndex {
-    /// The set (its header entry's index in the table's `entries`).
-    pub(super) set: u32,
     /// TCP, UDP, SCTP: range starts (ascending, the first 0) and, per range,
     /// the offset of the first entry matching its ports by number or by
     /// allowing any protocol ([`NONE`]: none does).
@@ -51,8 +49,8 @@ fn proto_slot(proto: u8) -> Option<usize> {
 }
 
 impl SetIndex {
-    /// The index of set `set`, whose entries (after its header) are `entries`.
-    pub(super) fn new(set: u32, entries: &[PortEntry]) -> SetIndex {
+    /// The index of a set whose entries (after its header) are `entries`.
+    pub(super) fn new(entries: &[PortEntry]) -> SetIndex {
         let any = entries.iter().position(|e| e.proto == ANY_PROTO).map_or(NONE, |i| i as u32);
         let mut named = HashMap::new();
         for (i, e) in entries.iter().enumerate() {
@@ -101,7 +99,7 @@ impl SetIndex {
                 }
             }
         }
-        SetIndex { set, ports, any, named }
+        SetIndex { ports, any, named }
     }
 
     /// Offset of the first entry matching (`proto`, `port`) for a destination
@@ -191,7 +189,7 @@ mod tests {
             } else {
                 entries
             };
-            let index = SetIndex::new(0, &entries);
+            let index = SetIndex::new(&entries);
             for _ in 0..300 {
                 // A destination with a few named ports, some sharing a port.
                 let mut list: Vec<NamedEntry> = (0..next() % 30)
