@@ -1075,16 +1075,29 @@ struct SideBuilder {
     /// Build the next sides without range maps (their namespace's would
     /// cost more than [`NAMESPACE_RANGE_BUDGET`]): their ipBlock rules allow nothing.
     drop_ranges: bool,
-    /// The maps built, by the rules they come from, for sides to share.
-    shared: HashMap<CidrRules, [Option<u32>; 2]>,
+    /// The maps built, by what they come from, for sides to share.
+    shared: HashMap<RangeKey, [Option<u32>; 2]>,
+    /// Per policy (cluster index), lazily: bit 0 / 1, a rule without peers /
+    /// with an ipBlock among its ingress rules; bits 2 / 3, egress.
+    /// [`UNKNOWN`] until computed.
+    policy_flags: Vec<u8>,
     /// Scratch: the side's ipBlock rules.
     cidr: CidrRules,
     sweep: Sweep,
 }
 
-/// A side's ipBlock rules, which its range maps are built from: sides with
-/// equal ones get equal maps, and share them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+/// What a side's range maps depend on: its direction and those of its
+/// policies (cluster indexes, in order) with a rule without peers or with
+/// an ipBlock in that direction. Sides with the same key get the same maps
+/// and share them.
+type RangeKey = (Direction, Vec<u32>);
+
+/// `SideBuilder::policy_flags` of a policy not looked at yet.
+const UNKNOWN: u8 = 0xff;
+
+/// A side's rules without peers and ipBlock rules, which its range maps are
+/// built from.
+#[derive(Clone, Debug, Default)]
 struct CidrRules {
     /// The side's rules without peers (every range's set starts with them).
     any: Vec<(PortEntry, RuleRef)>,
@@ -1097,9 +1110,15 @@ struct CidrRules {
 }
 
 impl CidrRules {
-    /// Gathers the rules without peers and the ipBlock rules of the
-    /// policies `list` (cluster indexes) in direction `dir`.
-    fn gather(&mut self, c: &Compiler<'_>, dir: Direction, list: &[u32], es: &mut Vec<PortEntry>) {
+    /// Gathers the rules without peers and (with `blocks`) the ipBlock rules
+    /// of the policies `list` (cluster indexes) in direction `dir`.
+    fn gather(
+        &mut self,
+        c: &Compiler<'_>,
+        (dir, list): (Direction, &[u32]),
+        blocks: bool,
+        es: &mut Vec<PortEntry>,
+    ) {
         self.any.clear();
         self.pairs.clear();
         self.rules.clear();
@@ -1110,6 +1129,9 @@ impl CidrRules {
                 if rule.peers.is_empty() {
                     c.port_entries(rule, es);
                     self.any.extend(es.iter().map(|e| (*e, rr)));
+                    continue;
+                }
+                if !blocks {
                     continue;
                 }
                 let mut number = None;
@@ -1140,16 +1162,22 @@ impl CidrRules {
     fn cost(&self, blocks: &[IpBlock], sweep: &mut Sweep, limit: usize) -> Option<usize> {
         let mut total = 0usize;
         for f in [Family::V4, Family::V6] {
+            // A value per distinct set, as the build gives, so that the same
+            // ranges merge and the same boundaries are counted.
+            let mut distinct = 0;
             ranges::sweep(blocks, &self.pairs, f, sweep, |active| {
                 total += self.any.len() + active.iter().map(|&r| self.of(r).len()).sum::<usize>();
+                distinct += 1;
                 if total > limit {
                     Err(())
                 } else {
-                    Ok(1)
+                    Ok(distinct)
                 }
             })
             .ok()?;
-            total += sweep.starts.len();
+            if distinct > 0 {
+                total += sweep.starts.len();
+            }
         }
         (total <= limit).then_some(total)
     }
@@ -1174,6 +1202,7 @@ impl SideBuilder {
             ranges: RangeMaps::default(),
             drop_ranges: false,
             shared: HashMap::new(),
+            policy_flags: Vec::new(),
             cidr: CidrRules::default(),
             sweep: Sweep::default(),
         }
@@ -1200,21 +1229,53 @@ impl SideBuilder {
         c: &Compiler<'_>,
         lists: impl Iterator<Item = &'l (Direction, Vec<u32>)>,
     ) -> bool {
-        let mut seen: hashbrown::HashSet<CidrRules> = Default::default();
+        let mut seen: hashbrown::HashSet<RangeKey> = Default::default();
         let mut total = 0;
         for (dir, list) in lists {
-            self.cidr.gather(c, *dir, list, &mut self.es);
-            if self.cidr.pairs.is_empty() || seen.contains(&self.cidr) {
+            let Some(key) = self.range_key(c, *dir, list) else { continue };
+            if seen.contains(&key) {
                 continue;
             }
+            self.cidr.gather(c, (*dir, &key.1), true, &mut self.es);
             let blocks = &c.ctx.blocks[*dir as usize];
             match self.cidr.cost(blocks, &mut self.sweep, NAMESPACE_RANGE_BUDGET - total) {
                 Some(n) => total += n,
                 None => return false,
             }
-            seen.insert(self.cidr.clone());
+            seen.insert(key);
         }
         true
+    }
+
+    /// The [`RangeKey`] of a side of direction `dir` and policies `list`,
+    /// or None when none of them has an ipBlock in that direction.
+    fn range_key(&mut self, c: &Compiler<'_>, dir: Direction, list: &[u32]) -> Option<RangeKey> {
+        if self.policy_flags.len() < c.cluster.policies.len() {
+            self.policy_flags.resize(c.cluster.policies.len(), UNKNOWN);
+        }
+        let mut any_block = false;
+        let mut key = Vec::new();
+        for &pi in list {
+            let flags = &mut self.policy_flags[pi as usize];
+            if *flags == UNKNOWN {
+                *flags = 0;
+                for (i, d) in Direction::BOTH.into_iter().enumerate() {
+                    for r in c.cluster.policies[pi as usize].rules(d) {
+                        if r.peers.is_empty() {
+                            *flags |= 1 << (2 * i);
+                        } else if r.peers.iter().any(|p| matches!(p, Peer::Block(_))) {
+                            *flags |= 2 << (2 * i);
+                        }
+                    }
+                }
+            }
+            let f = *flags >> (2 * dir as usize) & 3;
+            any_block |= f & 2 != 0;
+            if f != 0 {
+                key.push(pi);
+            }
+        }
+        any_block.then_some((dir, key))
     }
 
     /// The side of [`Self::build`] again, with only the keys of identity
@@ -1258,7 +1319,7 @@ impl SideBuilder {
         self.buf.clear();
         self.any_pod.clear();
         self.keyed.clear();
-        self.cidr.gather(c, dir, list, &mut self.es);
+        self.cidr.gather(c, (dir, list), false, &mut self.es);
         self.any.clone_from(&self.cidr.any);
         for &pi in list {
             let pol: &'a Policy = &cluster.policies[pi as usize];
@@ -1307,7 +1368,7 @@ impl SideBuilder {
         if only.is_none() {
             side.pod_any = self.sets.add(&pod_prefix);
             // A patch's re-expansion of identity blocks keeps the range maps.
-            self.build_ranges(&c.ctx.blocks[dir as usize]);
+            self.build_ranges(c, dir, list);
         }
         // Per key: entries from identity-level matches first, then namespace-wide
         // ones, each in rule order (the order the table has always tested them in).
@@ -1358,19 +1419,21 @@ impl SideBuilder {
         self.buf = buf;
     }
 
-    /// The side's range maps, one per family its ipBlocks have, from its
-    /// ipBlock rules in `cidr` (`blocks`: the direction's ipBlocks by
-    /// number), keyed in `keyed`; shared with an earlier side of the same
-    /// rules. Each range's port set is the side's `any` entries, then those
-    /// of its rules whose blocks contain the range, in rule order. None when
+    /// The side's range maps, one per family its ipBlocks have, keyed in
+    /// `keyed`; shared with an earlier side of the same [`RangeKey`]. Each
+    /// range's port set is the side's `any` entries, then those of its rules
+    /// whose blocks contain the range, in rule order. None when
     /// `drop_ranges`: its ipBlock rules then allow nothing.
-    fn build_ranges(&mut self, blocks: &[IpBlock]) {
-        if self.cidr.pairs.is_empty() || self.drop_ranges {
+    fn build_ranges(&mut self, c: &Compiler<'_>, dir: Direction, list: &[u32]) {
+        if self.drop_ranges {
             return;
         }
-        let maps = match self.shared.get(&self.cidr) {
+        let Some(key) = self.range_key(c, dir, list) else { return };
+        let maps = match self.shared.get(&key) {
             Some(maps) => *maps,
             None => {
+                self.cidr.gather(c, (dir, &key.1), true, &mut self.es);
+                let blocks = &c.ctx.blocks[dir as usize];
                 let mut maps = [None; 2];
                 for f in [Family::V4, Family::V6] {
                     let (sets, set_buf, cidr) = (&mut self.sets, &mut self.set_buf, &self.cidr);
@@ -1387,7 +1450,7 @@ impl SideBuilder {
                         maps[f as usize] = Some(self.ranges.push(f, &self.sweep.starts, &self.sweep.values));
                     }
                 }
-                self.shared.insert(self.cidr.clone(), maps);
+                self.shared.insert(key, maps);
                 maps
             }
         };

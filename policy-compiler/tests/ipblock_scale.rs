@@ -319,3 +319,107 @@ fn patches_count_each_namespace_afresh() {
     let v = inc.table().verdict_both(ip("10.0.0.1"), ip("8.8.8.8"), TCP, 1_000);
     assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
 }
+
+/// One policy with an ingress ipBlock rule and an egress one of the same
+/// port: its two sides have equal-looking rules (the same rule index, the
+/// same block number in each direction's numbering) but different blocks,
+/// and must not share a map.
+#[test]
+fn an_ingress_and_an_egress_side_never_share_a_map() {
+    let policy: netv1::NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"namespace": "a", "name": "both"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
+                 "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"port": 443}]}],
+                 "egress": [{"to": [{"ipBlock": {"cidr": "192.168.0.0/16"}}], "ports": [{"port": 443}]}]},
+    }))
+    .unwrap();
+    let c = policy_compiler::compile(&[ns("a")], &[pod("a", "p", "172.16.0.1")], &[policy]);
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    let p = ip("172.16.0.1");
+    for (peer, ingress, egress) in [("10.1.1.1", true, false), ("192.168.1.1", false, true)] {
+        let v = c.table.verdict_both(ip(peer), p, TCP, 443);
+        assert_eq!(v.ingress.allows(), ingress, "from {peer}: {v:?}");
+        let v = c.table.verdict_both(p, ip(peer), TCP, 443);
+        assert_eq!(v.egress.allows(), egress, "to {peer}: {v:?}");
+    }
+}
+
+/// Nested blocks whose ranges all carry sets (no gap in between): one rule
+/// allows `0.0.0.0/0` on port 80, another 20,000 single addresses on port
+/// 22, so a map has 40,001 ranges and only two port sets. 30 pods whose
+/// sides differ (a rule without peers of their own) need 1.2 million ranges:
+/// the budget counts them, and the namespace fails closed; 20 fit.
+#[test]
+fn the_budget_counts_ranges_between_sets_too() {
+    let build = |k: usize| {
+        let peers: Vec<_> =
+            (0..20_000u32).map(|i| json!({"ipBlock": {"cidr": format!("{}/32", host(2 * i))}})).collect();
+        let mut policies = vec![egress_policy(
+            "a",
+            "nested",
+            json!([{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 80}]},
+                   {"to": peers, "ports": [{"port": 22}]}]),
+        )];
+        let mut pods = Vec::new();
+        for i in 0..k {
+            let mut p = pod("a", &format!("p{i}"), &format!("192.168.{}.{}", i >> 8, i & 255));
+            p.metadata.labels = Some([("id".to_string(), i.to_string())].into());
+            pods.push(p);
+            policies.push(
+                serde_json::from_value(json!({
+                    "metadata": {"namespace": "a", "name": format!("q{i}")},
+                    "spec": {"podSelector": {"matchLabels": {"id": i.to_string()}}, "policyTypes": ["Egress"],
+                             "egress": [{"ports": [{"port": 1_000 + i}]}]},
+                }))
+                .unwrap(),
+            );
+        }
+        policy_compiler::compile(&[ns("a")], &pods, &policies)
+    };
+    let fits = build(20);
+    assert_eq!(fits.table.stats().dropped_ipblock_namespaces, 0, "{:?}", fits.table.stats());
+    assert!(fits.table.stats().cidr_ranges > 20 * 40_000, "{:?}", fits.table.stats());
+    let v = fits.table.verdict_both(ip("192.168.0.3"), ip(&host(10)), TCP, 22);
+    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+    let past = build(30);
+    assert_eq!(past.table.stats().dropped_ipblock_namespaces, 1, "{:?}", past.table.stats());
+    assert!(past.table.stats().cidr_ranges < 100, "{:?}", past.table.stats());
+    let v = past.table.verdict_both(ip("192.168.0.3"), ip(&host(10)), TCP, 22);
+    assert!(matches!(v.egress, Side::Denied(_)), "{v:?}");
+}
+
+/// A namespace past its budget because of two sides; the pod of one of them
+/// leaves. A patch would still count that side (its identity stays until a
+/// full compile), so the pod change compiles in full, and the namespace's
+/// ipBlock rules apply again, as a full compile of the same pods says.
+#[test]
+fn a_pod_leaving_a_namespace_past_its_budget_compiles_in_full() {
+    use policy_compiler::{Compilation, DecisionTable, IncrementalCompiler, PodChange};
+    // Two pods, each selected by its own policy of 800 holed rules, one port each.
+    let holed = |name: &str, id: &str, first_port: u32| -> netv1::NetworkPolicy {
+        let rules: Vec<_> = (0..800u32)
+            .map(|i| {
+                json!({"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [format!("{}/32", host(i))]}}],
+                       "ports": [{"port": first_port + i}]})
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "a", "name": name},
+            "spec": {"podSelector": {"matchLabels": {"id": id}}, "policyTypes": ["Egress"], "egress": rules},
+        }))
+        .unwrap()
+    };
+    let mut pods = vec![pod("a", "p0", "10.0.0.1"), pod("a", "p1", "10.0.0.2")];
+    pods[0].metadata.labels = Some([("id".to_string(), "0".to_string())].into());
+    pods[1].metadata.labels = Some([("id".to_string(), "1".to_string())].into());
+    let c = policy_compiler::compile(&[ns("a")], &pods, &[holed("h0", "0", 1_000), holed("h1", "1", 2_000)]);
+    assert_eq!(c.table.stats().dropped_ipblock_namespaces, 1, "{:?}", c.table.stats());
+    let mut inc = IncrementalCompiler::new(c.cluster);
+    let how = inc.apply_pods(vec![PodChange { namespace: "a".into(), name: "p1".into(), pod: None }]);
+    assert!(matches!(how, Compilation::Full { .. }), "{how:?}");
+    let full = DecisionTable::compile(inc.cluster());
+    assert_eq!(full.stats().dropped_ipblock_namespaces, 0);
+    assert!(inc.table().budget_problems().is_empty());
+    let v = inc.table().verdict_both(ip("10.0.0.1"), ip("8.8.8.8"), TCP, 1_000);
+    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+}

@@ -326,6 +326,10 @@ impl IncrementalCompiler {
         };
         let before = data_bytes(&t);
         let (names, _) = self.patch_namespaces(&mut t, touched, &Rekey::default());
+        if let Some(reason) = past_budget(&t, &names) {
+            self.compact();
+            return Compilation::Full { reason };
+        }
         self.drop_empty_assumed();
         self.publish_patch(t, before);
         Compilation::Patched { namespaces: names }
@@ -580,6 +584,10 @@ impl IncrementalCompiler {
         } else {
             self.patch_namespaces(&mut t, touched, &rekey)
         };
+        if let Some(reason) = past_budget(&t, &namespaces) {
+            self.compact();
+            return Compilation::Full { reason };
+        }
         self.drop_empty_assumed();
         t.stats.pods = self.cluster.pods.len();
         t.stats.pod_ips = t.addr_v4.len() + t.addr_v6.len();
@@ -640,6 +648,10 @@ impl IncrementalCompiler {
         } else {
             self.patch_namespaces(&mut t, touched, &rekey)
         };
+        if let Some(reason) = past_budget(&t, &namespaces) {
+            self.compact();
+            return Compilation::Full { reason };
+        }
         self.publish_patch(t, before);
         Compilation::NamespacesPatched { changed, namespaces, rekeyed }
     }
@@ -782,6 +794,10 @@ impl IncrementalCompiler {
     /// `ch` cannot be patched into `t`.
     fn check_pod(&self, t: &DecisionTable, ch: &PodChange) -> Result<Option<PodIdentity>, String> {
         let key = format!("{}/{}", ch.namespace, ch.name);
+        // A pod leaving may bring its namespace back under the budget (see `past_budget`).
+        if t.ipblock_dropped.iter().any(|(n, _)| *n == ch.namespace) {
+            return Err(format!("namespace {} is past its ipBlock budget", ch.namespace));
+        }
         let at = self.pod_index(&ch.namespace, &ch.name);
         let old = at.ok().map(|i| (&self.cluster.pods[i], self.table_pods[i]));
         let mut identity = None;
@@ -1107,6 +1123,16 @@ fn range_of<T>(v: &[T], ns: &str, key: impl Fn(&T) -> &String) -> std::ops::Rang
 
 /// Bytes of the arrays a patch appends to (by length, not capacity).
 /// Heap bytes of an alias: its entry, and each label's strings and tree node.
+/// A rebuilt namespace past its ipBlock budget: the reason to compile in
+/// full instead. A patch counts the sides of identities whose pods have all
+/// left (a full compile drops those identities), so it may find a namespace
+/// past its budget where a full compile would not; the other way round
+/// cannot happen, so a patch that fits is exact.
+fn past_budget(t: &DecisionTable, rebuilt: &[String]) -> Option<String> {
+    let ns = rebuilt.iter().find(|n| t.ipblock_dropped.iter().any(|(d, _)| d == *n))?;
+    Some(format!("namespace {ns} is past its ipBlock budget"))
+}
+
 fn alias_bytes(labels: &Labels) -> usize {
     std::mem::size_of::<(u32, u32, Labels)>()
         + labels.iter().map(|(k, v)| k.len() + v.len() + 2 * std::mem::size_of::<String>()).sum::<usize>()
@@ -1123,7 +1149,7 @@ fn data_bytes(t: &DecisionTable) -> usize {
         + t.side_policies.len() * 4
         + t.pods.len() * size_of::<PodEntry>()
         + t.named.len() * size_of::<NamedEntry>()
-        + t.ranges.bytes()
+        + t.ranges.data_bytes()
         + t.port_indexes.iter().map(|i| i.bytes()).sum::<usize>()
 }
 

@@ -8,9 +8,10 @@
 //!  lookup: (map, address) ──bucket──▶ a few starts ──▶ value (0: no range)
 //! ```
 //!
-//! Each side gets its own map, built from its own rules only, so its size
-//! follows its own ipBlocks: another namespace's policy, however many
-//! `except` entries it has, adds nothing to it. A sweep visits each range
+//! Each side's maps are built from its own rules only (sides of one
+//! direction with the same rules share them), so their size follows its own
+//! ipBlocks: another namespace's policy, however many `except` entries it
+//! has, adds nothing to them. A sweep visits each range
 //! once and tells sets of active rules apart by a 128-bit Zobrist hash, so
 //! building a map costs its boundaries (sorted) plus the port sets it
 //! produces, never ranges times rules.
@@ -136,6 +137,13 @@ impl RangeMaps {
         self.starts.len()
     }
 
+    /// Bytes of the maps, by length (not capacity).
+    pub(super) fn data_bytes(&self) -> usize {
+        self.maps.len() * std::mem::size_of::<MapHeader>()
+            + self.starts.len() * 16
+            + (self.values.len() + self.lead.len()) * 4
+    }
+
     /// Heap bytes held.
     pub(super) fn bytes(&self) -> usize {
         self.maps.capacity() * std::mem::size_of::<MapHeader>()
@@ -192,8 +200,7 @@ pub(super) struct Sweep {
 /// a policy author could pick rules whose keys cancel out, and so give two
 /// different sets of rules one hash (and one address the other's port set).
 /// With secret keys, two different sets of one side collide with
-/// probability 2^-128, so a table is the same for the same input all but
-/// never.
+/// probability 2^-128: two compiles of the same input differ all but never.
 struct Keys(std::collections::hash_map::RandomState);
 
 impl Default for Keys {
