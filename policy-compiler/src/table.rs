@@ -17,6 +17,8 @@
 //! stored once, back to back in one array, each ended by a marker. Every set
 //! a side stores starts with the entries tested before it (rules without
 //! peers, then peers matching every pod), so one scan gives the first match.
+//! A set of more than 32 entries starts with a header naming its index
+//! (`table/port_index.rs`), which gives the same first match without a scan.
 //!
 //! Compile-time equivalence classes keep the table small:
 //! - *identity*: pods with the same namespace and labels (selectors cannot tell them apart);
@@ -28,7 +30,8 @@
 //!   one side, so a policy selecting many pods is expanded once;
 //! - *range*: addresses contained in the same set of a side's own `ipBlock`s
 //!   (after `except`); each side has its own range map per family
-//!   (`table/ranges.rs`), so one namespace's ipBlocks never split another's ranges.
+//!   (`table/ranges.rs`; sides of one direction with the same ipBlock policies
+//!   share it), so one namespace's ipBlocks never split another's ranges.
 //!
 //! A lookup is two IP hash probes, then per isolated side one read of the side
 //! entry, a one-word Bloom filter test, at most one probe of the side's own

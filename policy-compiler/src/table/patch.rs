@@ -1121,8 +1121,6 @@ fn range_of<T>(v: &[T], ns: &str, key: impl Fn(&T) -> &String) -> std::ops::Rang
     a..b
 }
 
-/// Bytes of the arrays a patch appends to (by length, not capacity).
-/// Heap bytes of an alias: its entry, and each label's strings and tree node.
 /// A rebuilt namespace past its ipBlock budget: the reason to compile in
 /// full instead. A patch counts the sides of identities whose pods have all
 /// left (a full compile drops those identities), so it may find a namespace
@@ -1133,11 +1131,13 @@ fn past_budget(t: &DecisionTable, rebuilt: &[String]) -> Option<String> {
     Some(format!("namespace {ns} is past its ipBlock budget"))
 }
 
+/// Heap bytes of an alias: its entry, and each label's strings and tree node.
 fn alias_bytes(labels: &Labels) -> usize {
     std::mem::size_of::<(u32, u32, Labels)>()
         + labels.iter().map(|(k, v)| k.len() + v.len() + 2 * std::mem::size_of::<String>()).sum::<usize>()
 }
 
+/// Bytes of the arrays a patch appends to (by length, not capacity).
 fn data_bytes(t: &DecisionTable) -> usize {
     use std::mem::size_of;
     (t.slots.len() + t.patch_slots.len()) * size_of::<Slot>()
