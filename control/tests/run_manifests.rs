@@ -657,3 +657,46 @@ fn status_and_metrics_can_require_a_bearer_token() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains(&format!("status_token_file {}: cannot read a token", missing.display())), "{err}");
 }
+
+/// A policy whose ipBlock rules expand past its namespace's budget (1,500
+/// rules, each with its own port and `0.0.0.0/0 except` a different
+/// address): the daemon enforces it with those rules allowing nothing, and
+/// says so in `/status` `invalid` and `portcullis_invalid_objects`; a
+/// smaller version clears both.
+#[test]
+fn a_policy_past_the_ipblock_budget_is_reported_by_the_daemon() {
+    let holed = |n: u32| {
+        let mut text = String::from(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: big, namespace: x}\n\
+             spec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n",
+        );
+        for i in 0..n {
+            text += &format!(
+                "  - to: [{{ipBlock: {{cidr: 0.0.0.0/0, except: [11.0.{}.{}/32]}}}}]\n    ports: [{{port: {}}}]\n",
+                i >> 8,
+                i & 255,
+                1000 + i
+            );
+        }
+        text
+    };
+    let d = start(&[("pods.yaml", PODS), ("big.yaml", &holed(1_500))]);
+    let invalid = |port: u16| -> Vec<String> {
+        status(port)["invalid"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+    };
+    wait_for("the policy counted", || status(d.port)["objects"]["NetworkPolicy"] == 1);
+    let found = invalid(d.port);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("NetworkPolicy x/big: spec.egress: the ipBlock rules of namespace x's"),
+        "{found:?}"
+    );
+    assert_eq!(status(d.port)["table"]["dropped_ipblock_namespaces"], 1);
+    let body = get(d.port, "/metrics").unwrap().2;
+    assert_eq!(metric(&body, "portcullis_invalid_objects"), Some(1.0), "{body}");
+    std::fs::write(d.dir.join("big.yaml"), holed(100)).unwrap();
+    wait_for("the report cleared", || invalid(d.port).is_empty());
+    assert_eq!(status(d.port)["table"]["dropped_ipblock_namespaces"], 0);
+    let body = get(d.port, "/metrics").unwrap().2;
+    assert_eq!(metric(&body, "portcullis_invalid_objects"), Some(0.0), "{body}");
+}
