@@ -19,7 +19,8 @@
 //! `ports ENTRIES NAMED` times a denied lookup against a long port list: a
 //! pod declaring NAMED named ports (TCP 20000 + i), and a rule allowing its
 //! client ENTRIES ports, half of them names the pod declares, half numbers;
-//! the client asks for a port none of them allows, so every entry is tried.
+//! the client asks for a port none of them allows, so a scan would try
+//! every entry.
 //!
 //! `namespace PODS POLICIES` creates 20 namespaces, one after the other,
 //! each labelled like the generated ones (so namespace selectors of other

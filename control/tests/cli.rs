@@ -963,7 +963,7 @@ fn a_newer_clusters_fields_are_warned_about_once_per_field() {
 /// A policy whose ipBlock rules expand past the compiler's budget (1,500
 /// rules, each with its own port and `0.0.0.0/0 except` a different
 /// address) is an error naming it, with its file and line; with
-/// `--allow-invalid` its ipBlock rules allow nothing (fail closed).
+/// `--allow-invalid` its ipBlock peers match nothing (fail closed).
 #[test]
 fn an_ipblock_policy_past_the_budget_is_refused_unless_allowed_and_then_fails_closed() {
     let mut text = String::from(
@@ -988,7 +988,7 @@ fn an_ipblock_policy_past_the_budget_is_refused_unless_allowed_and_then_fails_cl
         e.contains("document 2 (line 6), line 12: NetworkPolicy x/big: spec.egress: the ipBlock rules of namespace x's"),
         "{e}"
     );
-    assert!(e.contains("allow nothing (fail closed)"), "{e}");
+    assert!(e.contains("ipBlock peers match nothing (fail closed)"), "{e}");
     let o = run(&["query", "-s", f, "--allow-invalid", "--from", "x/a", "--to", "8.8.8.8", "--port", "1000"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).starts_with("DENY"), "fail-closed: {}", stdout(&o));

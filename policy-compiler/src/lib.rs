@@ -61,7 +61,9 @@ pub struct Compiled {
     pub cluster: Cluster,
     /// The table.
     pub table: DecisionTable,
-    /// Invalid objects (errors; policies among them are enforced fail-closed) and warnings.
+    /// Invalid objects (errors; policies among them are enforced fail-closed),
+    /// policies past their namespace's ipBlock budget (errors; their ipBlock
+    /// peers match nothing), and warnings.
     pub problems: Vec<Problem>,
 }
 

@@ -34,11 +34,13 @@
 //!   share it), so one namespace's ipBlocks never split another's ranges.
 //!
 //! A lookup is two IP hash probes, then per isolated side one read of the side
-//! entry, a one-word Bloom filter test, at most one probe of the side's own
-//! open-addressing table (usually one cache line) and the scan of the few
-//! port entries found: no step depends on the number of policies or pods
-//! (an address inside an ipBlock is found in the side's range map by a
-//! bucket index, a binary search only within a crowded bucket). [`DecisionTable::verdict`] checks
+//! entry, a one-word Bloom filter test, one probe of the side's own
+//! open-addressing table (usually one cache line; a second one, for the
+//! range map, when a pod peer inside an ipBlock is not allowed by the first)
+//! and the scan of the few port entries found: no step depends on the number
+//! of policies or pods (an address inside an ipBlock is found in the side's
+//! range map by scanning its few ranges, or, in a map of more than 8, by a
+//! bucket index and a binary search only within a crowded bucket). [`DecisionTable::verdict`] checks
 //! the destination's ingress side first and stops when it denies;
 //! [`DecisionTable::verdict_both`] always checks both. See `docs/architecture.md`.
 
@@ -252,13 +254,14 @@ struct SideInfo {
 /// 1 IPv6), whose slot's `set` is the side's range map of that family.
 const CIDR_KEY: u32 = 1 << 31;
 /// What one namespace's range maps may cost: their ranges plus the entries
-/// of their distinct port sets (before interning), about 20 bytes each, so
-/// about 20 MB. A map costs its side's ipBlock boundaries plus one port set
-/// per distinct combination of its rules that contain some address; only
-/// rules with different ports whose blocks overlap with distinct holes
-/// (`0.0.0.0/0 except` a different address each), or hundreds of thousands
-/// of boundaries, come near it. Sides with the same ipBlock rules (and the
-/// same rules without peers) share their maps and are counted once.
+/// of their distinct port sets (before interning). A range costs about 28
+/// bytes, an entry 20 plus up to 36 for a long set's index: at most about
+/// 60 MB. A map costs its side's ipBlock boundaries plus one port set per
+/// distinct combination of its rules that contain some address; rules with
+/// different ports whose blocks overlap with distinct holes (`0.0.0.0/0
+/// except` a different address each), hundreds of thousands of boundaries,
+/// or many sides whose maps differ, each with a policy of many boundaries,
+/// come near it. Sides sharing a map ([`RangeKey`]) count once.
 const NAMESPACE_RANGE_BUDGET: usize = 1 << 20;
 /// `SideEntry::table` with this bit: the table is in `patch_slots`.
 const PATCHED: u32 = 1 << 31;
@@ -327,15 +330,15 @@ pub struct TableStats {
     pub peer_groups: usize,
     /// Distinct port sets (after interning).
     pub port_sets: usize,
-    /// Port entries over all port sets (end markers not counted).
+    /// Port entries over all port sets (end markers and index headers not counted).
     pub port_entries: usize,
     /// Port sets of more than 32 entries, looked up through an index rather
     /// than scanned.
     pub indexed_port_sets: usize,
     /// Distinct ipBlocks.
     pub ip_blocks: usize,
-    /// Address ranges of the sides' ipBlock maps (each map's first range
-    /// included, which holds the addresses below its first block).
+    /// Address ranges of the sides' ipBlock maps (each map's first range,
+    /// from address 0, included).
     pub cidr_ranges: usize,
     /// Namespaces whose ipBlock rules were left out, allowing nothing, for
     /// expanding beyond the budget ([`DecisionTable::budget_problems`]).
@@ -673,9 +676,10 @@ impl DecisionTable {
                     field: field.to_string(),
                     message: format!(
                         "the ipBlock rules of namespace {namespace}'s policies expand to more than \
-                         {NAMESPACE_RANGE_BUDGET} address ranges and port entries; in this namespace they \
-                         allow nothing (fail closed), its other rules still apply. Merge rules that \
-                         differ only in their `except` entries, or use fewer ports per holed block"
+                         {NAMESPACE_RANGE_BUDGET} address ranges and port entries; in this namespace their \
+                         ipBlock peers match nothing (fail closed), selector peers and other rules still \
+                         apply. Merge rules that differ only in their `except` entries, or use fewer ports \
+                         per holed block"
                     ),
                 });
             }

@@ -133,7 +133,7 @@ fn one_namespaces_excepts_do_not_grow_the_others_maps() {
 /// n rules, each with its own port and `0.0.0.0/0 except <a distinct
 /// /32>`: inside hole i, every rule but rule i allows, so the side has n
 /// port sets of n - 1 entries. Past the budget the namespace's ipBlock
-/// rules are left out: they allow nothing (fail closed), the policy is
+/// rules are left out: their peers match nothing (fail closed), the policy is
 /// reported as an error, and other namespaces are untouched.
 #[test]
 fn a_namespace_past_the_budget_fails_closed_and_is_reported() {

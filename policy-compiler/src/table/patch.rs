@@ -16,7 +16,8 @@
 //!                                                     whose peers start or stop seeing it
 //!  anything else (an address two pods claim, a new ipBlock or port name, new
 //!  labels on a namespace where pod patches paired label sets, rebuilds of
-//!  over a quarter of a large cluster's namespaces) ──▶ full compile
+//!  over a quarter of a large cluster's namespaces, a rebuilt namespace past
+//!  its ipBlock budget, a pod change in one) ──▶ full compile
 //! ```
 //!
 //! Why a policy patch is exact: a policy only selects pods of its own
@@ -1137,7 +1138,8 @@ fn alias_bytes(labels: &Labels) -> usize {
         + labels.iter().map(|(k, v)| k.len() + v.len() + 2 * std::mem::size_of::<String>()).sum::<usize>()
 }
 
-/// Bytes of the arrays a patch appends to (by length, not capacity).
+/// Bytes of the arrays a patch appends to (by length, not capacity; port
+/// indexes, never grown, by their heap bytes).
 fn data_bytes(t: &DecisionTable) -> usize {
     use std::mem::size_of;
     (t.slots.len() + t.patch_slots.len()) * size_of::<Slot>()

@@ -4,8 +4,9 @@
 //!  a side's ipBlock rules ──sweep──▶ ranges of one family, each with the
 //!  (IpBlock, rule) pairs        set of rules whose blocks contain it
 //!                               ──value(rules)──▶ a port set per range
-//!                               ──▶ RangeMaps: starts, values, bucket index
-//!  lookup: (map, address) ──bucket──▶ a few starts ──▶ value (0: no range)
+//!                               ──▶ RangeMaps: starts, values, and for a map
+//!                                   of more than 8 ranges a bucket index
+//!  lookup: (map, address) ──scan, or bucket──▶ a few starts ──▶ value (0: no range)
 //! ```
 //!
 //! Each side's maps are built from its own rules only (sides of one
@@ -32,7 +33,7 @@ pub(super) struct RangeMaps {
     /// Each map's bucket index (maps of more than [`SCANNED`] ranges):
     /// `lead[b]` (relative to the map's first start) is the first start at
     /// or above bucket `b`'s first address (the addresses whose top `k` bits
-    /// are `b`), for `2^k + 1` buckets, the last one `len`.
+    /// are `b`): `2^k` buckets, then one more entry, `len`.
     lead: Vec<u32>,
 }
 
