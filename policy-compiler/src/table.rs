@@ -1542,6 +1542,14 @@ fn pod_entry(
     PodEntry { sides, block_bit: block << 6 | bit, named: first }
 }
 
+/// `src` into `dst`'s buffer, with room to grow: what a patch appends to
+/// then seldom moves.
+fn copy_with_room<T: Clone>(dst: &mut Vec<T>, src: &[T]) {
+    dst.clear();
+    dst.reserve(src.len() + src.len() / 16 + 64);
+    dst.extend_from_slice(src);
+}
+
 /// Is `ip` inside some ipBlock of [ingress, egress] rules? (`in_blocks`: a
 /// table's maps of where they lie.)
 fn in_blocks_of(in_blocks: &RangeMaps, ip: IpAddr) -> [bool; 2] {

@@ -1159,11 +1159,7 @@ fn data_bytes(t: &DecisionTable) -> usize {
 /// arrays a patch appends to get room to grow without moving again; the
 /// parts a patch never changes are shared.
 fn copy_to_patch(t: &DecisionTable, into: Option<DecisionTable>) -> DecisionTable {
-    fn room<T: Clone>(dst: &mut Vec<T>, src: &[T]) {
-        dst.clear();
-        dst.reserve(src.len() + src.len() / 16 + 64);
-        dst.extend_from_slice(src);
-    }
+    use super::copy_with_room as room;
     // The empty table's buffers are tiny: a first patch allocates afresh.
     let mut out = into.unwrap_or_default();
     out.addr_v4.clone_from(&t.addr_v4);

@@ -162,11 +162,7 @@ impl RangeMaps {
 
     /// `src`'s arrays into `self`'s buffers, with room to grow.
     pub(super) fn copy_with_room(&mut self, src: &RangeMaps) {
-        fn room<T: Clone>(dst: &mut Vec<T>, src: &[T]) {
-            dst.clear();
-            dst.reserve(src.len() + src.len() / 16 + 64);
-            dst.extend_from_slice(src);
-        }
+        use super::copy_with_room as room;
         room(&mut self.maps, &src.maps);
         room(&mut self.starts, &src.starts);
         room(&mut self.values, &src.values);
