@@ -183,11 +183,15 @@ impl Enforcer {
         } else {
             // Pod ports are pod ports from the start: until the first table
             // says their addresses, ARP and ND from them may speak for none
-            // (probes from 0.0.0.0 and ::, and link-local ND, still pass).
+            // (probes from 0.0.0.0 and ::, and link-local ND, still pass; ND to
+            // the node's addresses too, which are on the link).
             let pods: Vec<_> =
                 cfg.ports.iter().map(|p| p.pod.as_ref().map(|_| PodAddrs::default())).collect();
             let epochs = pods.iter().map(|p| if p.is_some() { 1 } else { 0 }).collect();
-            PublishedTable::fail_closed().with_addresses(Addresses::new(pods, Vec::new()).with_epochs(epochs))
+            let addresses = Addresses::new(pods, cfg.node_addresses.clone())
+                .with_node_ports(cfg.ports.iter().map(|p| p.node).collect())
+                .with_epochs(epochs);
+            PublishedTable::fail_closed().with_addresses(addresses)
         };
         let port_epochs = (0..cfg.ports.len())
             .map(|p| {

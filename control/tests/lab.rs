@@ -50,7 +50,12 @@ impl Lab {
     /// Brings the xyz model up; `None` (after printing why) when the machine
     /// cannot run it.
     fn up(tag: &str) -> Option<Lab> {
-        if dataplane::testing::root::skip(&["ethtool", "ping"]) {
+        Lab::up_needing(tag, &[])
+    }
+
+    /// [`Lab::up`] for a test that also runs `tools`.
+    fn up_needing(tag: &str, tools: &[&str]) -> Option<Lab> {
+        if dataplane::testing::root::skip(&[&["ethtool", "ping"], tools].concat()) {
             return None;
         }
         let serial = serial();
@@ -281,6 +286,67 @@ fn a_pod_cannot_send_with_an_address_that_is_not_its_own() {
     // x/c with its own address is still x/c: not let in.
     assert!(!lab.ping("x/c", "x/a", 4));
     assert!(lab.ping("x/c", "x/b", 4), "x/c's own traffic passes");
+}
+
+/// The lab dataplane's drop counter `reason`, as of a snapshot taken after
+/// this call began (the dataplane writes one a second).
+fn drops(lab: &Lab, reason: &str) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let t = std::time::Instant::now();
+    while !lab.dir.join("counters.json").exists() {
+        assert!(t.elapsed().as_secs() < 10, "no counters written");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let counters: serde_json::Value = serde_json::from_str(&lab.ok(&["counters"])).unwrap();
+    counters["pipeline"]["drops"][reason].as_u64().unwrap_or(0)
+}
+
+/// Sends one hand-made neighbour solicitation from `pod`'s eth0 (its own MAC
+/// and IPv6 address, hop limit 255) to `dst`, at a MAC no station has.
+fn solicit(lab: &Lab, pod: &str, dst: &str) {
+    const SEND: &str = r#"
+import socket, sys
+mac = bytes.fromhex(open('/sys/class/net/eth0/address').read().strip().replace(':', ''))
+src, dst = (socket.inet_pton(socket.AF_INET6, a) for a in sys.argv[1:3])
+icmp = bytes([135, 0, 0, 0, 0, 0, 0, 0]) + dst
+ip = bytes([0x60, 0, 0, 0]) + len(icmp).to_bytes(2, 'big') + bytes([58, 255]) + src + dst
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(('eth0', 0))
+s.send(bytes.fromhex('020000000099') + mac + b'\x86\xdd' + ip + icmp)
+"#;
+    let src = pod_ip(pod, 6).to_string();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.netns(pod), "python3", "-c", SEND, &src, dst])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn neighbour_discovery_passes_on_the_link_and_not_beyond() {
+    let Some(lab) = Lab::up_needing("n", &["python3"]) else { return };
+    // Egress of x/a denied: neighbour discovery passes without policy all the same.
+    lab.apply(&["deny-egress-x-a.yaml"], false);
+    // Forgotten neighbours: the ping makes the kernels solicit and answer.
+    for pod in ["x/a", "y/b"] {
+        let flush =
+            Command::new("ip").args(["-n", &lab.netns(pod), "neigh", "flush", "all"]).output().unwrap();
+        assert!(flush.status.success(), "{}", String::from_utf8_lossy(&flush.stderr));
+    }
+    assert!(lab.ping("y/b", "x/a", 6), "IPv6 ping y/b -> x/a, neighbours resolved anew");
+    assert_eq!(drops(&lab, "neighbour_off_link"), 0);
+    // To an address beyond the link (a receiver past the router, say), from
+    // a pod whose egress is denied: dropped.
+    solicit(&lab, "x/a", "2001:db8:bad::1");
+    let t = std::time::Instant::now();
+    while drops(&lab, "neighbour_off_link") < 1 {
+        assert!(t.elapsed().as_secs() < 10, "no neighbour_off_link drop");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // To a neighbour in the pod's /64: on the link, passes.
+    solicit(&lab, "x/a", "fd00:78::99");
+    assert_eq!(drops(&lab, "neighbour_off_link"), 1);
+    assert!(lab.ping("y/b", "x/a", 6), "still reachable");
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //!  frame in on port p, p leads to pod P:
 //!    IP source not P's ─────────────────────────────▶ Drop(SpoofedSource)  (IPv6 link-local: Drop(LinkLocal))
 //!    ARP/ND speaking for an address not P's, RA, redirect ──▶ Drop(SpoofedSource)
+//!    ND addressed beyond the link (not ff02::/16, link-local, P's /64,
+//!      a local pod or the node) ─────────────────────▶ Drop(NeighbourOffLink)
 //!    ICMP error quoting a packet not addressed to P ──▶ Drop(SpoofedSource)
 //!    source MAC not the one p first spoke with, or live on another port,
 //!      or held by another pod port; any VLAN tag ──────────────────────▶ Drop(SpoofedSource)
@@ -32,6 +34,10 @@
 //! refused: otherwise a pod could answer for the gateway's address and
 //! make other pods send it their outside traffic (delivered by the checks
 //! above to the uplinks under the wrong MAC: lost, a denial of service).
+//! Neighbour discovery passes without policy, so from a pod's port it may
+//! be addressed only to the link ([`Addresses::neighbour_on_link`]): a
+//! router forwards whatever is addressed beyond, and a solicitation to an
+//! outside address would carry a pod's data past its egress policy.
 //! And a pod port speaks with one MAC, the first it used, never one that is
 //! live on another port or that another pod port speaks with, and never
 //! with a VLAN tag (a tag would pick the pod's VLAN on a trunk uplink, and a
@@ -323,6 +329,33 @@ impl Addresses {
     #[inline]
     pub fn is_node(&self, ip: IpAddr) -> bool {
         self.node.contains(&ip)
+    }
+
+    /// May neighbour discovery that `pod`'s port sent (`frame`) go where it
+    /// is addressed? ND passes without policy, and a router forwards a
+    /// packet addressed beyond the link whatever it carries, so ND is kept
+    /// to the link: link-scope multicast (`ff02::/16`: all-nodes,
+    /// all-routers, solicited-node), link-local unicast, and unicast to a
+    /// neighbour that may be on the link: an address in the pod's own /64
+    /// (pods of one node share a prefix), a local pod's, or the node's (the
+    /// gateway; a solicitation from its global address is answered there).
+    /// Out of line: ND is rare.
+    #[inline(never)]
+    pub fn neighbour_on_link(&self, pod: &PodAddrs, frame: &[u8]) -> bool {
+        let Some(dst) = parse::ipv6_destination(frame).map(Ipv6Addr::from) else {
+            return false;
+        };
+        if dst.is_multicast() {
+            // ff<flags><scope>: scope 2 is the link.
+            return dst.segments()[0] & 0xff0f == 0xff02;
+        }
+        if dst.is_unicast_link_local() {
+            return true;
+        }
+        let same_64 = |own: &IpAddr| matches!(own, IpAddr::V6(a) if a.octets()[..8] == dst.octets()[..8]);
+        pod.0[1].as_ref().is_some_and(same_64)
+            || self.is_pod_address(IpAddr::V6(dst))
+            || self.is_node(IpAddr::V6(dst))
     }
 
     /// Does `port` carry the node's own traffic (marked so, or, with no port

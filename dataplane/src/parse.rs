@@ -353,7 +353,8 @@ pub enum Class {
     /// it is read again by [`arp_sender`]: the common path carries nothing.)
     Arp,
     /// IPv6 neighbour discovery, ICMPv6 133..=137 with hop limit 255 (RFC 4861 §6-8):
-    /// forwarded without policy. (What a pod port checks: [`nd_facts`].)
+    /// forwarded without policy. (What a pod port checks: [`nd_facts`], and
+    /// that it stays on the link, `Addresses::neighbour_on_link`.)
     NeighbourDiscovery,
     /// IPv4 or IPv6: subject to policy.
     Ip(IpPacket),

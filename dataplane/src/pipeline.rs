@@ -8,6 +8,7 @@
 //!     │ port leads to a pod, IP/ARP/ND not for its own addresses,
 //!     │   MAC not its pinned one, VLAN tag; or an uplink's IP from a
 //!     │   local pod's address ──────────────────────────────────────────▶ Drop(SpoofedSource / LinkLocal)
+//!     │ port leads to a pod, ND addressed beyond the link ─────────────▶ Drop(NeighbourOffLink)
 //!     │ learn source MAC (switch mode; not one a pod port speaks with,
 //!     │   when it comes from a port with no pod)
 //!     ├─ ARP, IPv6 ND ───────────── no policy ─────────────────┐
@@ -57,7 +58,9 @@
 //! **ARP and neighbour discovery** pass without policy: without them no IP
 //! traffic, allowed or not, could be addressed. They pass even before the
 //! first table (fail-closed), so that pods can resolve neighbours as soon
-//! as policy arrives.
+//! as policy arrives. From a pod's port, ND must stay on the link (a router
+//! would carry it further, past the pod's egress policy):
+//! [`crate::addresses::Addresses::neighbour_on_link`].
 //!
 //! **Policy** is evaluated once per connection, on the conntrack miss, as
 //! `table.verdict(src, dst, proto, dst_port)` with port 0 for protocols
@@ -132,11 +135,17 @@ pub enum DropReason {
     /// source, other than neighbour discovery (multicast listener reports,
     /// say): pods talk with their own addresses.
     LinkLocal,
+    /// Neighbour discovery from a pod's port addressed beyond the link: to
+    /// an address that is not link-local, not link-scope multicast, not in
+    /// the pod's /64, and neither a local pod's nor the node's (see
+    /// [`crate::addresses::Addresses::neighbour_on_link`]). Such a message
+    /// would pass without policy, so it could carry data past an egress policy.
+    NeighbourOffLink,
 }
 
 impl DropReason {
     /// Number of counted kinds ([`DropReason::Parse`] is one kind).
-    pub const KINDS: usize = 12;
+    pub const KINDS: usize = 13;
 
     /// snake_case names of the kinds, in [`DropReason::kind`] order.
     pub const KIND_NAMES: [&'static str; Self::KINDS] = [
@@ -152,6 +161,7 @@ impl DropReason {
         "bad_port",
         "spoofed_source",
         "link_local",
+        "neighbour_off_link",
     ];
 
     /// Index of the kind, for counter arrays.
@@ -170,6 +180,7 @@ impl DropReason {
             DropReason::BadPort => 9,
             DropReason::SpoofedSource => 10,
             DropReason::LinkLocal => 11,
+            DropReason::NeighbourOffLink => 12,
         }
     }
 }
@@ -671,6 +682,9 @@ impl Pipeline {
         }
         if let Some(reason) = pod.refuses(&frame.class, bytes) {
             return Err(reason);
+        }
+        if matches!(frame.class, Class::NeighbourDiscovery) && !a.neighbour_on_link(pod, bytes) {
+            return Err(DropReason::NeighbourOffLink);
         }
         if self.pod_mac_ok(in_port, frame, now) {
             Ok(true)

@@ -126,11 +126,24 @@ pub fn arp_request(from: &Host, to: &Host) -> Vec<u8> {
 /// `from`'s MAC, IPv6 source `src`, to all nodes, with `target` (read for
 /// 135 and 136). The checksum is not computed: the dataplane does not check it.
 pub fn nd(from: &Host, kind: u8, src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
-    let mut v = vec![0x33, 0x33, 0, 0, 0, 1];
+    let all_nodes = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    nd_to(from, [0x33, 0x33, 0, 0, 0, 1], all_nodes, kind, src, target)
+}
+
+/// [`nd`] addressed to `dst` (IPv6) at `dst_mac`.
+pub fn nd_to(
+    from: &Host,
+    dst_mac: [u8; 6],
+    dst: [u8; 16],
+    kind: u8,
+    src: [u8; 16],
+    target: [u8; 16],
+) -> Vec<u8> {
+    let mut v = dst_mac.to_vec();
     v.extend_from_slice(&from.mac);
     v.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 24, 58, 255]);
     v.extend_from_slice(&src);
-    v.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    v.extend_from_slice(&dst);
     v.extend_from_slice(&[kind, 0, 0, 0, 0, 0, 0, 0]);
     v.extend_from_slice(&target);
     v

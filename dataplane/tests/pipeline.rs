@@ -719,6 +719,76 @@ fn a_pod_port_speaks_only_with_its_pods_addresses() {
 
 use dataplane::testing::nd;
 
+/// Neighbour discovery passes without policy, so from a pod's port it may go
+/// only to neighbours that can be on the link: otherwise a router would carry
+/// it (and whatever data it holds) beyond, past the pod's egress policy.
+#[test]
+fn neighbour_discovery_from_a_pod_stays_on_the_link() {
+    use dataplane::testing::nd_to;
+    let node: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let mut r = pod_ports_rig(vec![std::net::IpAddr::from(node)]);
+    let (c, o) = (r.client, r.other);
+    // The gateway, behind the port with no pod (3), learnt there.
+    let gw = Host::new(50);
+    assert_eq!(r.p.process(3, &testing::arp_request(&gw, &c), 0), Action::Flood);
+    let solicited: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 1];
+    let link_local: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let mut same_64 = o.ip6;
+    same_64[15] = 0x99;
+    let beyond: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0xba, 0xd0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let site_multicast: [u8; 16] = [0xff, 0x05, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let multicast_mac = [0x33, 0x33, 0, 0, 0, 1];
+    // On the link: the kernel's own solicitations and answers.
+    let ns = |dst_mac, dst| nd_to(&o, dst_mac, dst, 135, o.ip6, c.ip6);
+    let na = |dst_mac, dst| nd_to(&o, dst_mac, dst, 136, o.ip6, o.ip6);
+    assert_eq!(r.p.process(2, &ns(multicast_mac, solicited), 1), Action::Flood);
+    assert_eq!(
+        r.p.process(2, &ns(c.mac, c.ip6), 1),
+        Action::Forward(0),
+        "unreachability detection, to a pod"
+    );
+    assert_eq!(r.p.process(2, &na(c.mac, c.ip6), 1), Action::Forward(0), "an answer to a pod");
+    assert_eq!(
+        r.p.process(2, &na(gw.mac, link_local), 1),
+        Action::Forward(3),
+        "to the router's link-local address"
+    );
+    assert_eq!(r.p.process(2, &na(gw.mac, node), 1), Action::Forward(3), "to the node's global address");
+    assert_eq!(
+        r.p.process(2, &na(gw.mac, same_64), 1),
+        Action::Forward(3),
+        "to a neighbour in the pod's /64"
+    );
+    let rs = nd_to(
+        &o,
+        [0x33, 0x33, 0, 0, 0, 2],
+        [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+        133,
+        o.ip6,
+        [0; 16],
+    );
+    assert_eq!(r.p.process(2, &rs, 1), Action::Flood, "a router solicitation");
+    assert_eq!(r.p.counters().snapshot().drops["neighbour_off_link"], 0);
+    // Beyond the link: dropped, whatever the MAC, the message or the source.
+    let off = [
+        ns(gw.mac, beyond),
+        na(gw.mac, beyond),
+        nd_to(&o, gw.mac, beyond, 133, o.ip6, [0; 16]),
+        nd_to(&o, gw.mac, beyond, 135, link_local, c.ip6),
+        nd_to(&o, gw.mac, beyond, 135, [0; 16], o.ip6),
+        ns([0x33, 0x33, 0, 0, 0, 1], site_multicast),
+        ns(gw.mac, [0; 16]),
+    ];
+    for frame in &off {
+        assert_eq!(r.p.process(2, frame, 2), Action::Drop(DropReason::NeighbourOffLink));
+    }
+    assert_eq!(r.p.counters().snapshot().drops["neighbour_off_link"], off.len() as u64);
+    // The port with no pod (the uplink side) is not restricted.
+    let unknown_mac = [0x02, 0, 0, 0, 0, 0x77];
+    assert_eq!(r.p.process(3, &nd_to(&gw, unknown_mac, beyond, 135, gw.ip6, beyond), 3), Action::Flood);
+    assert_eq!(r.p.counters().snapshot().drops["neighbour_off_link"], off.len() as u64);
+}
+
 #[test]
 fn a_pod_port_receives_only_what_is_addressed_to_its_pod() {
     let mut r = pod_ports_rig(vec![]);
