@@ -12,6 +12,8 @@
 //!     queues: 2
 //!     node: false           # true: the port facing the node's own stack (see node_addresses)
 //! node_addresses: []     # the node's own addresses, e.g. [192.168.0.10] (also --node-address)
+//! link_prefixes: null    # IPv6 prefixes on the pods' link, e.g. ['fd00:10:244:1::/64'];
+//!                         # null: each pod's own /64 (neighbour discovery from pods stays there)
 //! workers: [2, 3]         # cores to pin workers to; worker i serves queue i of every port
 //!                         # bound on more than i queues; or `auto`: one worker per queue,
 //!                         # on the last cores of the daemon's cpuset
@@ -178,6 +180,39 @@ impl Default for ConntrackConfig {
     }
 }
 
+/// An IPv6 prefix, written `address/length` (host bits must be zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ipv6Prefix {
+    /// The prefix's address.
+    pub addr: std::net::Ipv6Addr,
+    /// Its length, 0 to 128.
+    pub len: u8,
+}
+
+impl TryFrom<String> for Ipv6Prefix {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let (addr, len) = s.split_once('/').ok_or(format!("{s:?} is not an IPv6 prefix (address/length)"))?;
+        let addr: std::net::Ipv6Addr =
+            addr.parse().map_err(|_| format!("{s:?}: {addr:?} is not an IPv6 address"))?;
+        let len: u8 =
+            len.parse().ok().filter(|l| *l <= 128).ok_or(format!("{s:?}: length must be 0 to 128"))?;
+        let host = if len == 128 { 0 } else { u128::MAX >> len };
+        if u128::from(addr) & host != 0 {
+            return Err(format!("{s:?}: host bits set past /{len}"));
+        }
+        Ok(Ipv6Prefix { addr, len })
+    }
+}
+
+impl From<Ipv6Prefix> for String {
+    fn from(p: Ipv6Prefix) -> String {
+        format!("{}/{}", p.addr, p.len)
+    }
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -226,6 +261,16 @@ pub struct Config {
     /// one of them into a pod is allowed even when the pod is isolated for ingress, as
     /// upstream specifies (kubelet probes). Default none.
     pub node_addresses: Vec<std::net::IpAddr>,
+    /// Switch mode: the IPv6 prefixes of the pods' link (this node's pod prefix; a
+    /// gateway's global address as a /128). Neighbour discovery passes without policy,
+    /// so from a pod's port it may be addressed only to the link: link-scope multicast,
+    /// link-local addresses, this node's pods, `node_addresses`, and these prefixes.
+    /// Default none (`null`): each pod's own /64, which suits a bridge-style pod
+    /// prefix of /64 and wider; where pods of other nodes share that /64 (per-node
+    /// prefixes of /80, /96, /120...), give this node's prefix, so that neighbour
+    /// discovery cannot be routed to them. `[]`: no global prefix at all (a gateway on a
+    /// link-local address, as many routed CNIs use). See docs/deployment.md.
+    pub link_prefixes: Option<Vec<Ipv6Prefix>>,
     /// A file holding a bearer token (a mounted Secret's key). When set, `/status` and
     /// `/metrics` answer only requests carrying `Authorization: Bearer <token>`;
     /// `/healthz` and `/readyz` stay open for the kubelet's probes. Read at start (it
@@ -349,6 +394,7 @@ impl Default for Config {
             policy_metrics: true,
             enforce: true,
             node_addresses: Vec::new(),
+            link_prefixes: None,
             status_token_file: None,
         }
     }
@@ -700,6 +746,22 @@ mod tests {
         assert!(err("mode: wire\nports: [{interface: a, pod: x/w}, {interface: b}]\n")
             .contains("pod is for mode switch"));
         assert!(err("node_addresses: [not-an-ip]\n").contains("node_addresses"));
+        // Prefixes of the pods' link: absent, empty, given; each mistake named.
+        assert_eq!(Config::parse("c.yaml", "mode: switch\n").unwrap().link_prefixes, None);
+        assert_eq!(Config::parse("c.yaml", "link_prefixes: []\n").unwrap().link_prefixes, Some(vec![]));
+        let c = Config::parse("c.yaml", "link_prefixes: ['fd00:10:244:1::/64', '2001:db8::1/128', '::/0']\n")
+            .unwrap();
+        let given: Vec<String> = c.link_prefixes.unwrap().into_iter().map(String::from).collect();
+        assert_eq!(given, ["fd00:10:244:1::/64", "2001:db8::1/128", "::/0"]);
+        for (bad, why) in [
+            ("fd00::", "not an IPv6 prefix"),
+            ("10.0.0.0/8", "is not an IPv6 address"),
+            ("fd00::/129", "length must be 0 to 128"),
+            ("fd00::1/64", "host bits set past /64"),
+        ] {
+            let e = err(&format!("link_prefixes: ['{bad}']\n"));
+            assert!(e.contains("link_prefixes") && e.contains(why), "{bad}: {e}");
+        }
         assert!(err("ports: [{interface: a, pod: x/w, node: true}]\n")
             .contains("leads to a pod or faces the node, not both"));
         let c = Config::parse("c.yaml", "ports: [{interface: a, node: true}]\n").unwrap();

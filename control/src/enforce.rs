@@ -50,10 +50,9 @@ pub struct Enforcer {
     ports: Vec<String>,
     workers: usize,
     waker: Waker,
-    /// The node's addresses, and the ports marked as facing the node, for
-    /// every published table.
-    node_addresses: Vec<std::net::IpAddr>,
-    node_ports: Vec<bool>,
+    /// What the configuration says of the node and the link, for every
+    /// published table.
+    link: LinkFacts,
     denied: Option<crossbeam_channel::Receiver<DeniedFlow>>,
     /// The cores the control threads may run on (those started after
     /// `cpus::keep_off_workers`, as `run` is), read at start.
@@ -175,23 +174,50 @@ pub fn dataplane_config(cfg: &Config) -> DataplaneConfig {
     }
 }
 
+/// What the configuration says of the node and the pods' link, given to the
+/// workers with every table (see `dataplane::addresses`).
+#[derive(Clone, Debug)]
+struct LinkFacts {
+    node_addresses: Vec<std::net::IpAddr>,
+    node_ports: Vec<bool>,
+    link_prefixes: Option<Vec<(std::net::Ipv6Addr, u8)>>,
+}
+
+impl LinkFacts {
+    fn of(cfg: &Config) -> Self {
+        LinkFacts {
+            node_addresses: cfg.node_addresses.clone(),
+            node_ports: cfg.ports.iter().map(|p| p.node).collect(),
+            link_prefixes: cfg.link_prefixes.as_ref().map(|v| v.iter().map(|p| (p.addr, p.len)).collect()),
+        }
+    }
+
+    /// `pods` behind the ports (with their `epochs`), and these facts.
+    fn addresses(&self, pods: Vec<Option<PodAddrs>>, epochs: Vec<u16>) -> Addresses {
+        Addresses::new(pods, self.node_addresses.clone())
+            .with_node_ports(self.node_ports.clone())
+            .with_link_prefixes(self.link_prefixes.clone())
+            .with_epochs(epochs)
+    }
+}
+
+/// The addresses of the fail-closed start-up table. Pod ports are pod ports
+/// from the start: until the first table says their addresses, ARP and ND
+/// from them may speak for none (probes from 0.0.0.0 and ::, and link-local
+/// ND, still pass), and ND from them stays on the link as it does later.
+fn start_up_addresses(cfg: &Config) -> Addresses {
+    let pods: Vec<_> = cfg.ports.iter().map(|p| p.pod.as_ref().map(|_| PodAddrs::default())).collect();
+    let epochs = pods.iter().map(|p| if p.is_some() { 1 } else { 0 }).collect();
+    LinkFacts::of(cfg).addresses(pods, epochs)
+}
+
 impl Enforcer {
     /// Opens the ports and starts the workers with the start-up table.
     pub fn start(cfg: &Config) -> Result<Arc<Enforcer>, StartError> {
         let first = if cfg.fail_open {
             PublishedTable::new(0, DecisionTable::default(), 1)
         } else {
-            // Pod ports are pod ports from the start: until the first table
-            // says their addresses, ARP and ND from them may speak for none
-            // (probes from 0.0.0.0 and ::, and link-local ND, still pass; ND to
-            // the node's addresses too, which are on the link).
-            let pods: Vec<_> =
-                cfg.ports.iter().map(|p| p.pod.as_ref().map(|_| PodAddrs::default())).collect();
-            let epochs = pods.iter().map(|p| if p.is_some() { 1 } else { 0 }).collect();
-            let addresses = Addresses::new(pods, cfg.node_addresses.clone())
-                .with_node_ports(cfg.ports.iter().map(|p| p.node).collect())
-                .with_epochs(epochs);
-            PublishedTable::fail_closed().with_addresses(addresses)
+            PublishedTable::fail_closed().with_addresses(start_up_addresses(cfg))
         };
         let port_epochs = (0..cfg.ports.len())
             .map(|p| {
@@ -224,8 +250,7 @@ impl Enforcer {
             tables,
             retired: Mutex::new(Retired::default()),
             ports: dcfg.ports,
-            node_addresses: cfg.node_addresses.clone(),
-            node_ports: cfg.ports.iter().map(|p| p.node).collect(),
+            link: LinkFacts::of(cfg),
             denied,
             control_cores: crate::cpus::current().unwrap_or_default(),
             port_epochs: Mutex::new(port_epochs),
@@ -253,9 +278,7 @@ impl Enforcer {
                 }
                 known.iter().map(|k| k.1).collect()
             };
-            let addresses = Addresses::new(pods, me.node_addresses.clone())
-                .with_node_ports(me.node_ports.clone())
-                .with_epochs(epochs);
+            let addresses = me.link.addresses(pods, epochs);
             let generation = p.generation;
             let table = PublishedTable::new(p.generation, p.table, me.workers).with_addresses(addresses);
             // Swapped under the lock, so a scrape sees the old table's hits
@@ -657,6 +680,33 @@ mod tests {
         r.trim();
         assert_eq!(r.tables.len(), HOLD_TABLES);
         assert_eq!(gens(&r), (12..20).collect::<Vec<_>>());
+    }
+
+    /// Before the first table, ND from a pod's port (which may speak only for
+    /// link-local addresses then) reaches the node's addresses and the link's
+    /// prefixes as it will later, and nothing beyond.
+    #[test]
+    fn the_start_up_table_keeps_neighbour_discovery_to_the_link() {
+        use dataplane::testing::{nd_to, Host};
+        let cfg = Config::parse(
+            "c.yaml",
+            "ports: [{interface: a, pod: x/w}, {interface: b, node: true}]\n\
+             node_addresses: ['2001:db8::10']\nlink_prefixes: ['fd00:1::/64']\n",
+        )
+        .unwrap();
+        let a = start_up_addresses(&cfg);
+        let pod = a.pod_at(0).copied().expect("port a leads to a pod from the start");
+        assert!(a.pod_at(1).is_none() && a.from_node("2001:db8::10".parse().unwrap(), 1));
+        let to = |dst: &str| {
+            let dst = dst.parse::<std::net::Ipv6Addr>().unwrap().octets();
+            let link_local = "fe80::5".parse::<std::net::Ipv6Addr>().unwrap().octets();
+            a.neighbour_on_link(
+                &pod,
+                &nd_to(&Host::new(1), [2, 0, 0, 0, 0, 9], dst, 135, link_local, [0; 16]),
+            )
+        };
+        assert!(to("2001:db8::10") && to("fd00:1::1") && to("fe80::1") && to("ff02::2"));
+        assert!(!to("2001:db8::11") && !to("fd00:2::1"));
     }
 
     #[test]

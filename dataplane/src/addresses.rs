@@ -5,8 +5,8 @@
 //!  frame in on port p, p leads to pod P:
 //!    IP source not P's ─────────────────────────────▶ Drop(SpoofedSource)  (IPv6 link-local: Drop(LinkLocal))
 //!    ARP/ND speaking for an address not P's, RA, redirect ──▶ Drop(SpoofedSource)
-//!    ND addressed beyond the link (not ff02::/16, link-local, P's /64,
-//!      a local pod or the node) ─────────────────────▶ Drop(NeighbourOffLink)
+//!    ND addressed beyond the link (not ff02::/16, link-local, a local pod,
+//!      the node, the link's prefixes: P's /64 by default) ──▶ Drop(NeighbourOffLink)
 //!    ICMP error quoting a packet not addressed to P ──▶ Drop(SpoofedSource)
 //!    source MAC not the one p first spoke with, or live on another port,
 //!      or held by another pod port; any VLAN tag ──────────────────────▶ Drop(SpoofedSource)
@@ -231,6 +231,9 @@ pub struct Addresses {
     /// Per port id: which pod this is ([`crate::pins`]): it changes when
     /// another pod comes behind the port, and only then.
     epochs: Vec<u16>,
+    /// IPv6 prefixes on the pods' link, as (address bits, length), for
+    /// [`Addresses::neighbour_on_link`]; `None`: each pod's own /64.
+    link_prefixes: Option<Vec<(u128, u8)>>,
 }
 
 impl Addresses {
@@ -253,7 +256,19 @@ impl Addresses {
         let pod_ports = ports.iter().any(Option::is_some);
         let node_from = ports.iter().map(Option::is_none).collect();
         let epochs = ports.iter().map(|a| a.as_ref().map_or(0, crate::pins::epoch)).collect();
-        Addresses { ports, owner, owner_filter, node, pod_ports, node_from, epochs }
+        Addresses { ports, owner, owner_filter, node, pod_ports, node_from, epochs, link_prefixes: None }
+    }
+
+    /// The IPv6 prefixes of the pods' link (this node's pod prefix, a
+    /// gateway's global address as a /128): neighbour discovery from a pod
+    /// may be addressed to them. `None` (the default): to the pod's own /64.
+    /// `Some(vec![])`: to none (link-local addresses, local pods and the
+    /// node's addresses remain). Host bits of a prefix are ignored.
+    pub fn with_link_prefixes(mut self, prefixes: Option<Vec<(Ipv6Addr, u8)>>) -> Self {
+        let mask = |len: u8| if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len.min(128))) };
+        self.link_prefixes = prefixes
+            .map(|v| v.into_iter().map(|(a, len)| (u128::from(a) & mask(len), len.min(128))).collect());
+        self
     }
 
     /// Grants the node's exemption only to connections arriving on the ports
@@ -335,11 +350,11 @@ impl Addresses {
     /// is addressed? ND passes without policy, and a router forwards a
     /// packet addressed beyond the link whatever it carries, so ND is kept
     /// to the link: link-scope multicast (`ff02::/16`: all-nodes,
-    /// all-routers, solicited-node), link-local unicast, and unicast to a
-    /// neighbour that may be on the link: an address in the pod's own /64
-    /// (pods of one node share a prefix), a local pod's, or the node's (the
-    /// gateway; a solicitation from its global address is answered there).
-    /// Out of line: ND is rare.
+    /// all-routers, solicited-node), link-local unicast, a local pod's
+    /// address, the node's, and the link's prefixes
+    /// ([`Addresses::with_link_prefixes`]; by default the pod's own /64,
+    /// where a bridge gateway's global address usually is: a solicitation
+    /// from that address is answered there). Out of line: ND is rare.
     #[inline(never)]
     pub fn neighbour_on_link(&self, pod: &PodAddrs, frame: &[u8]) -> bool {
         let Some(dst) = parse::ipv6_destination(frame).map(Ipv6Addr::from) else {
@@ -352,10 +367,13 @@ impl Addresses {
         if dst.is_unicast_link_local() {
             return true;
         }
-        let same_64 = |own: &IpAddr| matches!(own, IpAddr::V6(a) if a.octets()[..8] == dst.octets()[..8]);
-        pod.0[1].as_ref().is_some_and(same_64)
-            || self.is_pod_address(IpAddr::V6(dst))
-            || self.is_node(IpAddr::V6(dst))
+        let bits = u128::from(dst);
+        let within = |net: u128, len: u8| len == 0 || (bits ^ net) >> (128 - u32::from(len)) == 0;
+        let on_link = match &self.link_prefixes {
+            None => matches!(pod.0[1], Some(IpAddr::V6(own)) if within(u128::from(own), 64)),
+            Some(prefixes) => prefixes.iter().any(|&(net, len)| within(net, len)),
+        };
+        on_link || self.is_pod_address(IpAddr::V6(dst)) || self.is_node(IpAddr::V6(dst))
     }
 
     /// Does `port` carry the node's own traffic (marked so, or, with no port
@@ -381,6 +399,76 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// Where neighbour discovery from a pod may be addressed: each clause of
+    /// `neighbour_on_link` on its own, and the /64's exact width.
+    #[test]
+    fn neighbour_discovery_is_kept_to_the_link() {
+        use crate::testing::{nd_to, Host};
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let pod = PodAddrs::new([ip("fd00::1")]);
+        // A local pod outside the pod's /64, and the node outside it too.
+        let ports = vec![Some(pod), Some(PodAddrs::new([ip("fd00:0:0:7::5")])), None];
+        let a = Addresses::new(ports, vec![ip("2001:db8::10")]);
+        let to = |a: &Addresses, pod: &PodAddrs, dst: &str| {
+            let frame = nd_to(
+                &Host::new(1),
+                [2, 0, 0, 0, 0, 9],
+                v6(dst).octets(),
+                135,
+                v6("fd00::1").octets(),
+                [0; 16],
+            );
+            a.neighbour_on_link(pod, &frame)
+        };
+        for (dst, on_link) in [
+            ("ff02::1:ff00:5", true),            // solicited-node
+            ("ff12::1", true),                   // link scope, transient flag
+            ("ff01::1", false),                  // interface-local scope: no business on the wire
+            ("ff05::2", false),                  // site scope
+            ("ff0e::1", false),                  // global scope
+            ("fe80::1", true),                   // link-local
+            ("febf::1", true),                   // fe80::/10 still
+            ("fec0::1", false),                  // past it
+            ("fd00::ffff:ffff:ffff:ffff", true), // the pod's /64: its last address
+            ("fd00:0:0:1::", false),             // the next /64
+            ("fcff:ffff:ffff:ffff::1", false),   // the /64 before
+            ("fd00:0:0:7::5", true),             // a local pod, outside the /64
+            ("fd00:0:0:7::6", false),            // its neighbour is not
+            ("2001:db8::10", true),              // the node
+            ("2001:db8::11", false),
+            ("::", false),
+            ("::1", false),
+        ] {
+            assert_eq!(to(&a, &pod, dst), on_link, "{dst}");
+        }
+        // A pod without an IPv6 address has no /64.
+        let v4_only = PodAddrs::new([ip("10.0.0.1")]);
+        assert!(!to(&a, &v4_only, "fd00::2"));
+        assert!(to(&a, &v4_only, "fd00:0:0:7::5") && to(&a, &v4_only, "fe80::1"));
+        // Prefixes given replace the /64: a /80 per node, and a gateway's /128.
+        let given =
+            a.clone().with_link_prefixes(Some(vec![(v6("fd00::1:0:0:0"), 80), (v6("2001:db8:9::1"), 128)]));
+        for (dst, on_link) in [
+            ("fd00::1:0:0:5", true),
+            ("fd00::1:0:ffff:ffff", true),
+            ("fd00::2:0:0:5", false),
+            ("fd00::2", false), // in the pod's /64, not in the given prefixes
+            ("2001:db8:9::1", true),
+            ("2001:db8:9::2", false),
+            ("fd00:0:0:7::5", true), // local pods and the node stay
+            ("2001:db8::10", true),
+        ] {
+            assert_eq!(to(&given, &pod, dst), on_link, "{dst} with prefixes given");
+        }
+        // None given: only what is certainly on the link. Host bits are ignored.
+        let none = a.clone().with_link_prefixes(Some(vec![]));
+        assert!(
+            !to(&none, &pod, "fd00::2") && to(&none, &pod, "fe80::2") && to(&none, &pod, "fd00:0:0:7::5")
+        );
+        let sloppy = a.with_link_prefixes(Some(vec![(v6("fd00:0:0:9::77"), 64)]));
+        assert!(to(&sloppy, &pod, "fd00:0:0:9::1") && !to(&sloppy, &pod, "fd00:0:0:a::1"));
     }
 
     /// An ICMP error from a pod must quote a packet addressed to that pod (the

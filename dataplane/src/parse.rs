@@ -622,7 +622,10 @@ fn parse_ipv6(data: &[u8]) -> Result<Class, ParseError> {
     }
     // RFC 4861 §6.1.1, §7.1.1, §8.1: ND messages arrive with hop limit 255
     // (proof that they were not forwarded); RFC 6980 forbids fragmenting them.
-    if chain.proto == proto::ICMPV6 && fragment == Fragment::None && h.hop_limit() == 255 {
+    // Nor do they need extension headers: one behind a routing header would
+    // be addressed beyond its first hop, which is all a pod's port checks
+    // (`Addresses::neighbour_on_link`). With any, it is IP, judged by policy.
+    if h.next_header().0 == proto::ICMPV6 && h.hop_limit() == 255 {
         if let Some(133..=137) = chain.data.first() {
             // Still require the fixed ICMPv6 header.
             if chain.data.len() < 8 {
@@ -947,6 +950,14 @@ mod tests {
         let mut routed = ND_NS;
         routed[14 + 7] = 254;
         assert!(matches!(parse(&routed).unwrap().class, Class::Ip(IpPacket { l4: L4::IcmpOther, .. })));
+        // Nor is one behind an extension header (here a routing header, which
+        // would take it beyond the first hop its destination names): it is IP.
+        let mut behind = ND_NS[..14 + 40].to_vec();
+        behind[14 + 5] += 8; // payload length
+        behind[14 + 6] = 43; // next header: routing
+        behind.extend_from_slice(&[58, 0, 4, 0, 0, 0, 0, 0]);
+        behind.extend_from_slice(&ND_NS[14 + 40..]);
+        assert!(matches!(parse(&behind).unwrap().class, Class::Ip(IpPacket { l4: L4::IcmpOther, .. })));
         assert_eq!(parse(&ARP_REQ[..30]), Err(ParseError::ArpTruncated));
     }
 

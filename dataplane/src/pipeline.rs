@@ -137,7 +137,7 @@ pub enum DropReason {
     LinkLocal,
     /// Neighbour discovery from a pod's port addressed beyond the link: to
     /// an address that is not link-local, not link-scope multicast, not in
-    /// the pod's /64, and neither a local pod's nor the node's (see
+    /// the link's prefixes, and neither a local pod's nor the node's (see
     /// [`crate::addresses::Addresses::neighbour_on_link`]). Such a message
     /// would pass without policy, so it could carry data past an egress policy.
     NeighbourOffLink,
