@@ -197,8 +197,18 @@ impl TryFrom<String> for Ipv6Prefix {
         let (addr, len) = s.split_once('/').ok_or(format!("{s:?} is not an IPv6 prefix (address/length)"))?;
         let addr: std::net::Ipv6Addr =
             addr.parse().map_err(|_| format!("{s:?}: {addr:?} is not an IPv6 address"))?;
-        let len: u8 =
-            len.parse().ok().filter(|l| *l <= 128).ok_or(format!("{s:?}: length must be 0 to 128"))?;
+        let len: u8 = Some(len)
+            .filter(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) && !(l.len() > 1 && l.starts_with('0'))
+            })
+            .and_then(|l| l.parse().ok())
+            .filter(|l| (1..=128).contains(l))
+            .ok_or(format!(
+                "{s:?}: the length must be a number from 1 to 128 (/0 would reach every address)"
+            ))?;
+        if addr.to_ipv4_mapped().is_some() {
+            return Err(format!("{s:?}: an IPv4-mapped prefix (no pod's IPv6 neighbour is in it)"));
+        }
         let host = if len == 128 { 0 } else { u128::MAX >> len };
         if u128::from(addr) & host != 0 {
             return Err(format!("{s:?}: host bits set past /{len}"));
@@ -264,8 +274,9 @@ pub struct Config {
     /// Switch mode: the IPv6 prefixes of the pods' link (this node's pod prefix; a
     /// gateway's global address as a /128). Neighbour discovery passes without policy,
     /// so from a pod's port it may be addressed only to the link: link-scope multicast,
-    /// link-local addresses, this node's pods, `node_addresses`, and these prefixes.
-    /// Default none (`null`): each pod's own /64, which suits a bridge-style pod
+    /// link-local addresses, this node's pods, `node_addresses`, and these prefixes,
+    /// which replace the default (so include the gateway's global address if it is not
+    /// in them). Default none (`null`): each pod's own /64, which suits a bridge-style pod
     /// prefix of /64 and wider; where pods of other nodes share that /64 (per-node
     /// prefixes of /80, /96, /120...), give this node's prefix, so that neighbour
     /// discovery cannot be routed to them. `[]`: no global prefix at all (a gateway on a
@@ -493,6 +504,9 @@ impl Config {
                     p.interface, p.queues,
                 ));
             }
+        }
+        if self.mode == Mode::Wire && self.link_prefixes.is_some() {
+            return bad("link_prefixes is for mode switch (a wire's ports lead to no pod)".to_string());
         }
         let mut pods = std::collections::BTreeSet::new();
         for p in &self.ports {
@@ -749,19 +763,28 @@ mod tests {
         // Prefixes of the pods' link: absent, empty, given; each mistake named.
         assert_eq!(Config::parse("c.yaml", "mode: switch\n").unwrap().link_prefixes, None);
         assert_eq!(Config::parse("c.yaml", "link_prefixes: []\n").unwrap().link_prefixes, Some(vec![]));
-        let c = Config::parse("c.yaml", "link_prefixes: ['fd00:10:244:1::/64', '2001:db8::1/128', '::/0']\n")
-            .unwrap();
+        let c =
+            Config::parse("c.yaml", "link_prefixes: ['fd00:10:244:1::/64', '2001:db8::1/128', 'fd00::/8']\n")
+                .unwrap();
         let given: Vec<String> = c.link_prefixes.unwrap().into_iter().map(String::from).collect();
-        assert_eq!(given, ["fd00:10:244:1::/64", "2001:db8::1/128", "::/0"]);
+        assert_eq!(given, ["fd00:10:244:1::/64", "2001:db8::1/128", "fd00::/8"]);
         for (bad, why) in [
             ("fd00::", "not an IPv6 prefix"),
             ("10.0.0.0/8", "is not an IPv6 address"),
-            ("fd00::/129", "length must be 0 to 128"),
+            ("fd00::/129", "a number from 1 to 128"),
+            ("::/0", "a number from 1 to 128"),
+            ("fd00::/+64", "a number from 1 to 128"),
+            ("fd00::/064", "a number from 1 to 128"),
+            ("fd00::/ 64", "a number from 1 to 128"),
+            ("fd00::%eth0/64", "is not an IPv6 address"),
+            ("::ffff:10.0.0.0/104", "IPv4-mapped"),
             ("fd00::1/64", "host bits set past /64"),
         ] {
             let e = err(&format!("link_prefixes: ['{bad}']\n"));
             assert!(e.contains("link_prefixes") && e.contains(why), "{bad}: {e}");
         }
+        assert!(err("mode: wire\nports: [{interface: a}, {interface: b}]\nlink_prefixes: []\n")
+            .contains("link_prefixes is for mode switch"));
         assert!(err("ports: [{interface: a, pod: x/w, node: true}]\n")
             .contains("leads to a pod or faces the node, not both"));
         let c = Config::parse("c.yaml", "ports: [{interface: a, node: true}]\n").unwrap();

@@ -263,11 +263,11 @@ impl Addresses {
     /// gateway's global address as a /128): neighbour discovery from a pod
     /// may be addressed to them. `None` (the default): to the pod's own /64.
     /// `Some(vec![])`: to none (link-local addresses, local pods and the
-    /// node's addresses remain). Host bits of a prefix are ignored.
+    /// node's addresses remain). Host bits of a prefix are ignored; a
+    /// length past 128 is 128.
     pub fn with_link_prefixes(mut self, prefixes: Option<Vec<(Ipv6Addr, u8)>>) -> Self {
-        let mask = |len: u8| if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len.min(128))) };
-        self.link_prefixes = prefixes
-            .map(|v| v.into_iter().map(|(a, len)| (u128::from(a) & mask(len), len.min(128))).collect());
+        self.link_prefixes =
+            prefixes.map(|v| v.into_iter().map(|(a, len)| (u128::from(a), len.min(128))).collect());
         self
     }
 
@@ -467,8 +467,13 @@ mod tests {
         assert!(
             !to(&none, &pod, "fd00::2") && to(&none, &pod, "fe80::2") && to(&none, &pod, "fd00:0:0:7::5")
         );
-        let sloppy = a.with_link_prefixes(Some(vec![(v6("fd00:0:0:9::77"), 64)]));
+        let sloppy = a.clone().with_link_prefixes(Some(vec![(v6("fd00:0:0:9::77"), 64)]));
         assert!(to(&sloppy, &pod, "fd00:0:0:9::1") && !to(&sloppy, &pod, "fd00:0:0:a::1"));
+        // The extremes: /0 is every address, /128 (or more) one.
+        let all = a.clone().with_link_prefixes(Some(vec![(v6("::"), 0)]));
+        assert!(to(&all, &pod, "2001:db8:bad::1") && to(&all, &pod, "::1"));
+        let one = a.with_link_prefixes(Some(vec![(v6("2001:db8:9::1"), 200)]));
+        assert!(to(&one, &pod, "2001:db8:9::1") && !to(&one, &pod, "2001:db8:9::"));
     }
 
     /// An ICMP error from a pod must quote a packet addressed to that pod (the

@@ -6,6 +6,7 @@
 //!                                    ├─ 0x86dd ─▶ IPv6 (+ext headers) ──┼─▶ L4 ─▶ Class::Ip(IpPacket)
 //!                                    │                                   │   TCP / UDP / SCTP / ICMPv4 / ICMPv6
 //!                                    │             ICMPv6 133..=137 ─────┴─────▶ Class::NeighbourDiscovery
+//!                                    │             (hop limit 255, no extension header; behind one: Err)
 //!                                    └─ anything else ─────────────────────────▶ Class::Other(ether_type)
 //!  malformed or truncated anywhere ───────────────────────────────────────────▶ Err(ParseError)
 //! ```
@@ -151,11 +152,16 @@ pub enum ParseError {
     TinyFragment,
     /// An IPv6 header with an IPv4-mapped source or destination (RFC 4291 §2.5.5.2).
     Ipv6MappedAddress,
+    /// ICMPv6 neighbour discovery (133..=137, hop limit 255) behind an extension
+    /// header or fragmented. ND needs neither (RFC 6980 forbids fragments), and
+    /// passes without policy on checks of the headers a pod's port reads: one
+    /// behind a routing header would go beyond the destination checked.
+    NdExtensionHeader,
 }
 
 impl ParseError {
     /// Number of variants (size of a per-reason counter array).
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
 
     /// Every variant, in discriminant order.
     pub const ALL: [ParseError; Self::COUNT] = [
@@ -174,6 +180,7 @@ impl ParseError {
         ParseError::IcmpInnerMalformed,
         ParseError::TinyFragment,
         ParseError::Ipv6MappedAddress,
+        ParseError::NdExtensionHeader,
     ];
 
     /// Index into a per-reason counter array.
@@ -200,6 +207,7 @@ impl ParseError {
             ParseError::IcmpInnerMalformed => "icmp_inner_malformed",
             ParseError::TinyFragment => "tiny_fragment",
             ParseError::Ipv6MappedAddress => "ipv6_mapped_address",
+            ParseError::NdExtensionHeader => "nd_extension_header",
         }
     }
 }
@@ -352,7 +360,8 @@ pub enum Class {
     /// ARP (RFC 826): forwarded without policy. (What a pod port checks in
     /// it is read again by [`arp_sender`]: the common path carries nothing.)
     Arp,
-    /// IPv6 neighbour discovery, ICMPv6 133..=137 with hop limit 255 (RFC 4861 §6-8):
+    /// IPv6 neighbour discovery, ICMPv6 133..=137 with hop limit 255 and no
+    /// extension header (RFC 4861 §6-8; behind one: [`ParseError::NdExtensionHeader`]):
     /// forwarded without policy. (What a pod port checks: [`nd_facts`], and
     /// that it stays on the link, `Addresses::neighbour_on_link`.)
     NeighbourDiscovery,
@@ -622,11 +631,14 @@ fn parse_ipv6(data: &[u8]) -> Result<Class, ParseError> {
     }
     // RFC 4861 §6.1.1, §7.1.1, §8.1: ND messages arrive with hop limit 255
     // (proof that they were not forwarded); RFC 6980 forbids fragmenting them.
-    // Nor do they need extension headers: one behind a routing header would
-    // be addressed beyond its first hop, which is all a pod's port checks
-    // (`Addresses::neighbour_on_link`). With any, it is IP, judged by policy.
-    if h.next_header().0 == proto::ICMPV6 && h.hop_limit() == 255 {
+    if chain.proto == proto::ICMPV6 && h.hop_limit() == 255 {
         if let Some(133..=137) = chain.data.first() {
+            // Nor do they need extension headers. Behind a routing header one
+            // would be addressed beyond the destination a pod's port checks;
+            // classed as IP it would skip the checks of what it speaks for.
+            if h.next_header().0 != proto::ICMPV6 {
+                return Err(ParseError::NdExtensionHeader);
+            }
             // Still require the fixed ICMPv6 header.
             if chain.data.len() < 8 {
                 return Err(ParseError::IcmpTruncated);
@@ -950,14 +962,18 @@ mod tests {
         let mut routed = ND_NS;
         routed[14 + 7] = 254;
         assert!(matches!(parse(&routed).unwrap().class, Class::Ip(IpPacket { l4: L4::IcmpOther, .. })));
-        // Nor is one behind an extension header (here a routing header, which
-        // would take it beyond the first hop its destination names): it is IP.
-        let mut behind = ND_NS[..14 + 40].to_vec();
-        behind[14 + 5] += 8; // payload length
-        behind[14 + 6] = 43; // next header: routing
-        behind.extend_from_slice(&[58, 0, 4, 0, 0, 0, 0, 0]);
-        behind.extend_from_slice(&ND_NS[14 + 40..]);
-        assert!(matches!(parse(&behind).unwrap().class, Class::Ip(IpPacket { l4: L4::IcmpOther, .. })));
+        // One behind an extension header (a routing header would take it beyond
+        // the destination checked; hop-by-hop, destination options or a fragment
+        // header would make it IP, past the checks of what it speaks for) is refused.
+        for header in [43, 0, 60, 44] {
+            let mut behind = ND_NS[..14 + 40].to_vec();
+            behind[14 + 5] += 8; // payload length
+            behind[14 + 6] = header;
+            let ext = if header == 44 { [58, 0, 0, 0, 0, 0, 0, 1] } else { [58, 0, 4, 0, 0, 0, 0, 0] };
+            behind.extend_from_slice(&ext);
+            behind.extend_from_slice(&ND_NS[14 + 40..]);
+            assert_eq!(parse(&behind), Err(ParseError::NdExtensionHeader), "behind header {header}");
+        }
         assert_eq!(parse(&ARP_REQ[..30]), Err(ParseError::ArpTruncated));
     }
 

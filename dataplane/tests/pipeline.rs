@@ -783,6 +783,15 @@ fn neighbour_discovery_from_a_pod_stays_on_the_link() {
         assert_eq!(r.p.process(2, frame, 2), Action::Drop(DropReason::NeighbourOffLink));
     }
     assert_eq!(r.p.counters().snapshot().drops["neighbour_off_link"], off.len() as u64);
+    // Behind an extension header (hop-by-hop here) an advertisement for another
+    // pod's address would pass as IP from the pod's own address: refused.
+    let mut padded = na(multicast_mac, solicited);
+    padded[14 + 5] += 8;
+    padded[14 + 6] = 0;
+    padded.splice(14 + 40..14 + 40, [58, 0, 1, 4, 0, 0, 0, 0]);
+    padded[14 + 40 + 8 + 8..14 + 40 + 8 + 24].copy_from_slice(&c.ip6);
+    let refused = Action::Drop(DropReason::Parse(dataplane::parse::ParseError::NdExtensionHeader));
+    assert_eq!(r.p.process(2, &padded, 2), refused);
     // The port with no pod (the uplink side) is not restricted.
     let unknown_mac = [0x02, 0, 0, 0, 0, 0x77];
     assert_eq!(r.p.process(3, &nd_to(&gw, unknown_mac, beyond, 135, gw.ip6, beyond), 3), Action::Flood);
