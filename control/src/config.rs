@@ -13,7 +13,7 @@
 //!     node: false           # true: the port facing the node's own stack (see node_addresses)
 //! node_addresses: []     # the node's own addresses, e.g. [192.168.0.10] (also --node-address)
 //! link_prefixes: null    # IPv6 prefixes on the pods' link, e.g. ['fd00:10:244:1::/64'];
-//!                         # null: each pod's own /64 (neighbour discovery from pods stays there)
+//!                         # null: each pod's own /64 in switch mode, no check in mode wire
 //! workers: [2, 3]         # cores to pin workers to; worker i serves queue i of every port
 //!                         # bound on more than i queues; or `auto`: one worker per queue,
 //!                         # on the last cores of the daemon's cpuset
@@ -271,16 +271,19 @@ pub struct Config {
     /// one of them into a pod is allowed even when the pod is isolated for ingress, as
     /// upstream specifies (kubelet probes). Default none.
     pub node_addresses: Vec<std::net::IpAddr>,
-    /// Switch mode: the IPv6 prefixes of the pods' link (this node's pod prefix; a
-    /// gateway's global address as a /128). Neighbour discovery passes without policy,
-    /// so from a pod's port it may be addressed only to the link: link-scope multicast,
-    /// link-local addresses, this node's pods, `node_addresses`, and these prefixes,
-    /// which replace the default (so include the gateway's global address if it is not
-    /// in them). Default none (`null`): each pod's own /64, which suits a bridge-style pod
-    /// prefix of /64 and wider; where pods of other nodes share that /64 (per-node
-    /// prefixes of /80, /96, /120...), give this node's prefix, so that neighbour
-    /// discovery cannot be routed to them. `[]`: no global prefix at all (a gateway on a
-    /// link-local address, as many routed CNIs use). See docs/deployment.md.
+    /// The IPv6 prefixes of the pods' link (this node's pod prefix; a gateway's global
+    /// address as a /128). Neighbour discovery passes without policy, so it may be
+    /// addressed only to the link: link-scope multicast, link-local addresses, this
+    /// node's pods (switch mode), `node_addresses`, and these prefixes, which replace the
+    /// default (so include the gateway's global address if it is not in them).
+    /// Switch mode checks the ND of each port with a `pod`. Default none (`null`): each
+    /// pod's own /64, which suits a bridge-style pod prefix of /64 and wider; where pods
+    /// of other nodes share that /64 (per-node prefixes of /80, /96, /120...), give this
+    /// node's prefix, so that neighbour discovery cannot be routed to them. `[]`: no
+    /// global prefix at all (a gateway on a link-local address, as many routed CNIs use).
+    /// Mode wire (or switch mode with no `pod` on any port) checks every port's ND, in
+    /// both directions, only when these are given: give every prefix of the segment's
+    /// hosts and routers. See docs/deployment.md.
     pub link_prefixes: Option<Vec<Ipv6Prefix>>,
     /// A file holding a bearer token (a mounted Secret's key). When set, `/status` and
     /// `/metrics` answer only requests carrying `Authorization: Bearer <token>`;
@@ -504,9 +507,6 @@ impl Config {
                     p.interface, p.queues,
                 ));
             }
-        }
-        if self.mode == Mode::Wire && self.link_prefixes.is_some() {
-            return bad("link_prefixes is for mode switch (a wire's ports lead to no pod)".to_string());
         }
         let mut pods = std::collections::BTreeSet::new();
         for p in &self.ports {
@@ -783,8 +783,6 @@ mod tests {
             let e = err(&format!("link_prefixes: ['{bad}']\n"));
             assert!(e.contains("link_prefixes") && e.contains(why), "{bad}: {e}");
         }
-        assert!(err("mode: wire\nports: [{interface: a}, {interface: b}]\nlink_prefixes: []\n")
-            .contains("link_prefixes is for mode switch"));
         assert!(err("ports: [{interface: a, pod: x/w, node: true}]\n")
             .contains("leads to a pod or faces the node, not both"));
         let c = Config::parse("c.yaml", "ports: [{interface: a, node: true}]\n").unwrap();

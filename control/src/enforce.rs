@@ -701,12 +701,20 @@ mod tests {
             let dst = dst.parse::<std::net::Ipv6Addr>().unwrap().octets();
             let link_local = "fe80::5".parse::<std::net::Ipv6Addr>().unwrap().octets();
             a.neighbour_on_link(
-                &pod,
+                Some(&pod),
                 &nd_to(&Host::new(1), [2, 0, 0, 0, 0, 9], dst, 135, link_local, [0; 16]),
             )
         };
         assert!(to("2001:db8::10") && to("fd00:1::1") && to("fe80::1") && to("ff02::2"));
         assert!(!to("2001:db8::11") && !to("fd00:2::1"));
+        assert!(!a.checks_every_neighbour(), "a pod port: the other ports are not checked");
+        // A wire checks every port's ND once the segment's prefixes are given.
+        let wire = |extra: &str| {
+            let text = format!("mode: wire\nports: [{{interface: a}}, {{interface: b}}]\n{extra}");
+            start_up_addresses(&Config::parse("c.yaml", &text).unwrap())
+        };
+        assert!(wire("link_prefixes: ['fd00:1::/64']\n").checks_every_neighbour());
+        assert!(!wire("").checks_every_neighbour());
     }
 
     #[test]

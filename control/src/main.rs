@@ -354,6 +354,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !config.node_addresses.is_empty() {
                 tracing::info!(addresses = ?config.node_addresses, "node addresses: connections from them into pods are allowed");
             }
+            if config.mode == control::config::Mode::Wire && config.link_prefixes.is_none() && config.enforce
+            {
+                tracing::warn!(
+                    "mode wire without link_prefixes: IPv6 neighbour discovery crosses the wire unchecked \
+                     (it passes without policy, so a pod can address it beyond the link, past its egress \
+                     policy); give the segment's IPv6 prefixes in link_prefixes to keep it on the link"
+                );
+            }
             if let Some(n) = &args.node_name {
                 tracing::info!(node = %n, "node name");
             }

@@ -302,24 +302,10 @@ fn drops(lab: &Lab, reason: &str) -> u64 {
 }
 
 /// Sends one hand-made neighbour solicitation from `pod`'s eth0 (its own MAC
-/// and IPv6 address, hop limit 255) to `dst`, at a MAC no station has.
+/// and IPv6 address, hop limit 255) to `dst`.
 fn solicit(lab: &Lab, pod: &str, dst: &str) {
-    const SEND: &str = r#"
-import socket, sys
-mac = bytes.fromhex(open('/sys/class/net/eth0/address').read().strip().replace(':', ''))
-src, dst = (socket.inet_pton(socket.AF_INET6, a) for a in sys.argv[1:3])
-icmp = bytes([135, 0, 0, 0, 0, 0, 0, 0]) + dst
-ip = bytes([0x60, 0, 0, 0]) + len(icmp).to_bytes(2, 'big') + bytes([58, 255]) + src + dst
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind(('eth0', 0))
-s.send(bytes.fromhex('020000000099') + mac + b'\x86\xdd' + ip + icmp)
-"#;
     let src = pod_ip(pod, 6).to_string();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.netns(pod), "python3", "-c", SEND, &src, dst])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dataplane::testing::root::send_solicitation(&lab.netns(pod), "eth0", &src, dst).unwrap();
 }
 
 #[test]

@@ -37,7 +37,9 @@
 //! Neighbour discovery passes without policy, so from a pod's port it may
 //! be addressed only to the link ([`Addresses::neighbour_on_link`]): a
 //! router forwards whatever is addressed beyond, and a solicitation to an
-//! outside address would carry a pod's data past its egress policy.
+//! outside address would carry a pod's data past its egress policy. Where
+//! no port names a pod (a wire), the link's prefixes, when given, keep
+//! every port's ND on the link ([`Addresses::checks_every_neighbour`]).
 //! And a pod port speaks with one MAC, the first it used, never one that is
 //! live on another port or that another pod port speaks with, and never
 //! with a VLAN tag (a tag would pick the pod's VLAN on a trunk uplink, and a
@@ -263,7 +265,9 @@ impl Addresses {
     /// gateway's global address as a /128): neighbour discovery from a pod
     /// may be addressed to them. `None` (the default): to the pod's own /64.
     /// `Some(vec![])`: to none (link-local addresses, local pods and the
-    /// node's addresses remain). Host bits of a prefix are ignored; a
+    /// node's addresses remain). Given while no port leads to a pod (mode
+    /// wire), they make every port's ND stay on the link
+    /// ([`Addresses::checks_every_neighbour`]). Host bits of a prefix are ignored; a
     /// length past 128 is 128.
     pub fn with_link_prefixes(mut self, prefixes: Option<Vec<(Ipv6Addr, u8)>>) -> Self {
         self.link_prefixes =
@@ -346,6 +350,15 @@ impl Addresses {
         self.node.contains(&ip)
     }
 
+    /// Must neighbour discovery from every port stay on the link? When no
+    /// port leads to a pod (mode wire) and the link's prefixes were given:
+    /// pods then send from behind a port that names none of them, so their
+    /// ND is known only by where it goes.
+    #[inline]
+    pub fn checks_every_neighbour(&self) -> bool {
+        !self.pod_ports && self.link_prefixes.is_some()
+    }
+
     /// May neighbour discovery that `pod`'s port sent (`frame`) go where it
     /// is addressed? ND passes without policy, and a router forwards a
     /// packet addressed beyond the link whatever it carries, so ND is kept
@@ -356,7 +369,9 @@ impl Addresses {
     /// where a bridge gateway's global address usually is: a solicitation
     /// from that address is answered there). Out of line: ND is rare.
     #[inline(never)]
-    pub fn neighbour_on_link(&self, pod: &PodAddrs, frame: &[u8]) -> bool {
+    /// `pod`: the pod behind the port it came from, if one is (`None`: no
+    /// /64 of a pod's own to fall back on).
+    pub fn neighbour_on_link(&self, pod: Option<&PodAddrs>, frame: &[u8]) -> bool {
         let Some(dst) = parse::ipv6_destination(frame).map(Ipv6Addr::from) else {
             return false;
         };
@@ -370,7 +385,7 @@ impl Addresses {
         let bits = u128::from(dst);
         let within = |net: u128, len: u8| len == 0 || (bits ^ net) >> (128 - u32::from(len)) == 0;
         let on_link = match &self.link_prefixes {
-            None => matches!(pod.0[1], Some(IpAddr::V6(own)) if within(u128::from(own), 64)),
+            None => matches!(pod.and_then(|p| p.0[1]), Some(IpAddr::V6(own)) if within(u128::from(own), 64)),
             Some(prefixes) => prefixes.iter().any(|&(net, len)| within(net, len)),
         };
         on_link || self.is_pod_address(IpAddr::V6(dst)) || self.is_node(IpAddr::V6(dst))
@@ -420,7 +435,7 @@ mod tests {
                 v6("fd00::1").octets(),
                 [0; 16],
             );
-            a.neighbour_on_link(pod, &frame)
+            a.neighbour_on_link(Some(pod), &frame)
         };
         for (dst, on_link) in [
             ("ff02::1:ff00:5", true),            // solicited-node

@@ -11,6 +11,7 @@
 //!     │ port leads to a pod, ND addressed beyond the link ─────────────▶ Drop(NeighbourOffLink)
 //!     │ learn source MAC (switch mode; not one a pod port speaks with,
 //!     │   when it comes from a port with no pod)
+//!     ├─ IPv6 ND on a wire given link prefixes, addressed beyond ───────▶ Drop(NeighbourOffLink)
 //!     ├─ ARP, IPv6 ND ───────────── no policy ─────────────────┐
 //!     ├─ other EtherType ── forward_non_ip? ── no ─────────────┼────────▶ Drop(NonIp)
 //!     └─ IPv4/IPv6 ── table fail-closed? ── yes ───────────────┼────────▶ Drop(FailClosed)
@@ -584,6 +585,9 @@ impl Pipeline {
         }
         // By reference: binding the packet by value copied it out of the frame.
         let verdict = match &frame.class {
+            Class::NeighbourDiscovery if self.enforce && self.current.addresses.checks_every_neighbour() => {
+                self.neighbour_elsewhere_on_a_wire(bytes)
+            }
             Class::Arp | Class::NeighbourDiscovery => None,
             Class::Other(_) if self.forward_non_ip => None,
             Class::Other(_) => Some(DropReason::NonIp),
@@ -620,6 +624,15 @@ impl Pipeline {
             (L2::Flood, _) => Action::Flood,
             (L2::SamePort, _) => Action::Drop(DropReason::SamePort),
         }
+    }
+
+    /// ND crossing a port that names no pod, when every port's ND must stay
+    /// on the link (see [`Addresses::checks_every_neighbour`]). Out of line:
+    /// off the IP path.
+    #[inline(never)]
+    fn neighbour_elsewhere_on_a_wire(&self, bytes: &[u8]) -> Option<DropReason> {
+        let on_link = self.current.addresses.neighbour_on_link(None, bytes);
+        (!on_link).then_some(DropReason::NeighbourOffLink)
     }
 
     /// ARP or ND for pod port `p`'s MAC that is not for the pod: it goes
@@ -683,7 +696,7 @@ impl Pipeline {
         if let Some(reason) = pod.refuses(&frame.class, bytes) {
             return Err(reason);
         }
-        if matches!(frame.class, Class::NeighbourDiscovery) && !a.neighbour_on_link(pod, bytes) {
+        if matches!(frame.class, Class::NeighbourDiscovery) && !a.neighbour_on_link(Some(pod), bytes) {
             return Err(DropReason::NeighbourOffLink);
         }
         if self.pod_mac_ok(in_port, frame, now) {

@@ -386,6 +386,33 @@ pub mod root {
     use std::process::Command;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    /// Sends one hand-made IPv6 neighbour solicitation (hop limit 255) out of
+    /// `ifname` in network namespace `netns`, with the interface's MAC, IPv6
+    /// source `src`, to `dst` (also its target) at MAC `02:00:00:00:00:99`,
+    /// which no test station has. Needs `python3` (a raw `AF_PACKET` socket).
+    pub fn send_solicitation(netns: &str, ifname: &str, src: &str, dst: &str) -> Result<(), String> {
+        const SEND: &str = r#"
+import socket, sys
+ifname = sys.argv[1]
+mac = bytes.fromhex(open('/sys/class/net/%s/address' % ifname).read().strip().replace(':', ''))
+src, dst = (socket.inet_pton(socket.AF_INET6, a) for a in sys.argv[2:4])
+icmp = bytes([135, 0, 0, 0, 0, 0, 0, 0]) + dst
+ip = bytes([0x60, 0, 0, 0]) + len(icmp).to_bytes(2, 'big') + bytes([58, 255]) + src + dst
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((ifname, 0))
+s.send(bytes.fromhex('020000000099') + mac + b'\x86\xdd' + ip + icmp)
+"#;
+        let out = Command::new("ip")
+            .args(["netns", "exec", netns, "python3", "-c", SEND, ifname, src, dst])
+            .output()
+            .map_err(|e| format!("ip netns exec {netns} python3: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     /// The environment variable that turns a skipped root-only test into a failure.
     pub const REQUIRE: &str = "PORTCULLIS_REQUIRE_ROOT_TESTS";
 

@@ -798,6 +798,51 @@ fn neighbour_discovery_from_a_pod_stays_on_the_link() {
     assert_eq!(r.p.counters().snapshot().drops["neighbour_off_link"], off.len() as u64);
 }
 
+/// On a wire no port names a pod: with the link's prefixes given, ND crossing
+/// in either direction must be addressed to the link; without them it is not
+/// checked (the configuration warns).
+#[test]
+fn on_a_wire_neighbour_discovery_stays_on_the_link_once_prefixes_are_given() {
+    use dataplane::addresses::Addresses;
+    use dataplane::testing::nd_to;
+    let (h, router) = (Host::new(1), Host::new(2));
+    let segment: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let node: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+    let beyond: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0xba, 0xd0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let link_local: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let solicited: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 1];
+    let wire = |prefixes: Option<Vec<(std::net::Ipv6Addr, u8)>>| {
+        let cfg = PipelineConfig { mode: Mode::Wire, ..Default::default() };
+        let addresses =
+            Addresses::new(vec![None, None], vec![std::net::IpAddr::from(node)]).with_link_prefixes(prefixes);
+        rig_with(cfg, published(1, testing::client_server_table()).with_addresses(addresses))
+    };
+    let frames = |from: &Host| {
+        [
+            (nd_to(from, router.mac, router.ip6, 136, from.ip6, from.ip6), true), // an answer, in the prefix
+            (nd_to(from, router.mac, link_local, 135, from.ip6, link_local), true), // to a link-local router
+            (nd_to(from, [0x33, 0x33, 0xff, 0, 0, 1], solicited, 135, link_local, router.ip6), true),
+            (nd_to(from, router.mac, node, 135, link_local, node), true), // the node
+            (nd_to(from, router.mac, beyond, 135, from.ip6, beyond), false),
+            (nd_to(from, router.mac, beyond, 136, link_local, from.ip6), false),
+        ]
+    };
+    let mut checked = wire(Some(vec![(segment.into(), 64)]));
+    for (port, from) in [(0, h), (1, router)] {
+        for (i, (frame, on_link)) in frames(&from).into_iter().enumerate() {
+            let want =
+                if on_link { Action::Forward(1 - port) } else { Action::Drop(DropReason::NeighbourOffLink) };
+            assert_eq!(checked.p.process(port, &frame, 1), want, "port {port}, frame {i}");
+        }
+    }
+    assert_eq!(checked.p.counters().snapshot().drops["neighbour_off_link"], 4);
+    // Without prefixes, nothing is checked: a wire knows no pod's /64.
+    let mut unchecked = wire(None);
+    for (frame, _) in frames(&h) {
+        assert_eq!(unchecked.p.process(0, &frame, 1), Action::Forward(1));
+    }
+}
+
 #[test]
 fn a_pod_port_receives_only_what_is_addressed_to_its_pod() {
     let mut r = pod_ports_rig(vec![]);

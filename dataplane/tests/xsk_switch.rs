@@ -172,6 +172,55 @@ fn ping_through_wire_generic() {
     ping_through(AttachMode::Generic, Mode::Wire, "g");
 }
 
+/// On a wire given the segment's prefix, the kernels' own neighbour discovery
+/// crosses (an IPv6 ping resolves its peer) and a solicitation addressed
+/// beyond the segment does not: neighbour discovery passes without policy.
+#[test]
+fn on_a_wire_neighbour_discovery_stays_on_the_segment() {
+    use dataplane::addresses::Addresses;
+    if dataplane::testing::root::skip(&["ethtool", "ping", "python3"]) {
+        return;
+    }
+    let _lock = lock();
+    let prefix = format!("pcln{}", std::process::id() % 10000);
+    let pods = Pods::new(&prefix, false).expect("namespaces");
+    for i in 0..2 {
+        let addr = format!("fd00:99::{}/64", i + 1);
+        pods.exec(i, &["ip", "addr", "add", &addr, "dev", "eth0", "nodad"]).expect("IPv6 address");
+    }
+    let addresses = Addresses::new(vec![None, None], vec![])
+        .with_link_prefixes(Some(vec![("fd00:99::".parse().unwrap(), 64)]));
+    let compiled = policy_compiler::compile(&[], &[], &[]);
+    let table = PublishedTable::new(1, compiled.table, 1).with_addresses(addresses);
+    let cfg = DataplaneConfig {
+        ports: pods.ports(),
+        pipeline: PipelineConfig { mode: Mode::Wire, ..PipelineConfig::default() },
+        xsk: XskConfig { attach: AttachMode::Generic, copy: CopyMode::Copy, ..XskConfig::default() },
+        idle_poll_ms: 10,
+        ..DataplaneConfig::default()
+    };
+    let dp = Dataplane::start(&cfg, Arc::new(ArcSwap::from_pointee(table))).expect("dataplane start");
+    let off_link = |dp: &Dataplane| dp.pipeline_counters().drops["neighbour_off_link"];
+    let ping = pods.exec(0, &["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "fd00:99::2"]);
+    let before = off_link(&dp);
+    let sent = dataplane::testing::root::send_solicitation(
+        &format!("{prefix}-0"),
+        "eth0",
+        "fd00:99::1",
+        "2001:db8:bad::1",
+    );
+    let t = std::time::Instant::now();
+    while off_link(&dp) == before && t.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = off_link(&dp);
+    dp.shutdown();
+    let ping = ping.unwrap_or_else(|e| panic!("IPv6 ping across the wire failed: {e}"));
+    assert!(ping.contains("3 received"), "{ping}");
+    sent.expect("the solicitation was sent");
+    assert_eq!((before, after), (0, 1), "neighbour_off_link drops before and after the solicitation");
+}
+
 /// Per-port and pipeline counters equal what was sent: `N` pings of a known size
 /// between two quiet pods (no ARP, no IPv6), so every frame is accounted for.
 #[test]
