@@ -125,10 +125,11 @@ impl PodAddrs {
     /// Why a frame from this pod's port may not pass, if it may not: IP
     /// from an address that is not the pod's; ARP or neighbour discovery
     /// that speaks for an address that is not the pod's; router
-    /// advertisements and redirects (a pod is no router). `frame`: its
-    /// bytes, read again for ARP and ND.
+    /// advertisements and redirects (a pod is no router); neighbour discovery
+    /// addressed beyond the link (`link`: [`Addresses::neighbour_on_link`]).
+    /// `frame`: its bytes, read again for ARP and ND.
     #[inline]
-    pub fn refuses(&self, class: &Class, frame: &[u8]) -> Option<DropReason> {
+    pub fn refuses(&self, class: &Class, frame: &[u8], link: &Addresses) -> Option<DropReason> {
         let own_or_link_local = |a: Ipv6Addr| a.is_unicast_link_local() || self.contains(IpAddr::V6(a));
         let refused = match class {
             Class::Ip(pkt) => {
@@ -164,9 +165,13 @@ impl PodAddrs {
             Class::NeighbourDiscovery => match parse::nd_facts(frame) {
                 Some(nd) => {
                     let src = Ipv6Addr::from(nd.src);
-                    !(src.is_unspecified() || own_or_link_local(src))
+                    let spoofed = !(src.is_unspecified() || own_or_link_local(src))
                         || matches!(nd.kind, 134 | 137)
-                        || nd.kind == 136 && nd.target.is_some_and(|t| !own_or_link_local(Ipv6Addr::from(t)))
+                        || nd.kind == 136 && nd.target.is_some_and(|t| !own_or_link_local(Ipv6Addr::from(t)));
+                    if !spoofed && !link.neighbour_on_link(Some(self), frame) {
+                        return Some(DropReason::NeighbourOffLink);
+                    }
+                    spoofed
                 }
                 None => true,
             },
@@ -236,6 +241,8 @@ pub struct Addresses {
     /// IPv6 prefixes on the pods' link, as (address bits, length), for
     /// [`Addresses::neighbour_on_link`]; `None`: each pod's own /64.
     link_prefixes: Option<Vec<(u128, u8)>>,
+    /// [`Addresses::checks_ports`].
+    checks_ports: bool,
 }
 
 impl Addresses {
@@ -258,7 +265,18 @@ impl Addresses {
         let pod_ports = ports.iter().any(Option::is_some);
         let node_from = ports.iter().map(Option::is_none).collect();
         let epochs = ports.iter().map(|a| a.as_ref().map_or(0, crate::pins::epoch)).collect();
-        Addresses { ports, owner, owner_filter, node, pod_ports, node_from, epochs, link_prefixes: None }
+        let checks_ports = pod_ports;
+        Addresses {
+            ports,
+            owner,
+            owner_filter,
+            node,
+            pod_ports,
+            node_from,
+            epochs,
+            link_prefixes: None,
+            checks_ports,
+        }
     }
 
     /// The IPv6 prefixes of the pods' link (this node's pod prefix, a
@@ -272,6 +290,7 @@ impl Addresses {
     pub fn with_link_prefixes(mut self, prefixes: Option<Vec<(Ipv6Addr, u8)>>) -> Self {
         self.link_prefixes =
             prefixes.map(|v| v.into_iter().map(|(a, len)| (u128::from(a), len.min(128))).collect());
+        self.checks_ports = self.pod_ports || self.checks_every_neighbour();
         self
     }
 
@@ -357,6 +376,14 @@ impl Addresses {
     #[inline]
     pub fn checks_every_neighbour(&self) -> bool {
         !self.pod_ports && self.link_prefixes.is_some()
+    }
+
+    /// Does a frame's port need checking before the frame is learnt and
+    /// judged: does any port lead to a pod, or must every port's ND stay on
+    /// the link? (One test on the packet path.)
+    #[inline]
+    pub fn checks_ports(&self) -> bool {
+        self.checks_ports
     }
 
     /// May neighbour discovery that `pod`'s port sent (`frame`) go where it
@@ -514,8 +541,9 @@ mod tests {
                 fragment: Fragment::None,
             })
         };
-        assert_eq!(pod.refuses(&error(&a), &[]), None, "about a packet it was sent");
-        assert_eq!(pod.refuses(&error(&c), &[]), Some(DropReason::SpoofedSource), "about c's packet");
+        let link = Addresses::default();
+        assert_eq!(pod.refuses(&error(&a), &[], &link), None, "about a packet it was sent");
+        assert_eq!(pod.refuses(&error(&c), &[], &link), Some(DropReason::SpoofedSource), "about c's packet");
     }
 
     #[test]

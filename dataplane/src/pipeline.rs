@@ -571,10 +571,11 @@ impl Pipeline {
             Err(e) => return Action::Drop(DropReason::Parse(e)),
         };
         // A pod's port speaks only for that pod's addresses (before learning:
-        // a refused frame teaches nothing). Out of line: ports with no pod pay
+        // a refused frame teaches nothing), and on a wire given the link's
+        // prefixes ND stays on the link. Out of line: ports with no pod pay
         // one test.
         let mut learn = true;
-        if self.enforce && self.current.addresses.any_pod_port() {
+        if self.enforce && self.current.addresses.checks_ports() {
             match self.pod_port_check(in_port, &frame, bytes, now) {
                 Ok(l) => learn = l,
                 Err(reason) => return Action::Drop(reason),
@@ -585,9 +586,6 @@ impl Pipeline {
         }
         // By reference: binding the packet by value copied it out of the frame.
         let verdict = match &frame.class {
-            Class::NeighbourDiscovery if self.enforce && self.current.addresses.checks_every_neighbour() => {
-                self.neighbour_elsewhere_on_a_wire(bytes)
-            }
             Class::Arp | Class::NeighbourDiscovery => None,
             Class::Other(_) if self.forward_non_ip => None,
             Class::Other(_) => Some(DropReason::NonIp),
@@ -626,15 +624,6 @@ impl Pipeline {
         }
     }
 
-    /// ND crossing a port that names no pod, when every port's ND must stay
-    /// on the link (see [`Addresses::checks_every_neighbour`]). Out of line:
-    /// off the IP path.
-    #[inline(never)]
-    fn neighbour_elsewhere_on_a_wire(&self, bytes: &[u8]) -> Option<DropReason> {
-        let on_link = self.current.addresses.neighbour_on_link(None, bytes);
-        (!on_link).then_some(DropReason::NeighbourOffLink)
-    }
-
     /// ARP or ND for pod port `p`'s MAC that is not for the pod: it goes
     /// where an unknown MAC's would, to the ports with no pod (a pod may hold
     /// another station's MAC). Out of line: off the IP path.
@@ -657,6 +646,12 @@ impl Pipeline {
     ) -> Result<bool, DropReason> {
         let a = &self.current.addresses;
         let Some(pod) = a.pod_at(in_port) else {
+            if !a.any_pod_port() {
+                // A wire given the link's prefixes (`Addresses::checks_ports`).
+                let beyond =
+                    matches!(frame.class, Class::NeighbourDiscovery) && !a.neighbour_on_link(None, bytes);
+                return if beyond { Err(DropReason::NeighbourOffLink) } else { Ok(true) };
+            }
             // IP from a pod of this node, arriving on an uplink: the pods are
             // here, behind their own ports, so it is forged by someone on the
             // uplink's segment to be judged as that pod. Only ports that carry
@@ -693,11 +688,8 @@ impl Pipeline {
         if self.current.fail_closed && matches!(frame.class, Class::Ip(_)) {
             return Ok(false);
         }
-        if let Some(reason) = pod.refuses(&frame.class, bytes) {
+        if let Some(reason) = pod.refuses(&frame.class, bytes, a) {
             return Err(reason);
-        }
-        if matches!(frame.class, Class::NeighbourDiscovery) && !a.neighbour_on_link(Some(pod), bytes) {
-            return Err(DropReason::NeighbourOffLink);
         }
         if self.pod_mac_ok(in_port, frame, now) {
             Ok(true)
