@@ -281,9 +281,11 @@ pub struct Config {
     /// of other nodes share that /64 (per-node prefixes of /80, /96, /120...), give this
     /// node's prefix, so that neighbour discovery cannot be routed to them. `[]`: no
     /// global prefix at all (a gateway on a link-local address, as many routed CNIs use).
-    /// Mode wire (or switch mode with no `pod` on any port) checks every port's ND, in
-    /// both directions, only when these are given: give every prefix of the segment's
-    /// hosts and routers. See docs/deployment.md.
+    /// Mode wire checks every port's ND, in both directions, only when these are given:
+    /// give every prefix resolved on the segment (its hosts', its routers', prefixes a
+    /// router answers for by proxy); `[]` is refused there, as it would drop every
+    /// unicast neighbour discovery to a global address. Read at start: a new prefix
+    /// needs a restart. See docs/deployment.md.
     pub link_prefixes: Option<Vec<Ipv6Prefix>>,
     /// A file holding a bearer token (a mounted Secret's key). When set, `/status` and
     /// `/metrics` answer only requests carrying `Authorization: Bearer <token>`;
@@ -507,6 +509,13 @@ impl Config {
                     p.interface, p.queues,
                 ));
             }
+        }
+        if self.mode == Mode::Wire && self.link_prefixes.as_ref().is_some_and(Vec::is_empty) {
+            return bad(
+                "link_prefixes: [] in mode wire would drop all unicast neighbour discovery to global \
+                        addresses on the segment; give its prefixes, or leave link_prefixes out"
+                    .to_string(),
+            );
         }
         let mut pods = std::collections::BTreeSet::new();
         for p in &self.ports {
@@ -783,6 +792,9 @@ mod tests {
             let e = err(&format!("link_prefixes: ['{bad}']\n"));
             assert!(e.contains("link_prefixes") && e.contains(why), "{bad}: {e}");
         }
+        let wire = "mode: wire\nports: [{interface: a}, {interface: b}]\n";
+        assert!(err(&format!("{wire}link_prefixes: []\n")).contains("link_prefixes: [] in mode wire"));
+        assert!(Config::parse("c.yaml", &format!("{wire}link_prefixes: ['fd00::/64']\n")).is_ok());
         assert!(err("ports: [{interface: a, pod: x/w, node: true}]\n")
             .contains("leads to a pod or faces the node, not both"));
         let c = Config::parse("c.yaml", "ports: [{interface: a, node: true}]\n").unwrap();

@@ -241,8 +241,6 @@ pub struct Addresses {
     /// IPv6 prefixes on the pods' link, as (address bits, length), for
     /// [`Addresses::neighbour_on_link`]; `None`: each pod's own /64.
     link_prefixes: Option<Vec<(u128, u8)>>,
-    /// [`Addresses::checks_ports`].
-    checks_ports: bool,
 }
 
 impl Addresses {
@@ -265,18 +263,7 @@ impl Addresses {
         let pod_ports = ports.iter().any(Option::is_some);
         let node_from = ports.iter().map(Option::is_none).collect();
         let epochs = ports.iter().map(|a| a.as_ref().map_or(0, crate::pins::epoch)).collect();
-        let checks_ports = pod_ports;
-        Addresses {
-            ports,
-            owner,
-            owner_filter,
-            node,
-            pod_ports,
-            node_from,
-            epochs,
-            link_prefixes: None,
-            checks_ports,
-        }
+        Addresses { ports, owner, owner_filter, node, pod_ports, node_from, epochs, link_prefixes: None }
     }
 
     /// The IPv6 prefixes of the pods' link (this node's pod prefix, a
@@ -290,7 +277,6 @@ impl Addresses {
     pub fn with_link_prefixes(mut self, prefixes: Option<Vec<(Ipv6Addr, u8)>>) -> Self {
         self.link_prefixes =
             prefixes.map(|v| v.into_iter().map(|(a, len)| (u128::from(a), len.min(128))).collect());
-        self.checks_ports = self.pod_ports || self.checks_every_neighbour();
         self
     }
 
@@ -372,32 +358,25 @@ impl Addresses {
     /// Must neighbour discovery from every port stay on the link? When no
     /// port leads to a pod (mode wire) and the link's prefixes were given:
     /// pods then send from behind a port that names none of them, so their
-    /// ND is known only by where it goes.
+    /// ND is known only by where it goes. The pipeline applies it in mode
+    /// wire, where every frame goes to the other port.
     #[inline]
     pub fn checks_every_neighbour(&self) -> bool {
         !self.pod_ports && self.link_prefixes.is_some()
     }
 
-    /// Does a frame's port need checking before the frame is learnt and
-    /// judged: does any port lead to a pod, or must every port's ND stay on
-    /// the link? (One test on the packet path.)
-    #[inline]
-    pub fn checks_ports(&self) -> bool {
-        self.checks_ports
-    }
-
     /// May neighbour discovery that `pod`'s port sent (`frame`) go where it
     /// is addressed? ND passes without policy, and a router forwards a
     /// packet addressed beyond the link whatever it carries, so ND is kept
-    /// to the link: link-scope multicast (`ff02::/16`: all-nodes,
-    /// all-routers, solicited-node), link-local unicast, a local pod's
-    /// address, the node's, and the link's prefixes
+    /// to the link: link-scope multicast (scope 2: `ff02::/16` with
+    /// all-nodes, all-routers, solicited-node; `ff12::/16` ...), link-local
+    /// unicast, a local pod's address, the node's, and the link's prefixes
     /// ([`Addresses::with_link_prefixes`]; by default the pod's own /64,
     /// where a bridge gateway's global address usually is: a solicitation
-    /// from that address is answered there). Out of line: ND is rare.
+    /// from that address is answered there). `pod`: the pod behind the port
+    /// it came from, if one is (`None`: no /64 of a pod's own to fall back
+    /// on). Out of line: ND is rare.
     #[inline(never)]
-    /// `pod`: the pod behind the port it came from, if one is (`None`: no
-    /// /64 of a pod's own to fall back on).
     pub fn neighbour_on_link(&self, pod: Option<&PodAddrs>, frame: &[u8]) -> bool {
         let Some(dst) = parse::ipv6_destination(frame).map(Ipv6Addr::from) else {
             return false;

@@ -11,7 +11,6 @@
 //!     │ port leads to a pod, ND addressed beyond the link ─────────────▶ Drop(NeighbourOffLink)
 //!     │ learn source MAC (switch mode; not one a pod port speaks with,
 //!     │   when it comes from a port with no pod)
-//!     ├─ IPv6 ND on a wire given link prefixes, addressed beyond ───────▶ Drop(NeighbourOffLink)
 //!     ├─ ARP, IPv6 ND ───────────── no policy ─────────────────┐
 //!     ├─ other EtherType ── forward_non_ip? ── no ─────────────┼────────▶ Drop(NonIp)
 //!     └─ IPv4/IPv6 ── table fail-closed? ── yes ───────────────┼────────▶ Drop(FailClosed)
@@ -27,7 +26,8 @@
 //!                       L2: Forward(port) / Flood / Drop(SamePort)
 //!        (pod ports: IP to a pod's address → that pod's port; other IP → never a
 //!         pod's port: FloodUnbound instead; unicast ARP/ND to a pod's MAC not
-//!         for its addresses → FloodUnbound; see crate::addresses)
+//!         for its addresses → FloodUnbound; see crate::addresses;
+//!         a wire given the link's prefixes: ND addressed beyond → Drop(NeighbourOffLink))
 //! ```
 //!
 //! One [`Pipeline`] per worker. It owns its connection table, fragment
@@ -59,8 +59,9 @@
 //! **ARP and neighbour discovery** pass without policy: without them no IP
 //! traffic, allowed or not, could be addressed. They pass even before the
 //! first table (fail-closed), so that pods can resolve neighbours as soon
-//! as policy arrives. From a pod's port, ND must stay on the link (a router
-//! would carry it further, past the pod's egress policy):
+//! as policy arrives. From a pod's port, and on a wire given the link's
+//! prefixes from either port, ND must stay on the link (a router would
+//! carry it further, past the pod's egress policy):
 //! [`crate::addresses::Addresses::neighbour_on_link`].
 //!
 //! **Policy** is evaluated once per connection, on the conntrack miss, as
@@ -136,7 +137,8 @@ pub enum DropReason {
     /// source, other than neighbour discovery (multicast listener reports,
     /// say): pods talk with their own addresses.
     LinkLocal,
-    /// Neighbour discovery from a pod's port addressed beyond the link: to
+    /// Neighbour discovery from a pod's port, or crossing a wire given the
+    /// link's prefixes, addressed beyond the link: to
     /// an address that is not link-local, not link-scope multicast, not in
     /// the link's prefixes, and neither a local pod's nor the node's (see
     /// [`crate::addresses::Addresses::neighbour_on_link`]). Such a message
@@ -571,11 +573,10 @@ impl Pipeline {
             Err(e) => return Action::Drop(DropReason::Parse(e)),
         };
         // A pod's port speaks only for that pod's addresses (before learning:
-        // a refused frame teaches nothing), and on a wire given the link's
-        // prefixes ND stays on the link. Out of line: ports with no pod pay
+        // a refused frame teaches nothing). Out of line: ports with no pod pay
         // one test.
         let mut learn = true;
-        if self.enforce && self.current.addresses.checks_ports() {
+        if self.enforce && self.current.addresses.any_pod_port() {
             match self.pod_port_check(in_port, &frame, bytes, now) {
                 Ok(l) => learn = l,
                 Err(reason) => return Action::Drop(reason),
@@ -613,24 +614,37 @@ impl Pipeline {
             };
         }
         match (l2, &frame.class) {
-            (L2::Forward(p), Class::Arp | Class::NeighbourDiscovery)
-                if self.neighbour_elsewhere(p, &frame, bytes) =>
-            {
-                Action::FloodUnbound
-            }
+            (L2::Forward(p), Class::Arp | Class::NeighbourDiscovery) => self.neighbour_to(p, &frame, bytes),
             (L2::Forward(p), _) => Action::Forward(p),
             (L2::Flood, _) => Action::Flood,
             (L2::SamePort, _) => Action::Drop(DropReason::SamePort),
         }
     }
 
-    /// ARP or ND for pod port `p`'s MAC that is not for the pod: it goes
-    /// where an unknown MAC's would, to the ports with no pod (a pod may hold
-    /// another station's MAC). Out of line: off the IP path.
+    /// Where ARP or ND that the switch forwards to port `p` goes. To pod
+    /// port `p`'s MAC but not for the pod: where an unknown MAC's would, to
+    /// the ports with no pod (a pod may hold another station's MAC). On a
+    /// wire given the link's prefixes ([`Addresses::checks_every_neighbour`];
+    /// a wire forwards every frame to the other port, so all of its ND comes
+    /// here), ND addressed beyond the link is dropped. Out of line: off the
+    /// IP path.
     #[inline(never)]
-    fn neighbour_elsewhere(&self, p: PortId, frame: &Frame, bytes: &[u8]) -> bool {
+    fn neighbour_to(&self, p: PortId, frame: &Frame, bytes: &[u8]) -> Action {
         let a = &self.current.addresses;
-        self.enforce && a.pod_at(p).is_some_and(|pod| !pod.receives_neighbour(&frame.class, bytes))
+        if !self.enforce {
+            return Action::Forward(p);
+        }
+        if matches!(frame.class, Class::NeighbourDiscovery)
+            && self.switch.is_wire()
+            && a.checks_every_neighbour()
+            && !a.neighbour_on_link(None, bytes)
+        {
+            return Action::Drop(DropReason::NeighbourOffLink);
+        }
+        match a.pod_at(p) {
+            Some(pod) if !pod.receives_neighbour(&frame.class, bytes) => Action::FloodUnbound,
+            _ => Action::Forward(p),
+        }
     }
 
     /// Why a frame from `in_port` may not pass, when that port leads to a
@@ -646,12 +660,6 @@ impl Pipeline {
     ) -> Result<bool, DropReason> {
         let a = &self.current.addresses;
         let Some(pod) = a.pod_at(in_port) else {
-            if !a.any_pod_port() {
-                // A wire given the link's prefixes (`Addresses::checks_ports`).
-                let beyond =
-                    matches!(frame.class, Class::NeighbourDiscovery) && !a.neighbour_on_link(None, bytes);
-                return if beyond { Err(DropReason::NeighbourOffLink) } else { Ok(true) };
-            }
             // IP from a pod of this node, arriving on an uplink: the pods are
             // here, behind their own ports, so it is forged by someone on the
             // uplink's segment to be judged as that pod. Only ports that carry

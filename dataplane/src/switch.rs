@@ -81,6 +81,12 @@ impl Switch {
         Switch { mode, ports, macs: SetAssoc::new(if mode == Mode::Wire { 1 } else { mac_capacity }), ageing }
     }
 
+    /// Is this a wire (two ports, each frame to the other)?
+    #[inline]
+    pub fn is_wire(&self) -> bool {
+        self.mode == Mode::Wire
+    }
+
     /// Slots holding a learned address (including aged ones not yet reused).
     pub fn learned(&self) -> usize {
         self.macs.used()

@@ -783,6 +783,9 @@ fn neighbour_discovery_from_a_pod_stays_on_the_link() {
         assert_eq!(r.p.process(2, frame, 2), Action::Drop(DropReason::NeighbourOffLink));
     }
     assert_eq!(r.p.counters().snapshot().drops["neighbour_off_link"], off.len() as u64);
+    // Speaking for another pod's address is told first, wherever it goes.
+    let liar = nd_to(&o, gw.mac, beyond, 136, o.ip6, c.ip6);
+    assert_eq!(r.p.process(2, &liar, 2), Action::Drop(DropReason::SpoofedSource));
     // Behind an extension header (hop-by-hop here) an advertisement for another
     // pod's address would pass as IP from the pod's own address: refused.
     let mut padded = na(multicast_mac, solicited);
