@@ -354,6 +354,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !config.node_addresses.is_empty() {
                 tracing::info!(addresses = ?config.node_addresses, "node addresses: connections from them into pods are allowed");
             }
+            let no_pod = config.ports.iter().all(|p| p.pod.is_none());
+            if config.mode == control::config::Mode::Switch && no_pod && config.link_prefixes.is_some() {
+                tracing::warn!(
+                    "link_prefixes has no effect in mode switch when no port names its pod: only pod ports \
+                     and wires check neighbour discovery"
+                );
+            }
             if config.mode == control::config::Mode::Wire && config.link_prefixes.is_none() && config.enforce
             {
                 tracing::warn!(

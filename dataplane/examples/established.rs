@@ -10,9 +10,9 @@
 //!
 //! Modes: `plain` (no port leads to a pod), `pod_ports` (both do),
 //! `uplink_to_pod` (the client behind an uplink: a port with no pod, not
-//! facing the node; the server on a pod's port), `link_prefixes` (no port
-//! leads to a pod, the link's prefixes given, as on a wire: every port's
-//! neighbour discovery is checked).
+//! facing the node; the server on a pod's port), `wire` (mode wire, two
+//! ports), `wire_prefixes` (the same given the link's prefixes: every
+//! port's neighbour discovery is checked).
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -36,13 +36,27 @@ fn main() {
         // Port 2 faces the node, so port 0 is an uplink proper.
         "uplink_to_pod" => Addresses::new(vec![None, Some(PodAddrs::new([sv.v4(), sv.v6()])), None], vec![])
             .with_node_ports(vec![false, false, true]),
-        "link_prefixes" => Addresses::new(vec![None; 3], vec![])
+        "wire" => Addresses::default(),
+        "wire_prefixes" => Addresses::new(vec![None; 2], vec![])
             .with_link_prefixes(Some(vec![(std::net::Ipv6Addr::from(sv.ip6), 64)])),
-        m => panic!("unknown mode {m:?}: plain, pod_ports, uplink_to_pod or link_prefixes"),
+        m => panic!("unknown mode {m:?}: plain, pod_ports, uplink_to_pod, wire or wire_prefixes"),
     };
     let table = PublishedTable::new(1, testing::client_server_table(), 1).with_addresses(addresses);
-    let cfg = PipelineConfig { ports: 3, conntrack_capacity: 65_536, ..Default::default() };
-    let mut p = Pipeline::new(&cfg, Arc::new(ArcSwap::from_pointee(table)), Arc::new(WorkerCounters::new(3)));
+    let cfg = if mode.starts_with("wire") {
+        PipelineConfig {
+            mode: dataplane::pipeline::Mode::Wire,
+            ports: 2,
+            conntrack_capacity: 65_536,
+            ..Default::default()
+        }
+    } else {
+        PipelineConfig { ports: 3, conntrack_capacity: 65_536, ..Default::default() }
+    };
+    let mut p = Pipeline::new(
+        &cfg,
+        Arc::new(ArcSwap::from_pointee(table)),
+        Arc::new(WorkerCounters::new(usize::from(cfg.ports))),
+    );
     p.begin_batch(0);
     p.process(1, &testing::arp_request(&sv, &cl), 0);
     for i in 0..flows {

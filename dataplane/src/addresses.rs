@@ -5,7 +5,7 @@
 //!  frame in on port p, p leads to pod P:
 //!    IP source not P's ─────────────────────────────▶ Drop(SpoofedSource)  (IPv6 link-local: Drop(LinkLocal))
 //!    ARP/ND speaking for an address not P's, RA, redirect ──▶ Drop(SpoofedSource)
-//!    ND addressed beyond the link (not ff02::/16, link-local, a local pod,
+//!    ND addressed beyond the link (not link-scope multicast, link-local, a local pod,
 //!      the node, the link's prefixes: P's /64 by default) ──▶ Drop(NeighbourOffLink)
 //!    ICMP error quoting a packet not addressed to P ──▶ Drop(SpoofedSource)
 //!    source MAC not the one p first spoke with, or live on another port,
@@ -37,9 +37,9 @@
 //! Neighbour discovery passes without policy, so from a pod's port it may
 //! be addressed only to the link ([`Addresses::neighbour_on_link`]): a
 //! router forwards whatever is addressed beyond, and a solicitation to an
-//! outside address would carry a pod's data past its egress policy. Where
-//! no port names a pod (a wire), the link's prefixes, when given, keep
-//! every port's ND on the link ([`Addresses::checks_every_neighbour`]).
+//! outside address would carry a pod's data past its egress policy. In
+//! mode wire, where no port names a pod, the link's prefixes, when given,
+//! keep every port's ND on the link ([`Addresses::checks_every_neighbour`]).
 //! And a pod port speaks with one MAC, the first it used, never one that is
 //! live on another port or that another pod port speaks with, and never
 //! with a VLAN tag (a tag would pick the pod's VLAN on a trunk uplink, and a
@@ -270,8 +270,8 @@ impl Addresses {
     /// gateway's global address as a /128): neighbour discovery from a pod
     /// may be addressed to them. `None` (the default): to the pod's own /64.
     /// `Some(vec![])`: to none (link-local addresses, local pods and the
-    /// node's addresses remain). Given while no port leads to a pod (mode
-    /// wire), they make every port's ND stay on the link
+    /// node's addresses remain). Given in mode wire (where no port leads to
+    /// a pod), they make every port's ND stay on the link
     /// ([`Addresses::checks_every_neighbour`]). Host bits of a prefix are ignored; a
     /// length past 128 is 128.
     pub fn with_link_prefixes(mut self, prefixes: Option<Vec<(Ipv6Addr, u8)>>) -> Self {

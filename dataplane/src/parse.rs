@@ -154,8 +154,9 @@ pub enum ParseError {
     Ipv6MappedAddress,
     /// ICMPv6 neighbour discovery (133..=137, hop limit 255) behind an extension
     /// header or fragmented. ND needs neither (RFC 6980 forbids fragments), and
-    /// passes without policy on checks of the headers a pod's port reads: one
-    /// behind a routing header would go beyond the destination checked.
+    /// passes without policy on checks of the headers read (from a pod's port,
+    /// or on a wire given the link's prefixes): one behind a routing header
+    /// would go beyond the destination checked.
     NdExtensionHeader,
 }
 
@@ -362,8 +363,9 @@ pub enum Class {
     Arp,
     /// IPv6 neighbour discovery, ICMPv6 133..=137 with hop limit 255 and no
     /// extension header (RFC 4861 §6-8; behind one: [`ParseError::NdExtensionHeader`]):
-    /// forwarded without policy. (What a pod port checks: [`nd_facts`], and
-    /// that it stays on the link, `Addresses::neighbour_on_link`.)
+    /// forwarded without policy. (What a pod port checks: [`nd_facts`]; that
+    /// it stays on the link, from a pod's port or on a wire given the link's
+    /// prefixes: `Addresses::neighbour_on_link`.)
     NeighbourDiscovery,
     /// IPv4 or IPv6: subject to policy.
     Ip(IpPacket),
