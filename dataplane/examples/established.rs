@@ -12,7 +12,8 @@
 //! `uplink_to_pod` (the client behind an uplink: a port with no pod, not
 //! facing the node; the server on a pod's port), `wire` (mode wire, two
 //! ports), `wire_prefixes` (the same given the link's prefixes: every
-//! port's neighbour discovery is checked).
+//! port's neighbour discovery is checked). Each with `_v6` appended: the
+//! same over IPv6 (`pod_ports_v6`).
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -23,7 +24,12 @@ use dataplane::testing::{self, Host};
 use dataplane::{Action, Pipeline, PipelineConfig, PublishedTable, WorkerCounters};
 
 fn main() {
-    let mode = std::env::args().nth(1).unwrap_or_else(|| "uplink_to_pod".into());
+    let arg = std::env::args().nth(1).unwrap_or_else(|| "uplink_to_pod".into());
+    // `<mode>_v6`: the same over IPv6.
+    let (mode, v6) = match arg.strip_suffix("_v6") {
+        Some(m) => (m.to_string(), true),
+        None => (arg, false),
+    };
     let flows: u16 = std::env::args().nth(2).map_or(1024, |a| a.parse().expect("a number"));
     let pin = |h: Host, id| Host { mac: Host::new(id).mac, ..h };
     let (cl, sv) = (pin(Host::new(1), 0xfffff0), pin(Host::new(2), 0xfffff1));
@@ -60,11 +66,11 @@ fn main() {
     p.begin_batch(0);
     p.process(1, &testing::arp_request(&sv, &cl), 0);
     for i in 0..flows {
-        let syn = testing::tcp(&cl, 10_000 + i, &sv, 80, F::SYN, false, &[]);
+        let syn = testing::tcp(&cl, 10_000 + i, &sv, 80, F::SYN, v6, &[]);
         assert_eq!(p.process(0, &syn, 0), Action::Forward(1));
     }
     let acks: Vec<Vec<u8>> =
-        (0..flows).map(|i| testing::tcp(&cl, 10_000 + i, &sv, 80, F::ACK | F::PSH, false, b"x")).collect();
+        (0..flows).map(|i| testing::tcp(&cl, 10_000 + i, &sv, 80, F::ACK | F::PSH, v6, b"x")).collect();
     run(&mut p, &acks);
     let snap = p.counters().snapshot();
     eprintln!("{mode}: {} frames, {} dropped", acks.len(), snap.dropped);

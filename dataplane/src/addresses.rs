@@ -8,6 +8,7 @@
 //!    ND addressed beyond the link (not link-scope multicast, link-local, a local pod,
 //!      the node, the link's prefixes: P's /64 by default) ──▶ Drop(NeighbourOffLink)
 //!    ICMP error quoting a packet not addressed to P ──▶ Drop(SpoofedSource)
+//!    IPv6 with a routing header that has segments left ──▶ Drop(SourceRouted)
 //!    source MAC not the one p first spoke with, or live on another port,
 //!      or held by another pod port; any VLAN tag ──────────────────────▶ Drop(SpoofedSource)
 //!  frame in on port u, u leads to no pod, source MAC held by a pod port ──▶ passes, not learnt
@@ -126,8 +127,9 @@ impl PodAddrs {
     /// from an address that is not the pod's; ARP or neighbour discovery
     /// that speaks for an address that is not the pod's; router
     /// advertisements and redirects (a pod is no router); neighbour discovery
-    /// addressed beyond the link (`link`: [`Addresses::neighbour_on_link`]).
-    /// `frame`: its bytes, read again for ARP and ND.
+    /// addressed beyond the link (`link`: [`Addresses::neighbour_on_link`]);
+    /// IPv6 that routes itself ([`parse::ipv6_source_routed`]). `frame`: its
+    /// bytes, read again for ARP, ND and IPv6 extension headers.
     #[inline]
     pub fn refuses(&self, class: &Class, frame: &[u8], link: &Addresses) -> Option<DropReason> {
         let own_or_link_local = |a: Ipv6Addr| a.is_unicast_link_local() || self.contains(IpAddr::V6(a));
@@ -141,6 +143,10 @@ impl PodAddrs {
                     return match pkt.l4 {
                         crate::parse::L4::IcmpError(Some(inner)) if !self.contains(inner.dst.ip()) => {
                             Some(DropReason::SpoofedSource)
+                        }
+                        // Judged by its first hop, it would go where the pod chose.
+                        _ if src.is_ipv6() && parse::ipv6_source_routed(frame, pkt.flow.proto) => {
+                            Some(DropReason::SourceRouted)
                         }
                         _ => None,
                     };

@@ -9,6 +9,7 @@
 //!     │   MAC not its pinned one, VLAN tag; or an uplink's IP from a
 //!     │   local pod's address ──────────────────────────────────────────▶ Drop(SpoofedSource / LinkLocal)
 //!     │ port leads to a pod, ND addressed beyond the link ─────────────▶ Drop(NeighbourOffLink)
+//!     │ port leads to a pod, IPv6 routing header with segments left ───▶ Drop(SourceRouted)
 //!     │ learn source MAC (switch mode; not one a pod port speaks with,
 //!     │   when it comes from a port with no pod)
 //!     ├─ ARP, IPv6 ND ───────────── no policy ─────────────────┐
@@ -137,6 +138,10 @@ pub enum DropReason {
     /// source, other than neighbour discovery (multicast listener reports,
     /// say): pods talk with their own addresses.
     LinkLocal,
+    /// IPv6 from a pod's port with a routing header that has segments left
+    /// ([`crate::parse::ipv6_source_routed`]): policy judges the destination,
+    /// only the first hop of a path the pod chose.
+    SourceRouted,
     /// Neighbour discovery from a pod's port, or crossing a wire given the
     /// link's prefixes, addressed beyond the link: to
     /// an address that is not link-local, not link-scope multicast, not in
@@ -148,7 +153,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Number of counted kinds ([`DropReason::Parse`] is one kind).
-    pub const KINDS: usize = 13;
+    pub const KINDS: usize = 14;
 
     /// snake_case names of the kinds, in [`DropReason::kind`] order.
     pub const KIND_NAMES: [&'static str; Self::KINDS] = [
@@ -165,6 +170,7 @@ impl DropReason {
         "spoofed_source",
         "link_local",
         "neighbour_off_link",
+        "source_routed",
     ];
 
     /// Index of the kind, for counter arrays.
@@ -184,6 +190,7 @@ impl DropReason {
             DropReason::SpoofedSource => 10,
             DropReason::LinkLocal => 11,
             DropReason::NeighbourOffLink => 12,
+            DropReason::SourceRouted => 13,
         }
     }
 }

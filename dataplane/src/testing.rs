@@ -149,6 +149,19 @@ pub fn nd_to(
     v
 }
 
+/// `frame` (IPv6, as the builders here make) with `header` (an extension
+/// header, its first byte the next header to link to; it is filled in)
+/// inserted after the IPv6 header.
+pub fn with_ipv6_header(frame: &[u8], kind: u8, mut header: Vec<u8>) -> Vec<u8> {
+    let mut v = frame.to_vec();
+    header[0] = v[14 + 6];
+    v[14 + 6] = kind;
+    let len = u16::from_be_bytes([v[14 + 4], v[14 + 5]]) + header.len() as u16;
+    v[14 + 4..14 + 6].copy_from_slice(&len.to_be_bytes());
+    v.splice(14 + 40..14 + 40, header);
+    v
+}
+
 /// An ICMP destination unreachable (port unreachable; ICMPv6: type 1 code 4)
 /// from `from` to `to`, quoting `quoted`'s IP header and the 8 bytes after
 /// it (`quoted`: an Ethernet frame, as the builders here make). Checksums

@@ -670,6 +670,30 @@ fn pod_ports_rig(node: Vec<std::net::IpAddr>) -> Rig {
     r
 }
 
+/// A pod may not source-route: policy judges a packet's destination, which a
+/// routing header with segments left makes only the first hop of a path the
+/// pod chose (a host with segment routing on would take it further).
+#[test]
+fn a_pod_port_refuses_source_routed_ipv6() {
+    let mut r = pod_ports_rig(vec![]);
+    let (c, s) = (r.client, r.server);
+    let syn = testing::tcp(&c, 40000, &s, 80, F::SYN, true, &[]);
+    let routed = |left: u8| testing::with_ipv6_header(&syn, 43, vec![0, 0, 4, left, 0, 0, 0, 0]);
+    assert_eq!(r.p.process(0, &routed(1), 1), Action::Drop(DropReason::SourceRouted));
+    assert_eq!(r.p.counters().snapshot().drops["source_routed"], 1);
+    // With no segment left the header's destination is the last: judged as usual.
+    assert_eq!(r.p.process(0, &routed(0), 1), Action::Forward(1));
+    // A port with no pod is not checked (segment routing may be the fabric's).
+    let mut up = rig_with(
+        PipelineConfig { ports: 3, ..Default::default() },
+        published(1, testing::client_server_table()),
+    );
+    up.learn_all();
+    let syn = testing::tcp(&c, 40001, &s, 80, F::SYN, true, &[]);
+    let routed = testing::with_ipv6_header(&syn, 43, vec![0, 0, 4, 1, 0, 0, 0, 0]);
+    assert_eq!(up.p.process(0, &routed, 1), Action::Forward(1));
+}
+
 #[test]
 fn a_pod_port_speaks_only_with_its_pods_addresses() {
     let mut r = pod_ports_rig(vec![]);
