@@ -101,6 +101,13 @@ use hashbrown::HashMap;
 use crate::parse::{self, Class};
 use crate::pipeline::{DropReason, PortId};
 
+/// A packet's upper-layer protocol, for [`parse::ipv6_source_routed`]: `None`
+/// for a later fragment, whose `proto` is only what its fragment header says.
+#[inline]
+fn upper(pkt: &crate::parse::IpPacket) -> Option<u8> {
+    (!matches!(pkt.fragment, crate::parse::Fragment::Later(_))).then_some(pkt.flow.proto)
+}
+
 /// The addresses of the pod behind one port: at most one per family.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PodAddrs([Option<IpAddr>; 2]);
@@ -145,7 +152,7 @@ impl PodAddrs {
                             Some(DropReason::SpoofedSource)
                         }
                         // Judged by its first hop, it would go where the pod chose.
-                        _ if src.is_ipv6() && parse::ipv6_source_routed(frame, pkt.flow.proto) => {
+                        _ if src.is_ipv6() && parse::ipv6_source_routed(frame, upper(pkt)) => {
                             Some(DropReason::SourceRouted)
                         }
                         _ => None,

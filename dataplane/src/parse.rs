@@ -418,11 +418,14 @@ fn l3(frame: &[u8]) -> Option<(EtherType, &[u8])> {
 /// (RFC 8200 §4.4)? Its destination is then only the first hop of a path
 /// its sender chose, and the destination is all that policy judges. What a
 /// pod port checks. `upper`: the upper-layer protocol [`parse`] found
-/// (`Flow::proto`); when the IPv6 header names it, there is no extension
-/// header, the usual case, told with one load and a test. `false` for IPv4.
+/// (`Flow::proto`) for a whole packet or a first fragment; when the IPv6
+/// header names it, there is no extension header, the usual case, told with
+/// one load and a test. `None` (a later fragment, whose `proto` is only what
+/// its fragment header says): the headers are always walked. `false` for
+/// IPv4.
 #[inline]
-pub fn ipv6_source_routed(frame: &[u8], upper: u8) -> bool {
-    if frame.len() > 14 + 6 && frame[12] == 0x86 && frame[13] == 0xdd && frame[14 + 6] == upper {
+pub fn ipv6_source_routed(frame: &[u8], upper: Option<u8>) -> bool {
+    if frame.len() > 14 + 6 && frame[12] == 0x86 && frame[13] == 0xdd && Some(frame[14 + 6]) == upper {
         return false;
     }
     source_routed_frame(frame)
@@ -1049,17 +1052,17 @@ mod tests {
         let plain = udp(&a, 5000, &b, 53, true, b"q");
         // Routing header type 4 (segment routing), segments left `left`.
         let routed = |left: u8| with_ipv6_header(&plain, 43, vec![0, 0, 4, left, 0, 0, 0, 0]);
-        assert!(!ipv6_source_routed(&plain, 17));
-        assert!(!ipv6_source_routed(&udp(&a, 5000, &b, 53, false, b"q"), 17), "IPv4");
-        assert!(ipv6_source_routed(&routed(1), 17));
-        assert!(!ipv6_source_routed(&routed(0), 17), "no segment left: the destination is the last");
-        // Behind other headers, in any order the parser accepts.
+        assert!(!ipv6_source_routed(&plain, Some(17)));
+        assert!(!ipv6_source_routed(&udp(&a, 5000, &b, 53, false, b"q"), Some(17)), "IPv4");
+        assert!(ipv6_source_routed(&routed(1), Some(17)));
+        assert!(!ipv6_source_routed(&routed(0), Some(17)), "no segment left: the destination is the last");
+        // Behind other headers.
         let hop = |f: &[u8]| with_ipv6_header(f, 0, vec![0, 0, 1, 4, 0, 0, 0, 0]);
         let dest = |f: &[u8]| with_ipv6_header(f, 60, vec![0, 0, 1, 4, 0, 0, 0, 0]);
         let atomic = |f: &[u8]| with_ipv6_header(f, 44, vec![0, 0, 0, 0, 0, 0, 0, 1]);
-        assert!(ipv6_source_routed(&hop(&routed(2)), 17));
-        assert!(ipv6_source_routed(&dest(&atomic(&routed(1))), 17));
-        assert!(!ipv6_source_routed(&hop(&dest(&plain)), 17));
+        assert!(ipv6_source_routed(&hop(&routed(2)), Some(17)));
+        assert!(ipv6_source_routed(&dest(&atomic(&routed(1))), Some(17)));
+        assert!(!ipv6_source_routed(&hop(&dest(&plain)), Some(17)));
         // Every such frame still parses as IP (policy sees its first hop).
         for f in [routed(1), hop(&routed(2)), dest(&atomic(&routed(1)))] {
             assert!(matches!(parse(&f).unwrap().class, Class::Ip(IpPacket { l4: L4::Udp, .. })), "{f:?}");

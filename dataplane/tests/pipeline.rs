@@ -683,15 +683,22 @@ fn a_pod_port_refuses_source_routed_ipv6() {
     assert_eq!(r.p.counters().snapshot().drops["source_routed"], 1);
     // With no segment left the header's destination is the last: judged as usual.
     assert_eq!(r.p.process(0, &routed(0), 1), Action::Forward(1));
-    // A port with no pod is not checked (segment routing may be the fabric's).
-    let mut up = rig_with(
-        PipelineConfig { ports: 3, ..Default::default() },
-        published(1, testing::client_server_table()),
-    );
-    up.learn_all();
-    let syn = testing::tcp(&c, 40001, &s, 80, F::SYN, true, &[]);
+    // A later fragment whose fragment header names the routing header's number
+    // as its protocol (the IPv6 header names it too) is walked all the same.
+    let udp = testing::udp(&c, 5000, &s, 53, true, b"0123456789abcdef");
+    let later = testing::with_ipv6_header(&udp, 44, vec![0, 0, 0, 8, 0, 0, 0, 7]);
+    let mut later = testing::with_ipv6_header(&later, 43, vec![0, 0, 4, 1, 0, 0, 0, 0]);
+    later[14 + 40 + 8] = 43; // the fragment header's next header
+    assert_eq!(r.p.process(0, &later, 1), Action::Drop(DropReason::SourceRouted));
+    // A port with no pod is not checked (segment routing may be the fabric's):
+    // the same frame from the uplink (3) is judged by policy like any other.
+    let outside = Host::new(50);
+    let syn = testing::tcp(&outside, 40001, &s, 80, F::SYN, true, &[]);
+    let plain = r.p.process(3, &syn, 1);
+    let syn = testing::tcp(&outside, 40002, &s, 80, F::SYN, true, &[]);
     let routed = testing::with_ipv6_header(&syn, 43, vec![0, 0, 4, 1, 0, 0, 0, 0]);
-    assert_eq!(up.p.process(0, &routed, 1), Action::Forward(1));
+    assert_eq!(r.p.process(3, &routed, 1), plain);
+    assert_eq!(r.p.counters().snapshot().drops["source_routed"], 2);
 }
 
 #[test]
