@@ -8,7 +8,8 @@
 //!    ND addressed beyond the link (not link-scope multicast, link-local, a local pod,
 //!      the node, the link's prefixes: P's /64 by default) ──▶ Drop(NeighbourOffLink)
 //!    ICMP error quoting a packet not addressed to P ──▶ Drop(SpoofedSource)
-//!    IPv6 with a routing header that has segments left ──▶ Drop(SourceRouted)
+//!    IPv6 routing header with segments left, IPv4 source
+//!      route with hops left ─────────────────────────▶ Drop(SourceRouted)
 //!    source MAC not the one p first spoke with, or live on another port,
 //!      or held by another pod port; any VLAN tag ──────────────────────▶ Drop(SpoofedSource)
 //!  frame in on port u, u leads to no pod, source MAC held by a pod port ──▶ passes, not learnt
@@ -101,11 +102,17 @@ use hashbrown::HashMap;
 use crate::parse::{self, Class};
 use crate::pipeline::{DropReason, PortId};
 
-/// A packet's upper-layer protocol, for [`parse::ipv6_source_routed`]: `None`
-/// for a later fragment, whose `proto` is only what its fragment header says.
+/// Does `pkt` (in `frame`) route itself: an IPv6 routing header with
+/// segments left, an IPv4 source-route option with hops left?
 #[inline]
-fn upper(pkt: &crate::parse::IpPacket) -> Option<u8> {
-    (!matches!(pkt.fragment, crate::parse::Fragment::Later(_))).then_some(pkt.flow.proto)
+fn source_routed(frame: &[u8], pkt: &crate::parse::IpPacket, v4: bool) -> bool {
+    if v4 {
+        return parse::ipv4_source_routed(frame);
+    }
+    // The upper-layer protocol, but for a later fragment, whose `proto` is
+    // only what its fragment header says.
+    let upper = (!matches!(pkt.fragment, crate::parse::Fragment::Later(_))).then_some(pkt.flow.proto);
+    parse::ipv6_source_routed(frame, upper)
 }
 
 /// The addresses of the pod behind one port: at most one per family.
@@ -135,8 +142,9 @@ impl PodAddrs {
     /// that speaks for an address that is not the pod's; router
     /// advertisements and redirects (a pod is no router); neighbour discovery
     /// addressed beyond the link (`link`: [`Addresses::neighbour_on_link`]);
-    /// IPv6 that routes itself ([`parse::ipv6_source_routed`]). `frame`: its
-    /// bytes, read again for ARP, ND and IPv6 extension headers.
+    /// IP that routes itself ([`parse::ipv6_source_routed`],
+    /// [`parse::ipv4_source_routed`]). `frame`: its bytes, read again for ARP,
+    /// ND, IPv6 extension headers and IPv4 options.
     #[inline]
     pub fn refuses(&self, class: &Class, frame: &[u8], link: &Addresses) -> Option<DropReason> {
         let own_or_link_local = |a: Ipv6Addr| a.is_unicast_link_local() || self.contains(IpAddr::V6(a));
@@ -152,9 +160,7 @@ impl PodAddrs {
                             Some(DropReason::SpoofedSource)
                         }
                         // Judged by its first hop, it would go where the pod chose.
-                        _ if src.is_ipv6() && parse::ipv6_source_routed(frame, upper(pkt)) => {
-                            Some(DropReason::SourceRouted)
-                        }
+                        _ if source_routed(frame, pkt, src.is_ipv4()) => Some(DropReason::SourceRouted),
                         _ => None,
                     };
                 }

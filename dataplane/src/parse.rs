@@ -431,6 +431,47 @@ pub fn ipv6_source_routed(frame: &[u8], upper: Option<u8>) -> bool {
     source_routed_frame(frame)
 }
 
+/// Does this IPv4 frame carry a loose or strict source-route option (RFC 791:
+/// LSRR, type 131; SSRR, type 137) with hops left to visit? Its destination
+/// is then only the next hop of a path its sender chose. What a pod port
+/// checks; `false` for IPv6, and for a header without options (the usual
+/// case: one load and a test).
+#[inline]
+pub fn ipv4_source_routed(frame: &[u8]) -> bool {
+    if frame.len() > 14 && u16::from_be_bytes([frame[12], frame[13]]) == 0x0800 && frame[14] & 0x0f == 5 {
+        return false;
+    }
+    ipv4_source_route_option(frame)
+}
+
+/// [`ipv4_source_routed`] past its usual case: a walk of the options.
+#[cold]
+fn ipv4_source_route_option(frame: &[u8]) -> bool {
+    let Some((EtherType::IPV4, ip)) = l3(frame) else {
+        return false;
+    };
+    let Ok(h) = Ipv4HeaderSlice::from_slice(ip) else {
+        return false;
+    };
+    let mut options = h.slice().get(20..).unwrap_or(&[]);
+    while let Some(&kind) = options.first() {
+        match kind {
+            0 => return false, // end of options
+            1 => options = &options[1..],
+            _ => {
+                let Some(&len) = options.get(1).filter(|l| **l >= 2) else { return false };
+                // The pointer (third byte, from 4) runs past the length once
+                // every hop of the route has been visited.
+                if matches!(kind, 131 | 137) && options.get(2).is_some_and(|ptr| *ptr <= len) {
+                    return true;
+                }
+                options = options.get(usize::from(len)..).unwrap_or(&[]);
+            }
+        }
+    }
+    false
+}
+
 /// [`ipv6_source_routed`] past its usual case.
 #[cold]
 fn source_routed_frame(frame: &[u8]) -> bool {
@@ -1043,6 +1084,26 @@ mod tests {
             assert_eq!(parse(&behind), Err(ParseError::NdExtensionHeader), "behind header {header}");
         }
         assert_eq!(parse(&ARP_REQ[..30]), Err(ParseError::ArpTruncated));
+    }
+
+    #[test]
+    fn an_ipv4_source_route_with_hops_left_is_source_routing() {
+        use crate::testing::{udp, with_ipv4_options, Host};
+        let (a, b) = (Host::new(1), Host::new(2));
+        let plain = udp(&a, 5000, &b, 53, false, b"q");
+        // LSRR (131) or SSRR (137) of one hop, 10.0.0.9, pointer `ptr`; NOP padding.
+        let routed = |kind: u8, ptr: u8| with_ipv4_options(&plain, &[1, kind, 7, ptr, 10, 0, 0, 9]);
+        assert!(!ipv4_source_routed(&plain));
+        assert!(!ipv4_source_routed(&udp(&a, 5000, &b, 53, true, b"q")), "IPv6");
+        assert!(ipv4_source_routed(&routed(131, 4)) && ipv4_source_routed(&routed(137, 4)));
+        assert!(!ipv4_source_routed(&routed(131, 8)), "every hop visited: the destination is the last");
+        // Other options (record route, 7) are not source routing; end of options stops the walk.
+        assert!(!ipv4_source_routed(&with_ipv4_options(&plain, &[1, 7, 7, 4, 0, 0, 0, 0])));
+        assert!(!ipv4_source_routed(&with_ipv4_options(&plain, &[0, 131, 7, 4, 10, 0, 0, 9])));
+        // Every such frame still parses as IP.
+        for f in [routed(131, 4), routed(137, 8)] {
+            assert!(matches!(parse(&f).unwrap().class, Class::Ip(IpPacket { l4: L4::Udp, .. })), "{f:?}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!     │   MAC not its pinned one, VLAN tag; or an uplink's IP from a
 //!     │   local pod's address ──────────────────────────────────────────▶ Drop(SpoofedSource / LinkLocal)
 //!     │ port leads to a pod, ND addressed beyond the link ─────────────▶ Drop(NeighbourOffLink)
-//!     │ port leads to a pod, IPv6 routing header with segments left ───▶ Drop(SourceRouted)
+//!     │ port leads to a pod, IPv6 routing header / IPv4 source route ──▶ Drop(SourceRouted)
 //!     │ learn source MAC (switch mode; not one a pod port speaks with,
 //!     │   when it comes from a port with no pod)
 //!     ├─ ARP, IPv6 ND ───────────── no policy ─────────────────┐
@@ -138,9 +138,11 @@ pub enum DropReason {
     /// source, other than neighbour discovery (multicast listener reports,
     /// say): pods talk with their own addresses.
     LinkLocal,
-    /// IPv6 from a pod's port with a routing header that has segments left
-    /// ([`crate::parse::ipv6_source_routed`]): policy judges the destination,
-    /// only the first hop of a path the pod chose.
+    /// IP from a pod's port that routes itself: IPv6 with a routing header
+    /// that has segments left ([`crate::parse::ipv6_source_routed`]), IPv4
+    /// with a source-route option with hops left
+    /// ([`crate::parse::ipv4_source_routed`]). Policy judges the destination,
+    /// only the next hop of a path the pod chose.
     SourceRouted,
     /// Neighbour discovery from a pod's port, or crossing a wire given the
     /// link's prefixes, addressed beyond the link: to

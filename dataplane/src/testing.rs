@@ -162,6 +162,18 @@ pub fn with_ipv6_header(frame: &[u8], kind: u8, mut header: Vec<u8>) -> Vec<u8> 
     v
 }
 
+/// `frame` (IPv4, as the builders here make) with `options` (a multiple of 4
+/// bytes) after its 20-byte header. The header checksum is left as it was.
+pub fn with_ipv4_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
+    assert!(options.len().is_multiple_of(4) && options.len() <= 40);
+    let mut v = frame.to_vec();
+    v[14] = 0x40 | (5 + options.len() / 4) as u8;
+    let total = u16::from_be_bytes([v[16], v[17]]) + options.len() as u16;
+    v[16..18].copy_from_slice(&total.to_be_bytes());
+    v.splice(14 + 20..14 + 20, options.iter().copied());
+    v
+}
+
 /// An ICMP destination unreachable (port unreachable; ICMPv6: type 1 code 4)
 /// from `from` to `to`, quoting `quoted`'s IP header and the 8 bytes after
 /// it (`quoted`: an Ethernet frame, as the builders here make). Checksums

@@ -674,7 +674,7 @@ fn pod_ports_rig(node: Vec<std::net::IpAddr>) -> Rig {
 /// routing header with segments left makes only the first hop of a path the
 /// pod chose (a host with segment routing on would take it further).
 #[test]
-fn a_pod_port_refuses_source_routed_ipv6() {
+fn a_pod_port_refuses_source_routed_packets() {
     let mut r = pod_ports_rig(vec![]);
     let (c, s) = (r.client, r.server);
     let syn = testing::tcp(&c, 40000, &s, 80, F::SYN, true, &[]);
@@ -699,6 +699,12 @@ fn a_pod_port_refuses_source_routed_ipv6() {
     let routed = testing::with_ipv6_header(&syn, 43, vec![0, 0, 4, 1, 0, 0, 0, 0]);
     assert_eq!(r.p.process(3, &routed, 1), plain);
     assert_eq!(r.p.counters().snapshot().drops["source_routed"], 2);
+    // IPv4's loose source route, one hop left: refused the same way; every hop
+    // visited (pointer past the length): judged as usual.
+    let syn = testing::tcp(&c, 40003, &s, 80, F::SYN, false, &[]);
+    let lsrr = |ptr: u8| testing::with_ipv4_options(&syn, &[1, 131, 7, ptr, 10, 0, 0, 9]);
+    assert_eq!(r.p.process(0, &lsrr(4), 1), Action::Drop(DropReason::SourceRouted));
+    assert_eq!(r.p.process(0, &lsrr(8), 1), Action::Forward(1));
 }
 
 #[test]
