@@ -1097,7 +1097,9 @@ mod tests {
         assert!(!ipv4_source_routed(&udp(&a, 5000, &b, 53, true, b"q")), "IPv6");
         assert!(ipv4_source_routed(&routed(131, 4)) && ipv4_source_routed(&routed(137, 4)));
         assert!(!ipv4_source_routed(&routed(131, 8)), "every hop visited: the destination is the last");
-        // Other options (record route, 7) are not source routing; end of options stops the walk.
+        // Found behind other options (router alert, 148); other options (record
+        // route, 7) are not source routing; end of options stops the walk.
+        assert!(ipv4_source_routed(&with_ipv4_options(&plain, &[148, 4, 0, 0, 131, 7, 4, 10, 0, 0, 9, 0])));
         assert!(!ipv4_source_routed(&with_ipv4_options(&plain, &[1, 7, 7, 4, 0, 0, 0, 0])));
         assert!(!ipv4_source_routed(&with_ipv4_options(&plain, &[0, 131, 7, 4, 10, 0, 0, 9])));
         // Every such frame still parses as IP.

@@ -670,9 +670,10 @@ fn pod_ports_rig(node: Vec<std::net::IpAddr>) -> Rig {
     r
 }
 
-/// A pod may not source-route: policy judges a packet's destination, which a
-/// routing header with segments left makes only the first hop of a path the
-/// pod chose (a host with segment routing on would take it further).
+/// A pod may not source-route: policy judges a packet's destination, which an
+/// IPv6 routing header with segments left, or an IPv4 source-route option
+/// with hops left, makes only the next hop of a path the pod chose (a host
+/// that follows such routes would take it further).
 #[test]
 fn a_pod_port_refuses_source_routed_packets() {
     let mut r = pod_ports_rig(vec![]);
@@ -705,6 +706,17 @@ fn a_pod_port_refuses_source_routed_packets() {
     let lsrr = |ptr: u8| testing::with_ipv4_options(&syn, &[1, 131, 7, ptr, 10, 0, 0, 9]);
     assert_eq!(r.p.process(0, &lsrr(4), 1), Action::Drop(DropReason::SourceRouted));
     assert_eq!(r.p.process(0, &lsrr(8), 1), Action::Forward(1));
+    // The option is copied into every fragment: a later one is refused too.
+    let mut later = lsrr(4);
+    testing::make_ipv4_fragment(&mut later, 77, 2, false);
+    assert_eq!(r.p.process(0, &later, 1), Action::Drop(DropReason::SourceRouted));
+    // From the uplink, judged as the same frame without the option.
+    let syn = testing::tcp(&outside, 40004, &s, 80, F::SYN, false, &[]);
+    let plain = r.p.process(3, &syn, 1);
+    let syn = testing::tcp(&outside, 40005, &s, 80, F::SYN, false, &[]);
+    let routed = testing::with_ipv4_options(&syn, &[1, 131, 7, 4, 10, 0, 0, 9]);
+    assert_eq!(r.p.process(3, &routed, 1), plain);
+    assert_eq!(r.p.counters().snapshot().drops["source_routed"], 4);
 }
 
 #[test]
