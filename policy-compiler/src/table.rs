@@ -57,6 +57,18 @@ pub mod patch;
 mod port_index;
 mod ranges;
 
+/// A small deterministic generator (xorshift64) for the unit tests of the
+/// table's parts: the same `seed`, the same numbers.
+#[cfg(test)]
+fn test_rng(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
 use port_index::{SetIndex, INDEXED_PROTO};
 use ranges::{RangeMaps, Sweep};
 

@@ -49,6 +49,26 @@ fn ip(s: &str) -> IpAddr {
 
 const TCP: u8 = 6;
 
+/// Asserts that `table` allows (or, `allowed` false, denies) the egress side
+/// of `src` -> `dst` on `proto`/`port`: not isolated or skipped is neither.
+#[track_caller]
+fn expect_egress(
+    table: &policy_compiler::DecisionTable,
+    src: &str,
+    dst: &str,
+    proto: u8,
+    port: u16,
+    allowed: bool,
+) {
+    let v = table.verdict_both(ip(src), ip(dst), proto, port);
+    let ok = if allowed { matches!(v.egress, Side::Allowed(_)) } else { matches!(v.egress, Side::Denied(_)) };
+    assert!(
+        ok,
+        "{src} -> {dst} {proto}/{port}: egress should be {}: {v:?}",
+        if allowed { "allowed" } else { "denied" }
+    );
+}
+
 /// One rule, 20,000 peers `0.0.0.0/0 except <a distinct /32>`: every
 /// address is in all blocks but at most one, so the rule allows everything.
 /// The side's map is one range with one port set.
@@ -69,8 +89,7 @@ fn one_rule_of_many_holed_blocks_stays_small() {
     assert!(s.port_entries <= 4, "{s:?}");
     assert!(s.memory_bytes < 1 << 20, "{s:?}");
     for dst in [host(0), host(n - 1), "8.8.8.8".into(), "11.255.255.255".into()] {
-        let v = c.table.verdict_both(ip("10.0.0.1"), ip(&dst), TCP, 443);
-        assert!(matches!(v.egress, Side::Allowed(_)), "to {dst}: {v:?}");
+        expect_egress(&c.table, "10.0.0.1", &dst, TCP, 443, true);
     }
 }
 
@@ -110,12 +129,9 @@ fn one_namespaces_excepts_do_not_grow_the_others_maps() {
         let c = policy_compiler::compile(&namespaces, &pods, &policies);
         assert!(c.problems.is_empty(), "{:?}", c.problems);
         // A tenant: DNS inside 10/8 (holes included), 443 outside it.
-        let v = c.table.verdict_both(ip("192.169.0.7"), ip("10.0.0.3"), 17, 53);
-        assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
-        let v = c.table.verdict_both(ip("192.169.0.7"), ip("10.0.0.3"), TCP, 443);
-        assert!(matches!(v.egress, Side::Denied(_)), "{v:?}");
-        let v = c.table.verdict_both(ip("192.169.0.7"), ip("8.8.8.8"), TCP, 443);
-        assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+        expect_egress(&c.table, "192.169.0.7", "10.0.0.3", 17, 53, true);
+        expect_egress(&c.table, "192.169.0.7", "10.0.0.3", TCP, 443, false);
+        expect_egress(&c.table, "192.169.0.7", "8.8.8.8", TCP, 443, true);
         // The namespace with holes: denied inside them only.
         for (dst, holed) in
             [("10.0.0.4", true), ("10.0.0.3", false), ("10.0.7.208", n > 1000), ("10.200.0.3", false)]
@@ -168,17 +184,12 @@ fn a_namespace_past_the_budget_fails_closed_and_is_reported() {
     );
     assert!(c.has_errors());
     // a/p: ipBlock rules allow nothing; its selector rule still does.
-    let v = c.table.verdict_both(ip("10.0.0.1"), ip("8.8.8.8"), TCP, 1000);
-    assert!(matches!(v.egress, Side::Denied(_)), "{v:?}");
-    let v = c.table.verdict_both(ip("10.0.0.1"), ip("10.0.0.2"), TCP, 80);
-    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+    expect_egress(&c.table, "10.0.0.1", "8.8.8.8", TCP, 1000, false);
+    expect_egress(&c.table, "10.0.0.1", "10.0.0.2", TCP, 80, true);
     // b/q's 100 rules are within the budget: port 1000 + i everywhere but hole i.
-    let v = c.table.verdict_both(ip("10.0.0.2"), ip("8.8.8.8"), TCP, 1050);
-    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
-    let v = c.table.verdict_both(ip("10.0.0.2"), ip(&host(50)), TCP, 1050);
-    assert!(matches!(v.egress, Side::Denied(_)), "{v:?}");
-    let v = c.table.verdict_both(ip("10.0.0.2"), ip(&host(50)), TCP, 1051);
-    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+    expect_egress(&c.table, "10.0.0.2", "8.8.8.8", TCP, 1050, true);
+    expect_egress(&c.table, "10.0.0.2", &host(50), TCP, 1050, false);
+    expect_egress(&c.table, "10.0.0.2", &host(50), TCP, 1051, true);
 }
 
 /// `k` label sets in namespace `a`, each selected by its own small policy
@@ -230,10 +241,8 @@ fn sides_share_maps_and_many_distinct_ones_count_against_the_namespace() {
     let s = shared.table.stats();
     assert!(!shared.has_errors(), "{:?}", shared.problems);
     assert!(s.sides > 200 && s.cidr_ranges < 10_010, "{s:?}");
-    let v = shared.table.verdict_both(ip("192.168.0.7"), ip("10.0.0.3"), TCP, 1);
-    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
-    let v = shared.table.verdict_both(ip("192.168.0.7"), ip("10.0.0.4"), TCP, 1);
-    assert!(matches!(v.egress, Side::Denied(_)), "{v:?}");
+    expect_egress(&shared.table, "192.168.0.7", "10.0.0.3", TCP, 1, true);
+    expect_egress(&shared.table, "192.168.0.7", "10.0.0.4", TCP, 1, false);
 
     let distinct = many_sides(200, true);
     let s = distinct.table.stats();
@@ -243,13 +252,10 @@ fn sides_share_maps_and_many_distinct_ones_count_against_the_namespace() {
     assert_eq!(errors.len(), 1, "only the policy with ipBlock rules: {errors:?}");
     assert!(errors[0].starts_with("error: NetworkPolicy a/big: spec.egress:"), "{errors:?}");
     // a: the ipBlock rule allows nothing, the rule without peers still does.
-    let v = distinct.table.verdict_both(ip("192.168.0.7"), ip("10.0.0.3"), TCP, 1);
-    assert!(matches!(v.egress, Side::Denied(_)), "{v:?}");
-    let v = distinct.table.verdict_both(ip("192.168.0.7"), ip("10.0.0.3"), TCP, 1_007);
-    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+    expect_egress(&distinct.table, "192.168.0.7", "10.0.0.3", TCP, 1, false);
+    expect_egress(&distinct.table, "192.168.0.7", "10.0.0.3", TCP, 1_007, true);
     // b is untouched.
-    let v = distinct.table.verdict_both(ip("192.169.0.1"), ip("8.8.8.8"), TCP, 443);
-    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+    expect_egress(&distinct.table, "192.169.0.1", "8.8.8.8", TCP, 443, true);
 }
 
 /// Patches of a namespace at half its budget (about 490,000 of 1,048,576)
@@ -311,13 +317,11 @@ fn patches_count_each_namespace_afresh() {
     inc.apply(vec![change(&holed(1_100, 1_000))]);
     assert_eq!(inc.table().budget_problems().len(), 1);
     agrees(&inc, "past the budget");
-    let v = inc.table().verdict_both(ip("10.0.0.1"), ip("8.8.8.8"), TCP, 1_000);
-    assert!(matches!(v.egress, Side::Denied(_)), "{v:?}");
+    expect_egress(inc.table(), "10.0.0.1", "8.8.8.8", TCP, 1_000, false);
     inc.apply(vec![change(&holed(700, 1_000))]);
     assert!(inc.table().budget_problems().is_empty());
     agrees(&inc, "back under");
-    let v = inc.table().verdict_both(ip("10.0.0.1"), ip("8.8.8.8"), TCP, 1_000);
-    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+    expect_egress(inc.table(), "10.0.0.1", "8.8.8.8", TCP, 1_000, true);
 }
 
 /// One policy with an ingress ipBlock rule and an egress one of the same
@@ -379,13 +383,11 @@ fn the_budget_counts_ranges_between_sets_too() {
     let fits = build(20);
     assert_eq!(fits.table.stats().dropped_ipblock_namespaces, 0, "{:?}", fits.table.stats());
     assert!(fits.table.stats().cidr_ranges > 20 * 40_000, "{:?}", fits.table.stats());
-    let v = fits.table.verdict_both(ip("192.168.0.3"), ip(&host(10)), TCP, 22);
-    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+    expect_egress(&fits.table, "192.168.0.3", &host(10), TCP, 22, true);
     let past = build(30);
     assert_eq!(past.table.stats().dropped_ipblock_namespaces, 1, "{:?}", past.table.stats());
     assert!(past.table.stats().cidr_ranges < 100, "{:?}", past.table.stats());
-    let v = past.table.verdict_both(ip("192.168.0.3"), ip(&host(10)), TCP, 22);
-    assert!(matches!(v.egress, Side::Denied(_)), "{v:?}");
+    expect_egress(&past.table, "192.168.0.3", &host(10), TCP, 22, false);
 }
 
 /// A namespace past its budget because of two sides; the pod of one of them
@@ -420,6 +422,5 @@ fn a_pod_leaving_a_namespace_past_its_budget_compiles_in_full() {
     let full = DecisionTable::compile(inc.cluster());
     assert_eq!(full.stats().dropped_ipblock_namespaces, 0);
     assert!(inc.table().budget_problems().is_empty());
-    let v = inc.table().verdict_both(ip("10.0.0.1"), ip("8.8.8.8"), TCP, 1_000);
-    assert!(matches!(v.egress, Side::Allowed(_)), "{v:?}");
+    expect_egress(inc.table(), "10.0.0.1", "8.8.8.8", TCP, 1_000, true);
 }

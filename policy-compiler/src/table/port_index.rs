@@ -156,13 +156,7 @@ mod tests {
     /// entries, named entries) and random destinations' named ports.
     #[test]
     fn first_match_equals_a_scan_in_order() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = super::super::test_rng(0x9e37_79b9_7f4a_7c15u64);
         let protos = [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP];
         let mut checked = 0;
         let mut matched = 0;

@@ -358,13 +358,7 @@ mod tests {
     /// several maps in one `RangeMaps`.
     #[test]
     fn maps_agree_with_a_direct_reading_of_the_blocks() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = super::super::test_rng(0x2545_f491_4f6c_dd1du64);
         let mut maps = RangeMaps::default();
         let mut s = Sweep::default();
         let mut checked = 0;
