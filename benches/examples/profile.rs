@@ -10,6 +10,7 @@
 //! target/release/examples/profile compare 10000
 //! target/release/examples/profile digest 10000
 //! target/release/examples/profile split 10000
+//! FLOWS=49152 target/release/examples/profile isolated 10000
 //! target/release/examples/profile patch 10000 10000
 //! target/release/examples/profile rollout 10000 10000
 //! target/release/examples/profile namespace 10000 10000
@@ -51,6 +52,12 @@
 //! sample flows, checking that `verdict` agrees with it: two builds of the
 //! compiler give the same digests when they agree on every verdict and reason.
 //!
+//! `[FLOWS=N] [ONLY=I] isolated PODS` times the three tables of `compare` on
+//! the sample flows (N generated, default 4,096) whose destination is
+//! isolated for ingress in all three: the same flows to the same pods, only
+//! the number of policies differs. `ONLY=I` (0, 1 or 2) instead runs 20
+//! rounds of table I's lookups, for `valgrind --toggle-collect='*look_up*'`.
+//!
 //! `split PODS` times the 10- and 10,000-policy tables (alternating, fastest
 //! of 200 rounds) on three flow sets: the pod-to-pod sample flows, the sample
 //! flows with a non-pod end, and 64 sample flows repeated (a working set that
@@ -75,6 +82,9 @@ fn main() {
     }
     if mode == "split" {
         return split(pods);
+    }
+    if mode == "isolated" {
+        return isolated(pods);
     }
     if mode == "patch" {
         return patch(pods, policies);
@@ -215,6 +225,54 @@ fn split(pods: usize) {
             best[i][1],
             sets[1].len(),
             best[i][2]
+        );
+    }
+}
+
+fn isolated(pods: usize) {
+    use policy_compiler::Side;
+    let samples: usize = std::env::var("FLOWS").map_or(4_096, |v| v.parse().expect("FLOWS: a number"));
+    let sizes = [10, 1_000, 10_000];
+    let built: Vec<_> = sizes
+        .iter()
+        .map(|&n| {
+            let c = generate(pods, n, 1);
+            (DecisionTable::compile(&c), sample_flows(&c, samples, 1))
+        })
+        .collect();
+    // The sample flows are the same for every size (same pods, same seed).
+    assert!(built.iter().all(|(_, f)| f == &built[0].1));
+    let isolated = |t: &DecisionTable, f: &portcullis_benches::Flow| {
+        matches!(t.verdict_both(f.src, f.dst, f.protocol, f.port).ingress, Side::Allowed(_) | Side::Denied(_))
+    };
+    let flows: Vec<_> =
+        built[0].1.iter().copied().filter(|f| built.iter().all(|(t, _)| isolated(t, f))).collect();
+    if let Ok(only) = std::env::var("ONLY") {
+        // For callgrind: one table's lookups only, a few rounds.
+        let i: usize = only.parse().expect("ONLY: 0, 1 or 2");
+        for _ in 0..20 {
+            look_up(&built[i].0, &flows);
+        }
+        return;
+    }
+    let mut best = [f64::MAX; 3];
+    for _ in 0..200 {
+        for (i, (table, _)) in built.iter().enumerate() {
+            let t = Instant::now();
+            for _ in 0..25 {
+                look_up(table, &flows);
+            }
+            best[i] = best[i].min(t.elapsed().as_nanos() as f64 / (25 * flows.len()) as f64);
+        }
+    }
+    for ((n, b), (table, _)) in sizes.iter().zip(best).zip(&built) {
+        let allowed =
+            flows.iter().filter(|f| table.verdict(f.src, f.dst, f.protocol, f.port).allowed()).count();
+        println!(
+            "{pods} pods, {n} policies, {} flows to pods isolated for ingress at every size ({allowed} allowed): \
+             {b:.1} ns/lookup (fastest of 200 rounds), {:.2}x of 10",
+            flows.len(),
+            b / best[0]
         );
     }
 }
