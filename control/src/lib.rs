@@ -58,11 +58,25 @@ pub fn load_paths(paths: &[String]) -> Result<State, LoadErrors> {
     for p in paths {
         let files: Vec<String> = match std::fs::metadata(p) {
             Ok(m) if m.is_dir() => match list_manifests(p) {
+                Ok(f) if f.is_empty() && !hidden_manifests(p).unwrap_or_default().is_empty() => {
+                    errs.push(whole(
+                        p,
+                        "the directory holds no *.yaml, *.yml or *.json file, only hidden ones \
+                         (names starting with `.`), which are not read"
+                            .into(),
+                    ));
+                    continue;
+                }
                 Ok(f) if f.is_empty() => {
                     errs.push(whole(p, "the directory holds no *.yaml, *.yml or *.json file".into()));
                     continue;
                 }
-                Ok(f) => f,
+                Ok(f) => {
+                    for h in hidden_manifests(p).unwrap_or_default() {
+                        state.notes.push(format!("{h}: not read (a hidden name, starting with `.`)"));
+                    }
+                    f
+                }
                 Err(e) => {
                     errs.extend(e.0);
                     continue;
@@ -95,20 +109,41 @@ pub fn load_paths(paths: &[String]) -> Result<State, LoadErrors> {
     }
 }
 
-/// Manifest files of a directory, sorted by name.
+/// Manifest files of a directory, sorted by name: its `*.yaml`, `*.yml` and
+/// `*.json` files, and symbolic links with those names whose target is
+/// missing (reading one fails, naming it, rather than the file being left
+/// out unnoticed). Names starting with `.` are left out: editors' and
+/// copying tools' temporary files, and the `..data` entries of a mounted
+/// ConfigMap, whose files are also reached through the visible links.
 pub fn list_manifests(dir: &str) -> Result<Vec<String>, LoadErrors> {
+    Ok(manifest_entries(dir)?.into_iter().filter(|(_, hidden)| !hidden).map(|(f, _)| f).collect())
+}
+
+/// The manifest files of a directory that [`list_manifests`] leaves out for
+/// their hidden names, for a note.
+pub fn hidden_manifests(dir: &str) -> Result<Vec<String>, LoadErrors> {
+    Ok(manifest_entries(dir)?.into_iter().filter(|(_, hidden)| *hidden).map(|(f, _)| f).collect())
+}
+
+/// (path, hidden name) of a directory's manifest files, sorted by name.
+fn manifest_entries(dir: &str) -> Result<Vec<(String, bool)>, LoadErrors> {
     let rd = std::fs::read_dir(dir).map_err(|e| {
         LoadErrors(vec![manifest::LoadError::file(dir, format!("cannot read directory: {e}"))])
     })?;
-    let mut files: Vec<String> = rd
+    let dangling = |p: &std::path::Path| {
+        p.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) && std::fs::metadata(p).is_err()
+    };
+    let mut files: Vec<(String, bool)> = rd
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| {
-            p.is_file()
+            (p.is_file() || dangling(p))
                 && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
-                && !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
         })
-        .map(|p| p.to_string_lossy().into_owned())
+        .map(|p| {
+            let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+            (p.to_string_lossy().into_owned(), hidden)
+        })
         .collect();
     files.sort();
     Ok(files)

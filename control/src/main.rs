@@ -204,22 +204,31 @@ fn load(args: &StateArgs) -> Result<Compiled> {
             bail!("{} problem(s) in the input; nothing applied", e.0.len());
         }
     };
+    for n in &state.notes {
+        eprintln!("note: {n}");
+    }
     // A few by name, then a count per kind (`kubectl get all` lists many).
     const SKIPPED_SHOWN: usize = 5;
-    for (kind, origin) in state.skipped.iter().take(SKIPPED_SHOWN) {
-        eprintln!("note: {origin}: kind {kind} is not used by NetworkPolicy; skipped");
+    // Other policy kinds (Calico's, Cilium's, AdminNetworkPolicy) are named
+    // apart, each of them: their rules are not enforced here.
+    let policy_like = |kind: &str| kind.contains("Policy");
+    for (kind, origin) in state.skipped.iter().filter(|(k, _)| policy_like(k)) {
+        eprintln!(
+            "warning: {origin}: kind {kind} is not a Kubernetes NetworkPolicy (networking.k8s.io/v1); \
+             its rules are not applied here (Portcullis enforces NetworkPolicy only); skipped"
+        );
     }
-    if state.skipped.len() > SKIPPED_SHOWN {
+    let skipped: Vec<_> = state.skipped.iter().filter(|(k, _)| !policy_like(k)).collect();
+    for (kind, origin) in skipped.iter().take(SKIPPED_SHOWN) {
+        eprintln!("note: {origin}: kind {kind} is not one Portcullis reads (Namespace, Pod, NetworkPolicy); skipped");
+    }
+    if skipped.len() > SKIPPED_SHOWN {
         let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
-        for (kind, _) in &state.skipped[SKIPPED_SHOWN..] {
+        for (kind, _) in &skipped[SKIPPED_SHOWN..] {
             *kinds.entry(kind).or_default() += 1;
         }
         let counts: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
-        eprintln!(
-            "note: {} more objects skipped: {}",
-            state.skipped.len() - SKIPPED_SHOWN,
-            counts.join(", ")
-        );
+        eprintln!("note: {} more objects skipped: {}", skipped.len() - SKIPPED_SHOWN, counts.join(", "));
     }
     // Fields of a newer Kubernetes (`kubectl get -o yaml` of a newer cluster).
     for (e, n) in control::manifest::group_ignored(&state.ignored) {

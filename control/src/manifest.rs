@@ -100,10 +100,25 @@ impl fmt::Display for LoadError {
             write!(f, ": {o}")?;
         }
         if let Some(p) = &self.field {
-            write!(f, ": field {p}")?;
+            // A key with an invisible character (a non-breaking or zero-width
+            // space pasted from a web page) must not read as a correct one.
+            f.write_str(": field ")?;
+            for c in p.chars() {
+                if c == ' ' || !(c.is_whitespace() || c.is_control() || is_invisible(c)) {
+                    write!(f, "{c}")?;
+                } else {
+                    write!(f, "{}", c.escape_unicode())?;
+                }
+            }
         }
         write!(f, ": {}", self.message)
     }
+}
+
+/// Characters that print as nothing: zero-width spaces and joiners, the byte
+/// order mark, soft hyphens.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
 }
 
 /// All problems of one load.
@@ -138,6 +153,8 @@ pub struct State {
     pub origins: BTreeMap<ObjectKey, Origin>,
     /// Documents skipped because their kind is not one we read (kind, origin).
     pub skipped: Vec<(String, Origin)>,
+    /// Notes about the input as a whole (files of a directory left unread).
+    pub notes: Vec<String>,
     /// Unknown fields of Pods and Namespaces that an API server wrote (they
     /// carry a `uid` or `resourceVersion`): fields of a Kubernetes newer than
     /// this build's schema, not typos, so left out with a warning rather than
@@ -177,6 +194,7 @@ impl State {
         self.policies.extend(other.policies);
         self.origins.extend(other.origins);
         self.skipped.extend(other.skipped);
+        self.notes.extend(other.notes);
         self.ignored.extend(other.ignored);
         Ok(())
     }
@@ -504,6 +522,16 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
         _ => ("NetworkPolicy", ns.clone(), name.clone()),
     };
     let object = Some(object_name(&key));
+    // The same kind name in another project's API group (Calico's
+    // `crd.projectcalico.org/v1` NetworkPolicy: a dotted group outside
+    // `*.k8s.io`) is another kind: skipped with a warning. A Kubernetes group
+    // or version (`extensions/v1beta1`, `apps/v1`) is this kind written
+    // wrong: an error.
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    if api_version != expected && group.contains('.') && !group.ends_with("k8s.io") {
+        state.skipped.push((format!("{kind} ({api_version})"), origin));
+        return;
+    }
     if api_version != expected {
         errs.push(err(
             Some("apiVersion".into()),
@@ -1034,14 +1062,54 @@ fn strip_location(msg: &str) -> String {
 
 /// Reads and parses a file, or standard input for `-`.
 pub fn load(path: &str) -> Result<State, LoadErrors> {
-    let (name, text) = if path == "-" {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| ("<stdin>".to_string(), s))
+    let text = if path == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+            .map_err(|e| LoadErrors(vec![LoadError::file(path, format!("cannot read: {e}"))]))?;
+        String::from_utf8(bytes)
+            .map_err(|e| LoadErrors(vec![not_utf8("<stdin>", e.as_bytes(), e.utf8_error())]))?
     } else {
-        std::fs::read_to_string(path).map(|s| (path.to_string(), s))
-    }
-    .map_err(|e| LoadErrors(vec![LoadError::file(path, format!("cannot read: {e}"))]))?;
-    parse(&name, &text)
+        read_text(path).map_err(|e| {
+            e.unwrap_or_else(|| {
+                LoadErrors(vec![LoadError::file(path, "cannot read: No such file or directory".into())])
+            })
+        })?
+    };
+    parse(if path == "-" { "<stdin>" } else { path }, &text)
+}
+
+/// Reads a manifest file as UTF-8 text. `Err(None)`: there is no such file
+/// (a symbolic link to a missing target is an error, naming the target).
+pub fn read_text(path: &str) -> Result<String, Option<LoadErrors>> {
+    let one = |e: LoadError| Some(LoadErrors(vec![e]));
+    let bytes = std::fs::read(path).map_err(|e| match std::fs::read_link(path) {
+        Err(_) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Ok(target) if e.kind() == std::io::ErrorKind::NotFound => one(LoadError::file(
+            path,
+            format!("cannot read: a symbolic link to {}, which does not exist", target.display()),
+        )),
+        _ => one(LoadError::file(path, format!("cannot read: {e}"))),
+    })?;
+    String::from_utf8(bytes).map_err(|e| one(not_utf8(path, e.as_bytes(), e.utf8_error())))
+}
+
+/// The error for a text that is not UTF-8: where, and UTF-16 named when it is that.
+fn not_utf8(name: &str, bytes: &[u8], e: std::str::Utf8Error) -> LoadError {
+    let at = e.valid_up_to();
+    let utf16 = bytes.starts_with(&[0xff, 0xfe])
+        || bytes.starts_with(&[0xfe, 0xff])
+        || bytes.len() >= 4 && (bytes[1] == 0 && bytes[3] == 0 || bytes[0] == 0 && bytes[2] == 0);
+    let message = if utf16 {
+        "not UTF-8: the text is UTF-16 (as Windows PowerShell's `>` writes it); save it as UTF-8".to_string()
+    } else {
+        let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
+        format!(
+            "not UTF-8: line {line} (byte offset {at}) holds {:#04x}, which starts no UTF-8 sequence (a file saved as Latin-1 \
+             or Windows-1252?); save it as UTF-8",
+            bytes[at]
+        )
+    };
+    LoadError::file(name, message)
 }
 
 #[cfg(test)]
@@ -1373,6 +1441,31 @@ mod tests {
         let e = errors("apiVersion: v1\nkind: Namespace\nmetadata: {name: true}\n");
         assert!(e.contains("Namespace true: field metadata.name: invalid type: boolean"), "{e}");
         assert!(!e.contains("Required"), "{e}");
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_placed_or_named_utf16() {
+        let dir = tempfile::tempdir().unwrap();
+        let latin1 = dir.path().join("l.yaml");
+        std::fs::write(&latin1, b"apiVersion: v1\nkind: Namespace\nmetadata: {name: caf\xe9}\n").unwrap();
+        let e = load(latin1.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("l.yaml: not UTF-8: line 3 (byte offset 51) holds 0xe9"), "{e}");
+        let utf16 = dir.path().join("w.yaml");
+        let text: Vec<u8> = [0xff, 0xfe]
+            .into_iter()
+            .chain("kind: Namespace\n".encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        std::fs::write(&utf16, text).unwrap();
+        let e = load(utf16.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("w.yaml: not UTF-8: the text is UTF-16"), "{e}");
+    }
+
+    #[test]
+    fn an_invisible_character_in_a_field_name_shows() {
+        let e = errors("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  \u{a0}labels: {a: b}\n");
+        assert!(e.contains("field metadata.\\u{a0}labels: unknown field"), "{e}");
+        let e = errors("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels\u{200b}: {a: b}\n");
+        assert!(e.contains("field metadata.labels\\u{200b}: unknown field"), "{e}");
     }
 
     #[test]

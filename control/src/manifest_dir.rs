@@ -164,19 +164,20 @@ impl ManifestDir {
                 continue;
             }
             let read_at = Instant::now();
-            let text = match std::fs::read_to_string(&f) {
+            let text = match manifest::read_text(&f) {
                 Ok(t) => t,
                 // Gone since the listing (a delete or rename): the next scan sees it.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                // Unreadable (not UTF-8, no permission): reported like a file that
-                // does not parse; its last good version, if any, stays in force.
-                Err(e) => {
+                Err(None) => continue,
+                // Unreadable (not UTF-8, no permission, a link to a missing file):
+                // reported like a file that does not parse; its last good
+                // version, if any, stays in force.
+                Err(Some(e)) => {
                     let st = self.files.entry(f.clone()).or_default();
                     // Read again on every scan until it can be (a `chmod` keeps mtime and size).
                     st.meta = None;
                     st.scans_since_read = 0;
                     st.fingerprint = None;
-                    st.error = Some(LoadErrors(vec![LoadError::file(&f, format!("cannot read: {e}"))]));
+                    st.error = Some(e);
                     continue;
                 }
             };
@@ -725,6 +726,28 @@ mod tests {
     }
 
     #[test]
+    fn a_link_to_a_missing_file_is_an_error_not_a_file_left_out() {
+        let d = tempdir("dangling");
+        let target = d.0.join("namespace.txt");
+        std::fs::write(&target, "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n").unwrap();
+        std::os::unix::fs::symlink(&target, d.0.join("a.yaml")).unwrap();
+        let mut md = ManifestDir::new(&d.0);
+        assert!(md.scan() && md.complete());
+        // The target goes: reported, and what it held stays in force.
+        std::fs::remove_file(&target).unwrap();
+        assert!(!md.scan());
+        let st = md.status();
+        assert_eq!(st.len(), 1, "{st:?}");
+        assert!(st[0].errors[0].contains("a.yaml: cannot read: a symbolic link to"), "{st:?}");
+        assert!(st[0].errors[0].ends_with("namespace.txt, which does not exist"), "{st:?}");
+        assert_eq!(st[0].objects, 1, "{st:?}");
+        // The link goes too: so do its objects.
+        std::fs::remove_file(d.0.join("a.yaml")).unwrap();
+        assert!(md.scan());
+        assert!(md.status().is_empty(), "{:?}", md.status());
+    }
+
+    #[test]
     fn an_unreadable_file_is_reported_and_the_directory_is_not_complete() {
         let d = tempdir("latin1");
         std::fs::write(
@@ -735,7 +758,11 @@ mod tests {
         let mut md = ManifestDir::new(&d.0);
         assert!(!md.scan());
         assert!(!md.complete(), "a first sync must wait for it");
-        assert!(md.status()[0].errors[0].contains("a.yaml: cannot read"), "{:?}", md.status());
+        assert!(
+            md.status()[0].errors[0].contains("a.yaml: not UTF-8: line 1 (byte offset 5)"),
+            "{:?}",
+            md.status()
+        );
         // Fixed: read, in force, complete.
         std::fs::write(d.0.join("a.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n").unwrap();
         assert!(md.scan());

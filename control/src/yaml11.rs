@@ -47,7 +47,8 @@ fn yaml11_boolean(word: &str) -> Option<bool> {
 /// of the words as a token, or when the event parser refuses the text (the
 /// reader reports syntax errors itself).
 pub fn find(text: &str) -> Vec<Boolean> {
-    if !text.lines().any(may_hold_word) {
+    // Lines end at `\n`, `\r\n` or a lone `\r`, as for the parser.
+    if !text.split(['\n', '\r']).any(may_hold_word) {
         return Vec::new();
     }
     let mut walk = Walk::default();
@@ -67,24 +68,30 @@ pub fn find(text: &str) -> Vec<Boolean> {
 
 /// Might this line hold one of the words as a whole scalar? A cheap,
 /// generous test (the event parse decides): in block style the key or the
-/// value is the word (`on: x`, `web: on`, `- no`); a line with flow
-/// collections is searched token by token. Prose (`turn it on`) is not.
+/// value is the word (`on: x`, `web: on`, `- no`, `? on`), after any anchor
+/// or tag (`x: &v on`); a line with flow collections, or the end of one
+/// (`  on}`), is searched token by token. Prose (`turn it on`) is not.
 fn may_hold_word(line: &str) -> bool {
     let is_word = |t: &str| yaml11_boolean(t.trim()).is_some();
-    if line.contains(['{', '[']) {
+    if line.contains(['{', '[', '}', ']', ',']) {
         return line
             .split(|c: char| c.is_whitespace() || matches!(c, ',' | '{' | '}' | '[' | ']' | ':'))
             .any(is_word);
     }
     let mut l = line.trim();
-    while let Some(rest) = l.strip_prefix('-').filter(|r| r.is_empty() || r.starts_with([' ', '\t'])) {
+    while let Some(rest) = l.strip_prefix(['-', '?']).filter(|r| r.is_empty() || r.starts_with([' ', '\t'])) {
         l = rest.trim_start();
     }
     // A comment is not content (` #` starts one after a value).
     let l = l.split(" #").next().unwrap_or(l);
+    // The scalar after its anchor and tag, if any.
+    let scalar = |t: &str| {
+        let mut words = t.split_whitespace().skip_while(|w| w.starts_with(['&', '!']));
+        matches!((words.next(), words.next()), (Some(w), None) if is_word(w))
+    };
     match l.split_once(':') {
-        Some((key, value)) => is_word(key) || is_word(value),
-        None => is_word(l),
+        Some((key, value)) => scalar(key) || scalar(value),
+        None => scalar(l),
     }
 }
 
@@ -260,5 +267,25 @@ mod tests {
             vec![(0, "spec.m.web".into(), 4, false)]
         );
         assert_eq!(paths("a:\n  d: \"x\n y\"\nb: no\n"), vec![(0, "b".into(), 4, false)]);
+    }
+
+    #[test]
+    fn the_cheap_scan_lets_through_every_line_a_word_can_stand_on() {
+        // Each of these once passed the scan alone and was never parsed: a
+        // block value after its anchor, a flow mapping's value on the next
+        // line, an explicit key, and lines ended by a lone carriage return.
+        assert_eq!(
+            paths("m:\n  x: &v on\n  z: *v\n"),
+            vec![(0, "m.x".into(), 2, false), (0, "m.z".into(), 3, false)]
+        );
+        assert_eq!(paths("m: {x:\n  on}\n"), vec![(0, "m.x".into(), 2, false)]);
+        assert_eq!(paths("? on\n: v\n"), vec![(0, "on".into(), 1, true)]);
+        assert_eq!(paths("a: 1\rb: on\r"), vec![(0, "b".into(), 2, false)]);
+        assert_eq!(paths("m: !!str on\nk: &a !!str off\n"), vec![]);
+        // Still no parse for prose or tagged text.
+        assert!(!may_hold_word("description: turn it on"));
+        assert!(may_hold_word("x: &v on"));
+        assert!(may_hold_word("  on}"));
+        assert!(may_hold_word("? off"));
     }
 }

@@ -270,6 +270,77 @@ fn an_empty_directory_or_stdin_twice_is_an_error() {
 }
 
 #[test]
+fn a_directory_names_its_broken_links_and_hidden_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n";
+    let pods = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: a, labels: {app: web}}\n\
+                status: {podIP: 10.0.0.1}\n---\n\
+                apiVersion: v1\nkind: Pod\nmetadata: {name: cli, namespace: a}\nstatus: {podIP: 10.0.0.2}\n";
+    let deny =
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: a}\n\
+                spec: {podSelector: {}}\n";
+    std::fs::write(d.join("00-base.yaml"), format!("{ns}---\n{pods}")).unwrap();
+    // The deny policy behind a link to a file that is gone: an error naming
+    // the link and its target, never an answer from the other files.
+    std::os::unix::fs::symlink(d.join("gone/10-deny.yaml"), d.join("10-deny.yaml")).unwrap();
+    let q = ["query", "-s", d.to_str().unwrap(), "--from", "a/cli", "--to", "a/web", "--port", "80"];
+    let o = run(&q);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(err.contains("10-deny.yaml: cannot read: a symbolic link to"), "{err}");
+    assert!(err.contains("gone/10-deny.yaml, which does not exist"), "{err}");
+    // A hidden file is not read, and said so.
+    std::fs::remove_file(d.join("10-deny.yaml")).unwrap();
+    std::fs::write(d.join(".20-deny.yaml"), deny).unwrap();
+    let o = run(&q);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(".20-deny.yaml: not read (a hidden name, starting with `.`)"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_file(d.join("00-base.yaml")).unwrap();
+    let o = run(&["check", "-s", d.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("only hidden ones (names starting with `.`), which are not read"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn another_projects_policy_kind_is_skipped_with_a_warning_a_wrong_version_is_an_error() {
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n";
+    let calico =
+        "apiVersion: crd.projectcalico.org/v1\nkind: NetworkPolicy\nmetadata: {name: c, namespace: a}\n\
+                  spec: {selector: all()}\n";
+    let o = run_with_stdin(&["check", "-s", "-"], format!("{ns}{calico}"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "kind NetworkPolicy (crd.projectcalico.org/v1) is not a Kubernetes NetworkPolicy (networking.k8s.io/v1); \
+             its rules are not applied here"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    for api in ["extensions/v1beta1", "networking.k8s.io/v1beta1", "apps/v1"] {
+        let o = run_with_stdin(
+            &["check", "-s", "-"],
+            format!("{ns}{}", calico.replace("crd.projectcalico.org/v1", api)),
+        );
+        assert_eq!(o.status.code(), Some(2), "{api}");
+        assert!(
+            stderr(&o).contains("NetworkPolicy must have apiVersion \"networking.k8s.io/v1\""),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
 fn valid_seed_manifests_load() {
     for f in [
         "examples/seeds/001-access-nginx.yaml",
@@ -822,7 +893,12 @@ fn a_fifo_is_read_once_and_skipped_kinds_are_counted() {
     assert!(status.success(), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("also claimed by pod default/a"), "{err}");
-    assert_eq!(err.matches("kind Service is not used by NetworkPolicy; skipped").count(), 5, "{err}");
+    assert_eq!(
+        err.matches("kind Service is not one Portcullis reads (Namespace, Pod, NetworkPolicy); skipped")
+            .count(),
+        5,
+        "{err}"
+    );
     assert!(err.contains("note: 3 more objects skipped: 3 Service"), "{err}");
     // `default` is not in the input: counted, and said to be assumed.
     assert!(stdout(&o).starts_with("ok: 1 namespaces (1 assumed), 2 pods"), "{}", stdout(&o));

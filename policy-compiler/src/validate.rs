@@ -169,7 +169,7 @@ pub fn policy(np: &netv1::NetworkPolicy) -> (Policy, Vec<Problem>) {
     if name.is_empty() {
         errs.push(FieldPath::root("metadata.name"), "Required value");
     }
-    check_object_name(&name, &mut errs);
+    check_object_name(&name, &namespace, &mut errs);
     let spec_path = FieldPath::root("spec");
     let default_spec = netv1::NetworkPolicySpec::default();
     // `spec` is a non-pointer struct in the API: an object without it is a valid
@@ -331,11 +331,37 @@ fn parse_ip_block(
 ) -> Option<IpBlock> {
     // An IPv4-mapped IPv6 block is an IPv4 block, as for the API server; it
     // warns that the plain form is meant.
+    // Like the API server (`GetWarningsForCIDR`), it also warns of bits set
+    // after the prefix (`10.0.0.7/24` is all of 10.0.0.0/24, perhaps not what
+    // was meant) and of leading zeros (`010.0.0.0/8`, read as decimal), both
+    // accepted.
     let mut mapped = |field: FieldPath, text: &str, c: &Cidr| {
         if c.family == Family::V4 && text.contains(':') {
             warnings.push(
-                field,
+                field.clone(),
                 format!("{text:?} is an IPv4-mapped IPv6 block, read as the IPv4 block {c}: write {c}"),
+            );
+        }
+        let address = text.split_once('/').map_or(text, |(a, _)| a);
+        let whole = if address.contains(':') { 128 } else { 32 };
+        if let Ok(one) = Cidr::parse(&format!("{address}/{whole}")) {
+            if one.addr != c.addr {
+                warnings.push(
+                    field.clone(),
+                    format!(
+                        "{text:?} has bits set after its prefix length: it is the whole block {c}; \
+                         write {c}, or {one} if the one address is meant"
+                    ),
+                );
+            }
+        }
+        if address.parse::<std::net::IpAddr>().is_err() {
+            warnings.push(
+                field,
+                format!(
+                    "{text:?} is not written in the standard form (leading zeros in an octet or group), \
+                     read as {c}; write {c}: API servers that validate strictly refuse it"
+                ),
             );
         }
     };
@@ -501,12 +527,19 @@ pub fn namespace_problems(ns: &corev1::Namespace) -> Vec<Problem> {
     problems_from(errs, &object, Severity::Error)
 }
 
-/// A pod's or policy's `metadata.name`, when present: a DNS subdomain.
-fn check_object_name(name: &str, errs: &mut FieldErrors) {
+/// A pod's or policy's `metadata.name`, when present: a DNS subdomain; and
+/// its namespace (`metadata.namespace`, `default` when absent), a DNS label.
+fn check_object_name(name: &str, namespace: &str, errs: &mut FieldErrors) {
     if !name.is_empty() && !crate::selector::is_dns_name(name, false) {
         errs.push(
             FieldPath::root("metadata.name"),
             format!("Invalid value: {name:?}: a name is a DNS subdomain (lowercase alphanumerics, '-' and '.', starting and ending with an alphanumeric)"),
+        );
+    }
+    if !crate::selector::is_dns_name(namespace, true) {
+        errs.push(
+            FieldPath::root("metadata.namespace"),
+            format!("Invalid value: {namespace:?}: a namespace name is a DNS label (at most 63 lowercase alphanumerics or '-', starting and ending with an alphanumeric)"),
         );
     }
 }
@@ -528,7 +561,7 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
     if name.is_empty() {
         errs.push(FieldPath::root("metadata.name"), "Required value");
     }
-    check_object_name(&name, &mut errs);
+    check_object_name(&name, &namespace, &mut errs);
     crate::selector::validate_labels(
         p.metadata.labels.iter().flatten(),
         &FieldPath::root("metadata"),

@@ -784,15 +784,25 @@ fn r18_ip_block_cidr_and_except_at_their_boundaries() {
 
 #[test]
 fn r18_ip_block_cidr_bounds_without_except_and_host_bits() {
-    // Host bits in the cidr are accepted (as the API server does) and cleared.
+    // Host bits in the cidr are accepted (as the API server does) and cleared,
+    // with a warning that names both readings (as the API server's does).
     let c = web_ingress_from("    - ipBlock: {cidr: 198.51.100.77/24}\n");
-    assert_no_problems(&c);
+    assert_eq!(problems(&c).len(), 1, "{:#?}", problems(&c));
+    assert_problem(
+        &c,
+        Severity::Warning,
+        "NetworkPolicy x/p",
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        "\"198.51.100.77/24\" has bits set after its prefix length: it is the whole block 198.51.100.0/24; \
+         write 198.51.100.0/24, or 198.51.100.77/32 if the one address is meant",
+    );
     expect(&c, "198.51.99.255", X_WEB, TCP, 80, NotPod, Deny(&["x/p"]));
     expect(&c, "198.51.100.0", X_WEB, TCP, 80, NotPod, Allow("x/p", 0));
     expect(&c, "198.51.100.255", X_WEB, TCP, 80, NotPod, Allow("x/p", 0));
     expect(&c, "198.51.101.0", X_WEB, TCP, 80, NotPod, Deny(&["x/p"]));
     // A /32 is one address.
     let c = web_ingress_from("    - ipBlock: {cidr: 192.0.2.10/32}\n");
+    assert_no_problems(&c);
     expect(&c, EXT4, X_WEB, TCP, 80, NotPod, Allow("x/p", 0));
     expect(&c, "192.0.2.11", X_WEB, TCP, 80, NotPod, Deny(&["x/p"]));
 }
@@ -1623,6 +1633,35 @@ spec:
 }
 
 #[test]
+fn r37_a_namespace_the_api_server_refuses_is_named_in_pods_and_policies() {
+    // `metadata.namespace` of a pod or policy must be a DNS label too, as its
+    // Namespace's name: "X " (a capital, a trailing space) is reported as an
+    // error, and the policy fails closed.
+    let mut pods = base_pods();
+    pods.push(pod("X ", "web", "10.0.9.1", &[("app", "web")]));
+    let c = world(
+        base_namespaces(),
+        pods,
+        &["
+metadata: {name: allow, namespace: 'X '}
+spec:
+  podSelector: {}
+  ingress: [{}]
+"],
+    );
+    for object in ["Pod X /web", "NetworkPolicy X /allow"] {
+        assert_problem(
+            &c,
+            Severity::Error,
+            object,
+            "metadata.namespace",
+            "Invalid value: \"X \": a namespace name is a DNS label",
+        );
+    }
+    expect(&c, X_CLIENT, "10.0.9.1", TCP, 80, Open, Deny(&["X /allow"]));
+}
+
+#[test]
 fn r37_an_invalid_policy_only_adds_isolation_other_policies_still_allow() {
     let c = base(&[
         r"
@@ -1849,18 +1888,38 @@ fn r42_invalid_pod_with_a_valid_address_stays_isolated() {
 #[test]
 fn r37_ip_block_accepts_what_the_api_server_accepts() {
     let c = web_ingress_from("    - ipBlock: {cidr: 010.0.0.0/8}\n");
-    assert_no_problems(&c);
+    assert_eq!(problems(&c).len(), 1, "{:#?}", problems(&c));
+    assert_problem(
+        &c,
+        Severity::Warning,
+        "NetworkPolicy x/p",
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        "read as 10.0.0.0/8",
+    );
     expect(&c, "10.1.2.3", X_WEB, TCP, 80, NotPod, Allow("x/p", 0));
 }
 
 #[test]
 fn r18_ip_block_octets_are_read_like_the_api_server_does() {
     let c = web_ingress_from("    - ipBlock: {cidr: 10.0.0.0001/8}\n");
-    assert_no_problems(&c);
+    assert_problem(
+        &c,
+        Severity::Warning,
+        "NetworkPolicy x/p",
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        "leading zeros",
+    );
     expect(&c, "10.1.2.3", X_WEB, TCP, 80, NotPod, Allow("x/p", 0));
     // IPv6 groups of more than four digits, as Go's old parser reads them.
     let c = web_ingress_from("    - ipBlock: {cidr: 'fd00:00000::/64'}\n");
-    assert_no_problems(&c);
+    assert_problem(
+        &c,
+        Severity::Warning,
+        "NetworkPolicy x/p",
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        "leading zeros",
+    );
+    assert!(!problems(&c).iter().any(|p| p.0 == Severity::Error), "{:#?}", problems(&c));
     expect(&c, "fd00::7", X_WEB6, TCP, 80, NotPod, Allow("x/p", 0));
     let c = web_ingress_from("    - ipBlock: {cidr: 'fd00:10000::/64'}\n");
     assert_problem(
