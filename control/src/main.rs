@@ -211,7 +211,7 @@ fn load(args: &StateArgs) -> Result<Compiled> {
     const SKIPPED_SHOWN: usize = 5;
     // Other policy kinds (Calico's, Cilium's, AdminNetworkPolicy) are named
     // apart, each of them: their rules are not enforced here.
-    let policy_like = |kind: &str| kind.contains("Policy");
+    let policy_like = |kind: &str| kind.contains("NetworkPolicy");
     for (kind, origin) in state.skipped.iter().filter(|(k, _)| policy_like(k)) {
         eprintln!(
             "warning: {origin}: kind {kind} is not a Kubernetes NetworkPolicy (networking.k8s.io/v1); \

@@ -103,8 +103,9 @@ impl fmt::Display for LoadError {
             // A key with an invisible character (a non-breaking or zero-width
             // space pasted from a web page) must not read as a correct one.
             f.write_str(": field ")?;
+            // Field names and keys are ASCII: anything else is shown escaped.
             for c in p.chars() {
-                if c == ' ' || !(c.is_whitespace() || c.is_control() || is_invisible(c)) {
+                if c == ' ' || c.is_ascii_graphic() {
                     write!(f, "{c}")?;
                 } else {
                     write!(f, "{}", c.escape_unicode())?;
@@ -115,11 +116,10 @@ impl fmt::Display for LoadError {
     }
 }
 
-/// Characters that print as nothing: zero-width spaces and joiners, the byte
-/// order mark, soft hyphens.
-fn is_invisible(c: char) -> bool {
-    matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
-}
+/// API groups of other projects' kinds named `NetworkPolicy` (Calico's v1 CRD
+/// and v3 API, Antrea's): not Kubernetes' NetworkPolicy, not enforced here.
+const FOREIGN_POLICY_GROUPS: [&str; 4] =
+    ["crd.projectcalico.org", "projectcalico.org", "crd.antrea.io", "security.antrea.io"];
 
 /// All problems of one load.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -522,13 +522,12 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
         _ => ("NetworkPolicy", ns.clone(), name.clone()),
     };
     let object = Some(object_name(&key));
-    // The same kind name in another project's API group (Calico's
-    // `crd.projectcalico.org/v1` NetworkPolicy: a dotted group outside
-    // `*.k8s.io`) is another kind: skipped with a warning. A Kubernetes group
-    // or version (`extensions/v1beta1`, `apps/v1`) is this kind written
-    // wrong: an error.
+    // Calico's and Antrea's own NetworkPolicy kinds share the name: skipped
+    // with a warning. Any other group or version (`extensions/v1beta1`, or a
+    // typo such as `networking.k8s/v1`) is this kind written wrong: an error,
+    // never a policy silently left out.
     let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-    if api_version != expected && group.contains('.') && !group.ends_with("k8s.io") {
+    if kind == "NetworkPolicy" && FOREIGN_POLICY_GROUPS.contains(&group) {
         state.skipped.push((format!("{kind} ({api_version})"), origin));
         return;
     }
@@ -1086,7 +1085,7 @@ pub fn read_text(path: &str) -> Result<String, Option<LoadErrors>> {
         Err(_) if e.kind() == std::io::ErrorKind::NotFound => None,
         Ok(target) if e.kind() == std::io::ErrorKind::NotFound => one(LoadError::file(
             path,
-            format!("cannot read: a symbolic link to {}, which does not exist", target.display()),
+            format!("cannot read: a symbolic link to {}, which leads to no file", target.display()),
         )),
         _ => one(LoadError::file(path, format!("cannot read: {e}"))),
     })?;
@@ -1103,10 +1102,13 @@ fn not_utf8(name: &str, bytes: &[u8], e: std::str::Utf8Error) -> LoadError {
         "not UTF-8: the text is UTF-16 (as Windows PowerShell's `>` writes it); save it as UTF-8".to_string()
     } else {
         let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
+        let what = match e.error_len() {
+            Some(_) => format!("byte {:#04x} is not valid UTF-8 there", bytes[at]),
+            None => "the text ends inside a UTF-8 sequence".to_string(),
+        };
         format!(
-            "not UTF-8: line {line} (byte offset {at}) holds {:#04x}, which starts no UTF-8 sequence (a file saved as Latin-1 \
-             or Windows-1252?); save it as UTF-8",
-            bytes[at]
+            "not UTF-8: line {line} (byte offset {at}): {what} (a file saved as Latin-1 or Windows-1252?); \
+             save it as UTF-8"
         )
     };
     LoadError::file(name, message)
@@ -1449,7 +1451,10 @@ mod tests {
         let latin1 = dir.path().join("l.yaml");
         std::fs::write(&latin1, b"apiVersion: v1\nkind: Namespace\nmetadata: {name: caf\xe9}\n").unwrap();
         let e = load(latin1.to_str().unwrap()).unwrap_err().to_string();
-        assert!(e.contains("l.yaml: not UTF-8: line 3 (byte offset 51) holds 0xe9"), "{e}");
+        assert!(
+            e.contains("l.yaml: not UTF-8: line 3 (byte offset 51): byte 0xe9 is not valid UTF-8 there"),
+            "{e}"
+        );
         let utf16 = dir.path().join("w.yaml");
         let text: Vec<u8> = [0xff, 0xfe]
             .into_iter()

@@ -47,8 +47,8 @@ fn yaml11_boolean(word: &str) -> Option<bool> {
 /// of the words as a token, or when the event parser refuses the text (the
 /// reader reports syntax errors itself).
 pub fn find(text: &str) -> Vec<Boolean> {
-    // Lines end at `\n`, `\r\n` or a lone `\r`, as for the parser.
-    if !text.split(['\n', '\r']).any(may_hold_word) {
+    // Lines end where the parser's do: `\n`, `\r`, NEL, LS and PS.
+    if !text.split(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}']).any(may_hold_word) {
         return Vec::new();
     }
     let mut walk = Walk::default();
@@ -82,16 +82,27 @@ fn may_hold_word(line: &str) -> bool {
     while let Some(rest) = l.strip_prefix(['-', '?']).filter(|r| r.is_empty() || r.starts_with([' ', '\t'])) {
         l = rest.trim_start();
     }
-    // A comment is not content (` #` starts one after a value).
-    let l = l.split(" #").next().unwrap_or(l);
+    // A comment is not content (`#` after a space or tab starts one).
+    let l = match l.char_indices().find(|&(i, c)| c == '#' && l[..i].ends_with([' ', '\t'])) {
+        Some((i, _)) => &l[..i],
+        None => l,
+    };
     // The scalar after its anchor and tag, if any.
     let scalar = |t: &str| {
         let mut words = t.split_whitespace().skip_while(|w| w.starts_with(['&', '!']));
         matches!((words.next(), words.next()), (Some(w), None) if is_word(w))
     };
-    match l.split_once(':') {
-        Some((key, value)) => scalar(key) || scalar(value),
-        None => scalar(l),
+    // A key ends at a `:` followed by a space, a tab or the line's end; the
+    // key (`a:b: on`, `"a: b": on`) may hold others, so the key is tried up to
+    // the first such `:` and the value after the last.
+    let ends: Vec<usize> = l
+        .char_indices()
+        .filter(|&(i, c)| c == ':' && (i + 1 == l.len() || l[i + 1..].starts_with([' ', '\t'])))
+        .map(|(i, _)| i)
+        .collect();
+    match (ends.first(), ends.last()) {
+        (Some(&first), Some(&last)) => scalar(&l[..first]) || scalar(&l[last + 1..]),
+        _ => scalar(l),
     }
 }
 
@@ -282,6 +293,9 @@ mod tests {
         assert_eq!(paths("? on\n: v\n"), vec![(0, "on".into(), 1, true)]);
         assert_eq!(paths("a: 1\rb: on\r"), vec![(0, "b".into(), 2, false)]);
         assert_eq!(paths("m: !!str on\nk: &a !!str off\n"), vec![]);
+        assert_eq!(paths("a: on\t# a comment\n"), vec![(0, "a".into(), 1, false)]);
+        assert_eq!(paths("\"a:b\": on\n'c: d': off\ne:f: yes\n").len(), 3);
+        assert_eq!(paths("a: 1\u{2028}b: on\n"), vec![(0, "b".into(), 2, false)]);
         // Still no parse for prose or tagged text.
         assert!(!may_hold_word("description: turn it on"));
         assert!(may_hold_word("x: &v on"));
