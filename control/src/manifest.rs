@@ -229,7 +229,12 @@ fn document_lines(text: &str) -> Vec<usize> {
             if pending && any {
                 starts.push(i + 1); // an empty document between two separators
             }
-            pending = true;
+            // `--- {apiVersion: v1, ...}`: the document starts on this line.
+            let rest = line[3..].trim();
+            pending = rest.is_empty() || rest.starts_with('#');
+            if !pending {
+                starts.push(i + 1);
+            }
             any = true;
         } else if pending && !line.trim().is_empty() && !line.trim_start().starts_with('#') {
             starts.push(i + 1);
@@ -247,6 +252,8 @@ fn document_lines(text: &str) -> Vec<usize> {
 pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
     // A byte-order mark (editors on Windows write one) is not content.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let stream = json_stream_as_yaml(text);
+    let text = stream.as_deref().unwrap_or(text);
     let lines = document_lines(text);
     let mut state = State::default();
     let mut errs: Vec<LoadError> = Vec::new();
@@ -336,6 +343,45 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
     } else {
         Err(LoadErrors(errs))
     }
+}
+
+/// A stream of JSON objects (`kubectl get pods -o json | jq '.items[]'`,
+/// which `kubectl apply` reads) as a YAML stream: `--- ` before every object
+/// after the first, on its own line, so line numbers stay those of the text.
+/// `None` when the text is not two or more JSON values and nothing else.
+fn json_stream_as_yaml(text: &str) -> Option<String> {
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let mut values = serde_json::Deserializer::from_str(text).into_iter::<serde::de::IgnoredAny>();
+    let mut ends = Vec::new();
+    while let Some(v) = values.next() {
+        v.ok()?;
+        ends.push(values.byte_offset());
+    }
+    if ends.len() < 2 {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + 5 * ends.len());
+    let mut from = 0;
+    for (i, &end) in ends.iter().enumerate() {
+        let object = &text[from..end];
+        if i > 0 {
+            // The object starts after the whitespace that ends the previous one.
+            let start = object.len() - object.trim_start().len();
+            out.push_str(&object[..start]);
+            if !object[..start].contains('\n') {
+                out.push('\n'); // two objects on one line (rare): one line more
+            }
+            out.push_str("--- ");
+            out.push_str(&object[start..]);
+        } else {
+            out.push_str(object);
+        }
+        from = end;
+    }
+    out.push_str(&text[from..]);
+    Some(out)
 }
 
 /// `kind: List` as kubectl prints it, or a typed list (`PodList`) as the API returns it.
@@ -1443,6 +1489,37 @@ mod tests {
         let e = errors("apiVersion: v1\nkind: Namespace\nmetadata: {name: true}\n");
         assert!(e.contains("Namespace true: field metadata.name: invalid type: boolean"), "{e}");
         assert!(!e.contains("Required"), "{e}");
+    }
+
+    #[test]
+    fn a_stream_of_json_objects_is_read_as_kubectl_reads_it() {
+        let ns = |n: &str| {
+            format!(
+                "{{\"apiVersion\": \"v1\", \"kind\": \"Namespace\", \"metadata\": {{\"name\": \"{n}\"}}}}"
+            )
+        };
+        // One per line (`jq -c`), spread over lines (`jq`), and two on one line.
+        for text in [
+            format!("{}\n{}\n", ns("a"), ns("b")),
+            format!("{}\n{}\n", ns("a"), ns("b")).replace(", ", ",\n  "),
+            format!("{}{}", ns("a"), ns("b")),
+        ] {
+            let s = parse("t.json", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(s.namespaces.len(), 2, "{text}");
+        }
+        // Errors keep the text's own lines: document 2 starts on line 4.
+        let text = "{\"apiVersion\": \"v1\",\n \"kind\": \"Namespace\",\n \"metadata\": {\"name\": \"a\"}}\n\
+                    {\"apiVersion\": \"v1\",\n \"kind\": \"Namespace\",\n \"metadata\": {\"name\": \"b\",\n  \"lables\": {}}}\n";
+        let e = errors(text);
+        assert!(
+            e.contains(
+                "t.yaml: document 2 (line 4), line 7: Namespace b: field metadata.lables: unknown field"
+            ),
+            "{e}\n{text}"
+        );
+        // A document opened on its separator's line starts there.
+        let e = errors("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n--- {apiVersion: v1, kind: Namespace, metadata: {name: b, lables: {}}}\n");
+        assert!(e.contains("document 2 (line 4), line 4"), "{e}");
     }
 
     #[test]
