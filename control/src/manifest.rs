@@ -225,12 +225,12 @@ fn document_lines(text: &str) -> Vec<usize> {
     let mut pending = true; // waiting for the current document's first content line
     let mut any = false; // seen a separator or content yet
     for (i, line) in text.lines().enumerate() {
-        if line.starts_with("---") {
+        if let Some(rest) = line.strip_prefix("---") {
             if pending && any {
                 starts.push(i + 1); // an empty document between two separators
             }
             // `--- {apiVersion: v1, ...}`: the document starts on this line.
-            let rest = line[3..].trim();
+            let rest = rest.trim();
             pending = rest.is_empty() || rest.starts_with('#');
             if !pending {
                 starts.push(i + 1);
@@ -596,28 +596,39 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
         return;
     }
     let before = errs.len();
-    // kubectl reads `on`, `yes`, `n`... as booleans: refuse a reading it would not share.
+    // kubectl reads `on`, `yes`, `n`... as booleans and `0100`, `1_000` as
+    // numbers: refuse a reading it would not share. (A number where a number
+    // belongs, `port: 0100`, is refused by its type below, with a hint.)
+    let mut numbers = Vec::new();
     for b in src.booleans.get(&(src.doc, src.prefix.clone())).into_iter().flatten() {
         let Some(field) = b.path.strip_prefix(src.prefix.as_str()) else { continue };
-        let message = if b.key {
-            format!(
-                "the key `{}` is the boolean {} to kubectl (YAML 1.1), so the key \"{}\" in the cluster, but the text \"{}\" here: quote it ('{}')",
-                b.word, b.value, b.value, b.word, b.word
-            )
-        } else {
-            format!(
-                "`{}` is the boolean {} to kubectl (YAML 1.1) but the text \"{}\" here: quote it ('{}') where text is meant (kubectl refuses a boolean there), or write {} where a boolean is",
-                b.word, b.value, b.word, b.word, b.value
-            )
+        let (word, value) = (&b.word, &b.value);
+        let message = match value {
+            _ if b.key => format!(
+                "the key `{word}` is the {} {value} to kubectl (YAML 1.1), so the key \"{value}\" in the cluster, but the text \"{word}\" here: quote it ('{word}')",
+                value.kind()
+            ),
+            crate::yaml11::Reading::Boolean(_) => format!(
+                "`{word}` is the boolean {value} to kubectl (YAML 1.1) but the text \"{word}\" here: quote it ('{word}') where text is meant (kubectl refuses a boolean there), or write {value} where a boolean is"
+            ),
+            crate::yaml11::Reading::Number(_) => format!(
+                "`{word}` is the number {value} to kubectl (YAML 1.1) but the text \"{word}\" here: write {value} where a number is meant, or quote it ('{word}') where text is (kubectl refuses a number there)"
+            ),
         };
-        errs.push(LoadError {
+        let e = LoadError {
             origin: origin.clone(),
             object: object.clone(),
             field: Some(field.to_string()),
             line: Some(b.line),
             message,
-        });
+        };
+        if matches!(value, crate::yaml11::Reading::Number(_)) && !b.key {
+            numbers.push(e);
+        } else {
+            errs.push(e);
+        }
     }
+    let typed_from = errs.len();
     match kind.as_str() {
         "Namespace" => {
             if let Some(o) = typed::<corev1::Namespace>(src, &origin, &object, errs, &mut state.ignored) {
@@ -639,6 +650,8 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
             }
         }
     }
+    let typed_fields: Vec<Option<String>> = errs[typed_from..].iter().map(|e| e.field.clone()).collect();
+    errs.extend(numbers.into_iter().filter(|n| !typed_fields.contains(&n.field)));
     if errs.len() == before {
         if let Some(prev) = state.origins.get(&key) {
             errs.push(duplicate(&key, &origin, prev));
@@ -1520,6 +1533,41 @@ mod tests {
         // A document opened on its separator's line starts there.
         let e = errors("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n--- {apiVersion: v1, kind: Namespace, metadata: {name: b, lables: {}}}\n");
         assert!(e.contains("document 2 (line 4), line 4"), "{e}");
+    }
+
+    #[test]
+    fn yaml_1_1_numbers_are_refused_where_kubectl_would_read_them_otherwise() {
+        let labels =
+            |v: &str| format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels:\n    {v}\n");
+        // kubectl reads these as numbers (octal, underscores dropped, a float
+        // for `019`); the reader would take them as text.
+        for (v, n) in
+            [("01", "1"), ("0100", "64"), ("019", "19"), ("1_0", "10"), ("-017", "-15"), ("0x_1f", "31")]
+        {
+            let e = errors(&labels(&format!("rack: {v}")));
+            assert!(
+                e.contains(&format!(
+                    "line 6: Namespace x: field metadata.labels.rack: `{v}` is the number {n} to kubectl"
+                )),
+                "{v}: {e}"
+            );
+        }
+        let e = errors(&labels("0100: x"));
+        assert!(
+            e.contains(
+                "the key `0100` is the number 64 to kubectl (YAML 1.1), so the key \"64\" in the cluster"
+            ),
+            "{e}"
+        );
+        // Quoted, tagged, or what the reader reads as a number too: no such error.
+        for v in ["'0100'", "!!str 0100", "\"1_0\"", "10.0.0.1", "0001-01-01"] {
+            parse("t.yaml", &labels(&format!("rack: {v}"))).unwrap_or_else(|e| panic!("{v}: {e}"));
+        }
+        // A number where a number belongs is refused once, by its type, with its hint.
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    ports: [{containerPort: 0100}]\n";
+        let e = errors(pod);
+        assert_eq!(e.matches("containerPort").count(), 1, "{e}");
+        assert!(e.contains("kubectl would read 0100 as octal 64"), "{e}");
     }
 
     #[test]

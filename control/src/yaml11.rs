@@ -1,22 +1,26 @@
-//! YAML 1.1 booleans: the plain words kubectl reads as `true` or `false`
-//! (`y`, `yes`, `on`, `n`, `no`, `off` and their capitalised forms), which
-//! the manifest reader, a YAML 1.2 parser, reads as text.
+//! YAML 1.1 readings: the plain words kubectl reads as `true` or `false`
+//! (`y`, `yes`, `on`, `n`, `no`, `off` and their capitalised forms), and
+//! the plain numbers it reads where the manifest reader, a YAML 1.2 parser,
+//! reads text (a leading zero: `0100` is octal 64, `019` the float 19;
+//! underscores: `1_000`).
 //!
-//! In: a manifest text. Out: where such words stand unquoted, by document
+//! In: a manifest text. Out: where such scalars stand unquoted, by document
 //! and field path (the paths the manifest errors use), so that the reader
-//! can refuse them: kubectl would refuse `app: on` as a label value (a
-//! boolean where text belongs) and would read the label key `on:` as
-//! `"true"`, so either reading here would be a policy the cluster never sees.
+//! can refuse them: kubectl would refuse `app: on` or `rack: 01` as a label
+//! value (a boolean or number where text belongs) and would read the label
+//! key `on:` as `"true"` and `0100:` as `"64"`, so either reading here would
+//! be a policy the cluster never sees.
 //!
 //! Plain scalars are told from quoted ones by a second, event-level parse
 //! (`libyaml-safer`, a safe port of libyaml: the grammar of the reader's own
 //! parser and of kubectl's, so a text one accepts the other does), made only
-//! when a cheap scan finds a line whose key or value is one of the words
+//! when a cheap scan finds a line whose key or value may be one of them
 //! (never in JSON, nor in what kubectl prints: it quotes them).
 
 use libyaml_safer::{EventData, Parser, ScalarStyle};
 
-/// One unquoted YAML 1.1 boolean.
+/// One plain scalar that kubectl (YAML 1.1) reads as a boolean or a number
+/// and the reader (YAML 1.2) as text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Boolean {
     /// Document index in the stream, from 0.
@@ -31,7 +35,105 @@ pub struct Boolean {
     /// The word as written.
     pub word: String,
     /// What kubectl reads it as.
-    pub value: bool,
+    pub value: Reading,
+}
+
+/// A YAML 1.1 reading of a plain scalar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// `on`, `no`...
+    Boolean(bool),
+    /// `0100` (octal 64), `1_000`, `019` (a float to kubectl's parser): the
+    /// number as kubectl prints it.
+    Number(String),
+}
+
+impl Reading {
+    /// "boolean" or "number".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reading::Boolean(_) => "boolean",
+            Reading::Number(_) => "number",
+        }
+    }
+}
+
+impl std::fmt::Display for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reading::Boolean(b) => write!(f, "{b}"),
+            Reading::Number(n) => f.write_str(n),
+        }
+    }
+}
+
+/// What kubectl reads a plain, untagged scalar as, when that is not text
+/// and the reader reads text.
+fn yaml11_reading(word: &str) -> Option<Reading> {
+    yaml11_boolean(word).map(Reading::Boolean).or_else(|| yaml11_number(word).map(Reading::Number))
+}
+
+/// Could this be a number to kubectl that the reader takes as text? A cheap
+/// test: a digit or sign first, and an underscore or a leading zero.
+fn number_like(t: &str) -> bool {
+    let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
+    digits.starts_with(|c: char| c.is_ascii_digit())
+        && (digits.contains('_') || digits.len() > 1 && digits.starts_with('0'))
+}
+
+/// The number kubectl's YAML parser (go-yaml v2) reads a plain scalar as,
+/// when the reader reads it as text: underscores are dropped, then Go's
+/// `ParseInt(s, 0, 64)` (a leading `0` is octal; `0x`, `0o`, `0b`), then a
+/// decimal float (`019` is 19, not octal).
+fn yaml11_number(word: &str) -> Option<String> {
+    if !number_like(word)
+        || !matches!(serde_yaml::from_str::<serde_yaml::Value>(word), Ok(serde_yaml::Value::String(_)))
+    {
+        return None;
+    }
+    let plain = word.replace('_', "");
+    let (negative, digits) = match plain.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, plain.strip_prefix('+').unwrap_or(&plain)),
+    };
+    let lower = digits.to_ascii_lowercase();
+    let (radix, body) = if let Some(b) = lower.strip_prefix("0x") {
+        (16, b)
+    } else if let Some(b) = lower.strip_prefix("0o") {
+        (8, b)
+    } else if let Some(b) = lower.strip_prefix("0b") {
+        (2, b)
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        (8, &lower[1..])
+    } else {
+        (10, lower.as_str())
+    };
+    let signless = !body.is_empty() && !body.starts_with(['+', '-']);
+    if let Ok(n) = i128::from_str_radix(body, radix) {
+        if signless && n <= u64::MAX as i128 {
+            return Some(if negative { format!("-{n}") } else { n.to_string() });
+        }
+    }
+    // Else a float, if go-yaml's pattern for them matches:
+    // `[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?`.
+    let all_digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    let (mantissa, exponent) = match digits.find(['e', 'E']) {
+        Some(i) => (&digits[..i], Some(&digits[i + 1..])),
+        None => (digits, None),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let float = all_digits(int)
+        && all_digits(frac)
+        && (!int.is_empty() || !frac.is_empty())
+        && exponent.is_none_or(|e| {
+            let e = e.strip_prefix(['+', '-']).unwrap_or(e);
+            !e.is_empty() && all_digits(e)
+        });
+    if float {
+        let v: f64 = plain.parse().ok()?;
+        return Some(format!("{v}"));
+    }
+    None
 }
 
 /// The YAML 1.1 value of a plain word that YAML 1.2 reads as text.
@@ -72,7 +174,7 @@ pub fn find(text: &str) -> Vec<Boolean> {
 /// or tag (`x: &v on`); a line with flow collections, or the end of one
 /// (`  on}`), is searched token by token. Prose (`turn it on`) is not.
 fn may_hold_word(line: &str) -> bool {
-    let is_word = |t: &str| yaml11_boolean(t.trim()).is_some();
+    let is_word = |t: &str| yaml11_boolean(t.trim()).is_some() || number_like(t.trim());
     if line.contains(['{', '[', '}', ']', ',']) {
         return line
             .split(|c: char| c.is_whitespace() || matches!(c, ',' | '{' | '}' | '[' | ']' | ':'))
@@ -121,7 +223,7 @@ struct Walk {
     stack: Vec<Frame>,
     found: Vec<Boolean>,
     /// Anchors on one of the words (`&flag yes`): an alias of one stands for the word.
-    anchored: std::collections::HashMap<String, (String, bool)>,
+    anchored: std::collections::HashMap<String, (String, Reading)>,
 }
 
 impl Walk {
@@ -164,7 +266,7 @@ impl Walk {
     }
 
     /// The scalar `text` (or an alias of it) is read here; a plain word is recorded.
-    fn scalar(&mut self, text: String, word: Option<bool>, line: usize) {
+    fn scalar(&mut self, text: String, word: Option<Reading>, line: usize) {
         let reading_key = matches!(self.stack.last(), Some(Frame::Map(None)));
         if let Some(value) = word {
             let path = if reading_key { self.path(Some(&text)) } else { self.path(None) };
@@ -198,8 +300,8 @@ impl Walk {
             }
             EventData::Scalar { value, style, tag, anchor, .. } => {
                 let word =
-                    (style == ScalarStyle::Plain && tag.is_none()).then(|| yaml11_boolean(&value)).flatten();
-                if let (Some(a), Some(w)) = (anchor, word) {
+                    (style == ScalarStyle::Plain && tag.is_none()).then(|| yaml11_reading(&value)).flatten();
+                if let (Some(a), Some(w)) = (anchor, word.clone()) {
                     self.anchored.insert(a, (value.clone(), w));
                 }
                 self.scalar(value, word, line);
@@ -234,7 +336,7 @@ mod tests {
             ]
         );
         let b = &find("x: OFF\n")[0];
-        assert_eq!((b.word.as_str(), b.value), ("OFF", false));
+        assert_eq!((b.word.as_str(), &b.value), ("OFF", &Reading::Boolean(false)));
     }
 
     #[test]
