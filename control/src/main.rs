@@ -102,7 +102,8 @@ struct StateArgs {
     state: Vec<String>,
     /// Go on when objects fail validation: an invalid NetworkPolicy is enforced fail-closed (it
     /// isolates the pods it selects and allows nothing); an invalid field of another object (a
-    /// pod's bad IP or port) is left out, and the object kept.
+    /// pod's bad IP or port) is left out, and the object kept. Input that does not read
+    /// (YAML syntax, an unknown field, a wrong type) always stops.
     #[arg(long)]
     allow_invalid: bool,
 }
@@ -517,7 +518,13 @@ fn check_batch_args(args: &QueryArgs) -> Result<()> {
             bail!("{flag} is for a single query (--from and --to); batch mode reads each query's protocol and port from its JSON line and prints JSON lines");
         }
     }
-    if args.state.state.iter().any(|s| s == "-") {
+    // `-`, or a name for it (`/dev/stdin`, `/proc/self/fd/0`): the same file as stdin.
+    let stdin_file = |path: &str| {
+        use std::os::unix::fs::MetadataExt;
+        let id = |m: &std::fs::Metadata| (m.dev(), m.ino());
+        matches!((std::fs::metadata(path), std::fs::metadata("/dev/stdin")), (Ok(a), Ok(b)) if id(&a) == id(&b))
+    };
+    if args.state.state.iter().any(|s| s == "-" || stdin_file(s)) {
         bail!("batch mode reads its queries from stdin, so the state cannot come from stdin too (--state -): give it as a file");
     }
     Ok(())

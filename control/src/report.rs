@@ -277,7 +277,15 @@ pub fn named_port_warnings(c: &Cluster) -> Vec<Problem> {
 /// for TCP, UDP and SCTP, unused (0) for every other protocol.
 pub fn flow_port(proto: u8, port: Option<u16>) -> Result<u16, String> {
     if Protocol::from_number(proto).is_none() {
-        return Ok(0);
+        // A port given with ICMP is a mistaken question, not one to answer
+        // as if it were not there (0 is accepted: tools write it for "none").
+        return match port {
+            Some(p) if p != 0 => Err(format!(
+                "{} has no ports: leave the port out (only rules without `ports` allow it)",
+                protocol_name(proto)
+            )),
+            _ => Ok(0),
+        };
     }
     match port {
         Some(0) => Err("port 0 is not a destination port (1-65535)".into()),

@@ -202,9 +202,24 @@ fn questions_need_a_port_for_port_protocols_and_one_address_family() {
     let o = run(&["query", "-s", &s, "--from", CLIENT, "--to", "stars/frontend"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("a TCP question needs the destination port"), "{}", stderr(&o));
-    // ICMP needs none.
+    // ICMP needs none, and takes none.
     let o = run(&["query", "-s", &s, "--from", CLIENT, "--to", "stars/frontend", "--protocol", "ICMP"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&[
+        "query",
+        "-s",
+        &s,
+        "--from",
+        CLIENT,
+        "--to",
+        "stars/frontend",
+        "--protocol",
+        "ICMP",
+        "--port",
+        "80",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("ICMP has no ports: leave the port out"), "{}", stderr(&o));
     let o = run(&["query", "-s", &s, "--from", "10.77.0.40", "--to", "fd00::1", "--port", "80"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("both ends need one address family"), "{}", stderr(&o));
@@ -254,6 +269,10 @@ fn batch_mode_refuses_single_query_flags_and_state_on_stdin() {
     let state = std::fs::read_to_string(root("examples/stars/00-cluster.yaml")).unwrap();
     let o = run_with_stdin(&["query", "-s", "-"], &state);
     assert!(!o.status.success());
+    assert!(stderr(&o).contains("the state cannot come from stdin too"), "{}", stderr(&o));
+    // Named another way, it is still stdin.
+    let o = run_with_stdin(&["query", "-s", "/dev/stdin"], &state);
+    assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("the state cannot come from stdin too"), "{}", stderr(&o));
 }
 
