@@ -901,15 +901,19 @@ pub fn locate(text: &str, doc: usize, path: &str) -> Option<usize> {
         Key(String),
         Index(usize),
     }
+    // `a.b[2].c[app.kubernetes.io/name]`: keys between dots, list indexes
+    // and map keys (as label errors name them, dots and all) in brackets.
     let mut segs = Vec::new();
-    for part in path.split('.') {
-        let (key, mut rest) = part.split_once('[').map_or((part, ""), |(k, r)| (k, r));
-        if !key.is_empty() {
-            segs.push(Seg::Key(key.to_string()));
-        }
-        while let Some((n, r)) = rest.split_once(']') {
-            segs.push(Seg::Index(n.parse().ok()?));
-            rest = r.strip_prefix('[').unwrap_or(r);
+    let mut rest = path;
+    while !rest.is_empty() {
+        if let Some(inner) = rest.strip_prefix('[') {
+            let (inner, after) = inner.split_once(']')?;
+            segs.push(inner.parse().map_or_else(|_| Seg::Key(inner.to_string()), Seg::Index));
+            rest = after.strip_prefix('.').unwrap_or(after);
+        } else {
+            let end = rest.find(['.', '[']).unwrap_or(rest.len());
+            segs.push(Seg::Key(rest[..end].to_string()));
+            rest = rest[end..].strip_prefix('.').unwrap_or(&rest[end..]);
         }
     }
 
@@ -1568,6 +1572,15 @@ mod tests {
         let e = errors(pod);
         assert_eq!(e.matches("containerPort").count(), 1, "{e}");
         assert!(e.contains("kubectl would read 0100 as octal 64"), "{e}");
+    }
+
+    #[test]
+    fn a_key_in_brackets_is_located_dots_and_all() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels:\n    app.kubernetes.io/name: x\n    app: 'has space'\nspec:\n  containers:\n  - name: c\n    ports: [{containerPort: 80}]\n";
+        assert_eq!(locate(text, 0, "metadata.labels[app]"), Some(7));
+        assert_eq!(locate(text, 0, "metadata.labels[app.kubernetes.io/name]"), Some(6));
+        assert_eq!(locate(text, 0, "spec.containers[0].ports[0].containerPort"), Some(11));
+        assert_eq!(locate(text, 0, "metadata.labels[nope]"), None);
     }
 
     #[test]
