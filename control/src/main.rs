@@ -114,7 +114,7 @@ struct FlowSpec {
     /// TCP, UDP, SCTP, ICMP, ICMPv6 or an IP protocol number [default: TCP].
     #[arg(long)]
     protocol: Option<String>,
-    /// Destination port, 1-65535: required for TCP, UDP and SCTP, not used for other protocols.
+    /// Destination port, 1-65535: required for TCP, UDP and SCTP, refused for other protocols.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
     /// Address family used for pods given by name (4 or 6); default: IPv4 for ICMP and IPv6 for

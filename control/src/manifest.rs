@@ -46,11 +46,10 @@ impl Origin {
             return None;
         }
         let items: String = self.item.iter().map(|i| format!("items[{i}].")).collect();
-        locate(
-            text.strip_prefix('\u{feff}').unwrap_or(text),
-            self.document.checked_sub(1)?,
-            &format!("{items}{field}"),
-        )
+        // Read as `parse` read it: a stream of JSON objects as YAML documents.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let stream = json_stream_as_yaml(text);
+        locate(stream.as_deref().unwrap_or(text), self.document.checked_sub(1)?, &format!("{items}{field}"))
     }
 }
 
@@ -350,7 +349,17 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
 /// after the first, on its own line, so line numbers stay those of the text.
 /// `None` when the text is not two or more JSON values and nothing else.
 fn json_stream_as_yaml(text: &str) -> Option<String> {
-    if !text.trim_start().starts_with('{') {
+    // Cheap gate before a parse of the whole text: an object opens the line
+    // after one that closes an object (`jq` and `jq -c` write them so), or
+    // follows one directly (`}{`). Inside one object, a line closing an
+    // object is followed by `,`, `]` or `}`.
+    let mut after_close = false;
+    let next_object = text.lines().map(str::trim).any(|l| {
+        let found = after_close && l.starts_with('{');
+        after_close = l.ends_with('}');
+        found
+    });
+    if !text.trim_start().starts_with('{') || !(next_object || text.contains("}{")) {
         return None;
     }
     let mut values = serde_json::Deserializer::from_str(text).into_iter::<serde::de::IgnoredAny>();
@@ -367,13 +376,21 @@ fn json_stream_as_yaml(text: &str) -> Option<String> {
     for (i, &end) in ends.iter().enumerate() {
         let object = &text[from..end];
         if i > 0 {
-            // The object starts after the whitespace that ends the previous one.
+            // The object starts after the whitespace that ends the previous
+            // one; the separator opens the object's line (before any indent).
             let start = object.len() - object.trim_start().len();
-            out.push_str(&object[..start]);
-            if !object[..start].contains('\n') {
-                out.push('\n'); // two objects on one line (rare): one line more
+            let ws = &object[..start];
+            match ws.rfind('\n') {
+                Some(nl) => {
+                    out.push_str(&ws[..=nl]);
+                    out.push_str("--- ");
+                    out.push_str(&ws[nl + 1..]);
+                }
+                None => {
+                    out.push_str(ws);
+                    out.push_str("\n--- "); // two objects on one line (rare): one line more
+                }
             }
-            out.push_str("--- ");
             out.push_str(&object[start..]);
         } else {
             out.push_str(object);
@@ -897,9 +914,11 @@ pub fn locate(text: &str, doc: usize, path: &str) -> Option<usize> {
     /// the node being read when it is raised).
     const FOUND: &str = "portcullis: path found";
 
+    /// A key after a dot, or what stands in brackets: a list's index, or a
+    /// map's key (a numeric label key is one too).
     enum Seg {
         Key(String),
-        Index(usize),
+        Bracket(String),
     }
     // `a.b[2].c[app.kubernetes.io/name]`: keys between dots, list indexes
     // and map keys (as label errors name them, dots and all) in brackets.
@@ -908,7 +927,7 @@ pub fn locate(text: &str, doc: usize, path: &str) -> Option<usize> {
     while !rest.is_empty() {
         if let Some(inner) = rest.strip_prefix('[') {
             let (inner, after) = inner.split_once(']')?;
-            segs.push(inner.parse().map_or_else(|_| Seg::Key(inner.to_string()), Seg::Index));
+            segs.push(Seg::Bracket(inner.to_string()));
             rest = after.strip_prefix('.').unwrap_or(after);
         } else {
             let end = rest.find(['.', '[']).unwrap_or(rest.len());
@@ -952,8 +971,8 @@ pub fn locate(text: &str, doc: usize, path: &str) -> Option<usize> {
             f.write_str("anything")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
-            let Some((Seg::Key(k), rest)) = self.0.split_first() else {
-                return Err(de::Error::custom(if self.0.is_empty() { FOUND } else { "not here" }));
+            let Some((Seg::Key(k) | Seg::Bracket(k), rest)) = self.0.split_first() else {
+                return Err(de::Error::custom(FOUND));
             };
             while let Some(same) = m.next_key_seed(Key(k, rest.is_empty()))? {
                 if same {
@@ -964,10 +983,11 @@ pub fn locate(text: &str, doc: usize, path: &str) -> Option<usize> {
             Err(de::Error::custom("not here"))
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<(), A::Error> {
-            let Some((Seg::Index(i), rest)) = self.0.split_first() else {
+            let Some((Seg::Bracket(i), rest)) = self.0.split_first() else {
                 return Err(de::Error::custom(if self.0.is_empty() { FOUND } else { "not here" }));
             };
-            for _ in 0..*i {
+            let i: usize = i.parse().map_err(|_| de::Error::custom("not here"))?;
+            for _ in 0..i {
                 s.next_element::<IgnoredAny>()?.ok_or_else(|| de::Error::custom("not here"))?;
             }
             s.next_element_seed(Find(rest))?.ok_or_else(|| de::Error::custom("not here"))
@@ -1534,6 +1554,16 @@ mod tests {
             ),
             "{e}\n{text}"
         );
+        // The next object indented; a check's line in the second object.
+        let s = parse("t.json", &format!("{}\n  {}\n", ns("a"), ns("b"))).unwrap();
+        assert_eq!(s.namespaces.len(), 2);
+        let text = format!(
+            "{}\n{}\n",
+            ns("a"),
+            ns("b").replace("\"name\": \"b\"", "\"name\": \"b\",\n \"labels\": {\"x\": \"y z\"}")
+        );
+        let origin = Origin { file: "t.json".into(), document: 2, line: 2, item: Vec::new() };
+        assert_eq!(origin.line_of(&text, "metadata.labels[x]"), Some(3), "{text}");
         // A document opened on its separator's line starts there.
         let e = errors("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n--- {apiVersion: v1, kind: Namespace, metadata: {name: b, lables: {}}}\n");
         assert!(e.contains("document 2 (line 4), line 4"), "{e}");
@@ -1564,7 +1594,7 @@ mod tests {
             "{e}"
         );
         // Quoted, tagged, or what the reader reads as a number too: no such error.
-        for v in ["'0100'", "!!str 0100", "\"1_0\"", "10.0.0.1", "0001-01-01"] {
+        for v in ["'0100'", "!!str 0100", "\"1_0\"", "10.0.0.1", "0001-01-01", "04e3091", "0.1.0", "100m"] {
             parse("t.yaml", &labels(&format!("rack: {v}"))).unwrap_or_else(|e| panic!("{v}: {e}"));
         }
         // A number where a number belongs is refused once, by its type, with its hint.
@@ -1581,6 +1611,9 @@ mod tests {
         assert_eq!(locate(text, 0, "metadata.labels[app.kubernetes.io/name]"), Some(6));
         assert_eq!(locate(text, 0, "spec.containers[0].ports[0].containerPort"), Some(11));
         assert_eq!(locate(text, 0, "metadata.labels[nope]"), None);
+        // A numeric key in a map is a key, not an index.
+        let text = "metadata:\n  labels:\n    x: y\n    8080: z\n";
+        assert_eq!(locate(text, 0, "metadata.labels[8080]"), Some(4));
     }
 
     #[test]

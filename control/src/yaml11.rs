@@ -74,11 +74,22 @@ fn yaml11_reading(word: &str) -> Option<Reading> {
 }
 
 /// Could this be a number to kubectl that the reader takes as text? A cheap
-/// test: a digit or sign first, and an underscore or a leading zero.
+/// test: a digit or sign first, an underscore or a leading zero, and only
+/// what a number is written with (`0c2354e0`, a hash, is not one).
 fn number_like(t: &str) -> bool {
     let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
+    let radix_prefixed = |p: &str, ok: fn(&u8) -> bool| {
+        digits.get(..2).is_some_and(|d| d.eq_ignore_ascii_case(p))
+            && digits.as_bytes()[2..].iter().all(|b| ok(b) || *b == b'_')
+    };
     digits.starts_with(|c: char| c.is_ascii_digit())
         && (digits.contains('_') || digits.len() > 1 && digits.starts_with('0'))
+        && (digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'e' | b'E' | b'+' | b'-'))
+            || radix_prefixed("0x", u8::is_ascii_hexdigit)
+            || radix_prefixed("0o", u8::is_ascii_digit)
+            || radix_prefixed("0b", u8::is_ascii_digit))
 }
 
 /// The number kubectl's YAML parser (go-yaml v2) reads a plain scalar as,
@@ -108,10 +119,12 @@ fn yaml11_number(word: &str) -> Option<String> {
     } else {
         (10, lower.as_str())
     };
+    // Go's ParseInt (int64), then ParseUint for what is larger.
     let signless = !body.is_empty() && !body.starts_with(['+', '-']);
     if let Ok(n) = i128::from_str_radix(body, radix) {
-        if signless && n <= u64::MAX as i128 {
-            return Some(if negative { format!("-{n}") } else { n.to_string() });
+        let fits = if negative { n <= 1 << 63 } else { n <= u64::MAX as i128 };
+        if signless && fits {
+            return Some(if negative && n != 0 { format!("-{n}") } else { n.to_string() });
         }
     }
     // Else a float, if go-yaml's pattern for them matches:
@@ -130,7 +143,9 @@ fn yaml11_number(word: &str) -> Option<String> {
             !e.is_empty() && all_digits(e)
         });
     if float {
-        let v: f64 = plain.parse().ok()?;
+        // Out of range (`04e3091`, a short commit hash), ParseFloat fails
+        // and go-yaml keeps the text.
+        let v: f64 = plain.parse().ok().filter(|v: &f64| v.is_finite())?;
         return Some(format!("{v}"));
     }
     None
@@ -175,10 +190,32 @@ pub fn find(text: &str) -> Vec<Boolean> {
 /// (`  on}`), is searched token by token. Prose (`turn it on`) is not.
 fn may_hold_word(line: &str) -> bool {
     let is_word = |t: &str| yaml11_boolean(t.trim()).is_some() || number_like(t.trim());
+    // A flow token (no spaces around it): only these first bytes can start a word.
+    let could_be = |t: &str| {
+        matches!(
+            t.as_bytes().first(),
+            Some(b'y' | b'Y' | b'n' | b'N' | b'o' | b'O' | b'0'..=b'9' | b'+' | b'-')
+        ) && (yaml11_boolean(t).is_some() || number_like(t))
+    };
     if line.contains(['{', '[', '}', ']', ',']) {
-        return line
-            .split(|c: char| c.is_whitespace() || matches!(c, ',' | '{' | '}' | '[' | ']' | ':'))
-            .any(is_word);
+        // Tokens end at flow indicators and spaces, and at a `:` that ends a
+        // key (followed by a space, or after a quoted key: `"a":on`), not at
+        // one inside a scalar (`10:01:02Z`, `sha256:0f...`), so that JSON's
+        // quoted timestamps are not taken for numbers.
+        let bytes = line.as_bytes();
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let ends_key = b == b':'
+                && (bytes.get(i + 1).is_none_or(|n| n.is_ascii_whitespace())
+                    || i > 0 && matches!(bytes[i - 1], b'"' | b'\''));
+            if b.is_ascii_whitespace() || matches!(b, b',' | b'{' | b'}' | b'[' | b']') || ends_key {
+                if could_be(&line[start..i]) {
+                    return true;
+                }
+                start = i + 1;
+            }
+        }
+        return could_be(&line[start..]);
     }
     let mut l = line.trim();
     while let Some(rest) = l.strip_prefix(['-', '?']).filter(|r| r.is_empty() || r.starts_with([' ', '\t'])) {
@@ -197,13 +234,10 @@ fn may_hold_word(line: &str) -> bool {
     // A key ends at a `:` followed by a space, a tab or the line's end; the
     // key (`a:b: on`, `"a: b": on`) may hold others, so the key is tried up to
     // the first such `:` and the value after the last.
-    let ends: Vec<usize> = l
-        .char_indices()
-        .filter(|&(i, c)| c == ':' && (i + 1 == l.len() || l[i + 1..].starts_with([' ', '\t'])))
-        .map(|(i, _)| i)
-        .collect();
-    match (ends.first(), ends.last()) {
-        (Some(&first), Some(&last)) => scalar(&l[..first]) || scalar(&l[last + 1..]),
+    let key_end =
+        |&(i, c): &(usize, char)| c == ':' && l[i + 1..].chars().next().is_none_or(|n| n == ' ' || n == '\t');
+    match (l.char_indices().find(key_end), l.char_indices().rev().find(key_end)) {
+        (Some((first, _)), Some((last, _))) => scalar(&l[..first]) || scalar(&l[last + 1..]),
         _ => scalar(l),
     }
 }
@@ -403,5 +437,12 @@ mod tests {
         assert!(may_hold_word("x: &v on"));
         assert!(may_hold_word("  on}"));
         assert!(may_hold_word("? off"));
+        assert!(may_hold_word("{\"a\":on}"));
+        assert!(may_hold_word("rack: 0x_1F") && may_hold_word("rack: 1_000.5") && may_hold_word("- -017"));
+        assert!(!may_hold_word("pod-template-hash: 0c2354e0"));
+        assert!(may_hold_word("[1, 0100]"));
+        // JSON as kubectl prints it: no second parse.
+        assert!(!may_hold_word("  \"creationTimestamp\": \"2024-01-01T10:01:02Z\","));
+        assert!(!may_hold_word("  \"image\": \"x@sha256:0f1e2d\","));
     }
 }
