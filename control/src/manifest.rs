@@ -299,9 +299,9 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
             }
         }
     }
-    // Words kubectl reads as booleans and this reader as text (refused per
+    // Scalars kubectl reads as booleans or numbers and this reader as text (refused per
     // object below), by document and the object's place in it (`items[3].`).
-    let mut booleans: Booleans = HashMap::new();
+    let mut misread: Misreads = HashMap::new();
     for b in crate::yaml11::find(text) {
         let mut at = 0;
         while let Some(rest) = b.path[at..].strip_prefix("items[") {
@@ -310,7 +310,7 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
                 None => break,
             }
         }
-        booleans.entry((b.doc, b.path[..at].to_string())).or_default().push(b);
+        misread.entry((b.doc, b.path[..at].to_string())).or_default().push(b);
     }
     // Pass 2: typed, with the document's own deserializer so type errors carry lines.
     for (i, value) in values.iter().enumerate() {
@@ -330,11 +330,11 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
         }
         if is_list(value) {
             let src =
-                Source { value, text, doc: i, prefix: String::new(), budget: &budget, booleans: &booleans };
+                Source { value, text, doc: i, prefix: String::new(), budget: &budget, misread: &misread };
             add_list(&mut state, &mut errs, origin(document, Vec::new()), &src);
             continue;
         }
-        let src = Source { value, text, doc: i, prefix: String::new(), budget: &budget, booleans: &booleans };
+        let src = Source { value, text, doc: i, prefix: String::new(), budget: &budget, misread: &misread };
         add_object(&mut state, &mut errs, origin(document, Vec::new()), src);
     }
     if errs.is_empty() {
@@ -471,7 +471,7 @@ fn add_list(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, list: 
             doc: list.doc,
             prefix: format!("{}items[{j}].", list.prefix),
             budget: list.budget,
-            booleans: list.booleans,
+            misread: list.misread,
         };
         if is_list(item) {
             add_list(state, errs, at, &src);
@@ -506,12 +506,13 @@ struct Source<'a> {
     prefix: String,
     /// Line lookups left for the whole text (each reads the document again).
     budget: &'a std::cell::Cell<usize>,
-    /// The text's unquoted YAML 1.1 booleans.
-    booleans: &'a Booleans,
+    /// The text's plain scalars kubectl reads otherwise (YAML 1.1).
+    misread: &'a Misreads,
 }
 
-/// Unquoted YAML 1.1 booleans by (document, object prefix such as `items[3].`).
-type Booleans = HashMap<(usize, String), Vec<crate::yaml11::Boolean>>;
+/// Plain scalars kubectl reads as booleans or numbers (YAML 1.1) by
+/// (document, object prefix such as `items[3].`).
+type Misreads = HashMap<(usize, String), Vec<crate::yaml11::Misread>>;
 
 impl Source<'_> {
     fn value(&self) -> &serde_yaml::Value {
@@ -617,7 +618,7 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
     // numbers: refuse a reading it would not share. (A number where a number
     // belongs, `port: 0100`, is refused by its type below, with a hint.)
     let mut numbers = Vec::new();
-    for b in src.booleans.get(&(src.doc, src.prefix.clone())).into_iter().flatten() {
+    for b in src.misread.get(&(src.doc, src.prefix.clone())).into_iter().flatten() {
         let Some(field) = b.path.strip_prefix(src.prefix.as_str()) else { continue };
         let (word, value) = (&b.word, &b.value);
         let message = match value {

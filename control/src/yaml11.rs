@@ -22,7 +22,7 @@ use libyaml_safer::{EventData, Parser, ScalarStyle};
 /// One plain scalar that kubectl (YAML 1.1) reads as a boolean or a number
 /// and the reader (YAML 1.2) as text.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Boolean {
+pub struct Misread {
     /// Document index in the stream, from 0.
     pub doc: usize,
     /// Field path, as manifest errors name fields (`spec.podSelector.matchLabels.web`,
@@ -163,7 +163,7 @@ fn yaml11_boolean(word: &str) -> Option<bool> {
 /// Every unquoted YAML 1.1 boolean of `text`. Empty when the text holds none
 /// of the words as a token, or when the event parser refuses the text (the
 /// reader reports syntax errors itself).
-pub fn find(text: &str) -> Vec<Boolean> {
+pub fn find(text: &str) -> Vec<Misread> {
     // Lines end where the parser's do: `\n`, `\r`, NEL, LS and PS.
     if !text.split(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}']).any(may_hold_word) {
         return Vec::new();
@@ -255,7 +255,7 @@ struct Walk {
     doc: usize,
     started: bool,
     stack: Vec<Frame>,
-    found: Vec<Boolean>,
+    found: Vec<Misread>,
     /// Anchors on one of the words (`&flag yes`): an alias of one stands for the word.
     anchored: std::collections::HashMap<String, (String, Reading)>,
 }
@@ -304,7 +304,7 @@ impl Walk {
         let reading_key = matches!(self.stack.last(), Some(Frame::Map(None)));
         if let Some(value) = word {
             let path = if reading_key { self.path(Some(&text)) } else { self.path(None) };
-            self.found.push(Boolean {
+            self.found.push(Misread {
                 doc: self.doc,
                 path,
                 line,
