@@ -48,6 +48,18 @@ use manifest::{LoadErrors, State};
 /// `*.yml` and `*.json` files in name order). All or nothing: any error in any
 /// file fails the whole load.
 pub fn load_paths(paths: &[String]) -> Result<State, LoadErrors> {
+    let (state, errs) = load_paths_all(paths);
+    if errs.is_empty() {
+        Ok(state)
+    } else {
+        Err(LoadErrors(errs))
+    }
+}
+
+/// [`load_paths`], giving both its problems and the objects read without
+/// one ([`manifest::parse_all`]): for reporting every problem in one run,
+/// never for applying.
+pub fn load_paths_all(paths: &[String]) -> (State, Vec<manifest::LoadError>) {
     let mut state = State::default();
     let mut errs = Vec::new();
     let whole = manifest::LoadError::file;
@@ -96,17 +108,14 @@ pub fn load_paths(paths: &[String]) -> Result<State, LoadErrors> {
                 }
                 seen.insert(id, f.clone());
             }
-            match manifest::load(&f).and_then(|s| state.merge(s)) {
-                Ok(()) => {}
-                Err(e) => errs.extend(e.0),
+            let (s, e) = manifest::load_all(&f);
+            errs.extend(e);
+            if let Err(e) = state.merge(s) {
+                errs.extend(e.0);
             }
         }
     }
-    if errs.is_empty() {
-        Ok(state)
-    } else {
-        Err(LoadErrors(errs))
-    }
+    (state, errs)
 }
 
 /// Manifest files of a directory, sorted by name: its `*.yaml`, `*.yml` and

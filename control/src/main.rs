@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use control::report::{self, parse_protocol};
-use policy_compiler::{Compiled, Severity};
+use policy_compiler::{Compiled, Problem, Severity};
 
 /// Portcullis: Kubernetes NetworkPolicy enforcement over AF_XDP.
 ///
@@ -198,13 +198,24 @@ enum Output {
 /// Loads and compiles the state, printing problems with their origins.
 /// Errors stop the command unless `--allow-invalid`.
 fn load(args: &StateArgs) -> Result<Compiled> {
-    let state = match control::load_paths(&args.state) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            bail!("{} problem(s) in the input; nothing applied", e.0.len());
-        }
-    };
+    let (state, errs) = control::load_paths_all(&args.state);
+    if !errs.is_empty() {
+        eprintln!("{}", control::manifest::LoadErrors(errs.clone()));
+        // The objects read without a problem are checked too, so that one
+        // run names every problem it can (their errors only: a warning such
+        // as a namespace missing from the input may be about a broken object).
+        let invalid = if state.is_empty() {
+            0
+        } else {
+            let compiled = policy_compiler::compile(&state.namespaces, &state.pods, &state.policies);
+            print_problems(&state, &compiled.problems, true)
+        };
+        let more = match invalid {
+            0 => String::new(),
+            n => format!(", and {n} invalid object(s) among those read"),
+        };
+        bail!("{} problem(s) in the input{more}; nothing applied", errs.len());
+    }
     for n in &state.notes {
         eprintln!("note: {n}");
     }
@@ -261,14 +272,35 @@ fn load(args: &StateArgs) -> Result<Compiled> {
             left_out[..left_out.len().min(5)].join(", ")
         );
     }
+    // A lint, not a problem of the input: the first few are shown.
+    const NAMED_PORTS_SHOWN: usize = 20;
+    let named_ports = report::named_port_warnings(&compiled.cluster);
+    let problems: Vec<Problem> =
+        compiled.problems.iter().chain(named_ports.iter().take(NAMED_PORTS_SHOWN)).cloned().collect();
+    let invalid = print_problems(&state, &problems, false);
+    if named_ports.len() > NAMED_PORTS_SHOWN {
+        eprintln!(
+            "warning: {} more rule ports name a container port no pod declares (not shown)",
+            named_ports.len() - NAMED_PORTS_SHOWN
+        );
+    }
+    if invalid > 0 && !args.allow_invalid {
+        bail!(
+            "{} invalid object(s); nothing applied (--allow-invalid goes on: an invalid policy is enforced fail-closed, an invalid field of another object is left out)",
+            invalid
+        );
+    }
+    Ok(compiled)
+}
+
+/// Prints compiler problems with the origins and lines of their objects, as
+/// load errors are printed; returns the number of objects with an error.
+fn print_problems(state: &control::manifest::State, problems: &[Problem], errors_only: bool) -> usize {
     let mut invalid = std::collections::BTreeSet::new();
     // Files read again to give each problem the line of its field (stdin cannot be).
     let mut texts: std::collections::HashMap<String, Option<String>> = Default::default();
     let (mut located, mut reparsed) = (0, 0usize);
-    // A lint, not a problem of the input: the first few are shown.
-    const NAMED_PORTS_SHOWN: usize = 20;
-    let named_ports = report::named_port_warnings(&compiled.cluster);
-    for p in compiled.problems.iter().chain(named_ports.iter().take(NAMED_PORTS_SHOWN)) {
+    for p in problems.iter().filter(|p| !errors_only || p.severity == Severity::Error) {
         // Same shape as load errors: `severity: where[, line]: object: field: message`.
         let origin = state.origin_of(p.object.kind, &p.object.namespace, &p.object.name);
         // Each lookup parses the file again: the first problem gets a line,
@@ -302,19 +334,7 @@ fn load(args: &StateArgs) -> Result<Compiled> {
             invalid.insert((p.object.kind, &p.object.namespace, &p.object.name));
         }
     }
-    if named_ports.len() > NAMED_PORTS_SHOWN {
-        eprintln!(
-            "warning: {} more rule ports name a container port no pod declares (not shown)",
-            named_ports.len() - NAMED_PORTS_SHOWN
-        );
-    }
-    if !invalid.is_empty() && !args.allow_invalid {
-        bail!(
-            "{} invalid object(s); nothing applied (--allow-invalid goes on: an invalid policy is enforced fail-closed, an invalid field of another object is left out)",
-            invalid.len()
-        );
-    }
-    Ok(compiled)
+    invalid.len()
 }
 
 /// Runs a command; its exit status when it did not fail (`query --exit-code`

@@ -46,10 +46,8 @@ impl Origin {
             return None;
         }
         let items: String = self.item.iter().map(|i| format!("items[{i}].")).collect();
-        // Read as `parse` read it: a stream of JSON objects as YAML documents.
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let stream = json_stream_as_yaml(text);
-        locate(stream.as_deref().unwrap_or(text), self.document.checked_sub(1)?, &format!("{items}{field}"))
+        // Read as `parse` read it (a stream of JSON objects as YAML documents).
+        locate(&reader_text(text), self.document.checked_sub(1)?, &format!("{items}{field}"))
     }
 }
 
@@ -249,10 +247,21 @@ fn document_lines(text: &str) -> Vec<usize> {
 
 /// Parses one text. `file` is used in messages only.
 pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
-    // A byte-order mark (editors on Windows write one) is not content.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let stream = json_stream_as_yaml(text);
-    let text = stream.as_deref().unwrap_or(text);
+    let (state, errs) = parse_all(file, text);
+    if errs.is_empty() {
+        Ok(state)
+    } else {
+        Err(LoadErrors(errs))
+    }
+}
+
+/// [`parse`], giving both its problems and the objects read without one
+/// (none past a syntax error), so that a check can report the problems of
+/// those too in the same run. Never apply such a state: it is the input
+/// with its broken objects left out.
+pub fn parse_all(file: &str, text: &str) -> (State, Vec<LoadError>) {
+    let read = reader_text(text);
+    let text: &str = &read;
     let lines = document_lines(text);
     let mut state = State::default();
     let mut errs: Vec<LoadError> = Vec::new();
@@ -295,7 +304,7 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
                     ),
                 });
                 // The stream cannot be trusted past a syntax error.
-                return Err(LoadErrors(errs));
+                return (State::default(), errs);
             }
         }
     }
@@ -337,11 +346,81 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
         let src = Source { value, text, doc: i, prefix: String::new(), budget: &budget, misread: &misread };
         add_object(&mut state, &mut errs, origin(document, Vec::new()), src);
     }
-    if errs.is_empty() {
-        Ok(state)
-    } else {
-        Err(LoadErrors(errs))
+    (state, errs)
+}
+
+/// A text as the reader parses it, as YAML: without a byte-order mark
+/// (editors on Windows write one), JSON's surrogate-pair escapes as YAML's
+/// ([`json_surrogates`]), and a stream of JSON objects as YAML documents
+/// ([`json_stream_as_yaml`]). Lines stay those of the text.
+fn reader_text(text: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let text = json_surrogates(text).map_or(Cow::Borrowed(text), Cow::Owned);
+    match json_stream_as_yaml(&text) {
+        Some(stream) => Cow::Owned(stream),
+        None => text,
     }
+}
+
+/// JSON text whose strings hold UTF-16 surrogate escapes (`"\ud83d\ude00"`,
+/// as Python's `json.dumps` writes a character past U+FFFF), with each pair
+/// written as YAML's 8-digit escape (`\U0001F600`), which the YAML parser
+/// reads where it refuses a surrogate. A surrogate without its other half
+/// is U+FFFD, as Go's JSON decoder (kubectl's, for a JSON file) makes it.
+/// `None` when the text is not JSON (it starts with `{`, as kubectl tells
+/// JSON from YAML) or holds no such escape.
+fn json_surrogates(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let surrogate_escape = |w: &[u8]| w[0] == b'\\' && w[1] == b'u' && w[2].eq_ignore_ascii_case(&b'd');
+    if !text.trim_start().starts_with('{') || !b.windows(3).any(surrogate_escape) {
+        return None;
+    }
+    let hex4 = |at: usize| {
+        text.get(at..at + 4)
+            .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+    };
+    let mut out = String::with_capacity(text.len());
+    let (mut i, mut copied) = (0, 0);
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        // An escape: `\\` and `\"` are skipped whole, so a backslash written
+        // as `\\` never starts one.
+        let Some(high) = (b.get(i + 1) == Some(&b'u'))
+            .then(|| hex4(i + 2))
+            .flatten()
+            .filter(|u| (0xd800..0xe000).contains(u))
+        else {
+            i += 2;
+            continue;
+        };
+        out.push_str(&text[copied..i]);
+        let low = (b.get(i + 6) == Some(&b'\\') && b.get(i + 7) == Some(&b'u'))
+            .then(|| hex4(i + 8))
+            .flatten()
+            .filter(|u| (0xdc00..0xe000).contains(u));
+        match low {
+            Some(low) if high < 0xdc00 => {
+                let c = 0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00);
+                out.push_str(&format!("\\U{c:08X}"));
+                i += 12;
+            }
+            _ => {
+                out.push_str("\\uFFFD");
+                i += 6;
+            }
+        }
+        copied = i;
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&text[copied..]);
+    Some(out)
 }
 
 /// A stream of JSON objects (`kubectl get pods -o json | jq '.items[]'`,
@@ -614,6 +693,7 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
         return;
     }
     let before = errs.len();
+    let kept = (state.namespaces.len(), state.pods.len(), state.policies.len());
     // kubectl reads `on`, `yes`, `n`... as booleans and `0100`, `1_000` as
     // numbers: refuse a reading it would not share. (A number where a number
     // belongs, `port: 0100`, is refused by its type below, with a hint.)
@@ -628,6 +708,10 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
             ),
             crate::yaml11::Reading::Boolean(_) => format!(
                 "`{word}` is the boolean {value} to kubectl (YAML 1.1) but the text \"{word}\" here: quote it ('{word}') where text is meant (kubectl refuses a boolean there), or write {value} where a boolean is"
+            ),
+            crate::yaml11::Reading::Number(n) if n.parse().is_ok_and(|n| octal_reading(word, n)) => format!(
+                "`{word}` is the octal number {value} to kubectl (YAML 1.1) but the text \"{word}\" here: write {value} (or {}, if that is meant) where a number is meant, or quote it ('{word}') where text is (kubectl refuses a number there)",
+                decimal_reading(word)
             ),
             crate::yaml11::Reading::Number(_) => format!(
                 "`{word}` is the number {value} to kubectl (YAML 1.1) but the text \"{word}\" here: write {value} where a number is meant, or quote it ('{word}') where text is (kubectl refuses a number there)"
@@ -647,35 +731,59 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
         }
     }
     let typed_from = errs.len();
+    // Numbers read as kubectl reads them where a number belongs (`defaultMode: 0644`).
+    let mut read_as_kubectl = Vec::new();
     match kind.as_str() {
         "Namespace" => {
-            if let Some(o) = typed::<corev1::Namespace>(src, &origin, &object, errs, &mut state.ignored) {
+            if let Some(o) = typed::<corev1::Namespace>(
+                &src,
+                &origin,
+                &object,
+                errs,
+                &mut state.ignored,
+                &mut read_as_kubectl,
+            ) {
                 state.namespaces.push(o);
             }
         }
         "Pod" => {
-            if let Some(mut o) = typed::<corev1::Pod>(src, &origin, &object, errs, &mut state.ignored) {
+            if let Some(mut o) =
+                typed::<corev1::Pod>(&src, &origin, &object, errs, &mut state.ignored, &mut read_as_kubectl)
+            {
                 o.metadata.namespace = Some(ns.clone());
                 state.pods.push(o);
             }
         }
         _ => {
-            if let Some(mut o) =
-                typed::<netv1::NetworkPolicy>(src, &origin, &object, errs, &mut state.ignored)
-            {
+            if let Some(mut o) = typed::<netv1::NetworkPolicy>(
+                &src,
+                &origin,
+                &object,
+                errs,
+                &mut state.ignored,
+                &mut read_as_kubectl,
+            ) {
                 o.metadata.namespace = Some(ns.clone());
                 state.policies.push(o);
             }
         }
     }
     let typed_fields: Vec<Option<String>> = errs[typed_from..].iter().map(|e| e.field.clone()).collect();
-    errs.extend(numbers.into_iter().filter(|n| !typed_fields.contains(&n.field)));
+    errs.extend(numbers.into_iter().filter(|n| {
+        !typed_fields.contains(&n.field) && !read_as_kubectl.iter().any(|p| n.field.as_deref() == Some(p))
+    }));
     if errs.len() == before {
         if let Some(prev) = state.origins.get(&key) {
             errs.push(duplicate(&key, &origin, prev));
         } else {
             state.origins.insert(key, origin);
         }
+    }
+    if errs.len() != before {
+        // Only objects read without a problem are kept (see `parse_all`).
+        state.namespaces.truncate(kept.0);
+        state.pods.truncate(kept.1);
+        state.policies.truncate(kept.2);
     }
 }
 
@@ -760,33 +868,75 @@ fn written_by_server(v: &serde_yaml::Value) -> bool {
 /// deserializer, which reads any plain scalar as a string, is used only to
 /// find the line of an error it finds too.
 fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
-    src: Source<'_>,
+    src: &Source<'_>,
     origin: &Origin,
     object: &Option<String>,
     errs: &mut Vec<LoadError>,
     ignored: &mut Vec<LoadError>,
+    read_as_kubectl: &mut Vec<String>,
 ) -> Option<T> {
     let from_server = T::KIND != "NetworkPolicy" && written_by_server(src.value());
+    let misread = |path: &str| -> Option<&crate::yaml11::Misread> {
+        let list = src.misread.get(&(src.doc, src.prefix.clone()))?;
+        list.iter().find(|b| !b.key && b.path.strip_prefix(src.prefix.as_str()) == Some(path))
+    };
+    // The working copy: labels' nulls as the API server reads them, numbers
+    // as kubectl reads them, and each field that failed its type set to null
+    // so that the next attempt finds the next error.
+    let mut working = null_labels_as_empty(src.value());
     let mut unknown: Vec<String> = Vec::new();
-    let mut record = |p: serde_ignored::Path<'_>| {
-        let path = format_path(&p);
-        // `status` of a NetworkPolicy: API servers 1.24-1.27 print an (alpha,
-        // always empty) one; it says nothing about what the policy allows.
-        if !(T::KIND == "NetworkPolicy" && (path == "status" || path.starts_with("status."))) {
-            unknown.push(path);
+    let mut type_errors: Vec<(String, String)> = Vec::new();
+    let mut result: Option<T> = None;
+    for _ in 0..MAX_TYPE_ERRORS + MAX_NUMBERS_READ {
+        let attempt: Result<T, (String, String)> = {
+            let mut record = |p: serde_ignored::Path<'_>| {
+                let path = format_path(&p);
+                // `status` of a NetworkPolicy: API servers 1.24-1.27 print an (alpha,
+                // always empty) one; it says nothing about what the policy allows.
+                if !(T::KIND == "NetworkPolicy" && (path == "status" || path.starts_with("status.")))
+                    && !unknown.contains(&path)
+                {
+                    unknown.push(path);
+                }
+            };
+            let de = serde_ignored::Deserializer::new(working.as_ref().unwrap_or(src.value()), &mut record);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = e.path().to_string();
+                let msg = clean_message(&path, &e.inner().to_string());
+                (path, msg)
+            })
+        };
+        let (path, msg) = match attempt {
+            Ok(v) => {
+                result = Some(v);
+                break;
+            }
+            Err(e) => e,
+        };
+        let root = working.get_or_insert_with(|| src.value().clone());
+        let Some(at) = value_at_mut(root, &path).filter(|_| path != "." && !path.is_empty()) else {
+            type_errors.push((path, msg));
+            break;
+        };
+        if read_as_kubectl.len() < MAX_NUMBERS_READ && expects_integer(&msg) {
+            if let Some(n) = kubectl_integer(at, misread(&path), &path) {
+                *at = serde_yaml::Value::Number(n.into());
+                read_as_kubectl.push(path);
+                continue;
+            }
         }
-    };
-    let coerced = null_labels_as_empty(src.value());
-    let result: Result<T, (String, String)> = {
-        let de = serde_ignored::Deserializer::new(coerced.as_ref().unwrap_or(src.value()), &mut record);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let msg = clean_message(&path, &e.inner().to_string());
-            (path, msg)
-        })
-    };
+        // A field that fails again as null cannot be skipped: stop there.
+        let again = type_errors.iter().any(|(p, _)| *p == path);
+        if !again {
+            type_errors.push((path, msg));
+        }
+        if again || at.is_null() || type_errors.len() >= MAX_TYPE_ERRORS {
+            break;
+        }
+        *at = serde_yaml::Value::Null;
+    }
     let line_of = |path: &str| src.line(path);
-    let mut failed = false;
+    let mut failed = !type_errors.is_empty();
     for u in unknown {
         if from_server && may_be_newer(&u) {
             ignored.push(LoadError {
@@ -808,67 +958,191 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
             message: format!("unknown field{hint}"),
         });
     }
-    match result {
-        Ok(v) if !failed => Some(v),
-        Ok(_) => None,
-        Err((path, msg)) => {
-            let line = line_of(&path);
-            let hint = if path.starts_with("spec.policyTypes[") && msg.starts_with("invalid type: map") {
-                " (a policy type is a plain list item: write `- Ingress`, not `- Ingress: {}`)"
-            } else if msg.starts_with("invalid type: ")
-                && msg.ends_with("expected a string")
-                && !msg.contains("map")
-                && !msg.contains("sequence")
-            {
-                " (quote it: YAML reads 80, 1.10, true and null as numbers, booleans and null, not text)"
-            } else if msg.starts_with("invalid type: string \"")
-                && msg.contains("expected i")
-                && msg.split('"').nth(1).is_some_and(|v| {
-                    !v.is_empty()
-                        && v.bytes().all(|c| c.is_ascii_digit())
-                        && (v.len() == 1 || !v.starts_with('0'))
-                })
-            {
-                " (write the number without quotes: this field is a number, and a quoted one is text)"
-            } else if msg.starts_with("invalid type: string \"")
-                && msg.contains("expected i")
-                && msg
-                    .split('"')
-                    .nth(1)
-                    .is_some_and(|v| v.bytes().all(|c| c.is_ascii_hexdigit() || c == b'_' || c == b'x'))
-            {
-                " (write the number in plain decimal: kubectl would read 0100 as octal 64 and 1_000 as 1000)"
-            } else {
-                ""
-            };
-            errs.push(LoadError {
-                origin: origin.clone(),
-                object: object.clone(),
-                field: (path != "." && !path.is_empty()).then_some(path),
-                line,
-                message: format!("{msg}{hint}"),
-            });
-            None
-        }
+    for (path, msg) in type_errors {
+        let line = line_of(&path);
+        let hint = type_hint(&path, &msg, misread(&path));
+        errs.push(LoadError {
+            origin: origin.clone(),
+            object: object.clone(),
+            field: (path != "." && !path.is_empty()).then_some(path),
+            line,
+            message: format!("{msg}{hint}"),
+        });
+    }
+    if failed {
+        None
+    } else {
+        result
     }
 }
 
-/// A copy of `v` in which the `null` values of every string map (`labels`,
-/// `annotations`, `matchLabels`, `nodeSelector`) are `""`, or `None` when it has none. The
-/// API server decodes JSON as Go does, a `null` map value as the empty
-/// string, so `labels: {canary: }` or `{canary: null}` is the label
-/// `canary=""` there (`kubectl create` shows it so, and `kubectl apply`
-/// does the same since 1.33), not an error.
+/// Type errors reported per object: past the first, each attempt reads the
+/// object again with the failing fields set to null.
+const MAX_TYPE_ERRORS: usize = 20;
+/// Numbers per object read as kubectl reads them ([`kubectl_integer`]).
+const MAX_NUMBERS_READ: usize = 64;
+
+/// Does a type error say an integer was expected (`i32`, `i64`, or the
+/// integer-or-string of a port)?
+fn expects_integer(msg: &str) -> bool {
+    msg.starts_with("invalid type: ")
+        && (msg.ends_with("expected i32")
+            || msg.ends_with("expected i64")
+            || msg.ends_with("expected IntOrString"))
+}
+
+/// The integer kubectl reads where the reader found a float or text, when it
+/// is the one the manifest's author meant:
+///
+/// * a float with no fraction (`80.0`, `1e3`): kubectl's YAML-to-JSON step
+///   writes it as Go's JSON writes a float, `80`, and the field reads 80;
+/// * a plain scalar the reader takes as text and kubectl (YAML 1.1) as a
+///   number (`1_000`, `0x1F`, `0644`), see [`crate::yaml11`].
+///
+/// Not an octal reading (`0100`, 64 to kubectl) in a field of `ports`,
+/// which the compiler reads: an author writing `0100` there more likely
+/// meant 100, so the error stays (see [`type_hint`]). In a file mode
+/// (`defaultMode: 0644`) octal is what is meant.
+fn kubectl_integer(
+    v: &serde_yaml::Value,
+    misread: Option<&crate::yaml11::Misread>,
+    path: &str,
+) -> Option<i64> {
+    match v {
+        serde_yaml::Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64()?;
+            (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.2e18).then_some(f as i64)
+        }
+        serde_yaml::Value::String(s) => {
+            let m = misread.filter(|m| m.word == *s)?;
+            let crate::yaml11::Reading::Number(n) = &m.value else { return None };
+            let n: i64 = n.parse().ok()?;
+            (!(path.contains("ports[") && octal_reading(s, n))).then_some(n)
+        }
+        _ => None,
+    }
+}
+
+/// Is `n` the octal reading of a word written with a leading zero, which
+/// differs from its decimal one (`0100`: 64, not 100)?
+fn octal_reading(word: &str, n: i64) -> bool {
+    let digits = word.trim_start_matches(['+', '-']).replace('_', "");
+    digits.len() > 1
+        && digits.starts_with('0')
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.parse::<i64>().map_or(true, |d| d != n.abs())
+}
+
+/// A word with a leading zero read as a decimal number (`0100`: 100).
+fn decimal_reading(word: &str) -> String {
+    let sign = if word.starts_with('-') { "-" } else { "" };
+    let digits = word.trim_start_matches(['+', '-']).replace('_', "");
+    match digits.trim_start_matches('0') {
+        "" => "0".into(),
+        d => format!("{sign}{d}"),
+    }
+}
+
+/// A hint for a type error: what the author likely wrote and how to write it.
+fn type_hint(path: &str, msg: &str, misread: Option<&crate::yaml11::Misread>) -> String {
+    let quoted = || msg.split('"').nth(1);
+    if path.starts_with("spec.policyTypes[") && msg.starts_with("invalid type: map") {
+        " (a policy type is a plain list item: write `- Ingress`, not `- Ingress: {}`)".into()
+    } else if msg.starts_with("invalid type: ")
+        && msg.ends_with("expected a string")
+        && !msg.contains("map")
+        && !msg.contains("sequence")
+    {
+        " (quote it: YAML reads 80, 1.10, true and null as numbers, booleans and null, not text)".into()
+    } else if let Some(m) =
+        misread.filter(|m| msg.starts_with("invalid type: string") && quoted() == Some(&m.word))
+    {
+        format!(
+            " (kubectl (YAML 1.1) reads `{}` as the octal number {}: write {} in plain decimal, or {} if that is meant)",
+            m.word,
+            m.value,
+            m.value,
+            decimal_reading(&m.word)
+        )
+    } else if msg.starts_with("invalid type: string \"")
+        && msg.contains("expected i")
+        && quoted().is_some_and(|v| {
+            !v.is_empty() && v.bytes().all(|c| c.is_ascii_digit()) && (v.len() == 1 || !v.starts_with('0'))
+        })
+    {
+        " (write the number without quotes: this field is a number, and a quoted one is text)".into()
+    } else if msg.starts_with("invalid type: string \"")
+        && msg.contains("expected i")
+        && quoted().is_some_and(|v| v.bytes().all(|c| c.is_ascii_hexdigit() || c == b'_' || c == b'x'))
+    {
+        " (write the number in plain decimal without quotes: kubectl would read 0100 as octal 64 and 1_000 as 1000)"
+            .into()
+    } else {
+        String::new()
+    }
+}
+
+/// The value at `path` (`spec.volumes[0].configMap.defaultMode`, as
+/// `serde_path_to_error` writes it; a map key may hold dots) in `v`.
+fn value_at_mut<'v>(v: &'v mut serde_yaml::Value, path: &str) -> Option<&'v mut serde_yaml::Value> {
+    let mut rest = path;
+    let mut at = v;
+    loop {
+        if rest.is_empty() || rest == "." {
+            return Some(at);
+        }
+        if let Some(r) = rest.strip_prefix('[') {
+            let (index, after) = r.split_once(']')?;
+            at = at.as_sequence_mut()?.get_mut(index.parse::<usize>().ok()?)?;
+            rest = after;
+            continue;
+        }
+        let r = rest.strip_prefix('.').unwrap_or(rest);
+        // The longest key the path goes on from (`app.kubernetes.io/name`).
+        let key = at
+            .as_mapping()?
+            .keys()
+            .filter_map(|k| k.as_str())
+            .filter(|k| r.starts_with(k) && matches!(r.as_bytes().get(k.len()), None | Some(b'.' | b'[')))
+            .max_by_key(|k| k.len())?
+            .to_string();
+        rest = &r[key.len()..];
+        at = at.as_mapping_mut()?.get_mut(key.as_str())?;
+    }
+}
+
+/// A copy of `v` with every string map (`labels`, `annotations`,
+/// `matchLabels`, `nodeSelector`) as the API server reads it, or `None` when
+/// nothing needs it:
+///
+/// * a `null` value is `""`: the API server decodes JSON as Go does, a
+///   `null` map value as the empty string, so `labels: {canary: }` or
+///   `{canary: null}` is the label `canary=""` there (`kubectl create` shows
+///   it so, and `kubectl apply` does the same since 1.33), not an error;
+/// * an integer or boolean key is its text (`1: x` is the label `1=x`):
+///   kubectl's YAML-to-JSON step writes every key as a string. (A float key
+///   is left to fail: kubectl writes it in a float format of its own.)
 fn null_labels_as_empty(v: &serde_yaml::Value) -> Option<serde_yaml::Value> {
     use serde_yaml::Value;
     fn string_map(k: &Value) -> bool {
         matches!(k.as_str(), Some("labels" | "annotations" | "matchLabels" | "nodeSelector"))
     }
+    /// The text kubectl makes of a key, when it is not text already.
+    fn key_text(k: &Value) -> Option<String> {
+        match k {
+            Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+    fn needs(m: &serde_yaml::Mapping) -> bool {
+        m.iter().any(|(k, v)| v.is_null() || key_text(k).is_some())
+    }
     fn has(v: &Value) -> bool {
         match v {
-            Value::Mapping(m) => m.iter().any(|(k, v)| {
-                (string_map(k) && v.as_mapping().is_some_and(|m| m.values().any(Value::is_null))) || has(v)
-            }),
+            Value::Mapping(m) => {
+                m.iter().any(|(k, v)| (string_map(k) && v.as_mapping().is_some_and(needs)) || has(v))
+            }
             Value::Sequence(s) => s.iter().any(has),
             _ => false,
         }
@@ -881,6 +1155,18 @@ fn null_labels_as_empty(v: &serde_yaml::Value) -> Option<serde_yaml::Value> {
                         if let Some(labels) = v.as_mapping_mut() {
                             for value in labels.values_mut().filter(|x| x.is_null()) {
                                 *value = Value::String(String::new());
+                            }
+                            if labels.keys().any(|k| key_text(k).is_some()) {
+                                let mut out = serde_yaml::Mapping::new();
+                                for (k, v) in std::mem::take(labels) {
+                                    let k = key_text(&k).map(Value::String).unwrap_or(k);
+                                    // A key written both ways: the first is kept, and the
+                                    // labels check below names nothing; kubectl keeps one too.
+                                    if !out.contains_key(&k) {
+                                        out.insert(k, v);
+                                    }
+                                }
+                                *labels = out;
                             }
                         }
                     }
@@ -1145,6 +1431,24 @@ fn strip_location(msg: &str) -> String {
 
 /// Reads and parses a file, or standard input for `-`.
 pub fn load(path: &str) -> Result<State, LoadErrors> {
+    let (state, errs) = load_all(path);
+    if errs.is_empty() {
+        Ok(state)
+    } else {
+        Err(LoadErrors(errs))
+    }
+}
+
+/// [`load`] as [`parse_all`]: the problems, and the objects read without one.
+pub fn load_all(path: &str) -> (State, Vec<LoadError>) {
+    match read_input(path) {
+        Ok(text) => parse_all(if path == "-" { "<stdin>" } else { path }, &text),
+        Err(e) => (State::default(), e.0),
+    }
+}
+
+/// The text of a file, or of standard input for `-`.
+fn read_input(path: &str) -> Result<String, LoadErrors> {
     let text = if path == "-" {
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
@@ -1158,7 +1462,7 @@ pub fn load(path: &str) -> Result<State, LoadErrors> {
             })
         })?
     };
-    parse(if path == "-" { "<stdin>" } else { path }, &text)
+    Ok(text)
 }
 
 /// Reads a manifest file as UTF-8 text. `Err(None)`: there is no such file
@@ -1576,17 +1880,23 @@ mod tests {
             |v: &str| format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels:\n    {v}\n");
         // kubectl reads these as numbers (octal, underscores dropped, a float
         // for `019`); the reader would take them as text.
-        for (v, n) in
-            [("01", "1"), ("0100", "64"), ("019", "19"), ("1_0", "10"), ("-017", "-15"), ("0x_1f", "31")]
-        {
+        for (v, n) in [
+            ("01", "number 1"),
+            ("0100", "octal number 64"),
+            ("019", "number 19"),
+            ("1_0", "number 10"),
+            ("-017", "octal number -15"),
+            ("0x_1f", "number 31"),
+        ] {
             let e = errors(&labels(&format!("rack: {v}")));
             assert!(
                 e.contains(&format!(
-                    "line 6: Namespace x: field metadata.labels.rack: `{v}` is the number {n} to kubectl"
+                    "line 6: Namespace x: field metadata.labels.rack: `{v}` is the {n} to kubectl"
                 )),
                 "{v}: {e}"
             );
         }
+        assert!(errors(&labels("rack: 0100")).contains("write 64 (or 100, if that is meant)"));
         let e = errors(&labels("0100: x"));
         assert!(
             e.contains(
@@ -1598,11 +1908,130 @@ mod tests {
         for v in ["'0100'", "!!str 0100", "\"1_0\"", "10.0.0.1", "0001-01-01", "04e3091", "0.1.0", "100m"] {
             parse("t.yaml", &labels(&format!("rack: {v}"))).unwrap_or_else(|e| panic!("{v}: {e}"));
         }
-        // A number where a number belongs is refused once, by its type, with its hint.
-        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    ports: [{containerPort: 0100}]\n";
-        let e = errors(pod);
+        // An octal reading where the compiler reads a number is refused once,
+        // by its type, with its hint.
+        let pod = |port: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n  - name: c\n    ports: [{{containerPort: {port}, name: http}}]\n  volumes:\n  - name: v\n    configMap: {{name: c, defaultMode: 0644}}\nstatus: {{podIP: 10.0.0.1}}\n"
+            )
+        };
+        let e = errors(&pod("0100"));
         assert_eq!(e.matches("containerPort").count(), 1, "{e}");
-        assert!(e.contains("kubectl would read 0100 as octal 64"), "{e}");
+        assert!(
+            e.contains("kubectl (YAML 1.1) reads `0100` as the octal number 64: write 64 in plain decimal, or 100 if that is meant"),
+            "{e}"
+        );
+        // Quoted, it is text to kubectl too.
+        assert!(errors(&pod("'80'")).contains("invalid type: string \"80\", expected i32"));
+    }
+
+    #[test]
+    fn numbers_kubectl_reads_are_read_so_where_a_number_belongs() {
+        let pod = |port: &str, mode: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n  - name: c\n    ports: [{{containerPort: {port}, name: http}}]\n  volumes:\n  - name: v\n    configMap: {{name: c, defaultMode: {mode}}}\nstatus: {{podIP: 10.0.0.1}}\n"
+            )
+        };
+        let read = |port: &str, mode: &str| {
+            let s = parse("t.yaml", &pod(port, mode)).unwrap_or_else(|e| panic!("{port} {mode}: {e}"));
+            let spec = s.pods[0].spec.as_ref().unwrap();
+            let port = spec.containers[0].ports.as_ref().unwrap()[0].container_port;
+            let volume = spec.volumes.as_ref().unwrap()[0].config_map.as_ref().unwrap();
+            (port, volume.default_mode.unwrap())
+        };
+        // A file mode is written in octal: kubectl reads 0644 as 420.
+        assert_eq!(read("80", "0644"), (80, 420));
+        assert_eq!(read("80", "0o644"), (80, 420));
+        assert_eq!(read("80", "0_644"), (80, 420));
+        // A float without a fraction is the integer (kubectl's JSON step
+        // writes 80.0 as 80); underscores and hexadecimal as kubectl reads them.
+        assert_eq!(read("80.0", "420"), (80, 420));
+        assert_eq!(read("8e1", "420"), (80, 420));
+        assert_eq!(read("1_000", "420"), (1000, 420));
+        assert_eq!(read("0x50", "420"), (80, 420));
+        // A leading zero that is no octal number is a float to kubectl: 080 is 80.
+        assert_eq!(read("080", "420"), (80, 420));
+        // A fraction is not an integer.
+        assert!(errors(&pod("80.5", "420")).contains("invalid type: floating point `80.5`, expected i32"));
+        // A policy's port: 80.0 is the port 80; a fraction, an octal reading are refused.
+        let policy = |port: &str| {
+            format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: a, namespace: ns}}\nspec:\n  podSelector: {{}}\n  ingress:\n  - ports:\n    - port: {port}\n"
+            )
+        };
+        let s = parse("t.yaml", &policy("80.0")).unwrap();
+        let rule = &s.policies[0].spec.as_ref().unwrap().ingress.as_ref().unwrap()[0];
+        assert_eq!(
+            rule.ports.as_ref().unwrap()[0].port,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(80))
+        );
+        assert!(errors(&policy("80.5")).contains("floating point `80.5`, expected IntOrString"));
+        assert!(errors(&policy("0100")).contains("`0100` is the octal number 64 to kubectl"));
+    }
+
+    #[test]
+    fn json_surrogate_pairs_are_read_as_go_reads_them() {
+        // Python's json.dumps writes 😀 as "\ud83d\ude00"; a lone half is
+        // U+FFFD to Go's decoder; an escaped backslash starts no escape.
+        let text = r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"x","annotations":{"a":"\ud83d\ude00 \uD83D! \ude00 \\ud83d \u00e9"}}}"#;
+        let s = parse("t.json", text).unwrap_or_else(|e| panic!("{e}"));
+        let a = &s.namespaces[0].metadata.annotations.as_ref().unwrap()["a"];
+        assert_eq!(a, "\u{1f600} \u{fffd}! \u{fffd} \\ud83d \u{e9}");
+        // In YAML, as for kubectl, a surrogate escape is an error.
+        let e = errors(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  annotations: {a: \"\\ud83d\\ude00\"}\n",
+        );
+        assert!(e.contains("invalid Unicode character escape"), "{e}");
+    }
+
+    #[test]
+    fn integer_and_boolean_label_keys_are_their_text() {
+        // kubectl writes every key as a string: `1: x` is the label 1=x.
+        let s = parse(
+            "t.yaml",
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels:\n    1: x\n    true: 'y'\n    0x10: z\n",
+        )
+        .unwrap();
+        let labels = s.namespaces[0].metadata.labels.clone().unwrap();
+        let got: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(got, [("1", "x"), ("16", "z"), ("true", "y")]);
+        // A float key is refused: kubectl writes it in a float format of its own.
+        let e = errors("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels:\n    2.5: z\n");
+        assert!(e.contains("invalid type: floating point `2.5`, expected a string"), "{e}");
+    }
+
+    #[test]
+    fn every_type_error_of_an_object_is_reported() {
+        let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: ns}\nspec:\n  podSelector: {}\n  ingress:\n  - ports:\n    - port: 80\n      endPort: '90'\n  - ports:\n    - port: [1]\n  - from: {}\n";
+        let e = errors(text);
+        assert!(e.contains("line 9: NetworkPolicy ns/a: field spec.ingress[0].ports[0].endPort: invalid type: string \"90\""), "{e}");
+        assert!(
+            e.contains(
+                "line 11: NetworkPolicy ns/a: field spec.ingress[1].ports[0].port: invalid type: sequence"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("line 12: NetworkPolicy ns/a: field spec.ingress[2].from: invalid type: map"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 3, "{e}");
+        // A field that cannot be left out (a container's name) is reported once.
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: [c]\n    ports: [{containerPort: x}]\n";
+        let e = errors(pod);
+        assert!(e.contains("field spec.containers[0].name: invalid type: sequence"), "{e}");
+        assert!(
+            e.contains("field spec.containers[0].ports[0].containerPort: invalid type: string \"x\""),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 2, "{e}");
+        // An object with an error is not among those read.
+        let (state, errs) = parse_all(
+            "t.yaml",
+            &format!("{text}---\n{}", "apiVersion: v1\nkind: Namespace\nmetadata: {name: ns}\n"),
+        );
+        assert_eq!(errs.len(), 3);
+        assert_eq!((state.namespaces.len(), state.policies.len()), (1, 0));
     }
 
     #[test]
