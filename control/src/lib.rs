@@ -110,9 +110,7 @@ pub fn load_paths_all(paths: &[String]) -> (State, Vec<manifest::LoadError>) {
             }
             let (s, e) = manifest::load_all(&f);
             errs.extend(e);
-            if let Err(e) = state.merge(s) {
-                errs.extend(e.0);
-            }
+            errs.extend(state.merge_all(s));
         }
     }
     (state, errs)

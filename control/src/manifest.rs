@@ -175,6 +175,34 @@ impl State {
             .map(|(_, o)| o)
     }
 
+    /// [`State::merge`] for reporting ([`parse_all`]): an object defined in
+    /// both is an error and left out of `other`; the rest is added.
+    pub fn merge_all(&mut self, mut other: State) -> Vec<LoadError> {
+        let twice: std::collections::HashSet<ObjectKey> =
+            other.origins.keys().filter(|k| self.origins.contains_key(*k)).cloned().collect();
+        let errs = (other.origins.iter().filter(|(k, _)| twice.contains(*k)))
+            .map(|(k, o)| duplicate(k, o, &self.origins[k]))
+            .collect();
+        if !twice.is_empty() {
+            let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+                (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default())
+            };
+            other.namespaces.retain(|o| !twice.contains(&("Namespace", String::new(), name(&o.metadata).1)));
+            other.pods.retain(|o| {
+                let (ns, n) = name(&o.metadata);
+                !twice.contains(&("Pod", ns, n))
+            });
+            other.policies.retain(|o| {
+                let (ns, n) = name(&o.metadata);
+                !twice.contains(&("NetworkPolicy", ns, n))
+            });
+            other.origins.retain(|k, _| !twice.contains(k));
+        }
+        // Nothing is defined twice now.
+        let _ = self.merge(other);
+        errs
+    }
+
     /// Adds everything from `other`; an object defined in both is an error.
     pub fn merge(&mut self, other: State) -> Result<(), LoadErrors> {
         let mut errs = Vec::new();
@@ -256,10 +284,27 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
 }
 
 /// [`parse`], giving both its problems and the objects read without one
-/// (none past a syntax error), so that a check can report the problems of
+/// (none from a text with a syntax error), so that a check can report the problems of
 /// those too in the same run. Never apply such a state: it is the input
 /// with its broken objects left out.
 pub fn parse_all(file: &str, text: &str) -> (State, Vec<LoadError>) {
+    // Text kubectl reads as JSON (it starts with `{`): its syntax errors are
+    // named as JSON's, with JSON's words.
+    let json = json_syntax_error(text.strip_prefix('\u{feff}').unwrap_or(text));
+    let json_error = |e: &JsonSyntaxError| {
+        let origin =
+            Origin { file: file.to_string(), document: e.document, line: e.document_line, item: Vec::new() };
+        (
+            State::default(),
+            vec![LoadError {
+                origin,
+                object: None,
+                field: None,
+                line: Some(e.line),
+                message: e.message.clone(),
+            }],
+        )
+    };
     let read = reader_text(text);
     let text: &str = &read;
     let lines = document_lines(text);
@@ -278,6 +323,7 @@ pub fn parse_all(file: &str, text: &str) -> (State, Vec<LoadError>) {
         // Merge keys (`<<: *defaults`) are merged, as kubectl's YAML 1.1 parser does.
         match serde_yaml::Value::deserialize(doc).and_then(|mut v| v.apply_merge().map(|()| v)) {
             Ok(v) => values.push(v),
+            Err(_) if json.is_some() => return json_error(json.as_ref().unwrap_or_else(|| unreachable!())),
             Err(e) => {
                 let line = e.location().map(|l| l.line());
                 errs.push(LoadError {
@@ -307,6 +353,12 @@ pub fn parse_all(file: &str, text: &str) -> (State, Vec<LoadError>) {
                 return (State::default(), errs);
             }
         }
+    }
+    // Valid YAML, but JSON with a trailing comma: kubectl refuses it. (Other
+    // text that starts with `{` and is no JSON is YAML's flow style, which
+    // kubectl refuses too; it is read here, as it means one thing.)
+    if let Some(e) = json.as_ref().filter(|e| e.trailing_comma) {
+        return json_error(e);
     }
     // Scalars kubectl reads as booleans or numbers and this reader as text (refused per
     // object below), by document and the object's place in it (`items[3].`).
@@ -347,6 +399,92 @@ pub fn parse_all(file: &str, text: &str) -> (State, Vec<LoadError>) {
         add_object(&mut state, &mut errs, origin(document, Vec::new()), src);
     }
     (state, errs)
+}
+
+/// The first syntax error of a text kubectl reads as JSON: one or more
+/// JSON values, the first starting with `{`.
+struct JsonSyntaxError {
+    /// The value it is in, from 1, and the line that value starts on.
+    document: usize,
+    document_line: usize,
+    /// Its line, and the message.
+    line: usize,
+    message: String,
+    /// A comma before `}` or `]`, which YAML's flow style allows.
+    trailing_comma: bool,
+}
+
+/// Any JSON value, read and dropped: `IgnoredAny` would skip a trailing
+/// comma, which the map and sequence readers refuse.
+struct StrictJson;
+
+impl<'de> Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StrictJson;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<StrictJson, E> {
+                Ok(StrictJson)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<StrictJson, E> {
+                Ok(StrictJson)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<StrictJson, E> {
+                Ok(StrictJson)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<StrictJson, E> {
+                Ok(StrictJson)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<StrictJson, E> {
+                Ok(StrictJson)
+            }
+            fn visit_unit<E>(self) -> Result<StrictJson, E> {
+                Ok(StrictJson)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<StrictJson, A::Error> {
+                while a.next_element::<StrictJson>()?.is_some() {}
+                Ok(StrictJson)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<StrictJson, A::Error> {
+                while a.next_entry::<StrictJson, StrictJson>()?.is_some() {}
+                Ok(StrictJson)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn json_syntax_error(text: &str) -> Option<JsonSyntaxError> {
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let mut values = serde_json::Deserializer::from_str(text).into_iter::<StrictJson>();
+    let mut document = 1;
+    let mut start = 0;
+    while let Some(v) = values.next() {
+        match v {
+            Ok(_) => {
+                document += 1;
+                start = values.byte_offset();
+            }
+            Err(e) => {
+                let skipped = text[start..].len() - text[start..].trim_start().len();
+                let document_line = 1 + text[..start + skipped].matches('\n').count();
+                let message = strip_location(&e.to_string());
+                return Some(JsonSyntaxError {
+                    document,
+                    document_line,
+                    line: e.line(),
+                    trailing_comma: message.starts_with("trailing comma"),
+                    message: format!("invalid JSON: {message}"),
+                });
+            }
+        }
+    }
+    None
 }
 
 /// A text as the reader parses it, as YAML: without a byte-order mark
@@ -695,9 +833,10 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
     let before = errs.len();
     let kept = (state.namespaces.len(), state.pods.len(), state.policies.len());
     // kubectl reads `on`, `yes`, `n`... as booleans and `0100`, `1_000` as
-    // numbers: refuse a reading it would not share. (A number where a number
-    // belongs, `port: 0100`, is refused by its type below, with a hint.)
-    let mut numbers = Vec::new();
+    // numbers: refuse a reading it would not share. Where a boolean or a
+    // number belongs, the typed read below takes kubectl's reading
+    // (`kubectl_reading`), and these errors are dropped.
+    let mut deferred = Vec::new();
     for b in src.misread.get(&(src.doc, src.prefix.clone())).into_iter().flatten() {
         let Some(field) = b.path.strip_prefix(src.prefix.as_str()) else { continue };
         let (word, value) = (&b.word, &b.value);
@@ -724,53 +863,50 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
             line: Some(b.line),
             message,
         };
-        if matches!(value, crate::yaml11::Reading::Number(_)) && !b.key {
-            numbers.push(e);
-        } else {
+        if b.key {
             errs.push(e);
+        } else {
+            deferred.push(e);
         }
     }
     let typed_from = errs.len();
-    // Numbers read as kubectl reads them where a number belongs (`defaultMode: 0644`).
-    let mut read_as_kubectl = Vec::new();
+    let mut report = TypedReport::default();
     match kind.as_str() {
         "Namespace" => {
-            if let Some(o) = typed::<corev1::Namespace>(
-                &src,
-                &origin,
-                &object,
-                errs,
-                &mut state.ignored,
-                &mut read_as_kubectl,
-            ) {
+            if let Some(o) =
+                typed::<corev1::Namespace>(&src, &origin, &object, errs, &mut state.ignored, &mut report)
+            {
                 state.namespaces.push(o);
             }
         }
         "Pod" => {
             if let Some(mut o) =
-                typed::<corev1::Pod>(&src, &origin, &object, errs, &mut state.ignored, &mut read_as_kubectl)
+                typed::<corev1::Pod>(&src, &origin, &object, errs, &mut state.ignored, &mut report)
             {
                 o.metadata.namespace = Some(ns.clone());
                 state.pods.push(o);
             }
         }
         _ => {
-            if let Some(mut o) = typed::<netv1::NetworkPolicy>(
-                &src,
-                &origin,
-                &object,
-                errs,
-                &mut state.ignored,
-                &mut read_as_kubectl,
-            ) {
+            if let Some(mut o) =
+                typed::<netv1::NetworkPolicy>(&src, &origin, &object, errs, &mut state.ignored, &mut report)
+            {
                 o.metadata.namespace = Some(ns.clone());
                 state.policies.push(o);
             }
         }
     }
+    // A reading kubectl shares is no error (`defaultMode: 0644` was read as
+    // 420, `hostNetwork: yes` as true), nor one refused by its type. Where
+    // the typed read stopped short, a field it did not reach may be a number
+    // or a boolean (read as kubectl reads it once the error before it is
+    // mended): only a string map's values are surely text.
     let typed_fields: Vec<Option<String>> = errs[typed_from..].iter().map(|e| e.field.clone()).collect();
-    errs.extend(numbers.into_iter().filter(|n| {
-        !typed_fields.contains(&n.field) && !read_as_kubectl.iter().any(|p| n.field.as_deref() == Some(p))
+    errs.extend(deferred.into_iter().filter(|n| {
+        let field = n.field.as_deref().unwrap_or_default();
+        !typed_fields.contains(&n.field)
+            && !report.read_as_kubectl.iter().any(|p| p == field)
+            && (report.complete || in_string_map(field))
     }));
     if errs.len() == before {
         if let Some(prev) = state.origins.get(&key) {
@@ -873,7 +1009,7 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
     object: &Option<String>,
     errs: &mut Vec<LoadError>,
     ignored: &mut Vec<LoadError>,
-    read_as_kubectl: &mut Vec<String>,
+    report: &mut TypedReport,
 ) -> Option<T> {
     let from_server = T::KIND != "NetworkPolicy" && written_by_server(src.value());
     let misread = |path: &str| -> Option<&crate::yaml11::Misread> {
@@ -885,16 +1021,17 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
     // so that the next attempt finds the next error.
     let mut working = null_labels_as_empty(src.value());
     let mut unknown: Vec<String> = Vec::new();
+    let mut unknown_seen: std::collections::HashSet<String> = Default::default();
     let mut type_errors: Vec<(String, String)> = Vec::new();
     let mut result: Option<T> = None;
-    for _ in 0..MAX_TYPE_ERRORS + MAX_NUMBERS_READ {
+    for _ in 0..MAX_TYPE_ERRORS + MAX_READ_AS_KUBECTL {
         let attempt: Result<T, (String, String)> = {
             let mut record = |p: serde_ignored::Path<'_>| {
                 let path = format_path(&p);
                 // `status` of a NetworkPolicy: API servers 1.24-1.27 print an (alpha,
                 // always empty) one; it says nothing about what the policy allows.
                 if !(T::KIND == "NetworkPolicy" && (path == "status" || path.starts_with("status.")))
-                    && !unknown.contains(&path)
+                    && unknown_seen.insert(path.clone())
                 {
                     unknown.push(path);
                 }
@@ -909,6 +1046,7 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
         let (path, msg) = match attempt {
             Ok(v) => {
                 result = Some(v);
+                report.complete = true;
                 break;
             }
             Err(e) => e,
@@ -918,22 +1056,25 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
             type_errors.push((path, msg));
             break;
         };
-        if read_as_kubectl.len() < MAX_NUMBERS_READ && expects_integer(&msg) {
-            if let Some(n) = kubectl_integer(at, misread(&path), &path) {
-                *at = serde_yaml::Value::Number(n.into());
-                read_as_kubectl.push(path);
+        if report.read_as_kubectl.len() < MAX_READ_AS_KUBECTL {
+            if let Some(v) = kubectl_reading(at, misread(&path), &path, &msg) {
+                *at = v;
+                report.read_as_kubectl.push(path);
                 continue;
             }
         }
-        // A field that fails again as null cannot be skipped: stop there.
+        // Past an error, a value of the type expected (or null) stands in for
+        // the field, to find the next; a field that fails again cannot be
+        // stood in for (a struct missing a required field): stop there.
         let again = type_errors.iter().any(|(p, _)| *p == path);
+        let stand_in = stand_in(&msg);
         if !again {
             type_errors.push((path, msg));
         }
-        if again || at.is_null() || type_errors.len() >= MAX_TYPE_ERRORS {
+        if again || *at == stand_in || type_errors.len() >= MAX_TYPE_ERRORS {
             break;
         }
-        *at = serde_yaml::Value::Null;
+        *at = stand_in;
     }
     let line_of = |path: &str| src.line(path);
     let mut failed = !type_errors.is_empty();
@@ -979,45 +1120,83 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
 /// Type errors reported per object: past the first, each attempt reads the
 /// object again with the failing fields set to null.
 const MAX_TYPE_ERRORS: usize = 20;
-/// Numbers per object read as kubectl reads them ([`kubectl_integer`]).
-const MAX_NUMBERS_READ: usize = 64;
+/// Values per object read as kubectl reads them ([`kubectl_reading`]); past
+/// these, each is an error (every reading costs one more typed read).
+const MAX_READ_AS_KUBECTL: usize = 256;
 
-/// Does a type error say an integer was expected (`i32`, `i64`, or the
-/// integer-or-string of a port)?
-fn expects_integer(msg: &str) -> bool {
-    msg.starts_with("invalid type: ")
-        && (msg.ends_with("expected i32")
-            || msg.ends_with("expected i64")
-            || msg.ends_with("expected IntOrString"))
+/// What the typed read of one object found besides its value and errors.
+#[derive(Default)]
+struct TypedReport {
+    /// Fields read as kubectl reads them ([`kubectl_reading`]).
+    read_as_kubectl: Vec<String>,
+    /// Every field was reached (the last read succeeded, whatever stood in
+    /// for fields with errors).
+    complete: bool,
 }
 
-/// The integer kubectl reads where the reader found a float or text, when it
-/// is the one the manifest's author meant:
+/// Is a field (`metadata.labels.rack`) a value of a string map, where a
+/// number or a boolean is never read?
+fn in_string_map(field: &str) -> bool {
+    [".labels.", ".annotations.", ".matchLabels.", ".nodeSelector."].iter().any(|m| field.contains(m))
+}
+
+/// A value of the type a type error expected, to stand in for the field
+/// while the object is read again for its next error; null when the type
+/// is not one of these.
+fn stand_in(msg: &str) -> serde_yaml::Value {
+    use serde_yaml::Value;
+    let expected = msg.rsplit_once(", expected ").map_or("", |(_, e)| e);
+    match expected {
+        "a string" => Value::String(String::new()),
+        "i32" | "i64" | "IntOrString" => Value::Number(0.into()),
+        "a boolean" => Value::Bool(false),
+        "a sequence" => Value::Sequence(Vec::new()),
+        e if e == "a map" || e.starts_with("struct ") => Value::Mapping(Default::default()),
+        _ => Value::Null,
+    }
+}
+
+/// The value kubectl reads where the reader found a type error, when it is
+/// the one the manifest's author meant:
 ///
-/// * a float with no fraction (`80.0`, `1e3`): kubectl's YAML-to-JSON step
-///   writes it as Go's JSON writes a float, `80`, and the field reads 80;
+/// * where an integer belongs, a float with no fraction (`80.0`, `1e3`):
+///   kubectl's YAML-to-JSON step writes it as Go's JSON writes a float,
+///   `80`, and the field reads 80;
 /// * a plain scalar the reader takes as text and kubectl (YAML 1.1) as a
-///   number (`1_000`, `0x1F`, `0644`), see [`crate::yaml11`].
+///   number where an integer belongs (`1_000`, `0x_1F`, `0644`), or as a
+///   boolean where a boolean does (`hostNetwork: yes`), see [`crate::yaml11`].
 ///
 /// Not an octal reading (`0100`, 64 to kubectl) in a field of `ports`,
 /// which the compiler reads: an author writing `0100` there more likely
 /// meant 100, so the error stays (see [`type_hint`]). In a file mode
-/// (`defaultMode: 0644`) octal is what is meant.
-fn kubectl_integer(
+/// (`defaultMode: 0644`) octal is what is meant. (A NetworkPolicy's `port:
+/// 1_000` is no type error: a port may be a name. It is refused as a YAML
+/// 1.1 number.)
+fn kubectl_reading(
     v: &serde_yaml::Value,
     misread: Option<&crate::yaml11::Misread>,
     path: &str,
-) -> Option<i64> {
-    match v {
-        serde_yaml::Value::Number(n) if n.is_f64() => {
-            let f = n.as_f64()?;
-            (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.2e18).then_some(f as i64)
+    msg: &str,
+) -> Option<serde_yaml::Value> {
+    use crate::yaml11::Reading;
+    if !msg.starts_with("invalid type: ") {
+        return None;
+    }
+    let integer = ["expected i32", "expected i64", "expected IntOrString"].iter().any(|e| msg.ends_with(e));
+    let reading = misread.filter(|m| v.as_str() == Some(m.word.as_str())).map(|m| &m.value);
+    match (v, reading) {
+        (serde_yaml::Value::Number(n), _) if integer && n.is_f64() => {
+            // Go writes the float's shortest form (1.2345678901234567e18 as
+            // 1234567890123456800), which the field then reads.
+            let n: i64 = format!("{}", n.as_f64()?).parse().ok()?;
+            Some(n.into())
         }
-        serde_yaml::Value::String(s) => {
-            let m = misread.filter(|m| m.word == *s)?;
-            let crate::yaml11::Reading::Number(n) = &m.value else { return None };
+        (serde_yaml::Value::String(s), Some(Reading::Number(n))) if integer => {
             let n: i64 = n.parse().ok()?;
-            (!(path.contains("ports[") && octal_reading(s, n))).then_some(n)
+            (!(path.contains("ports[") && octal_reading(s, n))).then(|| n.into())
+        }
+        (serde_yaml::Value::String(_), Some(Reading::Boolean(b))) if msg.ends_with("expected a boolean") => {
+            Some(serde_yaml::Value::Bool(*b))
         }
         _ => None,
     }
@@ -1054,9 +1233,11 @@ fn type_hint(path: &str, msg: &str, misread: Option<&crate::yaml11::Misread>) ->
         && !msg.contains("sequence")
     {
         " (quote it: YAML reads 80, 1.10, true and null as numbers, booleans and null, not text)".into()
-    } else if let Some(m) =
-        misread.filter(|m| msg.starts_with("invalid type: string") && quoted() == Some(&m.word))
-    {
+    } else if let Some(m) = misread.filter(|m| {
+        msg.starts_with("invalid type: string")
+            && quoted() == Some(&m.word)
+            && matches!(&m.value, crate::yaml11::Reading::Number(n) if n.parse().is_ok_and(|n| octal_reading(&m.word, n)))
+    }) {
         format!(
             " (kubectl (YAML 1.1) reads `{}` as the octal number {}: write {} in plain decimal, or {} if that is meant)",
             m.word,
@@ -1073,7 +1254,11 @@ fn type_hint(path: &str, msg: &str, misread: Option<&crate::yaml11::Misread>) ->
         " (write the number without quotes: this field is a number, and a quoted one is text)".into()
     } else if msg.starts_with("invalid type: string \"")
         && msg.contains("expected i")
-        && quoted().is_some_and(|v| v.bytes().all(|c| c.is_ascii_hexdigit() || c == b'_' || c == b'x'))
+        && quoted().is_some_and(|v| {
+            v.bytes().all(|c| c.is_ascii_hexdigit() || c == b'_' || c == b'x')
+                && v.bytes().any(|c| c.is_ascii_digit())
+                && (v.contains('_') || v.starts_with('0'))
+        })
     {
         " (write the number in plain decimal without quotes: kubectl would read 0100 as octal 64 and 1_000 as 1000)"
             .into()
@@ -1130,7 +1315,8 @@ fn null_labels_as_empty(v: &serde_yaml::Value) -> Option<serde_yaml::Value> {
     /// The text kubectl makes of a key, when it is not text already.
     fn key_text(k: &Value) -> Option<String> {
         match k {
-            Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+            // Past i64, go-yaml reads a uint64, a key kubectl refuses.
+            Value::Number(n) if n.is_i64() => Some(n.to_string()),
             Value::Bool(b) => Some(b.to_string()),
             _ => None,
         }
@@ -1156,17 +1342,16 @@ fn null_labels_as_empty(v: &serde_yaml::Value) -> Option<serde_yaml::Value> {
                             for value in labels.values_mut().filter(|x| x.is_null()) {
                                 *value = Value::String(String::new());
                             }
-                            if labels.keys().any(|k| key_text(k).is_some()) {
-                                let mut out = serde_yaml::Mapping::new();
-                                for (k, v) in std::mem::take(labels) {
-                                    let k = key_text(&k).map(Value::String).unwrap_or(k);
-                                    // A key written both ways: the first is kept, and the
-                                    // labels check below names nothing; kubectl keeps one too.
-                                    if !out.contains_key(&k) {
-                                        out.insert(k, v);
-                                    }
-                                }
-                                *labels = out;
+                            // A key written both ways (`1: a` and `"1": b`) is left
+                            // to fail: kubectl keeps one of them at random.
+                            let text = |k: &Value| key_text(k).or_else(|| k.as_str().map(str::to_string));
+                            let keys: std::collections::HashSet<String> =
+                                labels.keys().filter_map(text).collect();
+                            if keys.len() == labels.len() && labels.keys().any(|k| key_text(k).is_some()) {
+                                *labels = std::mem::take(labels)
+                                    .into_iter()
+                                    .map(|(k, v)| (key_text(&k).map(Value::String).unwrap_or(k), v))
+                                    .collect();
                             }
                         }
                     }
@@ -1777,12 +1962,8 @@ mod tests {
         // The document is counted right after an empty one.
         let e = errors(&format!("---\n---\n{np}"));
         assert!(e.contains("document 2") && e.contains("matchLabels.web"), "{e}");
-        // Where a boolean is meant, the advice says to write one.
-        let e = errors(
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a}\nspec: {hostNetwork: yes}\n",
-        );
-        assert!(e.contains("field spec.hostNetwork: `yes` is the boolean true to kubectl (YAML 1.1)"), "{e}");
-        assert!(e.contains("or write true where a boolean is"), "{e}");
+        // Where a boolean belongs, it is read as kubectl reads it
+        // (`a_boolean_kubectl_reads_is_read_so_where_a_boolean_belongs`).
         // Text libyaml accepts though it is not strict YAML (a flow list at its
         // key's indentation) still gets its words found.
         let lax = np.replace("spec:\n", "spec:\n  policyTypes: [Ingress,\n  Egress]\n");
@@ -1948,7 +2129,7 @@ mod tests {
         assert_eq!(read("80.0", "420"), (80, 420));
         assert_eq!(read("8e1", "420"), (80, 420));
         assert_eq!(read("1_000", "420"), (1000, 420));
-        assert_eq!(read("0x50", "420"), (80, 420));
+        assert_eq!(read("0x_50", "420"), (80, 420));
         // A leading zero that is no octal number is a float to kubectl: 080 is 80.
         assert_eq!(read("080", "420"), (80, 420));
         // A fraction is not an integer.
@@ -1967,6 +2148,18 @@ mod tests {
         );
         assert!(errors(&policy("80.5")).contains("floating point `80.5`, expected IntOrString"));
         assert!(errors(&policy("0100")).contains("`0100` is the octal number 64 to kubectl"));
+    }
+
+    #[test]
+    fn a_label_key_written_as_a_number_and_as_text_is_refused() {
+        // kubectl keeps one of `1: a` and `"1": b` at random.
+        let e = errors("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels: {1: a, \"1\": b}\n");
+        assert!(e.contains("field metadata.labels.?: invalid type: integer `1`, expected a string"), "{e}");
+        // Past int64, go-yaml reads a uint64 key, which kubectl refuses.
+        let e = errors(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels: {9223372036854775808: a}\n",
+        );
+        assert!(e.contains("expected a string"), "{e}");
     }
 
     #[test]
@@ -1998,6 +2191,87 @@ mod tests {
         // A float key is refused: kubectl writes it in a float format of its own.
         let e = errors("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels:\n    2.5: z\n");
         assert!(e.contains("invalid type: floating point `2.5`, expected a string"), "{e}");
+    }
+
+    #[test]
+    fn a_boolean_kubectl_reads_is_read_so_where_a_boolean_belongs() {
+        let pod = |v: &str| {
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: ns}}\nspec:\n  hostNetwork: {v}\n  containers: [{{name: c}}]\n")
+        };
+        for (v, b) in [("yes", true), ("on", true), ("No", false), ("true", true)] {
+            let s = parse("t.yaml", &pod(v)).unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!(s.pods[0].spec.as_ref().unwrap().host_network, Some(b), "{v}");
+        }
+        // Where text belongs, the same word is refused, once.
+        let e = errors(
+            &pod("true").replace("containers: [{name: c}]", "containers: [{name: c}]\n  nodeName: yes"),
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.contains("field spec.nodeName: `yes` is the boolean true to kubectl"), "{e}");
+    }
+
+    #[test]
+    fn fields_a_stopped_read_did_not_reach_are_not_misjudged() {
+        // The label's error stops nothing now (an empty text stands in), and
+        // 1_000 and 0644, numbers to kubectl where numbers belong, are read so.
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: ns, labels: {app: [web], tier: true, rack: 01}}\nspec:\n  containers:\n  - name: c\n    ports: [{containerPort: 1_000, name: http}]\n  volumes:\n  - name: v\n    configMap: {name: c, defaultMode: 0644}\n";
+        let e = errors(text);
+        assert!(e.contains("field metadata.labels.app: invalid type: sequence, expected a string"), "{e}");
+        assert!(
+            e.contains("field metadata.labels.tier: invalid type: boolean `true`, expected a string"),
+            "{e}"
+        );
+        assert!(e.contains("field metadata.labels.rack: `01` is the number 1 to kubectl"), "{e}");
+        assert_eq!(e.lines().count(), 3, "{e}");
+        // A key that is no text stops the read (it cannot be stood in for):
+        // then a YAML 1.1 number the read did not reach is not called an
+        // error (it may be read as a number), while a label's still is.
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: ns, labels: {2.5: x, rack: 01}}\nspec:\n  containers:\n  - name: c\n    ports: [{containerPort: 1_000}]\n";
+        let e = errors(text);
+        assert!(e.contains("field metadata.labels.?: invalid type: floating point `2.5`"), "{e}");
+        assert!(e.contains("field metadata.labels.rack: `01`"), "{e}");
+        assert!(!e.contains("1_000"), "{e}");
+        assert_eq!(e.lines().count(), 2, "{e}");
+        // The hint for YAML 1.1 numbers is not given for words.
+        let e = errors("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, ports: [{containerPort: beef}]}]\n");
+        assert!(
+            e.contains("invalid type: string \"beef\", expected i32") && !e.contains("plain decimal"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_large_float_is_read_as_go_writes_it() {
+        let s = parse(
+            "t.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 1.2345678901234567e18\n  containers: [{name: c}]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.pods[0].spec.as_ref().unwrap().termination_grace_period_seconds,
+            Some(1234567890123456800)
+        );
+        assert!(errors("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 1e19\n  containers: [{name: c}]\n").contains("floating point"));
+    }
+
+    #[test]
+    fn json_syntax_errors_are_named_as_json_errors() {
+        // A trailing comma, which YAML's flow style allows and kubectl's JSON reader refuses.
+        let e =
+            errors("{\"apiVersion\": \"v1\", \"kind\": \"Namespace\",\n \"metadata\": {\"name\": \"a\",}}\n");
+        assert!(e.contains("document 1 (line 1), line 2: invalid JSON: trailing comma"), "{e}");
+        // A broken object in a stream: its document, its start line, the error's line.
+        let ns = |n: &str| {
+            format!("{{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{{\"name\":\"{n}\"}}}}\n")
+        };
+        let broken = format!("{}{}{}", ns("a"), ns("b").replace("}}\n", "}\n"), ns("c"));
+        let e = errors(&broken);
+        assert!(e.contains("document 2 (line 2), line 3: invalid JSON: expected `,` or `}`"), "{e}");
+        // Cut short.
+        let e = errors(&ns("a").replace("}}\n", "}\n"));
+        assert!(e.contains("line 2: invalid JSON: EOF while parsing an object"), "{e}");
+        // YAML's flow style is read, though it starts with `{`.
+        parse("t.yaml", "{apiVersion: v1, kind: Namespace, metadata: {name: a}}\n").unwrap();
     }
 
     #[test]
