@@ -1638,8 +1638,7 @@ fn read_input(path: &str) -> Result<String, LoadErrors> {
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
             .map_err(|e| LoadErrors(vec![LoadError::file(path, format!("cannot read: {e}"))]))?;
-        String::from_utf8(bytes)
-            .map_err(|e| LoadErrors(vec![not_utf8("<stdin>", e.as_bytes(), e.utf8_error())]))?
+        decode("<stdin>", bytes).map_err(|e| LoadErrors(vec![e]))?
     } else {
         read_text(path).map_err(|e| {
             e.unwrap_or_else(|| {
@@ -1662,17 +1661,33 @@ pub fn read_text(path: &str) -> Result<String, Option<LoadErrors>> {
         )),
         _ => one(LoadError::file(path, format!("cannot read: {e}"))),
     })?;
-    String::from_utf8(bytes).map_err(|e| one(not_utf8(path, e.as_bytes(), e.utf8_error())))
+    decode(path, bytes).map_err(one)
+}
+
+/// A file's bytes as UTF-8 text. UTF-16 is refused by name, with or without
+/// a byte-order mark: its ASCII is valid UTF-8 with a NUL after (or before)
+/// every character, which the YAML parser would call control characters.
+fn decode(name: &str, bytes: Vec<u8>) -> Result<String, LoadError> {
+    if utf16(&bytes) {
+        return Err(LoadError::file(name, UTF16.into()));
+    }
+    String::from_utf8(bytes).map_err(|e| not_utf8(name, e.as_bytes(), e.utf8_error()))
+}
+
+const UTF16: &str = "not UTF-8: the text is UTF-16 (as Windows PowerShell's `>` writes it); save it as UTF-8";
+
+/// A UTF-16 byte-order mark, or a NUL as every other of the first four bytes.
+fn utf16(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0xff, 0xfe])
+        || bytes.starts_with(&[0xfe, 0xff])
+        || bytes.len() >= 4 && (bytes[1] == 0 && bytes[3] == 0 || bytes[0] == 0 && bytes[2] == 0)
 }
 
 /// The error for a text that is not UTF-8: where, and UTF-16 named when it is that.
 fn not_utf8(name: &str, bytes: &[u8], e: std::str::Utf8Error) -> LoadError {
     let at = e.valid_up_to();
-    let utf16 = bytes.starts_with(&[0xff, 0xfe])
-        || bytes.starts_with(&[0xfe, 0xff])
-        || bytes.len() >= 4 && (bytes[1] == 0 && bytes[3] == 0 || bytes[0] == 0 && bytes[2] == 0);
-    let message = if utf16 {
-        "not UTF-8: the text is UTF-16 (as Windows PowerShell's `>` writes it); save it as UTF-8".to_string()
+    let message = if utf16(bytes) {
+        UTF16.to_string()
     } else {
         let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
         let what = match e.error_len() {
@@ -2338,6 +2353,16 @@ mod tests {
         std::fs::write(&utf16, text).unwrap();
         let e = load(utf16.to_str().unwrap()).unwrap_err().to_string();
         assert!(e.contains("w.yaml: not UTF-8: the text is UTF-16"), "{e}");
+        // Without a byte-order mark, in either byte order (its ASCII is valid UTF-8).
+        for big_endian in [false, true] {
+            let text: Vec<u8> = "kind: Namespace\n"
+                .encode_utf16()
+                .flat_map(|u| if big_endian { u.to_be_bytes() } else { u.to_le_bytes() })
+                .collect();
+            std::fs::write(&utf16, text).unwrap();
+            let e = load(utf16.to_str().unwrap()).unwrap_err().to_string();
+            assert!(e.contains("w.yaml: not UTF-8: the text is UTF-16"), "{e}");
+        }
     }
 
     #[test]
