@@ -323,7 +323,11 @@ pub fn parse_all(file: &str, text: &str) -> (State, Vec<LoadError>) {
         // Merge keys (`<<: *defaults`) are merged, as kubectl's YAML 1.1 parser does.
         match serde_yaml::Value::deserialize(doc).and_then(|mut v| v.apply_merge().map(|()| v)) {
             Ok(v) => values.push(v),
-            Err(_) if json.is_some() => return json_error(json.as_ref().unwrap_or_else(|| unreachable!())),
+            // JSON's error, unless the YAML parser got further: then the text
+            // is YAML in flow style (`{apiVersion: v1, ...}`), and its error is YAML's.
+            Err(e) if json.as_ref().is_some_and(|j| e.location().is_none_or(|l| j.line >= l.line())) => {
+                return json_error(json.as_ref().unwrap_or_else(|| unreachable!()));
+            }
             Err(e) => {
                 let line = e.location().map(|l| l.line());
                 errs.push(LoadError {
@@ -494,9 +498,10 @@ fn json_syntax_error(text: &str) -> Option<JsonSyntaxError> {
 fn reader_text(text: &str) -> std::borrow::Cow<'_, str> {
     use std::borrow::Cow;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let text = json_surrogates(text).map_or(Cow::Borrowed(text), Cow::Owned);
-    match json_stream_as_yaml(&text) {
-        Some(stream) => Cow::Owned(stream),
+    // The stream is split while it is JSON (a `\U` escape is not).
+    let text = json_stream_as_yaml(text).map_or(Cow::Borrowed(text), Cow::Owned);
+    match json_surrogates(&text) {
+        Some(rewritten) => Cow::Owned(rewritten),
         None => text,
     }
 }
@@ -901,13 +906,24 @@ fn add_object(state: &mut State, errs: &mut Vec<LoadError>, origin: Origin, src:
     // the typed read stopped short, a field it did not reach may be a number
     // or a boolean (read as kubectl reads it once the error before it is
     // mended): only a string map's values are surely text.
-    let typed_fields: Vec<Option<String>> = errs[typed_from..].iter().map(|e| e.field.clone()).collect();
-    errs.extend(deferred.into_iter().filter(|n| {
-        let field = n.field.as_deref().unwrap_or_default();
-        !typed_fields.contains(&n.field)
-            && !report.read_as_kubectl.iter().any(|p| p == field)
-            && (report.complete || in_string_map(field))
-    }));
+    let typed_fields: Vec<&str> = errs[typed_from..].iter().filter_map(|e| e.field.as_deref()).collect();
+    // A field inside one with a type error was not read as written (a
+    // stand-in took the place of it all).
+    let under = |field: &str| {
+        typed_fields
+            .iter()
+            .any(|t| field == *t || field.strip_prefix(t).is_some_and(|rest| rest.starts_with(['.', '['])))
+    };
+    let deferred: Vec<LoadError> = deferred
+        .into_iter()
+        .filter(|n| {
+            let field = n.field.as_deref().unwrap_or_default();
+            !under(field)
+                && !report.read_as_kubectl.iter().any(|p| p == field)
+                && (report.complete || in_string_map(field))
+        })
+        .collect();
+    errs.extend(deferred);
     if errs.len() == before {
         if let Some(prev) = state.origins.get(&key) {
             errs.push(duplicate(&key, &origin, prev));
@@ -1147,7 +1163,7 @@ fn stand_in(msg: &str) -> serde_yaml::Value {
     use serde_yaml::Value;
     let expected = msg.rsplit_once(", expected ").map_or("", |(_, e)| e);
     match expected {
-        "a string" => Value::String(String::new()),
+        "a string" | "Quantity" => Value::String(String::new()),
         "i32" | "i64" | "IntOrString" => Value::Number(0.into()),
         "a boolean" => Value::Bool(false),
         "a sequence" => Value::Sequence(Vec::new()),
@@ -2185,6 +2201,10 @@ mod tests {
         let s = parse("t.json", text).unwrap_or_else(|e| panic!("{e}"));
         let a = &s.namespaces[0].metadata.annotations.as_ref().unwrap()["a"];
         assert_eq!(a, "\u{1f600} \u{fffd}! \u{fffd} \\ud83d \u{e9}");
+        // In a stream of objects (`jq -a '.items[]'`), split while it is JSON.
+        let stream = format!("{text}\n{}\n", text.replace("\"name\":\"x\"", "\"name\":\"y\""));
+        let s = parse("t.json", &stream).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.namespaces.len(), 2);
         // In YAML, as for kubectl, a surrogate escape is an error.
         let e = errors(
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  annotations: {a: \"\\ud83d\\ude00\"}\n",
@@ -2247,6 +2267,10 @@ mod tests {
         assert!(e.contains("field metadata.labels.rack: `01`"), "{e}");
         assert!(!e.contains("1_000"), "{e}");
         assert_eq!(e.lines().count(), 2, "{e}");
+        // Nor is a field inside one that failed its type (a stand-in took its place).
+        let e = errors("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n    name: c\n    tty: yes\n");
+        assert!(e.contains("field spec.containers: invalid type: map, expected a sequence"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
         // The hint for YAML 1.1 numbers is not given for words.
         let e = errors("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, ports: [{containerPort: beef}]}]\n");
         assert!(
@@ -2285,8 +2309,14 @@ mod tests {
         // Cut short.
         let e = errors(&ns("a").replace("}}\n", "}\n"));
         assert!(e.contains("line 2: invalid JSON: EOF while parsing an object"), "{e}");
-        // YAML's flow style is read, though it starts with `{`.
-        parse("t.yaml", "{apiVersion: v1, kind: Namespace, metadata: {name: a}}\n").unwrap();
+        // YAML's flow style is read, though it starts with `{`, and its errors
+        // are YAML's where the YAML parser got further than the JSON one.
+        let flow = "{apiVersion: v1, kind: Namespace, metadata: {name: a}}\n";
+        parse("t.yaml", flow).unwrap();
+        let e = errors(&format!(
+            "{flow}---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: b\n  labels: {{a: b\n"
+        ));
+        assert!(e.contains("document 2 (line 3), line 8: invalid YAML"), "{e}");
     }
 
     #[test]
