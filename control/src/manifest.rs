@@ -1654,7 +1654,7 @@ fn read_input(path: &str) -> Result<String, LoadErrors> {
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
             .map_err(|e| LoadErrors(vec![LoadError::file(path, format!("cannot read: {e}"))]))?;
-        decode("<stdin>", bytes).map_err(|e| LoadErrors(vec![e]))?
+        decode("<stdin>", bytes)?
     } else {
         read_text(path).map_err(|e| {
             e.unwrap_or_else(|| {
@@ -1677,17 +1677,17 @@ pub fn read_text(path: &str) -> Result<String, Option<LoadErrors>> {
         )),
         _ => one(LoadError::file(path, format!("cannot read: {e}"))),
     })?;
-    decode(path, bytes).map_err(one)
+    decode(path, bytes).map_err(Some)
 }
 
 /// A file's bytes as UTF-8 text. UTF-16 is refused by name, with or without
 /// a byte-order mark: its ASCII is valid UTF-8 with a NUL after (or before)
 /// every character, which the YAML parser would call control characters.
-fn decode(name: &str, bytes: Vec<u8>) -> Result<String, LoadError> {
+fn decode(name: &str, bytes: Vec<u8>) -> Result<String, LoadErrors> {
     if utf16(&bytes) {
-        return Err(LoadError::file(name, UTF16.into()));
+        return Err(LoadErrors(vec![LoadError::file(name, UTF16.into())]));
     }
-    String::from_utf8(bytes).map_err(|e| not_utf8(name, e.as_bytes(), e.utf8_error()))
+    String::from_utf8(bytes).map_err(|e| LoadErrors(vec![not_utf8(name, e.as_bytes(), e.utf8_error())]))
 }
 
 const UTF16: &str = "not UTF-8: the text is UTF-16 (as Windows PowerShell's `>` writes it); save it as UTF-8";
