@@ -200,7 +200,8 @@ enum Output {
 fn load(args: &StateArgs) -> Result<Compiled> {
     let (state, errs) = control::load_paths_all(&args.state);
     if !errs.is_empty() {
-        eprintln!("{}", control::manifest::LoadErrors(errs.clone()));
+        let problems = errs.len();
+        eprintln!("{}", control::manifest::LoadErrors(errs));
         // The objects read without a problem are checked too, so that one
         // run names every problem it can (their errors only: a warning such
         // as a namespace missing from the input may be about a broken object).
@@ -214,7 +215,7 @@ fn load(args: &StateArgs) -> Result<Compiled> {
             0 => String::new(),
             n => format!(", and {n} invalid object(s) among those read"),
         };
-        bail!("{} problem(s) in the input{more}; nothing applied", errs.len());
+        bail!("{problems} problem(s) in the input{more}; nothing applied");
     }
     for n in &state.notes {
         eprintln!("note: {n}");

@@ -1116,7 +1116,8 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
         });
     }
     for (path, msg) in type_errors {
-        let line = line_of(&path);
+        // A key that is not text has no path of its own (`labels.?`): its map's line.
+        let line = line_of(path.strip_suffix(".?").unwrap_or(&path));
         let hint = type_hint(&path, &msg, misread(&path));
         errs.push(LoadError {
             origin: origin.clone(),
@@ -1241,7 +1242,11 @@ fn decimal_reading(word: &str) -> String {
 /// A hint for a type error: what the author likely wrote and how to write it.
 fn type_hint(path: &str, msg: &str, misread: Option<&crate::yaml11::Misread>) -> String {
     let quoted = || msg.split('"').nth(1);
-    if path.starts_with("spec.policyTypes[") && msg.starts_with("invalid type: map") {
+    if path.ends_with(".?") {
+        " (a key of this map is not text: quote it; a key written both as a number and as text, \
+         `1:` and `\"1\":`, is one key twice)"
+            .into()
+    } else if path.starts_with("spec.policyTypes[") && msg.starts_with("invalid type: map") {
         " (a policy type is a plain list item: write `- Ingress`, not `- Ingress: {}`)".into()
     } else if msg.starts_with("invalid type: ")
         && msg.ends_with("expected a string")
@@ -2185,7 +2190,7 @@ mod tests {
     fn a_label_key_written_as_a_number_and_as_text_is_refused() {
         // kubectl keeps one of `1: a` and `"1": b` at random.
         let e = errors("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels: {1: a, \"1\": b}\n");
-        assert!(e.contains("field metadata.labels.?: invalid type: integer `1`, expected a string"), "{e}");
+        assert!(e.contains("line 5: Namespace x: field metadata.labels.?: invalid type: integer `1`, expected a string (a key of this map is not text"), "{e}");
         // Past int64, go-yaml reads a uint64 key, which kubectl refuses.
         let e = errors(
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels: {9223372036854775808: a}\n",
