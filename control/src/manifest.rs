@@ -1033,9 +1033,33 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
         list.iter().find(|b| !b.key && b.path.strip_prefix(src.prefix.as_str()) == Some(path))
     };
     // The working copy: labels' nulls as the API server reads them, numbers
-    // as kubectl reads them, and each field that failed its type set to null
-    // so that the next attempt finds the next error.
+    // and booleans as kubectl reads them, and a stand-in value in each field
+    // that failed its type, so that the next attempt finds the next error.
     let mut working = null_labels_as_empty(src.value());
+    // A NetworkPolicy's port may be a name, so a number kubectl reads where
+    // this reader reads text (`port: 1_000`) is no type error: it is read
+    // as kubectl reads it here (an octal reading stays refused, see
+    // `kubectl_reading`).
+    if T::KIND == "NetworkPolicy" {
+        for m in src.misread.get(&(src.doc, src.prefix.clone())).into_iter().flatten() {
+            let Some(path) = m.path.strip_prefix(src.prefix.as_str()) else { continue };
+            let crate::yaml11::Reading::Number(n) = &m.value else { continue };
+            let is_port = |p: &str| {
+                (p.starts_with("spec.ingress[") || p.starts_with("spec.egress["))
+                    && p.ends_with(".port")
+                    && p.contains("].ports[")
+            };
+            let Ok(n) = n.parse::<i64>() else { continue };
+            if m.key || !is_port(path) || octal_reading(&m.word, n) {
+                continue;
+            }
+            let root = working.get_or_insert_with(|| src.value().clone());
+            if let Some(at) = value_at_mut(root, path).filter(|v| v.as_str() == Some(m.word.as_str())) {
+                *at = serde_yaml::Value::Number(n.into());
+                report.read_as_kubectl.push(path.to_string());
+            }
+        }
+    }
     let mut unknown: Vec<String> = Vec::new();
     let mut unknown_seen: std::collections::HashSet<String> = Default::default();
     let mut type_errors: Vec<(String, String)> = Vec::new();
@@ -1187,8 +1211,8 @@ fn stand_in(msg: &str) -> serde_yaml::Value {
 /// which the compiler reads: an author writing `0100` there more likely
 /// meant 100, so the error stays (see [`type_hint`]). In a file mode
 /// (`defaultMode: 0644`) octal is what is meant. (A NetworkPolicy's `port:
-/// 1_000` is no type error: a port may be a name. It is refused as a YAML
-/// 1.1 number.)
+/// 1_000` is no type error, a port may be a name: `typed` reads it as
+/// kubectl does before the first attempt, on the same terms.)
 fn kubectl_reading(
     v: &serde_yaml::Value,
     misread: Option<&crate::yaml11::Misread>,
@@ -2183,6 +2207,16 @@ mod tests {
             Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(80))
         );
         assert!(errors(&policy("80.5")).contains("floating point `80.5`, expected IntOrString"));
+        // A number kubectl reads where this reader reads text, as for a container's port.
+        for v in ["1_000", "0x_3E8"] {
+            let s = parse("t.yaml", &policy(v)).unwrap_or_else(|e| panic!("{v}: {e}"));
+            let rule = &s.policies[0].spec.as_ref().unwrap().ingress.as_ref().unwrap()[0];
+            assert_eq!(
+                rule.ports.as_ref().unwrap()[0].port,
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1000)),
+                "{v}"
+            );
+        }
         assert!(errors(&policy("0100")).contains("`0100` is the octal number 64 to kubectl"));
     }
 
