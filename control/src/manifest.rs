@@ -1011,8 +1011,9 @@ fn written_by_server(v: &serde_yaml::Value) -> bool {
     ["uid", "resourceVersion"].iter().any(|k| meta.and_then(|m| m.get(k)).is_some_and(|x| x.is_string()))
 }
 
-/// Deserializes one object, reporting the first type error and every unknown
-/// field (into `ignored` for a Pod or Namespace an API server wrote: see
+/// Deserializes one object, reporting its type errors (up to
+/// [`MAX_TYPE_ERRORS`]: after each, the object is read again with a
+/// stand-in value in that field) and every unknown field (into `ignored` for a Pod or Namespace an API server wrote: see
 /// [`State::ignored`]). Always from the parsed value, which is strict about types (`80`,
 /// `true` are not strings, as for the API server; a `null` label value is
 /// the empty string, as the API server's decoding makes it, see
@@ -1159,7 +1160,7 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
 }
 
 /// Type errors reported per object: past the first, each attempt reads the
-/// object again with the failing fields set to null.
+/// object again with a stand-in value ([`stand_in`]) in each failing field.
 const MAX_TYPE_ERRORS: usize = 20;
 /// Values per object read as kubectl reads them ([`kubectl_reading`]); past
 /// these, each is an error (every reading costs one more typed read).
