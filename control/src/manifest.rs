@@ -1176,10 +1176,16 @@ struct TypedReport {
     complete: bool,
 }
 
+/// The fields holding maps of text to text that the reader reads: their
+/// values are never numbers or booleans, and the API server reads a `null`
+/// one as `""`.
+const STRING_MAPS: [&str; 4] = ["labels", "annotations", "matchLabels", "nodeSelector"];
+
 /// Is a field (`metadata.labels.rack`) a value of a string map, where a
 /// number or a boolean is never read?
 fn in_string_map(field: &str) -> bool {
-    [".labels.", ".annotations.", ".matchLabels.", ".nodeSelector."].iter().any(|m| field.contains(m))
+    // A key may hold dots (`metadata.labels.app.kubernetes.io/name`).
+    STRING_MAPS.iter().any(|m| field.split_once(&format!(".{m}.")).is_some())
 }
 
 /// A value of the type a type error expected, to stand in for the field
@@ -1356,7 +1362,7 @@ fn value_at_mut<'v>(v: &'v mut serde_yaml::Value, path: &str) -> Option<&'v mut 
 fn null_labels_as_empty(v: &serde_yaml::Value) -> Option<serde_yaml::Value> {
     use serde_yaml::Value;
     fn string_map(k: &Value) -> bool {
-        matches!(k.as_str(), Some("labels" | "annotations" | "matchLabels" | "nodeSelector"))
+        k.as_str().is_some_and(|k| STRING_MAPS.contains(&k))
     }
     /// The text kubectl makes of a key, when it is not text already.
     fn key_text(k: &Value) -> Option<String> {
@@ -2301,12 +2307,13 @@ mod tests {
         // A key that is no text stops the read (it cannot be stood in for):
         // then a YAML 1.1 number the read did not reach is not called an
         // error (it may be read as a number), while a label's still is.
-        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: ns, labels: {2.5: x, rack: 01}}\nspec:\n  containers:\n  - name: c\n    ports: [{containerPort: 1_000}]\n";
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: ns, labels: {2.5: x, rack: 01, app.kubernetes.io/part: 02}}\nspec:\n  containers:\n  - name: c\n    ports: [{containerPort: 1_000}]\n";
         let e = errors(text);
         assert!(e.contains("field metadata.labels.?: invalid type: floating point `2.5`"), "{e}");
         assert!(e.contains("field metadata.labels.rack: `01`"), "{e}");
+        assert!(e.contains("field metadata.labels.app.kubernetes.io/part: `02`"), "{e}");
         assert!(!e.contains("1_000"), "{e}");
-        assert_eq!(e.lines().count(), 2, "{e}");
+        assert_eq!(e.lines().count(), 3, "{e}");
         // Nor is a field inside one that failed its type (a stand-in took its place).
         let e = errors("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n    name: c\n    tty: yes\n");
         assert!(e.contains("field spec.containers: invalid type: map, expected a sequence"), "{e}");
