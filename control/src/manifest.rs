@@ -47,7 +47,8 @@ impl Origin {
         }
         let items: String = self.item.iter().map(|i| format!("items[{i}].")).collect();
         // Read as `parse` read it (a stream of JSON objects as YAML documents).
-        locate(&reader_text(text), self.document.checked_sub(1)?, &format!("{items}{field}"))
+        let read = reader_text(text);
+        locate(&read.text, self.document.checked_sub(1)?, &format!("{items}{field}")).map(|l| read.line(l))
     }
 }
 
@@ -306,8 +307,28 @@ pub fn parse_all(file: &str, text: &str) -> (State, Vec<LoadError>) {
         )
     };
     let read = reader_text(text);
-    let text: &str = &read;
-    let lines = document_lines(text);
+    let (state, mut errs) = match parse_read(file, &read, json.as_ref()) {
+        Some(parsed) => parsed,
+        None => return json_error(json.as_ref().unwrap_or_else(|| unreachable!())),
+    };
+    // Lines of the text as given, where the reader's text has more.
+    if !read.added.is_empty() {
+        for e in errs.iter_mut() {
+            e.line = e.line.map(|l| read.line(l));
+        }
+    }
+    (state, errs)
+}
+
+/// [`parse_all`] of the text as the reader parses it; `None` when the
+/// text's error is to be named as JSON's (`json`).
+fn parse_read(
+    file: &str,
+    read: &ReaderText<'_>,
+    json: Option<&JsonSyntaxError>,
+) -> Option<(State, Vec<LoadError>)> {
+    let text: &str = &read.text;
+    let lines: Vec<usize> = document_lines(text).into_iter().map(|l| read.line(l)).collect();
     let mut state = State::default();
     let mut errs: Vec<LoadError> = Vec::new();
     let origin = |document: usize, item: Vec<usize>| Origin {
@@ -325,9 +346,7 @@ pub fn parse_all(file: &str, text: &str) -> (State, Vec<LoadError>) {
             Ok(v) => values.push(v),
             // JSON's error, unless the YAML parser got further: then the text
             // is YAML in flow style (`{apiVersion: v1, ...}`), and its error is YAML's.
-            Err(e) if json.as_ref().is_some_and(|j| e.location().is_none_or(|l| j.line >= l.line())) => {
-                return json_error(json.as_ref().unwrap_or_else(|| unreachable!()));
-            }
+            Err(e) if json.is_some_and(|j| e.location().is_none_or(|l| j.line >= l.line())) => return None,
             Err(e) => {
                 let line = e.location().map(|l| l.line());
                 errs.push(LoadError {
@@ -354,15 +373,15 @@ pub fn parse_all(file: &str, text: &str) -> (State, Vec<LoadError>) {
                     ),
                 });
                 // The stream cannot be trusted past a syntax error.
-                return (State::default(), errs);
+                return Some((State::default(), errs));
             }
         }
     }
     // Valid YAML, but JSON with a trailing comma: kubectl refuses it. (Other
     // text that starts with `{` and is no JSON is YAML's flow style, which
     // kubectl refuses too; it is read here, as it means one thing.)
-    if let Some(e) = json.as_ref().filter(|e| e.trailing_comma) {
-        return json_error(e);
+    if json.is_some_and(|e| e.trailing_comma) {
+        return None;
     }
     // Scalars kubectl reads as booleans or numbers and this reader as text (refused per
     // object below), by document and the object's place in it (`items[3].`).
@@ -402,7 +421,11 @@ pub fn parse_all(file: &str, text: &str) -> (State, Vec<LoadError>) {
         let src = Source { value, text, doc: i, prefix: String::new(), budget: &budget, misread: &misread };
         add_object(&mut state, &mut errs, origin(document, Vec::new()), src);
     }
-    (state, errs)
+    // The warnings are not mapped by `parse_all`.
+    for w in state.ignored.iter_mut() {
+        w.line = w.line.map(|l| read.line(l));
+    }
+    Some((state, errs))
 }
 
 /// The first syntax error of a text kubectl reads as JSON: one or more
@@ -494,15 +517,34 @@ fn json_syntax_error(text: &str) -> Option<JsonSyntaxError> {
 /// A text as the reader parses it, as YAML: without a byte-order mark
 /// (editors on Windows write one), JSON's surrogate-pair escapes as YAML's
 /// ([`json_surrogates`]), and a stream of JSON objects as YAML documents
-/// ([`json_stream_as_yaml`]). Lines stay those of the text.
-fn reader_text(text: &str) -> std::borrow::Cow<'_, str> {
+/// ([`json_stream_as_yaml`]). Lines are those of the text, but for the
+/// lines a split adds ([`ReaderText::line`] maps them back).
+fn reader_text(text: &str) -> ReaderText<'_> {
     use std::borrow::Cow;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     // The stream is split while it is JSON (a `\U` escape is not).
-    let text = json_stream_as_yaml(text).map_or(Cow::Borrowed(text), Cow::Owned);
+    let (text, added) = match json_stream_as_yaml(text) {
+        Some((split, added)) => (Cow::Owned(split), added),
+        None => (Cow::Borrowed(text), Vec::new()),
+    };
     match json_surrogates(&text) {
-        Some(rewritten) => Cow::Owned(rewritten),
-        None => text,
+        Some(rewritten) => ReaderText { text: Cow::Owned(rewritten), added },
+        None => ReaderText { text, added },
+    }
+}
+
+/// The text the reader parses ([`reader_text`]).
+struct ReaderText<'a> {
+    text: std::borrow::Cow<'a, str>,
+    /// Lines of `text` (1-based, ascending) that start an object the given
+    /// text had on the line before: two JSON objects on one line (`}{`).
+    added: Vec<usize>,
+}
+
+impl ReaderText<'_> {
+    /// The line of the given text that line `l` of the reader's text is (part of).
+    fn line(&self, l: usize) -> usize {
+        l - self.added.partition_point(|&a| a <= l)
     }
 }
 
@@ -568,9 +610,11 @@ fn json_surrogates(text: &str) -> Option<String> {
 
 /// A stream of JSON objects (`kubectl get pods -o json | jq '.items[]'`,
 /// which `kubectl apply` reads) as a YAML stream: `--- ` before every object
-/// after the first, on its own line, so line numbers stay those of the text.
-/// `None` when the text is not two or more JSON values and nothing else.
-fn json_stream_as_yaml(text: &str) -> Option<String> {
+/// after the first, on its own line, so line numbers stay those of the text,
+/// but where two objects share a line: the second then starts a line of its
+/// own, whose number is in the list returned. `None` when the text is not
+/// two or more JSON values and nothing else.
+fn json_stream_as_yaml(text: &str) -> Option<(String, Vec<usize>)> {
     // Cheap gate before a parse of the whole text: an object opens the line
     // after one that closes an object (`jq` and `jq -c` write them so), or
     // follows one directly (`}{`). Inside one object, a line closing an
@@ -594,6 +638,8 @@ fn json_stream_as_yaml(text: &str) -> Option<String> {
         return None;
     }
     let mut out = String::with_capacity(text.len() + 5 * ends.len());
+    // Lines of `out` that the text does not have, and the lines `out` has so far.
+    let (mut added, mut lines) = (Vec::new(), 1);
     let mut from = 0;
     for (i, &end) in ends.iter().enumerate() {
         let object = &text[from..end];
@@ -609,18 +655,23 @@ fn json_stream_as_yaml(text: &str) -> Option<String> {
                     out.push_str(&ws[nl + 1..]);
                 }
                 None => {
+                    // Two objects on one line (files without a final newline, concatenated).
                     out.push_str(ws);
-                    out.push_str("\n--- "); // two objects on one line (rare): one line more
+                    out.push_str("\n--- ");
+                    added.push(lines + 1);
+                    lines += 1;
                 }
             }
+            lines += object.matches('\n').count();
             out.push_str(&object[start..]);
         } else {
+            lines += object.matches('\n').count();
             out.push_str(object);
         }
         from = end;
     }
     out.push_str(&text[from..]);
-    Some(out)
+    Some((out, added))
 }
 
 /// `kind: List` as kubectl prints it, or a typed list (`PodList`) as the API returns it.
@@ -1897,11 +1948,15 @@ mod tests {
     #[test]
     fn nothing_half_applied() {
         // One good document and one bad: the whole load fails.
-        let r = parse(
-            "t.yaml",
-            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: y, labelz: {}}\n",
-        );
-        assert!(r.is_err());
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: yy, labelz: {}}\n";
+        let LoadErrors(e) = parse("t.yaml", text).unwrap_err();
+        assert_eq!(e.len(), 1, "{}", LoadErrors(e.clone()));
+        assert_eq!((e[0].origin.document, e[0].field.as_deref()), (2, Some("metadata.labelz")), "{}", e[0]);
+        // What a check reports from besides: the good document only, never to be applied.
+        let (s, _) = parse_all("t.yaml", text);
+        let names: Vec<_> =
+            s.namespaces.iter().map(|n| n.metadata.name.clone().unwrap_or_default()).collect();
+        assert_eq!(names, ["x"]);
     }
 
     #[test]
@@ -1912,7 +1967,8 @@ mod tests {
             assert!(e.contains(&format!("field kind: unknown kind {kind:?} (did you mean")), "{e}");
         }
         // A kind we do not read is still skipped.
-        assert!(parse("t.yaml", "apiVersion: v1\nkind: Policy\nmetadata: {name: s}\n").is_ok());
+        let s = parse("t.yaml", "apiVersion: v1\nkind: Policy\nmetadata: {name: s}\n").unwrap();
+        assert_eq!(s.skipped.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["Policy"]);
     }
 
     #[test]
@@ -2120,6 +2176,29 @@ mod tests {
         // A document opened on its separator's line starts there.
         let e = errors("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n--- {apiVersion: v1, kind: Namespace, metadata: {name: b, lables: {}}}\n");
         assert!(e.contains("document 2 (line 4), line 4"), "{e}");
+        // Objects sharing a line (files without a final newline, concatenated):
+        // the lines after them are still the text's.
+        let text = format!(
+            "{}{}
+{}
+{}{}",
+            ns("a"),
+            ns("b"),
+            ns("c").replace("\"name\": \"c\"", "\"name\": \"c\",\n \"lables\": {}"),
+            ns("a"),
+            ns("d").replace("\"name\": \"d\"", "\"name\": \"d\", \"lables\": {}")
+        );
+        let e = errors(&text);
+        assert!(e.contains("document 3 (line 2), line 3: Namespace c: field metadata.lables"), "{e}\n{text}");
+        assert!(
+            e.contains(
+                "document 4 (line 4): Namespace a: defined twice: also at t.yaml: document 1 (line 1)"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("document 5 (line 4), line 4: Namespace d: field metadata.lables"), "{e}\n{text}");
+        let origin = Origin { file: "t.json".into(), document: 3, line: 2, item: Vec::new() };
+        assert_eq!(origin.line_of(&text, "metadata.lables"), Some(3), "{text}");
     }
 
     #[test]

@@ -131,6 +131,12 @@ fn manifest_directory_add_change_break_delete() {
     // Change.
     std::fs::write(d.dir.join("policy.yaml"), policy("81")).unwrap();
     wait_for("policy changed", || status(d.port)["table_generation"].as_u64().unwrap() > g1);
+    // Republished from the new version (what it allows is tested in `manifest_dir`'s own tests).
+    let s = status(d.port);
+    let f =
+        s["files"].as_array().unwrap().iter().find(|f| f["file"].as_str().unwrap().ends_with("policy.yaml"));
+    let f = f.unwrap();
+    assert_eq!((&f["objects"], f["errors"].as_array().unwrap().len()), (&serde_json::json!(1), 0), "{f}");
     // Break: reported with file, object and field; the last good version stays in force.
     let g2 = status(d.port)["table_generation"].as_u64().unwrap();
     std::fs::write(d.dir.join("policy.yaml"), policy("0")).unwrap();

@@ -1192,11 +1192,18 @@ fn a_node_connection_survives_a_new_table_whichever_side_speaks_first() {
         let q = testing::udp(&node, 5000 + u16::from(v6), &s, 9999, v6, b"q");
         assert_eq!(r.p.process(3, &q, 1), Action::Forward(1));
     }
-    r.tables.store(Arc::new(published(2, testing::client_server_table()).with_addresses(addresses)));
+    r.tables.store(Arc::new(published(2, testing::client_server_table()).with_addresses(addresses.clone())));
     r.p.begin_batch(2);
     for v6 in [false, true] {
         let a = testing::udp(&s, 9999, &node, 5000 + u16::from(v6), v6, b"a");
         assert_eq!(r.p.process(1, &a, 2), Action::Forward(3), "the pod's answer after a new table");
+    }
+    // And the other way round: after the next table, the node speaks first.
+    r.tables.store(Arc::new(published(3, testing::client_server_table()).with_addresses(addresses)));
+    r.p.begin_batch(3);
+    for v6 in [false, true] {
+        let q = testing::udp(&node, 5000 + u16::from(v6), &s, 9999, v6, b"q2");
+        assert_eq!(r.p.process(3, &q, 3), Action::Forward(1), "the node's next packet after a new table");
     }
     assert_eq!(r.p.counters().snapshot().drops["revoked"], 0);
 }
