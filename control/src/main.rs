@@ -450,11 +450,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 0 => String::new(),
                 n => format!(" ({n} assumed)"),
             };
+            // With `--allow-invalid` the input compiles, but a check still
+            // fails on invalid objects: its status is the input's.
+            let invalid: std::collections::BTreeSet<_> =
+                c.problems.iter().filter(|p| p.severity == Severity::Error).map(|p| &p.object).collect();
             writeln!(
                 out,
-                "ok: {} namespaces{assumed}, {} pods, {} policies ({} identities, {} sides, {} table entries)",
-                s.namespaces, s.pods, s.policies, s.identities, s.sides, s.port_entries
+                "{}: {} namespaces{assumed}, {} pods, {} policies ({} identities, {} sides, {} table entries)",
+                if invalid.is_empty() { "ok" } else { "compiled with errors" },
+                s.namespaces,
+                s.pods,
+                s.policies,
+                s.identities,
+                s.sides,
+                s.port_entries
             )?;
+            if !invalid.is_empty() {
+                bail!(
+                    "{} invalid object(s); compiled anyway (--allow-invalid: an invalid policy is enforced fail-closed)",
+                    invalid.len()
+                );
+            }
         }
         Command::Query(args) => {
             if args.from.is_none() {

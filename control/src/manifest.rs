@@ -386,7 +386,20 @@ fn parse_read(
     // Scalars kubectl reads as booleans or numbers and this reader as text (refused per
     // object below), by document and the object's place in it (`items[3].`).
     let mut misread: Misreads = HashMap::new();
-    for b in crate::yaml11::find(text) {
+    let Ok(found) = crate::yaml11::find(text) else {
+        errs.push(LoadError {
+            origin: Origin::file(file),
+            object: None,
+            field: None,
+            line: None,
+            message: "the YAML 1.1 check (a second parse, for the words and numbers kubectl reads \
+                      otherwise) failed on this text: nothing is read from it. Please report it, \
+                      with the file"
+                .into(),
+        });
+        return Some((State::default(), errs));
+    };
+    for b in found {
         let mut at = 0;
         while let Some(rest) = b.path[at..].strip_prefix("items[") {
             match rest.find("].") {

@@ -462,6 +462,20 @@ fn invalid_policy_is_refused_unless_allowed_and_then_fails_closed() {
     assert!(stdout(&o).starts_with("DENY"), "fail-closed: {}", stdout(&o));
     let o = run(&["query", "-s", f, "--allow-invalid", "--from", "x/a", "--to", "x/b", "--port", "80"]);
     assert!(stdout(&o).starts_with("ALLOW"), "the other direction is not isolated: {}", stdout(&o));
+    // A check compiles with --allow-invalid, and still fails: its status is the input's.
+    let o = run(&["check", "-s", f, "--allow-invalid"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("compiled with errors: 1 namespaces (1 assumed), 2 pods, 1 policies"),
+        "{}",
+        stdout(&o)
+    );
+    let e = stderr(&o);
+    assert!(e.contains("NetworkPolicy x/bad: spec.ingress[0].from[0].ipBlock.except[0]"), "{e}");
+    assert!(e.contains("1 invalid object(s); compiled anyway (--allow-invalid"), "{e}");
+    let o = run(&["check", "-s", f]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "", "nothing compiled without --allow-invalid");
 }
 
 /// A missing configuration file is named once, with its cause once.
