@@ -103,7 +103,7 @@ struct StateArgs {
     /// Go on when objects fail validation: an invalid NetworkPolicy is enforced fail-closed (it
     /// isolates the pods it selects and allows nothing); an invalid field of another object (a
     /// pod's bad IP or port) is left out, and the object kept. Input that does not read
-    /// (YAML syntax, an unknown field, a wrong type) always stops.
+    /// (YAML syntax, an unknown field, a wrong type) always stops. `check` still exits 2.
     #[arg(long)]
     allow_invalid: bool,
 }
@@ -457,7 +457,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             writeln!(
                 out,
                 "{}: {} namespaces{assumed}, {} pods, {} policies ({} identities, {} sides, {} table entries)",
-                if invalid.is_empty() { "ok" } else { "compiled with errors" },
+                if invalid.is_empty() { "ok" } else { "invalid input, compiled anyway" },
                 s.namespaces,
                 s.pods,
                 s.policies,
@@ -467,7 +467,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             if !invalid.is_empty() {
                 bail!(
-                    "{} invalid object(s); compiled anyway (--allow-invalid: an invalid policy is enforced fail-closed)",
+                    "{} invalid object(s); compiled anyway (--allow-invalid: an invalid policy is enforced fail-closed, an invalid field of another object is left out)",
                     invalid.len()
                 );
             }

@@ -291,7 +291,11 @@ pub fn parse(file: &str, text: &str) -> Result<State, LoadErrors> {
 pub fn parse_all(file: &str, text: &str) -> (State, Vec<LoadError>) {
     // Text kubectl reads as JSON (it starts with `{`): its syntax errors are
     // named as JSON's, with JSON's words.
-    let json = json_syntax_error(text.strip_prefix('\u{feff}').unwrap_or(text));
+    let json = {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        // A lone surrogate escape is read (as U+FFFD, as Go reads it): no JSON error.
+        json_syntax_error(&json_surrogates(text, false).unwrap_or_else(|| text.to_string()))
+    };
     let json_error = |e: &JsonSyntaxError| {
         let origin =
             Origin { file: file.to_string(), document: e.document, line: e.document_line, item: Vec::new() };
@@ -311,11 +315,25 @@ pub fn parse_all(file: &str, text: &str) -> (State, Vec<LoadError>) {
         Some(parsed) => parsed,
         None => return json_error(json.as_ref().unwrap_or_else(|| unreachable!())),
     };
-    // Lines of the text as given, where the reader's text has more.
-    if !read.added.is_empty() {
-        for e in errs.iter_mut() {
-            e.line = e.line.map(|l| read.line(l));
+    // Lines of the text as given, where the reader's text has more; the
+    // parser puts the end of a text without a final line break on a line
+    // after it.
+    let last = text.matches('\n').count() + 1;
+    for e in errs.iter_mut() {
+        let Some(l) = e.line else { continue };
+        let mapped = read.line(l);
+        e.line = Some(mapped.min(last));
+        if mapped == l && mapped <= last {
+            continue;
         }
+        // The parser's words name its line too (`at line 3 column 1, while
+        // parsing`); its column is dropped (a split line's columns moved).
+        let at = format!(" at line {l} column ");
+        let Some(i) = e.message.find(&at) else { continue };
+        let rest = e.message[i + at.len()..].trim_start_matches(|c: char| c.is_ascii_digit());
+        let place =
+            if mapped > last { "at the end of the text".to_string() } else { format!("at line {mapped}") };
+        e.message = format!("{} {place}{rest}", &e.message[..i]);
     }
     (state, errs)
 }
@@ -346,7 +364,9 @@ fn parse_read(
             Ok(v) => values.push(v),
             // JSON's error, unless the YAML parser got further: then the text
             // is YAML in flow style (`{apiVersion: v1, ...}`), and its error is YAML's.
-            Err(e) if json.is_some_and(|j| e.location().is_none_or(|l| j.line >= l.line())) => return None,
+            Err(e) if json.is_some_and(|j| e.location().is_none_or(|l| j.line >= read.line(l.line()))) => {
+                return None
+            }
             Err(e) => {
                 let line = e.location().map(|l| l.line());
                 errs.push(LoadError {
@@ -540,7 +560,7 @@ fn reader_text(text: &str) -> ReaderText<'_> {
         Some((split, added)) => (Cow::Owned(split), added),
         None => (Cow::Borrowed(text), Vec::new()),
     };
-    match json_surrogates(&text) {
+    match json_surrogates(&text, true) {
         Some(rewritten) => ReaderText { text: Cow::Owned(rewritten), added },
         None => ReaderText { text, added },
     }
@@ -566,9 +586,11 @@ impl ReaderText<'_> {
 /// written as YAML's 8-digit escape (`\U0001F600`), which the YAML parser
 /// reads where it refuses a surrogate. A surrogate without its other half
 /// is U+FFFD, as Go's JSON decoder (kubectl's, for a JSON file) makes it.
-/// `None` when the text is not JSON (it starts with `{`, as kubectl tells
-/// JSON from YAML) or holds no such escape.
-fn json_surrogates(text: &str) -> Option<String> {
+/// Without `pairs`, pairs are left as they are (JSON for the JSON syntax
+/// check, which refuses only the lone ones). `None` when the text is not
+/// JSON (it starts with `{`, as kubectl tells JSON from YAML) or holds no
+/// such escape to rewrite.
+fn json_surrogates(text: &str, pairs: bool) -> Option<String> {
     let b = text.as_bytes();
     let surrogate_escape = |w: &[u8]| w[0] == b'\\' && w[1] == b'u' && w[2].eq_ignore_ascii_case(&b'd');
     if !text.trim_start().starts_with('{') || !b.windows(3).any(surrogate_escape) {
@@ -602,6 +624,10 @@ fn json_surrogates(text: &str) -> Option<String> {
             .flatten()
             .filter(|u| (0xdc00..0xe000).contains(u));
         match low {
+            Some(_) if high < 0xdc00 && !pairs => {
+                out.push_str(&text[i..i + 12]);
+                i += 12;
+            }
             Some(low) if high < 0xdc00 => {
                 let c = 0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00);
                 out.push_str(&format!("\\U{c:08X}"));
@@ -2212,6 +2238,16 @@ mod tests {
         assert!(e.contains("document 5 (line 4), line 4: Namespace d: field metadata.lables"), "{e}\n{text}");
         let origin = Origin { file: "t.json".into(), document: 3, line: 2, item: Vec::new() };
         assert_eq!(origin.line_of(&text, "metadata.lables"), Some(3), "{text}");
+        // A syntax error after objects sharing a line: its line, in the message too.
+        let text = format!(
+            "{}{}\n{}",
+            ns("a"),
+            ns("b"),
+            ns("c").replace("{\"apiVersion\"", "{\"kind\": \"x\", \"apiVersion\"")
+        );
+        let e = errors(&text);
+        assert!(e.contains("document 3 (line 2), line 2: invalid YAML: "), "{e}\n{text}");
+        assert!(!e.contains("line 3"), "{e}\n{text}");
     }
 
     #[test]
@@ -2348,6 +2384,15 @@ mod tests {
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  annotations: {a: \"\\ud83d\\ude00\"}\n",
         );
         assert!(e.contains("invalid Unicode character escape"), "{e}");
+        // A lone half is no JSON syntax error: another error is named, not it.
+        let e = errors(
+            &text.replace("\"kind\":\"Namespace\",", "\"kind\":\"Namespace\",\"kind\":\"Namespace\","),
+        );
+        assert!(e.contains("duplicate entry with key \"kind\""), "{e}");
+        assert!(!e.contains("invalid JSON"), "{e}");
+        // The end of a text cut short is on its last line, not the one after.
+        let e = errors(r#"{"apiVersion":"v1","items":[{"apiVersion""#);
+        assert!(e.contains("document 1 (line 1), line 1: invalid YAML: did not find expected ',' or '}' at the end of the text, while parsing a flow mapping"), "{e}");
     }
 
     #[test]

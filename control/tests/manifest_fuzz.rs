@@ -144,9 +144,10 @@ const VALUES: [&str; 30] = [
     "'\\ud83d'",
 ];
 
-/// The inputs: every example and special text, and each as JSON in three
-/// forms (one object per document pretty-printed as a stream, a `kind: List`,
-/// one line).
+/// The inputs: every example and special text, and each as JSON in four
+/// forms (its objects pretty-printed one after the other, a stream, or one
+/// object alone; the same with no line break between them, `}{`; a `kind:
+/// List`; one line).
 fn inputs() -> &'static [(String, String)] {
     static INPUTS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
     INPUTS.get_or_init(build_inputs)
@@ -173,6 +174,9 @@ fn build_inputs() -> Vec<(String, String)> {
         }
         let stream: Vec<String> = docs.iter().map(|d| serde_json::to_string_pretty(d).unwrap()).collect();
         out.push((format!("in{i}-stream.json"), stream.join("\n")));
+        if stream.len() > 1 {
+            out.push((format!("in{i}-packed.json"), stream.join("")));
+        }
         let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs});
         out.push((format!("in{i}-list.json"), serde_json::to_string_pretty(&list).unwrap()));
         out.push((format!("in{i}-line.json"), list.to_string()));
@@ -291,7 +295,9 @@ fn apply(text: &mut String, e: &Edit) {
 fn read_and_report(file: &str, text: &str) {
     let (state, errs) = manifest::parse_all(file, text);
     for e in &errs {
-        check_error(file, e);
+        check_error(file, text, e);
+        // The reader turns a panic of its second parse into an error: still a bug.
+        assert!(!e.message.contains("YAML 1.1 check"), "{e}\n{text:?}");
         // The line of an error's field, as a problem's is found.
         if let Some(f) = &e.field {
             if let Some(line) = e.origin.line_of(text, f) {
@@ -301,10 +307,6 @@ fn read_and_report(file: &str, text: &str) {
                 );
             }
         }
-    }
-    match manifest::parse(file, text) {
-        Ok(_) => assert!(errs.is_empty(), "parse read {file} without the errors parse_all found"),
-        Err(manifest::LoadErrors(all)) => assert_eq!(all, errs, "parse and parse_all disagree on {file}"),
     }
     let compiled = policy_compiler::compile(&state.namespaces, &state.pods, &state.policies);
     for p in &compiled.problems {
@@ -319,16 +321,18 @@ fn read_and_report(file: &str, text: &str) {
         }
     }
     for w in &state.ignored {
-        check_error(file, w);
+        check_error(file, text, w);
     }
 }
 
-fn check_error(file: &str, e: &LoadError) {
+/// An error names its file, says something, and its lines are the text's.
+fn check_error(file: &str, text: &str, e: &LoadError) {
     let shown = e.to_string();
     assert!(shown.starts_with(file), "an error that does not name its file: {shown}");
     assert!(!e.message.trim().is_empty(), "an error without a message: {shown}");
-    if let Some(l) = e.line {
-        assert!(l >= 1, "line 0 in {shown}");
+    let lines = text.matches('\n').count() + 1;
+    for l in e.line.into_iter().chain((e.origin.document > 0).then_some(e.origin.line)) {
+        assert!((1..=lines).contains(&l), "line {l} of {lines} in {shown}\n{text:?}");
     }
 }
 
@@ -378,10 +382,52 @@ proptest! {
         std::fs::write(&path, &bytes).unwrap();
         let name = path.to_str().unwrap();
         let (_, errs) = manifest::load_all(name);
+        let text = String::from_utf8_lossy(&bytes);
         for e in &errs {
-            check_error(name, e);
+            if e.origin.document > 0 {
+                check_error(name, &text, e);
+            }
         }
     }
+}
+
+/// JSON objects one after the other, with a line break between them or
+/// without (`}{`, as `cat` joins files that end without one): the same
+/// errors, at the same places of the text.
+#[test]
+fn objects_sharing_a_line_keep_the_lines_of_the_text() {
+    let mut compared = 0;
+    for text in EXAMPLES.iter().chain(&SPECIAL[1..]) {
+        let docs: Vec<serde_json::Value> =
+            serde_yaml::Deserializer::from_str(text.trim_start_matches('\u{feff}'))
+                .map_while(|d| serde_yaml::Value::deserialize(d).ok())
+                .filter_map(|v| serde_json::to_value(v).ok())
+                .filter(|v| v.get("metadata").is_some_and(|m| m.is_object()))
+                .collect();
+        if docs.len() < 2 {
+            continue;
+        }
+        // A typo in every object's metadata: one error per object, with a line.
+        let objects: Vec<String> = docs
+            .into_iter()
+            .map(|mut d| {
+                d["metadata"]["lables"] = serde_json::json!({});
+                serde_json::to_string_pretty(&d).unwrap()
+            })
+            .collect();
+        let errors = |joined: &str| {
+            let (_, errs) = manifest::parse_all("t.json", joined);
+            errs.into_iter().map(|e| (e.origin.document, e.origin.line, e.line, e.field)).collect::<Vec<_>>()
+        };
+        let apart = errors(&objects.join("\n"));
+        assert_eq!(apart.len(), objects.len(), "{apart:?}");
+        // Object n (from 1) starts n - 1 lines higher when they share lines.
+        let want: Vec<_> =
+            apart.iter().map(|(d, o, l, f)| (*d, o - (d - 1), l.map(|l| l - (d - 1)), f.clone())).collect();
+        assert_eq!(errors(&objects.join("")), want);
+        compared += 1;
+    }
+    assert!(compared >= 5, "only {compared} inputs of several objects");
 }
 
 /// Every input as written reads (the broken seeds with errors, the others
