@@ -42,7 +42,7 @@ impl Origin {
     pub fn line_of(&self, text: &str, field: &str) -> Option<usize> {
         // JSON on one line (`kubectl get -o json | jq -c`): every field is on
         // line 1, and finding it would parse the whole text for nothing.
-        if !text.trim_end().contains('\n') {
+        if !text.trim_end().contains(BREAKS) {
             return None;
         }
         let items: String = self.item.iter().map(|i| format!("items[{i}].")).collect();
@@ -244,13 +244,47 @@ pub(crate) fn object_name((kind, ns, name): &ObjectKey) -> String {
     }
 }
 
+/// What ends a line in YAML (and `\r\n`, one break): the parsers count
+/// these, and the lines they report, and so the reader's, are counted so.
+const BREAKS: [char; 5] = ['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'];
+
+/// The lines of a text as YAML counts them ([`BREAKS`]), without their
+/// breaks; as `str::lines`, no empty line after a final break.
+fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (line, next) = match rest.find(BREAKS) {
+            None => (rest, ""),
+            Some(i) => {
+                let after = &rest[i..];
+                let len = if after.starts_with("\r\n") {
+                    2
+                } else {
+                    after.chars().next().map_or(1, char::len_utf8)
+                };
+                (&rest[..i], &rest[i + len..])
+            }
+        };
+        rest = next;
+        Some(line)
+    })
+}
+
+/// The line breaks of a text, as YAML counts them ([`BREAKS`]).
+fn yaml_breaks(text: &str) -> usize {
+    text.matches(BREAKS).count() - text.matches("\r\n").count()
+}
+
 /// Lines (1-based) where each document of a YAML stream starts: its first
 /// line of content (or its `---` when it is empty).
 fn document_lines(text: &str) -> Vec<usize> {
     let mut starts = Vec::new();
     let mut pending = true; // waiting for the current document's first content line
     let mut any = false; // seen a separator or content yet
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in yaml_lines(text).enumerate() {
         if let Some(rest) = line.strip_prefix("---") {
             if pending && any {
                 starts.push(i + 1); // an empty document between two separators
@@ -318,7 +352,7 @@ pub fn parse_all(file: &str, text: &str) -> (State, Vec<LoadError>) {
     // Lines of the text as given, where the reader's text has more; the
     // parser puts the end of a text without a final line break on a line
     // after it.
-    let last = text.matches('\n').count() + 1;
+    let last = yaml_breaks(text) + 1;
     for e in errs.iter_mut() {
         let Some(l) = e.line else { continue };
         let mapped = read.line(l);
@@ -687,11 +721,12 @@ fn json_stream_as_yaml(text: &str) -> Option<(String, Vec<usize>)> {
             // one; the separator opens the object's line (before any indent).
             let start = object.len() - object.trim_start().len();
             let ws = &object[..start];
-            match ws.rfind('\n') {
+            match ws.rfind(BREAKS) {
                 Some(nl) => {
-                    out.push_str(&ws[..=nl]);
+                    let after = nl + ws[nl..].chars().next().map_or(1, char::len_utf8);
+                    out.push_str(&ws[..after]);
                     out.push_str("--- ");
-                    out.push_str(&ws[nl + 1..]);
+                    out.push_str(&ws[after..]);
                 }
                 None => {
                     // Two objects on one line (files without a final newline, concatenated).
@@ -701,10 +736,10 @@ fn json_stream_as_yaml(text: &str) -> Option<(String, Vec<usize>)> {
                     lines += 1;
                 }
             }
-            lines += object.matches('\n').count();
+            lines += yaml_breaks(object);
             out.push_str(&object[start..]);
         } else {
-            lines += object.matches('\n').count();
+            lines += yaml_breaks(object);
             out.push_str(object);
         }
         from = end;
@@ -1734,7 +1769,7 @@ pub(crate) fn clean_message(path: &str, msg: &str) -> String {
 fn second_key_line(text: &str, from: usize, message: &str) -> Option<usize> {
     let key = message.split("duplicate entry with key \"").nth(1)?.split('"').next()?;
     let mut indent = None;
-    for (n, l) in text.lines().enumerate().skip(from.saturating_sub(1)) {
+    for (n, l) in yaml_lines(text).enumerate().skip(from.saturating_sub(1)) {
         let body = l.trim_start().trim_start_matches("- ");
         let at = l.len() - body.len();
         if body.starts_with(&format!("{key}:")) || body.starts_with(&format!("\"{key}\":")) {
@@ -2174,6 +2209,27 @@ mod tests {
         let e = errors("apiVersion: v1\nkind: Namespace\nmetadata: {name: true}\n");
         assert!(e.contains("Namespace true: field metadata.name: invalid type: boolean"), "{e}");
         assert!(!e.contains("Required"), "{e}");
+    }
+
+    #[test]
+    fn lines_are_counted_as_yaml_counts_them() {
+        // A lone carriage return (old Mac files) and the Unicode line and
+        // paragraph separators end a line, as for the parser.
+        for br in ["\r", "\u{2028}", "\u{85}", "\r\n"] {
+            let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  annotations: {x: \"a\u{2029}b\"}\n  lables: {}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: b, lables: {}}\n"
+                .replace('\n', br);
+            let e = errors(&text);
+            assert!(
+                e.contains("document 1 (line 1), line 7: Namespace a: field metadata.lables"),
+                "{br:?}: {e}"
+            );
+            assert!(
+                e.contains("document 2 (line 9), line 11: Namespace b: field metadata.lables"),
+                "{br:?}: {e}"
+            );
+            let origin = Origin { file: "t.yaml".into(), document: 2, line: 9, item: Vec::new() };
+            assert_eq!(origin.line_of(&text, "metadata.lables"), Some(11), "{br:?}");
+        }
     }
 
     #[test]
