@@ -249,32 +249,44 @@ pub(crate) fn object_name((kind, ns, name): &ObjectKey) -> String {
 const BREAKS: [char; 5] = ['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'];
 
 /// The lines of a text as YAML counts them ([`BREAKS`]), without their
-/// breaks; as `str::lines`, no empty line after a final break.
+/// breaks; as `str::lines`, no empty line after a final break. (Bytes are
+/// scanned: a 20 MB text's lines are split once per read, and again for
+/// each error located.)
 fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
-    let mut rest = text;
+    let b = text.as_bytes();
+    let mut at = 0;
     std::iter::from_fn(move || {
-        if rest.is_empty() {
+        if at >= b.len() {
             return None;
         }
-        let (line, next) = match rest.find(BREAKS) {
-            None => (rest, ""),
-            Some(i) => {
-                let after = &rest[i..];
-                let len = if after.starts_with("\r\n") {
-                    2
-                } else {
-                    after.chars().next().map_or(1, char::len_utf8)
-                };
-                (&rest[..i], &rest[i + len..])
-            }
-        };
-        rest = next;
-        Some(line)
+        let start = at;
+        for i in start..b.len() {
+            // The length of a break starting at `i` (every break starts on a
+            // character boundary: its first byte is no continuation byte).
+            let len = match b[i] {
+                b'\n' => 1,
+                b'\r' if b.get(i + 1) == Some(&b'\n') => 2,
+                b'\r' => 1,
+                0xc2 if b.get(i + 1) == Some(&0x85) => 2,
+                0xe2 if b.get(i + 1) == Some(&0x80) && matches!(b.get(i + 2), Some(0xa8 | 0xa9)) => 3,
+                _ => continue,
+            };
+            at = i + len;
+            return Some(&text[start..i]);
+        }
+        at = b.len();
+        Some(&text[start..])
     })
 }
 
 /// The line breaks of a text, as YAML counts them ([`BREAKS`]).
 fn yaml_breaks(text: &str) -> usize {
+    let b = text.as_bytes();
+    let newlines = b.iter().filter(|&&c| c == b'\n').count();
+    // Most texts have no other break: one quick pass decides.
+    if !b.iter().any(|&c| c == b'\r' || c == 0xc2 || c == 0xe2) {
+        return newlines;
+    }
     text.matches(BREAKS).count() - text.matches("\r\n").count()
 }
 
@@ -328,7 +340,7 @@ pub fn parse_all(file: &str, text: &str) -> (State, Vec<LoadError>) {
     let json = {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         // A lone surrogate escape is read (as U+FFFD, as Go reads it): no JSON error.
-        json_syntax_error(&json_surrogates(text, false).unwrap_or_else(|| text.to_string()))
+        json_syntax_error(json_surrogates(text, false).as_deref().unwrap_or(text))
     };
     let json_error = |e: &JsonSyntaxError| {
         let origin =
@@ -2209,6 +2221,17 @@ mod tests {
         let e = errors("apiVersion: v1\nkind: Namespace\nmetadata: {name: true}\n");
         assert!(e.contains("Namespace true: field metadata.name: invalid type: boolean"), "{e}");
         assert!(!e.contains("Required"), "{e}");
+    }
+
+    #[test]
+    fn yaml_lines_end_at_every_break() {
+        let text = "a\nb\r\nc\rd\u{85}e\u{2028}f\u{2029}g\n";
+        assert_eq!(yaml_lines(text).collect::<Vec<_>>(), ["a", "b", "c", "d", "e", "f", "g"]);
+        assert_eq!(yaml_breaks(text), 7);
+        assert_eq!(yaml_lines("a\n\né – \u{2027}\r").collect::<Vec<_>>(), ["a", "", "é – \u{2027}"]);
+        assert_eq!(yaml_breaks("a\n\né – \u{2027}\r"), 3);
+        assert_eq!(yaml_lines("").count(), 0);
+        assert_eq!(yaml_lines("x").collect::<Vec<_>>(), ["x"]);
     }
 
     #[test]
