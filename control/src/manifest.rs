@@ -500,7 +500,7 @@ fn parse_read(
         let src = Source { value, text, doc: i, prefix: String::new(), budget: &budget, misread: &misread };
         add_object(&mut state, &mut errs, origin(document, Vec::new()), src);
     }
-    // The warnings are not mapped by `parse_all`.
+    // Lines of the text as given (`parse_all` maps the errors' lines).
     for w in state.ignored.iter_mut() {
         w.line = w.line.map(|l| read.line(l));
     }
