@@ -246,6 +246,8 @@ pub(crate) fn object_name((kind, ns, name): &ObjectKey) -> String {
 
 /// What ends a line in YAML (and `\r\n`, one break): the parsers count
 /// these, and the lines they report, and so the reader's, are counted so.
+/// Editors end lines only at `\n`, `\r\n` and `\r`: the lines the others
+/// start are taken back out of every line reported ([`ReaderText::line`]).
 const BREAKS: [char; 5] = ['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'];
 
 /// The lines of a text as YAML counts them ([`BREAKS`]), without their
@@ -364,7 +366,7 @@ pub fn parse_all(file: &str, text: &str) -> (State, Vec<LoadError>) {
     // Lines of the text as given, where the reader's text has more; the
     // parser puts the end of a text without a final line break on a line
     // after it.
-    let last = yaml_breaks(text) + 1;
+    let last = read.line(yaml_breaks(&read.text) + 1);
     for e in errs.iter_mut() {
         let Some(l) = e.line else { continue };
         let mapped = read.line(l);
@@ -414,14 +416,35 @@ fn parse_read(
                 return None
             }
             Err(e) => {
+                // The parser checks the whole text for control characters
+                // before any document, and names only the byte: placed here.
+                if let Some((line, c)) = control_character(text, &e.to_string()) {
+                    let document = lines.iter().filter(|&&start| start <= read.line(line)).count().max(1);
+                    errs.push(LoadError {
+                        origin: origin(document, Vec::new()),
+                        object: None,
+                        field: None,
+                        line: Some(line),
+                        message: format!(
+                            "invalid YAML: the control character U+{:04X} is not allowed (of the control \
+                             characters, YAML allows tab and line breaks only)",
+                            c as u32
+                        ),
+                    });
+                    return Some((State::default(), errs));
+                }
                 let line = e.location().map(|l| l.line());
+                // Valid JSON to `serde_json` (a key given twice, which only
+                // the YAML parser refuses): named as the JSON it is.
+                let is_json = json.is_none() && text.trim_start().starts_with('{');
                 errs.push(LoadError {
                     origin: origin(i + 1, Vec::new()),
                     object: None,
                     field: None,
                     line: line.map(|l| second_key_line(text, l, &e.to_string()).unwrap_or(l)),
                     message: format!(
-                        "invalid YAML: {}{}",
+                        "invalid {}: {}{}",
+                        if is_json { "JSON" } else { "YAML" },
                         strip_location(&e.to_string()).replace(
                             " as u128, expected any YAML value",
                             ": a number too large for any field"
@@ -431,7 +454,11 @@ fn parse_read(
                             if m.contains("duplicate entry with key \"kind\"")
                                 || m.contains("duplicate entry with key \"apiVersion\"")
                             {
-                                " (two objects in one document? separate them with a line `---`)"
+                                if is_json {
+                                    " (two objects run together? write them one after the other, `{...}` then `{...}`, or as the items of a `List`)"
+                                } else {
+                                    " (two objects in one document? separate them with a line `---`)"
+                                }
                             } else {
                                 ""
                             }
@@ -442,6 +469,24 @@ fn parse_read(
                 return Some((State::default(), errs));
             }
         }
+    }
+    // kubectl splits a YAML stream at `---` lines that end with a line feed:
+    // in a file whose lines end with a carriage return alone it sees one
+    // document, and reads its first object only. (JSON is split by objects.)
+    if values.len() > 1 && text.contains("\r---") && !text.trim_start().starts_with('{') {
+        errs.push(LoadError {
+            origin: Origin::file(file),
+            object: None,
+            field: None,
+            line: None,
+            message: format!(
+                "its lines end with a carriage return alone (as old Mac OS wrote them): kubectl splits \
+                 documents only at line feeds, so it would read the first of these {} documents and \
+                 nothing else; convert the line endings to LF (`tr '\\r' '\\n'`)",
+                values.len()
+            ),
+        });
+        return Some((State::default(), errs));
     }
     // Valid YAML, but JSON with a trailing comma: kubectl refuses it. (Other
     // text that starts with `{` and is no JSON is YAML's flow style, which
@@ -505,6 +550,15 @@ fn parse_read(
         w.line = w.line.map(|l| read.line(l));
     }
     Some((state, errs))
+}
+
+/// The line (as the parser counts lines) and the character of a parser's
+/// "control characters are not allowed at position N" (N a byte offset).
+fn control_character(text: &str, message: &str) -> Option<(usize, char)> {
+    let n = message.split("control characters are not allowed at position ").nth(1)?;
+    let n: usize = n.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+    let c = text.get(n..)?.chars().next()?;
+    Some((1 + yaml_breaks(&text[..n]), c))
 }
 
 /// The first syntax error of a text kubectl reads as JSON: one or more
@@ -606,10 +660,32 @@ fn reader_text(text: &str) -> ReaderText<'_> {
         Some((split, added)) => (Cow::Owned(split), added),
         None => (Cow::Borrowed(text), Vec::new()),
     };
-    match json_surrogates(&text, true) {
-        Some(rewritten) => ReaderText { text: Cow::Owned(rewritten), added },
-        None => ReaderText { text, added },
+    let text = json_surrogates(&text, true).map_or(text, Cow::Owned);
+    let unseen = unseen_breaks(&text);
+    ReaderText { text, added, unseen }
+}
+
+/// The lines (1-based, ascending) that a NEL, LS or PS starts: lines to
+/// the parsers, not to an editor.
+fn unseen_breaks(text: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    if !text.contains(['\u{85}', '\u{2028}', '\u{2029}']) {
+        return out;
     }
+    let (mut line, mut after_cr) = (1, false);
+    for c in text.chars() {
+        match c {
+            '\n' if after_cr => {}
+            '\n' | '\r' => line += 1,
+            '\u{85}' | '\u{2028}' | '\u{2029}' => {
+                line += 1;
+                out.push(line);
+            }
+            _ => {}
+        }
+        after_cr = c == '\r';
+    }
+    out
 }
 
 /// The text the reader parses ([`reader_text`]).
@@ -618,12 +694,15 @@ struct ReaderText<'a> {
     /// Lines of `text` (1-based, ascending) that start an object the given
     /// text had on the line before: two JSON objects on one line (`}{`).
     added: Vec<usize>,
+    /// Lines of `text` that a NEL, LS or PS starts ([`unseen_breaks`]).
+    unseen: Vec<usize>,
 }
 
 impl ReaderText<'_> {
-    /// The line of the given text that line `l` of the reader's text is (part of).
+    /// The line of the given text, as an editor counts it, that line `l`
+    /// of the reader's text, as the parsers count it, is (part of).
     fn line(&self, l: usize) -> usize {
-        l - self.added.partition_point(|&a| a <= l)
+        l - self.added.partition_point(|&a| a <= l) - self.unseen.partition_point(|&u| u <= l)
     }
 }
 
@@ -1286,7 +1365,7 @@ fn typed<T: DeserializeOwned + k8s_openapi::Resource>(
             object: object.clone(),
             field: (path != "." && !path.is_empty()).then_some(path),
             line,
-            message: format!("{msg}{hint}"),
+            message: format!("{}{hint}", plain_types(&msg)),
         });
     }
     if failed {
@@ -1408,6 +1487,22 @@ fn decimal_reading(word: &str) -> String {
 }
 
 /// A hint for a type error: what the author likely wrote and how to write it.
+/// A type error in the words of the API reference rather than Rust's
+/// (`expected i32` is "expected an integer").
+fn plain_types(msg: &str) -> String {
+    let Some((head, expected)) = msg.rsplit_once(", expected ") else {
+        return msg.to_string();
+    };
+    let plain = match expected {
+        "i32" | "i64" => "an integer",
+        "u16" | "u32" | "u64" => "a non-negative integer",
+        "f64" => "a number",
+        "IntOrString" => "a number or a name (a port: 80 or http)",
+        _ => return msg.to_string(),
+    };
+    format!("{head}, expected {plain}")
+}
+
 fn type_hint(path: &str, msg: &str, misread: Option<&crate::yaml11::Misread>) -> String {
     let quoted = || msg.split('"').nth(1);
     if path.ends_with(".?") {
@@ -2208,7 +2303,7 @@ mod tests {
         let e = errors("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, ports: [{containerPort: \"80\"}]}]}\n");
         assert!(
             e.contains(
-                "containerPort: invalid type: string \"80\", expected i32 (write the number without quotes"
+                "containerPort: invalid type: string \"80\", expected an integer (write the number without quotes"
             ),
             "{e}"
         );
@@ -2235,24 +2330,51 @@ mod tests {
     }
 
     #[test]
-    fn lines_are_counted_as_yaml_counts_them() {
-        // A lone carriage return (old Mac files) and the Unicode line and
-        // paragraph separators end a line, as for the parser.
-        for br in ["\r", "\u{2028}", "\u{85}", "\r\n"] {
-            let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  annotations: {x: \"a\u{2029}b\"}\n  lables: {}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: b, lables: {}}\n"
+    fn a_control_character_is_placed_in_its_document_and_line() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, annotations: {x: \"é😀\"}}\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: \"\u{7}b\"\n";
+        let e = errors(text);
+        assert!(e.contains("t.yaml: document 2 (line 5), line 8: invalid YAML: the control character U+0007 is not allowed"), "{e}");
+    }
+
+    #[test]
+    fn lines_are_counted_as_editors_count_them() {
+        // A lone carriage return (old Mac files) ends a line, as in editors;
+        // NEL, LS and PS end one for the YAML parsers only (here inside a
+        // quoted string): their lines are taken back out.
+        for br in ["\n", "\r", "\r\n"] {
+            let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  annotations: {x: \"a\u{2029}b\u{85}c\u{2028}d\"}\n  lables: {}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: b, lables: {}}\n"
                 .replace('\n', br);
+            // kubectl would read only the first document of the file with
+            // old Mac line endings: refused, as is its `---` alone.
+            if br == "\r" {
+                let e = errors(&text);
+                assert!(e.contains("t.yaml: its lines end with a carriage return alone (as old Mac OS wrote them): kubectl splits documents only at line feeds, so it would read the first of these 2 documents"), "{e}");
+                let text = text.split("\r---\r").next().unwrap_or_default().to_string() + "\r";
+                assert!(
+                    errors(&text).contains("document 1 (line 1), line 6: Namespace a: field metadata.lables"),
+                    "{}",
+                    errors(&text)
+                );
+                continue;
+            }
             let e = errors(&text);
             assert!(
-                e.contains("document 1 (line 1), line 7: Namespace a: field metadata.lables"),
+                e.contains("document 1 (line 1), line 6: Namespace a: field metadata.lables"),
                 "{br:?}: {e}"
             );
             assert!(
-                e.contains("document 2 (line 9), line 11: Namespace b: field metadata.lables"),
+                e.contains("document 2 (line 8), line 10: Namespace b: field metadata.lables"),
                 "{br:?}: {e}"
             );
-            let origin = Origin { file: "t.yaml".into(), document: 2, line: 9, item: Vec::new() };
-            assert_eq!(origin.line_of(&text, "metadata.lables"), Some(11), "{br:?}");
+            let origin = Origin { file: "t.yaml".into(), document: 2, line: 8, item: Vec::new() };
+            assert_eq!(origin.line_of(&text, "metadata.lables"), Some(10), "{br:?}");
         }
+        // In JSON too, where they are plain characters.
+        let text = "{\"apiVersion\": \"v1\", \"kind\": \"Namespace\",\n \"metadata\": {\"name\": \"a\",\n  \"annotations\": {\"x\": \"a\u{2028}b\"},\n  \"lables\": {}}}\n";
+        assert!(errors(text).contains("line 4: Namespace a: field metadata.lables"), "{}", errors(text));
+        // The end of a text cut short after one: its last line.
+        let e = errors("apiVersion: v1\nkind: Namespace\nmetadata: {name: \"a\u{2028}b\", x: [");
+        assert!(e.contains("line 3: invalid YAML"), "{e}");
     }
 
     #[test]
@@ -2325,7 +2447,7 @@ mod tests {
             ns("c").replace("{\"apiVersion\"", "{\"kind\": \"x\", \"apiVersion\"")
         );
         let e = errors(&text);
-        assert!(e.contains("document 3 (line 2), line 2: invalid YAML: "), "{e}\n{text}");
+        assert!(e.contains("document 3 (line 2), line 2: invalid JSON: duplicate entry with key \"kind\" (two objects run together? write them one after the other"), "{e}\n{text}");
         assert!(!e.contains("line 3"), "{e}\n{text}");
     }
 
@@ -2377,7 +2499,7 @@ mod tests {
             "{e}"
         );
         // Quoted, it is text to kubectl too.
-        assert!(errors(&pod("'80'")).contains("invalid type: string \"80\", expected i32"));
+        assert!(errors(&pod("'80'")).contains("invalid type: string \"80\", expected an integer"));
     }
 
     #[test]
@@ -2407,7 +2529,9 @@ mod tests {
         // A leading zero that is no octal number is a float to kubectl: 080 is 80.
         assert_eq!(read("080", "420"), (80, 420));
         // A fraction is not an integer.
-        assert!(errors(&pod("80.5", "420")).contains("invalid type: floating point `80.5`, expected i32"));
+        assert!(
+            errors(&pod("80.5", "420")).contains("invalid type: floating point `80.5`, expected an integer")
+        );
         // A policy's port: 80.0 is the port 80; a fraction, an octal reading are refused.
         let policy = |port: &str| {
             format!(
@@ -2420,7 +2544,8 @@ mod tests {
             rule.ports.as_ref().unwrap()[0].port,
             Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(80))
         );
-        assert!(errors(&policy("80.5")).contains("floating point `80.5`, expected IntOrString"));
+        assert!(errors(&policy("80.5"))
+            .contains("floating point `80.5`, expected a number or a name (a port: 80 or http)"));
         // A number kubectl reads where this reader reads text, as for a container's port.
         for v in ["1_000", "0x_3E8"] {
             let s = parse("t.yaml", &policy(v)).unwrap_or_else(|e| panic!("{v}: {e}"));
@@ -2468,7 +2593,7 @@ mod tests {
             &text.replace("\"kind\":\"Namespace\",", "\"kind\":\"Namespace\",\"kind\":\"Namespace\","),
         );
         assert!(e.contains("duplicate entry with key \"kind\""), "{e}");
-        assert!(!e.contains("invalid JSON"), "{e}");
+        assert!(!e.contains("escape"), "{e}");
         // The end of a text cut short is on its last line, not the one after.
         let e = errors(r#"{"apiVersion":"v1","items":[{"apiVersion""#);
         assert!(e.contains("document 1 (line 1), line 1: invalid YAML: did not find expected ',' or '}' at the end of the text, while parsing a flow mapping"), "{e}");
@@ -2537,7 +2662,7 @@ mod tests {
         // The hint for YAML 1.1 numbers is not given for words.
         let e = errors("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, ports: [{containerPort: beef}]}]\n");
         assert!(
-            e.contains("invalid type: string \"beef\", expected i32") && !e.contains("plain decimal"),
+            e.contains("invalid type: string \"beef\", expected an integer") && !e.contains("plain decimal"),
             "{e}"
         );
     }

@@ -303,7 +303,7 @@ fn read_and_report(file: &str, text: &str) {
         // The line of an error's field, as a problem's is found.
         if let Some(f) = &e.field {
             if let Some(line) = e.origin.line_of(text, f) {
-                assert!(line >= 1 && line <= yaml_line_count(text), "line {line} of {file}: {e}\n{text:?}");
+                assert!(line >= 1 && line <= editor_line_count(text), "line {line} of {file}: {e}\n{text:?}");
             }
         }
     }
@@ -312,7 +312,10 @@ fn read_and_report(file: &str, text: &str) {
         if let Some(o) = state.origin_of(p.object.kind, &p.object.namespace, &p.object.name) {
             assert_eq!(o.file, file);
             if let Some(line) = o.line_of(text, &p.field) {
-                assert!(line >= 1 && line <= yaml_line_count(text), "line {line} of {file}: {p:?}\n{text:?}");
+                assert!(
+                    line >= 1 && line <= editor_line_count(text),
+                    "line {line} of {file}: {p:?}\n{text:?}"
+                );
             }
         }
     }
@@ -321,11 +324,10 @@ fn read_and_report(file: &str, text: &str) {
     }
 }
 
-/// Lines as YAML counts them (`\n`, `\r\n`, a lone `\r`, NEL, LS, PS), the
-/// last one included when it is empty.
-fn yaml_line_count(text: &str) -> usize {
-    let breaks = ['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'];
-    text.matches(breaks).count() - text.matches("\r\n").count() + 1
+/// Lines as an editor counts them (`\n`, `\r\n`, a lone `\r`), the last
+/// one included when it is empty.
+fn editor_line_count(text: &str) -> usize {
+    text.matches(['\n', '\r']).count() - text.matches("\r\n").count() + 1
 }
 
 /// An error names its file, says something, and its lines are the text's.
@@ -333,7 +335,7 @@ fn check_error(file: &str, text: &str, e: &LoadError) {
     let shown = e.to_string();
     assert!(shown.starts_with(file), "an error that does not name its file: {shown}");
     assert!(!e.message.trim().is_empty(), "an error without a message: {shown}");
-    let lines = yaml_line_count(text);
+    let lines = editor_line_count(text);
     for l in e.line.into_iter().chain((e.origin.document > 0).then_some(e.origin.line)) {
         assert!((1..=lines).contains(&l), "line {l} of {lines} in {shown}\n{text:?}");
     }
