@@ -403,6 +403,25 @@ fn parse_read(
         line: lines.get(document - 1).copied().unwrap_or(1),
         item,
     };
+    // libyaml's scanner takes time quadratic in the depth of flow
+    // collections (`[[[...]]]`: 50,000 levels, a 100 kB file, take seconds);
+    // nothing deeper than serde's limit of 128 reads anyway.
+    if let Some((at, depth)) = flow_too_deep(text) {
+        let line = 1 + yaml_breaks(&text[..at]);
+        let document = lines.iter().filter(|&&start| start <= read.line(line)).count().max(1);
+        errs.push(LoadError {
+            origin: origin(document, Vec::new()),
+            object: None,
+            field: None,
+            line: Some(line),
+            message: format!(
+                "invalid {}: brackets or braces nested {depth} deep; a manifest needs a few levels \
+                 (the reader stops at 128), so the text is not parsed further",
+                if text.trim_start().starts_with('{') { "JSON" } else { "YAML" }
+            ),
+        });
+        return Some((State::default(), errs));
+    }
     // Pass 1: every document as a generic value (syntax errors and duplicate keys, with lines).
     let budget = std::cell::Cell::new(MAX_LOCATED);
     let mut values = Vec::new();
@@ -550,6 +569,61 @@ fn parse_read(
         w.line = w.line.map(|l| read.line(l));
     }
     Some((state, errs))
+}
+
+/// Flow collections opened this deep are refused before parsing.
+const MAX_FLOW_DEPTH: usize = 1000;
+
+/// Where flow collections (`[`, `{` outside quotes and comments) first get
+/// nested more than [`MAX_FLOW_DEPTH`] deep: the byte offset and the depth.
+/// A quick, generous scan: a quote starts a quoted scalar only where a
+/// scalar may start.
+fn flow_too_deep(text: &str) -> Option<(usize, usize)> {
+    let b = text.as_bytes();
+    if b.iter().filter(|&&c| c == b'[' || c == b'{').count() <= MAX_FLOW_DEPTH {
+        return None;
+    }
+    let (mut depth, mut i) = (0usize, 0);
+    while i < b.len() {
+        let starts_token =
+            i == 0 || matches!(b[i - 1], b' ' | b'\t' | b'\n' | b'\r' | b'[' | b'{' | b',' | b':');
+        match b[i] {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some((i, depth));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'#' if starts_token => {
+                while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
+                    i += 1;
+                }
+            }
+            b'"' if starts_token => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'\'' if starts_token => {
+                i += 1;
+                while i < b.len() {
+                    if b[i] == b'\'' {
+                        // `''` is a quote inside the scalar.
+                        if b.get(i + 1) != Some(&b'\'') {
+                            break;
+                        }
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// The line (as the parser counts lines) and the character of a parser's
@@ -2327,6 +2401,32 @@ mod tests {
         assert_eq!(yaml_breaks("a\n\né – \u{2027}\r"), 3);
         assert_eq!(yaml_lines("").count(), 0);
         assert_eq!(yaml_lines("x").collect::<Vec<_>>(), ["x"]);
+    }
+
+    #[test]
+    fn collections_nested_absurdly_deep_are_refused_unparsed() {
+        // Brackets in quotes and comments do not count.
+        let (b, c) = ("[".repeat(2000), "{".repeat(2000));
+        let deep = |n: usize| {
+            format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  annotations:\n    x: \"{b}\\\"\"\n    \
+                 y: '{c}''' # {b}\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: b\n  labels: {}{}\n",
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        let started = std::time::Instant::now();
+        let e = errors(&deep(100_000));
+        assert!(
+            e.contains(
+                "t.yaml: document 2 (line 9), line 13: invalid YAML: brackets or braces nested 1001 deep"
+            ),
+            "{e}"
+        );
+        // (It took minutes: the parser's time grows with the square of the depth.)
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+        let e = errors(&deep(500));
+        assert!(e.contains("document 2 (line 9), line 13: invalid YAML: recursion limit exceeded"), "{e}");
     }
 
     #[test]
