@@ -2022,17 +2022,39 @@ pub fn read_text(path: &str) -> Result<String, Option<LoadErrors>> {
     decode(path, bytes).map_err(Some)
 }
 
-/// A file's bytes as UTF-8 text. UTF-16 is refused by name, with or without
-/// a byte-order mark: its ASCII is valid UTF-8 with a NUL after (or before)
-/// every character, which the YAML parser would call control characters.
+/// A file's bytes as UTF-8 text. UTF-16 with a byte-order mark is read, as
+/// kubectl reads it; without one it is refused by name, as is UTF-32 (its
+/// ASCII is valid UTF-8 with a NUL after or before every character, which
+/// the YAML parser, and kubectl's, would call control characters).
 fn decode(name: &str, bytes: Vec<u8>) -> Result<String, LoadErrors> {
+    if bytes.starts_with(&[0xff, 0xfe, 0, 0]) || bytes.starts_with(&[0, 0, 0xfe, 0xff]) {
+        let message = "not UTF-8: the text is UTF-32, which kubectl does not read either; save it as UTF-8";
+        return Err(LoadErrors(vec![LoadError::file(name, message.into())]));
+    }
+    // UTF-16 with its byte-order mark, as kubectl reads it (a lone
+    // surrogate is U+FFFD, as Go's decoder makes it).
+    let big_endian = match bytes.get(..2) {
+        Some([0xff, 0xfe]) => Some(false),
+        Some([0xfe, 0xff]) => Some(true),
+        _ => None,
+    };
+    if let Some(big_endian) = big_endian {
+        let units = bytes.chunks(2).map(|u| match (u, big_endian) {
+            ([a, b], false) => u16::from_le_bytes([*a, *b]),
+            ([a, b], true) => u16::from_be_bytes([*a, *b]),
+            _ => 0xfffd, // an odd byte at the end
+        });
+        return Ok(char::decode_utf16(units).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)).collect());
+    }
     if utf16(&bytes) {
         return Err(LoadErrors(vec![LoadError::file(name, UTF16.into())]));
     }
     String::from_utf8(bytes).map_err(|e| LoadErrors(vec![not_utf8(name, e.as_bytes(), e.utf8_error())]))
 }
 
-const UTF16: &str = "not UTF-8: the text is UTF-16 (as Windows PowerShell's `>` writes it); save it as UTF-8";
+const UTF16: &str =
+    "not UTF-8: the text looks like UTF-16 without a byte-order mark, which kubectl does not \
+                     read either; save it as UTF-8";
 
 /// A UTF-16 byte-order mark, or a NUL as every other of the first four bytes.
 fn utf16(bytes: &[u8]) -> bool {
@@ -2864,13 +2886,31 @@ mod tests {
             "{e}"
         );
         let utf16 = dir.path().join("w.yaml");
-        let text: Vec<u8> = [0xff, 0xfe]
-            .into_iter()
-            .chain("kind: Namespace\n".encode_utf16().flat_map(u16::to_le_bytes))
-            .collect();
+        // With a byte-order mark, in either byte order, as kubectl reads it;
+        // an unpaired surrogate is U+FFFD.
+        let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, annotations: {x: \"é😀\"}}\n---\n\
+                  apiVersion: v1\nkind: Namespace\nmetadata: {name: b, annotations: {x: \"\"}}\n";
+        for big_endian in [false, true] {
+            let mut units: Vec<u16> = ns.encode_utf16().collect();
+            let lone = units.len() - 4;
+            units.insert(lone, 0xd83d);
+            let text: Vec<u8> = [0xfeff]
+                .into_iter()
+                .chain(units)
+                .flat_map(|u: u16| if big_endian { u.to_be_bytes() } else { u.to_le_bytes() })
+                .collect();
+            std::fs::write(&utf16, text).unwrap();
+            let s = load(utf16.to_str().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+            let x: Vec<&str> =
+                s.namespaces.iter().map(|n| n.metadata.annotations.as_ref().unwrap()["x"].as_str()).collect();
+            assert_eq!(x, ["é😀", "\u{fffd}"]);
+        }
+        // UTF-32, which kubectl does not read.
+        let text: Vec<u8> =
+            [0xfeff].into_iter().chain(ns.chars().map(u32::from)).flat_map(u32::to_le_bytes).collect();
         std::fs::write(&utf16, text).unwrap();
         let e = load(utf16.to_str().unwrap()).unwrap_err().to_string();
-        assert!(e.contains("w.yaml: not UTF-8: the text is UTF-16"), "{e}");
+        assert!(e.contains("w.yaml: not UTF-8: the text is UTF-32"), "{e}");
         // Without a byte-order mark, in either byte order (its ASCII is valid UTF-8).
         for big_endian in [false, true] {
             let text: Vec<u8> = "kind: Namespace\n"
@@ -2879,7 +2919,10 @@ mod tests {
                 .collect();
             std::fs::write(&utf16, text).unwrap();
             let e = load(utf16.to_str().unwrap()).unwrap_err().to_string();
-            assert!(e.contains("w.yaml: not UTF-8: the text is UTF-16"), "{e}");
+            assert!(
+                e.contains("w.yaml: not UTF-8: the text looks like UTF-16 without a byte-order mark"),
+                "{e}"
+            );
         }
     }
 
