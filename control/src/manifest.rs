@@ -467,6 +467,14 @@ fn parse_read(
                         strip_location(&e.to_string()).replace(
                             " as u128, expected any YAML value",
                             ": a number too large for any field"
+                        )
+                        .replace(
+                            "recursion limit exceeded",
+                            "collections nested more than 128 deep (recursion limit exceeded)"
+                        )
+                        .replace(
+                            "repetition limit exceeded",
+                            "aliases (`*name`) that expand to too many values (repetition limit exceeded)"
                         ),
                         {
                             let m = e.to_string();
@@ -1584,7 +1592,7 @@ fn type_hint(path: &str, msg: &str, misread: Option<&crate::yaml11::Misread>) ->
          `1:` and `\"1\":`, is one key twice)"
             .into()
     } else if path.starts_with("spec.policyTypes[") && msg.starts_with("invalid type: map") {
-        " (a policy type is a plain list item: write `- Ingress`, not `- Ingress: {}`)".into()
+        " (a policy type is a plain list item, `- Ingress` or `- Egress`, not `- Ingress: {}`)".into()
     } else if msg.starts_with("invalid type: ")
         && msg.ends_with("expected a string")
         && !msg.contains("map")
@@ -1852,6 +1860,17 @@ pub fn locate(text: &str, doc: usize, path: &str) -> Option<usize> {
 /// A hint for the unknown fields real users most often write.
 fn hint_for(path: &str) -> String {
     let (parent, last) = path.rsplit_once('.').unwrap_or(("", path));
+    // A name pasted with an invisible character (a zero-width or
+    // non-breaking space from a web page).
+    if let Some(c) = last.chars().find(|c| !c.is_ascii_graphic()) {
+        let visible: String = last.chars().filter(char::is_ascii_graphic).collect();
+        if !visible.is_empty() {
+            return format!(
+                " (the name holds the character U+{:04X}, which most editors do not show: `{visible}` without it)",
+                c as u32
+            );
+        }
+    }
     let in_peer = parent.ends_with(']') && (parent.contains(".from[") || parent.contains(".to["));
     let h = match last {
         "matchLabels" | "matchExpressions" if in_peer => {
@@ -1884,22 +1903,62 @@ fn hint_for(path: &str) -> String {
                 .map(|known| format!(" (did you mean `{known}`?)"))
                 .unwrap_or_default();
         }
+        // A field of these objects one or two letters off (`lables`, `polcyTypes`).
+        _ if last.len() >= 4 => {
+            return KNOWN_FIELDS
+                .into_iter()
+                .map(|known| (edit_distance(last, known), known))
+                .filter(|&(d, _)| d <= 2)
+                .min()
+                .map(|(_, known)| format!(" (did you mean `{known}`?)"))
+                .unwrap_or_default();
+        }
         _ => "",
     };
     h.to_string()
 }
 
+/// Field names of Namespaces, Pods and NetworkPolicies that a typo may be near.
+const KNOWN_FIELDS: [&str; 19] = [
+    "labels",
+    "annotations",
+    "namespace",
+    "podSelector",
+    "namespaceSelector",
+    "policyTypes",
+    "ingress",
+    "egress",
+    "from",
+    "ports",
+    "port",
+    "endPort",
+    "protocol",
+    "ipBlock",
+    "cidr",
+    "except",
+    "containers",
+    "containerPort",
+    "hostNetwork",
+];
+
 /// Levenshtein distance (insertions, deletions, substitutions; ASCII case ignored).
 pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let (a, b): (Vec<u8>, Vec<u8>) =
         (a.to_ascii_lowercase().into_bytes(), b.to_ascii_lowercase().into_bytes());
+    // Rows i - 2 and i - 1 of the table; two letters swapped cost one edit
+    // (`lables`, `prot`), as a typist makes them.
+    let mut before: Vec<usize> = Vec::new();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, x) in a.iter().enumerate() {
         let mut cur = vec![i + 1];
         for (j, y) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(x != y)).min(prev[j + 1] + 1).min(cur[j] + 1));
+            let mut d = (prev[j] + usize::from(x != y)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            if i > 0 && j > 0 && *x == b[j - 1] && a[i - 1] == *y {
+                d = d.min(before[j - 1] + 1);
+            }
+            cur.push(d);
         }
-        prev = cur;
+        before = std::mem::replace(&mut prev, cur);
     }
     prev[b.len()]
 }
@@ -2448,7 +2507,10 @@ mod tests {
         // (It took minutes: the parser's time grows with the square of the depth.)
         assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
         let e = errors(&deep(500));
-        assert!(e.contains("document 2 (line 9), line 13: invalid YAML: recursion limit exceeded"), "{e}");
+        assert!(
+            e.contains("document 2 (line 9), line 13: invalid YAML: collections nested more than 128 deep"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -2927,9 +2989,25 @@ mod tests {
     }
 
     #[test]
+    fn edit_distance_counts_a_swap_as_one_edit() {
+        let d = |a, b| edit_distance(a, b);
+        assert_eq!((d("lables", "labels"), d("prot", "port"), d("Labels", "labels")), (1, 1, 0));
+        assert_eq!((d("kitten", "sitting"), d("ca", "abc"), d("", "abc")), (3, 3, 3));
+    }
+
+    #[test]
     fn an_invisible_character_in_a_field_name_shows() {
         let e = errors("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  \u{a0}labels: {a: b}\n");
-        assert!(e.contains("field metadata.\\u{a0}labels: unknown field"), "{e}");
+        assert!(e.contains("field metadata.\\u{a0}labels: unknown field (the name holds the character U+00A0, which most editors do not show: `labels` without it)"), "{e}");
+        // A letter or two off: the field meant.
+        let e = errors("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  lables: {a: b}\n");
+        assert!(e.contains("field metadata.lables: unknown field (did you mean `labels`?)"), "{e}");
+        let e = errors("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{form: [], ports: [{prot: 80}]}]\n");
+        assert!(e.contains("field spec.ingress[0].form: unknown field (did you mean `from`?)"), "{e}");
+        assert!(
+            e.contains("field spec.ingress[0].ports[0].prot: unknown field (did you mean `port`?)"),
+            "{e}"
+        );
         let e = errors("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels\u{200b}: {a: b}\n");
         assert!(e.contains("field metadata.labels\\u{200b}: unknown field"), "{e}");
     }

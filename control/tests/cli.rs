@@ -386,7 +386,7 @@ fn broken_seed_manifests_fail_with_precise_errors() {
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(e.contains("NetworkPolicy ns1/ns1-network-policy: field spec.namespaceSelector: unknown field (a namespaceSelector belongs inside an ingress `from` or egress `to` peer"), "{e}");
-    assert!(e.contains("line 14: NetworkPolicy ns1/ns1-network-policy: field spec.policyTypes[0]: invalid type: map, expected a string (a policy type is a plain list item: write `- Ingress`, not `- Ingress: {}`)"), "{e}");
+    assert!(e.contains("line 14: NetworkPolicy ns1/ns1-network-policy: field spec.policyTypes[0]: invalid type: map, expected a string (a policy type is a plain list item, `- Ingress` or `- Egress`, not `- Ingress: {}`)"), "{e}");
     assert!(e.contains("nothing applied"), "{e}");
 
     let f = root("examples/seeds/003-three-tier.broken.yaml");
