@@ -462,7 +462,7 @@ fn parse_read(
                     field: None,
                     line: line.map(|l| second_key_line(text, l, &e.to_string()).unwrap_or(l)),
                     message: format!(
-                        "invalid {}: {}{}",
+                        "invalid {}: {}{}{}",
                         if is_json { "JSON" } else { "YAML" },
                         strip_location(&e.to_string()).replace(
                             " as u128, expected any YAML value",
@@ -489,6 +489,15 @@ fn parse_read(
                             } else {
                                 ""
                             }
+                        },
+                        // Indentation pasted from a web page or an editor's tab.
+                        match line.filter(|_| !is_json).and_then(|l| odd_indent(text, l)) {
+                            Some((n, c)) => format!(
+                                " (line {} is indented with {c}, which YAML does not take for \
+                                 indentation: use spaces)",
+                                read.line(n)
+                            ),
+                            None => String::new(),
                         }
                     ),
                 });
@@ -577,6 +586,23 @@ fn parse_read(
         w.line = w.line.map(|l| read.line(l));
     }
     Some((state, errs))
+}
+
+/// The first line, up to the line after `error` (a syntax error is often
+/// noticed there), whose indentation holds a tab or a non-breaking space,
+/// and what it holds.
+fn odd_indent(text: &str, error: usize) -> Option<(usize, &'static str)> {
+    yaml_lines(text).take(error + 1).enumerate().find_map(|(i, l)| {
+        let indent = &l[..l.len() - l.trim_start_matches([' ', '\t', '\u{a0}']).len()];
+        let what = if indent.contains('\t') {
+            "a tab"
+        } else if indent.contains('\u{a0}') {
+            "a non-breaking space (U+00A0)"
+        } else {
+            return None;
+        };
+        Some((i + 1, what))
+    })
 }
 
 /// Flow collections opened this deep are refused before parsing.
@@ -2986,6 +3012,17 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn indentation_with_a_tab_or_a_non_breaking_space_is_named() {
+        let e = errors("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels:\n\ta: b\n");
+        assert!(e.contains("line 6: invalid YAML: found character that cannot start any token (line 6 is indented with a tab, which YAML does not take for indentation: use spaces)"), "{e}");
+        let e = errors("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n\u{a0} labels: {a: b}\n  annotations: {}\n");
+        assert!(e.contains("line 6: invalid YAML: did not find expected key (line 5 is indented with a non-breaking space (U+00A0)"), "{e}");
+        // A tab after the indentation is no indentation.
+        let e = errors("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels: {a:\tb\n");
+        assert!(!e.contains("indented with"), "{e}");
     }
 
     #[test]
