@@ -409,14 +409,16 @@ fn parse_read(
         line: lines.get(document - 1).copied().unwrap_or(1),
         item,
     };
+    // The document holding line `line` of the reader's text (for errors
+    // found before the documents are read).
+    let document_at = |line: usize| lines.iter().filter(|&&start| start <= read.line(line)).count().max(1);
     // libyaml's scanner takes time quadratic in the depth of flow
     // collections (`[[[...]]]`: 50,000 levels, a 100 kB file, take seconds);
     // nothing deeper than serde's limit of 128 reads anyway.
     if let Some((at, depth)) = flow_too_deep(text) {
         let line = 1 + yaml_breaks(&text[..at]);
-        let document = lines.iter().filter(|&&start| start <= read.line(line)).count().max(1);
         errs.push(LoadError {
-            origin: origin(document, Vec::new()),
+            origin: origin(document_at(line), Vec::new()),
             object: None,
             field: None,
             line: Some(line),
@@ -444,9 +446,8 @@ fn parse_read(
                 // The parser checks the whole text for control characters
                 // before any document, and names only the byte: placed here.
                 if let Some((line, c)) = control_character(text, &e.to_string()) {
-                    let document = lines.iter().filter(|&&start| start <= read.line(line)).count().max(1);
                     errs.push(LoadError {
-                        origin: origin(document, Vec::new()),
+                        origin: origin(document_at(line), Vec::new()),
                         object: None,
                         field: None,
                         line: Some(line),
