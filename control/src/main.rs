@@ -273,16 +273,29 @@ fn load(args: &StateArgs) -> Result<Compiled> {
             left_out[..left_out.len().min(5)].join(", ")
         );
     }
-    // A lint, not a problem of the input: the first few are shown.
-    const NAMED_PORTS_SHOWN: usize = 20;
+    // Lints, not problems of the input (valid policies that do nothing,
+    // compared with the pods at hand): the first few of each are shown.
+    const LINTS_SHOWN: usize = 20;
     let named_ports = report::named_port_warnings(&compiled.cluster);
-    let problems: Vec<Problem> =
-        compiled.problems.iter().chain(named_ports.iter().take(NAMED_PORTS_SHOWN)).cloned().collect();
+    let selectors = report::selector_warnings(&compiled.cluster);
+    let problems: Vec<Problem> = compiled
+        .problems
+        .iter()
+        .chain(named_ports.iter().take(LINTS_SHOWN))
+        .chain(selectors.iter().take(LINTS_SHOWN))
+        .cloned()
+        .collect();
     let invalid = print_problems(&state, &problems, false);
-    if named_ports.len() > NAMED_PORTS_SHOWN {
+    if named_ports.len() > LINTS_SHOWN {
         eprintln!(
             "warning: {} more rule ports name a container port no pod declares (not shown)",
-            named_ports.len() - NAMED_PORTS_SHOWN
+            named_ports.len() - LINTS_SHOWN
+        );
+    }
+    if selectors.len() > LINTS_SHOWN {
+        eprintln!(
+            "warning: {} more selectors match no pod or namespace of the input (not shown)",
+            selectors.len() - LINTS_SHOWN
         );
     }
     if invalid > 0 && !args.allow_invalid {
@@ -454,16 +467,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // fails on invalid objects: its status is the input's.
             let invalid: std::collections::BTreeSet<_> =
                 c.problems.iter().filter(|p| p.severity == Severity::Error).map(|p| &p.object).collect();
+            let [ingress, egress] = report::isolated_pods(&c.cluster);
             writeln!(
                 out,
-                "{}: {} namespaces{assumed}, {} pods, {} policies ({} identities, {} sides, {} table entries)",
+                "{}: {}{assumed}, {}, {}; {} isolated for ingress, {egress} for egress",
                 if invalid.is_empty() { "ok" } else { "invalid input, compiled anyway" },
-                s.namespaces,
-                s.pods,
-                s.policies,
-                s.identities,
-                s.sides,
-                s.port_entries
+                report::count(s.namespaces, "namespace", "namespaces"),
+                report::count(s.pods, "pod", "pods"),
+                report::count(s.policies, "policy", "policies"),
+                report::count(ingress, "pod", "pods"),
             )?;
             if !invalid.is_empty() {
                 bail!(

@@ -8,6 +8,7 @@ use policy_compiler::model::{
     Direction, NamespaceMatch, Peer, PodInfo, PortMatch, IPPROTO_ICMP, IPPROTO_ICMPV6,
 };
 use policy_compiler::reference::{self, SideDetail};
+use policy_compiler::selector::{Labels, Requirement, Selector};
 use policy_compiler::{
     Cluster, Compiled, DecisionTable, ObjectRef, Problem, Protocol, Severity, Side, Verdict,
 };
@@ -271,6 +272,211 @@ pub fn named_port_warnings(c: &Cluster) -> Vec<Problem> {
         }
     }
     out
+}
+
+/// Warnings for selectors that match nothing in the input: a policy whose
+/// `podSelector` selects none of its namespace's pods; a peer whose
+/// `namespaceSelector` matches no namespace, or whose `podSelector` matches
+/// none of the pods of the namespaces it looks in. Such a policy is valid
+/// and means what it says, but it isolates nobody, or the peer allows
+/// nothing: usually a mistyped label, so the label no pod (namespace)
+/// carries is named, with a close one when there is. Only where the input
+/// holds pods to compare with: a file of policies alone gets none, and a
+/// peer looking only in namespaces without pods in the input is not judged.
+pub fn selector_warnings(c: &Cluster) -> Vec<Problem> {
+    use std::collections::HashMap;
+    if c.pods.is_empty() {
+        return Vec::new();
+    }
+    // The pods of a namespace (pods are sorted by namespace: one run).
+    let pods_of = |ns: &str| {
+        let first = c.pods.partition_point(|p| p.namespace.as_str() < ns);
+        &c.pods[first..first + c.pods[first..].partition_point(|p| p.namespace == ns)]
+    };
+    fn labels_of<'a>(pods: impl IntoIterator<Item = &'a PodInfo>) -> Vec<&'a Labels> {
+        pods.into_iter().map(|p| &p.labels).collect()
+    }
+    // Policies share selectors: each (namespace, selector) is matched once.
+    let mut some_pod: HashMap<(&str, &Selector), bool> = HashMap::new();
+    let mut namespaces_of: HashMap<&Selector, Vec<&str>> = HashMap::new();
+    let mut out = Vec::new();
+    for pol in c.policies.iter().filter(|p| p.valid) {
+        let warn = |field: String, message: String| Problem {
+            severity: Severity::Warning,
+            object: ObjectRef {
+                kind: "NetworkPolicy",
+                namespace: pol.namespace.clone(),
+                name: pol.name.clone(),
+            },
+            field,
+            message,
+        };
+        let own = pods_of(&pol.namespace);
+        let selects = |sel: &Selector, pods: &[PodInfo]| pods.iter().any(|p| sel.matches(&p.labels));
+        if !own.is_empty()
+            && !*some_pod
+                .entry((&pol.namespace, &pol.pod_selector))
+                .or_insert_with(|| selects(&pol.pod_selector, own))
+        {
+            let why = unmet(&pol.pod_selector, &labels_of(own), "pod");
+            out.push(warn(
+                "spec.podSelector".into(),
+                format!(
+                    "selects none of the {} pod(s) of namespace {} in the input, so this policy applies to no pod{why}",
+                    own.len(),
+                    pol.namespace
+                ),
+            ));
+        }
+        for dir in Direction::BOTH {
+            let (field, peers) = match dir {
+                Direction::Ingress => ("ingress", "from"),
+                Direction::Egress => ("egress", "to"),
+            };
+            for (ri, rule) in pol.rules(dir).iter().enumerate() {
+                for (pi, peer) in rule.peers.iter().enumerate() {
+                    let Peer::Pods { namespaces, pods } = peer else { continue };
+                    let at = format!("spec.{field}[{ri}].{peers}[{pi}]");
+                    let own_ns;
+                    let searched: &[&str] = match namespaces {
+                        NamespaceMatch::Own(ns) => {
+                            own_ns = [ns.as_str()];
+                            &own_ns
+                        }
+                        NamespaceMatch::Selector(sel) => {
+                            let found = namespaces_of.entry(sel).or_insert_with(|| {
+                                c.namespaces
+                                    .iter()
+                                    .filter(|n| sel.matches(&n.labels))
+                                    .map(|n| n.name.as_str())
+                                    .collect()
+                            });
+                            if found.is_empty() {
+                                let labels: Vec<_> = c.namespaces.iter().map(|n| &n.labels).collect();
+                                let assumed = match c.assumed.len() {
+                                    0 => String::new(),
+                                    n => format!(
+                                        " ({n} of them not in the input: assumed with only their name label)"
+                                    ),
+                                };
+                                out.push(warn(
+                                    format!("{at}.namespaceSelector"),
+                                    format!(
+                                        "matches none of the {} namespace(s){assumed}, so this peer matches no pod{}",
+                                        c.namespaces.len(),
+                                        unmet(sel, &labels, "namespace")
+                                    ),
+                                ));
+                                continue;
+                            }
+                            found
+                        }
+                    };
+                    if pods.is_everything() {
+                        continue;
+                    }
+                    let mut candidates = 0;
+                    let mut matched = false;
+                    for ns in searched {
+                        let in_ns = pods_of(ns);
+                        candidates += in_ns.len();
+                        if !in_ns.is_empty()
+                            && *some_pod.entry((ns, pods)).or_insert_with(|| selects(pods, in_ns))
+                        {
+                            matched = true;
+                            break;
+                        }
+                    }
+                    if matched || candidates == 0 {
+                        continue;
+                    }
+                    let all = labels_of(searched.iter().flat_map(|ns| pods_of(ns)));
+                    let place = match searched {
+                        [ns] => format!("namespace {ns}"),
+                        more => format!("the {} namespaces it selects", more.len()),
+                    };
+                    out.push(warn(
+                        format!("{at}.podSelector"),
+                        format!(
+                            "matches none of the {} pod(s) of {place} in the input, so this peer matches no pod{}",
+                            all.len(),
+                            unmet(pods, &all, "pod")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// How many pods some policy isolates, [for ingress, for egress].
+pub fn isolated_pods(c: &Cluster) -> [usize; 2] {
+    let mut n = [0, 0];
+    for p in &c.pods {
+        // Policies are sorted by namespace: those of the pod's are one run.
+        let first = c.policies.partition_point(|q| q.namespace < p.namespace);
+        let own = c.policies[first..].iter().take_while(|q| q.namespace == p.namespace);
+        let selecting: Vec<_> = own.filter(|q| q.pod_selector.matches(&p.labels)).collect();
+        for dir in Direction::BOTH {
+            n[dir as usize] += selecting.iter().any(|q| q.isolates(dir)) as usize;
+        }
+    }
+    n
+}
+
+/// `n` and the noun for it: "1 pod", "2 pods".
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Why `sel` matches none of `labels` (of pods or namespaces: `what`): the
+/// first of its requirements for a label that none of them meets, with the
+/// closest key or value they carry.
+fn unmet(sel: &Selector, labels: &[&Labels], what: &str) -> String {
+    use std::collections::BTreeSet;
+    // The closest of `have` to `want`, two edits at most.
+    fn close<'a>(want: &str, have: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+        have.filter(|h| *h != want)
+            .map(|h| (crate::manifest::edit_distance(h, want), h))
+            .filter(|(d, _)| *d <= 2)
+            .min()
+            .map(|(_, h)| h)
+    }
+    for r in sel.requirements() {
+        let key = match r {
+            Requirement::In { key, .. } | Requirement::Exists { key } => key,
+            Requirement::NotIn { .. } | Requirement::DoesNotExist { .. } => continue,
+        };
+        if !labels.iter().any(|l| l.contains_key(key)) {
+            let keys: BTreeSet<&str> = labels.iter().flat_map(|l| l.keys().map(String::as_str)).collect();
+            let guess =
+                close(key, keys.into_iter()).map(|g| format!(" (did you mean {g:?}?)")).unwrap_or_default();
+            return format!(": no {what} has a label {key:?}{guess}");
+        }
+        let Requirement::In { values, .. } = r else { continue };
+        if labels.iter().any(|l| l.get(key).is_some_and(|v| values.contains(v))) {
+            continue;
+        }
+        let seen: BTreeSet<&str> = labels.iter().filter_map(|l| l.get(key)).map(String::as_str).collect();
+        let guess = match values.as_slice() {
+            [v] => close(v, seen.iter().copied()).map(|g| format!(" (did you mean {key}={g}?)")),
+            _ => None,
+        }
+        .unwrap_or_default();
+        const SHOWN: usize = 5;
+        let shown: Vec<&str> = seen.iter().copied().take(SHOWN).collect();
+        let more = match seen.len().saturating_sub(SHOWN) {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        let wanted = match values.as_slice() {
+            [v] => format!("{key}={v}"),
+            vs => format!("{key} in ({})", vs.join(",")),
+        };
+        return format!(": no {what} has {wanted}{guess}; {key} is {}{more} there", shown.join(", "));
+    }
+    format!(": no {what} meets all of {sel} at once")
 }
 
 /// The destination port a question about `proto` asks for: required (1-65535)
@@ -714,5 +920,156 @@ impl Matrix {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages of [`selector_warnings`] for a YAML input, as `field: message`.
+    fn selector_lint(yaml: &str) -> Vec<String> {
+        let s = crate::manifest::parse("test.yaml", yaml).unwrap();
+        let c = policy_compiler::compile(&s.namespaces, &s.pods, &s.policies);
+        assert!(!c.has_errors(), "{:?}", c.problems);
+        selector_warnings(&c.cluster)
+            .iter()
+            .map(|p| format!("{}: {}: {}", p.object, p.field, p.message))
+            .collect()
+    }
+
+    const PODS: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: a, labels: {team: red}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: b, labels: {team: blue}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: empty, labels: {team: green}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: a, labels: {app: web, tier: front}}
+status: {phase: Running, podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: b, labels: {app: db, tier: back}}
+status: {phase: Running, podIP: 10.0.0.2}
+";
+
+    fn policy(ns: &str, spec: &str) -> String {
+        format!("{PODS}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: {ns}}}\nspec:\n{spec}")
+    }
+
+    #[test]
+    fn selectors_matching_pods_get_no_warning() {
+        let spec = "
+  podSelector: {matchExpressions: [{key: app, operator: In, values: [web, other]}]}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {tier: front}}
+    - namespaceSelector: {matchLabels: {team: blue}}
+      podSelector: {matchExpressions: [{key: tier, operator: NotIn, values: [front]}]}
+    - namespaceSelector: {}
+    - ipBlock: {cidr: 10.9.0.0/16}
+  egress:
+  - to:
+    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: b}}
+";
+        assert_eq!(selector_lint(&policy("a", spec)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn only_namespaces_with_pods_in_the_input_are_judged() {
+        // Policies alone: nothing to compare with.
+        let alone = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  podSelector: {matchLabels: {app: typo}}\n";
+        assert_eq!(selector_lint(alone), Vec::<String>::new());
+        // A namespace without pods: neither its policy's selector nor a peer
+        // looking only there is judged; a namespace selector matching it is fine.
+        let spec = "
+  podSelector: {matchLabels: {app: typo}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {app: typo}}
+    - namespaceSelector: {matchLabels: {team: green}}
+      podSelector: {matchLabels: {app: typo}}
+";
+        assert_eq!(selector_lint(&policy("empty", spec)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_first_label_no_pod_has_is_named_with_a_close_one() {
+        let spec = "
+  podSelector: {matchLabels: {app: web, tier: frnt}}
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {teem: blue}}
+    - namespaceSelector: {}
+      podSelector: {matchExpressions: [{key: app, operator: In, values: [dbb, webb]}]}
+    - namespaceSelector: {matchExpressions: [{key: team, operator: In, values: [red, blue]}]}
+      podSelector: {matchLabels: {app: web, tier: back}}
+    - podSelector: {matchExpressions: [{key: app, operator: NotIn, values: [web]}]}
+";
+        assert_eq!(
+            selector_lint(&policy("a", spec)),
+            [
+                "NetworkPolicy a/p: spec.podSelector: selects none of the 1 pod(s) of namespace a in the input, so this policy applies to no pod: no pod has tier=frnt (did you mean tier=front?); tier is front there",
+                "NetworkPolicy a/p: spec.ingress[0].from[0].namespaceSelector: matches none of the 3 namespace(s), so this peer matches no pod: no namespace has a label \"teem\" (did you mean \"team\"?)",
+                // Several values: no guess, the values there listed.
+                "NetworkPolicy a/p: spec.ingress[0].from[1].podSelector: matches none of the 2 pod(s) of the 3 namespaces it selects in the input, so this peer matches no pod: no pod has app in (dbb,webb); app is db, web there",
+                // Each label is on some pod, never both on one.
+                "NetworkPolicy a/p: spec.ingress[0].from[2].podSelector: matches none of the 2 pod(s) of the 2 namespaces it selects in the input, so this peer matches no pod: no pod meets all of app=web,tier=back at once",
+                "NetworkPolicy a/p: spec.ingress[0].from[3].podSelector: matches none of the 1 pod(s) of namespace a in the input, so this peer matches no pod: no pod meets all of app notin (web) at once",
+            ]
+        );
+    }
+
+    #[test]
+    fn assumed_namespaces_are_said_to_carry_only_their_name() {
+        let yaml = "
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: a, labels: {app: web}}
+status: {phase: Running, podIP: 10.0.0.1}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: a}
+spec:
+  podSelector: {}
+  egress:
+  - to:
+    - namespaceSelector: {matchLabels: {team: red}}
+";
+        assert_eq!(
+            selector_lint(yaml),
+            ["NetworkPolicy a/p: spec.egress[0].to[0].namespaceSelector: matches none of the 1 namespace(s) (1 of them not in the input: assumed with only their name label), so this peer matches no pod: no namespace has a label \"team\""]
+        );
+    }
+
+    #[test]
+    fn many_values_are_cut_short() {
+        let mut yaml = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n");
+        for i in 0..7 {
+            yaml += &format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: a, labels: {{app: v{i}}}}}\nstatus: {{phase: Running, podIP: 10.0.0.{}}}\n", i + 1);
+        }
+        yaml += "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  podSelector: {matchLabels: {app: zzzz}}\n";
+        assert_eq!(
+            selector_lint(&yaml),
+            ["NetworkPolicy a/p: spec.podSelector: selects none of the 7 pod(s) of namespace a in the input, so this policy applies to no pod: no pod has app=zzzz; app is v0, v1, v2, v3, v4 and 2 more there"]
+        );
+    }
+
+    #[test]
+    fn count_names_one_and_many() {
+        assert_eq!(
+            [count(0, "pod", "pods"), count(1, "policy", "policies"), count(2, "policy", "policies")],
+            ["0 pods", "1 policy", "2 policies"]
+        );
     }
 }

@@ -466,8 +466,7 @@ fn invalid_policy_is_refused_unless_allowed_and_then_fails_closed() {
     let o = run(&["check", "-s", f, "--allow-invalid"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        stdout(&o)
-            .starts_with("invalid input, compiled anyway: 1 namespaces (1 assumed), 2 pods, 1 policies"),
+        stdout(&o) == "invalid input, compiled anyway: 1 namespace (1 assumed), 2 pods, 1 policy; 1 pod isolated for ingress, 0 for egress\n",
         "{}",
         stdout(&o)
     );
@@ -775,15 +774,63 @@ spec:
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
     let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
-    assert_eq!(warnings.len(), 4, "{err}");
+    assert_eq!(warnings.len(), 5, "{err}");
     assert!(err.contains("line 14: NetworkPolicy d/p: spec.ingress[0].ports: no pod this policy selects declares a TCP container port named \"htpp\", so this port entry allows nothing (did you mean \"http\"?)"), "{err}");
     assert!(err.contains("no pod this policy selects declares a UDP container port named \"http\", so this port entry allows nothing\n"), "{err}");
     assert!(
         err.contains("spec.egress[0].ports: no pod in the input declares a TCP container port named \"dns\""),
         "{err}"
     );
-    // A policy selecting no pod has nothing to compare with.
-    assert!(!err.contains("selects-nothing: spec"), "{err}");
+    // A policy selecting no pod has nothing to compare its ports with; it
+    // gets the warning about its selector instead.
+    assert!(!err.contains("selects-nothing: spec.ingress"), "{err}");
+    assert!(
+        err.contains("NetworkPolicy d/selects-nothing: spec.podSelector: selects none of the 1 pod(s) of namespace d in the input, so this policy applies to no pod: no pod has app=none; app is web there\n"),
+        "{err}"
+    );
+}
+
+/// The stars tutorial with three typos a user makes: each selector that then
+/// matches nothing is named with its line, the label no pod or namespace
+/// has, and the one meant; the tutorial as written gets no warning.
+#[test]
+fn selectors_matching_nothing_are_warned_about_with_a_guess() {
+    let o = run(&["check", "-s", &root("examples/stars")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+    assert_eq!(
+        stdout(&o),
+        "ok: 3 namespaces, 4 pods, 6 policies; 3 pods isolated for ingress, 0 for egress\n"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(root("examples/stars")).unwrap() {
+        let f = f.unwrap().path();
+        let text = std::fs::read_to_string(&f).unwrap();
+        let text = match f.file_name().unwrap().to_str().unwrap() {
+            // The selected pods' label key, and the peer's label value.
+            "03-backend-policy.yaml" => {
+                text.replacen("role: backend", "rol: backend", 1).replace("role: frontend", "role: fronted")
+            }
+            // The peer namespaces' label value.
+            "04-frontend-policy.yaml" => text.replace("      role: client", "      role: clients"),
+            _ => text,
+        };
+        std::fs::write(dir.path().join(f.file_name().unwrap()), text).unwrap();
+    }
+    let o = run(&["check", "-s", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let at = |f: &str| format!("warning: {}/{f}: document 1 (line 2), ", dir.path().display());
+    assert_eq!(
+        err.lines().collect::<Vec<_>>(),
+        [
+            format!("{}line 8: NetworkPolicy stars/backend-policy: spec.podSelector: selects none of the 2 pod(s) of namespace stars in the input, so this policy applies to no pod: no pod has a label \"rol\" (did you mean \"role\"?)", at("03-backend-policy.yaml")),
+            format!("{}line 13: NetworkPolicy stars/backend-policy: spec.ingress[0].from[0].podSelector: matches none of the 2 pod(s) of namespace stars in the input, so this peer matches no pod: no pod has role=fronted (did you mean role=frontend?); role is backend, frontend there", at("03-backend-policy.yaml")),
+            format!("{}line 13: NetworkPolicy stars/frontend-policy: spec.ingress[0].from[0].namespaceSelector: matches none of the 3 namespace(s), so this peer matches no pod: no namespace has role=clients (did you mean role=client?); role is client, management-ui there", at("04-frontend-policy.yaml")),
+        ],
+        "{err}"
+    );
 }
 
 /// ICMP is asked about over IPv4 and ICMPv6 over IPv6, whatever family the
@@ -941,7 +988,7 @@ fn a_fifo_is_read_once_and_skipped_kinds_are_counted() {
     );
     assert!(err.contains("note: 3 more objects skipped: 3 Service"), "{err}");
     // `default` is not in the input: counted, and said to be assumed.
-    assert!(stdout(&o).starts_with("ok: 1 namespaces (1 assumed), 2 pods"), "{}", stdout(&o));
+    assert!(stdout(&o).starts_with("ok: 1 namespace (1 assumed), 2 pods"), "{}", stdout(&o));
 }
 
 /// The matrix's notes say only what applies: no advice to give --port when
