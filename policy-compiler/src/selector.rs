@@ -238,13 +238,20 @@ pub fn is_dns_name(name: &str, label: bool) -> bool {
 /// A label key: an optional DNS-subdomain prefix and `/`, then a name of at
 /// most 63 characters (`validation.IsQualifiedName`).
 fn validate_label_key(key: &str, path: &FieldPath, errs: &mut FieldErrors) {
-    let (prefix, name) = match key.rsplit_once('/') {
+    validate_qualified_name(key, key, "label key", path, errs)
+}
+
+/// `checked` (`key`, or its lower case for an annotation) is a qualified
+/// name (`validation.IsQualifiedName`): an optional DNS-subdomain prefix and
+/// `/`, then 1-63 characters of the label-name alphabet. `what` names the key.
+fn validate_qualified_name(checked: &str, key: &str, what: &str, path: &FieldPath, errs: &mut FieldErrors) {
+    let (prefix, name) = match checked.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
-        None => (None, key),
+        None => (None, checked),
     };
     if let Some(p) = prefix {
         if p.is_empty() || p.len() > 253 || !is_dns_subdomain(p) {
-            errs.push(path.clone(), format!("invalid label key {key:?}: prefix must be a DNS subdomain"));
+            errs.push(path.clone(), format!("invalid {what} {key:?}: prefix must be a DNS subdomain"));
             return;
         }
     }
@@ -252,8 +259,33 @@ fn validate_label_key(key: &str, path: &FieldPath, errs: &mut FieldErrors) {
         errs.push(
             path.clone(),
             format!(
-                "invalid label key {key:?}: name part must be 1-63 characters, alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
+                "invalid {what} {key:?}: name part must be 1-63 characters, alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
             ),
+        );
+    }
+}
+
+/// Most bytes an object's annotations may hold, keys and values together
+/// (`TotalAnnotationSizeLimitB`, 256 KiB).
+const ANNOTATIONS_MAX_BYTES: usize = 256 << 10;
+
+/// An object's annotations (`metadata.annotations`), as the API server
+/// validates them (`ValidateAnnotations`): each key, in lower case, a
+/// qualified name; all of them at most 256 KiB. Values are free text.
+pub fn validate_annotations(
+    annotations: Option<&BTreeMap<String, String>>,
+    path: &FieldPath,
+    errs: &mut FieldErrors,
+) {
+    let Some(annotations) = annotations else { return };
+    for k in annotations.keys() {
+        validate_qualified_name(&k.to_lowercase(), k, "annotation key", &path.key("annotations", k), errs);
+    }
+    let size: usize = annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > ANNOTATIONS_MAX_BYTES {
+        errs.push(
+            path.field("annotations"),
+            format!("Too long: {size} bytes of keys and values, at most {ANNOTATIONS_MAX_BYTES} allowed"),
         );
     }
 }

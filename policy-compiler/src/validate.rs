@@ -170,6 +170,9 @@ pub fn policy(np: &netv1::NetworkPolicy) -> (Policy, Vec<Problem>) {
         errs.push(FieldPath::root("metadata.name"), "Required value");
     }
     check_object_name(&name, &namespace, &mut errs);
+    let meta = FieldPath::root("metadata");
+    crate::selector::validate_labels(np.metadata.labels.iter().flatten(), &meta, &mut errs);
+    crate::selector::validate_annotations(np.metadata.annotations.as_ref(), &meta, &mut errs);
     let spec_path = FieldPath::root("spec");
     let default_spec = netv1::NetworkPolicySpec::default();
     // `spec` is a non-pointer struct in the API: an object without it is a valid
@@ -335,12 +338,20 @@ fn parse_ip_block(
     // after the prefix (`10.0.0.7/24` is all of 10.0.0.0/24, perhaps not what
     // was meant) and of leading zeros (`010.0.0.0/8`, read as decimal), both
     // accepted.
-    let mut mapped = |field: FieldPath, text: &str, c: &Cidr| {
+    // `outer`: the cidr of an except.
+    let mut mapped = |field: FieldPath, text: &str, c: &Cidr, outer: Option<&Cidr>| {
         if c.family == Family::V4 && text.contains(':') {
-            warnings.push(
-                field.clone(),
-                format!("{text:?} is an IPv4-mapped IPv6 block, read as the IPv4 block {c}: write {c}"),
-            );
+            let message = match outer {
+                // An IPv4-mapped except as long as its IPv4 cidr passes
+                // upstream's test as written (`/96` against `/0`) and excepts
+                // all of it: written as an IPv4 block it would be refused.
+                Some(o) if c.len <= o.len => format!(
+                    "{text:?} is an IPv4-mapped IPv6 block, read as the IPv4 block {c}: all of `cidr` {o}, \
+                     so this ipBlock matches no address"
+                ),
+                _ => format!("{text:?} is an IPv4-mapped IPv6 block, read as the IPv4 block {c}: write {c}"),
+            };
+            warnings.push(field.clone(), message);
         }
         let address = text.split_once('/').map_or(text, |(a, _)| a);
         let whole = if address.contains(':') { 128 } else { 32 };
@@ -355,19 +366,22 @@ fn parse_ip_block(
                 );
             }
         }
-        if address.parse::<std::net::IpAddr>().is_err() {
+        // `/08`: Go's netip refuses a prefix length with a leading zero, as
+        // it refuses the address forms above.
+        let prefix_ok = text.split_once('/').is_none_or(|(_, l)| l == "0" || !l.starts_with('0'));
+        if address.parse::<std::net::IpAddr>().is_err() || !prefix_ok {
             warnings.push(
                 field,
                 format!(
-                    "{text:?} is not written in the standard form (leading zeros in an octet or group), \
-                     read as {c}; write {c}: API servers that validate strictly refuse it"
+                    "{text:?} is not written in the standard form (leading zeros in an octet, group or \
+                     prefix length), read as {c}; write {c}: API servers that validate strictly refuse it"
                 ),
             );
         }
     };
     let cidr = match Cidr::parse(&b.cidr) {
         Ok(c) => {
-            mapped(path.field("cidr"), &b.cidr, &c);
+            mapped(path.field("cidr"), &b.cidr, &c, None);
             c
         }
         Err(e) => {
@@ -385,7 +399,7 @@ fn parse_ip_block(
         let written = |t: &str| t.rsplit_once('/').and_then(|(_, l)| l.parse::<u8>().ok());
         match Cidr::parse(e) {
             Ok(c) if cidr.contains(c.family, c.addr) && written(&b.cidr) < written(e) => {
-                mapped(p.clone(), e, &c);
+                mapped(p.clone(), e, &c, Some(&cidr));
                 except.push(c)
             }
             Ok(_) => errs.push(p, format!("{e:?}: must be a strict subset of `cidr` {}", b.cidr)),
@@ -523,6 +537,11 @@ pub fn namespace_problems(ns: &corev1::Namespace) -> Vec<Problem> {
         &FieldPath::root("metadata"),
         &mut errs,
     );
+    crate::selector::validate_annotations(
+        ns.metadata.annotations.as_ref(),
+        &FieldPath::root("metadata"),
+        &mut errs,
+    );
     let object = ObjectRef { kind: "Namespace", namespace: String::new(), name };
     problems_from(errs, &object, Severity::Error)
 }
@@ -564,6 +583,11 @@ pub fn pod(p: &corev1::Pod) -> (Option<PodInfo>, Vec<Problem>) {
     check_object_name(&name, &namespace, &mut errs);
     crate::selector::validate_labels(
         p.metadata.labels.iter().flatten(),
+        &FieldPath::root("metadata"),
+        &mut errs,
+    );
+    crate::selector::validate_annotations(
+        p.metadata.annotations.as_ref(),
         &FieldPath::root("metadata"),
         &mut errs,
     );

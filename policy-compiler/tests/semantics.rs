@@ -1633,6 +1633,56 @@ spec:
 }
 
 #[test]
+fn r37_a_policy_whose_labels_or_annotations_the_api_server_refuses_fails_closed() {
+    // `ValidateObjectMeta`: label keys and values, annotation keys (checked in
+    // lower case, so `Example.com/Note` passes) and their total size.
+    let c = base(&[r"
+metadata:
+  name: p
+  namespace: x
+  labels: {'bad key': v, app: -x-}
+  annotations: {'Example.com/Note': free text, 'bad key!': v}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}]}]
+"]);
+    assert_problem(&c, Severity::Error, "NetworkPolicy x/p", "metadata.labels[bad key]", "invalid label key");
+    assert_problem(
+        &c,
+        Severity::Error,
+        "NetworkPolicy x/p",
+        "metadata.labels[app]",
+        "invalid label value \"-x-\"",
+    );
+    assert_problem(
+        &c,
+        Severity::Error,
+        "NetworkPolicy x/p",
+        "metadata.annotations[bad key!]",
+        "invalid annotation key \"bad key!\"",
+    );
+    assert_eq!(problems(&c).len(), 3, "{:#?}", problems(&c));
+    expect(&c, X_CLIENT, X_WEB, TCP, 80, Open, Deny(&["x/p"]));
+    // Pods and namespaces too; an annotation value is free text, but all of
+    // them together hold at most 256 KiB.
+    let mut pods = base_pods();
+    pods[0].metadata.annotations = Some([("bad key!".to_string(), "v".to_string())].into());
+    let mut namespaces = base_namespaces();
+    namespaces[1].metadata.annotations = Some([("big".to_string(), "v".repeat(256 << 10))].into());
+    namespaces[2].metadata.annotations = Some([("big".to_string(), "v".repeat((256 << 10) - 3))].into());
+    let c = world(namespaces, pods, &[]);
+    assert_problem(
+        &c,
+        Severity::Error,
+        "Pod x/web",
+        "metadata.annotations[bad key!]",
+        "invalid annotation key",
+    );
+    assert_problem(&c, Severity::Error, "Namespace y", "metadata.annotations", "Too long: 262147 bytes");
+    assert_eq!(problems(&c).len(), 2, "{:#?}", problems(&c));
+}
+
+#[test]
 fn r37_a_namespace_the_api_server_refuses_is_named_in_pods_and_policies() {
     // `metadata.namespace` of a pod or policy must be a DNS label too, as its
     // Namespace's name: "X " (a capital, a trailing space) is reported as an
@@ -1921,6 +1971,18 @@ fn r18_ip_block_octets_are_read_like_the_api_server_does() {
     );
     assert!(!problems(&c).iter().any(|p| p.0 == Severity::Error), "{:#?}", problems(&c));
     expect(&c, "fd00::7", X_WEB6, TCP, 80, NotPod, Allow("x/p", 0));
+    // A prefix length with a leading zero, which Go's netip refuses too.
+    let c = web_ingress_from("    - ipBlock: {cidr: 10.0.0.0/08}\n");
+    assert_problem(
+        &c,
+        Severity::Warning,
+        "NetworkPolicy x/p",
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        "leading zeros in an octet, group or prefix length), read as 10.0.0.0/8",
+    );
+    expect(&c, "10.1.2.3", X_WEB, TCP, 80, NotPod, Allow("x/p", 0));
+    let c = web_ingress_from("    - ipBlock: {cidr: 0.0.0.0/0, except: [10.0.0.0/8]}\n");
+    assert_no_problems(&c);
     let c = web_ingress_from("    - ipBlock: {cidr: 'fd00:10000::/64'}\n");
     assert_problem(
         &c,
@@ -2080,6 +2142,17 @@ fn r18_an_ipv4_mapped_block_is_an_ipv4_block() {
     let c = web_ingress_from("    - ipBlock: {cidr: 10.0.0.0/8, except: ['::ffff:10.0.0.0/104']}\n");
     assert!(c.problems.iter().all(|p| p.severity == Severity::Warning), "{:#?}", problems(&c));
     expect(&c, "10.2.0.1", X_WEB, TCP, 80, NotPod, Deny(&["x/p"]));
+    // The warning does not advise the IPv4 form, which would be refused.
+    let c = web_ingress_from("    - ipBlock: {cidr: 0.0.0.0/0, except: ['::ffff:0.0.0.0/96']}\n");
+    assert_eq!(problems(&c).len(), 1, "{:#?}", problems(&c));
+    assert_problem(
+        &c,
+        Severity::Warning,
+        "NetworkPolicy x/p",
+        "spec.ingress[0].from[0].ipBlock.except[0]",
+        "read as the IPv4 block 0.0.0.0/0: all of `cidr` 0.0.0.0/0, so this ipBlock matches no address",
+    );
+    expect(&c, "192.0.2.1", X_WEB, TCP, 80, NotPod, Deny(&["x/p"]));
     // ...and /104 against /16 is not.
     let c = web_ingress_from("    - ipBlock: {cidr: '::ffff:10.0.0.0/104', except: [10.1.0.0/16]}\n");
     assert_problem(
