@@ -368,6 +368,35 @@ impl Addresses {
         self.owner_filter.get(b / 64).is_some_and(|w| w >> (b % 64) & 1 != 0) && self.owner.contains_key(&ip)
     }
 
+    /// Does an ARP or neighbour discovery frame speak for a pod's address
+    /// behind one of the ports: an ARP sender, an IPv6 source, or the target
+    /// of an advertisement? From a port with no pod (an uplink) that is a
+    /// forgery: it would teach the pods' neighbour caches another station's
+    /// MAC for a local pod. Out of line: ARP and ND are rare.
+    #[inline(never)]
+    pub fn neighbour_claims_pod(&self, class: &Class, frame: &[u8]) -> bool {
+        match class {
+            Class::Arp => parse::arp_sender(frame).is_some_and(|s| self.is_pod_address(IpAddr::V4(s.into()))),
+            Class::NeighbourDiscovery => parse::nd_facts(frame).is_some_and(|nd| {
+                self.is_pod_address(IpAddr::V6(nd.src.into()))
+                    || nd.kind == 136 && nd.target.is_some_and(|t| self.is_pod_address(IpAddr::V6(t.into())))
+            }),
+            _ => false,
+        }
+    }
+
+    /// The pod port a unicast ARP or neighbour discovery frame is for, by
+    /// its ARP target or IPv6 destination, when one of the pods owns it.
+    #[inline(never)]
+    pub fn neighbour_port(&self, class: &Class, frame: &[u8]) -> Option<PortId> {
+        let ip = match class {
+            Class::Arp => IpAddr::V4(parse::arp_target(frame)?.into()),
+            Class::NeighbourDiscovery => IpAddr::V6(parse::ipv6_destination(frame)?.into()),
+            _ => return None,
+        };
+        self.port_of(ip)
+    }
+
     /// Is `ip` one of the node's addresses?
     #[inline]
     pub fn is_node(&self, ip: IpAddr) -> bool {

@@ -391,16 +391,19 @@ pub struct Frame {
 /// header appear at most once, so real chains are short).
 const MAX_IPV6_EXT_HEADERS: usize = 8;
 
-/// IPv6 extension header numbers (RFC 8200 §4, IANA "IPv6 Extension Header Types").
+/// The IPv6 extension headers walked (RFC 8200 §4): those a receiving Linux
+/// kernel walks too (`ipv6_ext_hdr`). IANA also lists Mobility (135), HIP
+/// (139) and Shim6 (140) as extension headers, but Linux delivers a packet
+/// with one of them to that protocol's handler (or answers a Parameter
+/// Problem), never to the transport header behind it: so they are the
+/// packet's protocol here too, judged as portless, rather than skipped to
+/// judge a TCP header the receiver never reads.
 mod ext {
     pub const HOP_BY_HOP: u8 = 0;
     pub const ROUTING: u8 = 43;
     pub const FRAGMENT: u8 = 44;
     pub const AUTH: u8 = 51;
     pub const DEST_OPTS: u8 = 60;
-    pub const MOBILITY: u8 = 135;
-    pub const HIP: u8 = 139;
-    pub const SHIM6: u8 = 140;
 }
 
 /// What follows the Ethernet header and at most one 802.1Q tag.
@@ -492,7 +495,7 @@ fn source_routed_frame(frame: &[u8]) -> bool {
 fn source_routed_chain(mut next: u8, mut data: &[u8]) -> bool {
     for _ in 0..=MAX_IPV6_EXT_HEADERS {
         let len = match next {
-            ext::ROUTING | ext::HOP_BY_HOP | ext::DEST_OPTS | ext::MOBILITY | ext::HIP | ext::SHIM6 => {
+            ext::ROUTING | ext::HOP_BY_HOP | ext::DEST_OPTS => {
                 let Ok(h) = Ipv6RawExtHeaderSlice::from_slice(data) else { return false };
                 // Byte 3 of a routing header: segments left.
                 if next == ext::ROUTING && h.slice().get(3).is_some_and(|left| *left > 0) {
@@ -671,7 +674,7 @@ fn ipv6_chain(first: u8, mut data: &[u8]) -> Result<Ipv6Chain<'_>, ParseError> {
                 // RFC 8200 §4.1: hop-by-hop must immediately follow the IPv6 header.
                 return Err(ParseError::Ipv6Malformed);
             }
-            ext::HOP_BY_HOP | ext::ROUTING | ext::DEST_OPTS | ext::MOBILITY | ext::HIP | ext::SHIM6 => {
+            ext::HOP_BY_HOP | ext::ROUTING | ext::DEST_OPTS => {
                 let h = Ipv6RawExtHeaderSlice::from_slice(data).map_err(|_| ParseError::Ipv6Truncated)?;
                 next = h.next_header().0;
                 data = data.get(h.slice().len()..).unwrap_or(&[]);
@@ -1249,6 +1252,27 @@ mod tests {
         let b: IpAddr = "fd00::1".parse().unwrap();
         assert!(!Addr::from(b).is_v4());
         assert_eq!(Addr::from(b).ip(), b);
+    }
+
+    /// Mobility, HIP and Shim6 headers end the walk: the packet is of that
+    /// protocol, as the receiving kernel sees it, not of the TCP header
+    /// behind it.
+    #[test]
+    fn mobility_hip_and_shim6_headers_are_the_packets_protocol() {
+        for proto in [135, 139, 140] {
+            let mut f = vec![0x02, 0, 0, 0, 0, 0x0b, 0x02, 0, 0, 0, 0, 0x0a, 0x86, 0xdd];
+            f.extend_from_slice(&[0x60, 0, 0, 0, 0, 28, proto, 64]);
+            f.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+            f.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+            // The header (8 bytes), its next header TCP; then a SYN to port 80.
+            f.extend_from_slice(&[6, 0, 5, 0, 0, 0, 0, 0]);
+            f.extend_from_slice(&[
+                0xc3, 0x50, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
+            ]);
+            let p = ip(&f);
+            assert_eq!((p.flow.proto, p.flow.dst_port, p.l4), (proto, 0, L4::Other), "{proto}");
+            assert!(!ipv6_source_routed(&f, None), "{proto}");
+        }
     }
 
     #[test]

@@ -405,11 +405,19 @@ impl PipelineConfig {
 /// (`None` = allowed), the generation of the table that gave it, and its
 /// flow (ports included: later fragments carry none), to judge the rest
 /// again when a newer table arrives before they do.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 struct FragVerdict {
     verdict: Option<DropReason>,
     generation: u64,
     flow: Option<crate::parse::Flow>,
+}
+
+impl Default for FragVerdict {
+    /// The tracker's empty slots: a record never written drops, should one
+    /// ever be read (every record written holds its flow).
+    fn default() -> Self {
+        FragVerdict { verdict: Some(DropReason::FragmentNoFirst), generation: 0, flow: None }
+    }
 }
 
 /// One worker's packet path. See the module documentation.
@@ -625,8 +633,36 @@ impl Pipeline {
         match (l2, &frame.class) {
             (L2::Forward(p), Class::Arp | Class::NeighbourDiscovery) => self.neighbour_to(p, &frame, bytes),
             (L2::Forward(p), _) => Action::Forward(p),
+            (L2::Flood, Class::Arp | Class::NeighbourDiscovery)
+                if frame.dst_mac[0] & 1 == 0 && self.enforce && a.any_pod_port() =>
+            {
+                self.neighbour_unknown(in_port, &frame, bytes)
+            }
             (L2::Flood, _) => Action::Flood,
             (L2::SamePort, _) => Action::Drop(DropReason::SamePort),
+        }
+    }
+
+    /// Where unicast ARP or ND to a MAC the switch does not know (aged out,
+    /// or not yet seen by this worker) goes: to the pod it is for, by
+    /// address, or else to the ports with no pod, as [`Self::neighbour_to`]
+    /// sends what is not for the pod behind a MAC. Flooded to every port, it
+    /// would reach a pod holding the destination's MAC (the gateway's, once
+    /// the gateway has been silent long enough to age out). ND to a
+    /// link-local address, which could be any pod's, is flooded still.
+    #[inline(never)]
+    fn neighbour_unknown(&self, in_port: PortId, frame: &Frame, bytes: &[u8]) -> Action {
+        let a = &self.current.addresses;
+        match a.neighbour_port(&frame.class, bytes) {
+            Some(p) if p == in_port => Action::Drop(DropReason::SamePort),
+            Some(p) => Action::Forward(p),
+            None if matches!(frame.class, Class::NeighbourDiscovery)
+                && parse::ipv6_destination(bytes)
+                    .is_some_and(|d| std::net::Ipv6Addr::from(d).is_unicast_link_local()) =>
+            {
+                Action::Flood
+            }
+            None => Action::FloodUnbound,
         }
     }
 
@@ -673,10 +709,15 @@ impl Pipeline {
             // here, behind their own ports, so it is forged by someone on the
             // uplink's segment to be judged as that pod. Only ports that carry
             // the node's traffic may bring a pod's address back (hairpin).
-            if let Class::Ip(pkt) = &frame.class {
-                if !a.faces_node(in_port) && a.is_pod_address(pkt.flow.src.ip()) {
-                    return Err(DropReason::SpoofedSource);
-                }
+            // ARP and ND speaking for a pod's address from there are forged
+            // the same way, to point the pods' neighbour caches elsewhere.
+            let claims_pod = match &frame.class {
+                Class::Ip(pkt) => a.is_pod_address(pkt.flow.src.ip()),
+                Class::Arp | Class::NeighbourDiscovery => a.neighbour_claims_pod(&frame.class, bytes),
+                Class::Other(_) => false,
+            };
+            if claims_pod && !a.faces_node(in_port) {
+                return Err(DropReason::SpoofedSource);
             }
             // A MAC a pod port speaks with, used on a port with no pod: one
             // side forges it, and which cannot be told (a pod may have taken
@@ -778,7 +819,9 @@ impl Pipeline {
             // Allowed under an older table: still allowed by this one? As its
             // connection would be re-checked (the connection's opening flow,
             // or the first fragment's own when nothing tracks it).
-            let flow = first.flow?;
+            let Some(flow) = first.flow else {
+                return Some(DropReason::FragmentNoFirst);
+            };
             let opening = self.conntrack.get(&flow).map_or(flow, |c| c.original);
             return if t.allows(&opening) { None } else { Some(DropReason::Revoked) };
         }

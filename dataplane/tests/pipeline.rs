@@ -844,9 +844,13 @@ fn neighbour_discovery_from_a_pod_stays_on_the_link() {
     padded[14 + 40 + 8 + 8..14 + 40 + 8 + 24].copy_from_slice(&c.ip6);
     let refused = Action::Drop(DropReason::Parse(dataplane::parse::ParseError::NdExtensionHeader));
     assert_eq!(r.p.process(2, &padded, 2), refused);
-    // The port with no pod (the uplink side) is not restricted.
+    // The port with no pod (the uplink side) is not kept to the link (to a MAC
+    // unknown here and an address no pod has, it goes to the other ports with no pod).
     let unknown_mac = [0x02, 0, 0, 0, 0, 0x77];
-    assert_eq!(r.p.process(3, &nd_to(&gw, unknown_mac, beyond, 135, gw.ip6, beyond), 3), Action::Flood);
+    assert_eq!(
+        r.p.process(3, &nd_to(&gw, unknown_mac, beyond, 135, gw.ip6, beyond), 3),
+        Action::FloodUnbound
+    );
     assert_eq!(r.p.counters().snapshot().drops["neighbour_off_link"], off.len() as u64);
 }
 
@@ -1258,6 +1262,74 @@ fn a_pods_address_arriving_on_an_uplink_is_forged() {
         let q = testing::udp(&outside, 5353, &o, 53, false, b"q");
         assert_eq!(r.p.process(4, &q, 1), Action::Forward(2));
     }
+}
+
+/// ARP and ND from an uplink that speak for a local pod's address (an ARP
+/// sender, an IPv6 source, an advertisement's target) are forged: they would
+/// point the other pods' neighbour caches at the forger's MAC. Through the
+/// node's port, and about addresses that are no pod's, they pass.
+#[test]
+fn neighbour_messages_for_a_pods_address_from_an_uplink_are_forged() {
+    use dataplane::addresses::{Addresses, PodAddrs};
+    let (c, s, o) = (Host::new(1), Host::new(2), Host::new(3));
+    let pods = [c, s, o].map(|h| Some(PodAddrs::new([h.v4(), h.v6()]))).into_iter().chain([None, None]);
+    let addresses =
+        Addresses::new(pods.collect(), vec![]).with_node_ports(vec![false, false, false, true, false]);
+    let cfg = PipelineConfig { ports: 5, ..Default::default() };
+    let mut r = rig_with(cfg, published(1, testing::client_server_table()).with_addresses(addresses));
+    r.learn_all();
+    let forger = Host { mac: Host::new(50).mac, ..s };
+    let outsider = Host::new(60);
+    let spoofed = Action::Drop(DropReason::SpoofedSource);
+    let forged = [
+        testing::arp_request(&forger, &c),
+        testing::arp_reply(&forger, &c),
+        // An unsolicited advertisement of the server's address, from another source.
+        testing::nd(&outsider, 136, outsider.ip6, s.ip6),
+        // A solicitation from the server's address.
+        testing::nd(&forger, 135, s.ip6, c.ip6),
+    ];
+    for (i, f) in forged.iter().enumerate() {
+        assert_eq!(r.p.process(4, f, 1), spoofed, "uplink, frame {i}");
+        assert_ne!(r.p.process(3, f, 1), spoofed, "node port, frame {i}");
+    }
+    assert_eq!(r.p.counters().snapshot().drops["spoofed_source"], 4);
+    // An outside station asking for a pod's address, answering for its own, or
+    // checking an address for duplicates (from ::) is no forgery.
+    let mut asks = testing::arp_request(&outsider, &s);
+    assert_eq!(r.p.process(4, &asks, 2), Action::Flood);
+    asks = testing::nd(&outsider, 135, outsider.ip6, s.ip6);
+    assert_eq!(r.p.process(4, &asks, 2), Action::Flood);
+    assert_eq!(r.p.process(4, &testing::nd(&outsider, 136, outsider.ip6, outsider.ip6), 2), Action::Flood);
+    assert_eq!(r.p.process(4, &testing::nd(&outsider, 135, [0; 16], s.ip6), 2), Action::Flood);
+    assert_eq!(r.p.counters().snapshot().drops["spoofed_source"], 4);
+}
+
+/// Unicast ARP and ND to a MAC no port is known for (a station silent long
+/// enough to age out) go by address: to the pod they are for, else to the
+/// ports with no pod, never to every pod (a pod holding that station's MAC
+/// would get them). ND to a link-local address, which could be any pod's,
+/// is flooded still.
+#[test]
+fn unicast_neighbour_messages_to_an_unknown_mac_go_by_address() {
+    let mut r = pod_ports_rig(vec![]);
+    let (c, s, o) = (r.client, r.server, r.other);
+    let gateway = Host { ip4: [192, 0, 2, 1], ..Host::new(50) };
+    assert_eq!(r.p.process(2, &testing::arp_reply(&o, &gateway), 1), Action::FloodUnbound);
+    // For the server's address, at a MAC nobody spoke with.
+    let server_elsewhere = Host { mac: Host::new(61).mac, ..s };
+    assert_eq!(r.p.process(2, &testing::arp_reply(&o, &server_elsewhere), 1), Action::Forward(1));
+    assert_eq!(
+        r.p.process(1, &testing::arp_reply(&s, &server_elsewhere), 1),
+        Action::Drop(DropReason::SamePort)
+    );
+    let na = |to: [u8; 16]| testing::nd_to(&o, gateway.mac, to, 136, o.ip6, o.ip6);
+    assert_eq!(r.p.process(2, &na(gateway.ip6), 1), Action::FloodUnbound);
+    assert_eq!(r.p.process(2, &na(c.ip6), 1), Action::Forward(0));
+    let link_local = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+    assert_eq!(r.p.process(2, &na(link_local), 1), Action::Flood);
+    // Broadcast ARP is flooded to every port, as before.
+    assert_eq!(r.p.process(2, &testing::arp_request(&o, &gateway), 1), Action::Flood);
 }
 
 #[test]
