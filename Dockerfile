@@ -1,6 +1,7 @@
 # The `portcullis` image (deploy/daemonset.yaml runs it). Not built in CI: the project's
 # machines have no container engine. Build and push with, for example:
-#   docker build -t registry.example.com/portcullis:0.1.0 .
+#   docker build --build-arg PORTCULLIS_COMMIT=$(git rev-parse --short=12 HEAD) \
+#     -t registry.example.com/portcullis:0.1.0 .
 #   docker push registry.example.com/portcullis:0.1.0
 # then point deploy/kustomization.yaml (images:) at it.
 
@@ -17,6 +18,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# The commit `portcullis --version`, /status and portcullis_build_info name (the build
+# context leaves .git out, so control/build.rs cannot ask git): "unknown" when not given.
+ARG PORTCULLIS_COMMIT=unknown
+ENV PORTCULLIS_COMMIT=${PORTCULLIS_COMMIT}
 # --locked: build exactly the dependency versions the repository was tested with.
 RUN cargo build --release --locked -p control \
  && install -D -m 0755 target/release/portcullis /out/portcullis

@@ -151,9 +151,9 @@ impl Default for XdpConfig {
 pub struct ConntrackConfig {
     /// Tracked connections per worker, 1 to 16,777,216 (2^24, the dataplane's limit).
     /// Default 262,144 (about 25 MiB per worker). When
-    /// full, a new connection takes the slot of a half-open or closed TCP connection or of a
-    /// UDP flow that is not assured (unanswered, or a single query and answer, as DNS);
-    /// otherwise it is refused and counted. Established TCP connections and assured UDP
+    /// full, a new connection takes the slot of a half-open or closed TCP connection, of a
+    /// UDP or SCTP flow that is not assured (unanswered, or a single query and answer, as
+    /// DNS) or of an ICMP echo; otherwise it is refused and counted. Established TCP connections and assured UDP
     /// flows (the initiator sent again after an answer) are never evicted.
     pub capacity: u32,
     /// Idle timeouts per connection state, in seconds, 1 to 2,592,000 (30 days); the

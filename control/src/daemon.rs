@@ -296,7 +296,11 @@ impl Metrics {
             m.change_to_enforced_seconds.clone(),
         );
         reg.register("portcullis_objects", "Objects known, by kind", m.objects.clone());
-        reg.register("portcullis_invalid_objects", "Objects that fail validation", m.invalid.clone());
+        reg.register(
+            "portcullis_invalid_objects",
+            "Objects that fail validation, and policies whose ipBlock rules were left out for their namespace's budget",
+            m.invalid.clone(),
+        );
         reg.register("portcullis_source_up", "1 while a source's watch is healthy", m.source_up.clone());
         m
     }

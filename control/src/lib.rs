@@ -42,6 +42,12 @@ pub mod sources;
 pub mod status;
 pub mod yaml11;
 
+/// This build: the package version and the commit it was built from
+/// (`build.rs`), as `--version`, `/status` and `portcullis_build_info` give it.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("PORTCULLIS_COMMIT"), ")");
+/// The commit alone ("unknown" when the build could not tell).
+pub const COMMIT: &str = env!("PORTCULLIS_COMMIT");
+
 use manifest::{LoadErrors, State};
 
 /// Loads every path: a file, `-` for stdin, or a directory (its `*.yaml`,

@@ -31,7 +31,7 @@ use policy_compiler::{Compiled, Problem, Severity};
 /// Exit status: 0 on success; 1 when `query --exit-code` finds the connection denied; 2 on any
 /// error (input that does not load or validate, a bad batch line, a bad argument).
 #[derive(Parser)]
-#[command(name = "portcullis", version)]
+#[command(name = "portcullis", version = control::VERSION)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -81,11 +81,28 @@ struct RunArgs {
     /// This node's addresses, added to the config file's `node_addresses` (from the downward
     /// API's `status.hostIPs`; comma-separated in the environment variable). New connections
     /// from them into pods are allowed, as upstream specifies (kubelet probes).
-    #[arg(long = "node-address", env = "NODE_ADDRESSES", value_delimiter = ',')]
-    node_addresses: Vec<std::net::IpAddr>,
+    /// An empty value (a node whose `status.hostIPs` is not filled in yet) gives none.
+    #[arg(long = "node-address", env = "NODE_ADDRESSES", value_delimiter = ',', value_parser = node_address)]
+    node_addresses: Vec<Option<std::net::IpAddr>>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
+    /// Check, then exit without attaching anything: the configuration, the interfaces it
+    /// names (they exist, and the queues bound cover their RX queues), the workers' cores,
+    /// the status token file and the manifest directory. Prints what would run; exits 2 on
+    /// the first problem. Needs no privileges (`kubectl exec` into a running pod, or on the
+    /// node, before a rollout).
+    #[arg(long)]
+    check: bool,
+}
+
+/// One `--node-address` (or `NODE_ADDRESSES` item): an address, or nothing
+/// for an empty one.
+fn node_address(s: &str) -> Result<Option<std::net::IpAddr>, String> {
+    match s.trim() {
+        "" => Ok(None),
+        a => a.parse().map(Some).map_err(|e| format!("{a:?}: {e}")),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -351,6 +368,45 @@ fn print_problems(state: &control::manifest::State, problems: &[Problem], errors
     invalid.len()
 }
 
+/// What `run --check` finds: the checks of a start that touch nothing (the
+/// configuration is already loaded and checked), and what would run.
+fn check_run(config: &control::config::Config, file: Option<&str>, args: &RunArgs) -> Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let file = file.unwrap_or("none (defaults)");
+    writeln!(out, "config: {file}")?;
+    let sources: Vec<String> = [args.kube.then(|| "the Kubernetes API".to_string())]
+        .into_iter()
+        .flatten()
+        .chain(args.manifests.iter().map(|d| format!("manifests in {d}")))
+        .collect();
+    if sources.is_empty() {
+        writeln!(out, "policy source: none given (run needs --kube and/or --manifests DIR)")?;
+    } else {
+        writeln!(out, "policy source: {}", sources.join(" and "))?;
+    }
+    if let Some(dir) = &args.manifests {
+        std::fs::read_dir(dir).map_err(|e| anyhow!("--manifests {dir}: cannot read the directory: {e}"))?;
+    }
+    if let Some(f) = &config.status_token_file {
+        control::status::read_token(f)
+            .map_err(|e| anyhow!("status_token_file {f}: cannot read a token: {e}"))?;
+    }
+    if config.ports.is_empty() {
+        writeln!(out, "ports: none (compile and serve status only)")?;
+    } else {
+        writeln!(out, "mode: {:?}, enforce: {}", config.mode, config.enforce)?;
+        for p in &config.ports {
+            let (ifindex, queues, rx) = dataplane::port::Port::plan(&p.interface, Some(p.queues))?;
+            writeln!(out, "port {}: ifindex {ifindex}, {queues} of {rx} RX queues bound", p.interface)?;
+        }
+        writeln!(out, "workers on cores: {:?}", config.worker_cores(&[]))?;
+    }
+    writeln!(out, "status: {}", config.status_address)?;
+    writeln!(out, "ok: nothing attached (--check)")?;
+    Ok(out)
+}
+
 /// Runs a command; its exit status when it did not fail (`query --exit-code`
 /// fails a denied connection without an error).
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -373,6 +429,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 LogFormat::Json => fmt.json().init(),
                 LogFormat::Text => fmt.init(),
             }
+            tracing::info!(version = env!("CARGO_PKG_VERSION"), commit = control::COMMIT, "portcullis");
             let (mut config, from) = control::config::Config::load_for_run(args.config.as_deref())?;
             match &from {
                 Some(path) => tracing::info!(config = %path, "configuration file"),
@@ -385,7 +442,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 config.status_address = a;
             }
             config.fail_open |= args.fail_open;
-            config.node_addresses.extend(&args.node_addresses);
+            config.node_addresses.extend(args.node_addresses.iter().flatten());
             let dropped = config.drop_unanchored_node_addresses();
             if !dropped.is_empty() {
                 tracing::warn!(
@@ -416,8 +473,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(n) = &args.node_name {
                 tracing::info!(node = %n, "node name");
             }
-            if !config.ports.is_empty() {
-                if config.workers == control::config::Workers::Auto {
+            if !config.ports.is_empty() && config.workers == control::config::Workers::Auto {
+                {
                     // Without the cpuset, auto would put every worker on core 0.
                     let allowed = control::cpus::current().map_err(|e| {
                         anyhow!("workers: auto: cannot read the CPU affinity ({e}); list the worker cores in the config instead")
@@ -433,6 +490,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         );
                     }
                 }
+            }
+            if args.check {
+                write!(out, "{}", check_run(&config, from.as_deref(), &args)?)?;
+                out.flush()?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !config.ports.is_empty() {
                 let cores = config.worker_cores(&[]);
                 // Before any other thread starts, so that all of them inherit it.
                 match control::cpus::keep_off_workers(&cores) {

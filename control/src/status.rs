@@ -165,6 +165,7 @@ async fn status(State(s): State<AppState>, headers: header::HeaderMap) -> Respon
     v["uptime_seconds"] = serde_json::json!(s.shared.started.elapsed().as_secs_f64());
     v["dataplane"] = s.dataplane.as_ref().map(|d| d.status_json()).unwrap_or(serde_json::Value::Null);
     v["enforcement"] = serde_json::json!(enforcement(&s));
+    v["build"] = serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "commit": crate::COMMIT});
     axum::Json(v).into_response()
 }
 
@@ -186,6 +187,13 @@ async fn metrics(State(s): State<AppState>, headers: header::HeaderMap) -> Respo
         "# HELP portcullis_enforcing 1 while traffic that policy denies is dropped (a compiled table, or the fail-closed start-up table); 0 with enforce: false, the fail-open start-up table, no dataplane, or a stopped one (/status says which)\n\
          # TYPE portcullis_enforcing gauge\nportcullis_enforcing {}",
         u8::from(e.drops_denied())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP portcullis_build This build: its version and the commit it was built from\n\
+         # TYPE portcullis_build info\nportcullis_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        crate::COMMIT
     );
     {
         let reg = s.shared.registry.lock().expect("registry lock");
@@ -367,6 +375,37 @@ mod tests {
         );
         // And the server answers again.
         assert!(ask().starts_with("HTTP/1.1 200"), "{}", ask());
+    }
+
+    /// `/status` and `/metrics` name the build (version and commit), so a
+    /// rollout's nodes can be told apart.
+    #[test]
+    fn status_and_metrics_name_the_build() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app =
+            router(AppState { shared: crate::daemon::Shared::new(), dataplane: None, token_file: None });
+        rt.spawn(serve_on(listener, app, Limits::default()));
+        let get = |path: &str| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            let got = read_until_closed(&mut c, Duration::from_secs(5)).0;
+            got.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+        };
+        assert!(!crate::COMMIT.is_empty());
+        let status: serde_json::Value = serde_json::from_str(&get("/status")).unwrap();
+        assert_eq!(
+            status["build"],
+            serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "commit": crate::COMMIT})
+        );
+        let metrics = get("/metrics");
+        let line = format!(
+            "portcullis_build_info{{version=\"{}\",commit=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION"),
+            crate::COMMIT
+        );
+        assert!(metrics.contains(&format!("# TYPE portcullis_build info\n{line}")), "{metrics}");
     }
 
     /// The default address (`[::]`) answers on IPv4 and on IPv6, as a probe of the

@@ -1201,3 +1201,43 @@ fn a_check_names_the_problems_of_the_objects_that_did_load_too() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stdout(&o).is_empty(), "{}", stdout(&o));
 }
+
+/// `run --check` checks what a start would, attaches nothing and exits: what
+/// an operator runs before a rollout, without privileges.
+#[test]
+fn run_check_checks_the_configuration_and_its_interfaces_and_attaches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(&config, "mode: switch\nports:\n  - interface: lo\n    queues: 1\nworkers: [0]\n")
+        .unwrap();
+    let config = config.to_str().unwrap();
+    let stars = root("examples/stars");
+    let o = bin()
+        .args(["run", "--check", "--config", config, "--manifests", &stars])
+        .env("NODE_ADDRESSES", "")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "config: {config}\npolicy source: manifests in {stars}\nmode: Switch, enforce: true\n\
+             port lo: ifindex 1, 1 of 1 RX queues bound\nworkers on cores: [0]\nstatus: [::]:9877\n\
+             ok: nothing attached (--check)\n"
+        )
+    );
+    // A port that does not exist, a directory that cannot be read: the first is named.
+    std::fs::write(dir.path().join("c.yaml"), "ports:\n  - interface: no-such-if0\n").unwrap();
+    let o = run(&["run", "--check", "--config", config, "--kube"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("error: interface no-such-if0 not found"), "{}", stderr(&o));
+    let missing = dir.path().join("missing");
+    let o = run(&["run", "--check", "--manifests", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cannot read the directory"), "{}", stderr(&o));
+    // An empty NODE_ADDRESSES item is no address; a bad one is refused by name.
+    let o =
+        bin().args(["run", "--check", "--kube"]).env("NODE_ADDRESSES", "10.0.0.1,,bogus").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("\"bogus\": invalid IP address syntax"), "{}", stderr(&o));
+}
