@@ -711,12 +711,11 @@ impl Pipeline {
             // the node's traffic may bring a pod's address back (hairpin).
             // ARP and ND speaking for a pod's address from there are forged
             // the same way, to point the pods' neighbour caches elsewhere.
-            let claims_pod = match &frame.class {
-                Class::Ip(pkt) => a.is_pod_address(pkt.flow.src.ip()),
-                Class::Arp | Class::NeighbourDiscovery => a.neighbour_claims_pod(&frame.class, bytes),
-                Class::Other(_) => false,
-            };
-            if claims_pod && !a.faces_node(in_port) {
+            if let Class::Ip(pkt) = &frame.class {
+                if !a.faces_node(in_port) && a.is_pod_address(pkt.flow.src.ip()) {
+                    return Err(DropReason::SpoofedSource);
+                }
+            } else if !a.faces_node(in_port) && a.neighbour_claims_pod(&frame.class, bytes) {
                 return Err(DropReason::SpoofedSource);
             }
             // A MAC a pod port speaks with, used on a port with no pod: one
