@@ -14,9 +14,9 @@
 //! node_addresses: []     # the node's own addresses, e.g. [192.168.0.10] (also --node-address)
 //! link_prefixes: null    # IPv6 prefixes on the pods' link, e.g. ['fd00:10:244:1::/64'];
 //!                         # null: each pod's own /64 in switch mode, no check in mode wire
-//! workers: [2, 3]         # cores to pin workers to; worker i serves queue i of every port
-//!                         # bound on more than i queues; or `auto`: one worker per queue,
-//!                         # on the last cores of the daemon's cpuset
+//! workers: [0]           # cores to pin workers to (e.g. [2, 3]); worker i serves queue i of
+//!                         # every port bound on more than i queues; or `auto`: one worker per
+//!                         # queue, on the last cores of the daemon's cpuset
 //! xdp:
 //!   attach: native        # native | generic
 //!   zero_copy: false      # true on NICs that support it; veth only does copy mode
@@ -113,7 +113,8 @@ pub struct PortConfig {
     /// When any port says so, connections from `node_addresses` get the node's exemption
     /// only on those ports; when none does, on every port without a `pod`, where anything
     /// able to send with the node's source address gets it too, except in mode wire,
-    /// where the node's addresses are then ignored (a warning is logged). Default `false`.
+    /// where the node's addresses are then ignored (logged at start: a warning when the
+    /// config file gives them, information when only `--node-address` does). Default `false`.
     #[serde(default)]
     pub node: bool,
 }

@@ -442,15 +442,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 config.status_address = a;
             }
             config.fail_open |= args.fail_open;
+            // Addresses written in the file are the operator's; those of the
+            // environment come from the DaemonSet, on every node whatever its mode.
+            let from_file = !config.node_addresses.is_empty();
             config.node_addresses.extend(args.node_addresses.iter().flatten());
             let dropped = config.drop_unanchored_node_addresses();
             if !dropped.is_empty() {
-                tracing::warn!(
-                    addresses = ?dropped,
-                    "mode wire with no port marked `node: true`: the node's addresses get no exemption \
-                     (either side of the wire could send with them); mark the port facing this node's \
-                     own stack to allow its probes"
-                );
+                let why = "mode wire with no port marked `node: true`: the node's addresses get no exemption \
+                           (either side of the wire could send with them); if this node's own stack is behind \
+                           one of the ports, mark that port to allow its probes";
+                if from_file {
+                    tracing::warn!(addresses = ?dropped, "{why}");
+                } else {
+                    tracing::info!(addresses = ?dropped, "{why}");
+                }
             }
             if !config.node_addresses.is_empty() {
                 tracing::info!(addresses = ?config.node_addresses, "node addresses: connections from them into pods are allowed");
