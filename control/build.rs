@@ -1,7 +1,8 @@
 //! Records the commit the binary is built from, for `--version`, `/status`,
 //! `portcullis_build_info` and the start-up log: `PORTCULLIS_COMMIT` when set
 //! (the Dockerfile's build argument: its build context has no `.git`), else
-//! `git rev-parse`, else "unknown".
+//! `git rev-parse`, else "unknown". Only letters, digits and `.-_+` are kept
+//! (it becomes a metric label).
 
 use std::process::Command;
 
@@ -16,19 +17,23 @@ fn main() {
     let commit = match std::env::var("PORTCULLIS_COMMIT") {
         Ok(c) if !c.is_empty() => c,
         _ => {
-            // Built again when the checked-out commit moves.
-            for f in ["HEAD", "packed-refs"] {
-                if let Some(p) = git(&["rev-parse", "--git-path", f]) {
-                    println!("cargo:rerun-if-changed={p}");
+            // Built again when the checked-out commit moves: HEAD (a checkout),
+            // its log (every commit and checkout), the branch's ref. Only files
+            // that exist: Cargo reruns a build script every time for a missing
+            // one (a branch kept in packed-refs has no file of its own).
+            let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+            for f in ["HEAD", "logs/HEAD"].into_iter().map(String::from).chain(branch) {
+                if let Some(p) = git(&["rev-parse", "--git-path", &f]) {
+                    if std::path::Path::new(&p).exists() {
+                        println!("cargo:rerun-if-changed={p}");
+                    }
                 }
-            }
-            if let Some(p) =
-                git(&["symbolic-ref", "-q", "HEAD"]).and_then(|r| git(&["rev-parse", "--git-path", &r]))
-            {
-                println!("cargo:rerun-if-changed={p}");
             }
             git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into())
         }
     };
+    let commit: String =
+        commit.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+')).collect();
+    let commit = if commit.is_empty() { "unknown".to_string() } else { commit };
     println!("cargo:rustc-env=PORTCULLIS_COMMIT={commit}");
 }

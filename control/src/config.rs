@@ -14,7 +14,7 @@
 //! node_addresses: []     # the node's own addresses, e.g. [192.168.0.10] (also --node-address)
 //! link_prefixes: null    # IPv6 prefixes on the pods' link, e.g. ['fd00:10:244:1::/64'];
 //!                         # null: each pod's own /64 in switch mode, no check in mode wire
-//! workers: [0]           # cores to pin workers to (e.g. [2, 3]); worker i serves queue i of
+//! workers: [2, 3]         # cores to pin workers to (default [0]); worker i serves queue i of
 //!                         # every port bound on more than i queues; or `auto`: one worker per
 //!                         # queue, on the last cores of the daemon's cpuset
 //! xdp:

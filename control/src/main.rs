@@ -272,13 +272,22 @@ fn load(args: &StateArgs) -> Result<Compiled> {
     }
     let compiled = policy_compiler::compile(&state.namespaces, &state.pods, &state.policies);
     // Pods that are not endpoints, named: a question about one fails with "no pod".
-    let left_out: Vec<String> = state
+    let not_endpoints: Vec<&k8s_openapi::api::core::v1::Pod> = state
         .pods
         .iter()
-        .filter_map(|p| {
-            let ns = p.metadata.namespace.as_deref().unwrap_or_default();
-            let name = p.metadata.name.as_deref().unwrap_or_default();
-            compiled.cluster.pod(ns, name).is_none().then(|| format!("{ns}/{name}"))
+        .filter(|p| {
+            let ns = policy_compiler::validate::namespace_of(&p.metadata);
+            compiled.cluster.pod(&ns, p.metadata.name.as_deref().unwrap_or_default()).is_none()
+        })
+        .collect();
+    let left_out: Vec<String> = not_endpoints
+        .iter()
+        .map(|p| {
+            format!(
+                "{}/{}",
+                policy_compiler::validate::namespace_of(&p.metadata),
+                p.metadata.name.as_deref().unwrap_or_default()
+            )
         })
         .collect();
     if !left_out.is_empty() {
@@ -294,7 +303,16 @@ fn load(args: &StateArgs) -> Result<Compiled> {
     // compared with the pods at hand): the first few of each are shown.
     const LINTS_SHOWN: usize = 20;
     let named_ports = report::named_port_warnings(&compiled.cluster);
-    let selectors = report::selector_warnings(&compiled.cluster);
+    // A selector matching only such pods is no mistake.
+    static NO_LABELS: policy_compiler::selector::Labels = std::collections::BTreeMap::new();
+    let namespaces: Vec<String> =
+        not_endpoints.iter().map(|p| policy_compiler::validate::namespace_of(&p.metadata)).collect();
+    let others: Vec<(&str, &policy_compiler::selector::Labels)> = not_endpoints
+        .iter()
+        .zip(&namespaces)
+        .map(|(p, ns)| (ns.as_str(), p.metadata.labels.as_ref().unwrap_or(&NO_LABELS)))
+        .collect();
+    let selectors = report::selector_warnings(&compiled.cluster, &others);
     let problems: Vec<Problem> = compiled
         .problems
         .iter()
@@ -381,10 +399,9 @@ fn check_run(config: &control::config::Config, file: Option<&str>, args: &RunArg
         .chain(args.manifests.iter().map(|d| format!("manifests in {d}")))
         .collect();
     if sources.is_empty() {
-        writeln!(out, "policy source: none given (run needs --kube and/or --manifests DIR)")?;
-    } else {
-        writeln!(out, "policy source: {}", sources.join(" and "))?;
+        bail!("no policy source: give --kube and/or --manifests DIR");
     }
+    writeln!(out, "policy source: {}", sources.join(" and "))?;
     if let Some(dir) = &args.manifests {
         std::fs::read_dir(dir).map_err(|e| anyhow!("--manifests {dir}: cannot read the directory: {e}"))?;
     }
@@ -400,7 +417,20 @@ fn check_run(config: &control::config::Config, file: Option<&str>, args: &RunArg
             let (ifindex, queues, rx) = dataplane::port::Port::plan(&p.interface, Some(p.queues))?;
             writeln!(out, "port {}: ifindex {ifindex}, {queues} of {rx} RX queues bound", p.interface)?;
         }
-        writeln!(out, "workers on cores: {:?}", config.worker_cores(&[]))?;
+        let cores = config.worker_cores(&[]);
+        // A core outside the cpuset is no error at start (that worker runs
+        // unpinned, with a warning): said here too.
+        let allowed = control::cpus::current().unwrap_or_default();
+        let outside: Vec<usize> = cores.iter().copied().filter(|c| !allowed.contains(c)).collect();
+        if outside.is_empty() {
+            writeln!(out, "workers on cores: {cores:?}")?;
+        } else {
+            writeln!(
+                out,
+                "workers on cores: {cores:?}; warning: {outside:?} not in this process's cpuset {allowed:?}: \
+                 those workers would run unpinned"
+            )?;
+        }
     }
     writeln!(out, "status: {}", config.status_address)?;
     writeln!(out, "ok: nothing attached (--check)")?;
@@ -479,21 +509,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 tracing::info!(node = %n, "node name");
             }
             if !config.ports.is_empty() && config.workers == control::config::Workers::Auto {
-                {
-                    // Without the cpuset, auto would put every worker on core 0.
-                    let allowed = control::cpus::current().map_err(|e| {
-                        anyhow!("workers: auto: cannot read the CPU affinity ({e}); list the worker cores in the config instead")
-                    })?;
-                    config.resolve_workers(&allowed);
-                    tracing::info!(workers = ?config.workers, "workers: auto: one per queue, on the last cores of the cpuset");
-                    let cores = config.worker_cores(&[]);
-                    let distinct: std::collections::BTreeSet<_> = cores.iter().collect();
-                    if distinct.len() < cores.len() {
-                        tracing::warn!(
-                            workers = ?cores,
-                            "workers: auto: fewer cores in the cpuset than queues; workers share cores"
-                        );
-                    }
+                // Without the cpuset, auto would put every worker on core 0.
+                let allowed = control::cpus::current().map_err(|e| {
+                    anyhow!("workers: auto: cannot read the CPU affinity ({e}); list the worker cores in the config instead")
+                })?;
+                config.resolve_workers(&allowed);
+                tracing::info!(workers = ?config.workers, "workers: auto: one per queue, on the last cores of the cpuset");
+                let cores = config.worker_cores(&[]);
+                let distinct: std::collections::BTreeSet<_> = cores.iter().collect();
+                if distinct.len() < cores.len() {
+                    tracing::warn!(
+                        workers = ?cores,
+                        "workers: auto: fewer cores in the cpuset than queues; workers share cores"
+                    );
                 }
             }
             if args.check {
@@ -536,7 +564,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // fails on invalid objects: its status is the input's.
             let invalid: std::collections::BTreeSet<_> =
                 c.problems.iter().filter(|p| p.severity == Severity::Error).map(|p| &p.object).collect();
-            let [ingress, egress] = report::isolated_pods(&c.cluster);
+            let [ingress, egress] = c.table.isolated_pods();
             writeln!(
                 out,
                 "{}: {}{assumed}, {}, {}; {} isolated for ingress, {egress} for egress",

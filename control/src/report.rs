@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use policy_compiler::model::{
     Direction, NamespaceMatch, Peer, PodInfo, PortMatch, IPPROTO_ICMP, IPPROTO_ICMPV6,
 };
+use policy_compiler::model::{NamespaceInfo, NAMESPACE_NAME_LABEL};
 use policy_compiler::reference::{self, SideDetail};
 use policy_compiler::selector::{Labels, Requirement, Selector};
 use policy_compiler::{
@@ -280,10 +281,15 @@ pub fn named_port_warnings(c: &Cluster) -> Vec<Problem> {
 /// none of the pods of the namespaces it looks in. Such a policy is valid
 /// and means what it says, but it isolates nobody, or the peer allows
 /// nothing: usually a mistyped label, so the label no pod (namespace)
-/// carries is named, with a close one when there is. Only where the input
-/// holds pods to compare with: a file of policies alone gets none, and a
-/// peer looking only in namespaces without pods in the input is not judged.
-pub fn selector_warnings(c: &Cluster) -> Vec<Problem> {
+/// carries is named, with a close one when there is. Judged only where the
+/// input can tell: a namespace with no pod in the input is not judged, a
+/// selector matching a pod that is no policy endpoint (`others`: pods with
+/// no address yet, on the host network, finished; namespace and labels) is
+/// no mistake, namespace selectors are judged only when the input holds
+/// Namespace objects, and a namespace named by `kubernetes.io/metadata.name`
+/// that is not in the input is taken to be outside it unless its name is a
+/// letter or two from one that is.
+pub fn selector_warnings(c: &Cluster, others: &[(&str, &Labels)]) -> Vec<Problem> {
     use std::collections::HashMap;
     if c.pods.is_empty() {
         return Vec::new();
@@ -293,9 +299,24 @@ pub fn selector_warnings(c: &Cluster) -> Vec<Problem> {
         let first = c.pods.partition_point(|p| p.namespace.as_str() < ns);
         &c.pods[first..first + c.pods[first..].partition_point(|p| p.namespace == ns)]
     };
+    // Pods by (namespace, label, value), so that a selector with an
+    // equality is matched against the pods carrying it, not every pod.
+    let mut by_label: HashMap<(&str, &str, &str), Vec<&Labels>> = HashMap::new();
+    for p in &c.pods {
+        for (k, v) in &p.labels {
+            by_label.entry((&p.namespace, k, v)).or_default().push(&p.labels);
+        }
+    }
+    let selects_in = |sel: &Selector, ns: &str| match sel.first_equality() {
+        Some((k, v)) => by_label.get(&(ns, k, v)).is_some_and(|ls| ls.iter().any(|l| sel.matches(l))),
+        None => pods_of(ns).iter().any(|p| sel.matches(&p.labels)),
+    };
+    let selects_other = |sel: &Selector, ns: &str| others.iter().any(|(n, l)| *n == ns && sel.matches(l));
     fn labels_of<'a>(pods: impl IntoIterator<Item = &'a PodInfo>) -> Vec<&'a Labels> {
         pods.into_iter().map(|p| &p.labels).collect()
     }
+    let given: Vec<&NamespaceInfo> =
+        c.namespaces.iter().filter(|n| c.assumed.binary_search(&n.name).is_err()).collect();
     // Policies share selectors: each (namespace, selector) is matched once.
     let mut some_pod: HashMap<(&str, &Selector), bool> = HashMap::new();
     let mut namespaces_of: HashMap<&Selector, Vec<&str>> = HashMap::new();
@@ -312,11 +333,11 @@ pub fn selector_warnings(c: &Cluster) -> Vec<Problem> {
             message,
         };
         let own = pods_of(&pol.namespace);
-        let selects = |sel: &Selector, pods: &[PodInfo]| pods.iter().any(|p| sel.matches(&p.labels));
         if !own.is_empty()
             && !*some_pod
                 .entry((&pol.namespace, &pol.pod_selector))
-                .or_insert_with(|| selects(&pol.pod_selector, own))
+                .or_insert_with(|| selects_in(&pol.pod_selector, &pol.namespace))
+            && !selects_other(&pol.pod_selector, &pol.namespace)
         {
             let why = unmet(&pol.pod_selector, &labels_of(own), "pod");
             out.push(warn(
@@ -352,21 +373,17 @@ pub fn selector_warnings(c: &Cluster) -> Vec<Problem> {
                                     .collect()
                             });
                             if found.is_empty() {
-                                let labels: Vec<_> = c.namespaces.iter().map(|n| &n.labels).collect();
-                                let assumed = match c.assumed.len() {
-                                    0 => String::new(),
-                                    n => format!(
-                                        " ({n} of them not in the input: assumed with only their name label)"
-                                    ),
-                                };
-                                out.push(warn(
-                                    format!("{at}.namespaceSelector"),
-                                    format!(
-                                        "matches none of the {} namespace(s){assumed}, so this peer matches no pod{}",
-                                        c.namespaces.len(),
-                                        unmet(sel, &labels, "namespace")
-                                    ),
-                                ));
+                                if !given.is_empty() && !outside_the_input(sel, &given) {
+                                    let labels: Vec<_> = given.iter().map(|n| &n.labels).collect();
+                                    out.push(warn(
+                                        format!("{at}.namespaceSelector"),
+                                        format!(
+                                            "matches none of the {} namespace(s) in the input, so this peer matches no pod{}",
+                                            given.len(),
+                                            unmet(sel, &labels, "namespace")
+                                        ),
+                                    ));
+                                }
                                 continue;
                             }
                             found
@@ -381,13 +398,13 @@ pub fn selector_warnings(c: &Cluster) -> Vec<Problem> {
                         let in_ns = pods_of(ns);
                         candidates += in_ns.len();
                         if !in_ns.is_empty()
-                            && *some_pod.entry((ns, pods)).or_insert_with(|| selects(pods, in_ns))
+                            && *some_pod.entry((ns, pods)).or_insert_with(|| selects_in(pods, ns))
                         {
                             matched = true;
                             break;
                         }
                     }
-                    if matched || candidates == 0 {
+                    if matched || candidates == 0 || searched.iter().any(|ns| selects_other(pods, ns)) {
                         continue;
                     }
                     let all = labels_of(searched.iter().flat_map(|ns| pods_of(ns)));
@@ -410,19 +427,16 @@ pub fn selector_warnings(c: &Cluster) -> Vec<Problem> {
     out
 }
 
-/// How many pods some policy isolates, [for ingress, for egress].
-pub fn isolated_pods(c: &Cluster) -> [usize; 2] {
-    let mut n = [0, 0];
-    for p in &c.pods {
-        // Policies are sorted by namespace: those of the pod's are one run.
-        let first = c.policies.partition_point(|q| q.namespace < p.namespace);
-        let own = c.policies[first..].iter().take_while(|q| q.namespace == p.namespace);
-        let selecting: Vec<_> = own.filter(|q| q.pod_selector.matches(&p.labels)).collect();
-        for dir in Direction::BOTH {
-            n[dir as usize] += selecting.iter().any(|q| q.isolates(dir)) as usize;
-        }
-    }
-    n
+/// Does `sel` name namespaces by `kubernetes.io/metadata.name` that are
+/// not in the input (`given`), none of them a letter or two from one that
+/// is? Then it looks outside the input, not mistyped.
+fn outside_the_input(sel: &Selector, given: &[&NamespaceInfo]) -> bool {
+    sel.requirements().iter().any(|r| match r {
+        Requirement::In { key, values } if key == NAMESPACE_NAME_LABEL => values
+            .iter()
+            .all(|v| given.iter().all(|n| n.name != *v && crate::manifest::edit_distance(&n.name, v) > 2)),
+        _ => false,
+    })
 }
 
 /// `n` and the noun for it: "1 pod", "2 pods".
@@ -431,8 +445,8 @@ pub fn count(n: usize, one: &str, many: &str) -> String {
 }
 
 /// Why `sel` matches none of `labels` (of pods or namespaces: `what`): the
-/// first of its requirements for a label that none of them meets, with the
-/// closest key or value they carry.
+/// first of its requirements that none of them meets, with the closest key
+/// or value they carry.
 fn unmet(sel: &Selector, labels: &[&Labels], what: &str) -> String {
     use std::collections::BTreeSet;
     // The closest of `have` to `want`, two edits at most.
@@ -443,10 +457,27 @@ fn unmet(sel: &Selector, labels: &[&Labels], what: &str) -> String {
             .min()
             .map(|(_, h)| h)
     }
+    let wanted = |key: &str, values: &[String]| match values {
+        [v] => format!("{key}={v}"),
+        vs => format!("{key} in ({})", vs.join(",")),
+    };
     for r in sel.requirements() {
-        let key = match r {
-            Requirement::In { key, .. } | Requirement::Exists { key } => key,
-            Requirement::NotIn { .. } | Requirement::DoesNotExist { .. } => continue,
+        let (key, values) = match r {
+            Requirement::In { key, values } => (key, Some(values)),
+            Requirement::Exists { key } => (key, None),
+            // Every candidate carries what these exclude.
+            Requirement::NotIn { key, values } => {
+                if labels.iter().all(|l| l.get(key).is_some_and(|v| values.contains(v))) {
+                    return format!(": every {what} has {}", wanted(key, values));
+                }
+                continue;
+            }
+            Requirement::DoesNotExist { key } => {
+                if labels.iter().all(|l| l.contains_key(key)) {
+                    return format!(": every {what} has a label {key:?}");
+                }
+                continue;
+            }
         };
         if !labels.iter().any(|l| l.contains_key(key)) {
             let keys: BTreeSet<&str> = labels.iter().flat_map(|l| l.keys().map(String::as_str)).collect();
@@ -454,7 +485,7 @@ fn unmet(sel: &Selector, labels: &[&Labels], what: &str) -> String {
                 close(key, keys.into_iter()).map(|g| format!(" (did you mean {g:?}?)")).unwrap_or_default();
             return format!(": no {what} has a label {key:?}{guess}");
         }
-        let Requirement::In { values, .. } = r else { continue };
+        let Some(values) = values else { continue };
         if labels.iter().any(|l| l.get(key).is_some_and(|v| values.contains(v))) {
             continue;
         }
@@ -470,11 +501,11 @@ fn unmet(sel: &Selector, labels: &[&Labels], what: &str) -> String {
             0 => String::new(),
             n => format!(" and {n} more"),
         };
-        let wanted = match values.as_slice() {
-            [v] => format!("{key}={v}"),
-            vs => format!("{key} in ({})", vs.join(",")),
-        };
-        return format!(": no {what} has {wanted}{guess}; {key} is {}{more} there", shown.join(", "));
+        return format!(
+            ": no {what} has {}{guess}; {key} is {}{more} there",
+            wanted(key, values),
+            shown.join(", ")
+        );
     }
     format!(": no {what} meets all of {sel} at once")
 }
@@ -932,7 +963,7 @@ mod tests {
         let s = crate::manifest::parse("test.yaml", yaml).unwrap();
         let c = policy_compiler::compile(&s.namespaces, &s.pods, &s.policies);
         assert!(!c.has_errors(), "{:?}", c.problems);
-        selector_warnings(&c.cluster)
+        selector_warnings(&c.cluster, &[])
             .iter()
             .map(|p| format!("{}: {}: {}", p.object, p.field, p.message))
             .collect()
@@ -1019,36 +1050,81 @@ status: {phase: Running, podIP: 10.0.0.2}
             selector_lint(&policy("a", spec)),
             [
                 "NetworkPolicy a/p: spec.podSelector: selects none of the 1 pod(s) of namespace a in the input, so this policy applies to no pod: no pod has tier=frnt (did you mean tier=front?); tier is front there",
-                "NetworkPolicy a/p: spec.ingress[0].from[0].namespaceSelector: matches none of the 3 namespace(s), so this peer matches no pod: no namespace has a label \"teem\" (did you mean \"team\"?)",
+                "NetworkPolicy a/p: spec.ingress[0].from[0].namespaceSelector: matches none of the 3 namespace(s) in the input, so this peer matches no pod: no namespace has a label \"teem\" (did you mean \"team\"?)",
                 // Several values: no guess, the values there listed.
                 "NetworkPolicy a/p: spec.ingress[0].from[1].podSelector: matches none of the 2 pod(s) of the 3 namespaces it selects in the input, so this peer matches no pod: no pod has app in (dbb,webb); app is db, web there",
                 // Each label is on some pod, never both on one.
                 "NetworkPolicy a/p: spec.ingress[0].from[2].podSelector: matches none of the 2 pod(s) of the 2 namespaces it selects in the input, so this peer matches no pod: no pod meets all of app=web,tier=back at once",
-                "NetworkPolicy a/p: spec.ingress[0].from[3].podSelector: matches none of the 1 pod(s) of namespace a in the input, so this peer matches no pod: no pod meets all of app notin (web) at once",
+                "NetworkPolicy a/p: spec.ingress[0].from[3].podSelector: matches none of the 1 pod(s) of namespace a in the input, so this peer matches no pod: every pod has app=web",
             ]
         );
     }
 
     #[test]
-    fn assumed_namespaces_are_said_to_carry_only_their_name() {
-        let yaml = "
+    fn namespace_selectors_are_judged_only_against_namespaces_the_input_holds() {
+        let pods_and_policy = |namespaces: &str, peer: &str| {
+            format!(
+                "{namespaces}
 apiVersion: v1
 kind: Pod
-metadata: {name: web, namespace: a, labels: {app: web}}
-status: {phase: Running, podIP: 10.0.0.1}
+metadata: {{name: web, namespace: a, labels: {{app: web}}}}
+status: {{phase: Running, podIP: 10.0.0.1}}
 ---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
-metadata: {name: p, namespace: a}
+metadata: {{name: p, namespace: a}}
 spec:
-  podSelector: {}
+  podSelector: {{}}
   egress:
   - to:
-    - namespaceSelector: {matchLabels: {team: red}}
+    - namespaceSelector: {{matchLabels: {peer}}}
+"
+            )
+        };
+        let a = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: {team: red}}\n---";
+        // No Namespace object (`kubectl get pods,netpol -o yaml`): nothing to judge by.
+        assert_eq!(selector_lint(&pods_and_policy("", "{team: blue}")), Vec::<String>::new());
+        // A namespace named that is not in the input is outside it...
+        let name = "{kubernetes.io/metadata.name: kube-system}";
+        assert_eq!(selector_lint(&pods_and_policy(a, name)), Vec::<String>::new());
+        // ...unless it is a letter or two from one that is.
+        assert_eq!(
+            selector_lint(&pods_and_policy(a, "{kubernetes.io/metadata.name: aa}")),
+            ["NetworkPolicy a/p: spec.egress[0].to[0].namespaceSelector: matches none of the 1 namespace(s) in the input, so this peer matches no pod: no namespace has kubernetes.io/metadata.name=aa (did you mean kubernetes.io/metadata.name=a?); kubernetes.io/metadata.name is a there"]
+        );
+        assert_eq!(
+            selector_lint(&pods_and_policy(a, "{team: blu}")),
+            ["NetworkPolicy a/p: spec.egress[0].to[0].namespaceSelector: matches none of the 1 namespace(s) in the input, so this peer matches no pod: no namespace has team=blu; team is red there"]
+        );
+    }
+
+    #[test]
+    fn a_selector_matching_pods_that_are_no_endpoints_is_no_mistake() {
+        // A host-network or pending pod carries the label: `check` passes such pods.
+        let spec = "
+  podSelector: {matchLabels: {app: exporter}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {app: exporter}}
+";
+        let s = crate::manifest::parse("test.yaml", &policy("a", spec)).unwrap();
+        let c = policy_compiler::compile(&s.namespaces, &s.pods, &s.policies);
+        let exporter: Labels = [("app".to_string(), "exporter".to_string())].into();
+        let messages = |others: &[(&str, &Labels)]| selector_warnings(&c.cluster, others).len();
+        assert_eq!(messages(&[]), 2);
+        assert_eq!(messages(&[("a", &exporter)]), 0);
+        // In another namespace it is not one of these pods.
+        assert_eq!(messages(&[("b", &exporter)]), 2);
+    }
+
+    #[test]
+    fn selectors_of_only_exclusions_name_what_every_pod_has() {
+        let spec = "
+  podSelector: {matchExpressions: [{key: tier, operator: DoesNotExist}]}
 ";
         assert_eq!(
-            selector_lint(yaml),
-            ["NetworkPolicy a/p: spec.egress[0].to[0].namespaceSelector: matches none of the 1 namespace(s) (1 of them not in the input: assumed with only their name label), so this peer matches no pod: no namespace has a label \"team\""]
+            selector_lint(&policy("a", spec)),
+            ["NetworkPolicy a/p: spec.podSelector: selects none of the 1 pod(s) of namespace a in the input, so this policy applies to no pod: every pod has a label \"tier\""]
         );
     }
 

@@ -827,7 +827,7 @@ fn selectors_matching_nothing_are_warned_about_with_a_guess() {
         [
             format!("{}line 8: NetworkPolicy stars/backend-policy: spec.podSelector: selects none of the 2 pod(s) of namespace stars in the input, so this policy applies to no pod: no pod has a label \"rol\" (did you mean \"role\"?)", at("03-backend-policy.yaml")),
             format!("{}line 13: NetworkPolicy stars/backend-policy: spec.ingress[0].from[0].podSelector: matches none of the 2 pod(s) of namespace stars in the input, so this peer matches no pod: no pod has role=fronted (did you mean role=frontend?); role is backend, frontend there", at("03-backend-policy.yaml")),
-            format!("{}line 13: NetworkPolicy stars/frontend-policy: spec.ingress[0].from[0].namespaceSelector: matches none of the 3 namespace(s), so this peer matches no pod: no namespace has role=clients (did you mean role=client?); role is client, management-ui there", at("04-frontend-policy.yaml")),
+            format!("{}line 13: NetworkPolicy stars/frontend-policy: spec.ingress[0].from[0].namespaceSelector: matches none of the 3 namespace(s) in the input, so this peer matches no pod: no namespace has role=clients (did you mean role=client?); role is client, management-ui there", at("04-frontend-policy.yaml")),
         ],
         "{err}"
     );
@@ -1202,6 +1202,50 @@ fn a_check_names_the_problems_of_the_objects_that_did_load_too() {
     assert!(stdout(&o).is_empty(), "{}", stdout(&o));
 }
 
+/// A selector that matches only pods that are no policy endpoints (on the
+/// host network, not yet addressed) is no mistake: no warning, and the note
+/// names those pods.
+#[test]
+fn selectors_matching_pods_that_are_no_endpoints_get_no_warning() {
+    let (_dir, f) = temp_file(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: d}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: d, labels: {app: web}}
+status: {phase: Running, podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: exporter, namespace: d, labels: {app: exporter}}
+spec: {hostNetwork: true, containers: [{name: c}]}
+status: {phase: Running, podIP: 192.0.2.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: starting, namespace: d, labels: {app: starting}}
+status: {phase: Pending}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: d}
+spec:
+  podSelector: {matchLabels: {app: exporter}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: starting}}}]
+"#,
+    );
+    let o = run(&["check", "-s", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(!err.contains("warning"), "{err}");
+    assert!(err.contains("note: 2 pod(s) are not policy endpoints"), "{err}");
+    assert_eq!(stdout(&o), "ok: 1 namespace, 1 pod, 1 policy; 0 pods isolated for ingress, 0 for egress\n");
+}
+
 /// `run --check` checks what a start would, attaches nothing and exits: what
 /// an operator runs before a rollout, without privileges.
 #[test]
@@ -1235,6 +1279,23 @@ fn run_check_checks_the_configuration_and_its_interfaces_and_attaches_nothing() 
     let o = run(&["run", "--check", "--manifests", missing.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("cannot read the directory"), "{}", stderr(&o));
+    // Without a policy source `run` would stop: so does the check.
+    let o = run(&["run", "--check"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("error: no policy source: give --kube and/or --manifests DIR"),
+        "{}",
+        stderr(&o)
+    );
+    // A worker core outside the cpuset runs unpinned: said.
+    std::fs::write(dir.path().join("c.yaml"), "ports:\n  - interface: lo\nworkers: [4095]\n").unwrap();
+    let o = run(&["run", "--check", "--config", config, "--kube"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("workers on cores: [4095]; warning: [4095] not in this process's cpuset"),
+        "{}",
+        stdout(&o)
+    );
     // An empty NODE_ADDRESSES item is no address; a bad one is refused by name.
     let o =
         bin().args(["run", "--check", "--kube"]).env("NODE_ADDRESSES", "10.0.0.1,,bogus").output().unwrap();

@@ -372,10 +372,14 @@ impl Addresses {
     /// behind one of the ports: an ARP sender, an IPv6 source, or the target
     /// of an advertisement? From a port with no pod (an uplink) that is a
     /// forgery: it would teach the pods' neighbour caches another station's
-    /// MAC for a local pod. Out of line: ARP and ND are rare.
+    /// MAC for a local pod. A tagged frame is another VLAN's, whose addresses
+    /// may overlap the pods'. Out of line: ARP and ND are rare.
     #[inline(never)]
-    pub fn neighbour_claims_pod(&self, class: &Class, frame: &[u8]) -> bool {
-        match class {
+    pub fn neighbour_claims_pod(&self, f: &parse::Frame, frame: &[u8]) -> bool {
+        if f.vlan.is_some() {
+            return false;
+        }
+        match &f.class {
             Class::Arp => parse::arp_sender(frame).is_some_and(|s| self.is_pod_address(IpAddr::V4(s.into()))),
             Class::NeighbourDiscovery => parse::nd_facts(frame).is_some_and(|nd| {
                 self.is_pod_address(IpAddr::V6(nd.src.into()))

@@ -649,9 +649,13 @@ impl Pipeline {
     /// sends what is not for the pod behind a MAC. Flooded to every port, it
     /// would reach a pod holding the destination's MAC (the gateway's, once
     /// the gateway has been silent long enough to age out). ND to a
-    /// link-local address, which could be any pod's, is flooded still.
+    /// link-local address, which could be any pod's, is flooded still, and so
+    /// is a tagged frame (another VLAN, whose addresses are not the pods').
     #[inline(never)]
     fn neighbour_unknown(&self, in_port: PortId, frame: &Frame, bytes: &[u8]) -> Action {
+        if frame.vlan.is_some() {
+            return Action::Flood;
+        }
         let a = &self.current.addresses;
         match a.neighbour_port(&frame.class, bytes) {
             Some(p) if p == in_port => Action::Drop(DropReason::SamePort),
@@ -715,7 +719,7 @@ impl Pipeline {
                 if !a.faces_node(in_port) && a.is_pod_address(pkt.flow.src.ip()) {
                     return Err(DropReason::SpoofedSource);
                 }
-            } else if !a.faces_node(in_port) && a.neighbour_claims_pod(&frame.class, bytes) {
+            } else if !a.faces_node(in_port) && a.neighbour_claims_pod(frame, bytes) {
                 return Err(DropReason::SpoofedSource);
             }
             // A MAC a pod port speaks with, used on a port with no pod: one

@@ -433,8 +433,9 @@ mod fuzz {
         /// Any bytes, on any port, at any time: an action, never a panic,
         /// and every frame is counted exactly once. And nothing passes that
         /// the table denies: an IP packet forwarded or flooded is allowed in
-        /// its own direction, or is the reply of a connection allowed the other
-        /// way, or comes from or goes to the node (its exemption). (Later
+        /// its own direction, or belongs to a tracked connection that was
+        /// allowed when it opened, or comes from or goes to the node (its
+        /// exemption). (Later
         /// fragments and ICMP errors follow their first fragment or their
         /// connection, and carry no flow of their own to judge.)
         #[test]
@@ -480,11 +481,13 @@ mod fuzz {
                 let allowed = |f: dataplane::parse::Flow| {
                     table.verdict(f.src.ip(), f.dst.ip(), f.proto, f.policy_port()).allowed()
                 };
+                // A reply passes for its tracked connection, which was allowed when it opened.
+                let tracked = r.p.conntrack().get(&flow).is_some_and(|c| allowed(c.original));
                 prop_assert!(
                     related
                         || (pod_ports && (flow.src.ip() == node || flow.dst.ip() == node))
                         || allowed(flow)
-                        || allowed(flow.reversed()),
+                        || tracked,
                     "{:?} passed ({:?}): {:?}", flow, action, table.verdict_both(flow.src.ip(), flow.dst.ip(), flow.proto, flow.policy_port())
                 );
             }
@@ -1321,6 +1324,10 @@ fn neighbour_messages_for_a_pods_address_from_an_uplink_are_forged() {
         assert_ne!(r.p.process(3, f, 1), spoofed, "node port, frame {i}");
     }
     assert_eq!(r.p.counters().snapshot().drops["spoofed_source"], 4);
+    // Tagged, the same frames are another VLAN's, whose addresses may overlap the pods'.
+    for (i, f) in forged.iter().enumerate() {
+        assert_ne!(r.p.process(4, &testing::tagged(f, 7), 1), spoofed, "tagged frame {i}");
+    }
     // An outside station asking for a pod's address, answering for its own, or
     // checking an address for duplicates (from ::) is no forgery.
     let mut asks = testing::arp_request(&outsider, &s);
@@ -1355,8 +1362,11 @@ fn unicast_neighbour_messages_to_an_unknown_mac_go_by_address() {
     assert_eq!(r.p.process(2, &na(c.ip6), 1), Action::Forward(0));
     let link_local = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
     assert_eq!(r.p.process(2, &na(link_local), 1), Action::Flood);
-    // Broadcast ARP is flooded to every port, as before.
+    // Broadcast ARP is flooded to every port, as before; so is a tagged frame
+    // from the uplink (another VLAN's addresses are not the pods').
     assert_eq!(r.p.process(2, &testing::arp_request(&o, &gateway), 1), Action::Flood);
+    let tagged = testing::tagged(&testing::arp_reply(&gateway, &server_elsewhere), 7);
+    assert_eq!(r.p.process(3, &tagged, 1), Action::Flood);
 }
 
 #[test]

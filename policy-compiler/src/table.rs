@@ -712,6 +712,20 @@ impl DecisionTable {
         &self.stats
     }
 
+    /// How many pods with an address some policy isolates, [for ingress,
+    /// for egress]: one pass over the pods the addresses lead to.
+    pub fn isolated_pods(&self) -> [usize; 2] {
+        let mut pods: Vec<u32> = self.addr_v4.values().chain(self.addr_v6.values()).map(|e| e.pod).collect();
+        pods.sort_unstable();
+        pods.dedup();
+        let mut n = [0, 0];
+        for p in pods.iter().filter_map(|&i| self.pods.get(i as usize)) {
+            n[0] += usize::from(p.sides[0] != 0);
+            n[1] += usize::from(p.sides[1] != 0);
+        }
+        n
+    }
+
     /// Compiles a validated cluster snapshot. Deterministic: the same snapshot
     /// gives the same table and the same reasons.
     pub fn compile(cluster: &Cluster) -> DecisionTable {
