@@ -306,6 +306,18 @@ mod tests {
 
     use super::{router, serve_on, AppState, Limits};
 
+    /// A status server with no dataplane, on a loopback port, within
+    /// `limits`; it serves while the runtime lives.
+    fn serve(limits: Limits) -> (tokio::runtime::Runtime, SocketAddr) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app =
+            router(AppState { shared: crate::daemon::Shared::new(), dataplane: None, token_file: None });
+        rt.spawn(serve_on(listener, app, limits));
+        (rt, addr)
+    }
+
     /// Reads until the server closes the connection (or `within` passes):
     /// what it sent, and whether it closed.
     fn read_until_closed(c: &mut TcpStream, within: Duration) -> (String, bool) {
@@ -329,18 +341,13 @@ mod tests {
     /// well-behaved request is answered meanwhile and afterwards.
     #[test]
     fn slow_or_surplus_clients_cannot_hold_the_status_server() {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app =
-            router(AppState { shared: crate::daemon::Shared::new(), dataplane: None, token_file: None });
         let limits = Limits {
             connections: 2,
             header_read: Duration::from_millis(500),
             connection: Duration::from_secs(30),
             buffer: 16 * 1024,
         };
-        rt.spawn(serve_on(listener, app, limits));
+        let (_rt, addr) = serve(limits);
         let ask = || {
             let mut c = TcpStream::connect(addr).unwrap();
             c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
@@ -381,12 +388,7 @@ mod tests {
     /// rollout's nodes can be told apart.
     #[test]
     fn status_and_metrics_name_the_build() {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app =
-            router(AppState { shared: crate::daemon::Shared::new(), dataplane: None, token_file: None });
-        rt.spawn(serve_on(listener, app, Limits::default()));
+        let (_rt, addr) = serve(Limits::default());
         let get = |path: &str| {
             let mut c = TcpStream::connect(addr).unwrap();
             write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
