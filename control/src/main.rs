@@ -398,17 +398,8 @@ fn check_run(config: &control::config::Config, file: Option<&str>, args: &RunArg
         .flatten()
         .chain(args.manifests.iter().map(|d| format!("manifests in {d}")))
         .collect();
-    if sources.is_empty() {
-        bail!("no policy source: give --kube and/or --manifests DIR");
-    }
+    control::run::check_start(args.kube, args.manifests.as_deref(), config)?;
     writeln!(out, "policy source: {}", sources.join(" and "))?;
-    if let Some(dir) = &args.manifests {
-        std::fs::read_dir(dir).map_err(|e| anyhow!("--manifests {dir}: cannot read the directory: {e}"))?;
-    }
-    if let Some(f) = &config.status_token_file {
-        control::status::read_token(f)
-            .map_err(|e| anyhow!("status_token_file {f}: cannot read a token: {e}"))?;
-    }
     if config.ports.is_empty() {
         writeln!(out, "ports: none (compile and serve status only)")?;
     } else {

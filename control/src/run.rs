@@ -36,22 +36,29 @@ pub struct RunOptions {
 /// The latest published table when no dataplane runs (compile-and-serve mode).
 pub type TableSlot = Arc<ArcSwapOption<(u64, Arc<DecisionTable>)>>;
 
-/// Runs until SIGTERM/SIGINT.
-pub async fn run(opts: RunOptions) -> Result<()> {
-    if !opts.kube && opts.manifests.is_none() {
+/// The checks of a start before any port is opened: a policy source, a
+/// readable manifest directory, a readable token file (also `run --check`'s).
+pub fn check_start(kube: bool, manifests: Option<&str>, config: &Config) -> Result<()> {
+    if !kube && manifests.is_none() {
         bail!("no policy source: give --kube and/or --manifests DIR");
     }
-    if let Some(dir) = &opts.manifests {
+    if let Some(dir) = manifests {
         // A mistyped path must not start a node that waits forever (or, worse,
         // looks synced); a directory that goes missing later keeps what is in force.
         std::fs::read_dir(dir)
             .map_err(|e| anyhow::anyhow!("--manifests {dir}: cannot read the directory: {e}"))?;
     }
     // A token file that cannot be read stops the start, before any port is opened.
-    if let Some(f) = &opts.config.status_token_file {
+    if let Some(f) = &config.status_token_file {
         status::read_token(f)
             .map_err(|e| anyhow::anyhow!("status_token_file {f}: cannot read a token: {e}"))?;
     }
+    Ok(())
+}
+
+/// Runs until SIGTERM/SIGINT.
+pub async fn run(opts: RunOptions) -> Result<()> {
+    check_start(opts.kube, opts.manifests.as_deref(), &opts.config)?;
     let shared = Shared::new();
 
     // The dataplane first: if the ports cannot be opened there is nothing to enforce with.
