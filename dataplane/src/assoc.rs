@@ -1,6 +1,8 @@
 //! A fixed-size set-associative cache with expiry, for the small per-worker
-//! tables (fragments, MAC addresses) where evicting the oldest entry of a
-//! full set is acceptable. Every operation touches one set of [`WAYS`]
+//! tables (fragments, MAC addresses) where giving up an entry of a full set
+//! is acceptable: the one expiring first, or, in a cache shared by owners
+//! ([`SetAssoc::insert_shared`]), the one expiring first of the owner that
+//! holds most of the set. Every operation touches one set of [`WAYS`]
 //! slots: O(1), no allocation after construction. Keys are hashed with
 //! foldhash and a per-cache random seed, so an attacker cannot choose keys
 //! that all land in one set.
@@ -75,9 +77,30 @@ impl<K: Copy + Eq + Hash + Default, V: Copy + Default> SetAssoc<K, V> {
         self.slots.get(a..b)?.iter().find(|s| s.used && s.key == *key && s.expires > now).map(|s| s.val)
     }
 
-    /// Inserts or updates `key`, live until `expires`.
+    /// Inserts or updates `key`, live until `expires`. A full set gives up
+    /// the entry expiring first.
     #[inline]
     pub(crate) fn insert(&mut self, key: K, val: V, expires: u64, now: u64) -> Inserted {
+        self.insert_shared(key, val, expires, now, |_| 0)
+    }
+
+    /// [`SetAssoc::insert`] for a cache that several owners share (`owner`
+    /// tells whose an entry is). A full set gives up the entry expiring first
+    /// among those of the owner holding most of the set: the newcomer's own
+    /// when its owner already holds half the set or more (ties go to it). So
+    /// an owner inserting at any rate can take free and expired slots, but
+    /// from live entries of others only as many as bring it to half a set,
+    /// and an owner with fewer than half the ways of a set keeps them, however
+    /// fast the others insert. With one owner this is [`SetAssoc::insert`].
+    #[inline]
+    pub(crate) fn insert_shared(
+        &mut self,
+        key: K,
+        val: V,
+        expires: u64,
+        now: u64,
+        owner: impl Fn(&V) -> u32,
+    ) -> Inserted {
         let (a, b) = self.set_range(&key);
         let Some(set) = self.slots.get_mut(a..b) else {
             return Inserted::Fresh;
@@ -87,18 +110,10 @@ impl<K: Copy + Eq + Hash + Default, V: Copy + Default> SetAssoc<K, V> {
             s.expires = expires;
             return Inserted::Updated;
         }
-        let mut victim = 0;
-        let mut outcome = Inserted::Evicted;
-        for (i, s) in set.iter().enumerate() {
-            if !s.used || s.expires <= now {
-                victim = i;
-                outcome = Inserted::Fresh;
-                break;
-            }
-            if set.get(victim).is_some_and(|v| s.expires < v.expires) {
-                victim = i;
-            }
-        }
+        let (victim, outcome) = match set.iter().position(|s| !s.used || s.expires <= now) {
+            Some(free) => (free, Inserted::Fresh),
+            None => (Self::victim(set, owner(&val), &owner), Inserted::Evicted),
+        };
         if let Some(s) = set.get_mut(victim) {
             if !s.used {
                 self.used += 1;
@@ -106,6 +121,22 @@ impl<K: Copy + Eq + Hash + Default, V: Copy + Default> SetAssoc<K, V> {
             *s = Slot { key, val, expires, used: true };
         }
         outcome
+    }
+
+    /// The entry of a full set to give up for a newcomer of `new_owner`: the
+    /// one expiring first among those of the owners that lose one.
+    fn victim(set: &[Slot<K, V>], new_owner: u32, owner: &impl Fn(&V) -> u32) -> usize {
+        let held = |o: u32| set.iter().filter(|s| owner(&s.val) == o).count();
+        let own = held(new_owner);
+        let most = set.iter().map(|s| held(owner(&s.val))).max().unwrap_or(0);
+        let loses = |o: u32| if own >= WAYS / 2 { o == new_owner } else { held(o) == most };
+        let mut victim: Option<(usize, u64)> = None;
+        for (i, s) in set.iter().enumerate() {
+            if loses(owner(&s.val)) && victim.is_none_or(|(_, e)| s.expires < e) {
+                victim = Some((i, s.expires));
+            }
+        }
+        victim.map_or(0, |(i, _)| i)
     }
 }
 
@@ -130,6 +161,41 @@ mod tests {
         assert_eq!(c.get(&7, 50), Some(7));
         // At time 103 keys 2 and 3 are expired: reused without eviction.
         assert_eq!(c.insert(8, 8, 300, 103), Inserted::Fresh);
+        assert_eq!(c.used(), 4);
+    }
+
+    #[test]
+    fn shared_sets_give_up_the_largest_holders_entry() {
+        // One set of 4; values are owners.
+        let mut c: SetAssoc<u32, u32> = SetAssoc::new(4);
+        let owner = |&o: &u32| o;
+        // Owner 1 fills the set (free slots are anyone's).
+        for k in 0..4 {
+            assert_eq!(c.insert_shared(k, 1, 100 + u64::from(k), 0, owner), Inserted::Fresh);
+        }
+        // Owner 2 takes from owner 1, who holds most: its entry expiring first.
+        assert_eq!(c.insert_shared(10, 2, 500, 0, owner), Inserted::Evicted);
+        assert_eq!(c.get(&0, 0), None);
+        assert_eq!(c.insert_shared(11, 2, 500, 0, owner), Inserted::Evicted);
+        assert_eq!(c.get(&1, 0), None);
+        // Two each now: a third of owner 2 replaces its own entry expiring first.
+        assert_eq!(c.insert_shared(12, 2, 600, 0, owner), Inserted::Evicted);
+        assert_eq!((c.get(&10, 0), c.get(&11, 0), c.get(&12, 0)), (None, Some(2), Some(2)));
+        // Owner 1, at half the set, does the same, however early its entries expire.
+        for k in 20..30 {
+            assert_eq!(c.insert_shared(k, 1, 50, 0, owner), Inserted::Evicted);
+            assert_eq!((c.get(&11, 0), c.get(&12, 0)), (Some(2), Some(2)));
+        }
+        // Owners 3 and 4, one entry each, take from the two holders.
+        assert_eq!(c.insert_shared(30, 3, 700, 0, owner), Inserted::Evicted);
+        assert_eq!(c.insert_shared(40, 4, 700, 0, owner), Inserted::Evicted);
+        let held = |c: &SetAssoc<u32, u32>, o: u32| {
+            [3, 11, 12, 29, 30, 40].iter().filter(|k| c.get(k, 0) == Some(o)).count()
+        };
+        assert_eq!([held(&c, 1), held(&c, 2), held(&c, 3), held(&c, 4)], [1, 1, 1, 1]);
+        // Everyone at one entry: the entry expiring first goes (owner 1's key 3, at 103).
+        assert_eq!(c.insert_shared(50, 5, 800, 0, owner), Inserted::Evicted);
+        assert_eq!(held(&c, 1), 0);
         assert_eq!(c.used(), 4);
     }
 }

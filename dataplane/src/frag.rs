@@ -23,9 +23,15 @@
 //! A later fragment that arrives before its first fragment is dropped: the
 //! sender's retransmission will usually arrive in order, and forwarding
 //! fragments of an unknown datagram would let them bypass port rules.
-//! The tracker is a bounded set-associative cache: when a set is full the
-//! record expiring first is replaced, so a flood of first fragments can only
-//! make later fragments of other datagrams drop, never pass.
+//! The tracker is a bounded set-associative cache, so a flood of first
+//! fragments can only make later fragments of other datagrams drop, never
+//! pass. Each record belongs to the port its first fragment came in on, and
+//! a full set gives up a record of the port holding most of it (its own
+//! when the newcomer's port holds half the set): a pod, or the uplink,
+//! sending first fragments at any rate takes free and expired slots but at
+//! most half of each set from the others' live records, so the datagrams
+//! of a sender holding less than that are not pushed out before their
+//! later fragments arrive.
 
 use crate::assoc::{Inserted, SetAssoc};
 use crate::parse::{Addr, Flow, FragmentId};
@@ -53,7 +59,7 @@ impl DatagramKey {
 
 /// Records first-fragment verdicts `V` for later fragments.
 pub struct FragTracker<V> {
-    cache: SetAssoc<DatagramKey, V>,
+    cache: SetAssoc<DatagramKey, (V, u32)>,
     timeout: u64,
     evicted: u64,
 }
@@ -64,11 +70,12 @@ impl<V: Copy + Default> FragTracker<V> {
         FragTracker { cache: SetAssoc::new(capacity), timeout, evicted: 0 }
     }
 
-    /// Records the verdict of a datagram's first fragment.
+    /// Records the verdict of a datagram's first fragment, which came in on
+    /// port `owner`.
     #[inline]
-    pub fn first(&mut self, id: &DatagramKey, verdict: V, now: u64) {
+    pub fn first(&mut self, id: &DatagramKey, verdict: V, owner: u32, now: u64) {
         let expires = now.saturating_add(self.timeout);
-        if self.cache.insert(*id, verdict, expires, now) == Inserted::Evicted {
+        if self.cache.insert_shared(*id, (verdict, owner), expires, now, |&(_, o)| o) == Inserted::Evicted {
             self.evicted += 1;
         }
     }
@@ -77,7 +84,7 @@ impl<V: Copy + Default> FragTracker<V> {
     /// within the timeout.
     #[inline]
     pub fn later(&self, id: &DatagramKey, now: u64) -> Option<V> {
-        self.cache.get(id, now)
+        self.cache.get(id, now).map(|(v, _)| v)
     }
 
     /// Records replaced before their timeout to make room.
@@ -102,8 +109,8 @@ mod tests {
     #[test]
     fn first_decides_later_until_timeout() {
         let mut t: FragTracker<bool> = FragTracker::new(64, 30);
-        t.first(&id(1), true, 0);
-        t.first(&id(2), false, 0);
+        t.first(&id(1), true, 0, 0);
+        t.first(&id(2), false, 0, 0);
         assert_eq!(t.later(&id(1), 10), Some(true));
         assert_eq!(t.later(&id(2), 10), Some(false));
         // Unknown datagram, or same id with another protocol: no first seen.
@@ -117,11 +124,34 @@ mod tests {
     fn flood_of_firsts_is_bounded() {
         let mut t: FragTracker<bool> = FragTracker::new(16, 1000);
         for n in 0..10_000 {
-            t.first(&id(n), true, 0);
+            t.first(&id(n), true, 0, 0);
         }
         assert!(t.used() <= 16);
         assert!(t.evicted() >= 10_000 - 16);
         // The newest records are there.
         assert_eq!(t.later(&id(9_999), 1), Some(true));
+    }
+
+    #[test]
+    fn a_flooding_port_keeps_to_its_share() {
+        // Port 2's datagram was recorded first; port 1 then floods first
+        // fragments, far more than the tracker holds, before port 2's later
+        // fragments come.
+        let mut t: FragTracker<bool> = FragTracker::new(64, 1000);
+        let quiet = DatagramKey { src: Addr::v4([10, 0, 0, 9]), ..id(7) };
+        t.first(&quiet, true, 2, 0);
+        for n in 0..10_000 {
+            t.first(&id(n), false, 1, 1 + u64::from(n) / 100);
+        }
+        assert!(t.evicted() >= 10_000 - 64);
+        assert_eq!(t.later(&quiet, 200), Some(true));
+        // And one recorded in the middle of the flood.
+        let late = DatagramKey { src: Addr::v4([10, 0, 0, 9]), ..id(8) };
+        t.first(&late, true, 2, 300);
+        for n in 10_000..20_000 {
+            t.first(&id(n), false, 1, 300);
+        }
+        assert_eq!(t.later(&late, 400), Some(true));
+        assert_eq!(t.later(&quiet, 400), Some(true));
     }
 }

@@ -857,9 +857,17 @@ impl Pipeline {
         };
         if let Fragment::First(id) = pkt.fragment {
             let record = FragVerdict { verdict, generation: t.generation, flow: Some(pkt.flow) };
-            self.frags.first(&DatagramKey::of(&pkt.flow, id), record, now);
+            self.first_fragment(DatagramKey::of(&pkt.flow, id), record, in_port, now);
         }
         verdict
+    }
+
+    /// Records a first fragment's verdict, as `in_port`'s (out of line:
+    /// unfragmented packets pay nothing for it).
+    #[cold]
+    #[inline(never)]
+    fn first_fragment(&mut self, id: DatagramKey, record: FragVerdict, in_port: PortId, now: u64) {
+        self.frags.first(&id, record, u32::from(in_port), now);
     }
 
     /// The worker's connection table (read-only: inspection and tests).

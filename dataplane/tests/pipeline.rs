@@ -225,6 +225,38 @@ fn fragments_follow_the_first() {
     assert_eq!(r.p.process(0, &later, 1 + 30 * SEC), Action::Drop(DropReason::FragmentNoFirst));
 }
 
+/// A port sending first fragments far faster than the tracker holds them
+/// (1,024 datagrams) does not push out another port's datagram before its
+/// later fragments arrive.
+#[test]
+fn a_fragment_flood_from_one_port_spares_the_others() {
+    let mut r = rig();
+    r.learn_all();
+    let (c, s, o) = (r.client, r.server, r.other);
+    let mut first = testing::udp(&c, 5353, &s, 53, false, &[0; 64]);
+    testing::make_ipv4_fragment(&mut first, 77, 0, true);
+    let mut later = first.clone();
+    testing::make_ipv4_fragment(&mut later, 77, 9, false);
+    assert_eq!(r.p.process(0, &first, 1), Action::Forward(1));
+    let mut flood = testing::udp(&o, 5353, &s, 53, false, &[0; 64]);
+    for id in 0..20_000u16 {
+        testing::make_ipv4_fragment(&mut flood, id, 0, true);
+        r.p.process(2, &flood, 2);
+    }
+    let flood_later = {
+        let mut f = flood.clone();
+        testing::make_ipv4_fragment(&mut f, 19_999, 9, false);
+        f
+    };
+    // The flood's newest datagram is tracked (its verdict, whatever it is, is
+    // not `fragment_no_first`), the flood's first ones were pushed out, and
+    // the client's datagram is still there.
+    assert_ne!(r.p.process(2, &flood_later, 3), Action::Drop(DropReason::FragmentNoFirst));
+    testing::make_ipv4_fragment(&mut flood, 0, 9, false);
+    assert_eq!(r.p.process(2, &flood, 3), Action::Drop(DropReason::FragmentNoFirst));
+    assert_eq!(r.p.process(0, &later, 3), Action::Forward(1));
+}
+
 /// A newer table reaches the later fragments of a datagram whose first was
 /// allowed: judged again as their connection would be, allowed while it is
 /// allowed, dropped as revoked once it is not.
