@@ -470,6 +470,18 @@ impl DataplaneView for Enforcer {
             packets.push((format!("{{port=\"{port}\",direction=\"tx\"}}"), p.tx_frames));
         }
         family("portcullis_port_packets", "counter", "Frames received and sent per port", &packets);
+        let mut bytes = Vec::new();
+        for (i, p) in c.ports.iter().enumerate() {
+            let port = self.ports.get(i).map(String::as_str).unwrap_or("?");
+            bytes.push((format!("{{port=\"{port}\",direction=\"rx\"}}"), p.rx_bytes));
+            bytes.push((format!("{{port=\"{port}\",direction=\"tx\"}}"), p.tx_bytes));
+        }
+        family(
+            "portcullis_port_bytes",
+            "counter",
+            "Bytes of the frames received and sent per port (Ethernet header to end of payload, no FCS)",
+            &bytes,
+        );
         let mut kernel = Vec::new();
         for (i, p) in c.ports.iter().enumerate() {
             let port = self.ports.get(i).map(String::as_str).unwrap_or("?");

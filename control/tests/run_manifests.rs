@@ -575,6 +575,22 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
         })
         .sum();
     assert!(tx_metric > 0.0, "no TX in portcullis_port_packets_total:\n{body}");
+    // Bytes per port and direction, as /status counted them (/status was read first: the
+    // same or more), and some went out.
+    for (i, p) in ports.iter().enumerate() {
+        for dir in ["rx", "tx"] {
+            let name = format!("portcullis_port_bytes_total{{port=\"{prefix}h{i}\",direction=\"{dir}\"}}");
+            let m = metric(&body, &name).unwrap_or_else(|| panic!("/metrics lacks {name}:\n{body}"));
+            let st = p[format!("{dir}_bytes")].as_u64().unwrap() as f64;
+            assert!(m >= st, "{name} {m}, /status {st}");
+        }
+    }
+    let tx_bytes: f64 = (0..4)
+        .filter_map(|i| {
+            metric(&body, &format!("portcullis_port_bytes_total{{port=\"{prefix}h{i}\",direction=\"tx\"}}"))
+        })
+        .sum();
+    assert!(tx_bytes >= 42.0 * tx_metric, "tx bytes {tx_bytes} for {tx_metric} frames");
     // Per-policy allow hits: the probe's connections from the UI into the client namespace.
     let hits = metric(&body, "portcullis_policy_allowed_connections_total{namespace=\"client\",policy=\"allow-ui\",direction=\"ingress\"}");
     assert!(hits.is_some_and(|n| n >= 1.0), "no allow hits for client/allow-ui:\n{body}");
