@@ -1,7 +1,8 @@
 //! `portcullis run` configuration: a YAML file (`--config`, which must exist;
 //! without it [`DEFAULT_CONFIG_PATH`] if present), every field optional with a
 //! documented default, unknown fields rejected. Command-line flags override the
-//! file.
+//! file. The operators' reference is docs/configuration.md (a test keeps its
+//! fields and defaults equal to these).
 //!
 //! ```yaml
 //! mode: switch            # switch | wire
@@ -800,5 +801,63 @@ mod tests {
             .contains("leads to a pod or faces the node, not both"));
         let c = Config::parse("c.yaml", "ports: [{interface: a, node: true}]\n").unwrap();
         assert!(c.ports[0].node);
+    }
+
+    /// docs/configuration.md documents every field, with the default the code
+    /// has, and nothing else; its complete file is a valid configuration.
+    #[test]
+    fn the_reference_documents_every_field_with_its_default() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md"))
+            .unwrap();
+        // Field rows: "| `path` | default | ...".
+        let mut rows = std::collections::BTreeMap::new();
+        for line in doc.lines() {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            if let [first, default, ..] = cells[..] {
+                if let Some(path) = first.strip_prefix("| `").and_then(|f| f.strip_suffix('`')) {
+                    assert!(rows.insert(path.to_string(), default.to_string()).is_none(), "{path} twice");
+                }
+            }
+        }
+        // The fields, with their defaults (a port with its defaults for `ports[]`).
+        let c = serde_json::to_value(Config::default()).unwrap();
+        let port = PortConfig { interface: "eth0".into(), queues: one(), pod: None, node: false };
+        let mut fields = std::collections::BTreeMap::new();
+        fn walk(prefix: &str, v: &serde_json::Value, out: &mut std::collections::BTreeMap<String, String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                        walk(&path, v, out);
+                    }
+                }
+                serde_json::Value::String(s) => drop(out.insert(prefix.to_string(), format!("`{s}`"))),
+                v => drop(out.insert(prefix.to_string(), format!("`{v}`"))),
+            }
+        }
+        walk("", &c, &mut fields);
+        let port = serde_json::to_value(port).unwrap();
+        walk("ports[]", &port, &mut fields);
+        fields.insert("ports[].interface".into(), "required".into());
+        assert_eq!(
+            rows.keys().collect::<Vec<_>>(),
+            fields.keys().collect::<Vec<_>>(),
+            "docs/configuration.md's field rows and the configuration's fields differ"
+        );
+        assert_eq!(rows, fields, "a default in docs/configuration.md differs from the code's");
+        // The complete file loads, and leaves out no field.
+        let yaml = doc.split("```yaml\n").nth(1).and_then(|b| b.split("```").next()).unwrap();
+        let parsed = Config::parse("docs/configuration.md", yaml).unwrap();
+        let top: std::collections::BTreeSet<&str> = yaml
+            .lines()
+            .filter_map(|l| l.split(':').next())
+            .map(|k| k.trim().trim_start_matches("- "))
+            .filter(|k| !k.is_empty() && !k.starts_with('#'))
+            .collect();
+        for path in fields.keys() {
+            let last = path.rsplit(['.', ']']).next().unwrap();
+            assert!(top.contains(last), "the complete file in docs/configuration.md leaves out {path}");
+        }
+        assert_eq!(parsed.ports.len(), 2);
     }
 }

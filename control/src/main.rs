@@ -62,7 +62,7 @@ struct RunArgs {
     /// last good version in force).
     #[arg(long, value_name = "DIR")]
     manifests: Option<String>,
-    /// Configuration file (YAML; see control/src/config.rs). A file given here must exist.
+    /// Configuration file (YAML; every field: docs/configuration.md, or `--print-config`). A file given here must exist.
     /// Without this flag: /etc/portcullis/config.yaml if it exists, otherwise the defaults
     /// (no ports: compile and serve status only).
     #[arg(long, value_name = "FILE")]
@@ -94,6 +94,12 @@ struct RunArgs {
     /// node, before a rollout).
     #[arg(long)]
     check: bool,
+    /// Print the configuration a start would use, every field (the file's values, the
+    /// defaults of those it leaves out, the flags and environment applied, `workers: auto`
+    /// resolved) as YAML that `--config` reads back, then exit. Reference of the fields:
+    /// docs/configuration.md.
+    #[arg(long, conflicts_with = "check")]
+    print_config: bool,
 }
 
 /// One `--node-address` (or `NODE_ADDRESSES` item): an address, or nothing
@@ -514,6 +520,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         "workers: auto: fewer cores in the cpuset than queues; workers share cores"
                     );
                 }
+            }
+            if args.print_config {
+                write!(out, "{}", serde_yaml::to_string(&config)?)?;
+                out.flush()?;
+                return Ok(ExitCode::SUCCESS);
             }
             if args.check {
                 write!(out, "{}", check_run(&config, from.as_deref(), &args)?)?;

@@ -1246,6 +1246,49 @@ spec:
     assert_eq!(stdout(&o), "ok: 1 namespace, 1 pod, 1 policy; 0 pods isolated for ingress, 0 for egress\n");
 }
 
+/// `run --print-config` prints every field in effect (file, defaults, flags and
+/// environment) as a file `--config` reads back to the same configuration.
+#[test]
+fn run_print_config_prints_the_configuration_in_effect_as_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(&config, "ports:\n  - interface: lo\n    pod: shop/web-0\nconntrack:\n  capacity: 1000\n")
+        .unwrap();
+    let print = |config: &std::path::Path, extra: &[&str]| {
+        let o = bin()
+            .args(["run", "--print-config", "--config", config.to_str().unwrap()])
+            .args(extra)
+            .env("NODE_ADDRESSES", "10.0.0.1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let first = print(&config, &["--fail-open", "--status-address", "127.0.0.1:9999"]);
+    for line in [
+        "  pod: shop/web-0\n",
+        "  capacity: 1000\n",
+        "  tcp_established: 21600\n",
+        "fail_open: true\n",
+        "status_address: 127.0.0.1:9999\n",
+        "- 10.0.0.1\n",
+        "link_prefixes: null\n",
+    ] {
+        assert!(first.contains(line), "{line:?} not in:\n{first}");
+    }
+    // Read back (without the environment's address, which would be added again).
+    let again = dir.path().join("again.yaml");
+    std::fs::write(&again, &first).unwrap();
+    let o = bin().args(["run", "--print-config", "--config", again.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), first);
+    // A bad file is refused as `run` refuses it.
+    std::fs::write(&config, "conntrack:\n  capacty: 1\n").unwrap();
+    let o = run(&["run", "--print-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("capacty"), "{}", stderr(&o));
+}
+
 /// `run --check` checks what a start would, attaches nothing and exits: what
 /// an operator runs before a rollout, without privileges.
 #[test]
