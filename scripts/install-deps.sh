@@ -14,7 +14,8 @@
 #                                                       side-by-side.sh) and kill (lab, control/tests/run_dataplane.rs)
 #   nftables                                            benches/e2e/side-by-side.sh (run by scripts/test.sh): sink
 #                                                       counters, kernel configurations; `portcullis lab flood`: sink
-#   python3                                             scripts/demo.sh and scripts/measure-change-latency.sh
+#   python3                                             scripts/demo.sh, scripts/measure-change-latency.sh, raw-socket
+#                                                       senders of the dataplane tests (dataplane/tests/kernel_oracle.py)
 set -euo pipefail
 pkgs=(libelf-dev clang m4 libpcap-dev pkg-config zlib1g-dev gcc make iproute2 ethtool iputils-ping procps nftables python3)
 SUDO=""
