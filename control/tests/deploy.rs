@@ -7,7 +7,8 @@
 //! * the ConfigMap's `config.yaml` is a valid daemon configuration, and the probes, the
 //!   container port and the configured status address agree on one port;
 //! * the container is unprivileged, drops every capability and adds exactly the documented
-//!   ones; the ClusterRole only reads namespaces, pods and networkpolicies.
+//!   ones; the ClusterRole only reads namespaces, pods and networkpolicies;
+//! * `monitoring/` alerts as docs/operations.md says, in PromQL that parses.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -416,4 +417,109 @@ fn daemonset_runs_the_daemon_as_the_docs_describe() {
     assert!(matches!(ru.max_surge, None | Some(IntOrString::Int(0))), "maxSurge 0");
     // The next node waits until this one has been ready (first sync done) for a while.
     assert!(ds.spec.min_ready_seconds.is_some_and(|s| s > 0), "minReadySeconds");
+}
+
+/// `deploy/monitoring/`: the optional Prometheus Operator manifests. Every
+/// alert's expression parses as PromQL and names only metrics that
+/// docs/operations.md documents (besides kube-state-metrics' and `up` for the
+/// daemon-down alerts); the alerts are those of its "What to alert on" table,
+/// each row at least one; the PodMonitor scrapes the DaemonSet's pods on its
+/// status port.
+#[test]
+fn monitoring_manifests_alert_as_the_operations_guide_says() {
+    #[derive(Deserialize)]
+    struct Doc {
+        kind: String,
+        spec: serde_yaml::Value,
+    }
+    let dir = deploy().join("monitoring");
+    let kustomization: serde_yaml::Value =
+        serde_yaml::from_str(&read(&dir.join("kustomization.yaml"))).unwrap();
+    let listed: BTreeSet<String> = kustomization["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, BTreeSet::from(["podmonitor.yaml".to_string(), "prometheusrule.yaml".to_string()]));
+    let ops = read(&repo().join("docs/operations.md"));
+    // Metric names in the metrics table (`X` / `_suffix` names a sibling of X).
+    let mut documented = BTreeSet::new();
+    for line in ops.lines().filter(|l| l.starts_with("| `portcullis_")) {
+        let first = line.split(" | ").next().unwrap();
+        let mut last = String::new();
+        for token in first.split('`').skip(1).step_by(2) {
+            let name = match token.strip_prefix('_') {
+                Some(suffix) => format!("{}_{suffix}", &last[..last.rfind('_').unwrap()]),
+                None => token.to_string(),
+            };
+            documented.insert(name.clone());
+            last = name;
+        }
+    }
+    assert!(documented.contains("portcullis_conntrack_capacity"), "{documented:?}");
+    // The alert table's rows.
+    let section = ops.split("## What to alert on").nth(1).unwrap().split("\n## ").next().unwrap();
+    let rows: Vec<String> = section
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| alert ") && !l.starts_with("|---"))
+        .map(|l| {
+            let name = l.trim_start_matches("| ").split(" | ").next().unwrap();
+            let camel: String = name.split(' ').map(|w| w[..1].to_uppercase() + &w[1..]).collect();
+            format!("Portcullis{camel}")
+        })
+        .collect();
+    assert!(rows.len() >= 10, "{rows:?}");
+    let rule: Doc = serde_yaml::from_str(&read(&dir.join("prometheusrule.yaml"))).unwrap();
+    assert_eq!(rule.kind, "PrometheusRule");
+    let mut alerts = Vec::new();
+    for group in rule.spec["groups"].as_sequence().unwrap() {
+        for r in group["rules"].as_sequence().unwrap() {
+            let name = r["alert"].as_str().unwrap().to_string();
+            let expr = r["expr"].as_str().unwrap();
+            promql_parser::parser::parse(expr).unwrap_or_else(|e| panic!("{name}: {expr}: {e}"));
+            let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            for metric in words.filter(|w| w.starts_with("portcullis_")) {
+                assert!(
+                    documented.contains(metric),
+                    "{name} uses {metric}, not in docs/operations.md's metrics"
+                );
+            }
+            if !name.starts_with("PortcullisDaemonDown") {
+                assert!(!expr.contains("kube_") && !expr.contains("up{"), "{name}: {expr}");
+            }
+            for key in ["summary", "description"] {
+                assert!(r["annotations"][key].as_str().is_some_and(|s| !s.is_empty()), "{name} lacks {key}");
+            }
+            assert!(
+                ["critical", "warning", "info"].contains(&r["labels"]["severity"].as_str().unwrap_or("")),
+                "{name}: severity"
+            );
+            alerts.push(name);
+        }
+    }
+    for row in &rows {
+        assert!(alerts.iter().any(|a| a.starts_with(row.as_str())), "no alert for the row {row}");
+    }
+    for a in &alerts {
+        assert!(rows.iter().any(|r| a.starts_with(r.as_str())), "{a} is in no row of the table");
+    }
+    // The PodMonitor selects the DaemonSet's pods and scrapes the port the probes use.
+    let monitor: Doc = serde_yaml::from_str(&read(&dir.join("podmonitor.yaml"))).unwrap();
+    assert_eq!(monitor.kind, "PodMonitor");
+    let ds = daemonset();
+    let labels = ds.spec.template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    for (k, v) in monitor.spec["selector"]["matchLabels"].as_mapping().unwrap() {
+        assert_eq!(labels.get(k.as_str().unwrap()).map(String::as_str), v.as_str(), "selector {k:?}");
+    }
+    let endpoint = &monitor.spec["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["path"].as_str(), Some("/metrics"));
+    let port = endpoint["port"].as_str().unwrap();
+    let ports = container(&ds).ports.unwrap_or_default();
+    assert!(
+        ports
+            .iter()
+            .any(|p| p.name.as_deref() == Some(port) && p.container_port == i32::from(default_port())),
+        "no container port {port} on the status port"
+    );
 }
