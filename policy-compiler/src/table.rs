@@ -225,13 +225,58 @@ struct PodEntry {
     named: u32,
 }
 
-/// Per pod IP: which pod, and whether some ipBlock of [ingress, egress]
-/// rules contains the address (only then is a side's range map searched).
+/// Per pod IP: which pod, whether some ipBlock of [ingress, egress] rules
+/// contains the address (only then is a side's range map searched), and what
+/// the pod's sides deny without a look at them. 8 bytes: the two fields of
+/// denials sit where padding was, in an entry every lookup reads anyway.
 #[derive(Clone, Copy, Debug)]
 struct AddrEntry {
     pod: u32,
-    in_block: [bool; 2],
+    /// Bit `dir`: some ipBlock of direction `dir`'s rules contains the
+    /// address. Bit `2 + 2 * dir + family` (0 IPv4, 1 IPv6): the pod's side
+    /// of direction `dir` is isolated and denies every non-pod address of
+    /// that family (no rule without peers, no ipBlock of the family).
+    flags: u16,
+    /// A Bloom filter of the identities (`block << 6 | bit`) the pod's
+    /// ingress side has a key for: bit `slot_hash(identity) >> 28`.
+    /// `u16::MAX` when the side allows some pod without a key (its
+    /// `pod_any` set is not empty) or is not isolated. A clear bit denies a
+    /// pod peer outside every ingress ipBlock without reading the side.
+    peers: u16,
 }
+
+impl AddrEntry {
+    /// A pod address's entry; what the pod's sides deny is filled in by
+    /// [`DecisionTable::refresh_denials`] (until then, nothing).
+    fn new(pod: u32, in_block: [bool; 2]) -> Self {
+        AddrEntry { pod, flags: u16::from(in_block[0]) | u16::from(in_block[1]) << 1, peers: u16::MAX }
+    }
+
+    /// Takes what its pod's sides deny from `denials` (a side not there yet
+    /// denies nothing here: the lookup then reads the side).
+    fn set_denials(&mut self, pods: &[PodEntry], denials: &[SideDenials]) {
+        let Some(p) = pods.get(self.pod as usize) else { return };
+        let side = |dir: usize| denials.get(p.sides[dir] as usize).copied().unwrap_or(0xffff);
+        let (ingress, egress) = (side(0), side(1));
+        self.peers = ingress as u16;
+        self.flags = self.flags & 3 | ((ingress >> 16) as u16 & 3) << 2 | ((egress >> 16) as u16 & 3) << 4;
+    }
+
+    #[inline(always)]
+    fn in_block(&self, dir: Direction) -> bool {
+        self.flags >> dir as u32 & 1 != 0
+    }
+
+    /// Does the pod's side of `dir` deny every non-pod address of `peer`'s family?
+    #[inline(always)]
+    fn denies_non_pod(&self, dir: Direction, peer: IpAddr) -> bool {
+        self.flags >> (2 + 2 * dir as u32 + u32::from(peer.is_ipv6())) & 1 != 0
+    }
+}
+
+/// What [`AddrEntry`] keeps of a side: its `peers` filter (low 16 bits) and
+/// whether it denies every non-pod IPv4 (bit 16) and IPv6 (bit 17) address.
+type SideDenials = u32;
 
 /// What a lookup needs of a side, 16 bytes.
 #[derive(Clone, Copy, Debug, Default)]
@@ -383,6 +428,8 @@ pub struct DecisionTable {
     /// ipBlock rules whose blocks contain it (0: none does).
     ranges: RangeMaps,
     sides: Vec<SideEntry>,
+    /// Per side, what its pods' address entries keep of it.
+    side_denials: Vec<SideDenials>,
     side_info: Vec<SideInfo>,
     side_policies: Vec<u32>,
     /// Every side's peer table, back to back; slot 0 is free, the table of
@@ -461,8 +508,16 @@ impl DecisionTable {
         };
         let ingress = match d {
             None => Side::NotPod,
-            Some((_, p)) => {
-                self.check(p.sides[0], self.peer(s, src, Direction::Ingress), protocol, port, dst_named)
+            Some((e, p)) => {
+                let denied = (e.peers, e.denies_non_pod(Direction::Ingress, src));
+                self.check(
+                    p.sides[0],
+                    self.peer(s, src, Direction::Ingress),
+                    protocol,
+                    port,
+                    dst_named,
+                    denied,
+                )
             }
         };
         if first_denial && matches!(ingress, Side::Denied(_)) {
@@ -470,8 +525,16 @@ impl DecisionTable {
         }
         let egress = match s {
             None => Side::NotPod,
-            Some((_, p)) => {
-                self.check(p.sides[1], self.peer(d, dst, Direction::Egress), protocol, port, dst_named)
+            Some((e, p)) => {
+                let denied = (u16::MAX, e.denies_non_pod(Direction::Egress, dst));
+                self.check(
+                    p.sides[1],
+                    self.peer(d, dst, Direction::Egress),
+                    protocol,
+                    port,
+                    dst_named,
+                    denied,
+                )
             }
         };
         Verdict { egress, ingress }
@@ -481,11 +544,9 @@ impl DecisionTable {
     #[inline]
     fn peer(&self, a: Option<(AddrEntry, &PodEntry)>, ip: IpAddr, dir: Direction) -> PeerInfo {
         match a {
-            Some((e, p)) => PeerInfo {
-                pod: Some((p.block_bit >> 6, p.block_bit & 63)),
-                in_block: e.in_block[dir as usize],
-                ip,
-            },
+            Some((e, p)) => {
+                PeerInfo { pod: Some((p.block_bit >> 6, p.block_bit & 63)), in_block: e.in_block(dir), ip }
+            }
             None => PeerInfo { pod: None, in_block: true, ip },
         }
     }
@@ -498,10 +559,27 @@ impl DecisionTable {
         }
     }
 
+    /// One side's answer. `(peers, non_pod)`: what the address entry of
+    /// the side's pod says the side denies ([`AddrEntry`]), tested first.
     #[inline(always)]
-    fn check(&self, side: u32, peer: PeerInfo, proto: u8, port: u16, dst_named: &[NamedEntry]) -> Side {
+    fn check(
+        &self,
+        side: u32,
+        peer: PeerInfo,
+        proto: u8,
+        port: u16,
+        dst_named: &[NamedEntry],
+        (peers, non_pod): (u16, bool),
+    ) -> Side {
         if side == 0 {
             return Side::NotIsolated;
+        }
+        let denied = match peer.pod {
+            Some((block, bit)) => !peer.in_block && peers >> (slot_hash(block << 6 | bit) >> 28) & 1 == 0,
+            None => non_pod,
+        };
+        if denied {
+            return Side::Denied(SideId(side));
         }
         let Some(se) = self.sides.get(side as usize) else {
             return Side::Denied(SideId(side));
@@ -544,6 +622,67 @@ impl DecisionTable {
             }
         }
         Side::Denied(SideId(side))
+    }
+
+    /// What a side denies without a look at it ([`SideDenials`]).
+    fn denials_of(&self, side: u32) -> SideDenials {
+        let Some(se) = self.sides.get(side as usize).filter(|_| side != 0) else { return 0xffff };
+        let empty = |set: SetId| self.entries.get(set as usize).is_some_and(|e| e.proto == END_PROTO);
+        let mut d = 0;
+        if empty(se.any) {
+            for f in 0..2 {
+                if self.probe(se, CIDR_KEY | f).is_none() {
+                    d |= 1 << (16 + f);
+                }
+            }
+        }
+        if !empty(se.pod_any) {
+            return d | 0xffff;
+        }
+        let (slots, base): (&[Slot], u32) = if se.table & PATCHED == 0 {
+            (&self.slots, se.table)
+        } else {
+            (&self.patch_slots, se.table & !PATCHED)
+        };
+        let table = slots.get(base as usize..(base as usize + (1 << se.table_bits))).unwrap_or_default();
+        let mut peers = 0u32;
+        for slot in table.iter().filter(|s| s.key != EMPTY && s.key & CIDR_KEY == 0) {
+            let mut m = slot.mask;
+            while m != 0 && peers != 0xffff {
+                peers |= 1 << (slot_hash(slot.key << 6 | m.trailing_zeros()) >> 28);
+                m &= m - 1;
+            }
+        }
+        d | peers
+    }
+
+    /// Brings `side_denials` up to date for the sides from `first` on and
+    /// those in `rebuilt`, then, when any changed or `pods_moved` (a pod
+    /// given other sides), every address entry from its pod's sides.
+    fn refresh_denials(&mut self, first: usize, rebuilt: &[u32], pods_moved: bool) {
+        if first >= self.sides.len() && rebuilt.is_empty() && !pods_moved {
+            return;
+        }
+        self.side_denials.truncate(first.min(self.sides.len()));
+        let fresh: Vec<SideDenials> =
+            (self.side_denials.len()..self.sides.len()).map(|s| self.denials_of(s as u32)).collect();
+        self.side_denials.extend(fresh);
+        for &s in rebuilt {
+            let d = self.denials_of(s);
+            if let Some(slot) = self.side_denials.get_mut(s as usize) {
+                *slot = d;
+            }
+        }
+        let (pods, denials) = (&self.pods, &self.side_denials);
+        self.addr_v4.values_mut().for_each(|e| e.set_denials(pods, denials));
+        self.addr_v6.values_mut().for_each(|e| e.set_denials(pods, denials));
+    }
+
+    /// The address entry of pod `pod` (its entry already in place) at `ip`.
+    fn addr_entry(&self, pod: u32, ip: IpAddr) -> AddrEntry {
+        let mut e = AddrEntry::new(pod, in_blocks_of(&self.in_blocks, ip));
+        e.set_denials(&self.pods, &self.side_denials);
+        e
     }
 
     /// The port set of the side's ipBlock rules for an address (0: none of
@@ -1665,7 +1804,7 @@ fn compile_full(cluster: &Cluster) -> Full {
         pods.push(pod_entry(p, ids.identity_block[identity as usize], sides, &ctx, &mut named));
         pod_keys.push((p.namespace.clone(), p.name.clone()));
         for ip in &p.ips {
-            let e = AddrEntry { pod: pi as u32, in_block: in_blocks_of(&in_blocks, *ip) };
+            let e = AddrEntry::new(pi as u32, in_blocks_of(&in_blocks, *ip));
             match split(*ip) {
                 (Family::V4, v) => {
                     addr_v4.entry(v as u32).or_insert(e);
@@ -1701,6 +1840,7 @@ fn compile_full(cluster: &Cluster) -> Full {
         in_blocks,
         ranges,
         sides,
+        side_denials: Vec::new(),
         side_info,
         side_policies,
         slots,
@@ -1713,6 +1853,7 @@ fn compile_full(cluster: &Cluster) -> Full {
         policies,
         stats: TableStats::default(),
     };
+    t.refresh_denials(0, &[], true);
     t.stats = TableStats {
         namespaces: cluster.namespaces.len(),
         pods: cluster.pods.len(),
@@ -1841,6 +1982,7 @@ impl DecisionTable {
             + self.in_blocks.bytes()
             + self.ranges.bytes()
             + self.sides.capacity() * size_of::<SideEntry>()
+            + self.side_denials.capacity() * size_of::<SideDenials>()
             + self.side_info.capacity() * size_of::<SideInfo>()
             + self.side_policies.capacity() * 4
             + self.entries.capacity() * size_of::<PortEntry>()

@@ -189,6 +189,13 @@ pub struct IncrementalCompiler {
     /// the batch's first patch.
     draft: Option<DecisionTable>,
     draft_before: Option<usize>,
+    /// Sides whose keys patches rebuilt in place since the last publication:
+    /// what their pods' address entries keep of them is refreshed with it
+    /// (sides appended since are refreshed anyway).
+    rebuilt_sides: Vec<u32>,
+    /// Pods given other sides since the last publication (their address
+    /// entries are refreshed with it).
+    pods_moved: bool,
 }
 
 /// Earlier tables an [`IncrementalCompiler`] keeps for their buffers: enough
@@ -216,6 +223,8 @@ impl IncrementalCompiler {
             batching: false,
             draft: None,
             draft_before: None,
+            rebuilt_sides: Vec::new(),
+            pods_moved: false,
             table_pods: (0..cluster.pods.len() as u32).collect(),
             cluster,
         }
@@ -399,6 +408,7 @@ impl IncrementalCompiler {
             for pi in pods {
                 let identity = self.ids.pod_identity[pi];
                 t.pods[self.table_pods[pi] as usize].sides = self.identity_sides[identity as usize];
+                self.pods_moved = true;
             }
         }
         let mut rekeyed = 0;
@@ -454,6 +464,7 @@ impl IncrementalCompiler {
                     old.clear();
                     old.extend_from_slice(&slots[base..base + (1 << se.table_bits)]);
                     t.sides[s as usize] = b.rebuild_keys(&mut c, (dir, &list), &blocks, (se, &old, reuse));
+                    self.rebuilt_sides.push(s);
                     rekeyed += 1;
                 }
             }
@@ -522,6 +533,8 @@ impl IncrementalCompiler {
     }
 
     fn publish_now(&mut self, mut t: DecisionTable, before: usize) {
+        let rebuilt = std::mem::take(&mut self.rebuilt_sides);
+        t.refresh_denials(t.side_denials.len(), &rebuilt, std::mem::take(&mut self.pods_moved));
         t.stats.namespaces = self.cluster.namespaces.len();
         t.stats.identity_blocks = self.ids.blocks as usize;
         t.stats.memory_bytes = t.memory_estimate();
@@ -885,7 +898,7 @@ impl IncrementalCompiler {
         };
         t.pods[ti as usize] = entry;
         for ip in &p.ips {
-            let e = AddrEntry { pod: ti, in_block: in_blocks_of(&t.in_blocks, *ip) };
+            let e = t.addr_entry(ti, *ip);
             match split(*ip) {
                 (Family::V4, v) => t.addr_v4.insert(v as u32, e),
                 (Family::V6, v) => t.addr_v6.insert(v, e),
@@ -1147,6 +1160,7 @@ fn data_bytes(t: &DecisionTable) -> usize {
         + t.entries.len() * size_of::<PortEntry>()
         + t.entry_rules.len() * size_of::<RuleRef>()
         + t.sides.len() * size_of::<SideEntry>()
+        + t.side_denials.len() * 4
         + t.side_info.len() * size_of::<SideInfo>()
         + t.side_policies.len() * 4
         + t.pods.len() * size_of::<PodEntry>()
@@ -1171,6 +1185,7 @@ fn copy_to_patch(t: &DecisionTable, into: Option<DecisionTable>) -> DecisionTabl
     out.in_blocks.clone_from(&t.in_blocks);
     out.ranges.copy_with_room(&t.ranges);
     room(&mut out.sides, &t.sides);
+    room(&mut out.side_denials, &t.side_denials);
     room(&mut out.side_info, &t.side_info);
     room(&mut out.side_policies, &t.side_policies);
     out.slots = t.slots.clone();
