@@ -235,7 +235,12 @@ struct AddrEntry {
     /// Bit `dir`: some ipBlock of direction `dir`'s rules contains the
     /// address. Bit `2 + 2 * dir + family` (0 IPv4, 1 IPv6): the pod's side
     /// of direction `dir` is isolated and denies every non-pod address of
-    /// that family (no rule without peers, no ipBlock of the family).
+    /// that family (no rule without peers, no ipBlock of the family). Bits
+    /// 8 to 15: a Bloom filter of the (protocol, port) pairs the ingress
+    /// side allows any pod peer (bit [`port_bit`]); all ones when a rule
+    /// allows every protocol, a named port, a range of 8 ports or more, or
+    /// a long set. A clear bit denies a pod peer outside every ingress
+    /// ipBlock without reading the side.
     flags: u16,
     /// A Bloom filter of the identities (`block << 6 | bit`) the pod's
     /// ingress side has a key for: bit `slot_hash(identity) >> 28`.
@@ -249,17 +254,24 @@ impl AddrEntry {
     /// A pod address's entry; what the pod's sides deny is filled in by
     /// [`DecisionTable::refresh_denials`] (until then, nothing).
     fn new(pod: u32, in_block: [bool; 2]) -> Self {
-        AddrEntry { pod, flags: u16::from(in_block[0]) | u16::from(in_block[1]) << 1, peers: u16::MAX }
+        AddrEntry {
+            pod,
+            flags: u16::from(in_block[0]) | u16::from(in_block[1]) << 1 | 0xff00,
+            peers: u16::MAX,
+        }
     }
 
     /// Takes what its pod's sides deny from `denials` (a side not there yet
     /// denies nothing here: the lookup then reads the side).
     fn set_denials(&mut self, pods: &[PodEntry], denials: &[SideDenials]) {
         let Some(p) = pods.get(self.pod as usize) else { return };
-        let side = |dir: usize| denials.get(p.sides[dir] as usize).copied().unwrap_or(0xffff);
+        let side = |dir: usize| denials.get(p.sides[dir] as usize).copied().unwrap_or(NO_DENIALS);
         let (ingress, egress) = (side(0), side(1));
         self.peers = ingress as u16;
-        self.flags = self.flags & 3 | ((ingress >> 16) as u16 & 3) << 2 | ((egress >> 16) as u16 & 3) << 4;
+        self.flags = self.flags & 3
+            | ((ingress >> 16) as u16 & 3) << 2
+            | ((egress >> 16) as u16 & 3) << 4
+            | ((ingress >> 24) as u16) << 8;
     }
 
     #[inline(always)]
@@ -274,9 +286,20 @@ impl AddrEntry {
     }
 }
 
-/// What [`AddrEntry`] keeps of a side: its `peers` filter (low 16 bits) and
-/// whether it denies every non-pod IPv4 (bit 16) and IPv6 (bit 17) address.
+/// What [`AddrEntry`] keeps of a side: its `peers` filter (low 16 bits),
+/// whether it denies every non-pod IPv4 (bit 16) and IPv6 (bit 17) address,
+/// and its ports filter (bits 24 to 31).
 type SideDenials = u32;
+
+/// Denials of a side that denies nothing without a look (every filter bit
+/// set): side 0, and a side whose denials are not computed yet.
+const NO_DENIALS: SideDenials = 0xff00_ffff;
+
+/// The bit of a (protocol, port) pair in an [`AddrEntry`]'s ports filter.
+#[inline(always)]
+fn port_bit(proto: u8, port: u16) -> u32 {
+    (u32::from(port) << 8 | u32::from(proto)).wrapping_mul(0x9e37_79b1) >> 29
+}
 
 /// What a lookup needs of a side, 16 bytes.
 #[derive(Clone, Copy, Debug, Default)]
@@ -509,7 +532,7 @@ impl DecisionTable {
         let ingress = match d {
             None => Side::NotPod,
             Some((e, p)) => {
-                let denied = (e.peers, e.denies_non_pod(Direction::Ingress, src));
+                let denied = (e.peers, e.flags >> 8, e.denies_non_pod(Direction::Ingress, src));
                 self.check(
                     p.sides[0],
                     self.peer(s, src, Direction::Ingress),
@@ -526,7 +549,7 @@ impl DecisionTable {
         let egress = match s {
             None => Side::NotPod,
             Some((e, p)) => {
-                let denied = (u16::MAX, e.denies_non_pod(Direction::Egress, dst));
+                let denied = (u16::MAX, u16::MAX, e.denies_non_pod(Direction::Egress, dst));
                 self.check(
                     p.sides[1],
                     self.peer(d, dst, Direction::Egress),
@@ -559,7 +582,7 @@ impl DecisionTable {
         }
     }
 
-    /// One side's answer. `(peers, non_pod)`: what the address entry of
+    /// One side's answer. `(peers, ports, non_pod)`: what the address entry of
     /// the side's pod says the side denies ([`AddrEntry`]), tested first.
     #[inline(always)]
     fn check(
@@ -569,13 +592,17 @@ impl DecisionTable {
         proto: u8,
         port: u16,
         dst_named: &[NamedEntry],
-        (peers, non_pod): (u16, bool),
+        (peers, ports, non_pod): (u16, u16, bool),
     ) -> Side {
         if side == 0 {
             return Side::NotIsolated;
         }
         let denied = match peer.pod {
-            Some((block, bit)) => !peer.in_block && peers >> (slot_hash(block << 6 | bit) >> 28) & 1 == 0,
+            Some((block, bit)) => {
+                !peer.in_block
+                    && (peers >> (slot_hash(block << 6 | bit) >> 28) & 1 == 0
+                        || ports >> port_bit(proto, port) & 1 == 0)
+            }
             None => non_pod,
         };
         if denied {
@@ -626,7 +653,7 @@ impl DecisionTable {
 
     /// What a side denies without a look at it ([`SideDenials`]).
     fn denials_of(&self, side: u32) -> SideDenials {
-        let Some(se) = self.sides.get(side as usize).filter(|_| side != 0) else { return 0xffff };
+        let Some(se) = self.sides.get(side as usize).filter(|_| side != 0) else { return NO_DENIALS };
         let empty = |set: SetId| self.entries.get(set as usize).is_some_and(|e| e.proto == END_PROTO);
         let mut d = 0;
         if empty(se.any) {
@@ -636,24 +663,50 @@ impl DecisionTable {
                 }
             }
         }
-        if !empty(se.pod_any) {
-            return d | 0xffff;
-        }
         let (slots, base): (&[Slot], u32) = if se.table & PATCHED == 0 {
             (&self.slots, se.table)
         } else {
             (&self.patch_slots, se.table & !PATCHED)
         };
         let table = slots.get(base as usize..(base as usize + (1 << se.table_bits))).unwrap_or_default();
-        let mut peers = 0u32;
+        let mut peers = if empty(se.pod_any) { 0u32 } else { 0xffff };
+        let mut ports = self.ports_of(se.pod_any);
         for slot in table.iter().filter(|s| s.key != EMPTY && s.key & CIDR_KEY == 0) {
             let mut m = slot.mask;
             while m != 0 && peers != 0xffff {
                 peers |= 1 << (slot_hash(slot.key << 6 | m.trailing_zeros()) >> 28);
                 m &= m - 1;
             }
+            if slot.set & MULTI == 0 {
+                ports |= self.ports_of(slot.set);
+            } else {
+                for g in self.groups.get((slot.set & !MULTI) as usize..).unwrap_or_default() {
+                    ports |= self.ports_of(g.set);
+                    if g.last {
+                        break;
+                    }
+                }
+            }
         }
-        d | peers
+        d | peers | ports << 24
+    }
+
+    /// The ports filter bits of a set's entries ([`AddrEntry::flags`]).
+    fn ports_of(&self, set: SetId) -> u32 {
+        let mut bits = 0;
+        for e in self.entries.get(set as usize..).unwrap_or_default() {
+            match e.proto {
+                END_PROTO => return bits,
+                ANY_PROTO | INDEXED_PROTO => return 0xff,
+                _ if e.name != 0 || e.hi.saturating_sub(e.lo) >= 8 => return 0xff,
+                proto => {
+                    for p in e.lo..=e.hi {
+                        bits |= 1 << port_bit(proto, p);
+                    }
+                }
+            }
+        }
+        0xff
     }
 
     /// Brings `side_denials` up to date for the sides from `first` on and
