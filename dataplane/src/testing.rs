@@ -411,6 +411,17 @@ pub mod root {
     use std::process::Command;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    /// Runs a command (`args[0]` with the rest as arguments): its standard
+    /// output, or an error naming the command with its standard error.
+    pub fn sh(args: &[&str]) -> Result<String, String> {
+        let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{args:?}: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
     /// Sends one hand-made IPv6 neighbour solicitation (hop limit 255) out of
     /// `ifname` in network namespace `netns`, with the interface's MAC, IPv6
     /// source `src`, to `dst` (also its target) at MAC `02:00:00:00:00:99`,

@@ -27,6 +27,7 @@ use std::fmt::Write as _;
 use std::process::{Command, Stdio};
 
 use dataplane::parse::{parse, Class, Fragment};
+use dataplane::testing::root::sh;
 
 const TX_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x5e, 0x01];
 const RX_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x5e, 0x02];
@@ -39,15 +40,6 @@ const TCP: u8 = 6;
 const UDP: u8 = 17;
 const SCTP: u8 = 132;
 const AH: u8 = 51;
-
-fn sh(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)))
-    }
-}
 
 /// A sender namespace and a receiver namespace joined by a veth pair.
 struct Link {

@@ -14,17 +14,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use dataplane::pipeline::{ConfigError, Mode, PipelineConfig, PublishedTable};
 use dataplane::port::PortError;
+use dataplane::testing::root::sh;
 use dataplane::xsk::{AttachMode, CopyMode, XskConfig};
 use dataplane::{Binding, Dataplane, DataplaneConfig, StartError, WorkerCore};
-
-fn sh(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)))
-    }
-}
 
 /// Skips (or, with PORTCULLIS_REQUIRE_ROOT_TESTS=1, fails) when the machine cannot
 /// run these tests: see `dataplane::testing::root`.
