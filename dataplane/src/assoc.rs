@@ -86,12 +86,14 @@ impl<K: Copy + Eq + Hash + Default, V: Copy + Default> SetAssoc<K, V> {
 
     /// [`SetAssoc::insert`] for a cache that several owners share (`owner`
     /// tells whose an entry is). A full set gives up the entry expiring first
-    /// among those of the owner holding most of the set: the newcomer's own
-    /// when its owner already holds half the set or more (ties go to it). So
-    /// an owner inserting at any rate can take free and expired slots, but
-    /// from live entries of others only as many as bring it to half a set,
-    /// and an owner with fewer than half the ways of a set keeps them, however
-    /// fast the others insert. With one owner this is [`SetAssoc::insert`].
+    /// among those of the owners holding most of the set, except that the
+    /// newcomer's owner gives up its own when it holds half the set or more,
+    /// or as many as the largest holder. So an owner inserting at any rate
+    /// takes free and expired slots, but a live entry of another owner only
+    /// while it holds fewer than half the set and fewer than that owner: a
+    /// flood from one owner replaces its own entries once it holds one more
+    /// than anyone else's share (at most half the set), and the others keep
+    /// theirs. With one owner this is [`SetAssoc::insert`].
     #[inline]
     pub(crate) fn insert_shared(
         &mut self,
@@ -129,7 +131,7 @@ impl<K: Copy + Eq + Hash + Default, V: Copy + Default> SetAssoc<K, V> {
         let held = |o: u32| set.iter().filter(|s| owner(&s.val) == o).count();
         let own = held(new_owner);
         let most = set.iter().map(|s| held(owner(&s.val))).max().unwrap_or(0);
-        let loses = |o: u32| if own >= WAYS / 2 { o == new_owner } else { held(o) == most };
+        let loses = |o: u32| if own >= WAYS / 2 || own == most { o == new_owner } else { held(o) == most };
         let mut victim: Option<(usize, u64)> = None;
         for (i, s) in set.iter().enumerate() {
             if loses(owner(&s.val)) && victim.is_none_or(|(_, e)| s.expires < e) {
@@ -193,9 +195,31 @@ mod tests {
             [3, 11, 12, 29, 30, 40].iter().filter(|k| c.get(k, 0) == Some(o)).count()
         };
         assert_eq!([held(&c, 1), held(&c, 2), held(&c, 3), held(&c, 4)], [1, 1, 1, 1]);
-        // Everyone at one entry: the entry expiring first goes (owner 1's key 3, at 103).
+        // Everyone at one entry: a new owner takes the entry expiring first
+        // (owner 1's key 3, at 103); an owner already at one replaces its own.
         assert_eq!(c.insert_shared(50, 5, 800, 0, owner), Inserted::Evicted);
         assert_eq!(held(&c, 1), 0);
+        for k in 60..70 {
+            assert_eq!(c.insert_shared(k, 5, 900, 0, owner), Inserted::Evicted);
+        }
+        assert_eq!([held(&c, 2), held(&c, 3), held(&c, 4)], [1, 1, 1]);
         assert_eq!(c.used(), 4);
+    }
+
+    #[test]
+    fn a_flood_keeps_to_one_entry_among_single_entry_owners() {
+        // Owners 1, 2, 3 hold one entry each; owner 9 floods.
+        let mut c: SetAssoc<u32, u32> = SetAssoc::new(4);
+        let owner = |&o: &u32| o;
+        for o in 1..4 {
+            c.insert_shared(o, o, 100, 0, owner);
+        }
+        for k in 100..1100 {
+            c.insert_shared(k, 9, 200 + u64::from(k), 0, owner);
+        }
+        for o in 1..4 {
+            assert_eq!(c.get(&o, 0), Some(o), "owner {o}'s entry");
+        }
+        assert_eq!(c.get(&1099, 0), Some(9));
     }
 }

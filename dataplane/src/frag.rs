@@ -26,12 +26,13 @@
 //! The tracker is a bounded set-associative cache, so a flood of first
 //! fragments can only make later fragments of other datagrams drop, never
 //! pass. Each record belongs to the port its first fragment came in on, and
-//! a full set gives up a record of the port holding most of it (its own
-//! when the newcomer's port holds half the set): a pod, or the uplink,
-//! sending first fragments at any rate takes free and expired slots but at
-//! most half of each set from the others' live records, so the datagrams
-//! of a sender holding less than that are not pushed out before their
-//! later fragments arrive.
+//! a full set gives up a record of the port holding most of it, or the
+//! newcomer's own when its port holds half the set or as many as any other
+//! (`assoc.rs`, `insert_shared`): a pod, or the uplink, sending first
+//! fragments at any rate takes free and expired slots, but takes the
+//! others' live records only while it holds fewer than half the set and
+//! fewer than the port it takes from, so one flooding port cannot push the
+//! other ports' datagrams out before their later fragments arrive.
 
 use crate::assoc::{Inserted, SetAssoc};
 use crate::parse::{Addr, Flow, FragmentId};

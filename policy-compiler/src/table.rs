@@ -238,8 +238,8 @@ struct AddrEntry {
     /// that family (no rule without peers, no ipBlock of the family). Bits
     /// 8 to 15: a Bloom filter of the (protocol, port) pairs the ingress
     /// side allows any pod peer (bit [`port_bit`]); all ones when a rule
-    /// allows every protocol, a named port, a range of 8 ports or more, or
-    /// a long set. A clear bit denies a pod peer outside every ingress
+    /// allows every protocol, a named port, a range of more than 8 ports,
+    /// or a long set. A clear bit denies a pod peer outside every ingress
     /// ipBlock without reading the side.
     flags: u16,
     /// A Bloom filter of the identities (`block << 6 | bit`) the pod's
@@ -668,7 +668,11 @@ impl DecisionTable {
         } else {
             (&self.patch_slots, se.table & !PATCHED)
         };
-        let table = slots.get(base as usize..(base as usize + (1 << se.table_bits))).unwrap_or_default();
+        // A table or group not where the side says (never, for a table this
+        // module built) must not read as "no keys": then nothing is denied here.
+        let Some(table) = slots.get(base as usize..(base as usize + (1 << se.table_bits))) else {
+            return NO_DENIALS;
+        };
         let mut peers = if empty(se.pod_any) { 0u32 } else { 0xffff };
         let mut ports = self.ports_of(se.pod_any);
         for slot in table.iter().filter(|s| s.key != EMPTY && s.key & CIDR_KEY == 0) {
@@ -680,7 +684,10 @@ impl DecisionTable {
             if slot.set & MULTI == 0 {
                 ports |= self.ports_of(slot.set);
             } else {
-                for g in self.groups.get((slot.set & !MULTI) as usize..).unwrap_or_default() {
+                let Some(groups) = self.groups.get((slot.set & !MULTI) as usize..) else {
+                    return NO_DENIALS;
+                };
+                for g in groups {
                     ports |= self.ports_of(g.set);
                     if g.last {
                         break;
