@@ -237,10 +237,11 @@ struct AddrEntry {
     /// of direction `dir` is isolated and denies every non-pod address of
     /// that family (no rule without peers, no ipBlock of the family). Bits
     /// 8 to 15: a Bloom filter of the (protocol, port) pairs the ingress
-    /// side allows any pod peer (bit [`port_bit`]); all ones when a rule
-    /// allows every protocol, a named port, a range of more than 8 ports,
-    /// or a long set. A clear bit denies a pod peer outside every ingress
-    /// ipBlock without reading the side.
+    /// side allows any pod peer on this pod (bit [`port_bit`]), its named
+    /// ports resolved against this pod's; all ones when a rule allows every
+    /// protocol, a range of more than 8 ports, or a long set. A clear bit
+    /// denies a pod peer outside every ingress ipBlock without reading the
+    /// side.
     flags: u16,
     /// A Bloom filter of the identities (`block << 6 | bit`) the pod's
     /// ingress side has a key for: bit `slot_hash(identity) >> 28`.
@@ -263,15 +264,33 @@ impl AddrEntry {
 
     /// Takes what its pod's sides deny from `denials` (a side not there yet
     /// denies nothing here: the lookup then reads the side).
-    fn set_denials(&mut self, pods: &[PodEntry], denials: &[SideDenials]) {
+    /// `named`: the table's named-port lists (see [`PodEntry::named`]).
+    fn set_denials(&mut self, pods: &[PodEntry], denials: &[SideDenials], named: &[NamedEntry]) {
         let Some(p) = pods.get(self.pod as usize) else { return };
         let side = |dir: usize| denials.get(p.sides[dir] as usize).copied().unwrap_or(NO_DENIALS);
         let (ingress, egress) = (side(0), side(1));
+        let mut ports = (ingress >> 24) as u16;
+        let names = ingress >> 18 & 0x3f;
+        if names != 0 && ports != 0xff {
+            // The side's named ports, as numbers on this pod: every port of
+            // the pod whose (protocol, name) may be one of them.
+            let list = named.get(p.named as usize..).unwrap_or_default();
+            let Some((header, list)) = list.split_first() else { return self.set(ingress, egress, 0xff) };
+            for n in list.get(..header.name as usize).unwrap_or_default() {
+                if names >> name_bit(n.proto, n.name) & 1 != 0 {
+                    ports |= 1 << port_bit(n.proto, n.port);
+                }
+            }
+        }
+        self.set(ingress, egress, ports);
+    }
+
+    fn set(&mut self, ingress: SideDenials, egress: SideDenials, ports: u16) {
         self.peers = ingress as u16;
         self.flags = self.flags & 3
             | ((ingress >> 16) as u16 & 3) << 2
             | ((egress >> 16) as u16 & 3) << 4
-            | ((ingress >> 24) as u16) << 8;
+            | ports << 8;
     }
 
     #[inline(always)]
@@ -288,8 +307,14 @@ impl AddrEntry {
 
 /// What [`AddrEntry`] keeps of a side: its `peers` filter (low 16 bits),
 /// whether it denies every non-pod IPv4 (bit 16) and IPv6 (bit 17) address,
-/// and its ports filter (bits 24 to 31).
+/// a Bloom filter of its named ports' (protocol, name) (bits 18 to 23, bit
+/// [`name_bit`]), and its ports filter of numbered ports (bits 24 to 31).
 type SideDenials = u32;
+
+/// The bit (0 to 5) of a named port's (protocol, name) in a side's names filter.
+fn name_bit(proto: u8, name: u32) -> u32 {
+    ((name << 8 | u32::from(proto)).wrapping_mul(0x9e37_79b1) >> 16) % 6
+}
 
 /// Denials of a side that denies nothing without a look (every filter bit
 /// set): side 0, and a side whose denials are not computed yet.
@@ -674,7 +699,8 @@ impl DecisionTable {
             return NO_DENIALS;
         };
         let mut peers = if empty(se.pod_any) { 0u32 } else { 0xffff };
-        let mut ports = self.ports_of(se.pod_any);
+        let mut ports = 0;
+        self.ports_of(se.pod_any, &mut ports);
         for slot in table.iter().filter(|s| s.key != EMPTY && s.key & CIDR_KEY == 0) {
             let mut m = slot.mask;
             while m != 0 && peers != 0xffff {
@@ -682,66 +708,86 @@ impl DecisionTable {
                 m &= m - 1;
             }
             if slot.set & MULTI == 0 {
-                ports |= self.ports_of(slot.set);
+                self.ports_of(slot.set, &mut ports);
             } else {
                 let Some(groups) = self.groups.get((slot.set & !MULTI) as usize..) else {
                     return NO_DENIALS;
                 };
                 for g in groups {
-                    ports |= self.ports_of(g.set);
+                    self.ports_of(g.set, &mut ports);
                     if g.last {
                         break;
                     }
                 }
             }
         }
-        d | peers | ports << 24
+        d | peers | (ports & 0xff) << 24 | (ports >> 8 & 0x3f) << 18
     }
 
-    /// The ports filter bits of a set's entries ([`AddrEntry::flags`]).
-    fn ports_of(&self, set: SetId) -> u32 {
-        let mut bits = 0;
+    /// Adds a set's entries to `bits`: its numbered ports to the ports
+    /// filter (low 8 bits; all set for an entry of every protocol, a range
+    /// of more than 8 ports, a long set), its named ports to the names
+    /// filter (bits 8 to 13).
+    fn ports_of(&self, set: SetId, bits: &mut u32) {
         for e in self.entries.get(set as usize..).unwrap_or_default() {
             match e.proto {
-                END_PROTO => return bits,
-                ANY_PROTO | INDEXED_PROTO => return 0xff,
-                _ if e.name != 0 || e.hi.saturating_sub(e.lo) >= 8 => return 0xff,
+                END_PROTO => return,
+                ANY_PROTO | INDEXED_PROTO => break,
+                _ if e.hi.saturating_sub(e.lo) >= 8 && e.name == 0 => break,
+                proto if e.name != 0 => *bits |= 1 << (8 + name_bit(proto, e.name)),
                 proto => {
                     for p in e.lo..=e.hi {
-                        bits |= 1 << port_bit(proto, p);
+                        *bits |= 1 << port_bit(proto, p);
                     }
                 }
             }
         }
-        0xff
+        *bits |= 0xff;
     }
 
     /// Brings `side_denials` up to date for the sides from `first` on and
-    /// those in `rebuilt`, then, when any changed or `pods_moved` (a pod
-    /// given other sides), every address entry from its pod's sides.
-    fn refresh_denials(&mut self, first: usize, rebuilt: &[u32], pods_moved: bool) {
-        if first >= self.sides.len() && rebuilt.is_empty() && !pods_moved {
+    /// those in `rebuilt`, then the address entries of the pods on those
+    /// sides and of the pods in `moved` (given other sides).
+    fn refresh_denials(&mut self, first: usize, rebuilt: &[u32], moved: &[u32]) {
+        let first = first.min(self.sides.len());
+        if first == self.sides.len() && rebuilt.is_empty() && moved.is_empty() {
             return;
         }
-        self.side_denials.truncate(first.min(self.sides.len()));
-        let fresh: Vec<SideDenials> =
-            (self.side_denials.len()..self.sides.len()).map(|s| self.denials_of(s as u32)).collect();
+        self.side_denials.truncate(first);
+        let fresh: Vec<SideDenials> = (first..self.sides.len()).map(|s| self.denials_of(s as u32)).collect();
         self.side_denials.extend(fresh);
+        let mut dirty = vec![false; self.sides.len()];
+        dirty[first..].fill(true);
         for &s in rebuilt {
             let d = self.denials_of(s);
-            if let Some(slot) = self.side_denials.get_mut(s as usize) {
+            if let (Some(slot), Some(flag)) =
+                (self.side_denials.get_mut(s as usize), dirty.get_mut(s as usize))
+            {
                 *slot = d;
+                *flag = true;
             }
         }
-        let (pods, denials) = (&self.pods, &self.side_denials);
-        self.addr_v4.values_mut().for_each(|e| e.set_denials(pods, denials));
-        self.addr_v6.values_mut().for_each(|e| e.set_denials(pods, denials));
+        let mut pods_dirty: Vec<bool> =
+            self.pods.iter().map(|p| p.sides.iter().any(|&s| dirty.get(s as usize) == Some(&true))).collect();
+        for &p in moved {
+            if let Some(flag) = pods_dirty.get_mut(p as usize) {
+                *flag = true;
+            }
+        }
+        let (pods, denials, named) = (&self.pods, &self.side_denials, &self.named);
+        let refresh = |e: &mut AddrEntry| {
+            if pods_dirty.get(e.pod as usize) == Some(&true) {
+                e.set_denials(pods, denials, named);
+            }
+        };
+        self.addr_v4.values_mut().for_each(refresh);
+        self.addr_v6.values_mut().for_each(refresh);
     }
 
     /// The address entry of pod `pod` (its entry already in place) at `ip`.
     fn addr_entry(&self, pod: u32, ip: IpAddr) -> AddrEntry {
         let mut e = AddrEntry::new(pod, in_blocks_of(&self.in_blocks, ip));
-        e.set_denials(&self.pods, &self.side_denials);
+        e.set_denials(&self.pods, &self.side_denials, &self.named);
         e
     }
 
@@ -1913,7 +1959,7 @@ fn compile_full(cluster: &Cluster) -> Full {
         policies,
         stats: TableStats::default(),
     };
-    t.refresh_denials(0, &[], true);
+    t.refresh_denials(0, &[], &[]);
     t.stats = TableStats {
         namespaces: cluster.namespaces.len(),
         pods: cluster.pods.len(),

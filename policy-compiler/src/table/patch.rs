@@ -193,9 +193,9 @@ pub struct IncrementalCompiler {
     /// what their pods' address entries keep of them is refreshed with it
     /// (sides appended since are refreshed anyway).
     rebuilt_sides: Vec<u32>,
-    /// Pods given other sides since the last publication (their address
-    /// entries are refreshed with it).
-    pods_moved: bool,
+    /// Pods (table indexes) given other sides since the last publication:
+    /// their address entries are refreshed with it.
+    moved_pods: Vec<u32>,
 }
 
 /// Earlier tables an [`IncrementalCompiler`] keeps for their buffers: enough
@@ -224,7 +224,7 @@ impl IncrementalCompiler {
             draft: None,
             draft_before: None,
             rebuilt_sides: Vec::new(),
-            pods_moved: false,
+            moved_pods: Vec::new(),
             table_pods: (0..cluster.pods.len() as u32).collect(),
             cluster,
         }
@@ -408,7 +408,7 @@ impl IncrementalCompiler {
             for pi in pods {
                 let identity = self.ids.pod_identity[pi];
                 t.pods[self.table_pods[pi] as usize].sides = self.identity_sides[identity as usize];
-                self.pods_moved = true;
+                self.moved_pods.push(self.table_pods[pi]);
             }
         }
         let mut rekeyed = 0;
@@ -534,7 +534,8 @@ impl IncrementalCompiler {
 
     fn publish_now(&mut self, mut t: DecisionTable, before: usize) {
         let rebuilt = std::mem::take(&mut self.rebuilt_sides);
-        t.refresh_denials(t.side_denials.len(), &rebuilt, std::mem::take(&mut self.pods_moved));
+        let moved = std::mem::take(&mut self.moved_pods);
+        t.refresh_denials(t.side_denials.len(), &rebuilt, &moved);
         t.stats.namespaces = self.cluster.namespaces.len();
         t.stats.identity_blocks = self.ids.blocks as usize;
         t.stats.memory_bytes = t.memory_estimate();
