@@ -279,6 +279,9 @@ impl AddrEntry {
             for n in list.get(..header.name as usize).unwrap_or_default() {
                 if names >> name_bit(n.proto, n.name) & 1 != 0 {
                     ports |= 1 << port_bit(n.proto, n.port);
+                    if ports == 0xff {
+                        break;
+                    }
                 }
             }
         }
