@@ -463,19 +463,17 @@ impl DataplaneView for Enforcer {
                 let _ = writeln!(out, "{name}{suffix}{labels} {v}");
             }
         };
-        let mut packets = Vec::new();
+        let (mut packets, mut bytes) = (Vec::new(), Vec::new());
         for (i, p) in c.ports.iter().enumerate() {
             let port = self.ports.get(i).map(String::as_str).unwrap_or("?");
-            packets.push((format!("{{port=\"{port}\",direction=\"rx\"}}"), p.rx_frames));
-            packets.push((format!("{{port=\"{port}\",direction=\"tx\"}}"), p.tx_frames));
+            let (rx, tx) = (
+                format!("{{port=\"{port}\",direction=\"rx\"}}"),
+                format!("{{port=\"{port}\",direction=\"tx\"}}"),
+            );
+            packets.extend([(rx.clone(), p.rx_frames), (tx.clone(), p.tx_frames)]);
+            bytes.extend([(rx, p.rx_bytes), (tx, p.tx_bytes)]);
         }
         family("portcullis_port_packets", "counter", "Frames received and sent per port", &packets);
-        let mut bytes = Vec::new();
-        for (i, p) in c.ports.iter().enumerate() {
-            let port = self.ports.get(i).map(String::as_str).unwrap_or("?");
-            bytes.push((format!("{{port=\"{port}\",direction=\"rx\"}}"), p.rx_bytes));
-            bytes.push((format!("{{port=\"{port}\",direction=\"tx\"}}"), p.tx_bytes));
-        }
         family(
             "portcullis_port_bytes",
             "counter",
