@@ -16,8 +16,13 @@
 #                                                       counters, kernel configurations; `portcullis lab flood`: sink
 #   python3                                             scripts/demo.sh, scripts/measure-change-latency.sh, raw-socket
 #                                                       senders of the dataplane tests (dataplane/tests/kernel_oracle.py)
+#   prometheus (prometheus, promtool)                   the alerts of deploy/monitoring/ under promtool's checks and unit
+#                                                       tests (control/tests/deploy.rs), and a real Prometheus scraping
+#                                                       the daemon and evaluating them (control/tests/run_manifests.rs).
+#                                                       Its service is not started: the tests start their own.
 set -euo pipefail
-pkgs=(libelf-dev clang m4 libpcap-dev pkg-config zlib1g-dev gcc make iproute2 ethtool iputils-ping procps nftables python3)
+pkgs=(libelf-dev clang m4 libpcap-dev pkg-config zlib1g-dev gcc make iproute2 ethtool iputils-ping procps nftables python3
+  prometheus)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 missing=()
@@ -28,7 +33,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   # Wait for another apt (an image's unattended upgrade) rather than fail; one retry of the index.
   $SUDO apt-get -o DPkg::Lock::Timeout=300 update -qq || { sleep 10; $SUDO apt-get -o DPkg::Lock::Timeout=300 update -qq; }
+  # No service of these packages is started (prometheus' would listen on :9090): where the
+  # machine has no policy-rc.d, one that denies every start is in place for the install only.
+  no_start=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    no_start=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$no_start" >/dev/null
+    $SUDO chmod +x "$no_start"
+    trap '$SUDO rm -f "$no_start"' EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$no_start" ]; then
+    $SUDO rm -f "$no_start"
+    trap - EXIT
+  fi
 fi
 
 # AF_XDP UMEM is locked memory. Root with CAP_IPC_LOCK is not limited, but a

@@ -8,7 +8,8 @@
 //!   container port and the configured status address agree on one port;
 //! * the container is unprivileged, drops every capability and adds exactly the documented
 //!   ones; the ClusterRole only reads namespaces, pods and networkpolicies;
-//! * `monitoring/` alerts as docs/operations.md says, in PromQL that parses.
+//! * `monitoring/` alerts as docs/operations.md says, in PromQL that parses, and passes
+//!   `promtool check rules` and its unit tests (`monitoring/alerts.test.yaml`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -522,4 +523,66 @@ fn monitoring_manifests_alert_as_the_operations_guide_says() {
             .any(|p| p.name.as_deref() == Some(port) && p.container_port == i32::from(default_port())),
         "no container port {port} on the status port"
     );
+}
+
+/// The PrometheusRule's `spec` as a plain rule file (what Prometheus and
+/// promtool read), with or without the alerts' annotations.
+fn rule_file(annotations: bool) -> String {
+    let rule: serde_yaml::Value =
+        serde_yaml::from_str(&read(&deploy().join("monitoring/prometheusrule.yaml"))).unwrap();
+    let mut spec = rule["spec"].clone();
+    if !annotations {
+        for group in spec["groups"].as_sequence_mut().unwrap() {
+            for r in group["rules"].as_sequence_mut().unwrap() {
+                r.as_mapping_mut().unwrap().remove("annotations");
+            }
+        }
+    }
+    serde_yaml::to_string(&spec).unwrap()
+}
+
+/// The alerts under Prometheus' own tools: `promtool check rules` on the rule
+/// file (expressions, durations, annotation templates), and `promtool test
+/// rules` on deploy/monitoring/alerts.test.yaml, where every alert fires, with
+/// the labels it fires with, in one case and stays quiet in another.
+#[test]
+fn monitoring_alerts_pass_promtool_check_and_unit_tests() {
+    if dataplane::testing::root::skip_without("promtool") {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("pcl-promtool-").tempdir().unwrap();
+    std::fs::write(dir.path().join("full.yaml"), rule_file(true)).unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), rule_file(false)).unwrap();
+    let tests = read(&deploy().join("monitoring/alerts.test.yaml"));
+    std::fs::write(dir.path().join("alerts.test.yaml"), &tests).unwrap();
+    for args in [["check", "rules", "full.yaml"], ["test", "rules", "alerts.test.yaml"]] {
+        let out = std::process::Command::new("promtool").args(args).current_dir(dir.path()).output().unwrap();
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "promtool {}:\n{text}", args.join(" "));
+        assert!(text.contains("SUCCESS"), "promtool {}:\n{text}", args.join(" "));
+    }
+    // Every alert has a case where it fires and one where it does not.
+    let tests: serde_yaml::Value = serde_yaml::from_str(&tests).unwrap();
+    let (mut fires, mut quiet) = (BTreeSet::new(), BTreeSet::new());
+    for t in tests["tests"].as_sequence().unwrap() {
+        for case in t["alert_rule_test"].as_sequence().unwrap() {
+            let name = case["alertname"].as_str().unwrap().to_string();
+            if case["exp_alerts"].as_sequence().unwrap().is_empty() {
+                quiet.insert(name);
+            } else {
+                fires.insert(name);
+            }
+        }
+    }
+    let rules: serde_yaml::Value = serde_yaml::from_str(&rule_file(false)).unwrap();
+    let alerts: BTreeSet<String> = rules["groups"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap())
+        .map(|r| r["alert"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(fires, alerts, "alerts with a case that fires");
+    assert_eq!(quiet, alerts, "alerts with a case that stays quiet");
 }

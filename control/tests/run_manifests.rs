@@ -1,7 +1,9 @@
 //! `portcullis run --manifests DIR` as a user runs it: the binary, a real
 //! directory, the HTTP status endpoint. Add, change, break (the broken file's
 //! last good version stays in force), delete; and every endpoint answers
-//! with its documented content, `/metrics` in valid Prometheus text format.
+//! with its documented content, `/metrics` in valid Prometheus text format;
+//! with a dataplane (root), a real Prometheus scrapes it and evaluates the
+//! alerts of deploy/monitoring/.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -598,6 +600,7 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
         metric(&body, "portcullis_policy_allowed_connections_total{namespace=\"stars\",policy=\"default-deny\",direction=\"ingress\"}").is_none(),
         "a policy without rules allows nothing"
     );
+    prometheus_evaluates_the_alerts(port, &manifests, &work);
     // The denied-flow log (the lab configures 20 per second): client -> frontend was denied by
     // the ingress side, isolated by stars/default-deny.
     // (The lab runs the daemon with text logs.)
@@ -632,6 +635,161 @@ fn daemon_with_a_dataplane_serves_its_counters_and_detaches_on_sigterm() {
             "XDP program left on {prefix}h{i}:\n{text}"
         );
     }
+}
+
+/// A real Prometheus scrapes the daemon on `port` and evaluates the alerts of
+/// deploy/monitoring/: every series selector in an alert on the daemon's own
+/// metrics matches some series it exports (a renamed metric or label would
+/// leave an alert that can never fire), every rule evaluates without error,
+/// and a manifest file that does not parse, written to `manifests`, makes
+/// PortcullisManifestRejected pending and nothing else. `work`: a scratch
+/// directory. Skips without `prometheus` (fails in CI).
+fn prometheus_evaluates_the_alerts(port: u16, manifests: &std::path::Path, work: &std::path::Path) {
+    if dataplane::testing::root::skip_without("prometheus") {
+        return;
+    }
+    let rule_text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/monitoring/prometheusrule.yaml"
+    ))
+    .unwrap();
+    let rule: serde_yaml::Value = serde_yaml::from_str(&rule_text).unwrap();
+    let dir = work.join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("rules.yaml"), serde_yaml::to_string(&rule["spec"]).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [rules.yaml]\n\
+             scrape_configs:\n  - job_name: portcullis\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+        ),
+    )
+    .unwrap();
+    let prom_port = free_port();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _prometheus = Killed(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+    // The number a one-series instant query gives, if any.
+    let value = |q: &str| -> Option<f64> {
+        let r = prometheus_api(prom_port, &format!("/api/v1/query?query={}", url_encode(q)))?;
+        r["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    let t = Instant::now();
+    while value("up{job=\"portcullis\"}") != Some(1.0) {
+        assert!(t.elapsed() < Duration::from_secs(30), "Prometheus did not scrape the daemon:\n{}", log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Each selector of the daemon's metrics in each alert matches what the daemon exports.
+    fn selectors(e: &promql_parser::parser::Expr, out: &mut Vec<String>) {
+        use promql_parser::parser::Expr;
+        match e {
+            Expr::VectorSelector(v) => out.push(v.to_string()),
+            Expr::MatrixSelector(m) => out.push(m.vs.to_string()),
+            Expr::Aggregate(a) => selectors(&a.expr, out),
+            Expr::Binary(b) => {
+                selectors(&b.lhs, out);
+                selectors(&b.rhs, out);
+            }
+            Expr::Paren(p) => selectors(&p.expr, out),
+            Expr::Unary(u) => selectors(&u.expr, out),
+            Expr::Subquery(s) => selectors(&s.expr, out),
+            Expr::Call(c) => c.args.args.iter().for_each(|a| selectors(a, out)),
+            _ => {}
+        }
+    }
+    let mut checked = 0;
+    for group in rule["spec"]["groups"].as_sequence().unwrap() {
+        for r in group["rules"].as_sequence().unwrap() {
+            let (name, expr) = (r["alert"].as_str().unwrap(), r["expr"].as_str().unwrap());
+            let mut found = Vec::new();
+            selectors(&promql_parser::parser::parse(expr).unwrap(), &mut found);
+            for sel in found.iter().filter(|s| s.starts_with("portcullis_")) {
+                let n = value(&format!("count({sel})"));
+                assert!(n.is_some_and(|n| n >= 1.0), "{name}: {sel} matches no series the daemon exports");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 12, "{checked} selectors checked");
+    // A manifest file that does not parse: the daemon keeps the last good table and counts
+    // the file; the alert goes pending (it fires after 5 minutes).
+    let broken = manifests.join("zz-broken.yaml");
+    std::fs::write(&broken, "kind: NetworkPolicy\nmetadata: {name: [\n").unwrap();
+    let alerts = || -> Vec<(String, String)> {
+        let r = prometheus_api(prom_port, "/api/v1/alerts").unwrap_or_default();
+        let list = r["data"]["alerts"].as_array().cloned().unwrap_or_default();
+        list.iter()
+            .map(|a| {
+                let field = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+                (field(&a["labels"]["alertname"]), field(&a["state"]))
+            })
+            .collect()
+    };
+    let t = Instant::now();
+    while !alerts().iter().any(|(n, s)| n == "PortcullisManifestRejected" && s == "pending") {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no pending PortcullisManifestRejected: {:?}",
+            alerts()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(alerts(), vec![("PortcullisManifestRejected".to_string(), "pending".to_string())]);
+    // Every rule was evaluated, without error.
+    let rules = prometheus_api(prom_port, "/api/v1/rules").unwrap();
+    let rules: Vec<&serde_json::Value> = rules["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    assert_eq!(rules.len(), 14);
+    for r in rules {
+        assert_eq!(r["health"], "ok", "{r}");
+        assert!(!r["lastEvaluation"].as_str().unwrap_or("0001").starts_with("0001"), "never evaluated: {r}");
+    }
+    std::fs::remove_file(&broken).unwrap();
+    wait_for("the broken file to be forgotten", || {
+        get(port, "/metrics")
+            .is_some_and(|(_, _, b)| metric(&b, "portcullis_manifest_file_errors") == Some(0.0))
+    });
+}
+
+/// GET `path` from a Prometheus on `port`: its JSON answer. (HTTP/1.0: the
+/// answer is not chunked.)
+fn prometheus_api(port: u16, path: &str) -> Option<serde_json::Value> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    serde_json::from_str(buf.split_once("\r\n\r\n")?.1).ok()
+}
+
+/// Percent-encodes a query parameter.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The value of the sample named exactly `series` (name and labels) in Prometheus text.

@@ -499,6 +499,21 @@ s.send(bytes.fromhex('020000000099') + mac + b'\x86\xdd' + ip + icmp)
         true
     }
 
+    /// For a test that needs `tool` (one scripts/install-deps.sh installs)
+    /// but not root: `true` (skip, after printing `SKIP: <why>`) when `tool`
+    /// is not on `PATH`, or a panic when [`REQUIRE`] is `1`.
+    pub fn skip_without(tool: &str) -> bool {
+        if on_path(tool) {
+            return false;
+        }
+        let why = format!("{tool} is missing (run scripts/install-deps.sh)");
+        if required() {
+            panic!("{REQUIRE}=1 and this test cannot run: {why}");
+        }
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("SKIP: {why}\n"));
+        true
+    }
+
     /// [`missing`] then [`skip_because`]: `true` when the caller must return.
     pub fn skip(tools: &[&str]) -> bool {
         match missing(tools) {
