@@ -1,8 +1,10 @@
 //! Records the commit the binary is built from, for `--version`, `/status`,
 //! `portcullis_build_info` and the start-up log: `PORTCULLIS_COMMIT` when set
 //! (the Dockerfile's build argument: its build context has no `.git`), else
-//! `git rev-parse`, else "unknown". Only letters, digits and `.-_+` are kept
-//! (it becomes a metric label).
+//! `git rev-parse`, with `-dirty` appended when the sources the binary is
+//! built from (the three crates, the workspace's Cargo.toml and Cargo.lock)
+//! differ from that commit, else "unknown". Only letters, digits and `.-_+`
+//! are kept (it becomes a metric label).
 
 use std::process::Command;
 
@@ -10,6 +12,18 @@ fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git").args(args).output().ok()?;
     let s = String::from_utf8(out.stdout).ok()?.trim().to_string();
     (out.status.success() && !s.is_empty()).then_some(s)
+}
+
+/// What the binary is built from, relative to the workspace root.
+const SOURCES: [&str; 5] = ["Cargo.toml", "Cargo.lock", "policy-compiler", "dataplane", "control"];
+
+/// Do tracked files among [`SOURCES`] differ from the commit (staged or not)?
+fn dirty() -> bool {
+    let out = Command::new("git")
+        .args(["-C", "..", "status", "--porcelain", "--untracked-files=no", "--"])
+        .args(SOURCES)
+        .output();
+    out.is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
 }
 
 fn main() {
@@ -29,7 +43,15 @@ fn main() {
                     }
                 }
             }
-            git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into())
+            // Run again when those sources change, to tell whether they still match the commit.
+            for p in SOURCES {
+                println!("cargo:rerun-if-changed=../{p}");
+            }
+            match git(&["rev-parse", "--short=12", "HEAD"]) {
+                Some(c) if dirty() => format!("{c}-dirty"),
+                Some(c) => c,
+                None => "unknown".into(),
+            }
         }
     };
     let commit: String =

@@ -1345,3 +1345,35 @@ fn run_check_checks_the_configuration_and_its_interfaces_and_attaches_nothing() 
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("\"bogus\": invalid IP address syntax"), "{}", stderr(&o));
 }
+
+/// `--version` names the commit the binary was built from, marked `-dirty`
+/// when the sources it was built from (the crates, Cargo.toml, Cargo.lock)
+/// had changes not committed. Checked against git when the tests run from a
+/// git checkout and the commit was not given by `PORTCULLIS_COMMIT` (as the
+/// Dockerfile gives it).
+#[test]
+fn version_names_the_commit_and_uncommitted_changes() {
+    let out = run(&["--version"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let commit =
+        text.split("(commit ").nth(1).and_then(|s| s.strip_suffix(")\n")).unwrap_or_else(|| panic!("{text}"));
+    let git = |args: &[&str]| {
+        Command::new("git").args(["-C", &root("")]).args(args).output().ok().filter(|o| o.status.success())
+    };
+    let Some(head) = git(&["rev-parse", "--short=12", "HEAD"]) else {
+        eprintln!("not a git checkout: only the form of {commit:?} is checked");
+        assert!(!commit.is_empty());
+        return;
+    };
+    if std::env::var_os("PORTCULLIS_COMMIT").is_some() {
+        return;
+    }
+    let sources = ["Cargo.toml", "Cargo.lock", "policy-compiler", "dataplane", "control"];
+    let status = git(&[&["status", "--porcelain", "--untracked-files=no", "--"][..], &sources].concat())
+        .expect("git status");
+    let dirty = !status.stdout.is_empty();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    let expected = if dirty { format!("{head}-dirty") } else { head };
+    assert_eq!(commit, expected, "--version: {text}");
+}
