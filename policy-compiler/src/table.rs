@@ -235,7 +235,11 @@ struct AddrEntry {
     /// Bit `dir`: some ipBlock of direction `dir`'s rules contains the
     /// address. Bit `2 + 2 * dir + family` (0 IPv4, 1 IPv6): the pod's side
     /// of direction `dir` is isolated and denies every non-pod address of
-    /// that family (no rule without peers, no ipBlock of the family). Bits
+    /// that family (no rule without peers, no ipBlock of the family). Bit
+    /// `6 + dir`: the side of `dir` is isolated and its first `any` entry
+    /// allows every protocol, so it allows every flow by that entry's rule
+    /// (the lookup tests it for egress, where the sides of namespaces that
+    /// deny only ingress plus "allow all egress" rules are common). Bits
     /// 8 to 15: a Bloom filter of the (protocol, port) pairs the ingress
     /// side allows any pod peer on this pod (bit [`port_bit`]), its named
     /// ports resolved against this pod's; all ones when a rule allows every
@@ -269,8 +273,8 @@ impl AddrEntry {
         let Some(p) = pods.get(self.pod as usize) else { return };
         let side = |dir: usize| denials.get(p.sides[dir] as usize).copied().unwrap_or(NO_DENIALS);
         let (ingress, egress) = (side(0), side(1));
-        let mut ports = (ingress >> 24) as u16;
-        let names = ingress >> 18 & 0x3f;
+        let mut ports = (ingress >> 24 & 0xff) as u16;
+        let names = (ingress >> 18 & 0x3f) as u32;
         if names != 0 && ports != 0xff {
             // The side's named ports, as numbers on this pod: every port of
             // the pod whose (protocol, name) may be one of them.
@@ -293,7 +297,16 @@ impl AddrEntry {
         self.flags = self.flags & 3
             | ((ingress >> 16) as u16 & 3) << 2
             | ((egress >> 16) as u16 & 3) << 4
+            | ((ingress >> 32) as u16 & 1) << 6
+            | ((egress >> 32) as u16 & 1) << 7
             | ports << 8;
+    }
+
+    /// Does the pod's side of `dir` allow everything through its first
+    /// `any` entry (a rule without peers for every protocol)?
+    #[inline(always)]
+    fn allows_all(&self, dir: Direction) -> bool {
+        self.flags >> (6 + dir as u32) & 1 != 0
     }
 
     #[inline(always)]
@@ -311,8 +324,15 @@ impl AddrEntry {
 /// What [`AddrEntry`] keeps of a side: its `peers` filter (low 16 bits),
 /// whether it denies every non-pod IPv4 (bit 16) and IPv6 (bit 17) address,
 /// a Bloom filter of its named ports' (protocol, name) (bits 18 to 23, bit
-/// [`name_bit`]), and its ports filter of numbered ports (bits 24 to 31).
-type SideDenials = u32;
+/// [`name_bit`]), its ports filter of numbered ports (bits 24 to 31), and
+/// whether its `any` set's first entry allows every protocol (bit 32, see
+/// [`ALLOWS_ALL`]).
+type SideDenials = u64;
+
+/// [`SideDenials`] bit: the side's first `any` entry allows every protocol,
+/// so every peer on every port is allowed by that entry's rule (each set of
+/// the side starts with the `any` entries).
+const ALLOWS_ALL: SideDenials = 1 << 32;
 
 /// The bit (0 to 5) of a named port's (protocol, name) in a side's names filter.
 fn name_bit(proto: u8, name: u32) -> u32 {
@@ -576,6 +596,7 @@ impl DecisionTable {
         }
         let egress = match s {
             None => Side::NotPod,
+            Some((e, p)) if e.allows_all(Direction::Egress) => self.allowed_by_any(p.sides[1]),
             Some((e, p)) => {
                 let denied = (u16::MAX, u16::MAX, e.denies_non_pod(Direction::Egress, dst));
                 self.check(
@@ -589,6 +610,22 @@ impl DecisionTable {
             }
         };
         Verdict { egress, ingress }
+    }
+
+    /// The answer of a side whose first `any` entry allows every protocol
+    /// ([`AddrEntry::allows_all`]): that entry's rule, whoever the peer and
+    /// whatever the port (every set of the side starts with its `any`
+    /// entries). Nothing branches on what is read here, so the side entry
+    /// and rule loads are off the lookup's critical path.
+    /// A side or rule not where the table says (never, for a table this
+    /// module built) denies, as in [`Self::check`].
+    #[inline(always)]
+    fn allowed_by_any(&self, side: u32) -> Side {
+        let rule = self.sides.get(side as usize).and_then(|se| self.entry_rules.get(se.any as usize));
+        match rule {
+            Some(&r) => Side::Allowed(r),
+            None => Side::Denied(SideId(side)),
+        }
     }
 
     /// The other end of a flow, seen from a side of direction `dir`.
@@ -724,7 +761,12 @@ impl DecisionTable {
                 }
             }
         }
-        d | peers | (ports & 0xff) << 24 | (ports >> 8 & 0x3f) << 18
+        if self.entries.get(se.any as usize).is_some_and(|e| e.proto == ANY_PROTO) {
+            d |= ALLOWS_ALL;
+        }
+        d | SideDenials::from(peers)
+            | SideDenials::from(ports & 0xff) << 24
+            | SideDenials::from(ports >> 8 & 0x3f) << 18
     }
 
     /// Adds a set's entries to `bits`: its numbered ports to the ports

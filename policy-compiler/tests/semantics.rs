@@ -2363,6 +2363,49 @@ spec:
     expect(&c, EXT4, X_WEB, TCP, 80, NotPod, Open);
 }
 
+/// An egress side whose first rule without peers allows every protocol
+/// answers from the pod's address entry, without its peer table: the same
+/// rule for every peer (a pod, a non-pod address inside or outside its
+/// ipBlocks) and every protocol; and a patch that narrows the rule takes
+/// that answer away.
+#[test]
+fn d6_an_egress_side_allowing_everything_names_that_rule_for_every_flow() {
+    use policy_compiler::{Compilation, IncrementalCompiler, PolicyChange};
+    let open = r"
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 192.0.2.0/24}}]
+    ports: [{port: 443}]
+  - {}
+";
+    let c = base(&[open]);
+    for (dst, proto, port, ingress) in [
+        (Y_WEB, TCP, 80, Open),
+        (X_DB, UDP, 53, Open),
+        (EXT4, TCP, 443, NotPod),
+        (EXT4, TCP, 80, NotPod),
+        ("198.51.100.7", ICMP, 0, NotPod),
+    ] {
+        expect(&c, X_WEB, dst, proto, port, Allow("x/p", 1), ingress);
+    }
+    expect(&c, X_WEB6, EXT6, UDP, 9, Allow("x/p", 1), NotPod);
+    let mut inc = IncrementalCompiler::new(c.cluster.clone());
+    let narrowed = open.replace("  - {}\n", "");
+    let ch = PolicyChange {
+        namespace: "x".into(),
+        name: "p".into(),
+        policy: Some(policy(&world(base_namespaces(), base_pods(), &[&narrowed]), "x/p").clone()),
+    };
+    assert_eq!(inc.apply(vec![ch]), Compilation::Patched { namespaces: vec!["x".into()] });
+    let patched = Compiled { table: inc.table().clone(), cluster: inc.cluster().clone(), ..c };
+    expect(&patched, X_WEB, EXT4, TCP, 443, Allow("x/p", 0), NotPod);
+    expect(&patched, X_WEB, EXT4, TCP, 80, Deny(&["x/p"]), NotPod);
+    expect(&patched, X_WEB, Y_WEB, TCP, 80, Deny(&["x/p"]), Open);
+}
+
 #[test]
 fn d6_allowed_side_names_rules_without_peers_before_peer_rules() {
     let c = base(&[r"

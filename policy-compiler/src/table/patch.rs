@@ -1161,7 +1161,7 @@ fn data_bytes(t: &DecisionTable) -> usize {
         + t.entries.len() * size_of::<PortEntry>()
         + t.entry_rules.len() * size_of::<RuleRef>()
         + t.sides.len() * size_of::<SideEntry>()
-        + t.side_denials.len() * 4
+        + t.side_denials.len() * 8
         + t.side_info.len() * size_of::<SideInfo>()
         + t.side_policies.len() * 4
         + t.pods.len() * size_of::<PodEntry>()
