@@ -1,6 +1,6 @@
 # The `portcullis` image (deploy/daemonset.yaml runs it). Not built in CI: the project's
 # machines have no container engine. Build and push with, for example:
-#   docker build --build-arg PORTCULLIS_COMMIT=$(git rev-parse --short=12 HEAD) \
+#   docker build --build-arg PORTCULLIS_COMMIT=$(git rev-parse --short=12 HEAD)$(git diff --quiet HEAD || echo -dirty) \
 #     -t registry.example.com/portcullis:0.1.0 .
 #   docker push registry.example.com/portcullis:0.1.0
 # then point deploy/kustomization.yaml (images:) at it.

@@ -2,9 +2,9 @@
 //! `portcullis_build_info` and the start-up log: `PORTCULLIS_COMMIT` when set
 //! (the Dockerfile's build argument: its build context has no `.git`), else
 //! `git rev-parse`, with `-dirty` appended when the sources the binary is
-//! built from (the three crates, the workspace's Cargo.toml and Cargo.lock)
-//! differ from that commit, else "unknown". Only letters, digits and `.-_+`
-//! are kept (it becomes a metric label).
+//! built from ([`SOURCES`]) differ from that commit, else "unknown". Only
+//! letters, digits and `.-_+` are kept (it becomes a metric label).
+//! `PORTCULLIS_COMMIT_SOURCE` says which: `env`, `git` or `none`.
 
 use std::process::Command;
 
@@ -14,8 +14,21 @@ fn git(args: &[&str]) -> Option<String> {
     (out.status.success() && !s.is_empty()).then_some(s)
 }
 
-/// What the binary is built from, relative to the workspace root.
-const SOURCES: [&str; 5] = ["Cargo.toml", "Cargo.lock", "policy-compiler", "dataplane", "control"];
+/// What the binary is built from, relative to the workspace root: the
+/// crates' sources and manifests, this script, the workspace's manifest and
+/// lock file (not tests, benches or anything git ignores, whose changes would
+/// only rebuild the crate for nothing).
+const SOURCES: [&str; 9] = [
+    "Cargo.toml",
+    "Cargo.lock",
+    "policy-compiler/Cargo.toml",
+    "policy-compiler/src",
+    "dataplane/Cargo.toml",
+    "dataplane/src",
+    "control/Cargo.toml",
+    "control/build.rs",
+    "control/src",
+];
 
 /// Do tracked files among [`SOURCES`] differ from the commit (staged or not)?
 fn dirty() -> bool {
@@ -28,8 +41,8 @@ fn dirty() -> bool {
 
 fn main() {
     println!("cargo:rerun-if-env-changed=PORTCULLIS_COMMIT");
-    let commit = match std::env::var("PORTCULLIS_COMMIT") {
-        Ok(c) if !c.is_empty() => c,
+    let (commit, source) = match std::env::var("PORTCULLIS_COMMIT") {
+        Ok(c) if !c.is_empty() => (c, "env"),
         _ => {
             // Built again when the checked-out commit moves: HEAD (a checkout),
             // its log (every commit and checkout), the branch's ref. Only files
@@ -48,9 +61,9 @@ fn main() {
                 println!("cargo:rerun-if-changed=../{p}");
             }
             match git(&["rev-parse", "--short=12", "HEAD"]) {
-                Some(c) if dirty() => format!("{c}-dirty"),
-                Some(c) => c,
-                None => "unknown".into(),
+                Some(c) if dirty() => (format!("{c}-dirty"), "git"),
+                Some(c) => (c, "git"),
+                None => ("unknown".into(), "none"),
             }
         }
     };
@@ -58,4 +71,5 @@ fn main() {
         commit.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+')).collect();
     let commit = if commit.is_empty() { "unknown".to_string() } else { commit };
     println!("cargo:rustc-env=PORTCULLIS_COMMIT={commit}");
+    println!("cargo:rustc-env=PORTCULLIS_COMMIT_SOURCE={source}");
 }

@@ -19,7 +19,9 @@
 #   prometheus (prometheus, promtool)                   the alerts of deploy/monitoring/ under promtool's checks and unit
 #                                                       tests (control/tests/deploy.rs), and a real Prometheus scraping
 #                                                       the daemon and evaluating them (control/tests/run_manifests.rs).
-#                                                       Its service is not started: the tests start their own.
+#                                                       Its service is neither started nor enabled: the tests start
+#                                                       their own. (While these packages install, where the machine
+#                                                       has no policy-rc.d, no service starts or restarts at all.)
 set -euo pipefail
 pkgs=(libelf-dev clang m4 libpcap-dev pkg-config zlib1g-dev gcc make iproute2 ethtool iputils-ping procps nftables python3
   prometheus)
@@ -46,6 +48,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ -n "$no_start" ]; then
     $SUDO rm -f "$no_start"
     trap - EXIT
+  fi
+  # Nor at the next boot: the package enables its service.
+  # (systemctl disables offline too, without a running systemd.)
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null; then
+    $SUDO systemctl disable prometheus.service >/dev/null 2>&1 || true
   fi
 fi
 

@@ -1347,10 +1347,10 @@ fn run_check_checks_the_configuration_and_its_interfaces_and_attaches_nothing() 
 }
 
 /// `--version` names the commit the binary was built from, marked `-dirty`
-/// when the sources it was built from (the crates, Cargo.toml, Cargo.lock)
-/// had changes not committed. Checked against git when the tests run from a
-/// git checkout and the commit was not given by `PORTCULLIS_COMMIT` (as the
-/// Dockerfile gives it).
+/// when the sources it was built from (the crates' `src` and manifests,
+/// `control/build.rs`, the workspace's Cargo.toml and Cargo.lock) had
+/// changes not committed. Checked against git when the build took the commit
+/// from git (not from `PORTCULLIS_COMMIT`, as the Dockerfile gives it).
 #[test]
 fn version_names_the_commit_and_uncommitted_changes() {
     let out = run(&["--version"]);
@@ -1358,22 +1358,31 @@ fn version_names_the_commit_and_uncommitted_changes() {
     let text = stdout(&out);
     let commit =
         text.split("(commit ").nth(1).and_then(|s| s.strip_suffix(")\n")).unwrap_or_else(|| panic!("{text}"));
-    let git = |args: &[&str]| {
-        Command::new("git").args(["-C", &root("")]).args(args).output().ok().filter(|o| o.status.success())
-    };
-    let Some(head) = git(&["rev-parse", "--short=12", "HEAD"]) else {
-        eprintln!("not a git checkout: only the form of {commit:?} is checked");
+    assert_eq!(commit, env!("PORTCULLIS_COMMIT"));
+    if env!("PORTCULLIS_COMMIT_SOURCE") != "git" {
+        eprintln!("commit {commit:?} not from git: only its form is checked");
         assert!(!commit.is_empty());
         return;
-    };
-    if std::env::var_os("PORTCULLIS_COMMIT").is_some() {
-        return;
     }
-    let sources = ["Cargo.toml", "Cargo.lock", "policy-compiler", "dataplane", "control"];
-    let status = git(&[&["status", "--porcelain", "--untracked-files=no", "--"][..], &sources].concat())
-        .expect("git status");
-    let dirty = !status.stdout.is_empty();
-    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    let git = |args: &[&str]| {
+        let out = Command::new("git").args(["-C", &root("")]).args(args).output().expect("git");
+        assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let head = git(&["rev-parse", "--short=12", "HEAD"]).trim().to_string();
+    let sources = [
+        "Cargo.toml",
+        "Cargo.lock",
+        "policy-compiler/Cargo.toml",
+        "policy-compiler/src",
+        "dataplane/Cargo.toml",
+        "dataplane/src",
+        "control/Cargo.toml",
+        "control/build.rs",
+        "control/src",
+    ];
+    let dirty =
+        !git(&[&["status", "--porcelain", "--untracked-files=no", "--"][..], &sources].concat()).is_empty();
     let expected = if dirty { format!("{head}-dirty") } else { head };
     assert_eq!(commit, expected, "--version: {text}");
 }
