@@ -615,8 +615,9 @@ impl DecisionTable {
     /// The answer of a side whose first `any` entry allows every protocol
     /// ([`AddrEntry::allows_all`]): that entry's rule, whoever the peer and
     /// whatever the port (every set of the side starts with its `any`
-    /// entries). Nothing branches on what is read here, so the side entry
-    /// and rule loads are off the lookup's critical path.
+    /// entries). Only bounds checks, which pass, branch on what is read
+    /// here, so the side entry and rule loads are off the lookup's critical
+    /// path.
     /// A side or rule not where the table says (never, for a table this
     /// module built) denies, as in [`Self::check`].
     #[inline(always)]
