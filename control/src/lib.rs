@@ -22,7 +22,8 @@
 //! and JSON answers. `lab` (root) builds a test bed of network namespaces,
 //! veths and pods' servers, runs a dataplane on it (its own `lab dataplane`
 //! process, reloaded on SIGHUP by `lab apply`; the daemon itself with
-//! `lab up --run-manifests`) and probes it. Errors name
+//! `lab up --run-manifests`) and probes it. Panics are log lines of the
+//! daemon (`panics`). Errors name
 //! the file, document, object and field. No `unsafe` here: the dataplane's
 //! `xsk` module holds it.
 
@@ -36,6 +37,7 @@ pub mod index;
 pub mod lab;
 pub mod manifest;
 pub mod manifest_dir;
+pub mod panics;
 pub mod report;
 pub mod run;
 pub mod sources;

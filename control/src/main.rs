@@ -456,6 +456,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 LogFormat::Json => fmt.json().init(),
                 LogFormat::Text => fmt.init(),
             }
+            control::panics::install(true);
             tracing::info!(version = env!("CARGO_PKG_VERSION"), commit = control::COMMIT, "portcullis");
             let (mut config, from) = control::config::Config::load_for_run(args.config.as_deref())?;
             match &from {
@@ -807,6 +808,8 @@ fn json_error(text: &str, e: &serde_json::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    // Expected panics (a parser's, turned into errors) stay quiet; `run` logs the others.
+    control::panics::install(false);
     match run(Cli::parse()) {
         Ok(status) => status,
         // The reader went away (`portcullis matrix ... | head`): nothing left to say.

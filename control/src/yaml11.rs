@@ -179,8 +179,8 @@ pub fn find(text: &str) -> Result<Vec<Misread>, FindError> {
         &ended
     };
     // Any other panic of the parser is an error of this check, not of the
-    // process (a daemon reads these texts).
-    let walked = std::panic::catch_unwind(|| {
+    // process (a daemon reads these texts), and reported as that error only.
+    let walked = crate::panics::expected(|| {
         let mut walk = Walk::default();
         let mut input = text.as_bytes();
         let mut parser = Parser::new();
