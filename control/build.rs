@@ -4,7 +4,8 @@
 //! `git rev-parse`, with `-dirty` appended when the sources the binary is
 //! built from ([`SOURCES`]) differ from that commit, else "unknown". Only
 //! letters, digits and `.-_+` are kept (it becomes a metric label).
-//! `PORTCULLIS_COMMIT_SOURCE` says which: `env`, `git` or `none`.
+//! `PORTCULLIS_COMMIT_SOURCE` says which: `env`, `git` or `none`;
+//! `PORTCULLIS_COMMIT_PATHS`, the paths compared (comma-separated).
 
 use std::process::Command;
 
@@ -72,4 +73,5 @@ fn main() {
     let commit = if commit.is_empty() { "unknown".to_string() } else { commit };
     println!("cargo:rustc-env=PORTCULLIS_COMMIT={commit}");
     println!("cargo:rustc-env=PORTCULLIS_COMMIT_SOURCE={source}");
+    println!("cargo:rustc-env=PORTCULLIS_COMMIT_PATHS={}", SOURCES.join(","));
 }

@@ -1348,8 +1348,8 @@ fn run_check_checks_the_configuration_and_its_interfaces_and_attaches_nothing() 
 
 /// `--version` names the commit the binary was built from, marked `-dirty`
 /// when the sources it was built from (the crates' `src` and manifests,
-/// `control/build.rs`, the workspace's Cargo.toml and Cargo.lock) had
-/// changes not committed. Checked against git when the build took the commit
+/// `control/build.rs`, the workspace's Cargo.toml and Cargo.lock: the paths
+/// build.rs names) had changes not committed. Checked against git when the build took the commit
 /// from git (not from `PORTCULLIS_COMMIT`, as the Dockerfile gives it).
 #[test]
 fn version_names_the_commit_and_uncommitted_changes() {
@@ -1370,17 +1370,9 @@ fn version_names_the_commit_and_uncommitted_changes() {
         stdout(&out)
     };
     let head = git(&["rev-parse", "--short=12", "HEAD"]).trim().to_string();
-    let sources = [
-        "Cargo.toml",
-        "Cargo.lock",
-        "policy-compiler/Cargo.toml",
-        "policy-compiler/src",
-        "dataplane/Cargo.toml",
-        "dataplane/src",
-        "control/Cargo.toml",
-        "control/build.rs",
-        "control/src",
-    ];
+    // The paths build.rs compares with the commit.
+    let sources: Vec<&str> = env!("PORTCULLIS_COMMIT_PATHS").split(',').collect();
+    assert!(sources.contains(&"control/src"), "{sources:?}");
     let dirty =
         !git(&[&["status", "--porcelain", "--untracked-files=no", "--"][..], &sources].concat()).is_empty();
     let expected = if dirty { format!("{head}-dirty") } else { head };
