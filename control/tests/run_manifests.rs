@@ -48,9 +48,15 @@ fn get(port: u16, path: &str) -> Option<(u16, String, String)> {
 
 /// [`get`] with extra header lines (each ending in `\r\n`).
 fn get_with(port: u16, path: &str, headers: &str) -> Option<(u16, String, String)> {
+    request(port, path, "1.1", headers)
+}
+
+/// GET `path` in HTTP/`version`, closing the connection after the answer:
+/// (status code, head, body).
+fn request(port: u16, path: &str, version: &str, headers: &str) -> Option<(u16, String, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n").ok()?;
+    write!(s, "GET {path} HTTP/{version}\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
@@ -783,12 +789,7 @@ fn prometheus_evaluates_the_alerts(port: u16, manifests: &std::path::Path, work:
 /// GET `path` from a Prometheus on `port`: its JSON answer. (HTTP/1.0: the
 /// answer is not chunked.)
 fn prometheus_api(port: u16, path: &str) -> Option<serde_json::Value> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    serde_json::from_str(buf.split_once("\r\n\r\n")?.1).ok()
+    serde_json::from_str(&request(port, path, "1.0", "")?.2).ok()
 }
 
 /// Percent-encodes a query parameter.

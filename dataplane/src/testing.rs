@@ -490,8 +490,13 @@ s.send(bytes.fromhex('020000000099') + mac + b'\x86\xdd' + ip + icmp)
     /// What a root-only test does when it cannot run for `why`: `true` (skip,
     /// after printing `SKIP: <why>`), or a panic when [`REQUIRE`] is `1`.
     pub fn skip_because(why: &str) -> bool {
+        skip_test("root-only test", why)
+    }
+
+    /// [`skip_because`] for a test of kind `what`.
+    fn skip_test(what: &str, why: &str) -> bool {
         if required() {
-            panic!("{REQUIRE}=1 and this root-only test cannot run: {why}");
+            panic!("{REQUIRE}=1 and this {what} cannot run: {why}");
         }
         // Straight to stderr: the test harness captures `eprintln!` of passing tests,
         // and a skip must show in a plain `cargo test` run.
@@ -503,15 +508,7 @@ s.send(bytes.fromhex('020000000099') + mac + b'\x86\xdd' + ip + icmp)
     /// but not root: `true` (skip, after printing `SKIP: <why>`) when `tool`
     /// is not on `PATH`, or a panic when [`REQUIRE`] is `1`.
     pub fn skip_without(tool: &str) -> bool {
-        if on_path(tool) {
-            return false;
-        }
-        let why = format!("{tool} is missing (run scripts/install-deps.sh)");
-        if required() {
-            panic!("{REQUIRE}=1 and this test cannot run: {why}");
-        }
-        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("SKIP: {why}\n"));
-        true
+        !on_path(tool) && skip_test("test", &format!("{tool} is missing (run scripts/install-deps.sh)"))
     }
 
     /// [`missing`] then [`skip_because`]: `true` when the caller must return.
