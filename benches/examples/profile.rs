@@ -11,6 +11,7 @@
 //! target/release/examples/profile digest 10000
 //! target/release/examples/profile split 10000
 //! FLOWS=49152 target/release/examples/profile isolated 10000
+//! target/release/examples/profile classes 10000
 //! target/release/examples/profile patch 10000 10000
 //! target/release/examples/profile rollout 10000 10000
 //! target/release/examples/profile namespace 10000 10000
@@ -58,6 +59,15 @@
 //! the number of policies differs. `ONLY=I` (0, 1 or 2) instead runs 20
 //! rounds of table I's lookups, for `valgrind --toggle-collect='*look_up*'`.
 //!
+//! `[HOT=1] classes PODS` sorts the sample flows by what the 10,000-policy
+//! table answers (source and destination a pod or not, the kind of each
+//! side's answer) and times each class on the 10- and 10,000-policy tables
+//! (alternating, fastest of 200 rounds), with its share of the difference.
+//! `HOT=1` repeats each class's first 16 flows instead (what remains when
+//! nothing misses the cache). `CLASS='<name as printed>' ONLY=<0|1>` instead
+//! runs 20 rounds of that class on one table, for `valgrind
+//! --toggle-collect='*look_up*'`.
+//!
 //! `split PODS` times the 10- and 10,000-policy tables (alternating, fastest
 //! of 200 rounds) on three flow sets: the pod-to-pod sample flows, the sample
 //! flows with a non-pod end, and 64 sample flows repeated (a working set that
@@ -85,6 +95,9 @@ fn main() {
     }
     if mode == "isolated" {
         return isolated(pods);
+    }
+    if mode == "classes" {
+        return classes(pods);
     }
     if mode == "patch" {
         return patch(pods, policies);
@@ -440,4 +453,77 @@ fn long_ports(entries: usize, named: usize) {
         best = best.min(t.elapsed().as_nanos() as f64 / rounds as f64);
     }
     println!("{entries} port entries ({} named), {named} named ports on the pod: denied lookup {best:.0} ns (fastest of 20 rounds)", entries / 2 + entries % 2);
+}
+
+fn classes(pods: usize) {
+    use policy_compiler::Side;
+    let kind = |s: &Side| match s {
+        Side::NotPod => "notpod",
+        Side::NotIsolated => "open",
+        Side::Allowed(_) => "allow",
+        Side::Denied(_) => "deny",
+        Side::Skipped => "skip",
+    };
+    let built: Vec<_> = [10, 10_000]
+        .iter()
+        .map(|&n| {
+            let c = generate(pods, n, 1);
+            (DecisionTable::compile(&c), sample_flows(&c, 4_096, 1))
+        })
+        .collect();
+    // The sample flows are the same for both sizes (same pods, same seed).
+    assert_eq!(built[0].1, built[1].1);
+    let big = &built[1].0;
+    let mut classes: std::collections::BTreeMap<String, Vec<portcullis_benches::Flow>> = Default::default();
+    for f in &built[1].1 {
+        let v = big.verdict(f.src, f.dst, f.protocol, f.port);
+        let k = format!(
+            "{}->{} in:{} eg:{}",
+            if big.pod_at(f.src).is_some() { "pod" } else { "ext" },
+            if big.pod_at(f.dst).is_some() { "pod" } else { "ext" },
+            kind(&v.ingress),
+            kind(&v.egress)
+        );
+        classes.entry(k).or_default().push(*f);
+    }
+    if std::env::var("HOT").is_ok() {
+        // Each class's first 16 flows, repeated: what stays when nothing misses the cache.
+        for flows in classes.values_mut() {
+            let n = flows.len();
+            let hot: Vec<_> = (0..n).map(|i| flows[i % 16.min(n)]).collect();
+            *flows = hot;
+        }
+    }
+    if let (Ok(class), Ok(only)) = (std::env::var("CLASS"), std::env::var("ONLY")) {
+        // For callgrind: one class on one table (0: 10 policies, 1: 10,000), 20 rounds.
+        let i: usize = only.parse().expect("ONLY: 0 or 1");
+        let flows = &classes[&class];
+        for _ in 0..20 {
+            look_up(&built[i].0, flows);
+        }
+        return;
+    }
+    let mut best: Vec<[f64; 2]> = vec![[f64::MAX; 2]; classes.len()];
+    for _ in 0..200 {
+        for (j, flows) in classes.values().enumerate() {
+            for (i, (table, _)) in built.iter().enumerate() {
+                let t = Instant::now();
+                for _ in 0..25 {
+                    look_up(table, flows);
+                }
+                best[j][i] = best[j][i].min(t.elapsed().as_nanos() as f64 / (25 * flows.len()) as f64);
+            }
+        }
+    }
+    let gap: f64 = classes.values().zip(&best).map(|(f, b)| f.len() as f64 * (b[1] - b[0])).sum();
+    for ((k, flows), b) in classes.iter().zip(&best) {
+        println!(
+            "{k:32} {:5} flows: {:5.1} ns at 10, {:5.1} at 10,000 ({:+5.1}), {:5.1}% of the gap",
+            flows.len(),
+            b[0],
+            b[1],
+            b[1] - b[0],
+            100.0 * flows.len() as f64 * (b[1] - b[0]) / gap
+        );
+    }
 }
