@@ -227,8 +227,9 @@ struct PodEntry {
 
 /// Per pod IP: which pod, whether some ipBlock of [ingress, egress] rules
 /// contains the address (only then is a side's range map searched), and what
-/// the pod's sides deny without a look at them. 8 bytes: the two fields of
-/// denials sit where padding was, in an entry every lookup reads anyway.
+/// the pod's sides deny without a look at them, and where its ingress
+/// side's peer table is. 12 bytes (a 16-byte bucket in the IPv4 map): an
+/// entry every lookup reads anyway.
 #[derive(Clone, Copy, Debug)]
 struct AddrEntry {
     pod: u32,
@@ -253,6 +254,23 @@ struct AddrEntry {
     /// `pod_any` set is not empty) or is not isolated. A clear bit denies a
     /// pod peer outside every ingress ipBlock without reading the side.
     peers: u16,
+    /// Where the pod's ingress side's peer table is ([`home_of`]), so that
+    /// a probe need not wait for the side entry; 0: read it from the side
+    /// entry (no keys, not isolated, or a table beyond [`HOME_BASE`]).
+    home: u32,
+}
+
+/// Largest table start [`AddrEntry::home`] can hold (26 bits).
+const HOME_BASE: u32 = (1 << 26) - 1;
+
+/// A side's peer table as [`AddrEntry::home`] keeps it: `table_bits << 27 |
+/// patched << 26 | start`, or 0 when it does not fit (or has no keys).
+fn home_of(se: &SideEntry) -> u32 {
+    let base = se.table & !PATCHED;
+    if se.table_bits == 0 || se.table_bits > 31 || base > HOME_BASE {
+        return 0;
+    }
+    u32::from(se.table_bits) << 27 | u32::from(se.table & PATCHED != 0) << 26 | base
 }
 
 impl AddrEntry {
@@ -263,14 +281,22 @@ impl AddrEntry {
             pod,
             flags: u16::from(in_block[0]) | u16::from(in_block[1]) << 1 | 0xff00,
             peers: u16::MAX,
+            home: 0,
         }
     }
 
     /// Takes what its pod's sides deny from `denials` (a side not there yet
     /// denies nothing here: the lookup then reads the side).
     /// `named`: the table's named-port lists (see [`PodEntry::named`]).
-    fn set_denials(&mut self, pods: &[PodEntry], denials: &[SideDenials], named: &[NamedEntry]) {
+    fn set_denials(
+        &mut self,
+        pods: &[PodEntry],
+        sides: &[SideEntry],
+        denials: &[SideDenials],
+        named: &[NamedEntry],
+    ) {
         let Some(p) = pods.get(self.pod as usize) else { return };
+        self.home = sides.get(p.sides[0] as usize).filter(|_| p.sides[0] != 0).map_or(0, home_of);
         let side = |dir: usize| denials.get(p.sides[dir] as usize).copied().unwrap_or(NO_DENIALS);
         let (ingress, egress) = (side(0), side(1));
         let mut ports = (ingress >> 24 & 0xff) as u16;
@@ -582,7 +608,7 @@ impl DecisionTable {
             Some((e, p)) => {
                 let denied = (e.peers, e.flags >> 8, e.denies_non_pod(Direction::Ingress, src));
                 self.check(
-                    p.sides[0],
+                    (p.sides[0], e.home),
                     self.peer(s, src, Direction::Ingress),
                     protocol,
                     port,
@@ -600,7 +626,7 @@ impl DecisionTable {
             Some((e, p)) => {
                 let denied = (u16::MAX, u16::MAX, e.denies_non_pod(Direction::Egress, dst));
                 self.check(
-                    p.sides[1],
+                    (p.sides[1], 0),
                     self.peer(d, dst, Direction::Egress),
                     protocol,
                     port,
@@ -631,7 +657,7 @@ impl DecisionTable {
 
     /// The other end of a flow, seen from a side of direction `dir`.
     #[inline]
-    fn peer(&self, a: Option<(AddrEntry, &PodEntry)>, ip: IpAddr, dir: Direction) -> PeerInfo {
+    fn peer(&self, a: Option<(&AddrEntry, &PodEntry)>, ip: IpAddr, dir: Direction) -> PeerInfo {
         match a {
             Some((e, p)) => {
                 PeerInfo { pod: Some((p.block_bit >> 6, p.block_bit & 63)), in_block: e.in_block(dir), ip }
@@ -641,10 +667,10 @@ impl DecisionTable {
     }
 
     #[inline]
-    fn addr(&self, ip: IpAddr) -> Option<AddrEntry> {
+    fn addr(&self, ip: IpAddr) -> Option<&AddrEntry> {
         match ip {
-            IpAddr::V4(a) => self.addr_v4.get(&u32::from(a)).copied(),
-            IpAddr::V6(a) => self.addr_v6.get(&u128::from(a)).copied(),
+            IpAddr::V4(a) => self.addr_v4.get(&u32::from(a)),
+            IpAddr::V6(a) => self.addr_v6.get(&u128::from(a)),
         }
     }
 
@@ -653,7 +679,7 @@ impl DecisionTable {
     #[inline(always)]
     fn check(
         &self,
-        side: u32,
+        (side, home): (u32, u32),
         peer: PeerInfo,
         proto: u8,
         port: u16,
@@ -681,7 +707,10 @@ impl DecisionTable {
         // side's `any` (and, for pods, `any_pod`) entries.
         match peer.pod {
             Some((block, bit)) => {
-                let set = match self.probe(se, block) {
+                // From the address entry's copy of the table's place when it
+                // has one: the slot's read then does not wait for the side entry.
+                let slot = if home != 0 { self.probe_home(home, block) } else { self.probe(se, block) };
+                let set = match slot {
                     Some(slot) if slot.mask >> bit & 1 != 0 => {
                         if slot.set & MULTI == 0 {
                             slot.set
@@ -820,10 +849,10 @@ impl DecisionTable {
                 *flag = true;
             }
         }
-        let (pods, denials, named) = (&self.pods, &self.side_denials, &self.named);
+        let (pods, sides, denials, named) = (&self.pods, &self.sides, &self.side_denials, &self.named);
         let refresh = |e: &mut AddrEntry| {
             if pods_dirty.get(e.pod as usize) == Some(&true) {
-                e.set_denials(pods, denials, named);
+                e.set_denials(pods, sides, denials, named);
             }
         };
         self.addr_v4.values_mut().for_each(refresh);
@@ -833,7 +862,7 @@ impl DecisionTable {
     /// The address entry of pod `pod` (its entry already in place) at `ip`.
     fn addr_entry(&self, pod: u32, ip: IpAddr) -> AddrEntry {
         let mut e = AddrEntry::new(pod, in_blocks_of(&self.in_blocks, ip));
-        e.set_denials(&self.pods, &self.side_denials, &self.named);
+        e.set_denials(&self.pods, &self.sides, &self.side_denials, &self.named);
         e
     }
 
@@ -862,6 +891,27 @@ impl DecisionTable {
         } else {
             (&self.patch_slots, se.table & !PATCHED)
         };
+        loop {
+            let slot = *slots.get((base + i) as usize)?;
+            if slot.key == key {
+                return Some(slot);
+            }
+            if slot.key == EMPTY {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// [`Self::probe`] of a peer table given as [`AddrEntry::home`] (not
+    /// 0). The side's filter is not tested: the home slot's read then
+    /// waits for neither the side entry nor a branch on it.
+    #[inline]
+    fn probe_home(&self, home: u32, key: u32) -> Option<Slot> {
+        let mask = (1u32 << (home >> 27)) - 1;
+        let base = home & HOME_BASE;
+        let slots: &[Slot] = if home >> 26 & 1 == 0 { &self.slots } else { &self.patch_slots };
+        let mut i = slot_hash(key) & mask;
         loop {
             let slot = *slots.get((base + i) as usize)?;
             if slot.key == key {
