@@ -2193,3 +2193,28 @@ impl DecisionTable {
             + self.policies.iter().map(|(a, b)| a.len() + b.len() + 64).sum::<usize>()
     }
 }
+
+#[cfg(test)]
+mod home_tests {
+    use super::*;
+
+    fn side(table: u32, table_bits: u8) -> SideEntry {
+        SideEntry { table, table_bits, ..SideEntry::default() }
+    }
+
+    #[test]
+    fn a_peer_tables_place_round_trips_or_reads_as_none() {
+        for (table, bits) in [(1, 1), (HOME_BASE, 31), (PATCHED | 12_345, 5), (PATCHED | HOME_BASE, 2)] {
+            let home = home_of(&side(table, bits));
+            assert_ne!(home, 0, "{table:#x} / {bits}");
+            assert_eq!(home >> 27, u32::from(bits));
+            assert_eq!(home >> 26 & 1 != 0, table & PATCHED != 0);
+            assert_eq!(home & HOME_BASE, table & !PATCHED);
+        }
+        // No keys (the shared free slot), or a start the entry cannot hold:
+        // 0, and the lookup reads the side entry instead.
+        assert_eq!(home_of(&side(0, 0)), 0);
+        assert_eq!(home_of(&side(HOME_BASE + 1, 3)), 0);
+        assert_eq!(home_of(&side(PATCHED | (HOME_BASE + 1), 3)), 0);
+    }
+}
