@@ -459,11 +459,10 @@ fn slot_hash(key: u32) -> u32 {
     ((key as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
 }
 
-/// Linear probing for `key` (hash `h`) in the peer table at `slots[base..]`
-/// of `mask + 1` slots, from its home slot to the key or a free slot.
+/// Linear probing for `key` in the peer table at `slots[base..]` of `mask +
+/// 1` slots, from its home slot `base + i` to the key or a free slot.
 #[inline(always)]
-fn find_slot(slots: &[Slot], base: u32, mask: u32, h: u32, key: u32) -> Option<Slot> {
-    let mut i = h & mask;
+fn find_slot(slots: &[Slot], base: u32, mask: u32, mut i: u32, key: u32) -> Option<Slot> {
     loop {
         let slot = *slots.get((base + i) as usize)?;
         if slot.key == key {
@@ -901,12 +900,14 @@ impl DecisionTable {
         if se.filter >> (h >> 28) & 1 == 0 {
             return None;
         }
+        let mask = (1u32 << se.table_bits) - 1;
+        let i = h & mask;
         let (slots, base): (&[Slot], u32) = if se.table & PATCHED == 0 {
             (&self.slots, se.table)
         } else {
             (&self.patch_slots, se.table & !PATCHED)
         };
-        find_slot(slots, base, (1u32 << se.table_bits) - 1, h, key)
+        find_slot(slots, base, mask, i, key)
     }
 
     /// [`Self::probe`] of a peer table given as [`AddrEntry::home`] (not
@@ -914,8 +915,10 @@ impl DecisionTable {
     /// waits for neither the side entry nor a branch on it.
     #[inline]
     fn probe_home(&self, home: u32, key: u32) -> Option<Slot> {
+        let mask = (1u32 << (home >> 27)) - 1;
+        let base = home & HOME_BASE;
         let slots: &[Slot] = if home >> 26 & 1 == 0 { &self.slots } else { &self.patch_slots };
-        find_slot(slots, home & HOME_BASE, (1u32 << (home >> 27)) - 1, slot_hash(key), key)
+        find_slot(slots, base, mask, slot_hash(key) & mask, key)
     }
 
     /// The port set of the group holding `bit`, among the groups from `MULTI | first`
